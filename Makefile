@@ -1,0 +1,43 @@
+# Every routine task is one target. Targets that need Python call `setup` first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data
+
+.PHONY: setup demo test lint format protos bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $(STAMP)
+
+# Fetch MovieLens-100K, build the synthetic world, print the baseline table.
+demo: setup
+	$(BIN)/cascade data --source ml-100k --data-dir $(DATA)
+	$(BIN)/cascade data --source synthetic --users 20000 --data-dir $(DATA)
+	$(BIN)/cascade baselines --data-dir $(DATA) --out results/baselines.json
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Regenerate the Python code for the wire contract (committed; a test fails when stale).
+protos: setup
+	$(BIN)/python -m cascade.protogen
+
+bench: setup
+	$(BIN)/python -m bench.synthetic_scale --out results/bench
+
+clean:
+	rm -rf $(VENV) $(DATA) results/bench

@@ -1,0 +1,173 @@
+"""One feature specification for training and serving, so offline and online features agree.
+
+A FeatureSpec lists the model's input fields: where each comes from (a users/items column or the
+user's recent history), how raw values become embedding rows (identity ids, buckets, multi-hot
+categories), the vocabulary size and the field's own embedding width. Every model builds its
+inputs with `encode`, offline from dataset tables and online from the feature store's tables, so
+the two paths run the same code. Index 0 is always "unknown / padding".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cascade.data.schema import Dataset, Table
+
+AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens' own age groups
+HISTORY_LENGTH = 50
+
+DEFAULT_WIDTHS = {
+    "user_id": 32,
+    "age": 4,
+    "gender": 2,
+    "occupation": 4,
+    "region": 4,
+    "item_id": 32,
+    "creator_id": 16,
+    "categories": 8,
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One model input.
+
+    kind: "id" (value is the embedding row, OOV -> 0), "bucket" (numeric, bucketized by
+    `boundaries`; unknown < 0 -> 0), "multi" (a 0-padded (n, k) set of ids), "sequence" (the user's
+    recent item ids, newest first, 0-padded; shares the item_id embedding).
+    """
+
+    name: str
+    entity: str  # "user", "item" or "history"
+    kind: str
+    column: str
+    vocab_size: int
+    width: int
+    boundaries: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    fields: tuple[Field, ...]
+    history_length: int = HISTORY_LENGTH
+
+    def of(self, entity: str) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.entity == entity)
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature field named {name!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        raw = json.loads(text)
+        fields = tuple(Field(**{**f, "boundaries": tuple(f["boundaries"])}) for f in raw["fields"])
+        return cls(fields=fields, history_length=raw["history_length"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the whole spec: artifacts record it; a mismatch refuses to load."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def check_matches(self, other: FeatureSpec, where: str) -> None:
+        """Raises ValueError naming the first field that differs between self and other."""
+        if self == other:
+            return
+        mine, theirs = {f.name: f for f in self.fields}, {f.name: f for f in other.fields}
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                raise ValueError(
+                    f"{where}: feature field {name!r} differs: {mine.get(name)} vs {theirs.get(name)}"
+                )
+        raise ValueError(f"{where}: history_length {self.history_length} vs {other.history_length}")
+
+
+def build_spec(dataset: Dataset, widths: dict[str, int] | None = None) -> FeatureSpec:
+    """The spec for a dataset: vocabularies sized from its tables, widths from config."""
+    width = {**DEFAULT_WIDTHS, **(widths or {})}
+    users, items = dataset.users, dataset.items
+    fields = (
+        Field("user_id", "user", "id", "user_id", dataset.n_users, width["user_id"]),
+        Field("age", "user", "bucket", "age", len(AGE_BUCKETS) + 2, width["age"], AGE_BUCKETS),
+        Field("gender", "user", "id", "gender", 4, width["gender"]),
+        Field("occupation", "user", "id", "occupation", len(dataset.meta["occupations"]),
+              width["occupation"]),
+        Field("region", "user", "id", "region", int(users["region"].max()) + 1, width["region"]),
+        Field("item_id", "item", "id", "item_id", dataset.n_items, width["item_id"]),
+        Field("creator_id", "item", "id", "creator_id", int(items["creator_id"].max()) + 1,
+              width["creator_id"]),
+        Field("categories", "item", "multi", "categories", len(dataset.meta["categories"]),
+              width["categories"]),
+        Field("history", "history", "sequence", "item_id", dataset.n_items, width["item_id"]),
+    )
+    return FeatureSpec(fields)
+
+
+def encode_field(field: Field, values: np.ndarray) -> np.ndarray:
+    """Raw column values -> embedding rows (int64), unknown and out-of-vocabulary -> 0."""
+    values = np.asarray(values)
+    if field.kind == "bucket":
+        rows = np.searchsorted(np.asarray(field.boundaries), values, side="right") + 1
+        return np.where(values < 0, 0, rows).astype(np.int64)
+    rows = values.astype(np.int64)
+    return np.where((rows > 0) & (rows < field.vocab_size), rows, 0)
+
+
+def encode(spec: FeatureSpec, entity: str, table: Table) -> dict[str, np.ndarray]:
+    """Encodes every field of one entity ("user" or "item") from table columns."""
+    return {f.name: encode_field(f, table[f.column]) for f in spec.of(entity)}
+
+
+def encode_by_id(spec: FeatureSpec, entity: str, table: Table, id_column: str, n_rows: int
+                 ) -> dict[str, np.ndarray]:
+    """Encodes a whole users/items table once into arrays indexed by id (row 0 = unknown, zeros)."""
+    encoded = encode(spec, entity, table)
+    ids = table[id_column]
+    by_id = {}
+    for name, values in encoded.items():
+        rows = np.zeros((n_rows, *values.shape[1:]), dtype=np.int64)
+        rows[ids] = values
+        by_id[name] = rows
+    return by_id
+
+
+def lookup(by_id: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows of an encode_by_id table for ids; ids outside the table get the unknown row 0."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n_rows = len(next(iter(by_id.values())))
+    ids = np.where((ids > 0) & (ids < n_rows), ids, 0)
+    return {name: rows[ids] for name, rows in by_id.items()}
+
+
+def history_before(interactions: Table, user_ids: np.ndarray, ts: np.ndarray, length: int
+                   ) -> np.ndarray:
+    """(n, length) item ids each user consumed strictly before ts, newest first, 0-padded.
+
+    The offline twin of FeatureStore.history: for a request at time t it sees exactly what the
+    store would have held at t.
+    """
+    order = np.lexsort((np.arange(len(interactions["ts"])), interactions["ts"],
+                        interactions["user_id"]))
+    users_sorted = interactions["user_id"][order]
+    ts_sorted = interactions["ts"][order]
+    items_sorted = interactions["item_id"][order]
+    user_ids, ts = np.asarray(user_ids, np.int64), np.asarray(ts, np.int64)
+    # Per example: the range of its user's rows, and the first row at or after ts.
+    start = np.searchsorted(users_sorted, user_ids, side="left")
+    end = np.searchsorted(users_sorted, user_ids, side="right")
+    key_sorted = users_sorted * 2**33 + ts_sorted  # int64: ts < 2**33 s, user ids < 2**30
+    cut = np.searchsorted(key_sorted, user_ids * 2**33 + ts, side="left")
+    cut = np.clip(cut, start, end)
+    offsets = cut[:, None] - 1 - np.arange(length)[None, :]  # newest first
+    valid = offsets >= start[:, None]
+    items = np.concatenate([items_sorted, [0]])
+    return np.where(valid, items[np.where(valid, offsets, -1)], 0)

@@ -30,15 +30,21 @@ class FeatureStore(Protocol):
     def history(self, user_ids: np.ndarray) -> np.ndarray: ...
     def consumed(self, user_id: int) -> np.ndarray: ...
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]: ...
-    def record(self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray,
-               events: list[str]) -> None: ...
+    def record(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, events: list[str]
+    ) -> None: ...
 
 
 class InMemoryFeatureStore:
     """The embedded feature store, loaded from a dataset and its training-period interactions."""
 
-    def __init__(self, dataset: Dataset, spec: FeatureSpec, interactions: Table,
-                 impressions: Table | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        spec: FeatureSpec,
+        interactions: Table,
+        impressions: Table | None = None,
+    ):
         self.spec = spec
         n_users, n_items = dataset.n_users, dataset.n_items
         self._users = encode_by_id(spec, "user", dataset.users, "user_id", n_users)
@@ -62,12 +68,16 @@ class InMemoryFeatureStore:
         self._consumed_online: dict[int, list[int]] = {}
         self._counters = np.zeros((n_items, len(EVENTS)), dtype=np.int64)
         for event in ("play", "complete", "like", "share"):
-            np.add.at(self._counters[:, _COUNTER[event]],
-                      interactions["item_id"][interactions[event]], 1)
+            np.add.at(
+                self._counters[:, _COUNTER[event]], interactions["item_id"][interactions[event]], 1
+            )
         if impressions is not None:
             np.add.at(self._counters[:, _COUNTER["impression"]], impressions["item_id"], 1)
-            np.add.at(self._counters[:, _COUNTER["click"]],
-                      impressions["item_id"][impressions["click"]], 1)
+            np.add.at(
+                self._counters[:, _COUNTER["click"]],
+                impressions["item_id"][impressions["click"]],
+                1,
+            )
         self._lock = threading.Lock()
 
     # -- reads -------------------------------------------------------------------------------
@@ -105,7 +115,9 @@ class InMemoryFeatureStore:
         """Sorted unique items the user played, completed, liked or shared."""
         logged = np.empty(0, dtype=np.int64)
         if 0 < user_id < len(self._consumed_ptr) - 1:
-            logged = self._consumed_items[self._consumed_ptr[user_id]:self._consumed_ptr[user_id + 1]]
+            logged = self._consumed_items[
+                self._consumed_ptr[user_id] : self._consumed_ptr[user_id + 1]
+            ]
         with self._lock:
             online = np.array(self._consumed_online.get(int(user_id), []), dtype=np.int64)
         return np.union1d(logged, online)
@@ -118,8 +130,9 @@ class InMemoryFeatureStore:
         return {event: rows[:, i] for event, i in _COUNTER.items()}
 
     # -- writes ------------------------------------------------------------------------------
-    def record(self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray,
-               events: list[str]) -> None:
+    def record(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, events: list[str]
+    ) -> None:
         """Applies user events in order: counters, consumed set, and history for plays.
 
         Unknown event names raise ValueError before anything is written (the batch is atomic).
@@ -129,8 +142,9 @@ class InMemoryFeatureStore:
             raise ValueError(f"unknown event types {unknown}; expected one of {EVENTS}")
         length = self.spec.history_length
         with self._lock:
-            for user, item, event in zip(np.asarray(user_ids).tolist(),
-                                         np.asarray(item_ids).tolist(), events, strict=True):
+            for user, item, event in zip(
+                np.asarray(user_ids).tolist(), np.asarray(item_ids).tolist(), events, strict=True
+            ):
                 if 0 < item < len(self._counters):
                     self._counters[item, _COUNTER[event]] += 1
                 if event in CONSUMPTION:

@@ -85,9 +85,8 @@ class FeatureSpec:
         mine, theirs = {f.name: f for f in self.fields}, {f.name: f for f in other.fields}
         for name in sorted(set(mine) | set(theirs)):
             if mine.get(name) != theirs.get(name):
-                raise ValueError(
-                    f"{where}: feature field {name!r} differs: {mine.get(name)} vs {theirs.get(name)}"
-                )
+                ours, other_field = mine.get(name), theirs.get(name)
+                raise ValueError(f"{where}: field {name!r} differs: {ours} vs {other_field}")
         raise ValueError(f"{where}: history_length {self.history_length} vs {other.history_length}")
 
 
@@ -99,14 +98,32 @@ def build_spec(dataset: Dataset, widths: dict[str, int] | None = None) -> Featur
         Field("user_id", "user", "id", "user_id", dataset.n_users, width["user_id"]),
         Field("age", "user", "bucket", "age", len(AGE_BUCKETS) + 2, width["age"], AGE_BUCKETS),
         Field("gender", "user", "id", "gender", 4, width["gender"]),
-        Field("occupation", "user", "id", "occupation", len(dataset.meta["occupations"]),
-              width["occupation"]),
+        Field(
+            "occupation",
+            "user",
+            "id",
+            "occupation",
+            len(dataset.meta["occupations"]),
+            width["occupation"],
+        ),
         Field("region", "user", "id", "region", int(users["region"].max()) + 1, width["region"]),
         Field("item_id", "item", "id", "item_id", dataset.n_items, width["item_id"]),
-        Field("creator_id", "item", "id", "creator_id", int(items["creator_id"].max()) + 1,
-              width["creator_id"]),
-        Field("categories", "item", "multi", "categories", len(dataset.meta["categories"]),
-              width["categories"]),
+        Field(
+            "creator_id",
+            "item",
+            "id",
+            "creator_id",
+            int(items["creator_id"].max()) + 1,
+            width["creator_id"],
+        ),
+        Field(
+            "categories",
+            "item",
+            "multi",
+            "categories",
+            len(dataset.meta["categories"]),
+            width["categories"],
+        ),
         Field("history", "history", "sequence", "item_id", dataset.n_items, width["item_id"]),
     )
     return FeatureSpec(fields)
@@ -127,8 +144,9 @@ def encode(spec: FeatureSpec, entity: str, table: Table) -> dict[str, np.ndarray
     return {f.name: encode_field(f, table[f.column]) for f in spec.of(entity)}
 
 
-def encode_by_id(spec: FeatureSpec, entity: str, table: Table, id_column: str, n_rows: int
-                 ) -> dict[str, np.ndarray]:
+def encode_by_id(
+    spec: FeatureSpec, entity: str, table: Table, id_column: str, n_rows: int
+) -> dict[str, np.ndarray]:
     """Encodes a whole users/items table once into arrays indexed by id (row 0 = unknown, zeros)."""
     encoded = encode(spec, entity, table)
     ids = table[id_column]
@@ -148,15 +166,17 @@ def lookup(by_id: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarra
     return {name: rows[ids] for name, rows in by_id.items()}
 
 
-def history_before(interactions: Table, user_ids: np.ndarray, ts: np.ndarray, length: int
-                   ) -> np.ndarray:
+def history_before(
+    interactions: Table, user_ids: np.ndarray, ts: np.ndarray, length: int
+) -> np.ndarray:
     """(n, length) item ids each user consumed strictly before ts, newest first, 0-padded.
 
     The offline twin of FeatureStore.history: for a request at time t it sees exactly what the
     store would have held at t.
     """
-    order = np.lexsort((np.arange(len(interactions["ts"])), interactions["ts"],
-                        interactions["user_id"]))
+    order = np.lexsort(
+        (np.arange(len(interactions["ts"])), interactions["ts"], interactions["user_id"])
+    )
     users_sorted = interactions["user_id"][order]
     ts_sorted = interactions["ts"][order]
     items_sorted = interactions["item_id"][order]

@@ -8,8 +8,9 @@ import pytest
 from cascade.data.schema import MAX_CATEGORIES, Dataset
 
 
-def make_tiny_dataset(seed: int = 0, n_users: int = 6, n_items: int = 12, n_events: int = 60
-                      ) -> Dataset:
+def make_tiny_dataset(
+    seed: int = 0, n_users: int = 6, n_items: int = 12, n_events: int = 60
+) -> Dataset:
     """Random but seeded: users 1..n_users, items 1..n_items, interactions at distinct times."""
     rng = np.random.default_rng(seed)
     categories = np.zeros((n_items, MAX_CATEGORIES), dtype=np.int16)

@@ -1,7 +1,7 @@
 """Data sources in one common schema: real MovieLens-100K and a seeded synthetic UGC world.
 
-    prepare("ml-100k", Path("data"))     # fetch + convert + save (idempotent)
-    dataset = load_dataset("ml-100k", Path("data"))
+prepare("ml-100k", Path("data"))     # fetch + convert + save (idempotent)
+dataset = load_dataset("ml-100k", Path("data"))
 """
 
 from __future__ import annotations

@@ -42,9 +42,8 @@ def fetch_raw(raw_dir: Path) -> None:
         result = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if result.returncode != 0 or not wheels:
-            raise DataError(
-                f"could not download {WHEEL} from the package index ({result.stderr.strip()[-300:]})"
-            )
+            why = result.stderr.strip()[-300:]
+            raise DataError(f"could not download {WHEEL} from the package index ({why})")
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name in RAW_FILES:
                 (raw_dir / name).write_bytes(wheel.read(_IN_WHEEL + name))
@@ -83,7 +82,9 @@ def build(raw_dir: Path, negatives_per_positive: int = 4, seed: int = 0) -> Data
         interactions = _interactions(raw_dir / "ml-100k.inter")
         items, categories, creators = _items(raw_dir, interactions)
     except ValueError as error:  # a number that does not parse
-        raise DataError(f"a file under {raw_dir} is corrupt ({error}): run `{fix_command(NAME)}`")
+        raise DataError(
+            f"a file under {raw_dir} is corrupt ({error}): run `{fix_command(NAME)}`"
+        ) from None
     rng = np.random.default_rng(seed)
     impressions = _impressions(interactions, items, negatives_per_positive, rng)
     meta = {

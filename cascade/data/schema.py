@@ -72,7 +72,7 @@ Table = dict[str, np.ndarray]
 
 
 class DataError(RuntimeError):
-    """A data file is missing or corrupt; the message names the file and the command that fixes it."""
+    """A data file is missing or corrupt; the message names the file and the command to fix it."""
 
 
 @dataclass
@@ -196,7 +196,9 @@ def load(folder: Path) -> Dataset:
             with np.load(truth_path, allow_pickle=False) as archive:
                 truth = {key: archive[key] for key in archive.files}
         except (OSError, ValueError) as error:
-            raise DataError(f"{truth_path} is corrupt ({error}): run `{fix_command(name)}`") from None
+            raise DataError(
+                f"{truth_path} is corrupt ({error}): run `{fix_command(name)}`"
+            ) from None
     dataset = Dataset(**tables, meta=meta, truth=truth)
     dataset.validate()
     return dataset

@@ -27,8 +27,9 @@ def _parity(dataset, user_sample, item_sample):
     items = dataset.items
     at = np.searchsorted(items["item_id"], item_sample)
     offline_items = encode(spec, "item", {k: v[at] for k, v in items.items()})
-    offline_history = history_before(train, user_sample, np.full(len(user_sample), 2**32),
-                                     spec.history_length)
+    offline_history = history_before(
+        train, user_sample, np.full(len(user_sample), 2**32), spec.history_length
+    )
     # Online: the store.
     online_users = store.user_features(user_sample)
     online_items = store.item_features(item_sample)
@@ -48,15 +49,22 @@ def test_offline_online_parity_movielens(tmp_path_factory):
     prepare("ml-100k", data_dir)
     dataset = load_dataset("ml-100k", data_dir)
     rng = np.random.default_rng(0)
-    _parity(dataset, rng.choice(dataset.users["user_id"], 200, replace=False),
-            rng.choice(dataset.items["item_id"], 300, replace=False))
+    _parity(
+        dataset,
+        rng.choice(dataset.users["user_id"], 200, replace=False),
+        rng.choice(dataset.items["item_id"], 300, replace=False),
+    )
 
 
 def test_play_events_extend_history_and_consumed(tiny_dataset):
     store, _ = _store(tiny_dataset)
     before = store.history(np.array([2]))[0]
-    store.record(np.array([2, 2, 2]), np.array([7, 9, 9]), np.array([900, 901, 902]),
-                 ["play", "like", "impression"])
+    store.record(
+        np.array([2, 2, 2]),
+        np.array([7, 9, 9]),
+        np.array([900, 901, 902]),
+        ["play", "like", "impression"],
+    )
     after = store.history(np.array([2]))[0]
     assert after[0] == 7 and after[1:].tolist() == before[:-1].tolist()
     assert {7, 9} <= set(store.consumed(2).tolist())

@@ -35,11 +35,11 @@ def test_history_before_matches_brute_force(tiny_dataset):
     users = np.array([1, 2, 3, 6, 1])
     ts = np.array([130, 160, 100, 500, 101])
     history = history_before(inter, users, ts, length=5)
-    for row, (user, t) in enumerate(zip(users, ts)):
+    for row, (user, t) in enumerate(zip(users, ts, strict=True)):
         mine = (inter["user_id"] == user) & (inter["ts"] < t)
         expected = inter["item_id"][mine][np.argsort(-inter["ts"][mine])][:5]
         assert history[row, : len(expected)].tolist() == expected.tolist()
-        assert not history[row, len(expected):].any()
+        assert not history[row, len(expected) :].any()
 
 
 def test_spec_round_trips_and_names_a_mismatch(tiny_dataset):

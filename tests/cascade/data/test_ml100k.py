@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from cascade.data import DataError, load_dataset, prepare
-from cascade.data import ml100k
+from cascade.data import DataError, load_dataset, ml100k, prepare
 
 RAW = {
     "ml-100k.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -48,11 +47,19 @@ def test_negatives_existed_and_were_never_consumed(raw_dir):
     dataset = ml100k.build(raw_dir, negatives_per_positive=3, seed=1)
     imp = dataset.impressions
     negatives = ~imp["click"]
-    upload = dict(zip(dataset.items["item_id"].tolist(), dataset.items["upload_ts"].tolist()))
-    consumed = set(zip(dataset.interactions["user_id"].tolist(),
-                       dataset.interactions["item_id"].tolist()))
-    for user, item, ts in zip(imp["user_id"][negatives], imp["item_id"][negatives],
-                              imp["ts"][negatives]):
+    upload = dict(
+        zip(dataset.items["item_id"].tolist(), dataset.items["upload_ts"].tolist(), strict=True)
+    )
+    consumed = set(
+        zip(
+            dataset.interactions["user_id"].tolist(),
+            dataset.interactions["item_id"].tolist(),
+            strict=True,
+        )
+    )
+    for user, item, ts in zip(
+        imp["user_id"][negatives], imp["item_id"][negatives], imp["ts"][negatives], strict=True
+    ):
         assert upload[int(item)] <= ts
         assert (int(user), int(item)) not in consumed
     assert imp["click"].sum() == len(dataset.interactions["user_id"])
@@ -66,7 +73,9 @@ def test_missing_file_names_it_and_the_fix(raw_dir):
 
 def test_corrupt_file_names_it_and_the_fix(raw_dir):
     (raw_dir / "ml-100k.inter").write_text("garbage without a header\n1\t2\n")
-    with pytest.raises(DataError, match=r"ml-100k\.inter is corrupt .*cascade data --source ml-100k"):
+    with pytest.raises(
+        DataError, match=r"ml-100k\.inter is corrupt .*cascade data --source ml-100k"
+    ):
         ml100k.build(raw_dir)
 
 
@@ -83,7 +92,9 @@ def test_corrupt_saved_table_names_it(tmp_path, raw_dir):
 
 
 def test_unprepared_dataset_says_which_command(tmp_path):
-    with pytest.raises(DataError, match=r"meta\.json is missing: run `cascade data --source ml-100k`"):
+    with pytest.raises(
+        DataError, match=r"meta\.json is missing: run `cascade data --source ml-100k`"
+    ):
         load_dataset("ml-100k", tmp_path)
 
 

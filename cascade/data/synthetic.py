@@ -1,0 +1,526 @@
+"""A seeded synthetic UGC music platform in the common schema, with the ground truth behind it.
+
+Users sit in taste clusters; creators (a subset of users) upload tracks over time; users follow
+accounts (homophily + preferential attachment); a biased logging policy (popularity, a noisy taste
+match, followed creators, fresh uploads) shows pages of tracks, and click -> play -> complete ->
+like / share are drawn from a known utility under position bias. All numpy, users in chunks, so
+1M users x 1M items fits in a few GiB. The same config (seed included) gives identical tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from cascade.data.schema import MAX_CATEGORIES, Dataset
+
+DAY = 86_400
+GENRES = (
+    "pop", "rock", "hip-hop", "electronic", "r&b", "jazz", "classical", "country", "folk", "metal",
+    "punk", "indie", "reggae", "latin", "blues", "soul", "k-pop", "ambient", "lo-fi", "soundtrack",
+)  # fmt: skip
+OCCUPATIONS = ("unknown", "student", "employed", "self-employed", "unemployed", "retired")
+# Where the logging policy found each shown item (truth["impression_source"]).
+SOURCES = ("popularity", "taste", "social", "fresh", "filler")
+TASKS = ["click", "play", "complete", "like", "share"]
+# (bias, slope) of the logistic in utility for each step of the event chain.
+OUTCOME_LOGITS = {
+    "click": (-3.0, 2.0),  # clicked given examined ("attractiveness")
+    "play": (1.5, 1.0),  # given click
+    "complete": (-1.0, 1.5),  # given play
+    "like": (-3.5, 1.5),  # given complete
+    "share": (-5.5, 1.5),  # given complete
+}
+_FRESH_WINDOW = 3 * DAY  # the "fresh" source shows uploads at most this old
+_SOCIAL_RECENCY = 7 * DAY  # the "social" source favours a followed creator's recent uploads
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes and time span of the world, and the knobs of its biased logging policy."""
+
+    n_users: int = 10_000
+    n_items: int = 10_000
+    n_creators: int | None = None  # None: n_items // 20 (at least 1)
+    n_categories: int = 20  # genres; the first 20 have real names
+    n_clusters: int = 24  # taste clusters
+    n_regions: int = 50
+    dim: int = 16  # latent taste dimension
+    days: int = 60  # length of the impression log
+    start_ts: int = 1_767_225_600  # 2026-01-01T00:00:00Z, first second of the log
+    history_days: int = 180  # catalog and follows that predate the log
+    impressions_per_user: float = 60.0  # mean; per-user activity is lognormal
+    page_size: int = 10
+    initial_item_fraction: float = 0.3  # items uploaded before the log starts; the rest flow in
+    follows_per_user: float = 10.0
+    follow_homophily: float = 0.8  # share of follows aimed at the follower's own cluster
+    creator_zipf: float = 1.0  # creator popularity ~ rank ** -creator_zipf
+    # Logging policy: share of slots from each source (normalised), and its biases.
+    popularity_share: float = 0.35
+    taste_share: float = 0.4
+    social_share: float = 0.15
+    fresh_share: float = 0.1
+    popularity_exponent: float = 1.0  # the popularity source draws items ~ popularity ** this
+    policy_noise: float = 1.0  # noise in the policy's view of taste and utility
+    position_decay: float = 0.8  # examination probability = (1 + position) ** -position_decay
+    follow_bonus: float = 0.5  # utility added when the user follows the item's creator
+    seed: int = 0
+
+    @property
+    def creators(self) -> int:
+        return self.n_creators if self.n_creators is not None else max(1, self.n_items // 20)
+
+    def check(self) -> None:
+        positive = ("n_users", "n_items", "creators", "n_categories", "n_clusters", "n_regions")
+        for name in (*positive, "dim", "days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SyntheticConfig.{name} must be >= 1")
+        if not 1 <= self.page_size <= 1000:
+            raise ValueError("SyntheticConfig.page_size must be in 1..1000")
+        if self.seed < 0:
+            raise ValueError("SyntheticConfig.seed must be >= 0")
+        if self.history_days * DAY < _FRESH_WINDOW:
+            raise ValueError("SyntheticConfig.history_days must be >= 3")
+        shares = (self.popularity_share, self.taste_share, self.social_share, self.fresh_share)
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError("SyntheticConfig source shares must be >= 0 with a positive sum")
+
+
+def examination(config: SyntheticConfig) -> np.ndarray:
+    """P(examined | position), (page_size,): the position bias of the log."""
+    return (1.0 + np.arange(config.page_size)) ** -config.position_decay
+
+
+def outcome_probabilities(utility: np.ndarray) -> dict[str, np.ndarray]:
+    """Each event's probability given the previous one (click: given examined), from utility."""
+    return {event: _sigmoid(b + s * utility) for event, (b, s) in OUTCOME_LOGITS.items()}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class _Clock:
+    """Maps (group, ts) to one sortable int64 key; every ts of the world lies in [t0, t0 + span)."""
+
+    def __init__(self, config: SyntheticConfig):
+        self.t0 = config.start_ts - config.history_days * DAY - 1
+        self.span = (config.history_days + config.days) * DAY + 3
+        self.t_max = self.t0 + self.span - 1
+
+    def key(self, group: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return group.astype(np.int64) * self.span + (np.clip(ts, self.t0, self.t_max) - self.t0)
+
+
+class _Sampler:
+    """Draws one row per query from a group and a time window, in proportion to fixed row weights.
+
+    Rows are sorted by (group, ts), so a query's eligible rows are one run found by searchsorted on
+    a combined key; the draw is a searchsorted on a per-group CDF offset by the group number, which
+    is monotone over all rows, so one array serves every group.
+    """
+
+    def __init__(self, clock, group, ts, weight, value):
+        order = np.lexsort((ts, group))
+        group = group[order]
+        self.clock, self.value = clock, value[order]
+        self.key = clock.key(group, ts[order])
+        cumulative = np.cumsum(weight[order], dtype=np.float64)
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        counts = np.diff(np.r_[starts, len(group)])
+        before = np.r_[0.0, cumulative][starts]  # mass of all earlier groups
+        total = np.r_[0.0, cumulative][starts + counts] - before
+        local = cumulative - np.repeat(before, counts)
+        self.cdf = group + local / np.repeat(total, counts)  # in (g, g + 1] for group g
+
+    def draw(self, group, t_lo, t_hi, u) -> np.ndarray:
+        """The drawn value per query, 0 where no row of the group has t_lo <= ts <= t_hi."""
+        if len(self.key) == 0:
+            return np.zeros(len(group), dtype=self.value.dtype)
+        lo = np.searchsorted(self.key, self.clock.key(group, t_lo), "left")
+        hi = np.searchsorted(self.key, self.clock.key(group, t_hi), "right")
+        empty = hi <= lo
+        last = len(self.key) - 1
+        cdf_lo = np.maximum(self.cdf[np.clip(lo - 1, 0, last)] * (lo > 0), group)
+        cdf_hi = self.cdf[np.clip(hi - 1, 0, last)]
+        picked = np.searchsorted(self.cdf, cdf_lo + u * (cdf_hi - cdf_lo), "right")
+        value = self.value[np.clip(picked, lo, np.maximum(hi - 1, lo)).clip(0, last)]
+        value[empty] = 0
+        return value
+
+
+def _rng(config: SyntheticConfig, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, *stream])
+
+
+def _normal(rng, shape, scale) -> np.ndarray:
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+
+def _users(config: SyntheticConfig) -> tuple[dict, dict]:
+    """Users in taste clusters; age, gender and region depend on the cluster, so carry signal."""
+    rng, n, k, dim = _rng(config, 1), config.n_users, config.n_clusters, config.dim
+    centers = _normal(rng, (k, dim), dim**-0.5)
+    cluster = rng.choice(k, n, p=rng.dirichlet(np.full(k, 3.0)))
+    taste = centers[cluster] + _normal(rng, (n, dim), 0.6 * dim**-0.5)
+    age = rng.normal(rng.uniform(16, 50, k)[cluster], 6.0).clip(13, 80).astype(np.int16)
+    gender = np.where(rng.random(n) < rng.beta(2, 2, k)[cluster], 2, 1).astype(np.int8)
+    gender[rng.random(n) < 0.02] = 3
+    home = rng.integers(1, config.n_regions + 1, k)[cluster]
+    region = np.where(rng.random(n) < 0.5, home, rng.integers(1, config.n_regions + 1, n))
+    occupation = np.select([age < 22, age >= 65], [1, 5], rng.choice([2, 2, 2, 3, 4], n)).astype(
+        np.int16
+    )
+    age[rng.random(n) < 0.05] = -1
+    gender[rng.random(n) < 0.05] = 0
+    occupation[rng.random(n) < 0.1] = 0
+    users = {
+        "user_id": np.arange(1, n + 1, dtype=np.int64),
+        "age": age,
+        "gender": gender,
+        "occupation": occupation,
+        "region": region.astype(np.int32),
+    }
+    truth = {
+        "user_taste": np.vstack([np.zeros((1, dim), np.float32), taste]),
+        "user_cluster": np.r_[-1, cluster].astype(np.int32),
+        "cluster_centers": centers,
+    }
+    return users, truth
+
+
+def _creators(config: SyntheticConfig, user_truth: dict) -> tuple[dict, dict]:
+    """Creators own a user account (while users last), a style near its taste, Zipf popularity."""
+    rng, n, dim = _rng(config, 2), config.creators, config.dim
+    account = np.zeros(n, dtype=np.int64)
+    n_accounts = min(n, config.n_users)
+    account[:n_accounts] = rng.choice(config.n_users, n_accounts, replace=False) + 1
+    taste = user_truth["user_taste"]
+    without = rng.integers(
+        0, config.n_clusters, n
+    )  # creators with no account get a cluster's taste
+    base = np.where((account > 0)[:, None], taste[account], user_truth["cluster_centers"][without])
+    style = base + _normal(rng, (n, dim), 0.4 * dim**-0.5)
+    popularity = rng.permutation(np.arange(1, n + 1, dtype=np.float64)) ** -config.creator_zipf
+    popularity /= popularity.mean()
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    creators = {"creator_id": ids, "user_id": account, "name": _strings("Artist ", ids)}
+    truth = {
+        "creator_style": np.vstack([np.zeros((1, dim), np.float32), style]),
+        "creator_popularity": np.r_[0.0, popularity],
+        "creator_effect": np.r_[0.0, rng.normal(0, 0.3, n)].astype(np.float32),
+    }
+    return creators, truth
+
+
+def _strings(prefix: str, numbers: np.ndarray, suffix: str = "", more: np.ndarray | None = None):
+    text = np.strings.add(prefix, numbers.astype(np.dtypes.StringDType()))
+    if more is not None:
+        text = np.strings.add(np.strings.add(text, suffix), more.astype(np.dtypes.StringDType()))
+    return text.astype(object)
+
+
+def _items(config: SyntheticConfig, creator_truth: dict) -> tuple[dict, dict]:
+    """Tracks by creators (prolific ~ popular); latent = style + noise; ids in upload order."""
+    rng, n, dim = _rng(config, 3), config.n_items, config.dim
+    n_initial = max(1, round(config.initial_item_fraction * n))
+    upload = np.r_[
+        config.start_ts - 1 - rng.integers(0, config.history_days * DAY, n_initial),
+        config.start_ts + rng.integers(0, config.days * DAY, n - n_initial),
+    ]
+    upload = np.sort(upload).astype(np.int64)
+    prolific = creator_truth["creator_popularity"][1:] ** 0.5
+    creator = rng.choice(config.creators, n, p=prolific / prolific.sum()) + 1
+    latent = creator_truth["creator_style"][creator] + _normal(rng, (n, dim), 0.5 * dim**-0.5)
+    quality = rng.normal(0, 0.4, n).astype(np.float32)
+    # The policy's popularity prior: creator fame, a little quality, a lot of luck.
+    popularity = creator_truth["creator_popularity"][creator] * np.exp(
+        1.25 * quality + rng.normal(0, 0.7, n)
+    )
+    directions = _normal(rng, (config.n_categories, dim), 1.0)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    scores = latent @ directions.T + _normal(rng, (n, config.n_categories), 0.05)
+    top = np.argsort(-scores, axis=1)[:, :3] + 1  # primary category = best match to the latent
+    n_categories = rng.choice(3, n, p=[0.5, 0.35, 0.15]) + 1
+    categories = np.zeros((n, MAX_CATEGORIES), dtype=np.int16)
+    categories[:, :3] = np.where(np.arange(3) < n_categories[:, None], top, 0)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    items = {
+        "item_id": ids,
+        "creator_id": creator.astype(np.int64),
+        "categories": categories,
+        "upload_ts": upload,
+        "title": _strings("Track ", ids, " by Artist ", creator),
+    }
+    truth = {
+        "item_latent": np.vstack([np.zeros((1, dim), np.float32), latent]),
+        "item_quality": np.r_[0.0, quality].astype(np.float32),
+        "item_popularity": np.r_[0.0, popularity],
+        "category_directions": np.vstack([np.zeros((1, dim), np.float32), directions]),
+    }
+    return items, truth
+
+
+def _follows(config: SyntheticConfig, clock: _Clock, truth: dict, account: np.ndarray) -> dict:
+    """user -> user follows: mostly inside the follower's cluster, towards heavy accounts."""
+    rng, n = _rng(config, 4), config.n_users
+    cluster = truth["user_cluster"]
+    # Fitness-based preferential attachment: lognormal for everyone, plus fame for creators.
+    weight = rng.lognormal(0.0, 1.0, n + 1)
+    np.add.at(weight, account, 20.0 * truth["creator_popularity"][1:])
+    m = config.follows_per_user
+    degree = rng.negative_binomial(2, 2 / (2 + m), n) if m > 0 else np.zeros(n, np.int64)
+    follower = np.repeat(np.arange(1, n + 1, dtype=np.int64), degree)
+    shares = np.bincount(cluster[1:], minlength=config.n_clusters) / n
+    target = np.where(
+        rng.random(len(follower)) < config.follow_homophily,
+        cluster[follower],
+        rng.choice(config.n_clusters, len(follower), p=shares),
+    )
+    users = np.arange(1, n + 1, dtype=np.int64)
+    accounts = _Sampler(clock, cluster[1:], np.full(n, clock.t0), weight[1:], users)
+    t = np.full(len(follower), clock.t_max)
+    followee = accounts.draw(target, np.full_like(t, clock.t0), t, rng.random(len(follower)))
+    ts = np.where(
+        rng.random(len(follower)) < 0.7,
+        config.start_ts - 1 - rng.integers(0, config.history_days * DAY, len(follower)),
+        config.start_ts + rng.integers(0, config.days * DAY, len(follower)),
+    )
+    keep = (followee > 0) & (followee != follower)
+    key = follower[keep] * (n + 1) + followee[keep]
+    key, first = np.unique(key, return_index=True)
+    ts = ts[keep][first]
+    order = np.lexsort((key, ts))  # log order: by time
+    return {
+        "follower_id": (key // (n + 1))[order],
+        "followee_id": (key % (n + 1))[order],
+        "ts": ts[order].astype(np.int64),
+    }
+
+
+class _Policy:
+    """The logging policy's candidate sources; every draw only sees items uploaded by its time."""
+
+    def __init__(self, config, clock, items, truth, follows, creator_of_account):
+        ids, upload, n = items["item_id"], items["upload_ts"], len(items["item_id"])
+        popularity = truth["item_popularity"][1:]
+        everything = np.zeros(n, dtype=np.int64)
+        self.clock = clock
+        self.popular = _Sampler(
+            clock, everything, upload, popularity**config.popularity_exponent, ids
+        )
+        self.uniform = _Sampler(clock, everything, upload, np.ones(n), ids)
+        row, column = np.nonzero(items["categories"])
+        category = items["categories"][row, column]
+        self.by_category = _Sampler(clock, category, upload[row], popularity[row] ** 0.5, ids[row])
+        recency = np.exp((upload - clock.t_max) / _SOCIAL_RECENCY)
+        self.by_creator = _Sampler(clock, items["creator_id"], upload, recency, ids)
+        creator = creator_of_account[follows["followee_id"]]
+        followed = creator > 0
+        self.followed_creator = _Sampler(
+            clock,
+            follows["follower_id"][followed],
+            follows["ts"][followed],
+            np.ones(int(followed.sum())),
+            creator[followed],
+        )
+
+    def fill(self, config, user, ts, category_cdf, first_user, rng):
+        """One item per slot and the source it came from (see SOURCES)."""
+        n, t0 = len(user), np.full(len(user), self.clock.t0)
+        shares = np.array(
+            [config.popularity_share, config.taste_share, config.social_share, config.fresh_share]
+        )
+        cumulative = np.cumsum(shares / shares.sum())
+        cumulative[-1] = 1.0
+        source = np.searchsorted(cumulative, rng.random(n), "right").astype(np.int8)
+        item = np.zeros(n, dtype=np.int64)
+        zero = np.zeros(n, dtype=np.int64)
+        m = source == 0
+        item[m] = self.popular.draw(zero[m], t0[m], ts[m], rng.random(m.sum()))
+        m = source == 1
+        category = _pick_rows(category_cdf, user[m] - first_user, rng.random(m.sum())) + 1
+        item[m] = self.by_category.draw(category, t0[m], ts[m], rng.random(m.sum()))
+        m = source == 2
+        creator = self.followed_creator.draw(user[m], t0[m], ts[m], rng.random(m.sum()))
+        item[m] = self.by_creator.draw(creator, t0[m], ts[m], rng.random(m.sum()))
+        m = source == 3
+        item[m] = self.uniform.draw(zero[m], ts[m] - _FRESH_WINDOW, ts[m], rng.random(m.sum()))
+        m = item == 0  # the source had nothing eligible: fall back to popularity
+        item[m] = self.popular.draw(zero[m], t0[m], ts[m], rng.random(m.sum()))
+        source[m] = 0
+        for _ in range(8):  # a page shows an item once: redraw repeats uniformly
+            m = _repeats(item.reshape(-1, config.page_size)).ravel()
+            if not m.any():
+                break
+            item[m] = self.uniform.draw(zero[m], t0[m], ts[m], rng.random(m.sum()))
+            source[m] = 4
+        return item, source
+
+
+def _pick_rows(cdf: np.ndarray, row: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Column drawn from row `row` of a row-wise CDF (last column 1), for each query."""
+    n_rows, width = cdf.shape
+    offset = (cdf + np.arange(n_rows)[:, None]).ravel()  # monotone across rows
+    return np.searchsorted(offset, row + u, "right") - row * width
+
+
+def _repeats(grid: np.ndarray) -> np.ndarray:
+    """Mask of cells equal to an earlier cell of the same row."""
+    order = np.argsort(grid, axis=1, kind="stable")
+    ordered = np.take_along_axis(grid, order, axis=1)
+    repeat = np.zeros(grid.shape, dtype=bool)
+    np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+    return repeat
+
+
+class _FollowIndex:
+    """Answers "did user u follow account a by time t" for many (u, a, t) at once."""
+
+    def __init__(self, follows: dict, n_users: int):
+        self.base = n_users + 1
+        key = follows["follower_id"] * self.base + follows["followee_id"]
+        order = np.argsort(key)
+        self.key, self.ts = key[order], follows["ts"][order]
+
+    def followed(self, user, account, ts) -> np.ndarray:
+        lo, hi = np.searchsorted(self.key, [user.min() * self.base, (user.max() + 1) * self.base])
+        if hi == lo:
+            return np.zeros(len(user), dtype=bool)
+        key, follow_ts = self.key[lo:hi], self.ts[lo:hi]  # this chunk's followers only
+        query = user * self.base + account
+        at = np.minimum(np.searchsorted(key, query), hi - lo - 1)
+        return (key[at] == query) & (account > 0) & (follow_ts[at] <= ts)
+
+
+def _chunk(config, policy, follow_index, items, truth, account, users, pages, rng) -> dict:
+    """The impressions of one chunk of users, with labels and truth, ordered by user, time, slot."""
+    size, dim = config.page_size, config.dim
+    page_user = np.repeat(users, pages)
+    page_ts = config.start_ts + rng.integers(0, config.days * DAY, len(page_user))
+    page_ts = page_ts[np.lexsort((page_ts, page_user))]
+    user, ts = np.repeat(page_user, size), np.repeat(page_ts, size)
+    # The policy sees taste through noise; it picks a genre per taste slot by softmax affinity.
+    seen = truth["user_taste"][users] + _normal(
+        rng, (len(users), dim), config.policy_noise / dim**0.5
+    )
+    affinity = 4.0 * seen @ truth["category_directions"][1:].T
+    cdf = np.cumsum(np.exp(affinity - affinity.max(axis=1, keepdims=True)), axis=1)
+    cdf /= cdf[:, -1:]
+    cdf[:, -1] = 1.0
+    item, source = policy.fill(config, user, ts, cdf, users[0], rng)
+    creator = items["creator_id"][item - 1]
+    followed = follow_index.followed(user, account[creator], ts)
+    utility = (
+        np.einsum("ij,ij->i", truth["user_taste"][user], truth["item_latent"][item])
+        + truth["item_quality"][item]
+        + truth["creator_effect"][creator]
+        + np.float32(config.follow_bonus) * followed
+    ).astype(np.float32)
+    # The policy orders each page by its noisy view of utility: position and relevance confound.
+    score = utility + _normal(rng, len(utility), config.policy_noise)
+    order = (
+        np.argsort(-score.reshape(-1, size), axis=1) + (np.arange(len(page_user)) * size)[:, None]
+    )
+    order = order.ravel()
+    item, source, followed, utility = item[order], source[order], followed[order], utility[order]
+    position = np.tile(np.arange(size, dtype=np.int16), len(page_user))
+    p = outcome_probabilities(utility)
+    click = rng.random(len(item)) < examination(config)[position] * p["click"]
+    play = click & (rng.random(len(item)) < p["play"])
+    complete = play & (rng.random(len(item)) < p["complete"])
+    return {
+        "user_id": user,
+        "item_id": item,
+        "ts": ts,
+        "position": position,
+        "click": click,
+        "play": play,
+        "complete": complete,
+        "like": complete & (rng.random(len(item)) < p["like"]),
+        "share": complete & (rng.random(len(item)) < p["share"]),
+        "impression_utility": utility,
+        "impression_source": source,
+        "impression_followed": followed,
+    }
+
+
+def _exposures(config, policy, follow_index, items, truth, account, progress) -> dict:
+    """All impressions, user chunk by user chunk, written into preallocated columns."""
+    rng, n = _rng(config, 5), config.n_users
+    mean_pages = config.impressions_per_user / config.page_size
+    activity = rng.lognormal(0.0, 1.0, n) * mean_pages / np.exp(0.5)  # heavy-tailed, mean kept
+    pages = np.clip(np.rint(activity), 1, max(1, 50 * mean_pages)).astype(np.int64)
+    total = int(pages.sum()) * config.page_size
+    dtypes = {"user_id": np.int64, "item_id": np.int64, "ts": np.int64, "position": np.int16}
+    dtypes |= dict.fromkeys(["click", "play", "complete", "like", "share"], bool)
+    dtypes |= {"impression_utility": np.float32, "impression_source": np.int8}
+    dtypes |= {"impression_followed": bool}
+    columns = {name: np.empty(total, dtype=dtype) for name, dtype in dtypes.items()}
+    chunk = max(1, int(1_000_000 // max(1.0, config.impressions_per_user)))
+    offset = 0
+    with tqdm(total=n, unit="user", desc="impressions", disable=not progress) as bar:
+        for index, first in enumerate(range(0, n, chunk)):
+            users = np.arange(first + 1, min(first + chunk, n) + 1, dtype=np.int64)
+            rows = _chunk(
+                config, policy, follow_index, items, truth, account, users,
+                pages[first : first + chunk], _rng(config, 6, index),
+            )  # fmt: skip
+            for name, values in rows.items():
+                columns[name][offset : offset + len(values)] = values
+            offset += len(rows["user_id"])
+            bar.update(len(users))
+    return columns
+
+
+def generate(config: SyntheticConfig | None = None, progress: bool = True) -> Dataset:
+    """Builds the world for config (defaults when None); identical tables for identical configs.
+
+    Impressions come in pages ordered by user, then time, then position; a catalog smaller than a
+    page cannot avoid repeats within it. Every user gets at least one page.
+    """
+    config = config or SyntheticConfig()
+    config.check()
+    clock = _Clock(config)
+    users, truth = _users(config)
+    creators, creator_truth = _creators(config, truth)
+    truth |= creator_truth
+    items, item_truth = _items(config, truth)
+    truth |= item_truth
+    account = np.r_[0, creators["user_id"]]  # creator id -> account user id
+    creator_of_account = np.zeros(config.n_users + 1, dtype=np.int64)
+    creator_of_account[creators["user_id"]] = creators["creator_id"]
+    creator_of_account[0] = 0
+    follows = _follows(config, clock, truth, creators["user_id"])
+    policy = _Policy(config, clock, items, truth, follows, creator_of_account)
+    follow_index = _FollowIndex(follows, config.n_users)
+    columns = _exposures(config, policy, follow_index, items, truth, account, progress)
+    for name in ("impression_utility", "impression_source", "impression_followed"):
+        truth[name] = columns.pop(name)
+    truth["position_examination"] = examination(config)
+    impressions = columns
+    played = impressions["play"]
+    interactions = {
+        name: impressions[name][played]
+        for name in ("user_id", "item_id", "ts", "play", "complete", "like", "share")
+    }
+    interactions["rating"] = np.full(int(played.sum()), np.nan, dtype=np.float32)
+    names = list(GENRES[: config.n_categories])
+    names += [f"genre {i}" for i in range(len(names) + 1, config.n_categories + 1)]
+    meta = {
+        "name": "synthetic",
+        "categories": ["none", *names],
+        "occupations": list(OCCUPATIONS),
+        "tasks": TASKS,
+        "description": (
+            "Seeded synthetic UGC music platform: taste clusters, creators uploading over time, "
+            "a homophilous follow graph, impressions logged by a popularity- and position-biased "
+            "policy, click -> play -> complete -> like/share from a known utility (see truth)."
+        ),
+        "sources": list(SOURCES),
+        "outcome_logits": {event: list(v) for event, v in OUTCOME_LOGITS.items()},
+        "config": asdict(config) | {"n_creators": config.creators},  # rebuilds this world
+    }
+    return Dataset(users, items, creators, follows, interactions, impressions, meta, truth)

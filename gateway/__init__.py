@@ -1,0 +1,1 @@
+"""Gateway: the public Recommend / Feedback API over the four stages."""

@@ -1,0 +1,1 @@
+"""Rank: the multi-task teacher (DeepFM + attention + CGC/PLE), served from ONNX."""

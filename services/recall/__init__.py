@@ -1,0 +1,1 @@
+"""Recall: multi-channel candidate retrieval merged under per-channel quotas."""

@@ -1,0 +1,1 @@
+"""Rerank: diversity (DPP, MMR) and business rules for the final page."""

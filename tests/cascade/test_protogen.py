@@ -22,8 +22,10 @@ def test_every_proto_field_is_documented():
         lines = proto.read_text().splitlines()
         for number, line in enumerate(lines):
             stripped = line.strip()
-            is_field = stripped.endswith(";") and "=" in stripped and not stripped.startswith(
-                ("syntax", "package", "option", "//")
+            is_field = (
+                stripped.endswith(";")
+                and "=" in stripped
+                and not stripped.startswith(("syntax", "package", "option", "//"))
             )
             if is_field:
                 above = lines[number - 1].strip()

@@ -1,0 +1,158 @@
+"""Versioned artifact bundles: what training writes and serving loads.
+
+    artifacts/<version>/manifest.json      versions, metrics, sha256 of every file
+    artifacts/<version>/<component>/...    ONNX files, npz arrays, FAISS indexes, JSON
+    artifacts/current -> <version>         the bundle services load (swapped atomically)
+
+No pickle anywhere: ONNX, npz (loaded with allow_pickle=False), FAISS files and JSON. A service
+only opens files the manifest lists, after checking their sha256, so a truncated or tampered file
+is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+
+
+class ArtifactError(RuntimeError):
+    """A bundle, component or file is missing, unlisted or does not match its checksum."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def new_version() -> str:
+    """A sortable version name: UTC time to the second."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+class BundleWriter:
+    """Adds components to a bundle folder; `commit()` writes the manifest.
+
+    Writing into an existing version keeps its other components (rank, then a prerank distilled
+    from it, can land in one bundle).
+    """
+
+    def __init__(self, root: Path, version: str | None = None):
+        self.version = version or new_version()
+        self.folder = Path(root) / self.version
+        self.folder.mkdir(parents=True, exist_ok=True)
+        manifest_path = self.folder / MANIFEST
+        self.manifest = (
+            json.loads(manifest_path.read_text())
+            if manifest_path.exists()
+            else {"version": self.version, "components": {}, "files": {}}
+        )
+
+    def path(self, component: str, name: str) -> Path:
+        """Where to write a file; call add() afterwards (or use the save_* helpers)."""
+        target = self.folder / component / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def add(self, component: str, name: str) -> Path:
+        """Records an already written file with its checksum."""
+        target = self.folder / component / name
+        relative = f"{component}/{name}"
+        self.manifest["files"][relative] = {
+            "sha256": _sha256(target),
+            "bytes": target.stat().st_size,
+        }
+        return target
+
+    def save_npz(self, component: str, name: str, **arrays: np.ndarray) -> Path:
+        with self.path(component, name).open("wb") as handle:
+            np.savez(handle, **arrays)
+        return self.add(component, name)
+
+    def save_json(self, component: str, name: str, value: object) -> Path:
+        self.path(component, name).write_text(json.dumps(value, indent=2))
+        return self.add(component, name)
+
+    def set_component(self, component: str, info: dict) -> None:
+        """Component metadata: its version, metrics, feature spec fingerprint, parents, ..."""
+        self.manifest["components"][component] = {"created": new_version(), **info}
+
+    def commit(self) -> Path:
+        path = self.folder / MANIFEST
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.manifest, indent=2, sort_keys=True))
+        os.replace(temporary, path)
+        return self.folder
+
+
+def publish(root: Path, version: str) -> None:
+    """Points artifacts/current at a version atomically (readers see the old or the new one)."""
+    root = Path(root)
+    if not (root / version / MANIFEST).exists():
+        raise ArtifactError(f"{root / version} has no {MANIFEST}: nothing to publish")
+    link = root / CURRENT
+    temporary = root / f".{CURRENT}.{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(version)
+    os.replace(temporary, link)
+
+
+class Bundle:
+    """A read-only, checksum-verified bundle."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"{manifest_path} is missing: train the models first (`cascade train`)"
+            ) from None
+        except json.JSONDecodeError as error:
+            raise ArtifactError(f"{manifest_path} is corrupt: {error}") from None
+        self.version = self.manifest["version"]
+
+    @classmethod
+    def open(cls, root: Path, name: str = CURRENT) -> Bundle:
+        """Opens artifacts/<name> (default: the published one)."""
+        return cls((Path(root) / name).resolve())
+
+    def component(self, component: str) -> dict:
+        try:
+            return self.manifest["components"][component]
+        except KeyError:
+            raise ArtifactError(
+                f"bundle {self.folder} has no {component!r} component "
+                f"(it has {sorted(self.manifest['components'])})"
+            ) from None
+
+    def file(self, component: str, name: str) -> Path:
+        """The path of a listed file whose checksum matches; ArtifactError otherwise."""
+        relative = f"{component}/{name}"
+        listed = self.manifest["files"].get(relative)
+        if listed is None:
+            raise ArtifactError(f"{relative} is not listed in {self.folder / MANIFEST}")
+        path = self.folder / relative
+        if not path.exists():
+            raise ArtifactError(f"{path} is listed in the manifest but missing")
+        if _sha256(path) != listed["sha256"]:
+            raise ArtifactError(f"{path} does not match its sha256 in the manifest")
+        return path
+
+    def load_npz(self, component: str, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.file(component, name), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+
+    def load_json(self, component: str, name: str) -> object:
+        return json.loads(self.file(component, name).read_text())

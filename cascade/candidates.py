@@ -1,0 +1,125 @@
+"""Candidate lists between numpy and the wire (cascade.v1.CandidateList), plus channel masks.
+
+Stages work on parallel numpy arrays; the wire carries packed repeated fields. Both directions are
+vectorised: filled from `array.tolist()` and read with `np.asarray(field)` (PERF-NOTES: the fast
+paths, a few microseconds per 2,000 candidates to read and ~0.1 ms to write).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from cascade.v1 import common_pb2
+
+# Short channel names ("two_tower", "item_cf", ...) by enum value, from the wire contract.
+CHANNELS: dict[int, str] = {
+    value.number: value.name.removeprefix("CHANNEL_").lower()
+    for value in common_pb2.Channel.DESCRIPTOR.values
+    if value.number != common_pb2.CHANNEL_UNSPECIFIED
+}
+_CHANNEL_VALUES = {name: number for number, name in CHANNELS.items()}
+_CHANNEL_BITS = np.array(sorted(CHANNELS), dtype=np.uint32)  # (n_channels,)
+
+
+class InvalidField(ValueError):
+    """A request field that fails validation; `field` is its path, e.g. "candidates.scores"."""
+
+    def __init__(self, field: str, description: str):
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class Candidates(NamedTuple):
+    """A candidate list as parallel arrays of equal length n (unpacks as ids, scores, masks)."""
+
+    item_ids: np.ndarray  # (n,) int64
+    scores: np.ndarray  # (n,) float32
+    channel_masks: np.ndarray  # (n,) uint32, bit c set when Channel c found the item
+
+    def take(self, order: np.ndarray) -> Candidates:
+        """The candidates at positions `order` (an index array or boolean mask), in that order."""
+        return Candidates(self.item_ids[order], self.scores[order], self.channel_masks[order])
+
+
+def to_proto(
+    item_ids: np.ndarray,
+    scores: np.ndarray | None = None,
+    channel_masks: np.ndarray | None = None,
+    out: common_pb2.CandidateList | None = None,
+) -> common_pb2.CandidateList:
+    """A CandidateList holding the arrays; `out` (e.g. `response.candidates`) is filled in place,
+    which saves copying the list into its parent message."""
+    item_ids = np.asarray(item_ids)
+    if item_ids.ndim != 1 or not (item_ids.dtype.kind in "iu" or item_ids.size == 0):
+        raise TypeError(
+            f"item_ids must be a 1-D integer array, got {item_ids.dtype}{item_ids.shape}"
+        )
+    n = len(item_ids)
+    msg = common_pb2.CandidateList() if out is None else out
+    if out is not None:
+        out.Clear()
+    msg.item_ids.extend(item_ids.tolist())
+    if scores is not None:
+        msg.scores.extend(_same_length(scores, n, "scores", np.float32).tolist())
+    if channel_masks is not None:
+        msg.channel_masks.extend(
+            _same_length(channel_masks, n, "channel_masks", np.uint32).tolist()
+        )
+    return msg
+
+
+def from_proto(msg: common_pb2.CandidateList, field: str = "candidates") -> Candidates:
+    """The list's arrays; empty scores or masks become zeros. Raises InvalidField, naming
+    `field`.scores or `field`.channel_masks, when a non-empty array's length is not item_ids'."""
+    item_ids = np.asarray(msg.item_ids, dtype=np.int64)
+    n = len(item_ids)
+    return Candidates(
+        item_ids,
+        _read(msg.scores, n, f"{field}.scores", np.float32),
+        _read(msg.channel_masks, n, f"{field}.channel_masks", np.uint32),
+    )
+
+
+def _same_length(values: np.ndarray, n: int, name: str, dtype: type) -> np.ndarray:
+    values = np.asarray(values, dtype=dtype)
+    if values.shape != (n,):
+        raise ValueError(f"{name} has shape {values.shape}, item_ids has ({n},)")
+    return values
+
+
+def _read(repeated, n: int, field: str, dtype: type) -> np.ndarray:
+    size = len(repeated)
+    if size == 0:
+        return np.zeros(n, dtype=dtype)
+    if size != n:
+        raise InvalidField(field, f"has {size} entries but item_ids has {n}; must be equal or 0")
+    return np.asarray(repeated, dtype=dtype)
+
+
+def channel_bit(channel: int | str) -> int:
+    """The mask bit of a channel given by enum value (common_pb2.CHANNEL_FRESH), full enum name
+    ("CHANNEL_FRESH") or short name ("fresh")."""
+    if isinstance(channel, str):
+        name = channel.removeprefix("CHANNEL_").lower()
+        if name not in _CHANNEL_VALUES:
+            raise ValueError(f"unknown channel {channel!r}; known: {sorted(_CHANNEL_VALUES)}")
+        return 1 << _CHANNEL_VALUES[name]
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; known values: {sorted(CHANNELS)}")
+    return 1 << int(channel)
+
+
+def channels_of(mask: int) -> list[str]:
+    """Short names of the channels set in one mask, in enum order."""
+    return [name for number, name in CHANNELS.items() if int(mask) >> number & 1]
+
+
+def channel_counts(channel_masks: np.ndarray) -> dict[str, int]:
+    """Candidates found by each channel (a candidate counts for every channel that found it)."""
+    masks = np.asarray(channel_masks, dtype=np.uint32)
+    hits = (masks[:, None] >> _CHANNEL_BITS[None, :]) & 1  # (n, n_channels)
+    counts = hits.sum(axis=0)
+    return {CHANNELS[int(bit)]: int(c) for bit, c in zip(_CHANNEL_BITS, counts, strict=True)}

@@ -1,0 +1,182 @@
+"""Typed settings: a frozen dataclass per service, read once at start-up.
+
+Layers, later wins: the dataclass defaults, a JSON or TOML file, environment variables
+(`<PREFIX><FIELD>`, e.g. CASCADE_RANK_PORT; a nested dataclass adds its field name:
+CASCADE_RANK_SERVER_PORT), then explicit overrides (e.g. from the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the field and where its value came from."""
+
+
+def load_settings(
+    cls: type[T],
+    path: Path | str | None = None,
+    env_prefix: str = "CASCADE_",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Build `cls` from its defaults, then `path`, then the environment, then `overrides`."""
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if path is not None:
+        layers.append((str(path), _read_file(Path(path))))
+    env = os.environ if environ is None else environ
+    layers.append(("environment", _from_env(cls, env_prefix.upper(), env)))
+    if overrides:
+        layers.append(("overrides", overrides))
+    return _build(cls, layers, name="")
+
+
+def _read_file(path: Path) -> Mapping[str, Any]:
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"cannot read settings file {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold an object/table at the top level")
+    return data
+
+
+def _from_env(cls: type, prefix: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The environment's values for `cls` as a nested dict of strings (only known names are read:
+    several settings classes share one environment)."""
+    values: dict[str, Any] = {}
+    for field, tp in _fields(cls):
+        var = f"{prefix}{field.name.upper()}"
+        if _is_settings(tp):
+            nested = _from_env(tp, var + "_", env)
+            if nested:
+                values[field.name] = nested
+        elif var in env:
+            values[field.name] = _EnvValue(var, env[var])
+    return values
+
+
+class _EnvValue(str):
+    """A string from the environment that remembers its variable, for error messages."""
+
+    var: str
+
+    def __new__(cls, var: str, value: str) -> _EnvValue:
+        self = super().__new__(cls, value)
+        self.var = var
+        return self
+
+
+def _build(cls: type[T], layers: list[tuple[str, Mapping[str, Any]]], name: str) -> T:
+    types_by_name = {field.name: tp for field, tp in _fields(cls)}
+    for source, layer in layers:
+        unknown = sorted(set(layer) - set(types_by_name))
+        if unknown:
+            raise SettingsError(
+                f"unknown setting {name + unknown[0]!r} in {source}; "
+                f"known: {', '.join(name + n for n in sorted(types_by_name))}"
+            )
+    kwargs: dict[str, Any] = {}
+    for field_name, tp in types_by_name.items():
+        qualified = name + field_name
+        if _is_settings(tp):
+            nested = []
+            for source, layer in layers:
+                if field_name in layer:
+                    value = layer[field_name]
+                    if not isinstance(value, Mapping):
+                        raise SettingsError(f"{qualified} in {source} must be a table/object")
+                    nested.append((source, value))
+            if nested:
+                kwargs[field_name] = _build(tp, nested, qualified + ".")
+            continue
+        for source, layer in layers:
+            if field_name in layer:
+                kwargs[field_name] = _convert(layer[field_name], tp, qualified, source)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"invalid settings {cls.__name__}: {error}") from error
+
+
+def _convert(value: Any, tp: Any, name: str, source: str) -> Any:
+    where = f"environment variable {value.var}" if isinstance(value, _EnvValue) else source
+    try:
+        return _coerce(value, tp)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(
+            f"bad value {value!r} for setting {name!r} ({_type_name(tp)}) from {where}: {error}"
+        ) from error
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError("only `X | None` unions are supported")
+        return _coerce(value, inner[0])
+    if origin is tuple:
+        items = (
+            [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        )
+        if not isinstance(items, list | tuple):
+            raise TypeError("expected a list")
+        item_type = args[0] if args else str
+        return tuple(_coerce(item, item_type) for item in items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
+    if tp is int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise TypeError("expected an integer")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return str(value)
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise TypeError("expected a path")
+        return Path(value)
+    raise TypeError(f"unsupported setting type {_type_name(tp)}")
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
+
+
+def _is_settings(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp)

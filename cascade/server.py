@@ -1,0 +1,232 @@
+"""The gRPC server bootstrap every stage uses: one call builds, binds and starts it.
+
+A server gets health checking (grpc.health.v1), reflection, RPC metrics on its own HTTP port, load
+shedding (maximum_concurrent_rpcs) and the graceful shutdown measured in RELIABILITY-NOTES: health
+NOT_SERVING first, then server.stop(grace) lets in-flight calls finish while new ones are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
+
+from cascade.telemetry import (
+    MetricsInterceptor,
+    MetricsServer,
+    RpcMetrics,
+    new_registry,
+    start_metrics_server,
+)
+
+log = logging.getLogger(__name__)
+
+AddServicers = Callable[[grpc.Server], Iterable[str]]  # adds servicers, returns their full names
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"  # "0.0.0.0" in a container; also the metrics server's address
+    port: int = 0  # gRPC port; 0 = ephemeral
+    metrics_port: int = 0  # Prometheus /metrics port; 0 = ephemeral, -1 = off
+    max_workers: int = 4  # PERF-NOTES: a small pool beat larger ones (one core per process)
+    max_message_bytes: int = 4 * 1024 * 1024  # both directions; 2,000 candidates are ~30 KB
+    maximum_concurrent_rpcs: int = 64  # more fail at once: RESOURCE_EXHAUSTED; 0 = no cap
+    grace_s: float = 5.0  # how long stop() lets in-flight calls finish
+    shutdown_delay_s: float = 0.0  # NOT_SERVING before refusing calls, so balancers notice
+    max_connection_age_s: float = 300.0  # then clients reconnect, finding new replicas; 0 = off
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
+        if self.max_workers < 1 or self.max_message_bytes < 1 or self.maximum_concurrent_rpcs < 0:
+            raise ValueError(
+                "max_workers, max_message_bytes must be >= 1, maximum_concurrent_rpcs >= 0"
+            )
+        if self.grace_s < 0 or self.shutdown_delay_s < 0 or self.max_connection_age_s < 0:
+            raise ValueError("grace_s, shutdown_delay_s and max_connection_age_s must be >= 0")
+
+
+class BindError(OSError):
+    """A server could not bind its address, usually because the port is taken."""
+
+
+@dataclass
+class RunningServer:
+    """A started server. `port` and `metrics_port` are the bound ones (real even when asked 0)."""
+
+    stage: str
+    server: grpc.Server
+    port: int
+    metrics_port: int | None
+    registry: CollectorRegistry
+    health: health.HealthServicer
+    services: tuple[str, ...]
+    settings: ServerSettings
+    _metrics_server: MetricsServer | None
+    _pool: futures.ThreadPoolExecutor
+    _stop_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _stopped: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{_host(self.settings.host)}:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: health NOT_SERVING, wait shutdown_delay_s, then refuse new calls
+        and let in-flight ones finish for up to `grace` seconds (default settings.grace_s)."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            grace = self.settings.grace_s if grace is None else grace
+            log.info("%s: stopping (grace %.1f s)", self.stage, grace)
+            self.health.enter_graceful_shutdown()
+            if self.settings.shutdown_delay_s:
+                time.sleep(self.settings.shutdown_delay_s)
+            self.server.stop(grace).wait()
+            self._pool.shutdown(wait=False)
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+            log.info("%s: stopped", self.stage)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped; False if `timeout` passed first."""
+        return not self.server.wait_for_termination(timeout)  # gRPC returns "timed out"
+
+
+def serve(
+    stage: str,
+    add_servicers: AddServicers,
+    settings: ServerSettings | None = None,
+    registry: CollectorRegistry | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> RunningServer:
+    """Build, bind and start `stage`'s server. `registry` may already hold the service's own
+    metrics; the RPC metrics are added to it. Raises BindError naming the port on a clash."""
+    settings = ServerSettings() if settings is None else settings
+    registry = new_registry() if registry is None else registry
+    pool = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix=f"{stage}-rpc")
+    server = grpc.server(
+        pool,
+        interceptors=[MetricsInterceptor(RpcMetrics(stage, registry)), *interceptors],
+        options=_server_options(settings),
+        maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs or None,
+    )
+    services = tuple(add_servicers(server))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *services):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    address = f"{_host(settings.host)}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        pool.shutdown(wait=False)
+        raise BindError(
+            f"{stage}: cannot bind gRPC port {settings.port} on {settings.host} "
+            f"(port already in use?): {error}"
+        ) from error
+    metrics_server = None
+    if settings.metrics_port >= 0:
+        try:
+            metrics_server = start_metrics_server(registry, settings.metrics_port, settings.host)
+        except OSError as error:
+            server.stop(None)
+            pool.shutdown(wait=False)
+            raise BindError(
+                f"{stage}: cannot bind metrics port {settings.metrics_port} on "
+                f"{settings.host} (port already in use?): {error}"
+            ) from error
+    server.start()
+    running = RunningServer(
+        stage, server, port, metrics_server.port if metrics_server else None, registry,
+        health_servicer, services, settings, metrics_server, pool,
+    )  # fmt: skip
+    log.info(
+        "%s: serving %s on %s, metrics on port %s",
+        stage,
+        ", ".join(services),
+        running.address,
+        running.metrics_port,
+    )
+    return running
+
+
+def run_forever(
+    stage: str,
+    add_servicers: AddServicers,
+    settings: ServerSettings | None = None,
+    registry: CollectorRegistry | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread."""
+    running = serve(stage, add_servicers, settings, registry, interceptors)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame) -> None:
+        log.info("%s: received %s", stage, signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop_requested.wait(0.5):  # a timed wait keeps signal delivery prompt
+            pass
+    finally:
+        running.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def invalid_argument(context: grpc.ServicerContext, field: str, description: str) -> NoReturn:
+    """Abort the call with INVALID_ARGUMENT and a BadRequest.FieldViolation naming `field`
+    (read it on the client with cascade.client.field_violations)."""
+    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=f"{field}: {description}", details=[detail]
+    )
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable: abort_with_status raises")  # for type checkers
+
+
+def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Accept the keepalive pings cascade.client sends (every 20 s by default, even when idle).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+    if settings.max_connection_age_s:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(settings.grace_s, 1.0) * 1000)),
+        ]
+    return options
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,72 @@
+"""Artifact bundles: checksums, atomic publish, no pickle."""
+
+import numpy as np
+import pytest
+
+from cascade.artifacts import ArtifactError, Bundle, BundleWriter, publish
+
+
+def _bundle(root, version="v1"):
+    writer = BundleWriter(root, version)
+    writer.save_npz("rank", "vectors.npz", items=np.arange(6, dtype=np.float32).reshape(3, 2))
+    writer.save_json("rank", "spec.json", {"fields": 3})
+    writer.set_component("rank", {"version": version, "metrics": {"auc": 0.8}})
+    writer.commit()
+    return writer
+
+
+def test_round_trip_through_current(tmp_path):
+    _bundle(tmp_path, "v1")
+    publish(tmp_path, "v1")
+    bundle = Bundle.open(tmp_path)
+    assert bundle.version == "v1"
+    assert bundle.component("rank")["metrics"] == {"auc": 0.8}
+    assert bundle.load_npz("rank", "vectors.npz")["items"][2].tolist() == [4.0, 5.0]
+    assert bundle.load_json("rank", "spec.json") == {"fields": 3}
+
+
+def test_publish_swaps_versions(tmp_path):
+    _bundle(tmp_path, "v1")
+    _bundle(tmp_path, "v2")
+    publish(tmp_path, "v1")
+    publish(tmp_path, "v2")
+    assert Bundle.open(tmp_path).version == "v2"
+    with pytest.raises(ArtifactError, match="nothing to publish"):
+        publish(tmp_path, "v3")
+
+
+def test_adding_a_component_keeps_the_others(tmp_path):
+    _bundle(tmp_path, "v1")
+    writer = BundleWriter(tmp_path, "v1")
+    writer.save_json("prerank", "head.json", {"teacher": "v1"})
+    writer.set_component("prerank", {"teacher_version": "v1"})
+    writer.commit()
+    bundle = Bundle(tmp_path / "v1")
+    assert set(bundle.manifest["components"]) == {"rank", "prerank"}
+
+
+def test_tampered_or_unlisted_files_are_refused(tmp_path):
+    _bundle(tmp_path, "v1")
+    bundle = Bundle(tmp_path / "v1")
+    (tmp_path / "v1" / "rank" / "spec.json").write_text('{"fields": 4}')
+    with pytest.raises(ArtifactError, match=r"spec\.json does not match its sha256"):
+        bundle.load_json("rank", "spec.json")
+    with pytest.raises(ArtifactError, match=r"rank/model\.onnx is not listed"):
+        bundle.file("rank", "model.onnx")
+    with pytest.raises(ArtifactError, match="no 'recall' component"):
+        bundle.component("recall")
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    writer = BundleWriter(tmp_path, "v1")
+    with writer.path("rank", "evil.npz").open("wb") as handle:
+        np.savez(handle, objects=np.array([{"a": 1}], dtype=object))
+    writer.add("rank", "evil.npz")
+    writer.commit()
+    with pytest.raises(ValueError, match="allow_pickle"):
+        Bundle(tmp_path / "v1").load_npz("rank", "evil.npz")
+
+
+def test_missing_bundle_says_how_to_make_one(tmp_path):
+    with pytest.raises(ArtifactError, match="manifest.json is missing: train the models first"):
+        Bundle.open(tmp_path)

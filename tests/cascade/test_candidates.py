@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from cascade.candidates import (
+    Candidates,
+    InvalidField,
+    channel_bit,
+    channel_counts,
+    channels_of,
+    from_proto,
+    to_proto,
+)
+from cascade.v1 import common_pb2, rank_pb2
+
+
+@st.composite
+def candidate_arrays(draw):
+    n = draw(st.integers(0, 300))
+    item_ids = draw(hnp.arrays(np.int64, n))
+    scores = draw(hnp.arrays(np.float32, n))  # any float32, NaN and infinities included
+    masks = draw(hnp.arrays(np.uint32, n))
+    return item_ids, scores, masks
+
+
+@settings(max_examples=60, deadline=None)
+@given(candidate_arrays())
+def test_arrays_survive_the_wire_exactly(arrays):
+    item_ids, scores, masks = arrays
+    wire = to_proto(item_ids, scores, masks).SerializeToString()
+    back = from_proto(common_pb2.CandidateList.FromString(wire))
+    assert back.item_ids.dtype == np.int64
+    assert back.scores.dtype == np.float32
+    assert back.channel_masks.dtype == np.uint32
+    np.testing.assert_array_equal(back.item_ids, item_ids)
+    np.testing.assert_array_equal(
+        back.scores.view(np.uint32)[~np.isnan(scores)], scores.view(np.uint32)[~np.isnan(scores)]
+    )  # bit-exact, -0.0 too
+    assert np.array_equal(np.isnan(back.scores), np.isnan(scores))
+    np.testing.assert_array_equal(back.channel_masks, masks)
+
+
+def test_missing_scores_and_masks_read_as_zeros():
+    back = from_proto(to_proto(np.array([5, 3, 9])))
+    np.testing.assert_array_equal(back.item_ids, [5, 3, 9])
+    assert back.scores.dtype == np.float32 and not back.scores.any() and len(back.scores) == 3
+    assert back.channel_masks.dtype == np.uint32 and not back.channel_masks.any()
+    empty = from_proto(common_pb2.CandidateList())
+    assert [len(a) for a in empty] == [0, 0, 0]
+
+
+def test_unequal_lengths_name_the_field():
+    msg = common_pb2.CandidateList(item_ids=[1, 2, 3], scores=[0.5, 0.1])
+    with pytest.raises(InvalidField) as caught:
+        from_proto(msg, field="candidates")
+    assert caught.value.field == "candidates.scores"
+    msg = common_pb2.CandidateList(item_ids=[1], channel_masks=[2, 4])
+    with pytest.raises(ValueError, match="request.candidates.channel_masks"):
+        from_proto(msg, field="request.candidates")
+    with pytest.raises(ValueError, match="scores"):
+        to_proto(np.arange(3), scores=np.zeros(2))
+
+
+def test_to_proto_fills_a_parent_message_in_place():
+    response = rank_pb2.RankResponse()
+    response.candidates.item_ids.append(99)  # stale content is replaced
+    to_proto(np.array([4, 2]), np.array([0.9, 0.1]), out=response.candidates)
+    assert list(response.candidates.item_ids) == [4, 2]
+    assert response.candidates.scores[0] == pytest.approx(0.9)
+    assert len(response.candidates.channel_masks) == 0
+
+
+def test_to_proto_rejects_non_integer_ids():
+    with pytest.raises(TypeError, match="item_ids"):
+        to_proto(np.array([1.5, 2.0]))
+
+
+def test_take_reorders_all_arrays_together():
+    cands = Candidates(
+        np.array([10, 20, 30]),
+        np.array([0.1, 0.3, 0.2], np.float32),
+        np.array([2, 4, 8], np.uint32),
+    )
+    top = cands.take(np.argsort(-cands.scores)[:2])
+    np.testing.assert_array_equal(top.item_ids, [20, 30])
+    np.testing.assert_array_equal(top.channel_masks, [4, 8])
+
+
+def test_channel_masks():
+    assert channel_bit(common_pb2.CHANNEL_TWO_TOWER) == 2
+    assert channel_bit("CHANNEL_FRESH") == channel_bit("fresh") == 1 << 5
+    with pytest.raises(ValueError):
+        channel_bit(common_pb2.CHANNEL_UNSPECIFIED)
+    with pytest.raises(ValueError):
+        channel_bit("nope")
+    mask = channel_bit("popular") | channel_bit("item_cf")
+    assert channels_of(mask) == ["item_cf", "popular"]
+    assert channels_of(np.uint32(0)) == []
+    masks = np.array([mask, channel_bit("popular"), 0], dtype=np.uint32)
+    counts = channel_counts(masks)
+    assert counts["popular"] == 2 and counts["item_cf"] == 1 and counts["social"] == 0
+    assert set(counts) == {"two_tower", "item_cf", "profile", "social", "fresh", "popular"}

@@ -1,0 +1,248 @@
+"""Integration tests of the server bootstrap: real servers on ephemeral 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from cascade.candidates import InvalidField, from_proto, to_proto
+from cascade.client import ClientSettings, field_violations, make_channel
+from cascade.server import BindError, RunningServer, ServerSettings, invalid_argument, serve
+from cascade.v1 import rerank_pb2, rerank_pb2_grpc
+
+pytestmark = pytest.mark.timeout(30)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RERANK = rerank_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name
+
+
+class FakeRerank(rerank_pb2_grpc.RerankServicer):
+    """Returns the first `count` candidates. Test knobs: `fail_next` calls answer UNAVAILABLE;
+    extras["sleep_ms"] delays the answer; count 13 raises (an unhandled bug)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail_next = 0
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def Rerank(self, request, context):
+        with self._lock:
+            self.calls += 1
+            fail = self.fail_next > 0
+            self.fail_next -= fail
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        self.started.set()
+        time.sleep(int(request.user.context.extras.get("sleep_ms", "0")) / 1000)
+        try:
+            candidates = from_proto(request.candidates)
+        except InvalidField as error:
+            invalid_argument(context, error.field, error.description)
+        if request.count == 13:
+            raise RuntimeError("unlucky")
+        if request.count > len(candidates.item_ids):
+            invalid_argument(context, "count", f"{request.count} > {len(candidates.item_ids)}")
+        response = rerank_pb2.RerankResponse()
+        to_proto(*candidates.take(slice(0, request.count)), out=response.candidates)
+        return response
+
+
+def start_fake(settings: ServerSettings | None = None) -> tuple[RunningServer, FakeRerank]:
+    servicer = FakeRerank()
+
+    def add(server: grpc.Server) -> list[str]:
+        rerank_pb2_grpc.add_RerankServicer_to_server(servicer, server)
+        return [RERANK]
+
+    return serve("rerank", add, settings or ServerSettings()), servicer
+
+
+def rerank_request(count: int, n: int = 5, sleep_ms: int = 0) -> rerank_pb2.RerankRequest:
+    request = rerank_pb2.RerankRequest(count=count)
+    if sleep_ms:
+        request.user.context.extras["sleep_ms"] = str(sleep_ms)
+    to_proto(np.arange(100, 100 + n), np.linspace(1, 0, n), out=request.candidates)
+    return request
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[RunningServer, FakeRerank]]:
+    running, servicer = start_fake()
+    yield running, servicer
+    running.stop(grace=0)
+
+
+@pytest.fixture
+def stub(fake) -> Iterator[rerank_pb2_grpc.RerankStub]:
+    with make_channel(fake[0].address, ClientSettings(max_attempts=1)) as channel:
+        yield rerank_pb2_grpc.RerankStub(channel)
+
+
+def scrape(running: RunningServer) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5)
+    samples = {}
+    for family in text_string_to_metric_families(text.read().decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_rerank_answers_through_the_bootstrap(stub):
+    response = stub.Rerank(rerank_request(count=2))
+    np.testing.assert_array_equal(from_proto(response.candidates).item_ids, [100, 101])
+
+
+def test_health_is_serving_then_not_serving_during_shutdown():
+    running, _ = start_fake(ServerSettings(shutdown_delay_s=0.5))
+    with grpc.insecure_channel(running.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", RERANK):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stopper = threading.Thread(target=running.stop)
+        stopper.start()
+        time.sleep(0.1)  # inside shutdown_delay_s: still answering, but NOT_SERVING
+        for service in ("", RERANK):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stopper.join(5)
+        assert running.wait(timeout=1)
+
+
+def test_reflection_lists_the_services(fake):
+    with grpc.insecure_channel(fake[0].address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert set(services) >= {
+        RERANK,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+def test_metrics_count_calls_by_code_and_time_them(fake, stub):
+    running, _ = fake
+    stub.Rerank(rerank_request(count=1))
+    for bad in (rerank_request(count=9), rerank_request(count=13)):
+        with pytest.raises(grpc.RpcError):
+            stub.Rerank(bad)
+    samples = scrape(running)
+    labels = (("rpc", "cascade.v1.Rerank/Rerank"), ("stage", "rerank"))
+    for code in ("OK", "INVALID_ARGUMENT", "UNKNOWN"):
+        key = ("cascade_rpc_requests_total", tuple(sorted((*labels, ("code", code)))))
+        assert samples[key] == 1, code
+    assert samples[("cascade_rpc_latency_seconds_count", labels)] == 3
+    assert (
+        "cascade_rpc_latency_seconds_bucket",
+        tuple(sorted((*labels, ("le", "0.0005")))),
+    ) in samples
+    assert samples[("cascade_rpc_in_flight", labels)] == 0
+
+
+def test_field_violation_names_the_field(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Rerank(rerank_request(count=9))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == {"count": "9 > 5"}
+    request = rerank_request(count=1)
+    request.candidates.scores.append(0.5)  # one score too many
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Rerank(request)
+    assert list(field_violations(caught.value)) == ["candidates.scores"]
+
+
+def test_second_server_on_the_same_port_fails_naming_it(fake):
+    running, _ = fake
+    with pytest.raises(BindError, match=f"gRPC port {running.port}"):
+        start_fake(ServerSettings(port=running.port))
+    with pytest.raises(BindError, match=f"metrics port {running.metrics_port}"):
+        start_fake(ServerSettings(metrics_port=running.metrics_port))
+
+
+def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
+    running, servicer = start_fake()
+    with make_channel(running.address, ClientSettings(max_attempts=1, timeout_s=3)) as channel:
+        stub = rerank_pb2_grpc.RerankStub(channel)
+        stub.Rerank(rerank_request(count=1))  # connected
+        slow = stub.Rerank.future(rerank_request(count=2, sleep_ms=600))
+        assert servicer.started.wait(2)
+        stopper = threading.Thread(target=running.stop, kwargs={"grace": 3})
+        stopper.start()
+        refused = None
+        for _ in range(100):  # new calls are refused once stop() has begun
+            try:
+                stub.Rerank(rerank_request(count=1), timeout=1)
+            except grpc.RpcError as error:
+                refused = error.code()
+                break
+            time.sleep(0.01)
+        assert refused == grpc.StatusCode.UNAVAILABLE
+        assert not slow.done()
+        assert len(slow.result().candidates.item_ids) == 2  # the in-flight call finished OK
+        stopper.join(5)
+
+
+def test_calls_beyond_the_concurrency_cap_are_shed():
+    running, servicer = start_fake(ServerSettings(maximum_concurrent_rpcs=1))
+    try:
+        with make_channel(running.address, ClientSettings(max_attempts=1)) as channel:
+            stub = rerank_pb2_grpc.RerankStub(channel)
+            slow = stub.Rerank.future(rerank_request(count=1, sleep_ms=400))
+            assert servicer.started.wait(2)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Rerank(rerank_request(count=1))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert slow.result().candidates.item_ids == [100]
+    finally:
+        running.stop(grace=0)
+
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    sys.path.insert(0, ".")
+    from tests.cascade.test_server import FakeRerank, RERANK
+    from cascade.server import ServerSettings, run_forever
+    from cascade.v1 import rerank_pb2_grpc
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    def add(server):
+        rerank_pb2_grpc.add_RerankServicer_to_server(FakeRerank(), server)
+        return [RERANK]
+    run_forever("rerank", add, ServerSettings(metrics_port=-1))
+    print("exited cleanly", flush=True)
+""")
+
+
+def test_run_forever_shuts_down_gracefully_on_sigterm():
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_SCRIPT], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+    try:
+        line = process.stdout.readline()
+        assert "serving cascade.v1.Rerank on 127.0.0.1:" in line, line
+        address = line.split(" on ")[1].split(",")[0]
+        with make_channel(address) as channel:
+            reply = rerank_pb2_grpc.RerankStub(channel).Rerank(rerank_request(count=1))
+            assert reply.candidates.item_ids == [100]
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=10)
+        assert process.returncode == 0
+        assert "exited cleanly" in out
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -17,9 +17,8 @@ $(STAMP): pyproject.toml
 
 # Fetch MovieLens-100K, build the synthetic world, print the baseline table.
 demo: setup
-	$(BIN)/cascade data --source ml-100k --data-dir $(DATA)
-	$(BIN)/cascade data --source synthetic --users 20000 --data-dir $(DATA)
-	$(BIN)/cascade baselines --data-dir $(DATA) --out results/baselines.json
+	$(BIN)/cascade data --source all --data-dir $(DATA)
+	$(BIN)/cascade baselines --data-dir $(DATA) --dataset ml-100k synthetic --out results/baselines.json
 
 test: setup
 	$(BIN)/python -m pytest

@@ -18,7 +18,8 @@ def _data(args: argparse.Namespace) -> None:
         if source == "synthetic":
             options = {
                 "n_users": args.users,
-                "n_items": args.items or args.users,
+                "n_items": args.items,
+                "impressions_per_user": args.impressions_per_user,
                 "seed": args.seed,
             }
         started = time.perf_counter()
@@ -70,11 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
     )
     data.add_argument("--users", type=int, default=20_000, help="synthetic: number of users")
+    data.add_argument("--items", type=int, default=10_000, help="synthetic: number of items")
     data.add_argument(
-        "--items",
-        type=int,
-        default=None,
-        help="synthetic: number of items (default: as many as users)",
+        "--impressions-per-user",
+        type=float,
+        default=200.0,
+        help="synthetic: mean logged impressions per user (about 8%% are played)",
     )
     data.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
     data.set_defaults(run=_data)

@@ -35,8 +35,10 @@ format: setup
 protos: setup
 	$(BIN)/python -m cascade.protogen
 
+# Benchmarks write JSON under results/bench/ (medians and p99; this machine is noisy).
 bench: setup
-	$(BIN)/python -m bench.synthetic_scale --out results/bench
+	$(BIN)/python -m bench.wire --out results/bench
+	$(BIN)/python -m bench.synthetic_scale --out results/bench --sizes 100000 1000000
 
 clean:
 	rm -rf $(VENV) $(DATA) results/bench

@@ -1,0 +1,194 @@
+"""The Rerank gRPC service: picks the final page from rank's list (diversity + business rules).
+
+    python -m services.rerank.server [--config rerank.toml]    # env: CASCADE_RERANK_*
+
+Loads the "rerank" component (item embeddings) of the published bundle, refuses it when its
+feature spec differs from the one the feature store was built with, and serves on
+cascade.server's bootstrap (health, reflection, metrics, graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from cascade.artifacts import ArtifactError, Bundle
+from cascade.candidates import InvalidField, from_proto, to_proto
+from cascade.config import load_settings
+from cascade.data import load_dataset
+from cascade.data.split import per_user_temporal, take
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import FeatureSpec, build_spec
+from cascade.server import ServerSettings, invalid_argument, run_forever
+from cascade.telemetry import LATENCY_BUCKETS, new_registry
+from cascade.v1 import rerank_pb2, rerank_pb2_grpc
+from services.rerank.build import COMPONENT, VECTORS
+from services.rerank.reranker import RerankConfig, Reranker
+
+STAGE = "rerank"
+SERVICE = rerank_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name
+_METHODS = {
+    rerank_pb2.DIVERSITY_METHOD_NONE: "none",
+    rerank_pb2.DIVERSITY_METHOD_MMR: "mmr",
+    rerank_pb2.DIVERSITY_METHOD_DPP: "dpp",
+}
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    dataset: str = "ml-100k"  # the feature store's source
+    data_dir: Path = Path("data")
+    artifacts: Path = Path("artifacts")
+    bundle: str = "current"  # bundle name under artifacts/
+    default_count: int = 20  # page size when the request's count is 0
+    max_count: int = 200  # larger counts are INVALID_ARGUMENT
+    max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_count <= self.max_count:
+            raise ValueError("need 1 <= default_count <= max_count")
+
+
+class RerankMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.selection = Histogram(
+            "cascade_rerank_selection_seconds",
+            "Time to select one page (filters, kernel, greedy), by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.candidates = Counter(
+            "cascade_rerank_candidates",
+            "Candidates received (direction=in) and returned (direction=out).",
+            ["direction"],
+            registry=registry,
+        )
+        self.filtered = Counter(
+            "cascade_rerank_filtered",
+            "Candidates dropped by a business rule, by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.missing = Counter(
+            "cascade_rerank_missing_embeddings",
+            "Candidates without an item embedding (treated as dissimilar to all).",
+            registry=registry,
+        )
+
+
+class RerankServicer(rerank_pb2_grpc.RerankServicer):
+    def __init__(self, reranker: Reranker, settings: RerankSettings, registry: CollectorRegistry):
+        self.reranker = reranker
+        self.settings = settings
+        self.metrics = RerankMetrics(registry)
+
+    def Rerank(self, request, context):
+        settings = self.settings
+        count = request.count or settings.default_count
+        if count > settings.max_count:
+            invalid_argument(context, "count", f"{count} exceeds max_count {settings.max_count}")
+        try:
+            candidates = from_proto(request.candidates)
+        except InvalidField as error:
+            invalid_argument(context, error.field, error.description)
+        if len(candidates.item_ids) > settings.max_candidates:
+            invalid_argument(
+                context,
+                "candidates.item_ids",
+                f"{len(candidates.item_ids)} candidates exceed {settings.max_candidates}",
+            )
+        if (candidates.item_ids <= 0).any():
+            invalid_argument(context, "candidates.item_ids", "item ids must be >= 1")
+        if not np.isfinite(candidates.scores).all():
+            invalid_argument(context, "candidates.scores", "scores must be finite numbers")
+        method = _METHODS.get(request.method)
+        if method is None and request.method != rerank_pb2.DIVERSITY_METHOD_UNSPECIFIED:
+            invalid_argument(context, "method", f"unknown diversity method {request.method}")
+        trade_off = request.trade_off if request.HasField("trade_off") else None
+        if trade_off is not None and not (math.isfinite(trade_off) and 0 <= trade_off <= 1):
+            invalid_argument(context, "trade_off", f"must be in [0, 1], got {trade_off}")
+        if request.user.request_time_ms < 0:
+            invalid_argument(context, "user.request_time_ms", "must be >= 0 (0 = now)")
+        request_ts = request.user.request_time_ms // 1000 or int(time.time())
+        method = method or self.reranker.config.method
+        self.metrics.candidates.labels("in").inc(len(candidates.item_ids))
+        started = time.perf_counter()
+        page = self.reranker.rerank(
+            candidates,
+            count,
+            user_id=request.user.user_id,
+            recent_items=np.asarray(request.user.recent_item_ids, dtype=np.int64),
+            request_ts=request_ts,
+            method=method,
+            trade_off=trade_off,
+            explain=request.debug,
+        )
+        self.metrics.selection.labels(method).observe(time.perf_counter() - started)
+        self.metrics.candidates.labels("out").inc(len(page.candidates.item_ids))
+        for rule, dropped in page.dropped.items():
+            if dropped:
+                self.metrics.filtered.labels(rule).inc(dropped)
+        if page.missing_embeddings:
+            self.metrics.missing.inc(page.missing_embeddings)
+        response = rerank_pb2.RerankResponse(filtered=page.filtered)
+        to_proto(*page.candidates, out=response.candidates)
+        response.reasons.extend(page.reasons)
+        return response
+
+
+def load_reranker(settings: RerankSettings) -> Reranker:
+    """The feature store (training-period plays) and the bundle's embeddings, checked to match."""
+    dataset = load_dataset(settings.dataset, settings.data_dir)
+    spec = build_spec(dataset)
+    bundle = Bundle.open(settings.artifacts, settings.bundle)
+    component = bundle.component(COMPONENT)
+    built_with = FeatureSpec.from_json(bundle.load_json(COMPONENT, "feature_spec.json"))
+    if component["feature_spec"] != spec.fingerprint:
+        spec.check_matches(built_with, f"bundle {bundle.folder} {COMPONENT}")
+        raise ArtifactError(f"{COMPONENT}: feature spec fingerprint differs from the store's")
+    vectors = bundle.load_npz(COMPONENT, VECTORS)["vectors"]
+    if len(vectors) != dataset.n_items:
+        raise ArtifactError(
+            f"{COMPONENT}: {len(vectors)} item vectors but the catalog has {dataset.n_items} ids"
+        )
+    train = take(dataset.interactions, ~per_user_temporal(dataset.interactions))
+    store = InMemoryFeatureStore(dataset, spec, train)
+    return Reranker(settings.rerank, vectors, store)
+
+
+def add_servicer(reranker: Reranker, settings: RerankSettings, registry: CollectorRegistry):
+    """The `add_servicers` callback for cascade.server.serve."""
+
+    def add(server: grpc.Server) -> list[str]:
+        servicer = RerankServicer(reranker, settings, registry)
+        rerank_pb2_grpc.add_RerankServicer_to_server(servicer, server)
+        return [SERVICE]
+
+    return add
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the Rerank stage.")
+    parser.add_argument("--config", type=Path, default=None, help="JSON or TOML settings file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = load_settings(RerankSettings, args.config, env_prefix="CASCADE_RERANK_")
+    reranker = load_reranker(settings)
+    registry = new_registry()
+    run_forever(STAGE, add_servicer(reranker, settings, registry), settings.server, registry)
+
+
+if __name__ == "__main__":
+    main()

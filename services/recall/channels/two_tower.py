@@ -1,0 +1,110 @@
+"""Two-tower ANN channel: the user tower in ONNX Runtime, then a FAISS inner-product search.
+
+Per request: the user's profile rows from the feature store plus the context's recent items (the
+request's own and the store's history, newest first) padded to the spec's history length give
+one user vector; the index returns the k nearest items. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+
+from cascade.artifacts import ArtifactError, Bundle
+from cascade.feature_store import FeatureStore
+from cascade.features import FeatureSpec
+from services.recall.channels import RecallContext, empty
+from services.recall.export import COMPONENT, INFO, ITEM_INDEX, USER_TOWER
+from services.recall.index import IndexSettings, load_index, prepare_search, search
+
+
+@dataclass(frozen=True)
+class TwoTowerSettings:
+    onnx_threads: int = 1  # one intra-op thread per process: fastest for batch-1 (PERF-NOTES)
+    faiss_threads: int = 1  # single queries: OpenMP threads only add overhead
+    max_k: int = 2_000  # most results per request; the index is prepared for it (efSearch >= k)
+    index: IndexSettings = IndexSettings()
+
+
+class TwoTowerChannel:
+    name = "two_tower"
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        index: faiss.Index,
+        spec: FeatureSpec,
+        store: FeatureStore,
+        settings: TwoTowerSettings,
+    ):
+        self.session, self.index, self.spec, self.store = session, index, spec, store
+        self.settings = settings
+        self.user_fields = tuple(f.name for f in spec.of("user"))
+        self.history_field = spec.of("history")[0].name
+        faiss.omp_set_num_threads(settings.faiss_threads)
+        prepare_search(index, settings.max_k, settings.index)
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, store: FeatureStore, settings: TwoTowerSettings | None = None
+    ) -> TwoTowerChannel:
+        """Loads and checks the artifacts; ArtifactError/ValueError names what is wrong."""
+        settings = settings or TwoTowerSettings()
+        info = bundle.load_json(COMPONENT, INFO)
+        where = f"{bundle.folder / COMPONENT / INFO}"
+        spec = FeatureSpec.from_json(info["feature_spec"])
+        if spec.fingerprint != info["feature_spec_fingerprint"]:
+            raise ArtifactError(f"{where}: feature_spec does not match its fingerprint")
+        # The store encodes features with its spec; the towers were trained on the bundle's.
+        spec.check_matches(store.spec, f"{where} (two-tower feature spec vs the feature store's)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.onnx_threads
+        options.inter_op_num_threads = 1
+        tower_path = bundle.file(COMPONENT, USER_TOWER)
+        try:
+            session = ort.InferenceSession(
+                str(tower_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own types for a bad model
+            raise ArtifactError(f"{tower_path} is not a loadable ONNX model: {error}") from None
+        expected = [*(f.name for f in spec.of("user")), *(f.name for f in spec.of("history"))]
+        names = [node.name for node in session.get_inputs()]
+        if names != expected:
+            raise ArtifactError(f"{tower_path}: inputs {names} do not match the spec's {expected}")
+        index = load_index(bundle.file(COMPONENT, ITEM_INDEX))
+        if index.d != info["dim"] or index.ntotal != info["n_items"] - 1:
+            raise ArtifactError(
+                f"{bundle.folder / COMPONENT / ITEM_INDEX}: {index.ntotal} vectors of dim "
+                f"{index.d}, expected {info['n_items'] - 1} of dim {info['dim']}"
+            )
+        return cls(session, index, spec, store, settings)
+
+    def user_vector(self, user_id: int, recent_items: np.ndarray) -> np.ndarray:
+        """(1, dim) float32 user vector from the profile and the newest recent items."""
+        features = self.store.user_features(np.array([user_id], dtype=np.int64))
+        length = self.spec.history_length
+        recent = np.asarray(recent_items, dtype=np.int64)[:length]
+        history = np.zeros((1, length), dtype=np.int64)
+        history[0, : len(recent)] = recent
+        # Ids outside the trained vocabulary map to the padding row, like encode_field does.
+        vocab = self.spec.field(self.history_field).vocab_size
+        history[(history < 0) | (history >= vocab)] = 0
+        feeds = {name: features[name] for name in self.user_fields}
+        feeds[self.history_field] = history
+        return self.session.run(None, feeds)[0]
+
+    def retrieve(self, context: RecallContext, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by inner product with the user vector, best first."""
+        has_history = len(context.recent_items) > 0
+        if k <= 0 or (context.user_id <= 0 and not has_history):
+            return empty()  # anonymous and no history: nothing personal to say
+        # The index was prepared once for max_k (HNSW efSearch >= max_k); changing it per request
+        # would race between server threads, so larger asks are capped.
+        k = min(k, self.settings.max_k)
+        vector = self.user_vector(context.user_id, context.recent_items)
+        ids, scores = search(self.index, vector, k)
+        found = ids[0] > 0
+        return ids[0][found].astype(np.int64), scores[0][found]

@@ -1,0 +1,95 @@
+"""Writes the two-tower's serving artifacts into a bundle's "recall" component.
+
+    recall/user_tower.onnx       the user tower, one file, dynamic batch (inputs named after fields)
+    recall/item_vectors.npz      vectors (n_items, dim) float32, row = item id, row 0 zeros
+    recall/item_index.faiss      FAISS inner-product index over rows 1.. (see index.py)
+    recall/two_tower.json        dims, index kind, the feature spec and its fingerprint, metrics
+
+Serving (channels/two_tower.py) loads these with ONNX Runtime, numpy and FAISS only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from cascade.artifacts import BundleWriter
+from cascade.data.schema import Dataset
+from cascade.features import FeatureSpec
+from services.recall.index import IndexSettings, build_index, index_kind, save_index
+from services.recall.model import TwoTower, UserTower
+from services.recall.train import Batcher, all_item_vectors
+
+COMPONENT = "recall"
+USER_TOWER = "user_tower.onnx"
+ITEM_VECTORS = "item_vectors.npz"
+ITEM_INDEX = "item_index.faiss"
+INFO = "two_tower.json"
+
+
+def example_user_inputs(spec: FeatureSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Zero inputs in the user tower's field order (what the exporter traces)."""
+    inputs = [torch.zeros(batch, dtype=torch.int64) for _ in spec.of("user")]
+    inputs += [
+        torch.zeros(batch, spec.history_length, dtype=torch.int64) for _ in spec.of("history")
+    ]
+    return tuple(inputs)
+
+
+def export_user_tower(model: TwoTower, spec: FeatureSpec, path) -> None:
+    """ONNX with a dynamic batch axis, one file (no external data)."""
+    tower = UserTower(model).eval()
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    dynamic = (tuple({0: batch} for _ in tower.fields),)  # one entry: forward(*inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            tower,
+            example_user_inputs(spec),
+            input_names=list(tower.fields),
+            output_names=["user_vector"],
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)
+
+
+def export_two_tower(
+    model: TwoTower,
+    spec: FeatureSpec,
+    writer: BundleWriter,
+    index_settings: IndexSettings,
+    dataset: Dataset | None = None,
+) -> dict:
+    """Writes the four files and returns {"two_tower": info} to merge into the component info.
+
+    Item vectors: `model.item_vectors` as train_two_tower left them, or recomputed from the
+    item tower when the dataset (its item table) is passed.
+    """
+    if dataset is not None:
+        item_vectors = all_item_vectors(model, Batcher(dataset, spec), dataset.n_items)
+    else:
+        item_vectors = model.item_vectors
+    export_user_tower(model, spec, writer.path(COMPONENT, USER_TOWER))
+    writer.add(COMPONENT, USER_TOWER)
+    writer.save_npz(COMPONENT, ITEM_VECTORS, vectors=item_vectors)
+    index = build_index(item_vectors[1:], index_settings)
+    save_index(index, writer.path(COMPONENT, ITEM_INDEX))
+    writer.add(COMPONENT, ITEM_INDEX)
+    info = {
+        "model": "two_tower",
+        "dim": int(item_vectors.shape[1]),
+        "n_items": int(item_vectors.shape[0]),
+        "index_kind": index_kind(index),
+        "user_inputs": list(UserTower(model).fields),
+        "history_length": spec.history_length,
+        "feature_spec_fingerprint": spec.fingerprint,
+        "feature_spec": spec.to_json(),
+        "training": getattr(model, "metrics", {}),
+        "files": [USER_TOWER, ITEM_VECTORS, ITEM_INDEX, INFO],
+    }
+    writer.save_json(COMPONENT, INFO, info)
+    return {"two_tower": {k: v for k, v in info.items() if k != "feature_spec"}}

@@ -1,0 +1,221 @@
+"""The channel merge: run every channel under its own time budget, then apply quotas.
+
+Channels run side by side in a small thread pool; each answer is awaited only until that channel's
+budget (or the request's deadline) runs out, so a slow or failing channel is skipped and counted
+while the others still answer. Then, in priority order, each channel fills up to its quota of
+`count` with items no earlier channel took, and a second pass fills what is left (the fallback:
+popular, for a user the personal channels know nothing about). Consumed items never pass. Every
+candidate keeps the tags of all channels that found it; the order interleaves the channels in
+proportion to their quotas and is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from cascade.candidates import Candidates, channel_bit
+from cascade.telemetry import LATENCY_BUCKETS
+from services.recall.channels import Channel, RecallContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChannelBudget:
+    enabled: bool = True
+    quota: float = 0.2  # share of `count` this channel may fill in the first pass
+    budget_ms: float = 30.0  # after this the channel is skipped (status "timeout") and counted
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quota <= 1.0 or self.budget_ms <= 0:
+            raise ValueError(f"quota must be in [0, 1] and budget_ms > 0, got {self}")
+
+
+@dataclass
+class ChannelReport:
+    name: str
+    returned: int = 0  # candidates the channel answered
+    kept: int = 0  # candidates it contributed after filtering, quotas and de-duplication
+    latency_ms: float = 0.0
+    status: str = "ok"  # "ok", "empty", "timeout" or "error"
+
+
+@dataclass
+class MergeResult:
+    candidates: Candidates
+    reports: list[ChannelReport]
+
+
+class ChannelMetrics:
+    """Per-channel Prometheus series (label `channel`, six values)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.latency = Histogram(
+            "cascade_recall_channel_latency_seconds", "Time a recall channel took (timeouts: the "
+            "budget).", ["channel"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.returned = Counter(
+            "cascade_recall_channel_candidates", "Candidates a recall channel returned.",
+            ["channel"], registry=registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "cascade_recall_channel_errors", "Recall channel calls that raised.", ["channel"],
+            registry=registry,
+        )  # fmt: skip
+        self.timeouts = Counter(
+            "cascade_recall_channel_timeouts", "Recall channel calls skipped past their budget.",
+            ["channel"], registry=registry,
+        )  # fmt: skip
+
+    def observe(self, report: ChannelReport) -> None:
+        self.latency.labels(report.name).observe(report.latency_ms / 1000)
+        self.returned.labels(report.name).inc(report.returned)
+        if report.status == "error":
+            self.errors.labels(report.name).inc()
+        elif report.status == "timeout":
+            self.timeouts.labels(report.name).inc()
+
+
+class Merger:
+    """Runs channels (in the given priority order) and merges their answers."""
+
+    def __init__(
+        self,
+        channels: Sequence[Channel],
+        budgets: Mapping[str, ChannelBudget],
+        fallback: str = "popular",
+        overfetch: float = 1.5,
+        max_workers: int = 8,
+        metrics: ChannelMetrics | None = None,
+    ):
+        self.channels = [c for c in channels if budgets.get(c.name, ChannelBudget()).enabled]
+        self.budgets = {c.name: budgets.get(c.name, ChannelBudget()) for c in self.channels}
+        self.bits = np.array([channel_bit(c.name) for c in self.channels], dtype=np.uint32)
+        self.fallback = fallback
+        self.overfetch = overfetch
+        self.metrics = metrics
+        self._pool = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="recall-channel")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def recall(
+        self,
+        context: RecallContext,
+        count: int,
+        consumed: np.ndarray,
+        deadline: float | None = None,
+    ) -> MergeResult:
+        """Up to `count` merged candidates; `deadline` is a time.perf_counter() value."""
+        answers, reports = self._run(context, count, len(consumed), deadline)
+        candidates, kept = self._merge(answers, count, consumed)
+        for report, n in zip(reports, kept, strict=True):
+            report.kept = int(n)
+            if self.metrics is not None:
+                self.metrics.observe(report)
+        return MergeResult(candidates, reports)
+
+    def _fetch_size(self, name: str, count: int, n_consumed: int) -> int:
+        # Ask for more than the quota: consumed items and other channels' picks are removed later.
+        if name == self.fallback:
+            return count + n_consumed
+        return math.ceil(self.budgets[name].quota * count * self.overfetch) + n_consumed
+
+    def _run(self, context: RecallContext, count: int, n_consumed: int, deadline: float | None):
+        started = time.perf_counter()
+        pending = [
+            self._pool.submit(_timed, c, context, self._fetch_size(c.name, count, n_consumed))
+            for c in self.channels
+        ]
+        answers, reports = [], []
+        for channel, future in zip(self.channels, pending, strict=True):
+            until = started + self.budgets[channel.name].budget_ms / 1000
+            if deadline is not None:
+                until = min(until, deadline)
+            report = ChannelReport(channel.name)
+            try:
+                (ids, scores), seconds = future.result(
+                    timeout=max(0.0, until - time.perf_counter())
+                )
+                ids = np.asarray(ids, dtype=np.int64)
+                report.returned, report.latency_ms = len(ids), seconds * 1000
+                report.status = "ok" if len(ids) else "empty"
+            except futures.TimeoutError:
+                future.cancel()
+                ids = np.empty(0, np.int64)
+                report.status = "timeout"
+                report.latency_ms = (time.perf_counter() - started) * 1000
+            except Exception:
+                log.exception("recall channel %s failed", channel.name)
+                ids = np.empty(0, np.int64)
+                report.status = "error"
+                report.latency_ms = (time.perf_counter() - started) * 1000
+            answers.append(ids)
+            reports.append(report)
+        return answers, reports
+
+    def _merge(
+        self, answers: list[np.ndarray], count: int, consumed: np.ndarray
+    ) -> tuple[Candidates, np.ndarray]:
+        n_channels = len(answers)
+        usable = []
+        for ids in answers:
+            ids = ids[(ids > 0) & ~np.isin(ids, consumed)]
+            _, first = np.unique(ids, return_index=True)  # a channel's own repeats: keep the first
+            usable.append(ids[np.sort(first)])
+        # Every channel that found an item tags it, whether or not its quota let it in.
+        found = np.concatenate(usable) if usable else np.empty(0, np.int64)
+        found_bits = np.repeat(self.bits, [len(ids) for ids in usable])
+        tagged, inverse = np.unique(found, return_inverse=True)
+        masks = np.zeros(len(tagged), dtype=np.uint32)
+        np.bitwise_or.at(masks, inverse, found_bits)
+
+        quotas = [math.floor(self.budgets[c.name].quota * count) for c in self.channels]
+        taken = np.empty(0, np.int64)
+        chosen, keys, owners = [], [], []
+        for second_pass in (False, True):
+            for c in range(n_channels):
+                room = count - len(taken)
+                if room <= 0:
+                    break
+                limit = room if second_pass else min(room, quotas[c])
+                new = usable[c][~np.isin(usable[c], taken)][:limit]
+                if len(new) == 0:
+                    continue
+                position = np.arange(len(new), dtype=np.float64)
+                # First pass: channels interleave in proportion to their quotas; second: after.
+                key = (
+                    1.0 + (len(taken) + position) / count
+                    if second_pass
+                    else ((position + 0.5) / max(quotas[c], 1))
+                )
+                chosen.append(new)
+                keys.append(key)
+                owners.append(np.full(len(new), c))
+                taken = np.concatenate([taken, new])
+        if not chosen:
+            empty = Candidates(
+                np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.uint32)
+            )
+            return empty, np.zeros(n_channels, np.int64)
+        ids, key, owner = (np.concatenate(x) for x in (chosen, keys, owners))
+        order = np.lexsort((owner, key))
+        ids, owner = ids[order], owner[order]
+        scores = (1.0 - np.arange(len(ids)) / len(ids)).astype(np.float32)
+        candidate_masks = masks[np.searchsorted(tagged, ids)]
+        kept = np.bincount(owner, minlength=n_channels)
+        return Candidates(ids, scores, candidate_masks), kept
+
+
+def _timed(channel: Channel, context: RecallContext, k: int):
+    started = time.perf_counter()
+    answer = channel.retrieve(context, k)
+    return answer, time.perf_counter() - started

@@ -1,0 +1,268 @@
+"""The Recall gRPC service: a user context in, about 2,000 merged candidates out.
+
+Start-up loads the published bundle's "recall" component and the feature store, and refuses to
+start (ArtifactError naming the file) when an artifact is missing, damaged or built for another
+feature spec or catalog. Per request: validate, build the RecallContext (request ids + stored
+history), run the channels under their budgets (merge.py), answer with per-channel reports.
+
+    python -m services.recall.server [--config recall.toml]   # env: CASCADE_RECALL_*
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from cascade.artifacts import ArtifactError, Bundle
+from cascade.candidates import to_proto
+from cascade.config import load_settings
+from cascade.data.schema import DataError, load
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
+from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
+from cascade.telemetry import new_registry
+from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
+from services.recall.channels import Channel, RecallContext
+from services.recall.channels.fresh import FreshChannel
+from services.recall.channels.item_cf import ItemCFChannel
+from services.recall.channels.popular import PopularChannel
+from services.recall.channels.profile import ProfileChannel
+from services.recall.channels.social import SocialChannel
+from services.recall.channels.two_tower import TwoTowerChannel, TwoTowerSettings
+from services.recall.merge import ChannelBudget, ChannelMetrics, Merger
+from services.recall.tables import COMPONENT, load_tables, split_for_serving
+
+log = logging.getLogger(__name__)
+SERVICE = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
+DAY = 86_400
+
+
+def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
+    return field(default_factory=lambda: ChannelBudget(quota=quota, budget_ms=budget_ms))
+
+
+@dataclass(frozen=True)
+class RecallSettings:
+    server: ServerSettings = field(default_factory=lambda: ServerSettings(port=50061))
+    artifacts: Path = Path("artifacts")
+    bundle: str = "current"
+    data_dir: Path = Path("data")
+    default_count: int = 2000  # when the request's count is 0
+    max_count: int = 5000
+    max_recent_items: int = 500  # longest request.user.recent_item_ids accepted
+    clock: str = "data"  # request time 0 = "data": the log's last time + uptime; "wall": now
+    overfetch: float = 1.5
+    channel_workers: int = 8
+    fresh_window_s: int = 7 * DAY
+    # Priority order of the merge is the order below; quotas sum to 1 (popular also fills gaps).
+    two_tower: ChannelBudget = _budget(0.35, 40.0)
+    item_cf: ChannelBudget = _budget(0.25)
+    profile: ChannelBudget = _budget(0.15)
+    social: ChannelBudget = _budget(0.1)
+    fresh: ChannelBudget = _budget(0.05)
+    popular: ChannelBudget = _budget(0.1)
+    two_tower_model: TwoTowerSettings = field(default_factory=TwoTowerSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default_count <= self.max_count:
+            raise ValueError("need 0 < default_count <= max_count")
+        if self.clock not in ("data", "wall"):
+            raise ValueError(f"clock must be 'data' or 'wall', got {self.clock!r}")
+
+    def budgets(self) -> dict[str, ChannelBudget]:
+        names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass
+class RecallState:
+    """What serving holds: the store, the channels in priority order and the bundle's facts."""
+
+    store: InMemoryFeatureStore
+    channels: list[Channel]
+    version: str
+    as_of: int  # last timestamp of the training log
+
+
+def open_recall(settings: RecallSettings) -> RecallState:
+    """Loads bundle, dataset and store; ArtifactError names whatever does not fit."""
+    bundle = Bundle.open(settings.artifacts, settings.bundle)
+    info = bundle.component(COMPONENT)
+    dataset = load(Path(settings.data_dir) / info["dataset"])
+    spec = check_spec(info, dataset, bundle)
+    train, impressions, _ = split_for_serving(dataset)
+    store = InMemoryFeatureStore(dataset, spec, train, impressions)
+    tables = load_tables(bundle)
+    if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
+        raise ArtifactError(
+            f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
+            f" item ids but dataset {dataset.name} has {dataset.n_items}: rebuild the bundle"
+        )
+    channels = build_channels(bundle, tables, store, settings)
+    return RecallState(store, channels, bundle.version, int(tables["popular"]["as_of"]))
+
+
+def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
+    """The bundle's feature spec, verified against the data the store is built from."""
+    where = f"artifact {bundle.folder}/{COMPONENT} (feature_spec)"
+    if "feature_spec" not in info:
+        raise ArtifactError(f"{where}: the component records no feature spec")
+    spec = FeatureSpec.from_json(info["feature_spec"])
+    widths = {f.name: f.width for f in spec.fields if f.name in DEFAULT_WIDTHS}
+    try:
+        spec.check_matches(build_spec(dataset, widths), where)
+    except ValueError as error:
+        raise ArtifactError(f"{error}; the data in use differs from training: rebuild") from None
+    if info.get("feature_spec_fingerprint") != spec.fingerprint:
+        raise ArtifactError(f"{where}: fingerprint does not match the recorded spec")
+    return spec
+
+
+def build_channels(
+    bundle: Bundle | None, tables: dict, store: InMemoryFeatureStore, settings: RecallSettings
+) -> list[Channel]:
+    """The channels in merge priority order. Two-tower comes from the bundle when enabled."""
+    channels: list[Channel] = []
+    if settings.two_tower.enabled and bundle is not None:
+        if "two_tower" not in bundle.component(COMPONENT):
+            raise ArtifactError(
+                f"{bundle.folder}/{COMPONENT}: no two-tower model in the bundle (built with "
+                "--no-two-tower?); set CASCADE_RECALL_TWO_TOWER_ENABLED=false to serve without it"
+            )
+        try:
+            channels.append(TwoTowerChannel.from_bundle(bundle, store, settings.two_tower_model))
+        except ValueError as error:  # a spec mismatch between the towers and the store
+            raise ArtifactError(str(error)) from None
+    channels += [
+        ItemCFChannel(tables["item_cf"]),
+        ProfileChannel(tables["profile"], store),
+        SocialChannel(tables["social"]),
+        FreshChannel(tables["fresh"], store, window_s=settings.fresh_window_s),
+        PopularChannel(tables["popular"]),
+    ]
+    return channels
+
+
+class RecallService(recall_pb2_grpc.RecallServicer):
+    def __init__(self, state: RecallState, settings: RecallSettings, registry: CollectorRegistry):
+        self.state = state
+        self.settings = settings
+        self.merger = Merger(
+            state.channels, settings.budgets(), overfetch=settings.overfetch,
+            max_workers=settings.channel_workers, metrics=ChannelMetrics(registry),
+        )  # fmt: skip
+        self._started = time.time()
+
+    def Recall(self, request: recall_pb2.RecallRequest, context: grpc.ServicerContext):
+        count = request.count or self.settings.default_count
+        if count > self.settings.max_count:
+            invalid_argument(
+                context, "count", f"{count} exceeds the maximum {self.settings.max_count}"
+            )
+        recall_context = self._context(request.user, context)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before recall ran")
+        deadline = None if remaining is None else time.perf_counter() + remaining
+        consumed = np.union1d(
+            self.state.store.consumed(recall_context.user_id), recall_context.recent_items
+        )
+        result = self.merger.recall(recall_context, count, consumed, deadline)
+        response = recall_pb2.RecallResponse(model_version=self.state.version)
+        to_proto(*result.candidates, out=response.candidates)
+        for report in result.reports:
+            response.channels.add(
+                channel=common_pb2.Channel.Value(f"CHANNEL_{report.name.upper()}"),
+                returned=report.returned, kept=report.kept,
+                latency_ms=report.latency_ms, status=report.status,
+            )  # fmt: skip
+        return response
+
+    def _context(
+        self, user: common_pb2.UserContext, context: grpc.ServicerContext
+    ) -> RecallContext:
+        """Validates the user context; an unknown user is fine (cold path), bad values are not."""
+        if user.user_id < 0:
+            invalid_argument(
+                context, "user.user_id", f"must be >= 0 (0 = anonymous), got {user.user_id}"
+            )
+        if user.request_time_ms < 0:
+            invalid_argument(context, "user.request_time_ms", "must be >= 0 (0 = now)")
+        recent = np.asarray(user.recent_item_ids, dtype=np.int64)
+        if len(recent) > self.settings.max_recent_items:
+            invalid_argument(
+                context, "user.recent_item_ids",
+                f"{len(recent)} ids; at most {self.settings.max_recent_items} accepted",
+            )  # fmt: skip
+        if (recent <= 0).any():
+            invalid_argument(context, "user.recent_item_ids", "item ids must be > 0")
+        store = self.state.store
+        recent = recent[store.known_items(recent)]  # items the catalog does not know yet: ignored
+        stored = store.history(np.array([user.user_id]))[0]
+        stored = stored[stored > 0]
+        merged = np.concatenate([recent, stored])
+        _, first = np.unique(merged, return_index=True)
+        recent_items = merged[np.sort(first)]  # newest first, each item once
+        known = bool(len(recent_items)) or bool(
+            store.user_features(np.array([user.user_id]))["user_id"][0]
+        )
+        return RecallContext(int(user.user_id), recent_items, self._request_ts(user), known)
+
+    def _request_ts(self, user: common_pb2.UserContext) -> int:
+        if user.request_time_ms:
+            return user.request_time_ms // 1000
+        if self.settings.clock == "data":  # a replayed log: "now" continues from its last event
+            return self.state.as_of + int(time.time() - self._started)
+        return int(time.time())
+
+
+def start(
+    settings: RecallSettings, registry: CollectorRegistry | None = None
+) -> tuple[RunningServer, RecallService]:
+    """Loads the artifacts, then starts the server (raises ArtifactError before binding)."""
+    state = open_recall(settings)
+    registry = new_registry() if registry is None else registry
+    service = RecallService(state, settings, registry)
+
+    def add(server: grpc.Server) -> list[str]:
+        recall_pb2_grpc.add_RecallServicer_to_server(service, server)
+        return [SERVICE]
+
+    return serve("recall", add, settings.server, registry), service
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="JSON or TOML settings file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(RecallSettings, args.config, env_prefix="CASCADE_RECALL_")
+    try:
+        state = open_recall(settings)
+    except (ArtifactError, DataError) as error:
+        log.error("recall: refusing to start: %s", error)
+        return 2
+    registry = new_registry()
+    service = RecallService(state, settings, registry)
+
+    def add(server: grpc.Server) -> list[str]:
+        recall_pb2_grpc.add_RecallServicer_to_server(service, server)
+        return [SERVICE]
+
+    run_forever("recall", add, settings.server, registry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

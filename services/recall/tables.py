@@ -1,0 +1,213 @@
+"""Offline tables of the non-neural recall channels, built from training interactions (numpy only).
+
+One npz per channel in the bundle's "recall" component: item-CF neighbours, profile indexes per
+creator and per category, the follow graph with each account's uploads and likes, the catalog by
+upload time (fresh) and the trending list (popular). Serving reads them back with `load_tables`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cascade.artifacts import Bundle, BundleWriter
+from cascade.data.schema import Dataset, Table
+from cascade.data.split import per_user_temporal, take
+
+COMPONENT = "recall"
+TABLES = ("item_cf", "profile", "social", "fresh", "popular")
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    cf_neighbours: int = 200  # neighbours kept per item
+    cf_window: int = 30  # co-consumption counts between items at most this many plays apart
+    cf_time_scale_s: float = 3 * DAY  # pairs consumed further apart in time count less
+    cf_popularity_penalty: float = 0.6  # score / (n_a^(1-p) n_b^p): p > 0.5 damps popular targets
+    trending_half_life_s: float = 7 * DAY  # popular: decay of a play's weight with its age
+    index_per_group: int = 500  # profile: items kept per creator and per category
+    social_per_account: int = 100  # social: newest uploads + likes kept per account
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_for_serving(dataset: Dataset) -> tuple[Table, Table, Table]:
+    """(train interactions, train impressions, test interactions) under the per-user temporal
+    split; impressions at or after a user's first test event are dropped so their labels never
+    leak into the counters the fresh channel explores with."""
+    test_mask = per_user_temporal(dataset.interactions)
+    train, test = take(dataset.interactions, ~test_mask), take(dataset.interactions, test_mask)
+    cut = np.full(dataset.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(cut, test["user_id"], test["ts"])
+    impressions = dataset.impressions
+    return train, take(impressions, impressions["ts"] < cut[impressions["user_id"]]), test
+
+
+def build_tables(
+    dataset: Dataset, train: Table, settings: TableSettings | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every channel's arrays, computed from the training interactions only."""
+    settings = settings or TableSettings()
+    as_of = int(train["ts"].max())
+    trending = _trending(train, dataset.n_items, as_of, settings.trending_half_life_s)
+    return {
+        "item_cf": _item_cf(train, dataset.n_items, settings),
+        "profile": _profile(dataset, trending, settings.index_per_group),
+        "social": _social(dataset, train, settings.social_per_account),
+        "fresh": _fresh(dataset),
+        "popular": _popular(trending, as_of),
+    }
+
+
+def save_tables(writer: BundleWriter, tables: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    return [
+        writer.save_npz(COMPONENT, f"{name}.npz", **arrays).name for name, arrays in tables.items()
+    ]
+
+
+def load_tables(bundle: Bundle) -> dict[str, dict[str, np.ndarray]]:
+    """Checksum-verified tables; ArtifactError names the missing or damaged file."""
+    return {name: bundle.load_npz(COMPONENT, f"{name}.npz") for name in TABLES}
+
+
+def _trending(train: Table, n_items: int, as_of: int, half_life_s: float) -> np.ndarray:
+    """(n_items,) time-decayed play counts (likes count double)."""
+    age = np.maximum(as_of - train["ts"], 0)
+    weight = 0.5 ** (age / half_life_s) * (1.0 + train["like"])
+    return np.bincount(train["item_id"], weights=weight, minlength=n_items)
+
+
+def _item_cf(train: Table, n_items: int, settings: TableSettings) -> dict[str, np.ndarray]:
+    """Top neighbours per item by time-decayed, popularity-penalised co-consumption."""
+    order = np.lexsort((train["ts"], train["user_id"]))
+    users, items, ts = train["user_id"][order], train["item_id"][order], train["ts"][order]
+    history_length = np.bincount(users)[users]
+    # Heavy users co-consume everything with everything: damp them (IUF-style).
+    user_weight = 1.0 / np.log2(2.0 + history_length)
+    sources, targets, weights = [], [], []
+    for gap in range(1, settings.cf_window + 1):
+        same = users[gap:] == users[:-gap]
+        a, b = items[:-gap][same], items[gap:][same]
+        w = (
+            np.exp(-(ts[gap:] - ts[:-gap])[same] / settings.cf_time_scale_s)
+            * user_weight[gap:][same]
+        )
+        sources += [a, b]
+        targets += [b, a]
+        weights += [w, w]
+    source, target, weight = (np.concatenate(x) for x in (sources, targets, weights))
+    distinct = source != target
+    keys = source[distinct] * n_items + target[distinct]
+    unique, inverse = np.unique(keys, return_inverse=True)
+    together = np.bincount(inverse, weights=weight[distinct])
+    source, target = unique // n_items, unique % n_items
+    popularity = np.maximum(
+        np.bincount(
+            np.unique(train["user_id"] * n_items + train["item_id"]) % n_items, minlength=n_items
+        ),
+        1,
+    ).astype(np.float64)
+    p = settings.cf_popularity_penalty
+    score = together / (popularity[source] ** (1 - p) * popularity[target] ** p)
+    neighbours, weights_out = _top_per_group(source, target, score, n_items, settings.cf_neighbours)
+    return {"neighbours": neighbours, "weights": weights_out}
+
+
+def _top_per_group(
+    group: np.ndarray, item: np.ndarray, score: np.ndarray, n_groups: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n_groups, k) best items per group, best first, 0-padded."""
+    order = np.lexsort((item, -score, group))
+    group, item, score = group[order], item[order], score[order]
+    starts = np.searchsorted(group, np.arange(n_groups))
+    rank = np.arange(len(group)) - starts[group]
+    keep = rank < k
+    items = np.zeros((n_groups, k), dtype=np.int64)
+    scores = np.zeros((n_groups, k), dtype=np.float32)
+    items[group[keep], rank[keep]] = item[keep]
+    scores[group[keep], rank[keep]] = score[keep]
+    return items, scores
+
+
+def _csr(group: np.ndarray, item: np.ndarray, score: np.ndarray, n_groups: int, per_group: int):
+    """CSR lists per group sorted by score (best first), each cut to per_group entries."""
+    order = np.lexsort((item, -score, group))
+    group, item, score = group[order], item[order], score[order]
+    starts = np.searchsorted(group, np.arange(n_groups))
+    keep = np.arange(len(group)) - starts[group] < per_group
+    counts = np.bincount(group[keep], minlength=n_groups)
+    return np.r_[0, np.cumsum(counts)].astype(np.int64), item[keep], score[keep].astype(np.float32)
+
+
+def _profile(dataset: Dataset, trending: np.ndarray, per_group: int) -> dict[str, np.ndarray]:
+    """Per creator and per category: its items by trending score, fresher items first on ties."""
+    items = dataset.items
+    ids, creators = items["item_id"], items["creator_id"]
+    # A small freshness term orders never-played items newest first and breaks popularity ties.
+    span = max(1, int(items["upload_ts"].max() - items["upload_ts"].min()))
+    score = np.log1p(trending[ids]) + 1e-3 * (items["upload_ts"] - items["upload_ts"].min()) / span
+    creator_ptr, creator_items, creator_scores = _csr(
+        creators, ids, score, int(creators.max()) + 1, per_group
+    )
+    n_categories = len(dataset.meta["categories"])
+    categories = items["categories"].astype(np.int64)  # (n, 6), 0-padded
+    has = categories > 0
+    category_ptr, category_items, category_scores = _csr(
+        categories[has], np.broadcast_to(ids[:, None], has.shape)[has],
+        np.broadcast_to(score[:, None], has.shape)[has], n_categories, per_group,
+    )  # fmt: skip
+    return {
+        "creator_ptr": creator_ptr, "creator_items": creator_items,
+        "creator_scores": creator_scores, "category_ptr": category_ptr,
+        "category_items": category_items, "category_scores": category_scores,
+    }  # fmt: skip
+
+
+def _social(dataset: Dataset, train: Table, per_account: int) -> dict[str, np.ndarray]:
+    """Who follows whom (CSR by follower) and each account's newest uploads and likes."""
+    n_users = dataset.n_users
+    follows = dataset.follows
+    order = np.lexsort((follows["followee_id"], follows["follower_id"]))
+    follow_counts = np.bincount(follows["follower_id"], minlength=n_users)[:n_users]
+    creators = dataset.creators
+    account_of_creator = np.zeros(int(creators["creator_id"].max(initial=0)) + 1, dtype=np.int64)
+    account_of_creator[creators["creator_id"]] = creators["user_id"]
+    items = dataset.items
+    uploader = account_of_creator[items["creator_id"]]
+    uploaded = uploader > 0
+    liked = train["like"]
+    account = np.concatenate([uploader[uploaded], train["user_id"][liked]])
+    item = np.concatenate([items["item_id"][uploaded], train["item_id"][liked]])
+    ts = np.concatenate([items["upload_ts"][uploaded], train["ts"][liked]])
+    account_ptr, account_items, account_ts = _csr(
+        account, item, ts.astype(np.float64), n_users, per_account
+    )
+    return {
+        "follow_ptr": np.r_[0, np.cumsum(follow_counts)].astype(np.int64),
+        "followees": follows["followee_id"][order].astype(np.int64),
+        "account_ptr": account_ptr,
+        "account_items": account_items,
+        "account_ts": account_ts.astype(np.int64),
+    }
+
+
+def _fresh(dataset: Dataset) -> dict[str, np.ndarray]:
+    """The catalog sorted by upload time, for a binary search per request."""
+    order = np.argsort(dataset.items["upload_ts"], kind="stable")
+    return {
+        "item_ids": dataset.items["item_id"][order].astype(np.int64),
+        "upload_ts": dataset.items["upload_ts"][order].astype(np.int64),
+    }
+
+
+def _popular(trending: np.ndarray, as_of: int, keep: int = 20_000) -> dict[str, np.ndarray]:
+    ids = np.flatnonzero(trending > 0)
+    order = np.lexsort((ids, -trending[ids]))[:keep]
+    return {
+        "item_ids": ids[order].astype(np.int64),
+        "scores": trending[ids[order]].astype(np.float32),
+        "as_of": np.array(as_of, dtype=np.int64),
+    }

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from cascade.data.schema import Table
+from cascade.data.schema import Dataset, Table
 
 
 def per_user_temporal(table: Table, test_fraction: float = 0.2) -> np.ndarray:
@@ -45,3 +47,33 @@ def global_time_cut(table: Table, train_fraction: float = 0.8) -> tuple[int, np.
 def take(table: Table, mask: np.ndarray) -> Table:
     """Rows of a table where mask is true."""
     return {column: values[mask] for column, values in table.items()}
+
+
+@dataclass(frozen=True)
+class TemporalSplit:
+    """One dataset under the per-user temporal protocol, every table cut at the same moment.
+
+    Each user's cut is their first test interaction: impressions at or after it are test too, so
+    no training table (history, counters, labels) sees anything from a user's test period.
+    """
+
+    train_interactions: Table
+    train_impressions: Table
+    test_interactions: Table
+    test_impressions: Table
+
+
+def split_dataset(dataset: Dataset, test_fraction: float = 0.2) -> TemporalSplit:
+    """The primary protocol applied to interactions and impressions alike."""
+    test = per_user_temporal(dataset.interactions, test_fraction)
+    test_interactions = take(dataset.interactions, test)
+    cut = np.full(dataset.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(cut, test_interactions["user_id"], test_interactions["ts"])
+    impressions = dataset.impressions
+    impression_test = impressions["ts"] >= cut[impressions["user_id"]]
+    return TemporalSplit(
+        take(dataset.interactions, ~test),
+        take(impressions, ~impression_test),
+        test_interactions,
+        take(impressions, impression_test),
+    )

@@ -18,13 +18,13 @@ from pathlib import Path
 from cascade.artifacts import BundleWriter, publish
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
+from cascade.data.split import split_dataset
 from cascade.features import FeatureSpec, build_spec
 from services.recall.tables import (
     COMPONENT,
     TableSettings,
     build_tables,
     save_tables,
-    split_for_serving,
 )
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)
-    train, _, _ = split_for_serving(dataset)
+    train = split_dataset(dataset).train_interactions
     writer = BundleWriter(args.artifacts, args.version)
     info = build_recall(dataset, train, writer, two_tower=not args.no_two_tower)
     log.info("recall component of %s written to %s", dataset.name, writer.folder)

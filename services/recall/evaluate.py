@@ -26,6 +26,7 @@ from cascade.artifacts import Bundle, BundleWriter
 from cascade.baselines import EASE, ItemKNN, MostPopular
 from cascade.candidates import channel_bit
 from cascade.data import load_dataset
+from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
@@ -33,7 +34,7 @@ from services.recall.build import build_recall
 from services.recall.channels import RecallContext
 from services.recall.merge import Merger
 from services.recall.server import RecallSettings, build_channels
-from services.recall.tables import load_tables, split_for_serving
+from services.recall.tables import load_tables
 
 KS = (100, 500, 2000)
 
@@ -48,7 +49,12 @@ def evaluate_dataset(
 
     torch.set_num_threads(1)
     dataset = load_dataset(name, data_dir)
-    train, impressions, test = split_for_serving(dataset)
+    parts = split_dataset(dataset)
+    train, impressions, test = (
+        parts.train_interactions,
+        parts.train_impressions,
+        parts.test_interactions,
+    )
     n_items = dataset.n_items
     started = time.perf_counter()
     writer = BundleWriter(artifacts, f"eval-{name}")

@@ -26,6 +26,7 @@ from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import to_proto
 from cascade.config import load_settings
 from cascade.data.schema import DataError, load
+from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
@@ -39,7 +40,7 @@ from services.recall.channels.profile import ProfileChannel
 from services.recall.channels.social import SocialChannel
 from services.recall.channels.two_tower import TwoTowerChannel, TwoTowerSettings
 from services.recall.merge import ChannelBudget, ChannelMetrics, Merger
-from services.recall.tables import COMPONENT, load_tables, split_for_serving
+from services.recall.tables import COMPONENT, load_tables
 
 log = logging.getLogger(__name__)
 SERVICE = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
@@ -99,8 +100,8 @@ def open_recall(settings: RecallSettings) -> RecallState:
     info = bundle.component(COMPONENT)
     dataset = load(Path(settings.data_dir) / info["dataset"])
     spec = check_spec(info, dataset, bundle)
-    train, impressions, _ = split_for_serving(dataset)
-    store = InMemoryFeatureStore(dataset, spec, train, impressions)
+    parts = split_dataset(dataset)
+    store = InMemoryFeatureStore(dataset, spec, parts.train_interactions, parts.train_impressions)
     tables = load_tables(bundle)
     if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
         raise ArtifactError(

@@ -13,7 +13,6 @@ import numpy as np
 
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.data.schema import Dataset, Table
-from cascade.data.split import per_user_temporal, take
 
 COMPONENT = "recall"
 TABLES = ("item_cf", "profile", "social", "fresh", "popular")
@@ -32,18 +31,6 @@ class TableSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def split_for_serving(dataset: Dataset) -> tuple[Table, Table, Table]:
-    """(train interactions, train impressions, test interactions) under the per-user temporal
-    split; impressions at or after a user's first test event are dropped so their labels never
-    leak into the counters the fresh channel explores with."""
-    test_mask = per_user_temporal(dataset.interactions)
-    train, test = take(dataset.interactions, ~test_mask), take(dataset.interactions, test_mask)
-    cut = np.full(dataset.n_users, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(cut, test["user_id"], test["ts"])
-    impressions = dataset.impressions
-    return train, take(impressions, impressions["ts"] < cut[impressions["user_id"]]), test
 
 
 def build_tables(

@@ -21,7 +21,7 @@ import numpy as np
 from cascade.artifacts import BundleWriter, publish
 from cascade.data import load_dataset
 from cascade.data.schema import Table
-from cascade.data.split import per_user_temporal, take
+from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.features import build_spec
 
@@ -83,7 +83,7 @@ def build(
 ) -> Path:
     """Builds the embeddings on the per-user temporal training split and writes the component."""
     dataset = load_dataset(dataset_name, data_dir)
-    train = take(dataset.interactions, ~per_user_temporal(dataset.interactions))
+    train = split_dataset(dataset).train_interactions
     vectors = item_embeddings(train, dataset.n_users, dataset.n_items, dim)
     spec = build_spec(dataset)
     writer = BundleWriter(artifacts, version)

@@ -20,7 +20,7 @@ import numpy as np
 from cascade.baselines import EASE
 from cascade.candidates import Candidates
 from cascade.data import load_dataset
-from cascade.data.split import per_user_temporal, take
+from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
@@ -38,8 +38,8 @@ TARGET_ILD_GAIN, TARGET_NDCG_LOSS = 0.20, 0.02
 
 def evaluate(name: str, data_dir: Path, max_users: int, seed: int = 0) -> dict:
     dataset = load_dataset(name, data_dir)
-    test_mask = per_user_temporal(dataset.interactions)
-    train, test = take(dataset.interactions, ~test_mask), take(dataset.interactions, test_mask)
+    parts = split_dataset(dataset)
+    train, test = parts.train_interactions, parts.test_interactions
     n_users, n_items = dataset.n_users, dataset.n_items
     vectors = item_embeddings(train, n_users, n_items)
     store = InMemoryFeatureStore(dataset, build_spec(dataset), train)

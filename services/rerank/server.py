@@ -24,7 +24,7 @@ from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import InvalidField, from_proto, to_proto
 from cascade.config import load_settings
 from cascade.data import load_dataset
-from cascade.data.split import per_user_temporal, take
+from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, invalid_argument, run_forever
@@ -163,8 +163,8 @@ def load_reranker(settings: RerankSettings) -> Reranker:
         raise ArtifactError(
             f"{COMPONENT}: {len(vectors)} item vectors but the catalog has {dataset.n_items} ids"
         )
-    train = take(dataset.interactions, ~per_user_temporal(dataset.interactions))
-    store = InMemoryFeatureStore(dataset, spec, train)
+    parts = split_dataset(dataset)
+    store = InMemoryFeatureStore(dataset, spec, parts.train_interactions, parts.train_impressions)
     return Reranker(settings.rerank, vectors, store)
 
 

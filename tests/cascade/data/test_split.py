@@ -44,3 +44,24 @@ def test_take_keeps_columns_aligned():
     table = _table([1, 2, 3], [30, 20, 10])
     part = take(table, np.array([True, False, True]))
     assert part["user_id"].tolist() == [1, 3] and part["ts"].tolist() == [30, 10]
+
+
+def test_split_dataset_cuts_every_table_at_the_users_first_test_event(tiny_dataset):
+    from cascade.data.split import split_dataset
+
+    parts = split_dataset(tiny_dataset)
+    first_test = {}
+    for user, ts in zip(
+        parts.test_interactions["user_id"], parts.test_interactions["ts"], strict=True
+    ):
+        first_test[int(user)] = min(first_test.get(int(user), ts), ts)
+    for user, ts in zip(
+        parts.train_impressions["user_id"], parts.train_impressions["ts"], strict=True
+    ):
+        assert ts < first_test.get(int(user), np.iinfo(np.int64).max)
+    for user, ts in zip(
+        parts.test_impressions["user_id"], parts.test_impressions["ts"], strict=True
+    ):
+        assert ts >= first_test[int(user)]
+    n = len(tiny_dataset.impressions["ts"])
+    assert len(parts.train_impressions["ts"]) + len(parts.test_impressions["ts"]) == n

@@ -15,11 +15,11 @@ from cascade.artifacts import ArtifactError, BundleWriter, publish
 from cascade.candidates import channel_bit, from_proto
 from cascade.client import ClientSettings, field_violations, make_channel
 from cascade.data.schema import save
+from cascade.data.split import split_dataset
 from cascade.server import ServerSettings
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.build import build_recall
 from services.recall.server import RecallSettings, open_recall, start
-from services.recall.tables import split_for_serving
 from services.recall.train import TwoTowerConfig
 from tests.services.recall.conftest import make_recall_world
 
@@ -33,7 +33,7 @@ def artifacts(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("recall")
     world = make_recall_world()
     save(world, root / "data" / world.name)
-    train, _, _ = split_for_serving(world)
+    train = split_dataset(world).train_interactions
     writer = BundleWriter(root / "artifacts", "v1")
     config = TwoTowerConfig(dim=8, hidden=16, epochs=1, batch_size=8)
     build_recall(world, train, writer, two_tower_config=config, progress=False)

@@ -1,0 +1,227 @@
+"""Offline training of the ranker on the training period's impressions.
+
+    python -m services.rank.train --dataset ml-100k --data-dir data --artifacts artifacts --publish
+
+Rows are impressions from each user's first 80% by time (per-user temporal split); the last
+`validation_fraction` of each user's training impressions is the validation slice for early
+stopping. History comes from training interactions strictly before each impression. Deterministic
+for a seed (one torch thread). Large sources are subsampled with the seed (`max_train_rows`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cascade import metrics
+from cascade.data import load_dataset
+from cascade.data.schema import Dataset, Table
+from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
+from cascade.features import FeatureSpec, build_spec
+from services.rank.model import ModelConfig, RankModel
+from services.rank.rows import OfflineRows, Rows, input_names
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FUSION = {"click": 1.0, "play": 1.0, "complete": 1.0, "like": 2.0, "share": 3.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-6
+    max_epochs: int = 8
+    patience: int = 1  # epochs without a better validation logloss before stopping
+    validation_fraction: float = 0.1
+    max_train_rows: int = 400_000  # subsampled with the seed above this (synthetic: ~3.2M)
+    max_test_rows: int = 400_000
+    tasks: tuple[str, ...] | None = None  # None = every task the dataset has
+    fusion: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FUSION))
+
+
+@dataclass
+class Prepared:
+    """A dataset's split and encoded rows, shared by every model trained on it (ablations)."""
+
+    dataset: Dataset
+    spec: FeatureSpec
+    split: TemporalSplit
+    offline: OfflineRows
+    train: tuple[Rows, Table]  # rows, impressions (labels and users)
+    validation: tuple[Rows, Table]
+    test: tuple[Rows, Table]
+
+
+def _subsample(table: Table, limit: int, seed: int) -> Table:
+    n = len(table["ts"])
+    if n <= limit:
+        return table
+    keep = np.zeros(n, dtype=bool)
+    keep[np.random.default_rng(seed).choice(n, limit, replace=False)] = True
+    return take(table, keep)
+
+
+def prepare(dataset: Dataset, config: TrainConfig, spec: FeatureSpec | None = None) -> Prepared:
+    spec = build_spec(dataset) if spec is None else spec
+    data = split_dataset(dataset)
+    offline = OfflineRows(dataset, spec, data.train_interactions)
+    in_validation = per_user_temporal(data.train_impressions, config.validation_fraction)
+    train = _subsample(take(data.train_impressions, ~in_validation), config.max_train_rows, 1)
+    validation = _subsample(
+        take(data.train_impressions, in_validation), config.max_train_rows // 8, 2
+    )
+    test = _subsample(data.test_impressions, config.max_test_rows, 3)
+    parts = [(offline.impressions(t), t) for t in (train, validation, test)]
+    return Prepared(dataset, spec, data, offline, *parts)
+
+
+def labels(impressions: Table, tasks: tuple[str, ...]) -> np.ndarray:
+    return np.stack([impressions[t] for t in tasks], axis=1).astype(np.float32)  # (n, T)
+
+
+def _tensors(rows: Rows, spec: FeatureSpec) -> list[torch.Tensor]:
+    return [torch.from_numpy(rows[name]) for name in input_names(spec)]
+
+
+@torch.no_grad()
+def predict(model: RankModel, rows: Rows, spec: FeatureSpec, batch: int = 8192) -> np.ndarray:
+    """(n, n_tasks) probabilities in eval mode."""
+    model.eval()
+    inputs = _tensors(rows, spec)
+    n = len(inputs[0])
+    out = [model(*(x[s : s + batch] for x in inputs)) for s in range(0, n, batch)]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.tasks)), np.float32)
+
+
+def evaluate(probabilities: np.ndarray, impressions: Table, tasks: tuple[str, ...]) -> dict:
+    """AUC, GAUC and logloss per task (None where a task has a single class in `impressions`)."""
+    result = {}
+    for i, task in enumerate(tasks):
+        y, p = impressions[task], probabilities[:, i]
+        single = y.all() or not y.any()
+        result[task] = {
+            "AUC": None if single else metrics.auc(y, p),
+            "GAUC": None if single else metrics.gauc(impressions["user_id"], y, p),
+            "logloss": metrics.logloss(y, p),
+            "positive_rate": float(y.mean()),
+        }
+    return result
+
+
+def fit(
+    prepared: Prepared,
+    tasks: tuple[str, ...],
+    model_config: ModelConfig,
+    config: TrainConfig,
+    model: torch.nn.Module | None = None,
+) -> tuple[RankModel, dict]:
+    """Trains with Adam and early stopping on the validation logloss; returns the best model.
+    `model` replaces the RankModel built from model_config (baselines with `logits`)."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(1)
+    spec = prepared.spec
+    model = RankModel(spec, tasks, model_config) if model is None else model
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    inputs = _tensors(prepared.train[0], spec)
+    targets = torch.from_numpy(labels(prepared.train[1], tasks))
+    val_rows, val_impressions = prepared.validation
+    val_labels = labels(val_impressions, tasks)
+    generator = torch.Generator().manual_seed(config.seed)
+    best, best_loss, stale, history = None, np.inf, 0, []
+    started = time.perf_counter()
+    for epoch in range(config.max_epochs):
+        model.train()
+        order = torch.randperm(len(targets), generator=generator)
+        for s in range(0, len(order), config.batch_size):
+            batch = order[s : s + config.batch_size]
+            loss = loss_fn(model.logits(*(x[batch] for x in inputs)), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val_p = predict(model, val_rows, spec)
+        val_loss = float(
+            np.mean([metrics.logloss(val_labels[:, i], val_p[:, i]) for i in range(len(tasks))])
+        )
+        history.append({"epoch": epoch + 1, "validation_logloss": val_loss})
+        log.info("epoch %d: validation logloss %.5f", epoch + 1, val_loss)
+        if val_loss < best_loss - 1e-5:
+            best, best_loss, stale = copy.deepcopy(model.state_dict()), val_loss, 0
+        else:
+            stale += 1
+            if stale > config.patience:
+                break
+    model.load_state_dict(best)
+    model.eval()
+    info = {
+        "epochs": history,
+        "best_validation_logloss": best_loss,
+        "train_rows": len(targets),
+        "validation_rows": len(val_labels),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return model, info
+
+
+def train(
+    dataset: Dataset, config: TrainConfig, model_config: ModelConfig
+) -> tuple[RankModel, Prepared, dict]:
+    """Fits the full model; its info includes test-period metrics per task."""
+    prepared = prepare(dataset, config)
+    tasks = tuple(config.tasks or dataset.meta["tasks"])
+    model, info = fit(prepared, tasks, model_config, config)
+    test_rows, test_impressions = prepared.test
+    info["test"] = evaluate(predict(model, test_rows, prepared.spec), test_impressions, tasks)
+    info["test_rows"] = len(test_impressions["ts"])
+    return model, prepared, info
+
+
+def main(argv: list[str] | None = None) -> None:
+    from cascade.artifacts import BundleWriter, publish
+    from services.rank.export import write_component
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--version", default=None)
+    parser.add_argument("--publish", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    dataset = load_dataset(args.dataset, args.data_dir)
+    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs)
+    model_config = ModelConfig()
+    model, prepared, info = train(dataset, config, model_config)
+    writer = BundleWriter(args.artifacts, args.version)
+    sample = {k: v[:64] for k, v in prepared.test[0].items()}
+    write_component(writer, model, prepared.spec, dataset.name, config, model_config, info, sample)
+    writer.commit()
+    if args.publish:
+        publish(args.artifacts, writer.version)
+    for task, values in info["test"].items():
+        print(
+            f"{dataset.name} {task}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if v is not None)
+        )
+    print(f"rank component written to {writer.folder}" + (" (published)" if args.publish else ""))
+
+
+def config_dict(config: TrainConfig, model_config: ModelConfig) -> dict:
+    return {"train": asdict(config), "model": asdict(model_config)}
+
+
+if __name__ == "__main__":
+    main()

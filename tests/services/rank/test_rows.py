@@ -1,0 +1,43 @@
+"""Offline training rows and online serving rows are the same arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.rank.rows import OfflineRows, online_rows
+
+
+def test_online_rows_equal_offline_rows_for_test_impressions(trained):
+    """At serving time (after the training period) the store holds what training saw."""
+    data = trained.prepared.split
+    offline = OfflineRows(trained.dataset, trained.prepared.spec, data.train_interactions)
+    impressions = data.test_impressions
+    checked = 0
+    for user in np.unique(impressions["user_id"]):
+        mine = impressions["user_id"] == user
+        items, ts = impressions["item_id"][mine], impressions["ts"][mine]
+        expected = offline.rows(np.full(len(items), user), items, ts)
+        got = online_rows(trained.store, int(user), items)
+        assert expected.keys() == got.keys()
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        checked += len(items)
+    assert checked == len(impressions["ts"]) > 20
+
+
+def test_training_history_is_strictly_before_the_impression(trained):
+    data = trained.prepared.split
+    offline = OfflineRows(trained.dataset, trained.prepared.spec, data.train_interactions)
+    log = data.train_interactions
+    first = np.argmin(log["ts"])
+    rows = offline.rows(log["user_id"][[first]], log["item_id"][[first]], log["ts"][[first]])
+    assert not rows["history"].any()  # nothing happened before the first event
+
+
+def test_recent_items_go_before_stored_history_and_unknown_ones_are_dropped(trained):
+    stored = trained.store.history(np.array([1]))[0]
+    rows = online_rows(trained.store, 1, np.array([2, 3]), np.array([5, 10**9, 7]))
+    expected = np.concatenate([[5, 7], stored[stored > 0]])[: len(stored)]
+    np.testing.assert_array_equal(rows["history"][0][: len(expected)], expected)
+    assert rows["history"].shape == (2, len(stored))
+    np.testing.assert_array_equal(rows["item_id"], [2, 3])

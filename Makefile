@@ -36,9 +36,16 @@ protos: setup
 	$(BIN)/python -m cascade.protogen
 
 # Benchmarks write JSON under results/bench/ (medians and p99; this machine is noisy).
+# The stage benchmarks run on a synthetic bundle trained once into artifacts/bench-synthetic.
 bench: setup
 	$(BIN)/python -m bench.wire --out results/bench
 	$(BIN)/python -m bench.synthetic_scale --out results/bench --sizes 100000 1000000
+	$(BIN)/python -m bench.faiss_scale --out results/recall
+	$(BIN)/python -m bench.rerank_cost --out results/rerank
+	test -e artifacts/bench-synthetic/manifest.json || \
+	  $(BIN)/cascade train all --dataset synthetic --version bench-synthetic --no-publish
+	$(BIN)/python -m bench.recall_rpc --bundle bench-synthetic
+	$(BIN)/python -m bench.rank_scoring --bundle bench-synthetic
 
 clean:
 	rm -rf $(VENV) $(DATA) results/bench

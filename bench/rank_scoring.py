@@ -1,6 +1,6 @@
 """Rank scoring cost per request: torch eager vs ONNX Runtime, 100 and 500 candidates.
 
-    python -m bench.rank_scoring --artifacts artifacts [--bundle current] [--dataset ml-100k]
+    python -m bench.rank_scoring --artifacts artifacts [--bundle current]
 
 Each request: one user, n random catalog items; both paths include building the rows from the
 feature store (what the server does), then run the same trained model, 1 intra-op thread (ONNX
@@ -41,14 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--bundle", default="current")
-    parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("results/rank"))
     args = parser.parse_args(argv)
-    settings = RankSettings(
-        dataset=args.dataset, data_dir=args.data_dir, artifacts=args.artifacts, bundle=args.bundle
-    )
+    settings = RankSettings(data_dir=args.data_dir, artifacts=args.artifacts, bundle=args.bundle)
     one = load_scorer(settings)
     two = RankScorer.from_bundle(Bundle.open(args.artifacts, args.bundle), one.store,
                                  ScorerSettings(intra_op_threads=2))  # fmt: skip
@@ -90,16 +87,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"teacher labelling (RankScorer.label, 1 thread): {labelling['rows_per_s']:,.0f} rows/s")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "bundle": str(one.version), "dataset": args.dataset, "results": results,
+        "bundle": str(one.version), "dataset": _dataset_of(settings), "results": results,
         "teacher_labelling": labelling,
     }  # fmt: skip
     (args.out / "bench_scoring.json").write_text(json.dumps(report, indent=2))
     _plot(results, args.out / "bench_scoring.png")
 
 
+def _dataset_of(settings: RankSettings) -> str:
+    return Bundle.open(settings.artifacts, settings.bundle).component("rank")["dataset"]
+
+
 def _labelling(scorer: RankScorer, settings: RankSettings, n: int = 200_000) -> dict:
     """Bulk teacher labels of test-period impressions, history as of each impression."""
-    data = split_dataset(load_dataset(settings.dataset, settings.data_dir))
+    data = split_dataset(load_dataset(_dataset_of(settings), settings.data_dir))
     rows = {k: v[:n] for k, v in data.test_impressions.items()}
     started = time.perf_counter()
     scorer.label(rows["user_id"], rows["item_id"], rows["ts"], data.train_interactions)

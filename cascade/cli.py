@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -44,6 +45,79 @@ def _baselines(args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2))
         print(f"saved {args.out}")
+
+
+# Each stage's own entry points (`main(argv)`), reached as `cascade <verb> <stage> [options]`.
+# The stage module owns its options: `cascade train rank --help` prints them.
+ENTRY_POINTS: dict[str, dict[str, str]] = {
+    "train": {
+        "recall": "services.recall.build",
+        "rank": "services.rank.train",
+        "rerank": "services.rerank.build",
+    },
+    "serve": {
+        "recall": "services.recall.server",
+        "rank": "services.rank.server",
+        "rerank": "services.rerank.server",
+    },
+    "eval": {
+        "recall": "services.recall.evaluate",
+        "two-tower": "services.recall.evaluate_two_tower",
+        "rank": "services.rank.evaluate",
+        "rerank": "services.rerank.evaluate",
+    },
+}
+# The order `cascade train all` builds a bundle in (later stages read earlier components).
+TRAIN_ORDER = ("recall", "rank", "rerank")
+_TRAIN_HELP = (
+    "train a stage's models into a versioned artifact bundle; `all [--dataset D]` trains every "
+    "stage into one new bundle and publishes it as artifacts/current"
+)
+
+
+def _run_entry_point(verb: str, stage: str, argv: list[str]) -> None:
+    module = importlib.import_module(ENTRY_POINTS[verb][stage])
+    code = module.main(argv)
+    if code:
+        sys.exit(code)
+
+
+def _stage_command(args: argparse.Namespace) -> None:
+    _run_entry_point(args.command, args.stage, args.options)
+
+
+def _train(args: argparse.Namespace) -> None:
+    if args.stage != "all":
+        return _run_entry_point("train", args.stage, args.options)
+    from cascade.artifacts import new_version, publish
+
+    parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
+    parser.add_argument("--dataset", choices=SOURCES, default="ml-100k")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
+    parser.add_argument("--no-publish", action="store_true", help="leave artifacts/current alone")
+    options = parser.parse_args(args.options)
+    version = options.version or f"{options.dataset}-{new_version()}"
+    common = ["--dataset", options.dataset, "--data-dir", str(options.data_dir)]
+    common += ["--artifacts", str(options.artifacts), "--version", version]
+    for stage in TRAIN_ORDER:
+        print(f"== train {stage} -> {options.artifacts / version}", flush=True)
+        _run_entry_point("train", stage, common)
+    if not options.no_publish:
+        publish(options.artifacts, version)
+        print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")
+
+
+def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):
+    parser = commands.add_parser(verb, help=help_text, description=help_text)
+    stages = (*ENTRY_POINTS[verb], *extra)
+    parser.add_argument("stage", choices=stages, help="which stage")
+    parser.add_argument(
+        "options", nargs=argparse.REMAINDER, help="passed to the stage (see its --help)"
+    )
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file for the table (default: results/baselines.json)",
     )
     baselines.set_defaults(run=_baselines)
+
+    _add_stage_command(commands, "train", _TRAIN_HELP, _train, extra=("all",))
+    _add_stage_command(
+        commands,
+        "serve",
+        "run one stage's gRPC server (health, reflection, metrics port, graceful SIGTERM)",
+        _stage_command,
+    )
+    _add_stage_command(
+        commands,
+        "eval",
+        "write a stage's offline report (JSON + Markdown) under results/",
+        _stage_command,
+    )
     return parser
 
 

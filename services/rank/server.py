@@ -42,8 +42,7 @@ MIN_TIME_S = 0.002  # less than this left before the deadline: scoring would be 
 class RankSettings:
     server: ServerSettings = field(default_factory=ServerSettings)
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
-    dataset: str = "ml-100k"
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")  # the dataset itself is the one the bundle was trained on
     artifacts: Path = Path("artifacts")
     bundle: str = "current"  # a version folder under artifacts, or the published "current"
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
@@ -123,7 +122,7 @@ def load_scorer(settings: RankSettings) -> RankScorer:
     """The dataset's feature store and the bundle's model; SpecMismatch when they disagree."""
     bundle = Bundle.open(settings.artifacts, settings.bundle)
     trained = FeatureSpec.from_json(bundle.file(COMPONENT, "feature_spec.json").read_text())
-    dataset = load_dataset(settings.dataset, settings.data_dir)
+    dataset = load_dataset(bundle.component(COMPONENT)["dataset"], settings.data_dir)
     # The data's spec, with the artifact's embedding widths (widths are model config, vocabularies
     # come from the data: those must match).
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})

@@ -93,7 +93,7 @@ def build(
     writer.set_component(
         COMPONENT,
         {
-            "dataset": dataset.name,
+            "dataset": dataset_name,
             "feature_spec": spec.fingerprint,
             "dim": int(vectors.shape[1]),
             "n_items": int(vectors.shape[0]),

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RerankSettings:
-    dataset: str = "ml-100k"  # the feature store's source
     data_dir: Path = Path("data")
     artifacts: Path = Path("artifacts")
     bundle: str = "current"  # bundle name under artifacts/
@@ -150,10 +149,10 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
 
 def load_reranker(settings: RerankSettings) -> Reranker:
     """The feature store (training-period plays) and the bundle's embeddings, checked to match."""
-    dataset = load_dataset(settings.dataset, settings.data_dir)
-    spec = build_spec(dataset)
     bundle = Bundle.open(settings.artifacts, settings.bundle)
     component = bundle.component(COMPONENT)
+    dataset = load_dataset(component["dataset"], settings.data_dir)
+    spec = build_spec(dataset)
     built_with = FeatureSpec.from_json(bundle.load_json(COMPONENT, "feature_spec.json"))
     if component["feature_spec"] != spec.fingerprint:
         spec.check_matches(built_with, f"bundle {bundle.folder} {COMPONENT}")

@@ -44,3 +44,22 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 def test_help_explains_each_command():
     text = build_parser().format_help()
     assert "data" in text and "baselines" in text
+
+
+def test_every_stage_entry_point_exists():
+    import importlib
+
+    from cascade.cli import ENTRY_POINTS, TRAIN_ORDER
+
+    for verb, stages in ENTRY_POINTS.items():
+        for stage, module_name in stages.items():
+            module = importlib.import_module(module_name)
+            assert callable(module.main), f"cascade {verb} {stage}: {module_name} has no main"
+    assert set(TRAIN_ORDER) <= set(ENTRY_POINTS["train"])
+
+
+def test_stage_options_reach_the_stage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "rerank", "--help"])
+    assert exit_info.value.code == 0
+    assert "--dataset" in capsys.readouterr().out

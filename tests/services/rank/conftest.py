@@ -41,9 +41,7 @@ def trained(tmp_path_factory) -> Trained:
     model, prepared, info = train(dataset, TRAIN, MODEL)
     root = tmp_path_factory.mktemp("artifacts")
     writer = BundleWriter(root, "v1")
-    write_component(
-        writer, model, prepared.spec, dataset.name, TRAIN, MODEL, info, prepared.test[0]
-    )
+    write_component(writer, model, prepared.spec, "ml-100k", TRAIN, MODEL, info, prepared.test[0])
     writer.commit()
     data = prepared.split
     store = InMemoryFeatureStore(

@@ -107,15 +107,17 @@ def test_mismatched_scores_length_names_the_field(stub):
     assert "candidates.scores" in field_violations(error.value)
 
 
-def test_server_refuses_to_start_on_a_bundle_of_another_spec(trained, monkeypatch, capsys):
-    """ml-100k's spec is not the tiny bundle's: main exits 2 naming the mismatch."""
-    from pathlib import Path
+def test_server_refuses_to_start_on_a_bundle_of_another_spec(
+    trained, monkeypatch, capsys, tmp_path
+):
+    """Data whose vocabularies differ from the bundle's: main exits 2 naming the mismatch."""
+    from cascade.data.schema import save
+    from tests.conftest import make_tiny_dataset
 
-    if not (Path("data") / "ml-100k").exists():
-        pytest.skip("ml-100k is not prepared")
+    save(make_tiny_dataset(seed=3, n_users=12, n_items=45, n_events=400), tmp_path / "ml-100k")
     monkeypatch.setenv("CASCADE_RANK_ARTIFACTS", str(trained.root))
     monkeypatch.setenv("CASCADE_RANK_BUNDLE", "v1")
-    monkeypatch.setenv("CASCADE_RANK_DATA_DIR", "data")
+    monkeypatch.setenv("CASCADE_RANK_DATA_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as exit_:
         main([])
     assert exit_.value.code == 2

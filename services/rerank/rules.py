@@ -110,12 +110,19 @@ class PageRules:
         self.fresh = np.asarray(fresh, dtype=bool)
         self.fresh_left = min(rules.fresh_slots, int(self.fresh.sum()))
         self.selected = np.zeros(len(codes), dtype=bool)
+        # Caps only fill up: once an item breaks one it stays out, so the masks grow in add().
+        self.creator_ok = np.ones(len(codes), dtype=bool)
+        self.category_ok = np.ones(len(codes), dtype=bool)
+        # No rule can bind on this page: selection may skip the per-step masks (the hot path).
+        self.active = bool(
+            self.fresh_left
+            or (self.creator_known.any() and self.creator_cap < page_size)
+            or (len(present) and self.category_cap < page_size)
+        )
 
     def allowed(self, slots_left: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         """(allowed, creator_ok, category_ok, fresh_reserved) for the next slot."""
-        creator_ok = ~self.creator_known | (self.creator_count[self.creator] < self.creator_cap)
-        full = self.category_count >= self.category_cap
-        category_ok = ~(self.category_hot & full[None, :]).any(axis=1)
+        creator_ok, category_ok = self.creator_ok, self.category_ok
         allowed = creator_ok & category_ok & ~self.selected
         reserved = False
         if 0 < slots_left <= self.fresh_left:
@@ -127,41 +134,65 @@ class PageRules:
     def add(self, j: int) -> None:
         self.selected[j] = True
         if self.creator_known[j]:
-            self.creator_count[self.creator[j]] += 1
-        self.category_count += self.category_hot[j]
+            creator = self.creator[j]
+            self.creator_count[creator] += 1
+            if self.creator_count[creator] >= self.creator_cap:
+                self.creator_ok &= self.creator != creator
+        hot = self.category_hot[j]
+        self.category_count += hot
+        filled = hot & (self.category_count >= self.category_cap)
+        if filled.any():
+            self.category_ok &= ~self.category_hot[:, filled].any(axis=1)
         if self.fresh[j]:
             self.fresh_left = max(self.fresh_left - 1, 0)
+
+
+def _pick_under_rules(
+    gain: np.ndarray, relevance: np.ndarray, page: PageRules, slots_left: int, blocked_by: dict
+) -> tuple[int, int, int]:
+    """(position, reason, blocked bits) of the next slot when some page rule can bind."""
+    allowed, creator_ok, category_ok, reserved = page.allowed(slots_left)
+    relaxed = not allowed.any()
+    if relaxed:  # every remaining candidate breaks a cap: relax them rather than end short
+        allowed = ~page.selected
+    masked = np.where(allowed, gain, -np.inf)
+    j = int(np.argmax(masked))
+    most_relevant = np.where(allowed, relevance, -np.inf)
+    if masked[j] == -np.inf:  # the method has no gain left anywhere allowed
+        j, reason = int(np.argmax(most_relevant)), FILL
+    else:
+        reason = RELEVANCE if relevance[j] >= most_relevant.max() else DIVERSITY
+    if reserved:
+        reason = FRESH
+    favourite = int(np.argmax(gain))
+    bits = 0
+    if gain[favourite] > masked[j] and not allowed[favourite]:
+        bits = CREATOR_CAP * (not creator_ok[favourite]) + CATEGORY_SPREAD * (
+            not category_ok[favourite]
+        )
+        if bits:
+            blocked_by[favourite] = blocked_by.get(favourite, 0) | bits
+    return j, reason, bits | RELAXED * relaxed
 
 
 def select_page(step: Step, relevance: np.ndarray, page: PageRules, k: int) -> Selection:
     """Greedy selection of up to k items under the page rules (see the module docstring)."""
     relevance = np.asarray(relevance, dtype=np.float64)
+    by_relevance = np.argsort(-relevance, kind="stable").tolist()  # for the rule-free path
     order, reasons, blocked = [], [], []
     blocked_by: dict[int, int] = {}  # favourite position -> rule bits
     for t in range(min(k, len(relevance))):
-        gain = step.gains()
-        allowed, creator_ok, category_ok, reserved = page.allowed(k - t)
-        relaxed = not allowed.any()
-        if relaxed:  # every remaining candidate breaks a cap: relax them rather than end short
-            allowed = ~page.selected
-        masked = np.where(allowed, gain, -np.inf)
-        j = int(np.argmax(masked))
-        most_relevant = np.where(allowed, relevance, -np.inf)
-        if masked[j] == -np.inf:  # the method has no gain left anywhere allowed
-            j, reason = int(np.argmax(most_relevant)), FILL
-        else:
-            reason = RELEVANCE if relevance[j] >= most_relevant.max() else DIVERSITY
-        if reserved:
-            reason = FRESH
-        favourite = int(np.argmax(gain))
-        bits = 0
-        if gain[favourite] > masked[j] and not allowed[favourite]:
-            bits = CREATOR_CAP * (not creator_ok[favourite]) + CATEGORY_SPREAD * (
-                not category_ok[favourite]
-            )
-            if bits:
-                blocked_by[favourite] = blocked_by.get(favourite, 0) | bits
-        bits |= RELAXED * relaxed
+        gain = step.gains()  # -inf where already selected
+        if page.active:
+            j, reason, bits = _pick_under_rules(gain, relevance, page, k - t, blocked_by)
+        else:  # nothing to mask: every step method already excludes the selected items
+            while page.selected[by_relevance[0]]:
+                by_relevance.pop(0)
+            j, bits = int(np.argmax(gain)), 0
+            if gain[j] == -np.inf:  # the method has no gain left
+                j, reason = by_relevance[0], FILL
+            else:
+                reason = RELEVANCE if relevance[j] >= relevance[by_relevance[0]] else DIVERSITY
         step.add(j)
         page.add(j)
         order.append(j)

@@ -53,7 +53,9 @@ def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
 
 @dataclass(frozen=True)
 class RecallSettings:
-    server: ServerSettings = field(default_factory=lambda: ServerSettings(port=50061))
+    server: ServerSettings = field(
+        default_factory=lambda: ServerSettings(port=50051, metrics_port=9151)
+    )
     artifacts: Path = Path("artifacts")
     bundle: str = "current"
     data_dir: Path = Path("data")

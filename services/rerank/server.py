@@ -52,7 +52,9 @@ class RerankSettings:
     max_count: int = 200  # larger counts are INVALID_ARGUMENT
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
     rerank: RerankConfig = field(default_factory=RerankConfig)
-    server: ServerSettings = field(default_factory=ServerSettings)
+    server: ServerSettings = field(
+        default_factory=lambda: ServerSettings(port=50054, metrics_port=9154)
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_count <= self.max_count:

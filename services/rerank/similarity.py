@@ -43,7 +43,7 @@ class Workspace:
     def matrices(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarity, scratch) float64 (n, n) views and a bool (n, n) view, contiguous."""
         local = self._local
-        if getattr(local, "capacity", 0) < n * n:
+        if getattr(local, "capacity", -1) < n * n:  # -1: a new thread has no buffers yet
             local.capacity = max(n * n, 128 * 128)
             local.similarity = np.empty(local.capacity, dtype=np.float64)
             local.scratch = np.empty(local.capacity, dtype=np.float64)

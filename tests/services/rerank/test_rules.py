@@ -123,3 +123,25 @@ def test_dpp_raises_diversity_over_the_ranked_order():
     plain = engine.rerank(ranked(np.arange(1, n + 1)), 10, method="none")
     distinct = lambda ids: len({tuple(v) for v in vectors[ids]})  # noqa: E731
     assert distinct(page.candidates.item_ids) > distinct(plain.candidates.item_ids)
+
+
+def test_empty_list_in_a_fresh_thread_builds_an_empty_kernel():
+    """A server thread's first request may be an empty list: no buffers exist yet."""
+    import threading
+
+    from services.rerank.similarity import SimilarityWeights, Workspace, item_similarity
+
+    shapes = []
+    workspace = Workspace()
+
+    def first_request():
+        empty = np.zeros((0, 4), dtype=np.float32)
+        no_ids = np.zeros(0, dtype=np.int64)
+        no_categories = np.zeros((0, 6), dtype=np.int64)
+        kernel = item_similarity(empty, no_ids, no_categories, SimilarityWeights(), workspace)
+        shapes.append(kernel.shape)
+
+    thread = threading.Thread(target=first_request)
+    thread.start()
+    thread.join()
+    assert shapes == [(0, 0)]

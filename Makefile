@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup demo test lint format protos bench clean
+.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load clean
 
 setup: $(STAMP)
 
@@ -15,10 +15,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	touch $(STAMP)
 
-# Fetch MovieLens-100K, build the synthetic world, print the baseline table.
+# Fetch MovieLens-100K, build the synthetic world, print the baseline table; then train every
+# stage (when artifacts/current is missing), start the stack, recommend for a few users, send a
+# play, show the next answer changed, and stop the stack (always, even on failure).
 demo: setup
 	$(BIN)/cascade data --source all --data-dir $(DATA)
 	$(BIN)/cascade baselines --data-dir $(DATA) --dataset ml-100k synthetic --out results/baselines.json
+	$(BIN)/cascade demo --data-dir $(DATA)
+
+# The local stack in the background: `make up`, then `cascade recommend --user 196`, `make down`.
+up: setup
+	$(BIN)/cascade up --data-dir $(DATA)
+
+down: setup
+	$(BIN)/cascade down
+
+# End-to-end evaluation through the running services (starts and stops its own stack; trains
+# the synthetic bundle into artifacts/synthetic when missing).
+eval-cascade: setup
+	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic
 
 test: setup
 	$(BIN)/python -m pytest
@@ -46,6 +61,10 @@ bench: setup
 	  $(BIN)/cascade train all --dataset synthetic --version bench-synthetic --no-publish
 	$(BIN)/python -m bench.recall_rpc --bundle bench-synthetic
 	$(BIN)/python -m bench.rank_scoring --bundle bench-synthetic
+
+# Load test of the whole stack over loopback (closed and open loop) and the in-process cascade.
+bench-load: setup
+	$(BIN)/python -m bench.load --data-dir $(DATA) --out results/cascade
 
 clean:
 	rm -rf $(VENV) $(DATA) results/bench

@@ -53,22 +53,27 @@ ENTRY_POINTS: dict[str, dict[str, str]] = {
     "train": {
         "recall": "services.recall.build",
         "rank": "services.rank.train",
+        "prerank": "services.prerank.distill",
         "rerank": "services.rerank.build",
     },
     "serve": {
         "recall": "services.recall.server",
+        "prerank": "services.prerank.server",
         "rank": "services.rank.server",
         "rerank": "services.rerank.server",
     },
     "eval": {
         "recall": "services.recall.evaluate",
         "two-tower": "services.recall.evaluate_two_tower",
+        "prerank": "services.prerank.evaluate",
         "rank": "services.rank.evaluate",
         "rerank": "services.rerank.evaluate",
+        "cascade": "cascade.evaluation_e2e",
     },
 }
 # The order `cascade train all` builds a bundle in (later stages read earlier components).
-TRAIN_ORDER = ("recall", "rank", "rerank")
+# The pre-ranker is distilled from the ranker (its teacher), so it trains after rank.
+TRAIN_ORDER = ("recall", "rank", "prerank", "rerank")
 _TRAIN_HELP = (
     "train a stage's models into a versioned artifact bundle; `all [--dataset D]` trains every "
     "stage into one new bundle and publishes it as artifacts/current"
@@ -107,6 +112,106 @@ def _train(args: argparse.Namespace) -> None:
     if not options.no_publish:
         publish(options.artifacts, version)
         print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")
+
+
+def _stack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".cascade"),
+        help="where the stack keeps its pid file and logs (default: .cascade)",
+    )
+
+
+def _up(args: argparse.Namespace) -> None:
+    from cascade import stack
+
+    # A base of 0 means free ports for every service.
+    ports = {name: args.base_port and args.base_port + i for name, i in _PORT_OFFSETS.items()}
+    metrics = {
+        name: args.metrics_base_port and args.metrics_base_port + i
+        for name, i in _PORT_OFFSETS.items()
+    }
+    try:
+        running = stack.up(
+            args.artifacts,
+            args.data_dir,
+            args.dataset,
+            args.run_dir,
+            ports,
+            metrics,
+            bundle=args.bundle,
+            timeout_s=args.timeout,
+        )
+    except stack.StackError as error:
+        print(f"cascade up: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ask it: cascade recommend --user 196 --target {running.address()}")
+    print(f"stop it: cascade down --run-dir {args.run_dir}")
+
+
+def _down(args: argparse.Namespace) -> None:
+    from cascade import stack
+
+    stack.down(args.run_dir, grace_s=args.grace)
+
+
+def _delegate(module_name: str, function: str):
+    def run(args: argparse.Namespace) -> None:
+        code = getattr(importlib.import_module(module_name), function)(args.options)
+        if code:
+            sys.exit(code)
+
+    return run
+
+
+# Ports of the stack relative to --base-port (gateway) and --metrics-base-port.
+_PORT_OFFSETS = {"gateway": 0, "recall": 1, "prerank": 2, "rank": 3, "rerank": 4}
+
+
+def _add_stack_commands(commands) -> None:
+    up = commands.add_parser(
+        "up",
+        help="start the local stack: five services on loopback ports, trained first if needed",
+        description="Train what is missing (data, every stage's model), start recall, prerank, "
+        "rank, rerank and the gateway as separate processes on 127.0.0.1, wait until every "
+        "health check is SERVING and print where each listens. `cascade down` stops them.",
+    )
+    up.add_argument("--dataset", choices=SOURCES, default="ml-100k")
+    up.add_argument("--data-dir", type=Path, default=Path("data"))
+    up.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    up.add_argument("--bundle", default="current", help="bundle under ARTIFACTS to serve")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=50050,
+        help="gateway port; recall, prerank, rank, rerank take the next four; 0 = free ports",
+    )
+    up.add_argument(
+        "--metrics-base-port",
+        type=int,
+        default=9150,
+        help="gateway metrics port; the stages take the next four",
+    )
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    _stack_options(up)
+    up.set_defaults(run=_up)
+    down = commands.add_parser("down", help="stop the local stack started by `cascade up`")
+    down.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
+    _stack_options(down)
+    down.set_defaults(run=_down)
+    # The gateway's client commands own their options (`cascade recommend --help`).
+    for verb, function, text in (
+        ("recommend", "recommend_main", "ask the running gateway for a user's recommendations"),
+        ("feedback", "feedback_main", "send a user event (play, like, ...) to the gateway"),
+    ):
+        parser = commands.add_parser(verb, help=text, description=text, add_help=False)
+        parser.set_defaults(run=_delegate("gateway.cli", function), delegate=True)
+    demo = commands.add_parser(
+        "demo",
+        help="end to end: train, start the stack, recommend, send feedback, show the change, stop",
+    )
+    demo.set_defaults(run=_delegate("cascade.demo", "main"), delegate=True)
 
 
 def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):
@@ -186,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     baselines.set_defaults(run=_baselines)
 
+    _add_stack_commands(commands)
     _add_stage_command(commands, "train", _TRAIN_HELP, _train, extra=("all",))
     _add_stage_command(
         commands,
@@ -203,7 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "delegate", False):  # recommend, feedback, demo: their module parses
+        args.options = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.run(args)
     except DataError as error:

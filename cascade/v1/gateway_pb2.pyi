@@ -201,20 +201,52 @@ class FeedbackRequest(_message.Message):
 Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
 
 @_typing.final
+class RejectedEvent(_message.Message):
+    """One event a Feedback call did not record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position of the event in FeedbackRequest.events (0-based)."""
+    reason: _builtins.str
+    """Why it was rejected, e.g. "item_id: 99999 is not in the catalog"."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedEvent: _TypeAlias = RejectedEvent  # noqa: Y015
+
+@_typing.final
 class FeedbackResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Events recorded."""
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedEvent]:
+        """Events not recorded, each with its position and the reason; the others were recorded."""
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
+        rejected: _abc.Iterable[Global___RejectedEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,9 @@ class PrerankRequest(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     count: _builtins.int
-    """How many to keep; 0 means the service's configured default."""
+    """How many to keep; 0 means the service's configured default; more than the list keeps the
+    whole list; more than the service's configured maximum is INVALID_ARGUMENT naming `count`.
+    """
     @_builtins.property
     def user(self) -> _common_pb2.UserContext:
         """Who is asking."""

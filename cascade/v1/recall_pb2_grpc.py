@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cascade.v1 import gateway_pb2 as cascade_dot_v1_dot_gateway__pb2
 from cascade.v1 import recall_pb2 as cascade_dot_v1_dot_recall__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -39,6 +40,11 @@ class RecallStub:
                 request_serializer=cascade_dot_v1_dot_recall__pb2.RecallRequest.SerializeToString,
                 response_deserializer=cascade_dot_v1_dot_recall__pb2.RecallResponse.FromString,
                 _registered_method=True)
+        self.Record = channel.unary_unary(
+                '/cascade.v1.Recall/Record',
+                request_serializer=cascade_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=cascade_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RecallServicer:
@@ -51,6 +57,14 @@ class RecallServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Record(self, request, context):
+        """Record user events (forwarded by the gateway's Feedback) into recall's online store:
+        history, consumed set and the engagement counters the fresh channel reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecallServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +72,11 @@ def add_RecallServicer_to_server(servicer, server):
                     servicer.Recall,
                     request_deserializer=cascade_dot_v1_dot_recall__pb2.RecallRequest.FromString,
                     response_serializer=cascade_dot_v1_dot_recall__pb2.RecallResponse.SerializeToString,
+            ),
+            'Record': grpc.unary_unary_rpc_method_handler(
+                    servicer.Record,
+                    request_deserializer=cascade_dot_v1_dot_gateway__pb2.FeedbackRequest.FromString,
+                    response_serializer=cascade_dot_v1_dot_gateway__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +106,33 @@ class Recall:
             '/cascade.v1.Recall/Recall',
             cascade_dot_v1_dot_recall__pb2.RecallRequest.SerializeToString,
             cascade_dot_v1_dot_recall__pb2.RecallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Record(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Recall/Record',
+            cascade_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+            cascade_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,11 +27,12 @@ from cascade.candidates import to_proto
 from cascade.config import load_settings
 from cascade.data.schema import DataError, load
 from cascade.data.split import split_dataset
+from cascade.events import check_events
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
 from cascade.telemetry import new_registry
-from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
+from cascade.v1 import common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
 from services.recall.channels.item_cf import ItemCFChannel
@@ -62,6 +63,7 @@ class RecallSettings:
     default_count: int = 2000  # when the request's count is 0
     max_count: int = 5000
     max_recent_items: int = 500  # longest request.user.recent_item_ids accepted
+    max_record_events: int = 1000  # largest Record batch accepted
     clock: str = "data"  # request time 0 = "data": the log's last time + uptime; "wall": now
     overfetch: float = 1.5
     channel_workers: int = 8
@@ -188,6 +190,22 @@ class RecallService(recall_pb2_grpc.RecallServicer):
                 returned=report.returned, kept=report.kept,
                 latency_ms=report.latency_ms, status=report.status,
             )  # fmt: skip
+        return response
+
+    def Record(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
+        """Writes valid events into the store (history, consumed set, fresh counters); invalid
+        ones are reported back, never written."""
+        if len(request.events) > self.settings.max_record_events:
+            invalid_argument(
+                context, "events",
+                f"{len(request.events)} events; at most {self.settings.max_record_events}",
+            )  # fmt: skip
+        checked = check_events(request.events, self.state.store.known_items)
+        if len(checked.indices):
+            self.state.store.record(checked.user_ids, checked.item_ids, checked.ts, checked.names)
+        response = gateway_pb2.FeedbackResponse(accepted=len(checked.indices))
+        for index, reason in checked.rejected:
+            response.rejected.add(index=index, reason=reason)
         return response
 
     def _context(

@@ -63,3 +63,47 @@ def test_stage_options_reach_the_stage(capsys):
         main(["eval", "rerank", "--help"])
     assert exit_info.value.code == 0
     assert "--dataset" in capsys.readouterr().out
+
+
+def test_stack_commands_are_listed():
+    text = build_parser().format_help()
+    for command in ("up", "down", "recommend", "feedback", "demo"):
+        assert command in text
+
+
+def test_recommend_options_belong_to_the_gateway_cli(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recommend", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--user" in out and "--target" in out
+
+
+def test_unknown_options_of_other_commands_are_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["down", "--no-such-option"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_down_without_a_stack_says_so(tmp_path, capsys):
+    main(["down", "--run-dir", str(tmp_path)])
+    assert "no stack recorded" in capsys.readouterr().out
+
+
+def test_recommend_against_no_gateway_fails_cleanly(capsys):
+    from cascade.stack import free_port
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "recommend",
+                "--user",
+                "196",
+                "--target",
+                f"127.0.0.1:{free_port()}",
+                "--timeout",
+                "0.5",
+            ]
+        )
+    assert exit_info.value.code != 0

@@ -176,12 +176,13 @@ def test_second_server_on_the_same_port_fails_naming_it(fake):
 
 def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
     running, servicer = start_fake()
-    with make_channel(running.address, ClientSettings(max_attempts=1, timeout_s=3)) as channel:
+    with make_channel(running.address, ClientSettings(max_attempts=1, timeout_s=6)) as channel:
         stub = rerank_pb2_grpc.RerankStub(channel)
         stub.Rerank(rerank_request(count=1))  # connected
-        slow = stub.Rerank.future(rerank_request(count=2, sleep_ms=600))
+        # Long enough that a loaded machine still refuses a new call before it ends.
+        slow = stub.Rerank.future(rerank_request(count=2, sleep_ms=2000))
         assert servicer.started.wait(2)
-        stopper = threading.Thread(target=running.stop, kwargs={"grace": 3})
+        stopper = threading.Thread(target=running.stop, kwargs={"grace": 5})
         stopper.start()
         refused = None
         for _ in range(100):  # new calls are refused once stop() has begun
@@ -191,10 +192,11 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
                 refused = error.code()
                 break
             time.sleep(0.01)
-        assert refused == grpc.StatusCode.UNAVAILABLE
+        # Refused: UNAVAILABLE, or CANCELLED when the call reaches the server while it shuts down.
+        assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert not slow.done()
         assert len(slow.result().candidates.item_ids) == 2  # the in-flight call finished OK
-        stopper.join(5)
+        stopper.join(8)
 
 
 def test_calls_beyond_the_concurrency_cap_are_shed():

@@ -1,0 +1,288 @@
+"""`cascade eval cascade`: the whole cascade measured end to end through the running services.
+
+Starts a stack on free loopback ports, replays the test period of the per-user temporal split:
+for each test user one Recommend through the gateway (history = training period, which is what
+the services' feature store holds), plus the same funnel called stage by stage over gRPC to
+measure each cut (recall only, + prerank, + rank, + rerank). Every row, baselines included, is
+scored by the same code: top-20 page vs the user's test items not seen in training.
+
+    python -m cascade.evaluation_e2e --dataset ml-100k synthetic --out results/cascade
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from cascade import metrics, stack
+from cascade.baselines import default_models
+from cascade.data import load_dataset
+from cascade.data.split import split_dataset
+from cascade.evaluation import UserItems
+from cascade.v1 import (
+    common_pb2,
+    prerank_pb2,
+    prerank_pb2_grpc,
+    rank_pb2,
+    rank_pb2_grpc,
+    recall_pb2,
+    recall_pb2_grpc,
+    rerank_pb2,
+    rerank_pb2_grpc,
+)
+
+K = 20  # page length: NDCG@10 on its first half, Recall@20 on all of it
+CUTS = ("recall only", "+ prerank", "+ rank", "+ rerank")
+
+
+@dataclass(frozen=True)
+class Funnel:
+    recall: int = 2000
+    prerank: int = 500
+    rank: int = 100
+
+
+@dataclass
+class Protocol:
+    """Who is evaluated and what counts as a hit (the rule of cascade.evaluation)."""
+
+    users: np.ndarray  # (n,) evaluated user ids
+    seen: UserItems  # training items per user: excluded from every ranking
+    relevant: UserItems  # test items not seen in training
+    n_items: int
+    categories: np.ndarray  # (n_items, C) category ids by item id
+
+    @classmethod
+    def build(cls, dataset, sample: int | None, seed: int) -> Protocol:
+        split = split_dataset(dataset)
+        n_users, n_items = dataset.n_users, dataset.n_items
+        seen = UserItems.from_table(split.train_interactions, n_users, n_items)
+        test = split.test_interactions
+        keys = np.unique(test["user_id"] * n_items + test["item_id"])
+        seen_keys = np.repeat(np.arange(n_users), seen.lengths()) * n_items + seen.items
+        keys = keys[~np.isin(keys, seen_keys)]
+        relevant = UserItems.from_pairs(keys // n_items, keys % n_items, n_users, n_items)
+        users = np.flatnonzero((seen.lengths() > 0) & (relevant.lengths() > 0))
+        if sample and sample < len(users):
+            users = np.sort(np.random.default_rng(seed).choice(users, sample, replace=False))
+        categories = np.zeros((n_items, dataset.items["categories"].shape[1]), np.int64)
+        categories[dataset.items["item_id"]] = dataset.items["categories"]
+        return cls(users, seen, relevant, n_items, categories)
+
+    def reach(self, lists: list[np.ndarray]) -> float:
+        """Mean share of a user's relevant items inside the stage's whole output list."""
+        shares = []
+        for user, ids in zip(self.users.tolist(), lists, strict=True):
+            relevant = self.relevant.items[
+                self.relevant.indptr[user] : self.relevant.indptr[user + 1]
+            ]
+            shares.append(np.isin(relevant, ids).mean())
+        return round(float(np.mean(shares)), 4)
+
+    def score(self, pages: np.ndarray) -> dict[str, float]:
+        """Metrics of (n_users, K) pages of item ids (0 = empty slot, never a hit)."""
+        is_relevant = self.relevant.dense(self.users)  # (n, n_items)
+        hits = np.take_along_axis(is_relevant, pages, axis=1) & (pages > 0)
+        n_relevant = is_relevant.sum(axis=1)
+        filled = pages[pages > 0]
+        return {
+            "n_test_users": len(self.users),
+            "NDCG@10": float(metrics.ndcg_at_k(hits, n_relevant, 10).mean()),
+            "Recall@20": float(metrics.recall_at_k(hits, n_relevant, K).mean()),
+            "Coverage@20": metrics.coverage(filled, self.n_items - 1),
+            "ILD@20": float(metrics.ild_jaccard(pages, self.categories).mean()),
+            "short_pages": int((pages == 0).any(axis=1).sum()),
+        }
+
+
+def baseline_pages(dataset, protocol: Protocol) -> dict[str, np.ndarray]:
+    split = split_dataset(dataset)
+    pages = {}
+    for model in default_models():
+        model.fit(split.train_interactions, dataset.n_users, dataset.n_items)
+        scores = np.array(model.score(protocol.users), dtype=np.float64)
+        scores[:, 0] = -np.inf
+        scores[protocol.seen.pairs(protocol.users)] = -np.inf
+        pages[model.name] = metrics.top_k(scores, K)
+    return pages
+
+
+def _page(ids: Sequence[int]) -> np.ndarray:
+    page = np.zeros(K, np.int64)
+    ids = np.asarray(ids, np.int64)[:K]
+    page[: len(ids)] = ids
+    return page
+
+
+def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> dict:
+    """Pages of the gateway and of each cut of the funnel, called stage by stage over gRPC."""
+    from gateway.client import CascadeClient
+
+    client = CascadeClient(running.address("gateway"), timeout_s=5.0)
+    channels = {
+        name: grpc.insecure_channel(running.address(name))
+        for name in ("recall", "rank", "rerank", *(("prerank",) if running.has("prerank") else ()))
+    }
+    recall = recall_pb2_grpc.RecallStub(channels["recall"])
+    rank = rank_pb2_grpc.RankStub(channels["rank"])
+    rerank = rerank_pb2_grpc.RerankStub(channels["rerank"])
+    prerank = prerank_pb2_grpc.PrerankStub(channels["prerank"]) if "prerank" in channels else None
+    pages = {name: np.zeros((len(users), K), np.int64) for name in ("cascade", *CUTS)}
+    funnel_lists: dict[str, list[np.ndarray]] = {"recall": [], "prerank": [], "rank": []}
+    degraded = 0
+    latencies = []
+    for row, user_id in enumerate(users.tolist()):
+        started = time.perf_counter()
+        answer = client.recommend(user_id, count=K)
+        latencies.append(time.perf_counter() - started)
+        degraded += bool(answer.degraded)
+        pages["cascade"][row] = _page(answer.items.item_ids)
+        user = common_pb2.UserContext(user_id=user_id)
+        candidates = recall.Recall(
+            recall_pb2.RecallRequest(user=user, count=funnel.recall), timeout=5
+        ).candidates
+        pages["recall only"][row] = _page(candidates.item_ids)
+        funnel_lists["recall"].append(np.asarray(candidates.item_ids))
+        if prerank is not None:
+            request = prerank_pb2.PrerankRequest(
+                user=user, candidates=candidates, count=funnel.prerank
+            )
+            candidates = prerank.Prerank(request, timeout=5).candidates
+        else:  # what the gateway does without prerank: recall's own order, truncated
+            candidates = common_pb2.CandidateList(
+                item_ids=candidates.item_ids[: funnel.prerank],
+                scores=candidates.scores[: funnel.prerank],
+                channel_masks=candidates.channel_masks[: funnel.prerank],
+            )
+        pages["+ prerank"][row] = _page(candidates.item_ids)
+        funnel_lists["prerank"].append(np.asarray(candidates.item_ids))
+        request = rank_pb2.RankRequest(user=user, candidates=candidates, count=funnel.rank)
+        candidates = rank.Rank(request, timeout=5).candidates
+        pages["+ rank"][row] = _page(candidates.item_ids)
+        funnel_lists["rank"].append(np.asarray(candidates.item_ids))
+        request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
+        pages["+ rerank"][row] = _page(rerank.Rerank(request, timeout=5).candidates.item_ids)
+    for channel in channels.values():
+        channel.close()
+    info = {"degraded_answers": degraded, "gateway_p50_ms": 1e3 * float(np.median(latencies))}
+    return pages, info, funnel_lists
+
+
+def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    dataset = load_dataset(name, args.data_dir)
+    sample = args.sample if name != "ml-100k" else None  # ml-100k: every test user
+    protocol = Protocol.build(dataset, sample, args.seed)
+    artifacts = args.artifacts if name == "ml-100k" else args.artifacts / name
+    print(f"== {name}: {len(protocol.users)} test users; stack on {artifacts}", flush=True)
+    with stack.running_stack(
+        args.run_dir / name, artifacts=artifacts, data_dir=args.data_dir, dataset=name
+    ) as running:
+        pages, info, funnel_lists = cascade_pages(running, protocol.users, args.funnel)
+        info["prerank"] = "served" if running.has("prerank") else "absent: recall order, truncated"
+        if not running.has("prerank"):  # renamed in place, keeping the funnel's order
+            pages = {
+                (k if k != "+ prerank" else "+ prerank (absent: truncation)"): v
+                for k, v in pages.items()
+            }
+    # How much of the test set each stage still holds: the ceiling of everything after it.
+    info["reach"] = {stage: protocol.reach(lists) for stage, lists in funnel_lists.items()}
+    pages |= baseline_pages(dataset, protocol)
+    rows = [
+        {"dataset": name, "model": model, **protocol.score(page)} for model, page in pages.items()
+    ]
+    return rows, info
+
+
+def to_markdown(rows: list[dict], infos: dict) -> str:
+    columns = ("NDCG@10", "Recall@20", "Coverage@20", "ILD@20")
+    lines = ["# The cascade end to end (per-user temporal split, full catalog)", ""]
+    for name, info in infos.items():
+        lines += [f"## {name}", "", f"Run: {json.dumps(info)}", ""]
+        lines += ["| model | users | " + " | ".join(columns) + " |", "|---" * 6 + "|"]
+        for row in (r for r in rows if r["dataset"] == name):
+            cells = " | ".join(f"{row[c]:.4f}" for c in columns)
+            lines.append(f"| {row['model']} | {row['n_test_users']} | {cells} |")
+        lines += ["", verdict([r for r in rows if r["dataset"] == name]), ""]
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> str:
+    """The cascade's NDCG@10 against EASE and ItemKNN, as a sentence with the gaps."""
+    ndcg = {row["model"]: row["NDCG@10"] for row in rows}
+    parts = []
+    for baseline in ("EASE", "ItemKNN"):
+        gap = ndcg["cascade"] - ndcg[baseline]
+        word = "beats" if gap > 0 else "falls short of"
+        parts.append(f"{word} {baseline} by {abs(gap):.4f} ({100 * gap / ndcg[baseline]:+.1f}%)")
+    return f"NDCG@10: the cascade {' and '.join(parts)}."
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, name in zip(axes[0], datasets, strict=True):
+        mine = [r for r in rows if r["dataset"] == name]
+        x = np.arange(len(mine))
+        for offset, metric in ((-0.2, "NDCG@10"), (0.2, "Recall@20")):
+            ax.bar(x + offset, [r[metric] for r in mine], 0.4, label=metric)
+        ax.set_xticks(x, [r["model"] for r in mine], rotation=30, ha="right")
+        ax.set_title(f"{name}: end to end over gRPC")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cascade eval cascade", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--dataset", nargs="+", default=["ml-100k"], choices=("ml-100k", "synthetic")
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="ml-100k bundle root; other datasets use ARTIFACTS/<dataset>",
+    )
+    parser.add_argument("--run-dir", type=Path, default=Path(".cascade/eval"))
+    parser.add_argument("--sample", type=int, default=1000, help="test users sampled (synthetic)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/cascade"))
+    args = parser.parse_args(argv)
+    from gateway.server import GatewaySettings  # the funnel the gateway serves with
+
+    gateway = GatewaySettings()
+    args.funnel = Funnel(gateway.recall_count, gateway.prerank_count, gateway.rank_count)
+    rows, infos = [], {}
+    for name in args.dataset:
+        started = time.perf_counter()
+        found, info = evaluate_dataset(name, args)
+        infos[name] = info | {"seconds": round(time.perf_counter() - started, 1)}
+        rows += found
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"funnel": vars(args.funnel), "page": K, "runs": infos, "rows": rows}
+    (args.out / "e2e.json").write_text(json.dumps(report, indent=2))
+    (args.out / "e2e.md").write_text(to_markdown(rows, infos))
+    plot(rows, args.out / "e2e.png")
+    print(to_markdown(rows, infos))
+    print(f"saved {args.out}/e2e.json, e2e.md, e2e.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The local stack: the five services as separate processes on loopback ports, one call to start.
+
+`up` trains what is missing, starts recall, prerank (when built), rank, rerank and the gateway,
+waits until every grpc.health.v1 check is SERVING and records the processes in RUN_DIR/stack.json;
+`down` stops them (SIGTERM, then SIGKILL after a grace). `running_stack` does both for tests and
+benchmarks on free ports. The CLI (`cascade up/down`), the demo, the e2e eval and bench/load use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cascade.artifacts import ArtifactError, Bundle
+
+# Start order: the stages first, the gateway last (it connects to all of them).
+STAGES = ("recall", "prerank", "rank", "rerank")
+MODULES = {
+    "recall": "services.recall.server",
+    "prerank": "services.prerank.server",
+    "rank": "services.rank.server",
+    "rerank": "services.rerank.server",
+    "gateway": "gateway.server",
+}
+DEFAULT_PORTS = {
+    "gateway": 50050,
+    "recall": 50051,
+    "prerank": 50052,
+    "rank": 50053,
+    "rerank": 50054,
+}
+DEFAULT_METRICS_PORTS = {name: 9100 + port - 50000 for name, port in DEFAULT_PORTS.items()}
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message names the service and ends with its log tail."""
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    metrics_port: int
+    pid: int
+    log: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    services: list[Service]
+    bundle: str
+    dataset: str
+
+    def address(self, name: str = "gateway") -> str:
+        return next(s.address for s in self.services if s.name == name)
+
+    def has(self, name: str) -> bool:
+        return any(s.name == name for s in self.services)
+
+    def describe(self) -> str:
+        rows = [f"  {s.name:<8} {s.address:<16} metrics :{s.metrics_port}  pid {s.pid}  log {s.log}"
+                for s in self.services]  # fmt: skip
+        return f"cascade stack ({self.dataset}, bundle {self.bundle}):\n" + "\n".join(rows)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bundle_dataset(artifacts: Path, bundle: str = "current") -> str | None:
+    """The dataset `bundle` was trained on, or None when there is no usable bundle."""
+    try:
+        return Bundle.open(artifacts, bundle).component("recall")["dataset"]
+    except (ArtifactError, OSError, KeyError, ValueError):
+        return None
+
+
+def prerank_available(artifacts: Path, bundle: str = "current") -> bool:
+    """Prerank runs only when its server exists and the bundle carries its component; without
+    it the gateway degrades prerank by design (recall order, truncated)."""
+    if importlib.util.find_spec("services.prerank.server") is None:
+        return False
+    try:
+        Bundle.open(artifacts, bundle).component("prerank")
+    except (ArtifactError, OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "current") -> None:
+    """Prepares the data and trains every model when the bundle is missing or another dataset's."""
+    cli = [sys.executable, "-m", "cascade.cli"]
+    if not (data_dir / dataset).exists():
+        print(f"== preparing {dataset} into {data_dir}", flush=True)
+        subprocess.run([*cli, "data", "--source", dataset, "--data-dir", str(data_dir)], check=True)
+    found = bundle_dataset(artifacts, bundle)
+    if found == dataset:
+        return
+    if bundle != "current":
+        raise StackError(f"bundle {artifacts / bundle} is {found or 'missing'}, not {dataset}")
+    print(f"== {artifacts / bundle} is {found or 'missing'}: training every stage on {dataset}")
+    command = [*cli, "train", "all", "--dataset", dataset]
+    command += ["--data-dir", str(data_dir), "--artifacts", str(artifacts)]
+    subprocess.run(command, check=True)
+
+
+def _environment(name: str, port: int, metrics_port: int, settings: dict, targets: dict) -> dict:
+    prefix = f"CASCADE_{name.upper()}_"
+    env = {
+        f"{prefix}SERVER_PORT": str(port),
+        f"{prefix}SERVER_METRICS_PORT": str(metrics_port),
+        f"{prefix}ARTIFACTS": str(settings["artifacts"]),
+        f"{prefix}BUNDLE": settings["bundle"],
+        f"{prefix}DATA_DIR": str(settings["data_dir"]),
+    }
+    if name == "gateway":
+        env |= {f"{prefix}{stage.upper()}_TARGET": target for stage, target in targets.items()}
+    return env
+
+
+def up(
+    artifacts: Path = Path("artifacts"),
+    data_dir: Path = Path("data"),
+    dataset: str = "ml-100k",
+    run_dir: Path = Path(".cascade"),
+    ports: dict[str, int] | None = None,
+    metrics_ports: dict[str, int] | None = None,
+    bundle: str = "current",
+    timeout_s: float = 120.0,
+    train: bool = True,
+    extra_env: dict[str, str] | None = None,
+    quiet: bool = False,
+    only: tuple[str, ...] | None = None,
+) -> Stack:
+    """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
+    (with the failing service's log tail) after stopping whatever had started. `only` starts a
+    subset (tests)."""
+    artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
+    if train:
+        ensure_bundle(artifacts, data_dir, dataset, bundle)
+    elif bundle_dataset(artifacts, bundle) is None:
+        raise StackError(f"no bundle {artifacts / bundle}: run `cascade train all`")
+    if (run_dir / STATE_FILE).exists():
+        down(run_dir, quiet=True)  # a stale stack from an earlier run would hold the ports
+    run_dir.mkdir(parents=True, exist_ok=True)
+    names = [s for s in STAGES if s != "prerank" or prerank_available(artifacts, bundle)]
+    names.append("gateway")
+    names = [n for n in names if only is None or n in only]
+    ports = {**DEFAULT_PORTS, **(ports or {})}
+    metrics_ports = {**DEFAULT_METRICS_PORTS, **(metrics_ports or {})}
+    ports = {n: ports[n] or free_port() for n in DEFAULT_PORTS}
+    metrics_ports = {n: metrics_ports[n] or free_port() for n in DEFAULT_PORTS}
+    # The gateway targets prerank's port even when it does not run: calls fail fast, it degrades.
+    targets = {stage: f"127.0.0.1:{ports[stage]}" for stage in STAGES}
+    settings = {"artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve()}
+    stack = Stack(run_dir, [], bundle, dataset)
+    try:
+        for name in names:
+            log_path = run_dir / f"{name}.log"
+            env = os.environ | _environment(
+                name, ports[name], metrics_ports[name], settings, targets
+            )
+            env |= extra_env or {}
+            with open(log_path, "w") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", MODULES[name]], env=env, stdout=log_file,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+            stack.services.append(
+                Service(name, ports[name], metrics_ports[name], process.pid, str(log_path))
+            )
+            _save(stack)
+        wait_healthy(stack, timeout_s)
+    except BaseException:
+        down(run_dir, quiet=True)
+        raise
+    if not quiet:
+        print(stack.describe(), flush=True)
+    return stack
+
+
+def wait_healthy(stack: Stack, timeout_s: float) -> None:
+    """Polls every service's health check until all are SERVING; a service that exits or stays
+    unhealthy past the deadline raises StackError with its log tail."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(stack.services)
+    while pending:
+        service = pending[0]
+        if not _alive(service.pid):
+            raise StackError(f"{service.name} exited during start-up:\n{log_tail(service.log)}")
+        if _serving(service.address):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"{service.name} not SERVING on {service.address} after {timeout_s:.0f} s:\n"
+                f"{log_tail(service.log)}"
+            )
+        time.sleep(0.2)
+
+
+def _serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def log_tail(path: str | Path, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(f"    | {line}" for line in text[-lines:])
+
+
+def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:
+    """Stops the stack recorded in run_dir: SIGTERM to each process group, wait up to grace_s,
+    then SIGKILL. Returns how many processes were stopped."""
+    state = Path(run_dir) / STATE_FILE
+    if not state.exists():
+        if not quiet:
+            print(f"no stack recorded in {state}")
+        return 0
+    services = [Service(**s) for s in json.loads(state.read_text())["services"]]
+    mine = [s for s in services if _is_ours(s)]  # a recycled pid is someone else's: leave it
+    for service in reversed(mine):  # gateway first, so no new calls reach the stages
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(_alive(s.pid) for s in mine) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for service in mine:
+        if _alive(service.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGKILL)
+            if not quiet:
+                print(f"{service.name}: killed after {grace_s:.0f} s grace")
+    for service in mine:
+        _reap(service.pid)
+    state.unlink()
+    if not quiet:
+        print(f"stopped {len(mine)} services: {', '.join(s.name for s in mine)}")
+    return len(mine)
+
+
+def _is_ours(service: Service) -> bool:
+    try:
+        cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return MODULES[service.name].encode() in cmdline
+
+
+def _alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return status != "Z"
+
+
+def _reap(pid: int) -> None:
+    """Collects a child that exited (when this process started it), so it leaves no zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _save(stack: Stack) -> None:
+    state = {"bundle": stack.bundle, "dataset": stack.dataset,
+             "services": [asdict(s) for s in stack.services]}  # fmt: skip
+    (stack.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+@contextlib.contextmanager
+def running_stack(run_dir: Path, **options) -> Iterator[Stack]:
+    """A stack on free ports (unless given) that is always stopped, for tests and benchmarks."""
+    options.setdefault("ports", dict.fromkeys(DEFAULT_PORTS, 0))
+    options.setdefault("metrics_ports", dict.fromkeys(DEFAULT_PORTS, 0))
+    options.setdefault("quiet", True)
+    stack = up(run_dir=run_dir, **options)
+    try:
+        yield stack
+    finally:
+        down(run_dir, quiet=True)

@@ -1,0 +1,111 @@
+"""The offline pieces distillation and the report share: one bundle's data, recall and teacher.
+
+`open_world` loads a dataset, its temporal split, the feature store of the training period, the
+bundle's teacher (RankScorer, the serving code) and its recall merge. `training_requests` and
+`test_requests` place the request points; `distill_into_bundle` is the distill command's body.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cascade.artifacts import Bundle, BundleWriter, publish
+from cascade.data import load_dataset
+from cascade.data.schema import Dataset
+from cascade.data.split import TemporalSplit, split_dataset
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import FeatureSpec
+from services.prerank.distill import DistillConfig, item_vectors, teacher_embeddings, train_student
+from services.prerank.examples import Requests, build_requests, recall_merger
+from services.rank.scorer import RankScorer
+from services.recall.merge import Merger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class World:
+    dataset: Dataset
+    spec: FeatureSpec
+    split: TemporalSplit
+    store: InMemoryFeatureStore
+    bundle: Bundle
+    teacher: RankScorer
+    merger: Merger
+
+
+def open_world(dataset: Dataset | str, data_dir: Path, artifacts: Path, version: str) -> World:
+    """The bundle's teacher and recall over the dataset's training period (spec: the teacher's,
+    checked against the data by RankScorer.from_bundle)."""
+    bundle = Bundle.open(artifacts, version)
+    if isinstance(dataset, str):
+        dataset = load_dataset(dataset, data_dir)
+    spec = FeatureSpec.from_json(bundle.file("rank", "feature_spec.json").read_text())
+    split = split_dataset(dataset)
+    store = InMemoryFeatureStore(dataset, spec, split.train_interactions, split.train_impressions)
+    teacher = RankScorer.from_bundle(bundle, store)
+    return World(dataset, spec, split, store, bundle, teacher, recall_merger(bundle, store))
+
+
+def _sample(users: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    if limit and len(users) > limit:
+        return np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
+    return users
+
+
+def training_requests(world: World, config: DistillConfig) -> Requests:
+    """One request per training user with enough history, inside the training period."""
+    train = world.split.train_interactions
+    order = np.lexsort((train["ts"], train["user_id"]))
+    users, times = train["user_id"][order], train["ts"][order]
+    ids, start, counts = np.unique(users, return_index=True, return_counts=True)
+    enough = counts >= config.min_train_interactions
+    ids, start, counts = ids[enough], start[enough], counts[enough]
+    ts = times[start + np.floor(config.request_fraction * counts).astype(np.int64)]
+    keep = np.isin(ids, _sample(ids, config.max_users, config.seed))
+    log.info("training requests: %d users", int(keep.sum()))
+    return build_requests(
+        world.teacher, world.merger, train, train, ids[keep], ts[keep], world.dataset.n_items,
+        config.candidates_per_request, config.sampled_per_request, config.seed,
+    )  # fmt: skip
+
+
+def test_requests(world: World, count: int, max_users: int, seed: int = 0) -> Requests:
+    """One request per test user at their cut (first test interaction), history = training."""
+    test, train = world.split.test_interactions, world.split.train_interactions
+    cut = np.full(world.dataset.n_users, np.iinfo(np.int64).max)
+    np.minimum.at(cut, test["user_id"], test["ts"])
+    users = np.intersect1d(np.unique(test["user_id"]), np.unique(train["user_id"]))
+    users = _sample(users, max_users, seed)
+    return build_requests(
+        world.teacher, world.merger, train, test, users, cut[users], world.dataset.n_items, count
+    )
+
+
+def distill_into_bundle(
+    dataset: str, data_dir: Path, artifacts: Path, version: str, config: DistillConfig,
+    publish_it: bool = False,
+) -> Path:  # fmt: skip
+    """Distils a student from the bundle's teacher and writes the "prerank" component into it."""
+    from services.prerank.export import write_component
+
+    world = open_world(dataset, data_dir, artifacts, version)
+    requests = training_requests(world, config)
+    teacher = teacher_embeddings(world.bundle.load_npz("rank", "weights.npz"))
+    model, info = train_student(requests, world.dataset, world.spec, config, teacher)
+    world.merger.close()
+    writer = BundleWriter(artifacts, world.bundle.version)
+    vectors = item_vectors(model, world.dataset, world.spec)
+    known = world.store.known_items(np.arange(world.dataset.n_items))
+    write_component(
+        writer, model, world.spec, world.dataset, vectors, known,
+        world.bundle.component("rank")["version"], info, requests,
+    )  # fmt: skip
+    writer.commit()
+    if publish_it:
+        publish(artifacts, writer.version)
+    return writer.folder

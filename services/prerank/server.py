@@ -1,0 +1,207 @@
+"""The Prerank gRPC service: recall's candidates in, the student's top `count` out.
+
+    python -m services.prerank.server [--config prerank.toml]   (env: CASCADE_PRERANK_*, e.g.
+    CASCADE_PRERANK_SERVER_PORT, CASCADE_PRERANK_SCORER_INTRA_OP_THREADS,
+    CASCADE_PRERANK_SCORER_EXECUTION_PROVIDER, CASCADE_PRERANK_DEFAULT_COUNT)
+
+count: 0 -> `default_count`; above the list -> the whole list; above `max_count` ->
+INVALID_ARGUMENT naming `count`. Unknown candidates are scored last and counted. A student whose
+teacher_version is not the bundle's rank version sets a warning gauge and logs at start; a bundle
+trained on another feature spec is refused before the port opens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cascade.artifacts import ArtifactError, Bundle
+from cascade.candidates import InvalidField, from_proto, to_proto
+from cascade.config import SettingsError, load_settings
+from cascade.data import DataError, load_dataset
+from cascade.data.split import split_dataset
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import FeatureSpec, build_spec
+from cascade.server import ServerSettings, invalid_argument, run_forever, serve
+from cascade.telemetry import LATENCY_BUCKETS, new_registry
+from cascade.v1 import prerank_pb2, prerank_pb2_grpc
+from services.prerank.scorer import COMPONENT, PrerankScorer, ScorerSettings
+
+log = logging.getLogger(__name__)
+STAGE = "prerank"
+SERVICE = prerank_pb2.DESCRIPTOR.services_by_name["Prerank"].full_name
+
+
+@dataclass(frozen=True)
+class PrerankSettings:
+    server: ServerSettings = field(
+        default_factory=lambda: ServerSettings(port=50052, metrics_port=9152)
+    )
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    data_dir: Path = Path("data")  # the dataset is the one the bundle was trained on
+    artifacts: Path = Path("artifacts")
+    bundle: str = "current"
+    default_count: int = 500  # when the request's count is 0
+    max_count: int = 2000  # a larger count is INVALID_ARGUMENT
+    max_candidates: int = 5000  # a longer list is INVALID_ARGUMENT
+    max_recent_items: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default_count <= self.max_count:
+            raise ValueError("need 0 < default_count <= max_count")
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
+
+
+class PrerankMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.inference = Histogram(
+            "cascade_model_latency_seconds",
+            "Model time per request (lookups + user tower + dot products).",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=registry,
+        ).labels(STAGE)  # fmt: skip
+        candidates = Counter(
+            "cascade_candidates", "Candidates received (in) and returned (out).",
+            ["stage", "direction"], registry=registry,
+        )  # fmt: skip
+        self.candidates_in = candidates.labels(STAGE, "in")
+        self.candidates_out = candidates.labels(STAGE, "out")
+        self.unknown = Counter(
+            "cascade_unknown_items", "Candidates the item-vector table did not know (scored last).",
+            ["stage"], registry=registry,
+        ).labels(STAGE)  # fmt: skip
+        self.teacher_mismatch = Gauge(
+            "cascade_prerank_teacher_version_mismatch",
+            "1 when the student was distilled from another teacher version than the bundle's rank.",
+            registry=registry,
+        )  # fmt: skip
+
+
+class PrerankService(prerank_pb2_grpc.PrerankServicer):
+    def __init__(self, scorer: PrerankScorer, settings: PrerankSettings, metrics: PrerankMetrics):
+        self.scorer, self.settings, self.metrics = scorer, settings, metrics
+
+    def Prerank(self, request: prerank_pb2.PrerankRequest, context: grpc.ServicerContext):
+        settings = self.settings
+        count = request.count or settings.default_count
+        if count > settings.max_count:
+            invalid_argument(context, "count", f"{count} exceeds the maximum {settings.max_count}")
+        if request.user.user_id < 0:
+            invalid_argument(context, "user.user_id", f"must be >= 0, got {request.user.user_id}")
+        recent = np.asarray(request.user.recent_item_ids, dtype=np.int64)
+        if len(recent) > settings.max_recent_items:
+            invalid_argument(context, "user.recent_item_ids",
+                             f"{len(recent)} ids; at most {settings.max_recent_items}")  # fmt: skip
+        try:
+            candidates = from_proto(request.candidates)
+        except InvalidField as error:
+            invalid_argument(context, error.field, error.description)
+        n = len(candidates.item_ids)
+        if n > settings.max_candidates:
+            invalid_argument(context, "candidates", f"{n} candidates > maximum "
+                             f"{settings.max_candidates}")  # fmt: skip
+        response = prerank_pb2.PrerankResponse(
+            model_version=self.scorer.version, teacher_version=self.scorer.teacher_version
+        )
+        self.metrics.candidates_in.inc(n)
+        if not n:
+            return response
+        started = time.perf_counter()
+        order, scores, n_unknown = self.scorer.top(
+            request.user.user_id, candidates.item_ids, count, recent
+        )
+        self.metrics.inference.observe(time.perf_counter() - started)
+        if n_unknown:
+            self.metrics.unknown.inc(n_unknown)
+        kept = candidates.take(order)
+        to_proto(kept.item_ids, scores[order], kept.channel_masks, out=response.candidates)
+        response.unknown_items = n_unknown
+        self.metrics.candidates_out.inc(len(order))
+        return response
+
+
+def check_teacher(bundle: Bundle, scorer: PrerankScorer, metrics: PrerankMetrics) -> bool:
+    """True when the student's teacher is the bundle's rank model; else gauge 1 and a log line."""
+    components = bundle.manifest["components"]
+    rank_version = components.get("rank", {}).get("version")
+    same = rank_version == scorer.teacher_version
+    metrics.teacher_mismatch.set(0 if same else 1)
+    if not same:
+        log.warning(
+            "prerank: student %s was distilled from teacher %s but the bundle's rank is %s; "
+            "the two stages may disagree: distil again", scorer.version, scorer.teacher_version,
+            rank_version or "absent",
+        )  # fmt: skip
+    return same
+
+
+def load_scorer(settings: PrerankSettings) -> tuple[Bundle, PrerankScorer]:
+    """The dataset's feature store and the bundle's student; SpecMismatch when they disagree."""
+    bundle = Bundle.open(settings.artifacts, settings.bundle)
+    trained = FeatureSpec.from_json(bundle.file(COMPONENT, "feature_spec.json").read_text())
+    dataset = load_dataset(bundle.component(COMPONENT)["dataset"], settings.data_dir)
+    spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
+    data = split_dataset(dataset)
+    store = InMemoryFeatureStore(dataset, spec, data.train_interactions, data.train_impressions)
+    return bundle, PrerankScorer.from_bundle(bundle, store, settings.scorer)
+
+
+def start(
+    settings: PrerankSettings,
+    scorer: PrerankScorer | None = None,
+    bundle: Bundle | None = None,
+    registry: CollectorRegistry | None = None,
+):
+    """A running Prerank server (tests pass a ready scorer and its bundle)."""
+    registry = new_registry() if registry is None else registry
+    if scorer is None:
+        bundle, scorer = load_scorer(settings)
+    elif bundle is None:
+        raise ValueError("a ready scorer needs its bundle (the teacher version check reads it)")
+    metrics = PrerankMetrics(registry)
+    check_teacher(bundle, scorer, metrics)
+    service = PrerankService(scorer, settings, metrics)
+
+    def add(server: grpc.Server) -> list[str]:
+        prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
+        return [SERVICE]
+
+    return serve(STAGE, add, settings.server, registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=None, help="JSON or TOML settings file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings(PrerankSettings, args.config, env_prefix="CASCADE_PRERANK_")
+        bundle, scorer = load_scorer(settings)
+    except (SettingsError, ArtifactError, DataError) as error:
+        print(f"prerank: refusing to start: {error}", file=sys.stderr)
+        return 2
+    registry = new_registry()
+    metrics = PrerankMetrics(registry)
+    check_teacher(bundle, scorer, metrics)
+    service = PrerankService(scorer, settings, metrics)
+
+    def add(server: grpc.Server) -> list[str]:
+        prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
+        return [SERVICE]
+
+    log.info("prerank: student %s (teacher %s), providers %s", scorer.version,
+             scorer.teacher_version, scorer.session.get_providers())  # fmt: skip
+    run_forever(STAGE, add, settings.server, registry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The end-to-end table's scoring: the same rule for the cascade's pages and the baselines'."""
+
+import numpy as np
+
+from cascade.evaluation_e2e import K, Protocol, verdict
+from tests.conftest import make_tiny_dataset
+
+
+def test_a_page_of_exactly_the_test_items_scores_one_and_an_empty_page_zero():
+    protocol = Protocol.build(make_tiny_dataset(n_users=20, n_items=40, n_events=400), None, 0)
+    assert len(protocol.users) > 0
+    perfect = np.zeros((len(protocol.users), K), np.int64)
+    for row, user in enumerate(protocol.users.tolist()):
+        items = protocol.relevant.items[
+            protocol.relevant.indptr[user] : protocol.relevant.indptr[user + 1]
+        ]
+        perfect[row, : len(items[:K])] = items[:K]
+    best = protocol.score(perfect)
+    assert best["NDCG@10"] == 1.0 and best["Recall@20"] == 1.0
+    empty = protocol.score(np.zeros_like(perfect))
+    assert empty["NDCG@10"] == 0.0 and empty["Recall@20"] == 0.0
+    assert empty["short_pages"] == len(protocol.users)
+
+
+def test_seen_items_are_never_relevant_and_sampling_is_seeded():
+    dataset = make_tiny_dataset(n_users=20, n_items=40, n_events=400)
+    protocol = Protocol.build(dataset, None, 0)
+    for user in protocol.users.tolist():
+        seen = protocol.seen.items[protocol.seen.indptr[user] : protocol.seen.indptr[user + 1]]
+        relevant = protocol.relevant.items[
+            protocol.relevant.indptr[user] : protocol.relevant.indptr[user + 1]
+        ]
+        assert not np.isin(relevant, seen).any()
+    first = Protocol.build(dataset, 5, seed=1).users
+    assert len(first) == 5 and np.array_equal(first, Protocol.build(dataset, 5, seed=1).users)
+
+
+def test_verdict_states_the_gap_to_each_baseline():
+    rows = [
+        {"model": "cascade", "NDCG@10": 0.2},
+        {"model": "EASE", "NDCG@10": 0.25},
+        {"model": "ItemKNN", "NDCG@10": 0.1},
+    ]
+    text = verdict(rows)
+    assert "falls short of EASE by 0.0500 (-20.0%)" in text
+    assert "beats ItemKNN by 0.1000 (+100.0%)" in text

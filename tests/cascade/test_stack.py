@@ -1,0 +1,118 @@
+"""The local stack: real service processes on free loopback ports, started and always stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cascade import stack
+
+STAGE_TRAINERS = (
+    ("services.recall.build",),
+    ("services.rank.train", "--max-epochs", "1"),
+    ("services.rerank.build",),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """A small synthetic world and every stage trained on it (about 15 s, in subprocesses)."""
+    root = tmp_path_factory.mktemp("stack")
+    data, artifacts = root / "data", root / "artifacts"
+    run = [sys.executable, "-m", "cascade.cli", "data", "--source", "synthetic", "--users", "200"]
+    run += ["--items", "100", "--impressions-per-user", "30", "--data-dir", str(data)]
+    subprocess.run(run, check=True, capture_output=True)
+    common = ["--dataset", "synthetic", "--data-dir", str(data), "--artifacts", str(artifacts)]
+    for module, *options in STAGE_TRAINERS:
+        command = [sys.executable, "-m", module, *common, "--version", "v1", *options]
+        subprocess.run(command, check=True, capture_output=True)
+    return artifacts, data
+
+
+def _processes_alive(services: list[stack.Service]) -> list[str]:
+    return [s.name for s in services if stack._alive(s.pid)]
+
+
+def test_stack_serves_a_recommendation_and_stops_cleanly(tiny_bundle, tmp_path):
+    artifacts, data = tiny_bundle
+    run_dir = tmp_path / "run"
+    options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
+    with stack.running_stack(run_dir, train=False, **options) as running:
+        names = [s.name for s in running.services]
+        assert names[-1] == "gateway" and {"recall", "rank", "rerank"} <= set(names)
+        ports = [s.port for s in running.services] + [s.metrics_port for s in running.services]
+        assert len(set(ports)) == len(ports) and all(p > 0 for p in ports)
+        assert (run_dir / stack.STATE_FILE).exists()
+        from gateway.client import CascadeClient
+
+        with CascadeClient(running.address("gateway"), timeout_s=5.0) as client:
+            answer = client.recommend(5, count=5, debug=True)
+        assert len(answer.items.item_ids) == 5
+        assert all(0 < item < 101 for item in answer.items.item_ids)
+        assert [t.stage for t in answer.trace][0] == "recall"
+        services = running.services
+    assert _processes_alive(services) == []
+    assert not (run_dir / stack.STATE_FILE).exists()
+
+
+def test_a_service_that_cannot_start_is_reported_with_its_log_and_the_rest_stop(
+    tiny_bundle, tmp_path
+):
+    artifacts, data = tiny_bundle
+    run_dir = tmp_path / "run"
+    with pytest.raises(stack.StackError) as failure:
+        stack.up(
+            artifacts,
+            data,
+            "synthetic",
+            run_dir,
+            bundle="v1",
+            train=False,
+            quiet=True,
+            ports=dict.fromkeys(stack.DEFAULT_PORTS, 0),
+            metrics_ports=dict.fromkeys(stack.DEFAULT_PORTS, 0),
+            only=("recall", "rerank"),
+            extra_env={"CASCADE_RECALL_BUNDLE": "no-such-bundle"},
+        )
+    message = str(failure.value)
+    assert message.startswith("recall exited during start-up")
+    assert "no-such-bundle" in message  # the tail of recall's own log
+    assert not (run_dir / stack.STATE_FILE).exists()  # rerank was stopped too
+
+
+def test_health_wait_gives_up_after_its_timeout(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    log = tmp_path / "rank.log"
+    log.write_text("loading the model\nstill loading\n")
+    service = stack.Service("rank", stack.free_port(), stack.free_port(), sleeper.pid, str(log))
+    try:
+        with pytest.raises(stack.StackError, match="rank not SERVING") as failure:
+            stack.wait_healthy(stack.Stack(tmp_path, [service], "v1", "tiny"), timeout_s=0.5)
+        assert "still loading" in str(failure.value)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_down_leaves_processes_it_did_not_start(tmp_path, capsys):
+    assert stack.down(tmp_path) == 0
+    assert "no stack recorded" in capsys.readouterr().out
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        service = stack.Service("rank", 1, 2, sleeper.pid, str(tmp_path / "rank.log"))
+        stack._save(stack.Stack(tmp_path, [service], "v1", "tiny"))
+        assert stack.down(tmp_path, quiet=True) == 0  # a recycled pid is not ours
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_prerank_only_runs_when_built(tiny_bundle):
+    artifacts, _ = tiny_bundle
+    assert stack.bundle_dataset(artifacts, "v1") == "synthetic"
+    assert stack.bundle_dataset(artifacts, "missing") is None
+    assert stack.prerank_available(artifacts, "v1") is False  # no prerank component here

@@ -1,0 +1,196 @@
+"""One tiny bundle per session (every stage trained on a seeded world saved as "ml-100k"), and
+the whole stack in-process: each stage server and the gateway on ephemeral 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from cascade.artifacts import BundleWriter, publish
+from cascade.data.schema import Dataset, save
+from cascade.data.split import split_dataset
+from cascade.server import RunningServer, ServerSettings, serve
+from cascade.telemetry import new_registry
+from gateway.server import GatewaySettings, start
+from services.rank.export import write_component
+from services.rank.model import ModelConfig
+from services.rank.server import RankMetrics, RankService, RankSettings, load_scorer
+from services.rank.server import add_servicers as rank_servicers
+from services.rank.train import TrainConfig, train
+from services.recall.build import build_recall
+from services.recall.server import RecallSettings
+from services.recall.server import start as start_recall
+from services.recall.train import TwoTowerConfig
+from services.rerank.build import build as build_rerank
+from services.rerank.server import STAGE as RERANK
+from services.rerank.server import RerankSettings, add_servicer, load_reranker
+from tests.conftest import make_tiny_dataset
+
+VERSION = "v1"
+# Pre-rank (services/prerank) comes from another issue: when its server module exists, its
+# component joins the bundle and its server the stack (`_build_prerank` / `_start_prerank`);
+# without it the stack runs without prerank and the gateway degrades it (recall order, truncated).
+HAS_PRERANK = importlib.util.find_spec("services.prerank.server") is not None
+
+
+def tiny_world() -> Dataset:
+    dataset = make_tiny_dataset(seed=3, n_users=30, n_items=60, n_events=500)
+    dataset.meta = {**dataset.meta, "name": "ml-100k"}  # stage servers read this name's folder
+    return dataset
+
+
+@dataclass
+class Built:
+    dataset: Dataset
+    data_dir: Path
+    artifacts: Path
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Built:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gateway")
+    dataset = tiny_world()
+    save(dataset, root / "data" / "ml-100k")
+    artifacts = root / "artifacts"
+    train_log = split_dataset(dataset).train_interactions
+    writer = BundleWriter(artifacts, VERSION)
+    config = TwoTowerConfig(dim=8, hidden=16, epochs=1, batch_size=16)
+    build_recall(dataset, train_log, writer, two_tower_config=config, progress=False)
+    writer.commit()
+    train_config = TrainConfig(seed=0, batch_size=32, max_epochs=2)
+    model_config = ModelConfig(common_width=8, expert_hidden=16, expert_width=8, tower_hidden=8)
+    model, prepared, info = train(dataset, train_config, model_config)
+    writer = BundleWriter(artifacts, VERSION)
+    write_component(
+        writer, model, prepared.spec, "ml-100k", train_config, model_config, info,
+        prepared.test[0],
+    )  # fmt: skip
+    writer.commit()
+    build_rerank("ml-100k", root / "data", artifacts, VERSION, dim=4)
+    if HAS_PRERANK:
+        _build_prerank(root / "data", artifacts)
+    publish(artifacts, VERSION)
+    return Built(dataset, root / "data", artifacts)
+
+
+QUIET = ServerSettings(port=0, metrics_port=-1, grace_s=0.2)
+
+
+@dataclass
+class Stack:
+    """Running stage servers by name (a stopped one is removed) and the gateway."""
+
+    stages: dict[str, RunningServer]
+    gateway: RunningServer
+    settings: GatewaySettings
+    recall_service: object  # services.recall.server.RecallService, for its store
+
+    def stop_stage(self, name: str) -> None:
+        self.stages.pop(name).stop(0)
+
+
+class Delay(grpc.ServerInterceptor):
+    """Fault injection: every stage call waits `seconds` before it is handled."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler.unary_unary or "health" in handler_call_details.method:
+            return handler
+        behavior = handler.unary_unary
+
+        def late(request, context):
+            time.sleep(self.seconds)
+            return behavior(request, context)
+
+        return handler._replace(unary_unary=late)
+
+
+def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]:
+    common = {"artifacts": built.artifacts, "data_dir": built.data_dir, "server": QUIET}
+    recall, recall_service = start_recall(
+        RecallSettings(**common, default_count=50, fresh_window_s=10**9)
+    )
+    rank_settings = RankSettings(**common)
+    rank_registry = new_registry(process_metrics=False)
+    service = RankService(load_scorer(rank_settings), 2000, RankMetrics(rank_registry))
+    delay = [Delay(rank_delay_s)] if rank_delay_s else []
+    rank = serve("rank", rank_servicers(service), QUIET, rank_registry, delay)
+    rerank_settings = RerankSettings(**common)
+    registry = new_registry(process_metrics=False)
+    reranker = load_reranker(rerank_settings)
+    rerank = serve(RERANK, add_servicer(reranker, rerank_settings, registry), QUIET, registry)
+    stages = {"recall": recall, "rank": rank, "rerank": rerank}
+    if HAS_PRERANK:
+        stages["prerank"] = _start_prerank(common)
+    return stages, recall_service
+
+
+def _build_prerank(data_dir: Path, artifacts: Path) -> None:
+    """A student distilled for a couple of epochs from the tiny teacher, into the same bundle."""
+    from services.prerank.distill import DistillConfig
+    from services.prerank.pipeline import distill_into_bundle
+
+    config = DistillConfig(epochs=2, candidates_per_request=60, sampled_per_request=30)
+    distill_into_bundle("ml-100k", data_dir, artifacts, VERSION, config)
+
+
+def _start_prerank(common: dict) -> RunningServer:
+    from services.prerank.server import PrerankSettings
+    from services.prerank.server import start as start_prerank
+
+    return start_prerank(PrerankSettings(**common), registry=new_registry(process_metrics=False))
+
+
+def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides):
+    # A port nobody listens on stands in for a stage that is not running (calls fail at once).
+    targets = {f"{s}_target": "127.0.0.1:1" for s in ("recall", "prerank", "rank", "rerank")}
+    targets |= {f"{name}_target": server.address for name, server in stages.items()}
+    return GatewaySettings(
+        server=QUIET, artifacts=built.artifacts, data_dir=built.data_dir,
+        recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
+        default_deadline_s=2.0, max_deadline_s=3.0, **targets, **overrides,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def stack_factory(built) -> Iterator:
+    """Starts a fresh stack per call (tests that stop stages or record feedback get their own)."""
+    started: list[Stack] = []
+
+    def make(rank_delay_s: float = 0.0, **overrides) -> Stack:
+        stages, recall_service = start_stages(built, rank_delay_s)
+        settings = gateway_settings(built, stages, **overrides)
+        stack = Stack(stages, start(settings), settings, recall_service)
+        started.append(stack)
+        return stack
+
+    yield make
+    for stack in started:
+        stack.gateway.stop(0)
+        stack.gateway.service.close()
+        for server in stack.stages.values():
+            server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def shared_stack(built) -> Iterator[Stack]:
+    """One stack for read-only tests."""
+    stages, recall_service = start_stages(built)
+    settings = gateway_settings(built, stages)
+    stack = Stack(stages, start(settings), settings, recall_service)
+    yield stack
+    stack.gateway.stop(0)
+    stack.gateway.service.close()
+    for server in stages.values():
+        server.stop(0)

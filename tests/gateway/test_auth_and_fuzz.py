@@ -1,0 +1,154 @@
+"""Auth on the public API, and fuzzing: nothing a client sends may crash the gateway."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cascade.v1 import gateway_pb2
+from gateway.client import CascadeClient
+
+pytestmark = pytest.mark.timeout(120)
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def secured(built):
+    from tests.gateway.conftest import Stack, gateway_settings, start, start_stages
+
+    stages, recall_service = start_stages(built)
+    settings = gateway_settings(built, stages, api_token=TOKEN)
+    stack = Stack(stages, start(settings), settings, recall_service)
+    yield stack
+    stack.gateway.stop(0)
+    stack.gateway.service.close()
+    for server in stages.values():
+        server.stop(0)
+
+
+def call(address: str, metadata=None):
+    with grpc.insecure_channel(address) as channel:
+        stub = channel.unary_unary(
+            "/cascade.v1.Gateway/Recommend",
+            request_serializer=gateway_pb2.RecommendRequest.SerializeToString,
+            response_deserializer=gateway_pb2.RecommendResponse.FromString,
+        )
+        return stub(gateway_pb2.RecommendRequest(user_id=2, count=3), metadata=metadata, timeout=5)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, (("authorization", "Bearer wrong"),), (("x-api-key", "s3cret"),),
+     (("authorization", TOKEN),)],  # the last lacks the "Bearer" scheme
+)  # fmt: skip
+def test_missing_or_wrong_token_is_unauthenticated(secured, metadata):
+    with pytest.raises(grpc.RpcError) as error:
+        call(secured.gateway.address, metadata)
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(("authorization", f"Bearer {TOKEN}"),), (("x-api-key", TOKEN),),
+     (("x-api-key", "wrong"), ("x-api-key", TOKEN))],  # any entry of the key may hold it
+)  # fmt: skip
+def test_the_right_token_is_served(secured, metadata):
+    assert len(call(secured.gateway.address, metadata).items.item_ids) == 3
+
+
+def test_the_sdk_sends_the_token_and_health_needs_none(secured):
+    with CascadeClient(secured.gateway.address, token=TOKEN, timeout_s=5) as client:
+        assert len(client.recommend(2, count=3).items.item_ids) == 3
+        assert client.feedback([(2, 1, "click")]).accepted == 1
+    with grpc.insecure_channel(secured.gateway.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="cascade.v1.Gateway"), timeout=5
+        )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def valid_messages() -> list[bytes]:
+    recommend = gateway_pb2.RecommendRequest(user_id=2, count=5, debug=True)
+    recommend.context.extras["k"] = "v"
+    feedback = gateway_pb2.FeedbackRequest(
+        events=[gateway_pb2.Event(user_id=2, item_id=3, type=gateway_pb2.EVENT_TYPE_PLAY)]
+    )
+    return [recommend.SerializeToString(), feedback.SerializeToString()]
+
+
+def mutate(message: bytes, positions: list[int], values: list[int]) -> bytes:
+    data = bytearray(message)
+    for position, value in zip(positions, values, strict=False):
+        if data:
+            data[position % len(data)] = value
+    return bytes(data)
+
+
+payloads = st.one_of(
+    st.binary(max_size=256),
+    st.builds(
+        mutate,
+        st.sampled_from(valid_messages()),
+        st.lists(st.integers(0, 255), max_size=6),
+        st.lists(st.integers(0, 255), max_size=6),
+    ),
+    st.builds(  # well-formed messages with extreme field values
+        lambda user, count, debug: gateway_pb2.RecommendRequest(
+            user_id=user, count=count, debug=debug
+        ).SerializeToString(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.integers(0, 2**32 - 1),
+        st.booleans(),
+    ),  # fmt: skip
+    st.builds(
+        lambda user, item, kind, ts: gateway_pb2.FeedbackRequest(
+            events=[gateway_pb2.Event(user_id=user, item_id=item, type=kind, timestamp_ms=ts)]
+        ).SerializeToString(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.integers(-(2**63), 2**63 - 1),
+        st.integers(-(2**31), 2**31 - 1),
+        st.integers(-(2**63), 2**63 - 1),
+    ),  # fmt: skip
+)
+
+
+@pytest.fixture(scope="module")
+def raw_methods(shared_stack):
+    channel = grpc.insecure_channel(shared_stack.gateway.address)
+    methods = {
+        name: channel.unary_unary(f"/cascade.v1.Gateway/{name}")  # bytes in, bytes out
+        for name in ("Recommend", "Feedback")
+    }
+    yield methods
+    channel.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(method=st.sampled_from(["Recommend", "Feedback"]), payload=payloads)
+def test_fuzzed_requests_never_crash_the_gateway(raw_methods, method, payload):
+    try:
+        raw_methods[method](payload, timeout=5)
+    except grpc.RpcError as error:
+        code = error.code()
+        assert code != grpc.StatusCode.UNKNOWN, error.details()
+        if code == grpc.StatusCode.INTERNAL:
+            assert "Exception deserializing request" in error.details()
+        else:
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, error.details())
+
+
+def test_the_gateway_is_still_up_after_fuzzing(shared_stack, raw_methods):
+    request = gateway_pb2.RecommendRequest(user_id=2, count=3).SerializeToString()
+    response = gateway_pb2.RecommendResponse.FromString(
+        raw_methods["Recommend"](request, timeout=5)
+    )
+    assert len(response.items.item_ids) == 3
+    metrics = shared_stack.gateway.registry
+    unknown = metrics.get_sample_value(
+        "cascade_rpc_requests_total",
+        {"stage": "gateway", "rpc": "cascade.v1.Gateway/Recommend", "code": "UNKNOWN"},
+    )
+    assert unknown is None

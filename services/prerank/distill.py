@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # logs every graph rewrite
     config = variant_config(args.variant, DistillConfig(seed=args.seed))
     folder = distill_into_bundle(
         args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish

@@ -32,6 +32,33 @@ def new_registry(process_metrics: bool = True) -> CollectorRegistry:
     return registry
 
 
+class ModelMetrics:
+    """What a scoring stage (prerank, rank) reports beside its RPC metrics, one set per stage."""
+
+    def __init__(self, stage: str, registry: CollectorRegistry):
+        self.inference = Histogram(
+            "cascade_model_latency_seconds",
+            "Model time per request (feature lookups + the model).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(stage)
+        candidates = Counter(
+            "cascade_candidates",
+            "Candidates received (in) and returned (out).",
+            ["stage", "direction"],
+            registry=registry,
+        )
+        self.candidates_in = candidates.labels(stage, "in")
+        self.candidates_out = candidates.labels(stage, "out")
+        self.unknown = Counter(
+            "cascade_unknown_items",
+            "Candidates the stage's item table did not know (rank drops them, prerank ranks last).",
+            ["stage"],
+            registry=registry,
+        ).labels(stage)
+
+
 class RpcMetrics:
     """The per-RPC metrics of one server: latency, answers by status code, calls in flight."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import InvalidField, from_proto, to_proto
@@ -31,7 +31,7 @@ from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, invalid_argument, run_forever, serve
-from cascade.telemetry import LATENCY_BUCKETS, new_registry
+from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import prerank_pb2, prerank_pb2_grpc
 from services.prerank.scorer import COMPONENT, PrerankScorer, ScorerSettings
 
@@ -61,28 +61,14 @@ class PrerankSettings:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
 
 
-class PrerankMetrics:
+class PrerankMetrics(ModelMetrics):
     def __init__(self, registry: CollectorRegistry):
-        self.inference = Histogram(
-            "cascade_model_latency_seconds",
-            "Model time per request (lookups + user tower + dot products).",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=registry,
-        ).labels(STAGE)  # fmt: skip
-        candidates = Counter(
-            "cascade_candidates", "Candidates received (in) and returned (out).",
-            ["stage", "direction"], registry=registry,
-        )  # fmt: skip
-        self.candidates_in = candidates.labels(STAGE, "in")
-        self.candidates_out = candidates.labels(STAGE, "out")
-        self.unknown = Counter(
-            "cascade_unknown_items", "Candidates the item-vector table did not know (scored last).",
-            ["stage"], registry=registry,
-        ).labels(STAGE)  # fmt: skip
+        super().__init__(STAGE, registry)
         self.teacher_mismatch = Gauge(
             "cascade_prerank_teacher_version_mismatch",
             "1 when the student was distilled from another teacher version than the bundle's rank.",
             registry=registry,
-        )  # fmt: skip
+        )
 
 
 class PrerankService(prerank_pb2_grpc.PrerankServicer):

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import InvalidField, from_proto, to_proto
@@ -28,7 +27,7 @@ from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, invalid_argument, run_forever, serve
-from cascade.telemetry import LATENCY_BUCKETS, new_registry
+from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import rank_pb2, rank_pb2_grpc
 from services.rank.scorer import COMPONENT, RankScorer, ScorerSettings
 
@@ -54,29 +53,8 @@ class RankSettings:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
 
 
-class RankMetrics:
-    def __init__(self, registry: CollectorRegistry):
-        self.inference = Histogram(
-            "cascade_model_latency_seconds",
-            "Model inference time per request (features + ONNX Runtime).",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        ).labels(STAGE)
-        candidates = Counter(
-            "cascade_candidates", "Candidates received (in) and returned (out).",
-            ["stage", "direction"], registry=registry,
-        )  # fmt: skip
-        self.candidates_in = candidates.labels(STAGE, "in")
-        self.candidates_out = candidates.labels(STAGE, "out")
-        self.unknown = Counter(
-            "cascade_unknown_items", "Candidates dropped because the catalog lacks them.",
-            ["stage"], registry=registry,
-        ).labels(STAGE)  # fmt: skip
-
-
 class RankService(rank_pb2_grpc.RankServicer):
-    def __init__(self, scorer: RankScorer, max_candidates: int, metrics: RankMetrics):
+    def __init__(self, scorer: RankScorer, max_candidates: int, metrics: ModelMetrics):
         self.scorer, self.max_candidates, self.metrics = scorer, max_candidates, metrics
 
     def Rank(self, request: rank_pb2.RankRequest, context: grpc.ServicerContext):
@@ -145,7 +123,7 @@ def start(settings: RankSettings, scorer: RankScorer | None = None, registry=Non
     """A running Rank server (tests pass a ready scorer)."""
     registry = new_registry() if registry is None else registry
     scorer = load_scorer(settings) if scorer is None else scorer
-    service = RankService(scorer, settings.max_candidates, RankMetrics(registry))
+    service = RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
     return serve(STAGE, add_servicers(service), settings.server, registry)
 
 
@@ -161,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rank: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     registry = new_registry()
-    service = RankService(scorer, settings.max_candidates, RankMetrics(registry))
+    service = RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
     log.info("rank: model %s, tasks %s", scorer.version, ", ".join(scorer.tasks))
     run_forever(STAGE, add_servicers(service), settings.server, registry)
 

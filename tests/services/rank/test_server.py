@@ -140,7 +140,8 @@ class _NoTimeLeft:
 def test_no_scoring_when_the_deadline_is_nearly_spent(trained):
     from prometheus_client import CollectorRegistry
 
-    from services.rank.server import RankMetrics, RankService
+    from cascade.telemetry import ModelMetrics
+    from services.rank.server import STAGE, RankService
 
     class CountingScorer(RankScorer):
         calls = 0
@@ -150,7 +151,7 @@ def test_no_scoring_when_the_deadline_is_nearly_spent(trained):
             return super().score(*args, **kwargs)
 
     scorer = CountingScorer.from_bundle(trained.bundle, trained.store)
-    service = RankService(scorer, 50, RankMetrics(CollectorRegistry()))
+    service = RankService(scorer, 50, ModelMetrics(STAGE, CollectorRegistry()))
     context = _NoTimeLeft()
     with pytest.raises(grpc.RpcError):
         service.Rank(_request([1, 2, 3]), context)

@@ -17,11 +17,12 @@ from cascade.artifacts import BundleWriter, publish
 from cascade.data.schema import Dataset, save
 from cascade.data.split import split_dataset
 from cascade.server import RunningServer, ServerSettings, serve
-from cascade.telemetry import new_registry
+from cascade.telemetry import ModelMetrics, new_registry
 from gateway.server import GatewaySettings, start
 from services.rank.export import write_component
 from services.rank.model import ModelConfig
-from services.rank.server import RankMetrics, RankService, RankSettings, load_scorer
+from services.rank.server import STAGE as RANK
+from services.rank.server import RankService, RankSettings, load_scorer
 from services.rank.server import add_servicers as rank_servicers
 from services.rank.train import TrainConfig, train
 from services.recall.build import build_recall
@@ -123,7 +124,7 @@ def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]
     )
     rank_settings = RankSettings(**common)
     rank_registry = new_registry(process_metrics=False)
-    service = RankService(load_scorer(rank_settings), 2000, RankMetrics(rank_registry))
+    service = RankService(load_scorer(rank_settings), 2000, ModelMetrics(RANK, rank_registry))
     delay = [Delay(rank_delay_s)] if rank_delay_s else []
     rank = serve("rank", rank_servicers(service), QUIET, rank_registry, delay)
     rerank_settings = RerankSettings(**common)

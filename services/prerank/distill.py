@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # logs every graph rewrite
+    for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     config = variant_config(args.variant, DistillConfig(seed=args.seed))
     folder = distill_into_bundle(
         args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish

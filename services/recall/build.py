@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-two-tower", action="store_true", help="channel tables only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # logs every graph rewrite
+    for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     dataset = load_dataset(args.dataset, args.data_dir)
     train = split_dataset(dataset).train_interactions
     writer = BundleWriter(args.artifacts, args.version)

@@ -80,6 +80,11 @@ class InMemoryFeatureStore:
             )
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_split(cls, dataset: Dataset, spec: FeatureSpec, split) -> InMemoryFeatureStore:
+        """The serving store: what the training period (a data.split.TemporalSplit) holds."""
+        return cls(dataset, spec, split.train_interactions, split.train_impressions)
+
     # -- reads -------------------------------------------------------------------------------
     def user_features(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
         return lookup(self._users, user_ids)

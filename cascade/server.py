@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from cascade.candidates import Candidates, InvalidField, from_proto
 from cascade.telemetry import (
     MetricsInterceptor,
     MetricsServer,
@@ -32,6 +33,7 @@ from cascade.telemetry import (
     new_registry,
     start_metrics_server,
 )
+from cascade.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,22 @@ def invalid_argument(context: grpc.ServicerContext, field: str, description: str
     )
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable: abort_with_status raises")  # for type checkers
+
+
+def read_candidates(
+    context: grpc.ServicerContext, message: common_pb2.CandidateList, maximum: int
+) -> Candidates:
+    """A request's candidate list as arrays; INVALID_ARGUMENT naming the field when its arrays
+    disagree or when it holds more than `maximum` candidates."""
+    try:
+        candidates = from_proto(message)
+    except InvalidField as error:
+        invalid_argument(context, error.field, error.description)
+    if len(candidates.item_ids) > maximum:
+        invalid_argument(
+            context, "candidates", f"{len(candidates.item_ids)} candidates > maximum {maximum}"
+        )
+    return candidates
 
 
 def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:

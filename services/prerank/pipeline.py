@@ -46,7 +46,7 @@ def open_world(dataset: Dataset | str, data_dir: Path, artifacts: Path, version:
         dataset = load_dataset(dataset, data_dir)
     spec = FeatureSpec.from_json(bundle.file("rank", "feature_spec.json").read_text())
     split = split_dataset(dataset)
-    store = InMemoryFeatureStore(dataset, spec, split.train_interactions, split.train_impressions)
+    store = InMemoryFeatureStore.from_split(dataset, spec, split)
     teacher = RankScorer.from_bundle(bundle, store)
     return World(dataset, spec, split, store, bundle, teacher, recall_merger(bundle, store))
 

@@ -24,13 +24,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
-from cascade.candidates import InvalidField, from_proto, to_proto
+from cascade.candidates import to_proto
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
-from cascade.server import ServerSettings, invalid_argument, run_forever, serve
+from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
 from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import prerank_pb2, prerank_pb2_grpc
 from services.prerank.scorer import COMPONENT, PrerankScorer, ScorerSettings
@@ -86,14 +86,8 @@ class PrerankService(prerank_pb2_grpc.PrerankServicer):
         if len(recent) > settings.max_recent_items:
             invalid_argument(context, "user.recent_item_ids",
                              f"{len(recent)} ids; at most {settings.max_recent_items}")  # fmt: skip
-        try:
-            candidates = from_proto(request.candidates)
-        except InvalidField as error:
-            invalid_argument(context, error.field, error.description)
+        candidates = read_candidates(context, request.candidates, settings.max_candidates)
         n = len(candidates.item_ids)
-        if n > settings.max_candidates:
-            invalid_argument(context, "candidates", f"{n} candidates > maximum "
-                             f"{settings.max_candidates}")  # fmt: skip
         response = prerank_pb2.PrerankResponse(
             model_version=self.scorer.version, teacher_version=self.scorer.teacher_version
         )
@@ -136,7 +130,7 @@ def load_scorer(settings: PrerankSettings) -> tuple[Bundle, PrerankScorer]:
     dataset = load_dataset(bundle.component(COMPONENT)["dataset"], settings.data_dir)
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
-    store = InMemoryFeatureStore(dataset, spec, data.train_interactions, data.train_impressions)
+    store = InMemoryFeatureStore.from_split(dataset, spec, data)
     return bundle, PrerankScorer.from_bundle(bundle, store, settings.scorer)
 
 
@@ -152,6 +146,11 @@ def start(
         bundle, scorer = load_scorer(settings)
     elif bundle is None:
         raise ValueError("a ready scorer needs its bundle (the teacher version check reads it)")
+    return serve(STAGE, _servicers(bundle, scorer, settings, registry), settings.server, registry)
+
+
+def _servicers(bundle: Bundle, scorer: PrerankScorer, settings: PrerankSettings, registry):
+    """The `add_servicers` callback: the service, after the teacher-version check."""
     metrics = PrerankMetrics(registry)
     check_teacher(bundle, scorer, metrics)
     service = PrerankService(scorer, settings, metrics)
@@ -160,7 +159,7 @@ def start(
         prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
         return [SERVICE]
 
-    return serve(STAGE, add, settings.server, registry)
+    return add
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,14 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prerank: refusing to start: {error}", file=sys.stderr)
         return 2
     registry = new_registry()
-    metrics = PrerankMetrics(registry)
-    check_teacher(bundle, scorer, metrics)
-    service = PrerankService(scorer, settings, metrics)
-
-    def add(server: grpc.Server) -> list[str]:
-        prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
-        return [SERVICE]
-
+    add = _servicers(bundle, scorer, settings, registry)
     log.info("prerank: student %s (teacher %s), providers %s", scorer.version,
              scorer.teacher_version, scorer.session.get_providers())  # fmt: skip
     run_forever(STAGE, add, settings.server, registry)

@@ -20,13 +20,13 @@ import grpc
 import numpy as np
 
 from cascade.artifacts import ArtifactError, Bundle
-from cascade.candidates import InvalidField, from_proto, to_proto
+from cascade.candidates import to_proto
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
-from cascade.server import ServerSettings, invalid_argument, run_forever, serve
+from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
 from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import rank_pb2, rank_pb2_grpc
 from services.rank.scorer import COMPONENT, RankScorer, ScorerSettings
@@ -58,15 +58,8 @@ class RankService(rank_pb2_grpc.RankServicer):
         self.scorer, self.max_candidates, self.metrics = scorer, max_candidates, metrics
 
     def Rank(self, request: rank_pb2.RankRequest, context: grpc.ServicerContext):
-        try:
-            candidates = from_proto(request.candidates)
-        except InvalidField as error:
-            invalid_argument(context, error.field, error.description)
+        candidates = read_candidates(context, request.candidates, self.max_candidates)
         n = len(candidates.item_ids)
-        if n > self.max_candidates:
-            invalid_argument(
-                context, "candidates", f"{n} candidates > maximum {self.max_candidates}"
-            )
         if request.user.user_id < 0:
             invalid_argument(context, "user.user_id", f"must be >= 0, got {request.user.user_id}")
         self.metrics.candidates_in.inc(n)
@@ -107,7 +100,7 @@ def load_scorer(settings: RankSettings) -> RankScorer:
     # come from the data: those must match).
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
-    store = InMemoryFeatureStore(dataset, spec, data.train_interactions, data.train_impressions)
+    store = InMemoryFeatureStore.from_split(dataset, spec, data)
     return RankScorer.from_bundle(bundle, store, settings.scorer)
 
 

@@ -105,7 +105,7 @@ def open_recall(settings: RecallSettings) -> RecallState:
     dataset = load(Path(settings.data_dir) / info["dataset"])
     spec = check_spec(info, dataset, bundle)
     parts = split_dataset(dataset)
-    store = InMemoryFeatureStore(dataset, spec, parts.train_interactions, parts.train_impressions)
+    store = InMemoryFeatureStore.from_split(dataset, spec, parts)
     tables = load_tables(bundle)
     if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
         raise ArtifactError(

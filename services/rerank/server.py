@@ -21,13 +21,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cascade.artifacts import ArtifactError, Bundle
-from cascade.candidates import InvalidField, from_proto, to_proto
+from cascade.candidates import to_proto
 from cascade.config import load_settings
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
-from cascade.server import ServerSettings, invalid_argument, run_forever
+from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever
 from cascade.telemetry import LATENCY_BUCKETS, new_registry
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
 from services.rerank.build import COMPONENT, VECTORS
@@ -100,16 +100,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         count = request.count or settings.default_count
         if count > settings.max_count:
             invalid_argument(context, "count", f"{count} exceeds max_count {settings.max_count}")
-        try:
-            candidates = from_proto(request.candidates)
-        except InvalidField as error:
-            invalid_argument(context, error.field, error.description)
-        if len(candidates.item_ids) > settings.max_candidates:
-            invalid_argument(
-                context,
-                "candidates.item_ids",
-                f"{len(candidates.item_ids)} candidates exceed {settings.max_candidates}",
-            )
+        candidates = read_candidates(context, request.candidates, settings.max_candidates)
         if (candidates.item_ids <= 0).any():
             invalid_argument(context, "candidates.item_ids", "item ids must be >= 1")
         if not np.isfinite(candidates.scores).all():
@@ -165,7 +156,7 @@ def load_reranker(settings: RerankSettings) -> Reranker:
             f"{COMPONENT}: {len(vectors)} item vectors but the catalog has {dataset.n_items} ids"
         )
     parts = split_dataset(dataset)
-    store = InMemoryFeatureStore(dataset, spec, parts.train_interactions, parts.train_impressions)
+    store = InMemoryFeatureStore.from_split(dataset, spec, parts)
     return Reranker(settings.rerank, vectors, store)
 
 

@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load clean
+.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
+	k8s-validate clean
 
 setup: $(STAMP)
 
@@ -65,6 +66,15 @@ bench: setup
 # Load test of the whole stack over loopback (closed and open loop) and the in-process cascade.
 bench-load: setup
 	$(BIN)/python -m bench.load --data-dir $(DATA) --out results/cascade
+
+# Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
+# budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
+bench-faults: setup
+	$(BIN)/python -m bench.faults --data-dir $(DATA) --out results/ops
+
+# Render deploy/k8s with kubectl kustomize and validate it offline against the Kubernetes schemas.
+k8s-validate: setup
+	$(BIN)/python -m deploy.k8s_validate --out results/ops/k8s_validate.txt
 
 clean:
 	rm -rf $(VENV) $(DATA) results/bench

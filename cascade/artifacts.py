@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -93,6 +94,29 @@ class BundleWriter:
         temporary.write_text(json.dumps(self.manifest, indent=2, sort_keys=True))
         os.replace(temporary, path)
         return self.folder
+
+
+def clone(root: Path, version: str, new_version: str) -> Path:
+    """Bundle `version` again as `new_version`: the same files (hard links where the filesystem
+    allows) under a manifest naming the new version. Publishing it rolls the same models out
+    as a new version, which is how hot reload is rehearsed (bench/faults.py)."""
+    root = Path(root)
+    source, target = Bundle.open(root, version).folder, root / new_version
+    if target.exists():
+        raise ArtifactError(f"{target} exists: pick another version")
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif path.name != MANIFEST:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copy2(path, destination)
+    manifest = json.loads((source / MANIFEST).read_text())
+    (target / MANIFEST).write_text(json.dumps({**manifest, "version": new_version}, indent=2))
+    return target
 
 
 def publish(root: Path, version: str) -> None:

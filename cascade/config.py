@@ -82,7 +82,10 @@ class _EnvValue(str):
         return self
 
 
-def _build(cls: type[T], layers: list[tuple[str, Mapping[str, Any]]], name: str) -> T:
+def _build(
+    cls: type[T], layers: list[tuple[str, Mapping[str, Any]]], name: str, base: Any = None
+) -> T:
+    """`base`: the value the fields start from (a nested field's default), else cls's defaults."""
     types_by_name = {field.name: tp for field, tp in _fields(cls)}
     for source, layer in layers:
         unknown = sorted(set(layer) - set(types_by_name))
@@ -103,15 +106,27 @@ def _build(cls: type[T], layers: list[tuple[str, Mapping[str, Any]]], name: str)
                         raise SettingsError(f"{qualified} in {source} must be a table/object")
                     nested.append((source, value))
             if nested:
-                kwargs[field_name] = _build(tp, nested, qualified + ".")
+                # Start from the parent's default for this field (e.g. a stage's own ports), not
+                # from the nested class's bare defaults.
+                start = _nested_default(cls, field_name, base)
+                kwargs[field_name] = _build(tp, nested, qualified + ".", start)
             continue
         for source, layer in layers:
             if field_name in layer:
                 kwargs[field_name] = _convert(layer[field_name], tp, qualified, source)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise SettingsError(f"invalid settings {cls.__name__}: {error}") from error
+
+
+def _nested_default(cls: type, field_name: str, base: Any) -> Any:
+    if base is not None:
+        return getattr(base, field_name)
+    field = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def _convert(value: Any, tp: Any, name: str, source: str) -> Any:

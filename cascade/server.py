@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
 from cascade.candidates import Candidates, InvalidField, from_proto
+from cascade.reload import Reloader
 from cascade.telemetry import (
     MetricsInterceptor,
     MetricsServer,
@@ -51,6 +52,7 @@ class ServerSettings:
     grace_s: float = 5.0  # how long stop() lets in-flight calls finish
     shutdown_delay_s: float = 0.0  # NOT_SERVING before refusing calls, so balancers notice
     max_connection_age_s: float = 300.0  # then clients reconnect, finding new replicas; 0 = off
+    reload_interval_s: float = 2.0  # poll the bundle name for a newly published version; 0 = off
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -61,8 +63,10 @@ class ServerSettings:
             raise ValueError(
                 "max_workers, max_message_bytes must be >= 1, maximum_concurrent_rpcs >= 0"
             )
-        if self.grace_s < 0 or self.shutdown_delay_s < 0 or self.max_connection_age_s < 0:
+        if min(self.grace_s, self.shutdown_delay_s, self.max_connection_age_s) < 0:
             raise ValueError("grace_s, shutdown_delay_s and max_connection_age_s must be >= 0")
+        if self.reload_interval_s < 0:
+            raise ValueError(f"reload_interval_s must be >= 0, got {self.reload_interval_s}")
 
 
 class BindError(OSError):
@@ -83,6 +87,7 @@ class RunningServer:
     settings: ServerSettings
     _metrics_server: MetricsServer | None
     _pool: futures.ThreadPoolExecutor
+    reloader: Reloader | None = None
     _stop_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _stopped: bool = False
 
@@ -100,6 +105,8 @@ class RunningServer:
             grace = self.settings.grace_s if grace is None else grace
             log.info("%s: stopping (grace %.1f s)", self.stage, grace)
             self.health.enter_graceful_shutdown()
+            if self.reloader is not None:
+                self.reloader.stop()
             if self.settings.shutdown_delay_s:
                 time.sleep(self.settings.shutdown_delay_s)
             self.server.stop(grace).wait()
@@ -119,9 +126,11 @@ def serve(
     settings: ServerSettings | None = None,
     registry: CollectorRegistry | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    reloader: Reloader | None = None,
 ) -> RunningServer:
     """Build, bind and start `stage`'s server. `registry` may already hold the service's own
-    metrics; the RPC metrics are added to it. Raises BindError naming the port on a clash."""
+    metrics; the RPC metrics are added to it. `reloader` (hot model reload) starts with the
+    server and stops with it. Raises BindError naming the port on a clash."""
     settings = ServerSettings() if settings is None else settings
     registry = new_registry() if registry is None else registry
     pool = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix=f"{stage}-rpc")
@@ -163,8 +172,10 @@ def serve(
     server.start()
     running = RunningServer(
         stage, server, port, metrics_server.port if metrics_server else None, registry,
-        health_servicer, services, settings, metrics_server, pool,
+        health_servicer, services, settings, metrics_server, pool, reloader,
     )  # fmt: skip
+    if reloader is not None:
+        reloader.start(registry)
     log.info(
         "%s: serving %s on %s, metrics on port %s",
         stage,
@@ -181,9 +192,10 @@ def run_forever(
     settings: ServerSettings | None = None,
     registry: CollectorRegistry | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    reloader: Reloader | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread."""
-    running = serve(stage, add_servicers, settings, registry, interceptors)
+    running = serve(stage, add_servicers, settings, registry, interceptors, reloader)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame) -> None:

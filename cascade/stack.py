@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -69,6 +69,7 @@ class Stack:
     services: list[Service]
     bundle: str
     dataset: str
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> env it got
 
     def address(self, name: str = "gateway") -> str:
         return next(s.address for s in self.services if s.name == name)
@@ -177,19 +178,10 @@ def up(
     stack = Stack(run_dir, [], bundle, dataset)
     try:
         for name in names:
-            log_path = run_dir / f"{name}.log"
-            env = os.environ | _environment(
-                name, ports[name], metrics_ports[name], settings, targets
-            )
-            env |= extra_env or {}
-            with open(log_path, "w") as log_file:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", MODULES[name]], env=env, stdout=log_file,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                )  # fmt: skip
-            stack.services.append(
-                Service(name, ports[name], metrics_ports[name], process.pid, str(log_path))
-            )
+            env = _environment(name, ports[name], metrics_ports[name], settings, targets)
+            stack.environments[name] = env | (extra_env or {})
+            (run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
+            stack.services.append(_launch(stack, name, ports[name], metrics_ports[name]))
             _save(stack)
         wait_healthy(stack, timeout_s)
     except BaseException:
@@ -198,6 +190,33 @@ def up(
     if not quiet:
         print(stack.describe(), flush=True)
     return stack
+
+
+def _launch(stack: Stack, name: str, port: int, metrics_port: int) -> Service:
+    log_path = stack.run_dir / f"{name}.log"
+    with open(log_path, "a") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", MODULES[name]], env=os.environ | stack.environments[name],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    return Service(name, port, metrics_port, process.pid, str(log_path))
+
+
+def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
+    """Starts service `name` of a stack this process brought up again, on the same ports and
+    settings (killing it first if it still runs), and waits until it is SERVING."""
+    index = next(i for i, s in enumerate(stack.services) if s.name == name)
+    old = stack.services[index]
+    if _alive(old.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(old.pid, signal.SIGKILL)
+        while _alive(old.pid):
+            time.sleep(0.05)
+    service = stack.services[index] = _launch(stack, name, old.port, old.metrics_port)
+    _save(stack)
+    wait_healthy(Stack(stack.run_dir, [service], stack.bundle, stack.dataset), timeout_s)
+    return service
 
 
 def wait_healthy(stack: Stack, timeout_s: float) -> None:

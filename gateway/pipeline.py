@@ -9,6 +9,7 @@ the creator cap and the seen filter applied here. Every fallback is reported and
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from cascade.candidates import CHANNELS, Candidates, InvalidField, channel_bit, from_proto, to_proto
+from cascade.candidates import CHANNELS, Candidates, channel_bit, from_proto, to_proto
 from cascade.telemetry import LATENCY_BUCKETS
 from cascade.v1 import (
     common_pb2,
@@ -49,8 +50,16 @@ class GatewayMetrics:
         self.degraded = Counter(
             "cascade_gateway_degraded",
             "Stage answers replaced by a fallback, by stage and reason (a gRPC code, "
-            "NO_BUDGET or BAD_REPLY).",
+            "NO_BUDGET, BAD_REPLY or CIRCUIT_OPEN).",
             ["stage", "reason"],
+            registry=registry,
+        )
+        self.answers = Counter(
+            "cascade_gateway_answers", "Recommend answers the cascade produced.", registry=registry
+        )
+        self.degraded_answers = Counter(
+            "cascade_gateway_degraded_answers",
+            "Recommend answers with at least one stage replaced by its fallback.",
             registry=registry,
         )
         self.feedback = Counter(
@@ -81,12 +90,51 @@ class Budget:
         return self.left() * self.shares[stage] / sum(self.shares[s] for s in rest)
 
 
+class Breaker:
+    """Stops calling a stage that keeps failing (DESIGN: degrade, fast). After `threshold`
+    failures in a row it opens: calls fall back at once (reason CIRCUIT_OPEN) instead of each
+    waiting out its budget on a paused or dead stage. After `cooldown_s` one call goes through as
+    a probe: success closes the breaker, failure opens it for another cooldown."""
+
+    def __init__(self, threshold: int, cooldown_s: float):
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+        self.lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """May this call go to the stage? Every True must be followed by `record`."""
+        with self.lock:
+            if not self.threshold or self.failures < self.threshold:
+                return True
+            if self.probing or time.monotonic() < self.open_until:
+                return False
+            self.probing = True
+            return True
+
+    def record(self, ok: bool | None) -> None:
+        """The call's outcome; None when it says nothing about the stage's health."""
+        with self.lock:
+            self.probing = False
+            if ok is None:
+                return
+            self.failures = 0 if ok else self.failures + 1
+            if self.threshold and self.failures >= self.threshold:
+                self.open_until = time.monotonic() + self.cooldown_s
+
+
 @dataclass(frozen=True)
 class Funnel:
     recall_count: int  # candidates asked of recall
     prerank_count: int  # kept by prerank
     rank_count: int  # kept by rank
     max_per_creator: int  # creator cap of the local rerank fallback; 0 = none
+    breaker_failures: int = 5  # failures in a row that open a stage's breaker; 0 = never
+    breaker_cooldown_s: float = 0.5  # how long an open breaker skips its stage before a probe
+    # A deadline overrun counts against a stage only when it had this long: a client that set a
+    # tiny deadline must not open the breaker for everyone.
+    breaker_min_timeout_s: float = 0.02
 
 
 class Cascade:
@@ -108,6 +156,9 @@ class Cascade:
         self.popular = popular  # (n,) item ids, most popular first
         self.creators = creators  # (n_items + 1,) creator id by item id, 0 = unknown
         self.metrics = metrics
+        self.breakers = {
+            s: Breaker(funnel.breaker_failures, funnel.breaker_cooldown_s) for s in STAGES
+        }
 
     def run(
         self, user: common_pb2.UserContext, count: int, budget: Budget, debug: bool
@@ -119,26 +170,33 @@ class Cascade:
         def stage(name, call, request, fallback, candidates_in):
             return self._stage(response, name, call, request, fallback, candidates_in, budget)
 
+        # Lists pass from one stage's reply to the next request as messages (a C++ copy): the
+        # gateway decodes them into arrays only when a fallback needs them.
         recall_request = recall_pb2.RecallRequest(user=user, count=funnel.recall_count)
         candidates = stage(
-            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen), 0
+            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen), None
         )
-        request = prerank_pb2.PrerankRequest(user=user, count=funnel.prerank_count)
+        request = prerank_pb2.PrerankRequest(
+            user=user, count=funnel.prerank_count, candidates=candidates
+        )
         candidates = stage(
-            "prerank", self.prerank.Prerank, _with(request, candidates),
-            lambda c=candidates: c.take(slice(0, funnel.prerank_count)), candidates,
+            "prerank", self.prerank.Prerank, request,
+            lambda c=candidates: from_proto(c).take(slice(0, funnel.prerank_count)), candidates,
         )  # fmt: skip
-        request = rank_pb2.RankRequest(user=user, count=funnel.rank_count)
+        request = rank_pb2.RankRequest(user=user, count=funnel.rank_count, candidates=candidates)
         candidates = stage(
-            "rank", self.rank.Rank, _with(request, candidates),
-            lambda c=candidates: c.take(slice(0, funnel.rank_count)), candidates,
+            "rank", self.rank.Rank, request,
+            lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)), candidates,
         )  # fmt: skip
-        request = rerank_pb2.RerankRequest(user=user, count=count, debug=False)
+        request = rerank_pb2.RerankRequest(user=user, count=count, candidates=candidates)
         candidates = stage(
-            "rerank", self.rerank.Rerank, _with(request, candidates),
-            lambda c=candidates: self._local_rerank(c, seen, count), candidates,
+            "rerank", self.rerank.Rerank, request,
+            lambda c=candidates: self._local_rerank(from_proto(c), seen, count), candidates,
         )  # fmt: skip
-        to_proto(*candidates.take(slice(0, count)), out=response.items)
+        to_proto(*from_proto(candidates).take(slice(0, count)), out=response.items)
+        self.metrics.answers.inc()
+        if response.degraded:
+            self.metrics.degraded_answers.inc()
         if not debug:
             del response.trace[:]
         return response
@@ -150,40 +208,38 @@ class Cascade:
         call: Callable,
         request,
         fallback: Callable[[], Candidates],
-        candidates_in: Candidates | int,
+        candidates_in: common_pb2.CandidateList | None,
         budget: Budget,
-    ) -> Candidates:
+    ) -> common_pb2.CandidateList:
         """Calls one stage within its share of the budget; on any failure, its fallback."""
         started = time.perf_counter()
         timeout = budget.for_stage(name)
-        reply, reason = None, "NO_BUDGET"
-        if timeout >= MIN_STAGE_S:
+        reply, reason, breaker = None, "NO_BUDGET", self.breakers[name]
+        if timeout < MIN_STAGE_S:
+            pass
+        elif not breaker.allow():
+            reason = "CIRCUIT_OPEN"
+        else:
             try:
                 reply = call(request, timeout=timeout)
-                reason = ""
+                reason = "" if _well_formed(reply.candidates) else "BAD_REPLY"
             except grpc.RpcError as error:
                 reason = error.code().name if isinstance(error, grpc.Call) else "UNAVAILABLE"
-        candidates = None
-        if reply is not None:
-            try:
-                candidates = from_proto(reply.candidates)
-            except InvalidField:
-                reason = "BAD_REPLY"
-        if candidates is None:
-            candidates = fallback()
+            short = reason == "DEADLINE_EXCEEDED" and timeout < self.funnel.breaker_min_timeout_s
+            breaker.record(None if short else not reason)
+        candidates = to_proto(*fallback()) if reason else reply.candidates
         latency = time.perf_counter() - started
         self.metrics.stage_latency.labels(name).observe(latency)
         trace = response.trace.add(
             stage=name, latency_ms=latency * 1000, candidates_out=len(candidates.item_ids),
-            candidates_in=candidates_in if isinstance(candidates_in, int)
-            else len(candidates_in.item_ids),
+            candidates_in=0 if candidates_in is None else len(candidates_in.item_ids),
         )  # fmt: skip
         if reason:
             self.metrics.degraded.labels(name, reason).inc()
             response.degraded = True
             response.degraded_stages.append(name)
             trace.degraded, trace.degraded_reason = True, reason
-        elif reply is not None:
+        else:
             trace.model_version = getattr(reply, "model_version", "")
             for report in getattr(reply, "channels", ()):
                 if report.kept:
@@ -215,6 +271,7 @@ class Cascade:
         return ranked.take(slice(0, count))
 
 
-def _with(request, candidates: Candidates):
-    to_proto(*candidates, out=request.candidates)
-    return request
+def _well_formed(candidates: common_pb2.CandidateList) -> bool:
+    """A reply's arrays agree in length (the next stage would refuse the list otherwise)."""
+    n = len(candidates.item_ids)
+    return len(candidates.scores) in (0, n) and len(candidates.channel_masks) in (0, n)

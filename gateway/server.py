@@ -30,8 +30,9 @@ from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.events import check_events
 from cascade.features import build_spec
+from cascade.reload import Reloader
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
-from cascade.telemetry import new_registry
+from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.auth import TokenAuth
 from gateway.online import OnlineEvents
@@ -45,8 +46,10 @@ SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 @dataclass(frozen=True)
 class GatewaySettings:
     server: ServerSettings = field(
+        # The gateway mostly waits on its stages: 16 threads keep a paused stage (each call
+        # waiting out its budget) from starving requests that could be answered.
         default_factory=lambda: ServerSettings(
-            port=50050, metrics_port=9150, max_message_bytes=1024 * 1024
+            port=50050, metrics_port=9150, max_message_bytes=1024 * 1024, max_workers=16
         )
     )
     recall_target: str = "127.0.0.1:50051"
@@ -70,6 +73,8 @@ class GatewaySettings:
     rank_share: float = 0.4
     rerank_share: float = 0.15
     max_per_creator: int = 2  # creator cap of the local rerank fallback (rerank's own default)
+    breaker_failures: int = 5  # a stage failing this often in a row is skipped; 0 = never
+    breaker_cooldown_s: float = 0.5  # ... for this long, then one call probes it
     max_context_chars: int = 64  # platform, locale, surface
     max_extras: int = 16  # context.extras entries
     max_extra_chars: int = 256  # per extras key and value
@@ -89,6 +94,8 @@ class GatewaySettings:
             raise ValueError("every stage share must be > 0")
         if self.safety_margin_s < 0 or self.record_timeout_s <= 0:
             raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
+        if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
+            raise ValueError("breaker_failures must be >= 0 and breaker_cooldown_s > 0")
 
     def shares(self) -> dict[str, float]:
         return {stage: getattr(self, f"{stage}_share") for stage in STAGES}
@@ -105,6 +112,7 @@ class Catalog:
     creators: np.ndarray  # (n_items + 1,) int64 creator id by item id
     popular: np.ndarray  # item ids, most popular first
     history_length: int
+    version: str = ""  # the bundle's (cascade_model_info)
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -129,14 +137,16 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         counts = np.bincount(plays, minlength=len(known))
         popular = np.flatnonzero(counts)[np.argsort(-counts[counts > 0], kind="stable")]
     popular = np.asarray(popular, dtype=np.int64)[: settings.recall_count]
-    return Catalog(known, creators, popular, build_spec(dataset).history_length)
+    return Catalog(known, creators, popular, build_spec(dataset).history_length, bundle.version)
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, settings: GatewaySettings, catalog: Catalog, registry: CollectorRegistry):
         self.settings = settings
         self.catalog = catalog
+        self.registry = registry
         self.metrics = GatewayMetrics(registry)
+        set_model_info(registry, STAGE, catalog.version)
         self.online = OnlineEvents(catalog.history_length, settings.max_online_users)
         # Stage calls retry UNAVAILABLE inside their deadline (all are idempotent); Record is
         # not retried (a duplicate would count an event twice).
@@ -144,11 +154,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.channels = {s: make_channel(t, client) for s, t in settings.targets().items()}
         self.record_channel = make_channel(settings.recall_target, client, retry_methods=())
         funnel = Funnel(
-            settings.recall_count,
-            settings.prerank_count,
-            settings.rank_count,
-            settings.max_per_creator,
-        )
+            settings.recall_count, settings.prerank_count, settings.rank_count,
+            settings.max_per_creator, settings.breaker_failures, settings.breaker_cooldown_s,
+        )  # fmt: skip
         self.cascade = Cascade(
             self.channels, funnel, catalog.popular, catalog.creators, self.metrics
         )
@@ -157,6 +165,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             request_serializer=gateway_pb2.FeedbackRequest.SerializeToString,
             response_deserializer=gateway_pb2.FeedbackResponse.FromString,
         )
+
+    def swap(self, catalog: Catalog) -> str:
+        """Validates Feedback against, and falls back on, a newly published bundle's catalog
+        (hot reload); returns its version."""
+        self.catalog = catalog
+        self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
+        set_model_info(self.registry, STAGE, catalog.version)
+        return catalog.version
 
     def Recommend(self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext):
         settings = self.settings
@@ -258,11 +274,21 @@ def _interceptors(settings: GatewaySettings) -> list[grpc.ServerInterceptor]:
     return [TokenAuth(settings.api_token)] if settings.api_token else []
 
 
+def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
+    return Reloader(
+        STAGE, settings.artifacts, settings.bundle, lambda: load_catalog(settings), service.swap,
+        settings.server.reload_interval_s,
+    )  # fmt: skip
+
+
 def start(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> RunningServer:
     """A running gateway (tests); its service is `running.service` for closing channels."""
     registry = new_registry() if registry is None else registry
     service = GatewayService(settings, load_catalog(settings), registry)
-    running = serve(STAGE, _servicers(service), settings.server, registry, _interceptors(settings))
+    running = serve(
+        STAGE, _servicers(service), settings.server, registry, _interceptors(settings),
+        reloader(settings, service),
+    )  # fmt: skip
     running.service = service  # type: ignore[attr-defined]
     return running
 
@@ -286,7 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gateway: stages %s; auth %s", settings.targets(), "on" if settings.api_token else "off"
     )
     try:
-        run_forever(STAGE, _servicers(service), settings.server, registry, _interceptors(settings))
+        run_forever(
+            STAGE, _servicers(service), settings.server, registry, _interceptors(settings),
+            reloader(settings, service),
+        )  # fmt: skip
     finally:
         service.close()
     return 0

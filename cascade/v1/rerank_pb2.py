@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from cascade.v1 import common_pb2 as cascade_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61scade/v1/rerank.proto\x12\ncascade.v1\x1a\x17\x63\x61scade/v1/common.proto\"\xd6\x01\n\rRerankRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.cascade.v1.UserContext\x12-\n\ncandidates\x18\x02 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12+\n\x06method\x18\x04 \x01(\x0e\x32\x1b.cascade.v1.DiversityMethod\x12\x16\n\ttrade_off\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x42\x0c\n\n_trade_off\"b\n\x0eRerankResponse\x12-\n\ncandidates\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x10\n\x08\x66iltered\x18\x03 \x01(\r*\x82\x01\n\x0f\x44iversityMethod\x12 \n\x1c\x44IVERSITY_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44IVERSITY_METHOD_NONE\x10\x01\x12\x18\n\x14\x44IVERSITY_METHOD_MMR\x10\x02\x12\x18\n\x14\x44IVERSITY_METHOD_DPP\x10\x03\x32I\n\x06Rerank\x12?\n\x06Rerank\x12\x19.cascade.v1.RerankRequest\x1a\x1a.cascade.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61scade/v1/rerank.proto\x12\ncascade.v1\x1a\x17\x63\x61scade/v1/common.proto\"\xd6\x01\n\rRerankRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.cascade.v1.UserContext\x12-\n\ncandidates\x18\x02 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12+\n\x06method\x18\x04 \x01(\x0e\x32\x1b.cascade.v1.DiversityMethod\x12\x16\n\ttrade_off\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x42\x0c\n\n_trade_off\"y\n\x0eRerankResponse\x12-\n\ncandidates\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x10\n\x08\x66iltered\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\t*\x82\x01\n\x0f\x44iversityMethod\x12 \n\x1c\x44IVERSITY_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44IVERSITY_METHOD_NONE\x10\x01\x12\x18\n\x14\x44IVERSITY_METHOD_MMR\x10\x02\x12\x18\n\x14\x44IVERSITY_METHOD_DPP\x10\x03\x32I\n\x06Rerank\x12?\n\x06Rerank\x12\x19.cascade.v1.RerankRequest\x1a\x1a.cascade.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cascade.v1.rerank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIVERSITYMETHOD']._serialized_start=382
-  _globals['_DIVERSITYMETHOD']._serialized_end=512
+  _globals['_DIVERSITYMETHOD']._serialized_start=405
+  _globals['_DIVERSITYMETHOD']._serialized_end=535
   _globals['_RERANKREQUEST']._serialized_start=65
   _globals['_RERANKREQUEST']._serialized_end=279
   _globals['_RERANKRESPONSE']._serialized_start=281
-  _globals['_RERANKRESPONSE']._serialized_end=379
-  _globals['_RERANK']._serialized_start=514
-  _globals['_RERANK']._serialized_end=587
+  _globals['_RERANKRESPONSE']._serialized_end=402
+  _globals['_RERANK']._serialized_start=537
+  _globals['_RERANK']._serialized_end=610
 # @@protoc_insertion_point(module_scope)

@@ -101,8 +101,11 @@ class RerankResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     FILTERED_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     filtered: _builtins.int
     """Items dropped by business rules (creator cap, already seen, ...)."""
+    model_version: _builtins.str
+    """Bundle version of the item embeddings the diversity kernel used."""
     @_builtins.property
     def candidates(self) -> _common_pb2.CandidateList:
         """The page, in display order; scores are the rank scores carried through."""
@@ -117,10 +120,11 @@ class RerankResponse(_message.Message):
         candidates: _common_pb2.CandidateList | None = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         filtered: _builtins.int = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "filtered", b"filtered", "reasons", b"reasons"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "filtered", b"filtered", "model_version", b"model_version", "reasons", b"reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

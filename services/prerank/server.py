@@ -30,6 +30,7 @@ from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
+from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
 from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import prerank_pb2, prerank_pb2_grpc
@@ -74,6 +75,15 @@ class PrerankMetrics(ModelMetrics):
 class PrerankService(prerank_pb2_grpc.PrerankServicer):
     def __init__(self, scorer: PrerankScorer, settings: PrerankSettings, metrics: PrerankMetrics):
         self.scorer, self.settings, self.metrics = scorer, settings, metrics
+        metrics.set_model_version(scorer.version)
+
+    def swap(self, loaded: tuple[Bundle, PrerankScorer]) -> str:
+        """Serves a newly loaded (bundle, scorer) from the next request on (hot reload)."""
+        bundle, scorer = loaded
+        check_teacher(bundle, scorer, self.metrics)
+        self.scorer = scorer
+        self.metrics.set_model_version(scorer.version)
+        return scorer.version
 
     def Prerank(self, request: prerank_pb2.PrerankRequest, context: grpc.ServicerContext):
         settings = self.settings
@@ -88,14 +98,15 @@ class PrerankService(prerank_pb2_grpc.PrerankServicer):
                              f"{len(recent)} ids; at most {settings.max_recent_items}")  # fmt: skip
         candidates = read_candidates(context, request.candidates, settings.max_candidates)
         n = len(candidates.item_ids)
+        scorer = self.scorer  # one model for the whole request, even across a hot reload
         response = prerank_pb2.PrerankResponse(
-            model_version=self.scorer.version, teacher_version=self.scorer.teacher_version
+            model_version=scorer.version, teacher_version=scorer.teacher_version
         )
         self.metrics.candidates_in.inc(n)
         if not n:
             return response
         started = time.perf_counter()
-        order, scores, n_unknown = self.scorer.top(
+        order, scores, n_unknown = scorer.top(
             request.user.user_id, candidates.item_ids, count, recent
         )
         self.metrics.inference.observe(time.perf_counter() - started)
@@ -146,11 +157,13 @@ def start(
         bundle, scorer = load_scorer(settings)
     elif bundle is None:
         raise ValueError("a ready scorer needs its bundle (the teacher version check reads it)")
-    return serve(STAGE, _servicers(bundle, scorer, settings, registry), settings.server, registry)
+    add, reloader = _servicers(bundle, scorer, settings, registry)
+    return serve(STAGE, add, settings.server, registry, reloader=reloader)
 
 
 def _servicers(bundle: Bundle, scorer: PrerankScorer, settings: PrerankSettings, registry):
-    """The `add_servicers` callback: the service, after the teacher-version check."""
+    """The `add_servicers` callback (the service, after the teacher-version check) and the
+    service's hot reloader."""
     metrics = PrerankMetrics(registry)
     check_teacher(bundle, scorer, metrics)
     service = PrerankService(scorer, settings, metrics)
@@ -159,7 +172,11 @@ def _servicers(bundle: Bundle, scorer: PrerankScorer, settings: PrerankSettings,
         prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
         return [SERVICE]
 
-    return add
+    reloader = Reloader(
+        STAGE, settings.artifacts, settings.bundle, lambda: load_scorer(settings), service.swap,
+        settings.server.reload_interval_s,
+    )  # fmt: skip
+    return add, reloader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prerank: refusing to start: {error}", file=sys.stderr)
         return 2
     registry = new_registry()
-    add = _servicers(bundle, scorer, settings, registry)
+    add, reloader = _servicers(bundle, scorer, settings, registry)
     log.info("prerank: student %s (teacher %s), providers %s", scorer.version,
              scorer.teacher_version, scorer.session.get_providers())  # fmt: skip
-    run_forever(STAGE, add, settings.server, registry)
+    run_forever(STAGE, add, settings.server, registry, reloader=reloader)
     return 0
 
 

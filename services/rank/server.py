@@ -26,6 +26,7 @@ from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
+from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
 from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import rank_pb2, rank_pb2_grpc
@@ -56,6 +57,13 @@ class RankSettings:
 class RankService(rank_pb2_grpc.RankServicer):
     def __init__(self, scorer: RankScorer, max_candidates: int, metrics: ModelMetrics):
         self.scorer, self.max_candidates, self.metrics = scorer, max_candidates, metrics
+        metrics.set_model_version(scorer.version)
+
+    def swap(self, scorer: RankScorer) -> str:
+        """Serves `scorer` from the next request on (hot reload); returns its version."""
+        self.scorer = scorer
+        self.metrics.set_model_version(scorer.version)
+        return scorer.version
 
     def Rank(self, request: rank_pb2.RankRequest, context: grpc.ServicerContext):
         candidates = read_candidates(context, request.candidates, self.max_candidates)
@@ -63,8 +71,9 @@ class RankService(rank_pb2_grpc.RankServicer):
         if request.user.user_id < 0:
             invalid_argument(context, "user.user_id", f"must be >= 0, got {request.user.user_id}")
         self.metrics.candidates_in.inc(n)
-        response = rank_pb2.RankResponse(model_version=self.scorer.version)
-        known = self.scorer.store.known_items(candidates.item_ids)
+        scorer = self.scorer  # one model for the whole request, even across a hot reload
+        response = rank_pb2.RankResponse(model_version=scorer.version)
+        known = scorer.store.known_items(candidates.item_ids)
         n_unknown = int(n - known.sum())
         if n_unknown:
             self.metrics.unknown.inc(n_unknown)
@@ -77,7 +86,7 @@ class RankService(rank_pb2_grpc.RankServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left to rank")
         started = time.perf_counter()
         recent = np.asarray(request.user.recent_item_ids, dtype=np.int64)
-        fused, probabilities = self.scorer.score(request.user.user_id, candidates.item_ids, recent)
+        fused, probabilities = scorer.score(request.user.user_id, candidates.item_ids, recent)
         self.metrics.inference.observe(time.perf_counter() - started)
         order = np.argsort(-fused, kind="stable")
         if request.count:
@@ -85,7 +94,7 @@ class RankService(rank_pb2_grpc.RankServicer):
         kept = candidates.take(order)
         to_proto(kept.item_ids, fused[order], kept.channel_masks, out=response.candidates)
         if request.return_task_scores:
-            for i, task in enumerate(self.scorer.tasks):
+            for i, task in enumerate(scorer.tasks):
                 response.task_scores.add(task=task, probabilities=probabilities[order, i].tolist())
         self.metrics.candidates_out.inc(len(order))
         return response
@@ -112,12 +121,22 @@ def add_servicers(service: RankService):
     return add
 
 
+def reloader(settings: RankSettings, service: RankService) -> Reloader:
+    return Reloader(
+        STAGE, settings.artifacts, settings.bundle, lambda: load_scorer(settings), service.swap,
+        settings.server.reload_interval_s,
+    )  # fmt: skip
+
+
 def start(settings: RankSettings, scorer: RankScorer | None = None, registry=None):
     """A running Rank server (tests pass a ready scorer)."""
     registry = new_registry() if registry is None else registry
     scorer = load_scorer(settings) if scorer is None else scorer
     service = RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
-    return serve(STAGE, add_servicers(service), settings.server, registry)
+    return serve(
+        STAGE, add_servicers(service), settings.server, registry,
+        reloader=reloader(settings, service),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     registry = new_registry()
     service = RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
     log.info("rank: model %s, tasks %s", scorer.version, ", ".join(scorer.tasks))
-    run_forever(STAGE, add_servicers(service), settings.server, registry)
+    run_forever(
+        STAGE, add_servicers(service), settings.server, registry,
+        reloader=reloader(settings, service),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,15 +17,16 @@ import torch
 from cascade.artifacts import BundleWriter
 from cascade.data.schema import Dataset
 from cascade.features import FeatureSpec
+from services.recall.channels.two_tower import (  # the names live torch-free, beside serving
+    COMPONENT,
+    INFO,
+    ITEM_INDEX,
+    ITEM_VECTORS,
+    USER_TOWER,
+)
 from services.recall.index import IndexSettings, build_index, index_kind, save_index
 from services.recall.model import TwoTower, UserTower
 from services.recall.train import Batcher, all_item_vectors
-
-COMPONENT = "recall"
-USER_TOWER = "user_tower.onnx"
-ITEM_VECTORS = "item_vectors.npz"
-ITEM_INDEX = "item_index.faiss"
-INFO = "two_tower.json"
 
 
 def example_user_inputs(spec: FeatureSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:

@@ -30,8 +30,9 @@ from cascade.data.split import split_dataset
 from cascade.events import check_events
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
+from cascade.reload import Reloader
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
-from cascade.telemetry import new_registry
+from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
@@ -98,22 +99,27 @@ class RecallState:
     as_of: int  # last timestamp of the training log
 
 
-def open_recall(settings: RecallSettings) -> RecallState:
-    """Loads bundle, dataset and store; ArtifactError names whatever does not fit."""
+def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> RecallState:
+    """Loads bundle, dataset and store; ArtifactError names whatever does not fit. On a hot
+    reload, `keep` (the state being replaced) lends its store when the new bundle was built on the
+    same data and features, so the events Feedback recorded since start stay."""
     bundle = Bundle.open(settings.artifacts, settings.bundle)
     info = bundle.component(COMPONENT)
     dataset = load(Path(settings.data_dir) / info["dataset"])
     spec = check_spec(info, dataset, bundle)
-    parts = split_dataset(dataset)
-    store = InMemoryFeatureStore.from_split(dataset, spec, parts)
     tables = load_tables(bundle)
+    as_of = int(tables["popular"]["as_of"])
+    if keep is not None and (keep.store.spec.fingerprint, keep.as_of) == (spec.fingerprint, as_of):
+        store = keep.store
+    else:
+        store = InMemoryFeatureStore.from_split(dataset, spec, split_dataset(dataset))
     if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
             f" item ids but dataset {dataset.name} has {dataset.n_items}: rebuild the bundle"
         )
     channels = build_channels(bundle, tables, store, settings)
-    return RecallState(store, channels, bundle.version, int(tables["popular"]["as_of"]))
+    return RecallState(store, channels, bundle.version, as_of)
 
 
 def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
@@ -159,13 +165,31 @@ def build_channels(
 
 class RecallService(recall_pb2_grpc.RecallServicer):
     def __init__(self, state: RecallState, settings: RecallSettings, registry: CollectorRegistry):
-        self.state = state
         self.settings = settings
-        self.merger = Merger(
-            state.channels, settings.budgets(), overfetch=settings.overfetch,
-            max_workers=settings.channel_workers, metrics=ChannelMetrics(registry),
-        )  # fmt: skip
+        self.metrics = ModelMetrics("recall", registry)  # model time: channels + merge
+        self.channel_metrics = ChannelMetrics(registry)
         self._started = time.time()
+        self.swap(state)
+
+    def swap(self, state: RecallState) -> str:
+        """Serves `state` from the next request on (at start and on hot reload). The old
+        merger's channel threads exit once in-flight requests drop it (ThreadPoolExecutor's
+        workers stop when it is garbage collected)."""
+        merger = Merger(
+            state.channels, self.settings.budgets(), overfetch=self.settings.overfetch,
+            max_workers=self.settings.channel_workers, metrics=self.channel_metrics,
+        )  # fmt: skip
+        self.serving = (state, merger)  # one reference: a request reads both at once
+        self.metrics.set_model_version(state.version)
+        return state.version
+
+    @property
+    def state(self) -> RecallState:
+        return self.serving[0]
+
+    @property
+    def merger(self) -> Merger:
+        return self.serving[1]
 
     def Recall(self, request: recall_pb2.RecallRequest, context: grpc.ServicerContext):
         count = request.count or self.settings.default_count
@@ -173,16 +197,20 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             invalid_argument(
                 context, "count", f"{count} exceeds the maximum {self.settings.max_count}"
             )
+        state, merger = self.serving  # one version for the whole request
         recall_context = self._context(request.user, context)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before recall ran")
         deadline = None if remaining is None else time.perf_counter() + remaining
         consumed = np.union1d(
-            self.state.store.consumed(recall_context.user_id), recall_context.recent_items
+            state.store.consumed(recall_context.user_id), recall_context.recent_items
         )
-        result = self.merger.recall(recall_context, count, consumed, deadline)
-        response = recall_pb2.RecallResponse(model_version=self.state.version)
+        started = time.perf_counter()
+        result = merger.recall(recall_context, count, consumed, deadline)
+        self.metrics.inference.observe(time.perf_counter() - started)
+        self.metrics.candidates_out.inc(len(result.candidates.item_ids))
+        response = recall_pb2.RecallResponse(model_version=state.version)
         to_proto(*result.candidates, out=response.candidates)
         for report in result.reports:
             response.channels.add(
@@ -253,12 +281,26 @@ def start(
     state = open_recall(settings)
     registry = new_registry() if registry is None else registry
     service = RecallService(state, settings, registry)
+    running = serve(
+        "recall", _adder(service), settings.server, registry, reloader=reloader(settings, service)
+    )
+    return running, service
 
+
+def _adder(service: RecallService):
     def add(server: grpc.Server) -> list[str]:
         recall_pb2_grpc.add_RecallServicer_to_server(service, server)
         return [SERVICE]
 
-    return serve("recall", add, settings.server, registry), service
+    return add
+
+
+def reloader(settings: RecallSettings, service: RecallService) -> Reloader:
+    return Reloader(
+        "recall", settings.artifacts, settings.bundle,
+        lambda: open_recall(settings, keep=service.state), service.swap,
+        settings.server.reload_interval_s,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,12 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     registry = new_registry()
     service = RecallService(state, settings, registry)
-
-    def add(server: grpc.Server) -> list[str]:
-        recall_pb2_grpc.add_RecallServicer_to_server(service, server)
-        return [SERVICE]
-
-    run_forever("recall", add, settings.server, registry)
+    run_forever(
+        "recall", _adder(service), settings.server, registry, reloader=reloader(settings, service)
+    )
     return 0
 
 

@@ -72,8 +72,11 @@ class Page(NamedTuple):
 class Reranker:
     """vectors: (n_items, dim) L2-normalised item embeddings by id, row 0 zeros."""
 
-    def __init__(self, config: RerankConfig, vectors: np.ndarray, store: ItemSource):
+    def __init__(
+        self, config: RerankConfig, vectors: np.ndarray, store: ItemSource, version: str = ""
+    ):
         self.config = config
+        self.version = version  # the bundle the vectors came from (cascade_model_info)
         self.vectors = np.asarray(vectors, dtype=np.float32)
         self.has_vector = np.linalg.norm(self.vectors, axis=1) > 0
         self.store = store

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import to_proto
@@ -27,8 +27,9 @@ from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, build_spec
+from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever
-from cascade.telemetry import LATENCY_BUCKETS, new_registry
+from cascade.telemetry import ModelMetrics, new_registry
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
 from services.rerank.build import COMPONENT, VECTORS
 from services.rerank.reranker import RerankConfig, Reranker
@@ -61,30 +62,16 @@ class RerankSettings:
             raise ValueError("need 1 <= default_count <= max_count")
 
 
-class RerankMetrics:
+class RerankMetrics(ModelMetrics):
+    """The shared model metrics (model time = selecting one page: filters, kernel, greedy;
+    unknown items = candidates without an embedding) plus drops by business rule."""
+
     def __init__(self, registry: CollectorRegistry):
-        self.selection = Histogram(
-            "cascade_rerank_selection_seconds",
-            "Time to select one page (filters, kernel, greedy), by method.",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.candidates = Counter(
-            "cascade_rerank_candidates",
-            "Candidates received (direction=in) and returned (direction=out).",
-            ["direction"],
-            registry=registry,
-        )
+        super().__init__(STAGE, registry)
         self.filtered = Counter(
             "cascade_rerank_filtered",
             "Candidates dropped by a business rule, by rule.",
             ["rule"],
-            registry=registry,
-        )
-        self.missing = Counter(
-            "cascade_rerank_missing_embeddings",
-            "Candidates without an item embedding (treated as dissimilar to all).",
             registry=registry,
         )
 
@@ -94,6 +81,13 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         self.reranker = reranker
         self.settings = settings
         self.metrics = RerankMetrics(registry)
+        self.metrics.set_model_version(reranker.version)
+
+    def swap(self, reranker: Reranker) -> str:
+        """Serves `reranker` from the next request on (hot reload); returns its version."""
+        self.reranker = reranker
+        self.metrics.set_model_version(reranker.version)
+        return reranker.version
 
     def Rerank(self, request, context):
         settings = self.settings
@@ -114,10 +108,11 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         if request.user.request_time_ms < 0:
             invalid_argument(context, "user.request_time_ms", "must be >= 0 (0 = now)")
         request_ts = request.user.request_time_ms // 1000 or int(time.time())
-        method = method or self.reranker.config.method
-        self.metrics.candidates.labels("in").inc(len(candidates.item_ids))
+        reranker = self.reranker  # one model for the whole request, even across a hot reload
+        method = method or reranker.config.method
+        self.metrics.candidates_in.inc(len(candidates.item_ids))
         started = time.perf_counter()
-        page = self.reranker.rerank(
+        page = reranker.rerank(
             candidates,
             count,
             user_id=request.user.user_id,
@@ -127,14 +122,14 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
             trade_off=trade_off,
             explain=request.debug,
         )
-        self.metrics.selection.labels(method).observe(time.perf_counter() - started)
-        self.metrics.candidates.labels("out").inc(len(page.candidates.item_ids))
+        self.metrics.inference.observe(time.perf_counter() - started)
+        self.metrics.candidates_out.inc(len(page.candidates.item_ids))
         for rule, dropped in page.dropped.items():
             if dropped:
                 self.metrics.filtered.labels(rule).inc(dropped)
         if page.missing_embeddings:
-            self.metrics.missing.inc(page.missing_embeddings)
-        response = rerank_pb2.RerankResponse(filtered=page.filtered)
+            self.metrics.unknown.inc(page.missing_embeddings)
+        response = rerank_pb2.RerankResponse(filtered=page.filtered, model_version=reranker.version)
         to_proto(*page.candidates, out=response.candidates)
         response.reasons.extend(page.reasons)
         return response
@@ -157,14 +152,16 @@ def load_reranker(settings: RerankSettings) -> Reranker:
         )
     parts = split_dataset(dataset)
     store = InMemoryFeatureStore.from_split(dataset, spec, parts)
-    return Reranker(settings.rerank, vectors, store)
+    return Reranker(settings.rerank, vectors, store, version=bundle.version)
 
 
 def add_servicer(reranker: Reranker, settings: RerankSettings, registry: CollectorRegistry):
     """The `add_servicers` callback for cascade.server.serve."""
+    return _adder(RerankServicer(reranker, settings, registry))
 
+
+def _adder(servicer: RerankServicer):
     def add(server: grpc.Server) -> list[str]:
-        servicer = RerankServicer(reranker, settings, registry)
         rerank_pb2_grpc.add_RerankServicer_to_server(servicer, server)
         return [SERVICE]
 
@@ -179,7 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(RerankSettings, args.config, env_prefix="CASCADE_RERANK_")
     reranker = load_reranker(settings)
     registry = new_registry()
-    run_forever(STAGE, add_servicer(reranker, settings, registry), settings.server, registry)
+    servicer = RerankServicer(reranker, settings, registry)
+    reloader = Reloader(
+        STAGE, settings.artifacts, settings.bundle, lambda: load_reranker(settings),
+        servicer.swap, settings.server.reload_interval_s,
+    )  # fmt: skip
+    run_forever(STAGE, _adder(servicer), settings.server, registry, reloader=reloader)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cascade.artifacts import ArtifactError, Bundle, BundleWriter, publish
+from cascade.artifacts import ArtifactError, Bundle, BundleWriter, clone, publish
 
 
 def _bundle(root, version="v1"):
@@ -70,3 +70,18 @@ def test_pickled_arrays_are_refused(tmp_path):
 def test_missing_bundle_says_how_to_make_one(tmp_path):
     with pytest.raises(ArtifactError, match="manifest.json is missing: train the models first"):
         Bundle.open(tmp_path)
+
+
+def test_clone_bundles_the_same_files_as_a_new_version(tmp_path):
+    writer = BundleWriter(tmp_path, "v1")
+    writer.save_npz("rank", "table.npz", weights=np.arange(4))
+    writer.set_component("rank", {"dataset": "tiny"})
+    writer.commit()
+    clone(tmp_path, "v1", "v2")
+    copy = Bundle.open(tmp_path, "v2")
+    assert copy.version == "v2"
+    assert copy.component("rank") == Bundle.open(tmp_path, "v1").component("rank")
+    assert copy.load_npz("rank", "table.npz")["weights"].tolist() == [0, 1, 2, 3]
+    assert Bundle.open(tmp_path, "v1").version == "v1"
+    with pytest.raises(ArtifactError, match="exists"):
+        clone(tmp_path, "v1", "v2")

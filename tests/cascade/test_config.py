@@ -69,6 +69,18 @@ def test_overrides_accept_nested_dicts():
     assert settings.server.host == "127.0.0.1"
 
 
+def test_setting_one_nested_field_keeps_the_parents_defaults_for_the_others():
+    @dataclass(frozen=True)
+    class StageSettings:  # a stage's own ports, as services/*/server.py declare them
+        server: ServerSettings = field(
+            default_factory=lambda: ServerSettings(port=50053, metrics_port=9153)
+        )
+
+    env = {"CASCADE_RANK_SERVER_HOST": "0.0.0.0"}  # what a container sets alone
+    settings = load_settings(StageSettings, env_prefix="CASCADE_RANK_", environ=env)
+    assert settings.server == ServerSettings(host="0.0.0.0", port=50053, metrics_port=9153)
+
+
 def test_bad_env_value_names_the_variable_and_field():
     env = {"CASCADE_RANK_SERVER_PORT": "fifty"}
     with pytest.raises(SettingsError) as caught:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cascade import stack
+from cascade.artifacts import clone, publish
 
 STAGE_TRAINERS = (
     ("services.recall.build",),
@@ -116,3 +121,42 @@ def test_prerank_only_runs_when_built(tiny_bundle):
     assert stack.bundle_dataset(artifacts, "v1") == "synthetic"
     assert stack.bundle_dataset(artifacts, "missing") is None
     assert stack.prerank_available(artifacts, "v1") is False  # no prerank component here
+
+
+def test_a_published_bundle_is_hot_swapped_without_a_failed_request(tiny_bundle, tmp_path):
+    artifacts, data = tiny_bundle
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    (root / "v1").symlink_to(artifacts / "v1")
+    publish(root, "v1")
+    options = {"artifacts": root, "data_dir": data, "dataset": "synthetic", "bundle": "current"}
+    with stack.running_stack(tmp_path / "run", train=False, **options) as running:
+        from gateway.client import CascadeClient
+
+        with CascadeClient(running.address("gateway"), timeout_s=5.0) as client:
+            first = client.recommend(5, count=5, debug=True)  # any failure below raises
+            assert {t.model_version for t in first.trace if t.model_version} == {"v1"}
+            clone(root, "v1", "v2")
+            publish(root, "v2")
+            deadline = time.monotonic() + 30  # services poll every 2 s, then load the bundle
+            while time.monotonic() < deadline:
+                answer = client.recommend(5, count=5, debug=True)
+                assert list(answer.degraded_stages) == list(first.degraded_stages)
+                versions = {t.stage: t.model_version for t in answer.trace if t.model_version}
+                if set(versions.values()) == {"v2"}:
+                    break
+            assert set(versions) == {t.stage for t in first.trace if t.model_version}
+            assert set(versions.values()) == {"v2"}
+
+
+def test_a_killed_stage_restarts_on_its_port_and_serves_again(tiny_bundle, tmp_path):
+    artifacts, data = tiny_bundle
+    options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
+    with stack.running_stack(tmp_path / "run", train=False, only=("rank",), **options) as running:
+        (before,) = running.services
+        os.kill(before.pid, signal.SIGKILL)
+        after = stack.restart(running, "rank", timeout_s=60)
+        assert after.port == before.port and after.pid != before.pid
+        assert stack._serving(after.address)
+        saved = json.loads((tmp_path / "run" / stack.STATE_FILE).read_text())
+        assert [s["pid"] for s in saved["services"]] == [after.pid]

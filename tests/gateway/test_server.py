@@ -12,6 +12,7 @@ from cascade.candidates import channel_bit
 from cascade.client import field_violations
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
 from gateway.client import CascadeClient
+from gateway.pipeline import Breaker
 from tests.gateway.conftest import HAS_PRERANK
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,6 +44,9 @@ def test_a_request_runs_through_every_stage(shared_stack):
         "cascade_gateway_stage_latency_seconds_count", {"stage": "rank"}
     )
     assert seen >= 1
+    version = {"stage": "gateway", "model_version": "v1"}
+    assert registry.get_sample_value("cascade_model_info", version) == 1
+    assert registry.get_sample_value("cascade_gateway_answers_total") >= 1
 
 
 def test_without_debug_there_is_no_trace_and_unknown_users_get_the_cold_path(shared_stack):
@@ -70,10 +74,13 @@ def test_a_stopped_stage_degrades_instead_of_failing(stack_factory, stopped):
     assert took < 2.0  # a down stage fails fast, it does not eat the budget
     if stopped == "recall":  # the popular cache stands in
         assert all(m & channel_bit("popular") for m in response.items.channel_masks)
-    value = stack.gateway.registry.get_sample_value(
+    registry = stack.gateway.registry
+    value = registry.get_sample_value(
         "cascade_gateway_degraded_total", {"stage": stopped, "reason": "UNAVAILABLE"}
     )
     assert value == 1
+    assert registry.get_sample_value("cascade_gateway_answers_total") == 1
+    assert registry.get_sample_value("cascade_gateway_degraded_answers_total") == 1
 
 
 def test_every_stage_down_still_answers_popular_items_with_the_creator_cap(stack_factory, built):
@@ -181,3 +188,28 @@ def test_bad_requests_are_invalid_argument_naming_the_field(shared_stack, reques
             client.recommend(**fields)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(error.value)
+
+
+def test_a_stage_that_keeps_failing_is_skipped_until_a_probe_finds_it_back(stack_factory):
+    stack = stack_factory(breaker_failures=2, breaker_cooldown_s=0.3)
+    stack.stop_stage("rank")
+    with client_for(stack) as client:
+        reasons = []
+        for _ in range(4):
+            traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
+            reasons.append(traces["rank"].degraded_reason)
+        assert reasons == ["UNAVAILABLE", "UNAVAILABLE", "CIRCUIT_OPEN", "CIRCUIT_OPEN"]
+        time.sleep(0.35)  # the cooldown passes: the next call probes rank (still down)
+        traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
+        assert traces["rank"].degraded_reason == "UNAVAILABLE"
+        traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
+        assert traces["rank"].degraded_reason == "CIRCUIT_OPEN"  # the failed probe reopened it
+
+
+def test_a_tiny_client_deadline_does_not_open_the_breaker():
+    breaker = Breaker(threshold=1, cooldown_s=60.0)
+    assert breaker.allow()
+    breaker.record(None)  # a deadline too short to judge the stage by
+    assert breaker.allow()
+    breaker.record(False)
+    assert not breaker.allow()

@@ -17,8 +17,15 @@ from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec
 from services.recall.channels import RecallContext, empty
-from services.recall.export import COMPONENT, INFO, ITEM_INDEX, USER_TOWER
 from services.recall.index import IndexSettings, load_index, prepare_search, search
+
+# The artifact names export.py writes; defined here because export.py imports torch and
+# serving must not (the serving image has no torch).
+COMPONENT = "recall"
+USER_TOWER = "user_tower.onnx"
+ITEM_VECTORS = "item_vectors.npz"
+ITEM_INDEX = "item_index.faiss"
+INFO = "two_tower.json"
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,8 @@ def test_slow_and_failing_channels_are_skipped_and_counted():
     assert value("cascade_recall_channel_timeouts_total", "two_tower") == 1
     assert value("cascade_recall_channel_errors_total", "social") == 1
     assert value("cascade_recall_channel_candidates_total", "popular") == 3
+    assert value("cascade_recall_channel_kept_total", "popular") == 3
+    assert value("cascade_recall_channel_kept_total", "two_tower") == 0
     assert value("cascade_recall_channel_latency_seconds_count", "popular") == 1
 
 

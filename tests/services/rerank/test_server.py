@@ -49,8 +49,12 @@ def test_page_with_reasons_and_metrics(stub):
     assert len(response.candidates.item_ids) == 5
     assert len(set(response.candidates.item_ids)) == 5
     assert len(response.reasons) == 5 and response.reasons[0].startswith(("relevance", "fresh"))
-    assert registry.get_sample_value("cascade_rerank_candidates_total", {"direction": "in"}) >= 20
-    assert registry.get_sample_value("cascade_rerank_missing_embeddings_total") is not None
+    rerank_in = {"stage": STAGE, "direction": "in"}
+    assert registry.get_sample_value("cascade_candidates_total", rerank_in) >= 20
+    assert registry.get_sample_value("cascade_unknown_items_total", {"stage": STAGE}) is not None
+    assert registry.get_sample_value("cascade_model_latency_seconds_count", {"stage": STAGE}) >= 1
+    version = {"stage": STAGE, "model_version": "v1"}
+    assert registry.get_sample_value("cascade_model_info", version) == 1
 
 
 def test_k_larger_than_the_list_returns_the_whole_list_reordered(stub):

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 
 .PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
-	k8s-validate clean
+	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP)
 
@@ -72,9 +72,26 @@ bench-load: setup
 bench-faults: setup
 	$(BIN)/python -m bench.faults --data-dir $(DATA) --out results/ops
 
+# Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
+# stack and a real Prometheus on loopback, drives traffic and faults, and checks that every
+# recording rule and every Grafana panel query returns data (needs a trained bundle).
+check-prometheus: setup
+	$(BIN)/python -m deploy.check_prometheus --out results/ops
+
+# Regenerate the Prometheus rules and Grafana dashboards from deploy/*.py (committed; a test
+# fails when they are stale).
+dashboards: setup
+	$(BIN)/python -m deploy.generate
+
 # Render deploy/k8s with kubectl kustomize and validate it offline against the Kubernetes schemas.
 k8s-validate: setup
 	$(BIN)/python -m deploy.k8s_validate --out results/ops/k8s_validate.txt
+
+# Containers: a Debian base (debootstrap), the serving and Prometheus images, docker-compose.yml
+# up on the host network with a second rank replica, recommend, check Prometheus scrapes, tear
+# down (as root; needs `make demo` first: the containers mount artifacts/ and data/ read-only).
+compose-smoke: setup
+	bash deploy/compose_smoke.sh
 
 clean:
 	rm -rf $(VENV) $(DATA) results/bench

@@ -44,7 +44,13 @@ def export_onnx(model: RankModel, spec: FeatureSpec, path: Path, example: Rows) 
             str(path),
             input_names=list(names),
             output_names=[OUTPUT],
-            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT: {0: "batch"}},
+            # User fields and history may come as one row for all candidates (the model
+            # broadcasts them): their row count is its own dimension.
+            dynamic_axes={
+                **{n: {0: "batch"} for n in names},
+                **{f.name: {0: "user_rows"} for f in spec.fields if f.entity != "item"},
+                OUTPUT: {0: "batch"},
+            },
             opset_version=17,
             dynamo=False,
         )
@@ -62,10 +68,17 @@ def onnx_probabilities(path: Path, rows: Rows, threads: int = 1) -> np.ndarray:
 
 
 def check_parity(model: RankModel, spec: FeatureSpec, path: Path, rows: Rows) -> float:
-    """Largest |torch - ONNX Runtime| over `rows`; raises when above PARITY_TOLERANCE."""
+    """Largest |torch - ONNX Runtime| over `rows`, and over the first row's user with every
+    row's item sent as one user row (serving's form); raises when above PARITY_TOLERANCE."""
     with torch.no_grad():
         expected = model(*(torch.from_numpy(rows[n]) for n in input_names(spec))).numpy()
     gap = float(np.abs(onnx_probabilities(path, rows) - expected).max())
+    user_side = {f.name for f in spec.fields if f.entity != "item"}
+    one_user = {n: v[:1] if n in user_side else v for n, v in rows.items()}
+    repeated = {n: np.repeat(v[:1], len(v), axis=0) if n in user_side else v
+                for n, v in rows.items()}  # fmt: skip
+    gap = max(gap, float(np.abs(onnx_probabilities(path, one_user) -
+                                onnx_probabilities(path, repeated)).max()))  # fmt: skip
     if gap > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export of the ranker differs from torch by {gap:.2e}")
     return gap
@@ -113,6 +126,7 @@ def write_component(
             "fusion_weights": fusion,
             "inputs": list(input_names(spec)),
             "output": OUTPUT,
+            "one_user_row": True,  # user fields and history may come once per request
             "config": config_dict(train_config, model_config),
             "training": info,
             "onnx_parity_max_abs": gap,

@@ -71,6 +71,11 @@ class FieldEmbeddings(nn.Module):
             else:
                 vectors.append(table(ids))
                 first.append(self.first_order[name](ids))
+        # Serving sends the user's fields and history once (one row) for all of a request's
+        # candidates: broadcasting them here computes the user side once, not once per candidate.
+        rows = inputs[self.names.index("item_id")].shape[0]
+        vectors = [v.expand(rows, -1) for v in vectors]
+        first = [f.expand(rows, -1) for f in first]
         return vectors, torch.cat(first, dim=1).sum(dim=1)  # [(b, w_f)], (b,)
 
 

@@ -24,19 +24,26 @@ def input_names(spec: FeatureSpec) -> tuple[str, ...]:
 
 
 def assemble(
-    spec: FeatureSpec, user: Rows, item: Rows, history: np.ndarray, n: int | None = None
+    spec: FeatureSpec,
+    user: Rows,
+    item: Rows,
+    history: np.ndarray,
+    n: int | None = None,
+    one_user_row: bool = False,
 ) -> Rows:
-    """Model inputs from encoded user and item fields; a single user row is broadcast to n."""
+    """Model inputs from encoded user and item fields; a single user row is repeated to n rows,
+    or kept as one row when `one_user_row` (the model broadcasts it, see FieldEmbeddings)."""
     n = len(next(iter(item.values()))) if n is None else n
+    user_rows = 1 if one_user_row else n
     rows: Rows = {}
     for f in spec.of("user"):
         values = user[f.name]
-        rows[f.name] = np.broadcast_to(values, (n, *values.shape[1:])).copy()  # writable
+        rows[f.name] = np.broadcast_to(values, (user_rows, *values.shape[1:])).copy()  # writable
     for f in spec.of("item"):
         rows[f.name] = np.ascontiguousarray(item[f.name], dtype=np.int64)
     (history_field,) = spec.of("history")
     history = np.asarray(history, dtype=np.int64)
-    rows[history_field.name] = np.broadcast_to(history, (n, spec.history_length)).copy()
+    rows[history_field.name] = np.broadcast_to(history, (user_rows, spec.history_length)).copy()
     return rows
 
 
@@ -64,9 +71,11 @@ def online_rows(
     user_id: int,
     item_ids: np.ndarray,
     recent_item_ids: np.ndarray | None = None,
+    one_user_row: bool = False,
 ) -> Rows:
     """One request's rows from the feature store. `recent_item_ids` (newest first) are events the
-    store may not have seen yet; they go in front of the stored history."""
+    store may not have seen yet; they go in front of the stored history. `one_user_row`: the
+    user's fields and history as one row (for a model that broadcasts them)."""
     history = store.history(np.array([user_id], dtype=np.int64))[0]  # (history_length,)
     if recent_item_ids is not None and len(recent_item_ids):
         (field,) = store.spec.of("history")
@@ -75,4 +84,5 @@ def online_rows(
         history = history[history > 0][: store.spec.history_length]
         history = np.pad(history, (0, store.spec.history_length - len(history)))
     user = store.user_features(np.array([user_id], dtype=np.int64))
-    return assemble(store.spec, user, store.item_features(item_ids), history, n=len(item_ids))
+    items = store.item_features(item_ids)
+    return assemble(store.spec, user, items, history, n=len(item_ids), one_user_row=one_user_row)

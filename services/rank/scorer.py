@@ -43,8 +43,10 @@ class RankScorer:
         tasks: tuple[str, ...],
         fusion_weights: np.ndarray,
         version: str,
+        one_user_row: bool = False,
     ):
         self.session, self.store, self.tasks, self.version = session, store, tasks, version
+        self.one_user_row = one_user_row  # the model broadcasts one user row (newer bundles)
         self.fusion_weights = fusion_weights.astype(np.float32).reshape(-1, 1)  # (T, 1)
         self.input_names = input_names(store.spec)
         self.output = session.get_outputs()[0].name
@@ -86,11 +88,12 @@ class RankScorer:
         session = ort.InferenceSession(
             str(bundle.file(COMPONENT, "model.onnx")), options, providers=["CPUExecutionProvider"]
         )
-        return cls(session, store, tasks, weights, bundle.version)
+        one_user_row = bool(meta.get("one_user_row", False))
+        return cls(session, store, tasks, weights, bundle.version, one_user_row)
 
     def probabilities(self, rows: Rows) -> np.ndarray:
         """(n, n_tasks) task probabilities for encoded rows."""
-        if not len(rows[self.input_names[0]]):
+        if not len(rows["item_id"]):
             return np.zeros((0, len(self.tasks)), dtype=np.float32)
         return self.session.run([self.output], {n: rows[n] for n in self.input_names})[0]
 
@@ -103,7 +106,8 @@ class RankScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(fused scores (n,), probabilities (n, n_tasks)) for one user's candidates, in the
         given order. `history`: recent items newest first, put before the stored history."""
-        rows = online_rows(self.store, user_id, np.asarray(item_ids, dtype=np.int64), history)
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        rows = online_rows(self.store, user_id, item_ids, history, self.one_user_row)
         probabilities = self.probabilities(rows)
         return self.fuse(probabilities), probabilities
 

@@ -20,6 +20,7 @@ def scorer(trained):
 
 def test_score_matches_the_torch_model_and_fuses_with_configured_weights(trained, scorer):
     items = np.arange(1, 31)
+    assert scorer.one_user_row  # serving sends the user once; torch below gets it per row
     fused, probabilities = scorer.score(4, items)
     rows = online_rows(trained.store, 4, items)
     with torch.no_grad():

@@ -1,0 +1,1 @@
+"""Deployment assets (Dockerfile, Prometheus, Grafana, Kubernetes) and their offline checks."""

@@ -1,0 +1,315 @@
+"""What the Kubernetes schemas cannot see: that the manifests fit the services they run.
+
+Each check takes the rendered objects and returns errors naming the object and the field (none:
+passed). A container's settings are built with cascade.config's own loader from its --config file
+(read out of the ConfigMap it mounts) and its environment, so a misspelled CASCADE_* variable, a
+bad value or a port that differs from the server's default is an error here, not in a cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cascade import config
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # what the container runs with `python -m`
+    settings_class: str  # the settings dataclass in that module
+
+    @property
+    def env_prefix(self) -> str:
+        return f"CASCADE_{self.name.upper()}_"
+
+    def settings_type(self) -> type:
+        return getattr(importlib.import_module(self.module), self.settings_class)
+
+
+STAGES = {
+    stage.name: stage
+    for stage in (
+        Stage("gateway", "gateway.server", "GatewaySettings"),
+        Stage("recall", "services.recall.server", "RecallSettings"),
+        Stage("prerank", "services.prerank.server", "PrerankSettings"),
+        Stage("rank", "services.rank.server", "RankSettings"),
+        Stage("rerank", "services.rerank.server", "RerankSettings"),
+    )
+}
+CLUSTER_DOMAIN = "cluster.local"  # the kubelet's default; the gateway's targets spell it out
+
+
+@dataclass
+class Workload:
+    """One stage's Deployment with its container's resolved environment and settings."""
+
+    stage: Stage
+    deployment: Obj
+    container: Obj
+    env: dict[str, str] = field(default_factory=dict)
+    settings: Any = None  # the settings dataclass the server would build; None if it cannot
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"Deployment/{self.deployment['metadata']['name']}"
+
+    @property
+    def pod(self) -> Obj:
+        return self.deployment["spec"]["template"]["spec"]
+
+    def port(self, name: str) -> int | None:
+        ports = {p.get("name"): p["containerPort"] for p in self.container.get("ports", [])}
+        return ports.get(name)
+
+
+def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objects if o.get("kind") == kind]
+
+
+def find(objects: list[Obj], kind: str, name: str) -> Obj | None:
+    return next((o for o in of_kind(objects, kind) if o["metadata"]["name"] == name), None)
+
+
+def workloads(objects: list[Obj]) -> tuple[list[Workload], list[str]]:
+    """The stage Deployments, resolved; errors for Deployments that run no known stage."""
+    found, errors = [], []
+    for deployment in of_kind(objects, "Deployment"):
+        name = deployment["metadata"]["name"]
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        command = containers[0].get("command", []) if len(containers) == 1 else []
+        module = command[2] if command[:2] == ["python", "-m"] and len(command) > 2 else None
+        stage = next((s for s in STAGES.values() if s.module == module), None)
+        if stage is None:
+            errors.append(f"Deployment/{name}: want one container running `python -m <stage>`")
+            continue
+        workload = Workload(stage, deployment, containers[0])
+        _resolve(workload, objects)
+        found.append(workload)
+    return found, errors
+
+
+def _resolve(workload: Workload, objects: list[Obj]) -> None:
+    namespace = workload.deployment["metadata"].get("namespace", "default")
+    if "envFrom" in workload.container:  # its CASCADE_* names could not be checked
+        workload.errors.append(f"{workload.name}: envFrom is not supported here; list env")
+    for item in workload.container.get("env", []):
+        source = item.get("valueFrom", {})
+        if "value" in item:  # $(VAR) refers to an earlier variable, as the kubelet expands it
+            value = re.sub(
+                r"\$\((\w+)\)", lambda m: workload.env.get(m[1], m[0]), str(item["value"])
+            )
+        elif source.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            value = namespace
+        elif "secretKeyRef" in source:
+            value = f"<secret {source['secretKeyRef']['name']}/{source['secretKeyRef']['key']}>"
+        else:
+            workload.errors.append(f"{workload.name}: env {item['name']}: unsupported source")
+            continue
+        workload.env[item["name"]] = value
+    settings_type = workload.stage.settings_type()
+    prefix = workload.stage.env_prefix
+    # cascade.config reads only the names it knows, so an unknown one would be silently ignored.
+    read = _env_names(config._from_env(settings_type, prefix, workload.env))
+    for var in sorted(v for v in workload.env if v.startswith("CASCADE_") and v not in read):
+        workload.errors.append(
+            f"{workload.name}: env {var} is no field of {settings_type.__name__} "
+            f"(prefix {prefix}): the server would ignore it"
+        )
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = _settings_file(workload, objects, Path(folder))
+            workload.settings = config.load_settings(
+                settings_type, path, prefix, environ=workload.env
+            )
+    except (config.SettingsError, LookupError) as error:
+        workload.errors.append(f"{workload.name}: settings do not load: {error}")
+
+
+def _env_names(tree: dict) -> set[str]:
+    names = set()
+    for value in tree.values():
+        names |= _env_names(value) if isinstance(value, dict) else {value.var}
+    return names
+
+
+def _settings_file(workload: Workload, objects: list[Obj], folder: Path) -> Path | None:
+    """The --config file, copied out of the ConfigMap volume the container mounts it from."""
+    command = workload.container["command"]
+    if "--config" not in command:
+        return None
+    wanted = PurePosixPath(command[command.index("--config") + 1])
+    for mount in workload.container.get("volumeMounts", []):
+        if wanted.is_relative_to(mount["mountPath"]):
+            volumes = [v for v in workload.pod.get("volumes", []) if v["name"] == mount["name"]]
+            map_name = volumes[0].get("configMap", {}).get("name", "") if volumes else ""
+            config_map = find(objects, "ConfigMap", map_name)
+            key = str(wanted.relative_to(mount["mountPath"]))
+            if config_map is None or key not in config_map.get("data", {}):
+                raise LookupError(f"--config {wanted}: no key {key!r} in ConfigMap {map_name!r}")
+            path = folder / wanted.name
+            path.write_text(config_map["data"][key])
+            return path
+    raise LookupError(f"--config {wanted} is on no mounted volume")
+
+
+def _selects(selector: dict[str, str], workload: Workload) -> bool:
+    labels = workload.deployment["spec"]["template"]["metadata"].get("labels", {})
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_inventory(objects: list[Obj]) -> list[str]:
+    found, errors = workloads(objects)
+    names = [w.stage.name for w in found]
+    for stage in STAGES:
+        if names.count(stage) != 1:
+            errors.append(f"stage {stage}: {names.count(stage)} Deployments, want 1")
+        for kind in ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+            if find(objects, kind, stage) is None:
+                errors.append(f"stage {stage}: no {kind} named {stage}")
+    return errors
+
+
+def check_settings(objects: list[Obj]) -> list[str]:
+    errors = []
+    for w in workloads(objects)[0]:
+        errors += w.errors
+        if w.settings is None:
+            continue
+        server, defaults = w.settings.server, w.stage.settings_type()().server
+        if server.host != "0.0.0.0":  # the kubelet probes, and peers dial, the pod IP
+            errors.append(f"{w.name}: server.host is {server.host!r}, want '0.0.0.0'")
+        for port_name, attr in (("grpc", "port"), ("metrics", "metrics_port")):
+            want = getattr(defaults, attr)
+            if getattr(server, attr) != want or w.port(port_name) != want:
+                errors.append(
+                    f"{w.name}: containerPort {port_name}={w.port(port_name)}, settings "
+                    f"server.{attr}={getattr(server, attr)}, the server's default is {want}"
+                )
+        annotations = w.deployment["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/port") != str(server.metrics_port):
+            errors.append(f"{w.name}: prometheus.io/port is not the metrics port")
+        grace = w.pod.get("terminationGracePeriodSeconds", 30)
+        if server.shutdown_delay_s <= 0 or grace <= server.shutdown_delay_s + server.grace_s:
+            errors.append(
+                f"{w.name}: need server.shutdown_delay_s > 0 and terminationGracePeriodSeconds "
+                f"({grace}) > shutdown_delay_s + grace_s ({server.shutdown_delay_s} + "
+                f"{server.grace_s})"
+            )
+    return errors
+
+
+def check_probes(objects: list[Obj]) -> list[str]:
+    errors = []
+    for w in workloads(objects)[0]:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = w.container.get(probe, {}).get("grpc", {}).get("port")
+            if port is None or port != w.port("grpc"):
+                errors.append(f"{w.name}: {probe} must be a gRPC probe on port {w.port('grpc')}")
+    return errors
+
+
+def check_hardening(objects: list[Obj]) -> list[str]:
+    errors = []
+    for w in workloads(objects)[0]:
+        pod, box = w.pod.get("securityContext", {}), w.container.get("securityContext", {})
+        wanted = {
+            "runAsNonRoot": pod.get("runAsNonRoot") is True,
+            "runAsUser > 0": pod.get("runAsUser", 0) > 0,
+            "seccompProfile RuntimeDefault": pod.get("seccompProfile", {}).get("type")
+            == "RuntimeDefault",
+            "readOnlyRootFilesystem": box.get("readOnlyRootFilesystem") is True,
+            "allowPrivilegeEscalation false": box.get("allowPrivilegeEscalation") is False,
+            "capabilities drop ALL": box.get("capabilities", {}).get("drop") == ["ALL"],
+        }
+        errors += [
+            f"{w.name}: securityContext lacks {name}" for name, ok in wanted.items() if not ok
+        ]
+        resources = w.container.get("resources", {})
+        requests, limits = resources.get("requests", {}), resources.get("limits", {})
+        if "cpu" not in requests or "memory" not in requests or "memory" not in limits:
+            errors.append(f"{w.name}: needs cpu and memory requests and a memory limit")
+        elif requests["memory"] != limits["memory"]:
+            errors.append(f"{w.name}: memory request != limit (an overcommitted pod is evicted)")
+    return errors
+
+
+def check_services(objects: list[Obj]) -> list[str]:
+    errors, found = [], workloads(objects)[0]
+    for service in of_kind(objects, "Service"):
+        name, spec = f"Service/{service['metadata']['name']}", service["spec"]
+        if spec.get("clusterIP") != "None":
+            errors.append(f"{name}: not headless (clusterIP: None): gRPC would pin one pod")
+        targets = [w for w in found if _selects(spec.get("selector", {}), w)]
+        if len(targets) != 1:
+            errors.append(f"{name}: selector matches {len(targets)} Deployments' pods, want 1")
+            continue
+        for port in spec.get("ports", []):
+            # Clients dial the pod IPs the headless Service's DNS returns, on the Service port.
+            target_port = port.get("targetPort", port["port"])
+            if isinstance(target_port, str):
+                target_port = targets[0].port(target_port)
+            if port["port"] != target_port:
+                errors.append(f"{name}: port {port['port']} != its containerPort ({target_port})")
+    return errors
+
+
+def check_scaling(objects: list[Obj]) -> list[str]:
+    errors, found = [], workloads(objects)[0]
+    for hpa in of_kind(objects, "HorizontalPodAutoscaler"):
+        name, spec = f"HorizontalPodAutoscaler/{hpa['metadata']['name']}", hpa["spec"]
+        ref = spec["scaleTargetRef"]
+        target = next((w for w in found if w.deployment["metadata"]["name"] == ref["name"]), None)
+        if ref["kind"] != "Deployment" or target is None:
+            errors.append(f"{name}: scaleTargetRef {ref['kind']}/{ref['name']} does not exist")
+        elif "replicas" in target.deployment["spec"]:
+            errors.append(f"{target.name}: sets replicas, which each apply resets under the HPA")
+        if not 2 <= spec.get("minReplicas", 1) <= spec["maxReplicas"]:
+            errors.append(f"{name}: want 2 <= minReplicas <= maxReplicas (a drain keeps one pod)")
+        resources = [m["resource"] for m in spec.get("metrics", []) if m["type"] == "Resource"]
+        if not any(r["name"] == "cpu" and r["target"]["type"] == "Utilization" for r in resources):
+            errors.append(f"{name}: no CPU utilisation target")
+    for pdb in of_kind(objects, "PodDisruptionBudget"):
+        name = f"PodDisruptionBudget/{pdb['metadata']['name']}"
+        selector = pdb["spec"].get("selector", {}).get("matchLabels", {})
+        if sum(_selects(selector, w) for w in found) != 1:
+            errors.append(f"{name}: selector must match exactly one Deployment's pods")
+    return errors
+
+
+def check_gateway_targets(objects: list[Obj]) -> list[str]:
+    errors, found = [], workloads(objects)[0]
+    gateway = next((w for w in found if w.stage.name == "gateway"), None)
+    if gateway is None or gateway.settings is None:
+        return ["no gateway Deployment with loadable settings"]
+    namespace = gateway.deployment["metadata"].get("namespace", "default")
+    for stage in (s for s in STAGES if s != "gateway"):
+        target = getattr(gateway.settings, f"{stage}_target")
+        workload = next((w for w in found if w.stage.name == stage), None)
+        port = workload.port("grpc") if workload else None
+        want = f"dns:///{stage}.{namespace}.svc.{CLUSTER_DOMAIN}:{port}"
+        if target != want or find(objects, "Service", stage) is None:
+            errors.append(f"{gateway.name}: {stage}_target is {target!r}, want {want!r}")
+    return errors
+
+
+CHECKS: list[tuple[str, Callable[[list[Obj]], list[str]]]] = [
+    ("every stage has a Deployment, a Service, an HPA and a PDB", check_inventory),
+    ("settings load from ConfigMap + env; every CASCADE_* var is a field; ports, host, "
+     "scrape port and grace period fit the server", check_settings),
+    ("startup, readiness and liveness are gRPC probes on the gRPC port", check_probes),
+    ("non-root, read-only root, no privilege escalation, requests and limits", check_hardening),
+    ("Services are headless, select one stage's pods, expose its container ports", check_services),
+    ("HPAs target existing Deployments (no replicas field), PDBs select one stage", check_scaling),
+    ("the gateway's targets are the stages' headless Services on their ports",
+     check_gateway_targets),
+]  # fmt: skip

@@ -1,0 +1,155 @@
+"""deploy/k8s: the kustomization renders, every object passes the Kubernetes schemas (strict), and
+the manifests fit the services they run; each check is shown to catch the mistake it exists for."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import pytest
+
+from deploy import k8s_checks as checks
+from deploy.k8s_validate import KUBERNETES_VERSIONS, main, render, schema_errors
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict]:
+    return render()
+
+
+def deployment(objects: list[dict], stage: str) -> dict:
+    return checks.find(objects, "Deployment", stage)
+
+
+def container(objects: list[dict], stage: str) -> dict:
+    return deployment(objects, stage)["spec"]["template"]["spec"]["containers"][0]
+
+
+def set_env(objects: list[dict], stage: str, name: str, value: str) -> None:
+    env = container(objects, stage)["env"]
+    env[:] = [item for item in env if item["name"] != name] + [{"name": name, "value": value}]
+
+
+def test_renders_a_namespaced_set_per_stage(objects):
+    kinds = Counter(o["kind"] for o in objects)
+    assert kinds == {
+        "Namespace": 1, "ConfigMap": 1, "PersistentVolumeClaim": 1, "Deployment": 5,
+        "Service": 5, "HorizontalPodAutoscaler": 5, "PodDisruptionBudget": 5,
+    }  # fmt: skip
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
+        "cascade"
+    }
+    # The generated ConfigMap's name carries a hash, and every Deployment mounts that name.
+    config_map = checks.of_kind(objects, "ConfigMap")[0]["metadata"]["name"]
+    assert config_map.startswith("cascade-config-")
+    for stage in checks.STAGES:
+        volumes = deployment(objects, stage)["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "config", "configMap": {"name": config_map}} in volumes
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_passes_the_strict_schema(objects, version):
+    assert schema_errors(objects, version) == []
+
+
+def test_strict_schema_rejects_an_unknown_or_mistyped_field(objects):
+    broken = copy.deepcopy(objects)
+    container(broken, "rank")["readinesProbe"] = {"grpc": {"port": 50053}}
+    checks.find(broken, "HorizontalPodAutoscaler", "recall")["spec"]["maxReplicas"] = "ten"
+    errors = schema_errors(broken, KUBERNETES_VERSIONS[-1])
+    assert len(errors) == 2
+    assert "Deployment/rank" in errors[0] and "readinesProbe" in errors[0]
+    assert "HorizontalPodAutoscaler/recall: spec.maxReplicas" in errors[1]
+
+
+@pytest.mark.parametrize("title,check", checks.CHECKS, ids=[c.__name__ for _, c in checks.CHECKS])
+def test_every_check_passes(objects, title, check):
+    assert check(objects) == []
+
+
+def _drop_config_mount(objects):
+    mounts = container(objects, "rerank")["volumeMounts"]
+    mounts[:] = [m for m in mounts if m["name"] != "config"]
+
+
+def _unknown_key_in_settings_file(objects):
+    config_map = checks.of_kind(objects, "ConfigMap")[0]
+    config_map["data"]["prerank.toml"] = "max_candidate = 10\n" + config_map["data"]["prerank.toml"]
+
+
+# (what goes wrong, how, the check that must catch it, a piece of its message)
+MISTAKES = [
+    ("misspelled variable", lambda o: set_env(o, "rank", "CASCADE_RANK_SERVER_HOTS", "0.0.0.0"),
+     checks.check_settings, "CASCADE_RANK_SERVER_HOTS is no field of RankSettings"),
+    ("another stage's variable", lambda o: set_env(o, "rank", "CASCADE_RECALL_MAX_COUNT", "9"),
+     checks.check_settings, "CASCADE_RECALL_MAX_COUNT is no field"),
+    ("bad value", lambda o: set_env(o, "recall", "CASCADE_RECALL_SERVER_GRACE_S", "soon"),
+     checks.check_settings, "environment variable CASCADE_RECALL_SERVER_GRACE_S"),
+    ("unknown key in the settings file", _unknown_key_in_settings_file,
+     checks.check_settings, "unknown setting 'max_candidate'"),
+    ("settings file not mounted", _drop_config_mount,
+     checks.check_settings, "--config /etc/cascade/rerank.toml is on no mounted volume"),
+    ("listening on loopback", lambda o: set_env(o, "rank", "CASCADE_RANK_SERVER_HOST", "127.0.0.1"),
+     checks.check_settings, "server.host is '127.0.0.1'"),
+    ("port override the manifests miss",
+     lambda o: set_env(o, "rank", "CASCADE_RANK_SERVER_PORT", "6000"),
+     checks.check_settings, "settings server.port=6000, the server's default is 50053"),
+    ("grace period shorter than the drain",
+     lambda o: deployment(o, "rank")["spec"]["template"]["spec"].update(
+         terminationGracePeriodSeconds=12),
+     checks.check_settings, "terminationGracePeriodSeconds (12)"),
+    ("probe on the metrics port",
+     lambda o: container(o, "prerank")["readinessProbe"]["grpc"].update(port=9152),
+     checks.check_probes, "Deployment/prerank: readinessProbe"),
+    ("no liveness probe", lambda o: container(o, "gateway").pop("livenessProbe"),
+     checks.check_probes, "Deployment/gateway: livenessProbe"),
+    ("writable root filesystem",
+     lambda o: container(o, "rerank")["securityContext"].update(readOnlyRootFilesystem=False),
+     checks.check_hardening, "lacks readOnlyRootFilesystem"),
+    ("no memory limit", lambda o: container(o, "rank")["resources"].pop("limits"),
+     checks.check_hardening, "memory limit"),
+    ("a ClusterIP Service", lambda o: checks.find(o, "Service", "rank")["spec"].pop("clusterIP"),
+     checks.check_services, "Service/rank: not headless"),
+    ("selector typo",
+     lambda o: checks.find(o, "Service", "rank")["spec"]["selector"].update(
+         {"app.kubernetes.io/name": "rnak"}),
+     checks.check_services, "Service/rank: selector matches 0"),
+    ("Service port != container port",
+     lambda o: checks.find(o, "Service", "recall")["spec"]["ports"][0].update(port=80),
+     checks.check_services, "port 80 != its containerPort (50051)"),
+    ("HPA on a missing Deployment",
+     lambda o: checks.find(o, "HorizontalPodAutoscaler", "rank")["spec"]["scaleTargetRef"].update(
+         name="ranker"),
+     checks.check_scaling, "scaleTargetRef Deployment/ranker does not exist"),
+    ("replicas fighting the HPA", lambda o: deployment(o, "recall")["spec"].update(replicas=3),
+     checks.check_scaling, "Deployment/recall: sets replicas"),
+    ("PDB selecting nothing",
+     lambda o: checks.find(o, "PodDisruptionBudget", "rerank")["spec"]["selector"].update(
+         matchLabels={"app.kubernetes.io/name": "re-rank"}),
+     checks.check_scaling, "PodDisruptionBudget/rerank"),
+    ("gateway dials the wrong port",
+     lambda o: set_env(o, "gateway", "CASCADE_GATEWAY_RANK_TARGET",
+                       "dns:///rank.$(POD_NAMESPACE).svc.cluster.local:50052"),
+     checks.check_gateway_targets, "rank_target is 'dns:///rank.cascade.svc.cluster.local:50052'"),
+    ("a stage without its Service", lambda o: o.remove(checks.find(o, "Service", "prerank")),
+     checks.check_inventory, "stage prerank: no Service"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutate,check,message", [m[1:] for m in MISTAKES],
+                         ids=[m[0] for m in MISTAKES])  # fmt: skip
+def test_each_check_catches_its_mistake(objects, mutate, check, message):
+    broken = copy.deepcopy(objects)
+    mutate(broken)
+    errors = check(broken)
+    assert any(message in error for error in errors), errors
+
+
+def test_cli_writes_the_report_and_exits_zero(tmp_path, capsys):
+    out = tmp_path / "ops" / "k8s_validate.txt"
+    assert main(["--out", str(out)]) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert "FAIL" not in text and text.endswith("result: 0 errors\n")
+    for version in KUBERNETES_VERSIONS:
+        assert f"ok   Kubernetes {version}: 23/23" in text

@@ -1,0 +1,107 @@
+"""A stage started the way its pod starts it (the manifest's command, settings file and env) answers
+the kubelet's gRPC health probe, and on SIGTERM drains as the manifests promise: NOT_SERVING but
+still answering for shutdown_delay_s, then an exit well inside terminationGracePeriodSeconds.
+
+Loopback only: the pod's 0.0.0.0 and fixed ports are replaced by 127.0.0.1 and free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cascade.stack import free_port
+from deploy import k8s_checks as checks
+from deploy.k8s_validate import render
+
+STAGE = "rerank"  # the cheapest stage to build a bundle for
+
+
+@pytest.fixture(scope="module")
+def rerank_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("k8s-pod")
+    data, artifacts = root / "data", root / "artifacts"
+    run = [sys.executable, "-m", "cascade.cli", "data", "--source", "synthetic", "--users", "100"]
+    run += ["--items", "60", "--impressions-per-user", "20", "--data-dir", str(data)]
+    subprocess.run(run, check=True, capture_output=True, timeout=120)
+    build = [sys.executable, "-m", "services.rerank.build", "--dataset", "synthetic"]
+    build += ["--data-dir", str(data), "--artifacts", str(artifacts), "--version", "v1"]
+    subprocess.run(build, check=True, capture_output=True, timeout=120)
+    return artifacts, data
+
+
+def _health(address: str) -> int | None:
+    """What the kubelet's gRPC probe sees: the overall status, None when nothing answers."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return None
+    return answer.status
+
+
+def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path):
+    artifacts, data = rerank_bundle
+    objects = render()
+    workload = next(w for w in checks.workloads(objects)[0] if w.stage.name == STAGE)
+    server = workload.settings.server
+    termination = workload.pod["terminationGracePeriodSeconds"]
+
+    command = list(workload.container["command"])
+    config = command[command.index("--config") + 1]
+    config_map = checks.of_kind(objects, "ConfigMap")[0]
+    settings_file = tmp_path / Path(config).name
+    settings_file.write_text(config_map["data"][Path(config).name])
+    command[command.index("--config") + 1] = str(settings_file)
+    assert command[0] == "python"
+    command[0] = sys.executable
+
+    prefix = workload.stage.env_prefix
+    port = free_port()
+    env = os.environ | workload.env | {
+        f"{prefix}SERVER_HOST": "127.0.0.1",
+        f"{prefix}SERVER_PORT": str(port),
+        f"{prefix}SERVER_METRICS_PORT": str(free_port()),
+        f"{prefix}ARTIFACTS": str(artifacts),
+        f"{prefix}DATA_DIR": str(data),
+        f"{prefix}BUNDLE": "v1",
+    }  # fmt: skip
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while _health(address) != health_pb2.HealthCheckResponse.SERVING:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "not SERVING after 60 s:\n" + log.read_text()
+            time.sleep(0.2)
+
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        statuses = []
+        while process.poll() is None and time.monotonic() - sent < termination:
+            statuses.append((time.monotonic() - sent, _health(address)))
+            time.sleep(0.2)
+        exited = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+    assert process.returncode == 0, log.read_text()
+    not_serving = [t for t, s in statuses if s == health_pb2.HealthCheckResponse.NOT_SERVING]
+    # Still answering, as NOT_SERVING, from within a second of SIGTERM until the delay is over.
+    assert not_serving and not_serving[0] < 1.0, statuses
+    assert not_serving[-1] >= server.shutdown_delay_s - 1.0, statuses
+    assert server.shutdown_delay_s <= exited < termination, (exited, statuses)

@@ -108,10 +108,19 @@ class Merger:
         self.fallback = fallback
         self.overfetch = overfetch
         self.metrics = metrics
-        self._pool = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="recall-channel")
+        # max_workers 0: channels run one after another in the calling thread. In-process numpy
+        # and FAISS channels gain nothing from threads under the GIL, and handing each to a pool
+        # cost more CPU than all of them together; but a channel can then only be skipped before
+        # it starts, not cut off while it runs (threads suit channels that call remote stores).
+        self._pool = (
+            futures.ThreadPoolExecutor(max_workers, thread_name_prefix="recall-channel")
+            if max_workers
+            else None
+        )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def recall(
         self,
@@ -136,6 +145,8 @@ class Merger:
         return math.ceil(self.budgets[name].quota * count * self.overfetch) + n_consumed
 
     def _run(self, context: RecallContext, count: int, n_consumed: int, deadline: float | None):
+        if self._pool is None:
+            return self._run_inline(context, count, n_consumed, deadline)
         started = time.perf_counter()
         pending = [
             self._pool.submit(_timed, c, context, self._fetch_size(c.name, count, n_consumed))
@@ -164,6 +175,36 @@ class Merger:
                 ids = np.empty(0, np.int64)
                 report.status = "error"
                 report.latency_ms = (time.perf_counter() - started) * 1000
+            answers.append(ids)
+            reports.append(report)
+        return answers, reports
+
+    def _run_inline(
+        self, context: RecallContext, count: int, n_consumed: int, deadline: float | None
+    ):
+        """Channels in priority order in this thread; one whose budget (or the request's
+        deadline) has passed by its turn is skipped and reported as a timeout."""
+        started = time.perf_counter()
+        answers, reports = [], []
+        for channel in self.channels:
+            until = started + self.budgets[channel.name].budget_ms / 1000
+            if deadline is not None:
+                until = min(until, deadline)
+            report = ChannelReport(channel.name)
+            ids = np.empty(0, np.int64)
+            if time.perf_counter() >= until:
+                report.status = "timeout"
+            else:
+                try:
+                    (found, _), seconds = _timed(
+                        channel, context, self._fetch_size(channel.name, count, n_consumed)
+                    )
+                    ids = np.asarray(found, dtype=np.int64)
+                    report.returned, report.latency_ms = len(ids), seconds * 1000
+                    report.status = "ok" if len(ids) else "empty"
+                except Exception:
+                    log.exception("recall channel %s failed", channel.name)
+                    report.status = "error"
             answers.append(ids)
             reports.append(report)
         return answers, reports

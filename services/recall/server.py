@@ -67,7 +67,7 @@ class RecallSettings:
     max_record_events: int = 1000  # largest Record batch accepted
     clock: str = "data"  # request time 0 = "data": the log's last time + uptime; "wall": now
     overfetch: float = 1.5
-    channel_workers: int = 8
+    channel_workers: int = 0  # 0: channels run in the request's thread (see Merger)
     fresh_window_s: int = 7 * DAY
     # Priority order of the merge is the order below; quotas sum to 1 (popular also fills gaps).
     two_tower: ChannelBudget = _budget(0.35, 40.0)

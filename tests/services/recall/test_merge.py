@@ -131,3 +131,26 @@ def test_request_deadline_caps_every_budget():
     slow.release.set()
     assert time.perf_counter() - started < 1.0
     assert result.reports[0].status == "timeout" and len(result.candidates.item_ids) == 0
+
+
+def test_inline_channels_merge_exactly_as_threaded_ones():
+    def channels():
+        return [Fixed("two_tower", [5, 1, 2, 9]), Fixed("item_cf", [2, 3, 5]),
+                Fixed("popular", [1, 3, 7, 8, 9])]  # fmt: skip
+
+    consumed = np.array([7])
+    threaded = merger(channels(), [0.4, 0.3, 0.3]).recall(CONTEXT, 6, consumed)
+    inline = merger(channels(), [0.4, 0.3, 0.3], max_workers=0).recall(CONTEXT, 6, consumed)
+    for got, want in zip(inline.candidates, threaded.candidates, strict=True):
+        assert np.array_equal(got, want)
+    assert [r.kept for r in inline.reports] == [r.kept for r in threaded.reports]
+
+
+def test_inline_channels_skip_what_their_budget_no_longer_allows():
+    slow = Fixed("two_tower", [1, 2, 3], sleep_s=0.1)  # runs to the end: it cannot be cut off
+    broken = Fixed("social", [4], broken=True)
+    late = Fixed("popular", [10, 11, 12])
+    m = merger([broken, slow, late], [0.3, 0.4, 0.3], budget_ms=50.0, max_workers=0)
+    result = m.recall(CONTEXT, 3, np.empty(0, np.int64))
+    assert [r.status for r in result.reports] == ["error", "ok", "timeout"]
+    assert late.asked == [] and result.candidates.item_ids.tolist() == [1, 2]

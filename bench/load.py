@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -84,6 +85,16 @@ async def open_loop(target: str, users: np.ndarray, rate: float, seconds: float,
             tasks.append(asyncio.create_task(_recommend(stub, user, due, timeout_s)))
         samples = await asyncio.gather(*tasks)
         return list(samples), time.perf_counter() - started
+
+
+def cpu_seconds(running: stack.Stack) -> dict[str, float]:
+    """CPU time (user + system) each service process, and this load generator, used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {"load generator": time.process_time()}
+    for service in running.services:
+        fields = Path(f"/proc/{service.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[service.name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
 
 
 def summarize(samples: list[Sample], seconds: float) -> dict:
@@ -181,10 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         report: dict = {"target": target, "services": [s.name for s in running.services]}
         report["closed_loop"] = []
         for workers in args.workers:
+            before = cpu_seconds(running)
             samples, seconds = asyncio.run(
                 closed_loop(target, users, workers, args.closed_duration, args.timeout)
             )
             row = {"workers": workers, **summarize(samples, seconds)}
+            # Where the CPU goes: each process's CPU time over the run, per request.
+            spent = {name: cpu - before[name] for name, cpu in cpu_seconds(running).items()}
+            row["cpu_ms_per_request"] = {
+                name: round(1e3 * cpu / len(samples), 2) for name, cpu in spent.items()
+            }
             print(json.dumps({k: v for k, v in row.items() if k != "stages"}), flush=True)
             report["closed_loop"].append(row)
         report["open_loop"] = []
@@ -218,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"in-process p50 {report['in_process']['p50_ms']} ms vs one-at-a-time over gRPC "
         f"p50 {one_at_a_time['p50_ms']} ms: overhead x{report['overhead_ratio_p50']}"
+    )
+    cpu = one_at_a_time["cpu_ms_per_request"]
+    print(
+        "CPU per request, one at a time: "
+        + ", ".join(f"{name} {ms} ms" for name, ms in cpu.items())
+        + f"; total {sum(cpu.values()):.2f} ms"
     )
     print(f"saved {args.out}/load.json, load.png")
     return 0

@@ -21,9 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
 
 # Start order: the stages first, the gateway last (it connects to all of them).
@@ -240,14 +238,7 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
 
 
 def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return healthcheck.check(address, timeout_s=1.0) == "SERVING"
 
 
 def log_tail(path: str | Path, lines: int = 20) -> str:

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cascade.healthcheck import check
 from cascade.stack import free_port
 from deploy import k8s_checks as checks
 from deploy.k8s_validate import render
@@ -36,18 +35,6 @@ def rerank_bundle(tmp_path_factory) -> tuple[Path, Path]:
     build += ["--data-dir", str(data), "--artifacts", str(artifacts), "--version", "v1"]
     subprocess.run(build, check=True, capture_output=True, timeout=120)
     return artifacts, data
-
-
-def _health(address: str) -> int | None:
-    """What the kubelet's gRPC probe sees: the overall status, None when nothing answers."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
-            )
-        except grpc.RpcError:
-            return None
-    return answer.status
 
 
 def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path):
@@ -82,7 +69,7 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while _health(address) != health_pb2.HealthCheckResponse.SERVING:
+        while check(address, timeout_s=1.0) != "SERVING":
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "not SERVING after 60 s:\n" + log.read_text()
             time.sleep(0.2)
@@ -91,7 +78,7 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
         sent = time.monotonic()
         statuses = []
         while process.poll() is None and time.monotonic() - sent < termination:
-            statuses.append((time.monotonic() - sent, _health(address)))
+            statuses.append((time.monotonic() - sent, check(address, timeout_s=1.0)))
             time.sleep(0.2)
         exited = time.monotonic() - sent
     finally:
@@ -100,7 +87,7 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
         process.wait(10)
 
     assert process.returncode == 0, log.read_text()
-    not_serving = [t for t, s in statuses if s == health_pb2.HealthCheckResponse.NOT_SERVING]
+    not_serving = [t for t, s in statuses if s == "NOT_SERVING"]
     # Still answering, as NOT_SERVING, from within a second of SIGTERM until the delay is over.
     assert not_serving and not_serving[0] < 1.0, statuses
     assert not_serving[-1] >= server.shutdown_delay_s - 1.0, statuses

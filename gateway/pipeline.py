@@ -4,7 +4,8 @@ Each stage gets a share of what is left of the request's budget as its call dead
 fast stage did not use flows to the later ones. A stage that is down, late, failing or answers
 nonsense is replaced by its fallback (DESIGN: degrade instead of failing): recall -> the popular
 cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's order with
-the creator cap and the seen filter applied here. Every fallback is reported and counted.
+the creator cap and the seen filter applied here. Every fallback is reported and counted. A stage
+that keeps failing is skipped for a while (Breaker) instead of costing every request its budget.
 """
 
 from __future__ import annotations

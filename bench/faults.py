@@ -36,10 +36,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.load import P99_LIMIT_MS
+from bench.load import P99_LIMIT_MS, fixed_rate
 from cascade import stack
 from cascade.artifacts import Bundle, clone, publish
-from cascade.v1 import gateway_pb2, gateway_pb2_grpc
+from cascade.v1 import gateway_pb2
 
 FAULTS = (  # (name, stage, starts at s, lasts s)
     ("kill", "rank", 10.0, 0.0),
@@ -70,23 +70,6 @@ async def _ask(stub, user_id: int, due: float, start: float, timeout_s: float) -
         {t.stage: t.latency_ms for t in reply.trace},
         {t.stage: t.model_version for t in reply.trace if t.model_version},
     )  # fmt: skip
-
-
-async def fixed_rate(
-    target: str, users: np.ndarray, rate: float, seconds: float, timeout_s: float, start: float
-) -> list[Answer]:
-    """Sends at `rate` whatever the answers do; latency counts from when a request was due."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-        tasks = []
-        for i in range(int(rate * seconds)):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            user = int(users[i % len(users)])
-            tasks.append(asyncio.create_task(_ask(stub, user, due, start, timeout_s)))
-        return list(await asyncio.gather(*tasks))
 
 
 def inject(running: stack.Stack, start: float, new_version: str, root: Path, log: list) -> None:
@@ -287,9 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             target=inject, args=(running, start, new_version, root, events), daemon=True
         )
         injector.start()
-        answers = asyncio.run(
-            fixed_rate(target, users, args.rate, args.duration, args.timeout, start)
-        )
+
+        def ask(stub, user: int, due: float):
+            return _ask(stub, user, due, start, args.timeout)
+
+        answers, _ = asyncio.run(fixed_rate(target, users, args.rate, args.duration, ask, start))
         injector.join(timeout=5)
     report = {
         "rate": args.rate, "duration_s": args.duration, "dataset": dataset,

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,19 +72,34 @@ async def closed_loop(target: str, users: np.ndarray, workers: int, seconds: flo
 
 
 async def open_loop(target: str, users: np.ndarray, rate: float, seconds: float, timeout_s):
+    def ask(stub, user: int, due: float):
+        return _recommend(stub, user, due, timeout_s)
+
+    return await fixed_rate(target, users, rate, seconds, ask)
+
+
+async def fixed_rate(
+    target: str,
+    users: np.ndarray,
+    rate: float,
+    seconds: float,
+    ask: Callable[..., Awaitable],
+    start: float | None = None,
+) -> tuple[list, float]:
+    """Sends at `rate` from `start` (default now) whatever the answers do; `ask(stub, user,
+    due)` makes one request. Returns the answers and the seconds the run took."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
-        started = time.perf_counter()
+        start = time.perf_counter() if start is None else start
         tasks = []
         for i in range(int(rate * seconds)):
-            due = started + i / rate
+            due = start + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            user = int(users[i % len(users)])
-            tasks.append(asyncio.create_task(_recommend(stub, user, due, timeout_s)))
-        samples = await asyncio.gather(*tasks)
-        return list(samples), time.perf_counter() - started
+            tasks.append(asyncio.create_task(ask(stub, int(users[i % len(users)]), due)))
+        answers = await asyncio.gather(*tasks)
+        return list(answers), time.perf_counter() - start
 
 
 def cpu_seconds(running: stack.Stack) -> dict[str, float]:

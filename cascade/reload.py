@@ -41,6 +41,17 @@ class Reloader:
         self._thread: threading.Thread | None = None
         self._outcomes: Counter | None = None
 
+    @classmethod
+    def for_service(
+        cls, stage: str, settings, load: Callable[[], object], swap: Callable[[object], str]
+    ) -> Reloader:
+        """The reloader of a service whose settings carry `artifacts`, `bundle` and
+        `server.reload_interval_s` (every stage's and the gateway's do)."""
+        return cls(
+            stage, settings.artifacts, settings.bundle, load, swap,
+            settings.server.reload_interval_s,
+        )  # fmt: skip
+
     def start(self, registry: CollectorRegistry) -> None:
         self._outcomes = Counter(
             "cascade_model_reloads",

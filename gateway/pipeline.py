@@ -215,9 +215,9 @@ class Cascade:
         """Calls one stage within its share of the budget; on any failure, its fallback."""
         started = time.perf_counter()
         timeout = budget.for_stage(name)
-        reply, reason, breaker = None, "NO_BUDGET", self.breakers[name]
+        reply, reason, breaker = None, "", self.breakers[name]
         if timeout < MIN_STAGE_S:
-            pass
+            reason = "NO_BUDGET"
         elif not breaker.allow():
             reason = "CIRCUIT_OPEN"
         else:

@@ -275,10 +275,7 @@ def _interceptors(settings: GatewaySettings) -> list[grpc.ServerInterceptor]:
 
 
 def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
-    return Reloader(
-        STAGE, settings.artifacts, settings.bundle, lambda: load_catalog(settings), service.swap,
-        settings.server.reload_interval_s,
-    )  # fmt: skip
+    return Reloader.for_service(STAGE, settings, lambda: load_catalog(settings), service.swap)
 
 
 def start(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> RunningServer:

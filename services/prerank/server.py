@@ -172,11 +172,7 @@ def _servicers(bundle: Bundle, scorer: PrerankScorer, settings: PrerankSettings,
         prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
         return [SERVICE]
 
-    reloader = Reloader(
-        STAGE, settings.artifacts, settings.bundle, lambda: load_scorer(settings), service.swap,
-        settings.server.reload_interval_s,
-    )  # fmt: skip
-    return add, reloader
+    return add, Reloader.for_service(STAGE, settings, lambda: load_scorer(settings), service.swap)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,10 +122,7 @@ def add_servicers(service: RankService):
 
 
 def reloader(settings: RankSettings, service: RankService) -> Reloader:
-    return Reloader(
-        STAGE, settings.artifacts, settings.bundle, lambda: load_scorer(settings), service.swap,
-        settings.server.reload_interval_s,
-    )  # fmt: skip
+    return Reloader.for_service(STAGE, settings, lambda: load_scorer(settings), service.swap)
 
 
 def start(settings: RankSettings, scorer: RankScorer | None = None, registry=None):

@@ -296,11 +296,10 @@ def _adder(service: RecallService):
 
 
 def reloader(settings: RecallSettings, service: RecallService) -> Reloader:
-    return Reloader(
-        "recall", settings.artifacts, settings.bundle,
-        lambda: open_recall(settings, keep=service.state), service.swap,
-        settings.server.reload_interval_s,
-    )  # fmt: skip
+    def load() -> RecallState:
+        return open_recall(settings, keep=service.state)
+
+    return Reloader.for_service("recall", settings, load, service.swap)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -177,10 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     reranker = load_reranker(settings)
     registry = new_registry()
     servicer = RerankServicer(reranker, settings, registry)
-    reloader = Reloader(
-        STAGE, settings.artifacts, settings.bundle, lambda: load_reranker(settings),
-        servicer.swap, settings.server.reload_interval_s,
-    )  # fmt: skip
+    reloader = Reloader.for_service(STAGE, settings, lambda: load_reranker(settings), servicer.swap)
     run_forever(STAGE, _adder(servicer), settings.server, registry, reloader=reloader)
 
 

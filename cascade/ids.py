@@ -114,6 +114,17 @@ class IdMap:
             raise ValueError(f"{path}: ids are not dense from {identity + 1}")
         return cls(capacity, identity, table["external_id"].to_pylist())
 
+    @classmethod
+    def for_dataset(cls, path: Path, n_known: int, capacity: int) -> IdMap:
+        """The dataset's map saved at `path` (an imported dataset's own ids) or, when there is
+        none, the identity over its `n_known` dense ids (MovieLens, the synthetic world)."""
+        if path.exists():
+            loaded = cls.load(path, capacity)
+            if len(loaded) != n_known:
+                raise ValueError(f"{path}: {len(loaded)} ids for {n_known} dataset rows")
+            return loaded
+        return cls(capacity, identity=n_known)
+
     # -- lock held ----------------------------------------------------------------------------
     def _find(self, key: str) -> int:
         dense = self._by_key.get(key)

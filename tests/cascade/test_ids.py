@@ -58,3 +58,11 @@ def test_save_and_load_round_trip(tmp_path):
     assert len(loaded) == 13
     assert loaded.lookup(["u-1", "u-2", "77", "10"]).tolist() == [11, 12, 13, 10]
     assert np.array_equal(loaded.external([11, 12, 13]), ["u-1", "u-2", "77"])
+
+
+def test_for_dataset_uses_the_saved_map_or_the_identity(tmp_path):
+    assert IdMap.for_dataset(tmp_path / "none.parquet", 5, 10).lookup(["5"]).tolist() == [5]
+    IdMap(capacity=10, known=["a", "b"]).save(tmp_path / "users.parquet")
+    assert IdMap.for_dataset(tmp_path / "users.parquet", 2, 10).lookup(["b"]).tolist() == [2]
+    with pytest.raises(ValueError, match="2 ids for 3 dataset rows"):
+        IdMap.for_dataset(tmp_path / "users.parquet", 3, 10)

@@ -13,6 +13,13 @@ from cascade.data import SOURCES, DataError, load_dataset, prepare
 
 
 def _data(args: argparse.Namespace) -> None:
+    if args.action == "import":
+        from cascade.data.import_cli import main as import_main
+
+        code = import_main([*args.options, "--data-dir", str(args.data_dir)])
+        if code:
+            sys.exit(code)
+        return
     sources = SOURCES if args.source == "all" else (args.source,)
     for source in sources:
         options = {}
@@ -97,7 +104,7 @@ def _train(args: argparse.Namespace) -> None:
     from cascade.artifacts import new_version, publish
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
-    parser.add_argument("--dataset", choices=SOURCES, default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
@@ -177,7 +184,7 @@ def _add_stack_commands(commands) -> None:
         "rank, rerank and the gateway as separate processes on 127.0.0.1, wait until every "
         "health check is SERVING and print where each listens. `cascade down` stops them.",
     )
-    up.add_argument("--dataset", choices=SOURCES, default="ml-100k")
+    up.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
     up.add_argument("--data-dir", type=Path, default=Path("data"))
     up.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     up.add_argument("--bundle", default="current", help="bundle under ARTIFACTS to serve")
@@ -235,10 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser(
         "data",
-        help="fetch MovieLens-100K and/or generate the synthetic world",
+        help="fetch MovieLens-100K and/or generate the synthetic world, or import your own data",
         description="Prepare a data source in the common schema under DATA_DIR/<source>/. "
+        "`cascade data import --name NAME ...` imports your own files (see its --help). "
         "ml-100k is downloaded offline-style from the recbole==1.2.1 wheel (never installed); "
         "synthetic is a seeded UGC music-platform world with a known ground truth.",
+    )
+    data.add_argument(
+        "action", nargs="?", choices=("import",), help="import: your own data (import --help)"
     )
     data.add_argument(
         "--source",
@@ -272,9 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument(
         "--dataset",
         nargs="+",
-        choices=SOURCES,
         default=["ml-100k"],
-        help="datasets to evaluate (default: ml-100k)",
+        help="datasets to evaluate: ml-100k, synthetic or imported ones (default: ml-100k)",
     )
     baselines.add_argument(
         "--protocol",
@@ -311,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "delegate", False):  # recommend, feedback, demo: their module parses
-        args.options = extra
+    if getattr(args, "delegate", False) or getattr(args, "action", None) == "import":
+        args.options = extra  # recommend, feedback, demo, data import: their module parses
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

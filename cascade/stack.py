@@ -111,6 +111,11 @@ def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "
     """Prepares the data and trains every model when the bundle is missing or another dataset's."""
     cli = [sys.executable, "-m", "cascade.cli"]
     if not (data_dir / dataset).exists():
+        if dataset not in ("ml-100k", "synthetic"):
+            raise StackError(
+                f"no dataset {data_dir / dataset}: import it with "
+                f"`cascade data import --name {dataset} ...`"
+            )
         print(f"== preparing {dataset} into {data_dir}", flush=True)
         subprocess.run([*cli, "data", "--source", dataset, "--data-dir", str(data_dir)], check=True)
     found = bundle_dataset(artifacts, bundle)

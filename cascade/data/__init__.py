@@ -16,10 +16,15 @@ __all__ = ["SOURCES", "DataError", "Dataset", "load_dataset", "prepare"]
 
 
 def load_dataset(name: str, data_dir: Path) -> Dataset:
-    """Loads a prepared dataset; raises DataError naming the missing file and the fixing command."""
-    if name not in SOURCES:
-        raise DataError(f"unknown data source {name!r}; choose one of {', '.join(SOURCES)}")
-    return load(Path(data_dir) / name)
+    """Loads a prepared or imported dataset (data_dir/<name>/); raises DataError naming the
+    missing file and the fixing command."""
+    folder = Path(data_dir) / name
+    if name not in SOURCES and (Path(name).name != name or not folder.is_dir()):
+        raise DataError(
+            f"no dataset {name!r} under {data_dir}: built-in sources are {', '.join(SOURCES)}; "
+            f"bring your own with `cascade data import --name {name} ...`"
+        )
+    return load(folder)
 
 
 def prepare(name: str, data_dir: Path, **options) -> Dataset:

@@ -86,7 +86,7 @@ def build(raw_dir: Path, negatives_per_positive: int = 4, seed: int = 0) -> Data
             f"a file under {raw_dir} is corrupt ({error}): run `{fix_command(NAME)}`"
         ) from None
     rng = np.random.default_rng(seed)
-    impressions = _impressions(interactions, items, negatives_per_positive, rng)
+    impressions = sample_impressions(interactions, items, negatives_per_positive, rng)
     meta = {
         "name": NAME,
         "categories": categories,
@@ -181,8 +181,11 @@ def _items(raw_dir: Path, interactions: dict) -> tuple[dict, list[str], dict]:
     return items, categories, creators
 
 
-def _impressions(interactions: dict, items: dict, k: int, rng: np.random.Generator) -> dict:
-    """Positives plus k negatives per positive from the items in the catalog at that time."""
+def sample_impressions(
+    interactions: dict, items: dict, k: int, rng: np.random.Generator
+) -> dict:
+    """Positives plus k negatives per positive from the items in the catalog at that time (any
+    source without an impression log: ml-100k, an imported dataset)."""
     users, ts = interactions["user_id"], interactions["ts"]
     by_upload = np.argsort(items["upload_ts"], kind="stable")
     upload_sorted = items["upload_ts"][by_upload]

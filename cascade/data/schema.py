@@ -150,7 +150,9 @@ def _from_arrow(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
 
 
 def fix_command(name: str) -> str:
-    return f"cascade data --source {name}"
+    if name in ("ml-100k", "synthetic"):
+        return f"cascade data --source {name}"
+    return f"cascade data import --name {name} --force ..."
 
 
 def save(dataset: Dataset, folder: Path) -> None:

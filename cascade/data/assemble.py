@@ -1,0 +1,266 @@
+"""`cascade data import`, second half: external ids -> dense ids, the common schema, an atomic write.
+
+Dense ids come from cascade.ids.IdMap. When a file's ids are exactly the integers 1..n they keep
+their values (an identity map: MovieLens imported this way equals the built-in source); otherwise
+ids are numbered in the order of the items / users file, then of first sight in the interactions.
+The dataset is written to a temporary folder beside data/NAME and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cascade.data.importer import (
+    RawInteractions, Report, read_creators_from_kg, read_follows, read_interactions, read_items,
+    read_users,
+)  # fmt: skip
+from cascade.data.mapping import Mapping
+from cascade.data.ml100k import sample_impressions
+from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, save
+from cascade.ids import IdMap
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_GENDERS = {"m": 1, "male": 1, "f": 2, "female": 2, "o": 3, "other": 3, "x": 3}
+
+
+def dense_ids(keys: list[str]) -> tuple[IdMap, np.ndarray]:
+    """The id map over `keys` (in order) and each key's dense id."""
+    n = len(keys)
+    if all(k.isdigit() and k[0] != "0" for k in keys) and set(map(int, keys)) == set(
+        range(1, n + 1)
+    ):
+        ids = np.array([int(k) for k in keys], dtype=np.int64)
+        return IdMap(n, identity=n), ids
+    return IdMap(n, known=keys), np.arange(1, n + 1, dtype=np.int64)
+
+
+def _codes(values: list[str], unknown: str) -> tuple[list[str], np.ndarray]:
+    """Names (index 0 = `unknown`, the rest sorted) and each value's index."""
+    names = [unknown] + sorted(set(values) - {unknown, ""})
+    index = {name: i for i, name in enumerate(names)}
+    return names, np.array([index.get(v, 0) for v in values], dtype=np.int64)
+
+
+def _text(values: pa.Array | None, n: int) -> list[str]:
+    if values is None:
+        return [""] * n
+    return pc.fill_null(pc.cast(values, pa.string()), "").to_pylist()
+
+
+def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
+    """(users table, occupations, user IdMap, provisional code -> dense id)."""
+    keys, values = read_users(mapping.users) if mapping.users else ([], {})
+    listed = set(keys)
+    extra = [k for k in raw.users.keys if k not in listed and k != ""]
+    if keys and extra:
+        report.notes.append(f"{len(extra):,} users in the interactions are not in the users file "
+                            "(kept, attributes unknown)")  # fmt: skip
+    all_keys = keys + extra
+    id_map, ids = dense_ids(all_keys)
+    n, n_listed = len(all_keys), len(keys)
+    age = np.full(n, -1, dtype=np.int16)
+    ages = _text(values.get("age"), n_listed)
+    age[:n_listed] = [int(a) if a.strip().isdigit() and int(a) < 200 else -1 for a in ages]
+    gender = np.zeros(n, dtype=np.int8)
+    gender[:n_listed] = [_GENDERS.get(g.strip().lower(), 0) for g in _text(values.get("gender"),
+                                                                          n_listed)]  # fmt: skip
+    occupations, occupation = _codes(_text(values.get("occupation"), n_listed) + [""] * len(extra),
+                                     "unknown")  # fmt: skip
+    region = np.zeros(n, dtype=np.int32)
+    if "region" in values:
+        spec = mapping.users
+        tokens = [t.strip() for t in _text(values["region"], n_listed)]
+        if spec.region_prefix:
+            tokens = [t[: spec.region_prefix] for t in tokens]
+        if spec.region_pattern:
+            pattern = re.compile(spec.region_pattern)
+            tokens = [t if pattern.fullmatch(t) else "" for t in tokens]
+        region[:n_listed] = _codes(tokens, "")[1]
+    order = np.argsort(ids)
+    users = {
+        "user_id": ids[order], "age": age[order], "gender": gender[order],
+        "occupation": occupation.astype(np.int16)[order], "region": region[order],
+    }  # fmt: skip
+    dense_of_key = dict(zip(all_keys, ids.tolist(), strict=True))
+    translate = np.array([dense_of_key.get(k, 0) for k in raw.users.keys], dtype=np.int64)
+    return users, occupations, id_map, translate
+
+
+def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
+    """(items table, category names, creators table, item IdMap, provisional code -> dense)."""
+    if mapping.items:
+        keys, values = read_items(mapping.items)
+    else:
+        keys, values = [k for k in raw.items.keys if k != ""], {}
+    id_map, ids = dense_ids(keys)
+    n = len(keys)
+    titles = _text(values.get("title"), n)
+    titles = [t or k for t, k in zip(titles, keys, strict=True)]
+    creators_of = dict(zip(keys, _text(values.get("creator"), n), strict=True))
+    if mapping.kg:
+        creators_of |= read_creators_from_kg(mapping.kg)
+    names = sorted({c for c in creators_of.values() if c})
+    creator_index = {name: i + 1 for i, name in enumerate(names)}
+    creator_id = np.array([creator_index.get(creators_of.get(k, ""), 0) for k in keys], np.int64)
+    category_names, matrix = ["none"], np.zeros((n, MAX_CATEGORIES), dtype=np.int16)
+    if "categories" in values:
+        delimiter = mapping.items.category_delimiter
+        lists = [[g for g in s.split(delimiter) if g.strip()] for s in _text(values["categories"], n)]
+        category_names += sorted({g for gs in lists for g in gs})
+        index = {g: i for i, g in enumerate(category_names)}
+        wide = sum(len(gs) > MAX_CATEGORIES for gs in lists)
+        if wide:
+            report.notes.append(f"{wide:,} items have more than {MAX_CATEGORIES} categories "
+                                f"(the first {MAX_CATEGORIES} kept)")  # fmt: skip
+        for row, gs in enumerate(lists):
+            codes = [index[g] for g in gs][:MAX_CATEGORIES]
+            matrix[row, : len(codes)] = codes
+    dense_of_key = dict(zip(keys, ids.tolist(), strict=True))
+    translate = np.array([dense_of_key.get(k, 0) for k in raw.items.keys], dtype=np.int64)
+    if "upload_ts" in values:
+        upload = np.asarray(values["upload_ts"], dtype=np.int64)
+    else:  # as on ml-100k: an item enters the catalog with its first interaction
+        first = np.full(n + 1, raw.ts.min() if len(raw.ts) else 0, dtype=np.int64)
+        dense = translate[raw.item]
+        order = np.argsort(raw.ts, kind="stable")[::-1]  # latest first, earliest wins
+        first[dense[order]] = raw.ts[order]
+        first[0] = raw.ts.min() if len(raw.ts) else 0
+        upload = first[ids]
+    order = np.argsort(ids)
+    items = {
+        "item_id": ids[order], "creator_id": creator_id[order], "categories": matrix[order],
+        "upload_ts": upload[order], "title": np.array(titles, dtype=object)[order],
+    }  # fmt: skip
+    creators = {
+        "creator_id": np.arange(1, len(names) + 1, dtype=np.int64),
+        "user_id": np.zeros(len(names), dtype=np.int64),
+        "name": np.array(names, dtype=object),
+    }
+    return items, category_names, creators, id_map, translate
+
+
+def build(name: str, mapping: Mapping, progress: bool = True) -> tuple[Dataset, IdMap, IdMap, Report]:
+    """The dataset, its user and item id maps, and what was dropped."""
+    report = Report(strict=mapping.strict)
+    raw = read_interactions(mapping, report, progress)
+    items, categories, creators, item_ids, item_of = _items_table(mapping, raw, report)
+    item = item_of[raw.item]
+    unknown = item == 0
+    if unknown.any():
+        first = int(raw.rows[np.flatnonzero(unknown)[0]])
+        column = mapping.interactions.item
+        report.drop(f"item not in the items file (column {column!r})", int(unknown.sum()),
+                    raw.source.where(first))  # fmt: skip
+    keep = ~unknown
+    users, occupations, user_ids, user_of = _users_table(mapping, raw, report)
+    if not keep.any():
+        raise DataError(f"{raw.source.path}: no interaction is left after dropping bad rows")
+    if mapping.creator_is_user:
+        creators["user_id"] = user_ids.lookup(creators["name"].tolist())
+    interactions = {
+        "user_id": user_of[raw.user[keep]], "item_id": item[keep], "ts": raw.ts[keep],
+        **{flag: values[keep] for flag, values in raw.flags.items()},
+        "rating": raw.rating[keep],
+    }  # fmt: skip
+    interactions = {k: interactions[k] for k in ("user_id", "item_id", "ts", "play", "complete",
+                                                 "like", "share", "rating")}  # fmt: skip
+    follows = _follows(mapping, user_ids, report)
+    rng = np.random.default_rng(mapping.seed)
+    impressions = sample_impressions(interactions, items, mapping.negatives_per_positive, rng)
+    tasks = ["play"] + [f for f in ("complete", "like", "share") if interactions[f].any()]
+    meta = {
+        "name": name,
+        "categories": categories,
+        "occupations": occupations,
+        "tasks": tasks,
+        "description": mapping.description or f"imported from {mapping.interactions.source.path}",
+        "negatives_per_positive": mapping.negatives_per_positive,
+        "source": "import",
+    }
+    dataset = Dataset(users, items, creators, follows, interactions, impressions, meta)
+    return dataset, user_ids, item_ids, report
+
+
+def _follows(mapping: Mapping, user_ids: IdMap, report: Report) -> dict:
+    empty = np.zeros(0, dtype=np.int64)
+    if mapping.follows is None:
+        report.notes.append("no follows: the social recall channel is off")
+        return {"follower_id": empty, "followee_id": empty, "ts": empty}
+    follower, followee, ts = read_follows(mapping.follows)
+    a = user_ids.lookup(follower.to_pylist()) if len(follower) else empty
+    b = user_ids.lookup(followee.to_pylist()) if len(followee) else empty
+    bad = (a == 0) | (b == 0)
+    if bad.any():
+        report.drop("follow of a user not in the data", int(bad.sum()),
+                    mapping.follows.source.where(int(np.flatnonzero(bad)[0])))  # fmt: skip
+    return {"follower_id": a[~bad], "followee_id": b[~bad], "ts": ts[~bad]}
+
+
+def write(dataset: Dataset, users: IdMap, items: IdMap, folder: Path, force: bool = False) -> None:
+    """Writes into a temporary sibling folder and renames it to `folder` only when complete."""
+    folder = Path(folder)
+    if folder.exists() and not force:
+        raise DataError(f"{folder} exists: choose another --name or pass --force to replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.importing-{os.getpid()}"
+    old = folder.parent / f".{folder.name}.replaced-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save(dataset, staging)
+        (staging / "ids").mkdir()
+        users.save(staging / "ids" / "users.parquet")
+        items.save(staging / "ids" / "items.parquet")
+        if folder.exists():
+            folder.rename(old)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            old.rename(folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def summary(dataset: Dataset, report: Report) -> str:
+    """The table printed at the end of an import."""
+    inter = dataset.interactions
+    n_users, n_items = len(dataset.users["user_id"]), len(dataset.items["item_id"])
+    n = len(inter["user_id"])
+    day = lambda s: datetime.fromtimestamp(int(s), UTC).strftime("%Y-%m-%d")  # noqa: E731
+    rows = [
+        ("users", f"{n_users:,}"), ("items", f"{n_items:,}"), ("interactions", f"{n:,}"),
+        ("time span", f"{day(inter['ts'].min())} .. {day(inter['ts'].max())}"),
+        ("density", f"{n / max(n_users * n_items, 1):.4%}"),
+        ("creators", f"{len(dataset.creators['creator_id']):,}"),
+        ("categories", f"{len(dataset.meta['categories']) - 1:,}"),
+        ("follows", f"{len(dataset.follows['follower_id']):,}"),
+        ("tasks", ", ".join(dataset.meta["tasks"])),
+    ]  # fmt: skip
+    rows += [(f"dropped: {r}", f"{c:,} (first at {report.first[r]})")
+             for r, c in report.dropped.items()]  # fmt: skip
+    rows += [("note", note) for note in report.notes]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def import_dataset(
+    name: str, mapping: Mapping, data_dir: Path, force: bool = False, progress: bool = True
+) -> tuple[Dataset, Report]:
+    """Reads, checks, maps and writes data_dir/NAME atomically; DataError on bad input."""
+    if not NAME_PATTERN.fullmatch(name) or name in ("raw",):
+        raise DataError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-' (not 'raw')")
+    folder = Path(data_dir) / name
+    if folder.exists() and not force:
+        raise DataError(f"{folder} exists: choose another --name or pass --force to replace it")
+    dataset, users, items, report = build(name, mapping, progress)
+    dataset.meta["import"] = {"dropped": dict(report.dropped), "notes": report.notes}
+    write(dataset, users, items, folder, force)
+    return dataset, report

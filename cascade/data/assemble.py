@@ -1,4 +1,4 @@
-"""`cascade data import`, second half: external ids -> dense ids, the common schema, an atomic write.
+"""`cascade data import`, second half: external ids -> dense ids, the common schema, atomic write.
 
 Dense ids come from cascade.ids.IdMap. When a file's ids are exactly the integers 1..n they keep
 their values (an identity map: MovieLens imported this way equals the built-in source); otherwise
@@ -18,10 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cascade.data.importer import (
-    RawInteractions, Report, read_creators_from_kg, read_follows, read_interactions, read_items,
-    read_users,
-)  # fmt: skip
+from cascade.data import importer
+from cascade.data.importer import RawInteractions, Report
 from cascade.data.mapping import Mapping
 from cascade.data.ml100k import sample_impressions
 from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, save
@@ -57,7 +55,7 @@ def _text(values: pa.Array | None, n: int) -> list[str]:
 
 def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
     """(users table, occupations, user IdMap, provisional code -> dense id)."""
-    keys, values = read_users(mapping.users) if mapping.users else ([], {})
+    keys, values = importer.read_users(mapping.users) if mapping.users else ([], {})
     listed = set(keys)
     extra = [k for k in raw.users.keys if k not in listed and k != ""]
     if keys and extra:
@@ -97,7 +95,7 @@ def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
 def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
     """(items table, category names, creators table, item IdMap, provisional code -> dense)."""
     if mapping.items:
-        keys, values = read_items(mapping.items)
+        keys, values = importer.read_items(mapping.items)
     else:
         keys, values = [k for k in raw.items.keys if k != ""], {}
     id_map, ids = dense_ids(keys)
@@ -106,14 +104,15 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
     titles = [t or k for t, k in zip(titles, keys, strict=True)]
     creators_of = dict(zip(keys, _text(values.get("creator"), n), strict=True))
     if mapping.kg:
-        creators_of |= read_creators_from_kg(mapping.kg)
+        creators_of |= importer.read_creators_from_kg(mapping.kg)
     names = sorted({c for c in creators_of.values() if c})
     creator_index = {name: i + 1 for i, name in enumerate(names)}
     creator_id = np.array([creator_index.get(creators_of.get(k, ""), 0) for k in keys], np.int64)
     category_names, matrix = ["none"], np.zeros((n, MAX_CATEGORIES), dtype=np.int16)
     if "categories" in values:
         delimiter = mapping.items.category_delimiter
-        lists = [[g for g in s.split(delimiter) if g.strip()] for s in _text(values["categories"], n)]
+        texts = _text(values["categories"], n)
+        lists = [[g for g in s.split(delimiter) if g.strip()] for s in texts]
         category_names += sorted({g for gs in lists for g in gs})
         index = {g: i for i, g in enumerate(category_names)}
         wide = sum(len(gs) > MAX_CATEGORIES for gs in lists)
@@ -147,10 +146,12 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
     return items, category_names, creators, id_map, translate
 
 
-def build(name: str, mapping: Mapping, progress: bool = True) -> tuple[Dataset, IdMap, IdMap, Report]:
+def build(
+    name: str, mapping: Mapping, progress: bool = True
+) -> tuple[Dataset, IdMap, IdMap, Report]:
     """The dataset, its user and item id maps, and what was dropped."""
     report = Report(strict=mapping.strict)
-    raw = read_interactions(mapping, report, progress)
+    raw = importer.read_interactions(mapping, report, progress)
     items, categories, creators, item_ids, item_of = _items_table(mapping, raw, report)
     item = item_of[raw.item]
     unknown = item == 0
@@ -194,7 +195,7 @@ def _follows(mapping: Mapping, user_ids: IdMap, report: Report) -> dict:
     if mapping.follows is None:
         report.notes.append("no follows: the social recall channel is off")
         return {"follower_id": empty, "followee_id": empty, "ts": empty}
-    follower, followee, ts = read_follows(mapping.follows)
+    follower, followee, ts = importer.read_follows(mapping.follows)
     a = user_ids.lookup(follower.to_pylist()) if len(follower) else empty
     b = user_ids.lookup(followee.to_pylist()) if len(followee) else empty
     bad = (a == 0) | (b == 0)

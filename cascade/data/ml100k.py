@@ -181,9 +181,7 @@ def _items(raw_dir: Path, interactions: dict) -> tuple[dict, list[str], dict]:
     return items, categories, creators
 
 
-def sample_impressions(
-    interactions: dict, items: dict, k: int, rng: np.random.Generator
-) -> dict:
+def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.Generator) -> dict:
     """Positives plus k negatives per positive from the items in the catalog at that time (any
     source without an impression log: ml-100k, an imported dataset)."""
     users, ts = interactions["user_id"], interactions["ts"]

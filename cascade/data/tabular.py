@@ -108,8 +108,8 @@ class Source:
             disable=not progress or size < PROGRESS_BYTES, leave=False,
         )  # fmt: skip
         try:
-            yield from self._parquet(columns, bar) if self.kind == "parquet" else self._text(
-                columns, bar
+            yield from (
+                self._parquet(columns, bar) if self.kind == "parquet" else self._text(columns, bar)
             )
         finally:
             bar.close()

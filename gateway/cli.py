@@ -2,6 +2,8 @@
 
     cascade recommend --user 196 [--count 10] [--debug] [--target 127.0.0.1:50050]
     cascade feedback --user 196 --item 50 [--type play]
+    cascade recommend --user-key alice                 # the client's own (external) ids
+    cascade feedback --user-key alice --item-key song-9 --type like
 
 Titles come from the dataset the served bundle names (--artifacts, --bundle, --data-dir). The API
 token comes from --token or CASCADE_GATEWAY_API_TOKEN.
@@ -43,7 +45,9 @@ def load_titles(artifacts: Path, bundle: str, data_dir: Path) -> dict[int, str]:
 
 def recommend_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cascade recommend", description=__doc__.splitlines()[0])
-    parser.add_argument("--user", type=int, required=True, help="user id (0 = anonymous)")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="the platform's user id (0 = anonymous)")
+    who.add_argument("--user-key", help="the user's external id (e.g. alice)")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--debug", action="store_true", help="print the per-stage trace")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -54,18 +58,23 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     token = args.token or os.environ.get("CASCADE_GATEWAY_API_TOKEN") or None
     with CascadeClient(args.target, token, args.timeout) as client:
         try:
-            response = client.recommend(args.user, max(args.count, 0), debug=args.debug)
+            user = args.user_key if args.user_key is not None else args.user
+            response = client.recommend(user, max(args.count, 0), debug=args.debug)
         except grpc.RpcError as error:
             return _failed(error)
     titles = load_titles(args.artifacts, args.bundle, args.data_dir)
     degraded = f"  degraded: {', '.join(response.degraded_stages)}" if response.degraded else ""
-    print(f"user {args.user}: {len(response.items.item_ids)} items{degraded}")
+    print(f"user {user}: {len(response.items.item_ids)} items{degraded}")
     scores = np.asarray(response.items.scores) if response.items.scores else None
     masks = list(response.items.channel_masks) or [0] * len(response.items.item_ids)
+    keys = list(response.item_keys) or [str(i) for i in response.items.item_ids]
+    width = max((len(k) for k in keys), default=6)
     for position, (item, mask) in enumerate(zip(response.items.item_ids, masks, strict=True)):
         score = f"{scores[position]:9.4f}" if scores is not None else " " * 9
         title = titles.get(int(item), "?")
-        print(f"{position + 1:>3}. {item:>6} {score}  {title:<50.50} {','.join(channels_of(mask))}")
+        key = keys[position]
+        print(f"{position + 1:>3}. {key:>{width}} {score}  {title:<50.50} "
+              f"{','.join(channels_of(mask))}")  # fmt: skip
     for trace in response.trace:
         mix = " ".join(f"{k}={v}" for k, v in sorted(trace.channel_counts.items()))
         note = f" DEGRADED ({trace.degraded_reason})" if trace.degraded else ""
@@ -78,20 +87,26 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
 
 def feedback_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cascade feedback", description=__doc__.splitlines()[0])
-    parser.add_argument("--user", type=int, required=True)
-    parser.add_argument("--item", type=int, required=True, nargs="+", help="one or more item ids")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="the platform's user id")
+    who.add_argument("--user-key", help="the user's external id (e.g. alice)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--item", type=int, nargs="+", help="one or more item ids")
+    what.add_argument("--item-key", nargs="+", help="one or more external item ids (e.g. song-9)")
     parser.add_argument("--type", default="play", choices=sorted(EVENT_TYPES))
     _common(parser)
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("CASCADE_GATEWAY_API_TOKEN") or None
     with CascadeClient(args.target, token, args.timeout) as client:
         try:
-            reply = client.feedback([(args.user, item, args.type) for item in args.item])
+            user = args.user_key if args.user_key is not None else args.user
+            items = args.item_key if args.item_key is not None else args.item
+            reply = client.feedback([(user, item, args.type) for item in items])
         except grpc.RpcError as error:
             return _failed(error)
-    print(f"accepted {reply.accepted} of {len(args.item)}")
+    print(f"accepted {reply.accepted} of {len(items)}")
     for rejected in reply.rejected:
-        print(f"  rejected event {rejected.index} (item {args.item[rejected.index]}): "
+        print(f"  rejected event {rejected.index} (item {items[rejected.index]}): "
               f"{rejected.reason}")  # fmt: skip
     return 0 if not reply.rejected else 1
 

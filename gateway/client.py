@@ -3,6 +3,8 @@
     with CascadeClient("127.0.0.1:50050", token=None) as client:
         page = client.recommend(196, count=10)          # a gateway_pb2.RecommendResponse
         client.feedback([Event(user_id=196, item_id=int(page.items.item_ids[0]), type=PLAY)])
+        page = client.recommend("alice")                # external ids: a str is a user_key
+        client.feedback([("alice", page.item_keys[0], "like")])  # str ids are keys
 
 Errors arrive as grpc.RpcError; cascade.client.field_violations(error) names the bad field.
 """
@@ -37,27 +39,31 @@ class CascadeClient:
 
     def recommend(
         self,
-        user_id: int,
+        user_id: int | str,
         count: int = 10,
         context: common_pb2.RequestContext | Mapping[str, object] | None = None,
         debug: bool = False,
         timeout_s: float | None = None,
     ) -> gateway_pb2.RecommendResponse:
-        """The user's recommendations (items, degraded flags, with debug the per-stage trace)."""
+        """The user's recommendations (items and their external keys, degraded flags, with debug
+        the per-stage trace). An int is the platform's user id, a str the client's own key."""
         if isinstance(context, Mapping):
             context = common_pb2.RequestContext(**context)
-        request = gateway_pb2.RecommendRequest(
-            user_id=user_id, count=count, context=context, debug=debug
-        )
+        request = gateway_pb2.RecommendRequest(count=count, context=context, debug=debug)
+        if isinstance(user_id, str):
+            request.user_key = user_id
+        else:
+            request.user_id = user_id
         return self._stub.Recommend(
             request, timeout=timeout_s or self.timeout_s, metadata=self._metadata
         )
 
     def feedback(
-        self, events: Iterable[gateway_pb2.Event | tuple[int, int, str]]
+        self, events: Iterable[gateway_pb2.Event | tuple[int | str, int | str, str]]
     ) -> gateway_pb2.FeedbackResponse:
-        """Sends events, given as Event messages or (user_id, item_id, "play") tuples; the answer
-        counts the accepted ones and lists each rejected one with its reason."""
+        """Sends events, given as Event messages or (user, item, "play") tuples where an int is
+        the platform's id and a str the client's own key; the answer counts the accepted ones
+        and lists each rejected one with its reason."""
         request = gateway_pb2.FeedbackRequest(events=[_event(e) for e in events])
         return self._stub.Feedback(request, timeout=self.timeout_s, metadata=self._metadata)
 
@@ -71,13 +77,22 @@ class CascadeClient:
         self.close()
 
 
-def _event(event: gateway_pb2.Event | tuple[int, int, str]) -> gateway_pb2.Event:
+def _event(event: gateway_pb2.Event | tuple[int | str, int | str, str]) -> gateway_pb2.Event:
     if isinstance(event, gateway_pb2.Event):
         return event
-    user_id, item_id, kind = event
+    user, item, kind = event
     if kind not in EVENT_TYPES:
         raise ValueError(f"unknown event type {kind!r}; one of {', '.join(EVENT_TYPES)}")
-    return gateway_pb2.Event(user_id=user_id, item_id=item_id, type=EVENT_TYPES[kind])
+    message = gateway_pb2.Event(type=EVENT_TYPES[kind])
+    if isinstance(user, str):
+        message.user_key = user
+    else:
+        message.user_id = user
+    if isinstance(item, str):
+        message.item_key = item
+    else:
+        message.item_id = item
+    return message
 
 
 def is_unavailable(error: grpc.RpcError) -> bool:

@@ -35,6 +35,7 @@ from cascade.server import RunningServer, ServerSettings, invalid_argument, run_
 from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.auth import TokenAuth
+from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics
 
@@ -81,6 +82,7 @@ class GatewaySettings:
     max_feedback_events: int = 1000  # larger Feedback batches are INVALID_ARGUMENT
     record_timeout_s: float = 0.2  # forwarding Feedback to recall
     max_online_users: int = 100_000  # users whose online events the gateway remembers
+    new_user_capacity: int = 1_000_000  # user keys the gateway may add beyond the dataset's
     api_token: str = ""  # empty: auth off (local demo); else callers must send it
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ class Catalog:
     popular: np.ndarray  # item ids, most popular first
     history_length: int
     version: str = ""  # the bundle's (cascade_model_info)
+    ids: GatewayIds | None = None  # external keys <-> dense ids (gateway/ids.py)
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -137,7 +140,12 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         counts = np.bincount(plays, minlength=len(known))
         popular = np.flatnonzero(counts)[np.argsort(-counts[counts > 0], kind="stable")]
     popular = np.asarray(popular, dtype=np.int64)[: settings.recall_count]
-    return Catalog(known, creators, popular, build_spec(dataset).history_length, bundle.version)
+    ids = GatewayIds.for_dataset(
+        settings.data_dir, dataset.name, len(dataset.users["user_id"]),
+        len(items["item_id"]), settings.new_user_capacity,
+    )  # fmt: skip
+    spec = build_spec(dataset)
+    return Catalog(known, creators, popular, spec.history_length, bundle.version, ids)
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -169,6 +177,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
         (hot reload); returns its version."""
+        if self.catalog.ids is not None and catalog.ids is not None:
+            catalog.ids = self.catalog.ids.with_items(catalog.ids)  # keep assigned users
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
         set_model_info(self.registry, STAGE, catalog.version)
@@ -188,15 +198,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"{settings.max_count} (0 = the default {settings.default_count})",
             )
         self._check_context(request.context, context)
+        ids = self.catalog.ids
+        try:
+            user_id = ids.recommend_user(request) if ids else request.user_id
+        except IdProblem as problem:
+            invalid_argument(context, problem.field, str(problem))
         count = request.count or settings.default_count
         budget = Budget(self._budget_s(context), settings.shares())
         user = common_pb2.UserContext(
-            user_id=request.user_id,
-            recent_item_ids=self.online.recent(request.user_id),
-            context=request.context,
+            user_id=user_id, recent_item_ids=self.online.recent(user_id), context=request.context
         )
         response = self.cascade.run(user, count, budget, request.debug)
         response.request_id = uuid.uuid4().hex
+        if ids:
+            response.item_keys.extend(ids.item_keys(response.items.item_ids))
         return response
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
@@ -207,21 +222,23 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 "events",
                 f"{n} events in one call; at most {self.settings.max_feedback_events}",
             )
-        checked = check_events(request.events, self.catalog.known_items)
+        events, id_rejections = list(request.events), {}
+        if self.catalog.ids is not None:  # user_key / item_key -> dense ids
+            events, id_rejections = self.catalog.ids.feedback_events(request.events)
+        checked = check_events(events, self.catalog.known_items)
         self.online.record(checked.user_ids, checked.item_ids, checked.names)
         if len(checked.indices):
-            forward = gateway_pb2.FeedbackRequest(
-                events=[request.events[int(i)] for i in checked.indices]
-            )
+            forward = gateway_pb2.FeedbackRequest(events=[events[int(i)] for i in checked.indices])
             try:
                 self._record(forward, timeout=self.settings.record_timeout_s)
             except grpc.RpcError as error:  # recall's counters lag; the answers still reflect it
                 self.metrics.record_failures.inc()
                 log.warning("gateway: recall Record failed: %s", getattr(error, "code", str)())
         self.metrics.feedback.labels("accepted").inc(len(checked.indices))
-        self.metrics.feedback.labels("rejected").inc(len(checked.rejected))
+        rejected = merge_rejections(checked.rejected, id_rejections)
+        self.metrics.feedback.labels("rejected").inc(len(rejected))
         response = gateway_pb2.FeedbackResponse(accepted=len(checked.indices))
-        for index, reason in checked.rejected:
+        for index, reason in rejected:
             response.rejected.add(index=index, reason=reason)
         return response
 

@@ -202,6 +202,14 @@ def _follows(mapping: Mapping, user_ids: IdMap, report: Report) -> dict:
     if bad.any():
         report.drop("follow of a user not in the data", int(bad.sum()),
                     mapping.follows.source.where(int(np.flatnonzero(bad)[0])))  # fmt: skip
+    _, first = np.unique(np.stack([a, b]), axis=1, return_index=True)
+    repeated = np.ones(len(a), dtype=bool)
+    repeated[first] = False
+    repeated &= ~bad
+    if repeated.any():
+        report.drop("follow listed twice (same follower and followee)", int(repeated.sum()),
+                    mapping.follows.source.where(int(np.flatnonzero(repeated)[0])))  # fmt: skip
+    bad |= repeated
     return {"follower_id": a[~bad], "followee_id": b[~bad], "ts": ts[~bad]}
 
 
@@ -245,7 +253,7 @@ def summary(dataset: Dataset, report: Report) -> str:
         ("follows", f"{len(dataset.follows['follower_id']):,}"),
         ("tasks", ", ".join(dataset.meta["tasks"])),
     ]  # fmt: skip
-    rows += [(f"dropped: {r}", f"{c:,} (first at {report.first[r]})")
+    rows += [("dropped", f"{c:,} rows: {r}; first at {report.first[r]}")
              for r, c in report.dropped.items()]  # fmt: skip
     rows += [("note", note) for note in report.notes]
     width = max(len(k) for k, _ in rows)

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     seconds = time.perf_counter() - started
     print(f"{args.name}: imported into {args.data_dir / args.name} in {seconds:.1f} s")
-    print(summary(dataset, report))
+    print(summary(dataset, report), flush=True)
     for reason, count in report.dropped.items():
         print(f"warning: dropped {count:,} rows: {reason}", file=sys.stderr)
     return 0

@@ -72,12 +72,18 @@ class RecommendRequest(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     DEBUG_FIELD_NUMBER: _builtins.int
+    USER_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """The user's id; 0 means anonymous (popular items)."""
     count: _builtins.int
     """Number of items wanted (1 to the configured maximum); 0 means the configured default."""
     debug: _builtins.bool
     """Return a per-stage trace."""
+    user_key: _builtins.str
+    """The user's external id as text (e.g. "alice"), the id the client's own backend uses; the
+    gateway maps it to the platform's dense id (data/NAME/ids/users.parquet). Set user_key or
+    user_id, not both; an unknown key is answered like an anonymous user.
+    """
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext:
         """Optional request context."""
@@ -89,10 +95,11 @@ class RecommendRequest(_message.Message):
         count: _builtins.int = ...,
         context: _common_pb2.RequestContext | None = ...,
         debug: _builtins.bool = ...,
+        user_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "count", b"count", "debug", b"debug", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "count", b"count", "debug", b"debug", "user_id", b"user_id", "user_key", b"user_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,6 +114,7 @@ class RecommendResponse(_message.Message):
     DEGRADED_STAGES_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEM_KEYS_FIELD_NUMBER: _builtins.int
     degraded: _builtins.bool
     """True when any stage was skipped or replaced by a fallback."""
     request_id: _builtins.str
@@ -123,6 +131,12 @@ class RecommendResponse(_message.Message):
     def trace(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTrace]:
         """With debug: one entry per stage, in call order."""
 
+    @_builtins.property
+    def item_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The external id of each item in `items`, same order: the client's own item ids (for a
+        dataset without saved ids, the decimal item id). Send them back as Event.item_key.
+        """
+
     def __init__(
         self,
         *,
@@ -131,10 +145,11 @@ class RecommendResponse(_message.Message):
         degraded_stages: _abc.Iterable[_builtins.str] | None = ...,
         trace: _abc.Iterable[_common_pb2.StageTrace] | None = ...,
         request_id: _builtins.str = ...,
+        item_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "degraded_stages", b"degraded_stages", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "degraded_stages", b"degraded_stages", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,6 +166,8 @@ class Event(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_KEY_FIELD_NUMBER: _builtins.int
+    ITEM_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """Who did it (must be > 0)."""
     item_id: _builtins.int
@@ -161,6 +178,14 @@ class Event(_message.Message):
     """When, in milliseconds since the Unix epoch (UTC); 0 means "now"."""
     request_id: _builtins.str
     """The request_id of the Recommend answer that showed the item, if any."""
+    user_key: _builtins.str
+    """Who did it, as the client's external id (e.g. "alice"); instead of user_id. A key the
+    platform has not seen gets a new dense id (up to the gateway's user capacity).
+    """
+    item_key: _builtins.str
+    """Which item, as the client's external id (e.g. "song-9"); instead of item_id. It must be in
+    the catalog (RecommendResponse.item_keys lists the keys of recommended items).
+    """
     def __init__(
         self,
         *,
@@ -169,10 +194,12 @@ class Event(_message.Message):
         type: Global___EventType.ValueType = ...,
         timestamp_ms: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        user_key: _builtins.str = ...,
+        item_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "request_id", b"request_id", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "item_key", b"item_key", "request_id", b"request_id", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id", "user_key", b"user_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

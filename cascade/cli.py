@@ -153,8 +153,20 @@ def _up(args: argparse.Namespace) -> None:
     except stack.StackError as error:
         print(f"cascade up: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"ask it: cascade recommend --user 196 --target {running.address()}")
+    print(f"ask it: cascade recommend {_example_user(args)} --target {running.address()}")
     print(f"stop it: cascade down --run-dir {args.run_dir}")
+
+
+def _example_user(args: argparse.Namespace) -> str:
+    """A user to ask about: an imported dataset's first external key, else ml-100k's user 196."""
+    from cascade.ids import IdMap
+
+    path = args.data_dir / args.dataset / "ids" / "users.parquet"
+    try:
+        keys = IdMap.load(path, capacity=1 << 62).external([1])
+    except (OSError, ValueError):
+        return "--user 196"
+    return "--user 1" if keys == ["1"] else f"--user-key {keys[0]}"
 
 
 def _down(args: argparse.Namespace) -> None:

@@ -129,7 +129,9 @@ class Source:
             bad_rows.append(row.number if row.number is not None else -1)
             return "skip"
 
-        read = pacsv.ReadOptions(block_size=BATCH_BYTES, column_names=names, skip_rows=1)
+        read = pacsv.ReadOptions(
+            block_size=BATCH_BYTES, column_names=names, skip_rows=1, use_threads=False
+        )  # row numbers of bad rows are known only without parallel parsing
         parse = pacsv.ParseOptions(
             delimiter=self.delimiter,
             quote_char=False if self.kind == "atomic" else '"',
@@ -157,7 +159,7 @@ class Source:
                 except pa.ArrowInvalid as error:
                     raise DataError(f"{self.path}: cannot be read as CSV ({error})") from None
                 if bad_rows:
-                    line = bad_rows[0] + 1 if bad_rows[0] >= 0 else "?"
+                    line = bad_rows[0] if bad_rows[0] >= 0 else "?"  # the file line number
                     raise DataError(
                         f"{self.path} line {line}: expected {len(names)} fields separated by "
                         f"{self.delimiter!r} like the header; check the delimiter and quoting"

@@ -59,7 +59,8 @@ def main() -> None:
     _write("users.csv", ("user", "age", "gender", "country"), users)
     _write("tracks.csv", ("track", "title", "artist", "genres", "released"), tracks)
     _write("events.csv", ("user", "track", "action", "time"), events)
-    _write("follows.csv", ("follower", "followee", "since"), sorted((a, b, t.date().isoformat()) for (a, b), t in follows.items()))
+    follow_rows = sorted((a, b, t.date().isoformat()) for (a, b), t in follows.items())
+    _write("follows.csv", ("follower", "followee", "since"), follow_rows)
 
 
 def _write(name: str, header: tuple[str, ...], rows) -> None:

@@ -196,7 +196,11 @@ def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.G
     todo = np.arange(len(neg_users))
     for _ in range(20):  # rejection sampling; a handful of rounds empties `todo` in practice
         draw = items["item_id"][by_upload[(rng.random(len(todo)) * eligible[todo]).astype(int)]]
-        rejected = np.isin(neg_users[todo] * n_items + draw, consumed)
+        # Membership by binary search in the sorted pairs: np.isin would re-hash all of
+        # `consumed` every round (minutes at 10M interactions).
+        keys = neg_users[todo] * n_items + draw
+        found = np.minimum(np.searchsorted(consumed, keys), max(len(consumed) - 1, 0))
+        rejected = consumed[found] == keys if len(consumed) else np.zeros(len(keys), bool)
         neg_items[todo[~rejected]] = draw[~rejected]
         todo = todo[rejected]
         if len(todo) == 0:

@@ -13,13 +13,10 @@ from cascade.data import SOURCES, DataError, load_dataset, prepare
 
 
 def _data(args: argparse.Namespace) -> None:
-    if args.action == "import":
+    if args.action == "import":  # options before `import`: `cascade data --data-dir d import`
         from cascade.data.import_cli import main as import_main
 
-        code = import_main([*args.options, "--data-dir", str(args.data_dir)])
-        if code:
-            sys.exit(code)
-        return
+        sys.exit(import_main([*args.options, "--data-dir", str(args.data_dir)]))
     sources = SOURCES if args.source == "all" else (args.source,)
     for source in sources:
         options = {}
@@ -331,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["data", "import"]:  # its own parser, so `data import --help` is its help
+        from cascade.data.import_cli import main as import_main
+
+        sys.exit(import_main(argv[2:]))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "delegate", False) or getattr(args, "action", None) == "import":

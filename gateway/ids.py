@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
+
+from cascade.data import DataError
 from cascade.ids import IdMap, IdSpaceFull, external_key
 from cascade.v1 import gateway_pb2
 
@@ -38,8 +41,14 @@ class GatewayIds:
         """The maps saved under data_dir/dataset/ids/ (or the identity over the dataset's ids),
         with room for `new_users` users beyond the dataset's."""
         folder = Path(data_dir) / dataset / "ids"
-        users = IdMap.for_dataset(folder / "users.parquet", n_users, n_users + new_users)
-        items = IdMap.for_dataset(folder / "items.parquet", n_items, n_items)
+        try:
+            users = IdMap.for_dataset(folder / "users.parquet", n_users, n_users + new_users)
+            items = IdMap.for_dataset(folder / "items.parquet", n_items, n_items)
+        except (OSError, ValueError, pa.ArrowException) as error:
+            raise DataError(
+                f"{folder} does not match the dataset ({error}): import it again "
+                f"with `cascade data import --name {dataset} --force ...`"
+            ) from None
         return cls(users, items)
 
     def with_items(self, other: GatewayIds) -> GatewayIds:

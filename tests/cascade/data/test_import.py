@@ -276,7 +276,9 @@ def test_cli_import_prints_the_summary(tmp_path, capsys):
     argv = ["data", "import", "--name", "cli", "--mapping", str(mapping), "--quiet"]
     from cascade.cli import main
 
-    main([*argv, "--data-dir", str(tmp_path / "data")])
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--data-dir", str(tmp_path / "data")])
+    assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "users         3" in out and "interactions  6" in out
     assert "time span     2026-01-05 .. 2026-01-08" in out

@@ -283,3 +283,15 @@ def test_cli_import_prints_the_summary(tmp_path, capsys):
     assert "users         3" in out and "interactions  6" in out
     assert "time span     2026-01-05 .. 2026-01-08" in out
     assert textwrap.dedent(out).count("density") == 1
+
+
+def test_train_and_up_take_an_imported_name_and_say_how_to_import_a_missing_one(tmp_path, capsys):
+    from cascade.cli import main
+    from cascade.stack import StackError, ensure_bundle
+
+    with pytest.raises(StackError, match=r"import it with `cascade data import --name mine"):
+        ensure_bundle(tmp_path / "artifacts", tmp_path / "data", "mine")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "all", "--dataset", "mine", "--data-dir", str(tmp_path / "data")])
+    assert exit_.value.code == 2
+    assert "bring your own with `cascade data import --name mine ...`" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Data sources in one common schema: real MovieLens-100K and a seeded synthetic UGC world.
+"""Data sources in one common schema: real MovieLens-100K, a seeded synthetic UGC world, and any
+dataset a user brought with `cascade data import` (cascade/data/import_cli.py).
 
 prepare("ml-100k", Path("data"))     # fetch + convert + save (idempotent)
 dataset = load_dataset("ml-100k", Path("data"))

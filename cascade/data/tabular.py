@@ -180,7 +180,7 @@ def as_keys(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
 
 
-def first_bad(values: pa.Array, ok: np.ndarray) -> int:
+def first_bad(ok: np.ndarray) -> int:
     """Index of the first value that failed a vectorised parse (ok: per-value success)."""
     return int(np.flatnonzero(~ok)[0])
 
@@ -198,7 +198,7 @@ def parse_numbers(
         out = parsed.to_numpy(zero_copy_only=False)
         nulls = pc.is_null(parsed).to_numpy(zero_copy_only=False)
         if nulls.any() and dtype != "float":
-            row = first_bad(values, ~nulls)
+            row = first_bad(~nulls)
             raise DataError(
                 f"{source.where(offset + row)}, column {column!r}: empty {what}; a number is needed"
             )
@@ -240,14 +240,14 @@ def parse_times(source: Source, column: str, values: pa.Array, offset: int, fmt:
             )  # fmt: skip
         out = seconds.to_numpy(zero_copy_only=False)
         if np.isnan(out).any():
-            row = first_bad(values, ~np.isnan(out))
+            row = first_bad(~np.isnan(out))
             raise DataError(f"{source.where(offset + row)}, column {column!r}: no time given")
         return (out // 1000 if fmt == "unix_ms" else out).astype(np.int64)
     text = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
     parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
     ok = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
     if not ok.all():
-        row = first_bad(values, ok)
+        row = first_bad(ok)
         raise DataError(
             f"{source.where(offset + row)}, column {column!r}: cannot parse "
             f"{text[row].as_py()!r} as a time in the format {fmt!r}"

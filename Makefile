@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 
 .PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
-	check-prometheus dashboards k8s-validate compose-smoke clean
+	check-prometheus dashboards redis-server-installed k8s-validate compose-smoke clean
 
 setup: $(STAMP)
 
@@ -36,8 +36,14 @@ down: setup
 eval-cascade: setup
 	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic
 
-test: setup
+test: setup redis-server-installed
 	$(BIN)/python -m pytest
+
+# Debian's redis-server, for the tests and benchmarks of the Redis backends (skipped without it).
+redis-server-installed:
+	command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
+	  echo "redis-server is not installed (needs root): the Redis tests will be skipped"
 
 lint: setup
 	$(BIN)/ruff check .

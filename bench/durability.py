@@ -50,8 +50,10 @@ def event_for(i: int, users: np.ndarray, items: np.ndarray) -> list[gateway_pb2.
     kinds = (gateway_pb2.EVENT_TYPE_PLAY, gateway_pb2.EVENT_TYPE_LIKE)
     return [
         gateway_pb2.Event(
-            user_id=user, item_id=int(items[(i * EVENTS_PER_CALL + j) % len(items)]),
-            type=kinds[j % 2], timestamp_ms=BASE_TS_MS + i * EVENTS_PER_CALL + j,
+            user_id=user,
+            item_id=int(items[(i * EVENTS_PER_CALL + j) % len(items)]),
+            type=kinds[j % 2],
+            timestamp_ms=BASE_TS_MS + i * EVENTS_PER_CALL + j,
             request_id=f"drill-{i}",
         )  # fmt: skip
         for j in range(EVENTS_PER_CALL)

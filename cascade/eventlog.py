@@ -10,6 +10,7 @@ request_id, item, event and timestamp_ms) is recorded once.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -90,11 +91,14 @@ class LogSettings:
             raise ValueError("segment_bytes, dedup_window, maxlen and dedup_ttl_s must be >= 1")
 
 
-def open_event_log(uri: str, settings: LogSettings | None = None) -> EventLog:
-    """`file:/path/to/dir` (embedded) or `redis://host:port/db` (shared)."""
+def open_event_log(
+    uri: str, settings: LogSettings | None = None, read_only: bool = False
+) -> EventLog:
+    """`file:/path/to/dir` (embedded) or `redis://host:port/db` (shared). `read_only`: a reader
+    beside the running writer (the file backend allows one writer per folder)."""
     settings = settings or LogSettings()
     if uri.startswith("file:"):
-        return FileEventLog(Path(uri.removeprefix("file:")), settings)
+        return FileEventLog(Path(uri.removeprefix("file:")), settings, read_only)
     if uri.startswith(("redis://", "rediss://", "unix://")):
         from cascade.eventlog_redis import RedisEventLog
 
@@ -189,13 +193,15 @@ def read_frames(path: Path) -> tuple[list[pa.Table], int]:
 class _Segments:
     """One record kind's segment files in `folder`: 00000001.seg, 00000002.seg, ..."""
 
-    def __init__(self, folder: Path, schema: pa.Schema, settings: LogSettings):
+    def __init__(self, folder: Path, schema: pa.Schema, settings: LogSettings, writer: bool):
         self.folder, self.schema, self.settings = folder, schema, settings
-        folder.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self._file = None
         self._opened_at = 0.0
         self._synced_at = time.monotonic()
+        if not writer:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
         paths = self.paths()
         if paths:  # drop a torn tail so the next frame follows whole ones
             _, valid = read_frames(paths[-1])
@@ -208,12 +214,13 @@ class _Segments:
                     os.fsync(f.fileno())
 
     def paths(self) -> list[Path]:
-        return sorted(self.folder.glob("*" + SUFFIX))
+        return sorted(self.folder.glob("*" + SUFFIX)) if self.folder.exists() else []
 
     def read(self) -> Iterator[pa.Table]:
-        for path in self.paths():
-            tables, valid = read_frames(path)
-            if valid < path.stat().st_size and path != self.paths()[-1]:
+        paths = self.paths()
+        for path in paths:
+            tables, valid = read_frames(path)  # a reader beside the writer may see a frame
+            if valid < path.stat().st_size and path != paths[-1]:  # half-written: skipped
                 log.warning("event log: %s: damaged frame at byte %d; rest skipped", path, valid)
             yield from tables
 
@@ -273,16 +280,35 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class FileEventLog:
-    """The embedded log: DIR/events/*.seg and DIR/impressions/*.seg. Thread-safe."""
+    """The embedded log: DIR/events/*.seg and DIR/impressions/*.seg. Thread-safe. One writer
+    per folder (DIR/LOCK, released by the kernel when the process dies, even by kill -9); any
+    number of `read_only` readers beside it (they never repair a tail the writer may be writing).
+    """
 
-    def __init__(self, folder: Path, settings: LogSettings | None = None):
+    def __init__(self, folder: Path, settings: LogSettings | None = None, read_only: bool = False):
         self.folder = Path(folder)
         self.settings = settings or LogSettings()
+        self.read_only = read_only
+        self._lock_file = None
+        if not read_only:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.folder / "LOCK", "a")
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_file.close()
+                raise EventLogError(
+                    f"event log {self.folder}: another process writes it (one writer per folder)"
+                ) from None
         self._kinds = {
-            kind: _Segments(self.folder / kind, schema, self.settings)
+            kind: _Segments(self.folder / kind, schema, self.settings, not read_only)
             for kind, schema in SCHEMAS.items()
         }
         self._dedup = DedupWindow(self.settings.dedup_window)
+        if not read_only:
+            self._load_dedup_window()
+
+    def _load_dedup_window(self) -> None:
         events = self._kinds["events"]
         recent: deque[pa.Table] = deque()
         rows = 0
@@ -299,6 +325,7 @@ class FileEventLog:
 
     def append_new_events(self, table: pa.Table) -> pa.Table:
         """Appends the events not already logged (durable on return) and returns them."""
+        self._check_writer()
         table = conform(table, EVENTS)
         check_event_names(table)
         segments = self._kinds["events"]
@@ -312,6 +339,7 @@ class FileEventLog:
         return fresh
 
     def append_impressions(self, table: pa.Table) -> None:
+        self._check_writer()
         table = conform(table, IMPRESSIONS)
         segments = self._kinds["impressions"]
         if table.num_rows:
@@ -332,7 +360,14 @@ class FileEventLog:
             tables = list(segments.read())
         return pa.concat_tables(tables) if tables else segments.schema.empty_table()
 
+    def _check_writer(self) -> None:
+        if self.read_only:
+            raise EventLogError(f"event log {self.folder}: opened read-only")
+
     def close(self) -> None:
         for segments in self._kinds.values():
             with segments.lock:
                 segments._close_file()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None

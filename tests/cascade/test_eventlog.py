@@ -12,8 +12,10 @@ from cascade.eventlog import (
     EVENTS,
     HEADER,
     IMPRESSIONS,
+    EventLogError,
     FileEventLog,
     LogSettings,
+    encode_frame,
     open_event_log,
     read_frames,
 )
@@ -184,3 +186,21 @@ def test_redis_log_survives_kill_9_of_redis(redis_server):
     assert log.read_events()["item_id"].to_pylist() == [10, 11, 12, 13]
     assert log.append_events(events(4)) == 0  # dedup keys were persisted too
     log.close()
+
+
+def test_one_writer_per_folder_and_readers_beside_it(tmp_path):
+    writer = FileEventLog(tmp_path / "log")
+    with pytest.raises(EventLogError, match="another process"):
+        FileEventLog(tmp_path / "log")
+    writer.append_events(events(2))
+    segment = next((tmp_path / "log" / "events").glob("*.seg"))
+    with open(segment, "ab") as f:  # a frame the writer is half-way through
+        f.write(encode_frame(events(1, start=2))[:20])
+    reader = open_event_log(f"file:{tmp_path / 'log'}", read_only=True)
+    size = segment.stat().st_size
+    assert reader.read_events()["item_id"].to_pylist() == [10, 11]
+    assert segment.stat().st_size == size  # a reader never cuts what the writer is writing
+    with pytest.raises(EventLogError, match="read-only"):
+        reader.append_events(events(1))
+    writer.close()
+    FileEventLog(tmp_path / "log").close()  # the lock went with the writer

@@ -29,7 +29,9 @@ def client_for(stack) -> CascadeClient:
 
 def logged_events(stack):
     """What a reader opening the log sees (a second reader: the gateway's own is not asked)."""
-    return FileEventLog(stack.settings.event_log.removeprefix("file:")).read_events()
+    return FileEventLog(
+        stack.settings.event_log.removeprefix("file:"), read_only=True
+    ).read_events()
 
 
 def metric(stack, name: str, labels: dict | None = None) -> float:

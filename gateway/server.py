@@ -32,7 +32,7 @@ from cascade.client import ClientSettings, make_channel
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
-from cascade.eventlog import EVENTS, EventLog, EventLogError, LogSettings, open_event_log
+from cascade.eventlog import EVENTS, EventLogError, LogSettings, open_event_log
 from cascade.events import EVENT_NAMES, check_events
 from cascade.features import build_spec
 from cascade.ids import IdMap, IdSpaceFull, external_key
@@ -178,14 +178,13 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
     )  # fmt: skip
 
 
-def open_users(settings: GatewaySettings, catalog: Catalog, event_log: EventLog) -> IdMap:
-    """The user id map: the dataset's ids, plus every id assigned online that the log holds (so a
-    restart maps an external id to the dense id it had)."""
+def open_users(settings: GatewaySettings, catalog: Catalog, logged: pa.Table) -> IdMap:
+    """The user id map: the dataset's ids, plus every id assigned online that the log's events
+    hold (so a restart maps an external id to the dense id it had)."""
     path = settings.data_dir / catalog.dataset / "ids" / "users.parquet"
     users = IdMap.for_dataset(
         path, catalog.n_known_users, catalog.n_known_users + settings.new_user_capacity
     )
-    logged = event_log.read_events().select(["user_id", "user_key"])
     users.restore(logged["user_id"].to_numpy(), logged["user_key"].to_pylist())
     return users
 
@@ -200,8 +199,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.online = OnlineEvents(catalog.history_length, settings.max_online_users)
         self._started = time.time()
         self.log = open_event_log(settings.event_log, settings.log)
-        self.users = open_users(settings, catalog, self.log)
-        logged = self.log.read_events()  # the online view comes back from the log
+        logged = self.log.read_events()  # ids and the online view come back from the log
+        self.users = open_users(settings, catalog, logged)
         self.online.record(
             logged["user_id"].to_numpy(), logged["item_id"].to_numpy(),
             logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),

@@ -12,9 +12,10 @@ import pytest
 
 from cascade.client import field_violations
 from cascade.eventlog import FileEventLog, open_event_log
-from cascade.v1 import gateway_pb2
+from cascade.v1 import common_pb2, gateway_pb2
 from gateway.cli import feedback_main
 from gateway.client import CascadeClient
+from gateway.impressions import stage_scores
 from gateway.online import OnlineEvents
 from gateway.server import start
 from tests.gateway.conftest import HAS_PRERANK
@@ -197,3 +198,11 @@ def test_the_stages_get_the_gateways_request_time(stack_factory):
     (row,) = service.log.read_impressions().to_pylist()
     assert row["request_id"] == answer.request_id
     assert as_of_ms <= row["request_time_ms"] <= service.now_ms()
+
+
+def test_stage_scores_follow_the_display_order():
+    candidates = common_pb2.CandidateList(item_ids=[4, 8, 15, 16], scores=[0.4, 0.8, 1.5, 1.6])
+    assert stage_scores(candidates, [16, 4, 99]) == pytest.approx(
+        [1.6, 0.4, float("nan")], nan_ok=True
+    )
+    assert stage_scores(candidates, []) == []

@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 
 .PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
+	bench-durability \
 	check-prometheus dashboards redis-server-installed k8s-validate compose-smoke clean
 
 setup: $(STAMP)
@@ -77,6 +78,12 @@ bench-load: setup
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup
 	$(BIN)/python -m bench.faults --data-dir $(DATA) --out results/ops
+
+# Durability drill: Feedback + Recommend at a fixed rate while the gateway and recall (and, on the
+# Redis backend, redis-server) are killed with SIGKILL; every acknowledged event must be in the log
+# (needs a trained bundle: `make demo` first).
+bench-durability: setup redis-server-installed
+	$(BIN)/python -m bench.durability --data-dir $(DATA) --out results/state
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

@@ -196,6 +196,20 @@ def markdown(report: dict) -> str:
             f"{row['impressions_in_log']} |"
         )
     lines += ["", f"lost in all: {report['lost']}", ""]
+    for row in report["rows"]:
+        answers = ", ".join(f"{code} {n}" for code, n in sorted(row["feedback_answers"].items()))
+        steps = "; ".join(
+            f"{t['at_s']:.1f} s {t['event']} {'+'.join(t['services'])}" for t in row["timeline"]
+        )
+        lines.append(f"- {row['backend']}: Feedback calls answered {answers}. {steps}.")
+    lines += [
+        "",
+        "Calls fail UNAVAILABLE while the gateway restarts and while the client's channel waits "
+        "out its reconnect backoff after it (nothing is claimed for them); a stored but "
+        "unacknowledged event is one whose answer was lost to the kill (a client retry of it is "
+        "recorded once).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -204,3 +204,15 @@ def test_one_writer_per_folder_and_readers_beside_it(tmp_path):
         reader.append_events(events(1))
     writer.close()
     FileEventLog(tmp_path / "log").close()  # the lock went with the writer
+
+
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+def test_every_fsync_policy_hands_each_append_to_the_os_before_returning(tmp_path, policy):
+    """What a killed process leaves: every policy has written the frame when append returns
+    (a reader sees it while the writer still runs); the policies differ in fsync only."""
+    writer = FileEventLog(tmp_path / "log", LogSettings(fsync=policy, fsync_interval_s=60.0))
+    writer.append_events(events(2))
+    writer.append_impressions(impression())
+    reader = FileEventLog(tmp_path / "log", read_only=True)
+    assert len(reader.read_events()) == 2 and len(reader.read_impressions()) == 1
+    writer.close()

@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 
 .PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
-	check-prometheus dashboards k8s-validate compose-smoke clean
+	bench-durability \
+	check-prometheus dashboards redis-server-installed k8s-validate compose-smoke clean
 
 setup: $(STAMP)
 
@@ -36,8 +37,14 @@ down: setup
 eval-cascade: setup
 	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic
 
-test: setup
+test: setup redis-server-installed
 	$(BIN)/python -m pytest
+
+# Debian's redis-server, for the tests and benchmarks of the Redis backends (skipped without it).
+redis-server-installed:
+	command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
+	  echo "redis-server is not installed (needs root): the Redis tests will be skipped"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -71,6 +78,12 @@ bench-load: setup
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup
 	$(BIN)/python -m bench.faults --data-dir $(DATA) --out results/ops
+
+# Durability drill: Feedback + Recommend at a fixed rate while the gateway and recall (and, on the
+# Redis backend, redis-server) are killed with SIGKILL; every acknowledged event must be in the log
+# (needs a trained bundle: `make demo` first).
+bench-durability: setup redis-server-installed
+	$(BIN)/python -m bench.durability --data-dir $(DATA) --out results/state
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

@@ -45,6 +45,7 @@ def check_events(
     now_s = time.time() if now_s is None else now_s
     n = len(events)
     users = np.fromiter((e.user_id for e in events), dtype=np.int64, count=n)
+    keyed = np.fromiter((bool(e.user_key) for e in events), dtype=bool, count=n)
     items = np.fromiter((e.item_id for e in events), dtype=np.int64, count=n)
     types = np.fromiter((e.type for e in events), dtype=np.int64, count=n)
     stamps = np.fromiter((e.timestamp_ms for e in events), dtype=np.int64, count=n)
@@ -52,7 +53,7 @@ def check_events(
     catalog = known_items(items) if n else np.zeros(0, bool)
     late_ms = int((now_s + MAX_FUTURE_S) * 1000)
     checks = (  # first failing check wins: one reason per event
-        (users > 0, lambda i: f"user_id: must be > 0, got {users[i]}"),
+        ((users > 0) | keyed, lambda i: f"user_id: must be > 0, got {users[i]}"),
         (catalog, lambda i: f"item_id: {items[i]} is not in the catalog"),
         (known_type, lambda i: f"type: {types[i]} is not a known event type (or unspecified)"),
         (stamps >= 0, lambda i: f"timestamp_ms: must be >= 0 (0 = now), got {stamps[i]}"),

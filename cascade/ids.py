@@ -125,6 +125,27 @@ class IdMap:
             return loaded
         return cls(capacity, identity=n_known)
 
+    def restore(self, dense_ids: Iterable[int], externals: Iterable[ExternalId]) -> int:
+        """Takes back ids assigned before a restart, as the event log recorded them (dense id,
+        external id), in any order. A dense id whose assignment never reached the log (its
+        Feedback failed) is held by a placeholder key no client id can equal, so every later id
+        keeps its number. Returns how many ids were added; ValueError on a conflict."""
+        pairs: dict[int, str] = {}
+        for dense, external in zip(dense_ids, externals, strict=True):
+            key = external_key(external)
+            if int(dense) > len(self) and pairs.setdefault(int(dense), key) != key:
+                raise ValueError(f"dense id {dense} was logged for two external ids")
+        with self._lock:
+            for key in pairs.values():
+                if self._find(key):
+                    raise ValueError(f"external id {key!r} was logged under two dense ids")
+            top = max(pairs, default=0)
+            if top > self.capacity:
+                raise IdSpaceFull(f"the log holds dense id {top}; the capacity is {self.capacity}")
+            start = len(self) + 1
+            self._add([pairs.get(d, f"\x00unlogged:{d}") for d in range(start, top + 1)])
+            return max(top - start + 1, 0)
+
     # -- lock held ----------------------------------------------------------------------------
     def _find(self, key: str) -> int:
         dense = self._by_key.get(key)

@@ -215,12 +215,19 @@ def run_forever(
 def invalid_argument(context: grpc.ServicerContext, field: str, description: str) -> NoReturn:
     """Abort the call with INVALID_ARGUMENT and a BadRequest.FieldViolation naming `field`
     (read it on the client with cascade.client.field_violations)."""
+    _abort_naming(context, code_pb2.INVALID_ARGUMENT, field, description)
+
+
+def resource_exhausted(context: grpc.ServicerContext, field: str, description: str) -> NoReturn:
+    """Abort with RESOURCE_EXHAUSTED (a full table, not a bad value) and a FieldViolation."""
+    _abort_naming(context, code_pb2.RESOURCE_EXHAUSTED, field, description)
+
+
+def _abort_naming(context: grpc.ServicerContext, code: int, field: str, description: str):
     violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=f"{field}: {description}", details=[detail]
-    )
+    status = status_pb2.Status(code=code, message=f"{field}: {description}", details=[detail])
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable: abort_with_status raises")  # for type checkers
 

@@ -140,6 +140,9 @@ def _environment(name: str, port: int, metrics_port: int, settings: dict, target
     }
     if name == "gateway":
         env |= {f"{prefix}{stage.upper()}_TARGET": target for stage, target in targets.items()}
+        # The event log lives with the stack's run folder: `cascade up` keeps it across
+        # up/down in .cascade/eventlog, and a test or benchmark stack gets its own.
+        env[f"{prefix}EVENT_LOG"] = f"file:{settings['run_dir'] / 'eventlog'}"
     return env
 
 
@@ -177,7 +180,10 @@ def up(
     metrics_ports = {n: metrics_ports[n] or free_port() for n in DEFAULT_PORTS}
     # The gateway targets prerank's port even when it does not run: calls fail fast, it degrades.
     targets = {stage: f"127.0.0.1:{ports[stage]}" for stage in STAGES}
-    settings = {"artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve()}
+    settings = {
+        "artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve(),
+        "run_dir": run_dir.resolve(),
+    }  # fmt: skip
     stack = Stack(run_dir, [], bundle, dataset)
     try:
         for name in names:

@@ -64,6 +64,9 @@ def replica_services(compose: Mapping, counts: Mapping[str, int]) -> dict[str, d
             replica.pop("build", None)  # one image, built once for the base service
             replica["environment"][prefix + "PORT"] = str(ports[k])
             replica["environment"][prefix + "METRICS_PORT"] = str(metrics[k])
+            log = replica["environment"].get("CASCADE_GATEWAY_EVENT_LOG", "")
+            if log.startswith("file:"):  # one writer per embedded log: each gateway its own
+                replica["environment"]["CASCADE_GATEWAY_EVENT_LOG"] = f"{log}-{k + 1}"
             replica["healthcheck"]["test"] = [
                 *replica["healthcheck"]["test"][:-1],
                 f"127.0.0.1:{ports[k]}",

@@ -1,10 +1,11 @@
 """The gateway's ids: a client's external user and item keys <-> the platform's dense ids.
 
-The wire carries both. `user_id` / `item_id` (int64) are the platform's ids, as before; the string
-fields `user_key` / `item_key` are the client's own ids, mapped here with cascade.ids.IdMap from the
-dataset's saved maps (data/NAME/ids/, written by `cascade data import`; without them a dataset's
-ids are their own keys). Recommend looks a user key up (unknown = anonymous); Feedback assigns a
-dense id to a key seen for the first time, up to the capacity; answers carry the items' keys.
+A client names a user by `user_id` (int64) or `user_key` (string): both are the client's own ids
+(an int and its decimal text are one id), mapped here with cascade.ids.IdMap from the dataset's
+saved maps (data/NAME/ids/, written by `cascade data import`; without them a dataset's dense ids
+are their own keys) plus the users first seen online. Recommend looks the user up (unknown =
+anonymous); Feedback assigns a dense id to a user seen for the first time, up to the capacity.
+Items: `item_key` maps to the catalog's ids; answers carry each item's key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from cascade.data import DataError
-from cascade.ids import IdMap, IdSpaceFull, external_key
+from cascade.ids import IdMap, external_key
 from cascade.v1 import gateway_pb2
 
 
@@ -28,7 +29,8 @@ class IdProblem(ValueError):
 
 
 class GatewayIds:
-    """One dataset's user and item id maps, as the gateway uses them."""
+    """One dataset's user and item id maps, as the gateway uses them. The user map also holds
+    every user first seen online (restored from the event log at start)."""
 
     def __init__(self, users: IdMap, items: IdMap):
         self.users = users
@@ -55,14 +57,18 @@ class GatewayIds:
         """A newly loaded catalog's item map, keeping the users this gateway already assigned."""
         return GatewayIds(self.users, other.items)
 
-    def recommend_user(self, request: gateway_pb2.RecommendRequest) -> int:
-        """The dense user id of a Recommend request: user_id as it is, or user_key looked up
-        (0, anonymous, when the key was never seen)."""
-        if not request.user_key:
-            return request.user_id
-        if request.user_id:
+    def recommend_user(self, request: gateway_pb2.RecommendRequest) -> tuple[int, str]:
+        """The dense id and external key of a Recommend's user (user_key, or user_id's decimal
+        text); (0, "") for anonymous, (0, key) for a key never seen (served as anonymous)."""
+        if request.user_key and request.user_id:
             raise IdProblem("user_key", "set user_key or user_id, not both")
-        return int(self.users.lookup([_key(request.user_key, "user_key")])[0])
+        if request.user_key:
+            key = _key(request.user_key, "user_key")
+        elif request.user_id:
+            key = external_key(request.user_id)
+        else:
+            return 0, ""
+        return int(self.users.lookup([key])[0]), key
 
     def item_keys(self, item_ids: Sequence[int]) -> list[str]:
         """The external key of each recommended item, in order ("" for an id the map lacks,
@@ -70,57 +76,41 @@ class GatewayIds:
         n = len(self.items)
         return [self.items.external([i])[0] if 0 < i <= n else "" for i in map(int, item_ids)]
 
-    def feedback_events(
+    def resolve_items(
         self, events: Sequence[gateway_pb2.Event]
     ) -> tuple[list[gateway_pb2.Event], dict[int, str]]:
-        """The events with user_key / item_key resolved to dense ids, and {index: reason} for
-        those whose keys cannot be (their copies carry id 0, which event checks reject)."""
+        """The events with item_key resolved to the dense item_id, and {index: reason} for those
+        whose keys cannot be (their copies carry item id 0, which event checks reject). A user_key
+        stays on the event: users are assigned only once the event is valid (`user_keys`)."""
         out: list[gateway_pb2.Event] = []
         rejected: dict[int, str] = {}
-        new_users: dict[int, str] = {}
         for index, event in enumerate(events):
             if not event.user_key and not event.item_key:
                 out.append(event)
                 continue
             copy = gateway_pb2.Event()
             copy.CopyFrom(event)
-            copy.user_key, copy.item_key = "", ""
             try:
+                if event.user_key:
+                    if event.user_id:
+                        raise IdProblem("user_key", "set user_key or user_id, not both")
+                    _key(event.user_key, "user_key")
                 if event.item_key:
                     if event.item_id:
                         raise IdProblem("item_key", "set item_key or item_id, not both")
                     copy.item_id = int(self.items.lookup([_key(event.item_key, "item_key")])[0])
                     if copy.item_id == 0:
                         raise IdProblem("item_key", f"{event.item_key!r} is not in the catalog")
-                if event.user_key:
-                    if event.user_id:
-                        raise IdProblem("user_key", "set user_key or user_id, not both")
-                    new_users[index] = _key(event.user_key, "user_key")
             except IdProblem as problem:
                 rejected[index] = f"{problem.field}: {problem}"
-                copy.user_id, copy.item_id = 0, 0
+                copy.item_id = 0
             out.append(copy)
-        for index, dense in self._assign(new_users, rejected).items():
-            out[index].user_id = dense
         return out, rejected
 
-    def _assign(self, keys: dict[int, str], rejected: dict[int, str]) -> dict[int, int]:
-        """Dense ids for the events' user keys, new ones added; when the map is full, the events
-        of the keys that do not fit are rejected (and the others still recorded)."""
-        if not keys:
-            return {}
-        try:
-            dense = self.users.assign(list(keys.values()))
-            return dict(zip(keys, dense.tolist(), strict=True))
-        except IdSpaceFull:
-            pass
-        out = {}
-        for index, key in keys.items():
-            try:
-                out[index] = int(self.users.assign([key])[0])
-            except IdSpaceFull:
-                rejected[index] = f"user_key: no room for a new user ({self.users.capacity} ids)"
-        return out
+    @staticmethod
+    def user_keys(events: Sequence[gateway_pb2.Event]) -> list[str]:
+        """Each event's external user key: user_key, or user_id's decimal text."""
+        return [e.user_key or external_key(e.user_id) for e in events]
 
 
 def _key(value: str, field: str) -> str:

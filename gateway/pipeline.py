@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -74,6 +74,26 @@ class GatewayMetrics:
             "Feedback batches recall's Record did not take (the gateway's own record holds them).",
             registry=registry,
         )
+        self.impressions = Counter(
+            "cascade_gateway_impressions",
+            "Recommend answers by what became of their impression record: logged, or dropped "
+            "(queue_full: the writer fell behind; log_error: the event log refused the write).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.event_log_failures = Counter(
+            "cascade_gateway_event_log_failures",
+            "Feedback calls failed UNAVAILABLE because the event log could not store them.",
+            registry=registry,
+        )
+
+
+@dataclass
+class Served:
+    """What each stage answered for one request, for its impression record."""
+
+    lists: dict[str, common_pb2.CandidateList] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # stage -> model version
 
 
 class Budget:
@@ -162,14 +182,23 @@ class Cascade:
         }
 
     def run(
-        self, user: common_pb2.UserContext, count: int, budget: Budget, debug: bool
+        self,
+        user: common_pb2.UserContext,
+        count: int,
+        budget: Budget,
+        debug: bool,
+        served: Served | None = None,
     ) -> gateway_pb2.RecommendResponse:
+        """The answer; `served`, when given, receives each stage's list and model version."""
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel
         seen = np.asarray(user.recent_item_ids, dtype=np.int64)
+        served = Served() if served is None else served
 
         def stage(name, call, request, fallback, candidates_in):
-            return self._stage(response, name, call, request, fallback, candidates_in, budget)
+            out = self._stage(response, name, call, request, fallback, candidates_in, budget)
+            served.lists[name] = out
+            return out
 
         # Lists pass from one stage's reply to the next request as messages (a C++ copy): the
         # gateway decodes them into arrays only when a fallback needs them.
@@ -198,6 +227,7 @@ class Cascade:
         self.metrics.answers.inc()
         if response.degraded:
             self.metrics.degraded_answers.inc()
+        served.versions = {t.stage: t.model_version for t in response.trace if t.model_version}
         if not debug:
             del response.trace[:]
         return response

@@ -5,8 +5,10 @@
 
 Start-up reads the bundle's dataset name, loads the catalog (Feedback validation, creators for the
 local creator cap) and the popular cache (recall's fallback). Per Recommend: validate, attach the
-user's online events, run the cascade under the deadline budget (pipeline.py). Per Feedback:
-validate each event, record the valid ones here and forward them to recall's online store.
+user's online events, run the cascade under the deadline budget (pipeline.py), answer, then log
+the impression (impressions.py, off the critical path). Per Feedback: validate each event, map
+user ids to dense ids (cascade/ids.py), append to the event log (durable before answering), then
+record the new ones here and forward them to recall's online store.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from cascade.artifacts import ArtifactError, Bundle
@@ -28,16 +32,26 @@ from cascade.client import ClientSettings, make_channel
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
-from cascade.events import check_events
+from cascade.eventlog import EVENTS, EventLogError, LogSettings, open_event_log
+from cascade.events import EVENT_NAMES, check_events
 from cascade.features import build_spec
+from cascade.ids import IdSpaceFull
 from cascade.reload import Reloader
-from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
+from cascade.server import (
+    RunningServer,
+    ServerSettings,
+    invalid_argument,
+    resource_exhausted,
+    run_forever,
+    serve,
+)
 from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.auth import TokenAuth
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
+from gateway.impressions import ImpressionWriter, Shown
 from gateway.online import OnlineEvents
-from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics
+from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
@@ -82,8 +96,16 @@ class GatewaySettings:
     max_feedback_events: int = 1000  # larger Feedback batches are INVALID_ARGUMENT
     record_timeout_s: float = 0.2  # forwarding Feedback to recall
     max_online_users: int = 100_000  # users whose online events the gateway remembers
-    new_user_capacity: int = 1_000_000  # user keys the gateway may add beyond the dataset's
+    # The event log: file:DIR (embedded, segmented files) or redis://HOST:PORT/DB (shared).
+    event_log: str = "file:state/eventlog"
+    log: LogSettings = field(default_factory=LogSettings)  # fsync policy, segments, dedup window
+    impression_queue: int = 10_000  # answers waiting for the impression writer; beyond: dropped
+    new_user_capacity: int = 1_000_000  # users first seen online, beyond the dataset's own
     api_token: str = ""  # empty: auth off (local demo); else callers must send it
+    # The request time the gateway stamps once per request (and on events sent with time 0):
+    # "wall" = now; "data" = the bundle's training log end + the gateway's uptime, for the
+    # replayed datasets (ml-100k, synthetic), as recall's own "data" clock.
+    clock: str = "data"
 
     def __post_init__(self) -> None:
         if not 0 < self.default_count <= self.max_count:
@@ -96,6 +118,10 @@ class GatewaySettings:
             raise ValueError("every stage share must be > 0")
         if self.safety_margin_s < 0 or self.record_timeout_s <= 0:
             raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
+        if self.clock not in ("data", "wall"):
+            raise ValueError(f"clock must be 'data' or 'wall', got {self.clock!r}")
+        if self.new_user_capacity < 0 or self.impression_queue < 1:
+            raise ValueError("new_user_capacity must be >= 0 and impression_queue >= 1")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
             raise ValueError("breaker_failures must be >= 0 and breaker_cooldown_s > 0")
 
@@ -115,7 +141,9 @@ class Catalog:
     popular: np.ndarray  # item ids, most popular first
     history_length: int
     version: str = ""  # the bundle's (cascade_model_info)
-    ids: GatewayIds | None = None  # external keys <-> dense ids (gateway/ids.py)
+    dataset: str = ""
+    ids: GatewayIds | None = None  # external user and item ids <-> dense ids (gateway/ids.py)
+    as_of_s: int = 0  # the training log's last time (the "data" clock starts there)
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -133,19 +161,28 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
     known[items["item_id"]] = True
     creators = np.zeros(dataset.n_items + 1, dtype=np.int64)
     creators[items["item_id"]] = items["creator_id"]
+    train = split_dataset(dataset).train_interactions
+    as_of = int(train["ts"].max()) if len(train["ts"]) else 0
     try:
-        popular = bundle.load_npz("recall", "popular.npz")["item_ids"]
+        cache = bundle.load_npz("recall", "popular.npz")
+        popular = cache["item_ids"]
+        as_of = int(cache["as_of"]) if "as_of" in cache else as_of
     except (ArtifactError, KeyError):
-        plays = split_dataset(dataset).train_interactions["item_id"]
+        plays = train["item_id"]
         counts = np.bincount(plays, minlength=len(known))
         popular = np.flatnonzero(counts)[np.argsort(-counts[counts > 0], kind="stable")]
     popular = np.asarray(popular, dtype=np.int64)[: settings.recall_count]
     ids = GatewayIds.for_dataset(
-        settings.data_dir, dataset.name, len(dataset.users["user_id"]),
-        len(items["item_id"]), settings.new_user_capacity,
-    )  # fmt: skip
+        settings.data_dir,
+        dataset.name,
+        len(dataset.users["user_id"]),
+        len(items["item_id"]),
+        settings.new_user_capacity,
+    )
     spec = build_spec(dataset)
-    return Catalog(known, creators, popular, spec.history_length, bundle.version, ids)
+    return Catalog(
+        known, creators, popular, spec.history_length, bundle.version, dataset.name, ids, as_of
+    )
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -156,6 +193,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.metrics = GatewayMetrics(registry)
         set_model_info(registry, STAGE, catalog.version)
         self.online = OnlineEvents(catalog.history_length, settings.max_online_users)
+        self._started = time.time()
+        self.log = open_event_log(settings.event_log, settings.log)
+        logged = self.log.read_events()  # ids and the online view come back from the log
+        # Every id assigned online comes back from the log: a restart maps an external id to the
+        # dense id it had.
+        self.ids = catalog.ids
+        self.ids.users.restore(logged["user_id"].to_numpy(), logged["user_key"].to_pylist())
+        self.online.record(
+            logged["user_id"].to_numpy(), logged["item_id"].to_numpy(),
+            logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
+        )  # fmt: skip
+        self.impressions = ImpressionWriter(self.log, self.metrics, settings.impression_queue)
         # Stage calls retry UNAVAILABLE inside their deadline (all are idempotent); Record is
         # not retried (a duplicate would count an event twice).
         client = ClientSettings(timeout_s=settings.max_deadline_s)
@@ -177,8 +226,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
         (hot reload); returns its version."""
-        if self.catalog.ids is not None and catalog.ids is not None:
-            catalog.ids = self.catalog.ids.with_items(catalog.ids)  # keep assigned users
+        catalog.ids = self.ids = self.ids.with_items(catalog.ids)
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
         set_model_info(self.registry, STAGE, catalog.version)
@@ -198,23 +246,37 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"{settings.max_count} (0 = the default {settings.default_count})",
             )
         self._check_context(request.context, context)
-        ids = self.catalog.ids
-        try:
-            user_id = ids.recommend_user(request) if ids else request.user_id
-        except IdProblem as problem:
-            invalid_argument(context, problem.field, str(problem))
         count = request.count or settings.default_count
         budget = Budget(self._budget_s(context), settings.shares())
+        now_ms = self.now_ms()  # the request's one time: every stage uses it
+        # An id the map does not know yet (no Feedback so far) is served as anonymous.
+        try:
+            dense, user_key = self.ids.recommend_user(request)
+        except IdProblem as problem:
+            invalid_argument(context, problem.field, str(problem))
         user = common_pb2.UserContext(
-            user_id=user_id, recent_item_ids=self.online.recent(user_id), context=request.context
+            user_id=dense,
+            recent_item_ids=self.online.recent(dense) if dense else [],
+            request_time_ms=now_ms,
+            context=request.context,
         )
-        response = self.cascade.run(user, count, budget, request.debug)
+        served = Served()
+        response = self.cascade.run(user, count, budget, request.debug, served)
         response.request_id = uuid.uuid4().hex
-        if ids:
-            response.item_keys.extend(ids.item_keys(response.items.item_ids))
+        response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
+        self.impressions.submit(
+            Shown(
+                response.request_id, dense, user_key, now_ms,
+                list(response.items.item_ids), list(response.items.channel_masks),
+                list(response.degraded_stages), served,
+            )
+        )  # fmt: skip
         return response
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
+        """Accepted means on the log: the events are appended (durable) before the answer, and
+        a log failure fails the call (UNAVAILABLE, nothing claimed). Recall is told afterwards;
+        when it is down the events stay acknowledged: it catches up from the log."""
         n = len(request.events)
         if n > self.settings.max_feedback_events:
             invalid_argument(
@@ -222,25 +284,73 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 "events",
                 f"{n} events in one call; at most {self.settings.max_feedback_events}",
             )
-        events, id_rejections = list(request.events), {}
-        if self.catalog.ids is not None:  # user_key / item_key -> dense ids
-            events, id_rejections = self.catalog.ids.feedback_events(request.events)
-        checked = check_events(events, self.catalog.known_items)
-        self.online.record(checked.user_ids, checked.item_ids, checked.names)
-        if len(checked.indices):
-            forward = gateway_pb2.FeedbackRequest(events=[events[int(i)] for i in checked.indices])
-            try:
-                self._record(forward, timeout=self.settings.record_timeout_s)
-            except grpc.RpcError as error:  # recall's counters lag; the answers still reflect it
-                self.metrics.record_failures.inc()
-                log.warning("gateway: recall Record failed: %s", getattr(error, "code", str)())
-        self.metrics.feedback.labels("accepted").inc(len(checked.indices))
+        now_ms, wall_ms = self.now_ms(), int(time.time() * 1000)
+        events, id_rejections = self.ids.resolve_items(request.events)  # item_key -> item_id
+        checked = check_events(events, self.catalog.known_items, wall_ms / 1000)
+        valid = [events[int(i)] for i in checked.indices]
+        user_keys = self.ids.user_keys(valid)
+        try:  # users first seen now get dense ids; only valid events reach this
+            dense = self.ids.users.assign(user_keys)
+        except IdSpaceFull as error:
+            resource_exhausted(context, "events.user_id", f"no room for new users: {error}")
+        stamps = np.array([e.timestamp_ms or now_ms for e in valid], dtype=np.int64)
+        table = pa.table(
+            {
+                "user_id": dense,
+                "user_key": user_keys,
+                "item_id": checked.item_ids,
+                "event": checked.names,
+                "timestamp_ms": stamps,
+                "request_id": [e.request_id for e in valid],
+                "logged_ms": np.full(len(valid), wall_ms, dtype=np.int64),
+            },
+            schema=EVENTS,
+        )
+        try:
+            new = self.log.append_new_events(table)  # a repeat is stored already: acknowledged
+        except EventLogError as error:
+            self.metrics.event_log_failures.inc()
+            log.warning("gateway: event log append failed: %s", error)
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the event log could not store the events, none was recorded: {error}",
+            )
+        if new.num_rows:
+            self._apply(new)
+        self.metrics.feedback.labels("accepted").inc(len(valid))
         rejected = merge_rejections(checked.rejected, id_rejections)
         self.metrics.feedback.labels("rejected").inc(len(rejected))
-        response = gateway_pb2.FeedbackResponse(accepted=len(checked.indices))
+        response = gateway_pb2.FeedbackResponse(accepted=len(valid))
         for index, reason in rejected:
             response.rejected.add(index=index, reason=reason)
         return response
+
+    def _apply(self, new: pa.Table) -> None:
+        """Logged events into the gateway's online view and recall's store (dense ids only)."""
+        users, items = new["user_id"].to_numpy(), new["item_id"].to_numpy()
+        names, stamps = new["event"].to_pylist(), new["timestamp_ms"].to_numpy()
+        self.online.record(users, items, names, stamps)
+        types = {name: number for number, name in EVENT_NAMES.items()}
+        forward = gateway_pb2.FeedbackRequest()
+        for user, item, name, stamp, request_id in zip(
+            users.tolist(), items.tolist(), names, stamps.tolist(),
+            new["request_id"].to_pylist(), strict=True,
+        ):  # fmt: skip
+            forward.events.add(
+                user_id=user, item_id=item, type=types[name], timestamp_ms=stamp,
+                request_id=request_id,
+            )  # fmt: skip
+        try:
+            self._record(forward, timeout=self.settings.record_timeout_s)
+        except grpc.RpcError as error:  # logged already: recall catches up from the log
+            self.metrics.record_failures.inc()
+            log.warning("gateway: recall Record failed: %s", getattr(error, "code", str)())
+
+    def now_ms(self) -> int:
+        """The time a request happens at, by the `clock` setting."""
+        if self.settings.clock == "wall":
+            return int(time.time() * 1000)
+        return int((self.catalog.as_of_s + time.time() - self._started) * 1000)
 
     def _budget_s(self, context: grpc.ServicerContext) -> float:
         """The client's remaining time (or the default), less the safety margin for answering."""
@@ -275,6 +385,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
 
     def close(self) -> None:
+        self.impressions.close()
+        self.log.close()
         for channel in (*self.channels.values(), self.record_channel):
             channel.close()
 

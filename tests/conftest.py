@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cascade.data.schema import MAX_CATEGORIES, Dataset
+from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 
 def make_tiny_dataset(

@@ -66,3 +66,20 @@ def test_for_dataset_uses_the_saved_map_or_the_identity(tmp_path):
     assert IdMap.for_dataset(tmp_path / "users.parquet", 2, 10).lookup(["b"]).tolist() == [2]
     with pytest.raises(ValueError, match="2 ids for 3 dataset rows"):
         IdMap.for_dataset(tmp_path / "users.parquet", 3, 10)
+
+
+def test_restore_takes_back_logged_ids_in_any_order_and_fills_gaps():
+    ids = IdMap(capacity=20, identity=5)
+    # As a log of two gateways' threads might hold them: out of order, a repeat, and dense id 7
+    # assigned to a Feedback whose append failed (never logged).
+    added = ids.restore([9, 6, 8, 6, 3], ["x", "99999999", "y", "99999999", "3"])
+    assert added == 4
+    assert ids.lookup(["99999999", "y", "x", 3]).tolist() == [6, 8, 9, 3]
+    assert ids.assign(["new"]).tolist() == [10]  # after every restored id
+    assert ids.lookup(["7"]).tolist() == [0]  # the gap holds no client's id
+    with pytest.raises(ValueError, match="two external ids"):
+        IdMap(capacity=20, identity=5).restore([6, 6], ["a", "b"])
+    with pytest.raises(ValueError, match="two dense ids"):
+        ids.restore([11], ["x"])
+    with pytest.raises(IdSpaceFull):
+        IdMap(capacity=8, identity=5).restore([9], ["z"])

@@ -4,6 +4,7 @@ the whole stack in-process: each stage server and the gateway on ephemeral 127.0
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,6 +158,9 @@ def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides
     # A port nobody listens on stands in for a stage that is not running (calls fail at once).
     targets = {f"{s}_target": "127.0.0.1:1" for s in ("recall", "prerank", "rank", "rerank")}
     targets |= {f"{name}_target": server.address for name, server in stages.items()}
+    # Each gateway logs into a fresh folder unless the test names one (a restart reuses it).
+    log_dir = tempfile.mkdtemp(prefix="eventlog-", dir=built.data_dir.parent)
+    overrides.setdefault("event_log", f"file:{log_dir}")
     return GatewaySettings(
         server=QUIET, artifacts=built.artifacts, data_dir=built.data_dir,
         recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,

@@ -42,10 +42,12 @@ def keyed_stack(built, tmp_path):
 
 
 def test_string_keys_in_and_out(keyed_stack):
+    ids = keyed_stack.service.ids
+    assert ids.recommend_user(gateway_pb2.RecommendRequest(user_key="u-2")) == (2, "u-2")
+    # An int64 id is an external id too: 2 is no user of this dataset, so it is anonymous.
+    assert ids.recommend_user(gateway_pb2.RecommendRequest(user_id=2)) == (0, "2")
     with CascadeClient(keyed_stack.address, timeout_s=5.0) as client:
         by_key = client.recommend("u-2", count=5)
-        by_id = client.recommend(2, count=5)
-        assert list(by_key.items.item_ids) == list(by_id.items.item_ids)
         assert list(by_key.item_keys) == [f"song-{i}" for i in by_key.items.item_ids]
         played = by_key.item_keys[0]
         reply = client.feedback([("u-2", played, "play")])
@@ -59,13 +61,13 @@ def test_a_new_user_key_gets_an_id_up_to_the_capacity(keyed_stack):
     with CascadeClient(keyed_stack.address, timeout_s=5.0) as client:
         anonymous = client.recommend("newbie", count=5)  # unknown: answered as anonymous
         assert len(anonymous.item_keys) == 5
-        reply = client.feedback([("newbie", "song-7", "play"), ("second", "song-8", "play")])
-        assert reply.accepted == 1
-        assert [(r.index, r.reason) for r in reply.rejected] == [
-            (1, "user_key: no room for a new user (31 ids)")
-        ]
+        assert client.feedback([("newbie", "song-7", "play")]).accepted == 1
+        with pytest.raises(grpc.RpcError) as error:  # the one free id is taken
+            client.feedback([("second", "song-8", "play")])
         after = client.recommend("newbie", count=5)
-    assert keyed_stack.service.catalog.ids.users.lookup(["newbie"]).tolist() == [31]
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "events.user_id" in field_violations(error.value)
+    assert keyed_stack.service.ids.users.lookup(["newbie", "second"]).tolist() == [31, 0]
     assert keyed_stack.service.online.recent(31) == [7]
     assert "song-7" not in after.item_keys
 

@@ -1,0 +1,124 @@
+"""The shared event log on Redis Streams: several gateways append to one place.
+
+One stream per record kind (`PREFIX:events`, `PREFIX:impressions`), trimmed to about `maxlen`
+entries (XADD MAXLEN ~). An event is one stream entry whose fields are the EVENTS columns; an
+impression is one entry holding its row as a one-row Arrow IPC stream (field `arrow`), since its
+columns are lists. Dedup and append run in one Lua script, so a repeat is recorded once even when
+two gateways receive it: each event's key is SET NX with a TTL (the dedup window) before XADD.
+Durable on return as far as Redis's own persistence goes (AOF with `appendfsync always`: on disk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import redis
+
+from cascade.eventlog import (
+    EVENTS,
+    IMPRESSIONS,
+    EventLogError,
+    LogSettings,
+    check_event_names,
+    conform,
+    event_keys,
+)
+
+FIELDS = EVENTS.names
+# ARGV: maxlen, ttl, then per event its dedup key and the 7 EVENTS fields in order.
+# Returns a 0/1 flag per event: 1 = new (appended), 0 = a repeat.
+APPEND = """
+local maxlen, ttl, n = ARGV[1], tonumber(ARGV[2]), (#ARGV - 2) / 8
+local out = {}
+for i = 0, n - 1 do
+  local base = 3 + i * 8
+  if redis.call('SET', KEYS[2] .. ARGV[base], 1, 'NX', 'EX', ttl) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+      'user_id', ARGV[base + 1], 'user_key', ARGV[base + 2], 'item_id', ARGV[base + 3],
+      'event', ARGV[base + 4], 'timestamp_ms', ARGV[base + 5], 'request_id', ARGV[base + 6],
+      'logged_ms', ARGV[base + 7])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+READ_CHUNK = 10_000
+
+
+class RedisEventLog:
+    def __init__(self, uri: str, settings: LogSettings | None = None, prefix: str = "cascade"):
+        self.settings = settings or LogSettings()
+        self.client = redis.Redis.from_url(uri, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.streams = {"events": f"{prefix}:events", "impressions": f"{prefix}:impressions"}
+        self.dedup_prefix = f"{prefix}:seen:"
+        self._append = self.client.register_script(APPEND)
+
+    def append_events(self, table: pa.Table) -> int:
+        return self.append_new_events(table).num_rows
+
+    def append_new_events(self, table: pa.Table) -> pa.Table:
+        table = conform(table, EVENTS)
+        check_event_names(table)
+        if not table.num_rows:
+            return table
+        columns = [table[name].to_pylist() for name in FIELDS]
+        args: list = [self.settings.maxlen, self.settings.dedup_ttl_s]
+        for key, row in zip(event_keys(table), zip(*columns, strict=True), strict=True):
+            args.append(hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest())
+            args.extend(row)
+        keys = [self.streams["events"], self.dedup_prefix]
+        try:
+            flags = self._append(keys=keys, args=args)
+        except redis.RedisError as error:
+            raise EventLogError(f"event log {self.streams['events']}: {error}") from error
+        return table.filter(pa.array([bool(f) for f in flags]))
+
+    def append_impressions(self, table: pa.Table) -> None:
+        table = conform(table, IMPRESSIONS)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for i in range(table.num_rows):
+                    pipe.xadd(
+                        self.streams["impressions"], {"arrow": _ipc(table.slice(i, 1))},
+                        maxlen=self.settings.maxlen, approximate=True,
+                    )  # fmt: skip
+                pipe.execute()
+        except redis.RedisError as error:
+            raise EventLogError(f"event log {self.streams['impressions']}: {error}") from error
+
+    def read_events(self) -> pa.Table:
+        rows: dict[str, list] = {name: [] for name in FIELDS}
+        for _, fields in self._entries("events"):
+            for name in FIELDS:
+                rows[name].append(fields[name.encode()].decode())
+        return pa.table(rows).cast(EVENTS)
+
+    def read_impressions(self) -> pa.Table:
+        tables = [
+            pa.ipc.open_stream(fields[b"arrow"]).read_all()
+            for _, fields in self._entries("impressions")
+        ]
+        return pa.concat_tables(tables) if tables else IMPRESSIONS.empty_table()
+
+    def _entries(self, kind: str):
+        """Every entry of the stream in append order, read in chunks."""
+        start = "-"
+        while True:
+            chunk = self.client.xrange(self.streams[kind], min=start, count=READ_CHUNK)
+            yield from chunk
+            if len(chunk) < READ_CHUNK:
+                return
+            start = "(" + chunk[-1][0].decode()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

@@ -5,10 +5,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
+.PHONY: setup redis-server-installed demo up down eval-cascade test lint format protos bench bench-load bench-faults \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
-setup: $(STAMP)
+setup: $(STAMP) redis-server-installed
+
+# Debian's redis-server package: the Redis online store of `cascade up --store redis`, the
+# docker-compose/K8s Redis, and the real server the Redis tests start. Installed only when the
+# binary is missing (apt-get as root, else through `sudo -n`); without it those tests skip.
+redis-server-installed:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+	  || { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	       apt-get install -y -qq redis-server >/dev/null; } \
+	  || echo "redis-server could not be installed: the Redis tests will skip"; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +47,7 @@ down: setup
 eval-cascade: setup
 	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic
 
-test: setup
+test: setup redis-server-installed
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -1,0 +1,39 @@
+"""A real redis-server for tests: Debian's binary on an ephemeral 127.0.0.1 port in a temp dir.
+
+AOF is on with appendfsync always, as the docker-compose and K8s Redis run it, so a test that
+kills and restarts the server sees what production would. Skips (with the reason) only when the
+binary is missing: `make test` installs it (`make redis-server-installed`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cascade.redis_server import RedisProcess
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (make redis-server-installed: apt redis-server)")
+    return binary
+
+
+@pytest.fixture
+def redis_process(redis_binary: str, tmp_path: Path) -> Iterator[RedisProcess]:
+    """A fresh server per test (its own port, dir and AOF); stopped after."""
+    server = RedisProcess.start(tmp_path / "redis", binary=redis_binary)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_process: RedisProcess) -> str:
+    return redis_process.url

@@ -227,6 +227,12 @@ class InMemoryFeatureStore(DatasetFeatures):
         in its order; returns how many events were applied."""
         return replay(self, events)
 
+    def counter_totals(self) -> dict[str, int]:
+        """Per event, the sum over all items of what item_counters answers."""
+        with self._lock:
+            totals = self._counters.sum(axis=0) + sum(self._online_counters.values(), start=0)
+        return {event: int(totals[i]) for event, i in _COUNTER.items()}
+
     @property
     def online_users(self) -> int:
         return len(self._online)

@@ -162,11 +162,24 @@ class Cascade:
         }
 
     def run(
-        self, user: common_pb2.UserContext, count: int, budget: Budget, debug: bool
+        self,
+        user: common_pb2.UserContext,
+        count: int,
+        budget: Budget,
+        debug: bool,
+        seen_of: Callable[[], np.ndarray] | None = None,
     ) -> gateway_pb2.RecommendResponse:
+        """One Recommend. The local fallbacks drop what the user has seen: `seen_of()` (read
+        only when a fallback runs, e.g. from the shared store) or else the request's recent ids."""
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel
-        seen = np.asarray(user.recent_item_ids, dtype=np.int64)
+        cached: list[np.ndarray] = []
+
+        def seen() -> np.ndarray:
+            if not cached:
+                recent = np.asarray(user.recent_item_ids, dtype=np.int64)
+                cached.append(recent if seen_of is None else np.union1d(recent, seen_of()))
+            return cached[0]
 
         def stage(name, call, request, fallback, candidates_in):
             return self._stage(response, name, call, request, fallback, candidates_in, budget)
@@ -175,7 +188,7 @@ class Cascade:
         # gateway decodes them into arrays only when a fallback needs them.
         recall_request = recall_pb2.RecallRequest(user=user, count=funnel.recall_count)
         candidates = stage(
-            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen), None
+            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen()), None
         )
         request = prerank_pb2.PrerankRequest(
             user=user, count=funnel.prerank_count, candidates=candidates
@@ -192,7 +205,7 @@ class Cascade:
         request = rerank_pb2.RerankRequest(user=user, count=count, candidates=candidates)
         candidates = stage(
             "rerank", self.rerank.Rerank, request,
-            lambda c=candidates: self._local_rerank(from_proto(c), seen, count), candidates,
+            lambda c=candidates: self._local_rerank(from_proto(c), seen(), count), candidates,
         )  # fmt: skip
         to_proto(*from_proto(candidates).take(slice(0, count)), out=response.items)
         self.metrics.answers.inc()

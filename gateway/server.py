@@ -6,7 +6,9 @@
 Start-up reads the bundle's dataset name, loads the catalog (Feedback validation, creators for the
 local creator cap) and the popular cache (recall's fallback). Per Recommend: validate, attach the
 user's online events, run the cascade under the deadline budget (pipeline.py). Per Feedback:
-validate each event, record the valid ones here and forward them to recall's online store.
+validate each event; with the embedded store, record the valid ones here and forward them to
+recall's Record; with Redis (`store = "redis://..."`), write them once to the shared store, which
+every stage replica reads (a write that fails is UNAVAILABLE: nothing is reported as stored).
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.events import check_events
+from cascade.feature_store import StoreLimits, check_store_setting, now_ms
 from cascade.features import build_spec
 from cascade.reload import Reloader
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
 from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.auth import TokenAuth
-from gateway.online import OnlineEvents
+from gateway.online import OnlineEvents, ShownWriter
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -82,8 +85,13 @@ class GatewaySettings:
     record_timeout_s: float = 0.2  # forwarding Feedback to recall
     max_online_users: int = 100_000  # users whose online events the gateway remembers
     api_token: str = ""  # empty: auth off (local demo); else callers must send it
+    # The online store: "memory" (each stage its own; Feedback goes to recall's Record) or
+    # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
+    store: str = "memory"
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
 
     def __post_init__(self) -> None:
+        check_store_setting(self.store)
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")
         if min(self.recall_count, self.prerank_count, self.rank_count) < 1:
@@ -113,6 +121,7 @@ class Catalog:
     popular: np.ndarray  # item ids, most popular first
     history_length: int
     version: str = ""  # the bundle's (cascade_model_info)
+    dataset: str = ""  # its name: the shared store's key namespace
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -137,7 +146,9 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         counts = np.bincount(plays, minlength=len(known))
         popular = np.flatnonzero(counts)[np.argsort(-counts[counts > 0], kind="stable")]
     popular = np.asarray(popular, dtype=np.int64)[: settings.recall_count]
-    return Catalog(known, creators, popular, build_spec(dataset).history_length, bundle.version)
+    spec = build_spec(dataset)
+    name = str(dataset.meta.get("name", "dataset"))
+    return Catalog(known, creators, popular, spec.history_length, bundle.version, name)
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -148,6 +159,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.metrics = GatewayMetrics(registry)
         set_model_info(registry, STAGE, catalog.version)
         self.online = OnlineEvents(catalog.history_length, settings.max_online_users)
+        self.shared = None  # the Redis online store (RedisState) when the store is shared
+        if settings.store != "memory":
+            from cascade.redis_store import RedisState
+
+            self.shared = RedisState(
+                settings.store, catalog.dataset, len(catalog.known), settings.store_limits
+            )
+            self.shown_writer = ShownWriter(self.shared.record_shown)
         # Stage calls retry UNAVAILABLE inside their deadline (all are idempotent); Record is
         # not retried (a duplicate would count an event twice).
         client = ClientSettings(timeout_s=settings.max_deadline_s)
@@ -190,13 +209,22 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._check_context(request.context, context)
         count = request.count or settings.default_count
         budget = Budget(self._budget_s(context), settings.shares())
+        shared, user_id = self.shared, request.user_id
+        recent = self.online.recent(user_id) if shared is None else []
         user = common_pb2.UserContext(
-            user_id=request.user_id,
-            recent_item_ids=self.online.recent(request.user_id),
-            context=request.context,
+            user_id=user_id, recent_item_ids=recent, context=request.context
         )
-        response = self.cascade.run(user, count, budget, request.debug)
+        seen_of = None
+        if shared is not None and user_id > 0:  # read only when a local fallback runs
+
+            def seen_of() -> np.ndarray:
+                recent = shared.consumed(user_id, self.catalog.history_length)
+                return np.union1d(recent, shared.shown(user_id))
+
+        response = self.cascade.run(user, count, budget, request.debug, seen_of)
         response.request_id = uuid.uuid4().hex
+        if shared is not None and user_id > 0 and len(response.items.item_ids):
+            self.shown_writer.submit(user_id, list(response.items.item_ids), now_ms())
         return response
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
@@ -208,6 +236,34 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"{n} events in one call; at most {self.settings.max_feedback_events}",
             )
         checked = check_events(request.events, self.catalog.known_items)
+        if self.shared is not None:
+            self._store_shared(checked, context)
+        else:
+            self._store_embedded(request, checked)
+        self.metrics.feedback.labels("accepted").inc(len(checked.indices))
+        self.metrics.feedback.labels("rejected").inc(len(checked.rejected))
+        response = gateway_pb2.FeedbackResponse(accepted=len(checked.indices))
+        for index, reason in checked.rejected:
+            response.rejected.add(index=index, reason=reason)
+        return response
+
+    def _store_shared(self, checked, context: grpc.ServicerContext) -> None:
+        """One atomic, idempotent write to the shared store; UNAVAILABLE when it failed."""
+        if not len(checked.indices):
+            return
+        try:
+            self.shared.record(checked.user_ids, checked.item_ids, checked.ts, checked.names)
+        except Exception as error:  # redis.RedisError: nothing of the batch was stored
+            self.metrics.record_failures.inc()
+            log.warning("gateway: the online store did not take a Feedback batch: %s", error)
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the online store is unavailable: no event of this batch was stored; retry",
+            )
+
+    def _store_embedded(self, request: gateway_pb2.FeedbackRequest, checked) -> None:
+        """The gateway's own record, then recall's Record (its counters lag when that fails;
+        the answers still reflect the events through recent_item_ids)."""
         self.online.record(checked.user_ids, checked.item_ids, checked.names)
         if len(checked.indices):
             forward = gateway_pb2.FeedbackRequest(
@@ -218,12 +274,6 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             except grpc.RpcError as error:  # recall's counters lag; the answers still reflect it
                 self.metrics.record_failures.inc()
                 log.warning("gateway: recall Record failed: %s", getattr(error, "code", str)())
-        self.metrics.feedback.labels("accepted").inc(len(checked.indices))
-        self.metrics.feedback.labels("rejected").inc(len(checked.rejected))
-        response = gateway_pb2.FeedbackResponse(accepted=len(checked.indices))
-        for index, reason in checked.rejected:
-            response.rejected.add(index=index, reason=reason)
-        return response
 
     def _budget_s(self, context: grpc.ServicerContext) -> float:
         """The client's remaining time (or the default), less the safety margin for answering."""
@@ -260,6 +310,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def close(self) -> None:
         for channel in (*self.channels.values(), self.record_channel):
             channel.close()
+        if self.shared is not None:
+            self.shared.close()
 
 
 def _servicers(service: GatewayService):

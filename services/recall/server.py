@@ -64,6 +64,9 @@ class RecallSettings:
     # "redis://host:port/db" (shared by every replica of every stage).
     store: str = "memory"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # The event log the embedded store replays at start (cascade.eventlog: "file:/dir" or
+    # "redis://..."), so a restart forgets no acknowledged event; "" = none.
+    event_log: str = ""
     data_dir: Path = Path("data")
     default_count: int = 2000  # when the request's count is 0
     max_count: int = 5000
@@ -120,6 +123,8 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         store = open_store(
             settings.store, dataset, spec, split_dataset(dataset), settings.store_limits
         )
+        if settings.event_log and settings.store == "memory":
+            replay_event_log(store, settings.event_log)
     if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
@@ -127,6 +132,18 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         )
     channels = build_channels(bundle, tables, store, settings)
     return RecallState(store, channels, bundle.version, as_of)
+
+
+def replay_event_log(store: FeatureStore, uri: str) -> None:
+    """Rebuilds the embedded store's online state from every event the log acknowledged."""
+    from cascade.eventlog import open_event_log  # the durable log of Feedback events
+
+    events = open_event_log(uri)
+    try:
+        applied = store.rebuild(events.read_events())
+    finally:
+        events.close()
+    log.info("recall: replayed %d events from %s into the online store", applied, uri)
 
 
 def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:

@@ -6,7 +6,9 @@ item through A, then asks gateway B: the played item must not come back
 (`played_item_shown_again`), whichever recall / rank / rerank replica served either request.
 Rerank's already-shown filter is off here, so it is the shared consumed set, not the shown set,
 that keeps the played item out. After the plays, both recall replicas' fresh-content counters
-(scraped from their /metrics) must agree with each other and with the plays sent.
+(scraped from their /metrics) must agree with each other and with the plays sent. The same run
+on the embedded store (`memory_control`: each process its own state) shows what the shared store
+fixes.
 
     python -m bench.replicas --out results/state     (needs a trained bundle: make demo)
 """
@@ -138,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path(".cascade/replicas"))
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the same run on the embedded store")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("results/state"))
     args = parser.parse_args(argv)
     args.run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.down(args.run_dir, quiet=True)
     finally:
         redis.stop()
+    if args.control:
+        running = start_replicas(args.run_dir, args.artifacts, args.data_dir, "memory")
+        try:
+            control = run(running, args.users, args.count)
+        finally:
+            stack.down(args.run_dir, quiet=True)
+        keys = ("played_item_shown_again", "recall_play_counters_after", "counter_increase")
+        report["memory_control"] = {k: control[k] for k in keys}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replicas.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

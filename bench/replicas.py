@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/state"))
     args = parser.parse_args(argv)
     args.run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(args.run_dir / "redis", ignore_errors=True)  # an empty store: no earlier run
     redis = RedisProcess.start(args.run_dir / "redis")
     try:
         running = start_replicas(args.run_dir, args.artifacts, args.data_dir, redis.url)

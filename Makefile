@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup redis-server-installed demo up down eval-cascade test lint format protos bench bench-load bench-faults \
+.PHONY: setup redis-server-installed demo up down eval-cascade test lint format protos bench bench-load bench-faults bench-state \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP) redis-server-installed
@@ -77,6 +77,14 @@ bench: setup
 # Load test of the whole stack over loopback (closed and open loop) and the in-process cascade.
 bench-load: setup
 	$(BIN)/python -m bench.load --data-dir $(DATA) --out results/cascade
+
+# The online store (needs a trained bundle: `make demo` first): 2 gateways + 2 recall + 2 rank
+# on one Redis (results/state/replicas.json), the memory soak of 1M distinct user ids
+# (soak.json), and the Redis store's latency against the embedded one (latency.json).
+bench-state: setup redis-server-installed
+	$(BIN)/python -m bench.replicas --data-dir $(DATA) --out results/state
+	$(BIN)/python -m bench.state_soak --data-dir $(DATA) --out results/state
+	$(BIN)/python -m bench.state_latency --data-dir $(DATA) --out results/state
 
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).

@@ -128,6 +128,8 @@ def _up(args: argparse.Namespace) -> None:
 
     # A base of 0 means free ports for every service.
     ports = {name: args.base_port and args.base_port + i for name, i in _PORT_OFFSETS.items()}
+    if not args.base_port:
+        ports["redis"] = 0  # with --store redis: a free port too
     metrics = {
         name: args.metrics_base_port and args.metrics_base_port + i
         for name, i in _PORT_OFFSETS.items()

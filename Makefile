@@ -5,11 +5,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
-	bench-durability \
-	check-prometheus dashboards redis-server-installed k8s-validate compose-smoke clean
+.PHONY: setup redis-server-installed demo up down eval-cascade test lint format protos bench \
+	bench-load bench-faults bench-state bench-durability check-prometheus dashboards k8s-validate \
+	compose-smoke clean
 
-setup: $(STAMP)
+setup: $(STAMP) redis-server-installed
+
+# Debian's redis-server package: the Redis online store of `cascade up --store redis`, the
+# docker-compose/K8s Redis, and the real server the Redis tests start. Installed only when the
+# binary is missing (apt-get as root, else through `sudo -n`); without it those tests skip.
+redis-server-installed:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+	  || { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	       apt-get install -y -qq redis-server >/dev/null; } \
+	  || echo "redis-server could not be installed: the Redis tests will skip"; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,14 +48,8 @@ down: setup
 eval-cascade: setup
 	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic
 
-test: setup redis-server-installed
+test: setup
 	$(BIN)/python -m pytest
-
-# Debian's redis-server, for the tests and benchmarks of the Redis backends (skipped without it).
-redis-server-installed:
-	command -v redis-server >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
-	  echo "redis-server is not installed (needs root): the Redis tests will be skipped"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -73,6 +78,14 @@ bench: setup
 # Load test of the whole stack over loopback (closed and open loop) and the in-process cascade.
 bench-load: setup
 	$(BIN)/python -m bench.load --data-dir $(DATA) --out results/cascade
+
+# The online store (needs a trained bundle: `make demo` first): 2 gateways + 2 recall + 2 rank
+# on one Redis (results/state/replicas.json), the memory soak of 1M distinct user ids
+# (soak.json), and the Redis store's latency against the embedded one (latency.json).
+bench-state: setup redis-server-installed
+	$(BIN)/python -m bench.replicas --data-dir $(DATA) --out results/state
+	$(BIN)/python -m bench.state_soak --data-dir $(DATA) --out results/state
+	$(BIN)/python -m bench.state_latency --data-dir $(DATA) --out results/state
 
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).

@@ -86,7 +86,7 @@ def faults(running: stack.Stack, start: float, redis, log: list) -> None:
         time.sleep(max(0.0, start + REDIS_KILL_AT_S - time.perf_counter()))
         redis.kill()
         note("kill -9", services=["redis-server"])
-        redis.start()
+        redis.restart()
         note("restarted", services=["redis-server"])
 
 
@@ -97,9 +97,9 @@ def drill(backend: str, args, root: Path, dataset: str, users, items) -> dict:
     run_dir.mkdir(parents=True)
     redis = None
     if backend == "redis":
-        from tests.redis_server import RedisServer
+        from cascade.redis_server import RedisProcess
 
-        redis = RedisServer(run_dir / "redis", appendfsync="always").start()
+        redis = RedisProcess.start(run_dir / "redis")  # AOF, appendfsync always
         uri = redis.url
     else:
         uri = f"file:{(run_dir / 'eventlog').resolve()}"

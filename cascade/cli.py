@@ -132,6 +132,8 @@ def _up(args: argparse.Namespace) -> None:
 
     # A base of 0 means free ports for every service.
     ports = {name: args.base_port and args.base_port + i for name, i in _PORT_OFFSETS.items()}
+    if not args.base_port:
+        ports["redis"] = 0  # with --store redis: a free port too
     metrics = {
         name: args.metrics_base_port and args.metrics_base_port + i
         for name, i in _PORT_OFFSETS.items()
@@ -146,6 +148,7 @@ def _up(args: argparse.Namespace) -> None:
             metrics,
             bundle=args.bundle,
             timeout_s=args.timeout,
+            store=args.store,
         )
     except stack.StackError as error:
         print(f"cascade up: {error}", file=sys.stderr)
@@ -197,6 +200,13 @@ def _add_stack_commands(commands) -> None:
     up.add_argument("--data-dir", type=Path, default=Path("data"))
     up.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     up.add_argument("--bundle", default="current", help="bundle under ARTIFACTS to serve")
+    up.add_argument(
+        "--store",
+        default="memory",
+        help="online store: memory (each process its own, the default), redis (start a "
+        "redis-server on 127.0.0.1:6380, shared by every service; `cascade down` stops it) or "
+        "the redis://host:port/db URL of a running server",
+    )
     up.add_argument(
         "--base-port",
         type=int,

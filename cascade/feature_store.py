@@ -1,24 +1,29 @@
 """The online feature store: what every stage reads per request, and what Feedback writes.
 
-`FeatureStore` is the interface (a Redis backend can implement it later); `InMemoryFeatureStore`
-is the embedded default: id-indexed numpy tables for user profiles and item attributes (encoded
-with the same FeatureSpec as training), a ring buffer of each user's recent items, the set of items
-each user consumed, and per-item event counters. Thread-safe: one lock guards the mutable parts.
+`FeatureStore` is the interface; two backends implement it. Both hold the dataset's static tables
+in memory (`DatasetFeatures`: user profiles and item attributes encoded with the training
+FeatureSpec, and the training period's history, consumed items and counters). What arrives online
+lives in the backend: `InMemoryFeatureStore` (embedded default; bounded per-user state in
+cascade.online_state, rebuilt from the event log at start) or `RedisFeatureStore`
+(cascade.redis_store; shared by every replica of every stage). `open_store` picks one from the
+`store` setting: "memory" or "redis://host:port/db".
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol
 
 import numpy as np
 
 from cascade.data.schema import Dataset, Table
 from cascade.features import FeatureSpec, encode_by_id, history_before, lookup
+from cascade.online_state import CONSUMPTION, OnlineUsers, StoreLimits
 
 EVENTS = ("impression", "click", "play", "complete", "like", "share", "skip")
-CONSUMPTION = frozenset({"play", "complete", "like", "share"})  # what "already consumed" means
 _COUNTER = {name: i for i, name in enumerate(EVENTS)}
+__all__ = ["CONSUMPTION", "EVENTS", "FeatureStore", "InMemoryFeatureStore", "StoreLimits"]
 
 
 class FeatureStore(Protocol):
@@ -27,16 +32,30 @@ class FeatureStore(Protocol):
     def user_features(self, user_ids: np.ndarray) -> dict[str, np.ndarray]: ...
     def item_features(self, item_ids: np.ndarray) -> dict[str, np.ndarray]: ...
     def item_attributes(self, item_ids: np.ndarray) -> Table: ...
+    def known_items(self, item_ids: np.ndarray) -> np.ndarray: ...
     def history(self, user_ids: np.ndarray) -> np.ndarray: ...
     def consumed(self, user_id: int) -> np.ndarray: ...
+    def shown(self, user_id: int) -> np.ndarray: ...
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]: ...
     def record(
         self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, events: list[str]
     ) -> None: ...
+    def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None: ...
+    def rebuild(self, events) -> int: ...
 
 
-class InMemoryFeatureStore:
-    """The embedded feature store, loaded from a dataset and its training-period interactions."""
+def check_event_names(events: list[str]) -> None:
+    unknown = sorted(set(events) - set(EVENTS))
+    if unknown:
+        raise ValueError(f"unknown event types {unknown}; expected one of {EVENTS}")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DatasetFeatures:
+    """The static part both backends share, loaded from a dataset and its training period."""
 
     def __init__(
         self,
@@ -46,6 +65,7 @@ class InMemoryFeatureStore:
         impressions: Table | None = None,
     ):
         self.spec = spec
+        self.dataset_name = str(dataset.meta.get("name", "dataset"))
         n_users, n_items = dataset.n_users, dataset.n_items
         self._users = encode_by_id(spec, "user", dataset.users, "user_id", n_users)
         self._items = encode_by_id(spec, "item", dataset.items, "item_id", n_items)
@@ -53,19 +73,16 @@ class InMemoryFeatureStore:
             column: _by_id(dataset.items, column, n_items)
             for column in ("creator_id", "categories", "upload_ts")
         }
-        length = spec.history_length
-        # Ring buffer: row u holds user u's last `length` items; _head[u] is the next slot.
+        # The training period's newest history_length items per dataset user, newest first.
+        # Sized by the dataset's users, never by an online id.
         all_users = np.arange(n_users)
-        newest_first = history_before(interactions, all_users, np.full(n_users, 2**32), length)
-        filled = (newest_first > 0).sum(axis=1)
-        self._ring = _left_align(newest_first[:, ::-1], filled)  # slots 0.. oldest to newest
-        self._head = (filled % length).astype(np.int64)  # the slot after the newest
-        self._count = filled.astype(np.int64)
-        # Consumed items: CSR from the log, plus what arrives online.
+        self._trained = history_before(
+            interactions, all_users, np.full(n_users, 2**32), spec.history_length
+        )
+        # Consumed items: CSR from the training log.
         order = np.lexsort((interactions["item_id"], interactions["user_id"]))
         self._consumed_items = interactions["item_id"][order]
         self._consumed_ptr = np.searchsorted(interactions["user_id"][order], np.arange(n_users + 1))
-        self._consumed_online: dict[int, list[int]] = {}
         self._counters = np.zeros((n_items, len(EVENTS)), dtype=np.int64)
         for event in ("play", "complete", "like", "share"):
             np.add.at(
@@ -78,14 +95,8 @@ class InMemoryFeatureStore:
                 impressions["item_id"][impressions["click"]],
                 1,
             )
-        self._lock = threading.Lock()
 
-    @classmethod
-    def from_split(cls, dataset: Dataset, spec: FeatureSpec, split) -> InMemoryFeatureStore:
-        """The serving store: what the training period (a data.split.TemporalSplit) holds."""
-        return cls(dataset, spec, split.train_interactions, split.train_impressions)
-
-    # -- reads -------------------------------------------------------------------------------
+    # -- static reads ------------------------------------------------------------------------
     def user_features(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
         return lookup(self._users, user_ids)
 
@@ -103,71 +114,143 @@ class InMemoryFeatureStore:
         inside = (ids > 0) & (ids < n)
         return inside & (self._items["item_id"][np.where(inside, ids, 0)] > 0)
 
+    # -- the training period, merged with what each backend holds online ----------------------
+    def _history_with(self, ids: np.ndarray, online: list[list[int]]) -> np.ndarray:
+        """(n, history_length): each user's online plays (newest first) before the training
+        period's, 0-padded."""
+        length = self.spec.history_length
+        known = (ids > 0) & (ids < len(self._trained))
+        out = np.where(known[:, None], self._trained[np.where(known, ids, 0)], 0)
+        for row, plays in enumerate(online):
+            if plays:
+                stored = out[row][out[row] > 0]
+                merged = np.concatenate([np.asarray(plays, dtype=np.int64), stored])[:length]
+                out[row] = np.pad(merged, (0, length - len(merged)))
+        return out
+
+    def _trained_consumed(self, user_id: int) -> np.ndarray:
+        if 0 < user_id < len(self._consumed_ptr) - 1:
+            return self._consumed_items[
+                self._consumed_ptr[user_id] : self._consumed_ptr[user_id + 1]
+            ]
+        return np.empty(0, dtype=np.int64)
+
+    def _trained_counters(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (n, len(EVENTS)), inside mask) of the training-period counters."""
+        inside = (ids > 0) & (ids < len(self._counters))
+        return self._counters[np.where(inside, ids, 0)] * inside[:, None], inside
+
+
+class InMemoryFeatureStore(DatasetFeatures):
+    """The embedded store: the dataset's tables plus bounded online state in this process.
+    Thread-safe. `rebuild(events)` replays the event log at start (nothing acknowledged is lost
+    across a restart as long as the log's disk survives)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        spec: FeatureSpec,
+        interactions: Table,
+        impressions: Table | None = None,
+        limits: StoreLimits | None = None,
+    ):
+        super().__init__(dataset, spec, interactions, impressions)
+        self.limits = limits or StoreLimits(recent_plays=max(50, spec.history_length))
+        self._online = OnlineUsers(self.limits)
+        self._online_counters: dict[int, np.ndarray] = {}  # item -> (len(EVENTS),) online counts
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_split(
+        cls, dataset: Dataset, spec: FeatureSpec, split, limits: StoreLimits | None = None
+    ) -> InMemoryFeatureStore:
+        """The serving store: what the training period (a data.split.TemporalSplit) holds."""
+        return cls(dataset, spec, split.train_interactions, split.train_impressions, limits)
+
     def history(self, user_ids: np.ndarray) -> np.ndarray:
         """(n, history_length) recent item ids per user, newest first, 0-padded."""
         ids = np.asarray(user_ids, dtype=np.int64)
         length = self.spec.history_length
-        with self._lock:
-            n = len(self._head)
-            known = (ids > 0) & (ids < n)
-            rows = np.where(known, ids, 0)
-            slots = (self._head[rows][:, None] - 1 - np.arange(length)) % length
-            items = self._ring[rows[:, None], slots]
-            valid = np.arange(length)[None, :] < self._count[rows][:, None]
-        return np.where(valid & known[:, None], items, 0)
+        online = [self._online.recent_plays(u, length) for u in ids.tolist()]
+        return self._history_with(ids, online)
 
     def consumed(self, user_id: int) -> np.ndarray:
         """Sorted unique items the user played, completed, liked or shared."""
-        logged = np.empty(0, dtype=np.int64)
-        if 0 < user_id < len(self._consumed_ptr) - 1:
-            logged = self._consumed_items[
-                self._consumed_ptr[user_id] : self._consumed_ptr[user_id + 1]
-            ]
-        with self._lock:
-            online = np.array(self._consumed_online.get(int(user_id), []), dtype=np.int64)
-        return np.union1d(logged, online)
+        online = np.array(self._online.consumed(int(user_id)), dtype=np.int64)
+        return np.union1d(self._trained_consumed(int(user_id)), online)
+
+    def recent_consumed(self, user_id: int, n: int) -> np.ndarray:
+        """The user's newest `n` items consumed online, newest first."""
+        return np.array(self._online.recent_consumed(int(user_id), n), dtype=np.int64)
+
+    def shown(self, user_id: int) -> np.ndarray:
+        """Items shown to the user within the last shown_ttl_s, sorted."""
+        return np.unique(np.array(self._online.shown(int(user_id), now_ms()), dtype=np.int64))
 
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(item_ids, dtype=np.int64)
-        inside = (ids > 0) & (ids < len(self._counters))
+        rows, inside = self._trained_counters(ids)
         with self._lock:
-            rows = self._counters[np.where(inside, ids, 0)] * inside[:, None]
+            if self._online_counters:
+                for row, item in enumerate(ids.tolist()):
+                    extra = self._online_counters.get(item)
+                    if extra is not None and inside[row]:
+                        rows[row] += extra
         return {event: rows[:, i] for event, i in _COUNTER.items()}
 
     # -- writes ------------------------------------------------------------------------------
     def record(
         self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, events: list[str]
     ) -> None:
-        """Applies user events in order: counters, consumed set, and history for plays.
+        """Applies user events: counters, consumed set, and recent plays (ordered by event time).
 
         Unknown event names raise ValueError before anything is written (the batch is atomic).
         """
-        unknown = sorted(set(events) - set(EVENTS))
-        if unknown:
-            raise ValueError(f"unknown event types {unknown}; expected one of {EVENTS}")
-        length = self.spec.history_length
+        check_event_names(events)
+        users = np.asarray(user_ids, dtype=np.int64).tolist()
+        items = np.asarray(item_ids, dtype=np.int64).tolist()
+        stamps = np.asarray(ts, dtype=np.int64).tolist()
         with self._lock:
-            for user, item, event in zip(
-                np.asarray(user_ids).tolist(), np.asarray(item_ids).tolist(), events, strict=True
-            ):
+            for item, event in zip(items, events, strict=True):
                 if 0 < item < len(self._counters):
-                    self._counters[item, _COUNTER[event]] += 1
-                if event in CONSUMPTION:
-                    self._consumed_online.setdefault(user, []).append(item)
-                if event == "play":
-                    self._grow(user + 1)
-                    self._ring[user, self._head[user]] = item
-                    self._head[user] = (self._head[user] + 1) % length
-                    self._count[user] = min(self._count[user] + 1, length)
+                    counts = self._online_counters.get(item)
+                    if counts is None:
+                        counts = self._online_counters[item] = np.zeros(len(EVENTS), np.int64)
+                    counts[_COUNTER[event]] += 1
+        self._online.record(users, items, events, stamps)
 
-    def _grow(self, n_users: int) -> None:
-        """Makes room for users who signed up after the store was built (lock held)."""
-        if n_users <= len(self._head):
-            return
-        extra = max(n_users, 2 * len(self._head)) - len(self._head)
-        self._ring = np.concatenate([self._ring, np.zeros((extra, self._ring.shape[1]), np.int64)])
-        self._head = np.concatenate([self._head, np.zeros(extra, np.int64)])
-        self._count = np.concatenate([self._count, np.zeros(extra, np.int64)])
+    def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None:
+        """Remembers the page shown to the user until time_ms + shown_ttl_s."""
+        self._online.record_shown(int(user_id), np.asarray(item_ids).tolist(), int(time_ms))
+
+    def rebuild(self, events) -> int:
+        """Replays an event-log table (pyarrow; columns user_id, item_id, event, timestamp_ms)
+        in its order; returns how many events were applied."""
+        return replay(self, events)
+
+    def counter_totals(self) -> dict[str, int]:
+        """Per event, the sum over all items of what item_counters answers."""
+        with self._lock:
+            totals = self._counters.sum(axis=0) + sum(self._online_counters.values(), start=0)
+        return {event: int(totals[i]) for event, i in _COUNTER.items()}
+
+    @property
+    def online_users(self) -> int:
+        return len(self._online)
+
+
+def replay(store: FeatureStore, events, batch: int = 10_000) -> int:
+    """Writes an event-log table into `store` in batches (timestamps ms -> the store's seconds)."""
+    n = events.num_rows
+    for start in range(0, n, batch):
+        part = events.slice(start, batch)
+        store.record(
+            part.column("user_id").to_numpy(),
+            part.column("item_id").to_numpy(),
+            part.column("timestamp_ms").to_numpy() // 1000,
+            part.column("event").to_pylist(),
+        )
+    return n
 
 
 def _by_id(table: Table, column: str, n_rows: int) -> np.ndarray:
@@ -178,8 +261,19 @@ def _by_id(table: Table, column: str, n_rows: int) -> np.ndarray:
     return rows
 
 
-def _left_align(oldest_to_newest: np.ndarray, filled: np.ndarray) -> np.ndarray:
-    """Moves each row's `filled` newest items to slots 0..filled-1, oldest first."""
-    length = oldest_to_newest.shape[1]
-    source = (np.arange(length)[None, :] + (length - filled)[:, None]) % length
-    return np.take_along_axis(oldest_to_newest, source, axis=1)
+def check_store_setting(store: str) -> None:
+    """The `store` setting: "memory" (embedded) or a redis://host:port/db URL."""
+    if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"store must be 'memory' or a redis://host:port/db URL, got {store!r}")
+
+
+def open_store(
+    store: str, dataset: Dataset, spec: FeatureSpec, split, limits: StoreLimits | None = None
+) -> FeatureStore:
+    """The serving store the `store` setting names, loaded with the training period `split`."""
+    check_store_setting(store)
+    if store == "memory":
+        return InMemoryFeatureStore.from_split(dataset, spec, split, limits)
+    from cascade.redis_store import RedisFeatureStore  # only deployments with Redis import it
+
+    return RedisFeatureStore.from_split(dataset, spec, split, store, limits)

@@ -2,8 +2,11 @@
 
 `up` trains what is missing, starts recall, prerank (when built), rank, rerank and the gateway,
 waits until every grpc.health.v1 check is SERVING and records the processes in RUN_DIR/stack.json;
-`down` stops them (SIGTERM, then SIGKILL after a grace). `running_stack` does both for tests and
-benchmarks on free ports. The CLI (`cascade up/down`), the demo, the e2e eval and bench/load use it.
+`down` stops them (SIGTERM, then SIGKILL after a grace). With `store="redis"` a real
+redis-server (cascade.redis_server: AOF, appendfsync always) starts first on a loopback port,
+every service gets its URL as its `store` setting, and `down` stops it last. `running_stack` does
+both for tests and benchmarks on free ports. The CLI (`cascade up/down`), the demo, the e2e eval
+and bench/load use it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.redis_server import RedisProcess
 
 # Start order: the stages first, the gateway last (it connects to all of them).
 STAGES = ("recall", "prerank", "rank", "rerank")
@@ -41,6 +45,8 @@ DEFAULT_PORTS = {
     "rerank": 50054,
 }
 DEFAULT_METRICS_PORTS = {name: 9100 + port - 50000 for name, port in DEFAULT_PORTS.items()}
+REDIS = "redis"  # the shared online store's service name in stack.json (not a Python module)
+REDIS_PORT = 6380  # loopback; 6379 is left to a system Redis
 STATE_FILE = "stack.json"
 
 
@@ -140,8 +146,10 @@ def _environment(name: str, port: int, metrics_port: int, settings: dict, target
     }
     if name == "gateway":
         env |= {f"{prefix}{stage.upper()}_TARGET": target for stage, target in targets.items()}
+    if name in ("gateway", "recall"):
         # The event log lives with the stack's run folder: `cascade up` keeps it across
-        # up/down in .cascade/eventlog, and a test or benchmark stack gets its own.
+        # up/down in .cascade/eventlog, and a test or benchmark stack gets its own. The gateway
+        # writes it; recall replays it into its embedded store when it (re)starts.
         env[f"{prefix}EVENT_LOG"] = f"file:{settings['run_dir'] / 'eventlog'}"
     return env
 
@@ -159,10 +167,12 @@ def up(
     extra_env: dict[str, str] | None = None,
     quiet: bool = False,
     only: tuple[str, ...] | None = None,
+    store: str = "memory",
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
-    subset (tests)."""
+    subset (tests). `store`: "memory" (each process its own), "redis" (start a redis-server on
+    ports["redis"], default 6380, and share it) or a redis:// URL of a server already running."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     if train:
         ensure_bundle(artifacts, data_dir, dataset, bundle)
@@ -174,9 +184,10 @@ def up(
     names = [s for s in STAGES if s != "prerank" or prerank_available(artifacts, bundle)]
     names.append("gateway")
     names = [n for n in names if only is None or n in only]
+    redis_port = (ports or {}).get(REDIS, REDIS_PORT)
     ports = {**DEFAULT_PORTS, **(ports or {})}
     metrics_ports = {**DEFAULT_METRICS_PORTS, **(metrics_ports or {})}
-    ports = {n: ports[n] or free_port() for n in DEFAULT_PORTS}
+    ports = {n: ports[n] or free_port() for n in DEFAULT_PORTS} | {REDIS: redis_port}
     metrics_ports = {n: metrics_ports[n] or free_port() for n in DEFAULT_PORTS}
     # The gateway targets prerank's port even when it does not run: calls fail fast, it degrades.
     targets = {stage: f"127.0.0.1:{ports[stage]}" for stage in STAGES}
@@ -186,8 +197,16 @@ def up(
     }  # fmt: skip
     stack = Stack(run_dir, [], bundle, dataset)
     try:
+        if store == "redis":
+            server = RedisProcess.start(run_dir / REDIS, ports[REDIS])  # 0: a free port
+            stack.services.append(
+                Service(REDIS, server.port, 0, server.pid, str(run_dir / REDIS / "redis.log"))
+            )
+            _save(stack)
+            store = server.url
         for name in names:
             env = _environment(name, ports[name], metrics_ports[name], settings, targets)
+            env[f"CASCADE_{name.upper()}_STORE"] = store
             stack.environments[name] = env | (extra_env or {})
             (run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
             stack.services.append(_launch(stack, name, ports[name], metrics_ports[name]))
@@ -222,6 +241,11 @@ def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
             os.killpg(old.pid, signal.SIGKILL)
         while _alive(old.pid):
             time.sleep(0.05)
+    if name == REDIS:  # the same port and directory: it reloads its AOF
+        server = RedisProcess.start(stack.run_dir / REDIS, old.port)
+        service = stack.services[index] = Service(REDIS, old.port, 0, server.pid, old.log)
+        _save(stack)
+        return service
     service = stack.services[index] = _launch(stack, name, old.port, old.metrics_port)
     _save(stack)
     wait_healthy(Stack(stack.run_dir, [service], stack.bundle, stack.dataset), timeout_s)
@@ -232,7 +256,7 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
     """Polls every service's health check until all are SERVING; a service that exits or stays
     unhealthy past the deadline raises StackError with its log tail."""
     deadline = time.monotonic() + timeout_s
-    pending = list(stack.services)
+    pending = [s for s in stack.services if s.name != REDIS]  # answered PING when it started
     while pending:
         service = pending[0]
         if not _alive(service.pid):
@@ -270,11 +294,18 @@ def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = 
         return 0
     services = [Service(**s) for s in json.loads(state.read_text())["services"]]
     mine = [s for s in services if _is_ours(s)]  # a recycled pid is someone else's: leave it
-    for service in reversed(mine):  # gateway first, so no new calls reach the stages
+    # Gateway first, so no new calls reach the stages; the shared store (started first) last.
+    for service in reversed([s for s in mine if s.name != REDIS]):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(service.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while any(_alive(s.pid) for s in mine) and time.monotonic() < deadline:
+    while any(_alive(s.pid) for s in mine if s.name != REDIS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for service in mine:  # redis-server: SIGTERM writes the AOF out and exits
+        if service.name == REDIS:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(service.pid, signal.SIGTERM)
+    while any(_alive(s.pid) for s in mine) and time.monotonic() < deadline + grace_s:
         time.sleep(0.1)
     for service in mine:
         if _alive(service.pid):
@@ -295,6 +326,8 @@ def _is_ours(service: Service) -> bool:
         cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes()
     except OSError:
         return False
+    if service.name == REDIS:
+        return b"redis-server" in cmdline
     return MODULES[service.name].encode() in cmdline
 
 
@@ -322,7 +355,7 @@ def _save(stack: Stack) -> None:
 @contextlib.contextmanager
 def running_stack(run_dir: Path, **options) -> Iterator[Stack]:
     """A stack on free ports (unless given) that is always stopped, for tests and benchmarks."""
-    options.setdefault("ports", dict.fromkeys(DEFAULT_PORTS, 0))
+    options.setdefault("ports", dict.fromkeys([*DEFAULT_PORTS, REDIS], 0))
     options.setdefault("metrics_ports", dict.fromkeys(DEFAULT_PORTS, 0))
     options.setdefault("quiet", True)
     stack = up(run_dir=run_dir, **options)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the serving image cascade:latest (deploy/Dockerfile) and cascade-prometheus:latest
-# (deploy/Dockerfile.prometheus) on the base from deploy/base_image.sh (made when missing).
+# (deploy/Dockerfile.prometheus) and cascade-redis:latest (deploy/Dockerfile.redis) on the base from deploy/base_image.sh (made when missing).
 #   deploy/build_image.sh           the bundle and the dataset are mounted at run time (default)
 #   deploy/build_image.sh --bake    bake artifacts/current and its dataset into the image
 # Env: IMAGE (cascade:latest), ARTIFACTS (artifacts), DATA_DIR (data), DOCKER (a client with
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-/usr/bin/docker}
 IMAGE=${IMAGE:-cascade:latest}
 PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-cascade-prometheus:latest}
+REDIS_IMAGE=${REDIS_IMAGE:-cascade-redis:latest}
 ARTIFACTS=${ARTIFACTS:-artifacts}
 DATA_DIR=${DATA_DIR:-data}
 export DOCKER_BUILDKIT=1
@@ -47,6 +48,10 @@ started=$SECONDS
 "$DOCKER" build "${progress[@]}" --network host -f deploy/Dockerfile.prometheus -t "$PROMETHEUS_IMAGE" \
     deploy/prometheus
 echo "== built $PROMETHEUS_IMAGE in $((SECONDS - started)) s"
+
+started=$SECONDS
+"$DOCKER" build "${progress[@]}" --network host -f deploy/Dockerfile.redis -t "$REDIS_IMAGE" deploy
+echo "== built $REDIS_IMAGE in $((SECONDS - started)) s"
 # vfs stores every layer as a full copy: drop the images this build replaced.
 "$DOCKER" image prune --force >/dev/null
 "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \

@@ -250,6 +250,8 @@ def check_services(objects: list[Obj]) -> list[str]:
         if spec.get("clusterIP") != "None":
             errors.append(f"{name}: not headless (clusterIP: None): gRPC would pin one pod")
         targets = [w for w in found if _selects(spec.get("selector", {}), w)]
+        if not targets and _stateful_set(objects, spec.get("selector", {})) is not None:
+            continue  # the shared store's Service: check_store
         if len(targets) != 1:
             errors.append(f"{name}: selector matches {len(targets)} Deployments' pods, want 1")
             continue
@@ -302,6 +304,47 @@ def check_gateway_targets(objects: list[Obj]) -> list[str]:
     return errors
 
 
+def _stateful_set(objects: list[Obj], selector: dict[str, str]) -> Obj | None:
+    for stateful in of_kind(objects, "StatefulSet"):
+        labels = stateful["spec"]["template"]["metadata"].get("labels", {})
+        if selector and all(labels.get(k) == v for k, v in selector.items()):
+            return stateful
+    return None
+
+
+def check_store(objects: list[Obj]) -> list[str]:
+    """Every stage reads one shared store: the same redis:// URL, naming a pod of a StatefulSet
+    through its headless Service, on the port the container listens on."""
+    errors, found = [], workloads(objects)[0]
+    stores = {w.name: w.settings.store for w in found if w.settings is not None}
+    if len(set(stores.values())) != 1:
+        return [f"the stages use different stores: {stores}"]
+    (url,) = set(stores.values())
+    match = re.fullmatch(r"redis://(?:([\w-]+)\.)?([\w-]+)\.([\w-]+)\.svc\.([\w.]+):(\d+)/\d+", url)
+    if match is None:
+        return [f"store is {url!r}: replicas need a shared redis://<pod>.<service>.<namespace>"
+                f".svc.{CLUSTER_DOMAIN}:<port>/<db>"]  # fmt: skip
+    pod, service_name, namespace, domain, port = match.groups()
+    service = find(objects, "Service", service_name)
+    stateful = service and _stateful_set(objects, service["spec"].get("selector", {}))
+    if service is None or stateful is None:
+        return [f"store {url!r}: no Service {service_name} selecting a StatefulSet's pods"]
+    if service["spec"].get("clusterIP") != "None" or stateful["spec"].get("serviceName") != (
+        service_name
+    ):
+        errors.append(f"Service/{service_name}: must be headless and the StatefulSet's service")
+    name = stateful["metadata"]["name"]
+    if pod is not None and not re.fullmatch(rf"{name}-\d+", pod):
+        errors.append(f"store {url!r}: {pod} is no pod of StatefulSet/{name}")
+    if namespace != service["metadata"].get("namespace", "default") or domain != CLUSTER_DOMAIN:
+        errors.append(f"store {url!r}: namespace or cluster domain differ from the Service's")
+    ports = [p["containerPort"] for c in stateful["spec"]["template"]["spec"]["containers"]
+             for p in c.get("ports", [])]  # fmt: skip
+    if int(port) not in ports:
+        errors.append(f"store {url!r}: StatefulSet/{name} listens on {ports}, not {port}")
+    return errors
+
+
 CHECKS: list[tuple[str, Callable[[list[Obj]], list[str]]]] = [
     ("every stage has a Deployment, a Service, an HPA and a PDB", check_inventory),
     ("settings load from ConfigMap + env; every CASCADE_* var is a field; ports, host, "
@@ -312,4 +355,6 @@ CHECKS: list[tuple[str, Callable[[list[Obj]], list[str]]]] = [
     ("HPAs target existing Deployments (no replicas field), PDBs select one stage", check_scaling),
     ("the gateway's targets are the stages' headless Services on their ports",
      check_gateway_targets),
+    ("every stage shares one Redis store: a StatefulSet pod through its headless Service",
+     check_store),
 ]  # fmt: skip

@@ -188,12 +188,21 @@ class Cascade:
         budget: Budget,
         debug: bool,
         served: Served | None = None,
+        seen_of: Callable[[], np.ndarray] | None = None,
     ) -> gateway_pb2.RecommendResponse:
-        """The answer; `served`, when given, receives each stage's list and model version."""
+        """One Recommend; `served`, when given, receives each stage's list and model version.
+        The local fallbacks drop what the user has seen: `seen_of()` (read only when a fallback
+        runs, e.g. from the shared store) or else the request's recent ids."""
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel
-        seen = np.asarray(user.recent_item_ids, dtype=np.int64)
         served = Served() if served is None else served
+        cached: list[np.ndarray] = []
+
+        def seen() -> np.ndarray:
+            if not cached:
+                recent = np.asarray(user.recent_item_ids, dtype=np.int64)
+                cached.append(recent if seen_of is None else np.union1d(recent, seen_of()))
+            return cached[0]
 
         def stage(name, call, request, fallback, candidates_in):
             out = self._stage(response, name, call, request, fallback, candidates_in, budget)
@@ -204,7 +213,7 @@ class Cascade:
         # gateway decodes them into arrays only when a fallback needs them.
         recall_request = recall_pb2.RecallRequest(user=user, count=funnel.recall_count)
         candidates = stage(
-            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen), None
+            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen()), None
         )
         request = prerank_pb2.PrerankRequest(
             user=user, count=funnel.prerank_count, candidates=candidates
@@ -221,7 +230,7 @@ class Cascade:
         request = rerank_pb2.RerankRequest(user=user, count=count, candidates=candidates)
         candidates = stage(
             "rerank", self.rerank.Rerank, request,
-            lambda c=candidates: self._local_rerank(from_proto(c), seen, count), candidates,
+            lambda c=candidates: self._local_rerank(from_proto(c), seen(), count), candidates,
         )  # fmt: skip
         to_proto(*from_proto(candidates).take(slice(0, count)), out=response.items)
         self.metrics.answers.inc()

@@ -7,8 +7,10 @@ Start-up reads the bundle's dataset name, loads the catalog (Feedback validation
 local creator cap) and the popular cache (recall's fallback). Per Recommend: validate, attach the
 user's online events, run the cascade under the deadline budget (pipeline.py), answer, then log
 the impression (impressions.py, off the critical path). Per Feedback: validate each event, map
-user ids to dense ids (cascade/ids.py), append to the event log (durable before answering), then
-record the new ones here and forward them to recall's online store.
+user ids to dense ids (gateway/ids.py), append to the event log (durable before answering), then
+apply them to the online store: with the embedded store, record the new ones here and forward
+them to recall's Record; with Redis (`store = "redis://..."`), write them once to the shared
+store, which every stage replica reads (a write that fails is UNAVAILABLE; the retry is safe).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.eventlog import EVENTS, EventLogError, LogSettings, open_event_log
 from cascade.events import EVENT_NAMES, check_events
+from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import build_spec
 from cascade.ids import IdSpaceFull
 from cascade.reload import Reloader
@@ -50,7 +53,7 @@ from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.auth import TokenAuth
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
-from gateway.online import OnlineEvents
+from gateway.online import OnlineEvents, ShownWriter
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
 
 log = logging.getLogger(__name__)
@@ -106,8 +109,13 @@ class GatewaySettings:
     # "wall" = now; "data" = the bundle's training log end + the gateway's uptime, for the
     # replayed datasets (ml-100k, synthetic), as recall's own "data" clock.
     clock: str = "data"
+    # The online store: "memory" (each stage its own; Feedback goes to recall's Record) or
+    # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
+    store: str = "memory"
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
 
     def __post_init__(self) -> None:
+        check_store_setting(self.store)
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")
         if min(self.recall_count, self.prerank_count, self.rank_count) < 1:
@@ -205,6 +213,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
         )  # fmt: skip
         self.impressions = ImpressionWriter(self.log, self.metrics, settings.impression_queue)
+        self.shared = None  # the Redis online store (RedisState) when the store is shared
+        if settings.store != "memory":
+            from cascade.redis_store import RedisState
+
+            self.shared = RedisState(
+                settings.store, catalog.dataset, len(catalog.known), settings.store_limits
+            )
+            self.shown_writer = ShownWriter(self.shared.record_shown)
         # Stage calls retry UNAVAILABLE inside their deadline (all are idempotent); Record is
         # not retried (a duplicate would count an event twice).
         client = ClientSettings(timeout_s=settings.max_deadline_s)
@@ -254,16 +270,27 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             dense, user_key = self.ids.recommend_user(request)
         except IdProblem as problem:
             invalid_argument(context, problem.field, str(problem))
+        shared = self.shared
         user = common_pb2.UserContext(
             user_id=dense,
-            recent_item_ids=self.online.recent(dense) if dense else [],
+            recent_item_ids=self.online.recent(dense) if dense and shared is None else [],
             request_time_ms=now_ms,
             context=request.context,
         )
+        seen_of = None
+        if shared is not None and dense > 0:  # read only when a local fallback runs
+
+            def seen_of() -> np.ndarray:
+                recent = shared.consumed(dense, self.catalog.history_length)
+                return np.union1d(recent, shared.shown(dense))
+
         served = Served()
-        response = self.cascade.run(user, count, budget, request.debug, served)
+        response = self.cascade.run(user, count, budget, request.debug, served, seen_of)
         response.request_id = uuid.uuid4().hex
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
+        if shared is not None and dense > 0 and len(response.items.item_ids):
+            # Shown pages expire by the wall clock: their TTL is how long the store remembers.
+            self.shown_writer.submit(dense, list(response.items.item_ids), int(time.time() * 1000))
         self.impressions.submit(
             Shown(
                 response.request_id, dense, user_key, now_ms,
@@ -315,8 +342,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"the event log could not store the events, none was recorded: {error}",
             )
-        if new.num_rows:
-            self._apply(new)
+        if self.shared is not None:
+            self._store_shared(table, context)
+        elif new.num_rows:
+            self._store_embedded(new)
         self.metrics.feedback.labels("accepted").inc(len(valid))
         rejected = merge_rejections(checked.rejected, id_rejections)
         self.metrics.feedback.labels("rejected").inc(len(rejected))
@@ -325,8 +354,26 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             response.rejected.add(index=index, reason=reason)
         return response
 
-    def _apply(self, new: pa.Table) -> None:
-        """Logged events into the gateway's online view and recall's store (dense ids only)."""
+    def _store_shared(self, table: pa.Table, context: grpc.ServicerContext) -> None:
+        """Every valid event (repeats included: the shared store skips what it applied, so a
+        retry after a failure completes it) in one atomic write; UNAVAILABLE when it failed."""
+        if not table.num_rows:
+            return
+        try:
+            self.shared.record(
+                table["user_id"].to_numpy(), table["item_id"].to_numpy(),
+                table["timestamp_ms"].to_numpy() // 1000, table["event"].to_pylist(),
+            )  # fmt: skip
+        except Exception as error:  # redis.RedisError
+            self.metrics.record_failures.inc()
+            log.warning("gateway: the online store did not take a Feedback batch: %s", error)
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the events are logged but the online store did not take them; retry (safe)",
+            )
+
+    def _store_embedded(self, new: pa.Table) -> None:
+        """Newly logged events into the gateway's online view and recall's store."""
         users, items = new["user_id"].to_numpy(), new["item_id"].to_numpy()
         names, stamps = new["event"].to_pylist(), new["timestamp_ms"].to_numpy()
         self.online.record(users, items, names, stamps)
@@ -389,6 +436,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.log.close()
         for channel in (*self.channels.values(), self.record_channel):
             channel.close()
+        if self.shared is not None:
+            self.shared.close()
 
 
 def _servicers(service: GatewayService):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cascade.data.schema import MAX_CATEGORIES, Dataset
-from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 
 def make_tiny_dataset(
@@ -77,3 +76,7 @@ def make_tiny_dataset(
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return make_tiny_dataset()
+
+
+# A real redis-server per test that asks for it (tests/redis_server.py).
+from tests.redis_server import redis_binary, redis_process, redis_url  # noqa: E402, F401

@@ -28,7 +28,7 @@ from cascade.candidates import to_proto
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import InMemoryFeatureStore
+from cascade.feature_store import StoreLimits, check_store_setting, open_store
 from cascade.features import FeatureSpec, build_spec
 from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
@@ -50,12 +50,17 @@ class PrerankSettings:
     data_dir: Path = Path("data")  # the dataset is the one the bundle was trained on
     artifacts: Path = Path("artifacts")
     bundle: str = "current"
+    # The online store: "memory" (this process, rebuilt from the event log at start) or
+    # "redis://host:port/db" (shared by every replica of every stage).
+    store: str = "memory"
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
     default_count: int = 500  # when the request's count is 0
     max_count: int = 2000  # a larger count is INVALID_ARGUMENT
     max_candidates: int = 5000  # a longer list is INVALID_ARGUMENT
     max_recent_items: int = 500
 
     def __post_init__(self) -> None:
+        check_store_setting(self.store)
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")
         if self.max_candidates < 1:
@@ -141,7 +146,7 @@ def load_scorer(settings: PrerankSettings) -> tuple[Bundle, PrerankScorer]:
     dataset = load_dataset(bundle.component(COMPONENT)["dataset"], settings.data_dir)
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
-    store = InMemoryFeatureStore.from_split(dataset, spec, data)
+    store = open_store(settings.store, dataset, spec, data, settings.store_limits)
     return bundle, PrerankScorer.from_bundle(bundle, store, settings.scorer)
 
 

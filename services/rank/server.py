@@ -24,7 +24,7 @@ from cascade.candidates import to_proto
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import InMemoryFeatureStore
+from cascade.feature_store import StoreLimits, check_store_setting, open_store
 from cascade.features import FeatureSpec, build_spec
 from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
@@ -47,9 +47,14 @@ class RankSettings:
     data_dir: Path = Path("data")  # the dataset itself is the one the bundle was trained on
     artifacts: Path = Path("artifacts")
     bundle: str = "current"  # a version folder under artifacts, or the published "current"
+    # The online store: "memory" (this process, rebuilt from the event log at start) or
+    # "redis://host:port/db" (shared by every replica of every stage).
+    store: str = "memory"
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
 
     def __post_init__(self) -> None:
+        check_store_setting(self.store)
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
 
@@ -109,7 +114,7 @@ def load_scorer(settings: RankSettings) -> RankScorer:
     # come from the data: those must match).
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
-    store = InMemoryFeatureStore.from_split(dataset, spec, data)
+    store = open_store(settings.store, dataset, spec, data, settings.store_limits)
     return RankScorer.from_bundle(bundle, store, settings.scorer)
 
 

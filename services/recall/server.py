@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import to_proto
@@ -28,7 +28,7 @@ from cascade.config import load_settings
 from cascade.data.schema import DataError, load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
-from cascade.feature_store import InMemoryFeatureStore
+from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting, open_store
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
 from cascade.reload import Reloader
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
@@ -60,6 +60,13 @@ class RecallSettings:
     )
     artifacts: Path = Path("artifacts")
     bundle: str = "current"
+    # The online store: "memory" (this process, rebuilt from the event log at start) or
+    # "redis://host:port/db" (shared by every replica of every stage).
+    store: str = "memory"
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # The event log the embedded store replays at start (cascade.eventlog: "file:/dir" or
+    # "redis://..."), so a restart forgets no acknowledged event; "" = none.
+    event_log: str = ""
     data_dir: Path = Path("data")
     default_count: int = 2000  # when the request's count is 0
     max_count: int = 5000
@@ -79,6 +86,7 @@ class RecallSettings:
     two_tower_model: TwoTowerSettings = field(default_factory=TwoTowerSettings)
 
     def __post_init__(self) -> None:
+        check_store_setting(self.store)
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")
         if self.clock not in ("data", "wall"):
@@ -93,7 +101,7 @@ class RecallSettings:
 class RecallState:
     """What serving holds: the store, the channels in priority order and the bundle's facts."""
 
-    store: InMemoryFeatureStore
+    store: FeatureStore
     channels: list[Channel]
     version: str
     as_of: int  # last timestamp of the training log
@@ -112,7 +120,11 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
     if keep is not None and (keep.store.spec.fingerprint, keep.as_of) == (spec.fingerprint, as_of):
         store = keep.store
     else:
-        store = InMemoryFeatureStore.from_split(dataset, spec, split_dataset(dataset))
+        store = open_store(
+            settings.store, dataset, spec, split_dataset(dataset), settings.store_limits
+        )
+        if settings.event_log and settings.store == "memory":
+            replay_event_log(store, settings.event_log)
     if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
@@ -120,6 +132,18 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         )
     channels = build_channels(bundle, tables, store, settings)
     return RecallState(store, channels, bundle.version, as_of)
+
+
+def replay_event_log(store: FeatureStore, uri: str) -> None:
+    """Rebuilds the embedded store's online state from every event the log acknowledged."""
+    from cascade.eventlog import open_event_log  # the durable log of Feedback events
+
+    events = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
+    try:
+        applied = store.rebuild(events.read_events())
+    finally:
+        events.close()
+    log.info("recall: replayed %d events from %s into the online store", applied, uri)
 
 
 def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
@@ -139,7 +163,7 @@ def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
 
 
 def build_channels(
-    bundle: Bundle | None, tables: dict, store: InMemoryFeatureStore, settings: RecallSettings
+    bundle: Bundle | None, tables: dict, store: FeatureStore, settings: RecallSettings
 ) -> list[Channel]:
     """The channels in merge priority order. Two-tower comes from the bundle when enabled."""
     channels: list[Channel] = []
@@ -168,6 +192,18 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         self.settings = settings
         self.metrics = ModelMetrics("recall", registry)  # model time: channels + merge
         self.channel_metrics = ChannelMetrics(registry)
+        # What the fresh-content bandit reads, summed over items: replicas on one shared store
+        # agree on it (within the counters snapshot's refresh period).
+        totals = Gauge(
+            "cascade_store_item_events",
+            "Item event counters the store answers, summed over the catalog, by event.",
+            ["event"],
+            registry=registry,
+        )
+        for event in EVENTS:
+            totals.labels(event).set_function(
+                lambda event=event: self.state.store.counter_totals()[event]
+            )
         self._started = time.time()
         self.swap(state)
 

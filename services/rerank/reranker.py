@@ -20,6 +20,7 @@ from services.rerank.rules import (
     RELAXED,
     PageRules,
     Rules,
+    drop_shown,
     fresh_items,
     hard_filter,
     select_page,
@@ -59,6 +60,7 @@ class ItemSource(Protocol):
 
     def item_attributes(self, item_ids: np.ndarray) -> Table: ...
     def consumed(self, user_id: int) -> np.ndarray: ...
+    def shown(self, user_id: int) -> np.ndarray: ...
 
 
 class Page(NamedTuple):
@@ -101,6 +103,10 @@ class Reranker:
         if rules.filter_consumed and user_id > 0:
             seen.append(self.store.consumed(int(user_id)))
         keep, dropped = hard_filter(candidates.item_ids, np.concatenate([*seen, [0]])[:-1])
+        if rules.filter_shown and user_id > 0:
+            keep, dropped["already_shown"] = drop_shown(
+                candidates.item_ids, keep, self.store.shown(int(user_id)), count
+            )
         candidates = candidates.take(keep)
         ids = candidates.item_ids
         inside = (ids > 0) & (ids < len(self.vectors))

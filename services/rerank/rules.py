@@ -2,7 +2,10 @@
 
 Order (documented, and what the tests pin down):
 1. Hard filters, before selection: duplicate ids (the first occurrence stays), items the user
-   already consumed (the store) or just consumed (the request's recent items).
+   already consumed (the store) or just consumed (the request's recent items), and items the
+   user was shown within the store's shown_ttl_s (the store's shown set: one page is not repeated
+   on the next request) as long as enough unseen candidates remain for a full page; when they do
+   not, the best-ranked shown items come back to fill it.
 2. Greedy selection. At every step the method (DPP, MMR or the ranked order) scores the remaining
    items; the pick is its best item among those the page rules still allow:
    - creator cap: at most `max_per_creator` items per creator (unknown creator 0 is never capped);
@@ -37,6 +40,7 @@ class Rules:
     fresh_channel: bool = True  # an item the fresh recall channel found also counts as fresh
     filter_consumed: bool = True  # drop items in the store's consumed set for the user
     filter_recent: bool = True  # drop the request's recent_item_ids
+    filter_shown: bool = True  # drop items in the store's shown set for the user (TTL)
 
     def __post_init__(self) -> None:
         if self.max_per_creator < 0 or self.fresh_slots < 0 or self.fresh_age_s < 0:
@@ -70,6 +74,18 @@ def hard_filter(item_ids: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, dic
         "duplicate": int((~first).sum()),
         "already_seen": int((first & already_seen).sum()),
     }
+
+
+def drop_shown(
+    item_ids: np.ndarray, keep: np.ndarray, shown: np.ndarray, count: int
+) -> tuple[np.ndarray, int]:
+    """(keep mask, dropped count) without the items shown recently, except the best-ranked of
+    them when the rest could not fill a page of `count`."""
+    was_shown = keep & np.isin(item_ids, shown)
+    short = count - int((keep & ~was_shown).sum())
+    if short > 0:  # re-admit the first `short` shown items in rank order
+        was_shown[np.flatnonzero(was_shown)[:short]] = False
+    return keep & ~was_shown, int(was_shown.sum())
 
 
 def fresh_items(

@@ -25,7 +25,7 @@ from cascade.candidates import to_proto
 from cascade.config import load_settings
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import InMemoryFeatureStore
+from cascade.feature_store import StoreLimits, check_store_setting, now_ms, open_store
 from cascade.features import FeatureSpec, build_spec
 from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever
@@ -49,6 +49,10 @@ class RerankSettings:
     data_dir: Path = Path("data")
     artifacts: Path = Path("artifacts")
     bundle: str = "current"  # bundle name under artifacts/
+    # The online store: "memory" (this process, rebuilt from the event log at start) or
+    # "redis://host:port/db" (shared by every replica of every stage).
+    store: str = "memory"
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
     default_count: int = 20  # page size when the request's count is 0
     max_count: int = 200  # larger counts are INVALID_ARGUMENT
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
@@ -58,6 +62,7 @@ class RerankSettings:
     )
 
     def __post_init__(self) -> None:
+        check_store_setting(self.store)
         if not 1 <= self.default_count <= self.max_count:
             raise ValueError("need 1 <= default_count <= max_count")
 
@@ -82,6 +87,9 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         self.settings = settings
         self.metrics = RerankMetrics(registry)
         self.metrics.set_model_version(reranker.version)
+        # The embedded store is this process's own: rerank remembers the pages it answered for
+        # its already-shown filter. With Redis the gateway records what it actually answered.
+        self.record_pages = settings.store == "memory"
 
     def swap(self, reranker: Reranker) -> str:
         """Serves `reranker` from the next request on (hot reload); returns its version."""
@@ -124,6 +132,8 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         )
         self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.candidates_out.inc(len(page.candidates.item_ids))
+        if self.record_pages and request.user.user_id > 0 and reranker.config.rules.filter_shown:
+            reranker.store.record_shown(request.user.user_id, page.candidates.item_ids, now_ms())
         for rule, dropped in page.dropped.items():
             if dropped:
                 self.metrics.filtered.labels(rule).inc(dropped)
@@ -151,7 +161,7 @@ def load_reranker(settings: RerankSettings) -> Reranker:
             f"{COMPONENT}: {len(vectors)} item vectors but the catalog has {dataset.n_items} ids"
         )
     parts = split_dataset(dataset)
-    store = InMemoryFeatureStore.from_split(dataset, spec, parts)
+    store = open_store(settings.store, dataset, spec, parts, settings.store_limits)
     return Reranker(settings.rerank, vectors, store, version=bundle.version)
 
 

@@ -176,13 +176,13 @@ def test_fsync_policy_is_checked():
         LogSettings(fsync="sometimes")
 
 
-def test_redis_log_survives_kill_9_of_redis(redis_server):
-    log = open_event_log(redis_server.url)
+def test_redis_log_survives_kill_9_of_redis(redis_process):
+    log = open_event_log(redis_process.url)
     assert log.append_events(events(4)) == 4
     log.close()
-    redis_server.kill()
-    redis_server.start()  # same port and AOF file
-    log = open_event_log(redis_server.url)
+    redis_process.kill()
+    redis_process.restart()  # same port and AOF file
+    log = open_event_log(redis_process.url)
     assert log.read_events()["item_id"].to_pylist() == [10, 11, 12, 13]
     assert log.append_events(events(4)) == 0  # dedup keys were persisted too
     log.close()

@@ -160,3 +160,28 @@ def test_a_killed_stage_restarts_on_its_port_and_serves_again(tiny_bundle, tmp_p
         assert stack._serving(after.address)
         saved = json.loads((tmp_path / "run" / stack.STATE_FILE).read_text())
         assert [s["pid"] for s in saved["services"]] == [after.pid]
+
+
+def test_the_redis_store_starts_with_the_stack_is_shared_and_stops_with_it(
+    tiny_bundle, tmp_path, redis_binary
+):
+    import redis
+
+    artifacts, data = tiny_bundle
+    options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
+    with stack.running_stack(tmp_path / "run", train=False, store="redis", **options) as running:
+        from gateway.client import CascadeClient
+
+        (server,) = [s for s in running.services if s.name == stack.REDIS]
+        url = f"redis://127.0.0.1:{server.port}/0"
+        names = ("gateway", "recall", "rank")
+        assert {running.environments[n][f"CASCADE_{n.upper()}_STORE"] for n in names} == {url}
+        with CascadeClient(running.address("gateway"), timeout_s=5.0) as client:
+            played = client.recommend(5, count=5).items.item_ids[0]
+            assert client.feedback([(5, played, "play")]).accepted == 1
+            assert played not in client.recommend(5, count=5).items.item_ids
+        plays = redis.Redis.from_url(url).zrange("cascade:synthetic:u:5:plays", 0, -1)
+        assert [int(m.rsplit(b":", 1)[1]) for m in plays] == [played]
+        services = running.services
+    assert _processes_alive(services) == []
+    assert (tmp_path / "run" / stack.REDIS / "appendonlydir").is_dir()  # the AOF stays on disk

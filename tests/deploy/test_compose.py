@@ -62,7 +62,7 @@ def test_health_checks_probe_each_services_own_port_through_grpc_health():
         port = DEFAULT_PORTS[name]
         assert check["test"] == ["CMD", "python", "-m", "cascade.healthcheck", f"127.0.0.1:{port}"]
     gateway = COMPOSE["services"]["gateway"]
-    assert set(gateway["depends_on"]) == set(STAGES)
+    assert set(gateway["depends_on"]) == {*STAGES, "redis"}
     for stage in STAGES:
         assert (
             env(gateway, "gateway", f"{stage.upper()}_TARGET")
@@ -155,3 +155,16 @@ def test_served_calls_counts_a_services_rpcs_but_not_health_checks():
             with metrics.observe(rpc, Context()):
                 pass
     assert served_calls(generate_latest(registry).decode()) == 3
+
+
+def test_every_service_shares_the_redis_store_which_keeps_an_fsynced_aof():
+    redis = COMPOSE["services"]["redis"]
+    command = redis["command"]
+    flags = dict(zip(command[::2], command[1::2], strict=True))
+    assert flags["--bind"] == "127.0.0.1" and flags["--appendonly"] == "yes"
+    assert flags["--appendfsync"] == "always" and flags["--dir"] == "/data"
+    assert "redis-data:/data" in redis["volumes"] and "redis-data" in COMPOSE["volumes"]
+    url = f"redis://127.0.0.1:{flags['--port']}/0"
+    for name in SERVICES:
+        assert env(COMPOSE["services"][name], name, "STORE") == f"${{CASCADE_STORE:-{url}}}"
+        assert COMPOSE["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -34,7 +34,7 @@ def test_renders_a_namespaced_set_per_stage(objects):
     kinds = Counter(o["kind"] for o in objects)
     assert kinds == {
         "Namespace": 1, "ConfigMap": 1, "PersistentVolumeClaim": 1, "Deployment": 5,
-        "Service": 5, "HorizontalPodAutoscaler": 5, "PodDisruptionBudget": 5,
+        "Service": 6, "HorizontalPodAutoscaler": 5, "PodDisruptionBudget": 5, "StatefulSet": 1,
     }  # fmt: skip
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
         "cascade"
@@ -133,6 +133,13 @@ MISTAKES = [
      checks.check_gateway_targets, "rank_target is 'dns:///rank.cascade.svc.cluster.local:50052'"),
     ("a stage without its Service", lambda o: o.remove(checks.find(o, "Service", "prerank")),
      checks.check_inventory, "stage prerank: no Service"),
+    ("one stage on its own memory store",
+     lambda o: set_env(o, "rank", "CASCADE_RANK_STORE", "memory"),
+     checks.check_store, "the stages use different stores"),
+    ("the store's port is not Redis's",
+     lambda o: checks.find(o, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0][
+         "ports"][0].update(containerPort=6380),
+     checks.check_store, "StatefulSet/redis listens on [6380], not 6379"),
 ]  # fmt: skip
 
 
@@ -152,4 +159,4 @@ def test_cli_writes_the_report_and_exits_zero(tmp_path, capsys):
     assert text == capsys.readouterr().out
     assert "FAIL" not in text and text.endswith("result: 0 errors\n")
     for version in KUBERNETES_VERSIONS:
-        assert f"ok   Kubernetes {version}: 23/23" in text
+        assert f"ok   Kubernetes {version}: 25/25" in text

@@ -2,7 +2,8 @@
 the kubelet's gRPC health probe, and on SIGTERM drains as the manifests promise: NOT_SERVING but
 still answering for shutdown_delay_s, then an exit well inside terminationGracePeriodSeconds.
 
-Loopback only: the pod's 0.0.0.0 and fixed ports are replaced by 127.0.0.1 and free ports.
+Loopback only: the pod's 0.0.0.0 and fixed ports are replaced by 127.0.0.1 and free ports, and
+its shared Redis store by a real redis-server on a loopback port.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def rerank_bundle(tmp_path_factory) -> tuple[Path, Path]:
     return artifacts, data
 
 
-def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path):
+def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path, redis_url):
     artifacts, data = rerank_bundle
     objects = render()
     workload = next(w for w in checks.workloads(objects)[0] if w.stage.name == STAGE)
@@ -62,6 +63,7 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
         f"{prefix}ARTIFACTS": str(artifacts),
         f"{prefix}DATA_DIR": str(data),
         f"{prefix}BUNDLE": "v1",
+        f"{prefix}STORE": redis_url,
     }  # fmt: skip
     log = tmp_path / "server.log"
     with open(log, "w") as out:

@@ -118,8 +118,12 @@ class Delay(grpc.ServerInterceptor):
         return handler._replace(unary_unary=late)
 
 
-def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]:
-    common = {"artifacts": built.artifacts, "data_dir": built.data_dir, "server": QUIET}
+def start_stages(
+    built: Built, rank_delay_s: float = 0.0, store: str = "memory"
+) -> tuple[dict, object]:
+    common = {
+        "artifacts": built.artifacts, "data_dir": built.data_dir, "server": QUIET, "store": store
+    }  # fmt: skip
     recall, recall_service = start_recall(
         RecallSettings(**common, default_count=50, fresh_window_s=10**9)
     )
@@ -174,12 +178,13 @@ def stack_factory(built) -> Iterator:
     started: list[Stack] = []
 
     def make(rank_delay_s: float = 0.0, **overrides) -> Stack:
-        stages, recall_service = start_stages(built, rank_delay_s)
+        stages, recall_service = start_stages(built, rank_delay_s, overrides.get("store", "memory"))
         settings = gateway_settings(built, stages, **overrides)
         stack = Stack(stages, start(settings), settings, recall_service)
         started.append(stack)
         return stack
 
+    make.built = built  # type: ignore[attr-defined]
     yield make
     for stack in started:
         stack.gateway.stop(0)

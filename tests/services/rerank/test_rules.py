@@ -15,8 +15,11 @@ NOW = 1_000_000
 class Store:
     """Attributes by id: creator = id // 10, category = id % 3 + 1, uploaded long ago."""
 
-    def __init__(self, fresh: tuple[int, ...] = (), consumed: tuple[int, ...] = ()):
+    def __init__(
+        self, fresh: tuple[int, ...] = (), consumed: tuple[int, ...] = (), shown: tuple = ()
+    ):
         self.fresh, self._consumed = set(fresh), np.array(consumed, dtype=np.int64)
+        self._shown = np.array(shown, dtype=np.int64)
 
     def item_attributes(self, item_ids):
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -27,6 +30,9 @@ class Store:
 
     def consumed(self, user_id):
         return self._consumed
+
+    def shown(self, user_id):
+        return self._shown
 
 
 def reranker(rules: Rules, store: Store, method: str = "none", n_items: int = 100) -> Reranker:
@@ -85,6 +91,20 @@ def test_consumed_and_recent_items_are_filtered_and_counted():
     )
     assert page.candidates.item_ids.tolist() == [1, 4]
     assert page.filtered == 2 and page.dropped["already_seen"] == 2
+
+
+def test_items_shown_within_the_ttl_are_filtered_unless_the_rule_is_off():
+    store = Store(shown=(1, 4))
+    page = reranker(OFF, store).rerank(ranked([1, 2, 3, 4]), 2, user_id=7)
+    assert page.candidates.item_ids.tolist() == [2, 3]
+    assert page.dropped["already_shown"] == 2
+    # Too few unseen items for the page: the best-ranked shown one comes back to fill it.
+    page = reranker(OFF, store).rerank(ranked([1, 2, 3, 4]), 3, user_id=7)
+    assert page.candidates.item_ids.tolist() == [1, 2, 3]
+    assert page.dropped["already_shown"] == 1
+    rules = Rules(max_per_creator=0, max_category_share=1.0, fresh_slots=0, filter_shown=False)
+    page = reranker(rules, store).rerank(ranked([1, 2, 3, 4]), 10, user_id=7)
+    assert page.candidates.item_ids.tolist() == [1, 2, 3, 4]
 
 
 def test_missing_embeddings_are_counted_and_dissimilar_to_all():

@@ -122,11 +122,7 @@ def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]
     recall, recall_service = start_recall(
         RecallSettings(**common, default_count=50, fresh_window_s=10**9)
     )
-    rank_settings = RankSettings(**common)
-    rank_registry = new_registry(process_metrics=False)
-    service = RankService(load_scorer(rank_settings), 2000, ModelMetrics(RANK, rank_registry))
-    delay = [Delay(rank_delay_s)] if rank_delay_s else []
-    rank = serve("rank", rank_servicers(service), QUIET, rank_registry, delay)
+    rank = start_rank(built, QUIET, rank_delay_s)
     rerank_settings = RerankSettings(**common)
     registry = new_registry(process_metrics=False)
     reranker = load_reranker(rerank_settings)
@@ -135,6 +131,15 @@ def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]
     if HAS_PRERANK:
         stages["prerank"] = _start_prerank(common)
     return stages, recall_service
+
+
+def start_rank(built: Built, server: ServerSettings, delay_s: float = 0.0) -> RunningServer:
+    """A real rank server (also to restart one on the port a stopped one had)."""
+    settings = RankSettings(artifacts=built.artifacts, data_dir=built.data_dir, server=server)
+    registry = new_registry(process_metrics=False)
+    service = RankService(load_scorer(settings), 2000, ModelMetrics(RANK, registry))
+    delay = [Delay(delay_s)] if delay_s else []
+    return serve("rank", rank_servicers(service), server, registry, delay)
 
 
 def _build_prerank(data_dir: Path, artifacts: Path) -> None:
@@ -157,10 +162,13 @@ def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides
     # A port nobody listens on stands in for a stage that is not running (calls fail at once).
     targets = {f"{s}_target": "127.0.0.1:1" for s in ("recall", "prerank", "rank", "rerank")}
     targets |= {f"{name}_target": server.address for name, server in stages.items()}
+    funnel = dict(
+        recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
+        default_deadline_s=2.0, max_deadline_s=3.0,
+    )  # fmt: skip
     return GatewaySettings(
         server=QUIET, artifacts=built.artifacts, data_dir=built.data_dir,
-        recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
-        default_deadline_s=2.0, max_deadline_s=3.0, **targets, **overrides,
+        **(targets | funnel | overrides),
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from services.rank.model import ModelConfig
 from services.rank.server import STAGE as RANK
 from services.rank.server import RankService, RankSettings, load_scorer
 from services.rank.server import add_servicers as rank_servicers
+from services.rank.server import reloader as rank_reloader
 from services.rank.train import TrainConfig, train
 from services.recall.build import build_recall
 from services.recall.server import RecallSettings
@@ -139,7 +140,8 @@ def start_rank(built: Built, server: ServerSettings, delay_s: float = 0.0) -> Ru
     registry = new_registry(process_metrics=False)
     service = RankService(load_scorer(settings), 2000, ModelMetrics(RANK, registry))
     delay = [Delay(delay_s)] if delay_s else []
-    return serve("rank", rank_servicers(service), server, registry, delay)
+    reload = rank_reloader(settings, service)  # polls only when server.reload_interval_s > 0
+    return serve("rank", rank_servicers(service), server, registry, delay, reload)
 
 
 def _build_prerank(data_dir: Path, artifacts: Path) -> None:

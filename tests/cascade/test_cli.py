@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import socket
 
 import pytest
 
@@ -93,18 +94,9 @@ def test_down_without_a_stack_says_so(tmp_path, capsys):
 
 
 def test_recommend_against_no_gateway_fails_cleanly(capsys):
-    from cascade.stack import free_port
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "recommend",
-                "--user",
-                "196",
-                "--target",
-                f"127.0.0.1:{free_port()}",
-                "--timeout",
-                "0.5",
-            ]
-        )
+    with socket.socket() as held:  # bound, never listening: refused for the whole test
+        held.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{held.getsockname()[1]}"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["recommend", "--user", "196", "--target", target, "--timeout", "0.5"])
     assert exit_info.value.code != 0

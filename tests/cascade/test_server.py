@@ -23,7 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cascade.candidates import InvalidField, from_proto, to_proto
 from cascade.client import ClientSettings, field_violations, make_channel
-from cascade.server import BindError, RunningServer, ServerSettings, invalid_argument, serve
+from cascade.server import (
+    BindError,
+    RunningServer,
+    ServerSettings,
+    invalid_argument,
+    read_port_file,
+    serve,
+)
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
 
 pytestmark = pytest.mark.timeout(30)
@@ -267,3 +274,16 @@ def test_run_forever_shuts_down_gracefully_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_server_on_port_0_reports_the_ports_it_bound(tmp_path):
+    port_file = tmp_path / "ports.json"
+    running, _ = start_fake(ServerSettings(port_file=str(port_file)))
+    try:
+        assert read_port_file(port_file) == (running.port, running.metrics_port)
+        assert running.port > 0 and running.metrics_port > 0
+        with make_channel(running.address, ClientSettings(max_attempts=1)) as channel:
+            reply = rerank_pb2_grpc.RerankStub(channel).Rerank(rerank_request(count=1), timeout=5)
+        assert list(reply.candidates.item_ids) == [100]
+    finally:
+        running.stop(0)

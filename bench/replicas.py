@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,13 @@ from gateway.client import CascadeClient
 REPLICAS = {"recall": 2, "prerank": 1, "rank": 2, "rerank": 1, "gateway": 2}
 
 
+def _free_port() -> int:
+    """A port free now (the bench fixes every replica's port before any starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(run_dir: Path, name: str, replica: int, env: dict[str, str]) -> stack.Service:
     log = run_dir / f"{name}-{replica}.log"
     port = int(env[f"CASCADE_{name.upper()}_SERVER_PORT"])
@@ -51,22 +59,25 @@ def launch(run_dir: Path, name: str, replica: int, env: dict[str, str]) -> stack
 def start_replicas(run_dir: Path, artifacts: Path, data_dir: Path, store: str) -> stack.Stack:
     """Every replica as its own process on free ports, all on `store`; waits for health."""
     names = [n for n in REPLICAS if n != "prerank" or stack.prerank_available(artifacts)]
-    ports = {(n, r): (stack.free_port(), stack.free_port()) for n in names
+    ports = {(n, r): (_free_port(), _free_port()) for n in names
              for r in range(REPLICAS[n])}  # fmt: skip
     targets = {
         stage: "ipv4:" + ",".join(f"127.0.0.1:{ports[stage, r][0]}" for r in range(REPLICAS[stage]))
         for stage in stack.STAGES if stage in names
     }  # fmt: skip
-    targets.setdefault("prerank", f"127.0.0.1:{stack.free_port()}")  # absent: degraded
+    targets.setdefault("prerank", f"127.0.0.1:{_free_port()}")  # absent: degraded
     settings = {"artifacts": artifacts.resolve(), "bundle": "current",
-                "data_dir": data_dir.resolve()}  # fmt: skip
+                "data_dir": data_dir.resolve(), "run_dir": run_dir.resolve()}  # fmt: skip
     running = stack.Stack(run_dir, [], "current", "")
     try:
         for name in names:
             for replica in range(REPLICAS[name]):
                 port, metrics = ports[name, replica]
-                env = stack._environment(name, port, metrics, settings, targets)
+                port_file = run_dir / f"{name}-{replica}.ports.json"
+                env = stack._environment(name, port, metrics, settings, targets, port_file)
                 env[f"CASCADE_{name.upper()}_STORE"] = store
+                if name == "gateway":  # both gateways append to one shared log (Redis Streams)
+                    env["CASCADE_GATEWAY_EVENT_LOG"] = store
                 if name == "rerank":  # the consumed set, not the shown set, must do the work
                     env["CASCADE_RERANK_RERANK_RULES_FILTER_SHOWN"] = "false"
                 running.services.append(launch(run_dir, name, replica, env))

@@ -95,6 +95,7 @@ def _build(
                 f"known: {', '.join(name + n for n in sorted(types_by_name))}"
             )
     kwargs: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # field -> "name=value from <where>", for error messages
     for field_name, tp in types_by_name.items():
         qualified = name + field_name
         if _is_settings(tp):
@@ -114,10 +115,20 @@ def _build(
         for source, layer in layers:
             if field_name in layer:
                 kwargs[field_name] = _convert(layer[field_name], tp, qualified, source)
+                origins[field_name] = (
+                    f"{qualified}={layer[field_name]} from {_where(layer[field_name], source)}"
+                )
     try:
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise SettingsError(f"invalid settings {cls.__name__}: {error}") from error
+        # A cross-field rule (__post_init__) failed: name every value that was set, and where
+        # from, so the operator finds the variable to fix.
+        given = "; ".join(origins[name] for name in sorted(origins)) or "defaults only"
+        raise SettingsError(f"invalid settings {cls.__name__}: {error} (set: {given})") from error
+
+
+def _where(value: Any, source: str) -> str:
+    return f"environment variable {value.var}" if isinstance(value, _EnvValue) else source
 
 
 def _nested_default(cls: type, field_name: str, base: Any) -> Any:
@@ -130,7 +141,7 @@ def _nested_default(cls: type, field_name: str, base: Any) -> Any:
 
 
 def _convert(value: Any, tp: Any, name: str, source: str) -> Any:
-    where = f"environment variable {value.var}" if isinstance(value, _EnvValue) else source
+    where = _where(value, source)
     try:
         return _coerce(value, tp)
     except (TypeError, ValueError) as error:

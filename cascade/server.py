@@ -8,13 +8,16 @@ NOT_SERVING first, then server.stop(grace) lets in-flight calls finish while new
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
@@ -53,6 +56,9 @@ class ServerSettings:
     shutdown_delay_s: float = 0.0  # NOT_SERVING before refusing calls, so balancers notice
     max_connection_age_s: float = 300.0  # then clients reconnect, finding new replicas; 0 = off
     reload_interval_s: float = 2.0  # poll the bundle name for a newly published version; 0 = off
+    # When set, the bound ports are written here as JSON once serving: a supervisor that asked
+    # for port 0 learns the port the server holds (no probe-then-rebind race).
+    port_file: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -176,6 +182,8 @@ def serve(
     )  # fmt: skip
     if reloader is not None:
         reloader.start(registry)
+    if settings.port_file:
+        write_port_file(Path(settings.port_file), running.port, running.metrics_port)
     log.info(
         "%s: serving %s on %s, metrics on port %s",
         stage,
@@ -184,6 +192,22 @@ def serve(
         running.metrics_port,
     )
     return running
+
+
+def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
+    """{"port": ..., "metrics_port": ...}, replaced atomically (a reader sees all or nothing)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({"port": port, "metrics_port": metrics_port}))
+    os.replace(temporary, path)
+
+
+def read_port_file(path: Path) -> tuple[int, int | None] | None:
+    """The ports a server wrote with write_port_file, or None while it has not yet."""
+    try:
+        ports = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return int(ports["port"]), ports["metrics_port"]
 
 
 def run_forever(

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.redis_server import RedisProcess
+from cascade.server import read_port_file
 
 # Start order: the stages first, the gateway last (it connects to all of them).
 STAGES = ("recall", "prerank", "rank", "rerank")
@@ -87,12 +87,6 @@ class Stack:
         return f"cascade stack ({self.dataset}, bundle {self.bundle}):\n" + "\n".join(rows)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bundle_dataset(artifacts: Path, bundle: str = "current") -> str | None:
     """The dataset `bundle` was trained on, or None when there is no usable bundle."""
     try:
@@ -135,11 +129,14 @@ def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "
     subprocess.run(command, check=True)
 
 
-def _environment(name: str, port: int, metrics_port: int, settings: dict, targets: dict) -> dict:
+def _environment(
+    name: str, port: int, metrics_port: int, settings: dict, targets: dict, port_file: Path
+) -> dict:
     prefix = f"CASCADE_{name.upper()}_"
     env = {
         f"{prefix}SERVER_PORT": str(port),
         f"{prefix}SERVER_METRICS_PORT": str(metrics_port),
+        f"{prefix}SERVER_PORT_FILE": str(port_file),
         f"{prefix}ARTIFACTS": str(settings["artifacts"]),
         f"{prefix}BUNDLE": settings["bundle"],
         f"{prefix}DATA_DIR": str(settings["data_dir"]),
@@ -187,10 +184,6 @@ def up(
     redis_port = (ports or {}).get(REDIS, REDIS_PORT)
     ports = {**DEFAULT_PORTS, **(ports or {})}
     metrics_ports = {**DEFAULT_METRICS_PORTS, **(metrics_ports or {})}
-    ports = {n: ports[n] or free_port() for n in DEFAULT_PORTS} | {REDIS: redis_port}
-    metrics_ports = {n: metrics_ports[n] or free_port() for n in DEFAULT_PORTS}
-    # The gateway targets prerank's port even when it does not run: calls fail fast, it degrades.
-    targets = {stage: f"127.0.0.1:{ports[stage]}" for stage in STAGES}
     settings = {
         "artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve(),
         "run_dir": run_dir.resolve(),
@@ -198,19 +191,28 @@ def up(
     stack = Stack(run_dir, [], bundle, dataset)
     try:
         if store == "redis":
-            server = RedisProcess.start(run_dir / REDIS, ports[REDIS])  # 0: a free port
+            server = RedisProcess.start(run_dir / REDIS, redis_port)  # 0: a free port
             stack.services.append(
                 Service(REDIS, server.port, 0, server.pid, str(run_dir / REDIS / "redis.log"))
             )
             _save(stack)
             store = server.url
-        for name in names:
-            env = _environment(name, ports[name], metrics_ports[name], settings, targets)
-            env[f"CASCADE_{name.upper()}_STORE"] = store
-            stack.environments[name] = env | (extra_env or {})
-            (run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
-            stack.services.append(_launch(stack, name, ports[name], metrics_ports[name]))
-            _save(stack)
+        extra = {
+            name: {f"CASCADE_{name.upper()}_STORE": store} | (extra_env or {}) for name in names
+        }
+        # Stages first (a port of 0: each binds an ephemeral one and reports it in its port
+        # file), then the gateway, pointed at the ports they actually hold.
+        for name in [n for n in names if n != "gateway"]:
+            _start(stack, name, ports[name], metrics_ports[name], settings, {}, extra[name])
+        _learn_ports(stack, timeout_s)
+        if "gateway" in names:
+            # Prerank's address even when it does not run: calls fail fast, the gateway degrades
+            # it (port 1: nothing listens there when prerank had no fixed port).
+            running = {s.name: s.address for s in stack.services}
+            targets = {st: running.get(st, f"127.0.0.1:{ports[st] or 1}") for st in STAGES}
+            _start(stack, "gateway", ports["gateway"], metrics_ports["gateway"], settings,
+                   targets, extra["gateway"])  # fmt: skip
+            _learn_ports(stack, timeout_s)
         wait_healthy(stack, timeout_s)
     except BaseException:
         down(run_dir, quiet=True)
@@ -220,7 +222,38 @@ def up(
     return stack
 
 
+def _port_file(stack: Stack, name: str) -> Path:
+    return stack.run_dir / f"{name}.ports.json"
+
+
+def _start(
+    stack: Stack, name: str, port: int, metrics_port: int, settings: dict, targets: dict,
+    extra_env: dict[str, str] | None,
+) -> None:  # fmt: skip
+    env = _environment(name, port, metrics_port, settings, targets, _port_file(stack, name))
+    stack.environments[name] = env | (extra_env or {})
+    (stack.run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
+    stack.services.append(_launch(stack, name, port, metrics_port))
+    _save(stack)
+
+
+def _learn_ports(stack: Stack, timeout_s: float) -> None:
+    """Waits for every launched service's port file and records the ports it bound."""
+    deadline = time.monotonic() + timeout_s
+    for service in [s for s in stack.services if s.name != REDIS]:  # it answered PING already
+        while (ports := read_port_file(_port_file(stack, service.name))) is None:
+            if not _alive(service.pid):
+                raise StackError(f"{service.name} exited during start-up:\n{log_tail(service.log)}")
+            if time.monotonic() > deadline:
+                tail = log_tail(service.log)
+                raise StackError(f"{service.name} bound no port after {timeout_s:.0f} s:\n{tail}")
+            time.sleep(0.05)
+        service.port, service.metrics_port = ports[0], ports[1] if ports[1] is not None else -1
+    _save(stack)
+
+
 def _launch(stack: Stack, name: str, port: int, metrics_port: int) -> Service:
+    _port_file(stack, name).unlink(missing_ok=True)  # a stale file from an earlier run
     log_path = stack.run_dir / f"{name}.log"
     with open(log_path, "a") as log_file:
         process = subprocess.Popen(
@@ -246,6 +279,11 @@ def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
         service = stack.services[index] = Service(REDIS, old.port, 0, server.pid, old.log)
         _save(stack)
         return service
+    prefix = f"CASCADE_{name.upper()}_"
+    stack.environments[name] = stack.environments[name] | {  # the ports it held, not 0 again
+        f"{prefix}SERVER_PORT": str(old.port),
+        f"{prefix}SERVER_METRICS_PORT": str(old.metrics_port),
+    }
     service = stack.services[index] = _launch(stack, name, old.port, old.metrics_port)
     _save(stack)
     wait_healthy(Stack(stack.run_dir, [service], stack.bundle, stack.dataset), timeout_s)

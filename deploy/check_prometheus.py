@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from cascade.stack import STATE_FILE, Service, Stack, StackError, free_port, running_stack
+from cascade.stack import STATE_FILE, Service, Stack, StackError, running_stack
 from deploy import grafana_dashboards, prometheus_rules
 from deploy.check_traffic import Traffic
 from deploy.report_prometheus import write_report
@@ -95,9 +96,17 @@ def scrape_config(stack: Stack, workdir: Path) -> Path:
     return path
 
 
+def _free_port() -> int:
+    """A port free right now. Only for Prometheus, which cannot bind 0 and say which port it
+    got; our own servers bind 0 and report theirs (cascade.server's port_file)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def start_prometheus(binary: str, config: Path, workdir: Path, exits: ExitStack) -> str:
     """Prometheus on a free loopback port with its own storage; stopped when `exits` closes."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{_free_port()}"
     log = open(workdir / "prometheus.log", "w")  # closed by `exits`
     exits.callback(log.close)
     command = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",

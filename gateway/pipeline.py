@@ -97,14 +97,21 @@ class Served:
 
 
 class Budget:
-    """What is left of one request's time, split across the stages still to run."""
+    """What is left of one request's time, split across the stages still to run. `clock` is the
+    time source (seconds); tests pass their own to check the split exactly."""
 
-    def __init__(self, total_s: float, shares: dict[str, float]):
-        self.deadline = time.perf_counter() + max(total_s, 0.0)
+    def __init__(
+        self,
+        total_s: float,
+        shares: dict[str, float],
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.clock = clock
+        self.deadline = clock() + max(total_s, 0.0)
         self.shares = shares
 
     def left(self) -> float:
-        return self.deadline - time.perf_counter()
+        return self.deadline - self.clock()
 
     def for_stage(self, stage: str) -> float:
         rest = STAGES[STAGES.index(stage) :]
@@ -115,34 +122,45 @@ class Breaker:
     """Stops calling a stage that keeps failing (DESIGN: degrade, fast). After `threshold`
     failures in a row it opens: calls fall back at once (reason CIRCUIT_OPEN) instead of each
     waiting out its budget on a paused or dead stage. After `cooldown_s` one call goes through as
-    a probe: success closes the breaker, failure opens it for another cooldown."""
+    a probe: success closes the breaker, failure opens it for another cooldown. `clock` is the
+    time source (seconds); tests pass their own to step through the cooldown exactly."""
 
-    def __init__(self, threshold: int, cooldown_s: float):
-        self.threshold, self.cooldown_s = threshold, cooldown_s
+    def __init__(
+        self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ):
+        self.threshold, self.cooldown_s, self.clock = threshold, cooldown_s, clock
         self.failures = 0
         self.open_until = 0.0
-        self.probing = False
+        self.prober: int | None = None  # the thread whose call is the probe, if one is out
         self.lock = threading.Lock()
 
     def allow(self) -> bool:
-        """May this call go to the stage? Every True must be followed by `record`."""
+        """May this call go to the stage? Every True must be followed by `record`, from the
+        same thread (a synchronous call: the probe is known by its thread)."""
         with self.lock:
             if not self.threshold or self.failures < self.threshold:
                 return True
-            if self.probing or time.monotonic() < self.open_until:
+            if self.prober is not None or self.clock() < self.open_until:
                 return False
-            self.probing = True
+            self.prober = threading.get_ident()
             return True
+
+    @property
+    def probing(self) -> bool:
+        return self.prober is not None
 
     def record(self, ok: bool | None) -> None:
         """The call's outcome; None when it says nothing about the stage's health."""
         with self.lock:
-            self.probing = False
+            # Only the probe ends the probe: a call let through before the breaker opened and
+            # answering during the probe must not let a second probe in.
+            if self.prober == threading.get_ident():
+                self.prober = None
             if ok is None:
                 return
             self.failures = 0 if ok else self.failures + 1
             if self.threshold and self.failures >= self.threshold:
-                self.open_until = time.monotonic() + self.cooldown_s
+                self.open_until = self.clock() + self.cooldown_s
 
 
 @dataclass(frozen=True)

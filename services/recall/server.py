@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import to_proto
-from cascade.config import load_settings
+from cascade.config import SettingsError, load_settings
 from cascade.data.schema import DataError, load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
@@ -345,10 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = load_settings(RecallSettings, args.config, env_prefix="CASCADE_RECALL_")
     try:
+        settings = load_settings(RecallSettings, args.config, env_prefix="CASCADE_RECALL_")
         state = open_recall(settings)
-    except (ArtifactError, DataError) as error:
+    except (SettingsError, ArtifactError, DataError) as error:
         log.error("recall: refusing to start: %s", error)
         return 2
     registry = new_registry()

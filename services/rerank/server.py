@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import to_proto
-from cascade.config import load_settings
-from cascade.data import load_dataset
+from cascade.config import SettingsError, load_settings
+from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import StoreLimits, check_store_setting, now_ms, open_store
 from cascade.features import FeatureSpec, build_spec
@@ -183,8 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=None, help="JSON or TOML settings file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = load_settings(RerankSettings, args.config, env_prefix="CASCADE_RERANK_")
-    reranker = load_reranker(settings)
+    try:
+        settings = load_settings(RerankSettings, args.config, env_prefix="CASCADE_RERANK_")
+        reranker = load_reranker(settings)
+    except (SettingsError, ArtifactError, DataError) as error:
+        print(f"rerank: refusing to start: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     registry = new_registry()
     servicer = RerankServicer(reranker, settings, registry)
     reloader = Reloader.for_service(STAGE, settings, lambda: load_reranker(settings), servicer.swap)

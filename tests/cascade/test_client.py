@@ -28,16 +28,17 @@ def call(target: str, request, settings: ClientSettings, **kwargs):
 
 
 def test_calls_without_timeout_get_the_default_deadline(fake):
-    running, _ = fake
-    settings = ClientSettings(timeout_s=0.1)
+    running, servicer = fake
+    settings = ClientSettings(timeout_s=0.3)
     with make_channel(running.address, settings) as channel:
         stub = rerank_pb2_grpc.RerankStub(channel)
         stub.Rerank(rerank_request(count=1))  # connected
         start = time.perf_counter()
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.Rerank(rerank_request(count=1, sleep_ms=500))
+        with pytest.raises(grpc.RpcError) as caught:  # held in the server until released
+            stub.Rerank(rerank_request(count=1, hold=True))
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.perf_counter() - start < 0.4
+        assert time.perf_counter() - start < 10  # the default deadline, not the 30 s hold
+        servicer.release.set()
         # A caller's own timeout wins over the default.
         reply = stub.Rerank(rerank_request(count=1, sleep_ms=200), timeout=2)
         assert reply.candidates.item_ids == [100]

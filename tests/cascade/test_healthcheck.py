@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,6 @@ from grpc_health.v1 import health_pb2
 
 from cascade.healthcheck import check, main
 from cascade.server import RunningServer, ServerSettings, serve
-from cascade.stack import free_port
 
 pytestmark = pytest.mark.timeout(30)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +50,11 @@ def test_shutdown_turns_the_probe_unhealthy(running):
 
 
 def test_nothing_listening_exits_one_within_the_timeout():
-    address = f"127.0.0.1:{free_port()}"
-    assert check(address, timeout_s=0.3).startswith("ERROR: ")
-    assert main([address, "--timeout", "0.3"]) == 1
+    with socket.socket() as held:  # bound, never listening: refused for the whole test
+        held.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        assert check(address, timeout_s=0.3).startswith("ERROR: ")
+        assert main([address, "--timeout", "0.3"]) == 1
 
 
 def test_runs_as_a_module_like_the_compose_healthcheck(running):

@@ -23,7 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cascade.candidates import InvalidField, from_proto, to_proto
 from cascade.client import ClientSettings, field_violations, make_channel
-from cascade.server import BindError, RunningServer, ServerSettings, invalid_argument, serve
+from cascade.server import (
+    BindError,
+    RunningServer,
+    ServerSettings,
+    invalid_argument,
+    read_port_file,
+    serve,
+)
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
 
 pytestmark = pytest.mark.timeout(30)
@@ -33,12 +40,14 @@ RERANK = rerank_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name
 
 class FakeRerank(rerank_pb2_grpc.RerankServicer):
     """Returns the first `count` candidates. Test knobs: `fail_next` calls answer UNAVAILABLE;
-    extras["sleep_ms"] delays the answer; count 13 raises (an unhandled bug)."""
+    extras["sleep_ms"] delays the answer; extras["hold"] waits until `release` is set; count 13
+    raises (an unhandled bug)."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.fail_next = 0
         self.started = threading.Event()
+        self.release = threading.Event()
         self._lock = threading.Lock()
 
     def Rerank(self, request, context):
@@ -50,6 +59,8 @@ class FakeRerank(rerank_pb2_grpc.RerankServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         self.started.set()
         time.sleep(int(request.user.context.extras.get("sleep_ms", "0")) / 1000)
+        if "hold" in request.user.context.extras:
+            self.release.wait(30)
         try:
             candidates = from_proto(request.candidates)
         except InvalidField as error:
@@ -73,10 +84,14 @@ def start_fake(settings: ServerSettings | None = None) -> tuple[RunningServer, F
     return serve("rerank", add, settings or ServerSettings()), servicer
 
 
-def rerank_request(count: int, n: int = 5, sleep_ms: int = 0) -> rerank_pb2.RerankRequest:
+def rerank_request(
+    count: int, n: int = 5, sleep_ms: int = 0, hold: bool = False
+) -> rerank_pb2.RerankRequest:
     request = rerank_pb2.RerankRequest(count=count)
     if sleep_ms:
         request.user.context.extras["sleep_ms"] = str(sleep_ms)
+    if hold:
+        request.user.context.extras["hold"] = "1"
     to_proto(np.arange(100, 100 + n), np.linspace(1, 0, n), out=request.candidates)
     return request
 
@@ -109,7 +124,9 @@ def test_rerank_answers_through_the_bootstrap(stub):
 
 
 def test_health_is_serving_then_not_serving_during_shutdown():
-    running, _ = start_fake(ServerSettings(shutdown_delay_s=0.5))
+    # A shutdown delay far longer than the checks need: NOT_SERVING is observed by polling, not
+    # by hoping a fixed sleep lands inside the window.
+    running, _ = start_fake(ServerSettings(shutdown_delay_s=5.0))
     with grpc.insecure_channel(running.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", RERANK):
@@ -117,11 +134,17 @@ def test_health_is_serving_then_not_serving_during_shutdown():
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stopper = threading.Thread(target=running.stop)
         stopper.start()
-        time.sleep(0.1)  # inside shutdown_delay_s: still answering, but NOT_SERVING
+        statuses = {}
         for service in ("", RERANK):
-            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        stopper.join(5)
+            for _ in range(200):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.01)
+            statuses[service] = reply.status
+        assert stopper.is_alive()  # still inside shutdown_delay_s, and answering
+        assert set(statuses.values()) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        stopper.join(10)
         assert running.wait(timeout=1)
 
 
@@ -179,13 +202,14 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
     with make_channel(running.address, ClientSettings(max_attempts=1, timeout_s=6)) as channel:
         stub = rerank_pb2_grpc.RerankStub(channel)
         stub.Rerank(rerank_request(count=1))  # connected
-        # Long enough that a loaded machine still refuses a new call before it ends.
-        slow = stub.Rerank.future(rerank_request(count=2, sleep_ms=2000))
-        assert servicer.started.wait(2)
-        stopper = threading.Thread(target=running.stop, kwargs={"grace": 5})
+        servicer.started.clear()  # set by the call above: wait for the held one's own start
+        # Held in the server until the test releases it: in flight for as long as it takes.
+        slow = stub.Rerank.future(rerank_request(count=2, hold=True))
+        assert servicer.started.wait(10)
+        stopper = threading.Thread(target=running.stop, kwargs={"grace": 20})
         stopper.start()
         refused = None
-        for _ in range(100):  # new calls are refused once stop() has begun
+        for _ in range(1000):  # new calls are refused once stop() has begun
             try:
                 stub.Rerank(rerank_request(count=1), timeout=1)
             except grpc.RpcError as error:
@@ -195,8 +219,10 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones():
         # Refused: UNAVAILABLE, or CANCELLED when the call reaches the server while it shuts down.
         assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert not slow.done()
+        servicer.release.set()
         assert len(slow.result().candidates.item_ids) == 2  # the in-flight call finished OK
-        stopper.join(8)
+        stopper.join(20)
+        assert not stopper.is_alive()
 
 
 def test_calls_beyond_the_concurrency_cap_are_shed():
@@ -204,12 +230,13 @@ def test_calls_beyond_the_concurrency_cap_are_shed():
     try:
         with make_channel(running.address, ClientSettings(max_attempts=1)) as channel:
             stub = rerank_pb2_grpc.RerankStub(channel)
-            slow = stub.Rerank.future(rerank_request(count=1, sleep_ms=400))
-            assert servicer.started.wait(2)
+            held = stub.Rerank.future(rerank_request(count=1, hold=True))
+            assert servicer.started.wait(10)  # the one allowed call is in flight until released
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Rerank(rerank_request(count=1))
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert slow.result().candidates.item_ids == [100]
+            servicer.release.set()
+            assert held.result(timeout=10).candidates.item_ids == [100]
     finally:
         running.stop(grace=0)
 
@@ -248,3 +275,16 @@ def test_run_forever_shuts_down_gracefully_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_server_on_port_0_reports_the_ports_it_bound(tmp_path):
+    port_file = tmp_path / "ports.json"
+    running, _ = start_fake(ServerSettings(port_file=str(port_file)))
+    try:
+        assert read_port_file(port_file) == (running.port, running.metrics_port)
+        assert running.port > 0 and running.metrics_port > 0
+        with make_channel(running.address, ClientSettings(max_attempts=1)) as channel:
+            reply = rerank_pb2_grpc.RerankStub(channel).Rerank(rerank_request(count=1), timeout=5)
+        assert list(reply.candidates.item_ids) == [100]
+    finally:
+        running.stop(0)

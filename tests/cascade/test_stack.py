@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,12 +93,15 @@ def test_health_wait_gives_up_after_its_timeout(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     log = tmp_path / "rank.log"
     log.write_text("loading the model\nstill loading\n")
-    service = stack.Service("rank", stack.free_port(), stack.free_port(), sleeper.pid, str(log))
+    held = socket.socket()  # bound, never listening: the health check is refused throughout
+    held.bind(("127.0.0.1", 0))
+    service = stack.Service("rank", held.getsockname()[1], -1, sleeper.pid, str(log))
     try:
         with pytest.raises(stack.StackError, match="rank not SERVING") as failure:
             stack.wait_healthy(stack.Stack(tmp_path, [service], "v1", "tiny"), timeout_s=0.5)
         assert "still loading" in str(failure.value)
     finally:
+        held.close()
         sleeper.kill()
         sleeper.wait()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cascade.healthcheck import check
-from cascade.stack import free_port
+from cascade.server import read_port_file
 from deploy import k8s_checks as checks
 from deploy.k8s_validate import render
 
@@ -55,11 +55,12 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
     command[0] = sys.executable
 
     prefix = workload.stage.env_prefix
-    port = free_port()
+    port_file = tmp_path / "ports.json"
     env = os.environ | workload.env | {
         f"{prefix}SERVER_HOST": "127.0.0.1",
-        f"{prefix}SERVER_PORT": str(port),
-        f"{prefix}SERVER_METRICS_PORT": str(free_port()),
+        f"{prefix}SERVER_PORT": "0",  # ephemeral; the server reports it in its port file
+        f"{prefix}SERVER_METRICS_PORT": "0",
+        f"{prefix}SERVER_PORT_FILE": str(port_file),
         f"{prefix}ARTIFACTS": str(artifacts),
         f"{prefix}DATA_DIR": str(data),
         f"{prefix}BUNDLE": "v1",
@@ -68,9 +69,13 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
+        while (ports := read_port_file(port_file)) is None:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no port after 60 s:\n" + log.read_text()
+            time.sleep(0.1)
+        address = f"127.0.0.1:{ports[0]}"
         while check(address, timeout_s=1.0) != "SERVING":
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "not SERVING after 60 s:\n" + log.read_text()

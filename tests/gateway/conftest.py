@@ -25,6 +25,7 @@ from services.rank.model import ModelConfig
 from services.rank.server import STAGE as RANK
 from services.rank.server import RankService, RankSettings, load_scorer
 from services.rank.server import add_servicers as rank_servicers
+from services.rank.server import reloader as rank_reloader
 from services.rank.train import TrainConfig, train
 from services.recall.build import build_recall
 from services.recall.server import RecallSettings
@@ -127,11 +128,7 @@ def start_stages(
     recall, recall_service = start_recall(
         RecallSettings(**common, default_count=50, fresh_window_s=10**9)
     )
-    rank_settings = RankSettings(**common)
-    rank_registry = new_registry(process_metrics=False)
-    service = RankService(load_scorer(rank_settings), 2000, ModelMetrics(RANK, rank_registry))
-    delay = [Delay(rank_delay_s)] if rank_delay_s else []
-    rank = serve("rank", rank_servicers(service), QUIET, rank_registry, delay)
+    rank = start_rank(built, QUIET, rank_delay_s)
     rerank_settings = RerankSettings(**common)
     registry = new_registry(process_metrics=False)
     reranker = load_reranker(rerank_settings)
@@ -140,6 +137,16 @@ def start_stages(
     if HAS_PRERANK:
         stages["prerank"] = _start_prerank(common)
     return stages, recall_service
+
+
+def start_rank(built: Built, server: ServerSettings, delay_s: float = 0.0) -> RunningServer:
+    """A real rank server (also to restart one on the port a stopped one had)."""
+    settings = RankSettings(artifacts=built.artifacts, data_dir=built.data_dir, server=server)
+    registry = new_registry(process_metrics=False)
+    service = RankService(load_scorer(settings), 2000, ModelMetrics(RANK, registry))
+    delay = [Delay(delay_s)] if delay_s else []
+    reload = rank_reloader(settings, service)  # polls only when server.reload_interval_s > 0
+    return serve("rank", rank_servicers(service), server, registry, delay, reload)
 
 
 def _build_prerank(data_dir: Path, artifacts: Path) -> None:
@@ -165,10 +172,13 @@ def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides
     # Each gateway logs into a fresh folder unless the test names one (a restart reuses it).
     log_dir = tempfile.mkdtemp(prefix="eventlog-", dir=built.data_dir.parent)
     overrides.setdefault("event_log", f"file:{log_dir}")
+    funnel = dict(
+        recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
+        default_deadline_s=2.0, max_deadline_s=3.0,
+    )  # fmt: skip
     return GatewaySettings(
         server=QUIET, artifacts=built.artifacts, data_dir=built.data_dir,
-        recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
-        default_deadline_s=2.0, max_deadline_s=3.0, **targets, **overrides,
+        **(targets | funnel | overrides),
     )  # fmt: skip
 
 

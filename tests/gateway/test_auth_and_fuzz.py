@@ -15,12 +15,12 @@ pytestmark = pytest.mark.timeout(120)
 TOKEN = "s3cret-token"
 
 
-@pytest.fixture(scope="module")
-def secured(built):
+def own_stack(built, **overrides):
+    """A stack of its own: these tests record Feedback, which other tests must not see."""
     from tests.gateway.conftest import Stack, gateway_settings, start, start_stages
 
     stages, recall_service = start_stages(built)
-    settings = gateway_settings(built, stages, api_token=TOKEN)
+    settings = gateway_settings(built, stages, **overrides)
     stack = Stack(stages, start(settings), settings, recall_service)
     yield stack
     stack.gateway.stop(0)
@@ -29,14 +29,34 @@ def secured(built):
         server.stop(0)
 
 
-def call(address: str, metadata=None):
+@pytest.fixture(scope="module")
+def secured(built):
+    yield from own_stack(built, api_token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def fuzzed(built):
+    yield from own_stack(built)
+
+
+def call(address: str, metadata=None, method: str = "Recommend"):
+    feedback = gateway_pb2.FeedbackRequest(
+        events=[gateway_pb2.Event(user_id=2, item_id=1, type=gateway_pb2.EVENT_TYPE_CLICK)]
+    )
+    request, reply_type = {
+        "Recommend": (
+            gateway_pb2.RecommendRequest(user_id=2, count=3),
+            gateway_pb2.RecommendResponse,
+        ),
+        "Feedback": (feedback, gateway_pb2.FeedbackResponse),
+    }[method]
     with grpc.insecure_channel(address) as channel:
         stub = channel.unary_unary(
-            "/cascade.v1.Gateway/Recommend",
-            request_serializer=gateway_pb2.RecommendRequest.SerializeToString,
-            response_deserializer=gateway_pb2.RecommendResponse.FromString,
+            f"/cascade.v1.Gateway/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=reply_type.FromString,
         )
-        return stub(gateway_pb2.RecommendRequest(user_id=2, count=3), metadata=metadata, timeout=5)
+        return stub(request, metadata=metadata, timeout=5)
 
 
 @pytest.mark.parametrize(
@@ -44,10 +64,28 @@ def call(address: str, metadata=None):
     [None, (("authorization", "Bearer wrong"),), (("x-api-key", "s3cret"),),
      (("authorization", TOKEN),)],  # the last lacks the "Bearer" scheme
 )  # fmt: skip
-def test_missing_or_wrong_token_is_unauthenticated(secured, metadata):
+@pytest.mark.parametrize("method", ["Recommend", "Feedback"])
+def test_missing_or_wrong_token_is_unauthenticated(secured, metadata, method):
+    accepted = secured.gateway.registry.get_sample_value(
+        "cascade_gateway_feedback_events_total", {"outcome": "accepted"}
+    )
     with pytest.raises(grpc.RpcError) as error:
-        call(secured.gateway.address, metadata)
+        call(secured.gateway.address, metadata, method)
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    after = secured.gateway.registry.get_sample_value(
+        "cascade_gateway_feedback_events_total", {"outcome": "accepted"}
+    )
+    assert after == accepted  # a refused Feedback records nothing
+
+
+def test_reflection_needs_no_token_and_lists_the_gateway(secured):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(secured.gateway.address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "cascade.v1.Gateway" in services and "grpc.health.v1.Health" in services
 
 
 @pytest.mark.parametrize(
@@ -57,6 +95,7 @@ def test_missing_or_wrong_token_is_unauthenticated(secured, metadata):
 )  # fmt: skip
 def test_the_right_token_is_served(secured, metadata):
     assert len(call(secured.gateway.address, metadata).items.item_ids) == 3
+    assert call(secured.gateway.address, metadata, "Feedback").accepted == 1
 
 
 def test_the_sdk_sends_the_token_and_health_needs_none(secured):
@@ -116,8 +155,8 @@ payloads = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def raw_methods(shared_stack):
-    channel = grpc.insecure_channel(shared_stack.gateway.address)
+def raw_methods(fuzzed):
+    channel = grpc.insecure_channel(fuzzed.gateway.address)
     methods = {
         name: channel.unary_unary(f"/cascade.v1.Gateway/{name}")  # bytes in, bytes out
         for name in ("Recommend", "Feedback")
@@ -140,13 +179,13 @@ def test_fuzzed_requests_never_crash_the_gateway(raw_methods, method, payload):
             assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, error.details())
 
 
-def test_the_gateway_is_still_up_after_fuzzing(shared_stack, raw_methods):
+def test_the_gateway_is_still_up_after_fuzzing(fuzzed, raw_methods):
     request = gateway_pb2.RecommendRequest(user_id=2, count=3).SerializeToString()
     response = gateway_pb2.RecommendResponse.FromString(
         raw_methods["Recommend"](request, timeout=5)
     )
     assert len(response.items.item_ids) == 3
-    metrics = shared_stack.gateway.registry
+    metrics = fuzzed.gateway.registry
     unknown = metrics.get_sample_value(
         "cascade_rpc_requests_total",
         {"stage": "gateway", "rpc": "cascade.v1.Gateway/Recommend", "code": "UNKNOWN"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import grpc
@@ -12,8 +13,8 @@ from cascade.candidates import channel_bit
 from cascade.client import field_violations
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
 from gateway.client import CascadeClient
-from gateway.pipeline import Breaker
-from tests.gateway.conftest import HAS_PRERANK
+from tests.gateway.conftest import HAS_PRERANK, QUIET, start_rank
+from tests.gateway.test_timing import FakeClock
 
 pytestmark = pytest.mark.timeout(120)
 STAGES = ("recall", "prerank", "rank", "rerank")
@@ -26,6 +27,10 @@ def client_for(stack, **kwargs) -> CascadeClient:
 
 
 def test_a_request_runs_through_every_stage(shared_stack):
+    registry = shared_stack.gateway.registry
+    rank_calls = {"stage": "rank"}
+    before = counter(registry, "cascade_gateway_stage_latency_seconds_count", rank_calls)
+    answers_before = counter(registry, "cascade_gateway_answers_total")
     with client_for(shared_stack) as client:
         response = client.recommend(2, count=5, debug=True)
     ids = list(response.items.item_ids)
@@ -38,15 +43,18 @@ def test_a_request_runs_through_every_stage(shared_stack):
     assert traces["rank"].candidates_out <= 15 and traces["rerank"].candidates_out == 5
     assert traces["rerank"].candidates_in == traces["rank"].candidates_out
     assert all(t.latency_ms > 0 for t in response.trace)
-    assert response.request_id
-    registry = shared_stack.gateway.registry
-    seen = registry.get_sample_value(
-        "cascade_gateway_stage_latency_seconds_count", {"stage": "rank"}
+    assert len(response.request_id) == 32 and int(response.request_id, 16) >= 0  # uuid4 hex
+    # Deltas: other tests share this gateway.
+    assert counter(registry, "cascade_gateway_stage_latency_seconds_count", rank_calls) == (
+        before + 1
     )
-    assert seen >= 1
     version = {"stage": "gateway", "model_version": "v1"}
     assert registry.get_sample_value("cascade_model_info", version) == 1
-    assert registry.get_sample_value("cascade_gateway_answers_total") >= 1
+    assert counter(registry, "cascade_gateway_answers_total") == answers_before + 1
+
+
+def counter(registry, name: str, labels: dict | None = None) -> float:
+    return registry.get_sample_value(name, labels or {}) or 0.0
 
 
 def test_without_debug_there_is_no_trace_and_unknown_users_get_the_cold_path(shared_stack):
@@ -97,24 +105,16 @@ def test_every_stage_down_still_answers_popular_items_with_the_creator_cap(stack
 
 
 def test_a_late_stage_is_cut_by_its_budget_and_the_answer_beats_the_deadline(stack_factory):
-    stack = stack_factory(rank_delay_s=0.5)  # rank answers far too late
+    stack = stack_factory(rank_delay_s=3.0)  # rank answers far too late
     with client_for(stack) as client:
-        client.recommend(2, count=5, timeout_s=2.0)  # connect first: the deadline is for serving
         started = time.perf_counter()
-        response = client.recommend(2, count=5, debug=True, timeout_s=0.15)
+        # A deadline error would raise: an answer at all means it beat the client's deadline.
+        response = client.recommend(2, count=5, debug=True, timeout_s=1.5)
         took = time.perf_counter() - started
-    assert took < 0.15 and len(response.items.item_ids) == 5
+    assert took < 3.0 and len(response.items.item_ids) == 5  # it did not wait for rank
     traces = {t.stage: t for t in response.trace}
     assert traces["rank"].degraded_reason == "DEADLINE_EXCEEDED"
     assert not traces["rerank"].degraded  # rerank still ran, on prerank's order
-
-
-def test_a_tiny_deadline_still_gets_an_answer(shared_stack):
-    with client_for(shared_stack) as client:
-        client.recommend(2, count=5)
-        for timeout_s in (0.003, 0.01, 0.03):
-            response = client.recommend(2, count=5, timeout_s=timeout_s)
-            assert len(response.items.item_ids) == 5
 
 
 def test_feedback_changes_the_next_answer(stack_factory):
@@ -123,14 +123,15 @@ def test_feedback_changes_the_next_answer(stack_factory):
     with client_for(stack) as client:
         before = list(client.recommend(user, count=5).items.item_ids)
         played = before[0]
+        store = stack.recall_service.state.store
+        plays_before = store.item_counters(np.array([played]))["play"][0]
         reply = client.feedback([(user, played, "play")])
         after = list(client.recommend(user, count=5).items.item_ids)
     assert reply.accepted == 1 and not reply.rejected
     assert played not in after and after != before
     # The play reached recall's own store (history, counters) through the Record RPC ...
-    store = stack.recall_service.state.store
     assert store.history(np.array([user]))[0][0] == played
-    assert store.item_counters(np.array([played]))["play"][0] >= 1
+    assert store.item_counters(np.array([played]))["play"][0] == plays_before + 1
     # ... and the item-CF channel now finds the played item's neighbours for this user.
     recent = stack.gateway.service.online.recent(user)
     assert recent == [played]
@@ -190,26 +191,39 @@ def test_bad_requests_are_invalid_argument_naming_the_field(shared_stack, reques
     assert field in field_violations(error.value)
 
 
-def test_a_stage_that_keeps_failing_is_skipped_until_a_probe_finds_it_back(stack_factory):
-    stack = stack_factory(breaker_failures=2, breaker_cooldown_s=0.3)
+def test_a_stage_that_keeps_failing_is_skipped_until_a_probe_finds_it_back(stack_factory, built):
+    """Open after two failures, skip for exactly the cooldown (an injected clock), a failed probe
+    reopens it; rank restarted on its port, the next probe succeeds and closes the breaker."""
+    stack = stack_factory(breaker_failures=2, breaker_cooldown_s=30.0)
+    clock = FakeClock()
+    breaker = stack.gateway.service.cascade.breakers["rank"]
+    breaker.clock = clock
+    port = stack.stages["rank"].port
     stack.stop_stage("rank")
     with client_for(stack) as client:
-        reasons = []
-        for _ in range(4):
-            traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
-            reasons.append(traces["rank"].degraded_reason)
+
+        def rank_trace():
+            return {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}["rank"]
+
+        reasons = [rank_trace().degraded_reason for _ in range(4)]
         assert reasons == ["UNAVAILABLE", "UNAVAILABLE", "CIRCUIT_OPEN", "CIRCUIT_OPEN"]
-        time.sleep(0.35)  # the cooldown passes: the next call probes rank (still down)
-        traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
-        assert traces["rank"].degraded_reason == "UNAVAILABLE"
-        traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
-        assert traces["rank"].degraded_reason == "CIRCUIT_OPEN"  # the failed probe reopened it
-
-
-def test_a_tiny_client_deadline_does_not_open_the_breaker():
-    breaker = Breaker(threshold=1, cooldown_s=60.0)
-    assert breaker.allow()
-    breaker.record(None)  # a deadline too short to judge the stage by
-    assert breaker.allow()
-    breaker.record(False)
-    assert not breaker.allow()
+        clock.advance(29.999)
+        assert rank_trace().degraded_reason == "CIRCUIT_OPEN"
+        clock.advance(0.001)  # the cooldown is over: this call probes rank (still down)
+        assert rank_trace().degraded_reason == "UNAVAILABLE"
+        assert rank_trace().degraded_reason == "CIRCUIT_OPEN"  # the failed probe reopened it
+        stack.stages["rank"] = start_rank(built, dataclasses.replace(QUIET, port=port))
+        channel = stack.gateway.service.channels["rank"]
+        grpc.channel_ready_future(channel).result(timeout=30)  # reconnected to the new rank
+        assert rank_trace().degraded_reason == "CIRCUIT_OPEN"  # up, but the cooldown runs
+        clock.advance(30.0)
+        probe = rank_trace()
+        assert not probe.degraded and probe.model_version == "v1"  # the probe found it back
+        assert breaker.failures == 0
+        after = [rank_trace() for _ in range(3)]
+    assert all(not t.degraded and t.model_version == "v1" for t in after)  # closed
+    registry = stack.gateway.registry
+    open_skips = counter(
+        registry, "cascade_gateway_degraded_total", {"stage": "rank", "reason": "CIRCUIT_OPEN"}
+    )
+    assert open_skips == 5

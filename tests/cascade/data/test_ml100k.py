@@ -98,9 +98,10 @@ def test_unprepared_dataset_says_which_command(tmp_path):
         load_dataset("ml-100k", tmp_path)
 
 
-def test_real_movielens_from_the_wheel(tmp_path):
-    """Downloads recbole==1.2.1 from the package index (no install) and maps the real files."""
-    prepare("ml-100k", tmp_path)
+@pytest.mark.network
+def test_real_movielens_from_the_wheel(tmp_path, ml100k_raw):
+    """Maps the real files of recbole==1.2.1 (downloaded once per session, never installed)."""
+    prepare("ml-100k", ml100k_raw(tmp_path))
     dataset = load_dataset("ml-100k", tmp_path)
     assert len(dataset.users["user_id"]) == 943
     assert len(dataset.items["item_id"]) == 1682

@@ -95,20 +95,26 @@ def test_consumed_items_are_filtered_and_order_is_stable():
     assert np.array_equal(again.candidates.channel_masks, first.candidates.channel_masks)
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(60)
 def test_slow_and_failing_channels_are_skipped_and_counted():
-    slow = Fixed("two_tower", [1, 2, 3], sleep_s=5.0)
+    # The slow channel waits until released (30 s at most): it can only be cut by its 0.3 s
+    # budget. The others answer at once and get 5 s, so a busy machine cannot make them late.
+    slow = Fixed("two_tower", [1, 2, 3], sleep_s=30.0)
     broken = Fixed("social", [4], broken=True)
     popular = Fixed("popular", [10, 11, 12])
     registry = CollectorRegistry()
-    m = merger([slow, broken, popular], [0.4, 0.3, 0.3], budget_ms=50.0,
-               metrics=ChannelMetrics(registry))  # fmt: skip
+    budgets = {
+        "two_tower": ChannelBudget(quota=0.4, budget_ms=300.0),
+        "social": ChannelBudget(quota=0.3, budget_ms=5_000.0),
+        "popular": ChannelBudget(quota=0.3, budget_ms=5_000.0),
+    }
+    m = Merger([slow, broken, popular], budgets, metrics=ChannelMetrics(registry))
     started = time.perf_counter()
     result = m.recall(CONTEXT, 3, np.empty(0, np.int64))
     elapsed = time.perf_counter() - started
     slow.release.set()
     m.close()
-    assert elapsed < 1.0  # bounded by the 50 ms budget, not the channel's 5 s
+    assert elapsed < 10.0  # bounded by the budgets, not the slow channel's 30 s
     assert result.candidates.item_ids.tolist() == [10, 11, 12]
     assert [r.status for r in result.reports] == ["timeout", "error", "ok"]
 
@@ -124,12 +130,12 @@ def test_slow_and_failing_channels_are_skipped_and_counted():
 
 
 def test_request_deadline_caps_every_budget():
-    slow = Fixed("item_cf", [1], sleep_s=5.0)
-    m = merger([slow], [1.0], budget_ms=5_000.0)
+    slow = Fixed("item_cf", [1], sleep_s=30.0)
+    m = merger([slow], [1.0], budget_ms=60_000.0)
     started = time.perf_counter()
     result = m.recall(CONTEXT, 5, np.empty(0, np.int64), deadline=started + 0.05)
     slow.release.set()
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10.0  # the deadline, not the 60 s budget
     assert result.reports[0].status == "timeout" and len(result.candidates.item_ids) == 0
 
 
@@ -147,10 +153,17 @@ def test_inline_channels_merge_exactly_as_threaded_ones():
 
 
 def test_inline_channels_skip_what_their_budget_no_longer_allows():
-    slow = Fixed("two_tower", [1, 2, 3], sleep_s=0.1)  # runs to the end: it cannot be cut off
+    slow = Fixed("two_tower", [1, 2, 3], sleep_s=0.2)  # runs to the end: it cannot be cut off
     broken = Fixed("social", [4], broken=True)
     late = Fixed("popular", [10, 11, 12])
-    m = merger([broken, slow, late], [0.3, 0.4, 0.3], budget_ms=50.0, max_workers=0)
+    # Generous budgets for the first two (a busy machine cannot skip them); the last one's
+    # 50 ms are surely over once the slow channel has taken its 0.2 s.
+    budgets = {
+        "social": ChannelBudget(quota=0.3, budget_ms=10_000.0),
+        "two_tower": ChannelBudget(quota=0.4, budget_ms=10_000.0),
+        "popular": ChannelBudget(quota=0.3, budget_ms=50.0),
+    }
+    m = Merger([broken, slow, late], budgets, max_workers=0)
     result = m.recall(CONTEXT, 3, np.empty(0, np.int64))
     assert [r.status for r in result.reports] == ["error", "ok", "timeout"]
     assert late.asked == [] and result.candidates.item_ids.tolist() == [1, 2]

@@ -155,16 +155,23 @@ def test_refuses_to_start_on_a_missing_or_mismatched_artifact(artifacts, tmp_pat
 
 def test_metrics_funnel_channel_mix_and_model_version(recall):
     stub, service = recall
-    ask(stub, 1, recent=[7])
     registry = service.metrics.registry
+    names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
 
     def value(name: str, **labels) -> float:
         return registry.get_sample_value(name, labels) or 0.0
 
-    out = value("cascade_candidates_total", stage="recall", direction="out")
-    assert out > 0
-    names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
-    kept = sum(value("cascade_recall_channel_kept_total", channel=n) for n in names)
+    def snapshot() -> tuple[float, float, float]:  # the server is shared: compare deltas
+        return (
+            value("cascade_candidates_total", stage="recall", direction="out"),
+            sum(value("cascade_recall_channel_kept_total", channel=n) for n in names),
+            value("cascade_model_latency_seconds_count", stage="recall"),
+        )
+
+    before = snapshot()
+    response = ask(stub, 1, recent=[7])
+    out, kept, calls = (a - b for a, b in zip(snapshot(), before, strict=True))
+    assert out == len(response.candidates.item_ids) > 0
     assert kept == out  # every merged candidate is owned by exactly one channel
-    assert value("cascade_model_latency_seconds_count", stage="recall") >= 1
+    assert calls == 1
     assert value("cascade_model_info", stage="recall", model_version="v1") == 1

@@ -45,14 +45,31 @@ def request(ids, **fields) -> rerank_pb2.RerankRequest:
 
 def test_page_with_reasons_and_metrics(stub):
     rerank, registry = stub
+    rerank_in = {"stage": STAGE, "direction": "in"}
+    latency = {"stage": STAGE}
+
+    def value(name: str, labels: dict) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    # Deltas: the server is shared by this module's tests.
+    before = {
+        name: value(name, labels)
+        for name, labels in (
+            ("cascade_candidates_total", rerank_in),
+            ("cascade_unknown_items_total", latency),
+            ("cascade_model_latency_seconds_count", latency),
+        )
+    }
     response = rerank.Rerank(request(list(range(1, 21)), count=5, debug=True), timeout=5)
     assert len(response.candidates.item_ids) == 5
     assert len(set(response.candidates.item_ids)) == 5
     assert len(response.reasons) == 5 and response.reasons[0].startswith(("relevance", "fresh"))
-    rerank_in = {"stage": STAGE, "direction": "in"}
-    assert registry.get_sample_value("cascade_candidates_total", rerank_in) >= 20
-    assert registry.get_sample_value("cascade_unknown_items_total", {"stage": STAGE}) is not None
-    assert registry.get_sample_value("cascade_model_latency_seconds_count", {"stage": STAGE}) >= 1
+    assert value("cascade_candidates_total", rerank_in) == before["cascade_candidates_total"] + 20
+    # Items 1..20 are all in the 30-item catalog: none unknown.
+    unknown = value("cascade_unknown_items_total", latency)
+    assert unknown == before["cascade_unknown_items_total"]
+    calls = value("cascade_model_latency_seconds_count", latency)
+    assert calls == before["cascade_model_latency_seconds_count"] + 1
     version = {"stage": STAGE, "model_version": "v1"}
     assert registry.get_sample_value("cascade_model_info", version) == 1
 

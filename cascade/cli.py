@@ -212,6 +212,12 @@ def _add_stack_commands(commands) -> None:
         help="end to end: train, start the stack, recommend, send feedback, show the change, stop",
     )
     demo.set_defaults(run=_delegate("cascade.demo", "main"), delegate=True)
+    certs = commands.add_parser(
+        "certs",
+        help="make a local CA and the server and client certificates for TLS / mutual TLS",
+        add_help=False,
+    )
+    certs.set_defaults(run=_delegate("cascade.certs", "main"), delegate=True)
 
 
 def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):

@@ -190,22 +190,6 @@ def test_bad_requests_are_invalid_argument_naming_the_field(shared_stack, reques
     assert field in field_violations(error.value)
 
 
-def test_a_stage_that_keeps_failing_is_skipped_until_a_probe_finds_it_back(stack_factory):
-    stack = stack_factory(breaker_failures=2, breaker_cooldown_s=0.3)
-    stack.stop_stage("rank")
-    with client_for(stack) as client:
-        reasons = []
-        for _ in range(4):
-            traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
-            reasons.append(traces["rank"].degraded_reason)
-        assert reasons == ["UNAVAILABLE", "UNAVAILABLE", "CIRCUIT_OPEN", "CIRCUIT_OPEN"]
-        time.sleep(0.35)  # the cooldown passes: the next call probes rank (still down)
-        traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
-        assert traces["rank"].degraded_reason == "UNAVAILABLE"
-        traces = {t.stage: t for t in client.recommend(2, count=5, debug=True).trace}
-        assert traces["rank"].degraded_reason == "CIRCUIT_OPEN"  # the failed probe reopened it
-
-
 def test_a_tiny_client_deadline_does_not_open_the_breaker():
     breaker = Breaker(threshold=1, cooldown_s=60.0)
     assert breaker.allow()

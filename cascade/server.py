@@ -31,7 +31,6 @@ from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
 from cascade.config import Secret
 from cascade.reload import Reloader
-from cascade.tls import ServerCertificates, TlsError, is_loopback
 from cascade.telemetry import (
     MetricsInterceptor,
     MetricsServer,
@@ -39,6 +38,7 @@ from cascade.telemetry import (
     new_registry,
     start_metrics_server,
 )
+from cascade.tls import ServerCertificates, TlsError, is_loopback
 from cascade.v1 import common_pb2
 
 log = logging.getLogger(__name__)

@@ -121,7 +121,8 @@ def test_unreadable_file_is_a_settings_error(tmp_path):
 
 
 def test_library_settings_load_from_the_environment():
-    env = {"CASCADE_RANK_PORT": "50051", "CASCADE_RANK_HOST": "0.0.0.0", "CASCADE_RANK_INSECURE": "1"}
+    env = {"CASCADE_RANK_PORT": "50051", "CASCADE_RANK_HOST": "0.0.0.0"}
+    env["CASCADE_RANK_INSECURE"] = "1"  # plaintext off loopback only when said
     server = load_settings(ServerSettings, env_prefix="CASCADE_RANK_", environ=env)
     assert (server.host, server.port) == ("0.0.0.0", 50051)
     client = load_settings(ClientSettings, env_prefix="X_", environ={"X_TIMEOUT_S": "0.25"})

@@ -66,9 +66,7 @@ def test_tls_server_answers_tls_clients_and_not_plaintext(certs):
         running.stop(0)
 
 
-def test_mutual_tls_refuses_clients_without_a_certificate_or_from_another_ca(
-    certs, other_certs
-):
+def test_mutual_tls_refuses_clients_without_a_certificate_or_from_another_ca(certs, other_certs):
     running, servicer = start_fake(mtls_settings(certs))
     try:
         address = running.address

@@ -83,7 +83,8 @@ def start_rank_process(built) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = os.environ | {
         "CASCADE_RANK_SERVER_PORT": str(port), "CASCADE_RANK_SERVER_METRICS_PORT": "-1",
-        "CASCADE_RANK_ARTIFACTS": str(built.artifacts), "CASCADE_RANK_DATA_DIR": str(built.data_dir),
+        "CASCADE_RANK_ARTIFACTS": str(built.artifacts),
+        "CASCADE_RANK_DATA_DIR": str(built.data_dir),
         "CASCADE_RANK_SERVER_RELOAD_INTERVAL_S": "0",
     }  # fmt: skip
     process = subprocess.Popen(

@@ -142,11 +142,13 @@ def _up(args: argparse.Namespace) -> None:
             metrics,
             bundle=args.bundle,
             timeout_s=args.timeout,
+            tls=args.tls,
         )
     except stack.StackError as error:
         print(f"cascade up: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"ask it: cascade recommend --user 196 --target {running.address()}")
+    tls = f" --tls-ca {running.certs / 'ca.pem'}" if running.certs else ""
+    print(f"ask it: cascade recommend --user 196 --target {running.address()}{tls}")
     print(f"stop it: cascade down --run-dir {args.run_dir}")
 
 
@@ -194,6 +196,12 @@ def _add_stack_commands(commands) -> None:
         help="gateway metrics port; the stages take the next four",
     )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on the gateway, mutual TLS between the services (certificates made under "
+        "RUN_DIR/certs; ask with `cascade recommend --tls-ca RUN_DIR/certs/ca.pem`)",
+    )
     _stack_options(up)
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the local stack started by `cascade up`")

@@ -68,6 +68,7 @@ class Stack:
     bundle: str
     dataset: str
     environments: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> env it got
+    certs: Path | None = None  # with TLS: the folder `cascade certs` wrote (ca.pem, tools.pem, ...)
 
     def address(self, name: str = "gateway") -> str:
         return next(s.address for s in self.services if s.name == name)
@@ -124,7 +125,9 @@ def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "
     subprocess.run(command, check=True)
 
 
-def _environment(name: str, port: int, metrics_port: int, settings: dict, targets: dict) -> dict:
+def _environment(
+    name: str, port: int, metrics_port: int, settings: dict, targets: dict, certs: Path | None
+) -> dict:
     prefix = f"CASCADE_{name.upper()}_"
     env = {
         f"{prefix}SERVER_PORT": str(port),
@@ -132,9 +135,24 @@ def _environment(name: str, port: int, metrics_port: int, settings: dict, target
         f"{prefix}ARTIFACTS": str(settings["artifacts"]),
         f"{prefix}BUNDLE": settings["bundle"],
         f"{prefix}DATA_DIR": str(settings["data_dir"]),
+        # Loopback only, so reflection (grpcurl, debugging) costs nothing; production leaves it off.
+        f"{prefix}SERVER_REFLECTION": "true",
     }
     if name == "gateway":
         env |= {f"{prefix}{stage.upper()}_TARGET": target for stage, target in targets.items()}
+    if certs is not None:  # `cascade up --tls`: TLS at the gateway, mutual TLS between stages
+        env |= {
+            f"{prefix}SERVER_TLS_CERT": str(certs / "server.pem"),
+            f"{prefix}SERVER_TLS_KEY": str(certs / "server-key.pem"),
+        }
+        if name == "gateway":
+            env |= {
+                f"{prefix}STAGE_TLS_CA": str(certs / "ca.pem"),
+                f"{prefix}STAGE_TLS_CERT": str(certs / "gateway.pem"),
+                f"{prefix}STAGE_TLS_KEY": str(certs / "gateway-key.pem"),
+            }
+        else:
+            env[f"{prefix}SERVER_TLS_CLIENT_CA"] = str(certs / "ca.pem")
     return env
 
 
@@ -151,10 +169,12 @@ def up(
     extra_env: dict[str, str] | None = None,
     quiet: bool = False,
     only: tuple[str, ...] | None = None,
+    tls: bool = False,
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
-    subset (tests)."""
+    subset (tests). `tls`: certificates from `cascade certs` under run_dir/certs (its CA is kept
+    across runs), TLS on the gateway's port and mutual TLS on every stage port."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     if train:
         ensure_bundle(artifacts, data_dir, dataset, bundle)
@@ -173,10 +193,15 @@ def up(
     # The gateway targets prerank's port even when it does not run: calls fail fast, it degrades.
     targets = {stage: f"127.0.0.1:{ports[stage]}" for stage in STAGES}
     settings = {"artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve()}
-    stack = Stack(run_dir, [], bundle, dataset)
+    certs = None
+    if tls:
+        from cascade.certs import make_certificates
+
+        certs = make_certificates(run_dir / "certs", reuse_ca=True).folder.resolve()
+    stack = Stack(run_dir, [], bundle, dataset, certs=certs)
     try:
         for name in names:
-            env = _environment(name, ports[name], metrics_ports[name], settings, targets)
+            env = _environment(name, ports[name], metrics_ports[name], settings, targets, certs)
             stack.environments[name] = env | (extra_env or {})
             (run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
             stack.services.append(_launch(stack, name, ports[name], metrics_ports[name]))
@@ -213,7 +238,9 @@ def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
             time.sleep(0.05)
     service = stack.services[index] = _launch(stack, name, old.port, old.metrics_port)
     _save(stack)
-    wait_healthy(Stack(stack.run_dir, [service], stack.bundle, stack.dataset), timeout_s)
+    wait_healthy(
+        Stack(stack.run_dir, [service], stack.bundle, stack.dataset, certs=stack.certs), timeout_s
+    )
     return service
 
 
@@ -226,7 +253,7 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
         service = pending[0]
         if not _alive(service.pid):
             raise StackError(f"{service.name} exited during start-up:\n{log_tail(service.log)}")
-        if _serving(service.address):
+        if _serving(service.address, stack.certs):
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
@@ -237,8 +264,12 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def _serving(address: str) -> bool:
-    return healthcheck.check(address, timeout_s=1.0) == "SERVING"
+def _serving(address: str, certs: Path | None = None) -> bool:
+    if certs is None:
+        return healthcheck.check(address, timeout_s=1.0) == "SERVING"
+    # Under mutual TLS a client certificate is needed even for health; the tools' one will do.
+    files = (certs / "ca.pem", certs / "tools.pem", certs / "tools-key.pem")
+    return healthcheck.check(address, "", 1.0, *files) == "SERVING"
 
 
 def log_tail(path: str | Path, lines: int = 20) -> str:

@@ -4,7 +4,8 @@
     cascade feedback --user 196 --item 50 [--type play]
 
 Titles come from the dataset the served bundle names (--artifacts, --bundle, --data-dir). The API
-token comes from --token or CASCADE_GATEWAY_API_TOKEN.
+token comes from --token or CASCADE_GATEWAY_API_TOKEN; a TLS gateway's CA from --tls-ca or
+CASCADE_TLS_CA (the local stack started with `cascade up --tls` writes it under .cascade/certs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="127.0.0.1:50050", help="the gateway's address")
     parser.add_argument("--token", default=None, help="API token (env CASCADE_GATEWAY_API_TOKEN)")
     parser.add_argument("--timeout", type=float, default=2.0, help="deadline in seconds")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("CASCADE_TLS_CA") or None,
+        help="CA certificate of a TLS gateway (env CASCADE_TLS_CA); plaintext without",
+    )
 
 
 def load_titles(artifacts: Path, bundle: str, data_dir: Path) -> dict[int, str]:
@@ -52,7 +59,7 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("CASCADE_GATEWAY_API_TOKEN") or None
-    with CascadeClient(args.target, token, args.timeout) as client:
+    with CascadeClient(args.target, token, args.timeout, args.tls_ca) as client:
         try:
             response = client.recommend(args.user, max(args.count, 0), debug=args.debug)
         except grpc.RpcError as error:
@@ -84,7 +91,7 @@ def feedback_main(argv: Sequence[str] | None = None) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("CASCADE_GATEWAY_API_TOKEN") or None
-    with CascadeClient(args.target, token, args.timeout) as client:
+    with CascadeClient(args.target, token, args.timeout, args.tls_ca) as client:
         try:
             reply = client.feedback([(args.user, item, args.type) for item in args.item])
         except grpc.RpcError as error:

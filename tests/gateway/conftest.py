@@ -117,8 +117,11 @@ class Delay(grpc.ServerInterceptor):
         return handler._replace(unary_unary=late)
 
 
-def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]:
-    common = {"artifacts": built.artifacts, "data_dir": built.data_dir, "server": QUIET}
+def start_stages(
+    built: Built, rank_delay_s: float = 0.0, server: ServerSettings = QUIET
+) -> tuple[dict, object]:
+    """Every stage in-process; `server` carries their port and TLS settings."""
+    common = {"artifacts": built.artifacts, "data_dir": built.data_dir, "server": server}
     recall, recall_service = start_recall(
         RecallSettings(**common, default_count=50, fresh_window_s=10**9)
     )
@@ -126,11 +129,11 @@ def start_stages(built: Built, rank_delay_s: float = 0.0) -> tuple[dict, object]
     rank_registry = new_registry(process_metrics=False)
     service = RankService(load_scorer(rank_settings), 2000, ModelMetrics(RANK, rank_registry))
     delay = [Delay(rank_delay_s)] if rank_delay_s else []
-    rank = serve("rank", rank_servicers(service), QUIET, rank_registry, delay)
+    rank = serve("rank", rank_servicers(service), server, rank_registry, delay)
     rerank_settings = RerankSettings(**common)
     registry = new_registry(process_metrics=False)
     reranker = load_reranker(rerank_settings)
-    rerank = serve(RERANK, add_servicer(reranker, rerank_settings, registry), QUIET, registry)
+    rerank = serve(RERANK, add_servicer(reranker, rerank_settings, registry), server, registry)
     stages = {"recall": recall, "rank": rank, "rerank": rerank}
     if HAS_PRERANK:
         stages["prerank"] = _start_prerank(common)

@@ -93,6 +93,8 @@ class GatewaySettings:
     record_timeout_s: float = 0.2  # forwarding Feedback to recall
     max_online_users: int = 100_000  # users whose online events the gateway remembers
     api_token: Secret = Secret("")  # empty: auth off (local demo); else callers must send it
+    # Refuse to start without api_token (compose and Kubernetes set it: auth off must be said).
+    require_api_token: bool = False
 
     def __post_init__(self) -> None:
         for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
@@ -109,6 +111,11 @@ class GatewaySettings:
             raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
             raise ValueError("breaker_failures must be >= 0 and breaker_cooldown_s > 0")
+        if self.require_api_token and not self.api_token:
+            raise ValueError(
+                "no API token: set CASCADE_GATEWAY_API_TOKEN, or set "
+                "CASCADE_GATEWAY_REQUIRE_API_TOKEN=false to run without authentication"
+            )
         if self.resolve_interval_s <= 0 or self.probe_timeout_s <= 0:
             raise ValueError("resolve_interval_s and probe_timeout_s must be > 0")
         if (self.stage_tls_cert is None) != (self.stage_tls_key is None):

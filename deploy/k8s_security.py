@@ -76,11 +76,15 @@ def _ports(rule: Obj, workload: Workload) -> set[str]:
             for p in rule["ports"]}  # fmt: skip
 
 
+def _denies_all(spec: Obj) -> bool:
+    selects_all = spec.get("podSelector") == {}
+    return selects_all and "Ingress" in spec.get("policyTypes", []) and not spec.get("ingress")
+
+
 def check_network_policies(objects: list[Obj]) -> list[str]:
     errors, found = [], workloads(objects)[0]
     policies = of_kind(objects, "NetworkPolicy")
-    deny = [p for p in policies if p["spec"].get("podSelector") == {}
-            and "Ingress" in p["spec"].get("policyTypes", []) and not p["spec"].get("ingress")]  # fmt: skip
+    deny = [p for p in policies if _denies_all(p["spec"])]
     if not deny:
         errors.append("no default-deny ingress NetworkPolicy (podSelector {}, no ingress rules)")
     gateway = next((w for w in found if w.stage.name == "gateway"), None)

@@ -215,15 +215,40 @@ def up(
     return stack
 
 
-def _launch(stack: Stack, name: str, port: int, metrics_port: int) -> Service:
+def _launch(
+    stack: Stack, name: str, port: int, metrics_port: int, module: str | None = None
+) -> Service:
     log_path = stack.run_dir / f"{name}.log"
     with open(log_path, "a") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name]], env=os.environ | stack.environments[name],
+            [sys.executable, "-m", module or MODULES[name]],
+            env=os.environ | stack.environments[name],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
     return Service(name, port, metrics_port, process.pid, str(log_path))
+
+
+def add_replica(stack: Stack, name: str, port: int, timeout_s: float = 120.0) -> Service:
+    """Starts one more process of stage `name` on `port` with the first one's settings, waits
+    until it is SERVING, and records it (so `down` stops it). The gateway reaches it only when
+    its target lists the port (e.g. CASCADE_GATEWAY_RANK_TARGET=127.0.0.1:a,127.0.0.1:b)."""
+    prefix = f"CASCADE_{name.upper()}_"
+    metrics_port = free_port()
+    env = stack.environments[name] | {
+        f"{prefix}SERVER_PORT": str(port), f"{prefix}SERVER_METRICS_PORT": str(metrics_port),
+    }  # fmt: skip
+    replica = f"{name}-{sum(s.name == name for s in stack.services) + 1}"
+    stack.environments[replica] = env
+    (stack.run_dir / f"{replica}.log").write_text("")
+    service = _launch(stack, replica, port, metrics_port, module=MODULES[name])
+    service.name = name  # the same stage; `address(name)` still finds the first one
+    stack.services.append(service)
+    _save(stack)
+    wait_healthy(
+        Stack(stack.run_dir, [service], stack.bundle, stack.dataset, certs=stack.certs), timeout_s
+    )
+    return service
 
 
 def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:

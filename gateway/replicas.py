@@ -32,6 +32,7 @@ from gateway.pipeline import Breaker
 
 log = logging.getLogger(__name__)
 MakeChannel = Callable[[str, str], grpc.Channel]  # (address, name the certificate carries)
+PICKS = ("least_in_flight", "round_robin")
 
 
 @dataclass(frozen=True)
@@ -142,11 +143,15 @@ class ReplicaPool:
         metrics: ReplicaMetrics | None = None,
         resolve_interval_s: float = 10.0,
         probe_timeout_s: float = 0.25,
+        pick: str = "least_in_flight",
     ):
         self.stage, self.target, self.make_channel = stage, target, make_channel
         self.failures, self.cooldown_s = failures, cooldown_s
         self.metrics, self.probe_timeout_s = metrics, probe_timeout_s
         self.resolve_interval_s = resolve_interval_s
+        if pick not in PICKS:
+            raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
+        self.least_in_flight = pick == "least_in_flight"  # else plain round robin (benchmarks)
         self.replicas: tuple[Replica, ...] = ()  # replaced whole, never mutated: lock-free reads
         self._turn = itertools.count()
         self._lock = threading.Lock()
@@ -171,6 +176,8 @@ class ReplicaPool:
                     continue
                 if best is None or replica.in_flight < best.in_flight:
                     best = replica
+                if not self.least_in_flight:
+                    break
             if best is None or not best.breaker.allow():
                 return None
             best.in_flight += 1

@@ -37,7 +37,7 @@ from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grp
 from gateway.auth import TokenAuth
 from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics
-from gateway.replicas import ReplicaMetrics, ReplicaPool, channel_factory
+from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
@@ -61,6 +61,7 @@ class GatewaySettings:
     rerank_target: str = "127.0.0.1:50054"
     resolve_interval_s: float = 10.0  # resolve the targets again (new pods, gone ones)
     probe_timeout_s: float = 0.25  # health check of an ejected replica before taking it back
+    replica_pick: str = "least_in_flight"  # or "round_robin" (blind to a hung replica's queue)
     # Mutual TLS to the stages: their CA, and the gateway's client certificate (CN
     # cascade-gateway, the one caller the stages accept). Without: plaintext.
     stage_tls_ca: Path | None = None
@@ -116,6 +117,8 @@ class GatewaySettings:
                 "no API token: set CASCADE_GATEWAY_API_TOKEN, or set "
                 "CASCADE_GATEWAY_REQUIRE_API_TOKEN=false to run without authentication"
             )
+        if self.replica_pick not in PICKS:
+            raise ValueError(f"replica_pick must be one of {PICKS}, got {self.replica_pick!r}")
         if self.resolve_interval_s <= 0 or self.probe_timeout_s <= 0:
             raise ValueError("resolve_interval_s and probe_timeout_s must be > 0")
         if (self.stage_tls_cert is None) != (self.stage_tls_key is None):
@@ -198,7 +201,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return ReplicaPool(
                 stage, target, channel_factory(client, retry_methods),
                 settings.breaker_failures, settings.breaker_cooldown_s, replica_metrics,
-                settings.resolve_interval_s, settings.probe_timeout_s,
+                settings.resolve_interval_s, settings.probe_timeout_s, settings.replica_pick,
             )  # fmt: skip
 
         self.pools = {s: pool(s, t) for s, t in settings.targets().items()}

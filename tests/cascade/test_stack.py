@@ -160,3 +160,26 @@ def test_a_killed_stage_restarts_on_its_port_and_serves_again(tiny_bundle, tmp_p
         assert stack._serving(after.address)
         saved = json.loads((tmp_path / "run" / stack.STATE_FILE).read_text())
         assert [s["pid"] for s in saved["services"]] == [after.pid]
+
+
+def test_the_stack_runs_with_tls_at_the_gateway_and_mutual_tls_between_stages(
+    tiny_bundle, tmp_path
+):
+    from gateway.client import CascadeClient
+
+    artifacts, data = tiny_bundle
+    options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
+    with stack.running_stack(tmp_path / "run", train=False, tls=True, **options) as running:
+        ca = running.certs / "ca.pem"
+        with CascadeClient(running.address("gateway"), timeout_s=5.0, tls_ca=ca) as client:
+            answer = client.recommend(5, count=5, debug=True)
+        assert len(answer.items.item_ids) == 5
+        # Every running stage answered over mutual TLS (a refused handshake degrades a stage).
+        assert set(answer.degraded_stages) <= {"prerank"} - {s.name for s in running.services}
+        logs = {s.name: Path(s.log).read_text() for s in running.services}
+        assert all("transport mutual TLS" in logs[s] for s in logs if s != "gateway")
+        assert "transport TLS" in logs["gateway"] and "over mutual TLS" in logs["gateway"]
+        assert all("reflection on" in text for text in logs.values())  # the local stack only
+        with CascadeClient(running.address("gateway"), timeout_s=2.0) as plaintext:
+            with pytest.raises(Exception, match="UNAVAILABLE"):
+                plaintext.recommend(5, count=5)

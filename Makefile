@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
+.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults bench-security \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP)
@@ -71,6 +71,12 @@ bench-load: setup
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup
 	$(BIN)/python -m bench.faults --data-dir $(DATA) --out results/ops
+
+# Security: the TLS / mutual TLS latency cost per hop and end to end, and the replica-pause case
+# (2 rank replicas, one SIGSTOPped 10 s, with and without per-replica ejection); needs a bundle.
+bench-security: setup
+	$(BIN)/python -m bench.security --data-dir $(DATA) --out results/security
+	$(BIN)/python -m bench.faults --case replica-pause --data-dir $(DATA) --out results/security
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

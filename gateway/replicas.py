@@ -9,7 +9,9 @@ call or two, long before its first deadline expires. Each replica has its own Br
 in a row (errors or deadlines) eject it, so a hung replica costs the few calls that were already
 on it, not half of all calls. An ejected replica gets no request: a background prober sends it a
 grpc.health.v1 check once per cooldown and takes it back when it answers SERVING. Names are
-resolved again every `resolve_interval_s` (new pods join, gone ones are closed).
+resolved again every `resolve_interval_s` (new pods join, gone ones are closed); at the same time
+the client certificate files are checked, and when they changed (rotation) every replica gets a
+new channel built from them (the old channels close one round later, after their calls ended).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,6 +88,18 @@ def channel_factory(
     return make
 
 
+def _stamp(paths: Sequence[Path]) -> tuple:
+    """What changes when a file is replaced (a Secret update swaps a symlink: a new inode)."""
+    stamps = []
+    for path in paths:
+        try:
+            info = path.stat()
+            stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
+        except OSError:
+            stamps.append(None)  # mid-swap: compared again on the next refresh
+    return tuple(stamps)
+
+
 def _join(host: str, port: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -144,7 +159,9 @@ class ReplicaPool:
         resolve_interval_s: float = 10.0,
         probe_timeout_s: float = 0.25,
         pick: str = "least_in_flight",
+        credential_files: Sequence[Path] = (),
     ):
+        """`credential_files`: the client's TLS files; channels are rebuilt when they change."""
         self.stage, self.target, self.make_channel = stage, target, make_channel
         self.failures, self.cooldown_s = failures, cooldown_s
         self.metrics, self.probe_timeout_s = metrics, probe_timeout_s
@@ -152,6 +169,9 @@ class ReplicaPool:
         if pick not in PICKS:
             raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
         self.least_in_flight = pick == "least_in_flight"  # else plain round robin (benchmarks)
+        self.credential_files = [Path(f) for f in credential_files]
+        self._credentials = _stamp(self.credential_files)
+        self._retired: list[grpc.Channel] = []  # closed on the next refresh, after their calls
         self.replicas: tuple[Replica, ...] = ()  # replaced whole, never mutated: lock-free reads
         self._turn = itertools.count()
         self._lock = threading.Lock()
@@ -203,17 +223,32 @@ class ReplicaPool:
 
     def refresh(self) -> None:
         """Resolves the target again: new addresses get a channel, vanished ones are closed.
-        A resolution that finds nothing keeps the replicas known so far (DNS hiccup)."""
-        endpoints = resolve(self.target)
-        if not endpoints and self.replicas:
-            return
-        with self._lock:
+        A resolution that finds nothing keeps the replicas known so far (DNS hiccup). Changed
+        client certificate files give every replica a new channel."""
+        for channel in self._retired:
+            channel.close()
+        self._retired = []
+        endpoints = resolve(self.target) or [r.endpoint for r in self.replicas]
+        credentials = _stamp(self.credential_files)
+        rotated = credentials != self._credentials
+        retire = []
+        with self._lock:  # a file that does not load yet raises here: nothing changed, retried
             known = {r.endpoint: r for r in self.replicas}
-            kept = [known.pop(e) if e in known else self._replica(e) for e in endpoints]
+            kept = []
+            for endpoint in endpoints:
+                old = known.pop(endpoint, None)
+                if old is not None and rotated:
+                    retire.append(old.channel)
+                    old = Replica(endpoint, self._channel(endpoint), old.breaker)
+                kept.append(old if old is not None else self._replica(endpoint))
             self.replicas = tuple(kept)
+            self._credentials = credentials
+        self._retired += retire
+        if rotated:
+            log.info("%s: client certificate files changed: new channels", self.stage)
         for gone in known.values():
             log.info("%s: replica %s left %s", self.stage, gone.address, self.target)
-            gone.channel.close()
+            self._retired.append(gone.channel)
         self._report()
 
     def probe(self) -> None:
@@ -236,12 +271,14 @@ class ReplicaPool:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        for replica in self.replicas:
-            replica.channel.close()
+        for channel in (*(r.channel for r in self.replicas), *self._retired):
+            channel.close()
+
+    def _channel(self, endpoint: Endpoint) -> grpc.Channel:
+        return self.make_channel(endpoint.address, endpoint.server_name)
 
     def _replica(self, endpoint: Endpoint) -> Replica:
-        channel = self.make_channel(endpoint.address, endpoint.server_name)
-        return Replica(endpoint, channel, Breaker(self.failures, self.cooldown_s))
+        return Replica(endpoint, self._channel(endpoint), Breaker(self.failures, self.cooldown_s))
 
     def _watch(self) -> None:
         step = min(self.cooldown_s / 2, 0.1)

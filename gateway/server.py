@@ -202,6 +202,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 stage, target, channel_factory(client, retry_methods),
                 settings.breaker_failures, settings.breaker_cooldown_s, replica_metrics,
                 settings.resolve_interval_s, settings.probe_timeout_s, settings.replica_pick,
+                [f for f in (settings.stage_tls_ca, settings.stage_tls_cert,
+                             settings.stage_tls_key) if f is not None],
             )  # fmt: skip
 
         self.pools = {s: pool(s, t) for s, t in settings.targets().items()}

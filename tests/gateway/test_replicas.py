@@ -134,3 +134,42 @@ def test_a_sigstopped_replica_among_two_costs_a_few_requests_not_half(built, sta
         os.kill(process.pid, signal.SIGCONT)
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_rotated_client_certificates_give_the_replicas_new_channels(tmp_path):
+    """The gateway's client files are replaced (a Secret update): the next refresh builds every
+    replica's channel from the new files, keeping each replica's health record."""
+    import shutil
+
+    from cascade.certs import make_certificates
+    from cascade.healthcheck import check as health
+    from cascade.server import ServerSettings
+    from cascade.v1 import rerank_pb2_grpc
+    from tests.cascade.test_server import rerank_request, start_fake
+
+    ours, theirs = make_certificates(tmp_path / "ours"), make_certificates(tmp_path / "theirs")
+    live = tmp_path / "live"
+    shutil.copytree(ours.folder, live)
+    server, _ = start_fake(ServerSettings(
+        tls_cert=live / "server.pem", tls_key=live / "server-key.pem", tls_client_ca=live / "ca.pem"
+    ))  # fmt: skip
+    files = [live / "ca.pem", live / "gateway.pem", live / "gateway-key.pem"]
+    client = ClientSettings(timeout_s=5.0, tls_ca=files[0], tls_cert=files[1], tls_key=files[2])
+    pool = ReplicaPool("rerank", server.address, channel_factory(client), 3, 0.5,
+                       resolve_interval_s=3600, credential_files=files)  # fmt: skip
+    try:
+        (replica,) = pool.replicas
+        rerank_pb2_grpc.RerankStub(replica.channel).Rerank(rerank_request(count=2), timeout=5)
+        for name in ("server-key.pem", "server.pem", "ca.pem", "gateway-key.pem", "gateway.pem"):
+            shutil.copy(theirs.folder / name, live / f"{name}.new")
+            os.replace(live / f"{name}.new", live / name)  # both sides move to the new CA
+        pool.refresh()
+        (rotated,) = pool.replicas
+        assert rotated is not replica and rotated.breaker is replica.breaker
+        rerank_pb2_grpc.RerankStub(rotated.channel).Rerank(rerank_request(count=2), timeout=5)
+        # The old files would no longer be let in: the new channel really uses the new ones.
+        old_files = (ours.ca, ours.gateway, ours.gateway_key)
+        assert health(server.address, "", 5.0, *old_files).startswith("ERROR")
+    finally:
+        pool.close()
+        server.stop(0)

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_command(
         commands,
         "serve",
-        "run one stage's gRPC server (health, reflection, metrics port, graceful SIGTERM)",
+        "run one stage's gRPC server (health, TLS, metrics port, graceful SIGTERM)",
         _stage_command,
     )
     _add_stage_command(

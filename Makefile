@@ -76,7 +76,7 @@ bench-faults: setup
 # (2 rank replicas, one SIGSTOPped 10 s, with and without per-replica ejection); needs a bundle.
 bench-security: setup
 	$(BIN)/python -m bench.security --data-dir $(DATA) --out results/security
-	$(BIN)/python -m bench.faults --case replica-pause --data-dir $(DATA) --out results/security
+	$(BIN)/python -m bench.faults --case replica-pause --rate 20 --data-dir $(DATA) --out results/security
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

@@ -310,7 +310,7 @@ def _replica_pause(args, root: Path, dataset: str, bundle: str, users: np.ndarra
             name, env, root, args.data_dir, dataset, args.run_dir / "run", users, args.rate,
             args.timeout,
         )  # fmt: skip
-        print(json.dumps({k: row[k] for k in ("pause", "after")}), flush=True)
+        print(json.dumps({k: row[k] for k in ("before", "pause", "after")}), flush=True)
         report["variants"].append(row)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replica_pause.json").write_text(json.dumps(report, indent=2))

@@ -1,6 +1,6 @@
 """Fault case: two rank replicas, one paused with SIGSTOP for 10 s under a fixed request rate.
 
-    python -m bench.faults --case replica-pause --out results/security [--rate 60]
+    python -m bench.faults --case replica-pause --out results/security --rate 20
 
 Three gateways in turn on the same stack layout (a fresh stack each), differing only in how they
 treat rank's replicas:
@@ -11,9 +11,9 @@ treat rank's replicas:
     least in flight + ejection   the default: a replica failing `breaker_failures` times in a row
                                  is ejected and health-probed back (gateway/replicas.py)
 
-Timeline per run, from the start of the load: 5 s warm, SIGSTOP at 5 s, SIGCONT at 15 s, 10 s
-after. Reported for the pause window (5-15 s): sent, answered, degraded (rank fell back), failed,
-p50 and p99 end to end; and the same after it (recovery).
+Timeline per run, from the start of the load: 5 s warm-up (not reported), 5 s before, SIGSTOP at
+10 s, SIGCONT at 20 s, 10 s after. Reported per window (before, pause, after): sent, answered,
+degraded (rank fell back), failed, p50 and p99 end to end.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from bench.faults import Answer, _ask, _percentiles
 from bench.load import fixed_rate
 from cascade import stack
 
-PAUSE_AT_S, PAUSE_S, AFTER_S = 5.0, 10.0, 10.0
+WARM_S, PAUSE_AT_S, PAUSE_S, AFTER_S = 5.0, 10.0, 10.0, 10.0
 VARIANTS = (  # (name, gateway environment)
     ("round robin, no ejection", {"REPLICA_PICK": "round_robin", "BREAKER_FAILURES": "0"}),
     ("least in flight, no ejection", {"REPLICA_PICK": "least_in_flight", "BREAKER_FAILURES": "0"}),
@@ -95,7 +95,7 @@ def run_variant(
         "variant": name,
         "gateway_env": env,
         "events": events,
-        "before": window(answers, 0.0, PAUSE_AT_S),
+        "before": window(answers, WARM_S, PAUSE_AT_S),
         "pause": window(answers, PAUSE_AT_S, end),
         "after": window(answers, end, end + AFTER_S),
     }
@@ -111,7 +111,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["variants"]:
-        for window_name in ("pause", "after"):
+        for window_name in ("before", "pause", "after"):
             w = row[window_name]
             lines.append(
                 f"| {row['variant']} | {window_name} | {w['sent']} | {w['degraded']} | "

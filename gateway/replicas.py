@@ -4,8 +4,8 @@ per replica, and outlier ejection of a replica that keeps failing or timing out.
 A target is `host:port`, a comma list of them (an `ipv4:` prefix is allowed) or a DNS name, e.g.
 `dns:///rank.cascade.svc.cluster.local:50053`, resolved to every address it has (a headless
 Service answers with every ready pod). Each call goes to the replica with the fewest calls in
-flight (ties round robin): a hung replica's calls pile up, so it stops getting new ones after a
-call or two, long before its first deadline expires. Each replica has its own Breaker: `failures`
+flight (ties: fewer failures in a row, then round robin): a hung replica's calls pile up, so it
+stops getting new ones after a call or two, long before its first deadline expires. Each replica has its own Breaker: `failures`
 in a row (errors or deadlines) eject it, so a hung replica costs the few calls that were already
 on it, not half of all calls. An ejected replica gets no request: a background prober sends it a
 grpc.health.v1 check once per cooldown and takes it back when it answers SERVING. Names are
@@ -86,6 +86,10 @@ def channel_factory(
         return make_channel(address, replica, retry_methods)
 
     return make
+
+
+def _load(replica: Replica) -> tuple[int, int]:
+    return replica.in_flight, replica.breaker.failures
 
 
 def _stamp(paths: Sequence[Path]) -> tuple:
@@ -194,7 +198,9 @@ class ReplicaPool:
                 # Ejected replicas are left to the prober: a request never waits on one.
                 if replica is exclude or replica.ejected:
                     continue
-                if best is None or replica.in_flight < best.in_flight:
+                # Fewest calls in flight; on a tie, fewest failures in a row: a replica whose
+                # last call timed out is not picked again while another one is as free.
+                if best is None or _load(replica) < _load(best):
                     best = replica
                 if not self.least_in_flight:
                     break

@@ -4,10 +4,11 @@ per replica, and outlier ejection of a replica that keeps failing or timing out.
 A target is `host:port`, a comma list of them (an `ipv4:` prefix is allowed) or a DNS name, e.g.
 `dns:///rank.cascade.svc.cluster.local:50053`, resolved to every address it has (a headless
 Service answers with every ready pod). Each call goes to the replica with the fewest calls in
-flight (ties: fewer failures in a row, then round robin): a hung replica's calls pile up, so it
-stops getting new ones after a call or two, long before its first deadline expires. Each replica has its own Breaker: `failures`
-in a row (errors or deadlines) eject it, so a hung replica costs the few calls that were already
-on it, not half of all calls. An ejected replica gets no request: a background prober sends it a
+flight, each failure in a row counting as one more (ties round robin): a hung replica's calls
+pile up, so it stops getting new ones after a call or two, long before its first deadline expires.
+Each replica has its own Breaker: `failures` in a row (errors, deadlines, unanswered health
+probes) eject it, so a hung replica costs the few calls that were already on it, not half of all
+calls. An ejected replica gets no request: a background prober sends it a
 grpc.health.v1 check once per cooldown and takes it back when it answers SERVING. Names are
 resolved again every `resolve_interval_s` (new pods join, gone ones are closed); at the same time
 the client certificate files are checked, and when they changed (rotation) every replica gets a
@@ -22,6 +23,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +91,10 @@ def channel_factory(
 
 
 def _load(replica: Replica) -> tuple[int, int]:
-    return replica.in_flight, replica.breaker.failures
+    # Each failure in a row counts as a call in flight: a replica whose last calls timed out
+    # gets a call only when the others are that much busier (or the prober cleared it).
+    failures = replica.breaker.failures
+    return replica.in_flight + failures, failures
 
 
 def _stamp(paths: Sequence[Path]) -> tuple:
@@ -116,6 +121,7 @@ class Replica:
         self.stubs: dict[type, object] = {}
         self.health = health_pb2_grpc.HealthStub(channel)
         self.in_flight = 0  # calls picked and not yet recorded (under the pool's lock)
+        self.probed_at = 0.0  # monotonic time of the last health probe
 
     @property
     def address(self) -> str:
@@ -198,8 +204,6 @@ class ReplicaPool:
                 # Ejected replicas are left to the prober: a request never waits on one.
                 if replica is exclude or replica.ejected:
                     continue
-                # Fewest calls in flight; on a tie, fewest failures in a row: a replica whose
-                # last call timed out is not picked again while another one is as free.
                 if best is None or _load(replica) < _load(best):
                     best = replica
                 if not self.least_in_flight:
@@ -258,10 +262,16 @@ class ReplicaPool:
         self._report()
 
     def probe(self) -> None:
-        """Health-checks each ejected replica whose cooldown is over; SERVING takes it back."""
+        """Health-checks each replica with failures in a row, once per cooldown: SERVING clears
+        them (an ejected replica is taken back), no answer adds one (a hung replica is ejected
+        by the probes, without a request paying for it)."""
+        now = time.monotonic()
         for replica in self.replicas:
-            if not replica.ejected or not replica.breaker.allow():
-                continue  # serving, or still cooling down, or another probe is out
+            if not replica.breaker.failures or now < replica.probed_at + self.cooldown_s:
+                continue
+            if replica.ejected and not replica.breaker.allow():
+                continue  # still cooling down, or another probe is out
+            replica.probed_at = now
             try:
                 reply = replica.health.Check(
                     health_pb2.HealthCheckRequest(), timeout=self.probe_timeout_s

@@ -63,8 +63,10 @@ def test_a_dead_replica_is_ejected_probed_by_health_checks_and_taken_back(built,
     stack.stop_stage("rank")
     pool = stack.gateway.service.cascade.pools["rank"]
     with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
-        assert rank_reasons(client, 4) == ["UNAVAILABLE", "UNAVAILABLE", "CIRCUIT_OPEN",
-                                           "CIRCUIT_OPEN"]  # fmt: skip
+        reasons = rank_reasons(client, 4)
+        # Ejected after 2 failures: both calls', or one call's and one health probe's.
+        assert reasons[0] == "UNAVAILABLE" and reasons[-2:] == ["CIRCUIT_OPEN"] * 2, reasons
+        assert set(reasons) == {"UNAVAILABLE", "CIRCUIT_OPEN"}
         time.sleep(0.5)  # past the cooldown: the probe is a health check, no request pays it
         assert rank_reasons(client, 2) == ["CIRCUIT_OPEN", "CIRCUIT_OPEN"]
         assert pool.serving() == []
@@ -123,7 +125,12 @@ def test_a_sigstopped_replica_among_two_costs_a_few_requests_not_half(built, sta
             degraded = sum(r != "" for r in reasons)
             assert set(reasons) <= {"", "DEADLINE_EXCEEDED"}
             assert degraded <= 6, reasons
+            # Its health probes time out too: ejected without another request paying for it.
+            deadline = time.monotonic() + 30
+            while pool.serving() != [healthy] and time.monotonic() < deadline:
+                time.sleep(0.1)
             assert pool.serving() == [healthy]
+            assert rank_reasons(client, 4) == [""] * 4
             os.kill(process.pid, signal.SIGCONT)
             deadline = time.monotonic() + 30
             while len(pool.serving()) < 2 and time.monotonic() < deadline:

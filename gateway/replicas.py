@@ -217,15 +217,20 @@ class ReplicaPool:
         """A call's outcome; None when it says nothing about the replica (a tiny deadline)."""
         with self._lock:
             replica.in_flight -= 1
+        self._judge(replica, ok, "calls")
+
+    def _judge(self, replica: Replica, ok: bool | None, by: str) -> None:
         was_ejected = replica.ejected
         replica.breaker.record(ok)
         if replica.ejected and not was_ejected:
             log.warning(
-                "%s: ejected replica %s after %d failures in a row",
-                self.stage, replica.address, replica.breaker.failures,
+                "%s: ejected replica %s after %d failures in a row (the last from %s)",
+                self.stage, replica.address, replica.breaker.failures, by,
             )  # fmt: skip
             if self.metrics is not None:
                 self.metrics.ejections.labels(self.stage).inc()
+        elif was_ejected and ok:
+            log.info("%s: replica %s is back", self.stage, replica.address)
         self._report()
 
     def serving(self) -> list[str]:
@@ -279,10 +284,7 @@ class ReplicaPool:
                 ok = reply.status == health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
                 ok = False
-            replica.breaker.record(ok)
-            if ok:
-                log.info("%s: replica %s is back", self.stage, replica.address)
-        self._report()
+            self._judge(replica, ok, "health probes")
 
     def close(self) -> None:
         self._stop.set()

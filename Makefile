@@ -7,6 +7,7 @@ DATA ?= data
 
 .PHONY: setup redis-server-installed demo up down eval-cascade test test-network test-stress \
 	test-random lint format protos bench bench-load bench-faults bench-state bench-durability \
+	bench-security \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP) redis-server-installed
@@ -111,6 +112,11 @@ bench-faults: setup
 # (needs a trained bundle: `make demo` first).
 bench-durability: setup redis-server-installed
 	$(BIN)/python -m bench.durability --data-dir $(DATA) --out results/state
+# Security: the TLS / mutual TLS latency cost per hop and end to end, and the replica-pause case
+# (2 rank replicas, one SIGSTOPped 10 s, with and without per-replica ejection); needs a bundle.
+bench-security: setup
+	$(BIN)/python -m bench.security --data-dir $(DATA) --out results/security
+	$(BIN)/python -m bench.faults --case replica-pause --rate 20 --data-dir $(DATA) --out results/security
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

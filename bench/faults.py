@@ -2,6 +2,7 @@
 restarted, another is paused past its budget, and a new bundle version is rolled out.
 
     python -m bench.faults --out results/ops [--rate 60] [--duration 90]
+    python -m bench.faults --case replica-pause --out results/security   (bench/replica_pause.py)
 
 The stack runs as separate processes on free loopback ports, on a private artifacts folder whose
 `current` points at the given bundle (the caller's own `current` is never touched). Timeline,
@@ -241,8 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=90.0, help="seconds; at least 75")
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline, seconds")
     parser.add_argument("--out", type=Path, default=Path("results/ops"))
+    parser.add_argument(
+        "--case",
+        choices=("drill", "replica-pause"),
+        default="drill",
+        help="drill: the timeline above; replica-pause: 2 rank replicas, one SIGSTOPped 10 s",
+    )
     args = parser.parse_args(argv)
-    if args.duration < FAULTS[-1][2] + WINDOW_S:
+    if args.case == "drill" and args.duration < FAULTS[-1][2] + WINDOW_S:
         parser.error(f"--duration must be at least {FAULTS[-1][2] + WINDOW_S:.0f} s")
     source = Bundle.open(args.artifacts, args.bundle)
     dataset = source.component("recall")["dataset"]
@@ -259,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     users = np.random.default_rng(0).permutation(
         load_dataset(dataset, args.data_dir).users["user_id"]
     )
+    if args.case == "replica-pause":
+        return _replica_pause(args, root, dataset, source.version, users)
     with stack.running_stack(
         args.run_dir / "run", artifacts=root, data_dir=args.data_dir, dataset=dataset, train=False
     ) as running:
@@ -287,6 +296,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(answers, report, args.out / "faults.png")
     print(markdown(report))
     print(f"saved {args.out}/faults.json, faults.md, faults.png")
+    return 0
+
+
+def _replica_pause(args, root: Path, dataset: str, bundle: str, users: np.ndarray) -> int:
+    from bench import replica_pause
+
+    report: dict = {"rate": args.rate, "client_timeout_s": args.timeout, "dataset": dataset,
+                    "bundle": bundle, "pause_s": replica_pause.PAUSE_S, "variants": []}  # fmt: skip
+    for name, env in replica_pause.VARIANTS:
+        print(f"== {name}", flush=True)
+        row = replica_pause.run_variant(
+            name, env, root, args.data_dir, dataset, args.run_dir / "run", users, args.rate,
+            args.timeout,
+        )  # fmt: skip
+        print(json.dumps({k: row[k] for k in ("before", "pause", "after")}), flush=True)
+        report["variants"].append(row)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "replica_pause.json").write_text(json.dumps(report, indent=2))
+    (args.out / "replica_pause.md").write_text(replica_pause.markdown(report))
+    print(replica_pause.markdown(report))
+    print(f"saved {args.out}/replica_pause.json, replica_pause.md")
     return 0
 
 

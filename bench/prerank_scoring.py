@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import grpc
 import numpy as np
 
 from cascade.candidates import to_proto
+from cascade.server import free_port
 from cascade.v1 import common_pb2, prerank_pb2, prerank_pb2_grpc
 from services.prerank.server import PrerankSettings, load_scorer
 from services.rank.scorer import RankScorer
@@ -52,14 +52,8 @@ def _summary(ms: np.ndarray) -> dict:
             "calls": int(len(ms))}  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _rpc(args, requests: list) -> dict:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CASCADE_PRERANK_ARTIFACTS": str(args.artifacts),
            "CASCADE_PRERANK_BUNDLE": args.bundle, "CASCADE_PRERANK_DATA_DIR": str(args.data_dir),
            "CASCADE_PRERANK_SERVER_PORT": str(port), "CASCADE_PRERANK_SERVER_METRICS_PORT": "-1",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cascade.candidates import CHANNELS
 from cascade.client import ClientSettings, make_channel
+from cascade.server import free_port
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(channel: grpc.Channel, server: subprocess.Popen, timeout_s: float) -> None:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cascade import stack
 from cascade.redis_server import RedisProcess
+from cascade.server import free_port
 from deploy.compose_check import served_calls
 from gateway.client import CascadeClient
 
 REPLICAS = {"recall": 2, "prerank": 1, "rank": 2, "rerank": 1, "gateway": 2}
-
-
-def _free_port() -> int:
-    """A port free now (the bench fixes every replica's port before any starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(run_dir: Path, name: str, replica: int, env: dict[str, str]) -> stack.Service:
@@ -59,13 +52,13 @@ def launch(run_dir: Path, name: str, replica: int, env: dict[str, str]) -> stack
 def start_replicas(run_dir: Path, artifacts: Path, data_dir: Path, store: str) -> stack.Stack:
     """Every replica as its own process on free ports, all on `store`; waits for health."""
     names = [n for n in REPLICAS if n != "prerank" or stack.prerank_available(artifacts)]
-    ports = {(n, r): (_free_port(), _free_port()) for n in names
+    ports = {(n, r): (free_port(), free_port()) for n in names
              for r in range(REPLICAS[n])}  # fmt: skip
     targets = {
         stage: "ipv4:" + ",".join(f"127.0.0.1:{ports[stage, r][0]}" for r in range(REPLICAS[stage]))
         for stage in stack.STAGES if stage in names
     }  # fmt: skip
-    targets.setdefault("prerank", f"127.0.0.1:{_free_port()}")  # absent: degraded
+    targets.setdefault("prerank", f"127.0.0.1:{free_port()}")  # absent: degraded
     settings = {"artifacts": artifacts.resolve(), "bundle": "current",
                 "data_dir": data_dir.resolve(), "run_dir": run_dir.resolve()}  # fmt: skip
     running = stack.Stack(run_dir, [], "current", "")

@@ -2,11 +2,14 @@
 
     artifacts/<version>/manifest.json      versions, metrics, sha256 of every file
     artifacts/<version>/<component>/...    ONNX files, npz arrays, FAISS indexes, JSON
-    artifacts/current -> <version>         the bundle services load (swapped atomically)
+    artifacts/current -> .pins/<sha256>    the bundle services load (swapped atomically) ...
+    artifacts/.pins/<sha256> -> ../<version>   ... pinned by its manifest's sha256
 
 No pickle anywhere: ONNX, npz (loaded with allow_pickle=False), FAISS files and JSON. A service
 only opens files the manifest lists, after checking their sha256, so a truncated or tampered file
-is refused with a message naming it.
+is refused with a message naming it. The manifest itself is checked against the hash `publish`
+put in the `current` link, so an edited manifest (listing a swapped file's new checksum) is
+refused too; one atomic link flip carries both the version and its hash.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 CURRENT = "current"
+PINS = ".pins"
 
 
 class ArtifactError(RuntimeError):
@@ -119,26 +123,55 @@ def clone(root: Path, version: str, new_version: str) -> Path:
     return target
 
 
-def publish(root: Path, version: str) -> None:
-    """Points artifacts/current at a version atomically (readers see the old or the new one)."""
+def publish(root: Path, version: str) -> str:
+    """Points artifacts/current at a version atomically (readers see the old or the new one),
+    pinned by the sha256 of its manifest as it is now; returns that hash."""
     root = Path(root)
-    if not (root / version / MANIFEST).exists():
+    manifest = root / version / MANIFEST
+    if not manifest.exists():
         raise ArtifactError(f"{root / version} has no {MANIFEST}: nothing to publish")
-    link = root / CURRENT
-    temporary = root / f".{CURRENT}.{os.getpid()}"
+    digest = _sha256(manifest)
+    pin = root / PINS / digest
+    pin.parent.mkdir(exist_ok=True)
+    _replace_link(pin, Path("..") / version)
+    _replace_link(root / CURRENT, Path(PINS) / digest)
+    return digest
+
+
+def _replace_link(link: Path, target: Path) -> None:
+    temporary = link.parent / f".{link.name}.{os.getpid()}"
     temporary.unlink(missing_ok=True)
-    temporary.symlink_to(version)
+    temporary.symlink_to(target)
     os.replace(temporary, link)
+
+
+def pinned_sha256(link: Path) -> str | None:
+    """The manifest hash a published link carries (current -> .pins/<sha256>); None for a
+    plain version folder or a link from before pinning."""
+    try:
+        target = Path(os.readlink(link))
+    except OSError:
+        return None
+    if target.parent == Path(PINS) and len(target.name) == 64:
+        return target.name
+    return None
 
 
 class Bundle:
     """A read-only, checksum-verified bundle."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, pinned: str | None = None):
+        """`pinned`: the sha256 the manifest must have (what `publish` pinned)."""
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
         try:
-            self.manifest = json.loads(manifest_path.read_text())
+            data = manifest_path.read_bytes()
+            if pinned is not None and hashlib.sha256(data).hexdigest() != pinned:
+                raise ArtifactError(
+                    f"{manifest_path} does not match the sha256 {pinned[:12]}... it was "
+                    "published with: edited after publishing? publish it again to trust it"
+                )
+            self.manifest = json.loads(data)
         except FileNotFoundError:
             raise ArtifactError(
                 f"{manifest_path} is missing: train the models first (`cascade train`)"
@@ -149,8 +182,9 @@ class Bundle:
 
     @classmethod
     def open(cls, root: Path, name: str = CURRENT) -> Bundle:
-        """Opens artifacts/<name> (default: the published one)."""
-        return cls((Path(root) / name).resolve())
+        """Opens artifacts/<name> (default: the published one, checked against its pin)."""
+        path = Path(root) / name
+        return cls(path.resolve(), pinned_sha256(path))
 
     def component(self, component: str) -> dict:
         try:

@@ -149,11 +149,13 @@ def _up(args: argparse.Namespace) -> None:
             bundle=args.bundle,
             timeout_s=args.timeout,
             store=args.store,
+            tls=args.tls,
         )
     except stack.StackError as error:
         print(f"cascade up: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"ask it: cascade recommend {_example_user(args)} --target {running.address()}")
+    tls = f" --tls-ca {running.certs / 'ca.pem'}" if running.certs else ""
+    print(f"ask it: cascade recommend {_example_user(args)} --target {running.address()}{tls}")
     print(f"stop it: cascade down --run-dir {args.run_dir}")
 
 
@@ -220,6 +222,12 @@ def _add_stack_commands(commands) -> None:
         help="gateway metrics port; the stages take the next four",
     )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on the gateway, mutual TLS between the services (certificates made under "
+        "RUN_DIR/certs; ask with `cascade recommend --tls-ca RUN_DIR/certs/ca.pem`)",
+    )
     _stack_options(up)
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the local stack started by `cascade up`")
@@ -238,6 +246,12 @@ def _add_stack_commands(commands) -> None:
         help="end to end: train, start the stack, recommend, send feedback, show the change, stop",
     )
     demo.set_defaults(run=_delegate("cascade.demo", "main"), delegate=True)
+    certs = commands.add_parser(
+        "certs",
+        help="make a local CA and the server and client certificates for TLS / mutual TLS",
+        add_help=False,
+    )
+    certs.set_defaults(run=_delegate("cascade.certs", "main"), delegate=True)
 
 
 def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):
@@ -325,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_command(
         commands,
         "serve",
-        "run one stage's gRPC server (health, reflection, metrics port, graceful SIGTERM)",
+        "run one stage's gRPC server (health, TLS, metrics port, graceful SIGTERM)",
         _stage_command,
     )
     _add_stage_command(

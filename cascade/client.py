@@ -1,5 +1,6 @@
 """Client channels for stage-to-stage calls: round robin over replicas, retries on UNAVAILABLE for
-idempotent calls, keepalive, fast reconnects, and a deadline on every call.
+idempotent calls, keepalive, fast reconnects, a deadline on every call, and TLS or mutual TLS
+plus the caller token when the settings name them.
 
 RELIABILITY-NOTES: service-config retries work (hedging does not); tuned reconnect backoff cut the
 first OK call after an outage from 7.1 s to 0.48 s; round robin over `ipv4:a,b` lost no call when
@@ -12,10 +13,15 @@ import collections
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from cascade.callers import TOKEN_HEADER
+from cascade.config import Secret
+from cascade.tls import channel_credentials
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,18 @@ class ClientSettings:
     keepalive_timeout_ms: int = 5_000
     max_message_bytes: int = 4 * 1024 * 1024
     load_balancing: str = "round_robin"  # or "pick_first"
+    tls_ca: Path | None = None  # TLS: trust servers this CA signed (None: plaintext)
+    tls_cert: Path | None = None  # mutual TLS: the client certificate and key to present
+    tls_key: Path | None = None
+    tls_server_name: str = ""  # the name to check the server certificate against, if not the host
+    caller_token: Secret = Secret("")  # sent as x-cascade-caller on every call when set
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "caller_token", Secret(self.caller_token))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("a client certificate (mutual TLS) needs tls_ca")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if not 1 <= self.max_attempts <= 5:  # gRPC caps attempts at 5
@@ -71,8 +87,16 @@ def make_channel(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
     ]
-    channel = grpc.insecure_channel(target, options=options)
-    return grpc.intercept_channel(channel, DefaultDeadline(settings.timeout_s))
+    if settings.tls_ca is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        if settings.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
+        credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        channel = grpc.secure_channel(target, credentials, options=options)
+    token = settings.caller_token.reveal()
+    extra = ((TOKEN_HEADER, token),) if token else ()
+    return grpc.intercept_channel(channel, DefaultDeadline(settings.timeout_s, extra))
 
 
 def service_config(settings: ClientSettings, retry_methods: Sequence[str] | None = None) -> dict:
@@ -111,17 +135,19 @@ class _CallDetails(
 
 
 class DefaultDeadline(grpc.UnaryUnaryClientInterceptor):
-    """Gives every unary call without a timeout this one, so no call can wait forever."""
+    """Gives every unary call without a timeout this one, so no call can wait forever, and adds
+    `metadata` (the caller token) to every call."""
 
-    def __init__(self, timeout_s: float):
-        self.timeout_s = timeout_s
+    def __init__(self, timeout_s: float, metadata: tuple[tuple[str, str], ...] = ()):
+        self.timeout_s, self.metadata = timeout_s, metadata
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
-        if client_call_details.timeout is None:
-            d = client_call_details
+        d = client_call_details
+        if d.timeout is None or self.metadata:
             client_call_details = _CallDetails(
-                d.method, self.timeout_s, d.metadata, d.credentials, d.wait_for_ready,
-                getattr(d, "compression", None),
+                d.method, self.timeout_s if d.timeout is None else d.timeout,
+                (*(d.metadata or ()), *self.metadata) if self.metadata else d.metadata,
+                d.credentials, d.wait_for_ready, getattr(d, "compression", None),
             )  # fmt: skip
         return continuation(client_call_details, request)
 

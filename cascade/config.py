@@ -23,6 +23,33 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+class Secret:
+    """A credential (API token, caller token) that never prints: repr and str show `***`, so
+    logging or printing the settings cannot leak it. `reveal()` is the one way to read it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = ""):
+        self._value = str(value.reveal() if isinstance(value, Secret) else value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the field and where its value came from."""
 
@@ -145,8 +172,9 @@ def _convert(value: Any, tp: Any, name: str, source: str) -> Any:
     try:
         return _coerce(value, tp)
     except (TypeError, ValueError) as error:
+        shown = "***" if tp is Secret else repr(value)  # a bad secret is still a secret
         raise SettingsError(
-            f"bad value {value!r} for setting {name!r} ({_type_name(tp)}) from {where}: {error}"
+            f"bad value {shown} for setting {name!r} ({_type_name(tp)}) from {where}: {error}"
         ) from error
 
 
@@ -186,6 +214,10 @@ def _coerce(value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError("expected a string")
         return str(value)
+    if tp is Secret:
+        if not isinstance(value, str | Secret):
+            raise TypeError("expected a string")
+        return Secret(value)
     if tp is Path:
         if not isinstance(value, str | Path):
             raise TypeError("expected a path")

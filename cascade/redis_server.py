@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,15 +19,11 @@ from pathlib import Path
 
 import redis
 
+from cascade.server import free_port
+
 
 class RedisNotInstalled(RuntimeError):
     """No redis-server binary on PATH."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_binary() -> str:
@@ -62,7 +57,7 @@ class RedisProcess:
         binary = binary or redis_binary()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        port = port or _free_port()
+        port = port or free_port()
         args = [
             binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory.resolve()),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "",

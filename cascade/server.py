@@ -1,8 +1,9 @@
 """The gRPC server bootstrap every stage uses: one call builds, binds and starts it.
 
-A server gets health checking (grpc.health.v1), reflection, RPC metrics on its own HTTP port, load
-shedding (maximum_concurrent_rpcs) and the graceful shutdown measured in RELIABILITY-NOTES: health
-NOT_SERVING first, then server.stop(grace) lets in-flight calls finish while new ones are refused.
+A server gets health checking (grpc.health.v1), reflection when asked, RPC metrics on its own HTTP
+port, load shedding (maximum_concurrent_rpcs), TLS or mutual TLS with the caller check
+(cascade.tls, cascade.callers) and graceful shutdown: health NOT_SERVING first, then
+server.stop(grace) lets in-flight calls finish while new ones are refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +30,9 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
+from cascade.config import Secret
 from cascade.reload import Reloader
 from cascade.telemetry import (
     MetricsInterceptor,
@@ -37,6 +41,7 @@ from cascade.telemetry import (
     new_registry,
     start_metrics_server,
 )
+from cascade.tls import ServerCertificates, TlsError, is_loopback
 from cascade.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -59,8 +64,20 @@ class ServerSettings:
     # When set, the bound ports are written here as JSON once serving: a supervisor that asked
     # for port 0 learns the port the server holds (no probe-then-rebind race).
     port_file: str = ""
+    # Transport security (PEM files, e.g. a mounted Kubernetes Secret; re-read when they change).
+    tls_cert: Path | None = None  # with tls_key: TLS on the gRPC port
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS: only clients with a certificate it signed
+    # Under mutual TLS, the client certificate common names whose stage calls are accepted.
+    allowed_callers: tuple[str, ...] = (GATEWAY_IDENTITY,)
+    caller_token: Secret = Secret("")  # without mutual TLS: stage calls must carry this token
+    # Plaintext on an address other machines reach is refused unless this says so explicitly.
+    insecure: bool = False
+    reflection: bool = False  # gRPC server reflection: the local stack turns it on
+    probe_port: int = -1  # a plaintext port with only grpc.health.v1 (kubelet probes under TLS)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "caller_token", Secret(self.caller_token))
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
@@ -73,6 +90,25 @@ class ServerSettings:
             raise ValueError("grace_s, shutdown_delay_s and max_connection_age_s must be >= 0")
         if self.reload_interval_s < 0:
             raise ValueError(f"reload_interval_s must be >= 0, got {self.reload_interval_s}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if not -1 <= self.probe_port <= 65535:
+            raise ValueError(f"probe_port must be in [-1, 65535], got {self.probe_port}")
+        if self.tls_cert is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines: set tls_cert and tls_key "
+                "(tls_client_ca for mutual TLS), or insecure = true to serve plaintext on purpose"
+            )
+
+    def security(self) -> str:
+        """The transport mode in words, for the start-up log."""
+        if self.tls_client_ca is not None:
+            return "mutual TLS"
+        if self.tls_cert is not None:
+            return "TLS"
+        return "plaintext (insecure)" if self.insecure else "plaintext (loopback only)"
 
 
 class BindError(OSError):
@@ -94,6 +130,9 @@ class RunningServer:
     _metrics_server: MetricsServer | None
     _pool: futures.ThreadPoolExecutor
     reloader: Reloader | None = None
+    certificates: ServerCertificates | None = None  # TLS files, re-read on change
+    probe: grpc.Server | None = None  # the plaintext health-only server, when asked
+    probe_port: int | None = None
     _stop_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _stopped: bool = False
 
@@ -116,6 +155,8 @@ class RunningServer:
             if self.settings.shutdown_delay_s:
                 time.sleep(self.settings.shutdown_delay_s)
             self.server.stop(grace).wait()
+            if self.probe is not None:
+                self.probe.stop(0)
             self._pool.shutdown(wait=False)
             if self._metrics_server is not None:
                 self._metrics_server.close()
@@ -139,10 +180,19 @@ def serve(
     server and stops with it. Raises BindError naming the port on a clash."""
     settings = ServerSettings() if settings is None else settings
     registry = new_registry() if registry is None else registry
+    try:
+        certificates = _certificates(settings)
+    except TlsError as error:
+        raise BindError(f"{stage}: TLS: {error}") from error
+    callers = _caller_check(stage, settings)
     pool = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix=f"{stage}-rpc")
     server = grpc.server(
         pool,
-        interceptors=[MetricsInterceptor(RpcMetrics(stage, registry)), *interceptors],
+        interceptors=[
+            MetricsInterceptor(RpcMetrics(stage, registry)),
+            *([callers] if callers else []),
+            *interceptors,
+        ],
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs or None,
     )
@@ -151,13 +201,18 @@ def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *services):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
 
     address = f"{_host(settings.host)}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if certificates is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, certificates.credentials())
+        probe, probe_port = _probe_server(settings, health_servicer)
     except RuntimeError as error:
         pool.shutdown(wait=False)
         raise BindError(
@@ -176,20 +231,27 @@ def serve(
                 f"{settings.host} (port already in use?): {error}"
             ) from error
     server.start()
+    if probe is not None:
+        probe.start()
     running = RunningServer(
         stage, server, port, metrics_server.port if metrics_server else None, registry,
-        health_servicer, services, settings, metrics_server, pool, reloader,
+        health_servicer, services, settings, metrics_server, pool, reloader, certificates,
+        probe, probe_port,
     )  # fmt: skip
     if reloader is not None:
         reloader.start(registry)
     if settings.port_file:
         write_port_file(Path(settings.port_file), running.port, running.metrics_port)
     log.info(
-        "%s: serving %s on %s, metrics on port %s",
+        "%s: serving %s on %s, metrics on port %s; transport %s; %s; reflection %s%s",
         stage,
         ", ".join(services),
         running.address,
         running.metrics_port,
+        settings.security(),
+        callers.describe() if callers else "no caller check",
+        "on" if settings.reflection else "off",
+        f"; plaintext health probe on port {probe_port}" if probe else "",
     )
     return running
 
@@ -199,6 +261,15 @@ def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps({"port": port, "metrics_port": metrics_port}))
     os.replace(temporary, path)
+
+
+def free_port() -> int:
+    """A loopback port free right now. Only for a port that must be known before its process
+    starts (a replica list, a probe port, redis-server): servers themselves bind port 0 and
+    report what they got (SERVER_PORT_FILE), which no other process can take in between."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def read_port_file(path: Path) -> tuple[int, int | None] | None:
@@ -270,6 +341,37 @@ def read_candidates(
             context, "candidates", f"{len(candidates.item_ids)} candidates > maximum {maximum}"
         )
     return candidates
+
+
+def _certificates(settings: ServerSettings) -> ServerCertificates | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return ServerCertificates(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
+def _caller_check(stage: str, settings: ServerSettings) -> CallerCheck | None:
+    """Stage calls only from the gateway: by certificate under mutual TLS, else by token when
+    one is set; neither (the loopback local stack) leaves the port open to local callers."""
+    mutual = settings.tls_client_ca is not None
+    if not mutual and not settings.caller_token:
+        return None
+    return CallerCheck(stage, mutual, settings.allowed_callers, settings.caller_token)
+
+
+def _probe_server(
+    settings: ServerSettings, servicer: health.HealthServicer
+) -> tuple[grpc.Server | None, int | None]:
+    """A plaintext server with only the health service (it shares the main server's status, so
+    NOT_SERVING on shutdown shows on both): the kubelet's gRPC probe cannot speak TLS."""
+    if settings.probe_port < 0:
+        return None, None
+    probe = grpc.server(
+        futures.ThreadPoolExecutor(1, thread_name_prefix="probe"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, probe)
+    port = probe.add_insecure_port(f"{_host(settings.host)}:{settings.probe_port}")
+    return probe, port
 
 
 def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:

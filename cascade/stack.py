@@ -74,6 +74,7 @@ class Stack:
     bundle: str
     dataset: str
     environments: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> env it got
+    certs: Path | None = None  # with TLS: the folder `cascade certs` wrote (ca.pem, tools.pem, ...)
 
     def address(self, name: str = "gateway") -> str:
         return next(s.address for s in self.services if s.name == name)
@@ -130,7 +131,13 @@ def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "
 
 
 def _environment(
-    name: str, port: int, metrics_port: int, settings: dict, targets: dict, port_file: Path
+    name: str,
+    port: int,
+    metrics_port: int,
+    settings: dict,
+    targets: dict,
+    port_file: Path,
+    certs: Path | None = None,
 ) -> dict:
     prefix = f"CASCADE_{name.upper()}_"
     env = {
@@ -140,6 +147,8 @@ def _environment(
         f"{prefix}ARTIFACTS": str(settings["artifacts"]),
         f"{prefix}BUNDLE": settings["bundle"],
         f"{prefix}DATA_DIR": str(settings["data_dir"]),
+        # Loopback only, so reflection (grpcurl, debugging) costs nothing; production leaves it off.
+        f"{prefix}SERVER_REFLECTION": "true",
     }
     if name == "gateway":
         env |= {f"{prefix}{stage.upper()}_TARGET": target for stage, target in targets.items()}
@@ -148,6 +157,19 @@ def _environment(
         # up/down in .cascade/eventlog, and a test or benchmark stack gets its own. The gateway
         # writes it; recall replays it into its embedded store when it (re)starts.
         env[f"{prefix}EVENT_LOG"] = f"file:{settings['run_dir'] / 'eventlog'}"
+    if certs is not None:  # `cascade up --tls`: TLS at the gateway, mutual TLS between stages
+        env |= {
+            f"{prefix}SERVER_TLS_CERT": str(certs / "server.pem"),
+            f"{prefix}SERVER_TLS_KEY": str(certs / "server-key.pem"),
+        }
+        if name == "gateway":
+            env |= {
+                f"{prefix}STAGE_TLS_CA": str(certs / "ca.pem"),
+                f"{prefix}STAGE_TLS_CERT": str(certs / "gateway.pem"),
+                f"{prefix}STAGE_TLS_KEY": str(certs / "gateway-key.pem"),
+            }
+        else:
+            env[f"{prefix}SERVER_TLS_CLIENT_CA"] = str(certs / "ca.pem")
     return env
 
 
@@ -165,11 +187,14 @@ def up(
     quiet: bool = False,
     only: tuple[str, ...] | None = None,
     store: str = "memory",
+    tls: bool = False,
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
     subset (tests). `store`: "memory" (each process its own), "redis" (start a redis-server on
-    ports["redis"], default 6380, and share it) or a redis:// URL of a server already running."""
+    ports["redis"], default 6380, and share it) or a redis:// URL of a server already running.
+    `tls`: certificates from `cascade certs` under run_dir/certs (its CA is kept across runs),
+    TLS on the gateway's port and mutual TLS on every stage port."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     if train:
         ensure_bundle(artifacts, data_dir, dataset, bundle)
@@ -188,7 +213,12 @@ def up(
         "artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve(),
         "run_dir": run_dir.resolve(),
     }  # fmt: skip
-    stack = Stack(run_dir, [], bundle, dataset)
+    certs = None
+    if tls:
+        from cascade.certs import make_certificates
+
+        certs = make_certificates(run_dir / "certs", reuse_ca=True).folder.resolve()
+    stack = Stack(run_dir, [], bundle, dataset, certs=certs)
     try:
         if store == "redis":
             server = RedisProcess.start(run_dir / REDIS, redis_port)  # 0: a free port
@@ -230,7 +260,8 @@ def _start(
     stack: Stack, name: str, port: int, metrics_port: int, settings: dict, targets: dict,
     extra_env: dict[str, str] | None,
 ) -> None:  # fmt: skip
-    env = _environment(name, port, metrics_port, settings, targets, _port_file(stack, name))
+    port_file = _port_file(stack, name)
+    env = _environment(name, port, metrics_port, settings, targets, port_file, stack.certs)
     stack.environments[name] = env | (extra_env or {})
     (stack.run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
     stack.services.append(_launch(stack, name, port, metrics_port))
@@ -252,16 +283,47 @@ def _learn_ports(stack: Stack, timeout_s: float) -> None:
     _save(stack)
 
 
-def _launch(stack: Stack, name: str, port: int, metrics_port: int) -> Service:
+def _launch(
+    stack: Stack, name: str, port: int, metrics_port: int, module: str | None = None
+) -> Service:
     _port_file(stack, name).unlink(missing_ok=True)  # a stale file from an earlier run
     log_path = stack.run_dir / f"{name}.log"
     with open(log_path, "a") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name]], env=os.environ | stack.environments[name],
+            [sys.executable, "-m", module or MODULES[name]],
+            env=os.environ | stack.environments[name],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
     return Service(name, port, metrics_port, process.pid, str(log_path))
+
+
+def add_replica(stack: Stack, name: str, port: int, timeout_s: float = 120.0) -> Service:
+    """Starts one more process of stage `name` on `port` with the first one's settings, waits
+    until it is SERVING, and records it (so `down` stops it). The gateway reaches it only when
+    its target lists the port (e.g. CASCADE_GATEWAY_RANK_TARGET=127.0.0.1:a,127.0.0.1:b)."""
+    prefix = f"CASCADE_{name.upper()}_"
+    replica = f"{name}-{sum(s.name == name for s in stack.services) + 1}"
+    env = stack.environments[name] | {
+        f"{prefix}SERVER_PORT": str(port), f"{prefix}SERVER_METRICS_PORT": "0",
+        f"{prefix}SERVER_PORT_FILE": str(_port_file(stack, replica)),
+    }  # fmt: skip
+    stack.environments[replica] = env
+    (stack.run_dir / f"{replica}.log").write_text("")
+    service = _launch(stack, replica, port, 0, module=MODULES[name])
+    deadline = time.monotonic() + timeout_s
+    while (ports := read_port_file(_port_file(stack, replica))) is None:
+        if not _alive(service.pid) or time.monotonic() > deadline:
+            raise StackError(f"{replica} did not start:\n{log_tail(service.log)}")
+        time.sleep(0.05)
+    service.metrics_port = ports[1] if ports[1] is not None else -1
+    service.name = name  # the same stage; `address(name)` still finds the first one
+    stack.services.append(service)
+    _save(stack)
+    wait_healthy(
+        Stack(stack.run_dir, [service], stack.bundle, stack.dataset, certs=stack.certs), timeout_s
+    )
+    return service
 
 
 def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
@@ -286,7 +348,9 @@ def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
     }
     service = stack.services[index] = _launch(stack, name, old.port, old.metrics_port)
     _save(stack)
-    wait_healthy(Stack(stack.run_dir, [service], stack.bundle, stack.dataset), timeout_s)
+    wait_healthy(
+        Stack(stack.run_dir, [service], stack.bundle, stack.dataset, certs=stack.certs), timeout_s
+    )
     return service
 
 
@@ -299,7 +363,7 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
         service = pending[0]
         if not _alive(service.pid):
             raise StackError(f"{service.name} exited during start-up:\n{log_tail(service.log)}")
-        if _serving(service.address):
+        if _serving(service.address, stack.certs):
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
@@ -310,8 +374,12 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def _serving(address: str) -> bool:
-    return healthcheck.check(address, timeout_s=1.0) == "SERVING"
+def _serving(address: str, certs: Path | None = None) -> bool:
+    if certs is None:
+        return healthcheck.check(address, timeout_s=1.0) == "SERVING"
+    # Under mutual TLS a client certificate is needed even for health; the tools' one will do.
+    files = (certs / "ca.pem", certs / "tools.pem", certs / "tools-key.pem")
+    return healthcheck.check(address, "", 1.0, *files) == "SERVING"
 
 
 def log_tail(path: str | Path, lines: int = 20) -> str:

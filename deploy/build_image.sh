@@ -31,7 +31,15 @@ print(json.load(open(sys.argv[1]))["components"]["recall"]["dataset"])' "$versio
     rm -rf .cascade/bake
     mkdir -p .cascade/bake/artifacts .cascade/bake/data
     cp -a "$version_dir" .cascade/bake/artifacts/
-    ln -s "$(basename "$version_dir")" .cascade/bake/artifacts/current
+    # Keep the pin: `current -> .pins/<manifest sha256> -> ../<version>` (cascade/artifacts.py).
+    pin=$(readlink "$ARTIFACTS/current")
+    if [[ $pin == .pins/* ]]; then
+        mkdir -p .cascade/bake/artifacts/.pins
+        ln -s "../$(basename "$version_dir")" ".cascade/bake/artifacts/$pin"
+        ln -s "$pin" .cascade/bake/artifacts/current
+    else
+        ln -s "$(basename "$version_dir")" .cascade/bake/artifacts/current
+    fi
     cp -a "$DATA_DIR/$dataset" .cascade/bake/data/
     trap 'rm -rf .cascade/bake' EXIT
     bundle=baked

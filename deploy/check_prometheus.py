@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from cascade.server import free_port
 from cascade.stack import STATE_FILE, Service, Stack, StackError, running_stack
 from deploy import grafana_dashboards, prometheus_rules
 from deploy.check_traffic import Traffic
@@ -96,17 +96,9 @@ def scrape_config(stack: Stack, workdir: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    """A port free right now. Only for Prometheus, which cannot bind 0 and say which port it
-    got; our own servers bind 0 and report theirs (cascade.server's port_file)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_prometheus(binary: str, config: Path, workdir: Path, exits: ExitStack) -> str:
     """Prometheus on a free loopback port with its own storage; stopped when `exits` closes."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     log = open(workdir / "prometheus.log", "w")  # closed by `exits`
     exits.callback(log.close)
     command = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",

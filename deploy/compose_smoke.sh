@@ -120,6 +120,8 @@ echo "images built in $((SECONDS - build_started)) s"
 
 # -- up, health ---------------------------------------------------------------------------------
 step "compose up (network_mode: host everywhere)"
+# The gateway refuses to start without an API token: one for this run (cascade recommend reads it).
+export CASCADE_GATEWAY_API_TOKEN=${CASCADE_GATEWAY_API_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}
 override=$("$PYTHON" -m deploy.compose_replicas "${replicas[@]}" --out "$RUN_DIR")
 compose=(docker-compose -p "$PROJECT" -f docker-compose.yml -f "$override")
 up_started=$SECONDS

@@ -209,12 +209,22 @@ def check_settings(objects: list[Obj]) -> list[str]:
 
 
 def check_probes(objects: list[Obj]) -> list[str]:
+    """gRPC probes on the gRPC port; on the plaintext probe port when the server speaks TLS (the
+    kubelet's gRPC probe cannot), which must be the server's probe_port."""
     errors = []
     for w in workloads(objects)[0]:
+        server = w.settings.server if w.settings is not None else None
+        tls = server is not None and server.tls_cert is not None
+        want = w.port("probe" if tls else "grpc")
+        if tls and (want is None or server.probe_port != want):
+            errors.append(
+                f"{w.name}: TLS on the gRPC port needs a containerPort named probe equal to "
+                f"server.probe_port ({server.probe_port}), got {want}"
+            )
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             port = w.container.get(probe, {}).get("grpc", {}).get("port")
-            if port is None or port != w.port("grpc"):
-                errors.append(f"{w.name}: {probe} must be a gRPC probe on port {w.port('grpc')}")
+            if port is None or port != want:
+                errors.append(f"{w.name}: {probe} must be a gRPC probe on port {want}")
     return errors
 
 
@@ -349,7 +359,8 @@ CHECKS: list[tuple[str, Callable[[list[Obj]], list[str]]]] = [
     ("every stage has a Deployment, a Service, an HPA and a PDB", check_inventory),
     ("settings load from ConfigMap + env; every CASCADE_* var is a field; ports, host, "
      "scrape port and grace period fit the server", check_settings),
-    ("startup, readiness and liveness are gRPC probes on the gRPC port", check_probes),
+    ("startup, readiness and liveness are gRPC probes on the gRPC port (the probe port under TLS)",
+     check_probes),
     ("non-root, read-only root, no privilege escalation, requests and limits", check_hardening),
     ("Services are headless, select one stage's pods, expose its container ports", check_services),
     ("HPAs target existing Deployments (no replicas field), PDBs select one stage", check_scaling),

@@ -23,7 +23,8 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.version import __version__ as VALIDATOR_VERSION
 
-from deploy.k8s_checks import CHECKS, STAGES, Obj, Workload, workloads
+from deploy.k8s_checks import STAGES, Obj, Workload, workloads
+from deploy.k8s_security import ALL_CHECKS
 
 K8S_DIR = Path(__file__).parent / "k8s"
 # 1.27: native gRPC probes are GA; 1.37: the newest schemas kubernetes-validate ships.
@@ -94,7 +95,7 @@ def report(directory: Path = K8S_DIR) -> tuple[str, int]:
         )
         lines += [f"       {e}" for e in errors]
     lines.append("checks:")
-    for title, check in CHECKS:
+    for title, check in ALL_CHECKS:
         errors = check(objects)
         n_errors += len(errors)
         lines.append(f"  {'ok  ' if not errors else 'FAIL'} {title}")

@@ -6,7 +6,8 @@
     cascade feedback --user-key alice --item-key song-9 --type like
 
 Titles come from the dataset the served bundle names (--artifacts, --bundle, --data-dir). The API
-token comes from --token or CASCADE_GATEWAY_API_TOKEN.
+token comes from --token or CASCADE_GATEWAY_API_TOKEN; a TLS gateway's CA from --tls-ca or
+CASCADE_TLS_CA (the local stack started with `cascade up --tls` writes it under .cascade/certs).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="127.0.0.1:50050", help="the gateway's address")
     parser.add_argument("--token", default=None, help="API token (env CASCADE_GATEWAY_API_TOKEN)")
     parser.add_argument("--timeout", type=float, default=2.0, help="deadline in seconds")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("CASCADE_TLS_CA") or None,
+        help="CA certificate of a TLS gateway (env CASCADE_TLS_CA); plaintext without",
+    )
 
 
 def load_titles(artifacts: Path, bundle: str, data_dir: Path) -> dict[int, str]:
@@ -56,7 +63,7 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("CASCADE_GATEWAY_API_TOKEN") or None
-    with CascadeClient(args.target, token, args.timeout) as client:
+    with CascadeClient(args.target, token, args.timeout, args.tls_ca) as client:
         try:
             user = args.user_key if args.user_key is not None else args.user
             response = client.recommend(user, max(args.count, 0), debug=args.debug)
@@ -97,7 +104,7 @@ def feedback_main(argv: Sequence[str] | None = None) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("CASCADE_GATEWAY_API_TOKEN") or None
-    with CascadeClient(args.target, token, args.timeout) as client:
+    with CascadeClient(args.target, token, args.timeout, args.tls_ca) as client:
         try:
             user = args.user_key if args.user_key is not None else args.user
             items = args.item_key if args.item_key is not None else args.item

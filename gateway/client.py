@@ -12,6 +12,7 @@ Errors arrive as grpc.RpcError; cascade.client.field_violations(error) names the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import grpc
 
@@ -27,11 +28,21 @@ EVENT_TYPES = {
 
 
 class CascadeClient:
-    """Calls the gateway at `target` with an optional API token; every call has a deadline."""
+    """Calls the gateway at `target` with an optional API token; every call has a deadline.
+    `tls_ca`: the gateway serves TLS, signed by this CA (the token then travels encrypted)."""
 
-    def __init__(self, target: str, token: str | None = None, timeout_s: float = 1.0):
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        timeout_s: float = 1.0,
+        tls_ca: Path | None = None,
+        tls_server_name: str = "",
+    ):
         # Recommend is safe to retry on UNAVAILABLE; Feedback is not (an event would count twice).
-        settings = ClientSettings(timeout_s=timeout_s)
+        settings = ClientSettings(
+            timeout_s=timeout_s, tls_ca=tls_ca, tls_server_name=tls_server_name
+        )
         self._channel = make_channel(target, settings, ["cascade.v1.Gateway/Recommend"])
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None

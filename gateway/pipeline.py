@@ -4,8 +4,9 @@ Each stage gets a share of what is left of the request's budget as its call dead
 fast stage did not use flows to the later ones. A stage that is down, late, failing or answers
 nonsense is replaced by its fallback (DESIGN: degrade instead of failing): recall -> the popular
 cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's order with
-the creator cap and the seen filter applied here. Every fallback is reported and counted. A stage
-that keeps failing is skipped for a while (Breaker) instead of costing every request its budget.
+the creator cap and the seen filter applied here. Every fallback is reported and counted. A
+replica that keeps failing is ejected (its own Breaker, gateway/replicas.py) instead of costing
+every request its budget; with every replica of a stage ejected, the stage falls back at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -34,7 +36,17 @@ from cascade.v1 import (
     rerank_pb2_grpc,
 )
 
+if TYPE_CHECKING:
+    from gateway.replicas import ReplicaPool
+
 STAGES = ("recall", "prerank", "rank", "rerank")
+# Each stage's stub and its one RPC, called on the replica a ReplicaPool picks.
+STUBS = {
+    "recall": (recall_pb2_grpc.RecallStub, "Recall"),
+    "prerank": (prerank_pb2_grpc.PrerankStub, "Prerank"),
+    "rank": (rank_pb2_grpc.RankStub, "Rank"),
+    "rerank": (rerank_pb2_grpc.RerankStub, "Rerank"),
+}
 MIN_STAGE_S = 0.001  # less than this for a stage: skip the call, it could not answer in time
 POPULAR_MASK = channel_bit("popular")
 
@@ -169,35 +181,29 @@ class Funnel:
     prerank_count: int  # kept by prerank
     rank_count: int  # kept by rank
     max_per_creator: int  # creator cap of the local rerank fallback; 0 = none
-    breaker_failures: int = 5  # failures in a row that open a stage's breaker; 0 = never
-    breaker_cooldown_s: float = 0.5  # how long an open breaker skips its stage before a probe
+    breaker_failures: int = 3  # failures in a row that eject a replica; 0 = never
+    breaker_cooldown_s: float = 0.5  # how long an ejected replica waits for its health probe
     # A deadline overrun counts against a stage only when it had this long: a client that set a
     # tiny deadline must not open the breaker for everyone.
     breaker_min_timeout_s: float = 0.02
 
 
 class Cascade:
-    """Stubs to the four stages plus the local fallbacks; one `run` per Recommend."""
+    """The four stages' replica pools plus the local fallbacks; one `run` per Recommend."""
 
     def __init__(
         self,
-        channels: dict[str, grpc.Channel],
+        pools: dict[str, ReplicaPool],
         funnel: Funnel,
         popular: np.ndarray,
         creators: np.ndarray,
         metrics: GatewayMetrics,
     ):
-        self.recall = recall_pb2_grpc.RecallStub(channels["recall"])
-        self.prerank = prerank_pb2_grpc.PrerankStub(channels["prerank"])
-        self.rank = rank_pb2_grpc.RankStub(channels["rank"])
-        self.rerank = rerank_pb2_grpc.RerankStub(channels["rerank"])
+        self.pools = pools
         self.funnel = funnel
         self.popular = popular  # (n,) item ids, most popular first
         self.creators = creators  # (n_items + 1,) creator id by item id, 0 = unknown
         self.metrics = metrics
-        self.breakers = {
-            s: Breaker(funnel.breaker_failures, funnel.breaker_cooldown_s) for s in STAGES
-        }
 
     def run(
         self,
@@ -222,32 +228,30 @@ class Cascade:
                 cached.append(recent if seen_of is None else np.union1d(recent, seen_of()))
             return cached[0]
 
-        def stage(name, call, request, fallback, candidates_in):
-            out = self._stage(response, name, call, request, fallback, candidates_in, budget)
+        def stage(name, request, fallback, candidates_in):
+            out = self._stage(response, name, request, fallback, candidates_in, budget)
             served.lists[name] = out
             return out
 
         # Lists pass from one stage's reply to the next request as messages (a C++ copy): the
         # gateway decodes them into arrays only when a fallback needs them.
         recall_request = recall_pb2.RecallRequest(user=user, count=funnel.recall_count)
-        candidates = stage(
-            "recall", self.recall.Recall, recall_request, lambda: self._popular(seen()), None
-        )
+        candidates = stage("recall", recall_request, lambda: self._popular(seen()), None)
         request = prerank_pb2.PrerankRequest(
             user=user, count=funnel.prerank_count, candidates=candidates
         )
         candidates = stage(
-            "prerank", self.prerank.Prerank, request,
+            "prerank", request,
             lambda c=candidates: from_proto(c).take(slice(0, funnel.prerank_count)), candidates,
         )  # fmt: skip
         request = rank_pb2.RankRequest(user=user, count=funnel.rank_count, candidates=candidates)
         candidates = stage(
-            "rank", self.rank.Rank, request,
+            "rank", request,
             lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)), candidates,
         )  # fmt: skip
         request = rerank_pb2.RerankRequest(user=user, count=count, candidates=candidates)
         candidates = stage(
-            "rerank", self.rerank.Rerank, request,
+            "rerank", request,
             lambda c=candidates: self._local_rerank(from_proto(c), seen(), count), candidates,
         )  # fmt: skip
         to_proto(*from_proto(candidates).take(slice(0, count)), out=response.items)
@@ -263,7 +267,6 @@ class Cascade:
         self,
         response: gateway_pb2.RecommendResponse,
         name: str,
-        call: Callable,
         request,
         fallback: Callable[[], Candidates],
         candidates_in: common_pb2.CandidateList | None,
@@ -272,19 +275,10 @@ class Cascade:
         """Calls one stage within its share of the budget; on any failure, its fallback."""
         started = time.perf_counter()
         timeout = budget.for_stage(name)
-        reply, reason, breaker = None, "", self.breakers[name]
         if timeout < MIN_STAGE_S:
-            reason = "NO_BUDGET"
-        elif not breaker.allow():
-            reason = "CIRCUIT_OPEN"
+            reply, reason = None, "NO_BUDGET"
         else:
-            try:
-                reply = call(request, timeout=timeout)
-                reason = "" if _well_formed(reply.candidates) else "BAD_REPLY"
-            except grpc.RpcError as error:
-                reason = error.code().name if isinstance(error, grpc.Call) else "UNAVAILABLE"
-            short = reason == "DEADLINE_EXCEEDED" and timeout < self.funnel.breaker_min_timeout_s
-            breaker.record(None if short else not reason)
+            reply, reason = self._call(name, request, budget, timeout)
         candidates = to_proto(*fallback()) if reason else reply.candidates
         latency = time.perf_counter() - started
         self.metrics.stage_latency.labels(name).observe(latency)
@@ -303,6 +297,30 @@ class Cascade:
                 if report.kept:
                     trace.channel_counts[CHANNELS.get(report.channel, "unknown")] = report.kept
         return candidates
+
+    def _call(self, name: str, request, budget: Budget, timeout: float) -> tuple[object, str]:
+        """The stage's reply from one of its replicas, or None and the reason it has none
+        (CIRCUIT_OPEN: every replica is ejected). A replica that refuses at once (UNAVAILABLE:
+        down, draining) leaves the rest of the stage's budget to one other replica."""
+        pool, (stub_class, method) = self.pools[name], STUBS[name]
+        replica, reply, reason = pool.pick(), None, "CIRCUIT_OPEN"
+        for attempt in range(2):
+            if replica is None:
+                break
+            if attempt:  # the retry gets what is left of the stage's share
+                timeout = budget.for_stage(name)
+            try:
+                reply = getattr(replica.stub(stub_class), method)(request, timeout=timeout)
+                reason = "" if _well_formed(reply.candidates) else "BAD_REPLY"
+            except grpc.RpcError as error:
+                reply = None
+                reason = error.code().name if isinstance(error, grpc.Call) else "UNAVAILABLE"
+            short = reason == "DEADLINE_EXCEEDED" and timeout < self.funnel.breaker_min_timeout_s
+            pool.record(replica, None if short else not reason)
+            if reason != "UNAVAILABLE" or budget.for_stage(name) < MIN_STAGE_S:
+                break
+            replica = pool.pick(exclude=replica)
+        return reply, reason
 
     def _popular(self, seen: np.ndarray) -> Candidates:
         """Recall's fallback: the popular cache minus what the user just consumed."""

@@ -30,8 +30,8 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from cascade.artifacts import ArtifactError, Bundle
-from cascade.client import ClientSettings, make_channel
-from cascade.config import SettingsError, load_settings
+from cascade.client import ClientSettings
+from cascade.config import Secret, SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
 from cascade.eventlog import EVENTS, EventLogError, LogSettings, open_event_log
@@ -49,12 +49,13 @@ from cascade.server import (
     serve,
 )
 from cascade.telemetry import new_registry, set_model_info
-from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
 from gateway.auth import TokenAuth
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
 from gateway.online import OnlineEvents, ShownWriter
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
+from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
@@ -70,10 +71,21 @@ class GatewaySettings:
             port=50050, metrics_port=9150, max_message_bytes=1024 * 1024, max_workers=16
         )
     )
+    # A stage's replicas: host:port, a comma list of them, or a DNS name resolved to all its
+    # addresses (dns:///rank.cascade.svc.cluster.local:50053, a headless Service).
     recall_target: str = "127.0.0.1:50051"
     prerank_target: str = "127.0.0.1:50052"
     rank_target: str = "127.0.0.1:50053"
     rerank_target: str = "127.0.0.1:50054"
+    resolve_interval_s: float = 10.0  # resolve the targets again (new pods, gone ones)
+    probe_timeout_s: float = 0.25  # health check of an ejected replica before taking it back
+    replica_pick: str = "least_in_flight"  # or "round_robin" (blind to a hung replica's queue)
+    # Mutual TLS to the stages: their CA, and the gateway's client certificate (CN
+    # cascade-gateway, the one caller the stages accept). Without: plaintext.
+    stage_tls_ca: Path | None = None
+    stage_tls_cert: Path | None = None
+    stage_tls_key: Path | None = None
+    stage_token: Secret = Secret("")  # without mutual TLS: the stages' caller token
     artifacts: Path = Path("artifacts")
     bundle: str = "current"
     data_dir: Path = Path("data")
@@ -91,8 +103,8 @@ class GatewaySettings:
     rank_share: float = 0.4
     rerank_share: float = 0.15
     max_per_creator: int = 2  # creator cap of the local rerank fallback (rerank's own default)
-    breaker_failures: int = 5  # a stage failing this often in a row is skipped; 0 = never
-    breaker_cooldown_s: float = 0.5  # ... for this long, then one call probes it
+    breaker_failures: int = 3  # a replica failing this often in a row is ejected; 0 = never
+    breaker_cooldown_s: float = 0.5  # ... for this long, then a health check probes it
     max_context_chars: int = 64  # platform, locale, surface
     max_extras: int = 16  # context.extras entries
     max_extra_chars: int = 256  # per extras key and value
@@ -104,7 +116,9 @@ class GatewaySettings:
     log: LogSettings = field(default_factory=LogSettings)  # fsync policy, segments, dedup window
     impression_queue: int = 10_000  # answers waiting for the impression writer; beyond: dropped
     new_user_capacity: int = 1_000_000  # users first seen online, beyond the dataset's own
-    api_token: str = ""  # empty: auth off (local demo); else callers must send it
+    api_token: Secret = Secret("")  # empty: auth off (local demo); else callers must send it
+    # Refuse to start without api_token (compose and Kubernetes set it: auth off must be said).
+    require_api_token: bool = False
     # The request time the gateway stamps once per request (and on events sent with time 0):
     # "wall" = now; "data" = the bundle's training log end + the gateway's uptime, for the
     # replayed datasets (ml-100k, synthetic), as recall's own "data" clock.
@@ -116,6 +130,8 @@ class GatewaySettings:
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)
+        for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
+            object.__setattr__(self, name, Secret(getattr(self, name)))
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")
         if min(self.recall_count, self.prerank_count, self.rank_count) < 1:
@@ -132,6 +148,33 @@ class GatewaySettings:
             raise ValueError("new_user_capacity must be >= 0 and impression_queue >= 1")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
             raise ValueError("breaker_failures must be >= 0 and breaker_cooldown_s > 0")
+        if self.require_api_token and not self.api_token:
+            raise ValueError(
+                "no API token: set CASCADE_GATEWAY_API_TOKEN, or set "
+                "CASCADE_GATEWAY_REQUIRE_API_TOKEN=false to run without authentication"
+            )
+        if self.replica_pick not in PICKS:
+            raise ValueError(f"replica_pick must be one of {PICKS}, got {self.replica_pick!r}")
+        if self.resolve_interval_s <= 0 or self.probe_timeout_s <= 0:
+            raise ValueError("resolve_interval_s and probe_timeout_s must be > 0")
+        if (self.stage_tls_cert is None) != (self.stage_tls_key is None):
+            raise ValueError("stage_tls_cert and stage_tls_key go together")
+        if self.stage_tls_cert is not None and self.stage_tls_ca is None:
+            raise ValueError("stage_tls_cert (mutual TLS to the stages) needs stage_tls_ca")
+
+    def stage_client(self) -> ClientSettings:
+        """How the gateway dials a stage replica (its deadline is always the call's own)."""
+        return ClientSettings(
+            timeout_s=self.max_deadline_s, tls_ca=self.stage_tls_ca, tls_cert=self.stage_tls_cert,
+            tls_key=self.stage_tls_key, caller_token=self.stage_token,
+        )  # fmt: skip
+
+    def stage_security(self) -> str:
+        if self.stage_tls_cert is not None:
+            return "mutual TLS"
+        if self.stage_tls_ca is not None:
+            return "TLS"
+        return "plaintext" + (" with caller token" if self.stage_token else "")
 
     def shares(self) -> dict[str, float]:
         return {stage: getattr(self, f"{stage}_share") for stage in STAGES}
@@ -221,23 +264,28 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 settings.store, catalog.dataset, len(catalog.known), settings.store_limits
             )
             self.shown_writer = ShownWriter(self.shared.record_shown)
-        # Stage calls retry UNAVAILABLE inside their deadline (all are idempotent); Record is
-        # not retried (a duplicate would count an event twice).
-        client = ClientSettings(timeout_s=settings.max_deadline_s)
-        self.channels = {s: make_channel(t, client) for s, t in settings.targets().items()}
-        self.record_channel = make_channel(settings.recall_target, client, retry_methods=())
+        # One channel per stage replica (gateway/replicas.py). Stage calls retry UNAVAILABLE
+        # inside their deadline (all are idempotent); Record is not retried (a duplicate would
+        # count an event twice), so it gets its own channel per recall replica.
+        client = settings.stage_client()
+        replica_metrics = ReplicaMetrics(registry)
+
+        def pool(stage: str, target: str, retry_methods=None) -> ReplicaPool:
+            return ReplicaPool(
+                stage, target, channel_factory(client, retry_methods),
+                settings.breaker_failures, settings.breaker_cooldown_s, replica_metrics,
+                settings.resolve_interval_s, settings.probe_timeout_s, settings.replica_pick,
+                [f for f in (settings.stage_tls_ca, settings.stage_tls_cert,
+                             settings.stage_tls_key) if f is not None],
+            )  # fmt: skip
+
+        self.pools = {s: pool(s, t) for s, t in settings.targets().items()}
+        self.record_pool = pool("recall", settings.recall_target, retry_methods=())
         funnel = Funnel(
             settings.recall_count, settings.prerank_count, settings.rank_count,
             settings.max_per_creator, settings.breaker_failures, settings.breaker_cooldown_s,
         )  # fmt: skip
-        self.cascade = Cascade(
-            self.channels, funnel, catalog.popular, catalog.creators, self.metrics
-        )
-        self._record = self.record_channel.unary_unary(
-            "/cascade.v1.Recall/Record",
-            request_serializer=gateway_pb2.FeedbackRequest.SerializeToString,
-            response_deserializer=gateway_pb2.FeedbackResponse.FromString,
-        )
+        self.cascade = Cascade(self.pools, funnel, catalog.popular, catalog.creators, self.metrics)
 
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
@@ -387,17 +435,32 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 user_id=user, item_id=item, type=types[name], timestamp_ms=stamp,
                 request_id=request_id,
             )  # fmt: skip
-        try:
-            self._record(forward, timeout=self.settings.record_timeout_s)
-        except grpc.RpcError as error:  # logged already: recall catches up from the log
-            self.metrics.record_failures.inc()
-            log.warning("gateway: recall Record failed: %s", getattr(error, "code", str)())
+        self._forward(forward)
 
     def now_ms(self) -> int:
         """The time a request happens at, by the `clock` setting."""
         if self.settings.clock == "wall":
             return int(time.time() * 1000)
         return int((self.catalog.as_of_s + time.time() - self._started) * 1000)
+
+    def _forward(self, request: gateway_pb2.FeedbackRequest) -> None:
+        """Recall's Record on one serving replica; a failure is counted, never retried (the
+        events are logged already: recall catches up from the log when it restarts)."""
+        replica = self.record_pool.pick()
+        if replica is None:
+            self.metrics.record_failures.inc()
+            log.warning("gateway: recall Record skipped: every recall replica is ejected")
+            return
+        try:
+            replica.stub(recall_pb2_grpc.RecallStub).Record(
+                request, timeout=self.settings.record_timeout_s
+            )
+            ok = True
+        except grpc.RpcError as error:
+            ok = False
+            self.metrics.record_failures.inc()
+            log.warning("gateway: recall Record failed: %s", getattr(error, "code", str)())
+        self.record_pool.record(replica, ok)
 
     def _budget_s(self, context: grpc.ServicerContext) -> float:
         """The client's remaining time (or the default), less the safety margin for answering."""
@@ -434,8 +497,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def close(self) -> None:
         self.impressions.close()
         self.log.close()
-        for channel in (*self.channels.values(), self.record_channel):
-            channel.close()
+        for pool in (*self.pools.values(), self.record_pool):
+            pool.close()
         if self.shared is not None:
             self.shared.close()
 
@@ -449,7 +512,7 @@ def _servicers(service: GatewayService):
 
 
 def _interceptors(settings: GatewaySettings) -> list[grpc.ServerInterceptor]:
-    return [TokenAuth(settings.api_token)] if settings.api_token else []
+    return [TokenAuth(settings.api_token.reveal())] if settings.api_token else []
 
 
 def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
@@ -484,8 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = new_registry()
     service = GatewayService(settings, catalog, registry)
     log.info(
-        "gateway: stages %s; auth %s", settings.targets(), "on" if settings.api_token else "off"
-    )
+        "gateway: stages %s over %s; API token %s",
+        settings.targets(), settings.stage_security(), "on" if settings.api_token else "off",
+    )  # fmt: skip
     try:
         run_forever(
             STAGE, _servicers(service), settings.server, registry, _interceptors(settings),

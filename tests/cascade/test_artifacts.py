@@ -85,3 +85,30 @@ def test_clone_bundles_the_same_files_as_a_new_version(tmp_path):
     assert Bundle.open(tmp_path, "v1").version == "v1"
     with pytest.raises(ArtifactError, match="exists"):
         clone(tmp_path, "v1", "v2")
+
+
+def test_the_published_manifest_is_pinned_by_its_sha256(tmp_path):
+    """Swapping a file and listing its new checksum in the manifest passes the per-file check;
+    the pin in `current` catches the edited manifest."""
+    import hashlib
+    import json
+    import os
+
+    _bundle(tmp_path, "v1")
+    digest = publish(tmp_path, "v1")
+    manifest = tmp_path / "v1" / "manifest.json"
+    assert digest == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert os.readlink(tmp_path / "current") == f".pins/{digest}"
+    assert Bundle.open(tmp_path).version == "v1"
+    spec = tmp_path / "v1" / "rank" / "spec.json"
+    spec.write_text('{"fields": 99}')
+    edited = json.loads(manifest.read_text())
+    edited["files"]["rank/spec.json"]["sha256"] = hashlib.sha256(spec.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        Bundle.open(tmp_path)
+    # Named by its version (no pin) it opens: an operator's explicit choice. Publishing it
+    # again is how an edited manifest becomes trusted.
+    assert Bundle.open(tmp_path, "v1").load_json("rank", "spec.json") == {"fields": 99}
+    publish(tmp_path, "v1")
+    assert Bundle.open(tmp_path).load_json("rank", "spec.json") == {"fields": 99}

@@ -76,9 +76,11 @@ def test_setting_one_nested_field_keeps_the_parents_defaults_for_the_others():
             default_factory=lambda: ServerSettings(port=50053, metrics_port=9153)
         )
 
-    env = {"CASCADE_RANK_SERVER_HOST": "0.0.0.0"}  # what a container sets alone
+    env = {"CASCADE_RANK_SERVER_HOST": "0.0.0.0", "CASCADE_RANK_SERVER_INSECURE": "true"}
     settings = load_settings(StageSettings, env_prefix="CASCADE_RANK_", environ=env)
-    assert settings.server == ServerSettings(host="0.0.0.0", port=50053, metrics_port=9153)
+    assert settings.server == ServerSettings(
+        host="0.0.0.0", port=50053, metrics_port=9153, insecure=True
+    )
 
 
 def test_bad_env_value_names_the_variable_and_field():
@@ -120,6 +122,7 @@ def test_unreadable_file_is_a_settings_error(tmp_path):
 
 def test_library_settings_load_from_the_environment():
     env = {"CASCADE_RANK_PORT": "50051", "CASCADE_RANK_HOST": "0.0.0.0"}
+    env["CASCADE_RANK_INSECURE"] = "1"  # plaintext off loopback only when said
     server = load_settings(ServerSettings, env_prefix="CASCADE_RANK_", environ=env)
     assert (server.host, server.port) == ("0.0.0.0", 50051)
     client = load_settings(ClientSettings, env_prefix="X_", environ={"X_TIMEOUT_S": "0.25"})

@@ -148,14 +148,20 @@ def test_health_is_serving_then_not_serving_during_shutdown():
         assert running.wait(timeout=1)
 
 
-def test_reflection_lists_the_services(fake):
-    with grpc.insecure_channel(fake[0].address) as channel:
-        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+def test_reflection_lists_the_services_when_on_and_is_off_by_default(fake):
+    running, _ = start_fake(ServerSettings(reflection=True))
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    finally:
+        running.stop(0)
     assert set(services) >= {
         RERANK,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
+    with grpc.insecure_channel(fake[0].address) as channel, pytest.raises(grpc.RpcError):
+        ProtoReflectionDescriptorDatabase(channel).get_services()
 
 
 def test_metrics_count_calls_by_code_and_time_them(fake, stub):

@@ -189,3 +189,26 @@ def test_the_redis_store_starts_with_the_stack_is_shared_and_stops_with_it(
         services = running.services
     assert _processes_alive(services) == []
     assert (tmp_path / "run" / stack.REDIS / "appendonlydir").is_dir()  # the AOF stays on disk
+
+
+def test_the_stack_runs_with_tls_at_the_gateway_and_mutual_tls_between_stages(
+    tiny_bundle, tmp_path
+):
+    from gateway.client import CascadeClient
+
+    artifacts, data = tiny_bundle
+    options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
+    with stack.running_stack(tmp_path / "run", train=False, tls=True, **options) as running:
+        ca = running.certs / "ca.pem"
+        with CascadeClient(running.address("gateway"), timeout_s=5.0, tls_ca=ca) as client:
+            answer = client.recommend(5, count=5, debug=True)
+        assert len(answer.items.item_ids) == 5
+        # Every running stage answered over mutual TLS (a refused handshake degrades a stage).
+        assert set(answer.degraded_stages) <= {"prerank"} - {s.name for s in running.services}
+        logs = {s.name: Path(s.log).read_text() for s in running.services}
+        assert all("transport mutual TLS" in logs[s] for s in logs if s != "gateway")
+        assert "transport TLS" in logs["gateway"] and "over mutual TLS" in logs["gateway"]
+        assert all("reflection on" in text for text in logs.values())  # the local stack only
+        with CascadeClient(running.address("gateway"), timeout_s=2.0) as plaintext:
+            with pytest.raises(Exception, match="UNAVAILABLE"):
+                plaintext.recommend(5, count=5)

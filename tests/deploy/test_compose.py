@@ -168,3 +168,25 @@ def test_every_service_shares_the_redis_store_which_keeps_an_fsynced_aof():
     for name in SERVICES:
         assert env(COMPOSE["services"][name], name, "STORE") == f"${{CASCADE_STORE:-{url}}}"
         assert COMPOSE["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_gateway_refuses_to_start_without_a_token_unless_auth_off_is_said():
+    """Compose passes an unset token as an empty string: the gateway's settings must refuse it
+    while CASCADE_GATEWAY_REQUIRE_API_TOKEN keeps its compose default, and accept it when the
+    operator turns authentication off explicitly."""
+    from cascade.config import SettingsError, load_settings
+    from gateway.server import GatewaySettings
+
+    environment = COMPOSE["services"]["gateway"]["environment"]
+
+    def settings(shell: dict[str, str]) -> GatewaySettings:
+        resolved = {}
+        for name, value in environment.items():  # compose's ${VAR:-default} interpolation
+            match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
+            resolved[name] = shell.get(match[1]) or match[2] if match else str(value)
+        return load_settings(GatewaySettings, env_prefix="CASCADE_GATEWAY_", environ=resolved)
+
+    with pytest.raises(SettingsError, match="no API token"):
+        settings({})
+    assert settings({"CASCADE_GATEWAY_API_TOKEN": "t0ken"}).api_token.reveal() == "t0ken"
+    assert not settings({"CASCADE_GATEWAY_REQUIRE_API_TOKEN": "false"}).api_token

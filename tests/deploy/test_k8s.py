@@ -9,6 +9,8 @@ from collections import Counter
 import pytest
 
 from deploy import k8s_checks as checks
+from deploy import k8s_security as security
+from deploy.k8s_security import ALL_CHECKS
 from deploy.k8s_validate import KUBERNETES_VERSIONS, main, render, schema_errors
 
 
@@ -35,6 +37,7 @@ def test_renders_a_namespaced_set_per_stage(objects):
     assert kinds == {
         "Namespace": 1, "ConfigMap": 1, "PersistentVolumeClaim": 1, "Deployment": 5,
         "Service": 6, "HorizontalPodAutoscaler": 5, "PodDisruptionBudget": 5, "StatefulSet": 1,
+        "NetworkPolicy": 7,
     }  # fmt: skip
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
         "cascade"
@@ -62,7 +65,7 @@ def test_strict_schema_rejects_an_unknown_or_mistyped_field(objects):
     assert "HorizontalPodAutoscaler/recall: spec.maxReplicas" in errors[1]
 
 
-@pytest.mark.parametrize("title,check", checks.CHECKS, ids=[c.__name__ for _, c in checks.CHECKS])
+@pytest.mark.parametrize("title,check", ALL_CHECKS, ids=[c.__name__ for _, c in ALL_CHECKS])
 def test_every_check_passes(objects, title, check):
     assert check(objects) == []
 
@@ -75,6 +78,22 @@ def _drop_config_mount(objects):
 def _unknown_key_in_settings_file(objects):
     config_map = checks.of_kind(objects, "ConfigMap")[0]
     config_map["data"]["prerank.toml"] = "max_candidate = 10\n" + config_map["data"]["prerank.toml"]
+
+
+def drop_env(objects: list[dict], stage: str, name: str) -> None:
+    env = container(objects, stage)["env"]
+    env[:] = [item for item in env if item["name"] != name]
+
+
+def _stage_gets_the_gateway_key(objects):
+    volumes = deployment(objects, "rank")["spec"]["template"]["spec"]["volumes"]
+    tls = next(v for v in volumes if v["name"] == "tls")
+    tls["secret"]["items"].append({"key": "gateway.key", "path": "gateway.key"})
+
+
+def _recall_open_to_a_namespace(objects):
+    rule = checks.find(objects, "NetworkPolicy", "recall")["spec"]["ingress"][0]
+    rule["from"].append({"namespaceSelector": {"matchLabels": {"team": "x"}}})
 
 
 # (what goes wrong, how, the check that must catch it, a piece of its message)
@@ -140,6 +159,38 @@ MISTAKES = [
      lambda o: checks.find(o, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0][
          "ports"][0].update(containerPort=6380),
      checks.check_store, "StatefulSet/redis listens on [6380], not 6379"),
+    ("a probe on the TLS port",
+     lambda o: container(o, "rank")["livenessProbe"]["grpc"].update(port=50053),
+     checks.check_probes, "Deployment/rank: livenessProbe must be a gRPC probe on port 50153"),
+    ("a stage left plaintext",
+     lambda o: drop_env(o, "rerank", "CASCADE_RERANK_SERVER_TLS_CLIENT_CA"),
+     security.check_transport, "Deployment/rerank: server.tls_client_ca is not set"),
+    ("a stage that also accepts other callers",
+     lambda o: set_env(o, "recall", "CASCADE_RECALL_SERVER_ALLOWED_CALLERS", "cascade-tools"),
+     security.check_transport, "Deployment/recall: allowed_callers lacks cascade-gateway"),
+    ("a stage given the gateway's client key", _stage_gets_the_gateway_key,
+     security.check_transport, "Deployment/rank: mounts the gateway's client key"),
+    ("reflection on in the cluster",
+     lambda o: set_env(o, "gateway", "CASCADE_GATEWAY_SERVER_REFLECTION", "true"),
+     security.check_transport, "Deployment/gateway: server.reflection is on"),
+    ("auth off said in the cluster",
+     lambda o: set_env(o, "gateway", "CASCADE_GATEWAY_REQUIRE_API_TOKEN", "false"),
+     security.check_transport, "require_api_token must be true"),
+    ("no default deny",
+     lambda o: o.remove(checks.find(o, "NetworkPolicy", "default-deny-ingress")),
+     security.check_network_policies, "no default-deny ingress NetworkPolicy"),
+    ("a stage's gRPC port open to every pod",
+     lambda o: checks.find(o, "NetworkPolicy", "rank")["spec"]["ingress"][0].pop("from"),
+     security.check_network_policies, "NetworkPolicy/rank: the gRPC port must admit the gateway"),
+    ("a stage's gRPC port open to another namespace", _recall_open_to_a_namespace,
+     security.check_network_policies, "NetworkPolicy/recall: the gRPC port must admit"),
+    ("metrics open to any pod",
+     lambda o: checks.find(o, "NetworkPolicy", "prerank")["spec"]["ingress"][1]["from"][0].pop(
+         "podSelector"),
+     security.check_network_policies, "NetworkPolicy/prerank: the metrics port must admit"),
+    ("a stage without its NetworkPolicy",
+     lambda o: o.remove(checks.find(o, "NetworkPolicy", "rerank")),
+     security.check_network_policies, "Deployment/rerank: 0 NetworkPolicies select its pods"),
 ]  # fmt: skip
 
 
@@ -159,4 +210,4 @@ def test_cli_writes_the_report_and_exits_zero(tmp_path, capsys):
     assert text == capsys.readouterr().out
     assert "FAIL" not in text and text.endswith("result: 0 errors\n")
     for version in KUBERNETES_VERSIONS:
-        assert f"ok   Kubernetes {version}: 25/25" in text
+        assert f"ok   Kubernetes {version}: 32/32" in text

@@ -3,7 +3,9 @@ the kubelet's gRPC health probe, and on SIGTERM drains as the manifests promise:
 still answering for shutdown_delay_s, then an exit well inside terminationGracePeriodSeconds.
 
 Loopback only: the pod's 0.0.0.0 and fixed ports are replaced by 127.0.0.1 and free ports, and
-its shared Redis store by a real redis-server on a loopback port.
+its shared Redis store by a real redis-server on a loopback port, and the cascade-tls Secret's
+files by certificates from `cascade certs`. As in the pod, the gRPC port speaks mutual TLS and the
+kubelet probes the plaintext health-only probe port.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from cascade.certs import make_certificates
 from cascade.healthcheck import check
-from cascade.server import read_port_file
+from cascade.server import free_port, read_port_file
 from deploy import k8s_checks as checks
 from deploy.k8s_validate import render
 
@@ -56,7 +59,17 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
 
     prefix = workload.stage.env_prefix
     port_file = tmp_path / "ports.json"
-    env = os.environ | workload.env | {
+    probe_port = free_port()
+    certs = make_certificates(tmp_path / "tls")
+    secret = {"ca.crt": certs.ca, "server.crt": certs.server, "server.key": certs.server_key}
+    mounted = {  # the Secret's files where the pod would see them -> the ones made here
+        name: str(secret[Path(value).name])
+        for name, value in workload.env.items()
+        if value.startswith("/etc/cascade/tls/")
+    }
+    assert set(mounted) == {f"{prefix}SERVER_TLS_{n}" for n in ("CERT", "KEY", "CLIENT_CA")}
+    env = os.environ | workload.env | mounted | {
+        f"{prefix}SERVER_PROBE_PORT": str(probe_port),
         f"{prefix}SERVER_HOST": "127.0.0.1",
         f"{prefix}SERVER_PORT": "0",  # ephemeral; the server reports it in its port file
         f"{prefix}SERVER_METRICS_PORT": "0",
@@ -69,17 +82,22 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{probe_port}"  # what the kubelet probes
     try:
         deadline = time.monotonic() + 60
         while (ports := read_port_file(port_file)) is None:
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no port after 60 s:\n" + log.read_text()
             time.sleep(0.1)
-        address = f"127.0.0.1:{ports[0]}"
+        port = ports[0]
         while check(address, timeout_s=1.0) != "SERVING":
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "not SERVING after 60 s:\n" + log.read_text()
             time.sleep(0.2)
+        # The gRPC port itself speaks mutual TLS only: plaintext gets no answer there.
+        assert check(f"127.0.0.1:{port}", timeout_s=1.0).startswith("ERROR")
+        tools = (certs.ca, certs.tools, certs.tools_key)
+        assert check(f"127.0.0.1:{port}", "", 5.0, *tools) == "SERVING"
 
         process.send_signal(signal.SIGTERM)
         sent = time.monotonic()

@@ -120,19 +120,23 @@ class Delay(grpc.ServerInterceptor):
 
 
 def start_stages(
-    built: Built, rank_delay_s: float = 0.0, store: str = "memory"
+    built: Built,
+    rank_delay_s: float = 0.0,
+    store: str = "memory",
+    server: ServerSettings = QUIET,
 ) -> tuple[dict, object]:
+    """Every stage in-process; `server` carries their port and TLS settings."""
     common = {
-        "artifacts": built.artifacts, "data_dir": built.data_dir, "server": QUIET, "store": store
+        "artifacts": built.artifacts, "data_dir": built.data_dir, "server": server, "store": store
     }  # fmt: skip
     recall, recall_service = start_recall(
         RecallSettings(**common, default_count=50, fresh_window_s=10**9)
     )
-    rank = start_rank(built, QUIET, rank_delay_s)
+    rank = start_rank(built, server, rank_delay_s)
     rerank_settings = RerankSettings(**common)
     registry = new_registry(process_metrics=False)
     reranker = load_reranker(rerank_settings)
-    rerank = serve(RERANK, add_servicer(reranker, rerank_settings, registry), QUIET, registry)
+    rerank = serve(RERANK, add_servicer(reranker, rerank_settings, registry), server, registry)
     stages = {"recall": recall, "rank": rank, "rerank": rerank}
     if HAS_PRERANK:
         stages["prerank"] = _start_prerank(common)
@@ -176,10 +180,8 @@ def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides
         recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
         default_deadline_s=2.0, max_deadline_s=3.0,
     )  # fmt: skip
-    return GatewaySettings(
-        server=QUIET, artifacts=built.artifacts, data_dir=built.data_dir,
-        **(targets | funnel | overrides),
-    )  # fmt: skip
+    common = {"server": QUIET, "artifacts": built.artifacts, "data_dir": built.data_dir}
+    return GatewaySettings(**(common | targets | funnel | overrides))
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,7 +33,10 @@ def own_stack(built, **overrides):
 
 @pytest.fixture(scope="module")
 def secured(built):
-    yield from own_stack(built, api_token=TOKEN)
+    from tests.gateway.conftest import QUIET
+
+    # Reflection is off by default; the local stack turns it on, as here.
+    yield from own_stack(built, api_token=TOKEN, server=replace(QUIET, reflection=True))
 
 
 @pytest.fixture(scope="module")

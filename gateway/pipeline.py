@@ -4,7 +4,8 @@ Each stage gets a share of what is left of the request's budget as its call dead
 fast stage did not use flows to the later ones. A stage that is down, late, failing or answers
 nonsense is replaced by its fallback (DESIGN: degrade instead of failing): recall -> the popular
 cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's order with
-the creator cap and the seen filter applied here. Every fallback is reported and counted. A stage
+the creator cap and the seen filter (the request's recent items and the user's logged history)
+applied here. Every fallback is reported and counted. A stage
 that keeps failing is skipped for a while (Breaker) instead of costing every request its budget.
 """
 
@@ -148,6 +149,7 @@ class Cascade:
         popular: np.ndarray,
         creators: np.ndarray,
         metrics: GatewayMetrics,
+        consumed: Callable[[int], np.ndarray] | None = None,
     ):
         self.recall = recall_pb2_grpc.RecallStub(channels["recall"])
         self.prerank = prerank_pb2_grpc.PrerankStub(channels["prerank"])
@@ -157,6 +159,8 @@ class Cascade:
         self.popular = popular  # (n,) item ids, most popular first
         self.creators = creators  # (n_items + 1,) creator id by item id, 0 = unknown
         self.metrics = metrics
+        # The user's logged items, for the fallbacks' seen filter (the stages read their store).
+        self.consumed = consumed or (lambda user_id: np.empty(0, dtype=np.int64))
         self.breakers = {
             s: Breaker(funnel.breaker_failures, funnel.breaker_cooldown_s) for s in STAGES
         }
@@ -166,7 +170,8 @@ class Cascade:
     ) -> gateway_pb2.RecommendResponse:
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel
-        seen = np.asarray(user.recent_item_ids, dtype=np.int64)
+        recent = np.asarray(user.recent_item_ids, dtype=np.int64)
+        seen = np.concatenate([recent, self.consumed(user.user_id)]) if user.user_id else recent
 
         def stage(name, call, request, fallback, candidates_in):
             return self._stage(response, name, call, request, fallback, candidates_in, budget)
@@ -248,7 +253,7 @@ class Cascade:
         return candidates
 
     def _popular(self, seen: np.ndarray) -> Candidates:
-        """Recall's fallback: the popular cache minus what the user just consumed."""
+        """Recall's fallback: the popular cache minus what the user consumed."""
         ids = self.popular[~np.isin(self.popular, seen)][: self.funnel.recall_count]
         scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)  # the cache's order
         return Candidates(ids, scores, np.full(len(ids), POPULAR_MASK, dtype=np.uint32))

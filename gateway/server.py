@@ -104,6 +104,21 @@ class GatewaySettings:
         return {stage: getattr(self, f"{stage}_target") for stage in STAGES}
 
 
+class UserItems:
+    """Each user's items from an interaction log as CSR (sorted per user): the fallbacks filter
+    them, so a degraded answer never serves what the user already consumed."""
+
+    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, n_users: int):
+        order = np.lexsort((item_ids, user_ids))
+        self.items = np.asarray(item_ids, dtype=np.int64)[order]
+        self.ptr = np.searchsorted(np.asarray(user_ids)[order], np.arange(n_users + 2))
+
+    def of(self, user_id: int) -> np.ndarray:
+        if not 0 < user_id < len(self.ptr) - 1:
+            return np.empty(0, dtype=np.int64)
+        return self.items[self.ptr[user_id] : self.ptr[user_id + 1]]
+
+
 @dataclass
 class Catalog:
     """What the gateway knows of the items: which exist, their creators, the popular ones."""
@@ -113,6 +128,13 @@ class Catalog:
     popular: np.ndarray  # item ids, most popular first
     history_length: int
     version: str = ""  # the bundle's (cascade_model_info)
+    history: UserItems | None = None  # what each user consumed in the training log
+
+    def consumed(self, user_id: int) -> np.ndarray:
+        """The user's logged items (empty for unknown users or without a history)."""
+        if self.history is None:
+            return np.empty(0, dtype=np.int64)
+        return self.history.of(user_id)
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -130,14 +152,17 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
     known[items["item_id"]] = True
     creators = np.zeros(dataset.n_items + 1, dtype=np.int64)
     creators[items["item_id"]] = items["creator_id"]
+    train = split_dataset(dataset).train_interactions
     try:
         popular = bundle.load_npz("recall", "popular.npz")["item_ids"]
     except (ArtifactError, KeyError):
-        plays = split_dataset(dataset).train_interactions["item_id"]
-        counts = np.bincount(plays, minlength=len(known))
+        counts = np.bincount(train["item_id"], minlength=len(known))
         popular = np.flatnonzero(counts)[np.argsort(-counts[counts > 0], kind="stable")]
     popular = np.asarray(popular, dtype=np.int64)[: settings.recall_count]
-    return Catalog(known, creators, popular, build_spec(dataset).history_length, bundle.version)
+    history = UserItems(train["user_id"], train["item_id"], dataset.n_users)
+    return Catalog(
+        known, creators, popular, build_spec(dataset).history_length, bundle.version, history
+    )
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -158,8 +183,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             settings.max_per_creator, settings.breaker_failures, settings.breaker_cooldown_s,
         )  # fmt: skip
         self.cascade = Cascade(
-            self.channels, funnel, catalog.popular, catalog.creators, self.metrics
-        )
+            self.channels, funnel, catalog.popular, catalog.creators, self.metrics,
+            catalog.consumed,
+        )  # fmt: skip
         self._record = self.record_channel.unary_unary(
             "/cascade.v1.Recall/Record",
             request_serializer=gateway_pb2.FeedbackRequest.SerializeToString,
@@ -171,6 +197,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         (hot reload); returns its version."""
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
+        self.cascade.consumed = catalog.consumed
         set_model_info(self.registry, STAGE, catalog.version)
         return catalog.version
 

@@ -76,7 +76,7 @@ def test_answers_with_candidates_and_per_channel_reports(recall):
     assert candidates.channel_masks[ids.index(8)] & channel_bit("item_cf")  # 7 -> 8 in training
     assert response.model_version == "v1"
     reports = {common_pb2.Channel.Name(r.channel): r for r in response.channels}
-    names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
+    names = ("mf", "two_tower", "item_cf", "profile", "social", "fresh", "popular")
     assert set(reports) == {f"CHANNEL_{n.upper()}" for n in names}
     assert reports["CHANNEL_TWO_TOWER"].status == "ok"
     assert sum(r.kept for r in response.channels) == len(candidates.item_ids)
@@ -163,7 +163,7 @@ def test_metrics_funnel_channel_mix_and_model_version(recall):
 
     out = value("cascade_candidates_total", stage="recall", direction="out")
     assert out > 0
-    names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
+    names = ("mf", "two_tower", "item_cf", "profile", "social", "fresh", "popular")
     kept = sum(value("cascade_recall_channel_kept_total", channel=n) for n in names)
     assert kept == out  # every merged candidate is owned by exactly one channel
     assert value("cascade_model_latency_seconds_count", stage="recall") >= 1

@@ -55,7 +55,7 @@ def recall_candidates(
     item_ids = np.zeros((len(user_ids), count), dtype=np.int64)
     for row, (user, t) in enumerate(zip(user_ids.tolist(), ts.tolist(), strict=True)):
         recent = history[row][history[row] > 0]
-        context = RecallContext(int(user), recent, int(t), True)
+        context = RecallContext(int(user), recent, int(t), True, consumed[row])
         found = merger.recall(context, count, consumed[row]).candidates.item_ids[:count]
         item_ids[row, : len(found)] = found
     return item_ids, item_ids > 0

@@ -11,6 +11,7 @@ history), run the channels under their budgets (merge.py), answer with per-chann
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -217,6 +218,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         consumed = np.union1d(
             state.store.consumed(recall_context.user_id), recall_context.recent_items
         )
+        recall_context = dataclasses.replace(recall_context, consumed=consumed)
         started = time.perf_counter()
         result = merger.recall(recall_context, count, consumed, deadline)
         self.metrics.inference.observe(time.perf_counter() - started)

@@ -3,7 +3,8 @@ search over matrix-factorisation-family item vectors (services/recall/mf.py buil
 
 EASE (small catalogs): the query is the multi-hot of the history, so the search returns EASE's own
 top-k. PureSVD (large catalogs): the query is the sum of the history's item factors. The history
-is the store's consumed set plus the request's recent items (plays seconds old count at once).
+is the store's consumed set plus the request's recent items (plays seconds old count at once), or
+the context's own consumed set when an offline request in the past carries one.
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ class MFChannel:
             )
         return cls(index, fold_in, store, max_k)
 
-    def query(self, user_id: int, recent_items: np.ndarray) -> np.ndarray:
+    def query(
+        self, user_id: int, recent_items: np.ndarray, consumed: np.ndarray | None = None
+    ) -> np.ndarray:
         """(1, dim) float32 query: the folded-in history (consumed set + recent items)."""
-        history = np.union1d(self.store.consumed(int(user_id)), recent_items)
+        if consumed is None:
+            consumed = self.store.consumed(int(user_id))
+        history = np.union1d(consumed, recent_items)
         history = history[(history > 0) & (history < self.n_items)]
         if self.fold_in is None:
             vector = np.zeros((1, self.index.d), dtype=np.float32)
@@ -74,7 +79,7 @@ class MFChannel:
         """Top-k items by the model's score for the folded-in history, best first."""
         if k <= 0 or (context.user_id <= 0 and len(context.recent_items) == 0):
             return empty()
-        vector = self.query(context.user_id, context.recent_items)
+        vector = self.query(context.user_id, context.recent_items, context.consumed)
         if not vector.any():
             return empty()  # no history: the model has nothing to fold in
         ids, scores = search(self.index, vector, min(k, self.max_k))

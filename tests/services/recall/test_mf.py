@@ -101,3 +101,14 @@ def test_a_bundle_without_the_model_or_with_a_wrong_index_is_refused(tmp_path, w
     writer.commit()
     with pytest.raises(ArtifactError, match=ITEM_INDEX):
         MFChannel.from_bundle(Bundle.open(tmp_path, "odd"), store)
+
+
+def test_a_request_in_the_past_folds_in_only_what_was_consumed_before_it(tmp_path, world):
+    channel = channel_for(tmp_path, world, MFSettings(ease_l2=50.0))
+    _, _, store = world
+    everything = store.consumed(6)
+    earlier = everything[: len(everything) // 2]
+    past = RecallContext(6, np.empty(0, np.int64), 0, True, consumed=earlier)
+    np.testing.assert_array_equal(channel.query(6, np.empty(0, np.int64), earlier)[0] > 0,
+                                  np.isin(np.arange(channel.index.d), earlier))  # fmt: skip
+    assert channel.retrieve(past, 10)[0].tolist() != channel.retrieve(context(6), 10)[0].tolist()

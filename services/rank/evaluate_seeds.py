@@ -6,10 +6,10 @@
 Rows: plain DeepFM and each added block (per-field widths, attention, PLE), trained on the logged
 impressions; then DeepFM and the full model trained on recall outputs at training-period requests
 (entire-space negatives, services/rank/examples.py) and on both. Each row is fitted once per seed
-(the seed drives initialisation, batch order and the subsampling of examples) and reported as
-mean +- standard deviation over seeds: a block is worth keeping only when its mean beats plain
-DeepFM's by more than the spread. The measure is the cascade's: NDCG@10 of re-ranking EASE's
-top-100 candidates per test user (services.rank.evaluate.Candidates), plus play AUC on the test
+(the seed drives initialisation and batch order; the examples are built once, with seed 0) and
+reported as mean +- standard deviation over seeds: a block is worth keeping only when its mean
+beats plain DeepFM's by more than the spread. The measure is the cascade's: NDCG@10 of
+re-ranking EASE's top-100 candidates per test user (services.rank.evaluate.Candidates), plus play AUC on the test
 period's logged impressions. The recall bundle (`--bundle`, e.g. the one `cascade eval recall`
 builds) supplies the recall component.
 """
@@ -53,11 +53,11 @@ def run(dataset_name: str, data_dir: Path, artifacts: Path, bundle: str, seeds: 
     candidates = None
     started = time.perf_counter()
     for examples in ("impressions", "recall", "both"):
+        prepared = prepare(dataset, replace(base, examples=examples), bundle=recall_bundle)
+        if candidates is None:  # the same users and candidates for every row
+            candidates = Candidates(prepared)
         for seed in seeds:
             config = replace(base, seed=seed, examples=examples)
-            prepared = prepare(dataset, config, bundle=recall_bundle)
-            if candidates is None:  # the same users and candidates for every row
-                candidates = Candidates(prepared)
             for name, kind, model_config in ROWS:
                 if kind != examples:
                     continue
@@ -123,12 +123,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", default="current", help="bundle with the recall component")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=0, help="override the report's epochs")
+    parser.add_argument(
+        "--max-train-rows", type=int, default=0, help="override the report's training rows"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/rank"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     if args.max_epochs:
         REPORT[args.dataset] = replace(REPORT[args.dataset], max_epochs=args.max_epochs)
+    if args.max_train_rows:
+        REPORT[args.dataset] = replace(REPORT[args.dataset], max_train_rows=args.max_train_rows)
     report = run(args.dataset, args.data_dir, args.artifacts, args.bundle, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"seeds_{args.dataset}"

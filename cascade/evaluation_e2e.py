@@ -336,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         found, info = evaluate_dataset(name, args)
         infos[name] = info | {"seconds": round(time.perf_counter() - started, 1)}
         rows += found
+    previous = args.out / "e2e.json"
+    if previous.exists():  # datasets not run this time keep their rows from the previous run
+        old = json.loads(previous.read_text())
+        kept = [r for r in old["rows"] if r["dataset"] not in infos]
+        infos = {k: v for k, v in old["runs"].items() if k not in infos} | infos
+        infos = dict(sorted(infos.items()))
+        rows = sorted(kept + rows, key=lambda r: r["dataset"])
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"funnel": vars(args.funnel), "page": K, "runs": infos, "rows": rows}
     (args.out / "e2e.json").write_text(json.dumps(report, indent=2))

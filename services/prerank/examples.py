@@ -98,7 +98,7 @@ def build_requests(
     each request keeps every positive plus a seeded random sample of the rest, `keep` in all
     (bounds the teacher's labelling and training cost)."""
     history = history_before(history_log, user_ids, ts, scorer.store.spec.history_length)
-    consumed = _consumed_before(history_log, user_ids, ts)
+    consumed = consumed_before(history_log, user_ids, ts)
     item_ids, valid = recall_candidates(merger, user_ids, ts, history, consumed, count)
     labels = _played_after(outcome_log, user_ids, ts, item_ids, n_items) & valid
     if keep and keep < count:
@@ -110,7 +110,8 @@ def build_requests(
     return requests
 
 
-def _consumed_before(log: Table, user_ids: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+def consumed_before(log: Table, user_ids: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+    """Per request, the sorted unique items the user consumed in `log` strictly before ts."""
     order = np.lexsort((log["ts"], log["user_id"]))
     users, times, items = log["user_id"][order], log["ts"][order], log["item_id"][order]
     start = np.searchsorted(users, user_ids, side="left")

@@ -21,12 +21,13 @@ from cascade.artifacts import Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, history_before
-from services.prerank.examples import _consumed_before, recall_candidates, recall_merger
+from services.prerank.examples import consumed_before, recall_candidates, recall_merger
 from services.recall.server import RecallSettings
 
 # The interaction flag that labels each ranking task (a played item was clicked first).
-TASK_FLAG = {"click": "play", "play": "play", "complete": "complete", "like": "like"}
-TASK_FLAG["share"] = "share"
+TASK_FLAG = {
+    "click": "play", "play": "play", "complete": "complete", "like": "like", "share": "share",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def recall_examples(
     settings = settings or RecallExamples()
     user_ids, ts = request_points(train, settings)
     history = history_before(train, user_ids, ts, spec.history_length)
-    consumed = _consumed_before(train, user_ids, ts)
+    consumed = consumed_before(train, user_ids, ts)
     # The bundle's own channels (a model-free bundle serves without two-tower and MF).
     component = bundle.component("recall")
     settings_ = RecallSettings()

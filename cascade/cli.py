@@ -71,6 +71,7 @@ ENTRY_POINTS: dict[str, dict[str, str]] = {
         "two-tower": "services.recall.evaluate_two_tower",
         "prerank": "services.prerank.evaluate",
         "rank": "services.rank.evaluate",
+        "rank-seeds": "services.rank.evaluate_seeds",
         "rerank": "services.rerank.evaluate",
         "cascade": "cascade.evaluation_e2e",
     },

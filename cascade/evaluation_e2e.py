@@ -87,6 +87,16 @@ class Protocol:
             shares.append(np.isin(relevant, ids).mean())
         return round(float(np.mean(shares)), 4)
 
+    def per_user(self, pages: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-user NDCG@10 and Recall@20 of (n_users, K) pages (for paired comparisons)."""
+        is_relevant = self.relevant.dense(self.users)
+        hits = np.take_along_axis(is_relevant, pages, axis=1) & (pages > 0)
+        n_relevant = is_relevant.sum(axis=1)
+        return {
+            "NDCG@10": np.asarray(metrics.ndcg_at_k(hits, n_relevant, 10), dtype=np.float64),
+            "Recall@20": np.asarray(metrics.recall_at_k(hits, n_relevant, K), dtype=np.float64),
+        }
+
     def score(self, pages: np.ndarray) -> dict[str, float]:
         """Metrics of (n_users, K) pages of item ids (0 = empty slot, never a hit)."""
         is_relevant = self.relevant.dense(self.users)  # (n, n_items)
@@ -198,20 +208,72 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
     rows = [
         {"dataset": name, "model": model, **protocol.score(page)} for model, page in pages.items()
     ]
+    info["paired"] = {
+        baseline: paired_difference(
+            protocol.per_user(pages["cascade"]), protocol.per_user(pages[baseline]), args.seed
+        )
+        for baseline in ("EASE", "ItemKNN")
+    }
     return rows, info
+
+
+def paired_difference(
+    mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray], seed: int, rounds: int = 2000
+) -> dict[str, dict[str, float]]:
+    """Per metric: the mean per-user difference (cascade - baseline), its bootstrap 95% interval
+    (users resampled with replacement, seeded) and the ratio of the means."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for metric, values in mine.items():
+        diff = values - theirs[metric]
+        resampled = rng.integers(0, len(diff), size=(rounds, len(diff)))
+        means = diff[resampled].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        out[metric] = {
+            "mean_difference": round(float(diff.mean()), 5),
+            "ci95_low": round(float(low), 5),
+            "ci95_high": round(float(high), 5),
+            "ratio": round(float(values.mean() / max(theirs[metric].mean(), 1e-12)), 4),
+            "users_better": int((diff > 0).sum()),
+            "users_worse": int((diff < 0).sum()),
+        }
+    return out
 
 
 def to_markdown(rows: list[dict], infos: dict) -> str:
     columns = ("NDCG@10", "Recall@20", "Coverage@20", "ILD@20")
     lines = ["# The cascade end to end (per-user temporal split, full catalog)", ""]
     for name, info in infos.items():
-        lines += [f"## {name}", "", f"Run: {json.dumps(info)}", ""]
+        run = {k: v for k, v in info.items() if k != "paired"}
+        lines += [f"## {name}", "", f"Run: {json.dumps(run)}", ""]
         lines += ["| model | users | " + " | ".join(columns) + " |", "|---" * 6 + "|"]
         for row in (r for r in rows if r["dataset"] == name):
             cells = " | ".join(f"{row[c]:.4f}" for c in columns)
             lines.append(f"| {row['model']} | {row['n_test_users']} | {cells} |")
         lines += ["", verdict([r for r in rows if r["dataset"] == name]), ""]
+        lines += paired_lines(info.get("paired", {}))
     return "\n".join(lines)
+
+
+def paired_lines(paired: dict) -> list[str]:
+    """The per-user paired differences as a table (cascade - baseline, bootstrap 95% CI)."""
+    if not paired:
+        return []
+    lines = [
+        "Per-user paired difference, cascade - baseline (mean, bootstrap 95% interval over "
+        "users, ratio of means, users better / worse):",
+        "",
+        "| baseline | metric | mean difference | 95% interval | ratio | better / worse |",
+        "|---|---|---|---|---|---|",
+    ]
+    for baseline, by_metric in paired.items():
+        for metric, p in by_metric.items():
+            lines.append(
+                f"| {baseline} | {metric} | {p['mean_difference']:+.4f} | "
+                f"[{p['ci95_low']:+.4f}, {p['ci95_high']:+.4f}] | {p['ratio']:.4f} | "
+                f"{p['users_better']} / {p['users_worse']} |"
+            )
+    return [*lines, ""]
 
 
 def verdict(rows: list[dict]) -> str:
@@ -274,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         found, info = evaluate_dataset(name, args)
         infos[name] = info | {"seconds": round(time.perf_counter() - started, 1)}
         rows += found
+    previous = args.out / "e2e.json"
+    if previous.exists():  # datasets not run this time keep their rows from the previous run
+        old = json.loads(previous.read_text())
+        kept = [r for r in old["rows"] if r["dataset"] not in infos]
+        infos = {k: v for k, v in old["runs"].items() if k not in infos} | infos
+        infos = dict(sorted(infos.items()))
+        rows = sorted(kept + rows, key=lambda r: r["dataset"])
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"funnel": vars(args.funnel), "page": K, "runs": infos, "rows": rows}
     (args.out / "e2e.json").write_text(json.dumps(report, indent=2))

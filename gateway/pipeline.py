@@ -4,9 +4,10 @@ Each stage gets a share of what is left of the request's budget as its call dead
 fast stage did not use flows to the later ones. A stage that is down, late, failing or answers
 nonsense is replaced by its fallback (DESIGN: degrade instead of failing): recall -> the popular
 cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's order with
-the creator cap and the seen filter applied here. Every fallback is reported and counted. A
-replica that keeps failing is ejected (its own Breaker, gateway/replicas.py) instead of costing
-every request its budget; with every replica of a stage ejected, the stage falls back at once.
+the creator cap and the seen filter (the request's recent items and the user's logged history)
+applied here. Every fallback is reported and counted. A replica that keeps failing is ejected (its
+own Breaker, gateway/replicas.py) instead of costing every request its budget; with every replica
+of a stage ejected, the stage falls back at once.
 """
 
 from __future__ import annotations
@@ -198,12 +199,15 @@ class Cascade:
         popular: np.ndarray,
         creators: np.ndarray,
         metrics: GatewayMetrics,
+        consumed: Callable[[int], np.ndarray] | None = None,
     ):
         self.pools = pools
         self.funnel = funnel
         self.popular = popular  # (n,) item ids, most popular first
         self.creators = creators  # (n_items + 1,) creator id by item id, 0 = unknown
         self.metrics = metrics
+        # The user's logged items, for the fallbacks' seen filter (the stages read their store).
+        self.consumed = consumed or (lambda user_id: np.empty(0, dtype=np.int64))
 
     def run(
         self,
@@ -215,8 +219,8 @@ class Cascade:
         seen_of: Callable[[], np.ndarray] | None = None,
     ) -> gateway_pb2.RecommendResponse:
         """One Recommend; `served`, when given, receives each stage's list and model version.
-        The local fallbacks drop what the user has seen: `seen_of()` (read only when a fallback
-        runs, e.g. from the shared store) or else the request's recent ids."""
+        The local fallbacks drop what the user has seen: the request's recent ids, the user's
+        logged items, and `seen_of()` (read only when a fallback runs, e.g. the shared store)."""
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel
         served = Served() if served is None else served
@@ -225,6 +229,8 @@ class Cascade:
         def seen() -> np.ndarray:
             if not cached:
                 recent = np.asarray(user.recent_item_ids, dtype=np.int64)
+                if user.user_id:
+                    recent = np.concatenate([recent, self.consumed(user.user_id)])
                 cached.append(recent if seen_of is None else np.union1d(recent, seen_of()))
             return cached[0]
 
@@ -323,7 +329,7 @@ class Cascade:
         return reply, reason
 
     def _popular(self, seen: np.ndarray) -> Candidates:
-        """Recall's fallback: the popular cache minus what the user just consumed."""
+        """Recall's fallback: the popular cache minus what the user consumed."""
         ids = self.popular[~np.isin(self.popular, seen)][: self.funnel.recall_count]
         scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)  # the cache's order
         return Candidates(ids, scores, np.full(len(ids), POPULAR_MASK, dtype=np.uint32))

@@ -183,6 +183,21 @@ class GatewaySettings:
         return {stage: getattr(self, f"{stage}_target") for stage in STAGES}
 
 
+class UserItems:
+    """Each user's items from an interaction log as CSR (sorted per user): the fallbacks filter
+    them, so a degraded answer never serves what the user already consumed."""
+
+    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, n_users: int):
+        order = np.lexsort((item_ids, user_ids))
+        self.items = np.asarray(item_ids, dtype=np.int64)[order]
+        self.ptr = np.searchsorted(np.asarray(user_ids)[order], np.arange(n_users + 2))
+
+    def of(self, user_id: int) -> np.ndarray:
+        if not 0 < user_id < len(self.ptr) - 1:
+            return np.empty(0, dtype=np.int64)
+        return self.items[self.ptr[user_id] : self.ptr[user_id + 1]]
+
+
 @dataclass
 class Catalog:
     """What the gateway knows of the items: which exist, their creators, the popular ones."""
@@ -195,6 +210,13 @@ class Catalog:
     dataset: str = ""
     ids: GatewayIds | None = None  # external user and item ids <-> dense ids (gateway/ids.py)
     as_of_s: int = 0  # the training log's last time (the "data" clock starts there)
+    history: UserItems | None = None  # what each user consumed in the training log
+
+    def consumed(self, user_id: int) -> np.ndarray:
+        """The user's logged items (empty for unknown users or without a history)."""
+        if self.history is None:
+            return np.empty(0, dtype=np.int64)
+        return self.history.of(user_id)
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
@@ -230,9 +252,18 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         len(items["item_id"]),
         settings.new_user_capacity,
     )
+    history = UserItems(train["user_id"], train["item_id"], dataset.n_users)
     spec = build_spec(dataset)
     return Catalog(
-        known, creators, popular, spec.history_length, bundle.version, dataset.name, ids, as_of
+        known,
+        creators,
+        popular,
+        spec.history_length,
+        bundle.version,
+        dataset.name,
+        ids,
+        as_of,
+        history,
     )
 
 
@@ -285,7 +316,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             settings.recall_count, settings.prerank_count, settings.rank_count,
             settings.max_per_creator, settings.breaker_failures, settings.breaker_cooldown_s,
         )  # fmt: skip
-        self.cascade = Cascade(self.pools, funnel, catalog.popular, catalog.creators, self.metrics)
+        self.cascade = Cascade(
+            self.pools, funnel, catalog.popular, catalog.creators, self.metrics, catalog.consumed
+        )
 
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
@@ -293,6 +326,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         catalog.ids = self.ids = self.ids.with_items(catalog.ids)
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
+        self.cascade.consumed = catalog.consumed
         set_model_info(self.registry, STAGE, catalog.version)
         return catalog.version
 

@@ -44,6 +44,10 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """Recently uploaded items, chosen with exploration."""
     CHANNEL_POPULAR: _Channel.ValueType  # 6
     """Trending items; also the fallback for unknown users."""
+    CHANNEL_MF: _Channel.ValueType  # 7
+    """Matrix-factorisation family item vectors (EASE on small catalogs, PureSVD above) with the
+    user's whole history folded in, over a FAISS index.
+    """
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """The channels that can find a candidate. The value is a bit position in
@@ -64,6 +68,10 @@ CHANNEL_FRESH: Channel.ValueType  # 5
 """Recently uploaded items, chosen with exploration."""
 CHANNEL_POPULAR: Channel.ValueType  # 6
 """Trending items; also the fallback for unknown users."""
+CHANNEL_MF: Channel.ValueType  # 7
+"""Matrix-factorisation family item vectors (EASE on small catalogs, PureSVD above) with the
+user's whole history folded in, over a FAISS index.
+"""
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
 @_typing.final

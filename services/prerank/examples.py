@@ -55,7 +55,7 @@ def recall_candidates(
     item_ids = np.zeros((len(user_ids), count), dtype=np.int64)
     for row, (user, t) in enumerate(zip(user_ids.tolist(), ts.tolist(), strict=True)):
         recent = history[row][history[row] > 0]
-        context = RecallContext(int(user), recent, int(t), True)
+        context = RecallContext(int(user), recent, int(t), True, consumed[row])
         found = merger.recall(context, count, consumed[row]).candidates.item_ids[:count]
         item_ids[row, : len(found)] = found
     return item_ids, item_ids > 0
@@ -98,7 +98,7 @@ def build_requests(
     each request keeps every positive plus a seeded random sample of the rest, `keep` in all
     (bounds the teacher's labelling and training cost)."""
     history = history_before(history_log, user_ids, ts, scorer.store.spec.history_length)
-    consumed = _consumed_before(history_log, user_ids, ts)
+    consumed = consumed_before(history_log, user_ids, ts)
     item_ids, valid = recall_candidates(merger, user_ids, ts, history, consumed, count)
     labels = _played_after(outcome_log, user_ids, ts, item_ids, n_items) & valid
     if keep and keep < count:
@@ -110,7 +110,8 @@ def build_requests(
     return requests
 
 
-def _consumed_before(log: Table, user_ids: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+def consumed_before(log: Table, user_ids: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+    """Per request, the sorted unique items the user consumed in `log` strictly before ts."""
     order = np.lexsort((log["ts"], log["user_id"]))
     users, times, items = log["user_id"][order], log["ts"][order], log["item_id"][order]
     start = np.searchsorted(users, user_ids, side="left")

@@ -1,4 +1,5 @@
-"""Offline training of the ranker on the training period's impressions.
+"""Offline training of the ranker on the training period's impressions, on real recall outputs
+at training-period requests (services/rank/examples.py), or on both (`TrainConfig.examples`).
 
     python -m services.rank.train --dataset ml-100k --data-dir data --artifacts artifacts --publish
 
@@ -25,11 +26,13 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from services.rank.examples import RecallExamples
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
 
 log = logging.getLogger(__name__)
 
+EXAMPLES = ("impressions", "recall", "both")
 DEFAULT_FUSION = {"click": 1.0, "play": 1.0, "complete": 1.0, "like": 2.0, "share": 3.0}
 
 
@@ -46,6 +49,15 @@ class TrainConfig:
     max_test_rows: int = 400_000
     tasks: tuple[str, ...] | None = None  # None = every task the dataset has
     fusion: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FUSION))
+    # "impressions": logged impressions (+ the source's negatives); "recall": recall's candidates
+    # at training-period requests, labelled by what followed (needs the bundle's recall
+    # component); "both": the two tables together.
+    examples: str = "impressions"
+    recall_examples: RecallExamples = field(default_factory=RecallExamples)
+
+    def __post_init__(self) -> None:
+        if self.examples not in EXAMPLES:
+            raise ValueError(f"examples must be one of {EXAMPLES}, got {self.examples!r}")
 
 
 @dataclass
@@ -70,15 +82,40 @@ def _subsample(table: Table, limit: int, seed: int) -> Table:
     return take(table, keep)
 
 
-def prepare(dataset: Dataset, config: TrainConfig, spec: FeatureSpec | None = None) -> Prepared:
+def training_examples(
+    dataset: Dataset, data: TemporalSplit, spec: FeatureSpec, config: TrainConfig, bundle=None
+) -> Table:
+    """The training period's examples of the configured kind (see TrainConfig.examples)."""
+    if config.examples == "impressions":
+        return data.train_impressions
+    if bundle is None:
+        raise ValueError(f"examples={config.examples!r} needs a bundle with the recall component")
+    from cascade.feature_store import InMemoryFeatureStore
+    from services.rank.examples import recall_examples
+
+    tasks = tuple(config.tasks or dataset.meta["tasks"])
+    store = InMemoryFeatureStore.from_split(dataset, spec, data)
+    found = recall_examples(
+        bundle, store, spec, data.train_interactions, tasks, config.recall_examples
+    )
+    if config.examples == "recall":
+        return found
+    logged = {k: data.train_impressions[k] for k in found}
+    return {k: np.concatenate([logged[k], found[k]]) for k in found}
+
+
+def prepare(
+    dataset: Dataset, config: TrainConfig, spec: FeatureSpec | None = None, bundle=None
+) -> Prepared:
+    """Split, examples and encoded rows. `bundle`: the cascade.artifacts.Bundle whose recall
+    component finds the candidates when config.examples is "recall" or "both"."""
     spec = build_spec(dataset) if spec is None else spec
     data = split_dataset(dataset)
     offline = OfflineRows(dataset, spec, data.train_interactions)
-    in_validation = per_user_temporal(data.train_impressions, config.validation_fraction)
-    train = _subsample(take(data.train_impressions, ~in_validation), config.max_train_rows, 1)
-    validation = _subsample(
-        take(data.train_impressions, in_validation), config.max_train_rows // 8, 2
-    )
+    examples = training_examples(dataset, data, spec, config, bundle)
+    in_validation = per_user_temporal(examples, config.validation_fraction)
+    train = _subsample(take(examples, ~in_validation), config.max_train_rows, 1)
+    validation = _subsample(take(examples, in_validation), config.max_train_rows // 8, 2)
     test = _subsample(data.test_impressions, config.max_test_rows, 3)
     parts = [(offline.impressions(t), t) for t in (train, validation, test)]
     return Prepared(dataset, spec, data, offline, *parts)
@@ -175,10 +212,10 @@ def fit(
 
 
 def train(
-    dataset: Dataset, config: TrainConfig, model_config: ModelConfig
+    dataset: Dataset, config: TrainConfig, model_config: ModelConfig, bundle=None
 ) -> tuple[RankModel, Prepared, dict]:
     """Fits the full model; its info includes test-period metrics per task."""
-    prepared = prepare(dataset, config)
+    prepared = prepare(dataset, config, bundle=bundle)
     tasks = tuple(config.tasks or dataset.meta["tasks"])
     model, info = fit(prepared, tasks, model_config, config)
     test_rows, test_impressions = prepared.test
@@ -199,12 +236,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publish", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
+    parser.add_argument(
+        "--examples", choices=EXAMPLES, default=TrainConfig.examples,
+        help="training examples: logged impressions, recall outputs at training-period requests "
+        "(needs --version of a bundle with the recall component), or both",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)
-    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs)
+    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, examples=args.examples)
     model_config = ModelConfig()
-    model, prepared, info = train(dataset, config, model_config)
+    bundle = None
+    if config.examples != "impressions":
+        from cascade.artifacts import Bundle
+
+        bundle = Bundle.open(args.artifacts, args.version or "current")
+    model, prepared, info = train(dataset, config, model_config, bundle)
     writer = BundleWriter(args.artifacts, args.version)
     sample = {k: v[:64] for k, v in prepared.test[0].items()}
     write_component(writer, model, prepared.spec, dataset.name, config, model_config, info, sample)

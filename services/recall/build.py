@@ -1,4 +1,5 @@
-"""Offline build of the recall component: two-tower model + FAISS index, and the channel tables.
+"""Offline build of the recall component: two-tower model + FAISS index, the MF channel's item
+vectors + index (services/recall/mf.py), and the channel tables.
 
     python -m services.recall.build --dataset ml-100k --data-dir data --artifacts artifacts \
         [--version V] [--publish] [--no-two-tower]
@@ -39,6 +40,7 @@ def build_recall(
     two_tower_config=None,
     table_settings: TableSettings | None = None,
     progress: bool = True,
+    mf: bool = True,
 ) -> dict:
     """Writes the component's files and manifest entry; returns the component info."""
     spec = spec or build_spec(dataset)
@@ -56,6 +58,12 @@ def build_recall(
         "tables": {"settings": table_settings.to_dict(), "files": files,
                    "seconds": round(time.perf_counter() - started, 2)},
     }  # fmt: skip
+    if mf:
+        from services.recall.mf import build_mf
+
+        started = time.perf_counter()
+        info.update(build_mf(train, dataset.n_users, dataset.n_items, writer))
+        info["mf"]["seconds"] = round(time.perf_counter() - started, 2)
     if two_tower:
         # The two-tower model and index come from services/recall/{train,export}.py.
         from services.recall.export import export_two_tower

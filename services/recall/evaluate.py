@@ -40,7 +40,12 @@ KS = (100, 500, 2000)
 
 
 def evaluate_dataset(
-    name: str, data_dir: Path, artifacts: Path, max_users: int, epochs: int | None
+    name: str,
+    data_dir: Path,
+    artifacts: Path,
+    max_users: int,
+    epochs: int | None,
+    reuse: bool = False,
 ) -> dict:
     import torch  # offline only: training threads
 
@@ -57,11 +62,12 @@ def evaluate_dataset(
     )
     n_items = dataset.n_items
     started = time.perf_counter()
-    writer = BundleWriter(artifacts, f"eval-{name}")
     config = CONFIGS.get(name, TwoTowerConfig())  # the same training as the two-tower report
     if epochs:
         config = replace(config, epochs=epochs)
-    build_recall(dataset, train, writer, two_tower_config=config, progress=False)
+    if not (reuse and (artifacts / f"eval-{name}" / "manifest.json").exists()):
+        writer = BundleWriter(artifacts, f"eval-{name}")
+        build_recall(dataset, train, writer, two_tower_config=config, progress=False)
     build_seconds = time.perf_counter() - started
     bundle = Bundle.open(artifacts, f"eval-{name}")
     store = InMemoryFeatureStore(dataset, build_spec(dataset), train, impressions)
@@ -224,12 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/recall"))
     parser.add_argument("--max-users", type=int, default=3000, help="seeded sample above this")
     parser.add_argument("--epochs", type=int, default=0, help="override the two-tower epochs")
+    parser.add_argument(
+        "--reuse", action="store_true", help="evaluate ARTIFACTS/eval-<dataset> when it exists"
+    )
     args = parser.parse_args(argv)
     reports = []
     for name in args.dataset:
         reports.append(
             evaluate_dataset(
-                name, args.data_dir, args.artifacts, args.max_users, args.epochs or None
+                name, args.data_dir, args.artifacts, args.max_users, args.epochs or None, args.reuse
             )
         )
         print(
@@ -241,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     two_tower_path = args.out / "two_tower.json"
     two_tower = json.loads(two_tower_path.read_text()) if two_tower_path.exists() else []
+    # Datasets not run this time keep their reports from the previous run.
+    previous = args.out / "recall.json"
+    if previous.exists():
+        ran = {r["dataset"] for r in reports}
+        kept = [r for r in json.loads(previous.read_text())["reports"] if r["dataset"] not in ran]
+        reports = sorted(kept + reports, key=lambda r: r["dataset"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recall.json").write_text(
         json.dumps({"reports": reports, "two_tower_logq": two_tower}, indent=2) + "\n"

@@ -55,7 +55,7 @@ class MergeResult:
 
 
 class ChannelMetrics:
-    """Per-channel Prometheus series (label `channel`, six values)."""
+    """Per-channel Prometheus series (label `channel`, one value per channel)."""
 
     def __init__(self, registry: CollectorRegistry):
         self.latency = Histogram(

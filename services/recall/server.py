@@ -11,6 +11,7 @@ history), run the channels under their budgets (merge.py), answer with per-chann
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -37,6 +38,8 @@ from cascade.v1 import common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
 from services.recall.channels.item_cf import ItemCFChannel
+from services.recall.channels.mf import INFO_KEY as MF_INFO
+from services.recall.channels.mf import MFChannel
 from services.recall.channels.popular import PopularChannel
 from services.recall.channels.profile import ProfileChannel
 from services.recall.channels.social import SocialChannel
@@ -77,12 +80,13 @@ class RecallSettings:
     channel_workers: int = 0  # 0: channels run in the request's thread (see Merger)
     fresh_window_s: int = 7 * DAY
     # Priority order of the merge is the order below; quotas sum to 1 (popular also fills gaps).
-    two_tower: ChannelBudget = _budget(0.35, 40.0)
-    item_cf: ChannelBudget = _budget(0.25)
-    profile: ChannelBudget = _budget(0.15)
+    mf: ChannelBudget = _budget(0.3)
+    two_tower: ChannelBudget = _budget(0.25, 40.0)
+    item_cf: ChannelBudget = _budget(0.15)
+    profile: ChannelBudget = _budget(0.1)
     social: ChannelBudget = _budget(0.1)
     fresh: ChannelBudget = _budget(0.05)
-    popular: ChannelBudget = _budget(0.1)
+    popular: ChannelBudget = _budget(0.05)
     two_tower_model: TwoTowerSettings = field(default_factory=TwoTowerSettings)
 
     def __post_init__(self) -> None:
@@ -93,7 +97,7 @@ class RecallSettings:
             raise ValueError(f"clock must be 'data' or 'wall', got {self.clock!r}")
 
     def budgets(self) -> dict[str, ChannelBudget]:
-        names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
+        names = ("mf", "two_tower", "item_cf", "profile", "social", "fresh", "popular")
         return {name: getattr(self, name) for name in names}
 
 
@@ -165,8 +169,16 @@ def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
 def build_channels(
     bundle: Bundle | None, tables: dict, store: FeatureStore, settings: RecallSettings
 ) -> list[Channel]:
-    """The channels in merge priority order. Two-tower comes from the bundle when enabled."""
+    """The channels in merge priority order. MF and two-tower come from the bundle when
+    enabled."""
     channels: list[Channel] = []
+    if settings.mf.enabled and bundle is not None:
+        if MF_INFO not in bundle.component(COMPONENT):
+            raise ArtifactError(
+                f"{bundle.folder}/{COMPONENT}: no MF model in the bundle (built before the MF "
+                "channel?); rebuild it, or set CASCADE_RECALL_MF_ENABLED=false to serve without it"
+            )
+        channels.append(MFChannel.from_bundle(bundle, store, settings.two_tower_model.max_k))
     if settings.two_tower.enabled and bundle is not None:
         if "two_tower" not in bundle.component(COMPONENT):
             raise ArtifactError(
@@ -242,6 +254,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         consumed = np.union1d(
             state.store.consumed(recall_context.user_id), recall_context.recent_items
         )
+        recall_context = dataclasses.replace(recall_context, consumed=consumed)
         started = time.perf_counter()
         result = merger.recall(recall_context, count, consumed, deadline)
         self.metrics.inference.observe(time.perf_counter() - started)

@@ -11,7 +11,9 @@ Order (documented, and what the tests pin down):
    - creator cap: at most `max_per_creator` items per creator (unknown creator 0 is never capped);
    - category spread: at most floor(max_category_share * page size) items carrying any one category;
    - fresh slot: when the page still lacks `fresh_slots` fresh items and only that many slots are
-     left, only fresh items are allowed (skipped when the caps leave no fresh item).
+     left, only fresh items are allowed (skipped when the caps leave no fresh item). Pages shorter
+     than `fresh_min_page` have no fresh slot: a one-item page is the user's best item, never a
+     forced exploration pick.
    When the method has no gain left (the DPP kernel is exhausted), the remaining slots are filled by
    relevance under the same rules. When the caps leave nothing to pick, they are relaxed for the
    rest of the page (a full page beats a short one; the slot's reason says so).
@@ -36,6 +38,7 @@ class Rules:
     max_per_creator: int = 2  # items per creator per page; 0 = no cap
     max_category_share: float = 0.5  # of the page size, per category; >= 1 = no limit
     fresh_slots: int = 1  # fresh items a page holds when the candidates have them; 0 = off
+    fresh_min_page: int = 5  # pages shorter than this have no fresh slot (relevance only)
     fresh_age_s: int = 7 * 86400  # "fresh" = uploaded at most this long before the request
     fresh_channel: bool = True  # an item the fresh recall channel found also counts as fresh
     filter_consumed: bool = True  # drop items in the store's consumed set for the user
@@ -43,8 +46,10 @@ class Rules:
     filter_shown: bool = True  # drop items in the store's shown set for the user (TTL)
 
     def __post_init__(self) -> None:
-        if self.max_per_creator < 0 or self.fresh_slots < 0 or self.fresh_age_s < 0:
-            raise ValueError("max_per_creator, fresh_slots and fresh_age_s must be >= 0")
+        if min(self.max_per_creator, self.fresh_slots, self.fresh_age_s, self.fresh_min_page) < 0:
+            raise ValueError(
+                "max_per_creator, fresh_slots, fresh_age_s and fresh_min_page must be >= 0"
+            )
         if not self.max_category_share > 0:
             raise ValueError(f"max_category_share must be > 0, got {self.max_category_share}")
 
@@ -124,7 +129,10 @@ class PageRules:
         share = rules.max_category_share
         self.category_cap = page_size if share >= 1 else max(1, int(share * page_size + 1e-9))
         self.fresh = np.asarray(fresh, dtype=bool)
-        self.fresh_left = min(rules.fresh_slots, int(self.fresh.sum()))
+        # A small page holds no fresh slot: the slot would take a large share of it (all of a
+        # one-item page) away from relevance.
+        slots = rules.fresh_slots if page_size >= rules.fresh_min_page else 0
+        self.fresh_left = min(slots, int(self.fresh.sum()))
         self.selected = np.zeros(len(codes), dtype=bool)
         # Caps only fill up: once an item breaks one it stays out, so the masks grow in add().
         self.creator_ok = np.ones(len(codes), dtype=bool)

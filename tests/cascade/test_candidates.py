@@ -103,4 +103,4 @@ def test_channel_masks():
     masks = np.array([mask, channel_bit("popular"), 0], dtype=np.uint32)
     counts = channel_counts(masks)
     assert counts["popular"] == 2 and counts["item_cf"] == 1 and counts["social"] == 0
-    assert set(counts) == {"two_tower", "item_cf", "profile", "social", "fresh", "popular"}
+    assert set(counts) == {"two_tower", "item_cf", "profile", "social", "fresh", "popular", "mf"}

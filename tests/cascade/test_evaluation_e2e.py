@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cascade.evaluation_e2e import K, Protocol, verdict
+from cascade.evaluation_e2e import K, Protocol, paired_difference, paired_lines, verdict
 from tests.conftest import make_tiny_dataset
 
 
@@ -44,3 +44,30 @@ def test_verdict_states_the_gap_to_each_baseline():
     text = verdict(rows)
     assert "falls short of EASE by 0.0500 (-20.0%)" in text
     assert "beats ItemKNN by 0.1000 (+100.0%)" in text
+
+
+def test_paired_difference_has_the_mean_and_a_bootstrap_interval_around_it():
+    rng = np.random.default_rng(0)
+    theirs = {"NDCG@10": rng.random(500), "Recall@20": rng.random(500)}
+    lift = rng.normal(0.05, 0.1, 500)
+    mine = {"NDCG@10": theirs["NDCG@10"] + lift, "Recall@20": theirs["Recall@20"].copy()}
+    paired = paired_difference(mine, theirs, seed=0)
+    ndcg = paired["NDCG@10"]
+    assert ndcg["mean_difference"] == round(float(lift.mean()), 5)
+    assert ndcg["ci95_low"] < lift.mean() < ndcg["ci95_high"]
+    assert 0 < ndcg["ci95_low"] and ndcg["ci95_high"] - ndcg["ci95_low"] < 0.03  # ~4 std errors
+    assert paired["Recall@20"] == {
+        "mean_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "ratio": 1.0,
+        "users_better": 0, "users_worse": 0,
+    }  # fmt: skip
+    assert paired_difference(mine, theirs, seed=0) == paired  # seeded
+    lines = "\n".join(paired_lines({"EASE": paired}))
+    assert f"| EASE | NDCG@10 | {ndcg['mean_difference']:+.4f} |" in lines
+
+
+def test_per_user_metrics_average_to_the_table():
+    protocol = Protocol.build(make_tiny_dataset(n_users=20, n_items=40, n_events=400), None, 0)
+    pages = np.random.default_rng(1).integers(1, 40, size=(len(protocol.users), K))
+    per_user, table = protocol.per_user(pages), protocol.score(pages)
+    assert np.isclose(per_user["NDCG@10"].mean(), table["NDCG@10"])
+    assert np.isclose(per_user["Recall@20"].mean(), table["Recall@20"])

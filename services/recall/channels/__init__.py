@@ -20,6 +20,9 @@ class RecallContext:
     recent_items: np.ndarray  # (n,) int64, newest first: the request's recent ids + store history
     request_ts: int  # Unix seconds
     known_user: bool  # the user has a profile or history in the feature store
+    # Every item the user consumed up to the request (sorted), when the caller knows it: offline
+    # requests in the past pass what was consumed before them; None = the store's set.
+    consumed: np.ndarray | None = None
 
 
 class Channel(Protocol):

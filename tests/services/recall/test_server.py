@@ -76,7 +76,7 @@ def test_answers_with_candidates_and_per_channel_reports(recall):
     assert candidates.channel_masks[ids.index(8)] & channel_bit("item_cf")  # 7 -> 8 in training
     assert response.model_version == "v1"
     reports = {common_pb2.Channel.Name(r.channel): r for r in response.channels}
-    names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
+    names = ("mf", "two_tower", "item_cf", "profile", "social", "fresh", "popular")
     assert set(reports) == {f"CHANNEL_{n.upper()}" for n in names}
     assert reports["CHANNEL_TWO_TOWER"].status == "ok"
     assert sum(r.kept for r in response.channels) == len(candidates.item_ids)
@@ -156,7 +156,7 @@ def test_refuses_to_start_on_a_missing_or_mismatched_artifact(artifacts, tmp_pat
 def test_metrics_funnel_channel_mix_and_model_version(recall):
     stub, service = recall
     registry = service.metrics.registry
-    names = ("two_tower", "item_cf", "profile", "social", "fresh", "popular")
+    names = ("mf", "two_tower", "item_cf", "profile", "social", "fresh", "popular")
 
     def value(name: str, **labels) -> float:
         return registry.get_sample_value(name, labels) or 0.0

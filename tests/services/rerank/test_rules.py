@@ -72,7 +72,9 @@ def test_category_spread_caps_the_share_of_one_category():
 
 
 def test_fresh_slot_is_guaranteed_when_a_fresh_item_exists():
-    rules = Rules(max_per_creator=0, max_category_share=1.0, fresh_slots=1, fresh_age_s=100)
+    rules = Rules(
+        max_per_creator=0, max_category_share=1.0, fresh_slots=1, fresh_age_s=100, fresh_min_page=2
+    )
     page = reranker(rules, Store(fresh=(50,))).rerank(
         ranked([1, 2, 3, 4, 50]), 3, request_ts=NOW, explain=True
     )
@@ -83,6 +85,24 @@ def test_fresh_slot_is_guaranteed_when_a_fresh_item_exists():
     tagged = Candidates(np.array([1, 2, 3, 4, 5]), np.linspace(1, 0, 5, dtype=np.float32), mask)
     page = reranker(rules, Store()).rerank(tagged, 2, request_ts=NOW)
     assert page.candidates.item_ids.tolist() == [1, 4]
+
+
+def test_small_pages_hold_no_fresh_slot():
+    """A one-item page is the best-scored item, never the fresh pick (`recommend --count 1`)."""
+    rules = Rules(max_per_creator=0, max_category_share=1.0, fresh_slots=1, fresh_age_s=100)
+    assert rules.fresh_min_page == 5
+    store = Store(fresh=(50,))
+    ids = [1, 2, 3, 4, 5, 6, 50]
+    for method in ("none", "mmr", "dpp"):
+        one = reranker(rules, store, method).rerank(ranked(ids), 1, request_ts=NOW)
+        assert one.candidates.item_ids.tolist() == [1]
+        four = reranker(rules, store, method).rerank(ranked(ids), 4, request_ts=NOW)
+        assert 50 not in four.candidates.item_ids.tolist()
+    page = reranker(rules, store).rerank(
+        ranked(ids), 5, request_ts=NOW, explain=True
+    )  # from fresh_min_page on, the last slot is the fresh one again
+    assert page.candidates.item_ids.tolist() == [1, 2, 3, 4, 50]
+    assert page.reasons[-1].startswith("fresh slot")
 
 
 def test_consumed_and_recent_items_are_filtered_and_counted():

@@ -162,10 +162,17 @@ class Cascade:
         }
 
     def run(
-        self, user: common_pb2.UserContext, count: int, budget: Budget, debug: bool
+        self,
+        user: common_pb2.UserContext,
+        count: int,
+        budget: Budget,
+        debug: bool,
+        funnel: Funnel | None = None,
     ) -> gateway_pb2.RecommendResponse:
+        """One answer; `funnel` (a smaller one under load, gateway/admission.py) replaces the
+        configured cuts for this call."""
         response = gateway_pb2.RecommendResponse()
-        funnel = self.funnel
+        funnel = self.funnel if funnel is None else funnel
         seen = np.asarray(user.recent_item_ids, dtype=np.int64)
 
         def stage(name, call, request, fallback, candidates_in):

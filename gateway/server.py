@@ -34,6 +34,7 @@ from cascade.reload import Reloader
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
 from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from gateway.admission import Admission, AdmissionSettings, mark_shrunk, shrink
 from gateway.auth import TokenAuth
 from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics
@@ -82,6 +83,8 @@ class GatewaySettings:
     record_timeout_s: float = 0.2  # forwarding Feedback to recall
     max_online_users: int = 100_000  # users whose online events the gateway remembers
     api_token: str = ""  # empty: auth off (local demo); else callers must send it
+    # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def __post_init__(self) -> None:
         if not 0 < self.default_count <= self.max_count:
@@ -141,8 +144,15 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, settings: GatewaySettings, catalog: Catalog, registry: CollectorRegistry):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        catalog: Catalog,
+        registry: CollectorRegistry,
+        admission: Admission | None = None,
+    ):
         self.settings = settings
+        self.admission = admission  # None: every call gets the whole funnel
         self.catalog = catalog
         self.registry = registry
         self.metrics = GatewayMetrics(registry)
@@ -195,7 +205,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             recent_item_ids=self.online.recent(request.user_id),
             context=request.context,
         )
-        response = self.cascade.run(user, count, budget, request.debug)
+        q, reason = 1.0, ""
+        if self.admission is not None:
+            q, reason = self.admission.funnel_factor(budget.left(), context.invocation_metadata())
+        funnel = shrink(self.cascade.funnel, q, count)
+        response = self.cascade.run(user, count, budget, request.debug, funnel)
+        if reason:
+            mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id = uuid.uuid4().hex
         return response
 
@@ -260,6 +276,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def close(self) -> None:
         for channel in (*self.channels.values(), self.record_channel):
             channel.close()
+        if self.admission is not None:
+            self.admission.close()
 
 
 def _servicers(service: GatewayService):
@@ -270,8 +288,9 @@ def _servicers(service: GatewayService):
     return add
 
 
-def _interceptors(settings: GatewaySettings) -> list[grpc.ServerInterceptor]:
-    return [TokenAuth(settings.api_token)] if settings.api_token else []
+def _interceptors(settings: GatewaySettings, admission: Admission) -> list[grpc.ServerInterceptor]:
+    # Admission first: it decides before the call waits for a worker thread.
+    return [admission] + ([TokenAuth(settings.api_token)] if settings.api_token else [])
 
 
 def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
@@ -281,10 +300,11 @@ def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
 def start(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> RunningServer:
     """A running gateway (tests); its service is `running.service` for closing channels."""
     registry = new_registry() if registry is None else registry
-    service = GatewayService(settings, load_catalog(settings), registry)
+    admission = Admission(settings.admission, registry)
+    service = GatewayService(settings, load_catalog(settings), registry, admission)
     running = serve(
-        STAGE, _servicers(service), settings.server, registry, _interceptors(settings),
-        reloader(settings, service),
+        STAGE, _servicers(service), settings.server, registry,
+        _interceptors(settings, admission), reloader(settings, service),
     )  # fmt: skip
     running.service = service  # type: ignore[attr-defined]
     return running
@@ -304,14 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("gateway: refusing to start: %s", error)
         return 2
     registry = new_registry()
-    service = GatewayService(settings, catalog, registry)
+    admission = Admission(settings.admission, registry)
+    service = GatewayService(settings, catalog, registry, admission)
     log.info(
         "gateway: stages %s; auth %s", settings.targets(), "on" if settings.api_token else "off"
     )
     try:
         run_forever(
-            STAGE, _servicers(service), settings.server, registry, _interceptors(settings),
-            reloader(settings, service),
+            STAGE, _servicers(service), settings.server, registry,
+            _interceptors(settings, admission), reloader(settings, service),
         )  # fmt: skip
     finally:
         service.close()

@@ -142,6 +142,7 @@ def _up(args: argparse.Namespace) -> None:
             metrics,
             bundle=args.bundle,
             timeout_s=args.timeout,
+            supervise=not args.no_supervise,
         )
     except stack.StackError as error:
         print(f"cascade up: {error}", file=sys.stderr)
@@ -194,6 +195,12 @@ def _add_stack_commands(commands) -> None:
         help="gateway metrics port; the stages take the next four",
     )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    up.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="no background supervisor (by default a service that dies is restarted, with "
+        "backoff; see .cascade/supervisor.log)",
+    )
     _stack_options(up)
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the local stack started by `cascade up`")

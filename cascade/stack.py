@@ -151,10 +151,12 @@ def up(
     extra_env: dict[str, str] | None = None,
     quiet: bool = False,
     only: tuple[str, ...] | None = None,
+    supervise: bool = False,
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
-    subset (tests)."""
+    subset (tests). `supervise`: a background supervisor restarts services that die
+    (cascade/supervisor.py)."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     if train:
         ensure_bundle(artifacts, data_dir, dataset, bundle)
@@ -182,6 +184,10 @@ def up(
             stack.services.append(_launch(stack, name, ports[name], metrics_ports[name]))
             _save(stack)
         wait_healthy(stack, timeout_s)
+        if supervise:
+            from cascade import supervisor
+
+            supervisor.spawn(run_dir)
     except BaseException:
         down(run_dir, quiet=True)
         raise
@@ -252,6 +258,9 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
 def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:
     """Stops the stack recorded in run_dir: SIGTERM to each process group, wait up to grace_s,
     then SIGKILL. Returns how many processes were stopped."""
+    from cascade import supervisor
+
+    supervisor.stop(run_dir)  # first: it would start the services again
     state = Path(run_dir) / STATE_FILE
     if not state.exists():
         if not quiet:
@@ -304,8 +313,12 @@ def _reap(pid: int) -> None:
 
 def _save(stack: Stack) -> None:
     state = {"bundle": stack.bundle, "dataset": stack.dataset,
-             "services": [asdict(s) for s in stack.services]}  # fmt: skip
-    (stack.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+             "services": [asdict(s) for s in stack.services],
+             "environments": stack.environments}  # fmt: skip
+    # Owner-only: the environments may hold the gateway's API token (the supervisor needs them).
+    path = stack.run_dir / STATE_FILE
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(json.dumps(state, indent=2))
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-faults \
+.PHONY: setup demo up down eval-cascade test lint format protos bench bench-load bench-overload bench-funnel bench-faults \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP)
@@ -66,6 +66,16 @@ bench: setup
 # Load test of the whole stack over loopback (closed and open loop) and the in-process cascade.
 bench-load: setup
 	$(BIN)/python -m bench.load --data-dir $(DATA) --out results/cascade
+
+# Overload: 1.5x, 2x and 4x the closed-loop saturation rate for 60 s each (admission on, then 2x
+# with it off), the split tax and the gateway's CPU share, a py-spy profile of the gateway.
+bench-overload: setup
+	$(BIN)/python -m bench.overload --data-dir $(DATA) --out results/cascade --compare-off \
+	  --profile-seconds 20
+
+# The quality cost of each funnel size the gateway shrinks to under load (NDCG@10 on ml-100k).
+bench-funnel: setup
+	$(BIN)/python -m bench.funnel_shrink --data-dir $(DATA) --out results/cascade
 
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).

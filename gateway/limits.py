@@ -22,8 +22,10 @@ class LimitSettings:
     min_limit: int = 2
     max_limit: int = 12  # below the gateway's worker threads: an admitted call never queues
     smoothing: float = 0.2  # share of each new estimate taken into the limit
-    tolerance: float = 1.5  # short-term latency may reach this x long-term before shrinking
-    long_window: int = 600  # windows in the long-term latency average (60 s)
+    # Latency may reach this multiple of the no-queue latency before the limit shrinks: 2 keeps
+    # admitted calls within 2x the latency of a lightly loaded stack.
+    tolerance: float = 2.0
+    drift: float = 0.0005  # per window, the no-queue estimate creeps toward the latency seen
     window_s: float = 0.1  # the short-term window; an update needs min_samples in it too
     min_samples: int = 5
     backoff: float = 0.9  # the limit's factor on a drop (a call that ran out of time)
@@ -33,23 +35,26 @@ class LimitSettings:
             raise ValueError("need 1 <= min_limit <= initial_limit <= max_limit")
         if not 0 < self.smoothing <= 1 or not 0 < self.backoff < 1 or self.tolerance < 1:
             raise ValueError("need 0 < smoothing <= 1, 0 < backoff < 1 and tolerance >= 1")
-        if self.long_window < 1 or self.window_s <= 0 or self.min_samples < 1:
-            raise ValueError("long_window, min_samples must be >= 1 and window_s > 0")
+        if not 0 <= self.drift < 1 or self.window_s <= 0 or self.min_samples < 1:
+            raise ValueError("need 0 <= drift < 1, min_samples >= 1 and window_s > 0")
 
 
 class GradientLimit:
     """How many calls may run at once. Each window: gradient = clamp(tolerance * long / short,
     0.5, 1); limit <- (1 - s) * limit + s * (limit * gradient + sqrt(limit)). Good latency
     (gradient 1) grows the limit by s * sqrt(limit); queueing (short >> long) shrinks it by up to
-    half. A window where fewer than half the slots were used says nothing (app-limited)."""
+    half. A window where fewer than half the slots were used says nothing (app-limited).
+
+    `long_rtt` estimates the latency without queueing: it follows a lower window mean at once
+    (halfway) and a higher one only by `drift` per window, so a sustained overload cannot teach
+    it that queueing is normal (Gradient2's long-term average learns the queue after a while)."""
 
     def __init__(self, settings: LimitSettings | None = None, clock: Clock = time.monotonic):
         self.settings = LimitSettings() if settings is None else settings
         self.clock = clock
         self.limit = float(self.settings.initial_limit)
         self.in_flight = 0
-        self.long_rtt = 0.0  # exponential average of the windows' mean latency, seconds
-        self._long_count = 0
+        self.long_rtt = 0.0  # the no-queue latency estimate, seconds (0 until a window ends)
         self._window_start = clock()
         self._window_sum = 0.0
         self._window_count = 0
@@ -89,12 +94,12 @@ class GradientLimit:
 
     def _update(self, short: float) -> None:
         s = self.settings
-        self._long_count += 1
-        # A plain mean over the first windows (warm-up), then an exponential average.
-        weight = 1 / self._long_count if self._long_count <= 10 else 2 / (s.long_window + 1)
-        self.long_rtt += (short - self.long_rtt) * weight
-        if self.long_rtt > 2 * short:  # latency fell for good (e.g. a lighter funnel): follow
-            self.long_rtt = 0.95 * self.long_rtt + 0.05 * short
+        if not self.long_rtt:
+            self.long_rtt = short
+        elif short < self.long_rtt:
+            self.long_rtt = 0.5 * (self.long_rtt + short)
+        else:
+            self.long_rtt += (short - self.long_rtt) * s.drift
         if self._window_peak < self.limit / 2:
             return
         gradient = max(0.5, min(1.0, s.tolerance * self.long_rtt / max(short, 1e-9)))

@@ -26,9 +26,9 @@ class FakeClock:
 
 
 def run_window(limiter: GradientLimit, clock: FakeClock, rtt_s: float, calls: int = 10) -> None:
-    """One 0.1 s window with the limit fully used: `calls` calls at once, each taking rtt_s."""
+    """One window (0.1 s and a bit) with the limit fully used: `calls` at once, each rtt_s."""
     admitted = sum(limiter.try_acquire() for _ in range(calls))
-    clock.now += 0.1
+    clock.now += 0.11
     for _ in range(admitted):
         limiter.release(rtt_s)
 

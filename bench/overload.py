@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -90,6 +91,30 @@ def open_loop(target: str, users: np.ndarray, rate: float, seconds: float, timeo
     return asyncio.run(fixed_rate(target, users, rate, seconds, ask))
 
 
+REFUSAL_BUCKETS = "cascade_gateway_refusal_latency_seconds_bucket{"
+
+
+def refusal_buckets(running: stack.Stack) -> dict[float, float]:
+    """The gateway's refusal-latency histogram (upper bound in s -> cumulative count)."""
+    port = next(s.metrics_port for s in running.services if s.name == "gateway")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(REFUSAL_BUCKETS):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The upper bound of the bucket that holds the 99th percentile of what came in between."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return next(1e3 * b for b, n in counts.items() if n >= 0.99 * total)
+
+
 def in_process_cpu_ms(artifacts: Path, data_dir: Path, users: np.ndarray, bundle: str) -> dict:
     """CPU and wall time per request of the same models as plain calls in this process."""
     from bench.inprocess import InProcessCascade
@@ -119,7 +144,8 @@ def profile(pid: int, seconds: float, out: Path) -> dict | None:
         "--duration",
         str(int(seconds)),
     ]
-    command += ["--format", "raw", "--nonblocking", "--rate", "200", "-o", str(raw)]
+    # --gil: only the thread holding the GIL, i.e. where the process's Python CPU goes.
+    command += ["--format", "raw", "--gil", "--nonblocking", "--rate", "200", "-o", str(raw)]
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=seconds + 30)
     except (OSError, subprocess.SubprocessError) as error:
@@ -240,10 +266,11 @@ def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -
             profiling = futures.ThreadPoolExecutor(1).submit(
                 profile, gateway_pid, args.profile_seconds, out
             )
+        before = refusal_buckets(running)
         answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
-        row = {"multiple": multiple, "rate": round(rate, 1)} | summarize(
-            answers, seconds, saturation
-        )
+        row = {"multiple": multiple, "rate": round(rate, 1)}
+        row |= summarize(answers, seconds, saturation)
+        row["server_refusal_p99_ms_at_most"] = bucket_p99_ms(before, refusal_buckets(running))
         if reference["admitted_p99_ms"] and row["admitted_p99_ms"]:
             row["p99_over_reference"] = round(
                 row["admitted_p99_ms"] / reference["admitted_p99_ms"], 2
@@ -280,8 +307,8 @@ def to_markdown(report: dict) -> str:
         "",
         "| offered | rate req/s | goodput req/s | goodput / saturation | admitted p50 ms | "
         "admitted p99 ms | p99 / reference | refused | refusal p99 ms | DEADLINE_EXCEEDED | "
-        "shrunk answers | sender lag p99 ms |",
-        "|---" * 12 + "|",
+        "shrunk answers | sender lag p99 ms | gateway's refusal p99 ms (bucket) |",
+        "|---" * 13 + "|",
     ]
     rows = [(r, "admission on") for r in report["overload"]]
     rows += [(r, "admission off") for r in report.get("admission_off", [])]
@@ -291,7 +318,7 @@ def to_markdown(report: dict) -> str:
             f"{row.get('goodput_over_saturation')} | {row['admitted_p50_ms']} | "
             f"{row['admitted_p99_ms']} | {row.get('p99_over_reference', '-')} | {row['refused']} | "
             f"{row['refusal_p99_ms']} | {row['deadline_exceeded']} | {row['shrunk_answers']} | "
-            f"{row['sender_lag_p99_ms']} |"
+            f"{row['sender_lag_p99_ms']} | {row.get('server_refusal_p99_ms_at_most', '-')} |"
         )
     profile = report.get("gateway_profile")
     if profile and "top_own" in profile:

@@ -11,6 +11,7 @@ calls feed their latency back into the limit and into the quality factor that sh
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import threading
 import time
@@ -18,8 +19,9 @@ from concurrent import futures
 from dataclasses import dataclass, field, replace
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cascade.telemetry import LATENCY_BUCKETS
 from cascade.v1 import gateway_pb2
 from gateway.limits import (
     Clock,
@@ -57,6 +59,12 @@ class AdmissionMetrics:
             "cascade_gateway_refused",
             "Recommend calls refused by admission control, by reason (LIMIT, QUEUE).",
             ["reason"],
+            registry=registry,
+        )
+        self.refusal_latency = Histogram(
+            "cascade_gateway_refusal_latency_seconds",
+            "From the admission decision to the refusal sent (the server's share of a refusal).",
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.limit = Gauge(
@@ -121,7 +129,9 @@ class Admission(grpc.ServerInterceptor):
         admitted = self.limiter.try_acquire()
         self._recent.append((now, not admitted))
         if not admitted:
-            return handler._replace(unary_unary=self._refuse_limit)
+            refusal = functools.partial(self._refuse_limit, now)
+            refusal.experimental_thread_pool = self._pool  # never queued behind admitted calls
+            return handler._replace(unary_unary=refusal)
         token = next(self._ids)
         with self._lock:
             self._pending[token] = now
@@ -155,11 +165,14 @@ class Admission(grpc.ServerInterceptor):
         return run
 
     def _refusal(self, reason: str):
-        def refuse(_request, context: grpc.ServicerContext):
-            self.metrics.refused.labels(reason).inc()
-            _refuse(context, reason, self.pushback_ms())
+        metrics, clock = self.metrics, self.clock
 
-        refuse.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
+        def refuse(decided_at: float, _request, context: grpc.ServicerContext):
+            metrics.refused.labels(reason).inc()
+            pushback = self.pushback_ms()
+            metrics.refusal_latency.observe(clock() - decided_at)
+            _refuse(context, reason, pushback)
+
         return refuse
 
     def pushback_ms(self) -> int:

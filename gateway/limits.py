@@ -113,6 +113,9 @@ class QueueSettings:
     target_s: float = 0.005  # CoDel's target: the least wait of an interval should stay under it
     interval_s: float = 0.1
     max_wait_s: float = 0.010  # when overloaded, calls that waited longer are refused
+    # An interval with fewer calls says nothing: one slow thread wake-up on a quiet server is
+    # not a standing queue.
+    min_samples: int = 5
 
 
 class QueueShedder:
@@ -125,6 +128,7 @@ class QueueShedder:
         self.overloaded = False
         self._interval_start = clock()
         self._least = math.inf
+        self._count = 0
         self._lock = threading.Lock()
 
     def shed(self, waited_s: float) -> bool:
@@ -132,9 +136,11 @@ class QueueShedder:
         with self._lock:
             now = self.clock()
             self._least = min(self._least, waited_s)
+            self._count += 1
             if now - self._interval_start >= self.settings.interval_s:
-                self.overloaded = self._least > self.settings.target_s
-                self._interval_start, self._least = now, math.inf
+                enough = self._count >= self.settings.min_samples
+                self.overloaded = enough and self._least > self.settings.target_s
+                self._interval_start, self._least, self._count = now, math.inf, 0
             return self.overloaded and waited_s > self.settings.max_wait_s
 
 

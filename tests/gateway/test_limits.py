@@ -76,7 +76,8 @@ def test_acquire_refuses_over_the_limit_and_a_drop_backs_off_by_the_factor():
 
 def test_codel_sheds_long_waits_only_once_a_whole_interval_stayed_over_target():
     clock = FakeClock()
-    shedder = QueueShedder(QueueSettings(target_s=0.005, interval_s=0.1, max_wait_s=0.01), clock)
+    settings = QueueSettings(target_s=0.005, interval_s=0.1, max_wait_s=0.01, min_samples=1)
+    shedder = QueueShedder(settings, clock)
     assert not shedder.shed(0.050)  # a burst: not yet overloaded
     clock.now += 0.05
     assert not shedder.shed(0.020)
@@ -89,6 +90,18 @@ def test_codel_sheds_long_waits_only_once_a_whole_interval_stayed_over_target():
     shedder.shed(0.001)
     clock.now += 0.1  # least wait 1 ms: the standing queue is gone
     assert not shedder.shed(0.5)
+
+
+def test_codel_ignores_an_interval_with_too_few_calls():
+    clock = FakeClock()
+    shedder = QueueShedder(QueueSettings(min_samples=5), clock)
+    shedder.shed(0.050)  # one slow wake-up on a quiet server
+    clock.now += 0.11
+    assert not shedder.shed(0.050) and not shedder.overloaded
+    for _ in range(5):
+        shedder.shed(0.050)
+    clock.now += 0.11
+    assert shedder.shed(0.050)  # five calls, all waiting: a standing queue
 
 
 def test_quality_factor_falls_over_target_rises_under_it_and_stays_in_bounds():

@@ -113,7 +113,8 @@ class Admission(grpc.ServerInterceptor):
         self._pending: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._recent = collections.deque(maxlen=4096)  # (time, refused) of recent decisions
+        # Decisions of this second and the one before: [admitted, refused] each (O(1) per call).
+        self._second, self._now_counts, self._last_counts = 0, [0, 0], [0, 0]
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -127,7 +128,7 @@ class Admission(grpc.ServerInterceptor):
         now = self.clock()
         self._reclaim(now)
         admitted = self.limiter.try_acquire()
-        self._recent.append((now, not admitted))
+        self._count(now, admitted)
         if not admitted:
             refusal = functools.partial(self._refuse_limit, now)
             refusal.experimental_thread_pool = self._pool  # never queued behind admitted calls
@@ -175,12 +176,19 @@ class Admission(grpc.ServerInterceptor):
 
         return refuse
 
+    def _count(self, now: float, admitted: bool) -> None:
+        second = int(now)
+        if second != self._second:
+            last = self._now_counts if second == self._second + 1 else [0, 0]
+            self._second, self._now_counts, self._last_counts = second, [0, 0], last
+        self._now_counts[0 if admitted else 1] += 1
+
     def pushback_ms(self) -> int:
-        """The retry hint: about the time for a slot to free up, or -1 when most recent calls
-        were refused (a retry would be refused too and only add load)."""
-        now = self.clock()
-        recent = [refused for at, refused in list(self._recent) if now - at <= 1.0]
-        if recent and sum(recent) > self.settings.no_retry_share * len(recent):
+        """The retry hint: about the time for a slot to free up, or -1 when most calls of the
+        last second or two were refused (a retry would be refused too and only add load)."""
+        refused = self._now_counts[1] + self._last_counts[1]
+        total = refused + self._now_counts[0] + self._last_counts[0]
+        if total and refused > self.settings.no_retry_share * total:
             return -1
         wait_ms = 2e3 * (self.limiter.short_rtt or self.limiter.long_rtt)
         return max(self.settings.min_pushback_ms, round(wait_ms))

@@ -127,3 +127,26 @@ def test_quality_factor_falls_over_target_rises_under_it_and_stays_in_bounds():
         window(0.01)
     assert quality.q == 1.0 and quality.for_call(1.0) == (1.0, "")
     assert quality.for_call(0.025) == (pytest.approx(0.5), "TIME_LEFT")
+
+
+def test_pushback_hint_is_the_recent_latency_or_no_retry_when_most_calls_were_refused():
+    from cascade.telemetry import new_registry
+    from gateway.admission import Admission, AdmissionSettings
+
+    clock = FakeClock()
+    settings = AdmissionSettings(limit=LimitSettings(initial_limit=1, min_limit=1, max_limit=1))
+    admission = Admission(settings, new_registry(process_metrics=False), clock)
+    try:
+        for _ in range(3):  # admitted calls of 15 ms teach the limiter the latency
+            admission._count(clock(), True)
+            admission.limiter.try_acquire()
+            admission.limiter.release(0.015)
+        assert admission.pushback_ms() == 30  # twice the recent latency
+        for _ in range(4):
+            admission._count(clock(), False)
+        assert admission.pushback_ms() == -1  # 4 of 7 refused: over half
+        clock.now += 2.0  # two seconds on, the refusals are forgotten
+        admission._count(clock(), True)
+        assert admission.pushback_ms() == 30
+    finally:
+        admission.close()

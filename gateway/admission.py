@@ -156,12 +156,13 @@ class Admission(grpc.ServerInterceptor):
                 return response
             finally:
                 latency = self.clock() - admitted_at
+                in_flight = self.limiter.in_flight  # this call included
                 remaining = context.time_remaining()
                 # An answer past the deadline is one the client never sees: a drop.
                 dropped = remaining is not None and remaining <= 0
                 self.limiter.release(latency if ok and not dropped else None, dropped)
                 if ok:
-                    self.quality.observe(latency)
+                    self.quality.observe(latency, in_flight)
 
         return run
 

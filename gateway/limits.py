@@ -153,6 +153,9 @@ class QualitySettings:
     window_s: float = 0.5
     min_samples: int = 10
     full_funnel_s: float = 0.05  # a call with less time left than this gets a smaller funnel
+    # Slow answers are load only when calls overlap: one client asking in sequence (or a slow
+    # moment such as a model reload) never shrinks the funnel.
+    min_concurrency: int = 2
 
     def __post_init__(self) -> None:
         if not 0 < self.q_min <= 1 or not 0 < self.step_down < 1 or self.step_up <= 0:
@@ -170,22 +173,25 @@ class QualityFactor:
         self.q = 1.0
         self._window_start = clock()
         self._latencies: list[float] = []
+        self._peak = 0  # most calls in flight seen in the window
         self._lock = threading.Lock()
 
-    def observe(self, latency_s: float) -> None:
+    def observe(self, latency_s: float, in_flight: int = 1) -> None:
+        """One admitted call's latency, and how many calls were in flight as it ended."""
         with self._lock:
             self._latencies.append(latency_s)
+            self._peak = max(self._peak, in_flight)
             now = self.clock()
             s = self.settings
             if now - self._window_start < s.window_s or len(self._latencies) < s.min_samples:
                 return
             latencies = sorted(self._latencies)
             p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
-            if p95 > s.target_p95_s:
+            if p95 > s.target_p95_s and self._peak >= s.min_concurrency:
                 self.q = max(s.q_min, self.q * s.step_down)
             else:
                 self.q = min(1.0, self.q + s.step_up)
-            self._window_start, self._latencies = now, []
+            self._window_start, self._latencies, self._peak = now, [], 0
 
     def for_call(self, time_left_s: float) -> tuple[float, str]:
         """This call's q and why it is below 1 ("LOAD", "TIME_LEFT" or "" at full quality)."""

@@ -109,12 +109,14 @@ def test_quality_factor_falls_over_target_rises_under_it_and_stays_in_bounds():
     settings = QualitySettings(target_p95_s=0.05, q_min=0.1, window_s=0.5, min_samples=10)
     quality = QualityFactor(settings, clock)
 
-    def window(latency_s: float) -> None:
+    def window(latency_s: float, in_flight: int = 4) -> None:
         for _ in range(10):
-            quality.observe(latency_s)
+            quality.observe(latency_s, in_flight)
         clock.now += 0.5
-        quality.observe(latency_s)
+        quality.observe(latency_s, in_flight)
 
+    window(0.2, in_flight=1)  # slow, but one call at a time: not load
+    assert quality.q == 1.0
     window(0.2)
     assert quality.q == pytest.approx(0.8)
     for _ in range(30):

@@ -160,6 +160,8 @@ class QualitySettings:
     def __post_init__(self) -> None:
         if not 0 < self.q_min <= 1 or not 0 < self.step_down < 1 or self.step_up <= 0:
             raise ValueError("need 0 < q_min <= 1, 0 < step_down < 1 and step_up > 0")
+        if self.min_concurrency < 1 or self.full_funnel_s <= 0:
+            raise ValueError("need min_concurrency >= 1 and full_funnel_s > 0")
 
 
 class QualityFactor:

@@ -50,7 +50,9 @@ class AdmissionSettings:
     # When more than this share of the last second's calls was refused, retries would only add
     # load: the hint says "do not retry" (-1).
     no_retry_share: float = 0.5
-    stale_s: float = 5.0  # a slot whose call never started (cancelled in the queue) is reclaimed
+    # A slot whose call never started (its client cancelled it in the queue) is reclaimed after
+    # this; an admitted call starts within milliseconds, a late one just runs without a slot.
+    stale_s: float = 1.0
 
 
 class AdmissionMetrics:
@@ -136,7 +138,30 @@ class Admission(grpc.ServerInterceptor):
         token = next(self._ids)
         with self._lock:
             self._pending[token] = now
-        return handler._replace(unary_unary=self._admitted(handler.unary_unary, token, now))
+        return handler._replace(
+            unary_unary=self._admitted(handler.unary_unary, token, now),
+            request_deserializer=self._deserializer(handler.request_deserializer, token),
+        )
+
+    def _deserializer(self, deserialize, token: int):
+        """A request that does not parse never reaches the handler: its slot goes back here."""
+        if deserialize is None:
+            return None
+
+        def parse(data: bytes):
+            try:
+                return deserialize(data)
+            except Exception:
+                self._give_back(token)
+                raise
+
+        return parse
+
+    def _give_back(self, token: int) -> None:
+        with self._lock:
+            mine = self._pending.pop(token, None) is not None
+        if mine:
+            self.limiter.release(None)
 
     def _admitted(self, behavior, token: int, admitted_at: float):
         def run(request, context: grpc.ServicerContext):
@@ -233,12 +258,13 @@ def _refuse(context: grpc.ServicerContext, reason: str, pushback_ms: int) -> Non
 
 
 def shrink(funnel, q: float, count: int):
-    """The funnel scaled by q: every cut at least the page size, so a page is still full."""
+    """The funnel scaled by q, never below what fills a page once the seen items and the creator
+    cap are filtered out (rank 2x the page, recall 4x), never above the configured cuts."""
     if q >= 1.0:
         return funnel
-    rank = max(count, round(funnel.rank_count * q))
-    prerank = max(rank, round(funnel.prerank_count * q))
-    recall = max(prerank, round(funnel.recall_count * q))
+    rank = min(funnel.rank_count, max(2 * count, round(funnel.rank_count * q)))
+    prerank = min(funnel.prerank_count, max(rank, round(funnel.prerank_count * q)))
+    recall = min(funnel.recall_count, max(4 * count, prerank, round(funnel.recall_count * q)))
     return replace(funnel, recall_count=recall, prerank_count=prerank, rank_count=rank)
 
 

@@ -85,6 +85,19 @@ def test_the_sdk_does_not_retry_on_a_negative_hint_or_an_empty_budget(stack_fact
     assert budget.withdraw()
 
 
+def test_a_request_that_does_not_parse_gives_its_slot_back(stack_factory):
+    stack = stack_factory(admission=AdmissionSettings(limit=ONE_SLOT))
+    channel = grpc.insecure_channel(stack.gateway.address)
+    raw = channel.unary_unary("/cascade.v1.Gateway/Recommend")
+    for _ in range(3):  # with the slot leaked, the second would already be refused
+        with pytest.raises(grpc.RpcError) as bad:
+            raw(b"\xff\xff\xff", timeout=5.0)
+        assert bad.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+    channel.close()
+    with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
+        assert len(client.recommend(2, count=3).items.item_ids) == 3
+
+
 def test_a_smaller_funnel_is_announced_and_still_fills_the_page(stack_factory):
     stack = stack_factory()
     with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
@@ -95,11 +108,8 @@ def test_a_smaller_funnel_is_announced_and_still_fills_the_page(stack_factory):
     assert small.degraded and list(small.degraded_stages) == ["funnel"]
     trace = {t.stage: t for t in small.trace}
     assert trace["funnel"].degraded_reason == "REQUESTED q=0.30"
-    # recall_count 40 -> 12 asked; rank keeps max(count 5, 15 * 0.3) = 5.
-    assert (
-        trace["recall"].candidates_out
-        <= 12
-        < {t.stage: t for t in full.trace}["recall"].candidates_out
-    )
-    assert trace["rank"].candidates_out == 5
+    # recall_count 40 -> max(4 x 5, 12) = 20 asked; rank keeps max(2 x 5, 15 x 0.3) = 10.
+    full_recall = {t.stage: t for t in full.trace}["recall"].candidates_out
+    assert trace["recall"].candidates_out <= 20 < full_recall
+    assert trace["rank"].candidates_out == 10
     assert len(small.items.item_ids) == 5

@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 DATA ?= data
 
 .PHONY: setup redis-server-installed demo baselines up down eval-cascade test test-network \
-	test-stress test-random lint format protos bench bench-load bench-faults bench-state \
-	bench-durability bench-security \
+	test-stress test-random lint format protos bench bench-load bench-overload bench-funnel \
+	bench-faults bench-state bench-durability bench-security \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP) redis-server-installed
@@ -108,6 +108,16 @@ bench-state: setup redis-server-installed
 	$(BIN)/python -m bench.replicas --data-dir $(DATA) --out results/state
 	$(BIN)/python -m bench.state_soak --data-dir $(DATA) --out results/state
 	$(BIN)/python -m bench.state_latency --data-dir $(DATA) --out results/state
+
+# Overload: 1.5x, 2x and 4x the closed-loop saturation rate for 60 s each (admission on, then 2x
+# with it off), the split tax and the gateway's CPU share, a py-spy profile of the gateway.
+bench-overload: setup
+	$(BIN)/python -m bench.overload --data-dir $(DATA) --out results/cascade --compare-off \
+	  --profile-seconds 20
+
+# The quality cost of each funnel size the gateway shrinks to under load (NDCG@10 on ml-100k).
+bench-funnel: setup
+	$(BIN)/python -m bench.funnel_shrink --data-dir $(DATA) --out results/cascade
 
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).

@@ -151,6 +151,7 @@ def _up(args: argparse.Namespace) -> None:
             timeout_s=args.timeout,
             store=args.store,
             tls=args.tls,
+            supervise=not args.no_supervise,
         )
     except stack.StackError as error:
         print(f"cascade up: {error}", file=sys.stderr)
@@ -228,6 +229,12 @@ def _add_stack_commands(commands) -> None:
         action="store_true",
         help="TLS on the gateway, mutual TLS between the services (certificates made under "
         "RUN_DIR/certs; ask with `cascade recommend --tls-ca RUN_DIR/certs/ca.pem`)",
+    )
+    up.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="no background supervisor (by default a service that dies is restarted, with "
+        "backoff; see .cascade/supervisor.log)",
     )
     _stack_options(up)
     up.set_defaults(run=_up)

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
 from cascade.config import Secret
+from cascade.guard import QueueGuard
 from cascade.reload import Reloader
 from cascade.telemetry import (
     MetricsInterceptor,
@@ -57,6 +58,8 @@ class ServerSettings:
     max_workers: int = 4  # PERF-NOTES: a small pool beat larger ones (one core per process)
     max_message_bytes: int = 4 * 1024 * 1024  # both directions; 2,000 candidates are ~30 KB
     maximum_concurrent_rpcs: int = 64  # more fail at once: RESOURCE_EXHAUSTED; 0 = no cap
+    # Calls allowed to wait for a worker; one more is refused at once with a pushback (0 = off).
+    max_queued: int = 16
     grace_s: float = 5.0  # how long stop() lets in-flight calls finish
     shutdown_delay_s: float = 0.0  # NOT_SERVING before refusing calls, so balancers notice
     max_connection_age_s: float = 300.0  # then clients reconnect, finding new replicas; 0 = off
@@ -82,6 +85,8 @@ class ServerSettings:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
+        if self.max_queued < 0:
+            raise ValueError(f"max_queued must be >= 0, got {self.max_queued}")
         if self.max_workers < 1 or self.max_message_bytes < 1 or self.maximum_concurrent_rpcs < 0:
             raise ValueError(
                 "max_workers, max_message_bytes must be >= 1, maximum_concurrent_rpcs >= 0"
@@ -188,10 +193,13 @@ def serve(
     pool = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix=f"{stage}-rpc")
     server = grpc.server(
         pool,
+        # The queue guard innermost: an outer interceptor (the gateway's admission) still sees
+        # the call end and frees its slot.
         interceptors=[
             MetricsInterceptor(RpcMetrics(stage, registry)),
             *([callers] if callers else []),
             *interceptors,
+            QueueGuard(stage, pool, settings.max_queued, registry),
         ],
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs or None,

@@ -188,13 +188,15 @@ def up(
     only: tuple[str, ...] | None = None,
     store: str = "memory",
     tls: bool = False,
+    supervise: bool = False,
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
     subset (tests). `store`: "memory" (each process its own), "redis" (start a redis-server on
     ports["redis"], default 6380, and share it) or a redis:// URL of a server already running.
     `tls`: certificates from `cascade certs` under run_dir/certs (its CA is kept across runs),
-    TLS on the gateway's port and mutual TLS on every stage port."""
+    TLS on the gateway's port and mutual TLS on every stage port. `supervise`: a background
+    supervisor restarts services that die (cascade/supervisor.py)."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     if train:
         ensure_bundle(artifacts, data_dir, dataset, bundle)
@@ -244,6 +246,10 @@ def up(
                    targets, extra["gateway"])  # fmt: skip
             _learn_ports(stack, timeout_s)
         wait_healthy(stack, timeout_s)
+        if supervise:
+            from cascade import supervisor
+
+            supervisor.spawn(run_dir)
     except BaseException:
         down(run_dir, quiet=True)
         raise
@@ -336,21 +342,31 @@ def restart(stack: Stack, name: str, timeout_s: float = 120.0) -> Service:
             os.killpg(old.pid, signal.SIGKILL)
         while _alive(old.pid):
             time.sleep(0.05)
-    if name == REDIS:  # the same port and directory: it reloads its AOF
-        server = RedisProcess.start(stack.run_dir / REDIS, old.port)
-        service = stack.services[index] = Service(REDIS, old.port, 0, server.pid, old.log)
-        _save(stack)
+    service = relaunch(stack, index)
+    if name == REDIS:
         return service
-    prefix = f"CASCADE_{name.upper()}_"
-    stack.environments[name] = stack.environments[name] | {  # the ports it held, not 0 again
-        f"{prefix}SERVER_PORT": str(old.port),
-        f"{prefix}SERVER_METRICS_PORT": str(old.metrics_port),
-    }
-    service = stack.services[index] = _launch(stack, name, old.port, old.metrics_port)
-    _save(stack)
     wait_healthy(
         Stack(stack.run_dir, [service], stack.bundle, stack.dataset, certs=stack.certs), timeout_s
     )
+    return service
+
+
+def relaunch(stack: Stack, index: int) -> Service:
+    """Starts the stack's service at `index` again (it has exited) on the ports it held, not 0
+    again: clients and Prometheus keep their addresses. Redis reloads its AOF from its folder."""
+    old = stack.services[index]
+    if old.name == REDIS:
+        server = RedisProcess.start(stack.run_dir / REDIS, old.port)
+        service = Service(REDIS, old.port, 0, server.pid, old.log)
+    else:
+        prefix = f"CASCADE_{old.name.upper()}_"
+        stack.environments[old.name] = stack.environments[old.name] | {
+            f"{prefix}SERVER_PORT": str(old.port),
+            f"{prefix}SERVER_METRICS_PORT": str(old.metrics_port),
+        }
+        service = _launch(stack, old.name, old.port, old.metrics_port)
+    stack.services[index] = service
+    _save(stack)
     return service
 
 
@@ -393,6 +409,9 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
 def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:
     """Stops the stack recorded in run_dir: SIGTERM to each process group, wait up to grace_s,
     then SIGKILL. Returns how many processes were stopped."""
+    from cascade import supervisor
+
+    supervisor.stop(run_dir)  # first: it would start the services again
     state = Path(run_dir) / STATE_FILE
     if not state.exists():
         if not quiet:
@@ -454,8 +473,12 @@ def _reap(pid: int) -> None:
 
 def _save(stack: Stack) -> None:
     state = {"bundle": stack.bundle, "dataset": stack.dataset,
-             "services": [asdict(s) for s in stack.services]}  # fmt: skip
-    (stack.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+             "services": [asdict(s) for s in stack.services],
+             "environments": stack.environments}  # fmt: skip
+    # Owner-only: the environments may hold the gateway's API token (the supervisor needs them).
+    path = stack.run_dir / STATE_FILE
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(json.dumps(state, indent=2))
 
 
 @contextlib.contextmanager

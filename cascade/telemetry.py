@@ -197,6 +197,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             with observe(rpc, context):
                 return behavior(request, context)
 
+        # A behavior that runs on its own pool (the gateway's refusals) keeps it.
+        handle.experimental_thread_pool = getattr(behavior, "experimental_thread_pool", None)
         return handle
 
 

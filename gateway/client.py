@@ -7,17 +7,24 @@
         client.feedback([("alice", page.item_keys[0], "like")])  # str ids are keys
 
 Errors arrive as grpc.RpcError; cascade.client.field_violations(error) names the bad field.
+An overloaded gateway refuses with RESOURCE_EXHAUSTED and a `grpc-retry-pushback-ms` hint:
+recommend waits that long and retries once (never when the hint is negative, when the deadline
+would not allow it, or when the client's retry budget is spent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import grpc
 
 from cascade.client import ClientSettings, make_channel
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 Event = gateway_pb2.Event
 EVENT_TYPES = {
@@ -38,6 +45,8 @@ class CascadeClient:
         timeout_s: float = 1.0,
         tls_ca: Path | None = None,
         tls_server_name: str = "",
+        retry_budget: RetryBudget | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         # Recommend is safe to retry on UNAVAILABLE; Feedback is not (an event would count twice).
         settings = ClientSettings(
@@ -47,6 +56,8 @@ class CascadeClient:
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.timeout_s = timeout_s
+        self.retry_budget = RetryBudget() if retry_budget is None else retry_budget
+        self._sleep = sleep
 
     def recommend(
         self,
@@ -65,9 +76,21 @@ class CascadeClient:
             request.user_key = user_id
         else:
             request.user_id = user_id
-        return self._stub.Recommend(
-            request, timeout=timeout_s or self.timeout_s, metadata=self._metadata
-        )
+        timeout = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            answer = self._stub.Recommend(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            delay_s = pushback_s(error)
+            left = deadline - time.monotonic()
+            if delay_s is None or delay_s >= left or not self.retry_budget.withdraw():
+                raise
+            self._sleep(delay_s)
+            answer = self._stub.Recommend(
+                request, timeout=deadline - time.monotonic(), metadata=self._metadata
+            )
+        self.retry_budget.deposit()
+        return answer
 
     def feedback(
         self, events: Iterable[gateway_pb2.Event | tuple[int | str, int | str, str]]
@@ -104,6 +127,43 @@ def _event(event: gateway_pb2.Event | tuple[int | str, int | str, str]) -> gatew
     else:
         message.item_id = item
     return message
+
+
+class RetryBudget:
+    """Retries may add at most `ratio` of the successful calls (plus a small reserve), the
+    token bucket of gRPC's retryThrottling: a refused gateway is not flooded by its clients."""
+
+    def __init__(self, max_tokens: float = 10.0, ratio: float = 0.1):
+        self.max_tokens, self.ratio = max_tokens, ratio
+        self.tokens = max_tokens
+        self._lock = threading.Lock()
+
+    def withdraw(self) -> bool:
+        """Take one retry; False when the bucket is at half or below (no retry)."""
+        with self._lock:
+            if self.tokens <= self.max_tokens / 2:
+                return False
+            self.tokens -= 1
+            return True
+
+    def deposit(self) -> None:
+        with self._lock:
+            self.tokens = min(self.max_tokens, self.tokens + self.ratio)
+
+
+def pushback_s(error: grpc.RpcError) -> float | None:
+    """The delay a RESOURCE_EXHAUSTED refusal asks for, in seconds; None when it is not one,
+    has no hint, or the hint is negative (gRFC A6: do not retry)."""
+    if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    for key, value in error.trailing_metadata() or ():
+        if key == PUSHBACK_KEY:
+            try:
+                ms = int(value)
+            except ValueError:
+                return None
+            return ms / 1000 if ms >= 0 else None
+    return None
 
 
 def is_unavailable(error: grpc.RpcError) -> bool:

@@ -217,12 +217,15 @@ class Cascade:
         debug: bool,
         served: Served | None = None,
         seen_of: Callable[[], np.ndarray] | None = None,
+        funnel: Funnel | None = None,
     ) -> gateway_pb2.RecommendResponse:
         """One Recommend; `served`, when given, receives each stage's list and model version.
         The local fallbacks drop what the user has seen: the request's recent ids, the user's
-        logged items, and `seen_of()` (read only when a fallback runs, e.g. the shared store)."""
+        logged items, and `seen_of()` (read only when a fallback runs, e.g. the shared store).
+        `funnel` (a smaller one under load, gateway/admission.py) replaces the configured cuts
+        for this call."""
         response = gateway_pb2.RecommendResponse()
-        funnel = self.funnel
+        funnel = self.funnel if funnel is None else funnel
         served = Served() if served is None else served
         cached: list[np.ndarray] = []
 

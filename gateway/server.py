@@ -50,6 +50,7 @@ from cascade.server import (
 )
 from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
+from gateway.admission import Admission, AdmissionSettings, mark_shrunk, shrink
 from gateway.auth import TokenAuth
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
@@ -127,6 +128,8 @@ class GatewaySettings:
     # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
     store: str = "memory"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)
@@ -268,8 +271,15 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, settings: GatewaySettings, catalog: Catalog, registry: CollectorRegistry):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        catalog: Catalog,
+        registry: CollectorRegistry,
+        admission: Admission | None = None,
+    ):
         self.settings = settings
+        self.admission = admission  # None: every call gets the whole funnel
         self.catalog = catalog
         self.registry = registry
         self.metrics = GatewayMetrics(registry)
@@ -367,7 +377,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 return np.union1d(recent, shared.shown(dense))
 
         served = Served()
-        response = self.cascade.run(user, count, budget, request.debug, served, seen_of)
+        q, reason = 1.0, ""
+        if self.admission is not None:
+            q, reason = self.admission.funnel_factor(budget.left(), context.invocation_metadata())
+        funnel = shrink(self.cascade.funnel, q, count)
+        response = self.cascade.run(user, count, budget, request.debug, served, seen_of, funnel)
+        if reason:
+            mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id = uuid.uuid4().hex
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
         if shared is not None and dense > 0 and len(response.items.item_ids):
@@ -535,6 +551,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             pool.close()
         if self.shared is not None:
             self.shared.close()
+        if self.admission is not None:
+            self.admission.close()
 
 
 def _servicers(service: GatewayService):
@@ -545,8 +563,10 @@ def _servicers(service: GatewayService):
     return add
 
 
-def _interceptors(settings: GatewaySettings) -> list[grpc.ServerInterceptor]:
-    return [TokenAuth(settings.api_token.reveal())] if settings.api_token else []
+def _interceptors(settings: GatewaySettings, admission: Admission) -> list[grpc.ServerInterceptor]:
+    # Admission first: it decides before the call waits for a worker thread.
+    auth = [TokenAuth(settings.api_token.reveal())] if settings.api_token else []
+    return [admission, *auth]
 
 
 def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
@@ -556,10 +576,11 @@ def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
 def start(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> RunningServer:
     """A running gateway (tests); its service is `running.service` for closing channels."""
     registry = new_registry() if registry is None else registry
-    service = GatewayService(settings, load_catalog(settings), registry)
+    admission = Admission(settings.admission, registry)
+    service = GatewayService(settings, load_catalog(settings), registry, admission)
     running = serve(
-        STAGE, _servicers(service), settings.server, registry, _interceptors(settings),
-        reloader(settings, service),
+        STAGE, _servicers(service), settings.server, registry,
+        _interceptors(settings, admission), reloader(settings, service),
     )  # fmt: skip
     running.service = service  # type: ignore[attr-defined]
     return running
@@ -579,15 +600,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("gateway: refusing to start: %s", error)
         return 2
     registry = new_registry()
-    service = GatewayService(settings, catalog, registry)
+    admission = Admission(settings.admission, registry)
+    service = GatewayService(settings, catalog, registry, admission)
     log.info(
         "gateway: stages %s over %s; API token %s",
         settings.targets(), settings.stage_security(), "on" if settings.api_token else "off",
     )  # fmt: skip
     try:
         run_forever(
-            STAGE, _servicers(service), settings.server, registry, _interceptors(settings),
-            reloader(settings, service),
+            STAGE, _servicers(service), settings.server, registry,
+            _interceptors(settings, admission), reloader(settings, service),
         )  # fmt: skip
     finally:
         service.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from cascade import providers
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "prerank"
 UNKNOWN_SCORE = np.float32(-np.inf)  # below every real score: unknown items sort last
-CPU = "CPUExecutionProvider"
+CPU = providers.CPU
 
 
 class SpecMismatch(ArtifactError):
@@ -33,7 +34,7 @@ class SpecMismatch(ArtifactError):
 @dataclass(frozen=True)
 class ScorerSettings:
     intra_op_threads: int = 1  # PERF-NOTES: 1 thread per process, scale with processes
-    execution_provider: str = CPU  # e.g. "CUDAExecutionProvider"; falls back to CPU, logged
+    execution_provider: str = CPU  # "auto" or e.g. "CUDAExecutionProvider"; else CPU, logged
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 1:
@@ -42,14 +43,7 @@ class ScorerSettings:
 
 def session_providers(wanted: str, available: list[str] | None = None) -> list[str]:
     """The providers to ask ONNX Runtime for: `wanted` (then CPU) when available, else CPU."""
-    available = ort.get_available_providers() if available is None else available
-    if wanted == CPU:
-        return [CPU]
-    if wanted in available:
-        return [wanted, CPU]
-    log.warning("prerank: execution provider %s is not available (have %s); falling back to %s",
-                wanted, ", ".join(available), CPU)  # fmt: skip
-    return [CPU]
+    return providers.session_providers(wanted, available, COMPONENT)
 
 
 class PrerankScorer:

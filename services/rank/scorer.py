@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from cascade import providers
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import FeatureStore
@@ -29,6 +30,8 @@ class SpecMismatch(ArtifactError):
 class ScorerSettings:
     intra_op_threads: int = 1  # PERF-NOTES: 1 thread per process, scale with processes
     fusion_weights: tuple[float, ...] = ()  # per task, in the artifact's task order; () = its own
+    # "auto": CUDA when present (the `gpu` extra), else CPU; a missing provider falls back to CPU.
+    execution_provider: str = providers.CPU
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 1:
@@ -86,7 +89,9 @@ class RankScorer:
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(
-            str(bundle.file(COMPONENT, "model.onnx")), options, providers=["CPUExecutionProvider"]
+            str(bundle.file(COMPONENT, "model.onnx")),
+            options,
+            providers=providers.session_providers(settings.execution_provider, stage=COMPONENT),
         )
         one_user_row = bool(meta.get("one_user_row", False))
         return cls(session, store, tasks, weights, bundle.version, one_user_row)

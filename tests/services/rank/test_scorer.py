@@ -76,3 +76,13 @@ def test_a_bundle_trained_on_another_spec_is_refused_with_a_clear_message(traine
         match=r"refusing to serve.*field 'history' differs.*vocab_size=31.*vocab_size=41.*retrain",
     ):
         RankScorer.from_bundle(trained.bundle, store)
+
+
+def test_auto_execution_provider_runs_on_the_cpu_without_cuda_and_scores_the_same(trained, scorer):
+    auto = RankScorer.from_bundle(
+        trained.bundle, trained.store, ScorerSettings(execution_provider="auto")
+    )
+    if "CUDAExecutionProvider" not in auto.session.get_providers():
+        assert auto.session.get_providers() == ["CPUExecutionProvider"]
+    items = np.arange(1, 11)
+    np.testing.assert_allclose(auto.score(3, items)[0], scorer.score(3, items)[0], atol=1e-5)

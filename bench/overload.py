@@ -1,0 +1,364 @@
+"""Overload: the stack offered 1.5x, 2x and 4x its closed-loop saturation rate, and the split's tax.
+
+One stack, one run, ratios measured side by side (absolute rates depend on the machine and on what
+else it runs). Steps: closed-loop saturation (goodput S, CPU per request summed over the service
+processes), the same models in this process (CPU per request: the split tax is the ratio), an open
+loop at 0.5 S (the reference p99), then each overload multiple for --duration seconds: goodput / S,
+p99 of admitted answers vs the reference, refusal latency p99, DEADLINE_EXCEEDED seen by the
+client, shrunk-funnel share. Optionally the same 2x run with admission control off, and a py-spy
+profile of the gateway under load.
+
+    python -m bench.overload --out results/cascade [--duration 60] [--multiples 1.5 2 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.load import closed_loop, cpu_seconds, fixed_rate
+from cascade import stack
+from cascade.v1 import gateway_pb2
+
+
+@dataclass
+class Answer:
+    latency_ms: float  # from the time the request was due (a backlog counts)
+    code: str
+    sent_ms: float  # from the time it was actually sent (what the server answered in)
+    shrunk: bool = False
+    degraded: bool = False
+
+
+async def _ask(stub, user_id: int, due: float, timeout_s: float) -> Answer:
+    request = gateway_pb2.RecommendRequest(user_id=user_id, count=10)
+    sent = time.perf_counter()
+    try:
+        answer = await stub.Recommend(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        now = time.perf_counter()
+        return Answer(1e3 * (now - due), error.code().name, 1e3 * (now - sent))
+    now, shrunk = time.perf_counter(), "funnel" in answer.degraded_stages
+    return Answer(1e3 * (now - due), "OK", 1e3 * (now - sent), shrunk, answer.degraded)
+
+
+def _p(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def summarize(answers: list[Answer], seconds: float, saturation: float | None) -> dict:
+    ok = [a.latency_ms for a in answers if a.code == "OK"]
+    refused = [a.sent_ms for a in answers if a.code == "RESOURCE_EXHAUSTED"]
+    lag = [a.latency_ms - a.sent_ms for a in answers]  # the load generator's own delay
+    codes: dict[str, int] = {}
+    for a in answers:
+        codes[a.code] = codes.get(a.code, 0) + 1
+    row = {
+        "requests": len(answers),
+        "seconds": round(seconds, 2),
+        "goodput_rps": round(len(ok) / seconds, 1),
+        "admitted_p50_ms": _p(ok, 50),
+        "admitted_p99_ms": _p(ok, 99),
+        "refused": len(refused),
+        "refusal_p99_ms": _p(refused, 99),
+        "sender_lag_p99_ms": _p(lag, 99),
+        "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
+        "codes": codes,
+        "shrunk_answers": sum(a.shrunk for a in answers),
+        "degraded_answers": sum(a.degraded for a in answers),
+    }
+    if saturation:
+        row["goodput_over_saturation"] = round(row["goodput_rps"] / saturation, 3)
+    return row
+
+
+def open_loop(target: str, users: np.ndarray, rate: float, seconds: float, timeout_s: float):
+    def ask(stub, user: int, due: float):
+        return _ask(stub, user, due, timeout_s)
+
+    return asyncio.run(fixed_rate(target, users, rate, seconds, ask))
+
+
+REFUSAL_BUCKETS = "cascade_gateway_refusal_latency_seconds_bucket{"
+
+
+def refusal_buckets(running: stack.Stack) -> dict[float, float]:
+    """The gateway's refusal-latency histogram (upper bound in s -> cumulative count)."""
+    port = next(s.metrics_port for s in running.services if s.name == "gateway")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(REFUSAL_BUCKETS):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The upper bound of the bucket that holds the 99th percentile of what came in between."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return next(1e3 * b for b, n in counts.items() if n >= 0.99 * total)
+
+
+def in_process_cpu_ms(artifacts: Path, data_dir: Path, users: np.ndarray, bundle: str) -> dict:
+    """CPU and wall time per request of the same models as plain calls in this process."""
+    from bench.inprocess import InProcessCascade
+
+    cascade = InProcessCascade(artifacts, data_dir, bundle)
+    for user in users[:50].tolist():  # warm-up
+        cascade.recommend(user)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for user in users.tolist():
+        cascade.recommend(user)
+    return {
+        "requests": len(users),
+        "cpu_ms_per_request": round(1e3 * (time.process_time() - cpu) / len(users), 3),
+        "wall_ms_per_request": round(1e3 * (time.perf_counter() - wall) / len(users), 3),
+    }
+
+
+def profile(pid: int, seconds: float, out: Path) -> dict | None:
+    """py-spy samples of one process (collapsed stacks) -> the top frames by own samples."""
+    raw = out.with_suffix(".collapsed.txt")
+    binary = Path(sys.executable).with_name("py-spy")  # the dev set pins it into the venv
+    command = [
+        str(binary) if binary.exists() else "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+    ]
+    # --gil: only the thread holding the GIL, i.e. where the process's Python CPU goes.
+    command += ["--format", "raw", "--gil", "--nonblocking", "--rate", "200", "-o", str(raw)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 30)
+    except (OSError, subprocess.SubprocessError) as error:
+        return {"error": f"py-spy failed: {getattr(error, 'stderr', b'') or error}"[:400]}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack_text, _, count = line.rpartition(" ")
+        frames = stack_text.split(";")
+        n = int(count)
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+    summary = {"samples": total, "top_own": [{"frame": f, "share": round(n / total, 4)}
+                                             for f, n in top]}  # fmt: skip
+    out.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--bundle", default="current")
+    parser.add_argument("--run-dir", type=Path, default=Path(".cascade/overload"))
+    parser.add_argument("--multiples", type=float, nargs="+", default=[1.5, 2.0, 4.0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per overload rate")
+    parser.add_argument("--reference-duration", type=float, default=30.0)
+    parser.add_argument("--closed-duration", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=8, help="closed-loop workers")
+    parser.add_argument("--timeout", type=float, default=1.0, help="client deadline, seconds")
+    parser.add_argument("--in-process-requests", type=int, default=500)
+    parser.add_argument("--compare-off", action="store_true", help="2x again, admission off")
+    parser.add_argument("--profile-seconds", type=float, default=0, help="py-spy the gateway")
+    parser.add_argument("--out", type=Path, default=Path("results/cascade"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from cascade.data import load_dataset
+
+    users = np.random.default_rng(0).permutation(
+        load_dataset(args.dataset, args.data_dir).users["user_id"]
+    )
+    where = {"artifacts": args.artifacts, "data_dir": args.data_dir, "dataset": args.dataset}
+    where |= {"bundle": args.bundle, "train": args.bundle == "current"}
+    report: dict = {"settings": {k: str(v) for k, v in vars(args).items()}, "machine_note": (
+        "2 shared cores: other work ran on the machine at the same time; compare ratios "
+        "measured in this run, not absolute rates")}  # fmt: skip
+    # Capacity at full quality: admission (and so the quality factor) off.
+    env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}
+    with stack.running_stack(args.run_dir, extra_env=env, **where) as running:
+        report |= saturation(running, users, args)
+        if args.compare_off:
+            rate = 2.0 * report["saturation_rps"]
+            target = running.address("gateway")
+            answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
+            row = {"multiple": 2.0, "rate": round(rate, 1)}
+            row |= summarize(answers, seconds, report["saturation_rps"])
+            print("admission off:", json.dumps(row), flush=True)
+            report["admission_off"] = [row]
+    with stack.running_stack(args.run_dir, **where) as running:
+        report |= overload(running, users, args, report["saturation_rps"])
+    report["in_process"] = in_process_cpu_ms(
+        args.artifacts, args.data_dir, users[: args.in_process_requests], args.bundle
+    )
+    sat = report["closed_loop"]
+    stack_cpu = sum(v for k, v in sat["cpu_ms_per_request"].items() if k != "load generator")
+    report["split_tax"] = round(stack_cpu / report["in_process"]["cpu_ms_per_request"], 2)
+    report["gateway_cpu_share"] = round(sat["cpu_ms_per_request"]["gateway"] / stack_cpu, 3)
+    (args.out / "overload.json").write_text(json.dumps(report, indent=2))
+    (args.out / "overload.md").write_text(to_markdown(report))
+    plot(report, args.out / "overload.png")
+    print(to_markdown(report))
+    print(f"saved {args.out}/overload.json, overload.md, overload.png")
+    return 0
+
+
+def saturation(running: stack.Stack, users: np.ndarray, args) -> dict:
+    """Closed-loop goodput and CPU per request of each process over the same run."""
+    target = running.address("gateway")
+    asyncio.run(closed_loop(target, users[:50], 4, 3.0, args.timeout))  # warm-up
+    before = cpu_seconds(running)
+    samples, seconds = asyncio.run(
+        closed_loop(target, users, args.workers, args.closed_duration, args.timeout)
+    )
+    spent = {name: cpu - before[name] for name, cpu in cpu_seconds(running).items()}
+    ok = [s for s in samples if s.code == "OK"]
+    rate = len(ok) / seconds
+    closed = {
+        "workers": args.workers,
+        "seconds": round(seconds, 2),
+        "goodput_rps": round(rate, 1),
+        "errors": len(samples) - len(ok),
+        "p99_ms": round(float(np.percentile([s.latency_ms for s in ok], 99)), 2),
+        "cpu_ms_per_request": {n: round(1e3 * c / max(len(ok), 1), 3) for n, c in spent.items()},
+    }
+    print("closed loop:", json.dumps(closed), flush=True)
+    return {"saturation_rps": round(rate, 1), "closed_loop": closed}
+
+
+def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -> dict:
+    """With admission on: the 0.5x reference, then each multiple of the saturation rate."""
+    target = running.address("gateway")
+    asyncio.run(closed_loop(target, users[:50], 2, 3.0, args.timeout))  # warm-up
+    result: dict = {}
+    rate = 0.5 * saturation
+    answers, seconds = open_loop(target, users, rate, args.reference_duration, args.timeout)
+    reference = {"multiple": 0.5, "rate": round(rate, 1)} | summarize(answers, seconds, saturation)
+    print("reference:", json.dumps(reference), flush=True)
+    result["reference"] = reference
+    result["overload"] = []
+    for multiple in args.multiples:
+        rate = multiple * saturation
+        profiling = None
+        if args.profile_seconds and multiple == args.multiples[0]:
+            gateway_pid = next(s.pid for s in running.services if s.name == "gateway")
+            out = args.out / "gateway_profile.json"
+            profiling = futures.ThreadPoolExecutor(1).submit(
+                profile, gateway_pid, args.profile_seconds, out
+            )
+        before = refusal_buckets(running)
+        answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
+        row = {"multiple": multiple, "rate": round(rate, 1)}
+        row |= summarize(answers, seconds, saturation)
+        row["server_refusal_p99_ms_at_most"] = bucket_p99_ms(before, refusal_buckets(running))
+        if reference["admitted_p99_ms"] and row["admitted_p99_ms"]:
+            row["p99_over_reference"] = round(
+                row["admitted_p99_ms"] / reference["admitted_p99_ms"], 2
+            )
+        print("overload:", json.dumps(row), flush=True)
+        result["overload"].append(row)
+        if profiling is not None:
+            result["gateway_profile"] = profiling.result()
+    return result
+
+
+def to_markdown(report: dict) -> str:
+    sat = report["saturation_rps"]
+    ref = report["reference"]
+    cpu = report["closed_loop"]["cpu_ms_per_request"]
+    stack_cpu = sum(v for k, v in cpu.items() if k != "load generator")
+    lines = [
+        "# Overload: offered multiples of the closed-loop saturation rate",
+        "",
+        f"{report['machine_note']}.",
+        "",
+        f"- Saturation (closed loop, {report['closed_loop']['workers']} workers): **{sat} req/s**"
+        f", p99 {report['closed_loop']['p99_ms']} ms",
+        f"- Reference (0.5x = {ref['rate']} req/s, admission on): admitted p99 "
+        f"**{ref['admitted_p99_ms']} ms**",
+        "- Saturation is measured with admission off (full funnel, full quality); refusal "
+        "latency counts from the moment the request was sent, the sender's own lag is its column",
+        f"- Split tax (CPU per request summed over the service processes at saturation / the same "
+        f"models in one process): **{report['split_tax']}x** "
+        f"({stack_cpu:.2f} ms vs "
+        f"{report['in_process']['cpu_ms_per_request']} ms)",
+        f"- Gateway CPU share of a request: **{100 * report['gateway_cpu_share']:.1f}%**",
+        f"- CPU ms per request at saturation: {json.dumps(cpu)}",
+        "",
+        "| offered | rate req/s | goodput req/s | goodput / saturation | admitted p50 ms | "
+        "admitted p99 ms | p99 / reference | refused | refusal p99 ms | DEADLINE_EXCEEDED | "
+        "shrunk answers | sender lag p99 ms | gateway's refusal p99 ms (bucket) |",
+        "|---" * 13 + "|",
+    ]
+    rows = [(r, "admission on") for r in report["overload"]]
+    rows += [(r, "admission off") for r in report.get("admission_off", [])]
+    for row, mode in rows:
+        lines.append(
+            f"| {row['multiple']}x ({mode}) | {row['rate']} | {row['goodput_rps']} | "
+            f"{row.get('goodput_over_saturation')} | {row['admitted_p50_ms']} | "
+            f"{row['admitted_p99_ms']} | {row.get('p99_over_reference', '-')} | {row['refused']} | "
+            f"{row['refusal_p99_ms']} | {row['deadline_exceeded']} | {row['shrunk_answers']} | "
+            f"{row['sender_lag_p99_ms']} | {row.get('server_refusal_p99_ms_at_most', '-')} |"
+        )
+    profile = report.get("gateway_profile")
+    if profile and "top_own" in profile:
+        lines += ["", "## Gateway profile under load (py-spy, own samples, top 12)", ""]
+        lines += [f"- {100 * t['share']:.1f}% {t['frame']}" for t in profile["top_own"][:12]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    rows = [report["reference"], *report["overload"]]
+    offered = [r["rate"] for r in rows]
+    left.plot(offered, [r["goodput_rps"] for r in rows], marker="o", label="goodput, admission on")
+    for row in report.get("admission_off", []):
+        left.scatter(
+            [row["rate"]], [row["goodput_rps"]], color="red", label="goodput, admission off"
+        )
+    left.plot(offered, offered, linestyle=":", color="grey", label="offered")
+    left.axhline(report["saturation_rps"], color="grey", linestyle="--", label="saturation")
+    left.set(xlabel="offered rate (req/s)", ylabel="req/s", title="offered vs goodput")
+    left.legend()
+    right.plot(offered, [r["admitted_p99_ms"] for r in rows], marker="o", label="admitted p99")
+    right.plot(offered, [r["admitted_p50_ms"] for r in rows], marker="o", label="admitted p50")
+    right.plot(
+        offered, [r["refusal_p99_ms"] or np.nan for r in rows], marker="x", label="refusal p99"
+    )
+    for row in report.get("admission_off", []):
+        right.scatter(
+            [row["rate"]], [row["admitted_p99_ms"]], color="red", label="p99, admission off"
+        )
+    right.set(xlabel="offered rate (req/s)", ylabel="ms", yscale="log", title="latency")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

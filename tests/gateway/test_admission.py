@@ -1,0 +1,115 @@
+"""Admission control on a real gateway over loopback: refusals carry the pushback hint and come back
+at once, the SDK honours the hint, and a smaller funnel is announced in the answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from gateway.admission import PUSHBACK_KEY, QUALITY_KEY, AdmissionSettings
+from gateway.client import CascadeClient, RetryBudget, pushback_s
+from gateway.limits import LimitSettings
+
+ONE_SLOT = LimitSettings(initial_limit=1, min_limit=1, max_limit=1)
+
+
+def _holding(address: str) -> threading.Thread:
+    """A Recommend that takes the only slot while rank sleeps."""
+    thread = threading.Thread(
+        target=lambda: CascadeClient(address, timeout_s=5.0).recommend(1, count=3)
+    )
+    thread.start()
+    time.sleep(0.1)  # admitted and waiting on rank
+    return thread
+
+
+def test_a_refusal_is_resource_exhausted_with_a_pushback_hint_and_fast(stack_factory):
+    stack = stack_factory(rank_delay_s=0.4, admission=AdmissionSettings(limit=ONE_SLOT))
+    address = stack.gateway.address
+    holder = _holding(address)
+    channel = grpc.insecure_channel(address)
+    from cascade.v1 import gateway_pb2, gateway_pb2_grpc
+
+    stub = gateway_pb2_grpc.GatewayStub(channel)
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Recommend(gateway_pb2.RecommendRequest(user_id=2, count=3), timeout=5.0)
+    refusal_s = time.perf_counter() - started
+    holder.join()
+    error = refused.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    hints = [value for key, value in error.trailing_metadata() if key == PUSHBACK_KEY]
+    assert len(hints) == 1 and int(hints[0]) >= 10
+    assert pushback_s(error) == int(hints[0]) / 1000
+    assert refusal_s < 0.1  # answered at once, not after the admitted call (0.4 s)
+    # The slot is back: the next call is admitted and answered in full.
+    answer = stub.Recommend(gateway_pb2.RecommendRequest(user_id=2, count=3), timeout=5.0)
+    assert len(answer.items.item_ids) == 3 and not answer.degraded
+    channel.close()
+
+
+def test_the_sdk_waits_the_hinted_delay_then_retries_once(stack_factory):
+    stack = stack_factory(rank_delay_s=0.4, admission=AdmissionSettings(limit=ONE_SLOT))
+    holder = _holding(stack.gateway.address)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        holder.join()  # the hinted delay, stretched until the slot is surely free
+
+    with CascadeClient(stack.gateway.address, timeout_s=5.0, sleep=sleep) as client:
+        answer = client.recommend(2, count=3)
+    assert len(slept) == 1 and 0.01 <= slept[0] < 1.0
+    assert len(answer.items.item_ids) == 3
+
+
+def test_the_sdk_does_not_retry_on_a_negative_hint_or_an_empty_budget(stack_factory):
+    admission = AdmissionSettings(limit=ONE_SLOT, no_retry_share=0.0)  # any refusal: "no retry"
+    stack = stack_factory(rank_delay_s=0.4, admission=admission)
+    holder = _holding(stack.gateway.address)
+    slept: list[float] = []
+    with CascadeClient(stack.gateway.address, timeout_s=5.0, sleep=slept.append) as client:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.recommend(2, count=3)
+    holder.join()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(refused.value.trailing_metadata())[PUSHBACK_KEY] == "-1"
+    assert pushback_s(refused.value) is None and slept == []
+    budget = RetryBudget(max_tokens=2)
+    assert budget.withdraw() and not budget.withdraw()  # at half the bucket: no more retries
+    for _ in range(10):
+        budget.deposit()
+    assert budget.withdraw()
+
+
+def test_a_request_that_does_not_parse_gives_its_slot_back(stack_factory):
+    stack = stack_factory(admission=AdmissionSettings(limit=ONE_SLOT))
+    channel = grpc.insecure_channel(stack.gateway.address)
+    raw = channel.unary_unary("/cascade.v1.Gateway/Recommend")
+    for _ in range(3):  # with the slot leaked, the second would already be refused
+        with pytest.raises(grpc.RpcError) as bad:
+            raw(b"\xff\xff\xff", timeout=5.0)
+        assert bad.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+    channel.close()
+    with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
+        assert len(client.recommend(2, count=3).items.item_ids) == 3
+
+
+def test_a_smaller_funnel_is_announced_and_still_fills_the_page(stack_factory):
+    stack = stack_factory()
+    with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
+        full = client.recommend(3, count=5, debug=True)
+        client._metadata = ((QUALITY_KEY, "0.3"),)
+        small = client.recommend(3, count=5, debug=True)
+    assert not full.degraded and "funnel" not in full.degraded_stages
+    assert small.degraded and list(small.degraded_stages) == ["funnel"]
+    trace = {t.stage: t for t in small.trace}
+    assert trace["funnel"].degraded_reason == "REQUESTED q=0.30"
+    # recall_count 40 -> max(4 x 5, 12) = 20 asked; rank keeps max(2 x 5, 15 x 0.3) = 10.
+    full_recall = {t.stage: t for t in full.trace}["recall"].candidates_out
+    assert trace["recall"].candidates_out <= 20 < full_recall
+    assert trace["rank"].candidates_out == 10
+    assert len(small.items.item_ids) == 5

@@ -212,6 +212,12 @@ def _add_stack_commands(commands) -> None:
         help="end to end: train, start the stack, recommend, send feedback, show the change, stop",
     )
     demo.set_defaults(run=_delegate("cascade.demo", "main"), delegate=True)
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulated users of the synthetic world against the cascade and reference arms",
+        add_help=False,
+    )
+    simulate.set_defaults(run=_delegate("app.loop", "main"), delegate=True)
 
 
 def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):

@@ -260,6 +260,12 @@ def _add_stack_commands(commands) -> None:
         add_help=False,
     )
     certs.set_defaults(run=_delegate("cascade.certs", "main"), delegate=True)
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulated users of the synthetic world against the cascade and reference arms",
+        add_help=False,
+    )
+    simulate.set_defaults(run=_delegate("app.loop", "main"), delegate=True)
 
 
 def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):

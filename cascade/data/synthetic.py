@@ -98,6 +98,43 @@ def outcome_probabilities(utility: np.ndarray) -> dict[str, np.ndarray]:
     return {event: _sigmoid(b + s * utility) for event, (b, s) in OUTCOME_LOGITS.items()}
 
 
+def true_utility(
+    truth: dict[str, np.ndarray],
+    users: np.ndarray,
+    items: np.ndarray,
+    creators: np.ndarray,
+    followed: np.ndarray | bool = False,
+    follow_bonus: float = 0.0,
+) -> np.ndarray:
+    """What a user gets from an item: taste . latent + quality + creator effect (+ the follow
+    bonus when the user follows the item's creator). The one definition of the world's truth:
+    the generator, the simulator and the ground-truth evaluations all call it. Arrays broadcast
+    (users (n,) with items (n,), or users (u, 1) with items (u, c))."""
+    taste = truth["user_taste"][users]
+    latent = truth["item_latent"][items]
+    return (
+        np.einsum("...d,...d->...", taste, latent)
+        + truth["item_quality"][items]
+        + truth["creator_effect"][creators]
+        + np.float32(follow_bonus) * followed
+    ).astype(np.float32)
+
+
+def respond(
+    config: SyntheticConfig, utility: np.ndarray, position: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """A user's answer to items shown at 0-based `position`: examined with the position bias,
+    clicked by attractiveness, then play -> complete -> like / share, each given the one before."""
+    p = outcome_probabilities(utility)
+    n = len(utility)
+    click = rng.random(n) < examination(config)[position] * p["click"]
+    play = click & (rng.random(n) < p["play"])
+    complete = play & (rng.random(n) < p["complete"])
+    like = complete & (rng.random(n) < p["like"])
+    share = complete & (rng.random(n) < p["share"])
+    return {"click": click, "play": play, "complete": complete, "like": like, "share": share}
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -413,12 +450,7 @@ def _chunk(config, policy, follow_index, items, truth, account, users, pages, rn
     item, source = policy.fill(config, user, ts, cdf, users[0], rng)
     creator = items["creator_id"][item - 1]
     followed = follow_index.followed(user, account[creator], ts)
-    utility = (
-        np.einsum("ij,ij->i", truth["user_taste"][user], truth["item_latent"][item])
-        + truth["item_quality"][item]
-        + truth["creator_effect"][creator]
-        + np.float32(config.follow_bonus) * followed
-    ).astype(np.float32)
+    utility = true_utility(truth, user, item, creator, followed, config.follow_bonus)
     # The policy orders each page by its noisy view of utility: position and relevance confound.
     score = utility + _normal(rng, len(utility), config.policy_noise)
     order = (
@@ -427,20 +459,12 @@ def _chunk(config, policy, follow_index, items, truth, account, users, pages, rn
     order = order.ravel()
     item, source, followed, utility = item[order], source[order], followed[order], utility[order]
     position = np.tile(np.arange(size, dtype=np.int16), len(page_user))
-    p = outcome_probabilities(utility)
-    click = rng.random(len(item)) < examination(config)[position] * p["click"]
-    play = click & (rng.random(len(item)) < p["play"])
-    complete = play & (rng.random(len(item)) < p["complete"])
     return {
         "user_id": user,
         "item_id": item,
         "ts": ts,
         "position": position,
-        "click": click,
-        "play": play,
-        "complete": complete,
-        "like": complete & (rng.random(len(item)) < p["like"]),
-        "share": complete & (rng.random(len(item)) < p["share"]),
+        **respond(config, utility, position, rng),
         "impression_utility": utility,
         "impression_source": source,
         "impression_followed": followed,

@@ -25,6 +25,7 @@ from torch import nn
 from cascade import metrics
 from cascade.baselines import EASE
 from cascade.data import load_dataset
+from cascade.data.synthetic import true_utility
 from cascade.evaluation import UserItems
 from cascade.features import FeatureSpec
 from services.rank.model import FieldEmbeddings, ModelConfig
@@ -130,18 +131,12 @@ class Candidates:
 
 
 def _true_utility(dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """(u, c) the synthetic world's utility of each candidate (taste . latent + quality + creator
-    effect; the follow bonus left out): what users would value, free of the logging policy's
-    exposure bias that the logged plays carry. Evaluation only, never a feature."""
-    truth = dataset.truth
+    """(u, c) the synthetic world's utility of each candidate, the follow bonus left out: what
+    users would value, free of the logging policy's exposure bias that the logged plays carry.
+    Evaluation only, never a feature."""
     creator = np.zeros(dataset.n_items, dtype=np.int64)
     creator[dataset.items["item_id"]] = dataset.items["creator_id"]
-    taste = truth["user_taste"][users][:, None, :]  # (u, 1, d)
-    return (
-        (taste * truth["item_latent"][items]).sum(axis=-1)
-        + truth["item_quality"][items]
-        + truth["creator_effect"][creator[items]]
-    )
+    return true_utility(dataset.truth, users[:, None], items, creator[items])
 
 
 def _row(name, model, prepared, tasks, candidates, fusion, info) -> dict:

@@ -58,9 +58,13 @@ class Built:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Built:
+    return build_bundle(tmp_path_factory.mktemp("gateway"), tiny_world())
+
+
+def build_bundle(root: Path, dataset: Dataset) -> Built:
+    """Trains every stage on `dataset` (saved as "ml-100k") into a bundle published as current."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("gateway")
-    dataset = tiny_world()
+    dataset.meta = {**dataset.meta, "name": "ml-100k"}  # stage servers read this name's folder
     save(dataset, root / "data" / "ml-100k")
     artifacts = root / "artifacts"
     train_log = split_dataset(dataset).train_interactions

@@ -1,0 +1,398 @@
+"""The synthetic world's users as clients of a recommender, judged by the world's ground truth.
+
+Simulated users arrive over simulated days (sessions per day from a heavy-tailed activity), ask
+their arm's policy for a page, examine it with the world's position bias and answer from its
+truth (`cascade.data.synthetic.true_utility` and `respond`, the functions that generated the
+logged data); a like makes the user follow the creator with some probability. Every policy hears
+the answers. The policy of the `cascade` arm is the running gateway over gRPC (Recommend, then
+Feedback with the request_id); the reference arms run here: random (floor), oracle (ceiling: ranks
+by true utility), popular and EASE (refitted on what they heard after each day).
+
+Engagement per impression is reported two ways: expected (the truth's probabilities of play,
+complete, like and share at the item's position, weighted like the ranker's fusion) and realised
+(the events drawn). Expected engagement has no sampling noise from the responses, so arms compare
+on far fewer sessions; logged plays cannot fake either one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from cascade.baselines import EASE
+from cascade.data.schema import Dataset
+from cascade.data.synthetic import (
+    DAY,
+    SyntheticConfig,
+    examination,
+    outcome_probabilities,
+    respond,
+    true_utility,
+)
+from gateway.arms import Arm, assign
+from gateway.client import EVENT_TYPES, Event
+
+# Weights of the engaged outcomes (as the ranker's default fusion weighs its tasks).
+ENGAGEMENT = {"play": 1.0, "complete": 1.0, "like": 2.0, "share": 3.0}
+REFERENCE_ARMS = ("random", "oracle", "popular", "ease")
+
+
+@dataclass
+class SimulationConfig:
+    days: int = 2
+    users: int = 300  # simulated users, drawn from the world's users
+    sessions_per_day: float = 1.0  # mean per user; per-user activity is lognormal around it
+    page_size: int = 10
+    follow_after_like: float = 0.3  # P(the user follows the creator of an item they liked)
+    arms: tuple[Arm, ...] = tuple(Arm(name) for name in ("cascade", *REFERENCE_ARMS))
+    salt: str = "simulation"
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.days < 1 or self.users < 1 or not 1 <= self.page_size <= 100:
+            raise ValueError("SimulationConfig: days >= 1, users >= 1, page_size in 1..100")
+        if self.sessions_per_day <= 0 or not 0 <= self.follow_after_like <= 1:
+            raise ValueError("SimulationConfig: sessions_per_day > 0, follow_after_like in [0, 1]")
+
+
+@dataclass
+class Page:
+    """What a policy showed: the request id (links feedback to it) and the items, in order."""
+
+    request_id: str
+    items: np.ndarray  # (k,) int64
+
+
+class Policy(Protocol):
+    def recommend(self, user: int, now_s: int, count: int) -> Page: ...
+    def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int): ...
+    def end_of_day(self) -> None: ...
+
+
+class World:
+    """The truth side: utilities with follows as of now, responses, and follows that grow."""
+
+    def __init__(self, dataset: Dataset):
+        if not dataset.truth:
+            raise ValueError(f"dataset {dataset.meta.get('name')!r} has no ground truth")
+        self.config = SyntheticConfig(**dataset.meta["config"])
+        self.truth = dataset.truth
+        self.n_items = dataset.n_items
+        self.creator = np.zeros(self.n_items, dtype=np.int64)
+        self.creator[dataset.items["item_id"]] = dataset.items["creator_id"]
+        self.upload_ts = np.zeros(self.n_items, dtype=np.int64)
+        self.upload_ts[dataset.items["item_id"]] = dataset.items["upload_ts"]
+        self.account = np.zeros(dataset.creators["creator_id"].max() + 1, dtype=np.int64)
+        self.account[dataset.creators["creator_id"]] = dataset.creators["user_id"]
+        follows = dataset.follows
+        self.follows = {
+            user: set() for user in np.unique(follows["follower_id"]).tolist()
+        }  # user -> accounts followed (the world's follows all predate the simulation)
+        for follower, followee in zip(
+            follows["follower_id"].tolist(), follows["followee_id"].tolist(), strict=True
+        ):
+            self.follows[follower].add(followee)
+        self.end_ts = int(max(dataset.interactions["ts"].max(), dataset.items["upload_ts"].max()))
+        self._examination = examination(self.config)
+
+    def utility(self, user: int, items: np.ndarray) -> np.ndarray:
+        followed = self.follows.get(user, set())
+        accounts = self.account[self.creator[items]]
+        follows = np.array([a in followed for a in accounts.tolist()], dtype=bool)
+        return true_utility(
+            self.truth,
+            np.full(len(items), user),
+            items,
+            self.creator[items],
+            follows,
+            self.config.follow_bonus,
+        )
+
+    def expected_engagement(self, utility: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Per shown item, the truth's expected weighted engagement at its position."""
+        p = outcome_probabilities(utility)
+        play = self._examination[position] * p["click"] * p["play"]
+        complete = play * p["complete"]
+        return (
+            ENGAGEMENT["play"] * play
+            + ENGAGEMENT["complete"] * complete
+            + ENGAGEMENT["like"] * complete * p["like"]
+            + ENGAGEMENT["share"] * complete * p["share"]
+        )
+
+    def follow(self, user: int, items: np.ndarray) -> None:
+        accounts = self.account[self.creator[items]]
+        self.follows.setdefault(user, set()).update(a for a in accounts.tolist() if a > 0)
+
+
+# -- reference policies (in process) ---------------------------------------------------------
+class _Reference:
+    """Shared by the in-process arms: per-user consumed items are never shown again."""
+
+    def __init__(self, dataset: Dataset, rng: np.random.Generator):
+        self.n_items = dataset.n_items
+        self.rng = rng
+        self.consumed: dict[int, set[int]] = {}
+        log = dataset.interactions
+        for user, item in zip(log["user_id"].tolist(), log["item_id"].tolist(), strict=True):
+            self.consumed.setdefault(user, set()).add(item)
+        self.heard: list[tuple[int, int]] = []  # (user, item) plays heard online
+        self._served = 0
+
+    def recommend(self, user: int, now_s: int, count: int) -> Page:
+        scores = self.scores(user).astype(np.float64)  # (n_items,) row 0 = no item
+        scores[0] = -np.inf
+        seen = list(self.consumed.get(user, ()))
+        scores[seen] = -np.inf
+        count = min(count, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, count - 1)[:count] if count else np.zeros(0, np.int64)
+        items = top[np.argsort(-scores[top], kind="stable")]
+        self._served += 1
+        return Page(f"{type(self).__name__}-{self._served}", items.astype(np.int64))
+
+    def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
+        played = page.items[outcomes["play"]].tolist()
+        self.consumed.setdefault(user, set()).update(played)
+        self.heard += [(user, item) for item in played]
+
+    def end_of_day(self) -> None:
+        pass
+
+    def scores(self, user: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomPolicy(_Reference):
+    def scores(self, user: int) -> np.ndarray:
+        return self.rng.random(self.n_items)
+
+
+class OraclePolicy(_Reference):
+    def __init__(self, dataset: Dataset, rng: np.random.Generator, world: World):
+        super().__init__(dataset, rng)
+        self.world = world
+        self.items = np.arange(self.n_items)
+
+    def scores(self, user: int) -> np.ndarray:
+        return self.world.utility(user, self.items)
+
+
+class PopularPolicy(_Reference):
+    def __init__(self, dataset: Dataset, rng: np.random.Generator):
+        super().__init__(dataset, rng)
+        self.counts = np.bincount(dataset.interactions["item_id"], minlength=self.n_items)
+        self.counts = self.counts.astype(np.float64)
+
+    def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
+        super().observe(user, page, outcomes, now_s)
+        np.add.at(self.counts, page.items[outcomes["play"]], 1.0)
+
+    def scores(self, user: int) -> np.ndarray:
+        return self.counts + self.rng.random(self.n_items) * 1e-3  # ties broken at random
+
+
+class EASEPolicy(_Reference):
+    """EASE on the logged plays plus every play it heard, refitted at the end of each day."""
+
+    def __init__(self, dataset: Dataset, rng: np.random.Generator):
+        super().__init__(dataset, rng)
+        self.log = {k: dataset.interactions[k] for k in ("user_id", "item_id")}
+        self.n_users = dataset.n_users
+        self.end_of_day()
+
+    def end_of_day(self) -> None:
+        heard = np.array(self.heard, dtype=np.int64).reshape(-1, 2)
+        train = {
+            "user_id": np.concatenate([self.log["user_id"], heard[:, 0]]),
+            "item_id": np.concatenate([self.log["item_id"], heard[:, 1]]),
+        }
+        self.model = EASE().fit(train, self.n_users, self.n_items)
+
+    def scores(self, user: int) -> np.ndarray:
+        return self.model.score(np.array([user]))[0] + self.rng.random(self.n_items) * 1e-6
+
+
+def reference_policy(name: str, dataset: Dataset, world: World, seed: int) -> Policy:
+    rng = np.random.default_rng([seed, REFERENCE_ARMS.index(name)])
+    if name == "oracle":
+        return OraclePolicy(dataset, rng, world)
+    return {"random": RandomPolicy, "popular": PopularPolicy, "ease": EASEPolicy}[name](
+        dataset, rng
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+@dataclass
+class Impressions:
+    """One row per shown item, as parallel lists (turned into arrays by `columns`)."""
+
+    rows: dict[str, list] = field(
+        default_factory=lambda: {
+            k: []
+            for k in (
+                "arm",
+                "day",
+                "session",
+                "user",
+                "item",
+                "position",
+                "expected",
+                "realised",
+                "creator",
+                "age_s",
+            )
+        }
+    )
+
+    def add(self, **values) -> None:
+        n = len(values["item"])
+        for key, column in self.rows.items():
+            value = values[key]
+            column.extend(value if isinstance(value, (list, np.ndarray)) else [value] * n)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {key: np.asarray(values) for key, values in self.rows.items()}
+
+
+def simulate(
+    dataset: Dataset,
+    policies: dict[str, Policy],
+    config: SimulationConfig,
+    on_day_end: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Runs the simulation; returns the impression rows (see Impressions)."""
+    config.check()
+    missing = {arm.name for arm in config.arms} - set(policies)
+    if missing:
+        raise ValueError(f"no policy for arms {sorted(missing)}")
+    world = World(dataset)
+    rng = np.random.default_rng([config.seed, 1])
+    users = np.sort(rng.choice(dataset.users["user_id"], min(config.users, dataset.n_users), False))
+    arm_of = {int(u): assign(config.salt, str(int(u)), config.arms).name for u in users}
+    activity = rng.lognormal(0.0, 1.0, len(users)) / np.exp(0.5)  # mean 1, heavy-tailed
+    start = (world.end_ts // DAY + 1) * DAY
+    rows = Impressions()
+    positions = np.arange(config.page_size)
+    session = 0
+    for day in range(config.days):
+        sessions = rng.poisson(activity * config.sessions_per_day)
+        who = np.repeat(users, sessions)
+        when = start + day * DAY + rng.integers(0, DAY, len(who))
+        for user, now in zip(who[np.argsort(when)].tolist(), np.sort(when).tolist(), strict=True):
+            arm = arm_of[user]
+            page = policies[arm].recommend(user, now, config.page_size)
+            shown = positions[: len(page.items)]
+            utility = world.utility(user, page.items)
+            outcomes = respond(world.config, utility, shown, rng)
+            policies[arm].observe(user, page, outcomes, now)
+            follows = outcomes["like"] & (rng.random(len(shown)) < config.follow_after_like)
+            world.follow(user, page.items[follows])
+            realised = sum(ENGAGEMENT[e] * outcomes[e] for e in ENGAGEMENT)
+            rows.add(
+                arm=arm,
+                day=day,
+                session=session,
+                user=user,
+                item=page.items,
+                position=shown,
+                expected=world.expected_engagement(utility, shown),
+                realised=realised,
+                creator=world.creator[page.items],
+                age_s=now - world.upload_ts[page.items],
+            )
+            session += 1
+        for policy in policies.values():
+            policy.end_of_day()
+        if on_day_end is not None:
+            on_day_end(day)
+    return rows.columns()
+
+
+class GatewayPolicy:
+    """The running stack: Recommend through the gateway, every answer back through Feedback
+    (an impression for each shown item, then click, play, complete, like, share, and skip for a
+    play that did not complete), stamped with the simulated time and the page's request_id."""
+
+    def __init__(self, client):  # gateway.client.CascadeClient
+        self.client = client
+        self.rejected = 0
+
+    def recommend(self, user: int, now_s: int, count: int) -> Page:
+        answer = self.client.recommend(user, count=count)
+        return Page(answer.request_id, np.asarray(answer.items.item_ids, dtype=np.int64))
+
+    def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
+        kinds = {"impression": np.ones(len(page.items), dtype=bool), **outcomes}
+        kinds["skip"] = outcomes["play"] & ~outcomes["complete"]
+        events = [
+            Event(
+                user_id=user,
+                item_id=int(item),
+                type=EVENT_TYPES[kind],
+                timestamp_ms=now_s * 1000 + step,
+                request_id=page.request_id,
+            )
+            for step, kind in enumerate(kinds)
+            for item in page.items[kinds[kind]].tolist()
+        ]
+        if events:
+            answer = self.client.feedback(events)
+            self.rejected += len(answer.rejected)
+
+    def end_of_day(self) -> None:
+        pass
+
+
+def summarise(rows: dict[str, np.ndarray], catalog_size: int) -> list[dict]:
+    """Per arm and day: impressions, expected and realised engagement per impression with 95%
+    intervals (over sessions), catalogue coverage, creator Gini, share of impressions on items
+    younger than a day, and the fraction of the oracle-random gap closed."""
+    report = []
+    for day in np.unique(rows["day"]).tolist():
+        for arm in np.unique(rows["arm"]).tolist():
+            m = (rows["day"] == day) & (rows["arm"] == arm)
+            if not m.any():
+                continue
+            entry = {"arm": arm, "day": day, "impressions": int(m.sum())}
+            entry["sessions"] = int(len(np.unique(rows["session"][m])))
+            for metric in ("expected", "realised"):
+                mean, half = _mean_interval(rows[metric][m], rows["session"][m])
+                entry[f"{metric}_engagement"] = mean
+                entry[f"{metric}_ci95"] = half
+            entry["coverage"] = len(np.unique(rows["item"][m])) / catalog_size
+            entry["creator_gini"] = _gini(np.bincount(rows["creator"][m]))
+            entry["fresh_share"] = float(np.mean(rows["age_s"][m] < DAY))
+            report.append(entry)
+        by_arm = {e["arm"]: e for e in report if e["day"] == day}
+        if {"random", "oracle"} <= set(by_arm):
+            floor = by_arm["random"]["expected_engagement"]
+            gap = by_arm["oracle"]["expected_engagement"] - floor
+            for entry in by_arm.values():
+                entry["oracle_gap_closed"] = (entry["expected_engagement"] - floor) / gap
+    return report
+
+
+def _mean_interval(values: np.ndarray, sessions: np.ndarray) -> tuple[float, float]:
+    """Mean per impression, and a 95% half-width from the spread of per-session means (the
+    impressions of one session are not independent draws)."""
+    _, index, counts = np.unique(sessions, return_inverse=True, return_counts=True)
+    per_session = np.bincount(index, weights=values) / counts
+    mean = float(values.mean())
+    if len(per_session) < 2:
+        return mean, float("nan")
+    n = len(counts)
+    weights = counts / counts.sum()
+    spread = np.sqrt(np.sum(weights**2 * (per_session - mean) ** 2) * n / (n - 1))
+    return mean, float(1.96 * spread)
+
+
+def _gini(counts: np.ndarray) -> float:
+    """0 when every creator got the same exposure, towards 1 when one got it all."""
+    x = np.sort(counts[counts > 0].astype(np.float64))
+    if len(x) == 0:
+        return 0.0
+    n = len(x)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))

@@ -7,7 +7,7 @@ DATA ?= data
 
 .PHONY: setup redis-server-installed demo baselines up down eval-cascade test test-network \
 	test-stress test-random lint format protos bench bench-load bench-overload bench-funnel \
-	bench-faults bench-state bench-durability bench-security \
+	bench-faults bench-state bench-durability bench-security bench-loop \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP) redis-server-installed
@@ -134,6 +134,13 @@ bench-durability: setup redis-server-installed
 bench-security: setup
 	$(BIN)/python -m bench.security --data-dir $(DATA) --out results/security
 	$(BIN)/python -m bench.faults --case replica-pause --rate 20 --data-dir $(DATA) --out results/security
+
+# The simulated world's users against the cascade and the reference arms (random, oracle,
+# popular, EASE), judged on the world's ground truth; trains the synthetic bundle into
+# artifacts/synthetic when it is missing: results/loop/simulation.{json,md,png}.
+bench-loop: setup
+	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
+	$(BIN)/cascade simulate --data-dir $(DATA) --users 400 --days 2 --out results/loop
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

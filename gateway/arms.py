@@ -10,6 +10,7 @@ metrics.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,44 @@ class Arm:
             raise ValueError(f"arm name {self.name!r}: letters, digits, '-' and '_' only")
         if not self.share > 0:
             raise ValueError(f"arm {self.name!r}: share must be > 0, got {self.share}")
+
+
+# What an arm may change: the funnel's cuts (each stage keeps its own settings otherwise).
+OVERRIDABLE = ("recall_count", "prerank_count", "rank_count", "max_per_creator")
+
+
+def parse_arms(text: str) -> tuple[Arm, ...]:
+    """Arms from the `arms` setting: a JSON list of {"name", "share", "overrides"}, e.g.
+    [{"name": "control"}, {"name": "small", "share": 0.5, "overrides": {"rank_count": 20}}].
+    ValueError names what is wrong; "" means no arms."""
+    if not text.strip():
+        return ()
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"arms: not JSON ({error})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("arms: expected a JSON list of objects")
+    arms = []
+    for entry in entries:
+        unknown = set(entry) - {"name", "share", "overrides"}
+        overrides = entry.get("overrides", {})
+        bad = sorted(set(overrides) - set(OVERRIDABLE)) if isinstance(overrides, dict) else ["?"]
+        if unknown or bad:
+            raise ValueError(
+                f"arms: unknown keys {sorted(unknown) + bad}; an arm has name, share and "
+                f"overrides of {', '.join(OVERRIDABLE)}"
+            )
+        for key, value in overrides.items():
+            least = 0 if key == "max_per_creator" else 1  # a cut of 0 would empty the funnel
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(
+                    f"arms: {entry.get('name')!r}: {key} must be an integer >= {least}"
+                )
+        arms.append(Arm(str(entry.get("name", "")), float(entry.get("share", 1.0)), overrides))
+    if len({arm.name for arm in arms}) != len(arms):
+        raise ValueError(f"arms: names must be unique, got {[arm.name for arm in arms]}")
+    return tuple(arms)
 
 
 def bucket(salt: str, user_key: str) -> float:

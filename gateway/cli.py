@@ -71,7 +71,8 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
             return _failed(error)
     titles = load_titles(args.artifacts, args.bundle, args.data_dir)
     degraded = f"  degraded: {', '.join(response.degraded_stages)}" if response.degraded else ""
-    print(f"user {user}: {len(response.items.item_ids)} items{degraded}")
+    arm = f"  arm: {response.arm}" if args.debug and response.arm else ""
+    print(f"user {user}: {len(response.items.item_ids)} items{degraded}{arm}")
     scores = np.asarray(response.items.scores) if response.items.scores else None
     masks = list(response.items.channel_masks) or [0] * len(response.items.item_ids)
     keys = list(response.item_keys) or [str(i) for i in response.items.item_ids]

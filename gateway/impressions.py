@@ -37,6 +37,7 @@ class Shown:
     channel_masks: list[int]
     degraded_stages: list[str]
     served: Served
+    arm: str = ""  # the experiment arm that served it (gateway/arms.py)
 
 
 def impression_row(shown: Shown) -> dict:
@@ -47,7 +48,7 @@ def impression_row(shown: Shown) -> dict:
         "user_id": shown.user_id,
         "user_key": shown.user_key,
         "request_time_ms": shown.request_time_ms,
-        "arm": "",
+        "arm": shown.arm,
         "item_ids": shown.item_ids,
         "positions": list(range(len(shown.item_ids))),
         "channel_masks": shown.channel_masks or [0] * len(shown.item_ids),

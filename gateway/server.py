@@ -16,6 +16,7 @@ store, which every stage replica reads (a write that fails is UNAVAILABLE; the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -51,6 +52,7 @@ from cascade.server import (
 from cascade.telemetry import new_registry, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
 from gateway.admission import Admission, AdmissionSettings, mark_shrunk, shrink
+from gateway.arms import assign, parse_arms
 from gateway.auth import TokenAuth
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
@@ -128,11 +130,16 @@ class GatewaySettings:
     # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
     store: str = "memory"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # Experiment arms (gateway/arms.py): a JSON list of {"name", "share", "overrides"}; a user's
+    # arm is sha256(arm_salt:user key) against the shares. "" = no arms.
+    arms: str = ""
+    arm_salt: str = "cascade"
     # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)
+        parse_arms(self.arms)  # ValueError names what is wrong
         for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
             object.__setattr__(self, name, Secret(getattr(self, name)))
         if not 0 < self.default_count <= self.max_count:
@@ -296,6 +303,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             logged["user_id"].to_numpy(), logged["item_id"].to_numpy(),
             logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
         )  # fmt: skip
+        self.arms = parse_arms(settings.arms)
         self.impressions = ImpressionWriter(self.log, self.metrics, settings.impression_queue)
         self.shared = None  # the Redis online store (RedisState) when the store is shared
         if settings.store != "memory":
@@ -380,11 +388,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         q, reason = 1.0, ""
         if self.admission is not None:
             q, reason = self.admission.funnel_factor(budget.left(), context.invocation_metadata())
-        funnel = shrink(self.cascade.funnel, q, count)
+        funnel, arm = self.cascade.funnel, ""
+        if self.arms:  # anonymous users share one key, so one arm
+            chosen = assign(self.settings.arm_salt, user_key or "anonymous", self.arms)
+            funnel, arm = dataclasses.replace(funnel, **chosen.overrides), chosen.name
+        funnel = shrink(funnel, q, count)
         response = self.cascade.run(user, count, budget, request.debug, served, seen_of, funnel)
         if reason:
             mark_shrunk(response, q, reason, self.admission.metrics)
-        response.request_id = uuid.uuid4().hex
+        response.request_id, response.arm = uuid.uuid4().hex, arm
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
         if shared is not None and dense > 0 and len(response.items.item_ids):
             # Shown pages expire by the wall clock: their TTL is how long the store remembers.
@@ -393,7 +405,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             Shown(
                 response.request_id, dense, user_key, now_ms,
                 list(response.items.item_ids), list(response.items.channel_masks),
-                list(response.degraded_stages), served,
+                list(response.degraded_stages), served, arm,
             )
         )  # fmt: skip
         return response

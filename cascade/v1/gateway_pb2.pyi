@@ -115,10 +115,13 @@ class RecommendResponse(_message.Message):
     TRACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ITEM_KEYS_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
     degraded: _builtins.bool
     """True when any stage was skipped or replaced by a fallback."""
     request_id: _builtins.str
     """Id of this request, for logs and feedback attribution."""
+    arm: _builtins.str
+    """The experiment arm that served this user (gateway setting `arms`); empty without arms."""
     @_builtins.property
     def items(self) -> _common_pb2.CandidateList:
         """Recommended items in display order, with the final stage's scores and channel tags."""
@@ -146,10 +149,11 @@ class RecommendResponse(_message.Message):
         trace: _abc.Iterable[_common_pb2.StageTrace] | None = ...,
         request_id: _builtins.str = ...,
         item_keys: _abc.Iterable[_builtins.str] | None = ...,
+        arm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "degraded_stages", b"degraded_stages", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "degraded", b"degraded", "degraded_stages", b"degraded_stages", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

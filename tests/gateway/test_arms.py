@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from gateway.arms import Arm, assign, bucket
+from gateway.arms import Arm, assign, bucket, parse_arms
+from gateway.client import CascadeClient
 
 ARMS = [Arm("cascade", 2.0), Arm("ease"), Arm("random")]
 
@@ -42,3 +43,49 @@ def test_bad_arms_are_refused():
         assign("s", "1", [Arm("a"), Arm("a")])
     with pytest.raises(ValueError, match="no arms"):
         assign("s", "1", [])
+
+
+def test_arms_parse_from_the_setting_and_errors_name_the_problem():
+    arms = parse_arms('[{"name": "control"}, {"name": "small", "share": 0.5, '
+                      '"overrides": {"rank_count": 20}}]')  # fmt: skip
+    assert [(a.name, a.share, a.overrides) for a in arms] == [
+        ("control", 1.0, {}),
+        ("small", 0.5, {"rank_count": 20}),
+    ]
+    assert parse_arms("") == ()
+    for text, message in (
+        ("{", "not JSON"),
+        ('{"name": "a"}', "a JSON list of objects"),
+        ('[{"name": "a", "colour": 1}]', "unknown keys \\['colour'\\]"),
+        ('[{"name": "a", "overrides": {"bundle": 1}}]', "unknown keys \\['bundle'\\]"),
+        ('[{"name": "a", "overrides": {"rank_count": 0}}]', "rank_count must be an integer >= 1"),
+        ('[{"name": "a"}, {"name": "a"}]', "names must be unique"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_arms(text)
+
+
+def test_the_gateway_serves_each_user_the_funnel_of_their_arm(stack_factory):
+    arms = '[{"name": "control"}, {"name": "short", "overrides": {"rank_count": 6}}]'
+    stack = stack_factory(arms=arms, arm_salt="exp-7")
+    expected = {u: assign("exp-7", str(u), parse_arms(arms)).name for u in range(1, 21)}
+    assert set(expected.values()) == {"control", "short"}  # both arms have users here
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        answers = {u: client.recommend(u, count=5, debug=True) for u in expected}
+    for user, answer in answers.items():
+        assert answer.arm == expected[user]
+        rank = next(t for t in answer.trace if t.stage == "rank")
+        if not rank.degraded:  # the arm's cut, or the configured one (15 in the test stack)
+            assert rank.candidates_out == (6 if answer.arm == "short" else 15)
+    stack.gateway.service.impressions.close()  # writes what is queued
+    logged = stack.gateway.service.log.read_impressions().to_pylist()
+    assert {row["request_id"]: row["arm"] for row in logged} == {
+        a.request_id: a.arm for a in answers.values()
+    }
+
+
+def test_a_bad_arms_setting_stops_the_gateway_before_it_serves():
+    from gateway.server import GatewaySettings
+
+    with pytest.raises(ValueError, match="arms: not JSON"):
+        GatewaySettings(arms="[")

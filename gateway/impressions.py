@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class Shown:
     degraded_stages: list[str]
     served: Served
     arm: str = ""  # the experiment arm that served it (gateway/arms.py)
+    shown_ms: int = 0  # wall-clock time of the answer: a shown page's TTL runs on it
 
 
 def impression_row(shown: Shown) -> dict:
@@ -75,9 +77,19 @@ def stage_scores(candidates: CandidateList, shown: list[int]) -> list[float]:
 
 
 class ImpressionWriter:
-    def __init__(self, event_log: EventLog, metrics: GatewayMetrics, capacity: int = 10_000):
+    """Logs each answer, and with a shared store also records the page as shown to the user
+    (`record_shown(user_id, item_ids, time_ms)`, rerank's already-shown filter), in one thread."""
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        metrics: GatewayMetrics,
+        capacity: int = 10_000,
+        record_shown: Callable[[int, np.ndarray, int], None] | None = None,
+    ):
         self.log = event_log
         self.metrics = metrics
+        self.record_shown = record_shown
         self._queue: queue.Queue[Shown | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
         self._thread.start()
@@ -105,6 +117,8 @@ class ImpressionWriter:
             rows = [shown for shown in batch if shown is not None]
             if rows:
                 self._write(rows)
+                if self.record_shown is not None:
+                    self._record_shown(rows)
             if batch[-1] is None:
                 return
 
@@ -117,3 +131,13 @@ class ImpressionWriter:
             log.warning("gateway: %d impression records not logged: %s", len(batch), error)
             return
         self.metrics.impressions.labels("logged").inc(len(batch))
+
+    def _record_shown(self, batch: list[Shown]) -> None:
+        for shown in batch:
+            if shown.user_id <= 0 or not shown.item_ids:
+                continue
+            try:
+                items = np.asarray(shown.item_ids, dtype=np.int64)
+                self.record_shown(shown.user_id, items, shown.shown_ms)
+            except Exception as error:  # a store outage must not stop the writer
+                log.warning("gateway: recording a shown page failed: %s", error)

@@ -5,15 +5,13 @@ its own record (`OnlineEvents`) and sends it with every stage request as
 `UserContext.recent_item_ids` (newest first); recall, rank and rerank put it in front of the
 stored history and filter it as consumed, so the very next Recommend reflects a Feedback whatever
 stage process answers. With Redis every stage reads the shared store itself: the gateway sends no
-recent ids, writes each event once, and records the pages it answered (`ShownWriter`, off the
-answer's critical path) for rerank's already-shown filter.
+recent ids, writes each event once, and records the pages it answered (gateway/impressions.py,
+off the answer's critical path) for rerank's already-shown filter.
 """
 
 from __future__ import annotations
 
 import bisect
-import logging
-import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,8 +19,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from cascade.feature_store import CONSUMPTION
-
-log = logging.getLogger(__name__)
 
 
 class OnlineEvents:
@@ -72,37 +68,3 @@ class OnlineEvents:
         """The user's online items, newest first ([] for a user with none)."""
         with self._lock:
             return [item for _, item in self._recent.get(int(user_id), ())]
-
-
-class ShownWriter:
-    """Records answered pages in the shared store from one background thread. The queue is
-    bounded: when the store is slower than the answers, pages are dropped (counted) rather than
-    holding answers back or growing memory."""
-
-    def __init__(self, record_shown, max_pending: int = 10_000):
-        self._record_shown = record_shown
-        self._pending: queue.Queue = queue.Queue(max_pending)
-        self.dropped = 0
-        self.failed = 0
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def submit(self, user_id: int, item_ids: list[int], time_ms: int) -> None:
-        try:
-            self._pending.put_nowait((user_id, item_ids, time_ms))
-        except queue.Full:
-            self.dropped += 1
-
-    def wait_idle(self) -> None:
-        """Blocks until every submitted page was written (tests, benches)."""
-        self._pending.join()
-
-    def _run(self) -> None:
-        while True:
-            user_id, item_ids, time_ms = self._pending.get()
-            try:
-                self._record_shown(user_id, np.asarray(item_ids, dtype=np.int64), time_ms)
-            except Exception as error:  # a store outage must not kill the writer
-                self.failed += 1
-                log.warning("gateway: recording a shown page failed: %s", error)
-            finally:
-                self._pending.task_done()

@@ -56,7 +56,7 @@ from gateway.arms import assign, parse_arms
 from gateway.auth import TokenAuth
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
-from gateway.online import OnlineEvents, ShownWriter
+from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
 from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
 
@@ -304,7 +304,6 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
         )  # fmt: skip
         self.arms = parse_arms(settings.arms)
-        self.impressions = ImpressionWriter(self.log, self.metrics, settings.impression_queue)
         self.shared = None  # the Redis online store (RedisState) when the store is shared
         if settings.store != "memory":
             from cascade.redis_store import RedisState
@@ -312,7 +311,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self.shared = RedisState(
                 settings.store, catalog.dataset, len(catalog.known), settings.store_limits
             )
-            self.shown_writer = ShownWriter(self.shared.record_shown)
+        record_shown = None if self.shared is None else self.shared.record_shown
+        self.impressions = ImpressionWriter(
+            self.log, self.metrics, settings.impression_queue, record_shown
+        )
         # One channel per stage replica (gateway/replicas.py). Stage calls retry UNAVAILABLE
         # inside their deadline (all are idempotent); Record is not retried (a duplicate would
         # count an event twice), so it gets its own channel per recall replica.
@@ -398,14 +400,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = uuid.uuid4().hex, arm
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
-        if shared is not None and dense > 0 and len(response.items.item_ids):
-            # Shown pages expire by the wall clock: their TTL is how long the store remembers.
-            self.shown_writer.submit(dense, list(response.items.item_ids), int(time.time() * 1000))
         self.impressions.submit(
             Shown(
                 response.request_id, dense, user_key, now_ms,
                 list(response.items.item_ids), list(response.items.channel_masks),
                 list(response.degraded_stages), served, arm,
+                shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
             )
         )  # fmt: skip
         return response

@@ -30,7 +30,7 @@ def test_a_play_through_one_gateway_shapes_the_answer_of_another(stack_factory, 
         assert store.history(np.array([user]))[0][0] == played
         assert wait_for(lambda: store.item_counters(np.array([played]))["play"][0] >= 1)
         # The first page was recorded as shown (off the answer's path) and is not repeated.
-        stack.gateway.service.shown_writer.wait_idle()
+        stack.gateway.service.impressions.close()  # writes (and records as shown) what is queued
         assert set(before) <= set(store.shown(user).tolist())
         assert not set(before) & set(after)
     finally:

@@ -4,7 +4,7 @@ Prepares the data and trains every stage when missing, starts the five services,
 for a few users' recommendations (titles shown), sends a play as feedback and shows that the next
 answer changed. The stack is stopped on every exit path.
 
-    python -m cascade.demo [--users 196 186 22]
+    python -m app.demo [--users 196 186 22]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the services' feature store holds), plus the same funnel called stage by stage o
 measure each cut (recall only, + prerank, + rank, + rerank). Every row, baselines included, is
 scored by the same code: top-20 page vs the user's test items not seen in training.
 
-    python -m cascade.evaluation_e2e --dataset ml-100k synthetic --out results/cascade
+    python -m app.evaluation_e2e --dataset ml-100k synthetic --out results/cascade
 """
 
 from __future__ import annotations

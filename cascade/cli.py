@@ -73,7 +73,7 @@ ENTRY_POINTS: dict[str, dict[str, str]] = {
         "rank": "services.rank.evaluate",
         "rank-seeds": "services.rank.evaluate_seeds",
         "rerank": "services.rerank.evaluate",
-        "cascade": "cascade.evaluation_e2e",
+        "cascade": "app.evaluation_e2e",
     },
 }
 # The order `cascade train all` builds a bundle in (later stages read earlier components).
@@ -253,7 +253,7 @@ def _add_stack_commands(commands) -> None:
         "demo",
         help="end to end: train, start the stack, recommend, send feedback, show the change, stop",
     )
-    demo.set_defaults(run=_delegate("cascade.demo", "main"), delegate=True)
+    demo.set_defaults(run=_delegate("app.demo", "main"), delegate=True)
     certs = commands.add_parser(
         "certs",
         help="make a local CA and the server and client certificates for TLS / mutual TLS",

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cascade.evaluation_e2e import K, Protocol, paired_difference, paired_lines, verdict
+from app.evaluation_e2e import K, Protocol, paired_difference, paired_lines, verdict
 from tests.conftest import make_tiny_dataset
 
 

@@ -30,7 +30,9 @@ INFO = "two_tower.json"
 
 @dataclass(frozen=True)
 class TwoTowerSettings:
-    onnx_threads: int = 1  # one intra-op thread per process: fastest for batch-1 (PERF-NOTES)
+    # One intra-op thread per process: for one query at a time more threads only add hand-off
+    # cost, and the process runs beside others (bench/recall_rpc.py measures the channel).
+    onnx_threads: int = 1
     faiss_threads: int = 1  # single queries: OpenMP threads only add overhead
     max_k: int = 2_000  # most results per request; the index is prepared for it (efSearch >= k)
     index: IndexSettings = IndexSettings()

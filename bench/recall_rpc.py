@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "channel_latency_ms_p99": {
             name: round(float(np.percentile(v, 99)), 3) for name, v in per_channel.items()
         },
-        "floor_ms_p50_2000_packed_round_trip": 0.68,  # PERF-NOTES, same machine kind
+        "floor_ms_p50_2000_packed_round_trip": 0.68,  # bench/wire.py on this kind of machine
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

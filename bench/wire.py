@@ -6,7 +6,8 @@ A Rerank-like echo (decode the candidate list to numpy, encode it back) runs in 
 process over 127.0.0.1, once behind `cascade.server.serve` + `cascade.client.make_channel` and once
 behind a bare grpc.server + insecure_channel, with 2,000 candidates as packed arrays and with a
 tiny call. Calls go one at a time; the client encodes each request from numpy and decodes each
-answer, as a stage does. Writes wire.json with median/p99 per case and ratios to PERF-NOTES.
+answer, as a stage does. Writes wire.json with median/p99 per case and ratios between
+the encodings measured in the same run.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 idempotent calls, keepalive, fast reconnects, a deadline on every call, and TLS or mutual TLS
 plus the caller token when the settings name them.
 
-RELIABILITY-NOTES: service-config retries work (hedging does not); tuned reconnect backoff cut the
-first OK call after an outage from 7.1 s to 0.48 s; round robin over `ipv4:a,b` lost no call when
-one replica stopped.
+Tried with grpcio 1.85: service-config retries work (hedging is accepted but never hedges); the
+tuned reconnect backoff cut the first OK call after a 20 s outage from 7.1 s to 0.48 s; round
+robin over `ipv4:a,b` lost no call when one replica stopped (`make bench-faults` drills these).
 """
 
 from __future__ import annotations

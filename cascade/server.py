@@ -55,7 +55,7 @@ class ServerSettings:
     host: str = "127.0.0.1"  # "0.0.0.0" in a container; also the metrics server's address
     port: int = 0  # gRPC port; 0 = ephemeral
     metrics_port: int = 0  # Prometheus /metrics port; 0 = ephemeral, -1 = off
-    max_workers: int = 4  # PERF-NOTES: a small pool beat larger ones (one core per process)
+    max_workers: int = 4  # a small pool beat larger ones (one core per process)
     max_message_bytes: int = 4 * 1024 * 1024  # both directions; 2,000 candidates are ~30 KB
     maximum_concurrent_rpcs: int = 64  # more fail at once: RESOURCE_EXHAUSTED; 0 = no cap
     # Calls allowed to wait for a worker; one more is refused at once with a pushback (0 = off).

@@ -2,9 +2,9 @@
 
 Each stage gets a share of what is left of the request's budget as its call deadline, so time a
 fast stage did not use flows to the later ones. A stage that is down, late, failing or answers
-nonsense is replaced by its fallback (DESIGN: degrade instead of failing): recall -> the popular
-cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's order with
-the creator cap and the seen filter (the request's recent items and the user's logged history)
+nonsense is replaced by its fallback (the gateway degrades instead of failing): recall -> the
+popular cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's
+order with the creator cap and the seen filter (the request's recent items and the user's logged history)
 applied here. Every fallback is reported and counted. A replica that keeps failing is ejected (its
 own Breaker, gateway/replicas.py) instead of costing every request its budget; with every replica
 of a stage ejected, the stage falls back at once.
@@ -132,7 +132,7 @@ class Budget:
 
 
 class Breaker:
-    """Stops calling a stage that keeps failing (DESIGN: degrade, fast). After `threshold`
+    """Stops calling a stage that keeps failing (degrade, and degrade fast). After `threshold`
     failures in a row it opens: calls fall back at once (reason CIRCUIT_OPEN) instead of each
     waiting out its budget on a paused or dead stage. After `cooldown_s` one call goes through as
     a probe: success closes the breaker, failure opens it for another cooldown. `clock` is the

@@ -45,8 +45,9 @@ def export_user_tower(model: Student, path: Path, example: dict[str, np.ndarray]
     """One ONNX file (no external data) whose batch dimension is dynamic."""
     tower = UserTower(model).eval()
     args = tuple(torch.from_numpy(example[n][:4]) for n in tower.fields)
-    # The legacy exporter with dynamic_axes by input name (PERF-NOTES: matches torch to 1e-6 and
-    # is much quicker than dynamo); its deprecation warning is silenced, parity is checked below.
+    # The legacy exporter with dynamic_axes by input name (it matches torch to 1e-6 and exports
+    # much faster than the dynamo exporter); its deprecation warning is silenced, parity is
+    # checked below.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -1,9 +1,9 @@
 """The student at serving time: the user tower in ONNX Runtime, candidates by one 2-D matmul.
 
 Item vectors for the whole catalog are loaded from the bundle and held in memory; per request the
-user tower runs once and `vectors[ids] @ user_vector.T` scores every candidate (PERF-NOTES: the
-2-D form; a 1-D `v @ u` took a slow path). Candidates the vector table does not know are scored
-last and counted. No torch here.
+user tower runs once and `vectors[ids] @ user_vector.T` scores every candidate (the 2-D form: a
+1-D `v @ u` took a slow path, several times slower; `python -m bench.prerank_scoring` measures
+it). Candidates the vector table does not know are scored last and counted. No torch here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class SpecMismatch(ArtifactError):
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    intra_op_threads: int = 1  # PERF-NOTES: 1 thread per process, scale with processes
+    intra_op_threads: int = 1  # scale with processes (bench/prerank_scoring.py)
     execution_provider: str = CPU  # "auto" or e.g. "CUDAExecutionProvider"; else CPU, logged
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ def export_onnx(model: RankModel, spec: FeatureSpec, path: Path, example: Rows) 
     names = input_names(spec)
     model.eval()
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[n][:8])) for n in names)
-    # The legacy exporter: dynamic_axes by input name is reliable here (PERF-NOTES); silence its
+    # The legacy exporter: dynamic_axes by input name exports this model reliably; silence its
     # deprecation warning, the graph it writes is checked for parity below.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -28,7 +28,7 @@ class SpecMismatch(ArtifactError):
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    intra_op_threads: int = 1  # PERF-NOTES: 1 thread per process, scale with processes
+    intra_op_threads: int = 1  # scale with processes (bench/rank_scoring.py)
     fusion_weights: tuple[float, ...] = ()  # per task, in the artifact's task order; () = its own
     # "auto": CUDA when present (the `gpu` extra), else CPU; a missing provider falls back to CPU.
     execution_provider: str = providers.CPU

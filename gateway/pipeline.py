@@ -4,10 +4,10 @@ Each stage gets a share of what is left of the request's budget as its call dead
 fast stage did not use flows to the later ones. A stage that is down, late, failing or answers
 nonsense is replaced by its fallback (the gateway degrades instead of failing): recall -> the
 popular cache; prerank -> recall's order, truncated; rank -> prerank's order; rerank -> rank's
-order with the creator cap and the seen filter (the request's recent items and the user's logged history)
-applied here. Every fallback is reported and counted. A replica that keeps failing is ejected (its
-own Breaker, gateway/replicas.py) instead of costing every request its budget; with every replica
-of a stage ejected, the stage falls back at once.
+order with the creator cap and the seen filter (the request's recent items and the user's logged
+history) applied here. Every fallback is reported and counted. A replica that keeps failing is
+ejected (its own Breaker, gateway/replicas.py) instead of costing every request its budget; with
+every replica of a stage ejected, the stage falls back at once.
 """
 
 from __future__ import annotations

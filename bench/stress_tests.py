@@ -23,7 +23,9 @@ SPIN = "while True:\n    pass\n"
 def run_suite(extra: list[str]) -> dict:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra],
+        # The project's addopts already say -q (a second -q would hide the summary line); -rfE
+        # lists what failed or errored, so a red run names its tests.
+        [sys.executable, "-m", "pytest", "-rfEs", "-p", "no:cacheprovider", *extra],
         capture_output=True, text=True,
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.strip()]
@@ -31,11 +33,14 @@ def run_suite(extra: list[str]) -> dict:
         (line for line in reversed(lines) if re.search(r"\d+ (passed|failed|error)", line)), ""
     )
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    # A red run keeps the end of its output (the tracebacks), or nobody can tell why it failed.
+    tail = [] if done.returncode == 0 else (done.stdout + done.stderr).splitlines()[-80:]
     return {
         "returncode": done.returncode,
         "seconds": round(time.perf_counter() - started, 1),
         "summary": summary.strip("= "),
         "failed": failed,
+        "output_tail": tail,
     }
 
 

@@ -5,23 +5,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup redis-server-installed demo baselines up down eval-cascade test test-network \
+.PHONY: setup system-packages demo baselines up down eval-cascade test test-network \
 	test-stress test-random lint format protos bench bench-load bench-overload bench-funnel \
 	bench-faults bench-state bench-durability bench-security bench-loop \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
-setup: $(STAMP) redis-server-installed
+setup: $(STAMP) system-packages
 
-# Debian's redis-server package: the Redis online store of `cascade up --store redis`, the
-# docker-compose/K8s Redis, and the real server the Redis tests start. Installed only when the
-# binary is missing (apt-get as root, else through `sudo -n`); without it those tests skip.
-redis-server-installed:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# Debian's packages the tests start for real: redis-server (the Redis online store of
+# `cascade up --store redis`, the docker-compose/K8s Redis, the Redis tests) and prometheus (the
+# tests that load the alert rules into promtool and run the dashboards' queries against a real
+# Prometheus). Installed only when a binary is missing (apt-get as root, else through `sudo -n`);
+# without them those tests skip and say why.
+SYSTEM_PACKAGES = redis-server:redis-server prometheus:promtool
+system-packages:
+	@for pair in $(SYSTEM_PACKAGES); do package=$${pair%%:*}; binary=$${pair#*:}; \
+	  command -v $$binary >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
-	  || { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
-	       apt-get install -y -qq redis-server >/dev/null; } \
-	  || echo "redis-server could not be installed: the Redis tests will skip"; }
+	  install="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$package"; \
+	  $$install >/dev/null 2>&1 || { $$SUDO apt-get update -qq && $$install >/dev/null; } \
+	  || echo "$$package could not be installed: the tests that need it will skip"; \
+	done
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -104,7 +108,7 @@ bench-load: setup
 # The online store (needs a trained bundle: `make demo` first): 2 gateways + 2 recall + 2 rank
 # on one Redis (results/state/replicas.json), the memory soak of 1M distinct user ids
 # (soak.json), and the Redis store's latency against the embedded one (latency.json).
-bench-state: setup redis-server-installed
+bench-state: setup system-packages
 	$(BIN)/python -m bench.replicas --data-dir $(DATA) --out results/state
 	$(BIN)/python -m bench.state_soak --data-dir $(DATA) --out results/state
 	$(BIN)/python -m bench.state_latency --data-dir $(DATA) --out results/state
@@ -127,7 +131,7 @@ bench-faults: setup
 # Durability drill: Feedback + Recommend at a fixed rate while the gateway and recall (and, on the
 # Redis backend, redis-server) are killed with SIGKILL; every acknowledged event must be in the log
 # (needs a trained bundle: `make demo` first).
-bench-durability: setup redis-server-installed
+bench-durability: setup system-packages
 	$(BIN)/python -m bench.durability --data-dir $(DATA) --out results/state
 # Security: the TLS / mutual TLS latency cost per hop and end to end, and the replica-pause case
 # (2 rank replicas, one SIGSTOPped 10 s, with and without per-replica ejection); needs a bundle.

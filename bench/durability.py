@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration < REDIS_KILL_AT_S + 5:
         parser.error(f"--duration must be at least {REDIS_KILL_AT_S + 5:.0f} s")
     if "redis" in args.backends and shutil.which("redis-server") is None:
-        parser.error("redis-server is not installed: `make redis-server-installed`")
+        parser.error("redis-server is not installed: `make system-packages`")
     dataset = Bundle.open(args.artifacts, args.bundle).component("recall")["dataset"]
     data = load_dataset(dataset, args.data_dir)
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """A local redis-server process: the shared online store of `cascade up --store redis`, the
 benchmarks and the tests.
 
-Debian's `redis-server` binary (installed by `make redis-server-installed`), on a loopback port,
+Debian's `redis-server` binary (installed by `make system-packages`), on a loopback port,
 with its data directory and AOF persistence (appendfsync always: a write Redis acknowledged is on
 disk) so that a kill -9 of the server loses nothing it answered.
 """
@@ -30,7 +30,7 @@ def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisNotInstalled(
-            "redis-server is not installed: `make redis-server-installed` (Debian's redis-server)"
+            "redis-server is not installed: `make system-packages` (Debian's redis-server)"
         )
     return binary
 

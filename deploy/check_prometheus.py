@@ -48,7 +48,7 @@ def ensure_prometheus() -> tuple[str, str]:
     """Paths of `prometheus` and `promtool`; installs Debian's package when either is missing."""
     if not (shutil.which("prometheus") and shutil.which("promtool")):
         if os.geteuid() != 0:
-            raise CheckError("prometheus/promtool missing: run `apt-get install -y prometheus`")
+            raise CheckError("prometheus/promtool missing: run `make system-packages`")
         print("== installing Debian's prometheus package", flush=True)
         install = ["apt-get", "install", "-y", "-q", "prometheus"]
         if subprocess.run(install, capture_output=True).returncode != 0:

@@ -2,7 +2,7 @@
 
 AOF is on with appendfsync always, as the docker-compose and K8s Redis run it, so a test that
 kills and restarts the server sees what production would. Skips (with the reason) only when the
-binary is missing: `make test` installs it (`make redis-server-installed`).
+binary is missing: `make test` installs it (`make system-packages`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cascade.redis_server import RedisProcess
 def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (make redis-server-installed: apt redis-server)")
+        pytest.skip("redis-server is not installed (make system-packages: apt redis-server)")
     return binary
 
 

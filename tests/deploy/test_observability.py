@@ -146,7 +146,7 @@ def test_dashboards_use_the_provisioned_datasource_and_fit_the_grid():
     assert uids == {"cascade-overview", "cascade-stages", "cascade-models"}
 
 
-NO_PROMTOOL = "promtool not installed (apt-get install -y prometheus)"
+NO_PROMTOOL = "promtool not installed (make system-packages: Debian's prometheus)"
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason=NO_PROMTOOL)

@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.skipif(
         not (shutil.which("prometheus") and shutil.which("promtool")),
-        reason="Debian's prometheus package is not installed (apt-get install -y prometheus)",
+        reason="Debian's prometheus package is not installed (make system-packages)",
     ),
     pytest.mark.skipif(
         bundle_dataset(ARTIFACTS) is None, reason="no bundle in artifacts/: cascade train all"

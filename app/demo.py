@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade import stack
+from app import stack
 from cascade.candidates import channels_of
 from cascade.data import load_dataset
 from cascade.v1 import gateway_pb2

@@ -31,11 +31,12 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.backends import open_event_log
 from cascade.client import ClientSettings
 from cascade.config import Secret, SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
-from cascade.eventlog import EVENTS, EventLogError, LogSettings, open_event_log
+from cascade.eventlog import EVENTS, EventLogError, LogSettings
 from cascade.events import EVENT_NAMES, check_events
 from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import build_spec

@@ -20,11 +20,12 @@ import grpc
 import numpy as np
 
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.backends import open_store
 from cascade.candidates import to_proto
 from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import StoreLimits, check_store_setting, open_store
+from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
 from cascade.reload import Reloader
 from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve

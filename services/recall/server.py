@@ -24,12 +24,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.backends import open_store
 from cascade.candidates import to_proto
 from cascade.config import SettingsError, load_settings
 from cascade.data.schema import DataError, load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
-from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting, open_store
+from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
 from cascade.reload import Reloader
 from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
@@ -140,7 +141,7 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
 
 def replay_event_log(store: FeatureStore, uri: str) -> None:
     """Rebuilds the embedded store's online state from every event the log acknowledged."""
-    from cascade.eventlog import open_event_log  # the durable log of Feedback events
+    from cascade.backends import open_event_log  # the durable log of Feedback events
 
     events = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
     try:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from cascade.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, MODULES, STAGES
+from app.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, MODULES, STAGES
 from cascade.telemetry import RpcMetrics, new_registry
 from deploy.compose_check import scrape_targets, served_calls
 from deploy.compose_replicas import (

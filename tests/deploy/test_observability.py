@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from cascade.stack import DEFAULT_METRICS_PORTS
+from app.stack import DEFAULT_METRICS_PORTS
 from cascade.telemetry import RpcMetrics, new_registry, set_model_info
 from deploy import generate, grafana_dashboards, prometheus_rules
 from gateway.pipeline import GatewayMetrics

@@ -160,7 +160,7 @@ def start_rank(built: Built, server: ServerSettings, delay_s: float = 0.0) -> Ru
 def _build_prerank(data_dir: Path, artifacts: Path) -> None:
     """A student distilled for a couple of epochs from the tiny teacher, into the same bundle."""
     from services.prerank.distill import DistillConfig
-    from services.prerank.pipeline import distill_into_bundle
+    from services.prerank.train import distill_into_bundle
 
     config = DistillConfig(epochs=2, candidates_per_request=60, sampled_per_request=30)
     distill_into_bundle("ml-100k", data_dir, artifacts, VERSION, config)

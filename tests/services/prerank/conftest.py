@@ -15,7 +15,7 @@ from services.prerank.distill import DistillConfig, item_vectors, train_student
 from services.prerank.examples import Requests, recall_merger
 from services.prerank.export import write_component
 from services.prerank.model import Student, StudentConfig
-from services.prerank.pipeline import World, training_requests
+from services.prerank.world import World, training_requests
 from services.rank.export import write_component as write_rank
 from services.rank.scorer import RankScorer
 from services.rank.train import train

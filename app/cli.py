@@ -57,7 +57,7 @@ ENTRY_POINTS: dict[str, dict[str, str]] = {
     "train": {
         "recall": "services.recall.build",
         "rank": "services.rank.train",
-        "prerank": "services.prerank.distill",
+        "prerank": "services.prerank.train",
         "rerank": "services.rerank.build",
     },
     "serve": {
@@ -129,7 +129,7 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _up(args: argparse.Namespace) -> None:
-    from cascade import stack
+    from app import stack
 
     # A base of 0 means free ports for every service.
     ports = {name: args.base_port and args.base_port + i for name, i in _PORT_OFFSETS.items()}
@@ -174,7 +174,7 @@ def _example_user(args: argparse.Namespace) -> str:
 
 
 def _down(args: argparse.Namespace) -> None:
-    from cascade import stack
+    from app import stack
 
     stack.down(args.run_dir, grace_s=args.grace)
 

@@ -23,28 +23,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.stages import SERVER_MODULES
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.redis_server import RedisProcess
 from cascade.server import read_port_file
+from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, STAGES
 
-# Start order: the stages first, the gateway last (it connects to all of them).
-STAGES = ("recall", "prerank", "rank", "rerank")
-MODULES = {
-    "recall": "services.recall.server",
-    "prerank": "services.prerank.server",
-    "rank": "services.rank.server",
-    "rerank": "services.rerank.server",
-    "gateway": "gateway.server",
-}
-DEFAULT_PORTS = {
-    "gateway": 50050,
-    "recall": 50051,
-    "prerank": 50052,
-    "rank": 50053,
-    "rerank": 50054,
-}
-DEFAULT_METRICS_PORTS = {name: 9100 + port - 50000 for name, port in DEFAULT_PORTS.items()}
+# Start order: the stages first (cascade.topology.STAGES), the gateway last (it connects to all).
+MODULES = SERVER_MODULES
 REDIS = "redis"  # the shared online store's service name in stack.json (not a Python module)
 REDIS_PORT = 6380  # loopback; 6379 is left to a system Redis
 STATE_FILE = "stack.json"

@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from cascade import topology
 from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
 from cascade.config import Secret
@@ -106,6 +107,12 @@ class ServerSettings:
                 f"host {self.host} is reachable from other machines: set tls_cert and tls_key "
                 "(tls_client_ca for mutual TLS), or insecure = true to serve plaintext on purpose"
             )
+
+    @classmethod
+    def of(cls, service: str, **settings) -> ServerSettings:
+        """A service's defaults: its gRPC and metrics ports from cascade.topology."""
+        ports = topology.spec(service)
+        return cls(port=ports.port, metrics_port=ports.metrics_port, **settings)
 
     def security(self) -> str:
         """The transport mode in words, for the start-up log."""

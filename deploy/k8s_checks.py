@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from app.stages import SERVER_MODULES
 from cascade import config
+from cascade.topology import SERVICES
 
 Obj = dict[str, Any]
 
@@ -36,14 +38,7 @@ class Stage:
 
 
 STAGES = {
-    stage.name: stage
-    for stage in (
-        Stage("gateway", "gateway.server", "GatewaySettings"),
-        Stage("recall", "services.recall.server", "RecallSettings"),
-        Stage("prerank", "services.prerank.server", "PrerankSettings"),
-        Stage("rank", "services.rank.server", "RankSettings"),
-        Stage("rerank", "services.rerank.server", "RerankSettings"),
-    )
+    name: Stage(name, SERVER_MODULES[name], f"{name.capitalize()}Settings") for name in SERVICES
 }
 CLUSTER_DOMAIN = "cluster.local"  # the kubelet's default; the gateway's targets spell it out
 

@@ -51,6 +51,7 @@ from cascade.server import (
     serve,
 )
 from cascade.telemetry import new_registry, set_model_info
+from cascade.topology import spec
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
 from gateway.admission import Admission, AdmissionSettings, mark_shrunk, shrink
 from gateway.arms import assign, parse_arms
@@ -71,16 +72,16 @@ class GatewaySettings:
     server: ServerSettings = field(
         # The gateway mostly waits on its stages: 16 threads keep a paused stage (each call
         # waiting out its budget) from starving requests that could be answered.
-        default_factory=lambda: ServerSettings(
-            port=50050, metrics_port=9150, max_message_bytes=1024 * 1024, max_workers=16
+        default_factory=lambda: ServerSettings.of(
+            "gateway", max_message_bytes=1024 * 1024, max_workers=16
         )
     )
     # A stage's replicas: host:port, a comma list of them, or a DNS name resolved to all its
     # addresses (dns:///rank.cascade.svc.cluster.local:50053, a headless Service).
-    recall_target: str = "127.0.0.1:50051"
-    prerank_target: str = "127.0.0.1:50052"
-    rank_target: str = "127.0.0.1:50053"
-    rerank_target: str = "127.0.0.1:50054"
+    recall_target: str = spec("recall").target
+    prerank_target: str = spec("prerank").target
+    rank_target: str = spec("rank").target
+    rerank_target: str = spec("rerank").target
     resolve_interval_s: float = 10.0  # resolve the targets again (new pods, gone ones)
     probe_timeout_s: float = 0.25  # health check of an ejected replica before taking it back
     replica_pick: str = "least_in_flight"  # or "round_robin" (blind to a hung replica's queue)

@@ -44,9 +44,7 @@ SERVICE = prerank_pb2.DESCRIPTOR.services_by_name["Prerank"].full_name
 
 @dataclass(frozen=True)
 class PrerankSettings:
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50052, metrics_port=9152)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("prerank"))
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     data_dir: Path = Path("data")  # the dataset is the one the bundle was trained on
     artifacts: Path = Path("artifacts")

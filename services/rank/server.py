@@ -41,9 +41,7 @@ MIN_TIME_S = 0.002  # less than this left before the deadline: scoring would be 
 
 @dataclass(frozen=True)
 class RankSettings:
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50053, metrics_port=9153)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("rank"))
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     data_dir: Path = Path("data")  # the dataset itself is the one the bundle was trained on
     artifacts: Path = Path("artifacts")

@@ -59,9 +59,7 @@ def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
 
 @dataclass(frozen=True)
 class RecallSettings:
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50051, metrics_port=9151)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("recall"))
     artifacts: Path = Path("artifacts")
     bundle: str = "current"
     # The online store: "memory" (this process, rebuilt from the event log at start) or

@@ -59,9 +59,7 @@ class RerankSettings:
     max_count: int = 200  # larger counts are INVALID_ARGUMENT
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
     rerank: RerankConfig = field(default_factory=RerankConfig)
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50054, metrics_port=9154)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("rerank"))
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)

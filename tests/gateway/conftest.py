@@ -19,6 +19,7 @@ from cascade.data.schema import Dataset, save
 from cascade.data.split import split_dataset
 from cascade.server import RunningServer, ServerSettings, serve
 from cascade.telemetry import ModelMetrics, new_registry
+from cascade.topology import STAGES
 from gateway.server import GatewaySettings, start
 from services.rank.export import write_component
 from services.rank.model import ModelConfig
@@ -175,7 +176,7 @@ def _start_prerank(common: dict) -> RunningServer:
 
 def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides):
     # A port nobody listens on stands in for a stage that is not running (calls fail at once).
-    targets = {f"{s}_target": "127.0.0.1:1" for s in ("recall", "prerank", "rank", "rerank")}
+    targets = {f"{s}_target": "127.0.0.1:1" for s in STAGES}
     targets |= {f"{name}_target": server.address for name, server in stages.items()}
     # Each gateway logs into a fresh folder unless the test names one (a restart reuses it).
     log_dir = tempfile.mkdtemp(prefix="eventlog-", dir=built.data_dir.parent)

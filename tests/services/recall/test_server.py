@@ -52,7 +52,8 @@ def settings_for(artifacts: tuple[Path, Path], **overrides) -> RecallSettings:
 
 @pytest.fixture(scope="module")
 def recall(artifacts) -> Iterator[tuple[recall_pb2_grpc.RecallStub, object]]:
-    running, service = start(settings_for(artifacts))
+    running = start(settings_for(artifacts))
+    service = running.service
     channel = make_channel(running.address, ClientSettings(timeout_s=5.0, max_attempts=1))
     yield recall_pb2_grpc.RecallStub(channel), service
     channel.close()

@@ -15,10 +15,10 @@ SERVER_MODULES = {
     "rerank": "services.rerank.server",
 }
 TRAIN_MODULES = {
-    "recall": "services.recall.build",
+    "recall": "services.recall.train",
     "rank": "services.rank.train",
     "prerank": "services.prerank.train",
-    "rerank": "services.rerank.build",
+    "rerank": "services.rerank.train",
 }
 # Offline reports: each stage's own, plus the extra studies and the end-to-end evaluation.
 EVALUATE_MODULES = {

@@ -29,8 +29,8 @@ from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
-from services.rerank.build import COMPONENT, VECTORS
 from services.rerank.reranker import RerankConfig, Reranker
+from services.rerank.train import COMPONENT, VECTORS
 
 STAGE = "rerank"
 SERVICE = rerank_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name

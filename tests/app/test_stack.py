@@ -17,9 +17,9 @@ from app import stack
 from cascade.artifacts import clone, publish
 
 STAGE_TRAINERS = (
-    ("services.recall.build",),
+    ("services.recall.train",),
     ("services.rank.train", "--max-epochs", "1"),
-    ("services.rerank.build",),
+    ("services.rerank.train",),
 )
 
 

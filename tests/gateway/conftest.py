@@ -27,13 +27,13 @@ from services.rank.server import SERVER as RANK_SERVER
 from services.rank.server import STAGE as RANK
 from services.rank.server import RankService, RankSettings, load_scorer
 from services.rank.train import TrainConfig, train
-from services.recall.build import build_recall
 from services.recall.server import RecallSettings
 from services.recall.server import start as start_recall
-from services.recall.train import TwoTowerConfig
-from services.rerank.build import build as build_rerank
+from services.recall.train import build_recall
+from services.recall.two_tower import TwoTowerConfig
 from services.rerank.server import RerankSettings
 from services.rerank.server import start as start_rerank
+from services.rerank.train import build as build_rerank
 from tests.conftest import make_tiny_dataset
 
 VERSION = "v1"

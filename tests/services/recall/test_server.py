@@ -18,9 +18,9 @@ from cascade.data.schema import save
 from cascade.data.split import split_dataset
 from cascade.server import ServerSettings
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
-from services.recall.build import build_recall
 from services.recall.server import RecallSettings, open_recall, start
-from services.recall.train import TwoTowerConfig
+from services.recall.train import build_recall
+from services.recall.two_tower import TwoTowerConfig
 from tests.services.recall.conftest import make_recall_world
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,8 +12,8 @@ from cascade.data.schema import save
 from cascade.server import ServerSettings, serve
 from cascade.telemetry import new_registry
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
-from services.rerank.build import build
 from services.rerank.server import SERVER, STAGE, RerankSettings, load_reranker, new_service
+from services.rerank.train import build
 from tests.conftest import make_tiny_dataset
 
 pytestmark = pytest.mark.timeout(60)

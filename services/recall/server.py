@@ -216,9 +216,9 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         self.swap(state)
 
     def swap(self, state: RecallState) -> str:
-        """Serves `state` from the next request on (at start and on hot reload). The old
-        merger's channel threads exit once in-flight requests drop it (ThreadPoolExecutor's
-        workers stop when it is garbage collected)."""
+        """Serves `state` from the next request on (at start and on hot reload). With a channel
+        pool (channel_workers > 0) the old merger's threads exit once in-flight requests drop it
+        (ThreadPoolExecutor's workers stop when it is garbage collected)."""
         merger = Merger(
             state.channels, self.settings.budgets(), overfetch=self.settings.overfetch,
             max_workers=self.settings.channel_workers, metrics=self.channel_metrics,

@@ -27,19 +27,17 @@ Obj = dict[str, Any]
 class Stage:
     name: str
     module: str  # what the container runs with `python -m`
-    settings_class: str  # the settings dataclass in that module
 
     @property
     def env_prefix(self) -> str:
         return f"CASCADE_{self.name.upper()}_"
 
     def settings_type(self) -> type:
-        return getattr(importlib.import_module(self.module), self.settings_class)
+        """The settings dataclass of the module's StageServer declaration (`SERVER`)."""
+        return importlib.import_module(self.module).SERVER.settings
 
 
-STAGES = {
-    name: Stage(name, SERVER_MODULES[name], f"{name.capitalize()}Settings") for name in SERVICES
-}
+STAGES = {name: Stage(name, SERVER_MODULES[name]) for name in SERVICES}
 CLUSTER_DOMAIN = "cluster.local"  # the kubelet's default; the gateway's targets spell it out
 
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade import stack
+from app import stack
 from cascade.candidates import channels_of
 from cascade.data import load_dataset
+from cascade.topology import DEFAULT_METRICS_PORTS, GATEWAY, ports_from
 from cascade.v1 import gateway_pb2
-
-PORT_NAMES = ("gateway", "recall", "prerank", "rank", "rerank")
 
 
 def show(response, titles: np.ndarray, header: str) -> list[int]:
@@ -69,13 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[196, 186, 22])
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument(
-        "--base-port", type=int, default=50050, help="gateway port, stages the next four; 0 = free"
+        "--base-port",
+        type=int,
+        default=GATEWAY.port,
+        help="gateway port, stages the next four; 0 = free",
     )
     args = parser.parse_args(argv)
     from gateway.client import CascadeClient  # the gateway package is the SDK's home
 
-    ports = {n: args.base_port and args.base_port + i for i, n in enumerate(PORT_NAMES)}
-    metrics = {n: args.base_port and 9150 + i for i, n in enumerate(PORT_NAMES)}
+    ports = ports_from(args.base_port)
+    metrics = {n: args.base_port and port for n, port in DEFAULT_METRICS_PORTS.items()}
     try:
         stack.ensure_bundle(args.artifacts, args.data_dir, args.dataset)  # data, then every model
         titles = np.asarray(load_dataset(args.dataset, args.data_dir).items["title"])

@@ -22,7 +22,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cascade import metrics, stack
+from app import stack
+from cascade import metrics
 from cascade.baselines import default_models
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset

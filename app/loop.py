@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from app import stack
 from app.simulate import (
     REFERENCE_ARMS,
     GatewayPolicy,
@@ -21,7 +22,6 @@ from app.simulate import (
     simulate,
     summarise,
 )
-from cascade import stack
 from cascade.data import load_dataset
 from gateway.arms import Arm
 from gateway.client import CascadeClient

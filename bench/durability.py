@@ -30,11 +30,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from app import stack
 from bench.load import fixed_rate
-from cascade import stack
 from cascade.artifacts import Bundle
+from cascade.backends import open_event_log
 from cascade.data import load_dataset
-from cascade.eventlog import open_event_log
 from cascade.v1 import gateway_pb2
 
 KILL_AT_S = 10.0  # kill -9 gateway and recall

@@ -31,16 +31,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 
+from app import stack
+from bench.answers import Answer, ask_traced, percentiles
 from bench.load import P99_LIMIT_MS, fixed_rate
-from cascade import stack
 from cascade.artifacts import Bundle, clone, publish
-from cascade.v1 import gateway_pb2
 
 FAULTS = (  # (name, stage, starts at s, lasts s)
     ("kill", "rank", 10.0, 0.0),
@@ -48,29 +46,6 @@ FAULTS = (  # (name, stage, starts at s, lasts s)
     ("swap", "", 55.0, 0.0),
 )
 WINDOW_S = 20.0  # a fault's effects are looked for this long after it starts
-
-
-@dataclass
-class Answer:
-    sent_s: float  # when the request was due, from the start of the load
-    latency_ms: float
-    code: str  # "OK" or the gRPC status name
-    degraded: tuple[str, ...] = ()
-    stages: dict[str, float] = field(default_factory=dict)  # stage -> latency ms
-    versions: dict[str, str] = field(default_factory=dict)  # stage -> model version
-
-
-async def _ask(stub, user_id: int, due: float, start: float, timeout_s: float) -> Answer:
-    request = gateway_pb2.RecommendRequest(user_id=user_id, count=10, debug=True)
-    try:
-        reply = await stub.Recommend(request, timeout=timeout_s)
-    except grpc.aio.AioRpcError as error:
-        return Answer(due - start, 1e3 * (time.perf_counter() - due), error.code().name)
-    return Answer(
-        due - start, 1e3 * (time.perf_counter() - due), "OK", tuple(reply.degraded_stages),
-        {t.stage: t.latency_ms for t in reply.trace},
-        {t.stage: t.model_version for t in reply.trace if t.model_version},
-    )  # fmt: skip
 
 
 def inject(running: stack.Stack, start: float, new_version: str, root: Path, log: list) -> None:
@@ -114,11 +89,11 @@ def phase_report(answers: list[Answer], seconds: float) -> dict:
         "failed": sum(failed.values()),
         "failed_codes": failed,
         "throughput_rps": round(len(ok) / seconds, 1) if seconds else 0.0,
-        **_percentiles([a.latency_ms for a in ok]),
+        **percentiles([a.latency_ms for a in ok]),
         "stages": {},
     }
     for stage in dict.fromkeys(s for a in ok for s in a.stages):
-        report["stages"][stage] = _percentiles([a.stages[stage] for a in ok if stage in a.stages])
+        report["stages"][stage] = percentiles([a.stages[stage] for a in ok if stage in a.stages])
     return report
 
 
@@ -158,13 +133,6 @@ def drill_report(answers: list[Answer], events: list, new_version: str, duration
     before = [a for a in answers if a.sent_s < FAULTS[0][2]]
     report["before_faults"] = phase_report(before, FAULTS[0][2])
     return report
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    p50, p99 = np.percentile(values, [50, 99])
-    return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
 
 
 def markdown(report: dict) -> str:
@@ -281,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         injector.start()
 
         def ask(stub, user: int, due: float):
-            return _ask(stub, user, due, start, args.timeout)
+            return ask_traced(stub, user, due, start, args.timeout)
 
         answers, _ = asyncio.run(fixed_rate(target, users, args.rate, args.duration, ask, start))
         injector.join(timeout=5)

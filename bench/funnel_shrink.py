@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from app import stack
 from app.evaluation_e2e import K, Protocol, _page
 from bench.load import cpu_seconds
-from cascade import stack
 from cascade.data import load_dataset
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.admission import QUALITY_KEY, shrink

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.stack import prerank_available
 from cascade.candidates import Candidates
 from cascade.config import load_settings
-from cascade.stack import prerank_available
 from cascade.telemetry import new_registry
 from cascade.v1 import common_pb2
 

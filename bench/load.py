@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cascade import stack
+from app import stack
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 
 P99_LIMIT_MS = 50.0

@@ -28,8 +28,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from app import stack
 from bench.load import closed_loop, cpu_seconds, fixed_rate
-from cascade import stack
 from cascade.v1 import gateway_pb2
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.faults import Answer, _ask, _percentiles
+from app import stack
+from bench.answers import Answer, ask_traced, percentiles
 from bench.load import fixed_rate
-from cascade import stack
 from cascade.server import free_port
 
 WARM_S, PAUSE_AT_S, PAUSE_S, AFTER_S = 5.0, 10.0, 10.0, 10.0
@@ -50,7 +50,7 @@ def window(answers: list[Answer], start_s: float, end_s: float) -> dict:
         "degraded": degraded,
         "degraded_pct": round(100 * degraded / len(inside), 2) if inside else float("nan"),
         "failed": len(inside) - len(ok),
-        **_percentiles([a.latency_ms for a in ok]),
+        **percentiles([a.latency_ms for a in ok]),
     }
 
 
@@ -84,7 +84,7 @@ def run_variant(
         injector.start()
 
         def ask(stub, user: int, due: float):
-            return _ask(stub, user, due, start, timeout_s)
+            return ask_traced(stub, user, due, start, timeout_s)
 
         seconds = PAUSE_AT_S + PAUSE_S + AFTER_S
         answers, _ = asyncio.run(fixed_rate(target, users, rate, seconds, ask, start))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascade import stack
+from app import stack
 from cascade.redis_server import RedisProcess
 from cascade.server import free_port
 from deploy.compose_check import served_calls

@@ -6,7 +6,7 @@ Per hop: three loopback servers from cascade.server.serve with the same echo ser
 2,000-candidate list each way, the recall -> prerank hop's size): plaintext, TLS, and mutual TLS
 with the caller check. Calls alternate between them in rounds over warm channels, so machine noise
 falls on all three alike. A new connection's first call (the handshake) is timed too.
-End to end: two local stacks at once from cascade.stack, one plaintext and one with `tls=True`
+End to end: two local stacks at once from app.stack, one plaintext and one with `tls=True`
 (TLS at the gateway, mutual TLS on every stage hop), asked in turn, one request at a time.
 Writes tls_cost.json and tls_cost.md.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cascade import stack
+from app import stack
 from cascade.candidates import from_proto, to_proto
 from cascade.certs import make_certificates
 from cascade.client import ClientSettings, make_channel

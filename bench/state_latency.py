@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app import stack
 from bench.load import closed_loop, summarize
-from cascade import stack
 from gateway.client import CascadeClient
 
 BACKENDS = ("memory", "redis")

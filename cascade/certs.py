@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cascade.callers import GATEWAY_IDENTITY
+from cascade.topology import SERVICES
 
-STAGE_NAMES = ("gateway", "recall", "prerank", "rank", "rerank")
+STAGE_NAMES = SERVICES
 TOOLS_IDENTITY = "cascade-tools"
 
 

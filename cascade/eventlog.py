@@ -1,11 +1,11 @@
 """The event log, the source of truth: every acknowledged Feedback event and every served answer.
 
 Two record kinds with fixed Arrow schemas (EVENTS, IMPRESSIONS; README "State and durability").
-`open_event_log("file:DIR")` is the embedded default: segmented append-only files, one frame per
+`file:DIR` (FileEventLog) is the embedded default: segmented append-only files, one frame per
 append (length + CRC32 + an Arrow IPC stream), fsync per append by default, a torn tail skipped
-on reopen. `open_event_log("redis://HOST:PORT/DB")` logs to Redis Streams
-(cascade/eventlog_redis.py), so several gateways log to one place. A repeated event (same user,
-request_id, item, event and timestamp_ms) is recorded once.
+on reopen. `redis://HOST:PORT/DB` logs to Redis Streams (cascade/eventlog_redis.py), so several
+gateways log to one place; cascade.backends.open_event_log picks one from the URL. A repeated
+event (same user, request_id, item, event and timestamp_ms) is recorded once.
 """
 
 from __future__ import annotations
@@ -89,21 +89,6 @@ class LogSettings:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {self.fsync!r}")
         if min(self.segment_bytes, self.dedup_window, self.maxlen, self.dedup_ttl_s) < 1:
             raise ValueError("segment_bytes, dedup_window, maxlen and dedup_ttl_s must be >= 1")
-
-
-def open_event_log(
-    uri: str, settings: LogSettings | None = None, read_only: bool = False
-) -> EventLog:
-    """`file:/path/to/dir` (embedded) or `redis://host:port/db` (shared). `read_only`: a reader
-    beside the running writer (the file backend allows one writer per folder)."""
-    settings = settings or LogSettings()
-    if uri.startswith("file:"):
-        return FileEventLog(Path(uri.removeprefix("file:")), settings, read_only)
-    if uri.startswith(("redis://", "rediss://", "unix://")):
-        from cascade.eventlog_redis import RedisEventLog
-
-        return RedisEventLog(uri, settings)
-    raise ValueError(f"event log {uri!r}: expected file:/path or redis://host:port/db")
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -5,8 +5,8 @@ in memory (`DatasetFeatures`: user profiles and item attributes encoded with the
 FeatureSpec, and the training period's history, consumed items and counters). What arrives online
 lives in the backend: `InMemoryFeatureStore` (embedded default; bounded per-user state in
 cascade.online_state, rebuilt from the event log at start) or `RedisFeatureStore`
-(cascade.redis_store; shared by every replica of every stage). `open_store` picks one from the
-`store` setting: "memory" or "redis://host:port/db".
+(cascade.redis_store; shared by every replica of every stage). `cascade.backends.open_store`
+picks one from the `store` setting: "memory" or "redis://host:port/db".
 """
 
 from __future__ import annotations
@@ -265,15 +265,3 @@ def check_store_setting(store: str) -> None:
     """The `store` setting: "memory" (embedded) or a redis://host:port/db URL."""
     if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"store must be 'memory' or a redis://host:port/db URL, got {store!r}")
-
-
-def open_store(
-    store: str, dataset: Dataset, spec: FeatureSpec, split, limits: StoreLimits | None = None
-) -> FeatureStore:
-    """The serving store the `store` setting names, loaded with the training period `split`."""
-    check_store_setting(store)
-    if store == "memory":
-        return InMemoryFeatureStore.from_split(dataset, spec, split, limits)
-    from cascade.redis_store import RedisFeatureStore  # only deployments with Redis import it
-
-    return RedisFeatureStore.from_split(dataset, spec, split, store, limits)

@@ -1,4 +1,5 @@
-"""The gRPC server bootstrap every stage uses: one call builds, binds and starts it.
+"""The gRPC server bootstrap every service uses: one call builds, binds and starts it, and one
+declaration (StageServer) gives each service its `start` and its `python -m` entry point.
 
 A server gets health checking (grpc.health.v1), reflection when asked, RPC metrics on its own HTTP
 port, load shedding (maximum_concurrent_rpcs), TLS or mutual TLS with the caller check
@@ -8,19 +9,21 @@ server.stop(grace) lets in-flight calls finish while new ones are refused.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -30,9 +33,12 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from cascade import topology
+from cascade.artifacts import ArtifactError
 from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
-from cascade.config import Secret
+from cascade.config import Secret, SettingsError, load_settings
+from cascade.data.schema import DataError
 from cascade.guard import QueueGuard
 from cascade.reload import Reloader
 from cascade.telemetry import (
@@ -107,6 +113,12 @@ class ServerSettings:
                 "(tls_client_ca for mutual TLS), or insecure = true to serve plaintext on purpose"
             )
 
+    @classmethod
+    def of(cls, service: str, **settings) -> ServerSettings:
+        """A service's defaults: its gRPC and metrics ports from cascade.topology."""
+        ports = topology.spec(service)
+        return cls(port=ports.port, metrics_port=ports.metrics_port, **settings)
+
     def security(self) -> str:
         """The transport mode in words, for the start-up log."""
         if self.tls_client_ca is not None:
@@ -138,6 +150,7 @@ class RunningServer:
     certificates: ServerCertificates | None = None  # TLS files, re-read on change
     probe: grpc.Server | None = None  # the plaintext health-only server, when asked
     probe_port: int | None = None
+    service: Any = None  # the servicer StageServer.start built
     _stop_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _stopped: bool = False
 
@@ -289,20 +302,101 @@ def read_port_file(path: Path) -> tuple[int, int | None] | None:
     return int(ports["port"]), ports["metrics_port"]
 
 
-def run_forever(
-    stage: str,
-    add_servicers: AddServicers,
-    settings: ServerSettings | None = None,
-    registry: CollectorRegistry | None = None,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),
-    reloader: Reloader | None = None,
-) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread."""
-    running = serve(stage, add_servicers, settings, registry, interceptors, reloader)
+@dataclass(frozen=True)
+class StageServer:
+    """What a service's server.py declares; `start` and `main` do the rest, the same way for all
+    five: settings (a bad one: exit 2 naming it), the load, the service, its servicer, health,
+    reflection, metrics, hot reload, the port file, signals and graceful shutdown.
+
+    `load(settings)` returns what serving holds (a model, tables, a catalog) and raises
+    SettingsError, ArtifactError or DataError when it cannot; `service(settings, loaded,
+    registry)` builds the servicer, whose `swap(loaded)` serves a reloaded one. `reload(settings,
+    service)` loads for a hot reload when that differs from `load` (it may reuse the old state).
+    """
+
+    name: str  # the service's name in cascade.topology: env prefix, metrics label, logs
+    settings: type  # its settings dataclass, with a `server: ServerSettings` field
+    load: Callable[[Any], Any]
+    service: Callable[[Any, Any, CollectorRegistry], Any]
+    register: Callable[[Any, grpc.Server], None]  # the generated add_<Name>Servicer_to_server
+    service_name: str  # the full gRPC service name it registers (health, reflection)
+    interceptors: Callable[[Any, Any], Sequence[grpc.ServerInterceptor]] = lambda s, service: ()
+    reload: Callable[[Any, Any], Any] | None = None
+    describe: Callable[[Any, Any], str] | None = None  # one start-up log line about the model
+    close: Callable[[Any], None] | None = None  # after the server has stopped
+
+    def add_servicers(self, service: Any) -> AddServicers:
+        def add(server: grpc.Server) -> list[str]:
+            self.register(service, server)
+            return [self.service_name]
+
+        return add
+
+    def reloader(self, settings: Any, service: Any) -> Reloader:
+        """Swaps a newly published bundle into `service` (polls when reload_interval_s > 0)."""
+        reload = self.reload or (lambda settings, _service: self.load(settings))
+        return Reloader.for_service(
+            self.name, settings, lambda: reload(settings, service), service.swap
+        )
+
+    def start(
+        self, settings: Any, loaded: Any = None, registry: CollectorRegistry | None = None
+    ) -> RunningServer:
+        """A running server (tests pass what `load` would return); the servicer is
+        `running.service`."""
+        registry = new_registry() if registry is None else registry
+        loaded = self.load(settings) if loaded is None else loaded
+        service = self.service(settings, loaded, registry)
+        reloader = self.reloader(settings, service)
+        interceptors = self.interceptors(settings, service)
+        running = serve(
+            self.name,
+            self.add_servicers(service),
+            settings.server,
+            registry,
+            interceptors,
+            reloader,
+        )
+        running.service = service
+        return running
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """`python -m <server module> [--config FILE]`: serve until SIGTERM or SIGINT."""
+        parser = argparse.ArgumentParser(description=f"the {self.name} gRPC service")
+        parser.add_argument("--config", type=Path, help="JSON or TOML settings file")
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        prefix = topology.spec(self.name).env_prefix
+        try:
+            settings = load_settings(self.settings, args.config, env_prefix=prefix)
+            loaded = self.load(settings)
+        except (SettingsError, ArtifactError, DataError) as error:
+            print(f"{self.name}: refusing to start: {error}", file=sys.stderr)
+            return 2
+        try:
+            running = self.start(settings, loaded)
+        except BindError as error:
+            print(f"{self.name}: {error}", file=sys.stderr)
+            return 1
+        if self.describe is not None:
+            log.info("%s: %s", self.name, self.describe(settings, running.service))
+        try:
+            wait_for_stop_signal(self.name)
+        finally:
+            running.stop()
+            if self.close is not None:
+                self.close(running.service)
+        return 0
+
+
+def wait_for_stop_signal(name: str) -> None:
+    """Block until SIGTERM or SIGINT (the previous handlers come back after). Main thread only."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame) -> None:
-        log.info("%s: received %s", stage, signal.Signals(signum).name)
+        log.info("%s: received %s", name, signal.Signals(signum).name)
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -310,7 +404,6 @@ def run_forever(
         while not stop_requested.wait(0.5):  # a timed wait keeps signal delivery prompt
             pass
     finally:
-        running.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

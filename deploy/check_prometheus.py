@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from app.stack import STATE_FILE, Service, Stack, StackError, running_stack
 from cascade.server import free_port
-from cascade.stack import STATE_FILE, Service, Stack, StackError, running_stack
 from deploy import grafana_dashboards, prometheus_rules
 from deploy.check_traffic import Traffic
 from deploy.report_prometheus import write_report

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from cascade.stack import Stack
+from app.stack import Stack
 from gateway.client import CascadeClient
 
 TINY_DEADLINE_S = 0.004  # less than one stage hop plus the gateway's margin: it must degrade

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from cascade.topology import SERVICES
+
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("gateway", "recall", "prerank", "rank", "rerank")
+STAGES = SERVICES  # every service may get replicas
 PORT_STEP = 10  # replica k listens on the stage's ports + PORT_STEP * (k - 1)
 MAX_REPLICAS = 9  # 50050 + 10 * 8 + 4 stays clear of the next stage's first replica ports
 PROMETHEUS_DIR = "/etc/prometheus"  # where compose mounts deploy/prometheus/

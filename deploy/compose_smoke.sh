@@ -55,7 +55,7 @@ fi
 # Binding each port is the test (a listener on 0.0.0.0 or 127.0.0.1 both make it fail).
 ports_report=$("$PYTHON" - "${replicas[@]}" <<'EOF'
 import socket, sys
-from cascade.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from deploy.compose_replicas import parse_counts, replica_ports
 ports = [*DEFAULT_PORTS.values(), *DEFAULT_METRICS_PORTS.values(), 9090]
 for stage, count in parse_counts(sys.argv[1:]).items():

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from app.stages import SERVER_MODULES
 from cascade import config
+from cascade.topology import SERVICES
 
 Obj = dict[str, Any]
 
@@ -25,26 +27,17 @@ Obj = dict[str, Any]
 class Stage:
     name: str
     module: str  # what the container runs with `python -m`
-    settings_class: str  # the settings dataclass in that module
 
     @property
     def env_prefix(self) -> str:
         return f"CASCADE_{self.name.upper()}_"
 
     def settings_type(self) -> type:
-        return getattr(importlib.import_module(self.module), self.settings_class)
+        """The settings dataclass of the module's StageServer declaration (`SERVER`)."""
+        return importlib.import_module(self.module).SERVER.settings
 
 
-STAGES = {
-    stage.name: stage
-    for stage in (
-        Stage("gateway", "gateway.server", "GatewaySettings"),
-        Stage("recall", "services.recall.server", "RecallSettings"),
-        Stage("prerank", "services.prerank.server", "PrerankSettings"),
-        Stage("rank", "services.rank.server", "RankSettings"),
-        Stage("rerank", "services.rerank.server", "RerankSettings"),
-    )
-}
+STAGES = {name: Stage(name, SERVER_MODULES[name]) for name in SERVICES}
 CLUSTER_DOMAIN = "cluster.local"  # the kubelet's default; the gateway's targets spell it out
 
 

@@ -12,18 +12,13 @@ from typing import Any
 
 import yaml
 
+from cascade.topology import SERVICE_SPECS, STAGES
+
 JOB = "cascade"  # the scrape job of every Cascade service (deploy/prometheus/*.yml)
 WINDOW = "1m"  # rate window: at a 5 s scrape interval, 12 samples
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-STAGES = ("recall", "prerank", "rank", "rerank")
 # The RPC each service exists for (Gateway/Feedback and Recall/Record ride along in the rules).
-MAIN_RPC = {
-    "gateway": "cascade.v1.Gateway/Recommend",
-    "recall": "cascade.v1.Recall/Recall",
-    "prerank": "cascade.v1.Prerank/Prerank",
-    "rank": "cascade.v1.Rank/Rank",
-    "rerank": "cascade.v1.Rerank/Rerank",
-}
+MAIN_RPC = {service.name: service.rpc for service in SERVICE_SPECS}
 # Health checks and reflection are infrastructure, not traffic.
 SERVICE_RPCS = 'rpc!~"grpc\\\\..*"'
 # The caller's mistakes and cancellations are not the service's errors.

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from cascade import topology
 from cascade.candidates import CHANNELS, Candidates, channel_bit, from_proto, to_proto
 from cascade.telemetry import LATENCY_BUCKETS
 from cascade.v1 import (
@@ -40,7 +41,7 @@ from cascade.v1 import (
 if TYPE_CHECKING:
     from gateway.replicas import ReplicaPool
 
-STAGES = ("recall", "prerank", "rank", "rerank")
+STAGES = topology.STAGES  # the order a request crosses them
 # Each stage's stub and its one RPC, called on the replica a ReplicaPool picks.
 STUBS = {
     "recall": (recall_pb2_grpc.RecallStub, "Recall"),

@@ -15,13 +15,11 @@ store, which every stage replica reads (a write that fails is UNAVAILABLE; the r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,25 +29,19 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.backends import open_event_log
 from cascade.client import ClientSettings
-from cascade.config import Secret, SettingsError, load_settings
-from cascade.data import DataError, load_dataset
+from cascade.config import Secret
+from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.eventlog import EVENTS, EventLogError, LogSettings, open_event_log
+from cascade.eventlog import EVENTS, EventLogError, LogSettings
 from cascade.events import EVENT_NAMES, check_events
 from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import build_spec
 from cascade.ids import IdSpaceFull
-from cascade.reload import Reloader
-from cascade.server import (
-    RunningServer,
-    ServerSettings,
-    invalid_argument,
-    resource_exhausted,
-    run_forever,
-    serve,
-)
-from cascade.telemetry import new_registry, set_model_info
+from cascade.server import ServerSettings, StageServer, invalid_argument, resource_exhausted
+from cascade.telemetry import set_model_info
+from cascade.topology import spec
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
 from gateway.admission import Admission, AdmissionSettings, mark_shrunk, shrink
 from gateway.arms import assign, parse_arms
@@ -70,16 +62,16 @@ class GatewaySettings:
     server: ServerSettings = field(
         # The gateway mostly waits on its stages: 16 threads keep a paused stage (each call
         # waiting out its budget) from starving requests that could be answered.
-        default_factory=lambda: ServerSettings(
-            port=50050, metrics_port=9150, max_message_bytes=1024 * 1024, max_workers=16
+        default_factory=lambda: ServerSettings.of(
+            "gateway", max_message_bytes=1024 * 1024, max_workers=16
         )
     )
     # A stage's replicas: host:port, a comma list of them, or a DNS name resolved to all its
     # addresses (dns:///rank.cascade.svc.cluster.local:50053, a headless Service).
-    recall_target: str = "127.0.0.1:50051"
-    prerank_target: str = "127.0.0.1:50052"
-    rank_target: str = "127.0.0.1:50053"
-    rerank_target: str = "127.0.0.1:50054"
+    recall_target: str = spec("recall").target
+    prerank_target: str = spec("prerank").target
+    rank_target: str = spec("rank").target
+    rerank_target: str = spec("rerank").target
     resolve_interval_s: float = 10.0  # resolve the targets again (new pods, gone ones)
     probe_timeout_s: float = 0.25  # health check of an ejected replica before taking it back
     replica_pick: str = "least_in_flight"  # or "round_robin" (blind to a hung replica's queue)
@@ -567,66 +559,37 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self.admission.close()
 
 
-def _servicers(service: GatewayService):
-    def add(server: grpc.Server) -> list[str]:
-        gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
-        return [SERVICE]
-
-    return add
+def new_service(
+    settings: GatewaySettings, catalog: Catalog, registry: CollectorRegistry
+) -> GatewayService:
+    return GatewayService(settings, catalog, registry, Admission(settings.admission, registry))
 
 
-def _interceptors(settings: GatewaySettings, admission: Admission) -> list[grpc.ServerInterceptor]:
+def interceptors(
+    settings: GatewaySettings, service: GatewayService
+) -> list[grpc.ServerInterceptor]:
     # Admission first: it decides before the call waits for a worker thread.
     auth = [TokenAuth(settings.api_token.reveal())] if settings.api_token else []
-    return [admission, *auth]
+    return [service.admission, *auth]
 
 
-def reloader(settings: GatewaySettings, service: GatewayService) -> Reloader:
-    return Reloader.for_service(STAGE, settings, lambda: load_catalog(settings), service.swap)
+def describe(settings: GatewaySettings, service: GatewayService) -> str:
+    token = "on" if settings.api_token else "off"
+    return f"stages {settings.targets()} over {settings.stage_security()}; API token {token}"
 
 
-def start(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> RunningServer:
-    """A running gateway (tests); its service is `running.service` for closing channels."""
-    registry = new_registry() if registry is None else registry
-    admission = Admission(settings.admission, registry)
-    service = GatewayService(settings, load_catalog(settings), registry, admission)
-    running = serve(
-        STAGE, _servicers(service), settings.server, registry,
-        _interceptors(settings, admission), reloader(settings, service),
-    )  # fmt: skip
-    running.service = service  # type: ignore[attr-defined]
-    return running
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="JSON or TOML settings file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        settings = load_settings(GatewaySettings, args.config, env_prefix="CASCADE_GATEWAY_")
-        catalog = load_catalog(settings)
-    except (SettingsError, ArtifactError, DataError) as error:
-        log.error("gateway: refusing to start: %s", error)
-        return 2
-    registry = new_registry()
-    admission = Admission(settings.admission, registry)
-    service = GatewayService(settings, catalog, registry, admission)
-    log.info(
-        "gateway: stages %s over %s; API token %s",
-        settings.targets(), settings.stage_security(), "on" if settings.api_token else "off",
-    )  # fmt: skip
-    try:
-        run_forever(
-            STAGE, _servicers(service), settings.server, registry,
-            _interceptors(settings, admission), reloader(settings, service),
-        )  # fmt: skip
-    finally:
-        service.close()
-    return 0
-
+SERVER = StageServer(
+    name=STAGE,
+    settings=GatewaySettings,
+    load=load_catalog,
+    service=new_service,
+    register=gateway_pb2_grpc.add_GatewayServicer_to_server,
+    service_name=SERVICE,
+    interceptors=interceptors,
+    describe=describe,
+    close=GatewayService.close,
+)
+start, main = SERVER.start, SERVER.main
 
 if __name__ == "__main__":
     sys.exit(main())

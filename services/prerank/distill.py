@@ -1,28 +1,22 @@
 """Distillation of the pre-rank student from the rank teacher, over real recall outputs.
 
-    python -m services.prerank.distill --dataset ml-100k --data-dir data --artifacts artifacts \
-        --version V [--publish] [--variant distilled_listwise]
-
-The bundle V must already hold "recall" and "rank" (services.recall.build, services.rank.train
-into the same --version); this writes "prerank" into it. Requests: one per training user, at the
-time of their interaction at `request_fraction` of their training sequence, history strictly
+The command is services/prerank/train.py (`cascade train prerank`). Requests: one per training user,
+at the time of their interaction at `request_fraction` of their training sequence, history strictly
 before it; candidates: the recall merge (2,000); each request keeps every positive plus a seeded
 random sample, `sampled_per_request` in all (bounds labelling and training cost). Labels: the
-teacher's fused score as a logit (soft) and "played later in the training period" (true); never
-test data. Loss = BCE(true) + T² · BCE(student / T, sigmoid(teacher / T)) [+ ListNet on the
-teacher's order within a request] [+ feature distillation onto the teacher's id embeddings].
-Deterministic for a seed with one torch thread. Known approximation: recall's tables and
-two-tower are built from the whole training period, so a training request's candidates come from
-channels that saw the rest of that period (test data is never used).
+teacher's fused score as a logit (soft) and "played later in the training period" (true); never test
+data. Loss = BCE(true) + T² · BCE(student / T, sigmoid(teacher / T)) [+ ListNet on the teacher's
+order within a request] [+ feature distillation onto the teacher's id embeddings]. Deterministic for
+a seed with one torch thread. Known approximation: recall's tables and two-tower are built from the
+whole training period, so a training request's candidates come from channels that saw the rest of
+that period (test data is never used).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -224,30 +218,3 @@ def student_scores(
         ).numpy()  # (r, d + 1)
         out[part] = np.matmul(vectors[requests.item_ids[part]], users[:, :, None])[:, :, 0]
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from services.prerank.pipeline import distill_into_bundle
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--version", default="current", help="bundle holding recall + rank")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--publish", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = variant_config(args.variant, DistillConfig(seed=args.seed))
-    folder = distill_into_bundle(
-        args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
-    )
-    print(f"prerank component ({args.variant}) written to {folder}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

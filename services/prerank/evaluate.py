@@ -3,7 +3,7 @@ over real recall candidates in the test period, against the teacher and recall's
 
     python -m services.prerank.evaluate --dataset ml-100k [synthetic] --out results/prerank
 
-Each dataset's bundle `<dataset>-v1` must hold recall + rank (see services/prerank/distill.py).
+Each dataset's bundle `<dataset>-v1` must hold recall + rank (see services/prerank/train.py).
 Every variant is distilled here from the same training requests and seed (the shipped prerank
 component is the distilled_listwise row, trained by `distill` with the same config). Test
 requests: each test user at their cut (first test interaction) with their training history; the
@@ -33,7 +33,7 @@ from services.prerank.distill import (
     variant_config,
 )
 from services.prerank.examples import Requests
-from services.prerank.pipeline import open_world, test_requests, training_requests
+from services.prerank.world import open_world, test_requests, training_requests
 
 log = logging.getLogger(__name__)
 KEEP = 500  # what the pre-ranker passes to the ranker

@@ -82,7 +82,7 @@ class PrerankScorer:
             raise SpecMismatch(
                 f"refusing to serve: {where} has spec {trained.fingerprint}, the data's spec is "
                 f"{store.spec.fingerprint} ({error}); distil again with "
-                "`python -m services.prerank.distill` on this data"
+                "`cascade train prerank` on this data"
             ) from None
         table = bundle.load_npz(COMPONENT, "item_vectors.npz")
         options = ort.SessionOptions()

@@ -12,7 +12,6 @@ trained on another feature spec is refused before the port opens.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -23,16 +22,15 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from cascade.artifacts import ArtifactError, Bundle
+from cascade.artifacts import Bundle
+from cascade.backends import open_store
 from cascade.candidates import to_proto
-from cascade.config import SettingsError, load_settings
-from cascade.data import DataError, load_dataset
+from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import StoreLimits, check_store_setting, open_store
+from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
-from cascade.reload import Reloader
-from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
-from cascade.telemetry import ModelMetrics, new_registry
+from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
+from cascade.telemetry import ModelMetrics
 from cascade.v1 import prerank_pb2, prerank_pb2_grpc
 from services.prerank.scorer import COMPONENT, PrerankScorer, ScorerSettings
 
@@ -43,9 +41,7 @@ SERVICE = prerank_pb2.DESCRIPTOR.services_by_name["Prerank"].full_name
 
 @dataclass(frozen=True)
 class PrerankSettings:
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50052, metrics_port=9152)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("prerank"))
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     data_dir: Path = Path("data")  # the dataset is the one the bundle was trained on
     artifacts: Path = Path("artifacts")
@@ -150,54 +146,34 @@ def load_scorer(settings: PrerankSettings) -> tuple[Bundle, PrerankScorer]:
     return bundle, PrerankScorer.from_bundle(bundle, store, settings.scorer)
 
 
-def start(
-    settings: PrerankSettings,
-    scorer: PrerankScorer | None = None,
-    bundle: Bundle | None = None,
-    registry: CollectorRegistry | None = None,
-):
-    """A running Prerank server (tests pass a ready scorer and its bundle)."""
-    registry = new_registry() if registry is None else registry
-    if scorer is None:
-        bundle, scorer = load_scorer(settings)
-    elif bundle is None:
-        raise ValueError("a ready scorer needs its bundle (the teacher version check reads it)")
-    add, reloader = _servicers(bundle, scorer, settings, registry)
-    return serve(STAGE, add, settings.server, registry, reloader=reloader)
-
-
-def _servicers(bundle: Bundle, scorer: PrerankScorer, settings: PrerankSettings, registry):
-    """The `add_servicers` callback (the service, after the teacher-version check) and the
-    service's hot reloader."""
+def new_service(
+    settings: PrerankSettings, loaded: tuple[Bundle, PrerankScorer], registry: CollectorRegistry
+) -> PrerankService:
+    """The service, once the student's teacher is checked against the bundle's rank."""
+    bundle, scorer = loaded
     metrics = PrerankMetrics(registry)
     check_teacher(bundle, scorer, metrics)
-    service = PrerankService(scorer, settings, metrics)
-
-    def add(server: grpc.Server) -> list[str]:
-        prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
-        return [SERVICE]
-
-    return add, Reloader.for_service(STAGE, settings, lambda: load_scorer(settings), service.swap)
+    return PrerankService(scorer, settings, metrics)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None, help="JSON or TOML settings file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = load_settings(PrerankSettings, args.config, env_prefix="CASCADE_PRERANK_")
-        bundle, scorer = load_scorer(settings)
-    except (SettingsError, ArtifactError, DataError) as error:
-        print(f"prerank: refusing to start: {error}", file=sys.stderr)
-        return 2
-    registry = new_registry()
-    add, reloader = _servicers(bundle, scorer, settings, registry)
-    log.info("prerank: student %s (teacher %s), providers %s", scorer.version,
-             scorer.teacher_version, scorer.session.get_providers())  # fmt: skip
-    run_forever(STAGE, add, settings.server, registry, reloader=reloader)
-    return 0
+def describe(settings: PrerankSettings, service: PrerankService) -> str:
+    scorer = service.scorer
+    return (
+        f"student {scorer.version} (teacher {scorer.teacher_version}), "
+        f"providers {scorer.session.get_providers()}"
+    )
 
+
+SERVER = StageServer(
+    name=STAGE,
+    settings=PrerankSettings,
+    load=load_scorer,
+    service=new_service,
+    register=prerank_pb2_grpc.add_PrerankServicer_to_server,
+    service_name=SERVICE,
+    describe=describe,
+)
+start, main = SERVER.start, SERVER.main
 
 if __name__ == "__main__":
     sys.exit(main())

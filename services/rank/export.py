@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,6 @@ def write_component(
     example: Rows,
 ) -> None:
     """Exports, checks parity on `example` (real rows) and records the rank component."""
-    from services.rank.train import config_dict
-
     path = export_onnx(model, spec, writer.path(COMPONENT, "model.onnx"), example)
     gap = check_parity(model, spec, path, example)
     writer.add(COMPONENT, "model.onnx")
@@ -127,7 +126,7 @@ def write_component(
             "inputs": list(input_names(spec)),
             "output": OUTPUT,
             "one_user_row": True,  # user fields and history may come once per request
-            "config": config_dict(train_config, model_config),
+            "config": {"train": asdict(train_config), "model": asdict(model_config)},
             "training": info,
             "onnx_parity_max_abs": gap,
         },

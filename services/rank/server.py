@@ -9,7 +9,6 @@ bundle trained on another feature spec is refused before the port opens.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -19,16 +18,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cascade.artifacts import ArtifactError, Bundle
+from cascade.artifacts import Bundle
+from cascade.backends import open_store
 from cascade.candidates import to_proto
-from cascade.config import SettingsError, load_settings
-from cascade.data import DataError, load_dataset
+from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import StoreLimits, check_store_setting, open_store
+from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
-from cascade.reload import Reloader
-from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever, serve
-from cascade.telemetry import ModelMetrics, new_registry
+from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
+from cascade.telemetry import ModelMetrics
 from cascade.v1 import rank_pb2, rank_pb2_grpc
 from services.rank.scorer import COMPONENT, RankScorer, ScorerSettings
 
@@ -40,9 +38,7 @@ MIN_TIME_S = 0.002  # less than this left before the deadline: scoring would be 
 
 @dataclass(frozen=True)
 class RankSettings:
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50053, metrics_port=9153)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("rank"))
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     data_dir: Path = Path("data")  # the dataset itself is the one the bundle was trained on
     artifacts: Path = Path("artifacts")
@@ -118,48 +114,24 @@ def load_scorer(settings: RankSettings) -> RankScorer:
     return RankScorer.from_bundle(bundle, store, settings.scorer)
 
 
-def add_servicers(service: RankService):
-    def add(server: grpc.Server) -> list[str]:
-        rank_pb2_grpc.add_RankServicer_to_server(service, server)
-        return [SERVICE]
-
-    return add
+def new_service(settings: RankSettings, scorer: RankScorer, registry) -> RankService:
+    return RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
 
 
-def reloader(settings: RankSettings, service: RankService) -> Reloader:
-    return Reloader.for_service(STAGE, settings, lambda: load_scorer(settings), service.swap)
+def describe(settings: RankSettings, service: RankService) -> str:
+    return f"model {service.scorer.version}, tasks {', '.join(service.scorer.tasks)}"
 
 
-def start(settings: RankSettings, scorer: RankScorer | None = None, registry=None):
-    """A running Rank server (tests pass a ready scorer)."""
-    registry = new_registry() if registry is None else registry
-    scorer = load_scorer(settings) if scorer is None else scorer
-    service = RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
-    return serve(
-        STAGE, add_servicers(service), settings.server, registry,
-        reloader=reloader(settings, service),
-    )  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Rank gRPC service")
-    parser.add_argument("--config", type=Path, default=None, help="JSON or TOML settings file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = load_settings(RankSettings, args.config, env_prefix="CASCADE_RANK_")
-        scorer = load_scorer(settings)
-    except (SettingsError, ArtifactError, DataError) as error:
-        print(f"rank: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    registry = new_registry()
-    service = RankService(scorer, settings.max_candidates, ModelMetrics(STAGE, registry))
-    log.info("rank: model %s, tasks %s", scorer.version, ", ".join(scorer.tasks))
-    run_forever(
-        STAGE, add_servicers(service), settings.server, registry,
-        reloader=reloader(settings, service),
-    )  # fmt: skip
-
+SERVER = StageServer(
+    name=STAGE,
+    settings=RankSettings,
+    load=load_scorer,
+    service=new_service,
+    register=rank_pb2_grpc.add_RankServicer_to_server,
+    service_name=SERVICE,
+    describe=describe,
+)
+start, main = SERVER.start, SERVER.main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,7 @@ import argparse
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -264,10 +264,6 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if v is not None)
         )
     print(f"rank component written to {writer.folder}" + (" (published)" if args.publish else ""))
-
-
-def config_dict(config: TrainConfig, model_config: ModelConfig) -> dict:
-    return {"train": asdict(config), "model": asdict(model_config)}
 
 
 if __name__ == "__main__":

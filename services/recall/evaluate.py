@@ -2,7 +2,7 @@
 
     python -m services.recall.evaluate --dataset ml-100k synthetic --out results/recall
 
-Per-user temporal split. Each dataset gets a bundle built by services.recall.build from the
+Per-user temporal split. Each dataset gets a bundle built by services.recall.train from the
 training part (kept under --artifacts as version eval-<dataset>), opened through the serving code
 (the same channels and merge as the server). A user is asked at the time of their first test event,
 with their training history as context; relevant items are their test items not seen in training
@@ -30,11 +30,11 @@ from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
-from services.recall.build import build_recall
 from services.recall.channels import RecallContext
 from services.recall.merge import Merger
 from services.recall.server import RecallSettings, build_channels
 from services.recall.tables import load_tables
+from services.recall.train import build_recall
 
 KS = (100, 500, 2000)
 
@@ -50,7 +50,7 @@ def evaluate_dataset(
     import torch  # offline only: training threads
 
     from services.recall.evaluate_two_tower import CONFIGS
-    from services.recall.train import TwoTowerConfig
+    from services.recall.two_tower import TwoTowerConfig
 
     torch.set_num_threads(1)
     dataset = load_dataset(name, data_dir)

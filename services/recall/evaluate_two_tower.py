@@ -24,7 +24,7 @@ from cascade.data.schema import Dataset, Table
 from cascade.data.split import per_user_temporal, take
 from cascade.evaluation import evaluate_ranking
 from cascade.features import build_spec, history_before
-from services.recall.train import Batcher, TwoTowerConfig, train_two_tower, user_vectors
+from services.recall.two_tower import Batcher, TwoTowerConfig, train_two_tower, user_vectors
 
 KS = (10, 100, 500, 2000)
 REPORTED = ("Recall@100", "Recall@500", "Recall@2000", "NDCG@10")

@@ -26,7 +26,7 @@ from services.recall.channels.two_tower import (  # the names live torch-free, b
 )
 from services.recall.index import IndexSettings, build_index, index_kind, save_index
 from services.recall.model import TwoTower, UserTower
-from services.recall.train import Batcher, all_item_vectors
+from services.recall.two_tower import Batcher, all_item_vectors
 
 
 def example_user_inputs(spec: FeatureSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:

@@ -1,12 +1,16 @@
 """The channel merge: run every channel under its own time budget, then apply quotas.
 
-Channels run side by side in a small thread pool; each answer is awaited only until that channel's
-budget (or the request's deadline) runs out, so a slow or failing channel is skipped and counted
-while the others still answer. Then, in priority order, each channel fills up to its quota of
-`count` with items no earlier channel took, and a second pass fills what is left (the fallback:
-popular, for a user the personal channels know nothing about). Consumed items never pass. Every
-candidate keeps the tags of all channels that found it; the order interleaves the channels in
-proportion to their quotas and is deterministic.
+By default (recall's `channel_workers = 0`) the channels run one after another in the request's
+thread, in priority order: a channel whose budget (or the request's deadline) has already passed
+when its turn comes is skipped and reported as a timeout, but a channel that is running cannot be
+cut off: it finishes, however long it takes, and the channels after it may then be skipped. With
+`channel_workers > 0` they run side by side in a thread pool and each answer is awaited only until
+its budget runs out; a late channel is then reported as a timeout and left out of the answer, though
+its thread still runs to the end. A channel that raises is reported as an error and skipped. Then,
+in priority order, each channel fills up to its quota of `count` with items no earlier channel took,
+and a second pass fills what is left (the fallback: popular, for a user the personal channels know
+nothing about). Consumed items never pass. Every candidate keeps the tags of all channels that found
+it; the order interleaves the channels in proportion to their quotas and is deterministic.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ log = logging.getLogger(__name__)
 class ChannelBudget:
     enabled: bool = True
     quota: float = 0.2  # share of `count` this channel may fill in the first pass
-    budget_ms: float = 30.0  # after this the channel is skipped (status "timeout") and counted
+    # A channel not started by then (inline, the default) or not answered by then (thread pool) is
+    # skipped (status "timeout") and counted.
+    budget_ms: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quota <= 1.0 or self.budget_ms <= 0:

@@ -10,12 +10,10 @@ history), run the channels under their budgets (merge.py), answer with per-chann
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,16 +22,15 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.backends import open_store
 from cascade.candidates import to_proto
-from cascade.config import SettingsError, load_settings
-from cascade.data.schema import DataError, load
+from cascade.data.schema import load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
-from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting, open_store
+from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
-from cascade.reload import Reloader
-from cascade.server import RunningServer, ServerSettings, invalid_argument, run_forever, serve
-from cascade.telemetry import ModelMetrics, new_registry
+from cascade.server import ServerSettings, StageServer, invalid_argument
+from cascade.telemetry import ModelMetrics
 from cascade.v1 import common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
@@ -48,6 +45,7 @@ from services.recall.merge import ChannelBudget, ChannelMetrics, Merger
 from services.recall.tables import COMPONENT, load_tables
 
 log = logging.getLogger(__name__)
+STAGE = "recall"
 SERVICE = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 DAY = 86_400
 
@@ -58,9 +56,7 @@ def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
 
 @dataclass(frozen=True)
 class RecallSettings:
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50051, metrics_port=9151)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("recall"))
     artifacts: Path = Path("artifacts")
     bundle: str = "current"
     # The online store: "memory" (this process, rebuilt from the event log at start) or
@@ -140,7 +136,7 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
 
 def replay_event_log(store: FeatureStore, uri: str) -> None:
     """Rebuilds the embedded store's online state from every event the log acknowledged."""
-    from cascade.eventlog import open_event_log  # the durable log of Feedback events
+    from cascade.backends import open_event_log  # the durable log of Feedback events
 
     events = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
     try:
@@ -220,9 +216,9 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         self.swap(state)
 
     def swap(self, state: RecallState) -> str:
-        """Serves `state` from the next request on (at start and on hot reload). The old
-        merger's channel threads exit once in-flight requests drop it (ThreadPoolExecutor's
-        workers stop when it is garbage collected)."""
+        """Serves `state` from the next request on (at start and on hot reload). With a channel
+        pool (channel_workers > 0) the old merger's threads exit once in-flight requests drop it
+        (ThreadPoolExecutor's workers stop when it is garbage collected)."""
         merger = Merger(
             state.channels, self.settings.budgets(), overfetch=self.settings.overfetch,
             max_workers=self.settings.channel_workers, metrics=self.channel_metrics,
@@ -323,54 +319,27 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         return int(time.time())
 
 
-def start(
-    settings: RecallSettings, registry: CollectorRegistry | None = None
-) -> tuple[RunningServer, RecallService]:
-    """Loads the artifacts, then starts the server (raises ArtifactError before binding)."""
-    state = open_recall(settings)
-    registry = new_registry() if registry is None else registry
-    service = RecallService(state, settings, registry)
-    running = serve(
-        "recall", _adder(service), settings.server, registry, reloader=reloader(settings, service)
-    )
-    return running, service
+def new_service(
+    settings: RecallSettings, state: RecallState, registry: CollectorRegistry
+) -> RecallService:
+    return RecallService(state, settings, registry)
 
 
-def _adder(service: RecallService):
-    def add(server: grpc.Server) -> list[str]:
-        recall_pb2_grpc.add_RecallServicer_to_server(service, server)
-        return [SERVICE]
-
-    return add
+def reload_state(settings: RecallSettings, service: RecallService) -> RecallState:
+    """A hot reload keeps the online store when the new bundle was built on the same data."""
+    return open_recall(settings, keep=service.state)
 
 
-def reloader(settings: RecallSettings, service: RecallService) -> Reloader:
-    def load() -> RecallState:
-        return open_recall(settings, keep=service.state)
-
-    return Reloader.for_service("recall", settings, load, service.swap)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="JSON or TOML settings file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        settings = load_settings(RecallSettings, args.config, env_prefix="CASCADE_RECALL_")
-        state = open_recall(settings)
-    except (SettingsError, ArtifactError, DataError) as error:
-        log.error("recall: refusing to start: %s", error)
-        return 2
-    registry = new_registry()
-    service = RecallService(state, settings, registry)
-    run_forever(
-        "recall", _adder(service), settings.server, registry, reloader=reloader(settings, service)
-    )
-    return 0
-
+SERVER = StageServer(
+    name=STAGE,
+    settings=RecallSettings,
+    load=open_recall,
+    service=new_service,
+    register=recall_pb2_grpc.add_RecallServicer_to_server,
+    service_name=SERVICE,
+    reload=reload_state,
+)
+start, main = SERVER.start, SERVER.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,187 +1,107 @@
-"""Trains the two-tower retrieval model: in-batch sampled softmax with logQ correction.
+"""Trains the recall component (`cascade train recall`): the two-tower model (two_tower.py) +
+FAISS index, the MF channel's item vectors + index (services/recall/mf.py), the channel tables.
 
-Each training interaction is one example: the user's profile and the history strictly before it
-(`history_before`, the offline twin of the store) against the consumed item. The other items of
-the batch are the negatives, optionally mixed with uniformly drawn catalog items (Yang et al.
-2020); logits are corrected by the log of each item's expected count among the negatives (Yi et
-al. 2019), so popular items are not pushed down merely for being sampled often.
+    python -m services.recall.train --dataset ml-100k --data-dir data --artifacts artifacts \
+        [--version V] [--publish] [--no-two-tower]
+
+Everything is trained on the per-user temporal split's training part (the serving store is built
+from the same part), and the component records the feature spec so serving refuses a mismatch.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
+from cascade.artifacts import BundleWriter, publish
+from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
-from cascade.features import FeatureSpec, encode_by_id, history_before
-from services.recall.model import TwoTower, corrected_logits
+from cascade.data.split import split_dataset
+from cascade.features import FeatureSpec, build_spec
+from services.recall.tables import (
+    COMPONENT,
+    TableSettings,
+    build_tables,
+    save_tables,
+)
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TwoTowerConfig:
-    dim: int = 64  # output vector width (the FAISS dimension)
-    hidden: int = 256
-    temperature: float = 0.05
-    logq_correction: bool = True
-    mixed_negatives: int = 0  # extra uniformly sampled catalog items per batch
-    batch_size: int = 1024
-    epochs: int = 8
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-6
-    seed: int = 0
-    threads: int = 1
-
-
-@dataclass
-class TrainingExamples:
-    """Model inputs per example, as id-indexed lookups resolved lazily per batch."""
-
-    user_ids: np.ndarray  # (n,)
-    item_ids: np.ndarray  # (n,)
-    histories: np.ndarray  # (n, history_length)
-
-
-def make_examples(interactions: Table, history_length: int) -> TrainingExamples:
-    users, items = interactions["user_id"], interactions["item_id"]
-    histories = history_before(interactions, users, interactions["ts"], history_length)
-    return TrainingExamples(users.astype(np.int64), items.astype(np.int64), histories)
-
-
-def sampling_log_q(
-    item_ids: np.ndarray, n_items: int, batch_size: int, mixed_negatives: int
-) -> np.ndarray:
-    """(n_items,) log of each item's expected count among one batch's negatives.
-
-    In-batch negatives are the batch's positives, drawn ~ training frequency; the mixed ones are
-    uniform over the catalog (ids 1..n_items-1). Constants cancel in the softmax, so with no mixed
-    negatives this is log frequency up to a shift.
-    """
-    counts = np.bincount(item_ids, minlength=n_items).astype(np.float64)
-    expected = batch_size * counts / counts.sum() + mixed_negatives / max(n_items - 1, 1)
-    return np.log(np.maximum(expected, 1e-12)).astype(np.float32)
-
-
-class Batcher:
-    """Turns example rows into the towers' input tensors."""
-
-    def __init__(self, dataset: Dataset, spec: FeatureSpec):
-        self.users = encode_by_id(spec, "user", dataset.users, "user_id", dataset.n_users)
-        self.items = encode_by_id(spec, "item", dataset.items, "item_id", dataset.n_items)
-        self.history_name = spec.of("history")[0].name
-
-    def user_inputs(self, user_ids: np.ndarray, histories: np.ndarray) -> dict[str, torch.Tensor]:
-        ids = np.where((user_ids > 0) & (user_ids < len(self.users["user_id"])), user_ids, 0)
-        inputs = {name: torch.from_numpy(rows[ids]) for name, rows in self.users.items()}
-        inputs[self.history_name] = torch.from_numpy(np.ascontiguousarray(histories))
-        return inputs
-
-    def item_inputs(self, item_ids: np.ndarray) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(rows[item_ids]) for name, rows in self.items.items()}
-
-
-def batch_loss(
-    model: TwoTower,
-    batcher: Batcher,
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
-    histories: np.ndarray,
-    negatives: np.ndarray,
-    log_q: torch.Tensor | None,
-    temperature: float,
-) -> torch.Tensor:
-    """Softmax cross-entropy of each positive against the batch's items plus `negatives`."""
-    columns = np.concatenate([item_ids, negatives])
-    user_vectors = model.user_vector(**batcher.user_inputs(user_ids, histories))
-    item_vectors = model.item_vector(**batcher.item_inputs(columns))
-    column_log_q = None if log_q is None else log_q[torch.from_numpy(columns)]
-    logits = corrected_logits(user_vectors, item_vectors, column_log_q, temperature)
-    # An item that is another row's positive too is not a negative for this row (accidental hit).
-    same = torch.from_numpy(item_ids[:, None] == columns[None, :])
-    own = torch.zeros_like(same)
-    own[:, : len(item_ids)] = torch.eye(len(item_ids), dtype=torch.bool)
-    logits = logits.masked_fill(same & ~own, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(item_ids)))
-
-
-def train_two_tower(
+def build_recall(
     dataset: Dataset,
-    train_interactions: Table,
-    spec: FeatureSpec,
-    config: TwoTowerConfig,
+    train: Table,
+    writer: BundleWriter,
+    spec: FeatureSpec | None = None,
+    two_tower: bool = True,
+    two_tower_config=None,
+    table_settings: TableSettings | None = None,
     progress: bool = True,
-) -> TwoTower:
-    """Trains on the training-period interactions.
-
-    The model carries `metrics` (the run) and `item_vectors` ((n_items, dim), row = item id).
-    """
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    mf: bool = True,
+) -> dict:
+    """Writes the component's files and manifest entry; returns the component info."""
+    spec = spec or build_spec(dataset)
+    table_settings = table_settings or TableSettings()
     started = time.perf_counter()
-    examples = make_examples(train_interactions, spec.history_length)
-    batcher = Batcher(dataset, spec)
-    model = TwoTower(spec, dim=config.dim, hidden=config.hidden)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    n, n_items = len(examples.item_ids), dataset.n_items
-    batch_size = min(config.batch_size, n)
-    log_q = None
-    if config.logq_correction:
-        log_q = torch.from_numpy(
-            sampling_log_q(examples.item_ids, n_items, batch_size, config.mixed_negatives)
-        )
-    epoch_losses = []
-    for _ in tqdm(range(config.epochs), desc="two-tower", disable=not progress):
-        order = rng.permutation(n)
-        losses = []
-        model.train()
-        for start in range(0, n - batch_size + 1, batch_size):  # full batches: fixed log q
-            rows = order[start : start + batch_size]
-            negatives = rng.integers(1, n_items, config.mixed_negatives)
-            loss = batch_loss(
-                model,
-                batcher,
-                examples.user_ids[rows],
-                examples.item_ids[rows],
-                examples.histories[rows],
-                negatives,
-                log_q,
-                config.temperature,
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        epoch_losses.append(round(float(np.mean(losses)), 4))
-    model.eval()
-    # The item vectors the index will hold, computed once from the same item features.
-    model.item_vectors = all_item_vectors(model, batcher, n_items)
-    model.metrics = {
-        "train_loss_per_epoch": epoch_losses,
-        "n_examples": int(n),
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "config": asdict(config),
-    }
-    return model
+    tables = build_tables(dataset, train, table_settings)
+    files = save_tables(writer, tables)
+    info = {
+        "dataset": dataset.name,
+        "protocol": "per_user_temporal",
+        "feature_spec_fingerprint": spec.fingerprint,
+        "feature_spec": spec.to_json(),
+        "n_items": dataset.n_items,
+        "as_of": int(tables["popular"]["as_of"]),
+        "tables": {"settings": table_settings.to_dict(), "files": files,
+                   "seconds": round(time.perf_counter() - started, 2)},
+    }  # fmt: skip
+    if mf:
+        from services.recall.mf import build_mf
+
+        started = time.perf_counter()
+        info.update(build_mf(train, dataset.n_users, dataset.n_items, writer))
+        info["mf"]["seconds"] = round(time.perf_counter() - started, 2)
+    if two_tower:
+        # The two-tower model and index come from services/recall/{train,export}.py.
+        from services.recall.export import export_two_tower
+        from services.recall.index import IndexSettings
+        from services.recall.two_tower import TwoTowerConfig, train_two_tower
+
+        config = two_tower_config or TwoTowerConfig()
+        model = train_two_tower(dataset, train, spec, config, progress=progress)
+        info.update(export_two_tower(model, spec, writer, IndexSettings()))
+    writer.set_component(COMPONENT, info)
+    writer.commit()
+    return info
 
 
-@torch.no_grad()
-def all_item_vectors(model: TwoTower, batcher: Batcher, n_items: int) -> np.ndarray:
-    """(n_items, dim) float32, row = item id, row 0 (unknown) zeros."""
-    ids = np.arange(n_items, dtype=np.int64)
-    vectors = model.item_vector(**batcher.item_inputs(ids)).numpy().astype(np.float32)
-    vectors[0] = 0.0
-    return vectors
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the recall artifacts into a bundle.")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--version", default=None, help="bundle version (default: UTC time)")
+    parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
+    parser.add_argument("--no-two-tower", action="store_true", help="channel tables only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    train = split_dataset(dataset).train_interactions
+    writer = BundleWriter(args.artifacts, args.version)
+    info = build_recall(dataset, train, writer, two_tower=not args.no_two_tower)
+    log.info("recall component of %s written to %s", dataset.name, writer.folder)
+    if "two_tower" in info:
+        log.info("two-tower: %s", {k: info["two_tower"].get(k) for k in ("dim", "index_kind")})
+    if args.publish:
+        publish(args.artifacts, writer.version)
+        log.info("published %s as current", writer.version)
+    return 0
 
 
-@torch.no_grad()
-def user_vectors(
-    model: TwoTower, batcher: Batcher, user_ids: np.ndarray, histories: np.ndarray
-) -> np.ndarray:
-    """(n, dim) float32 user vectors for given users and their (n, history_length) histories."""
-    return model.user_vector(**batcher.user_inputs(user_ids, histories)).numpy()
+if __name__ == "__main__":
+    raise SystemExit(main())

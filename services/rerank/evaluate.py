@@ -25,9 +25,9 @@ from cascade.evaluation import UserItems
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
 from cascade.metrics import ild_cosine, ild_jaccard, ndcg_at_k, top_k
-from services.rerank.build import item_embeddings
 from services.rerank.reranker import RerankConfig, Reranker
 from services.rerank.rules import Rules
+from services.rerank.train import item_embeddings
 
 N_CANDIDATES, PAGE = 100, 10
 MMR_LAMBDAS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.3)

@@ -9,7 +9,6 @@ cascade.server's bootstrap (health, reflection, metrics, graceful shutdown).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -17,23 +16,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.backends import open_store
 from cascade.candidates import to_proto
-from cascade.config import SettingsError, load_settings
-from cascade.data import DataError, load_dataset
+from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import StoreLimits, check_store_setting, now_ms, open_store
+from cascade.feature_store import StoreLimits, check_store_setting, now_ms
 from cascade.features import FeatureSpec, build_spec
-from cascade.reload import Reloader
-from cascade.server import ServerSettings, invalid_argument, read_candidates, run_forever
-from cascade.telemetry import ModelMetrics, new_registry
+from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
+from cascade.telemetry import ModelMetrics
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
-from services.rerank.build import COMPONENT, VECTORS
 from services.rerank.reranker import RerankConfig, Reranker
+from services.rerank.train import COMPONENT, VECTORS
 
 STAGE = "rerank"
 SERVICE = rerank_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name
@@ -58,9 +55,7 @@ class RerankSettings:
     max_count: int = 200  # larger counts are INVALID_ARGUMENT
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
     rerank: RerankConfig = field(default_factory=RerankConfig)
-    server: ServerSettings = field(
-        default_factory=lambda: ServerSettings(port=50054, metrics_port=9154)
-    )
+    server: ServerSettings = field(default_factory=lambda: ServerSettings.of("rerank"))
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)
@@ -166,35 +161,26 @@ def load_reranker(settings: RerankSettings) -> Reranker:
     return Reranker(settings.rerank, vectors, store, version=bundle.version)
 
 
-def add_servicer(reranker: Reranker, settings: RerankSettings, registry: CollectorRegistry):
-    """The `add_servicers` callback for cascade.server.serve."""
-    return _adder(RerankServicer(reranker, settings, registry))
+def new_service(
+    settings: RerankSettings, reranker: Reranker, registry: CollectorRegistry
+) -> RerankServicer:
+    return RerankServicer(reranker, settings, registry)
 
 
-def _adder(servicer: RerankServicer):
-    def add(server: grpc.Server) -> list[str]:
-        rerank_pb2_grpc.add_RerankServicer_to_server(servicer, server)
-        return [SERVICE]
-
-    return add
+def describe(settings: RerankSettings, service: RerankServicer) -> str:
+    return f"model {service.reranker.version}, method {service.reranker.config.method}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve the Rerank stage.")
-    parser.add_argument("--config", type=Path, default=None, help="JSON or TOML settings file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = load_settings(RerankSettings, args.config, env_prefix="CASCADE_RERANK_")
-        reranker = load_reranker(settings)
-    except (SettingsError, ArtifactError, DataError) as error:
-        print(f"rerank: refusing to start: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    registry = new_registry()
-    servicer = RerankServicer(reranker, settings, registry)
-    reloader = Reloader.for_service(STAGE, settings, lambda: load_reranker(settings), servicer.swap)
-    run_forever(STAGE, _adder(servicer), settings.server, registry, reloader=reloader)
-
+SERVER = StageServer(
+    name=STAGE,
+    settings=RerankSettings,
+    load=load_reranker,
+    service=new_service,
+    register=rerank_pb2_grpc.add_RerankServicer_to_server,
+    service_name=SERVICE,
+    describe=describe,
+)
+start, main = SERVER.start, SERVER.main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
+from cascade.backends import open_event_log
 from cascade.eventlog import (
     EVENTS,
     HEADER,
@@ -16,7 +17,6 @@ from cascade.eventlog import (
     FileEventLog,
     LogSettings,
     encode_frame,
-    open_event_log,
     read_frames,
 )
 

@@ -17,7 +17,8 @@ def test_generated_code_is_current(tmp_path):
 
 
 def test_every_proto_field_is_documented():
-    """STYLE: every message, field and enum value carries a comment line above it."""
+    """Every message, field and enum value carries a comment line above it (the contract is
+    read from the .proto files, so each name says what it means there)."""
     for proto in protogen.proto_files():
         lines = proto.read_text().splitlines()
         for number, line in enumerate(lines):

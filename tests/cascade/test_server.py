@@ -247,22 +247,38 @@ def test_calls_beyond_the_concurrency_cap_are_shed():
         running.stop(grace=0)
 
 
+# A service declared the way every server.py declares itself, run through its `main`.
 SERVE_SCRIPT = textwrap.dedent("""
     import logging, sys
+    from dataclasses import dataclass, field
+    from pathlib import Path
     sys.path.insert(0, ".")
     from tests.cascade.test_server import FakeRerank, RERANK
-    from cascade.server import ServerSettings, run_forever
+    from cascade.server import ServerSettings, StageServer
     from cascade.v1 import rerank_pb2_grpc
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    def add(server):
-        rerank_pb2_grpc.add_RerankServicer_to_server(FakeRerank(), server)
-        return [RERANK]
-    run_forever("rerank", add, ServerSettings(metrics_port=-1))
-    print("exited cleanly", flush=True)
+    @dataclass(frozen=True)
+    class Settings:
+        server: ServerSettings = field(
+            default_factory=lambda: ServerSettings(metrics_port=-1, reload_interval_s=0)
+        )
+        artifacts: Path = Path("artifacts")
+        bundle: str = "current"
+    class Service(FakeRerank):
+        def swap(self, loaded):
+            return "v1"
+    server = StageServer(
+        name="rerank", settings=Settings, load=lambda settings: "model",
+        service=lambda settings, loaded, registry: Service(),
+        register=rerank_pb2_grpc.add_RerankServicer_to_server, service_name=RERANK,
+        close=lambda service: print("closed", flush=True),
+    )
+    code = server.main([])
+    print(f"exited cleanly with {code}", flush=True)
 """)
 
 
-def test_run_forever_shuts_down_gracefully_on_sigterm():
+def test_stage_main_shuts_down_gracefully_on_sigterm():
     process = subprocess.Popen(
         [sys.executable, "-c", SERVE_SCRIPT], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
     )
@@ -276,7 +292,7 @@ def test_run_forever_shuts_down_gracefully_on_sigterm():
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=10)
         assert process.returncode == 0
-        assert "exited cleanly" in out
+        assert "closed" in out and "exited cleanly with 0" in out
     finally:
         if process.poll() is None:
             process.kill()

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from cascade.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, MODULES, STAGES
+from app.stages import SERVER_MODULES as MODULES
 from cascade.telemetry import RpcMetrics, new_registry
+from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, STAGES
 from deploy.compose_check import scrape_targets, served_calls
 from deploy.compose_replicas import (
     parse_counts,
@@ -24,7 +25,6 @@ from deploy.compose_replicas import (
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus/prometheus-compose.yml").read_text())
-SERVICES = ("gateway", *STAGES)
 
 
 def env(service: dict, stage: str, name: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade.stack import MODULES
+from app.stages import SERVER_MODULES as MODULES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "deploy/Dockerfile").read_text()

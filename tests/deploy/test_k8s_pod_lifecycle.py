@@ -32,10 +32,10 @@ STAGE = "rerank"  # the cheapest stage to build a bundle for
 def rerank_bundle(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("k8s-pod")
     data, artifacts = root / "data", root / "artifacts"
-    run = [sys.executable, "-m", "cascade.cli", "data", "--source", "synthetic", "--users", "100"]
+    run = [sys.executable, "-m", "app.cli", "data", "--source", "synthetic", "--users", "100"]
     run += ["--items", "60", "--impressions-per-user", "20", "--data-dir", str(data)]
     subprocess.run(run, check=True, capture_output=True, timeout=120)
-    build = [sys.executable, "-m", "services.rerank.build", "--dataset", "synthetic"]
+    build = [sys.executable, "-m", "services.rerank.train", "--dataset", "synthetic"]
     build += ["--data-dir", str(data), "--artifacts", str(artifacts), "--version", "v1"]
     subprocess.run(build, check=True, capture_output=True, timeout=120)
     return artifacts, data

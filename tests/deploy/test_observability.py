@@ -13,8 +13,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from cascade.stack import DEFAULT_METRICS_PORTS
 from cascade.telemetry import RpcMetrics, new_registry, set_model_info
+from cascade.topology import DEFAULT_METRICS_PORTS
 from deploy import generate, grafana_dashboards, prometheus_rules
 from gateway.pipeline import GatewayMetrics
 from gateway.server import GatewaySettings

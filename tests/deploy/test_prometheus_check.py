@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from cascade.stack import bundle_dataset
+from app.stack import bundle_dataset
 from deploy.check_prometheus import ROOT, main
 
 ARTIFACTS = ROOT / "artifacts"

@@ -19,21 +19,21 @@ from cascade.data.schema import Dataset, save
 from cascade.data.split import split_dataset
 from cascade.server import RunningServer, ServerSettings, serve
 from cascade.telemetry import ModelMetrics, new_registry
+from cascade.topology import STAGES
 from gateway.server import GatewaySettings, start
 from services.rank.export import write_component
 from services.rank.model import ModelConfig
+from services.rank.server import SERVER as RANK_SERVER
 from services.rank.server import STAGE as RANK
 from services.rank.server import RankService, RankSettings, load_scorer
-from services.rank.server import add_servicers as rank_servicers
-from services.rank.server import reloader as rank_reloader
 from services.rank.train import TrainConfig, train
-from services.recall.build import build_recall
 from services.recall.server import RecallSettings
 from services.recall.server import start as start_recall
-from services.recall.train import TwoTowerConfig
-from services.rerank.build import build as build_rerank
-from services.rerank.server import STAGE as RERANK
-from services.rerank.server import RerankSettings, add_servicer, load_reranker
+from services.recall.train import build_recall
+from services.recall.two_tower import TwoTowerConfig
+from services.rerank.server import RerankSettings
+from services.rerank.server import start as start_rerank
+from services.rerank.train import build as build_rerank
 from tests.conftest import make_tiny_dataset
 
 VERSION = "v1"
@@ -133,14 +133,10 @@ def start_stages(
     common = {
         "artifacts": built.artifacts, "data_dir": built.data_dir, "server": server, "store": store
     }  # fmt: skip
-    recall, recall_service = start_recall(
-        RecallSettings(**common, default_count=50, fresh_window_s=10**9)
-    )
+    recall = start_recall(RecallSettings(**common, default_count=50, fresh_window_s=10**9))
+    recall_service = recall.service
     rank = start_rank(built, server, rank_delay_s)
-    rerank_settings = RerankSettings(**common)
-    registry = new_registry(process_metrics=False)
-    reranker = load_reranker(rerank_settings)
-    rerank = serve(RERANK, add_servicer(reranker, rerank_settings, registry), server, registry)
+    rerank = start_rerank(RerankSettings(**common), registry=new_registry(process_metrics=False))
     stages = {"recall": recall, "rank": rank, "rerank": rerank}
     if HAS_PRERANK:
         stages["prerank"] = _start_prerank(common)
@@ -153,14 +149,14 @@ def start_rank(built: Built, server: ServerSettings, delay_s: float = 0.0) -> Ru
     registry = new_registry(process_metrics=False)
     service = RankService(load_scorer(settings), 2000, ModelMetrics(RANK, registry))
     delay = [Delay(delay_s)] if delay_s else []
-    reload = rank_reloader(settings, service)  # polls only when server.reload_interval_s > 0
-    return serve("rank", rank_servicers(service), server, registry, delay, reload)
+    reload = RANK_SERVER.reloader(settings, service)  # polls only when reload_interval_s > 0
+    return serve(RANK, RANK_SERVER.add_servicers(service), server, registry, delay, reload)
 
 
 def _build_prerank(data_dir: Path, artifacts: Path) -> None:
     """A student distilled for a couple of epochs from the tiny teacher, into the same bundle."""
     from services.prerank.distill import DistillConfig
-    from services.prerank.pipeline import distill_into_bundle
+    from services.prerank.train import distill_into_bundle
 
     config = DistillConfig(epochs=2, candidates_per_request=60, sampled_per_request=30)
     distill_into_bundle("ml-100k", data_dir, artifacts, VERSION, config)
@@ -175,7 +171,7 @@ def _start_prerank(common: dict) -> RunningServer:
 
 def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides):
     # A port nobody listens on stands in for a stage that is not running (calls fail at once).
-    targets = {f"{s}_target": "127.0.0.1:1" for s in ("recall", "prerank", "rank", "rerank")}
+    targets = {f"{s}_target": "127.0.0.1:1" for s in STAGES}
     targets |= {f"{name}_target": server.address for name, server in stages.items()}
     # Each gateway logs into a fresh folder unless the test names one (a restart reuses it).
     log_dir = tempfile.mkdtemp(prefix="eventlog-", dir=built.data_dir.parent)

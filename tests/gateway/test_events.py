@@ -98,9 +98,10 @@ def test_recall_record_called_directly_applies_the_same_checks(built):
     from services.recall.server import start as start_recall
     from tests.gateway.conftest import QUIET
 
-    running, service = start_recall(
+    running = start_recall(
         RecallSettings(artifacts=built.artifacts, data_dir=built.data_dir, server=QUIET)
     )
+    service = running.service
     try:
         store = service.state.store
         user = 11

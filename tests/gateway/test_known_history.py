@@ -8,11 +8,11 @@ import pytest
 
 from cascade.candidates import channel_bit
 from cascade.data.split import split_dataset
+from cascade.topology import STAGES
 from tests.gateway.conftest import HAS_PRERANK
 from tests.gateway.test_server import client_for
 
 pytestmark = pytest.mark.timeout(180)
-STAGES = ("recall", "prerank", "rank", "rerank")
 # Which stages are stopped: none (every channel and the fresh slot), each alone, the scoring
 # stages (local rerank on recall's order) and all four (popular cache + local rerank).
 PATHS = [(), *[(s,) for s in STAGES if HAS_PRERANK or s != "prerank"], ("rank", "rerank"), STAGES]

@@ -19,8 +19,8 @@ from cascade.server import free_port, serve
 from cascade.telemetry import ModelMetrics, new_registry
 from gateway.client import CascadeClient
 from gateway.replicas import Endpoint, ReplicaPool, channel_factory, resolve
+from services.rank.server import SERVER as RANK_SERVER
 from services.rank.server import RankService, RankSettings, load_scorer
-from services.rank.server import add_servicers as rank_servicers
 from tests.gateway.conftest import QUIET
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,7 +45,9 @@ def rank_server(built, port: int = 0):
     settings = RankSettings(artifacts=built.artifacts, data_dir=built.data_dir, server=QUIET)
     registry = new_registry(process_metrics=False)
     service = RankService(load_scorer(settings), 2000, ModelMetrics("rank", registry))
-    return serve("rank", rank_servicers(service), dataclasses.replace(QUIET, port=port), registry)
+    return serve(
+        "rank", RANK_SERVER.add_servicers(service), dataclasses.replace(QUIET, port=port), registry
+    )
 
 
 def rank_reasons(client: CascadeClient, n: int) -> list[str]:

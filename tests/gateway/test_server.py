@@ -10,12 +10,12 @@ import pytest
 
 from cascade.candidates import channel_bit
 from cascade.client import field_violations
+from cascade.topology import STAGES
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
 from gateway.client import CascadeClient
 from tests.gateway.conftest import HAS_PRERANK
 
 pytestmark = pytest.mark.timeout(120)
-STAGES = ("recall", "prerank", "rank", "rerank")
 # Without a prerank server the gateway degrades prerank by design (see conftest).
 EXPECTED_DEGRADED = [] if HAS_PRERANK else ["prerank"]
 

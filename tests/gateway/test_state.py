@@ -10,8 +10,9 @@ import grpc
 import numpy as np
 import pytest
 
+from cascade.backends import open_event_log
 from cascade.client import field_violations
-from cascade.eventlog import FileEventLog, open_event_log
+from cascade.eventlog import FileEventLog
 from cascade.v1 import common_pb2, gateway_pb2
 from gateway.cli import feedback_main
 from gateway.client import CascadeClient

@@ -13,7 +13,7 @@ from cascade.data.schema import Dataset
 from cascade.data.split import per_user_temporal, split_dataset
 from services.rank.train import TrainConfig, prepare
 from services.recall.tables import build_tables
-from services.rerank.build import item_embeddings
+from services.rerank.train import item_embeddings
 from tests.conftest import make_tiny_dataset
 
 

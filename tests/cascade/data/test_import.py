@@ -274,7 +274,7 @@ def test_recbole_ml100k_through_the_generic_path_equals_the_builtin_source(ml100
 def test_cli_import_prints_the_summary(tmp_path, capsys):
     mapping = write_input(tmp_path / "in")
     argv = ["data", "import", "--name", "cli", "--mapping", str(mapping), "--quiet"]
-    from cascade.cli import main
+    from app.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--data-dir", str(tmp_path / "data")])
@@ -286,8 +286,8 @@ def test_cli_import_prints_the_summary(tmp_path, capsys):
 
 
 def test_train_and_up_take_an_imported_name_and_say_how_to_import_a_missing_one(tmp_path, capsys):
-    from cascade.cli import main
-    from cascade.stack import StackError, ensure_bundle
+    from app.cli import main
+    from app.stack import StackError, ensure_bundle
 
     with pytest.raises(StackError, match=r"import it with `cascade data import --name mine"):
         ensure_bundle(tmp_path / "artifacts", tmp_path / "data", "mine")

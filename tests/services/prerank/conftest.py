@@ -15,13 +15,13 @@ from services.prerank.distill import DistillConfig, item_vectors, train_student
 from services.prerank.examples import Requests, recall_merger
 from services.prerank.export import write_component
 from services.prerank.model import Student, StudentConfig
-from services.prerank.pipeline import World, training_requests
+from services.prerank.world import World, training_requests
 from services.rank.export import write_component as write_rank
 from services.rank.scorer import RankScorer
 from services.rank.train import train
-from services.recall.build import build_recall
 from services.recall.merge import ChannelBudget
 from services.recall.server import RecallSettings
+from services.recall.train import build_recall
 from tests.services.rank.conftest import MODEL, TRAIN, tiny
 
 # The tiny teacher's logits spread ~0.1 within a request, so the soft term gets a larger weight

@@ -32,7 +32,7 @@ def _metrics(running) -> str:
 @pytest.fixture(scope="module")
 def server(distilled):
     scorer = PrerankScorer.from_bundle(distilled.bundle, distilled.world.store)
-    running = start(SETTINGS, scorer, distilled.bundle)
+    running = start(SETTINGS, (distilled.bundle, scorer))
     yield running, scorer
     running.stop(0.5)
 
@@ -112,7 +112,7 @@ def test_a_student_from_another_teacher_sets_the_warning_gauge(distilled, server
     stale = PrerankScorer(scorer.session, scorer.store, scorer.vectors, scorer.known,
                           scorer.version, "an-older-rank")  # fmt: skip
     with caplog.at_level(logging.WARNING):
-        running = start(SETTINGS, stale, distilled.bundle)
+        running = start(SETTINGS, (distilled.bundle, stale))
     try:
         assert "cascade_prerank_teacher_version_mismatch 1.0" in _metrics(running)
         assert "an-older-rank" in caplog.text and "distil again" in caplog.text

@@ -12,7 +12,7 @@ from cascade.data.split import split_dataset
 from cascade.features import build_spec
 from services.rank.examples import RecallExamples, acted_after, request_points
 from services.rank.train import TrainConfig, prepare
-from services.recall.build import build_recall
+from services.recall.train import build_recall
 from tests.services.rank.conftest import tiny
 
 

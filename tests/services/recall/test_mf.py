@@ -10,10 +10,10 @@ from cascade.baselines import EASE
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
-from services.recall.build import build_recall
 from services.recall.channels import RecallContext
 from services.recall.channels.mf import ITEM_INDEX, MFChannel
 from services.recall.mf import MFSettings, build_mf, fit_pure_svd
+from services.recall.train import build_recall
 from tests.conftest import make_tiny_dataset
 
 

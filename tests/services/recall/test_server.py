@@ -18,9 +18,9 @@ from cascade.data.schema import save
 from cascade.data.split import split_dataset
 from cascade.server import ServerSettings
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
-from services.recall.build import build_recall
 from services.recall.server import RecallSettings, open_recall, start
-from services.recall.train import TwoTowerConfig
+from services.recall.train import build_recall
+from services.recall.two_tower import TwoTowerConfig
 from tests.services.recall.conftest import make_recall_world
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,7 +52,8 @@ def settings_for(artifacts: tuple[Path, Path], **overrides) -> RecallSettings:
 
 @pytest.fixture(scope="module")
 def recall(artifacts) -> Iterator[tuple[recall_pb2_grpc.RecallStub, object]]:
-    running, service = start(settings_for(artifacts))
+    running = start(settings_for(artifacts))
+    service = running.service
     channel = make_channel(running.address, ClientSettings(timeout_s=5.0, max_attempts=1))
     yield recall_pb2_grpc.RecallStub(channel), service
     channel.close()

@@ -17,7 +17,7 @@ from services.recall.channels.two_tower import TwoTowerChannel
 from services.recall.export import COMPONENT, ITEM_INDEX, export_two_tower
 from services.recall.index import IndexSettings
 from services.recall.model import corrected_logits
-from services.recall.train import (
+from services.recall.two_tower import (
     Batcher,
     TwoTowerConfig,
     make_examples,

@@ -12,8 +12,8 @@ from cascade.data.schema import save
 from cascade.server import ServerSettings, serve
 from cascade.telemetry import new_registry
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
-from services.rerank.build import build
-from services.rerank.server import STAGE, RerankSettings, add_servicer, load_reranker
+from services.rerank.server import SERVER, STAGE, RerankSettings, load_reranker, new_service
+from services.rerank.train import build
 from tests.conftest import make_tiny_dataset
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,9 +28,8 @@ def stub(tmp_path_factory):
         data_dir=root / "data", artifacts=root / "artifacts", max_count=10, default_count=5
     )
     registry = new_registry(process_metrics=False)
-    running = serve(
-        STAGE, add_servicer(load_reranker(settings), settings, registry), ServerSettings(), registry
-    )
+    service = new_service(settings, load_reranker(settings), registry)
+    running = serve(STAGE, SERVER.add_servicers(service), ServerSettings(), registry)
     channel = grpc.insecure_channel(running.address)
     yield rerank_pb2_grpc.RerankStub(channel), registry
     channel.close()

@@ -9,9 +9,9 @@ import signal
 import time
 import urllib.request
 
-from cascade import stack, supervisor
-from cascade.supervisor import RestartPolicy
-from tests.cascade.test_stack import tiny_bundle  # noqa: F401 (the module's fixture)
+from app import stack, supervisor
+from app.supervisor import RestartPolicy
+from tests.app.test_stack import tiny_bundle  # noqa: F401 (the module's fixture)
 
 
 def test_backoff_doubles_per_restart_up_to_its_maximum():

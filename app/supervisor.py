@@ -1,21 +1,21 @@
 """Keeps the local stack up: a service process that dies is started again on its own ports, the way
 compose's `restart: on-failure` and a Kubernetes restart policy do, with exponential backoff.
 
-`cascade up` starts it in the background (`python -m cascade.supervisor --run-dir .cascade`); it
+`cascade up` starts it in the background (app.stack.spawn_supervisor: `python -m app.supervisor
+--run-dir .cascade`); it
 reads the stack from RUN_DIR/stack.json, writes its pid and metrics port to RUN_DIR/supervisor.json,
 logs each exit and restart to RUN_DIR/supervisor.log and counts restarts in the metric
-cascade_supervisor_restarts_total{service}. `cascade down` stops it before the services.
+cascade_supervisor_restarts_total{service}. `cascade down` stops it before the services
+(app.stack.stop_supervisor).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,12 +25,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from cascade import stack
+from app import stack
 from cascade.telemetry import new_registry, start_metrics_server
 
-log = logging.getLogger("cascade.supervisor")
-STATE_FILE = "supervisor.json"
-LOG_FILE = "supervisor.log"
+log = logging.getLogger("app.supervisor")
+STATE_FILE = stack.SUPERVISOR_STATE_FILE
+LOG_FILE = stack.SUPERVISOR_LOG_FILE
 
 
 @dataclass(frozen=True)
@@ -106,52 +106,6 @@ def load_stack(run_dir: Path) -> stack.Stack:
     return stack.Stack(
         Path(run_dir), services, state["bundle"], state["dataset"], state.get("environments", {})
     )
-
-
-def spawn(run_dir: Path, metrics_port: int = 0, timeout_s: float = 10.0) -> int:
-    """Starts the supervisor of the stack in run_dir in the background; returns its pid once it
-    has written its state file."""
-    run_dir = Path(run_dir)
-    (run_dir / STATE_FILE).unlink(missing_ok=True)
-    command = [sys.executable, "-m", "cascade.supervisor", "--run-dir", str(run_dir)]
-    command += ["--metrics-port", str(metrics_port)]
-    with open(run_dir / LOG_FILE, "a") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while not (run_dir / STATE_FILE).exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise stack.StackError(
-                f"supervisor did not start:\n{stack.log_tail(run_dir / LOG_FILE)}"
-            )
-        time.sleep(0.05)
-    return process.pid
-
-
-def stop(run_dir: Path, grace_s: float = 5.0) -> bool:
-    """Stops the supervisor of run_dir (before the services, or it would start them again)."""
-    state = Path(run_dir) / STATE_FILE
-    if not state.exists():
-        return False
-    pid = json.loads(state.read_text())["pid"]
-    try:
-        ours = b"cascade.supervisor" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        ours = False
-    if ours:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while stack._alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if stack._alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    state.unlink(missing_ok=True)
-    return ours
 
 
 def main(argv: Sequence[str] | None = None) -> int:

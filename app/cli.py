@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from app.stages import EVALUATE_MODULES, SERVER_MODULES, TRAIN_MODULES
 from cascade.data import SOURCES, DataError, load_dataset, prepare
+from cascade.topology import GATEWAY, STAGES, TRAIN_ORDER, ports_from
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -51,34 +53,13 @@ def _baselines(args: argparse.Namespace) -> None:
         print(f"saved {args.out}")
 
 
-# Each stage's own entry points (`main(argv)`), reached as `cascade <verb> <stage> [options]`.
-# The stage module owns its options: `cascade train rank --help` prints them.
+# Each stage's own entry points (`main(argv)`, app/stages.py), reached as `cascade <verb> <stage>
+# [options]`. The stage module owns its options: `cascade train rank --help` prints them.
 ENTRY_POINTS: dict[str, dict[str, str]] = {
-    "train": {
-        "recall": "services.recall.build",
-        "rank": "services.rank.train",
-        "prerank": "services.prerank.distill",
-        "rerank": "services.rerank.build",
-    },
-    "serve": {
-        "recall": "services.recall.server",
-        "prerank": "services.prerank.server",
-        "rank": "services.rank.server",
-        "rerank": "services.rerank.server",
-    },
-    "eval": {
-        "recall": "services.recall.evaluate",
-        "two-tower": "services.recall.evaluate_two_tower",
-        "prerank": "services.prerank.evaluate",
-        "rank": "services.rank.evaluate",
-        "rank-seeds": "services.rank.evaluate_seeds",
-        "rerank": "services.rerank.evaluate",
-        "cascade": "app.evaluation_e2e",
-    },
+    "train": TRAIN_MODULES,
+    "serve": {name: SERVER_MODULES[name] for name in STAGES},
+    "eval": EVALUATE_MODULES,
 }
-# The order `cascade train all` builds a bundle in (later stages read earlier components).
-# The pre-ranker is distilled from the ranker (its teacher), so it trains after rank.
-TRAIN_ORDER = ("recall", "rank", "prerank", "rerank")
 _TRAIN_HELP = (
     "train a stage's models into a versioned artifact bundle; `all [--dataset D]` trains every "
     "stage into one new bundle and publishes it as artifacts/current"
@@ -129,16 +110,13 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _up(args: argparse.Namespace) -> None:
-    from cascade import stack
+    from app import stack
 
     # A base of 0 means free ports for every service.
-    ports = {name: args.base_port and args.base_port + i for name, i in _PORT_OFFSETS.items()}
+    ports: dict[str, int] = ports_from(args.base_port)
     if not args.base_port:
         ports["redis"] = 0  # with --store redis: a free port too
-    metrics = {
-        name: args.metrics_base_port and args.metrics_base_port + i
-        for name, i in _PORT_OFFSETS.items()
-    }
+    metrics = ports_from(args.metrics_base_port)
     try:
         running = stack.up(
             args.artifacts,
@@ -174,7 +152,7 @@ def _example_user(args: argparse.Namespace) -> str:
 
 
 def _down(args: argparse.Namespace) -> None:
-    from cascade import stack
+    from app import stack
 
     stack.down(args.run_dir, grace_s=args.grace)
 
@@ -186,10 +164,6 @@ def _delegate(module_name: str, function: str):
             sys.exit(code)
 
     return run
-
-
-# Ports of the stack relative to --base-port (gateway) and --metrics-base-port.
-_PORT_OFFSETS = {"gateway": 0, "recall": 1, "prerank": 2, "rank": 3, "rerank": 4}
 
 
 def _add_stack_commands(commands) -> None:
@@ -214,13 +188,13 @@ def _add_stack_commands(commands) -> None:
     up.add_argument(
         "--base-port",
         type=int,
-        default=50050,
+        default=GATEWAY.port,
         help="gateway port; recall, prerank, rank, rerank take the next four; 0 = free ports",
     )
     up.add_argument(
         "--metrics-base-port",
         type=int,
-        default=9150,
+        default=GATEWAY.metrics_port,
         help="gateway metrics port; the stages take the next four",
     )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")

@@ -1,4 +1,4 @@
-"""Offline: the rerank item embeddings, written into the bundle component "rerank".
+"""Trains rerank (`cascade train rerank`): its item embeddings, into the bundle component "rerank".
 
 Rerank owns its similarity space: a truncated SVD of the training-period user x item matrix, columns
 scaled by 1 / sqrt(item popularity) so that inner products of columns are co-consumption cosines.
@@ -6,7 +6,7 @@ Item vector = Sigma v_i over singular directions 2..dim+1, L2-normalised; row = 
 and items never consumed in training stay zero ("no embedding": dissimilar to all at serving).
 numpy only: a randomized range finder (Halko et al. 2011), power iterations over sparse pairs.
 
-    python -m services.rerank.build --dataset ml-100k --data-dir data --artifacts artifacts \
+    python -m services.rerank.train --dataset ml-100k --data-dir data --artifacts artifacts \
         [--version V] [--publish]
 """
 

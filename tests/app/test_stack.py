@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from cascade import stack
+from app import stack
 from cascade.artifacts import clone, publish
 
 STAGE_TRAINERS = (
-    ("services.recall.build",),
+    ("services.recall.train",),
     ("services.rank.train", "--max-epochs", "1"),
-    ("services.rerank.build",),
+    ("services.rerank.train",),
 )
 
 
@@ -28,7 +28,7 @@ def tiny_bundle(tmp_path_factory) -> tuple[Path, Path]:
     """A small synthetic world and every stage trained on it (about 15 s, in subprocesses)."""
     root = tmp_path_factory.mktemp("stack")
     data, artifacts = root / "data", root / "artifacts"
-    run = [sys.executable, "-m", "cascade.cli", "data", "--source", "synthetic", "--users", "200"]
+    run = [sys.executable, "-m", "app.cli", "data", "--source", "synthetic", "--users", "200"]
     run += ["--items", "100", "--impressions-per-user", "30", "--data-dir", str(data)]
     subprocess.run(run, check=True, capture_output=True)
     common = ["--dataset", "synthetic", "--data-dir", str(data), "--artifacts", str(artifacts)]

@@ -23,31 +23,22 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.stages import SERVER_MODULES
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.redis_server import RedisProcess
 from cascade.server import read_port_file
+from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, STAGES
 
-# Start order: the stages first, the gateway last (it connects to all of them).
-STAGES = ("recall", "prerank", "rank", "rerank")
-MODULES = {
-    "recall": "services.recall.server",
-    "prerank": "services.prerank.server",
-    "rank": "services.rank.server",
-    "rerank": "services.rerank.server",
-    "gateway": "gateway.server",
-}
-DEFAULT_PORTS = {
-    "gateway": 50050,
-    "recall": 50051,
-    "prerank": 50052,
-    "rank": 50053,
-    "rerank": 50054,
-}
-DEFAULT_METRICS_PORTS = {name: 9100 + port - 50000 for name, port in DEFAULT_PORTS.items()}
+# Start order: the stages first (cascade.topology.STAGES), the gateway last (it connects to all).
+MODULES = SERVER_MODULES
 REDIS = "redis"  # the shared online store's service name in stack.json (not a Python module)
 REDIS_PORT = 6380  # loopback; 6379 is left to a system Redis
 STATE_FILE = "stack.json"
+# The supervisor (app/supervisor.py) of a stack started with supervise=True: its pid and metrics
+# port, and its log of exits and restarts.
+SUPERVISOR_STATE_FILE = "supervisor.json"
+SUPERVISOR_LOG_FILE = "supervisor.log"
 
 
 class StackError(RuntimeError):
@@ -110,7 +101,7 @@ def prerank_available(artifacts: Path, bundle: str = "current") -> bool:
 
 def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "current") -> None:
     """Prepares the data and trains every model when the bundle is missing or another dataset's."""
-    cli = [sys.executable, "-m", "cascade.cli"]
+    cli = [sys.executable, "-m", "app.cli"]
     if not (data_dir / dataset).exists():
         if dataset not in ("ml-100k", "synthetic"):
             raise StackError(
@@ -196,7 +187,7 @@ def up(
     ports["redis"], default 6380, and share it) or a redis:// URL of a server already running.
     `tls`: certificates from `cascade certs` under run_dir/certs (its CA is kept across runs),
     TLS on the gateway's port and mutual TLS on every stage port. `supervise`: a background
-    supervisor restarts services that die (cascade/supervisor.py)."""
+    supervisor restarts services that die (app/supervisor.py)."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     if train:
         ensure_bundle(artifacts, data_dir, dataset, bundle)
@@ -247,9 +238,7 @@ def up(
             _learn_ports(stack, timeout_s)
         wait_healthy(stack, timeout_s)
         if supervise:
-            from cascade import supervisor
-
-            supervisor.spawn(run_dir)
+            spawn_supervisor(run_dir)
     except BaseException:
         down(run_dir, quiet=True)
         raise
@@ -409,9 +398,7 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
 def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:
     """Stops the stack recorded in run_dir: SIGTERM to each process group, wait up to grace_s,
     then SIGKILL. Returns how many processes were stopped."""
-    from cascade import supervisor
-
-    supervisor.stop(run_dir)  # first: it would start the services again
+    stop_supervisor(run_dir)  # first: it would start the services again
     state = Path(run_dir) / STATE_FILE
     if not state.exists():
         if not quiet:
@@ -492,3 +479,49 @@ def running_stack(run_dir: Path, **options) -> Iterator[Stack]:
         yield stack
     finally:
         down(run_dir, quiet=True)
+
+
+def spawn_supervisor(run_dir: Path, metrics_port: int = 0, timeout_s: float = 10.0) -> int:
+    """Starts the supervisor of the stack in run_dir in the background; returns its pid once it
+    has written its state file."""
+    run_dir = Path(run_dir)
+    (run_dir / SUPERVISOR_STATE_FILE).unlink(missing_ok=True)
+    command = [sys.executable, "-m", "app.supervisor", "--run-dir", str(run_dir)]
+    command += ["--metrics-port", str(metrics_port)]
+    with open(run_dir / SUPERVISOR_LOG_FILE, "a") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / SUPERVISOR_STATE_FILE).exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise StackError(
+                f"supervisor did not start:\n{log_tail(run_dir / SUPERVISOR_LOG_FILE)}"
+            )
+        time.sleep(0.05)
+    return process.pid
+
+
+def stop_supervisor(run_dir: Path, grace_s: float = 5.0) -> bool:
+    """Stops the supervisor of run_dir (before the services, or it would start them again)."""
+    state = Path(run_dir) / SUPERVISOR_STATE_FILE
+    if not state.exists():
+        return False
+    pid = json.loads(state.read_text())["pid"]
+    try:
+        ours = b"app.supervisor" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        ours = False
+    if ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    state.unlink(missing_ok=True)
+    return ours

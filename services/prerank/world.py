@@ -2,7 +2,8 @@
 
 `open_world` loads a dataset, its temporal split, the feature store of the training period, the
 bundle's teacher (RankScorer, the serving code) and its recall merge. `training_requests` and
-`test_requests` place the request points; `distill_into_bundle` is the distill command's body.
+`test_requests` place the request points (training: services/prerank/train.py; the report:
+services/prerank/evaluate.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.artifacts import Bundle, BundleWriter, publish
+from cascade.artifacts import Bundle
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset
 from cascade.data.split import TemporalSplit, split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec
-from services.prerank.distill import DistillConfig, item_vectors, teacher_embeddings, train_student
+from services.prerank.distill import DistillConfig
 from services.prerank.examples import Requests, build_requests, recall_merger
 from services.rank.scorer import RankScorer
 from services.recall.merge import Merger
@@ -84,28 +85,3 @@ def test_requests(world: World, count: int, max_users: int, seed: int = 0) -> Re
     return build_requests(
         world.teacher, world.merger, train, test, users, cut[users], world.dataset.n_items, count
     )
-
-
-def distill_into_bundle(
-    dataset: str, data_dir: Path, artifacts: Path, version: str, config: DistillConfig,
-    publish_it: bool = False,
-) -> Path:  # fmt: skip
-    """Distils a student from the bundle's teacher and writes the "prerank" component into it."""
-    from services.prerank.export import write_component
-
-    world = open_world(dataset, data_dir, artifacts, version)
-    requests = training_requests(world, config)
-    teacher = teacher_embeddings(world.bundle.load_npz("rank", "weights.npz"))
-    model, info = train_student(requests, world.dataset, world.spec, config, teacher)
-    world.merger.close()
-    writer = BundleWriter(artifacts, world.bundle.version)
-    vectors = item_vectors(model, world.dataset, world.spec)
-    known = world.store.known_items(np.arange(world.dataset.n_items))
-    write_component(
-        writer, model, world.spec, world.dataset, vectors, known,
-        world.bundle.component("rank")["version"], info, requests,
-    )  # fmt: skip
-    writer.commit()
-    if publish_it:
-        publish(artifacts, writer.version)
-    return writer.folder

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from cascade.cli import build_parser, main
+from app.cli import build_parser, main
 
 
 def test_data_then_baselines(tmp_path, capsys):
@@ -54,7 +54,7 @@ def test_help_explains_each_command():
 def test_every_stage_entry_point_exists():
     import importlib
 
-    from cascade.cli import ENTRY_POINTS, TRAIN_ORDER
+    from app.cli import ENTRY_POINTS, TRAIN_ORDER
 
     for verb, stages in ENTRY_POINTS.items():
         for stage, module_name in stages.items():

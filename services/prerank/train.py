@@ -1,0 +1,78 @@
+"""Trains the pre-ranker: distils a student from the bundle's rank teacher (services/prerank/
+distill.py) over real recall outputs (services/prerank/world.py) and exports it (export.py).
+
+    python -m services.prerank.train --dataset ml-100k --data-dir data --artifacts artifacts \
+        --version V [--publish] [--variant distilled_listwise]
+
+The bundle V must already hold "recall" and "rank" (`cascade train recall`, `cascade train rank`
+into the same --version); this writes "prerank" into it. `cascade train prerank` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cascade.artifacts import BundleWriter, publish
+from services.prerank.distill import (
+    DEFAULT_VARIANT,
+    VARIANTS,
+    DistillConfig,
+    item_vectors,
+    teacher_embeddings,
+    train_student,
+    variant_config,
+)
+from services.prerank.export import write_component
+from services.prerank.world import open_world, training_requests
+
+
+def distill_into_bundle(
+    dataset: str, data_dir: Path, artifacts: Path, version: str, config: DistillConfig,
+    publish_it: bool = False,
+) -> Path:  # fmt: skip
+    """Distils a student from the bundle's teacher and writes the "prerank" component into it."""
+    world = open_world(dataset, data_dir, artifacts, version)
+    requests = training_requests(world, config)
+    teacher = teacher_embeddings(world.bundle.load_npz("rank", "weights.npz"))
+    model, info = train_student(requests, world.dataset, world.spec, config, teacher)
+    world.merger.close()
+    writer = BundleWriter(artifacts, world.bundle.version)
+    vectors = item_vectors(model, world.dataset, world.spec)
+    known = world.store.known_items(np.arange(world.dataset.n_items))
+    write_component(
+        writer, model, world.spec, world.dataset, vectors, known,
+        world.bundle.component("rank")["version"], info, requests,
+    )  # fmt: skip
+    writer.commit()
+    if publish_it:
+        publish(artifacts, writer.version)
+    return writer.folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--version", default="current", help="bundle holding recall + rank")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--publish", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = variant_config(args.variant, DistillConfig(seed=args.seed))
+    folder = distill_into_bundle(
+        args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
+    )
+    print(f"prerank component ({args.variant}) written to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,6 +26,7 @@ from pathlib import Path
 from app.stages import SERVER_MODULES
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.files import write_atomic
 from cascade.redis_server import RedisProcess
 from cascade.server import read_port_file
 from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, STAGES
@@ -463,9 +464,8 @@ def _save(stack: Stack) -> None:
              "services": [asdict(s) for s in stack.services],
              "environments": stack.environments}  # fmt: skip
     # Owner-only: the environments may hold the gateway's API token (the supervisor needs them).
-    path = stack.run_dir / STATE_FILE
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-        out.write(json.dumps(state, indent=2))
+    # Atomic too: the supervisor and `cascade down` read it while a relaunch rewrites it.
+    write_atomic(stack.run_dir / STATE_FILE, json.dumps(state, indent=2), mode=0o600)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from app import stack
+from cascade.files import write_atomic
 from cascade.telemetry import new_registry, start_metrics_server
 
 log = logging.getLogger("app.supervisor")
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop_requested.set())
     state = {"pid": os.getpid(), "metrics_port": metrics.port}
-    (args.run_dir / STATE_FILE).write_text(json.dumps(state))
+    write_atomic(args.run_dir / STATE_FILE, json.dumps(state))
     names = ", ".join(s.name for s in supervisor.stack.services)
     log.info("supervising %s; metrics on port %d", names, metrics.port)
     supervisor.run(stop_requested)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade.files import write_atomic
+
 MANIFEST = "manifest.json"
 CURRENT = "current"
 PINS = ".pins"
@@ -93,10 +95,7 @@ class BundleWriter:
         self.manifest["components"][component] = {"created": new_version(), **info}
 
     def commit(self) -> Path:
-        path = self.folder / MANIFEST
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.manifest, indent=2, sort_keys=True))
-        os.replace(temporary, path)
+        write_atomic(self.folder / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
         return self.folder
 
 

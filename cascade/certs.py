@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cascade.callers import GATEWAY_IDENTITY
+from cascade.files import write_atomic
 from cascade.topology import SERVICES
 
 STAGE_NAMES = SERVICES
@@ -63,17 +63,11 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)  # a watcher never sees half a key
+    write_atomic(path, data, mode=0o600)  # a watcher never sees half a key
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    os.replace(temporary, path)
+    write_atomic(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _certificate(subject, issuer, public_key, signer, days: float, extensions) -> x509.Certificate:

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -39,6 +38,7 @@ from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
 from cascade.config import Secret, SettingsError, load_settings
 from cascade.data.schema import DataError
+from cascade.files import write_atomic
 from cascade.guard import QueueGuard
 from cascade.reload import Reloader
 from cascade.telemetry import (
@@ -279,9 +279,7 @@ def serve(
 
 def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
     """{"port": ..., "metrics_port": ...}, replaced atomically (a reader sees all or nothing)."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"port": port, "metrics_port": metrics_port}))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps({"port": port, "metrics_port": metrics_port}))
 
 
 def free_port() -> int:

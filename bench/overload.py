@@ -2,11 +2,12 @@
 
 One stack, one run, ratios measured side by side (absolute rates depend on the machine and on what
 else it runs). Steps: closed-loop saturation (goodput S, CPU per request summed over the service
-processes), the same models in this process (CPU per request: the split tax is the ratio), an open
-loop at 0.5 S (the reference p99), then each overload multiple for --duration seconds: goodput / S,
-p99 of admitted answers vs the reference, refusal latency p99, DEADLINE_EXCEEDED seen by the
-client, shrunk-funnel share. Optionally the same 2x run with admission control off, and a py-spy
-profile of the gateway under load.
+processes), the held rate (the highest fixed rate, as a fraction of S, answered with p99 < 50 ms,
+no errors and no shortfall, at full quality), the same models in this process (CPU per request:
+the split tax is the ratio), an open loop at 0.5 S (the reference p99), then each overload
+multiple for --duration seconds: goodput / S, p99 of admitted answers vs the reference, refusal
+latency p99, DEADLINE_EXCEEDED seen by the client, shrunk-funnel share. Optionally the same 2x run
+with admission control off, and py-spy profiles of every process under load.
 
     python -m bench.overload --out results/cascade [--duration 60] [--multiples 1.5 2 4]
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.load import closed_loop, cpu_seconds, fixed_rate
+from bench.load import P99_LIMIT_MS, closed_loop, cpu_seconds, fixed_rate
 from cascade import stack
 from cascade.v1 import gateway_pb2
 
@@ -132,37 +133,78 @@ def in_process_cpu_ms(artifacts: Path, data_dir: Path, users: np.ndarray, bundle
     }
 
 
-def profile(pid: int, seconds: float, out: Path) -> dict | None:
-    """py-spy samples of one process (collapsed stacks) -> the top frames by own samples."""
-    raw = out.with_suffix(".collapsed.txt")
+def profile(pid: int, seconds: float, raw: Path) -> dict:
+    """py-spy samples of one process's threads while on a CPU (collapsed stacks in `raw`) ->
+    the frames with the most own samples and with the most samples under them."""
     binary = Path(sys.executable).with_name("py-spy")  # the dev set pins it into the venv
-    command = [
-        str(binary) if binary.exists() else "py-spy",
-        "record",
-        "--pid",
-        str(pid),
-        "--duration",
-        str(int(seconds)),
-    ]
-    # --gil: only the thread holding the GIL, i.e. where the process's Python CPU goes.
-    command += ["--format", "raw", "--gil", "--nonblocking", "--rate", "200", "-o", str(raw)]
+    command = [str(binary) if binary.exists() else "py-spy", "record", "--pid", str(pid)]
+    # Idle threads (blocked on a lock or a socket) are not sampled: what is left is where the
+    # process's CPU goes, model code that released the GIL included (under its Python caller).
+    command += ["--duration", str(int(seconds)), "--format", "raw", "--nonblocking"]
+    command += ["--rate", "100", "-o", str(raw)]
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=seconds + 30)
     except (OSError, subprocess.SubprocessError) as error:
         return {"error": f"py-spy failed: {getattr(error, 'stderr', b'') or error}"[:400]}
     own: dict[str, int] = {}
+    under: dict[str, int] = {}
     total = 0
     for line in raw.read_text().splitlines():
         stack_text, _, count = line.rpartition(" ")
-        frames = stack_text.split(";")
+        frames = [f for f in stack_text.split(";") if not f.startswith("process ")]
+        frames = [f for f in frames if not f.startswith("thread ")]
+        if not frames:
+            continue
         n = int(count)
         total += n
         own[frames[-1]] = own.get(frames[-1], 0) + n
-    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
-    summary = {"samples": total, "top_own": [{"frame": f, "share": round(n / total, 4)}
-                                             for f, n in top]}  # fmt: skip
-    out.write_text(json.dumps(summary, indent=2))
-    return summary
+        for frame in set(frames):
+            under[frame] = under.get(frame, 0) + n
+
+    def top(counts: dict[str, int], k: int) -> list[dict]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:k]
+        return [{"frame": f, "share": round(n / max(total, 1), 4)} for f, n in ranked]
+
+    return {"samples": total, "top_own": top(own, 25), "top_inclusive": top(under, 40)}
+
+
+def profile_all(running: stack.Stack, users: np.ndarray, args) -> dict[str, dict]:
+    """Every service process profiled at once under a closed loop at saturation (its own pass:
+    py-spy's sampling costs CPU, kept out of the CPU-per-request figures)."""
+    target = running.address("gateway")
+    raw_dir = args.run_dir / "profiles"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with futures.ThreadPoolExecutor(len(running.services)) as pool:
+        jobs = {
+            s.name: pool.submit(profile, s.pid, args.profile_seconds, raw_dir / f"{s.name}.txt")
+            for s in running.services
+        }
+        asyncio.run(
+            closed_loop(target, users, args.workers, args.profile_seconds + 2, args.timeout)
+        )
+        profiles = {name: job.result() for name, job in jobs.items()}
+    out = args.out / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, summary in profiles.items():
+        (out / f"{name}.txt").write_text(profile_text(name, summary))
+    return profiles
+
+
+def profile_text(name: str, summary: dict) -> str:
+    """A flame summary as text: the frames with the most samples under them, then by own."""
+    if "error" in summary:
+        return f"{name}: {summary['error']}\n"
+    lines = [
+        f"# {name}: py-spy, {summary['samples']} samples of threads on a CPU, closed loop at "
+        "saturation (bench/overload.py --profile-seconds)",
+        "",
+        "## Inclusive (share of samples with the frame on the stack)",
+        *(f"{100 * t['share']:5.1f}%  {t['frame']}" for t in summary["top_inclusive"]),
+        "",
+        "## Own (share of samples in the frame itself)",
+        *(f"{100 * t['share']:5.1f}%  {t['frame']}" for t in summary["top_own"]),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,8 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="closed-loop workers")
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline, seconds")
     parser.add_argument("--in-process-requests", type=int, default=500)
+    parser.add_argument(
+        "--held-fractions", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        help="open-loop rates tried for the held rate, as fractions of the saturation rate",
+    )  # fmt: skip
+    parser.add_argument("--held-duration", type=float, default=10.0)
     parser.add_argument("--compare-off", action="store_true", help="2x again, admission off")
-    parser.add_argument("--profile-seconds", type=float, default=0, help="py-spy the gateway")
+    parser.add_argument(
+        "--profile-seconds", type=float, default=0, help="py-spy every process at saturation"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}
     with stack.running_stack(args.run_dir, extra_env=env, **where) as running:
         report |= saturation(running, users, args)
+        report |= held_rate(running, users, args, report["saturation_rps"])
+        if args.profile_seconds:
+            report["profiles"] = profile_all(running, users, args)
         if args.compare_off:
             rate = 2.0 * report["saturation_rps"]
             target = running.address("gateway")
@@ -246,6 +298,35 @@ def saturation(running: stack.Stack, users: np.ndarray, args) -> dict:
     return {"saturation_rps": round(rate, 1), "closed_loop": closed}
 
 
+def held_rate(running: stack.Stack, users: np.ndarray, args, saturation: float) -> dict:
+    """The highest fixed rate held: p99 < 50 ms, no errors, at least 95% of the offered rate
+    answered. Rates go up as fractions of the saturation rate; two misses in a row end the scan
+    (one miss can be a noisy neighbour)."""
+    target = running.address("gateway")
+    tried, misses = [], 0
+    for fraction in sorted(args.held_fractions):
+        rate = fraction * saturation
+        answers, seconds = open_loop(target, users, rate, args.held_duration, args.timeout)
+        row = {"fraction": fraction, "rate": round(rate, 1)} | summarize(answers, seconds, None)
+        row["held"] = (
+            row["admitted_p99_ms"] is not None
+            and row["admitted_p99_ms"] < P99_LIMIT_MS
+            and row["requests"] == row["codes"].get("OK", 0)
+            and row["goodput_rps"] >= 0.95 * rate
+        )
+        print("held rate:", json.dumps(row), flush=True)
+        tried.append(row)
+        misses = 0 if row["held"] else misses + 1
+        if misses == 2:
+            break
+    held = max((r["rate"] for r in tried if r["held"]), default=None)
+    return {
+        "held_rate_rps": held,
+        "held_over_saturation": round(held / saturation, 3) if held else None,
+        "held_scan": tried,
+    }
+
+
 def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -> dict:
     """With admission on: the 0.5x reference, then each multiple of the saturation rate."""
     target = running.address("gateway")
@@ -259,13 +340,6 @@ def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -
     result["overload"] = []
     for multiple in args.multiples:
         rate = multiple * saturation
-        profiling = None
-        if args.profile_seconds and multiple == args.multiples[0]:
-            gateway_pid = next(s.pid for s in running.services if s.name == "gateway")
-            out = args.out / "gateway_profile.json"
-            profiling = futures.ThreadPoolExecutor(1).submit(
-                profile, gateway_pid, args.profile_seconds, out
-            )
         before = refusal_buckets(running)
         answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
         row = {"multiple": multiple, "rate": round(rate, 1)}
@@ -277,8 +351,6 @@ def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -
             )
         print("overload:", json.dumps(row), flush=True)
         result["overload"].append(row)
-        if profiling is not None:
-            result["gateway_profile"] = profiling.result()
     return result
 
 
@@ -303,6 +375,14 @@ def to_markdown(report: dict) -> str:
         f"({stack_cpu:.2f} ms vs "
         f"{report['in_process']['cpu_ms_per_request']} ms)",
         f"- Gateway CPU share of a request: **{100 * report['gateway_cpu_share']:.1f}%**",
+        f"- Held rate (highest fixed rate with p99 < {P99_LIMIT_MS:.0f} ms, no errors, full "
+        f"funnel): **{report['held_rate_rps']} req/s = {report['held_over_saturation']} x "
+        f"saturation** (tried: "
+        + ", ".join(
+            f"{r['fraction']}x p99 {r['admitted_p99_ms']} ms{'' if r['held'] else ' (missed)'}"
+            for r in report["held_scan"]
+        )
+        + ")",
         f"- CPU ms per request at saturation: {json.dumps(cpu)}",
         "",
         "| offered | rate req/s | goodput req/s | goodput / saturation | admitted p50 ms | "
@@ -320,10 +400,8 @@ def to_markdown(report: dict) -> str:
             f"{row['refusal_p99_ms']} | {row['deadline_exceeded']} | {row['shrunk_answers']} | "
             f"{row['sender_lag_p99_ms']} | {row.get('server_refusal_p99_ms_at_most', '-')} |"
         )
-    profile = report.get("gateway_profile")
-    if profile and "top_own" in profile:
-        lines += ["", "## Gateway profile under load (py-spy, own samples, top 12)", ""]
-        lines += [f"- {100 * t['share']:.1f}% {t['frame']}" for t in profile["top_own"][:12]]
+    if report.get("profiles"):
+        lines += ["", "Flame summaries of each process at saturation: `profiles/<process>.txt`."]
     return "\n".join(lines) + "\n"
 
 

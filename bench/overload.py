@@ -116,11 +116,8 @@ def bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> floa
     return next(1e3 * b for b, n in counts.items() if n >= 0.99 * total)
 
 
-def in_process_cpu_ms(artifacts: Path, data_dir: Path, users: np.ndarray, bundle: str) -> dict:
+def in_process_cpu_ms(cascade, users: np.ndarray) -> dict:
     """CPU and wall time per request of the same models as plain calls in this process."""
-    from bench.inprocess import InProcessCascade
-
-    cascade = InProcessCascade(artifacts, data_dir, bundle)
     for user in users[:50].tolist():  # warm-up
         cascade.recommend(user)
     cpu, wall = time.process_time(), time.perf_counter()
@@ -130,6 +127,50 @@ def in_process_cpu_ms(artifacts: Path, data_dir: Path, users: np.ndarray, bundle
         "requests": len(users),
         "cpu_ms_per_request": round(1e3 * (time.process_time() - cpu) / len(users), 3),
         "wall_ms_per_request": round(1e3 * (time.perf_counter() - wall) / len(users), 3),
+    }
+
+
+def split_tax(running: stack.Stack, users: np.ndarray, args) -> dict:
+    """`--repeats` times: the closed loop at saturation, then at once (the stack idle) the same
+    models in this process. Each repeat's ratio pairs two measurements taken seconds apart, so a
+    neighbour's load moves both; the report keeps every repeat and their medians."""
+    from bench.inprocess import InProcessCascade
+
+    cascade = InProcessCascade(args.artifacts, args.data_dir, args.bundle)
+    repeats = []
+    for _ in range(args.repeats):
+        closed = saturation(running, users, args)
+        inside = in_process_cpu_ms(cascade, users[: args.in_process_requests])
+        cpu = closed["cpu_ms_per_request"]
+        stack_cpu = sum(v for k, v in cpu.items() if k != "load generator")
+        closed |= {
+            "in_process": inside,
+            "stack_cpu_ms_per_request": round(stack_cpu, 3),
+            "split_tax": round(stack_cpu / inside["cpu_ms_per_request"], 3),
+            "gateway_cpu_share": round(cpu["gateway"] / stack_cpu, 3),
+        }
+        print("split tax:", json.dumps(closed), flush=True)
+        repeats.append(closed)
+
+    def median(values) -> float:
+        return round(float(np.median(values)), 3)
+
+    names = repeats[0]["cpu_ms_per_request"]
+    return {
+        "saturation_rps": median([r["goodput_rps"] for r in repeats]),
+        "closed_loop": {
+            "workers": args.workers,
+            "p99_ms": median([r["p99_ms"] for r in repeats]),
+            "cpu_ms_per_request": {
+                n: median([r["cpu_ms_per_request"][n] for r in repeats]) for n in names
+            },
+        },
+        "in_process": {
+            "cpu_ms_per_request": median([r["in_process"]["cpu_ms_per_request"] for r in repeats])
+        },
+        "split_tax": median([r["split_tax"] for r in repeats]),
+        "gateway_cpu_share": median([r["gateway_cpu_share"] for r in repeats]),
+        "tax_repeats": repeats,
     }
 
 
@@ -226,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="open-loop rates tried for the held rate, as fractions of the saturation rate",
     )  # fmt: skip
     parser.add_argument("--held-duration", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3, help="saturation + in-process pairs")
+    parser.add_argument(
+        "--only-tax", action="store_true", help="only the split tax repeats, into OUT/tax.json"
+    )
     parser.add_argument("--compare-off", action="store_true", help="2x again, admission off")
     parser.add_argument(
         "--profile-seconds", type=float, default=0, help="py-spy every process at saturation"
@@ -246,7 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Capacity at full quality: admission (and so the quality factor) off.
     env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}
     with stack.running_stack(args.run_dir, extra_env=env, **where) as running:
-        report |= saturation(running, users, args)
+        report |= split_tax(running, users, args)
+        if args.only_tax:
+            (args.out / "tax.json").write_text(json.dumps(report, indent=2))
+            print(f"split tax {report['split_tax']}x, gateway share {report['gateway_cpu_share']}")
+            return 0
         report |= held_rate(running, users, args, report["saturation_rps"])
         if args.profile_seconds:
             report["profiles"] = profile_all(running, users, args)
@@ -260,13 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["admission_off"] = [row]
     with stack.running_stack(args.run_dir, **where) as running:
         report |= overload(running, users, args, report["saturation_rps"])
-    report["in_process"] = in_process_cpu_ms(
-        args.artifacts, args.data_dir, users[: args.in_process_requests], args.bundle
-    )
-    sat = report["closed_loop"]
-    stack_cpu = sum(v for k, v in sat["cpu_ms_per_request"].items() if k != "load generator")
-    report["split_tax"] = round(stack_cpu / report["in_process"]["cpu_ms_per_request"], 2)
-    report["gateway_cpu_share"] = round(sat["cpu_ms_per_request"]["gateway"] / stack_cpu, 3)
     (args.out / "overload.json").write_text(json.dumps(report, indent=2))
     (args.out / "overload.md").write_text(to_markdown(report))
     plot(report, args.out / "overload.png")
@@ -294,8 +336,7 @@ def saturation(running: stack.Stack, users: np.ndarray, args) -> dict:
         "p99_ms": round(float(np.percentile([s.latency_ms for s in ok], 99)), 2),
         "cpu_ms_per_request": {n: round(1e3 * c / max(len(ok), 1), 3) for n, c in spent.items()},
     }
-    print("closed loop:", json.dumps(closed), flush=True)
-    return {"saturation_rps": round(rate, 1), "closed_loop": closed}
+    return closed
 
 
 def held_rate(running: stack.Stack, users: np.ndarray, args, saturation: float) -> dict:
@@ -358,6 +399,7 @@ def to_markdown(report: dict) -> str:
     sat = report["saturation_rps"]
     ref = report["reference"]
     cpu = report["closed_loop"]["cpu_ms_per_request"]
+    repeats = report["tax_repeats"]
     stack_cpu = sum(v for k, v in cpu.items() if k != "load generator")
     lines = [
         "# Overload: offered multiples of the closed-loop saturation rate",
@@ -371,10 +413,11 @@ def to_markdown(report: dict) -> str:
         "- Saturation is measured with admission off (full funnel, full quality); refusal "
         "latency counts from the moment the request was sent, the sender's own lag is its column",
         f"- Split tax (CPU per request summed over the service processes at saturation / the same "
-        f"models in one process): **{report['split_tax']}x** "
-        f"({stack_cpu:.2f} ms vs "
-        f"{report['in_process']['cpu_ms_per_request']} ms)",
-        f"- Gateway CPU share of a request: **{100 * report['gateway_cpu_share']:.1f}%**",
+        f"models in one process, measured right after; median of {len(repeats)} repeats): "
+        f"**{report['split_tax']}x** (repeats: {', '.join(str(r['split_tax']) for r in repeats)}; "
+        f"medians {stack_cpu:.2f} ms vs {report['in_process']['cpu_ms_per_request']} ms)",
+        f"- Gateway CPU share of a request: **{100 * report['gateway_cpu_share']:.1f}%** (repeats: "
+        f"{', '.join(str(r['gateway_cpu_share']) for r in repeats)})",
         f"- Held rate (highest fixed rate with p99 < {P99_LIMIT_MS:.0f} ms, no errors, full "
         f"funnel): **{report['held_rate_rps']} req/s = {report['held_over_saturation']} x "
         f"saturation** (tried: "
@@ -383,7 +426,7 @@ def to_markdown(report: dict) -> str:
             for r in report["held_scan"]
         )
         + ")",
-        f"- CPU ms per request at saturation: {json.dumps(cpu)}",
+        f"- CPU ms per request at saturation (medians): {json.dumps(cpu)}",
         "",
         "| offered | rate req/s | goodput req/s | goodput / saturation | admitted p50 ms | "
         "admitted p99 ms | p99 / reference | refused | refusal p99 ms | DEADLINE_EXCEEDED | "

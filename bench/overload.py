@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.load import P99_LIMIT_MS, closed_loop, cpu_seconds, fixed_rate
 from cascade import stack
-from cascade.v1 import gateway_pb2
+from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 
 
 @dataclass
@@ -72,6 +72,8 @@ def summarize(answers: list[Answer], seconds: float, saturation: float | None) -
         "goodput_rps": round(len(ok) / seconds, 1),
         "admitted_p50_ms": _p(ok, 50),
         "admitted_p99_ms": _p(ok, 99),
+        # The same answers timed from their actual send (without the sender's own backlog).
+        "admitted_sent_p99_ms": _p([a.sent_ms for a in answers if a.code == "OK"], 99),
         "refused": len(refused),
         "refusal_p99_ms": _p(refused, 99),
         "sender_lag_p99_ms": _p(lag, 99),
@@ -83,6 +85,43 @@ def summarize(answers: list[Answer], seconds: float, saturation: float | None) -
     if saturation:
         row["goodput_over_saturation"] = round(row["goodput_rps"] / saturation, 3)
     return row
+
+
+def probe(target: str, rate: float, seconds: float, timeout_s: float) -> dict:
+    """A second, light client in its own process: one call at a time at `rate`, blocking stub.
+    Its refusal latency is the server's answer plus the network, without the load generator's
+    own event-loop backlog (which, at 4x, is tens of milliseconds by itself)."""
+    stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(target))
+    refused, admitted = [], []
+    end = time.perf_counter() + seconds
+    due = time.perf_counter()
+    user = 1
+    while due < end:
+        time.sleep(max(0.0, due - time.perf_counter()))
+        due += 1.0 / rate
+        request = gateway_pb2.RecommendRequest(user_id=user, count=10)
+        user = user % 900 + 1
+        sent = time.perf_counter()
+        try:
+            stub.Recommend(request, timeout=timeout_s)
+            admitted.append(1e3 * (time.perf_counter() - sent))
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                refused.append(1e3 * (time.perf_counter() - sent))
+    return {
+        "probe_rate": rate,
+        "probe_refused": len(refused),
+        "probe_refusal_p50_ms": _p(refused, 50),
+        "probe_refusal_p99_ms": _p(refused, 99),
+        "probe_admitted": len(admitted),
+        "probe_admitted_p99_ms": _p(admitted, 99),
+    }
+
+
+def start_probe(target: str, rate: float, seconds: float, timeout_s: float) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bench.overload", "--probe", target, "--probe-rate", str(rate)]
+    command += ["--duration", str(seconds), "--timeout", str(timeout_s)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
 def open_loop(target: str, users: np.ndarray, rate: float, seconds: float, timeout_s: float):
@@ -263,9 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline, seconds")
     parser.add_argument("--in-process-requests", type=int, default=500)
     parser.add_argument(
-        "--held-fractions", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        "--held-fractions",
+        type=float,
+        nargs="+",
+        default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
         help="open-loop rates tried for the held rate, as fractions of the saturation rate",
-    )  # fmt: skip
+    )
     parser.add_argument("--held-duration", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3, help="saturation + in-process pairs")
     parser.add_argument(
@@ -275,8 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile-seconds", type=float, default=0, help="py-spy every process at saturation"
     )
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="the light client's rate")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # run as the probe against this target
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
     args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe(args.probe, args.probe_rate, args.duration, args.timeout)))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     from cascade.data import load_dataset
 
@@ -292,13 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}
     with stack.running_stack(args.run_dir, extra_env=env, **where) as running:
         report |= split_tax(running, users, args)
+        if args.profile_seconds:
+            report["profiles"] = profile_all(running, users, args)
         if args.only_tax:
             (args.out / "tax.json").write_text(json.dumps(report, indent=2))
             print(f"split tax {report['split_tax']}x, gateway share {report['gateway_cpu_share']}")
             return 0
         report |= held_rate(running, users, args, report["saturation_rps"])
-        if args.profile_seconds:
-            report["profiles"] = profile_all(running, users, args)
         if args.compare_off:
             rate = 2.0 * report["saturation_rps"]
             target = running.address("gateway")
@@ -382,10 +429,12 @@ def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -
     for multiple in args.multiples:
         rate = multiple * saturation
         before = refusal_buckets(running)
+        prober = start_probe(target, args.probe_rate, args.duration - 2, args.timeout)
         answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
         row = {"multiple": multiple, "rate": round(rate, 1)}
         row |= summarize(answers, seconds, saturation)
         row["server_refusal_p99_ms_at_most"] = bucket_p99_ms(before, refusal_buckets(running))
+        row |= json.loads(prober.communicate(timeout=60)[0])
         if reference["admitted_p99_ms"] and row["admitted_p99_ms"]:
             row["p99_over_reference"] = round(
                 row["admitted_p99_ms"] / reference["admitted_p99_ms"], 2
@@ -430,8 +479,9 @@ def to_markdown(report: dict) -> str:
         "",
         "| offered | rate req/s | goodput req/s | goodput / saturation | admitted p50 ms | "
         "admitted p99 ms | p99 / reference | refused | refusal p99 ms | DEADLINE_EXCEEDED | "
-        "shrunk answers | sender lag p99 ms | gateway's refusal p99 ms (bucket) |",
-        "|---" * 13 + "|",
+        "shrunk answers | sender lag p99 ms | gateway's refusal p99 ms (bucket) | "
+        "probe refusal p50 / p99 ms |",
+        "|---" * 14 + "|",
     ]
     rows = [(r, "admission on") for r in report["overload"]]
     rows += [(r, "admission off") for r in report.get("admission_off", [])]
@@ -441,7 +491,8 @@ def to_markdown(report: dict) -> str:
             f"{row.get('goodput_over_saturation')} | {row['admitted_p50_ms']} | "
             f"{row['admitted_p99_ms']} | {row.get('p99_over_reference', '-')} | {row['refused']} | "
             f"{row['refusal_p99_ms']} | {row['deadline_exceeded']} | {row['shrunk_answers']} | "
-            f"{row['sender_lag_p99_ms']} | {row.get('server_refusal_p99_ms_at_most', '-')} |"
+            f"{row['sender_lag_p99_ms']} | {row.get('server_refusal_p99_ms_at_most', '-')} | "
+            f"{row.get('probe_refusal_p50_ms', '-')} / {row.get('probe_refusal_p99_ms', '-')} |"
         )
     if report.get("profiles"):
         lines += ["", "Flame summaries of each process at saturation: `profiles/<process>.txt`."]

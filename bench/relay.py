@@ -40,9 +40,11 @@ class Backend(rerank_pb2_grpc.RerankServicer):
         self.reply = rerank_pb2.RerankResponse()
         rng = np.random.default_rng(0)
         to_proto(
-            rng.integers(1, 10_000, n), rng.random(n, dtype=np.float32),
-            rng.integers(1, 128, n).astype(np.uint32), out=self.reply.candidates,
-        )  # fmt: skip
+            rng.integers(1, 10_000, n),
+            rng.random(n, dtype=np.float32),
+            rng.integers(1, 128, n).astype(np.uint32),
+            out=self.reply.candidates,
+        )
 
     def Rerank(self, request, context):
         return self.reply

@@ -10,6 +10,10 @@ latency p99, DEADLINE_EXCEEDED seen by the client, shrunk-funnel share. Optional
 with admission control off, and py-spy profiles of every process under load.
 
     python -m bench.overload --out results/cascade [--duration 60] [--multiples 1.5 2 4]
+        [--compare-off] [--profile-seconds 20] [--repeats 3] [--only-tax]
+
+A light probe client (its own process, one call at a time) runs beside each overload rate: its
+refusal latency is the server's, without the load generator's own backlog.
 """
 
 from __future__ import annotations

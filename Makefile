@@ -114,10 +114,17 @@ bench-state: setup system-packages
 	$(BIN)/python -m bench.state_latency --data-dir $(DATA) --out results/state
 
 # Overload: 1.5x, 2x and 4x the closed-loop saturation rate for 60 s each (admission on, then 2x
-# with it off), the split tax and the gateway's CPU share, a py-spy profile of the gateway.
+# with it off), the held rate, the split tax and the gateway's CPU share (3 repeats, medians),
+# py-spy flame summaries of every process (results/cascade/profiles/).
 bench-overload: setup
 	$(BIN)/python -m bench.overload --data-dir $(DATA) --out results/cascade --compare-off \
 	  --profile-seconds 20
+
+# CPU per request of a gateway-shaped relay (four sequential calls) on grpc.aio vs the sync
+# server and stubs, alternating rounds (results/cascade/relay.json).
+.PHONY: bench-relay
+bench-relay: setup
+	$(BIN)/python -m bench.relay --out results/cascade
 
 # The quality cost of each funnel size the gateway shrinks to under load (NDCG@10 on ml-100k).
 bench-funnel: setup

@@ -1,9 +1,10 @@
 """Candidate lists between numpy and the wire (cascade.v1.CandidateList), plus channel masks.
 
 Stages work on parallel numpy arrays; the wire carries packed repeated fields. Both directions are
-vectorised: filled from `array.tolist()` and read with `np.asarray(field)` (the fast
-paths, a few microseconds per 2,000 candidates to read and ~0.1 ms to write; `python -m
-bench.wire` measures them).
+vectorised: read with `np.asarray(field)` (a few microseconds per 2,000 candidates); a long list
+is written as its packed wire bytes built in numpy and parsed once by protobuf's C code, a short
+one from `array.tolist()` (a Python object per number: the cheaper way below a few hundred).
+`python -m bench.wire` measures a hop; `make bench-overload` the stages' CPU per request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ CHANNELS: dict[int, str] = {
 }
 _CHANNEL_VALUES = {name: number for number, name in CHANNELS.items()}
 _CHANNEL_BITS = np.array(sorted(CHANNELS), dtype=np.uint32)  # (n_channels,)
+# From this many candidates on, to_proto builds the wire bytes in numpy: its fixed cost (tens of
+# microseconds) is repaid only on long lists (recall's 2,000: `python -m bench.request_path`).
+PACKED_MIN = 1000
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)  # 2^7 .. 2^63
+_VARINT_SHIFTS = (7 * np.arange(10, dtype=np.uint64))[:, None]  # (10, 1)
+_GROUPS = np.arange(10)[:, None]  # (10, 1)
 
 
 class InvalidField(ValueError):
@@ -62,6 +69,13 @@ def to_proto(
     msg = common_pb2.CandidateList() if out is None else out
     if out is not None:
         out.Clear()
+    if n >= PACKED_MIN:
+        if scores is not None:
+            scores = _same_length(scores, n, "scores", np.float32)
+        if channel_masks is not None:
+            channel_masks = _same_length(channel_masks, n, "channel_masks", np.uint32)
+        msg.MergeFromString(packed_bytes(item_ids, scores, channel_masks))
+        return msg
     msg.item_ids.extend(item_ids.tolist())
     if scores is not None:
         msg.scores.extend(_same_length(scores, n, "scores", np.float32).tolist())
@@ -70,6 +84,41 @@ def to_proto(
             _same_length(channel_masks, n, "channel_masks", np.uint32).tolist()
         )
     return msg
+
+
+def packed_bytes(
+    item_ids: np.ndarray, scores: np.ndarray | None = None, channel_masks: np.ndarray | None = None
+) -> bytes:
+    """A CandidateList's wire bytes: fields 1 and 3 as packed varints, 2 as packed little-endian
+    float32 (what protobuf itself would write for the same arrays)."""
+    parts = [_field(1, _varints(item_ids))]
+    if scores is not None:
+        parts.append(_field(2, scores.astype("<f4", copy=False).tobytes()))
+    if channel_masks is not None:
+        parts.append(_field(3, _varints(channel_masks)))
+    return b"".join(parts)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited field (an empty packed field is left out, as protobuf does)."""
+    if not payload:
+        return b""
+    return bytes([number << 3 | 2]) + _varints(np.array([len(payload)])) + payload
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Base-128 varints of the values (int64 two's complement: a negative takes ten bytes)."""
+    v = np.asarray(values).astype(np.int64, copy=False).view(np.uint64)
+    if not len(v):
+        return b""
+    last = np.searchsorted(_VARINT_LIMITS, v, side="right")  # (n,) index of each last byte
+    width = int(last.max()) + 1
+    # (width, n): the long axis innermost, so each step is one long vectorised loop.
+    groups = (v >> _VARINT_SHIFTS[:width]).astype(np.uint8) & np.uint8(0x7F)
+    more = _GROUPS[:width] < last  # a byte that another follows carries the top bit
+    groups |= more.view(np.uint8) << np.uint8(7)
+    kept = more | (_GROUPS[:width] == last)
+    return np.ascontiguousarray(groups.T)[np.ascontiguousarray(kept.T)].tobytes()
 
 
 def from_proto(msg: common_pb2.CandidateList, field: str = "candidates") -> Candidates:

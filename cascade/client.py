@@ -65,6 +65,7 @@ def make_channel(
     target: str,
     settings: ClientSettings | None = None,
     retry_methods: Sequence[str] | None = None,
+    default_deadline: bool = True,
 ) -> grpc.Channel:
     """A channel to `target` ("127.0.0.1:50051", "ipv4:127.0.0.1:1,127.0.0.1:2",
     "dns:///rank:50051"). Calls without a timeout get settings.timeout_s.
@@ -72,6 +73,10 @@ def make_channel(
     Retries apply to `retry_methods` ("cascade.v1.Rank" for a whole service or
     "cascade.v1.Gateway/Recommend" for one method); None means every method, which suits the
     stage calls since they are all idempotent. Pass () for no retries (e.g. Feedback).
+
+    `default_deadline=False` is for a caller that sets a timeout on every call (the gateway):
+    without a caller token the channel then has no client interceptor, whose machinery cost the
+    gateway about a tenth of its CPU per request (`make bench-overload`, profiles/gateway.txt).
     """
     settings = ClientSettings() if settings is None else settings
     options = [
@@ -96,6 +101,8 @@ def make_channel(
         channel = grpc.secure_channel(target, credentials, options=options)
     token = settings.caller_token.reveal()
     extra = ((TOKEN_HEADER, token),) if token else ()
+    if not default_deadline and not extra:
+        return channel
     return grpc.intercept_channel(channel, DefaultDeadline(settings.timeout_s, extra))
 
 

@@ -157,7 +157,10 @@ class InMemoryFeatureStore(DatasetFeatures):
         super().__init__(dataset, spec, interactions, impressions)
         self.limits = limits or StoreLimits(recent_plays=max(50, spec.history_length))
         self._online = OnlineUsers(self.limits)
-        self._online_counters: dict[int, np.ndarray] = {}  # item -> (len(EVENTS),) online counts
+        # Online counts beside the trained ones, same shape: a request reads both vectorised
+        # (a dict per item cost a Python step per candidate once any Feedback had arrived).
+        self._online_counters = np.zeros_like(self._counters)
+        self._any_online = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -190,12 +193,9 @@ class InMemoryFeatureStore(DatasetFeatures):
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(item_ids, dtype=np.int64)
         rows, inside = self._trained_counters(ids)
-        with self._lock:
-            if self._online_counters:
-                for row, item in enumerate(ids.tolist()):
-                    extra = self._online_counters.get(item)
-                    if extra is not None and inside[row]:
-                        rows[row] += extra
+        if self._any_online:
+            with self._lock:
+                rows += self._online_counters[np.where(inside, ids, 0)] * inside[:, None]
         return {event: rows[:, i] for event, i in _COUNTER.items()}
 
     # -- writes ------------------------------------------------------------------------------
@@ -213,10 +213,8 @@ class InMemoryFeatureStore(DatasetFeatures):
         with self._lock:
             for item, event in zip(items, events, strict=True):
                 if 0 < item < len(self._counters):
-                    counts = self._online_counters.get(item)
-                    if counts is None:
-                        counts = self._online_counters[item] = np.zeros(len(EVENTS), np.int64)
-                    counts[_COUNTER[event]] += 1
+                    self._online_counters[item, _COUNTER[event]] += 1
+                    self._any_online = True
         self._online.record(users, items, events, stamps)
 
     def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None:
@@ -231,7 +229,7 @@ class InMemoryFeatureStore(DatasetFeatures):
     def counter_totals(self) -> dict[str, int]:
         """Per event, the sum over all items of what item_counters answers."""
         with self._lock:
-            totals = self._counters.sum(axis=0) + sum(self._online_counters.values(), start=0)
+            totals = self._counters.sum(axis=0) + self._online_counters.sum(axis=0)
         return {event: int(totals[i]) for event, i in _COUNTER.items()}
 
     @property

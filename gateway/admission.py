@@ -3,24 +3,24 @@
 An interceptor decides on the server's polling thread, before a call waits for a worker thread:
 over the concurrency limit (gateway/limits.py) the call is refused at once with RESOURCE_EXHAUSTED
 and trailing metadata `grpc-retry-pushback-ms` (gRFC A6: milliseconds to wait before one retry; a
-negative value: do not retry). Refusals run on their own small pool, so they never queue behind
-admitted calls; an admitted call that still waited past CoDel's bound is refused too. Admitted
-calls feed their latency back into the limit and into the quality factor that shrinks the funnel.
+negative value: do not retry). The refusal is answered right there, on arrival, without reading
+the request or handing it to any thread (cascade/guard.py); an admitted call that still waited
+past CoDel's bound is refused too. Admitted calls feed their latency back into the limit and into
+the quality factor that shrinks the funnel.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass, field, replace
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cascade.guard import PUSHBACK_KEY, refusal_handler, refuse_with_pushback
 from cascade.telemetry import LATENCY_BUCKETS
 from cascade.v1 import gateway_pb2
 from gateway.limits import (
@@ -33,7 +33,6 @@ from gateway.limits import (
     QueueShedder,
 )
 
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # Offline evaluation only lowers quality: a caller may ask for a smaller funnel, never a larger.
 QUALITY_KEY = "cascade-quality-factor"
 RECOMMEND = "/cascade.v1.Gateway/Recommend"
@@ -45,7 +44,6 @@ class AdmissionSettings:
     limit: LimitSettings = field(default_factory=LimitSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
-    refusal_threads: int = 2  # the pool refusals run on (each takes well under a millisecond)
     min_pushback_ms: int = 10
     # When more than this share of the last second's calls was refused, retries would only add
     # load: the hint says "do not retry" (-1).
@@ -108,10 +106,6 @@ class Admission(grpc.ServerInterceptor):
         self.metrics.limit.set_function(lambda: self.limiter.limit)
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
         self.metrics.quality.set_function(lambda: self.quality.q)
-        self._pool = futures.ThreadPoolExecutor(
-            settings.refusal_threads, thread_name_prefix="gateway-refuse"
-        )
-        self._refuse_limit = self._refusal("LIMIT")
         self._pending: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -132,9 +126,7 @@ class Admission(grpc.ServerInterceptor):
         admitted = self.limiter.try_acquire()
         self._count(now, admitted)
         if not admitted:
-            refusal = functools.partial(self._refuse_limit, now)
-            refusal.experimental_thread_pool = self._pool  # never queued behind admitted calls
-            return handler._replace(unary_unary=refusal)
+            return refusal_handler(handler, lambda context: self._refuse_limit(now, context))
         token = next(self._ids)
         with self._lock:
             self._pending[token] = now
@@ -191,16 +183,11 @@ class Admission(grpc.ServerInterceptor):
 
         return run
 
-    def _refusal(self, reason: str):
-        metrics, clock = self.metrics, self.clock
-
-        def refuse(decided_at: float, _request, context: grpc.ServicerContext):
-            metrics.refused.labels(reason).inc()
-            pushback = self.pushback_ms()
-            metrics.refusal_latency.observe(clock() - decided_at)
-            _refuse(context, reason, pushback)
-
-        return refuse
+    def _refuse_limit(self, decided_at: float, context: grpc.ServicerContext) -> None:
+        self.metrics.refused.labels("LIMIT").inc()
+        pushback = self.pushback_ms()
+        self.metrics.refusal_latency.observe(self.clock() - decided_at)
+        _refuse(context, "LIMIT", pushback)
 
     def _count(self, now: float, admitted: bool) -> None:
         second = int(now)
@@ -244,13 +231,13 @@ class Admission(grpc.ServerInterceptor):
         return q, reason
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        """Nothing to release: refusals run on gRPC's polling thread."""
 
 
 def _refuse(context: grpc.ServicerContext, reason: str, pushback_ms: int) -> None:
-    context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback_ms)),))
-    context.abort(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    refuse_with_pushback(
+        context,
+        pushback_ms,
         f"gateway overloaded ({reason}); retry after {PUSHBACK_KEY} ms"
         if pushback_ms >= 0
         else f"gateway overloaded ({reason}); do not retry now",

@@ -71,9 +71,11 @@ def stage_scores(candidates: CandidateList, shown: list[int]) -> list[float]:
     since recall's list holds about 2,000 candidates and this runs in the gateway's process."""
     ids = np.asarray(candidates.item_ids, dtype=np.int64)
     scores = np.asarray(candidates.scores, dtype=np.float32)
-    match = ids[:, None] == np.asarray(shown, dtype=np.int64)[None, :]
-    found = match.any(axis=0)
-    return np.where(found, scores[match.argmax(axis=0)], np.nan).tolist()
+    # (shown, candidates): the long axis innermost, so numpy runs 10 long loops, not 2,000 short
+    # ones (the writer's CPU per answer in `make bench-overload`, gateway row).
+    match = np.asarray(shown, dtype=np.int64)[:, None] == ids[None, :]
+    found = match.any(axis=1)
+    return np.where(found, scores[match.argmax(axis=1)], np.nan).tolist()
 
 
 class ImpressionWriter:

@@ -85,7 +85,8 @@ def channel_factory(
         replica = settings
         if server_name and settings.tls_ca is not None and not settings.tls_server_name:
             replica = dataclasses.replace(settings, tls_server_name=server_name)
-        return make_channel(address, replica, retry_methods)
+        # Every gateway call sets its own timeout: no default-deadline interceptor needed.
+        return make_channel(address, replica, retry_methods, default_deadline=False)
 
     return make
 

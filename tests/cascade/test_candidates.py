@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from cascade.candidates import (
+    PACKED_MIN,
     Candidates,
     InvalidField,
     channel_bit,
@@ -42,6 +43,31 @@ def test_arrays_survive_the_wire_exactly(arrays):
     )  # bit-exact, -0.0 too
     assert np.array_equal(np.isnan(back.scores), np.isnan(scores))
     np.testing.assert_array_equal(back.channel_masks, masks)
+
+
+@pytest.mark.parametrize("n", [0, 1, PACKED_MIN - 1, PACKED_MIN, 2000])
+def test_long_lists_are_written_byte_for_byte_as_protobuf_writes_them(n):
+    """Long lists take the numpy encoder, short ones extend(): the bytes must be protobuf's own
+    either way, edge values included (0, varint boundaries, negative ids, the largest mask)."""
+    rng = np.random.default_rng(n)
+    edges = np.array([0, 1, 127, 128, 16383, 16384, -1, 2**63 - 1, -(2**63)], dtype=np.int64)
+    item_ids = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64, endpoint=True)
+    item_ids[: min(n, len(edges))] = edges[: min(n, len(edges))]
+    scores = rng.standard_normal(n).astype(np.float32)
+    masks = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    masks[: min(n, 2)] = [0, 2**32 - 1][: min(n, 2)]
+    reference = common_pb2.CandidateList()
+    reference.item_ids.extend(item_ids.tolist())
+    reference.scores.extend(scores.tolist())
+    reference.channel_masks.extend(masks.tolist())
+    ours = to_proto(item_ids, scores, masks)
+    assert ours.SerializeToString() == reference.SerializeToString()
+    only_ids = to_proto(item_ids[:n])
+    assert list(only_ids.item_ids) == item_ids.tolist() and not only_ids.scores
+    response = rank_pb2.RankResponse()
+    response.candidates.item_ids.append(7)  # replaced, not appended to
+    to_proto(item_ids, scores, masks, out=response.candidates)
+    assert response.candidates == reference
 
 
 def test_missing_scores_and_masks_read_as_zeros():

@@ -44,9 +44,9 @@ def client(ca: Path, cert: Path | None = None, key: Path | None = None, **extra)
                           **extra)  # fmt: skip
 
 
-def call(address: str, settings: ClientSettings) -> grpc.StatusCode:
+def call(address: str, settings: ClientSettings, default_deadline: bool = True) -> grpc.StatusCode:
     """One Rerank call's outcome (OK or the error's code)."""
-    with make_channel(address, settings) as channel:
+    with make_channel(address, settings, default_deadline=default_deadline) as channel:
         try:
             rerank_pb2_grpc.RerankStub(channel).Rerank(rerank_request(count=2), timeout=5)
         except grpc.RpcError as error:
@@ -104,7 +104,10 @@ def test_caller_token_without_mutual_tls():
         assert call(running.address, wrong) == grpc.StatusCode.PERMISSION_DENIED
         right = dataclasses.replace(plain, caller_token=Secret("stage-secret"))
         assert call(running.address, right) == grpc.StatusCode.OK
-        assert servicer.calls == 1
+        # The gateway's channels (no default deadline: it times every call) still send it.
+        assert call(running.address, right, default_deadline=False) == grpc.StatusCode.OK
+        assert call(running.address, plain, default_deadline=False) != grpc.StatusCode.OK
+        assert servicer.calls == 2
         # Health stays open: the kubelet's probe sends no token.
         with grpc.insecure_channel(running.address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(

@@ -113,3 +113,52 @@ def test_a_smaller_funnel_is_announced_and_still_fills_the_page(stack_factory):
     assert trace["recall"].candidates_out <= 20 < full_recall
     assert trace["rank"].candidates_out == 10
     assert len(small.items.item_ids) == 5
+
+
+def test_a_refusal_needs_no_worker_and_never_reads_the_request():
+    """Over the limit, the call is answered on arrival: with the server's only worker busy, the
+    refusal still comes back at once, and the request's bytes are never parsed."""
+    from cascade.server import ServerSettings, serve
+    from cascade.telemetry import new_registry
+    from gateway.admission import Admission
+
+    parsed: list[bytes] = []
+
+    def slow(request: bytes, context) -> bytes:
+        time.sleep(0.4)
+        return request
+
+    def parse(data: bytes) -> bytes:
+        parsed.append(data)
+        return data
+
+    def add(server: grpc.Server) -> list[str]:
+        handler = grpc.unary_unary_rpc_method_handler(slow, request_deserializer=parse)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Slow", {"Call": handler}),)
+        )
+        return ["test.Slow"]
+
+    registry = new_registry(process_metrics=False)
+    admission = Admission(AdmissionSettings(limit=ONE_SLOT), registry, methods=("/test.Slow/Call",))
+    settings = ServerSettings(max_workers=1, max_queued=0, metrics_port=-1, grace_s=0.1)
+    running = serve("slow", add, settings, registry, [admission])
+    channel = grpc.insecure_channel(running.address)
+    call = channel.unary_unary("/test.Slow/Call")
+    try:
+        holder = threading.Thread(target=lambda: call(b"admitted", timeout=5))
+        holder.start()
+        time.sleep(0.1)  # the only slot and the only worker are taken
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"refused", timeout=5)
+        assert time.perf_counter() - started < 0.2  # not after the worker's 0.4 s
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert PUSHBACK_KEY in dict(refused.value.trailing_metadata())
+        holder.join()
+        assert parsed == [b"admitted"]  # the refused call's request was never read
+        refusals = registry.get_sample_value("cascade_gateway_refused_total", {"reason": "LIMIT"})
+        assert refusals == 1.0
+    finally:
+        channel.close()
+        running.stop(0)

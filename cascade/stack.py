@@ -406,6 +406,20 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
     return "\n".join(f"    | {line}" for line in text[-lines:])
 
 
+def running(run_dir: Path = Path(".cascade")) -> Stack | None:
+    """The stack recorded in run_dir when any of its processes still runs (a pid checked to be
+    that service's, not a recycled one), else None. Its `services` are the live ones only."""
+    try:
+        state = json.loads((Path(run_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    services = [Service(**s) for s in state.get("services", [])]
+    alive = [s for s in services if _is_ours(s) and _alive(s.pid)]
+    if not alive:
+        return None
+    return Stack(Path(run_dir), alive, state.get("bundle", "?"), state.get("dataset", "?"))
+
+
 def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:
     """Stops the stack recorded in run_dir: SIGTERM to each process group, wait up to grace_s,
     then SIGKILL. Returns how many processes were stopped."""

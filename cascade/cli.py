@@ -89,7 +89,12 @@ _TRAIN_HELP = (
 
 def _run_entry_point(verb: str, stage: str, argv: list[str]) -> None:
     module = importlib.import_module(ENTRY_POINTS[verb][stage])
-    code = module.main(argv)
+    # The stage's parser names itself after argv[0]: its usage line then reads as typed.
+    program, sys.argv[0] = sys.argv[0], f"cascade {verb} {stage}"
+    try:
+        code = module.main(argv)
+    finally:
+        sys.argv[0] = program
     if code:
         sys.exit(code)
 
@@ -105,8 +110,15 @@ def _train(args: argparse.Namespace) -> None:
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
     parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
     parser.add_argument("--no-publish", action="store_true", help="leave artifacts/current alone")
     options = parser.parse_args(args.options)
@@ -234,8 +246,15 @@ def _add_stack_commands(commands) -> None:
         "health check is SERVING and print where each listens. `cascade down` stops them.",
     )
     up.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
-    up.add_argument("--data-dir", type=Path, default=Path("data"))
-    up.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    up.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    up.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live; the bundle is trained when missing (default: artifacts)",
+    )
     up.add_argument("--bundle", default="current", help="bundle under ARTIFACTS to serve")
     up.add_argument(
         "--store",

@@ -102,8 +102,7 @@ def page_table(response, titles: Mapping[int, str]) -> list[str]:
     scores = list(response.items.scores) or [None] * len(ids)
     masks = list(response.items.channel_masks) or [0] * len(ids)
     keys = list(response.item_keys) or [str(item) for item in ids]
-    width = max((len(key) for key in keys), default=4)
-    width = max(width, 4)
+    width = max([len("item"), *map(len, keys)])
     lines = [f"{'#':>3}  {'item':>{width}} {'score':>9}  {'title':<50} found by"]
     for position, (item, key, score, mask) in enumerate(
         zip(ids, keys, scores, masks, strict=True), 1

@@ -284,3 +284,32 @@ def test_the_demo_prints_tables_with_a_header_and_a_legend(tiny_bundle, tmp_path
     left = int(changed.split()[1])
     assert f"{left} item left the list" in changed if left == 1 else "items left" in changed
     assert left >= 1  # the played item left
+
+
+def test_up_publishes_the_newest_bundle_of_its_dataset_instead_of_training_again(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    import shutil
+
+    from cascade.artifacts import BundleWriter
+
+    source, data = tiny_bundle
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(source / "v1", artifacts / "v1")  # a complete synthetic bundle
+    partial = BundleWriter(artifacts, "v2-partial")  # newer, but training stopped after recall
+    partial.set_component("recall", {"dataset": "synthetic"})
+    partial.commit()
+    other = BundleWriter(artifacts, "other")  # another dataset's, published last
+    for component in ("recall", "rank", "rerank"):
+        other.set_component(component, {"dataset": "tiny-music"})
+    other.commit()
+    publish(artifacts, "other")
+
+    def no_training(command, **_):
+        raise AssertionError(f"ran {command}")
+
+    monkeypatch.setattr(stack.subprocess, "run", no_training)
+    stack.ensure_bundle(artifacts, data, "synthetic")
+    assert stack.bundle_dataset(artifacts) == "synthetic"
+    assert (artifacts / "current").resolve() == (artifacts / "v1").resolve()
+    assert stack.latest_bundle(artifacts, "ml-100k") is None  # none: `up` would train

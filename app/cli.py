@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,7 +70,12 @@ _TRAIN_HELP = (
 
 def _run_entry_point(verb: str, stage: str, argv: list[str]) -> None:
     module = importlib.import_module(ENTRY_POINTS[verb][stage])
-    code = module.main(argv)
+    # The stage's parser names itself after argv[0]: its usage line then reads as typed.
+    program, sys.argv[0] = sys.argv[0], f"cascade {verb} {stage}"
+    try:
+        code = module.main(argv)
+    finally:
+        sys.argv[0] = program
     if code:
         sys.exit(code)
 
@@ -84,8 +91,15 @@ def _train(args: argparse.Namespace) -> None:
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
     parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
     parser.add_argument("--no-publish", action="store_true", help="leave artifacts/current alone")
     options = parser.parse_args(args.options)
@@ -112,6 +126,16 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
 def _up(args: argparse.Namespace) -> None:
     from app import stack
 
+    already = stack.running(args.run_dir)
+    if already is not None and not args.restart:
+        # Keep it (and its logs): a second `make up` is most often a forgotten first one.
+        print(already.describe())
+        print(
+            "already running: left as it is (its logs untouched); "
+            "`cascade up --restart` restarts it, `cascade down` stops it"
+        )
+        print(_activate_hint(), end="")
+        return
     # A base of 0 means free ports for every service.
     ports: dict[str, int] = ports_from(args.base_port)
     if not args.base_port:
@@ -135,8 +159,29 @@ def _up(args: argparse.Namespace) -> None:
         print(f"cascade up: {error}", file=sys.stderr)
         sys.exit(1)
     tls = f" --tls-ca {running.certs / 'ca.pem'}" if running.certs else ""
-    print(f"ask it: cascade recommend {_example_user(args)} --target {running.address()}{tls}")
-    print(f"stop it: cascade down --run-dir {args.run_dir}")
+    target = "" if running.address() == "127.0.0.1:50050" else f" --target {running.address()}"
+    default_run_dir = args.run_dir == Path(".cascade")
+    stop = (
+        "cascade down  (or `make down`)"
+        if default_run_dir
+        else f"cascade down --run-dir {args.run_dir}"
+    )
+    print(_activate_hint(), end="")
+    print(f"ask it: cascade recommend {_example_user(args)}{target}{tls}")
+    print(f"stop it: {stop}")
+
+
+def _activate_hint() -> str:
+    """A line saying how to put `cascade` on the PATH when this shell's PATH lacks this
+    console script (`make up` runs .venv/bin/cascade in a shell that may not have activated
+    the venv), as the README's quickstart does it; else nothing."""
+    script = Path(sys.argv[0]).resolve()
+    found = shutil.which("cascade")
+    if found and Path(found).resolve() == script:
+        return ""
+    activate = script.parent / "activate"
+    shown = os.path.relpath(activate) if activate.exists() else ".venv/bin/activate"
+    return f"(first, in your shell: `source {shown}` puts `cascade` on the PATH)\n"
 
 
 def _example_user(args: argparse.Namespace) -> str:
@@ -175,8 +220,15 @@ def _add_stack_commands(commands) -> None:
         "health check is SERVING and print where each listens. `cascade down` stops them.",
     )
     up.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
-    up.add_argument("--data-dir", type=Path, default=Path("data"))
-    up.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    up.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    up.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live; the bundle is trained when missing (default: artifacts)",
+    )
     up.add_argument("--bundle", default="current", help="bundle under ARTIFACTS to serve")
     up.add_argument(
         "--store",
@@ -198,6 +250,12 @@ def _add_stack_commands(commands) -> None:
         help="gateway metrics port; the stages take the next four",
     )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health")
+    up.add_argument(
+        "--restart",
+        action="store_true",
+        help="stop a stack already running from RUN_DIR and start a new one (by default it is "
+        "left running and `up` only says so)",
+    )
     up.add_argument(
         "--tls",
         action="store_true",

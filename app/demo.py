@@ -11,35 +11,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from app import stack
-from cascade.candidates import channels_of
 from cascade.data import load_dataset
-from cascade.topology import DEFAULT_METRICS_PORTS, GATEWAY, ports_from
+from cascade.topology import DEFAULT_METRICS_PORTS, ports_from
 from cascade.v1 import gateway_pb2
+from gateway.cli import LEGEND, page_table, plural
 
 
-def show(response, titles: np.ndarray, header: str) -> list[int]:
-    """Prints one answer as a table and returns its item ids."""
-    ids = list(response.items.item_ids)
-    scores = list(response.items.scores) or [float("nan")] * len(ids)
-    masks = list(response.items.channel_masks) or [0] * len(ids)
+def show(response, titles: Mapping[int, str], header: str) -> list[int]:
+    """Prints one answer as a table under a header line and returns its item ids."""
     degraded = f"  (degraded: {', '.join(response.degraded_stages)})" if response.degraded else ""
     print(f"\n{header}{degraded}")
-    for rank, (item, score, mask) in enumerate(zip(ids, scores, masks, strict=True), 1):
-        title = titles[item - 1] if 0 < item <= len(titles) else "?"
-        found_by = ",".join(channels_of(int(mask)))
-        print(f"  {rank:>2}. {item:>5}  {score:8.4f}  {title:<48.48} {found_by}")
-    return ids
+    print("\n".join(f"  {line}" for line in page_table(response, titles)))
+    return [int(item) for item in response.items.item_ids]
 
 
-def run_demo(client, titles: np.ndarray, users: Sequence[int], count: int) -> bool:
+def run_demo(client, titles: Mapping[int, str], users: Sequence[int], count: int) -> bool:
     """Recommends for each user, then plays the first user's top item and asks again. True when
     the second answer differs from the first (it must: the played item is now consumed)."""
+    print(LEGEND)
     first: dict[int, list[int]] = {}
     for user in users:
         response = client.recommend(user, count=count)
@@ -49,11 +42,15 @@ def run_demo(client, titles: np.ndarray, users: Sequence[int], count: int) -> bo
     event = gateway_pb2.Event(user_id=user, item_id=played, type=gateway_pb2.EVENT_TYPE_PLAY)
     reply = client.feedback([event])
     accepted = getattr(reply, "accepted", reply)
-    print(f"\n== feedback: user {user} played {played} ({titles[played - 1]}); accepted {accepted}")
+    title = titles.get(played, "?")
+    print(f"\n== feedback: user {user} played {played} ({title}); accepted {accepted}")
     after = show(client.recommend(user, count=count), titles, f"== user {user} again")
     gone = [item for item in first[user] if item not in after]
     new = [item for item in after if item not in first[user]]
-    print(f"\nchanged: {len(gone)} items left the list {gone}, {len(new)} new {new}")
+    print(
+        f"\nchanged: {plural(len(gone), 'item')} left the list {gone}, "
+        f"{plural(len(new), 'new item')} {new}"
+    )
     if played in after:
         print(f"error: the played item {played} is still recommended", file=sys.stderr)
     return after != first[user] and played not in after
@@ -61,17 +58,43 @@ def run_demo(client, titles: np.ndarray, users: Sequence[int], count: int) -> bo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cascade demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k", choices=("ml-100k", "synthetic"))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--run-dir", type=Path, default=Path(".cascade/demo"))
-    parser.add_argument("--users", type=int, nargs="+", default=[196, 186, 22])
-    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        choices=("ml-100k", "synthetic"),
+        help="the dataset to train on and serve (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live; artifacts/current is trained when missing (default: artifacts)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".cascade/demo"),
+        help="the demo stack's pid file and logs (default: .cascade/demo)",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        nargs="+",
+        default=[196, 186, 22],
+        help="users to recommend for; the first one plays its top item (default: 196 186 22)",
+    )
+    parser.add_argument(
+        "--count", type=int, default=10, help="items per recommendation (default: 10)"
+    )
+    # Free ports by default, so the demo runs beside a stack that `make up` left running.
     parser.add_argument(
         "--base-port",
         type=int,
-        default=GATEWAY.port,
-        help="gateway port, stages the next four; 0 = free",
+        default=0,
+        help="gateway port, stages the next four (default: 0 = free ports)",
     )
     args = parser.parse_args(argv)
     from gateway.client import CascadeClient  # the gateway package is the SDK's home
@@ -80,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = {n: args.base_port and port for n, port in DEFAULT_METRICS_PORTS.items()}
     try:
         stack.ensure_bundle(args.artifacts, args.data_dir, args.dataset)  # data, then every model
-        titles = np.asarray(load_dataset(args.dataset, args.data_dir).items["title"])
+        items = load_dataset(args.dataset, args.data_dir).items
+        titles = dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
         with stack.running_stack(
             args.run_dir, artifacts=args.artifacts, data_dir=args.data_dir,
             dataset=args.dataset, ports=ports, metrics_ports=metrics, quiet=False,

@@ -313,19 +313,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="cascade eval cascade", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--dataset", nargs="+", default=["ml-100k"], choices=("ml-100k", "synthetic")
+        "--dataset",
+        nargs="+",
+        default=["ml-100k"],
+        choices=("ml-100k", "synthetic"),
+        help="datasets to evaluate (default: ml-100k)",
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
     parser.add_argument(
         "--artifacts",
         type=Path,
         default=Path("artifacts"),
         help="ml-100k bundle root; other datasets use ARTIFACTS/<dataset>",
     )
-    parser.add_argument("--run-dir", type=Path, default=Path(".cascade/eval"))
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".cascade/eval"),
+        help="the stack's pid file and logs (default: .cascade/eval)",
+    )
     parser.add_argument("--sample", type=int, default=1000, help="test users sampled (synthetic)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/cascade"))
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampled test users (default: 0)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/cascade"),
+        help="report folder (default: results/cascade)",
+    )
     args = parser.parse_args(argv)
     from gateway.server import GatewaySettings  # the funnel the gateway serves with
 

@@ -134,7 +134,9 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cascade simulate", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
     parser.add_argument(
         "--artifacts",
         type=Path,
@@ -158,9 +160,24 @@ def main(argv: list[str] | None = None) -> None:
         choices=["cascade", *REFERENCE_ARMS],
         help="arms, equal shares",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-dir", type=Path, default=Path(".cascade/simulate"))
-    parser.add_argument("--out", type=Path, default=Path("results/loop"))
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the simulated users and the arm assignment (default: 0)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".cascade/simulate"),
+        help="the stack's pid file and logs (default: .cascade/simulate)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/loop"),
+        help="folder for simulation.{json,md,png} (default: results/loop)",
+    )
     args = parser.parse_args(argv)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app.stages import SERVER_MODULES
 from cascade import healthcheck
-from cascade.artifacts import ArtifactError, Bundle
+from cascade.artifacts import CURRENT, MANIFEST, ArtifactError, Bundle, publish
 from cascade.files import write_atomic
 from cascade.redis_server import RedisProcess
 from cascade.server import read_port_file
@@ -100,8 +100,27 @@ def prerank_available(artifacts: Path, bundle: str = "current") -> bool:
     return True
 
 
+def latest_bundle(artifacts: Path, dataset: str) -> str | None:
+    """The newest complete bundle (recall, rank and rerank) trained on `dataset` under
+    artifacts, by manifest time; None when there is none."""
+    found = []
+    for manifest in Path(artifacts).glob(f"*/{MANIFEST}"):
+        folder = manifest.parent
+        if folder.name.startswith(".") or folder.name == CURRENT:  # links to a version
+            continue
+        try:
+            bundle = Bundle(folder)
+            complete = {"recall", "rank", "rerank"} <= set(bundle.manifest["components"])
+            if complete and bundle.component("recall")["dataset"] == dataset:
+                found.append((manifest.stat().st_mtime, folder.name))
+        except (ArtifactError, OSError, KeyError, ValueError):
+            continue
+    return max(found)[1] if found else None
+
+
 def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "current") -> None:
-    """Prepares the data and trains every model when the bundle is missing or another dataset's."""
+    """Prepares the data; when `current` is missing or another dataset's, publishes the newest
+    complete bundle of `dataset` already under artifacts, else trains every model."""
     cli = [sys.executable, "-m", "app.cli"]
     if not (data_dir / dataset).exists():
         if dataset not in ("ml-100k", "synthetic"):
@@ -116,6 +135,15 @@ def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "
         return
     if bundle != "current":
         raise StackError(f"bundle {artifacts / bundle} is {found or 'missing'}, not {dataset}")
+    earlier = latest_bundle(artifacts, dataset)
+    if earlier is not None:  # e.g. `up` after another dataset's walk-through: minutes saved
+        print(
+            f"== {artifacts / bundle} is {found or 'missing'}: publishing {artifacts / earlier}, "
+            f"the newest {dataset} bundle (`cascade train all --dataset {dataset}` trains anew)",
+            flush=True,
+        )
+        publish(artifacts, earlier)
+        return
     print(f"== {artifacts / bundle} is {found or 'missing'}: training every stage on {dataset}")
     command = [*cli, "train", "all", "--dataset", dataset]
     command += ["--data-dir", str(data_dir), "--artifacts", str(artifacts)]
@@ -394,6 +422,20 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(f"    | {line}" for line in text[-lines:])
+
+
+def running(run_dir: Path = Path(".cascade")) -> Stack | None:
+    """The stack recorded in run_dir when any of its processes still runs (a pid checked to be
+    that service's, not a recycled one), else None. Its `services` are the live ones only."""
+    try:
+        state = json.loads((Path(run_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    services = [Service(**s) for s in state.get("services", [])]
+    alive = [s for s in services if _is_ours(s) and _alive(s.pid)]
+    if not alive:
+        return None
+    return Stack(Path(run_dir), alive, state.get("bundle", "?"), state.get("dataset", "?"))
 
 
 def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:

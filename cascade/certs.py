@@ -144,7 +144,12 @@ def make_certificates(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cascade certs", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(".cascade/certs"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".cascade/certs"),
+        help="folder for the PEM files (default: .cascade/certs)",
+    )
     parser.add_argument("--dns", nargs="*", default=[], help="extra DNS names for server.pem")
     parser.add_argument("--days", type=float, default=30.0, help="leaf validity (CA: 4x)")
     parser.add_argument("--namespace", default="cascade", help="Kubernetes namespace for names")

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="the dataset's name (folder under DATA_DIR)")
     parser.add_argument("--recbole", type=Path, help="a folder of RecBole atomic files")
     parser.add_argument("--mapping", type=Path, help="TOML mapping file (columns and files)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing DATA_DIR/NAME")
     parser.add_argument("--strict", action="store_true", help="every dropped row is an error")
     parser.add_argument("--negatives", type=int, help="sampled impressions per interaction")

@@ -177,11 +177,25 @@ def markdown(reports: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", nargs="+", default=["ml-100k"])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument(
+        "--dataset", nargs="+", default=["ml-100k"], help="datasets to evaluate (default: ml-100k)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
     parser.add_argument("--bundle", default="{dataset}-v1", help="bundle version per dataset")
-    parser.add_argument("--out", type=Path, default=Path("results/prerank"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/prerank"),
+        help="report folder (default: results/prerank)",
+    )
     parser.add_argument("--max-users", type=int, default=3000, help="seeded sample above this")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -55,13 +55,30 @@ def distill_into_bundle(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
     parser.add_argument("--version", default="current", help="bundle holding recall + rank")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--publish", action="store_true")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default=DEFAULT_VARIANT,
+        help="the student's training loss: hard labels only, distilled from the ranker, or "
+        f"distilled plus a listwise term (default: {DEFAULT_VARIANT})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO

@@ -218,9 +218,21 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rank ablation report")
-    parser.add_argument("--dataset", nargs="+", default=["ml-100k", "synthetic"])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=Path("results/rank"))
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        default=["ml-100k", "synthetic"],
+        help="datasets to evaluate (default: ml-100k synthetic)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/rank"),
+        help="report folder (default: results/rank)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -117,16 +117,39 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k", choices=sorted(REPORT))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        choices=sorted(REPORT),
+        help="dataset to evaluate (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
     parser.add_argument("--bundle", default="current", help="bundle with the recall component")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="training seeds, one model each (default: 0 1 2)",
+    )
     parser.add_argument("--max-epochs", type=int, default=0, help="override the report's epochs")
     parser.add_argument(
         "--max-train-rows", type=int, default=0, help="override the report's training rows"
     )
-    parser.add_argument("--out", type=Path, default=Path("results/rank"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/rank"),
+        help="report folder (default: results/rank)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)

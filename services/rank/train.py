@@ -229,13 +229,31 @@ def main(argv: list[str] | None = None) -> None:
     from services.rank.export import write_component
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--version", default=None)
-    parser.add_argument("--publish", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
+    parser.add_argument(
+        "--version", default=None, help="bundle version to write into (default: UTC time)"
+    )
+    parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=TrainConfig.max_epochs,
+        help=f"most epochs (early stopping; default: {TrainConfig.max_epochs})",
+    )
     parser.add_argument(
         "--examples", choices=EXAMPLES, default=TrainConfig.examples,
         help="training examples: logged impressions, recall outputs at training-period requests "

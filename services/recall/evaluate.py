@@ -224,10 +224,27 @@ def markdown(reports: list[dict], two_tower: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", nargs="+", default=["ml-100k", "synthetic"])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("results/recall"))
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        default=["ml-100k", "synthetic"],
+        help="datasets to evaluate (default: ml-100k synthetic)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/recall"),
+        help="report folder (default: results/recall)",
+    )
     parser.add_argument("--max-users", type=int, default=3000, help="seeded sample above this")
     parser.add_argument("--epochs", type=int, default=0, help="override the two-tower epochs")
     parser.add_argument(

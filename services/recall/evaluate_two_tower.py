@@ -99,11 +99,23 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "synthetic"])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=Path("results/recall"))
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["ml-100k", "synthetic"],
+        help="datasets to evaluate (default: ml-100k synthetic)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/recall"),
+        help="report folder (default: results/recall)",
+    )
     parser.add_argument("--epochs", type=int, default=0, help="override the per-dataset epochs")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []

@@ -80,9 +80,20 @@ def build_recall(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the recall artifacts into a bundle.")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
     parser.add_argument("--version", default=None, help="bundle version (default: UTC time)")
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     parser.add_argument("--no-two-tower", action="store_true", help="channel tables only")

@@ -180,10 +180,27 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", nargs="+", default=["ml-100k", "synthetic"])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=Path("results/rerank"))
-    parser.add_argument("--max-users", type=int, default=2000)
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        default=["ml-100k", "synthetic"],
+        help="datasets to evaluate (default: ml-100k synthetic)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/rerank"),
+        help="report folder (default: results/rerank)",
+    )
+    parser.add_argument(
+        "--max-users",
+        type=int,
+        default=2000,
+        help="seeded sample of test users above this (default: 2000)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = [evaluate(name, args.data_dir, args.max_users) for name in args.dataset]

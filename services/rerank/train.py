@@ -110,12 +110,30 @@ def build(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--version", default=None)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--publish", action="store_true")
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )
+    parser.add_argument(
+        "--version", default=None, help="bundle version to write into (default: UTC time)"
+    )
+    parser.add_argument(
+        "--dim",
+        type=int,
+        default=32,
+        help="width of the item vectors used for diversity (default: 32)",
+    )
+    parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     folder = build(

@@ -103,3 +103,54 @@ def test_recommend_against_no_gateway_fails_cleanly(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(["recommend", "--user", "196", "--target", target, "--timeout", "0.5"])
     assert exit_info.value.code != 0
+
+
+def _every_command() -> list[list[str]]:
+    from app.cli import ENTRY_POINTS
+
+    commands = [["data"], ["data", "import"], ["baselines"], ["up"], ["down"], ["recommend"]]
+    commands += [["feedback"], ["demo"], ["certs"], ["simulate"], ["train", "all"]]
+    return commands + [[verb, stage] for verb, stages in ENTRY_POINTS.items() for stage in stages]
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=" ".join)
+def test_every_option_of_every_command_has_help(command, monkeypatch, capsys):
+    parsers = []  # every parser `cascade COMMAND --help` goes through, delegated ones included
+    parse = argparse.ArgumentParser.parse_known_args
+
+    def recording(self, args=None, namespace=None):
+        parsers.append(self)
+        return parse(self, args, namespace)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", recording)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.startswith(f"usage: cascade {' '.join(command)}")  # as the user typed it
+    unexplained = [
+        action.option_strings or action.dest
+        for parser in parsers
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()
+    ]
+    assert unexplained == []
+
+
+def test_up_says_how_to_put_cascade_on_the_path_only_when_it_is_not(tmp_path, monkeypatch):
+    from app.cli import _activate_hint
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "cascade"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    (bin_dir / "activate").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [str(script), "up"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as `make up` runs it from a plain shell
+    assert _activate_hint() == (
+        "(first, in your shell: `source .venv/bin/activate` puts `cascade` on the PATH)\n"
+    )
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # the venv activated
+    assert _activate_hint() == ""

@@ -212,3 +212,104 @@ def test_the_stack_runs_with_tls_at_the_gateway_and_mutual_tls_between_stages(
         with CascadeClient(running.address("gateway"), timeout_s=2.0) as plaintext:
             with pytest.raises(Exception, match="UNAVAILABLE"):
                 plaintext.recommend(5, count=5)
+
+
+def _cascade(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *argv], capture_output=True, text=True, timeout=240
+    )
+
+
+def test_up_on_a_running_stack_says_so_and_keeps_it_unless_asked_to_restart(tiny_bundle, tmp_path):
+    artifacts, data = tiny_bundle
+    run_dir = tmp_path / "run"
+    up = ["up", "--dataset", "synthetic", "--data-dir", str(data), "--artifacts", str(artifacts)]
+    up += ["--bundle", "v1", "--base-port", "0", "--metrics-base-port", "0"]
+    up += ["--no-supervise", "--run-dir", str(run_dir)]
+    try:
+        first = _cascade(*up)
+        assert first.returncode == 0, first.stderr
+        assert "ask it: cascade recommend --user 196 --target 127.0.0.1:" in first.stdout
+        assert f"stop it: cascade down --run-dir {run_dir}" in first.stdout
+        started = stack.running(run_dir)
+        assert started is not None and started.has("gateway")
+        logs = {s.log: Path(s.log).read_bytes() for s in started.services}
+        assert any(logs.values())  # the services have logged their start-up
+
+        again = _cascade(*up)
+        assert again.returncode == 0, again.stderr
+        assert "already running: left as it is" in again.stdout
+        assert "cascade up --restart" in again.stdout
+        kept = stack.running(run_dir)
+        assert [s.pid for s in kept.services] == [s.pid for s in started.services]
+        assert {s.log: Path(s.log).read_bytes() for s in kept.services} == logs
+
+        restarted = _cascade(*up, "--restart")
+        assert restarted.returncode == 0, restarted.stderr
+        assert "already running" not in restarted.stdout
+        fresh = stack.running(run_dir)
+        assert not {s.pid for s in fresh.services} & {s.pid for s in started.services}
+        assert _processes_alive(started.services) == []
+    finally:
+        stack.down(run_dir, quiet=True)
+    assert stack.running(run_dir) is None
+
+
+def test_a_recorded_stack_whose_processes_are_gone_is_not_running(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    service = stack.Service("gateway", 1, 1, gone.pid, str(tmp_path / "gateway.log"))
+    stack._save(stack.Stack(tmp_path, [service], "v1", "synthetic"))
+    assert stack.running(tmp_path) is None
+    assert stack.running(tmp_path / "nothing-here") is None
+
+
+def test_the_demo_prints_tables_with_a_header_and_a_legend(tiny_bundle, tmp_path, capsys):
+    from app.demo import run_demo
+    from cascade.data import load_dataset
+    from gateway.client import CascadeClient
+
+    artifacts, data = tiny_bundle
+    items = load_dataset("synthetic", data).items
+    titles = dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
+    options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
+    with stack.running_stack(tmp_path / "run", train=False, **options) as running:
+        with CascadeClient(running.address("gateway"), timeout_s=10.0) as client:
+            assert run_demo(client, titles, [5, 6], count=5)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("score: the last stage's score; found by: the recall")
+    headers = [line for line in out.splitlines() if line.split()[:2] == ["#", "item"]]
+    assert len(headers) == 3  # users 5 and 6, then user 5 again
+    (changed,) = [line for line in out.splitlines() if line.startswith("changed: ")]
+    left = int(changed.split()[1])
+    assert f"{left} item left the list" in changed if left == 1 else "items left" in changed
+    assert left >= 1  # the played item left
+
+
+def test_up_publishes_the_newest_bundle_of_its_dataset_instead_of_training_again(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    import shutil
+
+    from cascade.artifacts import BundleWriter
+
+    source, data = tiny_bundle
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(source / "v1", artifacts / "v1")  # a complete synthetic bundle
+    partial = BundleWriter(artifacts, "v2-partial")  # newer, but training stopped after recall
+    partial.set_component("recall", {"dataset": "synthetic"})
+    partial.commit()
+    other = BundleWriter(artifacts, "other")  # another dataset's, published last
+    for component in ("recall", "rank", "rerank"):
+        other.set_component(component, {"dataset": "tiny-music"})
+    other.commit()
+    publish(artifacts, "other")
+
+    def no_training(command, **_):
+        raise AssertionError(f"ran {command}")
+
+    monkeypatch.setattr(stack.subprocess, "run", no_training)
+    stack.ensure_bundle(artifacts, data, "synthetic")
+    assert stack.bundle_dataset(artifacts) == "synthetic"
+    assert (artifacts / "current").resolve() == (artifacts / "v1").resolve()
+    assert stack.latest_bundle(artifacts, "ml-100k") is None  # none: `up` would train

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cascade.v1 import gateway_pb2
+from gateway.cli import feedback_main, recommend_main
 from gateway.client import CascadeClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,6 +102,30 @@ def test_reflection_needs_no_token_and_lists_the_gateway(secured):
 def test_the_right_token_is_served(secured, metadata):
     assert len(call(secured.gateway.address, metadata).items.item_ids) == 3
     assert call(secured.gateway.address, metadata, "Feedback").accepted == 1
+
+
+@pytest.mark.parametrize("main", [recommend_main, feedback_main])
+def test_the_cli_says_where_the_token_goes(secured, main, monkeypatch, capsys):
+    monkeypatch.delenv("CASCADE_GATEWAY_API_TOKEN", raising=False)
+    target = secured.gateway.address
+    argv = ["--user", "2", "--target", target, "--timeout", "5"]
+    argv += ["--count", "3"] if main is recommend_main else ["--item", "1", "--type", "click"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"cascade {main.__name__.removesuffix('_main')}: the gateway at {target} needs an API "
+        "token: pass --token TOKEN or set CASCADE_GATEWAY_API_TOKEN"
+    ]
+    assert main([*argv, "--token", "wrong"]) == 1
+    assert "refused the API token given by --token or CASCADE_GATEWAY_API_TOKEN" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("CASCADE_GATEWAY_API_TOKEN", TOKEN)  # the variable alone is enough
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if main is recommend_main:
+        assert "user 2: 3 items" in out and "found by" in out
+    else:
+        assert out.startswith("accepted 1 of 1")
 
 
 def test_the_sdk_sends_the_token_and_health_needs_none(secured):

@@ -59,9 +59,11 @@ from gateway.impressions import ImpressionWriter, Shown
 from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
 from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
+from gateway.request_time import caller_time_ms
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
+CLOCKS = ("data", "wall", "caller")  # the `clock` setting
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
@@ -124,7 +126,8 @@ class GatewaySettings:
     require_api_token: bool = False
     # The request time the gateway stamps once per request (and on events sent with time 0):
     # "wall" = now; "data" = the bundle's training log end + the gateway's uptime, for the
-    # replayed datasets (ml-100k, synthetic), as recall's own "data" clock.
+    # replayed datasets (ml-100k, synthetic), as recall's own "data" clock; "caller" = the time
+    # the caller sends (gateway/request_time.py: simulations, replays), else "data".
     clock: str = "data"
     # The online store: "memory" (each stage its own; Feedback goes to recall's Record) or
     # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
@@ -152,8 +155,8 @@ class GatewaySettings:
             raise ValueError("every stage share must be > 0")
         if self.safety_margin_s < 0 or self.record_timeout_s <= 0:
             raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
-        if self.clock not in ("data", "wall"):
-            raise ValueError(f"clock must be 'data' or 'wall', got {self.clock!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.new_user_capacity < 0 or self.impression_queue < 1:
             raise ValueError("new_user_capacity must be >= 0 and impression_queue >= 1")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
@@ -366,7 +369,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._check_context(request.context, context)
         count = request.count or settings.default_count
         budget = Budget(self._budget_s(context), settings.shares())
-        now_ms = self.now_ms()  # the request's one time: every stage uses it
+        now_ms = self.now_ms(context)  # the request's one time: every stage uses it
         # An id the map does not know yet (no Feedback so far) is served as anonymous.
         try:
             dense, user_key = self.ids.recommend_user(request)
@@ -421,7 +424,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 "events",
                 f"{n} events in one call; at most {self.settings.max_feedback_events}",
             )
-        now_ms, wall_ms = self.now_ms(), int(time.time() * 1000)
+        now_ms, wall_ms = self.now_ms(context), int(time.time() * 1000)
         events, id_rejections = self.ids.resolve_items(request.events)  # item_key -> item_id
         checked = check_events(events, self.catalog.known_items, wall_ms / 1000)
         valid = [events[int(i)] for i in checked.indices]
@@ -499,8 +502,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )  # fmt: skip
         self._forward(forward)
 
-    def now_ms(self) -> int:
-        """The time a request happens at, by the `clock` setting."""
+    def now_ms(self, context: grpc.ServicerContext | None = None) -> int:
+        """The time a request happens at, by the `clock` setting ("caller": the call's
+        request-time header when it sent one, gateway/request_time.py)."""
+        if self.settings.clock == "caller" and context is not None:
+            sent = caller_time_ms(context)
+            if sent:
+                return sent
         if self.settings.clock == "wall":
             return int(time.time() * 1000)
         return int((self.catalog.as_of_s + time.time() - self._started) * 1000)

@@ -64,6 +64,7 @@ from gateway.request_time import caller_time_ms
 log = logging.getLogger(__name__)
 STAGE = "gateway"
 CLOCKS = ("data", "wall", "caller")  # the `clock` setting
+NO_ARM = "none"  # the arm label of answers when no arms are configured
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
@@ -307,6 +308,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
         )  # fmt: skip
         self.arms = parse_arms(settings.arms)
+        for name in [arm.name for arm in self.arms] or [NO_ARM]:  # every label from the start
+            self.metrics.arm_answers.labels(name)
+            self.metrics.arm_latency.labels(name)
         self.shared = None  # the Redis online store (RedisState) when the store is shared
         if settings.store != "memory":
             from cascade.redis_store import RedisState
@@ -368,6 +372,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         self._check_context(request.context, context)
         count = request.count or settings.default_count
+        started = time.perf_counter()
         budget = Budget(self._budget_s(context), settings.shares())
         now_ms = self.now_ms(context)  # the request's one time: every stage uses it
         # An id the map does not know yet (no Feedback so far) is served as anonymous.
@@ -402,6 +407,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if reason:
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = uuid.uuid4().hex, arm
+        self.metrics.arm_answers.labels(arm or NO_ARM).inc()
+        self.metrics.arm_latency.labels(arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
         self.impressions.submit(
             Shown(

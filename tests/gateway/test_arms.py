@@ -89,3 +89,68 @@ def test_a_bad_arms_setting_stops_the_gateway_before_it_serves():
 
     with pytest.raises(ValueError, match="arms: not JSON"):
         GatewaySettings(arms="[")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ('{"skip": ["recall"]}', "skip must be a list of stages among prerank, rank, rerank"),
+        ('{"skip": "rank"}', "skip must be a list"),
+        ('{"rerank_method": "fancy"}', "rerank_method must be one of none, mmr, dpp"),
+        ('{"rerank_trade_off": 1.5}', "rerank_trade_off must be a number in \\[0, 1\\]"),
+        ('{"rerank_trade_off": true}', "rerank_trade_off must be a number"),
+    ],
+)
+def test_stage_and_rerank_overrides_are_checked_naming_the_arm(overrides, message):
+    with pytest.raises(ValueError, match=f"'b': {message}"):
+        parse_arms(f'[{{"name": "a"}}, {{"name": "b", "overrides": {overrides}}}]')
+    arm = parse_arms(
+        '[{"name": "a", "overrides": {"skip": ["rerank", "prerank"], '
+        '"rerank_method": "dpp", "rerank_trade_off": 1}}]'
+    )[0]
+    assert arm.overrides == {
+        "skip": ("prerank", "rerank"),
+        "rerank_method": "dpp",
+        "rerank_trade_off": 1.0,
+    }
+
+
+def test_an_arm_skips_stages_and_each_arm_is_a_metrics_label(stack_factory):
+    arms = (
+        '[{"name": "full"}, {"name": "lean", "overrides": {"skip": ["prerank", "rank"], '
+        '"rerank_method": "none"}}]'
+    )
+    stack = stack_factory(arms=arms, arm_salt="exp-8")
+    expected = {u: assign("exp-8", str(u), parse_arms(arms)).name for u in range(1, 21)}
+    assert set(expected.values()) == {"full", "lean"}
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        answers = {u: client.recommend(u, count=5, debug=True) for u in expected}
+    for user, answer in answers.items():
+        trace = {t.stage: t for t in answer.trace}
+        skipped = {s for s, t in trace.items() if t.degraded_reason == "SKIPPED"}
+        assert skipped == ({"prerank", "rank"} if expected[user] == "lean" else set())
+        assert not set(answer.degraded_stages) & skipped  # asked for, so not degraded
+        if expected[user] == "lean":  # rank's list is recall's order cut to the rank count
+            assert trace["rank"].candidates_out == 15 and not trace["rank"].model_version
+    registry = stack.gateway.registry
+    for name in ("full", "lean"):
+        count = sum(arm == name for arm in expected.values())
+        got = registry.get_sample_value("cascade_gateway_arm_answers_total", {"arm": name})
+        assert got == count
+        latency = {"arm": name}
+        assert (
+            registry.get_sample_value("cascade_gateway_arm_latency_seconds_count", latency) == count
+        )
+    assert registry.get_sample_value("cascade_gateway_arm_answers_total", {"arm": "none"}) is None
+    stack.gateway.service.impressions.close()
+    logged = stack.gateway.service.log.read_impressions().to_pylist()
+    for row in logged:  # a skipped stage logs no scores
+        assert (row["rank_scores"] == []) == (row["arm"] == "lean")
+
+
+def test_without_arms_answers_count_under_the_none_label(stack_factory):
+    stack = stack_factory()
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        client.recommend(2, count=5)
+    labels = {"arm": "none"}
+    assert stack.gateway.registry.get_sample_value("cascade_gateway_arm_answers_total", labels) == 1

@@ -216,6 +216,33 @@ def to_markdown(report: dict) -> str:
             f"| {'-' if gap is None else f'{gap:.3f}'} | {row['coverage']:.4f} "
             f"| {row['creator_gini']:.3f} | {row['fresh_share']:.3f} |"
         )
+    names = {
+        "cascade_vs_ease_last_day": "cascade / EASE, last day",
+        "cascade_last_vs_first_day": "cascade, last day / first day",
+    }
+    if report.get("headline"):
+        lines += ["", "| headline (expected engagement) | ratio | ± (95%) |", "|---|---|---|"]
+        for key, value in report["headline"].items():
+            lines.append(f"| {names[key]} | {value['ratio']:.3f} | {value['ci95']:.3f} |")
+    if report.get("retraining"):
+        lines += [
+            "",
+            f"Retraining ({config.get('retrain')}): after each day but the last, the event log "
+            "folded into a new bundle (app/retrain.py) that every service hot-reloaded before "
+            "the next day.",
+            "",
+            "| after day | bundle | served impressions | plays heard | rank logloss before "
+            "| after | job s | reload s |",
+            "|---" * 8 + "|",
+        ]
+        for job in report["retraining"]:
+            rank = job["rank"]
+            lines.append(
+                f"| {job['after_day']} | {job['version']} | {job['served_impressions']} "
+                f"| {job['plays_heard']} | {rank['validation_logloss_before']:.4f} "
+                f"| {rank['validation_logloss_after']:.4f} | {job['seconds']} "
+                f"| {job['reload_seconds']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

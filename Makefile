@@ -140,7 +140,7 @@ bench-security: setup
 # artifacts/synthetic when it is missing: results/loop/simulation.{json,md,png}.
 bench-loop: setup
 	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
-	$(BIN)/cascade simulate --data-dir $(DATA) --users 400 --days 2 --out results/loop
+	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --out results/loop
 
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every

@@ -304,8 +304,9 @@ def simulate(
                 age_s=now - world.upload_ts[page.items],
             )
             session += 1
-        for policy in policies.values():
-            policy.end_of_day()
+        if day + 1 < config.days:  # a refit after the last day would serve no one
+            for policy in policies.values():
+                policy.end_of_day()
         if on_day_end is not None:
             on_day_end(day)
     return rows.columns()

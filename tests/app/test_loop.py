@@ -52,3 +52,19 @@ def test_the_markdown_lists_each_retraining_job():
     }
     text = to_markdown(report)
     assert "| 0 | loop-day2 | 130 | 24 | 0.4039 | 0.3769 | 147.0 | 7.0 |" in text
+
+
+def test_two_runs_compare_one_arm_day_by_day():
+    from app.compare_runs import compare
+
+    def run(values, seed=0):
+        rows = [
+            {**row("cascade", d, v, v / 10), "oracle_gap_closed": v} for d, v in enumerate(values)
+        ]
+        return {"config": {"seed": seed, "users": 10}, "rows": rows}
+
+    got = compare(run([0.4, 0.44]), run([0.4, 0.4]), "cascade")
+    assert [r["ratio"] for r in got] == [1.0, 1.1]
+    assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)
+    with pytest.raises(ValueError, match="seed or users"):
+        compare(run([0.4]), run([0.4], seed=1), "cascade")

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from app.fold import LABELS, heard_interactions, served_impressions
+from app.fold import heard_interactions, served_impressions
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
 from cascade.data.schema import DataError, Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
@@ -284,6 +284,3 @@ def _concat(first: Table, second: Table) -> tuple[Table, np.ndarray]:
     joined = {c: np.concatenate([first[c], second[c].astype(first[c].dtype)]) for c in first}
     order = np.argsort(joined["ts"], kind="stable")
     return {c: v[order] for c, v in joined.items()}, order
-
-
-__all__ = ["LABELS", "Base", "RetrainConfig", "RetrainError", "read_log", "retrain"]

@@ -60,6 +60,7 @@ from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
 from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
 from gateway.request_time import caller_time_ms
+from gateway.shadow import Shadow
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
@@ -138,12 +139,17 @@ class GatewaySettings:
     # arm is sha256(arm_salt:user key) against the shares. "" = no arms.
     arms: str = ""
     arm_salt: str = "cascade"
+    # One of the arms' names: its ranking of every other arm's requests is logged, never shown
+    # (gateway/shadow.py). "" = no shadow.
+    shadow_arm: str = ""
     # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)
-        parse_arms(self.arms)  # ValueError names what is wrong
+        arm_names = [arm.name for arm in parse_arms(self.arms)]  # ValueError names the problem
+        if self.shadow_arm and self.shadow_arm not in arm_names:
+            raise ValueError(f"shadow_arm {self.shadow_arm!r} is not one of the arms {arm_names}")
         for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
             object.__setattr__(self, name, Secret(getattr(self, name)))
         if not 0 < self.default_count <= self.max_count:
@@ -346,6 +352,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.cascade = Cascade(
             self.pools, funnel, catalog.popular, catalog.creators, self.metrics, catalog.consumed
         )
+        self.shadow = None
+        if settings.shadow_arm:
+            arm = next(a for a in self.arms if a.name == settings.shadow_arm)
+            self.shadow = Shadow(
+                arm,
+                self.cascade,
+                self.impressions,
+                settings.default_deadline_s,
+                settings.shares(),
+                registry,
+            )
 
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
@@ -410,14 +427,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.metrics.arm_answers.labels(arm or NO_ARM).inc()
         self.metrics.arm_latency.labels(arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
-        self.impressions.submit(
-            Shown(
-                response.request_id, dense, user_key, now_ms,
-                list(response.items.item_ids), list(response.items.channel_masks),
-                list(response.degraded_stages), served, arm,
-                shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
-            )
+        shown = Shown(
+            response.request_id, dense, user_key, now_ms,
+            list(response.items.item_ids), list(response.items.channel_masks),
+            list(response.degraded_stages), served, arm,
+            shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
         )  # fmt: skip
+        self.impressions.submit(shown)
+        if self.shadow is not None and arm != settings.shadow_arm:
+            self.shadow.submit(shown, user, count)
         return response
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
@@ -572,6 +590,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
 
     def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()  # its last records go to the writer before it stops
         self.impressions.close()
         self.log.close()
         for pool in (*self.pools.values(), self.record_pool):

@@ -1,6 +1,7 @@
 """Arm assignment: stable, salted, and uniform in proportion to the shares."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from gateway.arms import Arm, assign, bucket, parse_arms
@@ -154,3 +155,38 @@ def test_without_arms_answers_count_under_the_none_label(stack_factory):
         client.recommend(2, count=5)
     labels = {"arm": "none"}
     assert stack.gateway.registry.get_sample_value("cascade_gateway_arm_answers_total", labels) == 1
+
+
+def test_a_shadow_arm_ranks_other_arms_requests_logged_beside_them_never_shown(stack_factory):
+    from app.fold import served_impressions
+
+    arms = '[{"name": "full"}, {"name": "lean", "overrides": {"skip": ["prerank", "rank"]}}]'
+    stack = stack_factory(arms=arms, arm_salt="exp-8", shadow_arm="lean")
+    expected = {u: assign("exp-8", str(u), parse_arms(arms)).name for u in range(1, 13)}
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        answers = {u: client.recommend(u, count=5) for u in expected}
+    service = stack.gateway.service
+    service.close()  # finishes the shadows, then writes what is queued
+    logged = service.log.read_impressions()
+    rows = logged.to_pylist()
+    shadows = {r["request_id"]: r for r in rows if r["arm"] == "shadow:lean"}
+    served = {r["request_id"]: r for r in rows if not r["arm"].startswith("shadow:")}
+    full = {a.request_id for u, a in answers.items() if expected[u] == "full"}
+    assert set(shadows) == full and set(served) == {a.request_id for a in answers.values()}
+    for request_id, shadow in shadows.items():  # the lean ranking of the same request
+        assert shadow["rank_scores"] == [] and served[request_id]["rank_scores"] != []
+        assert shadow["user_id"] == served[request_id]["user_id"]
+    registry = stack.gateway.registry
+    logged_count = registry.get_sample_value(
+        "cascade_gateway_shadow_rankings_total", {"outcome": "logged"}
+    )
+    assert logged_count == len(full)
+    no_events = pa.table({"request_id": [], "item_id": [], "event": []})
+    assert len(served_impressions(no_events, logged)["item_id"]) == 5 * len(answers)
+
+
+def test_a_shadow_arm_must_be_one_of_the_arms():
+    from gateway.server import GatewaySettings
+
+    with pytest.raises(ValueError, match="shadow_arm 'b' is not one of the arms"):
+        GatewaySettings(arms='[{"name": "a"}]', shadow_arm="b")

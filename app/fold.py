@@ -28,7 +28,8 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
     "shadow:NAME", gateway/shadow.py) was never shown: it is no example."""
     if "arm" in impressions.column_names:
         arms = impressions["arm"].to_pylist()
-        impressions = impressions.filter(pa.array([not a.startswith("shadow:") for a in arms]))
+        shown = pa.array([not a.startswith("shadow:") for a in arms], type=pa.bool_())
+        impressions = impressions.filter(shown)
     lengths = np.asarray(impressions["item_ids"].combine_chunks().value_lengths(), np.int64)
     pages = np.repeat(np.arange(len(lengths)), lengths)
     request = np.asarray(impressions["request_id"].to_pylist(), dtype=object)[pages]

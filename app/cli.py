@@ -102,8 +102,23 @@ def _train(args: argparse.Namespace) -> None:
     )
     parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
     parser.add_argument("--no-publish", action="store_true", help="leave artifacts/current alone")
+    parser.add_argument(
+        "--event-log",
+        help="learn from what the stack served: fold this event log (file:DIR or redis://...) "
+        "into the training data and fine-tune the published bundle from it (app/retrain.py)",
+    )
     options = parser.parse_args(args.options)
     version = options.version or f"{options.dataset}-{new_version()}"
+    if options.event_log:
+        from app.retrain import retrain_from_log
+
+        dataset = load_dataset(options.dataset, options.data_dir)
+        report = retrain_from_log(
+            options.artifacts, dataset, options.event_log, version, options.data_dir,
+            publish_it=not options.no_publish,
+        )  # fmt: skip
+        print(json.dumps(report, indent=2))
+        return None
     common = ["--dataset", options.dataset, "--data-dir", str(options.data_dir)]
     common += ["--artifacts", str(options.artifacts), "--version", version]
     for stage in TRAIN_ORDER:

@@ -24,7 +24,12 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
 
     `impressions`: request_id, user_id, request_time_ms, item_ids (list), positions (list);
     `events`: request_id, item_id, event. An event whose request_id matches no page is ignored
-    here (it still counts as an interaction when it is a play)."""
+    here (it still counts as an interaction when it is a play). A shadow ranking (arm
+    "shadow:NAME", gateway/shadow.py) was never shown: it is no example."""
+    if "arm" in impressions.column_names:
+        arms = impressions["arm"].to_pylist()
+        shown = pa.array([not a.startswith("shadow:") for a in arms], type=pa.bool_())
+        impressions = impressions.filter(shown)
     lengths = np.asarray(impressions["item_ids"].combine_chunks().value_lengths(), np.int64)
     pages = np.repeat(np.arange(len(lengths)), lengths)
     request = np.asarray(impressions["request_id"].to_pylist(), dtype=object)[pages]

@@ -1,18 +1,25 @@
 """`cascade simulate`: the synthetic world's users against the running cascade and the reference
 arms, judged on the world's truth; writes results/loop/simulation.{json,md,png}.
 
-Starts its own local stack on the synthetic bundle (trained into ARTIFACTS when missing) unless
-`--gateway` names a running one. `make bench-loop` runs it at the size stated in the Makefile.
+Starts its own local stack on a copy of the synthetic bundle (trained into ARTIFACTS when
+missing), on the simulated clock (gateway clock "caller"), unless `--gateway` names a running one.
+With `--retrain daily` (the default) a job folds each simulated day's event log into the training
+data after the day (app/retrain.py), publishes a new bundle into RUN_DIR/artifacts and waits until
+every service hot-reloaded it before the next day starts. `make bench-loop` runs it at the size
+stated in the Makefile.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 from app import stack
+from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     REFERENCE_ARMS,
     GatewayPolicy,
@@ -22,6 +29,7 @@ from app.simulate import (
     simulate,
     summarise,
 )
+from cascade.artifacts import Bundle, publish
 from cascade.data import load_dataset
 from gateway.arms import Arm
 from gateway.client import CascadeClient
@@ -46,15 +54,26 @@ def run(args: argparse.Namespace) -> dict:
         if name in REFERENCE_ARMS
     }
     started = time.perf_counter()
+    retraining: list[dict] = []
     if "cascade" in args.arms and args.gateway is None:
+        artifacts = serving_copy(args.artifacts, args.data_dir, args.run_dir)
+        shutil.rmtree(args.run_dir / "eventlog", ignore_errors=True)  # this run's log only
         with stack.running_stack(
-            args.run_dir, artifacts=args.artifacts, data_dir=args.data_dir, dataset=DATASET
+            args.run_dir,
+            artifacts=artifacts,
+            data_dir=args.data_dir,
+            dataset=DATASET,
+            extra_env={"CASCADE_GATEWAY_CLOCK": "caller"},
         ) as running:
-            rows = _with_gateway(running.address(), args, dataset, policies, config)
+            daily = None
+            if args.retrain == "daily":
+                daily = DailyRetrain(running, artifacts, dataset, args, retraining)
+            rows = _with_gateway(running.address(), args, dataset, policies, config, daily)
     elif "cascade" in args.arms:
         rows = _with_gateway(args.gateway, args, dataset, policies, config)
     else:
         rows = simulate(dataset, policies, config)
+    summary = summarise(rows, dataset.n_items - 1)
     report = {
         "config": {
             "days": args.days,
@@ -62,18 +81,110 @@ def run(args: argparse.Namespace) -> dict:
             "sessions_per_day": args.sessions_per_day,
             "arms": list(args.arms),
             "seed": args.seed,
+            "retrain": args.retrain if "cascade" in args.arms else "never",
             "world": dataset.meta["config"],
         },
         "seconds": round(time.perf_counter() - started, 1),
-        "rows": summarise(rows, dataset.n_items - 1),
+        "rows": summary,
+        "headline": headline(summary),
+        "retraining": retraining,
     }
     return report
 
 
-def _with_gateway(address, args, dataset, policies, config):
+def serving_copy(artifacts: Path, data_dir: Path, run_dir: Path) -> Path:
+    """RUN_DIR/artifacts holding the published synthetic bundle (hard links), published there:
+    the run's retrained bundles land beside it, never in ARTIFACTS."""
+    stack.ensure_bundle(artifacts, data_dir, DATASET, "current")
+    source = Bundle.open(artifacts).folder
+    target = run_dir / "artifacts"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target / source.name, copy_function=_link)
+    publish(target, source.name)
+    return target
+
+
+def _link(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem
+        shutil.copy2(source, destination)
+
+
+class DailyRetrain:
+    """After each simulated day but the last: fold the stack's event log into the training data,
+    publish a new bundle and wait until every service of the stack serves it."""
+
+    def __init__(self, running, artifacts: Path, dataset, args, reports: list[dict]):
+        self.running, self.artifacts, self.args, self.reports = running, artifacts, args, reports
+        self.base = Base.of(dataset)
+        self.log_url = f"file:{args.run_dir / 'eventlog'}"
+        self.config = RetrainConfig(seed=args.seed)
+
+    def __call__(self, day: int) -> None:
+        if day + 1 >= self.args.days:
+            return  # no later day would be served by it
+        time.sleep(1.0)  # the gateway's impression writer drains its queue in the background
+        events, impressions = read_log(self.log_url)
+        version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
+        report = retrain(
+            self.artifacts, self.base, events, impressions, version, self.config, self.args.data_dir
+        )
+        started = time.perf_counter()
+        wait_for_version(self.running, self.artifacts / version, timeout_s=600.0)
+        report["reload_seconds"] = round(time.perf_counter() - started, 1)
+        report["after_day"] = day
+        print(f"day {day + 1}: retrained {json.dumps(report)}", flush=True)
+        self.reports.append(report)
+
+
+def wait_for_version(running, folder: Path, timeout_s: float) -> None:
+    """Until every service's log says it serves the bundle in `folder` (cascade/reload.py logs
+    each swap); RuntimeError when one could not load it or the time is up."""
+    version, folder = folder.name, folder.resolve()
+    deadline = time.monotonic() + timeout_s
+    pending = [s for s in running.services if s.name != stack.REDIS]
+    while pending:
+        service = pending[0]
+        text = Path(service.log).read_text(errors="replace")
+        if f"now serving {version} " in text:
+            pending.pop(0)
+            continue
+        if f"could not load the bundle at {folder}" in text:
+            raise RuntimeError(
+                f"{service.name} could not load {folder}:\n{stack.log_tail(service.log)}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service.name} still not serving {version} after {timeout_s} s")
+        time.sleep(0.5)
+
+
+def headline(rows: list[dict]) -> dict:
+    """The full cascade vs EASE after the last day and vs its own first day, on expected
+    engagement per impression; ratio intervals by the delta method from the two arms' 95%
+    half-widths (independent sessions)."""
+    by = {(r["arm"], r["day"]): r for r in rows}
+    days = sorted({r["day"] for r in rows})
+    out = {}
+    for name, a, b in (
+        ("cascade_vs_ease_last_day", ("cascade", days[-1]), ("ease", days[-1])),
+        ("cascade_last_vs_first_day", ("cascade", days[-1]), ("cascade", days[0])),
+    ):
+        if a in by and b in by and a != b:
+            x, y = by[a], by[b]
+            ratio = x["expected_engagement"] / y["expected_engagement"]
+            relative = (
+                (x["expected_ci95"] / x["expected_engagement"]) ** 2
+                + (y["expected_ci95"] / y["expected_engagement"]) ** 2
+            ) ** 0.5
+            out[name] = {"ratio": round(ratio, 4), "ci95": round(ratio * relative, 4)}
+    return out
+
+
+def _with_gateway(address, args, dataset, policies, config, on_day_end=None):
     with CascadeClient(address, token=args.token, timeout_s=5.0) as client:
         gateway = GatewayPolicy(client)
-        rows = simulate(dataset, policies | {"cascade": gateway}, config)
+        rows = simulate(dataset, policies | {"cascade": gateway}, config, on_day_end)
     if gateway.rejected:
         print(f"warning: the gateway rejected {gateway.rejected} simulated events")
     return rows
@@ -105,6 +216,33 @@ def to_markdown(report: dict) -> str:
             f"| {'-' if gap is None else f'{gap:.3f}'} | {row['coverage']:.4f} "
             f"| {row['creator_gini']:.3f} | {row['fresh_share']:.3f} |"
         )
+    names = {
+        "cascade_vs_ease_last_day": "cascade / EASE, last day",
+        "cascade_last_vs_first_day": "cascade, last day / first day",
+    }
+    if report.get("headline"):
+        lines += ["", "| headline (expected engagement) | ratio | ± (95%) |", "|---|---|---|"]
+        for key, value in report["headline"].items():
+            lines.append(f"| {names[key]} | {value['ratio']:.3f} | {value['ci95']:.3f} |")
+    if report.get("retraining"):
+        lines += [
+            "",
+            f"Retraining ({config.get('retrain')}): after each day but the last, the event log "
+            "folded into a new bundle (app/retrain.py) that every service hot-reloaded before "
+            "the next day.",
+            "",
+            "| after day | bundle | served impressions | plays heard | rank logloss before "
+            "| after | job s | reload s |",
+            "|---" * 8 + "|",
+        ]
+        for job in report["retraining"]:
+            rank = job["rank"]
+            lines.append(
+                f"| {job['after_day']} | {job['version']} | {job['served_impressions']} "
+                f"| {job['plays_heard']} | {rank['validation_logloss_before']:.4f} "
+                f"| {rank['validation_logloss_after']:.4f} | {job['seconds']} "
+                f"| {job['reload_seconds']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -159,6 +297,13 @@ def main(argv: list[str] | None = None) -> None:
         default=["cascade", *REFERENCE_ARMS],
         choices=["cascade", *REFERENCE_ARMS],
         help="arms, equal shares",
+    )
+    parser.add_argument(
+        "--retrain",
+        choices=("daily", "never"),
+        default="daily",
+        help="daily: after each simulated day, retrain the cascade from its event log and "
+        "hot-reload the new bundle (app/retrain.py); never: serve the starting bundle throughout",
     )
     parser.add_argument(
         "--seed",

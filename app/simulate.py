@@ -304,8 +304,9 @@ def simulate(
                 age_s=now - world.upload_ts[page.items],
             )
             session += 1
-        for policy in policies.values():
-            policy.end_of_day()
+        if day + 1 < config.days:  # a refit after the last day would serve no one
+            for policy in policies.values():
+                policy.end_of_day()
         if on_day_end is not None:
             on_day_end(day)
     return rows.columns()
@@ -314,14 +315,16 @@ def simulate(
 class GatewayPolicy:
     """The running stack: Recommend through the gateway, every answer back through Feedback
     (an impression for each shown item, then click, play, complete, like, share, and skip for a
-    play that did not complete), stamped with the simulated time and the page's request_id."""
+    play that did not complete), stamped with the simulated time and the page's request_id. Both
+    calls carry the simulated time as the request time (a gateway with clock "caller" serves and
+    logs at it, so freshness and counters run on the simulated clock)."""
 
     def __init__(self, client):  # gateway.client.CascadeClient
         self.client = client
         self.rejected = 0
 
     def recommend(self, user: int, now_s: int, count: int) -> Page:
-        answer = self.client.recommend(user, count=count)
+        answer = self.client.recommend(user, count=count, request_time_ms=now_s * 1000)
         return Page(answer.request_id, np.asarray(answer.items.item_ids, dtype=np.int64))
 
     def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
@@ -339,7 +342,7 @@ class GatewayPolicy:
             for item in page.items[kinds[kind]].tolist()
         ]
         if events:
-            answer = self.client.feedback(events)
+            answer = self.client.feedback(events, request_time_ms=now_s * 1000)
             self.rejected += len(answer.rejected)
 
     def end_of_day(self) -> None:

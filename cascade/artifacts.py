@@ -66,9 +66,12 @@ class BundleWriter:
         )
 
     def path(self, component: str, name: str) -> Path:
-        """Where to write a file; call add() afterwards (or use the save_* helpers)."""
+        """Where to write a file; call add() afterwards (or use the save_* helpers). A file there
+        already is unlinked first: in a `clone` it is a hard link, and writing through it would
+        change the source bundle's file too."""
         target = self.folder / component / name
         target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
         return target
 
     def add(self, component: str, name: str) -> Path:

@@ -31,13 +31,20 @@ class Arm:
             raise ValueError(f"arm {self.name!r}: share must be > 0, got {self.share}")
 
 
-# What an arm may change: the funnel's cuts (each stage keeps its own settings otherwise).
-OVERRIDABLE = ("recall_count", "prerank_count", "rank_count", "max_per_creator")
+# What an arm may change: the funnel's cuts, stages skipped (their fallback answers: recall's
+# order truncated for prerank, prerank's order for rank, the local creator cap and seen filter for
+# rerank), and the reranker's diversity method and trade-off (each stage keeps its own settings
+# otherwise).
+CUTS = ("recall_count", "prerank_count", "rank_count", "max_per_creator")
+SKIPPABLE = ("prerank", "rank", "rerank")
+RERANK_METHODS = ("none", "mmr", "dpp")
+OVERRIDABLE = (*CUTS, "skip", "rerank_method", "rerank_trade_off")
 
 
 def parse_arms(text: str) -> tuple[Arm, ...]:
     """Arms from the `arms` setting: a JSON list of {"name", "share", "overrides"}, e.g.
-    [{"name": "control"}, {"name": "small", "share": 0.5, "overrides": {"rank_count": 20}}].
+    [{"name": "control"}, {"name": "small", "share": 0.5, "overrides": {"rank_count": 20}},
+     {"name": "no-prerank", "overrides": {"skip": ["prerank"], "rerank_trade_off": 0.9}}].
     ValueError names what is wrong; "" means no arms."""
     if not text.strip():
         return ()
@@ -57,16 +64,38 @@ def parse_arms(text: str) -> tuple[Arm, ...]:
                 f"arms: unknown keys {sorted(unknown) + bad}; an arm has name, share and "
                 f"overrides of {', '.join(OVERRIDABLE)}"
             )
-        for key, value in overrides.items():
-            least = 0 if key == "max_per_creator" else 1  # a cut of 0 would empty the funnel
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(
-                    f"arms: {entry.get('name')!r}: {key} must be an integer >= {least}"
-                )
+        name = entry.get("name")
+        overrides = {key: _checked(name, key, value) for key, value in overrides.items()}
         arms.append(Arm(str(entry.get("name", "")), float(entry.get("share", 1.0)), overrides))
     if len({arm.name for arm in arms}) != len(arms):
         raise ValueError(f"arms: names must be unique, got {[arm.name for arm in arms]}")
     return tuple(arms)
+
+
+def _checked(arm: object, key: str, value: object) -> object:
+    """One override's value as the funnel takes it; ValueError naming the arm and the key."""
+    if key in CUTS:
+        least = 0 if key == "max_per_creator" else 1  # a cut of 0 would empty the funnel
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"arms: {arm!r}: {key} must be an integer >= {least}")
+        return value
+    if key == "skip":
+        if not isinstance(value, list) or not set(value) <= set(SKIPPABLE):
+            raise ValueError(
+                f"arms: {arm!r}: skip must be a list of stages among {', '.join(SKIPPABLE)} "
+                f"(recall cannot be skipped), got {value!r}"
+            )
+        return tuple(stage for stage in SKIPPABLE if stage in value)
+    if key == "rerank_method":
+        if value not in RERANK_METHODS:
+            raise ValueError(
+                f"arms: {arm!r}: rerank_method must be one of {', '.join(RERANK_METHODS)}"
+            )
+        return value
+    # rerank_trade_off: 1 = relevance only, 0 = diversity only (the reranker's theta)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(f"arms: {arm!r}: rerank_trade_off must be a number in [0, 1]")
+    return float(value)
 
 
 def bucket(salt: str, user_key: str) -> float:

@@ -23,6 +23,7 @@ import grpc
 
 from cascade.client import ClientSettings, make_channel
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from gateway.request_time import request_time_metadata
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
@@ -66,9 +67,11 @@ class CascadeClient:
         context: common_pb2.RequestContext | Mapping[str, object] | None = None,
         debug: bool = False,
         timeout_s: float | None = None,
+        request_time_ms: int = 0,
     ) -> gateway_pb2.RecommendResponse:
         """The user's recommendations (items and their external keys, degraded flags, with debug
-        the per-stage trace). An int is the platform's user id, a str the client's own key."""
+        the per-stage trace). An int is the platform's user id, a str the client's own key.
+        `request_time_ms`: the time to serve at (a gateway with clock "caller" honours it)."""
         if isinstance(context, Mapping):
             context = common_pb2.RequestContext(**context)
         request = gateway_pb2.RecommendRequest(count=count, context=context, debug=debug)
@@ -78,8 +81,9 @@ class CascadeClient:
             request.user_id = user_id
         timeout = timeout_s or self.timeout_s
         deadline = time.monotonic() + timeout
+        metadata = self._with_time(request_time_ms)
         try:
-            answer = self._stub.Recommend(request, timeout=timeout, metadata=self._metadata)
+            answer = self._stub.Recommend(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             delay_s = pushback_s(error)
             left = deadline - time.monotonic()
@@ -87,19 +91,28 @@ class CascadeClient:
                 raise
             self._sleep(delay_s)
             answer = self._stub.Recommend(
-                request, timeout=deadline - time.monotonic(), metadata=self._metadata
+                request, timeout=deadline - time.monotonic(), metadata=metadata
             )
         self.retry_budget.deposit()
         return answer
 
     def feedback(
-        self, events: Iterable[gateway_pb2.Event | tuple[int | str, int | str, str]]
+        self,
+        events: Iterable[gateway_pb2.Event | tuple[int | str, int | str, str]],
+        request_time_ms: int = 0,
     ) -> gateway_pb2.FeedbackResponse:
         """Sends events, given as Event messages or (user, item, "play") tuples where an int is
         the platform's id and a str the client's own key; the answer counts the accepted ones
-        and lists each rejected one with its reason."""
+        and lists each rejected one with its reason. `request_time_ms`: as for recommend (the
+        time of events sent without one)."""
         request = gateway_pb2.FeedbackRequest(events=[_event(e) for e in events])
-        return self._stub.Feedback(request, timeout=self.timeout_s, metadata=self._metadata)
+        metadata = self._with_time(request_time_ms)
+        return self._stub.Feedback(request, timeout=self.timeout_s, metadata=metadata)
+
+    def _with_time(self, request_time_ms: int):
+        if not request_time_ms:
+            return self._metadata
+        return (*(self._metadata or ()), *request_time_metadata(request_time_ms))
 
     def close(self) -> None:
         self._channel.close()

@@ -136,7 +136,8 @@ class ImpressionWriter:
 
     def _record_shown(self, batch: list[Shown]) -> None:
         for shown in batch:
-            if shown.user_id <= 0 or not shown.item_ids:
+            # A shadow ranking (gateway/shadow.py, arm "shadow:NAME") was never shown.
+            if shown.user_id <= 0 or not shown.item_ids or shown.arm.startswith("shadow:"):
                 continue
             try:
                 items = np.asarray(shown.item_ids, dtype=np.int64)

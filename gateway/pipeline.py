@@ -49,6 +49,12 @@ STUBS = {
     "rank": (rank_pb2_grpc.RankStub, "Rank"),
     "rerank": (rerank_pb2_grpc.RerankStub, "Rerank"),
 }
+# An arm's rerank_method as the RerankRequest's enum ("" = the service's configured one).
+RERANK_METHODS = {
+    "none": rerank_pb2.DIVERSITY_METHOD_NONE,
+    "mmr": rerank_pb2.DIVERSITY_METHOD_MMR,
+    "dpp": rerank_pb2.DIVERSITY_METHOD_DPP,
+}
 MIN_STAGE_S = 0.001  # less than this for a stage: skip the call, it could not answer in time
 POPULAR_MASK = channel_bit("popular")
 
@@ -71,6 +77,21 @@ class GatewayMetrics:
         )
         self.answers = Counter(
             "cascade_gateway_answers", "Recommend answers the cascade produced.", registry=registry
+        )
+        # Labelled by experiment arm: names come only from the `arms` setting ("none" without
+        # arms), so the label's cardinality is bounded by the configuration.
+        self.arm_answers = Counter(
+            "cascade_gateway_arm_answers",
+            "Recommend answers by the experiment arm that served them.",
+            ["arm"],
+            registry=registry,
+        )
+        self.arm_latency = Histogram(
+            "cascade_gateway_arm_latency_seconds",
+            "Time Recommend took inside the gateway, by experiment arm.",
+            ["arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.degraded_answers = Counter(
             "cascade_gateway_degraded_answers",
@@ -188,6 +209,11 @@ class Funnel:
     # A deadline overrun counts against a stage only when it had this long: a client that set a
     # tiny deadline must not open the breaker for everyone.
     breaker_min_timeout_s: float = 0.02
+    # An experiment arm's changes (gateway/arms.py): stages not called (their fallback answers,
+    # not counted as degraded), and the reranker's method and trade-off ("" / None: its own).
+    skip: tuple[str, ...] = ()
+    rerank_method: str = ""
+    rerank_trade_off: float | None = None
 
 
 class Cascade:
@@ -239,6 +265,8 @@ class Cascade:
             return cached[0]
 
         def stage(name, request, fallback, candidates_in):
+            if name in funnel.skip:  # the arm's choice: no scores of this stage to log
+                return _skipped(response, name, fallback, candidates_in)
             out = self._stage(response, name, request, fallback, candidates_in, budget)
             served.lists[name] = out
             return out
@@ -259,7 +287,13 @@ class Cascade:
             "rank", request,
             lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)), candidates,
         )  # fmt: skip
-        request = rerank_pb2.RerankRequest(user=user, count=count, candidates=candidates)
+        request = rerank_pb2.RerankRequest(
+            user=user,
+            count=count,
+            candidates=candidates,
+            method=RERANK_METHODS.get(funnel.rerank_method, 0),
+            trade_off=funnel.rerank_trade_off,
+        )
         candidates = stage(
             "rerank", request,
             lambda c=candidates: self._local_rerank(from_proto(c), seen(), count), candidates,
@@ -355,6 +389,22 @@ class Cascade:
             occurrence[order] = np.arange(len(order)) - group_start
             ranked = ranked.take((creator == 0) | (occurrence < cap))
         return ranked.take(slice(0, count))
+
+
+def _skipped(
+    response: gateway_pb2.RecommendResponse, name: str, fallback, candidates_in
+) -> common_pb2.CandidateList:
+    """A stage the arm skips: its fallback's list, traced as SKIPPED (the answer is as the arm
+    asked, so neither degraded nor counted as a fallback)."""
+    candidates = to_proto(*fallback())
+    response.trace.add(
+        stage=name,
+        candidates_out=len(candidates.item_ids),
+        degraded=True,
+        degraded_reason="SKIPPED",
+        candidates_in=len(candidates_in.item_ids),
+    )
+    return candidates
 
 
 def _well_formed(candidates: common_pb2.CandidateList) -> bool:

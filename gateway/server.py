@@ -51,9 +51,13 @@ from gateway.impressions import ImpressionWriter, Shown
 from gateway.online import OnlineEvents
 from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
 from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
+from gateway.request_time import caller_time_ms
+from gateway.shadow import Shadow
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
+CLOCKS = ("data", "wall", "caller")  # the `clock` setting
+NO_ARM = "none"  # the arm label of answers when no arms are configured
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
@@ -116,7 +120,8 @@ class GatewaySettings:
     require_api_token: bool = False
     # The request time the gateway stamps once per request (and on events sent with time 0):
     # "wall" = now; "data" = the bundle's training log end + the gateway's uptime, for the
-    # replayed datasets (ml-100k, synthetic), as recall's own "data" clock.
+    # replayed datasets (ml-100k, synthetic), as recall's own "data" clock; "caller" = the time
+    # the caller sends (gateway/request_time.py: simulations, replays), else "data".
     clock: str = "data"
     # The online store: "memory" (each stage its own; Feedback goes to recall's Record) or
     # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
@@ -126,12 +131,17 @@ class GatewaySettings:
     # arm is sha256(arm_salt:user key) against the shares. "" = no arms.
     arms: str = ""
     arm_salt: str = "cascade"
+    # One of the arms' names: its ranking of every other arm's requests is logged, never shown
+    # (gateway/shadow.py). "" = no shadow.
+    shadow_arm: str = ""
     # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)
-        parse_arms(self.arms)  # ValueError names what is wrong
+        arm_names = [arm.name for arm in parse_arms(self.arms)]  # ValueError names the problem
+        if self.shadow_arm and self.shadow_arm not in arm_names:
+            raise ValueError(f"shadow_arm {self.shadow_arm!r} is not one of the arms {arm_names}")
         for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
             object.__setattr__(self, name, Secret(getattr(self, name)))
         if not 0 < self.default_count <= self.max_count:
@@ -144,8 +154,8 @@ class GatewaySettings:
             raise ValueError("every stage share must be > 0")
         if self.safety_margin_s < 0 or self.record_timeout_s <= 0:
             raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
-        if self.clock not in ("data", "wall"):
-            raise ValueError(f"clock must be 'data' or 'wall', got {self.clock!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.new_user_capacity < 0 or self.impression_queue < 1:
             raise ValueError("new_user_capacity must be >= 0 and impression_queue >= 1")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
@@ -296,6 +306,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
         )  # fmt: skip
         self.arms = parse_arms(settings.arms)
+        for name in [arm.name for arm in self.arms] or [NO_ARM]:  # every label from the start
+            self.metrics.arm_answers.labels(name)
+            self.metrics.arm_latency.labels(name)
         self.shared = None  # the Redis online store (RedisState) when the store is shared
         if settings.store != "memory":
             from cascade.redis_store import RedisState
@@ -331,6 +344,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.cascade = Cascade(
             self.pools, funnel, catalog.popular, catalog.creators, self.metrics, catalog.consumed
         )
+        self.shadow = None
+        if settings.shadow_arm:
+            arm = next(a for a in self.arms if a.name == settings.shadow_arm)
+            self.shadow = Shadow(
+                arm,
+                self.cascade,
+                self.impressions,
+                settings.default_deadline_s,
+                settings.shares(),
+                registry,
+            )
 
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
@@ -357,8 +381,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         self._check_context(request.context, context)
         count = request.count or settings.default_count
+        started = time.perf_counter()
         budget = Budget(self._budget_s(context), settings.shares())
-        now_ms = self.now_ms()  # the request's one time: every stage uses it
+        now_ms = self.now_ms(context)  # the request's one time: every stage uses it
         # An id the map does not know yet (no Feedback so far) is served as anonymous.
         try:
             dense, user_key = self.ids.recommend_user(request)
@@ -391,15 +416,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if reason:
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = uuid.uuid4().hex, arm
+        self.metrics.arm_answers.labels(arm or NO_ARM).inc()
+        self.metrics.arm_latency.labels(arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
-        self.impressions.submit(
-            Shown(
-                response.request_id, dense, user_key, now_ms,
-                list(response.items.item_ids), list(response.items.channel_masks),
-                list(response.degraded_stages), served, arm,
-                shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
-            )
+        shown = Shown(
+            response.request_id, dense, user_key, now_ms,
+            list(response.items.item_ids), list(response.items.channel_masks),
+            list(response.degraded_stages), served, arm,
+            shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
         )  # fmt: skip
+        self.impressions.submit(shown)
+        if self.shadow is not None and arm != settings.shadow_arm:
+            self.shadow.submit(shown, user, count)
         return response
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
@@ -413,7 +441,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 "events",
                 f"{n} events in one call; at most {self.settings.max_feedback_events}",
             )
-        now_ms, wall_ms = self.now_ms(), int(time.time() * 1000)
+        now_ms, wall_ms = self.now_ms(context), int(time.time() * 1000)
         events, id_rejections = self.ids.resolve_items(request.events)  # item_key -> item_id
         checked = check_events(events, self.catalog.known_items, wall_ms / 1000)
         valid = [events[int(i)] for i in checked.indices]
@@ -491,8 +519,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )  # fmt: skip
         self._forward(forward)
 
-    def now_ms(self) -> int:
-        """The time a request happens at, by the `clock` setting."""
+    def now_ms(self, context: grpc.ServicerContext | None = None) -> int:
+        """The time a request happens at, by the `clock` setting ("caller": the call's
+        request-time header when it sent one, gateway/request_time.py)."""
+        if self.settings.clock == "caller" and context is not None:
+            sent = caller_time_ms(context)
+            if sent:
+                return sent
         if self.settings.clock == "wall":
             return int(time.time() * 1000)
         return int((self.catalog.as_of_s + time.time() - self._started) * 1000)
@@ -549,6 +582,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
 
     def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()  # its last records go to the writer before it stops
         self.impressions.close()
         self.log.close()
         for pool in (*self.pools.values(), self.record_pool):

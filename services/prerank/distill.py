@@ -128,13 +128,17 @@ def train_student(
     spec: FeatureSpec,
     config: DistillConfig,
     teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Student, dict]:
-    """Adam over batches of whole requests for `config.epochs`; returns the model in eval mode."""
+    """Adam over batches of whole requests for `config.epochs`; returns the model in eval mode.
+    `initial`: a published student's state dict to start from (continuous training)."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(1)
     use_features = config.feature_weight > 0 and teacher is not None
     widths = (teacher[0].shape[1], teacher[1].shape[1]) if use_features else (0, 0)
     model = Student(spec, config.student, widths)
+    if initial is not None:
+        model.load_state_dict(initial, strict=not use_features)  # feature heads: training only
     inputs = Inputs(dataset, spec)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

@@ -71,3 +71,37 @@ def test_per_user_metrics_average_to_the_table():
     per_user, table = protocol.per_user(pages), protocol.score(pages)
     assert np.isclose(per_user["NDCG@10"].mean(), table["NDCG@10"])
     assert np.isclose(per_user["Recall@20"].mean(), table["Recall@20"])
+
+
+def test_the_truth_scores_a_page_by_the_worlds_expected_engagement_at_each_slot():
+    from app.evaluation_e2e import TRUTH, TRUTH_NOTE, to_markdown, true_engagement
+    from app.simulate import World
+    from cascade.data.synthetic import SyntheticConfig, generate
+
+    world = World(generate(SyntheticConfig(n_users=40, n_items=60, days=4, seed=2), False))
+    users = np.array([3, 7])
+    items = np.arange(1, world.n_items)
+    best = np.stack([items[np.argsort(-world.utility(u, items))][:K] for u in users.tolist()])
+    worst = best[:, ::-1].copy()
+    got = true_engagement(world, users, best)
+    by_hand = world.expected_engagement(world.utility(3, best[0, :10]), np.arange(10)).sum() / 10
+    assert got[0] == np.float64(by_hand)
+    assert (got > true_engagement(world, users, worst)).all()  # the truth's order wins
+    half = best.copy()
+    half[:, 5:] = 0  # empty slots engage no one: less than the full page
+    assert (true_engagement(world, users, half) < got).all()
+    rows = [
+        {
+            "dataset": "synthetic",
+            "model": m,
+            "n_test_users": 2,
+            TRUTH: v,
+            "NDCG@10": 0.1,
+            "Recall@20": 0.1,
+            "Coverage@20": 0.1,
+            "ILD@20": 0.1,
+        }
+        for m, v in (("cascade", 0.5), ("EASE", 0.4), ("ItemKNN", 0.3))
+    ]
+    text = to_markdown(rows, {"synthetic": {}})
+    assert f"| model | users | {TRUTH} | NDCG@10" in text and TRUTH_NOTE in text

@@ -3,9 +3,14 @@ it drives a real stack (gateway and stage servers on loopback) through Recommend
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
+from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     ENGAGEMENT,
     GatewayPolicy,
@@ -15,10 +20,10 @@ from app.simulate import (
     simulate,
     summarise,
 )
-from cascade.data.synthetic import SyntheticConfig, generate, respond
+from cascade.data.synthetic import DAY, SyntheticConfig, generate, respond
 from gateway.arms import Arm
 from gateway.client import CascadeClient
-from tests.gateway.conftest import build_bundle, gateway_settings, start_stages
+from tests.gateway.conftest import VERSION, build_bundle, gateway_settings, start_stages
 
 WORLD = SyntheticConfig(n_users=120, n_items=150, days=6, impressions_per_user=40, seed=4)
 
@@ -96,22 +101,45 @@ def test_the_same_seed_gives_the_same_simulation(world):
         np.testing.assert_array_equal(first[key], second[key])
 
 
-def test_a_two_day_simulation_against_the_real_stack(world, tmp_path):
+def test_a_two_day_simulation_against_the_real_stack_retrains_it_overnight(world, tmp_path):
+    """Day 1 is served by the starting bundle; after it a job folds the gateway's event log into
+    a new bundle that the running stages hot-reload, so day 2 is served by the retrained one. The
+    gateway runs on the simulated clock (clock "caller"), so the log is in simulated time."""
     built = build_bundle(tmp_path, generate(WORLD, progress=False))
     stages, recall_service = start_stages(built)
     from gateway.server import start
 
-    gateway = start(gateway_settings(built, stages))
+    settings = gateway_settings(built, stages, clock="caller")
+    gateway = start(settings)
+    retrained = []
     try:
         with CascadeClient(gateway.address, timeout_s=10.0) as client:
             cascade = GatewayPolicy(client)
+
+            def overnight(day: int) -> None:
+                if day == 0:
+                    time.sleep(0.5)  # the impression writer drains in the background
+                    events, impressions = read_log(settings.event_log)
+                    retrained.append(
+                        retrain(
+                            built.artifacts,
+                            Base.of(built.dataset),
+                            events,
+                            impressions,
+                            "day2",
+                            RetrainConfig(prerank_users=10, prerank_epochs=1),
+                            built.data_dir,
+                        )
+                    )
+                    wait_until_served(client, "day2")
+
             arms = (Arm("cascade"), Arm("random"))
             config = SimulationConfig(days=2, users=40, arms=arms, seed=2)
             policies = {
                 "cascade": cascade,
                 "random": reference_policy("random", world, World(world), 2),
             }
-            rows = simulate(world, policies, config)
+            rows = simulate(world, policies, config, on_day_end=overnight)
         served = rows["arm"] == "cascade"
         assert served.sum() >= 20 and (rows["arm"] == "random").sum() >= 20
         assert cascade.rejected == 0  # every event the simulator sent was accepted
@@ -120,8 +148,29 @@ def test_a_two_day_simulation_against_the_real_stack(world, tmp_path):
         report = summarise(rows, world.n_items - 1)
         assert {e["day"] for e in report} == {0, 1}
         assert all(e["expected_engagement"] > 0 for e in report)
+        assert retrained[0]["served_impressions"] == (served & (rows["day"] == 0)).sum()
+        # The log is in simulated time, and each day was served by that day's bundle.
+        time.sleep(0.5)
+        _, impressions = read_log(settings.event_log)
+        impressions = impressions.filter(pc.greater(impressions["user_id"], 0))  # not the polls
+        start_s = (World(world).end_ts // DAY + 1) * DAY
+        day = (impressions["request_time_ms"].to_numpy() // 1000 - start_s) // DAY
+        ranked_by = [json.loads(v).get("rank") for v in impressions["model_versions"].to_pylist()]
+        assert set(day.tolist()) == {0, 1}
+        assert {v for v, d in zip(ranked_by, day, strict=True) if d == 0} == {VERSION}
+        assert {v for v, d in zip(ranked_by, day, strict=True) if d == 1} == {"day2"}
     finally:
         gateway.stop(0)
         gateway.service.close()
         for server in stages.values():
             server.stop(0)
+
+
+def wait_until_served(client: CascadeClient, version: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        trace = client.recommend(0, debug=True).trace  # anonymous: no user learns from it
+        if {t.stage: t.model_version for t in trace}.get("rank") == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the stack did not serve {version} within {timeout_s} s")

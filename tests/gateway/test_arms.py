@@ -1,6 +1,7 @@
 """Arm assignment: stable, salted, and uniform in proportion to the shares."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from gateway.arms import Arm, assign, bucket, parse_arms
@@ -89,3 +90,103 @@ def test_a_bad_arms_setting_stops_the_gateway_before_it_serves():
 
     with pytest.raises(ValueError, match="arms: not JSON"):
         GatewaySettings(arms="[")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ('{"skip": ["recall"]}', "skip must be a list of stages among prerank, rank, rerank"),
+        ('{"skip": "rank"}', "skip must be a list"),
+        ('{"rerank_method": "fancy"}', "rerank_method must be one of none, mmr, dpp"),
+        ('{"rerank_trade_off": 1.5}', "rerank_trade_off must be a number in \\[0, 1\\]"),
+        ('{"rerank_trade_off": true}', "rerank_trade_off must be a number"),
+    ],
+)
+def test_stage_and_rerank_overrides_are_checked_naming_the_arm(overrides, message):
+    with pytest.raises(ValueError, match=f"'b': {message}"):
+        parse_arms(f'[{{"name": "a"}}, {{"name": "b", "overrides": {overrides}}}]')
+    arm = parse_arms(
+        '[{"name": "a", "overrides": {"skip": ["rerank", "prerank"], '
+        '"rerank_method": "dpp", "rerank_trade_off": 1}}]'
+    )[0]
+    assert arm.overrides == {
+        "skip": ("prerank", "rerank"),
+        "rerank_method": "dpp",
+        "rerank_trade_off": 1.0,
+    }
+
+
+def test_an_arm_skips_stages_and_each_arm_is_a_metrics_label(stack_factory):
+    arms = (
+        '[{"name": "full"}, {"name": "lean", "overrides": {"skip": ["prerank", "rank"], '
+        '"rerank_method": "none"}}]'
+    )
+    stack = stack_factory(arms=arms, arm_salt="exp-8")
+    expected = {u: assign("exp-8", str(u), parse_arms(arms)).name for u in range(1, 21)}
+    assert set(expected.values()) == {"full", "lean"}
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        answers = {u: client.recommend(u, count=5, debug=True) for u in expected}
+    for user, answer in answers.items():
+        trace = {t.stage: t for t in answer.trace}
+        skipped = {s for s, t in trace.items() if t.degraded_reason == "SKIPPED"}
+        assert skipped == ({"prerank", "rank"} if expected[user] == "lean" else set())
+        assert not set(answer.degraded_stages) & skipped  # asked for, so not degraded
+        if expected[user] == "lean":  # rank's list is recall's order cut to the rank count
+            assert trace["rank"].candidates_out == 15 and not trace["rank"].model_version
+    registry = stack.gateway.registry
+    for name in ("full", "lean"):
+        count = sum(arm == name for arm in expected.values())
+        got = registry.get_sample_value("cascade_gateway_arm_answers_total", {"arm": name})
+        assert got == count
+        latency = {"arm": name}
+        assert (
+            registry.get_sample_value("cascade_gateway_arm_latency_seconds_count", latency) == count
+        )
+    assert registry.get_sample_value("cascade_gateway_arm_answers_total", {"arm": "none"}) is None
+    stack.gateway.service.impressions.close()
+    logged = stack.gateway.service.log.read_impressions().to_pylist()
+    for row in logged:  # a skipped stage logs no scores
+        assert (row["rank_scores"] == []) == (row["arm"] == "lean")
+
+
+def test_without_arms_answers_count_under_the_none_label(stack_factory):
+    stack = stack_factory()
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        client.recommend(2, count=5)
+    labels = {"arm": "none"}
+    assert stack.gateway.registry.get_sample_value("cascade_gateway_arm_answers_total", labels) == 1
+
+
+def test_a_shadow_arm_ranks_other_arms_requests_logged_beside_them_never_shown(stack_factory):
+    from app.fold import served_impressions
+
+    arms = '[{"name": "full"}, {"name": "lean", "overrides": {"skip": ["prerank", "rank"]}}]'
+    stack = stack_factory(arms=arms, arm_salt="exp-8", shadow_arm="lean")
+    expected = {u: assign("exp-8", str(u), parse_arms(arms)).name for u in range(1, 13)}
+    with CascadeClient(stack.gateway.address, timeout_s=10.0) as client:
+        answers = {u: client.recommend(u, count=5) for u in expected}
+    service = stack.gateway.service
+    service.close()  # finishes the shadows, then writes what is queued
+    logged = service.log.read_impressions()
+    rows = logged.to_pylist()
+    shadows = {r["request_id"]: r for r in rows if r["arm"] == "shadow:lean"}
+    served = {r["request_id"]: r for r in rows if not r["arm"].startswith("shadow:")}
+    full = {a.request_id for u, a in answers.items() if expected[u] == "full"}
+    assert set(shadows) == full and set(served) == {a.request_id for a in answers.values()}
+    for request_id, shadow in shadows.items():  # the lean ranking of the same request
+        assert shadow["rank_scores"] == [] and served[request_id]["rank_scores"] != []
+        assert shadow["user_id"] == served[request_id]["user_id"]
+    registry = stack.gateway.registry
+    logged_count = registry.get_sample_value(
+        "cascade_gateway_shadow_rankings_total", {"outcome": "logged"}
+    )
+    assert logged_count == len(full)
+    no_events = pa.table({"request_id": [], "item_id": [], "event": []})
+    assert len(served_impressions(no_events, logged)["item_id"]) == 5 * len(answers)
+
+
+def test_a_shadow_arm_must_be_one_of_the_arms():
+    from gateway.server import GatewaySettings
+
+    with pytest.raises(ValueError, match="shadow_arm 'b' is not one of the arms"):
+        GatewaySettings(arms='[{"name": "a"}]', shadow_arm="b")

@@ -1,0 +1,70 @@
+"""The simulation report: the headline ratios and their intervals, and the retraining table."""
+
+import pytest
+
+from app.loop import headline, to_markdown
+
+
+def row(arm, day, value, half):
+    return {"arm": arm, "day": day, "expected_engagement": value, "expected_ci95": half}
+
+
+def test_the_headline_compares_the_cascade_with_ease_and_with_its_first_day():
+    rows = [
+        row("cascade", 0, 0.30, 0.03),
+        row("ease", 0, 0.40, 0.04),
+        row("cascade", 2, 0.46, 0.046),
+        row("ease", 2, 0.40, 0.04),
+    ]
+    got = headline(rows)
+    assert got["cascade_vs_ease_last_day"]["ratio"] == pytest.approx(1.15)
+    # Delta method: both arms +-10% relative -> the ratio +-sqrt(2) * 10%.
+    assert got["cascade_vs_ease_last_day"]["ci95"] == pytest.approx(1.15 * 0.1 * 2**0.5, abs=1e-4)
+    assert got["cascade_last_vs_first_day"]["ratio"] == pytest.approx(0.46 / 0.30, abs=1e-4)
+    assert headline([row("ease", 0, 0.4, 0.04)]) == {}  # no cascade arm: no headline
+
+
+def test_the_markdown_lists_each_retraining_job():
+    entry = {
+        **row("cascade", 0, 0.3, 0.03),
+        "impressions": 10,
+        "realised_engagement": 0.2,
+        "realised_ci95": 0.1,
+        "coverage": 0.1,
+        "creator_gini": 0.5,
+        "fresh_share": 0.0,
+    }
+    job = {
+        "after_day": 0,
+        "version": "loop-day2",
+        "served_impressions": 130,
+        "plays_heard": 24,
+        "rank": {"validation_logloss_before": 0.40388, "validation_logloss_after": 0.37691},
+        "seconds": 147.0,
+        "reload_seconds": 7.0,
+    }
+    report = {
+        "config": {"users": 100, "days": 2, "sessions_per_day": 1.0, "retrain": "daily"},
+        "seconds": 1.0,
+        "rows": [entry],
+        "headline": {},
+        "retraining": [job],
+    }
+    text = to_markdown(report)
+    assert "| 0 | loop-day2 | 130 | 24 | 0.4039 | 0.3769 | 147.0 | 7.0 |" in text
+
+
+def test_two_runs_compare_one_arm_day_by_day():
+    from app.compare_runs import compare
+
+    def run(values, seed=0):
+        rows = [
+            {**row("cascade", d, v, v / 10), "oracle_gap_closed": v} for d, v in enumerate(values)
+        ]
+        return {"config": {"seed": seed, "users": 10}, "rows": rows}
+
+    got = compare(run([0.4, 0.44]), run([0.4, 0.4]), "cascade")
+    assert [r["ratio"] for r in got] == [1.0, 1.1]
+    assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)
+    with pytest.raises(ValueError, match="seed or users"):
+        compare(run([0.4]), run([0.4], seed=1), "cascade")

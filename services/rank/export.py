@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "rank"
 OUTPUT = "probabilities"
 PARITY_TOLERANCE = 1e-4
+USER_SIDE = ("user", "history")  # entities sent once per request; items and context per candidate
 
 
 def export_onnx(model: RankModel, spec: FeatureSpec, path: Path, example: Rows) -> Path:
@@ -48,7 +49,7 @@ def export_onnx(model: RankModel, spec: FeatureSpec, path: Path, example: Rows) 
             # broadcasts them): their row count is its own dimension.
             dynamic_axes={
                 **{n: {0: "batch"} for n in names},
-                **{f.name: {0: "user_rows"} for f in spec.fields if f.entity != "item"},
+                **{f.name: {0: "user_rows"} for f in spec.fields if f.entity in USER_SIDE},
                 OUTPUT: {0: "batch"},
             },
             opset_version=17,
@@ -73,7 +74,7 @@ def check_parity(model: RankModel, spec: FeatureSpec, path: Path, rows: Rows) ->
     with torch.no_grad():
         expected = model(*(torch.from_numpy(rows[n]) for n in input_names(spec))).numpy()
     gap = float(np.abs(onnx_probabilities(path, rows) - expected).max())
-    user_side = {f.name for f in spec.fields if f.entity != "item"}
+    user_side = {f.name for f in spec.fields if f.entity in USER_SIDE}
     one_user = {n: v[:1] if n in user_side else v for n, v in rows.items()}
     repeated = {n: np.repeat(v[:1], len(v), axis=0) if n in user_side else v
                 for n, v in rows.items()}  # fmt: skip
@@ -103,8 +104,12 @@ def write_component(
     model_config: ModelConfig,
     info: dict,
     example: Rows,
+    mf_feature: bool = False,
+    channel_feature: bool = False,
 ) -> None:
-    """Exports, checks parity on `example` (real rows) and records the rank component."""
+    """Exports, checks parity on `example` (real rows) and records the rank component.
+    `mf_feature`: trained with mf_position (serving loads the bundle's MF model for it);
+    `channel_feature`: trained on examples that carried recall's channel tags."""
     from services.rank.train import config_dict
 
     path = export_onnx(model, spec, writer.path(COMPONENT, "model.onnx"), example)
@@ -127,6 +132,8 @@ def write_component(
             "inputs": list(input_names(spec)),
             "output": OUTPUT,
             "one_user_row": True,  # user fields and history may come once per request
+            "mf_feature": mf_feature,
+            "channel_feature": channel_feature,
             "config": config_dict(train_config, model_config),
             "training": info,
             "onnx_parity_max_abs": gap,

@@ -26,6 +26,7 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from services.rank.context import MFPositions
 from services.rank.examples import RecallExamples
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
@@ -100,7 +101,8 @@ def training_examples(
     )
     if config.examples == "recall":
         return found
-    logged = {k: data.train_impressions[k] for k in found}
+    logged = {k: data.train_impressions[k] for k in found if k != "channel_mask"}
+    logged["channel_mask"] = np.zeros(len(logged["ts"]), dtype=np.uint32)  # no recall tags
     return {k: np.concatenate([logged[k], found[k]]) for k in found}
 
 
@@ -108,10 +110,12 @@ def prepare(
     dataset: Dataset, config: TrainConfig, spec: FeatureSpec | None = None, bundle=None
 ) -> Prepared:
     """Split, examples and encoded rows. `bundle`: the cascade.artifacts.Bundle whose recall
-    component finds the candidates when config.examples is "recall" or "both"."""
+    component finds the candidates when config.examples is "recall" or "both", and whose MF
+    model (when it has one) fills the mf_position field."""
     spec = build_spec(dataset) if spec is None else spec
     data = split_dataset(dataset)
-    offline = OfflineRows(dataset, spec, data.train_interactions)
+    mf = MFPositions.from_bundle(bundle) if bundle is not None else None
+    offline = OfflineRows(dataset, spec, data.train_interactions, mf)
     examples = training_examples(dataset, data, spec, config, bundle)
     in_validation = per_user_temporal(examples, config.validation_fraction)
     train = _subsample(take(examples, ~in_validation), config.max_train_rows, 1)
@@ -221,7 +225,17 @@ def train(
     test_rows, test_impressions = prepared.test
     info["test"] = evaluate(predict(model, test_rows, prepared.spec), test_impressions, tasks)
     info["test_rows"] = len(test_impressions["ts"])
+    info["context"] = context_info(prepared, config, model_config)
     return model, prepared, info
+
+
+def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelConfig) -> dict:
+    """Which context fields the model learnt from: serving fills exactly these (rank.json)."""
+    on = model_config.context_features
+    return {
+        "mf_feature": on and prepared.offline.context.mf is not None,
+        "channel_feature": on and config.examples != "impressions",
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,15 +260,30 @@ def main(argv: list[str] | None = None) -> None:
     dataset = load_dataset(args.dataset, args.data_dir)
     config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, examples=args.examples)
     model_config = ModelConfig()
-    bundle = None
-    if config.examples != "impressions":
-        from cascade.artifacts import Bundle
+    from cascade.artifacts import ArtifactError, Bundle
 
+    try:  # the bundle being built: its recall component (examples, MF model) when it has one
         bundle = Bundle.open(args.artifacts, args.version or "current")
+        if "recall" not in bundle.manifest["components"]:
+            bundle = None
+    except ArtifactError:
+        bundle = None
+    if bundle is None and config.examples != "impressions":
+        raise SystemExit(f"--examples {config.examples} needs a bundle with the recall component")
     model, prepared, info = train(dataset, config, model_config, bundle)
     writer = BundleWriter(args.artifacts, args.version)
     sample = {k: v[:64] for k, v in prepared.test[0].items()}
-    write_component(writer, model, prepared.spec, dataset.name, config, model_config, info, sample)
+    write_component(
+        writer,
+        model,
+        prepared.spec,
+        dataset.name,
+        config,
+        model_config,
+        info,
+        sample,
+        **info["context"],
+    )
     writer.commit()
     if args.publish:
         publish(args.artifacts, writer.version)

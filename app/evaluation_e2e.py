@@ -150,11 +150,8 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
     degraded = 0
     latencies = []
     for row, user_id in enumerate(users.tolist()):
-        started = time.perf_counter()
-        answer = client.recommend(user_id, count=K)
-        latencies.append(time.perf_counter() - started)
-        degraded += bool(answer.degraded)
-        pages["cascade"][row] = _page(answer.items.item_ids)
+        # The cuts first: the gateway records each page it answers as shown, and rerank leaves
+        # shown items out, so a cut called after the gateway would lose the gateway's page.
         user = common_pb2.UserContext(user_id=user_id)
         candidates = recall.Recall(
             recall_pb2.RecallRequest(user=user, count=funnel.recall), timeout=5
@@ -180,6 +177,11 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
         funnel_lists["rank"].append(np.asarray(candidates.item_ids))
         request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
         pages["+ rerank"][row] = _page(rerank.Rerank(request, timeout=5).candidates.item_ids)
+        started = time.perf_counter()
+        answer = client.recommend(user_id, count=K)
+        latencies.append(time.perf_counter() - started)
+        degraded += bool(answer.degraded)
+        pages["cascade"][row] = _page(answer.items.item_ids)
     for channel in channels.values():
         channel.close()
     info = {"degraded_answers": degraded, "gateway_p50_ms": 1e3 * float(np.median(latencies))}

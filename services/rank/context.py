@@ -75,6 +75,12 @@ class MFPositions:
 
     def scores(self, consumed: list[np.ndarray]) -> np.ndarray:
         """(R, n_items) float32 MF scores for R consumed sets."""
+        if len(consumed) == 1:  # serving: sum the consumed items' columns, no dense product
+            items = np.asarray(consumed[0], np.int64)
+            items = items[(items > 0) & (items < self.n_items)]
+            if self.fold_in is None:
+                return self.vectors[:, items].sum(axis=1, dtype=np.float32)[None, :]
+            return (self.vectors @ self.fold_in[items].sum(axis=0, dtype=np.float32))[None, :]
         hot = np.zeros((len(consumed), self.n_items), dtype=np.float32)
         for row, items in enumerate(consumed):
             items = np.asarray(items, np.int64)
@@ -92,6 +98,52 @@ class MFPositions:
         for row, items in enumerate(consumed):
             out[row] = _positions_in(scores[row], items, item_ids[row], self.n_items)
         return out
+
+
+class FoldedMF:
+    """Out-of-fold MF positions for training-period rows. The bundle's MF model was fitted on the
+    whole training log, so it has seen what each user went on to play after a training example's
+    time: scored with it, training positives sit higher than test positives ever do, and the
+    ranker learns to over-trust the field. Here users fall into `folds` seeded groups and a row's
+    position comes from the same kind of model fitted without its user's interactions (as at test
+    time, where the items to find are in no model's training data)."""
+
+    def __init__(self, models: list[MFPositions], fold_of_user: np.ndarray):
+        self.models, self.fold_of_user = models, fold_of_user
+        self.n_items = models[0].n_items
+
+    @classmethod
+    def fit(
+        cls, interactions: Table, n_users: int, n_items: int, info: dict, folds: int = 5
+    ) -> FoldedMF:
+        """`info`: the bundle's MF entry (model kind and settings, services/recall/mf.py)."""
+        from services.recall.mf import MFSettings, fit_ease, fit_pure_svd
+
+        settings = MFSettings(**info["settings"])
+        fold_of_user = np.random.default_rng(settings.seed).integers(0, folds, n_users + 1)
+        models = []
+        for fold in range(folds):
+            keep = fold_of_user[np.asarray(interactions["user_id"])] != fold
+            train = {k: np.asarray(v)[keep] for k, v in interactions.items()}
+            if info["model"] == "ease":
+                models.append(MFPositions(fit_ease(train, n_users, n_items, settings.ease_l2)))
+            else:
+                vectors = fit_pure_svd(
+                    train,
+                    n_users,
+                    n_items,
+                    settings.svd_dim,
+                    settings.svd_power_iterations,
+                    settings.seed,
+                )
+                models.append(MFPositions(vectors, vectors))
+        return cls(models, fold_of_user)
+
+    def split(self, user_ids: np.ndarray) -> list[tuple[np.ndarray, MFPositions]]:
+        """(row mask, model) per fold present among user_ids."""
+        ids = np.clip(np.asarray(user_ids, np.int64), 0, len(self.fold_of_user) - 1)
+        fold = self.fold_of_user[ids]
+        return [(fold == f, m) for f, m in enumerate(self.models) if (fold == f).any()]
 
 
 def context_values(
@@ -155,7 +207,9 @@ class OfflineContext:
     consumed set strictly before each row's time; the request time is capped at the log's end
     (serving's data clock, so a test-period row sees what serving sees)."""
 
-    def __init__(self, items: ItemTables, interactions: Table, mf: MFPositions | None = None):
+    def __init__(
+        self, items: ItemTables, interactions: Table, mf: MFPositions | FoldedMF | None = None
+    ):
         self.items, self.mf = items, mf
         self.interactions = interactions
         played = np.asarray(interactions["play"], bool)
@@ -193,14 +247,16 @@ class OfflineContext:
         out = np.empty(len(item_ids), np.int64)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
-        chunk = 512
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            consumed = consumed_before(self.interactions, part[:, 0], part[:, 1])
-            scores = self.mf.scores(consumed)
-            for row, items in enumerate(consumed):
-                rows = order[bounds[start + row] : bounds[start + row + 1]]
-                out[rows] = _positions_in(scores[row], items, item_ids[rows], self.mf.n_items)
+        folds = self.mf.split(keys[:, 0]) if isinstance(self.mf, FoldedMF) else None
+        for in_fold, model in folds or [(np.ones(len(keys), bool), self.mf)]:
+            requests = np.flatnonzero(in_fold)
+            for start in range(0, len(requests), 512):  # a dense (512, n_items) block at a time
+                part = requests[start : start + 512]
+                consumed = consumed_before(self.interactions, keys[part, 0], keys[part, 1])
+                scores = model.scores(consumed)
+                for row, (request, items) in enumerate(zip(part, consumed, strict=True)):
+                    rows = order[bounds[request] : bounds[request + 1]]
+                    out[rows] = _positions_in(scores[row], items, item_ids[rows], model.n_items)
         return out
 
 

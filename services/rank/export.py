@@ -89,7 +89,10 @@ def load_torch(bundle) -> RankModel:
     """The bundle's ranker as a torch model (eval mode), from weights.npz and rank.json."""
     meta = bundle.load_json(COMPONENT, "rank.json")
     spec = FeatureSpec.from_json(bundle.file(COMPONENT, "feature_spec.json").read_text())
-    model = RankModel(spec, tuple(meta["tasks"]), ModelConfig(**meta["config"]["model"]))
+    config = dict(meta["config"]["model"])
+    if config.get("context_fields") is not None:  # a JSON list
+        config["context_fields"] = tuple(config["context_fields"])
+    model = RankModel(spec, tuple(meta["tasks"]), ModelConfig(**config))
     weights = bundle.load_npz(COMPONENT, "weights.npz")
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     return model.eval()

@@ -8,8 +8,8 @@
     task logit = tower + first order + FM;  output: sigmoid per task, (batch, n_tasks)
 
 Each ablation switch (`per_field_widths`, `attention`, `ple`) turns one block off: DeepFM alone is
-all three off (common width, shared-bottom MLP with one head per task). `context_features` off
-ignores the spec's context fields (counters, affinities, channel tags, MF position).
+all three off (common width, shared-bottom MLP with one head per task). `context_fields` picks
+which of the spec's context fields (counters, affinities, channel tags, MF position) it reads.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class ModelConfig:
     expert_hidden: int = 128
     expert_width: int = 64
     tower_hidden: int = 32
-    context_features: bool = True  # the spec's "context" fields (services/rank/context.py)
+    # The spec's "context" fields it reads (services/rank/context.py): None = all, () = none.
+    context_fields: tuple[str, ...] | None = None
 
 
 class FieldEmbeddings(nn.Module):
@@ -45,8 +46,11 @@ class FieldEmbeddings(nn.Module):
         super().__init__()
         self.names = input_names(spec)
         self.kinds = {f.name: f.kind for f in spec.fields}
-        # Ignored inputs (context fields with context_features off) stay in the signature.
-        self.ignored = set() if config.context_features else {f.name for f in spec.of("context")}
+        # Ignored inputs (context fields left out by context_fields) stay in the signature.
+        chosen = config.context_fields
+        self.ignored = {
+            f.name for f in spec.of("context") if chosen is not None and f.name not in chosen
+        }
         self.tables = nn.ModuleDict()
         self.first_order = nn.ModuleDict()
         self.widths = []

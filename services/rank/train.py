@@ -26,7 +26,7 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
-from services.rank.context import MFPositions
+from services.rank.context import FoldedMF, MFPositions
 from services.rank.examples import RecallExamples
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
@@ -55,6 +55,9 @@ class TrainConfig:
     # component); "both": the two tables together.
     examples: str = "impressions"
     recall_examples: RecallExamples = field(default_factory=RecallExamples)
+    # Training rows' mf_position from MF models fitted without the row's user, in this many user
+    # folds (services/rank/context.FoldedMF); 0 = the bundle's own model (it has seen the future).
+    mf_folds: int = 5
 
     def __post_init__(self) -> None:
         if self.examples not in EXAMPLES:
@@ -116,12 +119,19 @@ def prepare(
     data = split_dataset(dataset)
     mf = MFPositions.from_bundle(bundle) if bundle is not None else None
     offline = OfflineRows(dataset, spec, data.train_interactions, mf)
+    fitting = offline  # rows the model is fitted and early-stopped on
+    if mf is not None and config.mf_folds:
+        info = bundle.component("recall")["mf"]
+        log = data.train_interactions
+        folded = FoldedMF.fit(log, dataset.n_users, dataset.n_items, info, config.mf_folds)
+        fitting = OfflineRows(dataset, spec, log, folded)
     examples = training_examples(dataset, data, spec, config, bundle)
     in_validation = per_user_temporal(examples, config.validation_fraction)
     train = _subsample(take(examples, ~in_validation), config.max_train_rows, 1)
     validation = _subsample(take(examples, in_validation), config.max_train_rows // 8, 2)
     test = _subsample(data.test_impressions, config.max_test_rows, 3)
-    parts = [(offline.impressions(t), t) for t in (train, validation, test)]
+    parts = [(fitting.impressions(t), t) for t in (train, validation)]
+    parts.append((offline.impressions(test), test))
     return Prepared(dataset, spec, data, offline, *parts)
 
 
@@ -231,10 +241,11 @@ def train(
 
 def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelConfig) -> dict:
     """Which context fields the model learnt from: serving fills exactly these (rank.json)."""
-    on = model_config.context_features
+    chosen = model_config.context_fields
+    reads = lambda name: chosen is None or name in chosen  # noqa: E731
     return {
-        "mf_feature": on and prepared.offline.context.mf is not None,
-        "channel_feature": on and config.examples != "impressions",
+        "mf_feature": reads("mf_position") and prepared.offline.context.mf is not None,
+        "channel_feature": reads("channels") and config.examples != "impressions",
     }
 
 

@@ -11,11 +11,12 @@ group of them (counters: item plays and age; affinities: user-category and user-
 position) and with all, and the full model with all. EASE's candidates carry no recall channel
 tags, so this measure cannot see the channel-tag field: `cascade eval cascade` measures it. Each
 row is fitted once per seed (the seed drives initialisation and batch order; the examples are
-built once, with seed 0) and reported as mean +- standard deviation over seeds: a block is worth keeping only when its mean
-beats plain DeepFM's by more than the spread. The measure is the cascade's: NDCG@10 of
-re-ranking EASE's top-100 candidates per test user (services.rank.evaluate.Candidates), plus
-play AUC on the test period's logged impressions. The recall bundle (`--bundle`, e.g. the one
-`cascade eval recall` builds) supplies the recall component.
+built once, with seed 0) and reported as mean +- standard deviation over seeds: a block is worth
+keeping only when its mean beats plain DeepFM's by more than the spread. The measure is the
+cascade's: NDCG@10 of re-ranking EASE's top-100 candidates per test user
+(services.rank.evaluate.Candidates), plus play AUC on the test period's logged impressions. The
+recall bundle (`--bundle`, e.g. the one `cascade eval recall` builds) supplies the recall
+component.
 """
 
 from __future__ import annotations

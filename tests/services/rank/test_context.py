@@ -158,3 +158,28 @@ def test_unknown_values_are_row_zero(world):
     assert rows["mf_position"].tolist() == [0, 0]
     assert rows["item_plays"][1] == rows["item_age_days"][1] == 0  # not in the catalogue
     assert not rows["channels"].any()
+
+
+def test_fusion_tuning_keeps_the_scale_whose_fused_score_orders_the_primary_task_best():
+    from services.rank.train import tune_fusion
+
+    # Two users; "like" probabilities rank the plays backwards, so any like weight costs GAUC.
+    impressions = {
+        "user_id": np.array([1, 1, 1, 2, 2, 2]),
+        "play": np.array([1, 0, 0, 1, 0, 0], dtype=bool),
+        "like": np.array([0, 1, 0, 0, 1, 0], dtype=bool),
+    }
+    probabilities = np.array(
+        [[0.6, 0.0], [0.5, 0.9], [0.1, 0.0], [0.7, 0.1], [0.6, 0.8], [0.2, 0.0]]
+    )
+    fusion, tried = tune_fusion(
+        probabilities, impressions, ("play", "like"), {"like": 2.0}, (0.0, 0.5, 1.0)
+    )
+    assert fusion == {"play": 1.0, "like": 0.0}
+    assert [row["play GAUC"] for row in tried] == [1.0, 0.5, 0.5]
+    # Nothing to compare (every impression played): the configured weights.
+    played = {**impressions, "play": np.ones(6, dtype=bool)}
+    assert tune_fusion(probabilities, played, ("play", "like"), {"like": 2.0}, (0.0,))[0] == {
+        "play": 1.0,
+        "like": 2.0,
+    }

@@ -8,12 +8,12 @@ PLE), trained on the logged impressions, then DeepFM and the full model trained 
 at training-period requests (entire-space negatives, services/rank/examples.py) and on both; all
 without context fields. "context": the feature ablation, DeepFM without context fields, with each
 group of them (counters: item plays and age; affinities: user-category and user-creator; MF
-position) and with all, and the full model with all. EASE's candidates carry no recall channel
-tags, so this measure cannot see the channel-tag field: `cascade eval cascade` measures it. Each
-row is fitted once per seed (the seed drives initialisation and batch order; the examples are
-built once, with seed 0) and reported as mean +- standard deviation over seeds: a block is worth
-keeping only when its mean beats plain DeepFM's by more than the spread. The measure is the
-cascade's: NDCG@10 of re-ranking EASE's top-100 candidates per test user
+position) and with all, and the full model with the MF position and with all. EASE's candidates
+carry no recall channel tags, so this measure cannot see the channel-tag field: `cascade eval
+cascade` measures it. Each row is fitted once per seed (the seed drives initialisation and batch
+order; the examples are built once, with seed 0) and reported as mean +- standard deviation over
+seeds: a block is worth keeping only when its mean beats plain DeepFM's by more than the spread.
+The measure is the cascade's: NDCG@10 of re-ranking EASE's top-100 candidates per test user
 (services.rank.evaluate.Candidates), plus play AUC on the test period's logged impressions. The
 recall bundle (`--bundle`, e.g. the one `cascade eval recall` builds) supplies the recall
 component.
@@ -69,6 +69,7 @@ def row_set(name: str, examples: str = "both") -> list[tuple[str, str, ModelConf
                 for group, fields in CONTEXT_GROUPS.items()
             ),
             ("DeepFM + all context", examples, replace(DEEPFM, context_fields=None)),
+            ("full + MF position", examples, replace(FULL, context_fields=("mf_position",))),
             ("full + all context", examples, replace(FULL, context_fields=None)),
         ]
     raise ValueError(f"unknown row set {name!r}: blocks or context")

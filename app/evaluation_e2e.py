@@ -150,8 +150,11 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
     degraded = 0
     latencies = []
     for row, user_id in enumerate(users.tolist()):
-        # The cuts first: the gateway records each page it answers as shown, and rerank leaves
-        # shown items out, so a cut called after the gateway would lose the gateway's page.
+        started = time.perf_counter()
+        answer = client.recommend(user_id, count=K)
+        latencies.append(time.perf_counter() - started)
+        degraded += bool(answer.degraded)
+        pages["cascade"][row] = _page(answer.items.item_ids)
         user = common_pb2.UserContext(user_id=user_id)
         candidates = recall.Recall(
             recall_pb2.RecallRequest(user=user, count=funnel.recall), timeout=5
@@ -177,11 +180,6 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
         funnel_lists["rank"].append(np.asarray(candidates.item_ids))
         request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
         pages["+ rerank"][row] = _page(rerank.Rerank(request, timeout=5).candidates.item_ids)
-        started = time.perf_counter()
-        answer = client.recommend(user_id, count=K)
-        latencies.append(time.perf_counter() - started)
-        degraded += bool(answer.degraded)
-        pages["cascade"][row] = _page(answer.items.item_ids)
     for channel in channels.values():
         channel.close()
     info = {"degraded_answers": degraded, "gateway_p50_ms": 1e3 * float(np.median(latencies))}
@@ -194,8 +192,14 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
     protocol = Protocol.build(dataset, sample, args.seed)
     artifacts = args.artifacts if name == "ml-100k" else args.artifacts / name
     print(f"== {name}: {len(protocol.users)} test users; stack on {artifacts}", flush=True)
+    # Each test user is asked twice (the gateway, then the cuts stage by stage): rerank's
+    # already-shown filter would hide the first answer's page from the second, so it is off here.
     with stack.running_stack(
-        args.run_dir / name, artifacts=artifacts, data_dir=args.data_dir, dataset=name
+        args.run_dir / name,
+        artifacts=artifacts,
+        data_dir=args.data_dir,
+        dataset=name,
+        extra_env={"CASCADE_RERANK_RERANK_RULES_FILTER_SHOWN": "false"},
     ) as running:
         pages, info, funnel_lists = cascade_pages(running, protocol.users, args.funnel)
         info["prerank"] = "served" if running.has("prerank") else "absent: recall order, truncated"

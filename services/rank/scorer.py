@@ -59,7 +59,9 @@ class RankScorer:
         self.mf, self.channel_feature = mf, channel_feature
         self.items = store_items(store)
         self.fusion_weights = fusion_weights.astype(np.float32).reshape(-1, 1)  # (T, 1)
-        self.input_names = input_names(store.spec)
+        # The graph's own inputs: the exporter drops fields the model does not read (context
+        # fields left out by ModelConfig.context_fields), so only these are fed.
+        self.input_names = [i.name for i in session.get_inputs()]
         self.output = session.get_outputs()[0].name
 
     @classmethod

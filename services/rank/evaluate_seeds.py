@@ -33,8 +33,9 @@ import numpy as np
 from cascade.artifacts import Bundle
 from cascade.data import load_dataset
 from services.rank.evaluate import ABLATIONS, REPORT, Candidates
+from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig
-from services.rank.train import evaluate, fit, predict, prepare, tune_fusion
+from services.rank.train import evaluate, fit, predict, prepare
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, 
 from cascade.features import FeatureSpec, build_spec
 from services.rank.context import FoldedMF, MFPositions
 from services.rank.examples import RecallExamples
+from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
 
@@ -250,32 +251,6 @@ def train(
         info["fusion"], info["fusion_tuning"] = fusion, tried
         log.info("fusion tuned on the validation slice: %s (%s)", fusion, tried)
     return model, prepared, info
-
-
-def tune_fusion(
-    probabilities: np.ndarray,
-    impressions: Table,
-    tasks: tuple[str, ...],
-    fusion: dict[str, float],
-    scales: tuple[float, ...],
-) -> tuple[dict[str, float], list[dict]]:
-    """The fusion weights to serve: the primary task (tasks[0]) at 1, every other task at its
-    `fusion` weight times the scale whose fused score has the best primary-task GAUC on
-    `impressions` (ties: the larger scale, the closer to the configured weights). Without a user
-    who has both labels of the primary task there is nothing to compare: `fusion` as given."""
-    primary = tasks[0]
-    labels = impressions[primary].astype(bool)
-    users = impressions["user_id"]
-    if not (np.isin(users[labels], users[~labels])).any():
-        return {t: float(fusion.get(t, 1.0)) for t in tasks}, []
-    tried = []
-    for scale in scales:
-        weights = {t: 1.0 if t == primary else scale * fusion.get(t, 1.0) for t in tasks}
-        fused = probabilities @ np.array([weights[t] for t in tasks], dtype=np.float64)
-        value = metrics.gauc(impressions["user_id"], impressions[primary], fused)
-        tried.append({"scale": scale, "weights": weights, f"{primary} GAUC": round(value, 5)})
-    best = max(tried, key=lambda row: (row[f"{primary} GAUC"], row["scale"]))
-    return best["weights"], tried
 
 
 def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelConfig) -> dict:

@@ -161,7 +161,7 @@ def test_unknown_values_are_row_zero(world):
 
 
 def test_fusion_tuning_keeps_the_scale_whose_fused_score_orders_the_primary_task_best():
-    from services.rank.train import tune_fusion
+    from services.rank.fusion import tune_fusion
 
     # Two users; "like" probabilities rank the plays backwards, so any like weight costs GAUC.
     impressions = {

@@ -198,8 +198,14 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
     protocol = Protocol.build(dataset, sample, args.seed)
     artifacts = args.artifacts if name == "ml-100k" else args.artifacts / name
     print(f"== {name}: {len(protocol.users)} test users; stack on {artifacts}", flush=True)
+    # Each test user is asked twice (the gateway, then the cuts stage by stage): rerank's
+    # already-shown filter would hide the first answer's page from the second, so it is off here.
     with stack.running_stack(
-        args.run_dir / name, artifacts=artifacts, data_dir=args.data_dir, dataset=name
+        args.run_dir / name,
+        artifacts=artifacts,
+        data_dir=args.data_dir,
+        dataset=name,
+        extra_env={"CASCADE_RERANK_RERANK_RULES_FILTER_SHOWN": "false"},
     ) as running:
         pages, info, funnel_lists = cascade_pages(running, protocol.users, args.funnel)
         info["prerank"] = "served" if running.has("prerank") else "absent: recall order, truncated"

@@ -73,6 +73,10 @@ class DatasetFeatures:
             column: _by_id(dataset.items, column, n_items)
             for column in ("creator_id", "categories", "upload_ts")
         }
+        self.n_items = n_items  # item ids are 0..n_items-1 (0 = unknown)
+        # The data clock: the training log's last time (what "now" is for a replayed dataset, as
+        # recall's clock = "data"); the ranker's item ages are measured from it.
+        self.as_of = int(np.max(interactions["ts"], initial=0))
         # The training period's newest history_length items per dataset user, newest first.
         # Sized by the dataset's users, never by an online id.
         all_users = np.arange(n_users)

@@ -4,7 +4,10 @@ A FeatureSpec lists the model's input fields: where each comes from (a users/ite
 user's recent history), how raw values become embedding rows (identity ids, buckets, multi-hot
 categories), the vocabulary size and the field's own embedding width. Every model builds its
 inputs with `encode`, offline from dataset tables and online from the feature store's tables, so
-the two paths run the same code. Index 0 is always "unknown / padding".
+the two paths run the same code. Index 0 is always "unknown / padding". The "context" fields
+describe one candidate for one user at one time (counters, item age, affinities to the user's
+history, the recall channels that found it, its MF rank); only the ranker reads them, and
+services/rank/context.py computes them, offline and online alike.
 """
 
 from __future__ import annotations
@@ -29,7 +32,19 @@ DEFAULT_WIDTHS = {
     "item_id": 32,
     "creator_id": 16,
     "categories": 8,
+    "context": 4,  # every context field (ranker only)
 }
+# Context fields: raw value -> bucket. Counts and positions grow roughly geometrically, so do the
+# boundaries; a negative raw value (not known, e.g. no MF model) is row 0.
+CONTEXT_BUCKETS = {
+    "item_plays": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),  # plays before the request
+    "item_age_days": (1, 2, 4, 7, 14, 30, 60, 120, 240, 480),  # request time - upload time
+    "category_affinity": (1, 2, 3, 5, 8, 13, 21, 34),  # history items in its best category
+    "creator_affinity": (1, 2, 3, 5, 8),  # history items by the same creator
+    # 1 = the MF model's top item; about 20% apart, so the ranker can follow the MF order closely
+    "mf_position": tuple(sorted({int(round(1.2**k)) for k in range(4, 43)})),
+}
+N_CHANNELS = 8  # channel enum values 1..7 (cascade.v1.Channel); 0 = padding
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class Field:
     """
 
     name: str
-    entity: str  # "user", "item" or "history"
+    entity: str  # "user", "item", "context" (one candidate for one request) or "history"
     kind: str
     column: str
     vocab_size: int
@@ -124,9 +139,22 @@ def build_spec(dataset: Dataset, widths: dict[str, int] | None = None) -> Featur
             len(dataset.meta["categories"]),
             width["categories"],
         ),
+        *context_fields(width),
         Field("history", "history", "sequence", "item_id", dataset.n_items, width["item_id"]),
     )
     return FeatureSpec(fields)
+
+
+def context_fields(width: dict[str, int]) -> tuple[Field, ...]:
+    """The ranker's per-candidate fields (values from services/rank/context.py); each field's
+    width is its own entry in `width`, else the "context" entry."""
+    own = lambda name: width.get(name, width["context"])  # noqa: E731
+    buckets = tuple(
+        Field(name, "context", "bucket", name, len(bounds) + 2, own(name), bounds)
+        for name, bounds in CONTEXT_BUCKETS.items()
+    )
+    channels = Field("channels", "context", "multi", "channels", N_CHANNELS, own("channels"))
+    return (*buckets, channels)
 
 
 def encode_field(field: Field, values: np.ndarray) -> np.ndarray:

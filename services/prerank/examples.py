@@ -49,15 +49,18 @@ def recall_merger(
 
 def recall_candidates(
     merger: Merger, user_ids: np.ndarray, ts: np.ndarray, history: np.ndarray, consumed: list,
-    count: int,
+    count: int, channel_masks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(R, count) merged candidates per request (0-padded) and their validity mask."""
+    """(R, count) merged candidates per request (0-padded) and their validity mask;
+    `channel_masks`, an (R, count) uint32 array when given, receives their channel tags."""
     item_ids = np.zeros((len(user_ids), count), dtype=np.int64)
     for row, (user, t) in enumerate(zip(user_ids.tolist(), ts.tolist(), strict=True)):
         recent = history[row][history[row] > 0]
         context = RecallContext(int(user), recent, int(t), True, consumed[row])
-        found = merger.recall(context, count, consumed[row]).candidates.item_ids[:count]
-        item_ids[row, : len(found)] = found
+        found = merger.recall(context, count, consumed[row]).candidates
+        item_ids[row, : len(found.item_ids[:count])] = found.item_ids[:count]
+        if channel_masks is not None:
+            channel_masks[row, : len(found.item_ids[:count])] = found.channel_masks[:count]
     return item_ids, item_ids > 0
 
 

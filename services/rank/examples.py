@@ -90,8 +90,9 @@ def recall_examples(
     tasks: tuple[str, ...],
     settings: RecallExamples | None = None,
 ) -> Table:
-    """An impressions-like table (user_id, item_id, ts and one bool column per task) of recall
-    candidates at training-period requests, labelled by what followed in `train`."""
+    """An impressions-like table (user_id, item_id, ts, channel_mask and one bool column per
+    task) of recall candidates at training-period requests, labelled by what followed in
+    `train`."""
     settings = settings or RecallExamples()
     user_ids, ts = request_points(train, settings)
     history = history_before(train, user_ids, ts, spec.history_length)
@@ -105,9 +106,10 @@ def recall_examples(
         mf=replace(settings_.mf, enabled="mf" in component),
     )
     merger = recall_merger(bundle, store, settings_)
+    masks = np.zeros((len(user_ids), settings.candidates), dtype=np.uint32)
     try:
         item_ids, valid = recall_candidates(
-            merger, user_ids, ts, history, consumed, settings.candidates
+            merger, user_ids, ts, history, consumed, settings.candidates, masks
         )
     finally:
         merger.close()
@@ -123,6 +125,7 @@ def recall_examples(
         "user_id": np.repeat(user_ids, n),
         "item_id": flat(item_ids),
         "ts": np.repeat(ts, n),
+        "channel_mask": flat(masks),  # the recall channels that found it (a ranker feature)
         **{t: flat(labels[t]) for t in tasks},
     }
     order = np.lexsort((table["item_id"], table["ts"], table["user_id"]))

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "rank"
 OUTPUT = "probabilities"
 PARITY_TOLERANCE = 1e-4
+USER_SIDE = ("user", "history")  # entities sent once per request; items and context per candidate
 
 
 def export_onnx(model: RankModel, spec: FeatureSpec, path: Path, example: Rows) -> Path:
@@ -49,7 +50,7 @@ def export_onnx(model: RankModel, spec: FeatureSpec, path: Path, example: Rows) 
             # broadcasts them): their row count is its own dimension.
             dynamic_axes={
                 **{n: {0: "batch"} for n in names},
-                **{f.name: {0: "user_rows"} for f in spec.fields if f.entity != "item"},
+                **{f.name: {0: "user_rows"} for f in spec.fields if f.entity in USER_SIDE},
                 OUTPUT: {0: "batch"},
             },
             opset_version=17,
@@ -74,7 +75,7 @@ def check_parity(model: RankModel, spec: FeatureSpec, path: Path, rows: Rows) ->
     with torch.no_grad():
         expected = model(*(torch.from_numpy(rows[n]) for n in input_names(spec))).numpy()
     gap = float(np.abs(onnx_probabilities(path, rows) - expected).max())
-    user_side = {f.name for f in spec.fields if f.entity != "item"}
+    user_side = {f.name for f in spec.fields if f.entity in USER_SIDE}
     one_user = {n: v[:1] if n in user_side else v for n, v in rows.items()}
     repeated = {n: np.repeat(v[:1], len(v), axis=0) if n in user_side else v
                 for n, v in rows.items()}  # fmt: skip
@@ -89,7 +90,10 @@ def load_torch(bundle) -> RankModel:
     """The bundle's ranker as a torch model (eval mode), from weights.npz and rank.json."""
     meta = bundle.load_json(COMPONENT, "rank.json")
     spec = FeatureSpec.from_json(bundle.file(COMPONENT, "feature_spec.json").read_text())
-    model = RankModel(spec, tuple(meta["tasks"]), ModelConfig(**meta["config"]["model"]))
+    config = dict(meta["config"]["model"])
+    if config.get("context_fields") is not None:  # a JSON list
+        config["context_fields"] = tuple(config["context_fields"])
+    model = RankModel(spec, tuple(meta["tasks"]), ModelConfig(**config))
     weights = bundle.load_npz(COMPONENT, "weights.npz")
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     return model.eval()
@@ -104,8 +108,12 @@ def write_component(
     model_config: ModelConfig,
     info: dict,
     example: Rows,
+    mf_feature: bool = False,
+    channel_feature: bool = False,
 ) -> None:
-    """Exports, checks parity on `example` (real rows) and records the rank component."""
+    """Exports, checks parity on `example` (real rows) and records the rank component.
+    `mf_feature`: trained with mf_position (serving loads the bundle's MF model for it);
+    `channel_feature`: trained on examples that carried recall's channel tags."""
     path = export_onnx(model, spec, writer.path(COMPONENT, "model.onnx"), example)
     gap = check_parity(model, spec, path, example)
     writer.add(COMPONENT, "model.onnx")
@@ -126,6 +134,8 @@ def write_component(
             "inputs": list(input_names(spec)),
             "output": OUTPUT,
             "one_user_row": True,  # user fields and history may come once per request
+            "mf_feature": mf_feature,
+            "channel_feature": channel_feature,
             "config": {"train": asdict(train_config), "model": asdict(model_config)},
             "training": info,
             "onnx_parity_max_abs": gap,

@@ -17,7 +17,8 @@ from cascade.artifacts import ArtifactError, Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec, history_before
-from services.rank.rows import Rows, assemble, input_names, online_rows
+from services.rank.context import MFPositions, OfflineContext, encode_context
+from services.rank.rows import Rows, assemble, input_names, online_rows, store_items
 
 COMPONENT = "rank"
 
@@ -47,11 +48,20 @@ class RankScorer:
         fusion_weights: np.ndarray,
         version: str,
         one_user_row: bool = False,
+        mf: MFPositions | None = None,
+        channel_feature: bool = False,
     ):
         self.session, self.store, self.tasks, self.version = session, store, tasks, version
         self.one_user_row = one_user_row  # the model broadcasts one user row (newer bundles)
+        # The context fields the model was trained with: mf_position only with the MF model it
+        # was trained on, channel tags only when its examples carried them (else both stay 0, as
+        # in training: a value it never saw would mean nothing to it).
+        self.mf, self.channel_feature = mf, channel_feature
+        self.items = store_items(store)
         self.fusion_weights = fusion_weights.astype(np.float32).reshape(-1, 1)  # (T, 1)
-        self.input_names = input_names(store.spec)
+        # The graph's own inputs: the exporter drops fields the model does not read (context
+        # fields left out by ModelConfig.context_fields), so only these are fed.
+        self.input_names = [i.name for i in session.get_inputs()]
         self.output = session.get_outputs()[0].name
 
     @classmethod
@@ -94,7 +104,12 @@ class RankScorer:
             providers=providers.session_providers(settings.execution_provider, stage=COMPONENT),
         )
         one_user_row = bool(meta.get("one_user_row", False))
-        return cls(session, store, tasks, weights, bundle.version, one_user_row)
+        mf = MFPositions.from_bundle(bundle) if meta.get("mf_feature") else None
+        if meta.get("mf_feature") and mf is None:
+            raise ArtifactError(f"{bundle.folder}: the ranker reads mf_position; no MF model")
+        channel_feature = bool(meta.get("channel_feature", False))
+        version = bundle.version
+        return cls(session, store, tasks, weights, version, one_user_row, mf, channel_feature)
 
     def probabilities(self, rows: Rows) -> np.ndarray:
         """(n, n_tasks) task probabilities for encoded rows."""
@@ -107,12 +122,20 @@ class RankScorer:
         return (probabilities @ self.fusion_weights)[:, 0]
 
     def score(
-        self, user_id: int, item_ids: np.ndarray, history: np.ndarray | None = None
+        self,
+        user_id: int,
+        item_ids: np.ndarray,
+        history: np.ndarray | None = None,
+        channel_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(fused scores (n,), probabilities (n, n_tasks)) for one user's candidates, in the
-        given order. `history`: recent items newest first, put before the stored history."""
+        given order. `history`: recent items newest first, put before the stored history;
+        `channel_masks`: the recall channels that found each candidate."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
-        rows = online_rows(self.store, user_id, item_ids, history, self.one_user_row)
+        masks = channel_masks if self.channel_feature else None
+        rows = online_rows(
+            self.store, user_id, item_ids, history, self.one_user_row, masks, self.mf, self.items
+        )
         probabilities = self.probabilities(rows)
         return self.fuse(probabilities), probabilities
 
@@ -135,17 +158,20 @@ class RankScorer:
         user_ids = np.asarray(user_ids, dtype=np.int64)
         item_ids = np.asarray(item_ids, dtype=np.int64)
         ts = np.asarray(ts, dtype=np.int64)
-        log = {k: interactions[k] for k in ("user_id", "item_id", "ts")}
+        log = {k: interactions[k] for k in ("user_id", "item_id", "ts", "play")}
+        context = OfflineContext(self.items, log, self.mf)
         out = np.empty((len(user_ids), len(self.tasks)), dtype=np.float32)
         length = self.store.spec.history_length
         for start in range(0, len(user_ids), batch_size):
             part = slice(start, start + batch_size)
             history = history_before(log, user_ids[part], ts[part], length)
+            values = context.values(user_ids[part], item_ids[part], ts[part], history)
             rows = assemble(
                 self.store.spec,
                 self.store.user_features(user_ids[part]),
                 self.store.item_features(item_ids[part]),
                 history,
+                context=encode_context(self.store.spec, values),
             )
             out[part] = self.probabilities(rows)
         return out

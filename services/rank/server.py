@@ -87,7 +87,9 @@ class RankService(rank_pb2_grpc.RankServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no time left to rank")
         started = time.perf_counter()
         recent = np.asarray(request.user.recent_item_ids, dtype=np.int64)
-        fused, probabilities = scorer.score(request.user.user_id, candidates.item_ids, recent)
+        fused, probabilities = scorer.score(
+            request.user.user_id, candidates.item_ids, recent, candidates.channel_masks
+        )
         self.metrics.inference.observe(time.perf_counter() - started)
         order = np.argsort(-fused, kind="stable")
         if request.count:

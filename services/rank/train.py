@@ -15,7 +15,7 @@ import argparse
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,9 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from services.rank.context import FoldedMF, MFPositions
 from services.rank.examples import RecallExamples
+from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
 
@@ -54,6 +56,14 @@ class TrainConfig:
     # component); "both": the two tables together.
     examples: str = "impressions"
     recall_examples: RecallExamples = field(default_factory=RecallExamples)
+    # Training rows' mf_position from MF models fitted without the row's user, in this many user
+    # folds (services/rank/context.FoldedMF); 0 = the bundle's own model, which has seen the
+    # training period's future but ordered EASE's top 100 better on ml-100k (README, Rank).
+    mf_folds: int = 0
+    # Scales of the non-primary tasks' fusion weights tried on the validation slice (the primary
+    # task, the first, keeps weight 1); the one with the best primary-task GAUC is served. () =
+    # serve `fusion` as given.
+    fusion_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
     def __post_init__(self) -> None:
         if self.examples not in EXAMPLES:
@@ -100,7 +110,8 @@ def training_examples(
     )
     if config.examples == "recall":
         return found
-    logged = {k: data.train_impressions[k] for k in found}
+    logged = {k: data.train_impressions[k] for k in found if k != "channel_mask"}
+    logged["channel_mask"] = np.zeros(len(logged["ts"]), dtype=np.uint32)  # no recall tags
     return {k: np.concatenate([logged[k], found[k]]) for k in found}
 
 
@@ -108,16 +119,25 @@ def prepare(
     dataset: Dataset, config: TrainConfig, spec: FeatureSpec | None = None, bundle=None
 ) -> Prepared:
     """Split, examples and encoded rows. `bundle`: the cascade.artifacts.Bundle whose recall
-    component finds the candidates when config.examples is "recall" or "both"."""
+    component finds the candidates when config.examples is "recall" or "both", and whose MF
+    model (when it has one) fills the mf_position field."""
     spec = build_spec(dataset) if spec is None else spec
     data = split_dataset(dataset)
-    offline = OfflineRows(dataset, spec, data.train_interactions)
+    mf = MFPositions.from_bundle(bundle) if bundle is not None else None
+    offline = OfflineRows(dataset, spec, data.train_interactions, mf)
+    fitting = offline  # rows the model is fitted and early-stopped on
+    if mf is not None and config.mf_folds:
+        info = bundle.component("recall")["mf"]
+        log = data.train_interactions
+        folded = FoldedMF.fit(log, dataset.n_users, dataset.n_items, info, config.mf_folds)
+        fitting = OfflineRows(dataset, spec, log, folded)
     examples = training_examples(dataset, data, spec, config, bundle)
     in_validation = per_user_temporal(examples, config.validation_fraction)
     train = _subsample(take(examples, ~in_validation), config.max_train_rows, 1)
     validation = _subsample(take(examples, in_validation), config.max_train_rows // 8, 2)
     test = _subsample(data.test_impressions, config.max_test_rows, 3)
-    parts = [(offline.impressions(t), t) for t in (train, validation, test)]
+    parts = [(fitting.impressions(t), t) for t in (train, validation)]
+    parts.append((offline.impressions(test), test))
     return Prepared(dataset, spec, data, offline, *parts)
 
 
@@ -221,7 +241,26 @@ def train(
     test_rows, test_impressions = prepared.test
     info["test"] = evaluate(predict(model, test_rows, prepared.spec), test_impressions, tasks)
     info["test_rows"] = len(test_impressions["ts"])
+    info["context"] = context_info(prepared, config, model_config)
+    if config.fusion_scales:
+        val_rows, val_impressions = prepared.validation
+        probabilities = predict(model, val_rows, prepared.spec)
+        fusion, tried = tune_fusion(
+            probabilities, val_impressions, tasks, config.fusion, config.fusion_scales
+        )
+        info["fusion"], info["fusion_tuning"] = fusion, tried
+        log.info("fusion tuned on the validation slice: %s (%s)", fusion, tried)
     return model, prepared, info
+
+
+def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelConfig) -> dict:
+    """Which context fields the model learnt from: serving fills exactly these (rank.json)."""
+    chosen = model_config.context_fields
+    reads = lambda name: chosen is None or name in chosen  # noqa: E731
+    return {
+        "mf_feature": reads("mf_position") and prepared.offline.context.mf is not None,
+        "channel_feature": reads("channels") and config.examples != "impressions",
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -264,15 +303,31 @@ def main(argv: list[str] | None = None) -> None:
     dataset = load_dataset(args.dataset, args.data_dir)
     config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, examples=args.examples)
     model_config = ModelConfig()
-    bundle = None
-    if config.examples != "impressions":
-        from cascade.artifacts import Bundle
+    from cascade.artifacts import ArtifactError, Bundle
 
+    try:  # the bundle being built: its recall component (examples, MF model) when it has one
         bundle = Bundle.open(args.artifacts, args.version or "current")
+        if "recall" not in bundle.manifest["components"]:
+            bundle = None
+    except ArtifactError:
+        bundle = None
+    if bundle is None and config.examples != "impressions":
+        raise SystemExit(f"--examples {config.examples} needs a bundle with the recall component")
     model, prepared, info = train(dataset, config, model_config, bundle)
     writer = BundleWriter(args.artifacts, args.version)
     sample = {k: v[:64] for k, v in prepared.test[0].items()}
-    write_component(writer, model, prepared.spec, dataset.name, config, model_config, info, sample)
+    served = replace(config, fusion=info.get("fusion", config.fusion))  # tuned, when it was
+    write_component(
+        writer,
+        model,
+        prepared.spec,
+        dataset.name,
+        served,
+        model_config,
+        info,
+        sample,
+        **info["context"],
+    )
     writer.commit()
     if args.publish:
         publish(args.artifacts, writer.version)

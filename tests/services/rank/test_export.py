@@ -21,8 +21,8 @@ def _random_rows(spec, n, seed):
     rows = {}
     for f in spec.fields:
         shape = (n, spec.history_length) if f.kind == "sequence" else (n,)
-        if f.kind == "multi":
-            shape = (n, 6)
+        if f.kind == "multi":  # the channel tags have one slot per channel
+            shape = (n, f.vocab_size - 1) if f.entity == "context" else (n, 6)
         rows[f.name] = rng.integers(0, f.vocab_size, shape).astype(np.int64)
     return rows
 

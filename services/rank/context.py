@@ -1,0 +1,299 @@
+"""The ranker's context fields: what the stages already know about one candidate for one request.
+
+Item popularity (plays before the request), item age (request time - upload time), the user's
+affinity to the item's categories and creator (counted over the history the ranker reads), the
+recall channels that found it (the candidate list's channel mask) and its position in the MF
+model's ranking of the catalogue (recall's MF channel scored again from the bundle's item vectors
+over the user's consumed set). `context_values` computes the raw values from plain arrays; the
+offline path (`OfflineContext`: the training log at each example's time) and the online path
+(`online_context`: the feature store at the data clock) only gather those arrays, so both encode
+identical rows (tests/services/rank/test_context.py checks them against plain loops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cascade.data.schema import Table
+from cascade.features import N_CHANNELS, FeatureSpec, encode_field
+
+DAY_S = 86_400
+UNKNOWN = -1  # raw value of a field that cannot be computed (encodes to row 0)
+_BITS = np.arange(1, N_CHANNELS, dtype=np.uint32)  # channel enum values 1..N_CHANNELS-1
+
+
+@dataclass(frozen=True)
+class ItemTables:
+    """Item attributes by id (row 0 = unknown): what the context fields read about items."""
+
+    creator: np.ndarray  # (n_items,) int64, 0 = unknown
+    categories: np.ndarray  # (n_items, k) int64 category ids, 0-padded
+    upload_ts: np.ndarray  # (n_items,) int64, 0 = unknown
+
+    @classmethod
+    def from_items(cls, items: Table, n_items: int) -> ItemTables:
+        ids = np.asarray(items["item_id"], dtype=np.int64)
+        creator = np.zeros(n_items, np.int64)
+        creator[ids] = items["creator_id"]
+        categories = np.zeros((n_items, np.asarray(items["categories"]).shape[1]), np.int64)
+        categories[ids] = items["categories"]
+        upload = np.zeros(n_items, np.int64)
+        upload[ids] = items["upload_ts"]
+        return cls(creator, categories, upload)
+
+    @classmethod
+    def from_attributes(cls, attributes: Table) -> ItemTables:
+        """From a feature store's item_attributes over every item id (0..n_items-1)."""
+        return cls(
+            np.asarray(attributes["creator_id"], np.int64),
+            np.asarray(attributes["categories"], np.int64),
+            np.asarray(attributes["upload_ts"], np.int64),
+        )
+
+
+class MFPositions:
+    """Positions of candidates in the MF model's ranking of the catalogue (1 = its best item),
+    consumed items and item 0 left out, as recall's MF channel would rank them. EASE: item j's
+    score is the sum of vectors[j, consumed]; PureSVD: vectors[j] . sum of fold_in[consumed]."""
+
+    def __init__(self, vectors: np.ndarray, fold_in: np.ndarray | None = None):
+        self.vectors = np.asarray(vectors, dtype=np.float32)  # (n_items, dim)
+        self.fold_in = fold_in if fold_in is not None and fold_in.size else None
+        self.n_items = len(self.vectors)
+
+    @classmethod
+    def from_bundle(cls, bundle) -> MFPositions | None:
+        """The bundle's MF model (recall component), or None when it has none."""
+        from services.recall.channels.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_VECTORS
+
+        if INFO_KEY not in bundle.manifest["components"].get(COMPONENT, {}):
+            return None
+        vectors = bundle.load_npz(COMPONENT, ITEM_VECTORS)["vectors"]
+        return cls(vectors, bundle.load_npz(COMPONENT, FOLD_IN)["fold_in"])
+
+    def scores(self, consumed: list[np.ndarray]) -> np.ndarray:
+        """(R, n_items) float32 MF scores for R consumed sets."""
+        if len(consumed) == 1:  # serving: sum the consumed items' columns, no dense product
+            items = np.asarray(consumed[0], np.int64)
+            items = items[(items > 0) & (items < self.n_items)]
+            if self.fold_in is None:
+                return self.vectors[:, items].sum(axis=1, dtype=np.float32)[None, :]
+            return (self.vectors @ self.fold_in[items].sum(axis=0, dtype=np.float32))[None, :]
+        hot = np.zeros((len(consumed), self.n_items), dtype=np.float32)
+        for row, items in enumerate(consumed):
+            items = np.asarray(items, np.int64)
+            hot[row, items[(items > 0) & (items < self.n_items)]] = 1.0
+        if self.fold_in is None:  # EASE: the multi-hot is the query
+            return hot @ self.vectors.T
+        return (hot @ self.fold_in) @ self.vectors.T
+
+    def positions(self, consumed: list[np.ndarray], item_ids: np.ndarray) -> np.ndarray:
+        """(R, K) positions of item_ids (R, K) for the R consumed sets; UNKNOWN for an empty
+        set (no history: the model ranks nothing) and for ids outside the catalogue."""
+        item_ids = np.asarray(item_ids, np.int64)
+        out = np.full(item_ids.shape, UNKNOWN, np.int64)
+        scores = self.scores(consumed)
+        for row, items in enumerate(consumed):
+            out[row] = _positions_in(scores[row], items, item_ids[row], self.n_items)
+        return out
+
+
+class FoldedMF:
+    """Out-of-fold MF positions for training-period rows. The bundle's MF model was fitted on the
+    whole training log, so it has seen what each user went on to play after a training example's
+    time: scored with it, training positives sit higher than test positives ever do, and the
+    ranker learns to over-trust the field. Here users fall into `folds` seeded groups and a row's
+    position comes from the same kind of model fitted without its user's interactions (as at test
+    time, where the items to find are in no model's training data)."""
+
+    def __init__(self, models: list[MFPositions], fold_of_user: np.ndarray):
+        self.models, self.fold_of_user = models, fold_of_user
+        self.n_items = models[0].n_items
+
+    @classmethod
+    def fit(
+        cls, interactions: Table, n_users: int, n_items: int, info: dict, folds: int = 5
+    ) -> FoldedMF:
+        """`info`: the bundle's MF entry (model kind and settings, services/recall/mf.py)."""
+        from services.recall.mf import MFSettings, fit_ease, fit_pure_svd
+
+        settings = MFSettings(**info["settings"])
+        fold_of_user = np.random.default_rng(settings.seed).integers(0, folds, n_users + 1)
+        models = []
+        for fold in range(folds):
+            keep = fold_of_user[np.asarray(interactions["user_id"])] != fold
+            train = {k: np.asarray(v)[keep] for k, v in interactions.items()}
+            if info["model"] == "ease":
+                models.append(MFPositions(fit_ease(train, n_users, n_items, settings.ease_l2)))
+            else:
+                vectors = fit_pure_svd(
+                    train,
+                    n_users,
+                    n_items,
+                    settings.svd_dim,
+                    settings.svd_power_iterations,
+                    settings.seed,
+                )
+                models.append(MFPositions(vectors, vectors))
+        return cls(models, fold_of_user)
+
+    def split(self, user_ids: np.ndarray) -> list[tuple[np.ndarray, MFPositions]]:
+        """(row mask, model) per fold present among user_ids."""
+        ids = np.clip(np.asarray(user_ids, np.int64), 0, len(self.fold_of_user) - 1)
+        fold = self.fold_of_user[ids]
+        return [(fold == f, m) for f, m in enumerate(self.models) if (fold == f).any()]
+
+
+def context_values(
+    items: ItemTables,
+    item_ids: np.ndarray,
+    history: np.ndarray,
+    now: np.ndarray,
+    plays: np.ndarray,
+    channel_masks: np.ndarray | None = None,
+    mf_positions: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Raw context values for n candidates. history: (n, L) or (1, L) item ids (0 = padding),
+    now: (n,) request times (s), plays: (n,) the item's plays before the request."""
+    item_ids = np.asarray(item_ids, np.int64)
+    n = len(item_ids)
+    inside = (item_ids > 0) & (item_ids < len(items.creator))
+    ids = np.where(inside, item_ids, 0)
+    history = np.asarray(history, np.int64)
+    history = np.where((history > 0) & (history < len(items.creator)), history, 0)
+    upload = items.upload_ts[ids]
+    age = np.where(upload > 0, np.maximum(np.asarray(now, np.int64) - upload, 0) // DAY_S, UNKNOWN)
+    # Per history row: how many history items carry each category (padding counts for none).
+    n_categories = int(items.categories.max(initial=0)) + 1
+    profile = np.zeros((len(history), n_categories), np.int64)
+    hist_categories = items.categories[history]  # (h, L, k)
+    rows = np.broadcast_to(np.arange(len(history))[:, None, None], hist_categories.shape)
+    k = hist_categories.shape[-1]
+    same = hist_categories[..., :, None] == hist_categories[..., None, :]  # (h, L, k, k)
+    repeated = (same & np.triu(np.ones((k, k), bool), 1)).any(axis=-2)  # seen in an earlier slot
+    real = (hist_categories > 0) & (history > 0)[:, :, None] & ~repeated  # each item counts once
+    np.add.at(profile, (rows[real], hist_categories[real]), 1)
+    profile = np.broadcast_to(profile, (n, n_categories))
+    mine = items.categories[ids]  # (n, k)
+    per_category = np.take_along_axis(profile, mine, axis=1) * (mine > 0)
+    creator = items.creator[ids]
+    played = np.broadcast_to(history, (n, history.shape[1])) > 0
+    same = (items.creator[history] == creator[:, None]) & played
+    masks = np.zeros(n, np.uint32)
+    if channel_masks is not None:
+        masks = np.asarray(channel_masks, np.uint32)
+    channels = np.where((masks[:, None] >> _BITS[None, :]) & 1, _BITS[None, :], 0)
+    return {
+        "item_plays": np.where(inside, np.asarray(plays, np.int64), UNKNOWN),
+        "item_age_days": np.where(inside, age, UNKNOWN),
+        "category_affinity": np.where(inside, per_category.max(axis=1, initial=0), UNKNOWN),
+        "creator_affinity": np.where(inside & (creator > 0), same.sum(axis=1), UNKNOWN),
+        "mf_position": (
+            np.full(n, UNKNOWN, np.int64) if mf_positions is None else np.asarray(mf_positions)
+        ),
+        "channels": channels.astype(np.int64),
+    }
+
+
+def encode_context(spec: FeatureSpec, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw context values -> the model's int64 rows, one entry per context field of `spec`."""
+    return {f.name: encode_field(f, values[f.column]) for f in spec.of("context")}
+
+
+class OfflineContext:
+    """Context values for (user, item, time) rows from the training log: plays, history and
+    consumed set strictly before each row's time; the request time is capped at the log's end
+    (serving's data clock, so a test-period row sees what serving sees)."""
+
+    def __init__(
+        self, items: ItemTables, interactions: Table, mf: MFPositions | FoldedMF | None = None
+    ):
+        self.items, self.mf = items, mf
+        self.interactions = interactions
+        played = np.asarray(interactions["play"], bool)
+        item, ts = interactions["item_id"][played], interactions["ts"][played]
+        self._play_keys = np.sort(item.astype(np.int64) * 2**33 + ts)  # ts < 2**33 s
+        self.as_of = int(np.max(interactions["ts"], initial=0))
+
+    def values(
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        ts: np.ndarray,
+        history: np.ndarray,
+        channel_masks: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        item_ids = np.asarray(item_ids, np.int64)
+        ts = np.asarray(ts, np.int64)
+        now = np.minimum(ts, self.as_of)
+        # Plays of the item strictly before ts: keys in [item * 2**33, item * 2**33 + ts).
+        base = item_ids * 2**33
+        plays = np.searchsorted(self._play_keys, base + np.minimum(ts, 2**33 - 1)) - (
+            np.searchsorted(self._play_keys, base)
+        )
+        positions = None
+        if self.mf is not None:
+            positions = self._mf_positions(np.asarray(user_ids, np.int64), item_ids, ts)
+        return context_values(self.items, item_ids, history, now, plays, channel_masks, positions)
+
+    def _mf_positions(self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray):
+        """Once per distinct (user, time) request, in chunks (a dense (chunk, n_items) block)."""
+        from services.prerank.examples import consumed_before
+
+        keys, inverse = np.unique(np.stack([user_ids, ts], axis=1), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        out = np.empty(len(item_ids), np.int64)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
+        folds = self.mf.split(keys[:, 0]) if isinstance(self.mf, FoldedMF) else None
+        for in_fold, model in folds or [(np.ones(len(keys), bool), self.mf)]:
+            requests = np.flatnonzero(in_fold)
+            for start in range(0, len(requests), 512):  # a dense (512, n_items) block at a time
+                part = requests[start : start + 512]
+                consumed = consumed_before(self.interactions, keys[part, 0], keys[part, 1])
+                scores = model.scores(consumed)
+                for row, (request, items) in enumerate(zip(part, consumed, strict=True)):
+                    rows = order[bounds[request] : bounds[request + 1]]
+                    out[rows] = _positions_in(scores[row], items, item_ids[rows], model.n_items)
+        return out
+
+
+def _positions_in(scores: np.ndarray, consumed: np.ndarray, ids: np.ndarray, n_items: int):
+    if not len(consumed):
+        return np.full(len(ids), UNKNOWN, np.int64)
+    eligible = np.ones(n_items, bool)
+    eligible[0] = False
+    consumed = np.asarray(consumed, np.int64)
+    eligible[consumed[(consumed > 0) & (consumed < n_items)]] = False
+    ranked = np.sort(-scores[eligible])
+    inside = (ids > 0) & (ids < n_items)
+    position = np.searchsorted(ranked, -scores[np.where(inside, ids, 0)], side="left") + 1
+    return np.where(inside, position, UNKNOWN)
+
+
+def online_context(
+    store,
+    items: ItemTables,
+    user_id: int,
+    item_ids: np.ndarray,
+    history: np.ndarray,
+    recent_item_ids: np.ndarray | None = None,
+    channel_masks: np.ndarray | None = None,
+    mf: MFPositions | None = None,
+) -> dict[str, np.ndarray]:
+    """One request's raw context values from the feature store: its play counters, its data
+    clock (the training log's end) and the user's consumed set plus the request's recent items.
+    `history`: the (L,) history row the ranker reads."""
+    item_ids = np.asarray(item_ids, np.int64)
+    plays = store.item_counters(item_ids)["play"]
+    now = np.full(len(item_ids), store.as_of, np.int64)
+    positions = None
+    if mf is not None:
+        consumed = store.consumed(int(user_id))
+        if recent_item_ids is not None and len(recent_item_ids):
+            consumed = np.union1d(consumed, np.asarray(recent_item_ids, np.int64))
+        positions = mf.positions([consumed], item_ids[None, :])[0]
+    history = np.asarray(history, np.int64).reshape(1, -1)
+    return context_values(items, item_ids, history, now, plays, channel_masks, positions)

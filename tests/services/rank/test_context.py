@@ -1,0 +1,185 @@
+"""The ranker's context fields, offline and online, against a plain-loop reference.
+
+The reference reads the raw tables row by row (the log, the items table, the MF vectors) with no
+code shared with services/rank/context.py; offline rows (training) and online rows (the feature
+store at serving time) must both equal it.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+import pytest
+
+from cascade.data.split import split_dataset
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import CONTEXT_BUCKETS, build_spec
+from services.rank.context import MFPositions
+from services.rank.rows import OfflineRows, online_rows
+from tests.conftest import make_tiny_dataset
+
+SCALE = 20_000  # seconds per tick of the tiny dataset: its events then span days (item ages)
+AFTER_TRAINING = 2**32  # a request time after the whole training log (serving)
+
+
+@pytest.fixture(scope="module")
+def world():
+    dataset = make_tiny_dataset(seed=5, n_users=8, n_items=20, n_events=300)
+    dataset.interactions["ts"] = dataset.interactions["ts"] * SCALE
+    dataset.impressions["ts"] = dataset.impressions["ts"] * SCALE
+    dataset.items["upload_ts"] = (dataset.items["upload_ts"] + 60) * SCALE
+    spec = build_spec(dataset)
+    split = split_dataset(dataset)
+    rng = np.random.default_rng(0)
+    ease = MFPositions(rng.normal(size=(dataset.n_items, dataset.n_items)).astype(np.float32))
+    svd = MFPositions(
+        rng.normal(size=(dataset.n_items, 3)).astype(np.float32),
+        rng.normal(size=(dataset.n_items, 3)).astype(np.float32),
+    )
+    return dataset, spec, split, ease, svd
+
+
+def reference(dataset, spec, log, mf, user, item, ts, mask, extra_consumed=()):
+    """Raw values of one row by plain loops over the tables."""
+    items = {int(i): k for k, i in enumerate(dataset.items["item_id"])}
+    row = items[item]
+    as_of = max(int(t) for t in log["ts"])
+    now = min(ts, as_of)
+    events = sorted(
+        (int(t), int(i), bool(p), int(u))
+        for u, i, t, p in zip(log["user_id"], log["item_id"], log["ts"], log["play"], strict=True)
+    )
+    plays = sum(1 for t, i, p, _ in events if i == item and p and t < ts)
+    mine = [(t, i) for t, i, _, u in events if u == user and t < ts]
+    history = [i for _, i in sorted(mine, reverse=True)][: spec.history_length]
+    categories = [int(c) for c in dataset.items["categories"][row] if c > 0]
+    per_category = [
+        sum(1 for h in history if c in dataset.items["categories"][items[h]]) for c in categories
+    ]
+    creator = int(dataset.items["creator_id"][row])
+    same_creator = sum(1 for h in history if int(dataset.items["creator_id"][items[h]]) == creator)
+    consumed = {i for _, i in mine} | set(extra_consumed)
+    position = -1
+    if mf is not None and consumed:
+
+        def score(j):
+            if mf.fold_in is None:
+                return sum(float(mf.vectors[j][h]) for h in consumed)
+            query = [sum(float(mf.fold_in[h][d]) for h in consumed) for d in range(3)]
+            return sum(float(mf.vectors[j][d]) * query[d] for d in range(3))
+
+        mine_score = score(item)
+        others = [j for j in range(1, dataset.n_items) if j not in consumed]
+        position = 1 + sum(1 for j in others if score(j) > mine_score)
+    return {
+        "item_plays": plays,
+        "item_age_days": max(now - int(dataset.items["upload_ts"][row]), 0) // 86_400,
+        "category_affinity": max(per_category, default=0),
+        "creator_affinity": same_creator if creator > 0 else -1,
+        "mf_position": position,
+        "channels": [c for c in range(1, 8) if mask >> c & 1],
+    }
+
+
+def encoded(spec, raw):
+    """The reference's raw values as embedding rows (bisect over each field's boundaries)."""
+    out = {}
+    for name, bounds in CONTEXT_BUCKETS.items():
+        value = raw[name]
+        out[name] = 0 if value < 0 else bisect.bisect_right(bounds, value) + 1
+    out["channels"] = sorted(raw["channels"])
+    return out
+
+
+def check(spec, rows, index, expected, where):
+    for name in CONTEXT_BUCKETS:
+        assert rows[name][index] == expected[name], f"{where}: {name}"
+    got_channels = sorted(int(c) for c in rows["channels"][index] if c > 0)
+    assert got_channels == expected["channels"], f"{where}: channels"
+
+
+@pytest.mark.parametrize("model", ["ease", "svd", "none"])
+def test_offline_rows_match_the_reference_at_training_times(world, model):
+    dataset, spec, split, ease, svd = world
+    mf = {"ease": ease, "svd": svd, "none": None}[model]
+    log = split.train_interactions
+    offline = OfflineRows(dataset, spec, log, mf)
+    rng = np.random.default_rng(1)
+    picks = rng.choice(len(log["ts"]), 25, replace=False)
+    users, items, ts = log["user_id"][picks], log["item_id"][picks], log["ts"][picks]
+    masks = rng.integers(0, 2**8, len(picks)).astype(np.uint32)
+    rows = offline.rows(users, items, ts, masks)
+    for k in range(len(picks)):
+        raw = reference(
+            dataset, spec, log, mf, int(users[k]), int(items[k]), int(ts[k]), int(masks[k])
+        )
+        check(spec, rows, k, encoded(spec, raw), f"row {k}")
+
+
+@pytest.mark.parametrize("model", ["ease", "svd"])
+def test_online_rows_match_the_reference_at_serving_time(world, model):
+    dataset, spec, split, ease, svd = world
+    mf = ease if model == "ease" else svd
+    log = split.train_interactions
+    store = InMemoryFeatureStore.from_split(dataset, spec, split)
+    offline = OfflineRows(dataset, spec, log, mf)
+    items = np.arange(1, dataset.n_items)
+    masks = (np.arange(len(items)) * 37 % 256).astype(np.uint32)
+    for user in np.unique(log["user_id"]).tolist():
+        got = online_rows(store, user, items, channel_masks=masks, mf=mf)
+        after = np.full(len(items), AFTER_TRAINING)
+        both = offline.rows(np.full(len(items), user), items, after, masks)
+        for k, item in enumerate(items.tolist()):
+            raw = reference(dataset, spec, log, mf, user, item, AFTER_TRAINING, int(masks[k]))
+            check(spec, got, k, encoded(spec, raw), f"user {user} item {item} online")
+            check(spec, both, k, encoded(spec, raw), f"user {user} item {item} offline")
+
+
+def test_a_play_sent_with_the_request_moves_the_mf_position_and_counts_in_history(world):
+    """Recent items (not yet in the store) join the consumed set and the history at once."""
+    dataset, spec, split, ease, _ = world
+    log = split.train_interactions
+    store = InMemoryFeatureStore.from_split(dataset, spec, split)
+    user = int(log["user_id"][0])
+    consumed = set(store.consumed(user).tolist())
+    new = next(i for i in range(1, dataset.n_items) if i not in consumed)
+    items = np.array([i for i in range(1, dataset.n_items) if i not in consumed | {new}])
+    got = online_rows(store, user, items, np.array([new]), mf=ease)
+    for k, item in enumerate(items.tolist()):
+        raw = reference(dataset, spec, log, ease, user, item, AFTER_TRAINING, 0, {new})
+        assert got["mf_position"][k] == encoded(spec, raw)["mf_position"]
+
+
+def test_unknown_values_are_row_zero(world):
+    dataset, spec, split, _, _ = world
+    offline = OfflineRows(dataset, spec, split.train_interactions)  # no MF model
+    rows = offline.rows(np.array([1, 1]), np.array([3, 10**6]), np.array([AFTER_TRAINING] * 2))
+    assert rows["mf_position"].tolist() == [0, 0]
+    assert rows["item_plays"][1] == rows["item_age_days"][1] == 0  # not in the catalogue
+    assert not rows["channels"].any()
+
+
+def test_fusion_tuning_keeps_the_scale_whose_fused_score_orders_the_primary_task_best():
+    from services.rank.fusion import tune_fusion
+
+    # Two users; "like" probabilities rank the plays backwards, so any like weight costs GAUC.
+    impressions = {
+        "user_id": np.array([1, 1, 1, 2, 2, 2]),
+        "play": np.array([1, 0, 0, 1, 0, 0], dtype=bool),
+        "like": np.array([0, 1, 0, 0, 1, 0], dtype=bool),
+    }
+    probabilities = np.array(
+        [[0.6, 0.0], [0.5, 0.9], [0.1, 0.0], [0.7, 0.1], [0.6, 0.8], [0.2, 0.0]]
+    )
+    fusion, tried = tune_fusion(
+        probabilities, impressions, ("play", "like"), {"like": 2.0}, (0.0, 0.5, 1.0)
+    )
+    assert fusion == {"play": 1.0, "like": 0.0}
+    assert [row["play GAUC"] for row in tried] == [1.0, 0.5, 0.5]
+    # Nothing to compare (every impression played): the configured weights.
+    played = {**impressions, "play": np.ones(6, dtype=bool)}
+    assert tune_fusion(probabilities, played, ("play", "like"), {"like": 2.0}, (0.0,))[0] == {
+        "play": 1.0,
+        "like": 2.0,
+    }

@@ -33,8 +33,9 @@ FAULTS = {
     "FAILED_PRECONDITION": "FAILED_PRECONDITION",
 }
 # A generous client deadline and safety margin: the late stage waits out its share, and the
-# gateway still has 0.3 s to answer on a busy machine.
-DEADLINE_S, MARGIN_S = 2.0, 0.3
+# gateway still has 1 s to answer (0.3 s was once too little for a late rerank on a 2-core
+# machine running another suite beside it).
+DEADLINE_S, MARGIN_S = 4.0, 1.0
 
 
 @pytest.fixture(scope="module")

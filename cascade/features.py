@@ -194,6 +194,19 @@ def lookup(by_id: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarra
     return {name: rows[ids] for name, rows in by_id.items()}
 
 
+def consumed_before(log: Table, user_ids: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+    """Per request, the sorted unique items the user consumed in `log` strictly before ts."""
+    order = np.lexsort((log["ts"], log["user_id"]))
+    users, times, items = log["user_id"][order], log["ts"][order], log["item_id"][order]
+    start = np.searchsorted(users, user_ids, side="left")
+    end = np.searchsorted(users, user_ids, side="right")
+    out = []
+    for s, e, t in zip(start.tolist(), end.tolist(), ts.tolist(), strict=True):
+        cut = s + int(np.searchsorted(times[s:e], t, side="left"))
+        out.append(np.unique(items[s:cut]))
+    return out
+
+
 def history_before(
     interactions: Table, user_ids: np.ndarray, ts: np.ndarray, length: int
 ) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from cascade.artifacts import Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
-from cascade.features import history_before
+from cascade.features import consumed_before, history_before
 from services.rank.scorer import RankScorer
 from services.recall.channels import RecallContext
 from services.recall.merge import Merger
@@ -111,19 +111,6 @@ def build_requests(
                         empty, empty.copy())  # fmt: skip
     requests.teacher_scores, requests.teacher_logits = teacher_labels(scorer, requests, history_log)
     return requests
-
-
-def consumed_before(log: Table, user_ids: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
-    """Per request, the sorted unique items the user consumed in `log` strictly before ts."""
-    order = np.lexsort((log["ts"], log["user_id"]))
-    users, times, items = log["user_id"][order], log["ts"][order], log["item_id"][order]
-    start = np.searchsorted(users, user_ids, side="left")
-    end = np.searchsorted(users, user_ids, side="right")
-    out = []
-    for s, e, t in zip(start.tolist(), end.tolist(), ts.tolist(), strict=True):
-        cut = s + int(np.searchsorted(times[s:e], t, side="left"))
-        out.append(np.unique(items[s:cut]))
-    return out
 
 
 def _played_after(

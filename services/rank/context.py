@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade.data.schema import Table
-from cascade.features import N_CHANNELS, FeatureSpec, encode_field
+from cascade.features import N_CHANNELS, FeatureSpec, consumed_before, encode_field
 
 DAY_S = 86_400
 UNKNOWN = -1  # raw value of a field that cannot be computed (encodes to row 0)
@@ -240,8 +240,6 @@ class OfflineContext:
 
     def _mf_positions(self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray):
         """Once per distinct (user, time) request, in chunks (a dense (chunk, n_items) block)."""
-        from services.prerank.examples import consumed_before
-
         keys, inverse = np.unique(np.stack([user_ids, ts], axis=1), axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         out = np.empty(len(item_ids), np.int64)

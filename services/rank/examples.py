@@ -20,8 +20,8 @@ import numpy as np
 from cascade.artifacts import Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
-from cascade.features import FeatureSpec, history_before
-from services.prerank.examples import consumed_before, recall_candidates, recall_merger
+from cascade.features import FeatureSpec, consumed_before, history_before
+from services.prerank.examples import recall_candidates, recall_merger
 from services.recall.server import RecallSettings
 
 # The interaction flag that labels each ranking task (a played item was clicked first).

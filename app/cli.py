@@ -114,9 +114,13 @@ def _train(args: argparse.Namespace) -> None:
 
         dataset = load_dataset(options.dataset, options.data_dir)
         report = retrain_from_log(
-            options.artifacts, dataset, options.event_log, version, options.data_dir,
+            options.artifacts,
+            dataset,
+            options.event_log,
+            version,
+            options.data_dir,
             publish_it=not options.no_publish,
-        )  # fmt: skip
+        )
         print(json.dumps(report, indent=2))
         return None
     common = ["--dataset", options.dataset, "--data-dir", str(options.data_dir)]

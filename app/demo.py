@@ -106,9 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = load_dataset(args.dataset, args.data_dir).items
         titles = dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
         with stack.running_stack(
-            args.run_dir, artifacts=args.artifacts, data_dir=args.data_dir,
-            dataset=args.dataset, ports=ports, metrics_ports=metrics, quiet=False,
-        ) as running:  # fmt: skip
+            args.run_dir,
+            artifacts=args.artifacts,
+            data_dir=args.data_dir,
+            dataset=args.dataset,
+            ports=ports,
+            metrics_ports=metrics,
+            quiet=False,
+        ) as running:
             client = CascadeClient(running.address("gateway"), timeout_s=5.0)
             changed = run_demo(client, titles, args.users, args.count)
     except stack.StackError as error:

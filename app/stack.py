@@ -75,8 +75,10 @@ class Stack:
         return any(s.name == name for s in self.services)
 
     def describe(self) -> str:
-        rows = [f"  {s.name:<8} {s.address:<16} metrics :{s.metrics_port}  pid {s.pid}  log {s.log}"
-                for s in self.services]  # fmt: skip
+        rows = [
+            f"  {s.name:<8} {s.address:<16} metrics :{s.metrics_port}  pid {s.pid}  log {s.log}"
+            for s in self.services
+        ]
         return f"cascade stack ({self.dataset}, bundle {self.bundle}):\n" + "\n".join(rows)
 
 
@@ -232,9 +234,11 @@ def up(
     ports = {**DEFAULT_PORTS, **(ports or {})}
     metrics_ports = {**DEFAULT_METRICS_PORTS, **(metrics_ports or {})}
     settings = {
-        "artifacts": artifacts.resolve(), "bundle": bundle, "data_dir": data_dir.resolve(),
+        "artifacts": artifacts.resolve(),
+        "bundle": bundle,
+        "data_dir": data_dir.resolve(),
         "run_dir": run_dir.resolve(),
-    }  # fmt: skip
+    }
     certs = None
     if tls:
         from cascade.certs import make_certificates
@@ -262,8 +266,15 @@ def up(
             # it (port 1: nothing listens there when prerank had no fixed port).
             running = {s.name: s.address for s in stack.services}
             targets = {st: running.get(st, f"127.0.0.1:{ports[st] or 1}") for st in STAGES}
-            _start(stack, "gateway", ports["gateway"], metrics_ports["gateway"], settings,
-                   targets, extra["gateway"])  # fmt: skip
+            _start(
+                stack,
+                "gateway",
+                ports["gateway"],
+                metrics_ports["gateway"],
+                settings,
+                targets,
+                extra["gateway"],
+            )
             _learn_ports(stack, timeout_s)
         wait_healthy(stack, timeout_s)
         if supervise:
@@ -281,9 +292,14 @@ def _port_file(stack: Stack, name: str) -> Path:
 
 
 def _start(
-    stack: Stack, name: str, port: int, metrics_port: int, settings: dict, targets: dict,
+    stack: Stack,
+    name: str,
+    port: int,
+    metrics_port: int,
+    settings: dict,
+    targets: dict,
     extra_env: dict[str, str] | None,
-) -> None:  # fmt: skip
+) -> None:
     port_file = _port_file(stack, name)
     env = _environment(name, port, metrics_port, settings, targets, port_file, stack.certs)
     stack.environments[name] = env | (extra_env or {})
@@ -316,9 +332,11 @@ def _launch(
         process = subprocess.Popen(
             [sys.executable, "-m", module or MODULES[name]],
             env=os.environ | stack.environments[name],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     return Service(name, port, metrics_port, process.pid, str(log_path))
 
 
@@ -329,9 +347,10 @@ def add_replica(stack: Stack, name: str, port: int, timeout_s: float = 120.0) ->
     prefix = f"CASCADE_{name.upper()}_"
     replica = f"{name}-{sum(s.name == name for s in stack.services) + 1}"
     env = stack.environments[name] | {
-        f"{prefix}SERVER_PORT": str(port), f"{prefix}SERVER_METRICS_PORT": "0",
+        f"{prefix}SERVER_PORT": str(port),
+        f"{prefix}SERVER_METRICS_PORT": "0",
         f"{prefix}SERVER_PORT_FILE": str(_port_file(stack, replica)),
-    }  # fmt: skip
+    }
     stack.environments[replica] = env
     (stack.run_dir / f"{replica}.log").write_text("")
     service = _launch(stack, replica, port, 0, module=MODULES[name])
@@ -502,9 +521,12 @@ def _reap(pid: int) -> None:
 
 
 def _save(stack: Stack) -> None:
-    state = {"bundle": stack.bundle, "dataset": stack.dataset,
-             "services": [asdict(s) for s in stack.services],
-             "environments": stack.environments}  # fmt: skip
+    state = {
+        "bundle": stack.bundle,
+        "dataset": stack.dataset,
+        "services": [asdict(s) for s in stack.services],
+        "environments": stack.environments,
+    }
     # Owner-only: the environments may hold the gateway's API token (the supervisor needs them).
     # Atomic too: the supervisor and `cascade down` read it while a relaunch rewrites it.
     write_atomic(stack.run_dir / STATE_FILE, json.dumps(state, indent=2), mode=0o600)
@@ -532,9 +554,12 @@ def spawn_supervisor(run_dir: Path, metrics_port: int = 0, timeout_s: float = 10
     command += ["--metrics-port", str(metrics_port)]
     with open(run_dir / SUPERVISOR_LOG_FILE, "a") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     deadline = time.monotonic() + timeout_s
     while not (run_dir / SUPERVISOR_STATE_FILE).exists():
         if process.poll() is not None or time.monotonic() > deadline:

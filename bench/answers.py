@@ -30,10 +30,13 @@ async def ask_traced(stub, user_id: int, due: float, start: float, timeout_s: fl
     except grpc.aio.AioRpcError as error:
         return Answer(due - start, 1e3 * (time.perf_counter() - due), error.code().name)
     return Answer(
-        due - start, 1e3 * (time.perf_counter() - due), "OK", tuple(reply.degraded_stages),
+        due - start,
+        1e3 * (time.perf_counter() - due),
+        "OK",
+        tuple(reply.degraded_stages),
         {t.stage: t.latency_ms for t in reply.trace},
         {t.stage: t.model_version for t in reply.trace if t.model_version},
-    )  # fmt: skip
+    )
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

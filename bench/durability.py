@@ -55,7 +55,7 @@ def event_for(i: int, users: np.ndarray, items: np.ndarray) -> list[gateway_pb2.
             type=kinds[j % 2],
             timestamp_ms=BASE_TS_MS + i * EVENTS_PER_CALL + j,
             request_id=f"drill-{i}",
-        )  # fmt: skip
+        )
         for j in range(EVENTS_PER_CALL)
     ]
 
@@ -131,9 +131,14 @@ def drill(backend: str, args, root: Path, dataset: str, users, items) -> dict:
     timeline: list = []
     try:
         with stack.running_stack(
-            run_dir / "run", artifacts=args.artifacts, bundle=args.bundle,
-            data_dir=args.data_dir, dataset=dataset, train=False, extra_env=env,
-        ) as running:  # fmt: skip
+            run_dir / "run",
+            artifacts=args.artifacts,
+            bundle=args.bundle,
+            data_dir=args.data_dir,
+            dataset=dataset,
+            train=False,
+            extra_env=env,
+        ) as running:
             target = running.address("gateway")
             start = time.perf_counter() + 0.5
             thread = threading.Thread(
@@ -179,15 +184,17 @@ def drill(backend: str, args, root: Path, dataset: str, users, items) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Durability drill", "",
+        "# Durability drill",
+        "",
         f"{report['duration_s']:.0f} s of {report['feedback_rate']:.0f} Feedback calls/s "
         f"({EVENTS_PER_CALL} events each) and {report['recommend_rate']:.0f} Recommend calls/s "
         f"on {report['dataset']}; kill -9 of gateway and recall at {KILL_AT_S:.0f} s "
-        f"(redis: kill -9 of redis-server at {REDIS_KILL_AT_S:.0f} s). Shared 2-core machine.", "",
+        f"(redis: kill -9 of redis-server at {REDIS_KILL_AT_S:.0f} s). Shared 2-core machine.",
+        "",
         "| backend | events sent | acknowledged | acknowledged in log | lost | stored, not acked "
         "| Recommend answers | impressions in log |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for row in report["rows"]:
         lines.append(
             f"| {row['event_log']} | {row['events_sent']} | {row['events_acknowledged']} | "
@@ -237,10 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = rng.permutation(data.items["item_id"])
     rows = [drill(b, args, args.run_dir, dataset, users, items) for b in args.backends]
     report = {
-        "dataset": dataset, "duration_s": args.duration, "feedback_rate": args.feedback_rate,
-        "recommend_rate": args.recommend_rate, "events_per_call": EVENTS_PER_CALL,
-        "client_timeout_s": args.timeout, "rows": rows, "lost": sum(r["lost"] for r in rows),
-    }  # fmt: skip
+        "dataset": dataset,
+        "duration_s": args.duration,
+        "feedback_rate": args.feedback_rate,
+        "recommend_rate": args.recommend_rate,
+        "events_per_call": EVENTS_PER_CALL,
+        "client_timeout_s": args.timeout,
+        "rows": rows,
+        "lost": sum(r["lost"] for r in rows),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "durability.json").write_text(json.dumps(report, indent=2))
     (args.out / "durability.md").write_text(markdown(report))

@@ -39,8 +39,10 @@ def synthetic_vectors(n_items: int, dim: int, n_queries: int, seed: int):
     _, item_truth = _items(config, creator_truth)
     items = item_truth["item_latent"][1:]
     queries = user_truth["user_taste"][1 : n_queries + 1]
-    unit = [np.ascontiguousarray(v / np.linalg.norm(v, axis=1, keepdims=True), np.float32)
-            for v in (items, queries)]  # fmt: skip
+    unit = [
+        np.ascontiguousarray(v / np.linalg.norm(v, axis=1, keepdims=True), np.float32)
+        for v in (items, queries)
+    ]
     return unit[0], unit[1]
 
 
@@ -119,13 +121,23 @@ def main(argv: list[str] | None = None) -> None:
     exact_ids, _ = search(build_index(items, base, kind="flat"), queries, k)
     ivf = replace(base, ivf_nlist=1024)
     ivf_rows = measure(
-        "ivf", ivf, items, queries, exact_ids, k,
+        "ivf",
+        ivf,
+        items,
+        queries,
+        exact_ids,
+        k,
         [(f"nprobe {p}", replace(ivf, ivf_nprobe=p)) for p in (16, 64)],
-    )  # fmt: skip
+    )
     hnsw_rows = measure(
-        "hnsw", base, items, queries, exact_ids, k,
+        "hnsw",
+        base,
+        items,
+        queries,
+        exact_ids,
+        k,
         [(f"efSearch {e}", replace(base, hnsw_ef_search=e)) for e in (512, 1024)],
-    )  # fmt: skip
+    )
     result = {
         "vectors": "synthetic generator latents (items: item_latent, queries: user_taste), "
         "unit length",

@@ -124,10 +124,13 @@ def drill_report(answers: list[Answer], events: list, new_version: str, duration
                 return a.code != "OK" or stage in a.degraded
 
         row = {
-            "fault": name, "stage": stage or "all", "at_s": at_s, "lasts_s": lasts_s,
+            "fault": name,
+            "stage": stage or "all",
+            "at_s": at_s,
+            "lasts_s": lasts_s,
             **phase_report(inside, end_s - at_s),
             "recovery_s": recovery(answers, at_s, bad, min(end_s, at_s + WINDOW_S)),
-        }  # fmt: skip
+        }
         row.pop("stages")
         report["faults"].append(row)
     before = [a for a in answers if a.sent_s < FAULTS[0][2]]
@@ -177,8 +180,10 @@ def plot(answers: list[Answer], report: dict, path: Path) -> None:
         p99 = []
         for s in seconds:
             bucket = [a for a in answers if s <= a.sent_s < s + 1 and a.code == "OK"]
-            values = [a.latency_ms if stage == "end to end" else a.stages.get(stage, np.nan)
-                      for a in bucket]  # fmt: skip
+            values = [
+                a.latency_ms if stage == "end to end" else a.stages.get(stage, np.nan)
+                for a in bucket
+            ]
             p99.append(np.nanpercentile(values, 99) if values else np.nan)
         top.plot(seconds, p99, label=f"{stage} p99", linewidth=2 if stage == "end to end" else 1)
     top.axhline(P99_LIMIT_MS, color="grey", linestyle="--", linewidth=0.8)
@@ -187,8 +192,9 @@ def plot(answers: list[Answer], report: dict, path: Path) -> None:
     degraded = [sum(1 for a in answers if s <= a.sent_s < s + 1 and a.degraded) for s in seconds]
     failed = [sum(1 for a in answers if s <= a.sent_s < s + 1 and a.code != "OK") for s in seconds]
     bottom.bar(seconds, degraded, width=1.0, align="edge", label="degraded", color="tab:orange")
-    bottom.bar(seconds, failed, width=1.0, align="edge", bottom=degraded, label="failed",
-               color="tab:red")  # fmt: skip
+    bottom.bar(
+        seconds, failed, width=1.0, align="edge", bottom=degraded, label="failed", color="tab:red"
+    )
     bottom.set(xlabel="seconds", ylabel="answers per second")
     bottom.legend()
     for axis in (top, bottom):
@@ -254,10 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         answers, _ = asyncio.run(fixed_rate(target, users, args.rate, args.duration, ask, start))
         injector.join(timeout=5)
     report = {
-        "rate": args.rate, "duration_s": args.duration, "dataset": dataset,
-        "bundle": source.version, "new_version": new_version, "client_timeout_s": args.timeout,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "dataset": dataset,
+        "bundle": source.version,
+        "new_version": new_version,
+        "client_timeout_s": args.timeout,
         **drill_report(answers, events, new_version, args.duration),
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "faults.json").write_text(json.dumps(report, indent=2))
     (args.out / "faults.md").write_text(markdown(report))
@@ -270,14 +280,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _replica_pause(args, root: Path, dataset: str, bundle: str, users: np.ndarray) -> int:
     from bench import replica_pause
 
-    report: dict = {"rate": args.rate, "client_timeout_s": args.timeout, "dataset": dataset,
-                    "bundle": bundle, "pause_s": replica_pause.PAUSE_S, "variants": []}  # fmt: skip
+    report: dict = {
+        "rate": args.rate,
+        "client_timeout_s": args.timeout,
+        "dataset": dataset,
+        "bundle": bundle,
+        "pause_s": replica_pause.PAUSE_S,
+        "variants": [],
+    }
     for name, env in replica_pause.VARIANTS:
         print(f"== {name}", flush=True)
         row = replica_pause.run_variant(
-            name, env, root, args.data_dir, dataset, args.run_dir / "run", users, args.rate,
+            name,
+            env,
+            root,
+            args.data_dir,
+            dataset,
+            args.run_dir / "run",
+            users,
+            args.rate,
             args.timeout,
-        )  # fmt: skip
+        )
         print(json.dumps({k: row[k] for k in ("before", "pause", "after")}), flush=True)
         report["variants"].append(row)
     args.out.mkdir(parents=True, exist_ok=True)

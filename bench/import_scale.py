@@ -48,19 +48,27 @@ def write_csv(folder: Path, rows: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     n_users, n_items = max(rows // 100, 10), max(rows // 200, 10)
     path = folder / "events.csv"
-    with pacsv.CSVWriter(path, pa.schema([(c, pa.string()) for c in ("user", "item")] +
-                         [("event", pa.string()), ("ts", pa.int64())])) as writer:  # fmt: skip
+    with pacsv.CSVWriter(
+        path,
+        pa.schema(
+            [(c, pa.string()) for c in ("user", "item")]
+            + [("event", pa.string()), ("ts", pa.int64())]
+        ),
+    ) as writer:
         for start in range(0, rows, CHUNK):
             n = min(CHUNK, rows - start)
             users = rng.integers(1, n_users + 1, n)
             items = np.minimum((rng.pareto(1.2, n) * n_items / 50).astype(np.int64) + 1, n_items)
             events = rng.choice(np.array(["play", "complete", "like"]), n, p=[0.7, 0.2, 0.1])
             ts = 1_767_225_600 + rng.integers(0, 90 * 86_400, n)
-            batch = pa.table({
-                "user": pa.array(np.char.add("user-", users.astype(str))),
-                "item": pa.array(np.char.add("item-", items.astype(str))),
-                "event": pa.array(events), "ts": pa.array(ts),
-            })  # fmt: skip
+            batch = pa.table(
+                {
+                    "user": pa.array(np.char.add("user-", users.astype(str))),
+                    "item": pa.array(np.char.add("item-", items.astype(str))),
+                    "event": pa.array(events),
+                    "ts": pa.array(ts),
+                }
+            )
             writer.write_table(batch)
     return path
 

@@ -336,9 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     where = {"artifacts": args.artifacts, "data_dir": args.data_dir, "dataset": args.dataset}
     where |= {"bundle": args.bundle, "train": args.bundle == "current"}
-    report: dict = {"settings": {k: str(v) for k, v in vars(args).items()}, "machine_note": (
-        "2 shared cores: other work ran on the machine at the same time; compare ratios "
-        "measured in this run, not absolute rates")}  # fmt: skip
+    report: dict = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "machine_note": (
+            "2 shared cores: other work ran on the machine at the same time; compare ratios "
+            "measured in this run, not absolute rates"
+        ),
+    }
     # Capacity at full quality: admission (and so the quality factor) off.
     env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}
     with stack.running_stack(args.run_dir, extra_env=env, **where) as running:

@@ -48,18 +48,30 @@ def _timed(fn, calls, warmup: int = 50) -> np.ndarray:
 
 
 def _summary(ms: np.ndarray) -> dict:
-    return {"p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-            "calls": int(len(ms))}  # fmt: skip
+    return {
+        "p50_ms": float(np.median(ms)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "calls": int(len(ms)),
+    }
 
 
 def _rpc(args, requests: list) -> dict:
     port = free_port()
-    env = {**os.environ, "CASCADE_PRERANK_ARTIFACTS": str(args.artifacts),
-           "CASCADE_PRERANK_BUNDLE": args.bundle, "CASCADE_PRERANK_DATA_DIR": str(args.data_dir),
-           "CASCADE_PRERANK_SERVER_PORT": str(port), "CASCADE_PRERANK_SERVER_METRICS_PORT": "-1",
-           "CASCADE_PRERANK_MAX_COUNT": str(N_CANDIDATES)}  # fmt: skip
-    server = subprocess.Popen([sys.executable, "-m", "services.prerank.server"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    env = {
+        **os.environ,
+        "CASCADE_PRERANK_ARTIFACTS": str(args.artifacts),
+        "CASCADE_PRERANK_BUNDLE": args.bundle,
+        "CASCADE_PRERANK_DATA_DIR": str(args.data_dir),
+        "CASCADE_PRERANK_SERVER_PORT": str(port),
+        "CASCADE_PRERANK_SERVER_METRICS_PORT": "-1",
+        "CASCADE_PRERANK_MAX_COUNT": str(N_CANDIDATES),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.prerank.server"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=120)
@@ -90,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     catalog = np.flatnonzero(student.known)
     users = np.flatnonzero(student.store.history(np.arange(1, 100_000))[:, 0] > 0) + 1
     replace = len(catalog) < N_CANDIDATES
-    calls = [(int(rng.choice(users)), rng.choice(catalog, N_CANDIDATES, replace=replace), KEEP)
-             for _ in range(args.requests)]  # fmt: skip
+    calls = [
+        (int(rng.choice(users)), rng.choice(catalog, N_CANDIDATES, replace=replace), KEEP)
+        for _ in range(args.requests)
+    ]
     in_service = _summary(_timed(student.top, calls))
     teacher_calls = [(user, items[:TEACHER_CANDIDATES]) for user, items, _ in calls[:500]]
     teacher_ms = _summary(_timed(teacher.score, teacher_calls))
@@ -104,17 +118,24 @@ def main(argv: list[str] | None = None) -> None:
     student_per = in_service["p50_ms"] / N_CANDIDATES
     teacher_per = teacher_ms["p50_ms"] / TEACHER_CANDIDATES
     report = {
-        "dataset": bundle.component("prerank")["dataset"], "bundle": bundle.version,
-        "catalog_items": int(len(catalog)), "candidates_drawn_with_replacement": replace,
-        "in_service_2000": {**in_service, "target_p50_ms": 0.2,
-                            "holds": in_service["p50_ms"] <= 0.2},
+        "dataset": bundle.component("prerank")["dataset"],
+        "bundle": bundle.version,
+        "catalog_items": int(len(catalog)),
+        "candidates_drawn_with_replacement": replace,
+        "in_service_2000": {
+            **in_service,
+            "target_p50_ms": 0.2,
+            "holds": in_service["p50_ms"] <= 0.2,
+        },
         "rpc_loopback_2000": {**rpc, "target_p50_ms": 1.5, "holds": rpc["p50_ms"] < 1.5},
         "teacher_500": teacher_ms,
         "per_candidate_us": {"student": student_per * 1e3, "teacher": teacher_per * 1e3},
         "teacher_over_student_per_candidate": teacher_per / student_per,
-        "ratio_target": 100, "ratio_holds": teacher_per / student_per >= 100,
-        "providers": student.session.get_providers(), "intra_op_threads": 1,
-    }  # fmt: skip
+        "ratio_target": 100,
+        "ratio_holds": teacher_per / student_per >= 100,
+        "providers": student.session.get_providers(),
+        "intra_op_threads": 1,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_scoring_{report['dataset']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -128,9 +149,11 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [("student, 2,000\nin service", report["in_service_2000"], "tab:blue"),
-            ("Prerank RPC, 2,000\nloopback", report["rpc_loopback_2000"], "tab:cyan"),
-            ("teacher, 500\nin process", report["teacher_500"], "tab:red")]  # fmt: skip
+    bars = [
+        ("student, 2,000\nin service", report["in_service_2000"], "tab:blue"),
+        ("Prerank RPC, 2,000\nloopback", report["rpc_loopback_2000"], "tab:cyan"),
+        ("teacher, 500\nin process", report["teacher_500"], "tab:red"),
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     p50 = [b[1]["p50_ms"] for b in bars]
     ax.bar(range(3), p50, color=[b[2] for b in bars])

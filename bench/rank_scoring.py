@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = RankSettings(data_dir=args.data_dir, artifacts=args.artifacts, bundle=args.bundle)
     one = load_scorer(settings)
-    two = RankScorer.from_bundle(Bundle.open(args.artifacts, args.bundle), one.store,
-                                 ScorerSettings(intra_op_threads=2))  # fmt: skip
+    two = RankScorer.from_bundle(
+        Bundle.open(args.artifacts, args.bundle), one.store, ScorerSettings(intra_op_threads=2)
+    )
     torch.set_num_threads(1)
     model = load_torch(Bundle.open(args.artifacts, args.bundle))
     names = input_names(one.store.spec)
@@ -73,12 +74,19 @@ def main(argv: list[str] | None = None) -> None:
             ("ONNX Runtime, 2 threads", two.score),
         ):
             ms = _timed(fn, requests)
-            results.append({
-                "candidates": n, "path": name, "p50_ms": float(np.percentile(ms, 50)),
-                "p99_ms": float(np.percentile(ms, 99)), "requests": len(ms),
-            })  # fmt: skip
-            print(f"{n:4d} candidates  {name:24s} p50 {results[-1]['p50_ms']:.3f} ms  "
-                  f"p99 {results[-1]['p99_ms']:.3f} ms")  # fmt: skip
+            results.append(
+                {
+                    "candidates": n,
+                    "path": name,
+                    "p50_ms": float(np.percentile(ms, 50)),
+                    "p99_ms": float(np.percentile(ms, 99)),
+                    "requests": len(ms),
+                }
+            )
+            print(
+                f"{n:4d} candidates  {name:24s} p50 {results[-1]['p50_ms']:.3f} ms  "
+                f"p99 {results[-1]['p99_ms']:.3f} ms"
+            )
     for n in (100, 500):
         by = {r["path"]: r for r in results if r["candidates"] == n}
         ratio = by["torch eager, 1 thread"]["p50_ms"] / by["ONNX Runtime, 1 thread"]["p50_ms"]
@@ -87,9 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"teacher labelling (RankScorer.label, 1 thread): {labelling['rows_per_s']:,.0f} rows/s")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "bundle": str(one.version), "dataset": _dataset_of(settings), "results": results,
+        "bundle": str(one.version),
+        "dataset": _dataset_of(settings),
+        "results": results,
         "teacher_labelling": labelling,
-    }  # fmt: skip
+    }
     (args.out / "bench_scoring.json").write_text(json.dumps(report, indent=2))
     _plot(results, args.out / "bench_scoring.png")
 

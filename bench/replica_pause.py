@@ -55,17 +55,29 @@ def window(answers: list[Answer], start_s: float, end_s: float) -> dict:
 
 
 def run_variant(
-    name: str, gateway_env: dict, root: Path, data_dir: Path, dataset: str, run_dir: Path,
-    users: np.ndarray, rate: float, timeout_s: float,
-) -> dict:  # fmt: skip
+    name: str,
+    gateway_env: dict,
+    root: Path,
+    data_dir: Path,
+    dataset: str,
+    run_dir: Path,
+    users: np.ndarray,
+    rate: float,
+    timeout_s: float,
+) -> dict:
     rank_port, second_port = free_port(), free_port()
     env = {f"CASCADE_GATEWAY_{k}": v for k, v in gateway_env.items()}
     env["CASCADE_GATEWAY_RANK_TARGET"] = f"127.0.0.1:{rank_port},127.0.0.1:{second_port}"
     ports = dict.fromkeys(stack.DEFAULT_PORTS, 0) | {"rank": rank_port}
     with stack.running_stack(
-        run_dir, artifacts=root, data_dir=data_dir, dataset=dataset, train=False, ports=ports,
+        run_dir,
+        artifacts=root,
+        data_dir=data_dir,
+        dataset=dataset,
+        train=False,
+        ports=ports,
         extra_env=env,
-    ) as running:  # fmt: skip
+    ) as running:
         paused = stack.add_replica(running, "rank", second_port)
         target = running.address("gateway")
         time.sleep(2.0)  # the gateway's prober takes the late second replica in

@@ -43,24 +43,32 @@ def launch(run_dir: Path, name: str, replica: int, env: dict[str, str]) -> stack
     metrics = int(env[f"CASCADE_{name.upper()}_SERVER_METRICS_PORT"])
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", stack.MODULES[name]], env=os.environ | env, stdout=out,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", stack.MODULES[name]],
+            env=os.environ | env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return stack.Service(name, port, metrics, process.pid, str(log))
 
 
 def start_replicas(run_dir: Path, artifacts: Path, data_dir: Path, store: str) -> stack.Stack:
     """Every replica as its own process on free ports, all on `store`; waits for health."""
     names = [n for n in REPLICAS if n != "prerank" or stack.prerank_available(artifacts)]
-    ports = {(n, r): (free_port(), free_port()) for n in names
-             for r in range(REPLICAS[n])}  # fmt: skip
+    ports = {(n, r): (free_port(), free_port()) for n in names for r in range(REPLICAS[n])}
     targets = {
         stage: "ipv4:" + ",".join(f"127.0.0.1:{ports[stage, r][0]}" for r in range(REPLICAS[stage]))
-        for stage in stack.STAGES if stage in names
-    }  # fmt: skip
+        for stage in stack.STAGES
+        if stage in names
+    }
     targets.setdefault("prerank", f"127.0.0.1:{free_port()}")  # absent: degraded
-    settings = {"artifacts": artifacts.resolve(), "bundle": "current",
-                "data_dir": data_dir.resolve(), "run_dir": run_dir.resolve()}  # fmt: skip
+    settings = {
+        "artifacts": artifacts.resolve(),
+        "bundle": "current",
+        "data_dir": data_dir.resolve(),
+        "run_dir": run_dir.resolve(),
+    }
     running = stack.Stack(run_dir, [], "current", "")
     try:
         for name in names:
@@ -145,8 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path(".cascade/replicas"))
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--count", type=int, default=10)
-    parser.add_argument("--no-control", dest="control", action="store_false",
-                        help="skip the same run on the embedded store")  # fmt: skip
+    parser.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="skip the same run on the embedded store",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/state"))
     args = parser.parse_args(argv)
     args.run_dir.mkdir(parents=True, exist_ok=True)

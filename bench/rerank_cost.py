@@ -91,12 +91,14 @@ def exactness(trials: int = 200, n: int = 8, k: int = 4) -> dict:
         )
         ratios.append(float(np.exp(greedy - exact)))
     return {
-        "n": n, "k": k, "trials": trials,
+        "n": n,
+        "k": k,
+        "trials": trials,
         "greedy_steps_equal_to_brute_force": steps_ok / steps,
         "det_ratio_greedy_to_map_median": float(np.median(ratios)),
         "det_ratio_greedy_to_map_min": float(np.min(ratios)),
         "greedy_set_is_map": float(np.mean(np.isclose(ratios, 1.0))),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,10 +116,14 @@ def main(argv: list[str] | None = None) -> None:
         repeats = args.repeats if n <= 100 else args.repeats // 4
         p50, p99 = time_selection(method, n, k, rules, repeats, window)
         row = {
-            "method": method, "k": k, "n": n, "window": window,
+            "method": method,
+            "k": k,
+            "n": n,
+            "window": window,
             "rules": "on" if rules is RULES else "off",
-            "p50_us": round(p50, 1), "p99_us": round(p99, 1),
-        }  # fmt: skip
+            "p50_us": round(p50, 1),
+            "p99_us": round(p99, 1),
+        }
         floor = FLOOR_20_OF_100.get(method) if (k, n) == (20, 100) else None
         if floor:
             row["perf_notes_p50_us"], row["ratio_p50_to_perf_notes"] = floor[0], p50 / floor[0]

@@ -56,10 +56,10 @@ def _settings(certs) -> dict[str, tuple[ServerSettings, ClientSettings]]:
         "mutual TLS": (
             ServerSettings(
                 tls_cert=certs.server, tls_key=certs.server_key, tls_client_ca=certs.ca, **quiet
-            ),  # fmt: skip
+            ),
             ClientSettings(
                 tls_ca=certs.ca, tls_cert=certs.gateway, tls_key=certs.gateway_key, **client
-            ),  # fmt: skip
+            ),
         ),
     }
 

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     dataset=args.dataset,
                     store=backend,
                     timeout_s=300.0,
-                )  # fmt: skip
+                )
             ).address("gateway")
             for backend in BACKENDS
         }

@@ -114,9 +114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     report = {"machine": "shared 2-core VM; RSS of a fresh process per part"}
     for part in ("store", "gateway"):
-        command = [sys.executable, "-m", "bench.state_soak", "--part", part, "--users",
-                   str(args.users), "--max-users", str(args.max_users), "--data-dir",
-                   str(args.data_dir)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "bench.state_soak",
+            "--part",
+            part,
+            "--users",
+            str(args.users),
+            "--max-users",
+            str(args.max_users),
+            "--data-dir",
+            str(args.data_dir),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         report[part] = json.loads(output.strip().splitlines()[-1])
         row = report[part]

@@ -26,8 +26,9 @@ def run_suite(extra: list[str]) -> dict:
         # The project's addopts already say -q (a second -q would hide the summary line); -rfE
         # lists what failed or errored, so a red run names its tests.
         [sys.executable, "-m", "pytest", "-rfEs", "-p", "no:cacheprovider", *extra],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = next(  # pytest's last line: "590 passed, 4 skipped in 700.1s (0:11:40)"
         (line for line in reversed(lines) if re.search(r"\d+ (passed|failed|error)", line)), ""
@@ -58,16 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.runs):
             result = run_suite(extra)
             runs.append(result)
-            print(f"run {index + 1}/{args.runs}: rc {result['returncode']} in "
-                  f"{result['seconds']} s  {result['summary']}", flush=True)  # fmt: skip
+            print(
+                f"run {index + 1}/{args.runs}: rc {result['returncode']} in "
+                f"{result['seconds']} s  {result['summary']}",
+                flush=True,
+            )
             for line in result["failed"]:
                 print(f"    {line}", flush=True)
     finally:
         hog.kill()
         hog.wait()
     passed = sum(r["returncode"] == 0 for r in runs)
-    report = {"runs": runs, "passed": passed, "total": len(runs), "cpu_hog": "1 busy process",
-              "random_order": args.random_order}  # fmt: skip
+    report = {
+        "runs": runs,
+        "passed": passed,
+        "total": len(runs),
+        "cpu_hog": "1 busy process",
+        "random_order": args.random_order,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     name = "stress_random.json" if args.random_order else "stress.json"
     (args.out / name).write_text(json.dumps(report, indent=2))

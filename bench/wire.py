@@ -113,8 +113,10 @@ def main() -> None:
         for mode in ("raw", "cascade"):
             servers[mode] = subprocess.Popen(
                 [sys.executable, "-m", "bench.wire", "--serve", mode],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             target = f"127.0.0.1:{int(servers[mode].stdout.readline())}"
             channel = (
                 make_channel(target, ClientSettings())

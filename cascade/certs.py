@@ -41,20 +41,27 @@ class CertPaths:
 
     def __getattr__(self, name: str) -> Path:
         files = {
-            "ca": "ca.pem", "ca_key": "ca-key.pem", "server": "server.pem",
-            "server_key": "server-key.pem", "gateway": "gateway.pem",
-            "gateway_key": "gateway-key.pem", "tools": "tools.pem", "tools_key": "tools-key.pem",
-        }  # fmt: skip
+            "ca": "ca.pem",
+            "ca_key": "ca-key.pem",
+            "server": "server.pem",
+            "server_key": "server-key.pem",
+            "gateway": "gateway.pem",
+            "gateway_key": "gateway-key.pem",
+            "tools": "tools.pem",
+            "tools_key": "tools-key.pem",
+        }
         if name not in files:
             raise AttributeError(name)
         return self.folder / files[name]
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cascade"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])  # fmt: skip
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cascade"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -108,10 +115,17 @@ def make_certificates(
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = _name("cascade local CA")
-        ca_cert = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, days * 4, [
-            (x509.BasicConstraints(ca=True, path_length=0), True),
-            (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
-        ])  # fmt: skip
+        ca_cert = _certificate(
+            ca_name,
+            ca_name,
+            ca_key.public_key(),
+            ca_key,
+            days * 4,
+            [
+                (x509.BasicConstraints(ca=True, path_length=0), True),
+                (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+            ],
+        )
         _write_key(paths.ca_key, ca_key)
         _write_cert(paths.ca, ca_cert)
     names = ["localhost", *STAGE_NAMES]

@@ -111,16 +111,18 @@ def service_config(settings: ClientSettings, retry_methods: Sequence[str] | None
     config: dict = {"loadBalancingConfig": [{settings.load_balancing: {}}]}
     names = [{}] if retry_methods is None else [_method_name(m) for m in retry_methods]
     if settings.max_attempts > 1 and names:
-        config["methodConfig"] = [{
-            "name": names,
-            "retryPolicy": {
-                "maxAttempts": settings.max_attempts,
-                "initialBackoff": f"{settings.initial_backoff_s:.3f}s",
-                "maxBackoff": f"{settings.max_backoff_s:.3f}s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }]  # fmt: skip
+        config["methodConfig"] = [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": settings.max_attempts,
+                    "initialBackoff": f"{settings.initial_backoff_s:.3f}s",
+                    "maxBackoff": f"{settings.max_backoff_s:.3f}s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
         # Stop retrying when most calls fail (an outage), so retries cannot pile onto it.
         config["retryThrottling"] = {"maxTokens": 10, "tokenRatio": 0.1}
     return config
@@ -152,10 +154,13 @@ class DefaultDeadline(grpc.UnaryUnaryClientInterceptor):
         d = client_call_details
         if d.timeout is None or self.metadata:
             client_call_details = _CallDetails(
-                d.method, self.timeout_s if d.timeout is None else d.timeout,
+                d.method,
+                self.timeout_s if d.timeout is None else d.timeout,
                 (*(d.metadata or ()), *self.metadata) if self.metadata else d.metadata,
-                d.credentials, d.wait_for_ready, getattr(d, "compression", None),
-            )  # fmt: skip
+                d.credentials,
+                d.wait_for_ready,
+                getattr(d, "compression", None),
+            )
         return continuation(client_call_details, request)
 
 

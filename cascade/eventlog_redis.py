@@ -82,9 +82,11 @@ class RedisEventLog:
             with self.client.pipeline(transaction=False) as pipe:
                 for i in range(table.num_rows):
                     pipe.xadd(
-                        self.streams["impressions"], {"arrow": _ipc(table.slice(i, 1))},
-                        maxlen=self.settings.maxlen, approximate=True,
-                    )  # fmt: skip
+                        self.streams["impressions"],
+                        {"arrow": _ipc(table.slice(i, 1))},
+                        maxlen=self.settings.maxlen,
+                        approximate=True,
+                    )
                 pipe.execute()
         except redis.RedisError as error:
             raise EventLogError(f"event log {self.streams['impressions']}: {error}") from error

@@ -28,6 +28,11 @@ def session_providers(
         return [CUDA, CPU] if CUDA in available else [CPU]
     if wanted in available:
         return [wanted, CPU]
-    log.warning("%s: execution provider %s is not available (have %s); falling back to %s",
-                stage, wanted, ", ".join(available), CPU)  # fmt: skip
+    log.warning(
+        "%s: execution provider %s is not available (have %s); falling back to %s",
+        stage,
+        wanted,
+        ", ".join(available),
+        CPU,
+    )
     return [CPU]

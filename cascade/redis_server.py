@@ -59,15 +59,35 @@ class RedisProcess:
         directory.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         args = [
-            binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory.resolve()),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-            "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", str((directory / "redis.log").resolve()),
-        ]  # fmt: skip
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(directory.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str((directory / "redis.log").resolve()),
+        ]
         process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         server = cls(directory, port, process.pid, binary, process)
         server.wait_ready(timeout_s)
         return server

@@ -137,8 +137,13 @@ class RedisState:
         (a repeat within dedupe_ttl_s is skipped)."""
         check_event_names(events)
         limits = self.limits
-        args: list = [self.prefix, limits.recent_plays, limits.consumed, limits.user_ttl_s,
-                      limits.dedupe_ttl_s]  # fmt: skip
+        args: list = [
+            self.prefix,
+            limits.recent_plays,
+            limits.consumed,
+            limits.user_ttl_s,
+            limits.dedupe_ttl_s,
+        ]
         users = np.asarray(user_ids, dtype=np.int64).tolist()
         items = np.asarray(item_ids, dtype=np.int64).tolist()
         stamps = np.asarray(ts, dtype=np.int64).tolist()

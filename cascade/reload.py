@@ -48,9 +48,13 @@ class Reloader:
         """The reloader of a service whose settings carry `artifacts`, `bundle` and
         `server.reload_interval_s` (every stage's and the gateway's do)."""
         return cls(
-            stage, settings.artifacts, settings.bundle, load, swap,
+            stage,
+            settings.artifacts,
+            settings.bundle,
+            load,
+            swap,
             settings.server.reload_interval_s,
-        )  # fmt: skip
+        )
 
     def start(self, registry: CollectorRegistry) -> None:
         self._outcomes = Counter(

@@ -255,10 +255,21 @@ def serve(
     if probe is not None:
         probe.start()
     running = RunningServer(
-        stage, server, port, metrics_server.port if metrics_server else None, registry,
-        health_servicer, services, settings, metrics_server, pool, reloader, certificates,
-        probe, probe_port,
-    )  # fmt: skip
+        stage,
+        server,
+        port,
+        metrics_server.port if metrics_server else None,
+        registry,
+        health_servicer,
+        services,
+        settings,
+        metrics_server,
+        pool,
+        reloader,
+        certificates,
+        probe,
+        probe_port,
+    )
     if reloader is not None:
         reloader.start(registry)
     if settings.port_file:

@@ -74,8 +74,13 @@ def promtool_checks(promtool: str) -> list[dict]:
     for command in commands:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
         shown = ["promtool", *command[1:]]
-        results.append({"command": " ".join(shown), "rc": done.returncode,
-                        "output": (done.stdout + done.stderr).strip()})  # fmt: skip
+        results.append(
+            {
+                "command": " ".join(shown),
+                "rc": done.returncode,
+                "output": (done.stdout + done.stderr).strip(),
+            }
+        )
     return results
 
 
@@ -101,11 +106,21 @@ def start_prometheus(binary: str, config: Path, workdir: Path, exits: ExitStack)
     address = f"127.0.0.1:{free_port()}"
     log = open(workdir / "prometheus.log", "w")  # closed by `exits`
     exits.callback(log.close)
-    command = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-               f"--web.listen-address={address}", "--storage.tsdb.retention.time=1h",
-               "--log.level=warn"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={address}",
+        "--storage.tsdb.retention.time=1h",
+        "--log.level=warn",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     exits.callback(_stop, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -154,8 +169,9 @@ def api(address: str, path: str, **params) -> dict | list:
 
 def queries() -> list[dict]:
     """Every recording rule (by name) and every panel query of every dashboard."""
-    found = [{"source": "rule", "name": name, "expr": name}
-             for name in prometheus_rules.recorded_names()]  # fmt: skip
+    found = [
+        {"source": "rule", "name": name, "expr": name} for name in prometheus_rules.recorded_names()
+    ]
     for file, board in grafana_dashboards.all_dashboards().items():
         for title, expr in grafana_dashboards.panel_queries(board):
             found.append({"source": "panel", "name": f"{file}: {title}", "expr": expr})
@@ -182,9 +198,18 @@ def run_queries(address: str, pending: list[dict], settle_s: float) -> None:
 
 def rule_health(address: str) -> list[dict]:
     groups = api(address, "rules")["groups"]
-    return [{"group": g["name"], "name": r["name"], "type": r["type"], "health": r["health"],
-             "state": r.get("state", ""), "last_error": r.get("lastError", "")}
-            for g in groups for r in g["rules"]]  # fmt: skip
+    return [
+        {
+            "group": g["name"],
+            "name": r["name"],
+            "type": r["type"],
+            "health": r["health"],
+            "state": r.get("state", ""),
+            "last_error": r.get("lastError", ""),
+        }
+        for g in groups
+        for r in g["rules"]
+    ]
 
 
 def start_stack(artifacts: Path, data_dir: Path, workdir: Path, exits: ExitStack) -> Stack:
@@ -221,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=30.0, help="max wait for data")
     parser.add_argument("--pause-stage", default="rank", help="SIGSTOP it (own stack only)")
     parser.add_argument("--pause-s", type=float, default=2.5)
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
 
     prometheus, promtool = ensure_prometheus()
     version = subprocess.run([prometheus, "--version"], capture_output=True, text=True)
@@ -235,9 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack, own = load_running(args.running), False
         else:
             stack, own = start_stack(args.artifacts, args.data_dir, workdir, exits), True
-        report["stack"] = {"own": own, "bundle": stack.bundle, "dataset": stack.dataset,
-                           "services": {s.name: {"port": s.port, "metrics_port": s.metrics_port}
-                                        for s in stack.services}}  # fmt: skip
+        report["stack"] = {
+            "own": own,
+            "bundle": stack.bundle,
+            "dataset": stack.dataset,
+            "services": {
+                s.name: {"port": s.port, "metrics_port": s.metrics_port} for s in stack.services
+            },
+        }
         address = start_prometheus(prometheus, scrape_config(stack, workdir), workdir, exits)
         report["prometheus"] = {"address": address, "scrape_interval_s": 1}
         print(f"== prometheus on {address}; {stack.describe()}", flush=True)

@@ -69,8 +69,16 @@ def dashboard(uid: str, title: str, description: str, rows: list[tuple[str, list
     panels, y, next_id = [], 0, 1
     for row_title, row in rows:
         grid = {"h": 1, "w": GRID_WIDTH, "x": 0, "y": y}
-        panels.append({"type": "row", "title": row_title, "id": next_id, "collapsed": False,
-                       "gridPos": grid, "panels": []})  # fmt: skip
+        panels.append(
+            {
+                "type": "row",
+                "title": row_title,
+                "id": next_id,
+                "collapsed": False,
+                "gridPos": grid,
+                "panels": [],
+            }
+        )
         next_id, y = next_id + 1, y + 1
         width = GRID_WIDTH // len(row)
         for i, p in enumerate(row):
@@ -106,64 +114,124 @@ STAGE_RPCS = "|".join(MAIN_RPC[s] for s in STAGES).replace(".", "\\\\.")
 
 def overview() -> dict:
     traffic = [
-        panel("Requests per second", [target(
-            f'sum by (rpc) ({REQUESTS}{{stage="gateway"}})', "{{rpc}}")], "reqps"),
-        panel("Recommend latency, end to end", quantiles(RPC_P, RECOMMEND), "s",
-              description="Server-side time of the gateway's Recommend, all four stages in."),
-    ]  # fmt: skip
+        panel(
+            "Requests per second",
+            [target(f'sum by (rpc) ({REQUESTS}{{stage="gateway"}})', "{{rpc}}")],
+            "reqps",
+        ),
+        panel(
+            "Recommend latency, end to end",
+            quantiles(RPC_P, RECOMMEND),
+            "s",
+            description="Server-side time of the gateway's Recommend, all four stages in.",
+        ),
+    ]
     health = [
-        panel("Non-OK answers per second by code", [target(
-            f'sum by (stage, code) ({BY_CODE}{{code!="OK"}})', "{{stage}} {{code}}")], "reqps",
-            description="INVALID_ARGUMENT and other caller errors included."),
-        panel("Server error ratio", [target(
-            f"max by (stage) (stage_rpc:cascade_rpc_errors:ratio_rate{WINDOW})", "{{stage}}")],
-            "percentunit", description="Worst RPC of each service; caller errors excluded."),
-        panel("Degraded share of answers", [target(
-            f"job:cascade_gateway_degraded_answers:ratio_rate{WINDOW}", "degraded")],
-            "percentunit", description="Answers where a stage was replaced by its fallback."),
-        panel("Fallbacks per second by stage and reason", [target(
-            f"stage_reason:cascade_gateway_degraded:rate{WINDOW}", "{{stage}} {{reason}}")],
-            "ops", stacked=True),
-    ]  # fmt: skip
+        panel(
+            "Non-OK answers per second by code",
+            [target(f'sum by (stage, code) ({BY_CODE}{{code!="OK"}})', "{{stage}} {{code}}")],
+            "reqps",
+            description="INVALID_ARGUMENT and other caller errors included.",
+        ),
+        panel(
+            "Server error ratio",
+            [
+                target(
+                    f"max by (stage) (stage_rpc:cascade_rpc_errors:ratio_rate{WINDOW})", "{{stage}}"
+                )
+            ],
+            "percentunit",
+            description="Worst RPC of each service; caller errors excluded.",
+        ),
+        panel(
+            "Degraded share of answers",
+            [target(f"job:cascade_gateway_degraded_answers:ratio_rate{WINDOW}", "degraded")],
+            "percentunit",
+            description="Answers where a stage was replaced by its fallback.",
+        ),
+        panel(
+            "Fallbacks per second by stage and reason",
+            [target(f"stage_reason:cascade_gateway_degraded:rate{WINDOW}", "{{stage}} {{reason}}")],
+            "ops",
+            stacked=True,
+        ),
+    ]
     services = [
         panel("Services up", [target(f'up{{job="{JOB}"}}', "{{stage}}")], "none", "stat"),
-        panel("Calls in flight", [target(
-            f"sum by (stage) (cascade_rpc_in_flight{{{SERVICE_RPCS}}})", "{{stage}}")]),
-        panel("CPU per service (cores)", [target(
-            f'sum by (stage) (rate(process_cpu_seconds_total{{job="{JOB}"}}[{WINDOW}]))',
-            "{{stage}}")]),
-    ]  # fmt: skip
+        panel(
+            "Calls in flight",
+            [target(f"sum by (stage) (cascade_rpc_in_flight{{{SERVICE_RPCS}}})", "{{stage}}")],
+        ),
+        panel(
+            "CPU per service (cores)",
+            [
+                target(
+                    f'sum by (stage) (rate(process_cpu_seconds_total{{job="{JOB}"}}[{WINDOW}]))',
+                    "{{stage}}",
+                )
+            ],
+        ),
+    ]
     return dashboard(
-        "cascade-overview", "Cascade / Overview",
+        "cascade-overview",
+        "Cascade / Overview",
         "QPS, end-to-end latency, errors and degraded answers of the whole cascade.",
         [("Traffic", traffic), ("Errors and degradation", health), ("Services", services)],
-    )  # fmt: skip
+    )
 
 
 def stages() -> dict:
-    seen = [panel(f"{s} call, seen by the gateway", quantiles(GATEWAY_P, f'stage="{s}"'), "s")
-            for s in STAGES]  # fmt: skip
-    served = [panel(f"{s} inside its server", quantiles(RPC_P, f'stage="{s}", rpc="{MAIN_RPC[s]}"'),
-                    "s") for s in STAGES]  # fmt: skip
+    seen = [
+        panel(f"{s} call, seen by the gateway", quantiles(GATEWAY_P, f'stage="{s}"'), "s")
+        for s in STAGES
+    ]
+    served = [
+        panel(f"{s} inside its server", quantiles(RPC_P, f'stage="{s}", rpc="{MAIN_RPC[s]}"'), "s")
+        for s in STAGES
+    ]
     funnel = [
-        panel("Candidates per call, in and out", [target(
-            f"stage_direction:cascade_candidates:per_call_{WINDOW}", "{{stage}} {{direction}}")],
-            description="The funnel: recall ~2000 out, prerank ~500, rank ~100, rerank the page."),
-        panel("Calls per second by stage", [target(
-            f'sum by (stage) ({REQUESTS}{{rpc=~"{STAGE_RPCS}"}})', "{{stage}}")], "reqps"),
-    ]  # fmt: skip
+        panel(
+            "Candidates per call, in and out",
+            [
+                target(
+                    f"stage_direction:cascade_candidates:per_call_{WINDOW}",
+                    "{{stage}} {{direction}}",
+                )
+            ],
+            description="The funnel: recall ~2000 out, prerank ~500, rank ~100, rerank the page.",
+        ),
+        panel(
+            "Calls per second by stage",
+            [target(f'sum by (stage) ({REQUESTS}{{rpc=~"{STAGE_RPCS}"}})', "{{stage}}")],
+            "reqps",
+        ),
+    ]
     channels = [
-        panel("Recall channel mix (share of merged candidates)", [target(
-            f"channel:cascade_recall_channel_kept:ratio_rate{WINDOW}", "{{channel}}")],
-            "percentunit", stacked=True),
-        panel("Recall channel latency p99", [target(
-            f"channel:cascade_recall_channel_latency_seconds:p99_{WINDOW}", "{{channel}}")], "s"),
-        panel("Candidates returned per second by channel", [target(
-            f"sum by (channel) (rate(cascade_recall_channel_candidates_total[{WINDOW}]))",
-            "{{channel}}")], "ops"),
-    ]  # fmt: skip
+        panel(
+            "Recall channel mix (share of merged candidates)",
+            [target(f"channel:cascade_recall_channel_kept:ratio_rate{WINDOW}", "{{channel}}")],
+            "percentunit",
+            stacked=True,
+        ),
+        panel(
+            "Recall channel latency p99",
+            [target(f"channel:cascade_recall_channel_latency_seconds:p99_{WINDOW}", "{{channel}}")],
+            "s",
+        ),
+        panel(
+            "Candidates returned per second by channel",
+            [
+                target(
+                    f"sum by (channel) (rate(cascade_recall_channel_candidates_total[{WINDOW}]))",
+                    "{{channel}}",
+                )
+            ],
+            "ops",
+        ),
+    ]
     return dashboard(
-        "cascade-stages", "Cascade / Stages",
+        "cascade-stages",
+        "Cascade / Stages",
         "Per-stage latency side by side, the funnel sizes and recall's channel mix.",
         [
             ("Latency as the gateway sees it (network and queueing included)", seen),
@@ -171,32 +239,49 @@ def stages() -> dict:
             ("Funnel", funnel),
             ("Recall channels", channels),
         ],
-    )  # fmt: skip
+    )
 
 
 def models() -> dict:
-    inference = [panel(f"{s} model time", quantiles(MODEL_P, f'stage="{s}"'), "s")
-                 for s in STAGES]  # fmt: skip
+    inference = [panel(f"{s} model time", quantiles(MODEL_P, f'stage="{s}"'), "s") for s in STAGES]
     versions = [
-        panel("Model version serving", [target("cascade_model_info", "{{stage}} {{model_version}}",
-              instant=True)], kind="table"),
-        panel("Versions per service (2 during a swap)", [target(
-            "count by (stage) (cascade_model_info)", "{{stage}}")], "none", "stat"),
-        panel("Pre-rank student's teacher differs from rank's model", [target(
-            "max(cascade_prerank_teacher_version_mismatch)", "mismatch")], "none", "stat"),
-    ]  # fmt: skip
+        panel(
+            "Model version serving",
+            [target("cascade_model_info", "{{stage}} {{model_version}}", instant=True)],
+            kind="table",
+        ),
+        panel(
+            "Versions per service (2 during a swap)",
+            [target("count by (stage) (cascade_model_info)", "{{stage}}")],
+            "none",
+            "stat",
+        ),
+        panel(
+            "Pre-rank student's teacher differs from rank's model",
+            [target("max(cascade_prerank_teacher_version_mismatch)", "mismatch")],
+            "none",
+            "stat",
+        ),
+    ]
     quality = [
-        panel("Unknown items per second by stage", [target(
-            f"sum by (stage) (rate(cascade_unknown_items_total[{WINDOW}]))", "{{stage}}")], "ops",
-            description="Candidates a stage's tables did not know: a catalog out of step."),
-        panel("Rerank drops per second by business rule", [target(
-            f"sum by (rule) (rate(cascade_rerank_filtered_total[{WINDOW}]))", "{{rule}}")], "ops"),
-    ]  # fmt: skip
+        panel(
+            "Unknown items per second by stage",
+            [target(f"sum by (stage) (rate(cascade_unknown_items_total[{WINDOW}]))", "{{stage}}")],
+            "ops",
+            description="Candidates a stage's tables did not know: a catalog out of step.",
+        ),
+        panel(
+            "Rerank drops per second by business rule",
+            [target(f"sum by (rule) (rate(cascade_rerank_filtered_total[{WINDOW}]))", "{{rule}}")],
+            "ops",
+        ),
+    ]
     return dashboard(
-        "cascade-models", "Cascade / Models",
+        "cascade-models",
+        "Cascade / Models",
         "Model time per stage (recall: channels and merge; rerank: page selection), versions.",
         [("Model time", inference), ("Versions", versions), ("Inputs", quality)],
-    )  # fmt: skip
+    )
 
 
 def all_dashboards() -> dict[str, dict]:

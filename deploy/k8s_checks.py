@@ -325,8 +325,10 @@ def check_store(objects: list[Obj]) -> list[str]:
     (url,) = set(stores.values())
     match = re.fullmatch(r"redis://(?:([\w-]+)\.)?([\w-]+)\.([\w-]+)\.svc\.([\w.]+):(\d+)/\d+", url)
     if match is None:
-        return [f"store is {url!r}: replicas need a shared redis://<pod>.<service>.<namespace>"
-                f".svc.{CLUSTER_DOMAIN}:<port>/<db>"]  # fmt: skip
+        return [
+            f"store is {url!r}: replicas need a shared redis://<pod>.<service>.<namespace>"
+            f".svc.{CLUSTER_DOMAIN}:<port>/<db>"
+        ]
     pod, service_name, namespace, domain, port = match.groups()
     service = find(objects, "Service", service_name)
     stateful = service and _stateful_set(objects, service["spec"].get("selector", {}))
@@ -341,8 +343,11 @@ def check_store(objects: list[Obj]) -> list[str]:
         errors.append(f"store {url!r}: {pod} is no pod of StatefulSet/{name}")
     if namespace != service["metadata"].get("namespace", "default") or domain != CLUSTER_DOMAIN:
         errors.append(f"store {url!r}: namespace or cluster domain differ from the Service's")
-    ports = [p["containerPort"] for c in stateful["spec"]["template"]["spec"]["containers"]
-             for p in c.get("ports", [])]  # fmt: skip
+    ports = [
+        p["containerPort"]
+        for c in stateful["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    ]
     if int(port) not in ports:
         errors.append(f"store {url!r}: StatefulSet/{name} listens on {ports}, not {port}")
     return errors

@@ -37,8 +37,10 @@ def check_transport(objects: list[Obj]) -> list[str]:
         server, files = w.settings.server, _secret_files(w)
         paths = {"server.tls_cert": server.tls_cert, "server.tls_key": server.tls_key}
         if w.stage.name == "gateway":
-            paths |= {f"stage_tls_{n}": getattr(w.settings, f"stage_tls_{n}")
-                      for n in ("ca", "cert", "key")}  # fmt: skip
+            paths |= {
+                f"stage_tls_{n}": getattr(w.settings, f"stage_tls_{n}")
+                for n in ("ca", "cert", "key")
+            }
             if not w.settings.require_api_token:
                 errors.append(f"{w.name}: require_api_token must be true (no silent auth off)")
             key = w.settings.stage_tls_key
@@ -72,8 +74,10 @@ def _ports(rule: Obj, workload: Workload) -> set[str]:
         return {"*"}
     names = {p.get("name"): p["containerPort"] for p in workload.container.get("ports", [])}
     by_number = {number: name for name, number in names.items()}
-    return {p["port"] if isinstance(p["port"], str) else by_number.get(p["port"], "?")
-            for p in rule["ports"]}  # fmt: skip
+    return {
+        p["port"] if isinstance(p["port"], str) else by_number.get(p["port"], "?")
+        for p in rule["ports"]
+    }
 
 
 def _denies_all(spec: Obj) -> bool:
@@ -100,9 +104,11 @@ def check_network_policies(objects: list[Obj]) -> list[str]:
                 errors.append(f"{name}: a rule without ports opens every port")
             if "grpc" in ports and w.stage.name != "gateway":
                 ok = bool(sources) and all(
-                    set(s) == {"podSelector"} and gateway is not None
-                    and _selects(s["podSelector"], gateway) for s in sources
-                )  # fmt: skip
+                    set(s) == {"podSelector"}
+                    and gateway is not None
+                    and _selects(s["podSelector"], gateway)
+                    for s in sources
+                )
                 if not ok:
                     errors.append(f"{name}: the gRPC port must admit the gateway's pods only")
             if "metrics" in ports:

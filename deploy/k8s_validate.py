@@ -113,20 +113,35 @@ def _shown(directory: Path) -> str:
 
 def _stage_table(objects: list[Obj]) -> list[str]:
     hpas = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"].startswith("Horizontal")}
-    rows = [(
-        "stage", "grpc", "metrics", "replicas", "cpu req/lim", "memory", "CASCADE_* env",
-        "stop: delay+grace < termination grace",
-    )]  # fmt: skip
+    rows = [
+        (
+            "stage",
+            "grpc",
+            "metrics",
+            "replicas",
+            "cpu req/lim",
+            "memory",
+            "CASCADE_* env",
+            "stop: delay+grace < termination grace",
+        )
+    ]
     for w in sorted(workloads(objects)[0], key=lambda w: list(STAGES).index(w.stage.name)):
         hpa = hpas.get(w.deployment["metadata"]["name"], {})
         resources = w.container.get("resources", {})
         cpu = f"{resources.get('requests', {}).get('cpu')}/{resources.get('limits', {}).get('cpu')}"
         env = sum(v.startswith("CASCADE_") for v in w.env)
-        rows.append((
-            w.stage.name, str(w.port("grpc")), str(w.port("metrics")),
-            f"{hpa.get('minReplicas')}-{hpa.get('maxReplicas')}", cpu,
-            str(resources.get("limits", {}).get("memory")), str(env), _drain(w),
-        ))  # fmt: skip
+        rows.append(
+            (
+                w.stage.name,
+                str(w.port("grpc")),
+                str(w.port("metrics")),
+                f"{hpa.get('minReplicas')}-{hpa.get('maxReplicas')}",
+                cpu,
+                str(resources.get("limits", {}).get("memory")),
+                str(env),
+                _drain(w),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  " + "  ".join(c.ljust(n) for c, n in zip(row, widths, strict=True)).rstrip()

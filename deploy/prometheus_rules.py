@@ -122,45 +122,53 @@ def alert_groups() -> list[dict]:
     end_to_end = f"stage_rpc:cascade_rpc_latency_seconds:p99_{WINDOW}"
     alerts = [
         _alert(
-            "CascadeStageDown", f'up{{job="{JOB}"}} == 0', "30s", "page",
+            "CascadeStageDown",
+            f'up{{job="{JOB}"}} == 0',
+            "30s",
+            "page",
             "{{ $labels.stage }} ({{ $labels.instance }}) has not answered a scrape for 30 s.",
         ),
         _alert(
             "CascadeLatencyOverBudget",
-            f'{end_to_end}{{stage="gateway", rpc="{MAIN_RPC["gateway"]}"}} '
-            f"> {END_TO_END_BUDGET_S}",
-            "5m", "page",
+            f'{end_to_end}{{stage="gateway", rpc="{MAIN_RPC["gateway"]}"}} > {END_TO_END_BUDGET_S}',
+            "5m",
+            "page",
             "Recommend p99 is {{ $value | humanizeDuration }}, over the "
             f"{END_TO_END_BUDGET_S * 1000:g} ms deadline.",
             stage="gateway",
         ),
-    ]  # fmt: skip
+    ]
     for stage in STAGES:
         budget = STAGE_BUDGET_S[stage]
         alerts.append(
             _alert(
-                "CascadeStageLatencyOverBudget", f'{p99}{{stage="{stage}"}} > {budget}', "5m",
+                "CascadeStageLatencyOverBudget",
+                f'{p99}{{stage="{stage}"}} > {budget}',
+                "5m",
                 "ticket",
                 f"{stage} p99 as the gateway sees it is {{{{ $value | humanizeDuration }}}}, "
                 f"over its {budget * 1000:g} ms share of the deadline.",
                 stage=stage,
             )
-        )  # fmt: skip
+        )
     alerts += [
         _alert(
             "CascadeErrorRatioHigh",
-            f"stage_rpc:cascade_rpc_errors:ratio_rate{WINDOW} > {ERROR_RATIO_MAX}", "5m", "page",
+            f"stage_rpc:cascade_rpc_errors:ratio_rate{WINDOW} > {ERROR_RATIO_MAX}",
+            "5m",
+            "page",
             "{{ $labels.stage }} {{ $labels.rpc }}: {{ $value | humanizePercentage }} of calls "
             "end in a server error.",
         ),
         _alert(
             "CascadeDegradedRatioHigh",
             f"job:cascade_gateway_degraded_answers:ratio_rate{WINDOW} > {DEGRADED_RATIO_MAX}",
-            "5m", "ticket",
+            "5m",
+            "ticket",
             "{{ $value | humanizePercentage }} of Recommend answers are degraded (a stage "
             "replaced by its fallback); see cascade_gateway_degraded by stage and reason.",
         ),
-    ]  # fmt: skip
+    ]
     return [{"name": "cascade-alerts", "rules": alerts}]
 
 

@@ -217,8 +217,9 @@ def feedback_main(argv: Sequence[str] | None = None) -> int:
             return _failed("feedback", error, args.target, token, args.timeout)
     print(f"accepted {reply.accepted} of {len(items)}")
     for rejected in reply.rejected:
-        print(f"  rejected event {rejected.index} (item {items[rejected.index]}): "
-              f"{rejected.reason}")  # fmt: skip
+        print(
+            f"  rejected event {rejected.index} (item {items[rejected.index]}): {rejected.reason}"
+        )
     return 0 if not reply.rejected else 1
 
 

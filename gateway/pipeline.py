@@ -279,14 +279,18 @@ class Cascade:
             user=user, count=funnel.prerank_count, candidates=candidates
         )
         candidates = stage(
-            "prerank", request,
-            lambda c=candidates: from_proto(c).take(slice(0, funnel.prerank_count)), candidates,
-        )  # fmt: skip
+            "prerank",
+            request,
+            lambda c=candidates: from_proto(c).take(slice(0, funnel.prerank_count)),
+            candidates,
+        )
         request = rank_pb2.RankRequest(user=user, count=funnel.rank_count, candidates=candidates)
         candidates = stage(
-            "rank", request,
-            lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)), candidates,
-        )  # fmt: skip
+            "rank",
+            request,
+            lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)),
+            candidates,
+        )
         request = rerank_pb2.RerankRequest(
             user=user,
             count=count,
@@ -295,9 +299,11 @@ class Cascade:
             trade_off=funnel.rerank_trade_off,
         )
         candidates = stage(
-            "rerank", request,
-            lambda c=candidates: self._local_rerank(from_proto(c), seen(), count), candidates,
-        )  # fmt: skip
+            "rerank",
+            request,
+            lambda c=candidates: self._local_rerank(from_proto(c), seen(), count),
+            candidates,
+        )
         to_proto(*from_proto(candidates).take(slice(0, count)), out=response.items)
         self.metrics.answers.inc()
         if response.degraded:
@@ -327,9 +333,11 @@ class Cascade:
         latency = time.perf_counter() - started
         self.metrics.stage_latency.labels(name).observe(latency)
         trace = response.trace.add(
-            stage=name, latency_ms=latency * 1000, candidates_out=len(candidates.item_ids),
+            stage=name,
+            latency_ms=latency * 1000,
+            candidates_out=len(candidates.item_ids),
             candidates_in=0 if candidates_in is None else len(candidates_in.item_ids),
-        )  # fmt: skip
+        )
         if reason:
             self.metrics.degraded.labels(name, reason).inc()
             response.degraded = True

@@ -226,8 +226,11 @@ class ReplicaPool:
         if replica.ejected and not was_ejected:
             log.warning(
                 "%s: ejected replica %s after %d failures in a row (the last from %s)",
-                self.stage, replica.address, replica.breaker.failures, by,
-            )  # fmt: skip
+                self.stage,
+                replica.address,
+                replica.breaker.failures,
+                by,
+            )
             if self.metrics is not None:
                 self.metrics.ejections.labels(self.stage).inc()
         elif was_ejected and ok:

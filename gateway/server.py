@@ -177,9 +177,12 @@ class GatewaySettings:
     def stage_client(self) -> ClientSettings:
         """How the gateway dials a stage replica (its deadline is always the call's own)."""
         return ClientSettings(
-            timeout_s=self.max_deadline_s, tls_ca=self.stage_tls_ca, tls_cert=self.stage_tls_cert,
-            tls_key=self.stage_tls_key, caller_token=self.stage_token,
-        )  # fmt: skip
+            timeout_s=self.max_deadline_s,
+            tls_ca=self.stage_tls_ca,
+            tls_cert=self.stage_tls_cert,
+            tls_key=self.stage_tls_key,
+            caller_token=self.stage_token,
+        )
 
     def stage_security(self) -> str:
         if self.stage_tls_cert is not None:
@@ -302,9 +305,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.ids = catalog.ids
         self.ids.users.restore(logged["user_id"].to_numpy(), logged["user_key"].to_pylist())
         self.online.record(
-            logged["user_id"].to_numpy(), logged["item_id"].to_numpy(),
-            logged["event"].to_pylist(), logged["timestamp_ms"].to_numpy(),
-        )  # fmt: skip
+            logged["user_id"].to_numpy(),
+            logged["item_id"].to_numpy(),
+            logged["event"].to_pylist(),
+            logged["timestamp_ms"].to_numpy(),
+        )
         self.arms = parse_arms(settings.arms)
         for name in [arm.name for arm in self.arms] or [NO_ARM]:  # every label from the start
             self.metrics.arm_answers.labels(name)
@@ -328,19 +333,36 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
         def pool(stage: str, target: str, retry_methods=None) -> ReplicaPool:
             return ReplicaPool(
-                stage, target, channel_factory(client, retry_methods),
-                settings.breaker_failures, settings.breaker_cooldown_s, replica_metrics,
-                settings.resolve_interval_s, settings.probe_timeout_s, settings.replica_pick,
-                [f for f in (settings.stage_tls_ca, settings.stage_tls_cert,
-                             settings.stage_tls_key) if f is not None],
-            )  # fmt: skip
+                stage,
+                target,
+                channel_factory(client, retry_methods),
+                settings.breaker_failures,
+                settings.breaker_cooldown_s,
+                replica_metrics,
+                settings.resolve_interval_s,
+                settings.probe_timeout_s,
+                settings.replica_pick,
+                [
+                    f
+                    for f in (
+                        settings.stage_tls_ca,
+                        settings.stage_tls_cert,
+                        settings.stage_tls_key,
+                    )
+                    if f is not None
+                ],
+            )
 
         self.pools = {s: pool(s, t) for s, t in settings.targets().items()}
         self.record_pool = pool("recall", settings.recall_target, retry_methods=())
         funnel = Funnel(
-            settings.recall_count, settings.prerank_count, settings.rank_count,
-            settings.max_per_creator, settings.breaker_failures, settings.breaker_cooldown_s,
-        )  # fmt: skip
+            settings.recall_count,
+            settings.prerank_count,
+            settings.rank_count,
+            settings.max_per_creator,
+            settings.breaker_failures,
+            settings.breaker_cooldown_s,
+        )
         self.cascade = Cascade(
             self.pools, funnel, catalog.popular, catalog.creators, self.metrics, catalog.consumed
         )
@@ -420,11 +442,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.metrics.arm_latency.labels(arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
         shown = Shown(
-            response.request_id, dense, user_key, now_ms,
-            list(response.items.item_ids), list(response.items.channel_masks),
-            list(response.degraded_stages), served, arm,
+            response.request_id,
+            dense,
+            user_key,
+            now_ms,
+            list(response.items.item_ids),
+            list(response.items.channel_masks),
+            list(response.degraded_stages),
+            served,
+            arm,
             shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
-        )  # fmt: skip
+        )
         self.impressions.submit(shown)
         if self.shadow is not None and arm != settings.shadow_arm:
             self.shadow.submit(shown, user, count)
@@ -491,9 +519,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return
         try:
             self.shared.record(
-                table["user_id"].to_numpy(), table["item_id"].to_numpy(),
-                table["timestamp_ms"].to_numpy() // 1000, table["event"].to_pylist(),
-            )  # fmt: skip
+                table["user_id"].to_numpy(),
+                table["item_id"].to_numpy(),
+                table["timestamp_ms"].to_numpy() // 1000,
+                table["event"].to_pylist(),
+            )
         except Exception as error:  # redis.RedisError
             self.metrics.record_failures.inc()
             log.warning("gateway: the online store did not take a Feedback batch: %s", error)
@@ -510,13 +540,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         types = {name: number for number, name in EVENT_NAMES.items()}
         forward = gateway_pb2.FeedbackRequest()
         for user, item, name, stamp, request_id in zip(
-            users.tolist(), items.tolist(), names, stamps.tolist(),
-            new["request_id"].to_pylist(), strict=True,
-        ):  # fmt: skip
+            users.tolist(),
+            items.tolist(),
+            names,
+            stamps.tolist(),
+            new["request_id"].to_pylist(),
+            strict=True,
+        ):
             forward.events.add(
-                user_id=user, item_id=item, type=types[name], timestamp_ms=stamp,
+                user_id=user,
+                item_id=item,
+                type=types[name],
+                timestamp_ms=stamp,
                 request_id=request_id,
-            )  # fmt: skip
+            )
         self._forward(forward)
 
     def now_ms(self, context: grpc.ServicerContext | None = None) -> int:

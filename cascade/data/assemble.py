@@ -59,8 +59,10 @@ def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
     listed = set(keys)
     extra = [k for k in raw.users.keys if k not in listed and k != ""]
     if keys and extra:
-        report.notes.append(f"{len(extra):,} users in the interactions are not in the users file "
-                            "(kept, attributes unknown)")  # fmt: skip
+        report.notes.append(
+            f"{len(extra):,} users in the interactions are not in the users file "
+            "(kept, attributes unknown)"
+        )
     all_keys = keys + extra
     id_map, ids = dense_ids(all_keys)
     n, n_listed = len(all_keys), len(keys)
@@ -68,10 +70,12 @@ def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
     ages = _text(values.get("age"), n_listed)
     age[:n_listed] = [int(a) if a.strip().isdigit() and int(a) < 200 else -1 for a in ages]
     gender = np.zeros(n, dtype=np.int8)
-    gender[:n_listed] = [_GENDERS.get(g.strip().lower(), 0) for g in _text(values.get("gender"),
-                                                                          n_listed)]  # fmt: skip
-    occupations, occupation = _codes(_text(values.get("occupation"), n_listed) + [""] * len(extra),
-                                     "unknown")  # fmt: skip
+    gender[:n_listed] = [
+        _GENDERS.get(g.strip().lower(), 0) for g in _text(values.get("gender"), n_listed)
+    ]
+    occupations, occupation = _codes(
+        _text(values.get("occupation"), n_listed) + [""] * len(extra), "unknown"
+    )
     region = np.zeros(n, dtype=np.int32)
     if "region" in values:
         spec = mapping.users
@@ -84,9 +88,12 @@ def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
         region[:n_listed] = _codes(tokens, "")[1]
     order = np.argsort(ids)
     users = {
-        "user_id": ids[order], "age": age[order], "gender": gender[order],
-        "occupation": occupation.astype(np.int16)[order], "region": region[order],
-    }  # fmt: skip
+        "user_id": ids[order],
+        "age": age[order],
+        "gender": gender[order],
+        "occupation": occupation.astype(np.int16)[order],
+        "region": region[order],
+    }
     dense_of_key = dict(zip(all_keys, ids.tolist(), strict=True))
     translate = np.array([dense_of_key.get(k, 0) for k in raw.users.keys], dtype=np.int64)
     return users, occupations, id_map, translate
@@ -117,8 +124,10 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
         index = {g: i for i, g in enumerate(category_names)}
         wide = sum(len(gs) > MAX_CATEGORIES for gs in lists)
         if wide:
-            report.notes.append(f"{wide:,} items have more than {MAX_CATEGORIES} categories "
-                                f"(the first {MAX_CATEGORIES} kept)")  # fmt: skip
+            report.notes.append(
+                f"{wide:,} items have more than {MAX_CATEGORIES} categories "
+                f"(the first {MAX_CATEGORIES} kept)"
+            )
         for row, gs in enumerate(lists):
             codes = [index[g] for g in gs][:MAX_CATEGORIES]
             matrix[row, : len(codes)] = codes
@@ -135,9 +144,12 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
         upload = first[ids]
     order = np.argsort(ids)
     items = {
-        "item_id": ids[order], "creator_id": creator_id[order], "categories": matrix[order],
-        "upload_ts": upload[order], "title": np.array(titles, dtype=object)[order],
-    }  # fmt: skip
+        "item_id": ids[order],
+        "creator_id": creator_id[order],
+        "categories": matrix[order],
+        "upload_ts": upload[order],
+        "title": np.array(titles, dtype=object)[order],
+    }
     creators = {
         "creator_id": np.arange(1, len(names) + 1, dtype=np.int64),
         "user_id": np.zeros(len(names), dtype=np.int64),
@@ -158,8 +170,11 @@ def build(
     if unknown.any():
         first = int(raw.rows[np.flatnonzero(unknown)[0]])
         column = mapping.interactions.item
-        report.drop(f"item not in the items file (column {column!r})", int(unknown.sum()),
-                    raw.source.where(first))  # fmt: skip
+        report.drop(
+            f"item not in the items file (column {column!r})",
+            int(unknown.sum()),
+            raw.source.where(first),
+        )
     keep = ~unknown
     users, occupations, user_ids, user_of = _users_table(mapping, raw, report)
     if not keep.any():
@@ -167,12 +182,16 @@ def build(
     if mapping.creator_is_user:
         creators["user_id"] = user_ids.lookup(creators["name"].tolist())
     interactions = {
-        "user_id": user_of[raw.user[keep]], "item_id": item[keep], "ts": raw.ts[keep],
+        "user_id": user_of[raw.user[keep]],
+        "item_id": item[keep],
+        "ts": raw.ts[keep],
         **{flag: values[keep] for flag, values in raw.flags.items()},
         "rating": raw.rating[keep],
-    }  # fmt: skip
-    interactions = {k: interactions[k] for k in ("user_id", "item_id", "ts", "play", "complete",
-                                                 "like", "share", "rating")}  # fmt: skip
+    }
+    interactions = {
+        k: interactions[k]
+        for k in ("user_id", "item_id", "ts", "play", "complete", "like", "share", "rating")
+    }
     follows = _follows(mapping, user_ids, report)
     rng = np.random.default_rng(mapping.seed)
     impressions = sample_impressions(interactions, items, mapping.negatives_per_positive, rng)
@@ -200,15 +219,21 @@ def _follows(mapping: Mapping, user_ids: IdMap, report: Report) -> dict:
     b = user_ids.lookup(followee.to_pylist()) if len(followee) else empty
     bad = (a == 0) | (b == 0)
     if bad.any():
-        report.drop("follow of a user not in the data", int(bad.sum()),
-                    mapping.follows.source.where(int(np.flatnonzero(bad)[0])))  # fmt: skip
+        report.drop(
+            "follow of a user not in the data",
+            int(bad.sum()),
+            mapping.follows.source.where(int(np.flatnonzero(bad)[0])),
+        )
     _, first = np.unique(np.stack([a, b]), axis=1, return_index=True)
     repeated = np.ones(len(a), dtype=bool)
     repeated[first] = False
     repeated &= ~bad
     if repeated.any():
-        report.drop("follow listed twice (same follower and followee)", int(repeated.sum()),
-                    mapping.follows.source.where(int(np.flatnonzero(repeated)[0])))  # fmt: skip
+        report.drop(
+            "follow listed twice (same follower and followee)",
+            int(repeated.sum()),
+            mapping.follows.source.where(int(np.flatnonzero(repeated)[0])),
+        )
     bad |= repeated
     return {"follower_id": a[~bad], "followee_id": b[~bad], "ts": ts[~bad]}
 
@@ -245,16 +270,20 @@ def summary(dataset: Dataset, report: Report) -> str:
     n = len(inter["user_id"])
     day = lambda s: datetime.fromtimestamp(int(s), UTC).strftime("%Y-%m-%d")  # noqa: E731
     rows = [
-        ("users", f"{n_users:,}"), ("items", f"{n_items:,}"), ("interactions", f"{n:,}"),
+        ("users", f"{n_users:,}"),
+        ("items", f"{n_items:,}"),
+        ("interactions", f"{n:,}"),
         ("time span", f"{day(inter['ts'].min())} .. {day(inter['ts'].max())}"),
         ("density", f"{n / max(n_users * n_items, 1):.4%}"),
         ("creators", f"{len(dataset.creators['creator_id']):,}"),
         ("categories", f"{len(dataset.meta['categories']) - 1:,}"),
         ("follows", f"{len(dataset.follows['follower_id']):,}"),
         ("tasks", ", ".join(dataset.meta["tasks"])),
-    ]  # fmt: skip
-    rows += [("dropped", f"{c:,} rows: {r}; first at {report.first[r]}")
-             for r, c in report.dropped.items()]  # fmt: skip
+    ]
+    rows += [
+        ("dropped", f"{c:,} rows: {r}; first at {report.first[r]}")
+        for r, c in report.dropped.items()
+    ]
     rows += [("note", note) for note in report.notes]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -127,8 +127,9 @@ def read_interactions(mapping: Mapping, report: Report, progress: bool = True) -
                 f"event values not mapped to {'/'.join(FLAGS)}: "
                 + ", ".join(f"{v!r} x{c}" for v, c in unmapped.most_common(5))
             )
-        _drop(report, keep, keep & ~mapped, f"event value not mapped (column {spec.event!r})",
-              source)  # fmt: skip
+        _drop(
+            report, keep, keep & ~mapped, f"event value not mapped (column {spec.event!r})", source
+        )
     else:
         event = np.zeros(n, dtype=np.int64)
     if spec.rating:
@@ -136,9 +137,16 @@ def read_interactions(mapping: Mapping, report: Report, progress: bool = True) -
     _drop_duplicates(report, keep, user, item, ts, event, rating, source)
     rows = np.flatnonzero(keep)
     return RawInteractions(
-        users, items, user[keep], item[keep], ts[keep], rating[keep],
-        {k: v[keep] for k, v in flags.items()}, rows, source,
-    )  # fmt: skip
+        users,
+        items,
+        user[keep],
+        item[keep],
+        ts[keep],
+        rating[keep],
+        {k: v[keep] for k, v in flags.items()},
+        rows,
+        source,
+    )
 
 
 def _drop(report: Report, keep: np.ndarray, bad: np.ndarray, reason: str, source: Source) -> None:
@@ -156,9 +164,12 @@ def _drop_duplicates(report, keep, user, item, ts, event, rating, source: Source
     if len(order) > 1:
         a, b = order[1:], order[:-1]
         same[1:] = (
-            (user[a] == user[b]) & (item[a] == item[b]) & (ts[a] == ts[b])
-            & (event[a] == event[b]) & (rating_bits[a] == rating_bits[b])
-        )  # fmt: skip
+            (user[a] == user[b])
+            & (item[a] == item[b])
+            & (ts[a] == ts[b])
+            & (event[a] == event[b])
+            & (rating_bits[a] == rating_bits[b])
+        )
     duplicate = np.zeros(len(user), dtype=bool)
     duplicate[order[same]] = True
     duplicate &= keep
@@ -166,8 +177,9 @@ def _drop_duplicates(report, keep, user, item, ts, event, rating, source: Source
     if len(rows):
         report.drop(
             "duplicate row (same user, item, time, event and rating as an earlier row)",
-            len(rows), source.where(int(rows[0])),
-        )  # fmt: skip
+            len(rows),
+            source.where(int(rows[0])),
+        )
         keep &= ~duplicate
 
 
@@ -201,9 +213,11 @@ def read_table(source: Source, key: str, columns: dict[str, str | None], what: s
 
 def read_items(spec: Items) -> tuple[list[str], dict[str, pa.Array]]:
     columns = {
-        "title": spec.title, "creator": spec.creator, "categories": spec.categories,
+        "title": spec.title,
+        "creator": spec.creator,
+        "categories": spec.categories,
         "upload_time": spec.upload_time,
-    }  # fmt: skip
+    }
     keys, values = read_table(spec.source, spec.item, columns, "item id")
     if "upload_time" in values:
         values["upload_ts"] = parse_times(
@@ -214,9 +228,11 @@ def read_items(spec: Items) -> tuple[list[str], dict[str, pa.Array]]:
 
 def read_users(spec: Users) -> tuple[list[str], dict[str, pa.Array]]:
     columns = {
-        "age": spec.age, "gender": spec.gender, "occupation": spec.occupation,
+        "age": spec.age,
+        "gender": spec.gender,
+        "occupation": spec.occupation,
         "region": spec.region,
-    }  # fmt: skip
+    }
     return read_table(spec.source, spec.user, columns, "user id")
 
 
@@ -245,8 +261,10 @@ def read_creators_from_kg(kg: KnowledgeGraph) -> dict[str, str]:
     link_names = kg.link.header()
     kg_names = kg.kg.header()
     if len(link_names) < 2 or len(kg_names) < 3:
-        raise DataError(f"{kg.link.path} / {kg.kg.path}: expected (item, entity) and "
-                        "(head, relation, tail) columns")  # fmt: skip
+        raise DataError(
+            f"{kg.link.path} / {kg.kg.path}: expected (item, entity) and "
+            "(head, relation, tail) columns"
+        )
     entity_item: dict[str, str] = {}
     for batch in kg.link.batches(link_names[:2]):
         items, entities = (as_keys(batch[c]).to_pylist() for c in link_names[:2])

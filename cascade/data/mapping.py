@@ -135,8 +135,12 @@ def load_mapping(path: Path | None, recbole_dir: Path | None = None) -> Mapping:
         raise DataError(f"{path}: unknown tables {sorted(unknown_tables)}")
     where = str(path) if path else str(recbole_dir)
     parts = {}
-    for name, cls in (("interactions", Interactions), ("items", Items), ("users", Users),
-                      ("follows", Follows)):  # fmt: skip
+    for name, cls in (
+        ("interactions", Interactions),
+        ("items", Items),
+        ("users", Users),
+        ("follows", Follows),
+    ):
         source, table = defaults.get(name, (None, {}))
         table = {**table, **config.get(name, {})}
         if name not in config and name not in defaults:

@@ -489,9 +489,16 @@ def _exposures(config, policy, follow_index, items, truth, account, progress) ->
         for index, first in enumerate(range(0, n, chunk)):
             users = np.arange(first + 1, min(first + chunk, n) + 1, dtype=np.int64)
             rows = _chunk(
-                config, policy, follow_index, items, truth, account, users,
-                pages[first : first + chunk], _rng(config, 6, index),
-            )  # fmt: skip
+                config,
+                policy,
+                follow_index,
+                items,
+                truth,
+                account,
+                users,
+                pages[first : first + chunk],
+                _rng(config, 6, index),
+            )
             for name, values in rows.items():
                 columns[name][offset : offset + len(values)] = values
             offset += len(rows["user_id"])

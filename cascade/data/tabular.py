@@ -104,9 +104,13 @@ class Source:
         self.require(columns)
         size = self.path.stat().st_size
         bar = tqdm(
-            total=size, unit="B", unit_scale=True, desc=self.path.name,
-            disable=not progress or size < PROGRESS_BYTES, leave=False,
-        )  # fmt: skip
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=self.path.name,
+            disable=not progress or size < PROGRESS_BYTES,
+            leave=False,
+        )
         try:
             yield from (
                 self._parquet(columns, bar) if self.kind == "parquet" else self._text(columns, bar)
@@ -235,9 +239,13 @@ def parse_times(source: Source, column: str, values: pa.Array, offset: int, fmt:
             seconds = pc.cast(values, pa.float64())
         else:
             seconds = cast_or_locate(
-                source, column, pc.utf8_trim_whitespace(values), offset, pa.float64(),
+                source,
+                column,
+                pc.utf8_trim_whitespace(values),
+                offset,
+                pa.float64(),
                 "a Unix time" + (" in milliseconds" if fmt == "unix_ms" else " in seconds"),
-            )  # fmt: skip
+            )
         out = seconds.to_numpy(zero_copy_only=False)
         if np.isnan(out).any():
             row = first_bad(~np.isnan(out))

@@ -38,11 +38,19 @@ def main() -> None:
         extra = rng.choice([g for g in GENRES if g != genre])
         genres = genre if rng.random() < 0.6 else f"{genre}|{extra}"
         released = START - timedelta(days=rng.randint(0, 60))
-        tracks.append((f"trk-{artist}-{i:03d}", f"{artist.replace('-', ' ').title()} #{i}",
-                       artist, genres, released.date().isoformat()))  # fmt: skip
-    users = [(n, rng.randint(16, 60), rng.choice("MFO"), rng.choice(["DE", "FR", "US", "JP"]))
-             for n in NAMES] + [(a, rng.randint(20, 40), rng.choice("MF"), "US")
-                                for a in ARTISTS[:6]]  # fmt: skip
+        tracks.append(
+            (
+                f"trk-{artist}-{i:03d}",
+                f"{artist.replace('-', ' ').title()} #{i}",
+                artist,
+                genres,
+                released.date().isoformat(),
+            )
+        )
+    users = [
+        (n, rng.randint(16, 60), rng.choice("MFO"), rng.choice(["DE", "FR", "US", "JP"]))
+        for n in NAMES
+    ] + [(a, rng.randint(20, 40), rng.choice("MF"), "US") for a in ARTISTS[:6]]
     taste = {u[0]: rng.choice(GENRES) for u in users}
     events, follows = [], {}
     for user, *_ in users:

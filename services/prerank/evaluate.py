@@ -55,8 +55,9 @@ def agreement(student: np.ndarray, r: Requests) -> dict:
     gain = np.where(in_teacher_top, TEACHER_TOP - teacher_rank, 0).astype(np.float64)
     discount = 1 / np.log2(np.arange(2, TEACHER_TOP + 2))
     dcg = np.take_along_axis(gain, _order(student, r.valid)[:, :TEACHER_TOP], 1) * discount
-    ideal = (np.take_along_axis(gain, _order(r.teacher_scores, r.valid)[:, :TEACHER_TOP], 1)
-             * discount)  # fmt: skip
+    ideal = (
+        np.take_along_axis(gain, _order(r.teacher_scores, r.valid)[:, :TEACHER_TOP], 1) * discount
+    )
     return {
         "teacher_top100_recall_at_500": float(np.mean(student_top.sum(axis=1) / wanted)),
         "ndcg100_vs_teacher": float(np.mean(dcg.sum(axis=1) / ideal.sum(axis=1))),
@@ -95,25 +96,34 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> dict:
     recall_scores = -np.broadcast_to(np.arange(test.item_ids.shape[1]), test.item_ids.shape)
     recall_scores = recall_scores.astype(np.float32)
     rows = [
-        {"model": "teacher (rank) on all recall candidates",
-         **true_label_quality(test.teacher_scores, test),
-         "own_top10_ndcg10": ndcg10(_order(test.teacher_scores, test.valid), test, users)},
-        {"model": "recall order", **true_label_quality(recall_scores, test),
-         **agreement(recall_scores, test),
-         "own_top10_ndcg10": ndcg10(_order(recall_scores, test.valid), test, users),
-         "end_to_end_ndcg10": ndcg10(cascade_order(recall_scores, test), test, users)},
-    ]  # fmt: skip
+        {
+            "model": "teacher (rank) on all recall candidates",
+            **true_label_quality(test.teacher_scores, test),
+            "own_top10_ndcg10": ndcg10(_order(test.teacher_scores, test.valid), test, users),
+        },
+        {
+            "model": "recall order",
+            **true_label_quality(recall_scores, test),
+            **agreement(recall_scores, test),
+            "own_top10_ndcg10": ndcg10(_order(recall_scores, test.valid), test, users),
+            "end_to_end_ndcg10": ndcg10(cascade_order(recall_scores, test), test, users),
+        },
+    ]
     for variant in VARIANTS:
-        model, info = train_student(train, world.dataset, world.spec,
-                                    variant_config(variant, config), teacher)  # fmt: skip
+        model, info = train_student(
+            train, world.dataset, world.spec, variant_config(variant, config), teacher
+        )
         scores = student_scores(model, world.dataset, world.spec, test)
-        rows.append({
-            "model": f"student: {variant}", **true_label_quality(scores, test),
-            **agreement(scores, test),
-            "own_top10_ndcg10": ndcg10(_order(scores, test.valid), test, users),
-            "end_to_end_ndcg10": ndcg10(cascade_order(scores, test), test, users),
-            "train_seconds": info["seconds"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": f"student: {variant}",
+                **true_label_quality(scores, test),
+                **agreement(scores, test),
+                "own_top10_ndcg10": ndcg10(_order(scores, test.valid), test, users),
+                "end_to_end_ndcg10": ndcg10(cascade_order(scores, test), test, users),
+                "train_seconds": info["seconds"],
+            }
+        )
         log.info("%s %s", name, rows[-1])
     spread = [np.std(t[v]) for t, v in zip(train.teacher_logits, train.valid, strict=True)]
     return {
@@ -144,8 +154,10 @@ COLUMNS = (
 
 
 def markdown(reports: list[dict]) -> str:
-    lines = ["# Pre-rank: distilled two-tower student vs labels only, over real recall candidates",
-             ""]  # fmt: skip
+    lines = [
+        "# Pre-rank: distilled two-tower student vs labels only, over real recall candidates",
+        "",
+    ]
     for report in reports:
         lines += [
             f"## {report['dataset']} (bundle {report['bundle']}, "

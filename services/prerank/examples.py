@@ -48,9 +48,14 @@ def recall_merger(
 
 
 def recall_candidates(
-    merger: Merger, user_ids: np.ndarray, ts: np.ndarray, history: np.ndarray, consumed: list,
-    count: int, channel_masks: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    merger: Merger,
+    user_ids: np.ndarray,
+    ts: np.ndarray,
+    history: np.ndarray,
+    consumed: list,
+    count: int,
+    channel_masks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(R, count) merged candidates per request (0-padded) and their validity mask;
     `channel_masks`, an (R, count) uint32 array when given, receives their channel tags."""
     item_ids = np.zeros((len(user_ids), count), dtype=np.int64)
@@ -107,8 +112,9 @@ def build_requests(
     if keep and keep < count:
         item_ids, valid, labels = _subsample(item_ids, valid, labels, keep, seed)
     empty = np.zeros(item_ids.shape, dtype=np.float32)
-    requests = Requests(user_ids, ts, history, item_ids, valid, labels.astype(np.float32),
-                        empty, empty.copy())  # fmt: skip
+    requests = Requests(
+        user_ids, ts, history, item_ids, valid, labels.astype(np.float32), empty, empty.copy()
+    )
     requests.teacher_scores, requests.teacher_logits = teacher_labels(scorer, requests, history_log)
     return requests
 

@@ -51,10 +51,15 @@ def export_user_tower(model: Student, path: Path, example: dict[str, np.ndarray]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            tower, args, str(path), input_names=list(tower.fields), output_names=[OUTPUT],
+            tower,
+            args,
+            str(path),
+            input_names=list(tower.fields),
+            output_names=[OUTPUT],
             dynamic_axes={**{n: {0: "batch"} for n in tower.fields}, OUTPUT: {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 

@@ -93,8 +93,14 @@ class PrerankScorer:
             options,
             providers=session_providers(settings.execution_provider),
         )
-        return cls(session, store, table["vectors"], table["known"], bundle.version,
-                   info["teacher_version"])  # fmt: skip
+        return cls(
+            session,
+            store,
+            table["vectors"],
+            table["known"],
+            bundle.version,
+            info["teacher_version"],
+        )
 
     def user_vector(self, user_id: int, recent: np.ndarray | None = None) -> np.ndarray:
         """(1, dim) from the store's profile and history. With request ids (`recent`, newest

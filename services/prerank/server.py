@@ -95,8 +95,11 @@ class PrerankService(prerank_pb2_grpc.PrerankServicer):
             invalid_argument(context, "user.user_id", f"must be >= 0, got {request.user.user_id}")
         recent = np.asarray(request.user.recent_item_ids, dtype=np.int64)
         if len(recent) > settings.max_recent_items:
-            invalid_argument(context, "user.recent_item_ids",
-                             f"{len(recent)} ids; at most {settings.max_recent_items}")  # fmt: skip
+            invalid_argument(
+                context,
+                "user.recent_item_ids",
+                f"{len(recent)} ids; at most {settings.max_recent_items}",
+            )
         candidates = read_candidates(context, request.candidates, settings.max_candidates)
         n = len(candidates.item_ids)
         scorer = self.scorer  # one model for the whole request, even across a hot reload
@@ -129,9 +132,11 @@ def check_teacher(bundle: Bundle, scorer: PrerankScorer, metrics: PrerankMetrics
     if not same:
         log.warning(
             "prerank: student %s was distilled from teacher %s but the bundle's rank is %s; "
-            "the two stages may disagree: distil again", scorer.version, scorer.teacher_version,
+            "the two stages may disagree: distil again",
+            scorer.version,
+            scorer.teacher_version,
             rank_version or "absent",
-        )  # fmt: skip
+        )
     return same
 
 

@@ -31,9 +31,13 @@ from services.prerank.world import open_world, training_requests
 
 
 def distill_into_bundle(
-    dataset: str, data_dir: Path, artifacts: Path, version: str, config: DistillConfig,
+    dataset: str,
+    data_dir: Path,
+    artifacts: Path,
+    version: str,
+    config: DistillConfig,
     publish_it: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Distils a student from the bundle's teacher and writes the "prerank" component into it."""
     world = open_world(dataset, data_dir, artifacts, version)
     requests = training_requests(world, config)
@@ -44,9 +48,16 @@ def distill_into_bundle(
     vectors = item_vectors(model, world.dataset, world.spec)
     known = world.store.known_items(np.arange(world.dataset.n_items))
     write_component(
-        writer, model, world.spec, world.dataset, vectors, known,
-        world.bundle.component("rank")["version"], info, requests,
-    )  # fmt: skip
+        writer,
+        model,
+        world.spec,
+        world.dataset,
+        vectors,
+        known,
+        world.bundle.component("rank")["version"],
+        info,
+        requests,
+    )
     writer.commit()
     if publish_it:
         publish(artifacts, writer.version)

@@ -70,9 +70,17 @@ def training_requests(world: World, config: DistillConfig) -> Requests:
     keep = np.isin(ids, _sample(ids, config.max_users, config.seed))
     log.info("training requests: %d users", int(keep.sum()))
     return build_requests(
-        world.teacher, world.merger, train, train, ids[keep], ts[keep], world.dataset.n_items,
-        config.candidates_per_request, config.sampled_per_request, config.seed,
-    )  # fmt: skip
+        world.teacher,
+        world.merger,
+        train,
+        train,
+        ids[keep],
+        ts[keep],
+        world.dataset.n_items,
+        config.candidates_per_request,
+        config.sampled_per_request,
+        config.seed,
+    )
 
 
 def test_requests(world: World, count: int, max_users: int, seed: int = 0) -> Requests:

@@ -77,10 +77,15 @@ def check_parity(model: RankModel, spec: FeatureSpec, path: Path, rows: Rows) ->
     gap = float(np.abs(onnx_probabilities(path, rows) - expected).max())
     user_side = {f.name for f in spec.fields if f.entity in USER_SIDE}
     one_user = {n: v[:1] if n in user_side else v for n, v in rows.items()}
-    repeated = {n: np.repeat(v[:1], len(v), axis=0) if n in user_side else v
-                for n, v in rows.items()}  # fmt: skip
-    gap = max(gap, float(np.abs(onnx_probabilities(path, one_user) -
-                                onnx_probabilities(path, repeated)).max()))  # fmt: skip
+    repeated = {
+        n: np.repeat(v[:1], len(v), axis=0) if n in user_side else v for n, v in rows.items()
+    }
+    gap = max(
+        gap,
+        float(
+            np.abs(onnx_probabilities(path, one_user) - onnx_probabilities(path, repeated)).max()
+        ),
+    )
     if gap > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export of the ranker differs from torch by {gap:.2e}")
     return gap

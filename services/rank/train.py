@@ -294,10 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"most epochs (early stopping; default: {TrainConfig.max_epochs})",
     )
     parser.add_argument(
-        "--examples", choices=EXAMPLES, default=TrainConfig.examples,
+        "--examples",
+        choices=EXAMPLES,
+        default=TrainConfig.examples,
         help="training examples: logged impressions, recall outputs at training-period requests "
         "(needs --version of a bundle with the recall component), or both",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)

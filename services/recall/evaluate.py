@@ -118,11 +118,13 @@ def evaluate_dataset(
     merger.close()
     n_relevant = relevant.lengths()[users]
     rows = [
-        {"source": n if n == "merged" else f"channel:{n}",
-         **{f"Recall@{k}": float(np.mean(hits[n][:, j] / n_relevant)) for j, k in enumerate(KS)},
-         "mean_candidates": float(sizes[n].mean()) if n in sizes else None}
+        {
+            "source": n if n == "merged" else f"channel:{n}",
+            **{f"Recall@{k}": float(np.mean(hits[n][:, j] / n_relevant)) for j, k in enumerate(KS)},
+            "mean_candidates": float(sizes[n].mean()) if n in sizes else None,
+        }
         for n in [*names, "merged"]
-    ]  # fmt: skip
+    ]
     rows += _baselines(train, users, relevant, dataset.n_users, n_items)
     overlap = {
         a: {
@@ -183,10 +185,12 @@ def markdown(reports: list[dict], two_tower: list[dict]) -> str:
     for report in reports:
         lines += [
             f"## {report['dataset']} ({report['protocol']}, {report['n_users']} users"
-            + (", sampled" if report["users_sampled"] else "") + ")", "",
+            + (", sampled" if report["users_sampled"] else "")
+            + ")",
+            "",
             "| source | " + " | ".join(f"Recall@{k}" for k in KS) + " | mean candidates |",
             "|---|" + "---|" * (len(KS) + 1),
-        ]  # fmt: skip
+        ]
         for row in report["rows"]:
             size = "-" if row["mean_candidates"] is None else f"{row['mean_candidates']:.0f}"
             values = " | ".join(f"{row[f'Recall@{k}']:.4f}" for k in KS)
@@ -197,11 +201,19 @@ def markdown(reports: list[dict], two_tower: list[dict]) -> str:
             f"before the request) in the merged 2,000: {report['fresh_share_of_merged_2000']:.4f}."
         )
         shares = report["channel_share_of_merged_2000"].items()
-        lines += ["", "Channel share of the merged 2,000 (a candidate counts for each tag): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in shares), ""]  # fmt: skip
+        lines += [
+            "",
+            "Channel share of the merged 2,000 (a candidate counts for each tag): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in shares),
+            "",
+        ]
         names = list(report["channel_overlap_of_merged_2000"])
-        lines += ["Overlap (row's candidates also found by column):", "",
-                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
+        lines += [
+            "Overlap (row's candidates also found by column):",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for a in names:
             cells = " | ".join(
                 f"{report['channel_overlap_of_merged_2000'][a][b]:.3f}" for b in names
@@ -215,8 +227,10 @@ def markdown(reports: list[dict], two_tower: list[dict]) -> str:
             "|---|---|---|---|---|",
         ]
         for row in two_tower:
-            lines.append(f"| {row['dataset']} | {row['model']} | {row['Recall@100']:.4f} | "
-                         f"{row['Recall@500']:.4f} | {row['Recall@2000']:.4f} |")  # fmt: skip
+            lines.append(
+                f"| {row['dataset']} | {row['model']} | {row['Recall@100']:.4f} | "
+                f"{row['Recall@500']:.4f} | {row['Recall@2000']:.4f} |"
+            )
     else:
         lines.append("Not available: run `python -m services.recall.evaluate_two_tower` first.")
     return "\n".join(lines) + "\n"

@@ -65,26 +65,37 @@ class ChannelMetrics:
 
     def __init__(self, registry: CollectorRegistry):
         self.latency = Histogram(
-            "cascade_recall_channel_latency_seconds", "Time a recall channel took (timeouts: the "
-            "budget).", ["channel"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "cascade_recall_channel_latency_seconds",
+            "Time a recall channel took (timeouts: the budget).",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.returned = Counter(
-            "cascade_recall_channel_candidates", "Candidates a recall channel returned.",
-            ["channel"], registry=registry,
-        )  # fmt: skip
+            "cascade_recall_channel_candidates",
+            "Candidates a recall channel returned.",
+            ["channel"],
+            registry=registry,
+        )
         self.kept = Counter(
-            "cascade_recall_channel_kept", "Candidates a recall channel contributed to the merged "
-            "list (after filters, quotas and de-duplication): the channel mix.", ["channel"],
+            "cascade_recall_channel_kept",
+            "Candidates a recall channel contributed to the merged "
+            "list (after filters, quotas and de-duplication): the channel mix.",
+            ["channel"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.errors = Counter(
-            "cascade_recall_channel_errors", "Recall channel calls that raised.", ["channel"],
+            "cascade_recall_channel_errors",
+            "Recall channel calls that raised.",
+            ["channel"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.timeouts = Counter(
-            "cascade_recall_channel_timeouts", "Recall channel calls skipped past their budget.",
-            ["channel"], registry=registry,
-        )  # fmt: skip
+            "cascade_recall_channel_timeouts",
+            "Recall channel calls skipped past their budget.",
+            ["channel"],
+            registry=registry,
+        )
 
     def observe(self, report: ChannelReport) -> None:
         self.latency.labels(report.name).observe(report.latency_ms / 1000)

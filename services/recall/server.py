@@ -220,9 +220,12 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         pool (channel_workers > 0) the old merger's threads exit once in-flight requests drop it
         (ThreadPoolExecutor's workers stop when it is garbage collected)."""
         merger = Merger(
-            state.channels, self.settings.budgets(), overfetch=self.settings.overfetch,
-            max_workers=self.settings.channel_workers, metrics=self.channel_metrics,
-        )  # fmt: skip
+            state.channels,
+            self.settings.budgets(),
+            overfetch=self.settings.overfetch,
+            max_workers=self.settings.channel_workers,
+            metrics=self.channel_metrics,
+        )
         self.serving = (state, merger)  # one reference: a request reads both at once
         self.metrics.set_model_version(state.version)
         return state.version
@@ -260,9 +263,11 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         for report in result.reports:
             response.channels.add(
                 channel=common_pb2.Channel.Value(f"CHANNEL_{report.name.upper()}"),
-                returned=report.returned, kept=report.kept,
-                latency_ms=report.latency_ms, status=report.status,
-            )  # fmt: skip
+                returned=report.returned,
+                kept=report.kept,
+                latency_ms=report.latency_ms,
+                status=report.status,
+            )
         return response
 
     def Record(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
@@ -270,9 +275,10 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         ones are reported back, never written."""
         if len(request.events) > self.settings.max_record_events:
             invalid_argument(
-                context, "events",
+                context,
+                "events",
                 f"{len(request.events)} events; at most {self.settings.max_record_events}",
-            )  # fmt: skip
+            )
         checked = check_events(request.events, self.state.store.known_items)
         if len(checked.indices):
             self.state.store.record(checked.user_ids, checked.item_ids, checked.ts, checked.names)
@@ -294,9 +300,10 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         recent = np.asarray(user.recent_item_ids, dtype=np.int64)
         if len(recent) > self.settings.max_recent_items:
             invalid_argument(
-                context, "user.recent_item_ids",
+                context,
+                "user.recent_item_ids",
                 f"{len(recent)} ids; at most {self.settings.max_recent_items} accepted",
-            )  # fmt: skip
+            )
         if (recent <= 0).any():
             invalid_argument(context, "user.recent_item_ids", "item ids must be > 0")
         store = self.state.store

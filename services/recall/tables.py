@@ -143,14 +143,20 @@ def _profile(dataset: Dataset, trending: np.ndarray, per_group: int) -> dict[str
     categories = items["categories"].astype(np.int64)  # (n, 6), 0-padded
     has = categories > 0
     category_ptr, category_items, category_scores = _csr(
-        categories[has], np.broadcast_to(ids[:, None], has.shape)[has],
-        np.broadcast_to(score[:, None], has.shape)[has], n_categories, per_group,
-    )  # fmt: skip
+        categories[has],
+        np.broadcast_to(ids[:, None], has.shape)[has],
+        np.broadcast_to(score[:, None], has.shape)[has],
+        n_categories,
+        per_group,
+    )
     return {
-        "creator_ptr": creator_ptr, "creator_items": creator_items,
-        "creator_scores": creator_scores, "category_ptr": category_ptr,
-        "category_items": category_items, "category_scores": category_scores,
-    }  # fmt: skip
+        "creator_ptr": creator_ptr,
+        "creator_items": creator_items,
+        "creator_scores": creator_scores,
+        "category_ptr": category_ptr,
+        "category_items": category_items,
+        "category_scores": category_scores,
+    }
 
 
 def _social(dataset: Dataset, train: Table, per_account: int) -> dict[str, np.ndarray]:

@@ -55,9 +55,12 @@ def build_recall(
         "feature_spec": spec.to_json(),
         "n_items": dataset.n_items,
         "as_of": int(tables["popular"]["as_of"]),
-        "tables": {"settings": table_settings.to_dict(), "files": files,
-                   "seconds": round(time.perf_counter() - started, 2)},
-    }  # fmt: skip
+        "tables": {
+            "settings": table_settings.to_dict(),
+            "files": files,
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    }
     if mf:
         from services.recall.mf import build_mf
 

@@ -164,9 +164,11 @@ def plot(results: list[dict], path: Path) -> None:
         for method, marker in (("mmr", "s-"), ("dpp", "o-")):
             rows = [r for r in result["rows"] if r["method"] == method]
             axis.plot(
-                [r["ILD_category"] for r in rows], [r["NDCG@10"] for r in rows], marker,
+                [r["ILD_category"] for r in rows],
+                [r["NDCG@10"] for r in rows],
+                marker,
                 label=method.upper(),
-            )  # fmt: skip
+            )
             for r in rows:
                 axis.annotate(f"{r['trade_off']}", (r["ILD_category"], r["NDCG@10"]), fontsize=7)
         axis.plot(base["ILD_category"], base["NDCG@10"], "k*", markersize=12, label="no rerank")

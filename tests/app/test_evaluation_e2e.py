@@ -57,9 +57,13 @@ def test_paired_difference_has_the_mean_and_a_bootstrap_interval_around_it():
     assert ndcg["ci95_low"] < lift.mean() < ndcg["ci95_high"]
     assert 0 < ndcg["ci95_low"] and ndcg["ci95_high"] - ndcg["ci95_low"] < 0.03  # ~4 std errors
     assert paired["Recall@20"] == {
-        "mean_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "ratio": 1.0,
-        "users_better": 0, "users_worse": 0,
-    }  # fmt: skip
+        "mean_difference": 0.0,
+        "ci95_low": 0.0,
+        "ci95_high": 0.0,
+        "ratio": 1.0,
+        "users_better": 0,
+        "users_worse": 0,
+    }
     assert paired_difference(mine, theirs, seed=0) == paired  # seeded
     lines = "\n".join(paired_lines({"EASE": paired}))
     assert f"| EASE | NDCG@10 | {ndcg['mean_difference']:+.4f} |" in lines

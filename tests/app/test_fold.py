@@ -22,10 +22,12 @@ EVENTS = pa.table(
         "user_id": pa.array([2, 2, 2, 2, 99, 2, 2], pa.int64()),
         "item_id": pa.array([7, 7, 7, 9, 3, 4, 7], pa.int64()),
         "event": ["click", "play", "like", "impression", "play", "play", "complete"],
-        "timestamp_ms": pa.array([1_001_000, 1_002_000, 1_005_000, 1_000_500, 2_003_000,
-                                  3_000_000, 1_004_000], pa.int64()),
+        "timestamp_ms": pa.array(
+            [1_001_000, 1_002_000, 1_005_000, 1_000_500, 2_003_000, 3_000_000, 1_004_000],
+            pa.int64(),
+        ),
     }
-)  # fmt: skip
+)
 
 
 def test_served_pages_become_impressions_labelled_by_their_own_request():
@@ -47,10 +49,14 @@ def test_plays_become_interactions_with_what_followed_them():
     got = {
         (u, i): (t, c, lk)
         for u, i, t, c, lk in zip(
-            rows["user_id"].tolist(), rows["item_id"].tolist(), rows["ts"].tolist(),
-            rows["complete"].tolist(), rows["like"].tolist(), strict=True,
+            rows["user_id"].tolist(),
+            rows["item_id"].tolist(),
+            rows["ts"].tolist(),
+            rows["complete"].tolist(),
+            rows["like"].tolist(),
+            strict=True,
         )
-    }  # fmt: skip
+    }
     assert got == {
         (2, 7): (1002, True, True),
         (99, 3): (2003, False, False),

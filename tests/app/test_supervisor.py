@@ -24,10 +24,15 @@ def test_a_killed_stage_is_restarted_by_the_supervisor(tiny_bundle, tmp_path):  
     run_dir = tmp_path / "run"
     options = {"artifacts": artifacts, "data_dir": data, "dataset": "synthetic", "bundle": "v1"}
     running = stack.up(
-        run_dir=run_dir, train=False, only=("rerank",), supervise=True, quiet=True,
+        run_dir=run_dir,
+        train=False,
+        only=("rerank",),
+        supervise=True,
+        quiet=True,
         ports=dict.fromkeys(stack.DEFAULT_PORTS, 0),
-        metrics_ports=dict.fromkeys(stack.DEFAULT_PORTS, 0), **options,
-    )  # fmt: skip
+        metrics_ports=dict.fromkeys(stack.DEFAULT_PORTS, 0),
+        **options,
+    )
     try:
         state = json.loads((run_dir / supervisor.STATE_FILE).read_text())
         (old,) = running.services

@@ -88,20 +88,31 @@ def test_offline_online_parity_tiny(tiny_dataset):
 def test_parity_after_online_events_against_plain_loops(tiny_dataset):
     users = np.arange(1, 7)
     store, train = _parity(tiny_dataset, users, np.arange(1, 13))
-    events = [(2, 7, "play"), (2, 9, "like"), (3, 4, "play"), (2, 4, "play"), (3, 4, "skip"),
-              (5, 11, "complete"), (2, 1, "impression"), (5, 12, "share")]  # fmt: skip
+    events = [
+        (2, 7, "play"),
+        (2, 9, "like"),
+        (3, 4, "play"),
+        (2, 4, "play"),
+        (3, 4, "skip"),
+        (5, 11, "complete"),
+        (2, 1, "impression"),
+        (5, 12, "share"),
+    ]
     counters_before = store.item_counters(np.arange(13))
     store.record(
-        np.array([u for u, _, _ in events]), np.array([i for _, i, _ in events]),
-        np.arange(900, 900 + len(events)), [e for _, _, e in events],
-    )  # fmt: skip
+        np.array([u for u, _, _ in events]),
+        np.array([i for _, i, _ in events]),
+        np.arange(900, 900 + len(events)),
+        [e for _, _, e in events],
+    )
     length = store.spec.history_length
     for user in users.tolist():
         plays = [i for u, i, e in events if u == user and e == "play"]
         expected = _reference_history(train, user, length, plays)
         assert store.history(np.array([user]))[0].tolist() == expected, user
-        logged = {int(i) for u, i in zip(train["user_id"], train["item_id"], strict=True)
-                  if u == user}  # fmt: skip
+        logged = {
+            int(i) for u, i in zip(train["user_id"], train["item_id"], strict=True) if u == user
+        }
         online = {i for u, i, e in events if u == user and e in CONSUMPTION}
         assert store.consumed(user).tolist() == sorted(logged | online), user
     after = store.item_counters(np.arange(13))

@@ -60,8 +60,11 @@ def test_nothing_listening_exits_one_within_the_timeout():
 def test_runs_as_a_module_like_the_compose_healthcheck(running):
     result = subprocess.run(
         [sys.executable, "-m", "cascade.healthcheck", running.address],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=20,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("SERVING")
 

@@ -37,9 +37,13 @@ def test_a_bad_variable_stops_the_service_with_code_2_naming_it(tmp_path, module
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
     env[variable] = value
     done = subprocess.run(
-        [sys.executable, "-m", module], cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
+        [sys.executable, "-m", module],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert variable in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr  # a clear message, not a crash

@@ -127,12 +127,17 @@ def test_a_huge_user_id_costs_what_a_small_one_costs(make_store, backend):
 
 def _log(rows) -> pa.Table:
     users, items, ts, names = _events(rows)
-    return pa.table({
-        "user_id": pa.array(users, pa.int64()), "user_key": [str(u) for u in users],
-        "item_id": pa.array(items, pa.int64()), "event": names,
-        "timestamp_ms": pa.array(ts * 1000, pa.int64()), "request_id": [""] * len(users),
-        "logged_ms": pa.array(ts * 1000, pa.int64()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.int64()),
+            "user_key": [str(u) for u in users],
+            "item_id": pa.array(items, pa.int64()),
+            "event": names,
+            "timestamp_ms": pa.array(ts * 1000, pa.int64()),
+            "request_id": [""] * len(users),
+            "logged_ms": pa.array(ts * 1000, pa.int64()),
+        }
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -40,8 +40,9 @@ def mtls_settings(certs, **overrides) -> ServerSettings:
 
 
 def client(ca: Path, cert: Path | None = None, key: Path | None = None, **extra) -> ClientSettings:
-    return ClientSettings(max_attempts=1, timeout_s=5.0, tls_ca=ca, tls_cert=cert, tls_key=key,
-                          **extra)  # fmt: skip
+    return ClientSettings(
+        max_attempts=1, timeout_s=5.0, tls_ca=ca, tls_cert=cert, tls_key=key, **extra
+    )
 
 
 def call(address: str, settings: ClientSettings, default_deadline: bool = True) -> grpc.StatusCode:

@@ -35,10 +35,16 @@ def set_env(objects: list[dict], stage: str, name: str, value: str) -> None:
 def test_renders_a_namespaced_set_per_stage(objects):
     kinds = Counter(o["kind"] for o in objects)
     assert kinds == {
-        "Namespace": 1, "ConfigMap": 1, "PersistentVolumeClaim": 1, "Deployment": 5,
-        "Service": 6, "HorizontalPodAutoscaler": 5, "PodDisruptionBudget": 5, "StatefulSet": 1,
+        "Namespace": 1,
+        "ConfigMap": 1,
+        "PersistentVolumeClaim": 1,
+        "Deployment": 5,
+        "Service": 6,
+        "HorizontalPodAutoscaler": 5,
+        "PodDisruptionBudget": 5,
+        "StatefulSet": 1,
         "NetworkPolicy": 7,
-    }  # fmt: skip
+    }
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
         "cascade"
     }
@@ -194,8 +200,9 @@ MISTAKES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("mutate,check,message", [m[1:] for m in MISTAKES],
-                         ids=[m[0] for m in MISTAKES])  # fmt: skip
+@pytest.mark.parametrize(
+    "mutate,check,message", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES]
+)
 def test_each_check_catches_its_mistake(objects, mutate, check, message):
     broken = copy.deepcopy(objects)
     mutate(broken)

@@ -68,17 +68,22 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
         if value.startswith("/etc/cascade/tls/")
     }
     assert set(mounted) == {f"{prefix}SERVER_TLS_{n}" for n in ("CERT", "KEY", "CLIENT_CA")}
-    env = os.environ | workload.env | mounted | {
-        f"{prefix}SERVER_PROBE_PORT": str(probe_port),
-        f"{prefix}SERVER_HOST": "127.0.0.1",
-        f"{prefix}SERVER_PORT": "0",  # ephemeral; the server reports it in its port file
-        f"{prefix}SERVER_METRICS_PORT": "0",
-        f"{prefix}SERVER_PORT_FILE": str(port_file),
-        f"{prefix}ARTIFACTS": str(artifacts),
-        f"{prefix}DATA_DIR": str(data),
-        f"{prefix}BUNDLE": "v1",
-        f"{prefix}STORE": redis_url,
-    }  # fmt: skip
+    env = (
+        os.environ
+        | workload.env
+        | mounted
+        | {
+            f"{prefix}SERVER_PROBE_PORT": str(probe_port),
+            f"{prefix}SERVER_HOST": "127.0.0.1",
+            f"{prefix}SERVER_PORT": "0",  # ephemeral; the server reports it in its port file
+            f"{prefix}SERVER_METRICS_PORT": "0",
+            f"{prefix}SERVER_PORT_FILE": str(port_file),
+            f"{prefix}ARTIFACTS": str(artifacts),
+            f"{prefix}DATA_DIR": str(data),
+            f"{prefix}BUNDLE": "v1",
+            f"{prefix}STORE": redis_url,
+        }
+    )
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -155,6 +155,8 @@ def test_promtool_accepts_configs_rules_and_the_rule_unit_tests():
 
     results = promtool_checks(shutil.which("promtool"))
     assert [r["command"].split()[1:3] for r in results] == [
-        ["check", "config"], ["check", "rules"], ["test", "rules"],
-    ]  # fmt: skip
+        ["check", "config"],
+        ["check", "rules"],
+        ["test", "rules"],
+    ]
     assert all(r["rc"] == 0 for r in results), [r["output"] for r in results if r["rc"]]

@@ -26,8 +26,16 @@ pytestmark = [
 
 
 def test_every_rule_and_panel_query_has_data_against_a_real_prometheus(tmp_path):
-    argv = ["--out", str(tmp_path), "--artifacts", str(ARTIFACTS),
-            "--data-dir", str(ROOT / "data"), "--traffic-s", "8"]  # fmt: skip
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--artifacts",
+        str(ARTIFACTS),
+        "--data-dir",
+        str(ROOT / "data"),
+        "--traffic-s",
+        "8",
+    ]
     assert main(argv) == 0
     report = json.loads((tmp_path / "prometheus_check.json").read_text())
     assert report["ok"] and report["empty"] == [] and report["failing_rules"] == []
@@ -37,7 +45,8 @@ def test_every_rule_and_panel_query_has_data_against_a_real_prometheus(tmp_path)
     assert traffic["feedback_events"]["accepted"] > 0
     # The injected faults show up as series: the paused stage's fallbacks and its failed scrape.
     paused = traffic["paused"]["stage"]
-    fallbacks = next(q for q in report["queries"]
-                     if q["name"] == "stage_reason:cascade_gateway_degraded:rate1m")  # fmt: skip
+    fallbacks = next(
+        q for q in report["queries"] if q["name"] == "stage_reason:cascade_gateway_degraded:rate1m"
+    )
     assert fallbacks["series"] >= 2  # NO_BUDGET (tiny deadlines) and the pause's reason
     assert paused in {r["metric"]["stage"] for r in report["down_seen"]}

@@ -77,9 +77,15 @@ def build_bundle(root: Path, dataset: Dataset) -> Built:
     model, prepared, info = train(dataset, train_config, model_config)
     writer = BundleWriter(artifacts, VERSION)
     write_component(
-        writer, model, prepared.spec, "ml-100k", train_config, model_config, info,
+        writer,
+        model,
+        prepared.spec,
+        "ml-100k",
+        train_config,
+        model_config,
+        info,
         prepared.test[0],
-    )  # fmt: skip
+    )
     writer.commit()
     build_rerank("ml-100k", root / "data", artifacts, VERSION, dim=4)
     if HAS_PRERANK:
@@ -131,8 +137,11 @@ def start_stages(
 ) -> tuple[dict, object]:
     """Every stage in-process; `server` carries their port and TLS settings."""
     common = {
-        "artifacts": built.artifacts, "data_dir": built.data_dir, "server": server, "store": store
-    }  # fmt: skip
+        "artifacts": built.artifacts,
+        "data_dir": built.data_dir,
+        "server": server,
+        "store": store,
+    }
     recall = start_recall(RecallSettings(**common, default_count=50, fresh_window_s=10**9))
     recall_service = recall.service
     rank = start_rank(built, server, rank_delay_s)
@@ -177,9 +186,14 @@ def gateway_settings(built: Built, stages: dict[str, RunningServer], **overrides
     log_dir = tempfile.mkdtemp(prefix="eventlog-", dir=built.data_dir.parent)
     overrides.setdefault("event_log", f"file:{log_dir}")
     funnel = dict(
-        recall_count=40, prerank_count=25, rank_count=15, default_count=5, max_count=20,
-        default_deadline_s=2.0, max_deadline_s=3.0,
-    )  # fmt: skip
+        recall_count=40,
+        prerank_count=25,
+        rank_count=15,
+        default_count=5,
+        max_count=20,
+        default_deadline_s=2.0,
+        max_deadline_s=3.0,
+    )
     common = {"server": QUIET, "artifacts": built.artifacts, "data_dir": built.data_dir}
     return GatewaySettings(**(common | targets | funnel | overrides))
 

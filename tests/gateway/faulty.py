@@ -74,10 +74,11 @@ class Faulty:
             ids = list(self.items)
             response.candidates.CopyFrom(
                 common_pb2.CandidateList(
-                    item_ids=ids, scores=[1.0 - i / len(ids) for i in range(len(ids))],
+                    item_ids=ids,
+                    scores=[1.0 - i / len(ids) for i in range(len(ids))],
                     channel_masks=[1] * len(ids),
                 )
-            )  # fmt: skip
+            )
         if mode == "malformed":
             response.candidates.scores.append(0.5)
         return response

@@ -47,8 +47,9 @@ def test_bad_arms_are_refused():
 
 
 def test_arms_parse_from_the_setting_and_errors_name_the_problem():
-    arms = parse_arms('[{"name": "control"}, {"name": "small", "share": 0.5, '
-                      '"overrides": {"rank_count": 20}}]')  # fmt: skip
+    arms = parse_arms(
+        '[{"name": "control"}, {"name": "small", "share": 0.5, "overrides": {"rank_count": 20}}]'
+    )
     assert [(a.name, a.share, a.overrides) for a in arms] == [
         ("control", 1.0, {}),
         ("small", 0.5, {"rank_count": 20}),

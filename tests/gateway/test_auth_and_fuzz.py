@@ -67,9 +67,13 @@ def call(address: str, metadata=None, method: str = "Recommend"):
 
 @pytest.mark.parametrize(
     "metadata",
-    [None, (("authorization", "Bearer wrong"),), (("x-api-key", "s3cret"),),
-     (("authorization", TOKEN),)],  # the last lacks the "Bearer" scheme
-)  # fmt: skip
+    [
+        None,
+        (("authorization", "Bearer wrong"),),
+        (("x-api-key", "s3cret"),),
+        (("authorization", TOKEN),),
+    ],  # the last lacks the "Bearer" scheme
+)
 @pytest.mark.parametrize("method", ["Recommend", "Feedback"])
 def test_missing_or_wrong_token_is_unauthenticated(secured, metadata, method):
     accepted = secured.gateway.registry.get_sample_value(
@@ -96,9 +100,12 @@ def test_reflection_needs_no_token_and_lists_the_gateway(secured):
 
 @pytest.mark.parametrize(
     "metadata",
-    [(("authorization", f"Bearer {TOKEN}"),), (("x-api-key", TOKEN),),
-     (("x-api-key", "wrong"), ("x-api-key", TOKEN))],  # any entry of the key may hold it
-)  # fmt: skip
+    [
+        (("authorization", f"Bearer {TOKEN}"),),
+        (("x-api-key", TOKEN),),
+        (("x-api-key", "wrong"), ("x-api-key", TOKEN)),
+    ],  # any entry of the key may hold it
+)
 def test_the_right_token_is_served(secured, metadata):
     assert len(call(secured.gateway.address, metadata).items.item_ids) == 3
     assert call(secured.gateway.address, metadata, "Feedback").accepted == 1
@@ -171,7 +178,7 @@ payloads = st.one_of(
         st.integers(-(2**63), 2**63 - 1),
         st.integers(0, 2**32 - 1),
         st.booleans(),
-    ),  # fmt: skip
+    ),
     st.builds(
         lambda user, item, kind, ts: gateway_pb2.FeedbackRequest(
             events=[gateway_pb2.Event(user_id=user, item_id=item, type=kind, timestamp_ms=ts)]
@@ -180,7 +187,7 @@ payloads = st.one_of(
         st.integers(-(2**63), 2**63 - 1),
         st.integers(-(2**31), 2**31 - 1),
         st.integers(-(2**63), 2**63 - 1),
-    ),  # fmt: skip
+    ),
 )
 
 

@@ -189,9 +189,12 @@ def test_every_stage_down_answers_popular_minus_plays_with_the_creator_cap(gatew
     """The whole fallback chain against a plain-loop reference: popular order, minus plays, at
     most one item per known creator."""
     gateway = gateway_with(
-        Faulty("recall", "UNAVAILABLE"), prerank_target="127.0.0.1:1", rank_target="127.0.0.1:1",
-        rerank_target="127.0.0.1:1", max_per_creator=1,
-    )  # fmt: skip
+        Faulty("recall", "UNAVAILABLE"),
+        prerank_target="127.0.0.1:1",
+        rank_target="127.0.0.1:1",
+        rerank_target="127.0.0.1:1",
+        max_per_creator=1,
+    )
     popular = [int(i) for i in gateway.service.catalog.popular]
     played = popular[:2]
     with CascadeClient(gateway.address, timeout_s=DEADLINE_S) as client:

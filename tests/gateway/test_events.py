@@ -76,8 +76,14 @@ def test_a_batch_keeps_the_valid_events_in_order_and_reports_each_bad_one_by_pos
 def test_every_wire_event_type_maps_to_its_store_name():
     kinds = {value.name: value.number for value in gateway_pb2.EventType.DESCRIPTOR.values}
     expected = {
-        "impression": 1, "click": 2, "play": 3, "complete": 4, "like": 5, "share": 6, "skip": 7,
-    }  # fmt: skip
+        "impression": 1,
+        "click": 2,
+        "play": 3,
+        "complete": 4,
+        "like": 5,
+        "share": 6,
+        "skip": 7,
+    }
     assert {name: kinds[f"EVENT_TYPE_{name.upper()}"] for name in expected} == expected
     for name, number in expected.items():
         checked = check_events([event(kind=number)], known_items, now_s=NOW_S)
@@ -110,11 +116,14 @@ def test_recall_record_called_directly_applies_the_same_checks(built):
         far_future_ms = 10**15  # year 33658
         request = gateway_pb2.FeedbackRequest(
             events=[
-                event(user=user, item=5), event(user=0, item=5), event(user=user, item=10**6),
-                event(user=user, item=5, kind=0), event(user=user, item=5, ts_ms=-5),
+                event(user=user, item=5),
+                event(user=0, item=5),
+                event(user=user, item=10**6),
+                event(user=user, item=5, kind=0),
+                event(user=user, item=5, ts_ms=-5),
                 event(user=user, item=5, ts_ms=far_future_ms),
             ]
-        )  # fmt: skip
+        )
         with make_channel(running.address, retry_methods=()) as channel:
             record = channel.unary_unary(
                 "/cascade.v1.Recall/Record",
@@ -130,8 +139,12 @@ def test_recall_record_called_directly_applies_the_same_checks(built):
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert reply.accepted == 1
         assert [(r.index, r.reason.split(":")[0]) for r in reply.rejected] == [
-            (1, "user_id"), (2, "item_id"), (3, "type"), (4, "timestamp_ms"), (5, "timestamp_ms"),
-        ]  # fmt: skip
+            (1, "user_id"),
+            (2, "item_id"),
+            (3, "type"),
+            (4, "timestamp_ms"),
+            (5, "timestamp_ms"),
+        ]
         history = store.history(np.array([user]))[0].tolist()
         assert (
             history[0] == 5

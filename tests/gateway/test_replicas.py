@@ -28,8 +28,9 @@ pytestmark = pytest.mark.timeout(240)
 
 def test_targets_resolve_to_every_replica():
     assert resolve("127.0.0.1:5, 127.0.0.2:6") == [
-        Endpoint("127.0.0.1:5", ""), Endpoint("127.0.0.2:6", "")
-    ]  # fmt: skip
+        Endpoint("127.0.0.1:5", ""),
+        Endpoint("127.0.0.2:6", ""),
+    ]
     assert resolve("ipv4:127.0.0.1:5,127.0.0.1:6")[1] == Endpoint("127.0.0.1:6", "")
     assert resolve("[::1]:7") == [Endpoint("[::1]:7", "")]
     # A name is resolved to all its addresses, each remembering the name (TLS checks it).
@@ -85,15 +86,18 @@ def test_a_dead_replica_is_ejected_probed_by_health_checks_and_taken_back(built,
 def start_rank_process(built) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = os.environ | {
-        "CASCADE_RANK_SERVER_PORT": str(port), "CASCADE_RANK_SERVER_METRICS_PORT": "-1",
+        "CASCADE_RANK_SERVER_PORT": str(port),
+        "CASCADE_RANK_SERVER_METRICS_PORT": "-1",
         "CASCADE_RANK_ARTIFACTS": str(built.artifacts),
         "CASCADE_RANK_DATA_DIR": str(built.data_dir),
         "CASCADE_RANK_SERVER_RELOAD_INTERVAL_S": "0",
-    }  # fmt: skip
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.rank.server"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "services.rank.server"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while check(f"127.0.0.1:{port}", timeout_s=1.0) != "SERVING":
         assert process.poll() is None and time.monotonic() < deadline, "rank did not start"
@@ -110,9 +114,12 @@ def test_a_sigstopped_replica_among_two_costs_a_few_requests_not_half(built, sta
         service = stack.gateway.service
         old = service.pools["rank"]
         pool = ReplicaPool(
-            "rank", f"{healthy},127.0.0.1:{port}", channel_factory(ClientSettings(timeout_s=3.0)),
-            3, 0.5,
-        )  # fmt: skip
+            "rank",
+            f"{healthy},127.0.0.1:{port}",
+            channel_factory(ClientSettings(timeout_s=3.0)),
+            3,
+            0.5,
+        )
         service.pools["rank"] = service.cascade.pools["rank"] = pool
         old.close()
         with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
@@ -158,13 +165,24 @@ def test_rotated_client_certificates_give_the_replicas_new_channels(tmp_path):
     ours, theirs = make_certificates(tmp_path / "ours"), make_certificates(tmp_path / "theirs")
     live = tmp_path / "live"
     shutil.copytree(ours.folder, live)
-    server, _ = start_fake(ServerSettings(
-        tls_cert=live / "server.pem", tls_key=live / "server-key.pem", tls_client_ca=live / "ca.pem"
-    ))  # fmt: skip
+    server, _ = start_fake(
+        ServerSettings(
+            tls_cert=live / "server.pem",
+            tls_key=live / "server-key.pem",
+            tls_client_ca=live / "ca.pem",
+        )
+    )
     files = [live / "ca.pem", live / "gateway.pem", live / "gateway-key.pem"]
     client = ClientSettings(timeout_s=5.0, tls_ca=files[0], tls_cert=files[1], tls_key=files[2])
-    pool = ReplicaPool("rerank", server.address, channel_factory(client), 3, 0.5,
-                       resolve_interval_s=3600, credential_files=files)  # fmt: skip
+    pool = ReplicaPool(
+        "rerank",
+        server.address,
+        channel_factory(client),
+        3,
+        0.5,
+        resolve_interval_s=3600,
+        credential_files=files,
+    )
     try:
         (replica,) = pool.replicas
         rerank_pb2_grpc.RerankStub(replica.channel).Rerank(rerank_request(count=2), timeout=5)

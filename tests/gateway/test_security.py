@@ -30,9 +30,11 @@ def secure(built, tmp_path_factory):
     settings = dataclasses.replace(
         gateway_settings(built, stages),
         server=dataclasses.replace(QUIET, tls_cert=certs.server, tls_key=certs.server_key),
-        stage_tls_ca=certs.ca, stage_tls_cert=certs.gateway, stage_tls_key=certs.gateway_key,
+        stage_tls_ca=certs.ca,
+        stage_tls_cert=certs.gateway,
+        stage_tls_key=certs.gateway_key,
         api_token=TOKEN,
-    )  # fmt: skip
+    )
     gateway = start(settings)
     yield certs, stages, gateway, settings
     gateway.stop(0)
@@ -84,8 +86,9 @@ def record(address: str, settings: ClientSettings) -> grpc.StatusCode:
 def test_only_the_gateway_may_call_record(secure):
     certs, stages, _, _ = secure
     address = stages["recall"].address
-    tools = ClientSettings(max_attempts=1, tls_ca=certs.ca, tls_cert=certs.tools,
-                           tls_key=certs.tools_key)  # fmt: skip
+    tools = ClientSettings(
+        max_attempts=1, tls_ca=certs.ca, tls_cert=certs.tools, tls_key=certs.tools_key
+    )
     assert record(address, tools) == grpc.StatusCode.PERMISSION_DENIED
     with make_channel(address, tools) as channel, pytest.raises(grpc.RpcError) as refused:
         recall_pb2_grpc.RecallStub(channel).Recall(recall_pb2.RecallRequest(count=5), timeout=5)

@@ -150,8 +150,13 @@ def recall_item_cf(stack, user: int, recent: list[int]) -> list[int]:
     )
     response = stub.Recall(request, timeout=5)
     bit = channel_bit("item_cf")
-    return [i for i, m in zip(response.candidates.item_ids, response.candidates.channel_masks,
-                              strict=True) if m & bit]  # fmt: skip
+    return [
+        i
+        for i, m in zip(
+            response.candidates.item_ids, response.candidates.channel_masks, strict=True
+        )
+        if m & bit
+    ]
 
 
 def test_feedback_rejects_bad_events_and_keeps_the_good_ones(stack_factory):
@@ -161,8 +166,9 @@ def test_feedback_rejects_bad_events_and_keeps_the_good_ones(stack_factory):
         reply = client.feedback(events)
         assert reply.accepted == 2
         assert [(r.index, r.reason.split(":")[0]) for r in reply.rejected] == [
-            (1, "item_id"), (2, "user_id"),
-        ]  # fmt: skip
+            (1, "item_id"),
+            (2, "user_id"),
+        ]
         with pytest.raises(grpc.RpcError) as error:
             client.feedback([(3, 1, "play")] * (stack.settings.max_feedback_events + 1))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -55,8 +55,10 @@ def test_feedback_is_on_the_log_when_it_returns_and_a_repeat_is_logged_once(stac
     play, like = first.to_pylist()
     assert (play["user_id"], play["user_key"], play["item_id"]) == (3, "3", 7)
     assert (play["event"], play["timestamp_ms"], play["request_id"]) == (
-        "play", 1_700_000_000_123, "req-1"
-    )  # fmt: skip
+        "play",
+        1_700_000_000_123,
+        "req-1",
+    )
     assert abs(play["logged_ms"] - time.time() * 1000) < 60_000
     # Time 0 means "now": the gateway's clock (here the replayed data's) stamps it.
     as_of_ms = stack.gateway.service.catalog.as_of_s * 1000
@@ -134,8 +136,9 @@ def test_a_huge_new_user_id_gets_a_small_dense_id_and_allocates_nothing(stack_fa
     stack = stack_factory()
     store = stack.recall_service.state.store
     n_known = len(stack.gateway.service.ids.users)  # the dataset's users, none added yet
-    code = feedback_main(["--user", "99999999", "--item", "50", "--type", "play",
-                          "--target", stack.gateway.address])  # fmt: skip
+    code = feedback_main(
+        ["--user", "99999999", "--item", "50", "--type", "play", "--target", stack.gateway.address]
+    )
     assert code == 0 and "accepted 1 of 1" in capsys.readouterr().out
     (row,) = logged_events(stack).to_pylist()
     assert (row["user_id"], row["user_key"]) == (n_known + 1, "99999999")

@@ -80,12 +80,22 @@ def test_string_ids_round_trip(tmp_path):
     users = IdMap.load(tmp_path / "data" / "mine" / "ids" / "users.parquet", capacity=10)
     items = IdMap.load(tmp_path / "data" / "mine" / "ids" / "items.parquet", capacity=10)
     inter = loaded.interactions
-    rows = list(zip(users.external(inter["user_id"]), items.external(inter["item_id"]),
-                    inter["like"].tolist(), strict=True))  # fmt: skip
+    rows = list(
+        zip(
+            users.external(inter["user_id"]),
+            items.external(inter["item_id"]),
+            inter["like"].tolist(),
+            strict=True,
+        )
+    )
     assert rows == [
-        ("alice", "song-9", False), ("bob", "song-9", True), ("alice", "song-2", False),
-        ("carol", "song-2", False), ("bob", "song-3", False), ("alice", "song-3", True),
-    ]  # fmt: skip
+        ("alice", "song-9", False),
+        ("bob", "song-9", True),
+        ("alice", "song-2", False),
+        ("carol", "song-2", False),
+        ("bob", "song-3", False),
+        ("alice", "song-3", True),
+    ]
     assert inter["ts"][0] == 1767607200  # 2026-01-05T10:00:00Z
     # Items keep the items file's order; users their first sight.
     assert items.external(loaded.items["item_id"]) == ["song-9", "song-2", "song-3"]
@@ -101,8 +111,13 @@ def test_string_ids_round_trip(tmp_path):
 
 def test_parquet_with_int64_ids_matches_csv(tmp_path):
     big = [9_007_199_254_740_993, 5, 9_007_199_254_740_993]
-    table = pa.table({"u": pa.array(big, pa.int64()), "i": pa.array([7, 8, 8], pa.int64()),
-                      "t": pa.array([3, 1, 2], pa.int64())})  # fmt: skip
+    table = pa.table(
+        {
+            "u": pa.array(big, pa.int64()),
+            "i": pa.array([7, 8, 8], pa.int64()),
+            "t": pa.array([3, 1, 2], pa.int64()),
+        }
+    )
     (tmp_path / "in").mkdir()
     pq.write_table(table, tmp_path / "in" / "log.parquet")
     (tmp_path / "in" / "m.toml").write_text(

@@ -27,10 +27,16 @@ from tests.services.rank.conftest import MODEL, TRAIN, tiny
 # The tiny teacher's logits spread ~0.1 within a request, so the soft term gets a larger weight
 # than the shipped default to be heard over the true labels.
 CONFIG = DistillConfig(
-    candidates_per_request=30, sampled_per_request=0, request_fraction=0.5,
-    min_train_interactions=4, epochs=40, requests_per_batch=4, learning_rate=1e-2, soft_weight=10.0,
+    candidates_per_request=30,
+    sampled_per_request=0,
+    request_fraction=0.5,
+    min_train_interactions=4,
+    epochs=40,
+    requests_per_batch=4,
+    learning_rate=1e-2,
+    soft_weight=10.0,
     student=StudentConfig(dim=8, hidden=16),
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -60,9 +66,14 @@ def distilled(tmp_path_factory) -> Distilled:
     )
     settings = RecallSettings(two_tower=ChannelBudget(enabled=False))
     world = World(
-        dataset, prepared.spec, split, store, bundle, RankScorer.from_bundle(bundle, store),
+        dataset,
+        prepared.spec,
+        split,
+        store,
+        bundle,
+        RankScorer.from_bundle(bundle, store),
         recall_merger(bundle, store, settings),
-    )  # fmt: skip
+    )
     requests = training_requests(world, CONFIG)
     model, info = train_student(requests, dataset, prepared.spec, replace(CONFIG, epochs=10))
     writer = BundleWriter(root, "v1")

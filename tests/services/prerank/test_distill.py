@@ -37,10 +37,12 @@ def test_listwise_loss_ignores_padding_and_is_log_k_for_flat_scores():
     valid = torch.tensor([[True, True, True, False]])
     flat = listwise_loss(torch.zeros(1, 4), torch.tensor([[1.0, 1.0, 1.0, 50.0]]), valid, 1.0)
     assert math.isclose(float(flat), math.log(3), rel_tol=1e-6)
-    agree = listwise_loss(torch.tensor([[3.0, 0.0, -3.0, 9.0]]), torch.tensor([[3.0, 0, -3, 0]]),
-                          valid, 1.0)  # fmt: skip
-    disagree = listwise_loss(torch.tensor([[-3.0, 0.0, 3.0, 9.0]]), torch.tensor([[3.0, 0, -3, 0]]),
-                             valid, 1.0)  # fmt: skip
+    agree = listwise_loss(
+        torch.tensor([[3.0, 0.0, -3.0, 9.0]]), torch.tensor([[3.0, 0, -3, 0]]), valid, 1.0
+    )
+    disagree = listwise_loss(
+        torch.tensor([[-3.0, 0.0, 3.0, 9.0]]), torch.tensor([[3.0, 0, -3, 0]]), valid, 1.0
+    )
     assert float(agree) < float(disagree)
 
 

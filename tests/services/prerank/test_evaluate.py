@@ -16,9 +16,15 @@ def _requests(k: int = 600) -> Requests:
     labels = np.zeros((2, k), dtype=np.float32)
     labels[:, np.argsort(-teacher[0])[:3]] = 1.0
     return Requests(
-        np.array([1, 2]), np.array([10, 20]), np.zeros((2, 5), np.int64),
-        np.arange(1, 2 * k + 1).reshape(2, k), valid, labels * valid, teacher.copy(), teacher,
-    )  # fmt: skip
+        np.array([1, 2]),
+        np.array([10, 20]),
+        np.zeros((2, 5), np.int64),
+        np.arange(1, 2 * k + 1).reshape(2, k),
+        valid,
+        labels * valid,
+        teacher.copy(),
+        teacher,
+    )
 
 
 def test_a_student_equal_to_the_teacher_agrees_fully_and_a_reversed_one_does_not():

@@ -19,8 +19,10 @@ from services.prerank.server import PrerankSettings, main, start
 pytestmark = pytest.mark.timeout(60)
 SETTINGS = PrerankSettings(
     server=ServerSettings(port=0, metrics_port=0, grace_s=0.5),
-    default_count=5, max_count=20, max_candidates=100,
-)  # fmt: skip
+    default_count=5,
+    max_count=20,
+    max_candidates=100,
+)
 
 
 def _metrics(running) -> str:
@@ -109,8 +111,9 @@ def test_unknown_items_come_last_and_are_counted_in_the_metric(server, stub):
 
 def test_a_student_from_another_teacher_sets_the_warning_gauge(distilled, server, caplog):
     _, scorer = server
-    stale = PrerankScorer(scorer.session, scorer.store, scorer.vectors, scorer.known,
-                          scorer.version, "an-older-rank")  # fmt: skip
+    stale = PrerankScorer(
+        scorer.session, scorer.store, scorer.vectors, scorer.known, scorer.version, "an-older-rank"
+    )
     with caplog.at_level(logging.WARNING):
         running = start(SETTINGS, (distilled.bundle, stale))
     try:

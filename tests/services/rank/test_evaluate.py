@@ -45,12 +45,24 @@ def test_logistic_regression_trains_on_the_same_rows(trained):
 
 def test_markdown_has_one_line_per_row():
     report = {
-        "dataset": "tiny", "tasks": ["play"], "rows_train": 1, "rows_validation": 1,
-        "rows_test": 1, "ndcg_users": 1, "seconds": 1.0,
+        "dataset": "tiny",
+        "tasks": ["play"],
+        "rows_train": 1,
+        "rows_validation": 1,
+        "rows_test": 1,
+        "ndcg_users": 1,
+        "seconds": 1.0,
         "ease_order": {"model": "EASE order", "NDCG@10 plays": 0.5, "NDCG@10 likes": 0.25},
-        "rows": [{"model": "m", "metrics": {"play": {"AUC": 0.7, "GAUC": None, "logloss": 0.3}},
-                  "NDCG@10 plays": 0.6, "NDCG@10 likes": 0.3, "epochs": 2}],
-    }  # fmt: skip
+        "rows": [
+            {
+                "model": "m",
+                "metrics": {"play": {"AUC": 0.7, "GAUC": None, "logloss": 0.3}},
+                "NDCG@10 plays": 0.6,
+                "NDCG@10 likes": 0.3,
+                "epochs": 2,
+            }
+        ],
+    }
     text = markdown(report)
     assert "| m | 0.7000 | - | 0.3000 | 0.6000 | 0.3000 | 2 |" in text
     assert "| EASE order | - | - | - | 0.5000 | 0.2500 | - |" in text

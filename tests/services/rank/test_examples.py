@@ -55,8 +55,10 @@ def test_recall_examples_hold_recall_candidates_labelled_by_what_followed(recall
     settings = RecallExamples(requests_per_user=2, candidates=20, keep=8, min_history=4)
     config = TrainConfig(examples="recall", recall_examples=settings)
     prepared = prepare(dataset, config, bundle=bundle)
-    examples = {k: np.concatenate([prepared.train[1][k], prepared.validation[1][k]])
-                for k in prepared.train[1]}  # fmt: skip
+    examples = {
+        k: np.concatenate([prepared.train[1][k], prepared.validation[1][k]])
+        for k in prepared.train[1]
+    }
     train = split_dataset(dataset).train_interactions
     assert len(examples["ts"]) > 0 and examples["play"].any() and not examples["play"].all()
     for user, item, t, play in zip(

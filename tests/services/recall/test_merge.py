@@ -141,8 +141,11 @@ def test_request_deadline_caps_every_budget():
 
 def test_inline_channels_merge_exactly_as_threaded_ones():
     def channels():
-        return [Fixed("two_tower", [5, 1, 2, 9]), Fixed("item_cf", [2, 3, 5]),
-                Fixed("popular", [1, 3, 7, 8, 9])]  # fmt: skip
+        return [
+            Fixed("two_tower", [5, 1, 2, 9]),
+            Fixed("item_cf", [2, 3, 5]),
+            Fixed("popular", [1, 3, 7, 8, 9]),
+        ]
 
     consumed = np.array([7])
     threaded = merger(channels(), [0.4, 0.3, 0.3]).recall(CONTEXT, 6, consumed)

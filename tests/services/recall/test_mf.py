@@ -109,6 +109,8 @@ def test_a_request_in_the_past_folds_in_only_what_was_consumed_before_it(tmp_pat
     everything = store.consumed(6)
     earlier = everything[: len(everything) // 2]
     past = RecallContext(6, np.empty(0, np.int64), 0, True, consumed=earlier)
-    np.testing.assert_array_equal(channel.query(6, np.empty(0, np.int64), earlier)[0] > 0,
-                                  np.isin(np.arange(channel.index.d), earlier))  # fmt: skip
+    np.testing.assert_array_equal(
+        channel.query(6, np.empty(0, np.int64), earlier)[0] > 0,
+        np.isin(np.arange(channel.index.d), earlier),
+    )
     assert channel.retrieve(past, 10)[0].tolist() != channel.retrieve(context(6), 10)[0].tolist()

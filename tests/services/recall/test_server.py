@@ -45,9 +45,13 @@ def settings_for(artifacts: tuple[Path, Path], **overrides) -> RecallSettings:
     data_dir, root = artifacts
     return RecallSettings(
         server=ServerSettings(port=0, metrics_port=-1, grace_s=0.5),
-        artifacts=root, data_dir=data_dir, default_count=10, max_count=50,
-        fresh_window_s=30 * DAY, **overrides,
-    )  # fmt: skip
+        artifacts=root,
+        data_dir=data_dir,
+        default_count=10,
+        max_count=50,
+        fresh_window_s=30 * DAY,
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")

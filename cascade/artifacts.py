@@ -14,6 +14,7 @@ refused too; one atomic link flip carries both the version and its hash.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -216,3 +217,22 @@ class Bundle:
 
     def load_json(self, component: str, name: str) -> object:
         return json.loads(self.file(component, name).read_text())
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --data-dir and --artifacts: the same three options on every stage's training
+    command, so `cascade train all` passes one set to each."""
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="where bundles live (default: artifacts)",
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.artifacts import BundleWriter, publish
+from cascade.artifacts import BundleWriter, add_training_arguments, publish
 from services.prerank.distill import (
     DEFAULT_VARIANT,
     VARIANTS,
@@ -66,20 +66,7 @@ def distill_into_bundle(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dataset",
-        default="ml-100k",
-        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="where bundles live (default: artifacts)",
-    )
+    add_training_arguments(parser)
     parser.add_argument("--version", default="current", help="bundle holding recall + rank")
     parser.add_argument(
         "--variant",

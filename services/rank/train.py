@@ -16,12 +16,12 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cascade import metrics
+from cascade.artifacts import add_training_arguments
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
@@ -268,20 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     from services.rank.export import write_component
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dataset",
-        default="ml-100k",
-        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="where bundles live (default: artifacts)",
-    )
+    add_training_arguments(parser)
     parser.add_argument(
         "--version", default=None, help="bundle version to write into (default: UTC time)"
     )

@@ -14,9 +14,8 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from cascade.artifacts import BundleWriter, publish
+from cascade.artifacts import BundleWriter, add_training_arguments, publish
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import split_dataset
@@ -83,20 +82,7 @@ def build_recall(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the recall artifacts into a bundle.")
-    parser.add_argument(
-        "--dataset",
-        default="ml-100k",
-        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="where bundles live (default: artifacts)",
-    )
+    add_training_arguments(parser)
     parser.add_argument("--version", default=None, help="bundle version (default: UTC time)")
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     parser.add_argument("--no-two-tower", action="store_true", help="channel tables only")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.artifacts import BundleWriter, publish
+from cascade.artifacts import BundleWriter, add_training_arguments, publish
 from cascade.data import load_dataset
 from cascade.data.schema import Table
 from cascade.data.split import split_dataset
@@ -110,20 +110,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dataset",
-        default="ml-100k",
-        help="ml-100k, synthetic or an imported dataset (default: ml-100k)",
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="where bundles live (default: artifacts)",
-    )
+    add_training_arguments(parser)
     parser.add_argument(
         "--version", default=None, help="bundle version to write into (default: UTC time)"
     )

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from app.fold import heard_interactions, served_impressions
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
@@ -212,15 +211,8 @@ def distill_prerank(
     config: RetrainConfig,
 ) -> dict:
     """A student distilled from the new ranker, warm-started from the published one."""
-    from services.prerank.distill import (
-        DEFAULT_VARIANT,
-        DistillConfig,
-        item_vectors,
-        train_student,
-        variant_config,
-    )
-    from services.prerank.export import write_component as write_prerank
-    from services.prerank.world import open_world, training_requests
+    from services.prerank.distill import DEFAULT_VARIANT, DistillConfig, variant_config
+    from services.prerank.train import distill_into_bundle
 
     started = time.perf_counter()
     distill = variant_config(
@@ -229,32 +221,10 @@ def distill_prerank(
             seed=config.seed, max_users=config.prerank_users, epochs=config.prerank_epochs
         ),
     )
-    world = open_world(base.dataset, data_dir, artifacts, version)
-    requests = training_requests(world, distill)
-    world.merger.close()
-    initial = previous.load_npz("prerank", "weights.npz")
-    model, info = train_student(
-        requests,
-        world.dataset,
-        world.spec,
-        distill,
-        initial={k: torch.from_numpy(v) for k, v in initial.items()},
+    warm_start = previous.load_npz("prerank", "weights.npz")
+    _, info = distill_into_bundle(
+        base.dataset, data_dir, artifacts, version, distill, warm_start=warm_start
     )
-    writer = BundleWriter(artifacts, version)
-    vectors = item_vectors(model, world.dataset, world.spec)
-    known = world.store.known_items(np.arange(world.dataset.n_items))
-    write_prerank(
-        writer,
-        model,
-        world.spec,
-        world.dataset,
-        vectors,
-        known,
-        world.bundle.component("rank")["version"],
-        info,
-        requests,
-    )
-    writer.commit()
     return {"requests": info["requests"], "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cascade.artifacts import BundleWriter, add_training_arguments, publish
 from services.prerank.distill import (
@@ -37,12 +38,18 @@ def distill_into_bundle(
     version: str,
     config: DistillConfig,
     publish_it: bool = False,
-) -> Path:
-    """Distils a student from the bundle's teacher and writes the "prerank" component into it."""
+    warm_start: dict[str, np.ndarray] | None = None,
+) -> tuple[Path, dict]:
+    """Distils a student from the bundle's teacher and writes the "prerank" component into it;
+    returns the bundle folder and the training info. `warm_start`: a published student's weights
+    to continue from (continuous training) instead of the teacher's embeddings."""
     world = open_world(dataset, data_dir, artifacts, version)
     requests = training_requests(world, config)
-    teacher = teacher_embeddings(world.bundle.load_npz("rank", "weights.npz"))
-    model, info = train_student(requests, world.dataset, world.spec, config, teacher)
+    if warm_start is None:
+        teacher, initial = teacher_embeddings(world.bundle.load_npz("rank", "weights.npz")), None
+    else:
+        teacher, initial = None, {k: torch.from_numpy(v) for k, v in warm_start.items()}
+    model, info = train_student(requests, world.dataset, world.spec, config, teacher, initial)
     world.merger.close()
     writer = BundleWriter(artifacts, world.bundle.version)
     vectors = item_vectors(model, world.dataset, world.spec)
@@ -61,7 +68,7 @@ def distill_into_bundle(
     writer.commit()
     if publish_it:
         publish(artifacts, writer.version)
-    return writer.folder
+    return writer.folder, info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = variant_config(args.variant, DistillConfig(seed=args.seed))
-    folder = distill_into_bundle(
+    folder, _ = distill_into_bundle(
         args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
     )
     print(f"prerank component ({args.variant}) written to {folder}")

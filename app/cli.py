@@ -87,19 +87,10 @@ def _stage_command(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     if args.stage != "all":
         return _run_entry_point("train", args.stage, args.options)
-    from cascade.artifacts import new_version, publish
+    from cascade.artifacts import add_training_arguments, new_version, publish
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
-    parser.add_argument("--dataset", default="ml-100k", help="ml-100k, synthetic or an import")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
-    )
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="where bundles live (default: artifacts)",
-    )
+    add_training_arguments(parser)  # the same three options every stage's training takes
     parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
     parser.add_argument("--no-publish", action="store_true", help="leave artifacts/current alone")
     parser.add_argument(

@@ -10,6 +10,7 @@ event (same user, request_id, item, event and timestamp_ms) is recorded once.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -77,6 +78,10 @@ class EventLog(Protocol):
 @dataclass(frozen=True)
 class LogSettings:
     fsync: str = "always"  # always | interval | never (README: what each can lose)
+    # Impression records are acknowledged to no one (the answer went out before they were
+    # queued, and a killed gateway loses its queue anyway): an fsync per batch buys nothing a
+    # caller relies on and costs the gateway's busiest thread a disk flush per answer.
+    impressions_fsync: str = "interval"
     fsync_interval_s: float = 1.0  # "interval": at most this long between fsyncs
     segment_bytes: int = 64 * 1024 * 1024  # a segment is sealed past this size ...
     segment_seconds: float = 3600.0  # ... or this age
@@ -85,14 +90,23 @@ class LogSettings:
     dedup_ttl_s: int = 86_400  # Redis: how long an event's dedup key lives
 
     def __post_init__(self) -> None:
-        if self.fsync not in FSYNC_POLICIES:
-            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {self.fsync!r}")
+        for name in ("fsync", "impressions_fsync"):
+            if getattr(self, name) not in FSYNC_POLICIES:
+                raise ValueError(
+                    f"{name} must be one of {FSYNC_POLICIES}, got {getattr(self, name)!r}"
+                )
         if min(self.segment_bytes, self.dedup_window, self.maxlen, self.dedup_ttl_s) < 1:
             raise ValueError("segment_bytes, dedup_window, maxlen and dedup_ttl_s must be >= 1")
+
+    def for_impressions(self) -> LogSettings:
+        """The settings the impression segments run on: their own fsync policy."""
+        return dataclasses.replace(self, fsync=self.impressions_fsync)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with exactly `schema`'s columns and types (ValueError naming what is wrong)."""
+    if table.schema.equals(schema):  # built to the schema already: no select, no cast
+        return table
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise ValueError(f"missing columns {missing}; the schema is {schema.names}")
@@ -285,8 +299,10 @@ class FileEventLog:
                 raise EventLogError(
                     f"event log {self.folder}: another process writes it (one writer per folder)"
                 ) from None
+        # Each kind's own fsync policy: events `fsync`, impressions `impressions_fsync`.
+        policies = {"events": self.settings, "impressions": self.settings.for_impressions()}
         self._kinds = {
-            kind: _Segments(self.folder / kind, schema, self.settings, not read_only)
+            kind: _Segments(self.folder / kind, schema, policies[kind], not read_only)
             for kind, schema in SCHEMAS.items()
         }
         self._dedup = DedupWindow(self.settings.dedup_window)

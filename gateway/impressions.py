@@ -1,9 +1,10 @@
 """Impression records off the answer's critical path: a bounded queue and one writer thread.
 
 Recommend enqueues what it answered (never waits: a full queue drops the record and counts it);
-the writer drains the queue in batches, turns each answer into one IMPRESSIONS row (the items in
-display order with their positions, every stage's score for each shown item, channel masks, model
-versions, degraded stages) and appends the batch to the event log.
+the writer drains the queue in batches (waiting up to `linger_s` after the first record for more:
+a frame's fixed cost is paid once per batch, not once per answer), turns each answer into one
+IMPRESSIONS row (the items in display order with their positions, every stage's score for each
+shown item, channel masks, model versions, degraded stages) and appends the batch to the event log.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,8 +90,10 @@ class ImpressionWriter:
         metrics: GatewayMetrics,
         capacity: int = 10_000,
         record_shown: Callable[[int, np.ndarray, int], None] | None = None,
+        linger_s: float = 0.0,
     ):
         self.log = event_log
+        self.linger_s = linger_s
         self.metrics = metrics
         self.record_shown = record_shown
         self._queue: queue.Queue[Shown | None] = queue.Queue(maxsize=capacity)
@@ -111,9 +115,13 @@ class ImpressionWriter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            until = time.monotonic() + self.linger_s
             while batch[-1] is not None and len(batch) < BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    wait = until - time.monotonic()
+                    batch.append(
+                        self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             rows = [shown for shown in batch if shown is not None]

@@ -121,6 +121,16 @@ class GatewayMetrics:
             "Feedback calls failed UNAVAILABLE because the event log could not store them.",
             registry=registry,
         )
+        self._children: dict[tuple, object] = {}
+
+    def labelled(self, metric, *labels: str):
+        """`metric.labels(*labels)`, resolved once: labels() takes a lock and builds a key on
+        every call (`python -m bench.gateway_path`, metric_labels_cpu)."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
 
 @dataclass
@@ -331,7 +341,7 @@ class Cascade:
             reply, reason = self._call(name, request, budget, timeout)
         candidates = to_proto(*fallback()) if reason else reply.candidates
         latency = time.perf_counter() - started
-        self.metrics.stage_latency.labels(name).observe(latency)
+        self.metrics.labelled(self.metrics.stage_latency, name).observe(latency)
         trace = response.trace.add(
             stage=name,
             latency_ms=latency * 1000,

@@ -114,6 +114,9 @@ class GatewaySettings:
     event_log: str = "file:state/eventlog"
     log: LogSettings = field(default_factory=LogSettings)  # fsync policy, segments, dedup window
     impression_queue: int = 10_000  # answers waiting for the impression writer; beyond: dropped
+    # The writer waits this long after an answer for more to share its frame (fewer, larger
+    # appends: `python -m bench.gateway_path`); the records are never on the answer's path.
+    impression_linger_s: float = 0.05
     new_user_capacity: int = 1_000_000  # users first seen online, beyond the dataset's own
     api_token: Secret = Secret("")  # empty: auth off (local demo); else callers must send it
     # Refuse to start without api_token (compose and Kubernetes set it: auth off must be said).
@@ -158,6 +161,8 @@ class GatewaySettings:
             raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.new_user_capacity < 0 or self.impression_queue < 1:
             raise ValueError("new_user_capacity must be >= 0 and impression_queue >= 1")
+        if not 0 <= self.impression_linger_s <= 1:
+            raise ValueError("impression_linger_s must be between 0 and 1 (seconds)")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
             raise ValueError("breaker_failures must be >= 0 and breaker_cooldown_s > 0")
         if self.require_api_token and not self.api_token:
@@ -323,7 +328,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         record_shown = None if self.shared is None else self.shared.record_shown
         self.impressions = ImpressionWriter(
-            self.log, self.metrics, settings.impression_queue, record_shown
+            self.log,
+            self.metrics,
+            settings.impression_queue,
+            record_shown,
+            settings.impression_linger_s,
         )
         # One channel per stage replica (gateway/replicas.py). Stage calls retry UNAVAILABLE
         # inside their deadline (all are idempotent); Record is not retried (a duplicate would
@@ -438,8 +447,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if reason:
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = uuid.uuid4().hex, arm
-        self.metrics.arm_answers.labels(arm or NO_ARM).inc()
-        self.metrics.arm_latency.labels(arm or NO_ARM).observe(time.perf_counter() - started)
+        metrics = self.metrics
+        metrics.labelled(metrics.arm_answers, arm or NO_ARM).inc()
+        metrics.labelled(metrics.arm_latency, arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
         shown = Shown(
             response.request_id,

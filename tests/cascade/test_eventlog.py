@@ -4,6 +4,7 @@ the same contract on the embedded files and on a real redis-server."""
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -16,6 +17,7 @@ from cascade.eventlog import (
     EventLogError,
     FileEventLog,
     LogSettings,
+    conform,
     encode_frame,
     read_frames,
 )
@@ -174,6 +176,39 @@ def test_dedup_window_is_bounded(tmp_path):
 def test_fsync_policy_is_checked():
     with pytest.raises(ValueError, match="fsync"):
         LogSettings(fsync="sometimes")
+    with pytest.raises(ValueError, match="impressions_fsync"):
+        LogSettings(impressions_fsync="rarely")
+
+
+def test_events_fsync_every_append_while_impressions_fsync_on_their_interval(
+    tmp_path, monkeypatch
+):
+    """The defaults: an acknowledged Feedback event is on disk before the append returns; the
+    impression log (acknowledged to no one) syncs at most once per interval."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    log = FileEventLog(tmp_path / "log", LogSettings(fsync_interval_s=60.0))
+    assert (log.settings.fsync, log.settings.impressions_fsync) == ("always", "interval")
+    log.append_impressions(impression("a"))
+    opened = len(synced)  # the new segment's directory entry is synced once
+    for name in ("b", "c", "d"):
+        log.append_impressions(impression(name))
+    assert len(synced) == opened  # no fsync per impression frame
+    log.append_events(events(1))
+    before = len(synced)
+    log.append_events(events(1, start=1))
+    assert len(synced) == before + 1  # one per events frame
+    log.close()  # closing syncs what the interval had not
+    reader = FileEventLog(tmp_path / "log", read_only=True)
+    assert reader.read_impressions()["request_id"].to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_a_table_built_to_the_schema_is_appended_as_it_is():
+    table = impression()
+    assert conform(table, IMPRESSIONS) is table  # no select, no cast
+    reordered = table.select(list(reversed(table.column_names)))
+    assert conform(reordered, IMPRESSIONS).schema.equals(IMPRESSIONS)
 
 
 def test_redis_log_survives_kill_9_of_redis(redis_process):

@@ -12,7 +12,10 @@ involved) and the median of the per-round ratios:
 - appending one impression frame to the embedded log with an fsync per append (old) against the
   impression log's `interval` policy (new); CPU and wall time;
 - the gateway's labelled metrics per request: `labels()` looked up per observation (old) against
-  the children resolved once (new).
+  the children resolved once (new);
+- the protobuf work of relaying one request's lists (parse each stage's reply, copy its list into
+  the next request, serialize it; 2,000 / 500 / 100 / 10 candidates): what passing the packed
+  bytes through undecoded could save at most, measured alone (no old / new pair: not made).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from prometheus_client import CollectorRegistry
 from bench.request_path import side_by_side
 from cascade.candidates import to_proto
 from cascade.eventlog import IMPRESSIONS, FileEventLog, LogSettings, conform
+from cascade.v1 import (
+    common_pb2,
+    prerank_pb2,
+    rank_pb2,
+    recall_pb2,
+    rerank_pb2,
+)
 from gateway.impressions import Shown, impression_row
 from gateway.pipeline import STAGES, GatewayMetrics, Served
 
@@ -116,6 +126,51 @@ def metric_labels(rounds: int, calls: int) -> dict:
     return side_by_side(old, new, rounds, calls, clock=time.process_time)
 
 
+def relay_copies(rounds: int, calls: int) -> dict:
+    """CPU per request of the gateway's protobuf work on the lists between the stages."""
+    rng = np.random.default_rng(1)
+    user = common_pb2.UserContext(user_id=5, recent_item_ids=[1, 2, 3], request_time_ms=1)
+    replies = []
+    for size, response in zip(
+        (2000, 500, 100, 10),
+        (
+            recall_pb2.RecallResponse,
+            prerank_pb2.PrerankResponse,
+            rank_pb2.RankResponse,
+            rerank_pb2.RerankResponse,
+        ),
+        strict=True,
+    ):
+        ids = rng.permutation(np.arange(1, 2100))[:size]
+        masks = rng.integers(1, 128, size).astype(np.uint32)
+        message = response(model_version="v1")
+        to_proto(ids, rng.random(size, dtype=np.float32), masks, out=message.candidates)
+        replies.append((response, message.SerializeToString()))
+    requests = (
+        recall_pb2.RecallRequest,
+        prerank_pb2.PrerankRequest,
+        rank_pb2.RankRequest,
+        rerank_pb2.RerankRequest,
+    )
+
+    def relay() -> None:
+        candidates = None
+        for request, (response, data) in zip(requests, replies, strict=True):
+            if candidates is None:
+                request(user=user, count=2000).SerializeToString()
+            else:
+                request(user=user, count=500, candidates=candidates).SerializeToString()
+            candidates = response.FromString(data).candidates
+
+    times = []
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(calls):
+            relay()
+        times.append(1e6 * (time.process_time() - start) / calls)
+    return {"us_per_request": round(float(np.median(times)), 1)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
@@ -163,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("impression append", json.dumps(report["impression_append"]), flush=True)
     report["metric_labels_cpu"] = metric_labels(args.rounds, 200)
     print("metric labels", json.dumps(report["metric_labels_cpu"]), flush=True)
+    report["relay_copies_cpu"] = relay_copies(args.rounds, 50)
+    print("relay copies", json.dumps(report["relay_copies_cpu"]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_path.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {args.out}/gateway_path.json")

@@ -44,12 +44,23 @@ class InProcessCascade:
 
             self.prerank = load_prerank(settings(PrerankSettings))[1]
         self.recall_size, self.prerank_size, self.rank_size = funnel
+        # CPU seconds spent in each stage's code so far (this process, every thread), to set
+        # beside each stage process's CPU per request.
+        self.cpu = dict.fromkeys(("recall", "prerank", "rank", "rerank"), 0.0)
+        self._clock = time.process_time()
+
+    def _lap(self, stage: str) -> None:
+        now = time.process_time()
+        self.cpu[stage] += now - self._clock
+        self._clock = now
 
     def recommend(self, user_id: int, count: int = 10) -> np.ndarray:
         """The page of item ids for one user, through recall -> prerank -> rank -> rerank."""
+        self._clock = time.process_time()
         context = self.recall._context(common_pb2.UserContext(user_id=user_id), None)
         consumed = np.union1d(self.recall.state.store.consumed(user_id), context.recent_items)
         merged = self.recall.merger.recall(context, self.recall_size, consumed, None).candidates
+        self._lap("recall")
         if self.prerank is not None:
             order, _, _ = self.prerank.top(
                 user_id, merged.item_ids, self.prerank_size, context.recent_items
@@ -57,6 +68,7 @@ class InProcessCascade:
             candidates = merged.take(order)
         else:
             candidates = merged.take(slice(0, self.prerank_size))
+        self._lap("recall" if self.prerank is None else "prerank")
         fused, _ = self.scorer.score(user_id, candidates.item_ids, context.recent_items)
         order = np.argsort(-fused, kind="stable")[: self.rank_size]
         ranked = Candidates(
@@ -64,6 +76,7 @@ class InProcessCascade:
             fused[order].astype(np.float32),
             candidates.channel_masks[order],
         )
+        self._lap("rank")
         page = self.reranker.rerank(
             ranked,
             count,
@@ -71,6 +84,7 @@ class InProcessCascade:
             recent_items=context.recent_items,
             request_ts=int(time.time()),
         )
+        self._lap("rerank")
         return page.candidates.item_ids
 
 

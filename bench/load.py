@@ -1,12 +1,14 @@
 """Load test of the whole stack over loopback, from a separate process, plus the in-process twin.
 
 Closed loop: N workers, each sends its next Recommend when the previous answer came back.
-Open loop: requests sent at a fixed rate whatever the answers do; latency counts from the time a
-request was due (so a backlog shows up as latency, not as a lower offered rate). Every request
-asks for the debug trace, so the per-stage latencies come from the gateway's own measurements.
-The highest open-loop rate held is the one with p99 < 50 ms, no errors, and throughput >= 95% of
-the offered rate. Then the same models run as plain function calls in this process
-(bench/inprocess.py); the microservice overhead is the ratio of the one-at-a-time medians.
+Open loop: requests sent at a fixed rate whatever the answers do, by --sender-processes sender
+processes of their own (bench/sender.py: one event loop alone falls behind its schedule on a busy
+machine); latency counts from the time a request was due (so a backlog, the sender's included,
+shows up as latency, not as a lower offered rate), and the senders' own lag is reported beside it.
+Every request asks for the debug trace, so the per-stage latencies come from the gateway's own
+measurements. The highest open-loop rate held is the one with p99 < 50 ms, no errors, and
+throughput >= 95% of the offered rate. Then the same models run as plain function calls in this
+process (bench/inprocess.py); the microservice overhead is the ratio of the one-at-a-time medians.
 
     python -m bench.load --out results/cascade [--rates 50 100 200 300] [--duration 20]
 """
@@ -27,6 +29,7 @@ import grpc
 import numpy as np
 
 from app import stack
+from bench import sender
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 
 P99_LIMIT_MS = 50.0
@@ -38,6 +41,8 @@ class Sample:
     code: str  # "OK" or the gRPC status name
     degraded: bool = False
     stages: dict[str, float] = field(default_factory=dict)  # stage -> its latency in ms
+    lag_ms: float = 0.0  # from the time it was due to the time it was sent (the sender's delay)
+    nice: int = 0  # the sender's scheduling priority (bench/sender.py)
 
 
 async def _recommend(stub, user_id: int, due: float, timeout_s: float) -> Sample:
@@ -71,11 +76,22 @@ async def closed_loop(target: str, users: np.ndarray, workers: int, seconds: flo
         return samples, time.perf_counter() - started
 
 
-async def open_loop(target: str, users: np.ndarray, rate: float, seconds: float, timeout_s):
-    def ask(stub, user: int, due: float):
-        return _recommend(stub, user, due, timeout_s)
-
-    return await fixed_rate(target, users, rate, seconds, ask)
+def open_loop(
+    target: str, users: np.ndarray, rate: float, seconds: float, timeout_s, processes: int = 2
+) -> tuple[list[Sample], float]:
+    """A fixed rate from `processes` sender processes (bench/sender.py), with the debug trace."""
+    records, took = sender.fixed_rate(target, users, rate, seconds, timeout_s, True, processes)
+    return [
+        Sample(
+            r["latency_ms"],
+            r["code"],
+            r["degraded"],
+            r["stages"],
+            r["latency_ms"] - r["sent_ms"],
+            r["nice"],
+        )
+        for r in records
+    ], took
 
 
 async def fixed_rate(
@@ -131,6 +147,8 @@ def summarize(samples: list[Sample], seconds: float) -> dict:
         "errors": sum(errors.values()),
         "error_codes": errors,
         "degraded": sum(s.degraded for s in ok),
+        "sender_lag_p99_ms": round(float(np.percentile([s.lag_ms for s in samples], 99)), 2),
+        "sender_nice": max(s.nice for s in samples),
         "stages": stages,
     }
 
@@ -193,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--closed-duration", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline, seconds")
     parser.add_argument("--in-process-requests", type=int, default=1000)
+    parser.add_argument(
+        "--sender-processes", type=int, default=2, help="open-loop sender processes"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -221,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["closed_loop"].append(row)
         report["open_loop"] = []
         for rate in args.rates:
-            samples, seconds = asyncio.run(
-                open_loop(target, users, rate, args.duration, args.timeout)
+            samples, seconds = open_loop(
+                target, users, rate, args.duration, args.timeout, args.sender_processes
             )
             row = {"rate": rate, **summarize(samples, seconds)}
             row["held"] = held(row, rate)

@@ -12,8 +12,10 @@ with admission control off, and py-spy profiles of every process under load.
     python -m bench.overload --out results/cascade [--duration 60] [--multiples 1.5 2 4]
         [--compare-off] [--profile-seconds 20] [--repeats 3] [--only-tax]
 
-A light probe client (its own process, one call at a time) runs beside each overload rate: its
-refusal latency is the server's, without the load generator's own backlog.
+Every fixed rate is sent by --sender-processes processes of their own (bench/sender.py), timed
+from each request's due time; their own lag is a column. A light probe client (its own process,
+one call at a time) runs beside each overload rate: its refusal latency is the server's, without
+the load generator's own backlog.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import grpc
 import numpy as np
 
 from app import stack
-from bench.load import P99_LIMIT_MS, closed_loop, cpu_seconds, fixed_rate
+from bench import sender
+from bench.load import P99_LIMIT_MS, closed_loop, cpu_seconds
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -45,18 +48,7 @@ class Answer:
     sent_ms: float  # from the time it was actually sent (what the server answered in)
     shrunk: bool = False
     degraded: bool = False
-
-
-async def _ask(stub, user_id: int, due: float, timeout_s: float) -> Answer:
-    request = gateway_pb2.RecommendRequest(user_id=user_id, count=10)
-    sent = time.perf_counter()
-    try:
-        answer = await stub.Recommend(request, timeout=timeout_s)
-    except grpc.aio.AioRpcError as error:
-        now = time.perf_counter()
-        return Answer(1e3 * (now - due), error.code().name, 1e3 * (now - sent))
-    now, shrunk = time.perf_counter(), "funnel" in answer.degraded_stages
-    return Answer(1e3 * (now - due), "OK", 1e3 * (now - sent), shrunk, answer.degraded)
+    nice: int = 0  # the sender's scheduling priority (bench/sender.py)
 
 
 def _p(values: list[float], q: float) -> float | None:
@@ -81,6 +73,7 @@ def summarize(answers: list[Answer], seconds: float, saturation: float | None) -
         "refused": len(refused),
         "refusal_p99_ms": _p(refused, 99),
         "sender_lag_p99_ms": _p(lag, 99),
+        "sender_nice": max((a.nice for a in answers), default=0),
         "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
         "codes": codes,
         "shrunk_answers": sum(a.shrunk for a in answers),
@@ -92,9 +85,10 @@ def summarize(answers: list[Answer], seconds: float, saturation: float | None) -
 
 
 def probe(target: str, rate: float, seconds: float, timeout_s: float) -> dict:
-    """A second, light client in its own process: one call at a time at `rate`, blocking stub.
-    Its refusal latency is the server's answer plus the network, without the load generator's
-    own event-loop backlog (which, at 4x, is tens of milliseconds by itself)."""
+    """A second, light client in its own process: one call at a time at `rate`, blocking stub,
+    at the senders' priority. Its refusal latency is the server's answer plus the network,
+    without the load generator's own event-loop backlog."""
+    sender.raise_priority()
     stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(target))
     refused, admitted = [], []
     end = time.perf_counter() + seconds
@@ -128,11 +122,16 @@ def start_probe(target: str, rate: float, seconds: float, timeout_s: float) -> s
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
-def open_loop(target: str, users: np.ndarray, rate: float, seconds: float, timeout_s: float):
-    def ask(stub, user: int, due: float):
-        return _ask(stub, user, due, timeout_s)
-
-    return asyncio.run(fixed_rate(target, users, rate, seconds, ask))
+def open_loop(
+    target: str, users: np.ndarray, rate: float, seconds: float, timeout_s: float, processes=2
+) -> tuple[list[Answer], float]:
+    """A fixed rate from `processes` sender processes of their own (bench/sender.py)."""
+    records, took = sender.fixed_rate(target, users, rate, seconds, timeout_s, False, processes)
+    answers = [
+        Answer(r["latency_ms"], r["code"], r["sent_ms"], r["shrunk"], r["degraded"], r["nice"])
+        for r in records
+    ]
+    return answers, took
 
 
 REFUSAL_BUCKETS = "cascade_gateway_refusal_latency_seconds_bucket{"
@@ -163,6 +162,7 @@ def in_process_cpu_ms(cascade, users: np.ndarray) -> dict:
     """CPU and wall time per request of the same models as plain calls in this process."""
     for user in users[:50].tolist():  # warm-up
         cascade.recommend(user)
+    cascade.cpu = dict.fromkeys(cascade.cpu, 0.0)
     cpu, wall = time.process_time(), time.perf_counter()
     for user in users.tolist():
         cascade.recommend(user)
@@ -170,6 +170,10 @@ def in_process_cpu_ms(cascade, users: np.ndarray) -> dict:
         "requests": len(users),
         "cpu_ms_per_request": round(1e3 * (time.process_time() - cpu) / len(users), 3),
         "wall_ms_per_request": round(1e3 * (time.perf_counter() - wall) / len(users), 3),
+        # Each stage's share of it: the yardstick beside each stage process's CPU per request.
+        "stage_cpu_ms_per_request": {
+            stage: round(1e3 * spent / len(users), 3) for stage, spent in cascade.cpu.items()
+        },
     }
 
 
@@ -209,7 +213,11 @@ def split_tax(running: stack.Stack, users: np.ndarray, args) -> dict:
             },
         },
         "in_process": {
-            "cpu_ms_per_request": median([r["in_process"]["cpu_ms_per_request"] for r in repeats])
+            "cpu_ms_per_request": median([r["in_process"]["cpu_ms_per_request"] for r in repeats]),
+            "stage_cpu_ms_per_request": {
+                stage: median([r["in_process"]["stage_cpu_ms_per_request"][stage] for r in repeats])
+                for stage in repeats[0]["in_process"]["stage_cpu_ms_per_request"]
+            },
         },
         "split_tax": median([r["split_tax"] for r in repeats]),
         "gateway_cpu_share": median([r["gateway_cpu_share"] for r in repeats]),
@@ -322,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile-seconds", type=float, default=0, help="py-spy every process at saturation"
     )
     parser.add_argument("--probe-rate", type=float, default=20.0, help="the light client's rate")
+    parser.add_argument(
+        "--sender-processes", type=int, default=2, help="open-loop sender processes"
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # run as the probe against this target
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
     args = parser.parse_args(argv)
@@ -357,7 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compare_off:
             rate = 2.0 * report["saturation_rps"]
             target = running.address("gateway")
-            answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
+            answers, seconds = open_loop(
+                target, users, rate, args.duration, args.timeout, args.sender_processes
+            )
             row = {"multiple": 2.0, "rate": round(rate, 1)}
             row |= summarize(answers, seconds, report["saturation_rps"])
             print("admission off:", json.dumps(row), flush=True)
@@ -402,7 +415,9 @@ def held_rate(running: stack.Stack, users: np.ndarray, args, saturation: float) 
     tried, misses = [], 0
     for fraction in sorted(args.held_fractions):
         rate = fraction * saturation
-        answers, seconds = open_loop(target, users, rate, args.held_duration, args.timeout)
+        answers, seconds = open_loop(
+            target, users, rate, args.held_duration, args.timeout, args.sender_processes
+        )
         row = {"fraction": fraction, "rate": round(rate, 1)} | summarize(answers, seconds, None)
         row["held"] = (
             row["admitted_p99_ms"] is not None
@@ -429,7 +444,9 @@ def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -
     asyncio.run(closed_loop(target, users[:50], 2, 3.0, args.timeout))  # warm-up
     result: dict = {}
     rate = 0.5 * saturation
-    answers, seconds = open_loop(target, users, rate, args.reference_duration, args.timeout)
+    answers, seconds = open_loop(
+        target, users, rate, args.reference_duration, args.timeout, args.sender_processes
+    )
     reference = {"multiple": 0.5, "rate": round(rate, 1)} | summarize(answers, seconds, saturation)
     print("reference:", json.dumps(reference), flush=True)
     result["reference"] = reference
@@ -438,7 +455,9 @@ def overload(running: stack.Stack, users: np.ndarray, args, saturation: float) -
         rate = multiple * saturation
         before = refusal_buckets(running)
         prober = start_probe(target, args.probe_rate, args.duration - 2, args.timeout)
-        answers, seconds = open_loop(target, users, rate, args.duration, args.timeout)
+        answers, seconds = open_loop(
+            target, users, rate, args.duration, args.timeout, args.sender_processes
+        )
         row = {"multiple": multiple, "rate": round(rate, 1)}
         row |= summarize(answers, seconds, saturation)
         row["server_refusal_p99_ms_at_most"] = bucket_p99_ms(before, refusal_buckets(running))
@@ -469,6 +488,10 @@ def to_markdown(report: dict) -> str:
         f"**{ref['admitted_p99_ms']} ms**",
         "- Saturation is measured with admission off (full funnel, full quality); refusal "
         "latency counts from the moment the request was sent, the sender's own lag is its column",
+        f"- Fixed rates are sent by {report['settings']['sender_processes']} sender processes "
+        f"of their own (bench/sender.py) at scheduling priority nice "
+        f"{report['reference'].get('sender_nice', 0)} (standing in for clients on other "
+        "machines); latency counts from each request's due time",
         f"- Split tax (CPU per request summed over the service processes at saturation / the same "
         f"models in one process, measured right after; median of {len(repeats)} repeats): "
         f"**{report['split_tax']}x** (repeats: {', '.join(str(r['split_tax']) for r in repeats)}; "
@@ -479,11 +502,14 @@ def to_markdown(report: dict) -> str:
         f"funnel): **{report['held_rate_rps']} req/s = {report['held_over_saturation']} x "
         f"saturation** (tried: "
         + ", ".join(
-            f"{r['fraction']}x p99 {r['admitted_p99_ms']} ms{'' if r['held'] else ' (missed)'}"
+            f"{r['fraction']}x p99 {r['admitted_p99_ms']} ms, sender lag p99 "
+            f"{r['sender_lag_p99_ms']} ms{'' if r['held'] else ' (missed)'}"
             for r in report["held_scan"]
         )
         + ")",
         f"- CPU ms per request at saturation (medians): {json.dumps(cpu)}",
+        "",
+        *stage_table(report),
         "",
         "| offered | rate req/s | goodput req/s | goodput / saturation | admitted p50 ms | "
         "admitted p99 ms | p99 / reference | refused | refusal p99 ms | DEADLINE_EXCEEDED | "
@@ -505,6 +531,23 @@ def to_markdown(report: dict) -> str:
     if report.get("profiles"):
         lines += ["", "Flame summaries of each process at saturation: `profiles/<process>.txt`."]
     return "\n".join(lines) + "\n"
+
+
+def stage_table(report: dict) -> list[str]:
+    """Each process's CPU per request at saturation beside the same stage's code in one process."""
+    cpu = report["closed_loop"]["cpu_ms_per_request"]
+    inside = report["in_process"].get("stage_cpu_ms_per_request", {})
+    lines = [
+        "| process | CPU ms per request, own process | same code in one process | ratio |",
+        "|---|---|---|---|",
+    ]
+    for name, ms in cpu.items():
+        if name == "load generator":
+            continue
+        alone = inside.get(name)
+        ratio = f"{ms / alone:.2f}" if alone else "-"
+        lines.append(f"| {name} | {ms} | {alone if alone is not None else '-'} | {ratio} |")
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:

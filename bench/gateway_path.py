@@ -13,6 +13,9 @@ involved) and the median of the per-round ratios:
   impression log's `interval` policy (new); CPU and wall time;
 - the gateway's labelled metrics per request: `labels()` looked up per observation (old) against
   the children resolved once (new);
+- a stage server's interceptors per call (metrics and the queue guard, through grpcio's own
+  interceptor pipeline): the metrics wrapper built per call around a context manager (old)
+  against the method's wrapped handler built once and reused (new);
 - the protobuf work of relaying one request's lists (parse each stage's reply, copy its list into
   the next request, serialize it; 2,000 / 500 / 100 / 10 candidates): what passing the packed
   bytes through undecoded could save at most, measured alone (no old / new pair: not made).
@@ -29,7 +32,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
+import grpc
 import numpy as np
 import pyarrow as pa
 from prometheus_client import CollectorRegistry
@@ -37,6 +42,8 @@ from prometheus_client import CollectorRegistry
 from bench.request_path import side_by_side
 from cascade.candidates import to_proto
 from cascade.eventlog import IMPRESSIONS, FileEventLog, LogSettings, conform
+from cascade.guard import QueueGuard
+from cascade.telemetry import MetricsInterceptor, RpcMetrics, new_registry
 from cascade.v1 import (
     common_pb2,
     prerank_pb2,
@@ -124,6 +131,57 @@ def metric_labels(rounds: int, calls: int) -> dict:
         metrics.labelled(metrics.arm_latency, "none").observe(0.01)
 
     return side_by_side(old, new, rounds, calls, clock=time.process_time)
+
+
+class OldMetricsInterceptor(MetricsInterceptor):
+    """The metrics interceptor before: a new wrapped handler per call, RpcMetrics.observe's
+    context manager around the behavior."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        rpc = handler_call_details.method.lstrip("/")
+        return handler._replace(unary_unary=self._old_wrap(handler.unary_unary, rpc))
+
+    def _old_wrap(self, behavior, rpc: str):
+        observe = self.metrics.observe
+
+        def handle(request, context):
+            with observe(rpc, context):
+                return behavior(request, context)
+
+        return handle
+
+
+def server_interceptors(rounds: int, calls: int) -> dict:
+    """CPU per call of a stage's interceptor pipeline plus a trivial behavior, old and new."""
+    from concurrent import futures
+
+    from grpc._interceptor import service_pipeline
+
+    pool = futures.ThreadPoolExecutor(1)
+    pipelines = {}
+    for name, kind in (("old", OldMetricsInterceptor), ("new", MetricsInterceptor)):
+        registry = new_registry()
+        guard = QueueGuard("rank", pool, 16, registry)
+        pipelines[name] = service_pipeline([kind(RpcMetrics("rank", registry)), guard])
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    details = SimpleNamespace(method="/cascade.v1.Rank/Rank", invocation_metadata=())
+    context = SimpleNamespace(code=lambda: None)
+
+    def call(pipeline) -> None:
+        pipeline.execute(lambda _: handler, details).unary_unary(b"", context)
+
+    report = side_by_side(
+        lambda: call(pipelines["old"]),
+        lambda: call(pipelines["new"]),
+        rounds,
+        calls,
+        clock=time.process_time,
+    )
+    pool.shutdown()
+    return report
 
 
 def relay_copies(rounds: int, calls: int) -> dict:
@@ -218,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("impression append", json.dumps(report["impression_append"]), flush=True)
     report["metric_labels_cpu"] = metric_labels(args.rounds, 200)
     print("metric labels", json.dumps(report["metric_labels_cpu"]), flush=True)
+    report["server_interceptors_cpu"] = server_interceptors(args.rounds, 2000)
+    print("server interceptors", json.dumps(report["server_interceptors_cpu"]), flush=True)
     report["relay_copies_cpu"] = relay_copies(args.rounds, 50)
     print("relay copies", json.dumps(report["relay_copies_cpu"]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

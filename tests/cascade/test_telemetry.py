@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import grpc
 from prometheus_client import generate_latest
 
-from cascade.telemetry import ModelMetrics, new_registry, set_model_info
+from cascade.telemetry import (
+    MetricsInterceptor,
+    ModelMetrics,
+    RpcMetrics,
+    new_registry,
+    set_model_info,
+)
 
 
 def versions(registry, stage: str) -> dict[str, float]:
@@ -44,3 +53,21 @@ def test_scrapes_carry_no_created_series():
     text = generate_latest(registry).decode()
     assert 'cascade_candidates_total{direction="in",stage="rank"} 5.0' in text
     assert "_created" not in text
+
+
+def test_the_metrics_wrapper_is_built_once_per_method_and_counts_every_call():
+    registry = new_registry(process_metrics=False)
+    interceptor = MetricsInterceptor(RpcMetrics("rank", registry))
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    details = SimpleNamespace(method="/cascade.v1.Rank/Rank", invocation_metadata=())
+    ok = SimpleNamespace(code=lambda: None)
+    first = interceptor.intercept_service(lambda _: handler, details)
+    second = interceptor.intercept_service(lambda _: handler, details)
+    assert first is second  # reused: no new handler or closure per call
+    assert first.unary_unary(b"x", ok) == b"x" and second.unary_unary(b"y", ok) == b"y"
+    # A one-off handler (a refusal's) gets its own wrapper and leaves the method's in place.
+    other = grpc.unary_unary_rpc_method_handler(lambda request, context: b"no")
+    assert interceptor.intercept_service(lambda _: other, details).unary_unary(b"", ok) == b"no"
+    assert interceptor.intercept_service(lambda _: handler, details) is first
+    labels = {"stage": "rank", "rpc": "cascade.v1.Rank/Rank", "code": "OK"}
+    assert registry.get_sample_value("cascade_rpc_requests_total", labels) == 3

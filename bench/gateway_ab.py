@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}  # the full funnel in both
     where = {"artifacts": args.artifacts, "data_dir": args.data_dir, "dataset": args.dataset}
-    rounds = []
+    rounds, load_start = [], round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="cascade-old-gateway-") as scratch:
         tree = old_tree(args.old, Path(scratch))
         with stack.running_stack(args.run_dir, extra_env=env, **where) as running:
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 os.killpg(old_pid, 15)
     report = summary(rounds, args)
+    report["load_average"] = {"start": load_start, "end": round(os.getloadavg()[0], 2)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_ab.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=2))

@@ -226,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = running.address("gateway")
         asyncio.run(closed_loop(target, users[:50], 4, 3.0, args.timeout))  # warm-up
         report: dict = {"target": target, "services": [s.name for s in running.services]}
+        # The machine's 1-minute load average (runnable processes; 2 shared cores).
+        report["load_average"] = {"start": round(os.getloadavg()[0], 2)}
         report["closed_loop"] = []
         for workers in args.workers:
             before = cpu_seconds(running)
@@ -268,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_at_a_time["p50_ms"] / report["in_process"]["p50_ms"], 2
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    report["load_average"]["end"] = round(os.getloadavg()[0], 2)
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     plot(report, args.out / "load.png")
     print(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -353,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "2 shared cores: other work ran on the machine at the same time; compare ratios "
             "measured in this run, not absolute rates"
         ),
+        # The machine's 1-minute load average (runnable processes, 2 cores) at the start.
+        "load_average": {"start": round(os.getloadavg()[0], 2)},
     }
     # Capacity at full quality: admission (and so the quality factor) off.
     env = {"CASCADE_GATEWAY_ADMISSION_ENABLED": "false"}
@@ -377,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["admission_off"] = [row]
     with stack.running_stack(args.run_dir, **where) as running:
         report |= overload(running, users, args, report["saturation_rps"])
+    report["load_average"]["end"] = round(os.getloadavg()[0], 2)
     (args.out / "overload.json").write_text(json.dumps(report, indent=2))
     (args.out / "overload.md").write_text(to_markdown(report))
     plot(report, args.out / "overload.png")
@@ -480,7 +484,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# Overload: offered multiples of the closed-loop saturation rate",
         "",
-        f"{report['machine_note']}.",
+        f"{report['machine_note']}; 1-minute load average {report['load_average']['start']} at "
+        f"the start, {report['load_average']['end']} at the end.",
         "",
         f"- Saturation (closed loop, {report['closed_loop']['workers']} workers): **{sat} req/s**"
         f", p99 {report['closed_loop']['p99_ms']} ms",

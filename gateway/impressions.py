@@ -114,23 +114,27 @@ class ImpressionWriter:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            batch = [self._take(self._queue.get())]
             until = time.monotonic() + self.linger_s
             while batch[-1] is not None and len(batch) < BATCH:
                 try:
                     wait = until - time.monotonic()
-                    batch.append(
-                        self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                    )
+                    shown = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
+                batch.append(self._take(shown))
             rows = [shown for shown in batch if shown is not None]
             if rows:
                 self._write(rows)
-                if self.record_shown is not None:
-                    self._record_shown(rows)
             if batch[-1] is None:
                 return
+
+    def _take(self, shown: Shown | None) -> Shown | None:
+        """One answer off the queue: recorded as shown at once (the next request may come in
+        milliseconds); only its log row waits for the batch."""
+        if shown is not None and self.record_shown is not None:
+            self._record_shown([shown])
+        return shown
 
     def _write(self, batch: list[Shown]) -> None:
         try:

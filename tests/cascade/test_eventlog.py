@@ -180,9 +180,7 @@ def test_fsync_policy_is_checked():
         LogSettings(impressions_fsync="rarely")
 
 
-def test_events_fsync_every_append_while_impressions_fsync_on_their_interval(
-    tmp_path, monkeypatch
-):
+def test_events_fsync_every_append_while_impressions_fsync_on_their_interval(tmp_path, monkeypatch):
     """The defaults: an acknowledged Feedback event is on disk before the append returns; the
     impression log (acknowledged to no one) syncs at most once per interval."""
     synced: list[int] = []

@@ -79,8 +79,8 @@ class EventLog(Protocol):
 class LogSettings:
     fsync: str = "always"  # always | interval | never (README: what each can lose)
     # Impression records are acknowledged to no one (the answer went out before they were
-    # queued, and a killed gateway loses its queue anyway): an fsync per batch buys nothing a
-    # caller relies on and costs the gateway's busiest thread a disk flush per answer.
+    # queued, and a killed gateway loses its queue anyway): an fsync per frame buys nothing a
+    # caller relies on and costs the gateway a disk flush, and its CPU, per frame.
     impressions_fsync: str = "interval"
     fsync_interval_s: float = 1.0  # "interval": at most this long between fsyncs
     segment_bytes: int = 64 * 1024 * 1024  # a segment is sealed past this size ...

@@ -126,7 +126,7 @@ class GatewayMetrics:
     def labelled(self, metric, *labels: str):
         """`metric.labels(*labels)`, resolved once: labels() takes a lock and builds a key on
         every call (`python -m bench.gateway_path`, metric_labels_cpu)."""
-        key = (metric._name, labels)
+        key = (id(metric), labels)  # the metrics live as long as this object
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)

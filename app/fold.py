@@ -25,7 +25,8 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
     `impressions`: request_id, user_id, request_time_ms, item_ids (list), positions (list);
     `events`: request_id, item_id, event. An event whose request_id matches no page is ignored
     here (it still counts as an interaction when it is a play). A shadow ranking (arm
-    "shadow:NAME", gateway/shadow.py) was never shown: it is no example."""
+    "shadow:NAME", gateway/shadow.py) was never shown: it is no example. With the record's
+    `channel_masks`, each row also carries its `channel_mask` (the ranker's channels field)."""
     if "arm" in impressions.column_names:
         arms = impressions["arm"].to_pylist()
         shown = pa.array([not a.startswith("shadow:") for a in arms], type=pa.bool_())
@@ -42,6 +43,10 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
             impressions["positions"].combine_chunks().flatten(), np.int64
         ).astype(np.int16),
     }
+    if "channel_masks" in impressions.column_names:  # the recall channels that found each item
+        masks = np.asarray(impressions["channel_masks"].combine_chunks().flatten(), np.uint32)
+        if len(masks) == len(item):  # else a record without masks: the channels stay unknown
+            rows["channel_mask"] = masks
     keys = {(r, i): n for n, (r, i) in enumerate(zip(request.tolist(), item.tolist(), strict=True))}
     for label in LABELS:
         rows[label] = np.zeros(len(item), dtype=bool)

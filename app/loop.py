@@ -231,17 +231,23 @@ def to_markdown(report: dict) -> str:
             "folded into a new bundle (app/retrain.py) that every service hot-reloaded before "
             "the next day.",
             "",
+            "Publish gate: the served ranker and the fine-tuned one, mean logloss on the latest "
+            "served impressions (held out of the fine-tune; observed outcomes only).",
+            "",
             "| after day | bundle | served impressions | plays heard | rank logloss before "
-            "| after | job s | reload s |",
-            "|---" * 8 + "|",
+            "| after | gate: served | gate: new | ranker | job s | reload s |",
+            "|---" * 11 + "|",
         ]
         for job in report["retraining"]:
             rank = job["rank"]
+            gate = rank.get("gate", {})
+            shipped = "-" if not gate else "fine-tuned" if gate["publish"] else "kept"
             lines.append(
                 f"| {job['after_day']} | {job['version']} | {job['served_impressions']} "
                 f"| {job['plays_heard']} | {rank['validation_logloss_before']:.4f} "
-                f"| {rank['validation_logloss_after']:.4f} | {job['seconds']} "
-                f"| {job['reload_seconds']} |"
+                f"| {rank['validation_logloss_after']:.4f} "
+                f"| {gate.get('served_logloss', '-')} | {gate.get('new_logloss', '-')} "
+                f"| {shipped} | {job['seconds']} | {job['reload_seconds']} |"
             )
     return "\n".join(lines) + "\n"
 

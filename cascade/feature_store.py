@@ -35,7 +35,7 @@ class FeatureStore(Protocol):
     def known_items(self, item_ids: np.ndarray) -> np.ndarray: ...
     def history(self, user_ids: np.ndarray) -> np.ndarray: ...
     def consumed(self, user_id: int) -> np.ndarray: ...
-    def shown(self, user_id: int) -> np.ndarray: ...
+    def shown(self, user_id: int, at_ms: int | None = None) -> np.ndarray: ...
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]: ...
     def record(
         self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, events: list[str]
@@ -190,9 +190,11 @@ class InMemoryFeatureStore(DatasetFeatures):
         """The user's newest `n` items consumed online, newest first."""
         return np.array(self._online.recent_consumed(int(user_id), n), dtype=np.int64)
 
-    def shown(self, user_id: int) -> np.ndarray:
-        """Items shown to the user within the last shown_ttl_s, sorted."""
-        return np.unique(np.array(self._online.shown(int(user_id), now_ms()), dtype=np.int64))
+    def shown(self, user_id: int, at_ms: int | None = None) -> np.ndarray:
+        """Items shown to the user within shown_ttl_s before `at_ms` (the request's time; None =
+        now), sorted."""
+        at_ms = now_ms() if at_ms is None else int(at_ms)
+        return np.unique(np.array(self._online.shown(int(user_id), at_ms), dtype=np.int64))
 
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(item_ids, dtype=np.int64)

@@ -123,9 +123,10 @@ class RedisState:
         (items,) = self._run(pipe, [[]])
         return [int(i) for i in items]
 
-    def shown(self, user_id: int) -> list[int]:
+    def shown(self, user_id: int, at_ms: int | None = None) -> list[int]:
+        at_ms = now_ms() if at_ms is None else int(at_ms)
         pipe = self._read.pipeline(transaction=False)
-        pipe.zrangebyscore(self._user_key(user_id, "shown"), f"({now_ms()}", "+inf")
+        pipe.zrangebyscore(self._user_key(user_id, "shown"), f"({at_ms}", "+inf")
         (items,) = self._run(pipe, [[]])
         return [int(i) for i in items]
 
@@ -244,9 +245,10 @@ class RedisFeatureStore(DatasetFeatures):
         """The user's newest `n` items consumed online, newest first."""
         return np.array(self.state.consumed(user_id, n), dtype=np.int64)
 
-    def shown(self, user_id: int) -> np.ndarray:
-        """Items shown to the user within the last shown_ttl_s, sorted."""
-        return np.unique(np.array(self.state.shown(user_id), dtype=np.int64))
+    def shown(self, user_id: int, at_ms: int | None = None) -> np.ndarray:
+        """Items shown to the user within shown_ttl_s before `at_ms` (the request's time; None =
+        now), sorted."""
+        return np.unique(np.array(self.state.shown(user_id, at_ms), dtype=np.int64))
 
     def item_counters(self, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Training-period counts plus the online snapshot (at most about refresh_s old)."""

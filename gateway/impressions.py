@@ -41,7 +41,7 @@ class Shown:
     degraded_stages: list[str]
     served: Served
     arm: str = ""  # the experiment arm that served it (gateway/arms.py)
-    shown_ms: int = 0  # wall-clock time of the answer: a shown page's TTL runs on it
+    shown_ms: int = 0  # the request's time (its clock): a shown page's TTL runs on it
 
 
 def impression_row(shown: Shown) -> dict:

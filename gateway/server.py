@@ -461,7 +461,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             list(response.degraded_stages),
             served,
             arm,
-            shown_ms=int(time.time() * 1000),  # a shown page's TTL runs on the wall clock
+            shown_ms=now_ms,  # a shown page's TTL runs on the request's clock, as rerank reads it
         )
         self.impressions.submit(shown)
         if self.shadow is not None and arm != settings.shadow_arm:

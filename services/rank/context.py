@@ -208,14 +208,20 @@ class OfflineContext:
     (serving's data clock, so a test-period row sees what serving sees)."""
 
     def __init__(
-        self, items: ItemTables, interactions: Table, mf: MFPositions | FoldedMF | None = None
+        self,
+        items: ItemTables,
+        interactions: Table,
+        mf: MFPositions | FoldedMF | None = None,
+        as_of: int | None = None,
     ):
         self.items, self.mf = items, mf
         self.interactions = interactions
         played = np.asarray(interactions["play"], bool)
         item, ts = interactions["item_id"][played], interactions["ts"][played]
         self._play_keys = np.sort(item.astype(np.int64) * 2**33 + ts)  # ts < 2**33 s
-        self.as_of = int(np.max(interactions["ts"], initial=0))
+        # Serving's data clock: the end of the log its store was built from. `interactions` may
+        # run past it (plays heard online, folded in by app/retrain.py), so it can be given.
+        self.as_of = int(np.max(interactions["ts"], initial=0)) if as_of is None else int(as_of)
 
     def values(
         self,

@@ -67,7 +67,8 @@ def assemble(
 
 class OfflineRows:
     """Encodes (user, item, time) rows from dataset tables, with history, counters and consumed
-    sets from `interactions`; `mf` (the bundle's MF model) fills the mf_position field."""
+    sets from `interactions`; `mf` (the bundle's MF model) fills the mf_position field; `as_of`:
+    serving's data clock when `interactions` runs past it (see OfflineContext)."""
 
     def __init__(
         self,
@@ -75,13 +76,14 @@ class OfflineRows:
         spec: FeatureSpec,
         interactions: Table,
         mf: MFPositions | None = None,
+        as_of: int | None = None,
     ):
         self.spec = spec
         self.interactions = interactions
         self._users = encode_by_id(spec, "user", dataset.users, "user_id", dataset.n_users)
         self._items = encode_by_id(spec, "item", dataset.items, "item_id", dataset.n_items)
         items = ItemTables.from_items(dataset.items, dataset.n_items)
-        self.context = OfflineContext(items, interactions, mf)
+        self.context = OfflineContext(items, interactions, mf, as_of)
 
     def rows(
         self,

@@ -60,7 +60,7 @@ class ItemSource(Protocol):
 
     def item_attributes(self, item_ids: np.ndarray) -> Table: ...
     def consumed(self, user_id: int) -> np.ndarray: ...
-    def shown(self, user_id: int) -> np.ndarray: ...
+    def shown(self, user_id: int, at_ms: int | None = None) -> np.ndarray: ...
 
 
 class Page(NamedTuple):
@@ -105,7 +105,10 @@ class Reranker:
         keep, dropped = hard_filter(candidates.item_ids, np.concatenate([*seen, [0]])[:-1])
         if rules.filter_shown and user_id > 0:
             keep, dropped["already_shown"] = drop_shown(
-                candidates.item_ids, keep, self.store.shown(int(user_id)), count
+                candidates.item_ids,
+                keep,
+                self.store.shown(int(user_id), request_ts * 1000 or None),
+                count,
             )
         candidates = candidates.take(keep)
         ids = candidates.item_ids

@@ -24,7 +24,7 @@ from cascade.backends import open_store
 from cascade.candidates import to_proto
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.feature_store import StoreLimits, check_store_setting, now_ms
+from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
@@ -129,7 +129,10 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.candidates_out.inc(len(page.candidates.item_ids))
         if self.record_pages and request.user.user_id > 0 and reranker.config.rules.filter_shown:
-            reranker.store.record_shown(request.user.user_id, page.candidates.item_ids, now_ms())
+            # On the request's clock, as the filter reads it: a simulated day later (gateway
+            # clock "caller") the page may be shown again, as a real day later it may.
+            shown_at = request_ts * 1000
+            reranker.store.record_shown(request.user.user_id, page.candidates.item_ids, shown_at)
         for rule, dropped in page.dropped.items():
             if dropped:
                 self.metrics.filtered.labels(rule).inc(dropped)

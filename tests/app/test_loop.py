@@ -39,7 +39,11 @@ def test_the_markdown_lists_each_retraining_job():
         "version": "loop-day2",
         "served_impressions": 130,
         "plays_heard": 24,
-        "rank": {"validation_logloss_before": 0.40388, "validation_logloss_after": 0.37691},
+        "rank": {
+            "validation_logloss_before": 0.40388,
+            "validation_logloss_after": 0.37691,
+            "gate": {"publish": False, "served_logloss": 0.3012, "new_logloss": 0.3105},
+        },
         "seconds": 147.0,
         "reload_seconds": 7.0,
     }
@@ -51,7 +55,10 @@ def test_the_markdown_lists_each_retraining_job():
         "retraining": [job],
     }
     text = to_markdown(report)
-    assert "| 0 | loop-day2 | 130 | 24 | 0.4039 | 0.3769 | 147.0 | 7.0 |" in text
+    assert (
+        "| 0 | loop-day2 | 130 | 24 | 0.4039 | 0.3769 | 0.3012 | 0.3105 | kept | 147.0 | 7.0 |"
+        in text
+    )
 
 
 def test_two_runs_compare_one_arm_day_by_day():

@@ -1,5 +1,6 @@
 """Continuous training: a job reads a (tiny) event log and writes a bundle every stage loads,
-its ranker fine-tuned on the served impressions; `cascade train all --event-log` runs it."""
+its ranker fine-tuned on the served impressions and shipped only through the publish gate;
+`cascade train all --event-log` runs it."""
 
 from __future__ import annotations
 
@@ -8,13 +9,27 @@ import pyarrow as pa
 import pytest
 
 from app import cli
-from app.retrain import Base, RetrainConfig, RetrainError, read_log, retrain
-from cascade.artifacts import Bundle
+from app.retrain import (
+    Base,
+    RetrainConfig,
+    RetrainError,
+    publish_gate,
+    read_log,
+    retrain,
+    served_rows,
+)
+from cascade.artifacts import Bundle, BundleWriter, clone
 from cascade.backends import open_event_log
 from cascade.eventlog import EVENTS, IMPRESSIONS
+from cascade.features import FeatureSpec
+from services.rank.export import load_torch
+from services.rank.export import write_component as write_rank
+from services.rank.model import ModelConfig
+from services.rank.train import TrainConfig
 from tests.gateway.conftest import VERSION, build_bundle, tiny_world
 
 CONFIG = RetrainConfig(prerank_users=10, prerank_epochs=1)
+MF_SERVED = "mf-served"
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +104,10 @@ def test_a_job_reads_a_tiny_log_and_writes_a_bundle_every_stage_loads(built, tmp
         publish_it=False,
     )
     assert report["served_impressions"] == 8 and report["plays_heard"] == 2
-    assert report["rank"]["served_rows"] == 8  # every served impression is an example
-    assert report["rank"]["train_rows"] == 8 + 16 - 2  # + 2 replayed per served, - held out
+    # The later page (the log's latest 20% by time) is the publish gate's slice; the earlier
+    # one is fine-tuned on, with 2 logged impressions replayed per served one.
+    assert report["rank"]["served_rows"] == 4 and report["rank"]["gate"]["rows"] == 4
+    assert report["rank"]["train_rows"] == 4 + 8 - 1  # - each user's latest served row, held out
     new, old = Bundle.open(built.artifacts, "day2"), Bundle.open(built.artifacts, VERSION)
     assert new.version == "day2" and Bundle.open(built.artifacts).version == VERSION
     changed = new.load_npz("rank", "weights.npz")
@@ -149,3 +166,104 @@ def test_cascade_train_reads_the_log_and_an_empty_log_is_a_clear_error(built, tm
             built.data_dir,
             publish_it=False,
         )
+
+
+def test_the_publish_gate_refuses_a_worse_ranker_and_publishes_a_better_one():
+    outcomes = {
+        "ts": np.arange(6),
+        "user_id": np.array([1, 1, 1, 2, 2, 2]),
+        "play": np.array([True, False, False, True, False, True]),
+        "like": np.array([True, False, False, False, False, True]),
+    }
+    truthful = np.where(np.stack([outcomes["play"], outcomes["like"]], 1), 0.8, 0.2)
+    flat = np.full((6, 2), 0.5)
+    better = publish_gate(flat, truthful, outcomes, ("play", "like"))
+    assert better["publish"] and better["new_logloss"] < better["served_logloss"]
+    assert better["new_auc"] == 1.0 and "published" in better["reason"]
+    worse = publish_gate(truthful, flat, outcomes, ("play", "like"))
+    assert not worse["publish"] and "refused" in worse["reason"]
+    # A tolerance lets a slightly worse ranker through; an empty slice never publishes.
+    assert publish_gate(truthful, flat, outcomes, ("play", "like"), tolerance=3.0)["publish"]
+    empty = {k: v[:0] for k, v in outcomes.items()}
+    assert not publish_gate(flat[:0], flat[:0], empty, ("play", "like"))["publish"]
+
+
+@pytest.fixture(scope="module")
+def mf_served(built):
+    """The tiny bundle again as MF_SERVED, its ranker marked as reading mf_position."""
+    clone(built.artifacts, VERSION, MF_SERVED)
+    bundle = Bundle.open(built.artifacts, MF_SERVED)
+    meta = bundle.load_json("rank", "rank.json")
+    spec = FeatureSpec.from_json(bundle.file("rank", "feature_spec.json").read_text())
+    base = Base.of(built.dataset)
+    rows = served_rows(bundle, base, spec, base.split.train_interactions, True)
+    example = rows.impressions({k: v[:16] for k, v in base.split.test_impressions.items()})
+    assert (example["mf_position"] > 0).any()  # the tiny bundle has an MF model
+    writer = BundleWriter(built.artifacts, MF_SERVED)
+    write_rank(
+        writer,
+        load_torch(bundle),
+        spec,
+        "ml-100k",
+        TrainConfig(**{**meta["config"]["train"], "fusion": meta["fusion_weights"]}),
+        ModelConfig(**meta["config"]["model"]),
+        meta["training"],
+        example,
+        mf_feature=True,
+    )
+    writer.commit()
+    return built
+
+
+def test_a_fine_tuned_ranker_keeps_reading_what_it_was_served_with(mf_served, tmp_path):
+    """The MF flag survives the job (serving keeps filling mf_position for the new ranker)."""
+    events, impressions = read_log(tiny_log(tmp_path / "log", mf_served.dataset))
+    config = RetrainConfig(prerank_epochs=0, recall_tables=False, gate_tolerance=1e9)
+    report = retrain(
+        mf_served.artifacts,
+        Base.of(mf_served.dataset),
+        events,
+        impressions,
+        "mf-day2",
+        config,
+        mf_served.data_dir,
+        publish_it=False,
+        source=MF_SERVED,
+    )
+    assert report["rank"]["gate"]["publish"]
+    new = Bundle.open(mf_served.artifacts, "mf-day2")
+    assert new.load_json("rank", "rank.json")["mf_feature"] is True
+    assert new.component("rank")["version"] == "mf-day2"
+
+
+def test_a_ranker_the_gate_refuses_is_not_shipped_and_the_served_one_is(mf_served, tmp_path):
+    from services.rank.server import RankSettings, load_scorer
+
+    events, impressions = read_log(tiny_log(tmp_path / "log", mf_served.dataset))
+    # A learning rate that wrecks the warm start: its logloss on the gate's slice is worse.
+    config = RetrainConfig(prerank_epochs=0, recall_tables=False, rank_learning_rate=50.0)
+    report = retrain(
+        mf_served.artifacts,
+        Base.of(mf_served.dataset),
+        events,
+        impressions,
+        "refused",
+        config,
+        mf_served.data_dir,
+        publish_it=False,
+        source=MF_SERVED,
+    )
+    gate = report["rank"]["gate"]
+    assert not gate["publish"] and gate["new_logloss"] > gate["served_logloss"]
+    assert "refused" in gate["reason"]
+    new, old = (
+        Bundle.open(mf_served.artifacts, "refused"),
+        Bundle.open(mf_served.artifacts, MF_SERVED),
+    )
+    kept, served = new.load_npz("rank", "weights.npz"), old.load_npz("rank", "weights.npz")
+    assert all(np.array_equal(kept[k], served[k]) for k in served)
+    assert new.component("rank")["version"] == MF_SERVED
+    settings = RankSettings(
+        artifacts=mf_served.artifacts, data_dir=mf_served.data_dir, bundle="refused"
+    )
+    assert load_scorer(settings).version == "refused"  # the new bundle still rolls out

@@ -102,6 +102,12 @@ def test_shown_items_expire_after_the_ttl(make_store, backend):
     store.record_shown(4, np.array([9]), now - 61_000)  # shown a minute ago: expired
     assert store.shown(4).tolist() == [3, 5, 7]
     assert store.shown(5).tolist() == []
+    # On a request's own clock (a simulation's, days from the wall clock) the TTL runs on it.
+    day = 86_400_000
+    store.record_shown(6, np.array([2, 4]), now - 3 * day)
+    assert store.shown(6).tolist() == []  # long expired by the wall clock
+    assert store.shown(6, at_ms=now - 3 * day + 59_000).tolist() == [2, 4]
+    assert store.shown(6, at_ms=now - 2 * day).tolist() == []  # a simulated day later
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -183,3 +183,29 @@ def test_fusion_tuning_keeps_the_scale_whose_fused_score_orders_the_primary_task
         "play": 1.0,
         "like": 2.0,
     }
+
+
+def test_rows_of_a_folded_log_match_the_store_that_heard_it(world):
+    """Continuous training (app/retrain.py) builds rows from the training log plus the plays
+    heard online, on serving's data clock: they equal what the store that heard those plays
+    serves, every field (item ages included, though the folded log runs days past the store's
+    clock) and the MF position from the consumed set with the online plays."""
+    dataset, spec, split, _, svd = world
+    log = split.train_interactions
+    store = InMemoryFeatureStore.from_split(dataset, spec, split)
+    end = int(log["ts"].max())
+    users, heard = np.array([1, 2, 1]), np.array([4, 4, 9])
+    stamps = end + np.array([1, 2, 3]) * 86_400 * 2  # days after the store's data clock
+    store.record(users, heard, stamps, ["play"] * 3)
+    folded = {k: np.concatenate([v, np.zeros(3, v.dtype)]) for k, v in log.items()}
+    folded["user_id"][-3:], folded["item_id"][-3:], folded["ts"][-3:] = users, heard, stamps
+    folded["play"][-3:] = True
+    offline = OfflineRows(dataset, spec, folded, svd, as_of=end)
+    items = np.arange(1, dataset.n_items)
+    request = int(stamps[-1]) + 3600
+    for user in (1, 2):
+        online = online_rows(store, user, items, mf=svd)
+        rows = offline.rows(np.full(len(items), user), items, np.full(len(items), request))
+        for name, values in online.items():
+            expected = np.broadcast_to(values, rows[name].shape)
+            assert np.array_equal(rows[name], expected), f"user {user}: {name}"

@@ -31,7 +31,8 @@ class Store:
     def consumed(self, user_id):
         return self._consumed
 
-    def shown(self, user_id):
+    def shown(self, user_id, at_ms=None):
+        self.asked_at_ms = at_ms
         return self._shown
 
 
@@ -122,6 +123,9 @@ def test_items_shown_within_the_ttl_are_filtered_unless_the_rule_is_off():
     page = reranker(OFF, store).rerank(ranked([1, 2, 3, 4]), 3, user_id=7)
     assert page.candidates.item_ids.tolist() == [1, 2, 3]
     assert page.dropped["already_shown"] == 1
+    # The TTL runs on the request's clock (a simulated day later, a page may be shown again).
+    reranker(OFF, store).rerank(ranked([1, 2, 3, 4]), 2, user_id=7, request_ts=NOW)
+    assert store.asked_at_ms == NOW * 1000
     rules = Rules(max_per_creator=0, max_category_share=1.0, fresh_slots=0, filter_shown=False)
     page = reranker(rules, store).rerank(ranked([1, 2, 3, 4]), 10, user_id=7)
     assert page.candidates.item_ids.tolist() == [1, 2, 3, 4]

@@ -139,7 +139,7 @@ def fine_tune_rank(
     pick = np.random.default_rng([config.seed, len(served["item_id"])]).choice(
         len(logged["ts"]), n_replay, replace=False
     )
-    columns = ("user_id", "item_id", "ts", *tasks)
+    columns = ("user_id", "item_id", "ts", "position", *tasks)  # slot: the ranker's debias
     examples, order = _concat(
         {k: served[k] for k in columns}, {k: logged[k][pick] for k in columns}
     )
@@ -166,6 +166,7 @@ def fine_tune_rank(
         patience=0,
         tasks=tasks,
         fusion=dict(meta["fusion_weights"]),
+        ips=bool(meta["config"]["train"].get("ips", False)),  # as the published ranker learnt
     )
     before = evaluate(predict(model, prepared.validation[0], spec), validation, tasks)
     model, info = fit(prepared, tasks, model_config, train_config, model=model)

@@ -4,10 +4,11 @@ to the same simulated users for the same days, judged by true engagement.
     python -m bench.debias --users 1000 --days 3 --out results/loop     (make bench-ablate)
 
 Every variant starts from the published synthetic bundle (artifacts/synthetic; trained when
-missing) and retrains only what its option touches, through the stage's own `train` command with
-the same data and seed: the ranker (`cascade train rank --max-epochs E [--position-tower|--ips]`)
-or the recall component's two-tower (`cascade train recall [--no-two-tower-logq|
---two-tower-mixed-negatives N]`); the pre-rank student and the reranker stay the published ones.
+missing) and retrains only what its option touches, with the same data and seed: the ranker (what
+`cascade train rank --max-epochs E [--position-tower|--ips]` does, the rows prepared once for
+all rankers) or the recall component (`cascade train recall [--no-two-tower-logq|
+--two-tower-mixed-negatives N]`); the pre-rank student and the reranker start as the published
+ones (the daily retrain distils the student again from the variant's fine-tuned ranker).
 Each bundle is then served by `cascade simulate` (app/loop.py) to the arms cascade, random and
 oracle, one variant after another; the same seed gives the same users the same arm and
 sessions. Writes OUT/ablations.json and .md: per variant, the cascade arm's expected engagement
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app import loop
@@ -35,7 +36,7 @@ class Variant:
     name: str
     row: str  # the issue's ablation row
     what: str
-    rank_flags: tuple[str, ...] | None = None  # None: the baseline's ranker
+    rank: tuple[str, ...] | None = None  # options of `cascade train rank`; None: the baseline's
     recall_flags: tuple[str, ...] | None = None  # None: the published recall component
     retrain: str = "daily"  # app/loop.py --retrain
 
@@ -46,7 +47,7 @@ VARIANTS = (
         "-",
         "ranker on logged impressions, slot ignored; two-tower in-batch + logQ; fine-tuned daily "
         "on its own served impressions",
-        rank_flags=(),
+        rank=(),
     ),
     Variant(
         "logged-only",
@@ -58,13 +59,13 @@ VARIANTS = (
         "position-tower",
         "b",
         "ranker with a shallow position tower in training, dropped at serving (PAL)",
-        rank_flags=("--position-tower",),
+        rank=("position_tower",),
     ),
     Variant(
         "ips",
         "c",
         "ranker's positive labels weighted by 1 / examination(slot), the world's known propensity",
-        rank_flags=("--ips",),
+        rank=("ips",),
     ),
     Variant(
         "no-logq",
@@ -83,31 +84,56 @@ VARIANTS = (
 
 def build_bundles(args: argparse.Namespace, variants: tuple[Variant, ...]) -> dict[str, float]:
     """Every variant's bundle under WORK/artifacts (with --reuse-bundles, only those missing);
-    returns the training seconds per variant trained."""
-    from services.rank.train import main as train_rank
+    returns the training seconds per variant trained. The rankers share one preparation of the
+    training rows (the options change the fit, not the rows): `cascade train rank` with the
+    variant's flags on the same data and seed, without preparing the rows once per variant."""
+    from cascade.data import load_dataset
+    from services.rank.model import ModelConfig
+    from services.rank.train import TrainConfig, prepare, train_prepared, write_trained
     from services.recall.train import main as train_recall
 
     root = args.work / "artifacts"
     if not (args.reuse_bundles and (root / "base").exists()):
         loop.serving_copy(args.artifacts, args.data_dir, args.work)  # WORK/artifacts, linked
         clone(root, Bundle.open(root).folder.name, "base")  # the published bundle, named
-    common = ["--dataset", "synthetic", "--data-dir", str(args.data_dir), "--artifacts", str(root)]
     seconds = {}
-    for variant in variants:
-        if variant.rank_flags is None and variant.recall_flags is None:
-            continue  # served from the baseline's bundle
-        if (root / variant.name).exists():
-            continue  # --reuse-bundles
+    ranked = [v for v in variants if v.rank is not None and not (root / v.name).exists()]
+    if ranked:
         started = time.perf_counter()
-        clone(root, "baseline" if variant.name != "baseline" else "base", variant.name)
-        if variant.rank_flags is not None:
-            epochs = ["--max-epochs", str(args.rank_epochs)]
-            train_rank([*common, "--version", variant.name, *epochs, *variant.rank_flags])
-        if variant.recall_flags is not None:
-            train_recall([*common, "--version", variant.name, *variant.recall_flags])
+        dataset = load_dataset("synthetic", args.data_dir)
+        config = TrainConfig(seed=args.seed, max_epochs=args.rank_epochs)
+        prepared = prepare(dataset, config, bundle=Bundle.open(root, "base"))
+        seconds["prepare rank rows"] = round(time.perf_counter() - started, 1)
+        for variant in ranked:
+            started = time.perf_counter()
+            clone(root, "base", variant.name)
+            options = dict.fromkeys(variant.rank, True)
+            train_config = replace(config, ips=options.get("ips", False))
+            model_config = ModelConfig(position_tower=options.get("position_tower", False))
+            model, info = train_prepared(prepared, train_config, model_config)
+            write_trained(root, variant.name, model, prepared, train_config, model_config, info)
+            seconds[variant.name] = round(time.perf_counter() - started, 1)
+            print(f"== {variant.name}: ranker trained in {seconds[variant.name]} s", flush=True)
+    common = ["--dataset", "synthetic", "--data-dir", str(args.data_dir), "--artifacts", str(root)]
+    for variant in variants:
+        if variant.recall_flags is None or (root / variant.name).exists():
+            continue  # served from the baseline's bundle, or kept (--reuse-bundles)
+        started = time.perf_counter()
+        clone(root, "baseline", variant.name)
+        train_recall([*common, "--version", variant.name, *variant.recall_flags])
         seconds[variant.name] = round(time.perf_counter() - started, 1)
-        print(f"== {variant.name}: trained in {seconds[variant.name]} s", flush=True)
+        print(f"== {variant.name}: recall trained in {seconds[variant.name]} s", flush=True)
     return seconds
+
+
+def command(variant: Variant, rank_epochs: int) -> str:
+    """The stage training command the variant's bundle differs by."""
+    if variant.rank is not None:
+        flags = "".join(f" --{name.replace('_', '-')}" for name in variant.rank)
+        return f"cascade train rank --dataset synthetic --max-epochs {rank_epochs}{flags}"
+    if variant.recall_flags is not None:
+        return "cascade train recall --dataset synthetic " + " ".join(variant.recall_flags)
+    return "(the baseline's bundle)"
 
 
 def serve(args: argparse.Namespace, variant: Variant) -> dict:
@@ -133,7 +159,7 @@ def serve(args: argparse.Namespace, variant: Variant) -> dict:
     return report
 
 
-def table(variants: tuple[Variant, ...], reports: dict[str, dict]) -> list[dict]:
+def table(variants: tuple[Variant, ...], reports: dict[str, dict], rank_epochs: int) -> list[dict]:
     """One row per variant: the cascade arm on the last day, and its ratio to the baseline."""
     rows = []
     for variant in variants:
@@ -146,6 +172,7 @@ def table(variants: tuple[Variant, ...], reports: dict[str, dict]) -> list[dict]
                 "variant": variant.name,
                 "row": variant.row,
                 "what": variant.what,
+                "trained_by": command(variant, rank_epochs),
                 "retrain": variant.retrain,
                 "day": last,
                 "impressions": mine["impressions"],
@@ -153,7 +180,7 @@ def table(variants: tuple[Variant, ...], reports: dict[str, dict]) -> list[dict]
                 "ci95": round(mine["expected_ci95"], 4),
                 "oracle_gap_closed": round(mine["oracle_gap_closed"], 4),
                 "ratio_to_baseline": ratios[last]["ratio"],
-                "ratio_ci95": ratios[last]["ci95"],
+                "ratio_ci95": None if variant.name == "baseline" else ratios[last]["ci95"],
                 "per_day": [
                     {
                         "day": r["day"],
@@ -191,10 +218,10 @@ def to_markdown(result: dict) -> str:
         lines.append(
             f"| {r['row']} | {r['variant']} | {r['retrain']} | {r['expected_engagement']:.4f} "
             f"| {r['ci95']:.4f} | {r['oracle_gap_closed']:.3f} | {r['ratio_to_baseline']:.3f} "
-            f"| {r['ratio_ci95']:.3f} |"
+            f"| {'-' if r['ratio_ci95'] is None else format(r['ratio_ci95'], '.3f')} |"
         )
-    lines += ["", "| variant | what |", "|---|---|"]
-    lines += [f"| {r['variant']} | {r['what']} |" for r in result["rows"]]
+    lines += ["", "| variant | what | bundle trained by |", "|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['what']} | `{r['trained_by']}` |" for r in result["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -249,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seconds": round(time.perf_counter() - started, 1),
         "training_seconds": training,
-        "rows": table(variants, reports),
+        "rows": table(variants, reports, args.rank_epochs),
         "simulations": reports,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cascade import metrics
-from cascade.artifacts import add_training_arguments
+from cascade.artifacts import BundleWriter, add_training_arguments
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
@@ -29,6 +29,7 @@ from cascade.features import FeatureSpec, build_spec
 from services.rank.context import FoldedMF, MFPositions
 from services.rank.debias import ips_weights, known_examination, position_ids
 from services.rank.examples import RecallExamples
+from services.rank.export import write_component
 from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
@@ -292,7 +293,15 @@ def train(
 ) -> tuple[RankModel, Prepared, dict]:
     """Fits the full model; its info includes test-period metrics per task."""
     prepared = prepare(dataset, config, bundle=bundle)
-    tasks = tuple(config.tasks or dataset.meta["tasks"])
+    model, info = train_prepared(prepared, config, model_config)
+    return model, prepared, info
+
+
+def train_prepared(
+    prepared: Prepared, config: TrainConfig, model_config: ModelConfig
+) -> tuple[RankModel, dict]:
+    """`train` on rows already prepared (several models on one preparation: ablations)."""
+    tasks = tuple(config.tasks or prepared.dataset.meta["tasks"])
     model, info = fit(prepared, tasks, model_config, config)
     test_rows, test_impressions = prepared.test
     info["test"] = evaluate(predict(model, test_rows, prepared.spec), test_impressions, tasks)
@@ -306,7 +315,35 @@ def train(
         )
         info["fusion"], info["fusion_tuning"] = fusion, tried
         log.info("fusion tuned on the validation slice: %s (%s)", fusion, tried)
-    return model, prepared, info
+    return model, info
+
+
+def write_trained(
+    artifacts,
+    version: str | None,
+    model: RankModel,
+    prepared: Prepared,
+    config: TrainConfig,
+    model_config: ModelConfig,
+    info: dict,
+) -> BundleWriter:
+    """The rank component of bundle `version` (created, or added to), with the tuned fusion."""
+    writer = BundleWriter(artifacts, version)
+    sample = {k: v[:64] for k, v in prepared.test[0].items()}
+    served = replace(config, fusion=info.get("fusion", config.fusion))  # tuned, when it was
+    write_component(
+        writer,
+        model,
+        prepared.spec,
+        prepared.dataset.name,
+        served,
+        model_config,
+        info,
+        sample,
+        **info["context"],
+    )
+    writer.commit()
+    return writer
 
 
 def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelConfig) -> dict:
@@ -320,8 +357,7 @@ def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelCon
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cascade.artifacts import BundleWriter, publish
-    from services.rank.export import write_component
+    from cascade.artifacts import publish
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_arguments(parser)
@@ -373,21 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     if bundle is None and config.examples != "impressions":
         raise SystemExit(f"--examples {config.examples} needs a bundle with the recall component")
     model, prepared, info = train(dataset, config, model_config, bundle)
-    writer = BundleWriter(args.artifacts, args.version)
-    sample = {k: v[:64] for k, v in prepared.test[0].items()}
-    served = replace(config, fusion=info.get("fusion", config.fusion))  # tuned, when it was
-    write_component(
-        writer,
-        model,
-        prepared.spec,
-        dataset.name,
-        served,
-        model_config,
-        info,
-        sample,
-        **info["context"],
+    writer = write_trained(
+        args.artifacts, args.version, model, prepared, config, model_config, info
     )
-    writer.commit()
     if args.publish:
         publish(args.artifacts, writer.version)
     for task, values in info["test"].items():

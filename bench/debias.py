@@ -181,12 +181,17 @@ def table(variants: tuple[Variant, ...], reports: dict[str, dict], rank_epochs: 
                 "oracle_gap_closed": round(mine["oracle_gap_closed"], 4),
                 "ratio_to_baseline": ratios[last]["ratio"],
                 "ratio_ci95": None if variant.name == "baseline" else ratios[last]["ci95"],
-                "per_day": [
+                "per_day": [  # day 0: the bundle as trained, before any fine-tune
                     {
                         "day": r["day"],
+                        "impressions": r["impressions"],
                         "expected_engagement": round(r["expected_engagement"], 4),
                         "ci95": round(r["expected_ci95"], 4),
                         "oracle_gap_closed": round(r["oracle_gap_closed"], 4),
+                        "ratio_to_baseline": ratios[r["day"]]["ratio"],
+                        "ratio_ci95": (
+                            None if variant.name == "baseline" else ratios[r["day"]]["ci95"]
+                        ),
                     }
                     for r in report["rows"]
                     if r["arm"] == "cascade"
@@ -198,26 +203,35 @@ def table(variants: tuple[Variant, ...], reports: dict[str, dict], rank_epochs: 
 
 def to_markdown(result: dict) -> str:
     config = result["config"]
+    last = config["days"]
     lines = [
         "# Debiasing ablated on the synthetic world's truth",
         "",
         f"{config['users']} simulated users x {config['days']} simulated days per variant, arms "
-        f"{', '.join(config['arms'])} (same seed {config['seed']}: same users, arms and "
-        f"sessions in every variant); rankers trained for at most {config['rank_epochs']} "
-        f"epochs; {result['seconds']} s in all on a shared 2-core machine.",
+        f"{', '.join(config['arms'])}, seed {config['seed']} (the same users in the same arms "
+        "in every variant); rankers trained for at most "
+        f"{config['rank_epochs']} epochs; the simulations took {result['serving_seconds']} s "
+        "in all on a shared 2-core machine.",
         "",
-        "Expected engagement per impression of the cascade arm on the last day (play + complete "
-        "+ 2 like + 3 share at the shown slot, from the world's truth; 95% interval over "
-        "sessions), the fraction of the oracle-random gap it closes, and the ratio to the "
-        "baseline row of this run (delta method, as if independent: conservative).",
+        "Expected engagement per impression of the cascade arm (play + complete + 2 like + 3 "
+        "share at the shown slot, from the world's truth; 95% interval over sessions), the "
+        "fraction of the oracle-random gap it closes, and the ratio to the baseline row of this "
+        "run (delta method, as if independent: conservative). Day 1 serves each bundle as "
+        f"trained; day {last} (the last) serves it after the daily fine-tunes on its own served "
+        "impressions (logged-only: never fine-tuned).",
         "",
-        "| row | variant | retrain | expected | ± | gap closed | / baseline | ± (95%) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| row | variant | retrain | day 1 | gap | / baseline | day {last} | ± | gap "
+        "| / baseline | ± (95%) |",
+        "|---" * 11 + "|",
     ]
     for r in result["rows"]:
+        first = r["per_day"][0]
         lines.append(
-            f"| {r['row']} | {r['variant']} | {r['retrain']} | {r['expected_engagement']:.4f} "
-            f"| {r['ci95']:.4f} | {r['oracle_gap_closed']:.3f} | {r['ratio_to_baseline']:.3f} "
+            f"| {r['row']} | {r['variant']} | {r['retrain']} "
+            f"| {first['expected_engagement']:.4f} ± {first['ci95']:.4f} "
+            f"| {first['oracle_gap_closed']:.3f} | {_ratio(first)} "
+            f"| {r['expected_engagement']:.4f} | {r['ci95']:.4f} | {r['oracle_gap_closed']:.3f} "
+            f"| {r['ratio_to_baseline']:.3f} "
             f"| {'-' if r['ratio_ci95'] is None else format(r['ratio_ci95'], '.3f')} |"
         )
     lines += ["", "| variant | what | bundle trained by |", "|---|---|---|"]
@@ -225,9 +239,15 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(day: dict) -> str:
+    if day["ratio_ci95"] is None:
+        return f"{day['ratio_to_baseline']:.3f}"
+    return f"{day['ratio_to_baseline']:.3f} ± {day['ratio_ci95']:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="datasets (data)")
     parser.add_argument(
         "--artifacts",
         type=Path,
@@ -237,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=1000, help="simulated users (default 1000)")
     parser.add_argument("--days", type=int, default=3, help="simulated days (default 3)")
     parser.add_argument("--rank-epochs", type=int, default=2, help="ranker epochs at most")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training and simulation seed")
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -245,13 +265,29 @@ def main(argv: list[str] | None = None) -> int:
         default=[v.name for v in VARIANTS],
         help="which rows (baseline always runs: the ratios need it)",
     )
-    parser.add_argument("--work", type=Path, default=Path(".cascade/ablate"))
-    parser.add_argument("--out", type=Path, default=Path("results/loop"))
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(".cascade/ablate"),
+        help="the variants' bundles and the stacks' logs (default: .cascade/ablate)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/loop"),
+        help="folder for ablations.{json,md} (default: results/loop)",
+    )
     parser.add_argument(
         "--reuse-bundles",
         action="store_true",
         help="keep the variants' bundles an earlier run left under WORK/artifacts (train only "
         "the missing ones)",
+    )
+    parser.add_argument(
+        "--reuse-reports",
+        action="store_true",
+        help="keep the simulations an earlier run of the same size saved under WORK/reports "
+        "(serve only the variants without one: resumes a run that stopped)",
     )
     args = parser.parse_args(argv)
     chosen = {"baseline", *args.variants}
@@ -260,9 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     training = build_bundles(args, variants)
     reports = {}
     for variant in variants:
+        kept = args.work / "reports" / f"{variant.name}.json"  # survives a failure further on
+        if args.reuse_reports and kept.exists():
+            earlier = json.loads(kept.read_text())
+            size = {k: earlier["config"][k] for k in ("users", "days", "seed", "retrain")}
+            if size == {"users": args.users, "days": args.days, "seed": args.seed} | {
+                "retrain": variant.retrain
+            }:
+                print(f"== {variant.name}: served by an earlier run ({kept})", flush=True)
+                reports[variant.name] = earlier
+                continue
         print(f"== serving {variant.name} ({variant.retrain} retrain)", flush=True)
         reports[variant.name] = serve(args, variant)
-        kept = args.work / "reports" / f"{variant.name}.json"  # survives a failure further on
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(reports[variant.name], indent=2))
     result = {
@@ -275,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             "variants": [asdict(v) for v in variants],
         },
         "seconds": round(time.perf_counter() - started, 1),
-        "training_seconds": training,
+        "training_seconds": training,  # of this invocation (none for kept bundles)
+        "serving_seconds": round(sum(r["seconds"] for r in reports.values()), 1),
         "rows": table(variants, reports, args.rank_epochs),
         "simulations": reports,
     }

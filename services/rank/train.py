@@ -217,11 +217,20 @@ def evaluate(probabilities: np.ndarray, impressions: Table, tasks: tuple[str, ..
         single = y.all() or not y.any()
         result[task] = {
             "AUC": None if single else metrics.auc(y, p),
-            "GAUC": None if single else metrics.gauc(impressions["user_id"], y, p),
+            "GAUC": None if single else _gauc(impressions["user_id"], y, p),
             "logloss": metrics.logloss(y, p),
             "positive_rate": float(y.mean()),
         }
     return result
+
+
+def _gauc(users: np.ndarray, y: np.ndarray, p: np.ndarray) -> float | None:
+    """GAUC, None when no user has both labels (a small slice of served impressions, where
+    every user's shares are 0, leaves it undefined)."""
+    try:
+        return metrics.gauc(users, y, p)
+    except ValueError:
+        return None
 
 
 def fit(

@@ -1,7 +1,7 @@
 """Debiasing ablated on the synthetic world's truth: one bundle per training option, each served
 to the same simulated users for the same days, judged by true engagement.
 
-    python -m bench.debias --users 1000 --days 3 --out results/loop     (make bench-ablate)
+    python -m bench.debias --users 1000 --days 2 --out results/loop     (make bench-ablate)
 
 Every variant starts from the published synthetic bundle (artifacts/synthetic; trained when
 missing) and retrains only what its option touches, with the same data and seed: the ranker (what
@@ -10,10 +10,11 @@ all rankers) or the recall component (`cascade train recall [--no-two-tower-logq
 --two-tower-mixed-negatives N]`); the pre-rank student and the reranker start as the published
 ones (the daily retrain distils the student again from the variant's fine-tuned ranker).
 Each bundle is then served by `cascade simulate` (app/loop.py) to the arms cascade, random and
-oracle, one variant after another; the same seed gives the same users the same arm and
-sessions. Writes OUT/ablations.json and .md: per variant, the cascade arm's expected engagement
-per impression on the last day (95% interval), the oracle-random gap it closes, and its ratio to
-the baseline row of the same run (delta-method interval, as if independent: conservative).
+oracle, one variant after another; the same seed puts the same users in the same arms (their
+sessions are drawn from it too, but a page shorter than 10 shifts the later draws). Writes
+OUT/ablations.json and .md: per variant and day, the cascade arm's expected engagement per
+impression (95% interval), the oracle-random gap it closes, and its ratio to the baseline row of
+the same run (delta-method interval, as if independent: conservative).
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the published synthetic bundle every variant starts from",
     )
     parser.add_argument("--users", type=int, default=1000, help="simulated users (default 1000)")
-    parser.add_argument("--days", type=int, default=3, help="simulated days (default 3)")
+    parser.add_argument("--days", type=int, default=2, help="simulated days (default 2)")
     parser.add_argument("--rank-epochs", type=int, default=2, help="ranker epochs at most")
     parser.add_argument("--seed", type=int, default=0, help="training and simulation seed")
     parser.add_argument(

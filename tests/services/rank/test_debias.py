@@ -134,3 +134,19 @@ def test_defaults_are_unchanged_a_plain_ranker_has_no_tower(world):
     model, _ = fit(prepared, TASKS, MODEL, TRAIN)
     assert model.position_tower is None
     assert ModelConfig().position_tower is False and TrainConfig().ips is False
+
+
+def test_a_served_slice_without_a_users_mixed_labels_has_no_gauc():
+    """The daily fine-tune evaluates small served slices: no user with both labels of a task
+    (no shares at all) gives GAUC None, never an error that stops the job."""
+    from services.rank.train import evaluate
+
+    impressions = {
+        "user_id": np.array([1, 1, 2, 2]),
+        "click": np.array([True, False, True, False]),
+        "share": np.array([True, True, False, False]),  # each user all one label
+    }
+    probabilities = np.array([[0.9, 0.2], [0.1, 0.3], [0.8, 0.1], [0.3, 0.4]])
+    result = evaluate(probabilities, impressions, ("click", "share"))
+    assert result["click"]["GAUC"] == 1.0 and result["share"]["GAUC"] is None
+    assert result["share"]["AUC"] is not None  # defined over all rows

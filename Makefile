@@ -160,6 +160,15 @@ bench-loop: setup
 	$(BIN)/python -m app.compare_runs results/loop/simulation.json \
 		results/loop/no-retrain/simulation.json --out results/loop/retrain_vs_frozen
 
+# Debiasing ablated on the world's truth: one bundle per training option (the ranker's position
+# tower or IPS, the two-tower's logQ or catalogue negatives; bench/debias.py), each served by
+# `cascade simulate` to 1000 users over 2 simulated days (arms cascade, random, oracle), the
+# variants one after another: results/loop/ablations.{json,md}.
+.PHONY: bench-ablate
+bench-ablate: setup
+	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
+	$(BIN)/python -m bench.debias --data-dir $(DATA) --users 1000 --days 2 --out results/loop
+
 # Installs Debian's prometheus when missing, runs promtool on the config and rules, starts the
 # stack and a real Prometheus on loopback, drives traffic and faults, and checks that every
 # recording rule and every Grafana panel query returns data (needs a trained bundle).

@@ -160,7 +160,7 @@ def fine_tune_rank(
     pick = np.random.default_rng([config.seed, len(served["item_id"])]).choice(
         len(logged["ts"]), n_replay, replace=False
     )
-    columns = ("user_id", "item_id", "ts", *tasks)
+    columns = ("user_id", "item_id", "ts", "position", *tasks)  # slot: the ranker's debias
     replay = {k: logged[k][pick] for k in columns}
     if channel_feature:  # the served pages' recall tags; logged impressions have none (as in
         columns += ("channel_mask",)  # `cascade train rank --examples both`)
@@ -195,6 +195,7 @@ def fine_tune_rank(
         patience=0,
         tasks=tasks,
         fusion=dict(meta["fusion_weights"]),
+        ips=bool(meta["config"]["train"].get("ips", False)),  # as the published ranker learnt
     )
     before = evaluate(predict(model, validation_rows, spec), validation, tasks)
     model, info = fit(prepared, tasks, model_config, train_config, model=model)

@@ -155,6 +155,11 @@ def write_component(
             "tasks": list(model.tasks),
             "fusion_weights": fusion,
             "metrics": info.get("test", {}),
+            # Position-bias corrections it was trained with (services/rank/debias.py).
+            "debias": {
+                "position_tower": bool(getattr(model_config, "position_tower", False)),
+                "ips": bool(getattr(train_config, "ips", False)),
+            },
         },
     )
     log.info("rank: exported %s (ONNX parity %.1e)", path, gap)

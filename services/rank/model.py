@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cascade.features import FeatureSpec
+from services.rank.debias import PositionTower
 from services.rank.rows import input_names
 
 
@@ -38,6 +39,10 @@ class ModelConfig:
     # By default only the MF position: on ml-100k it lifts NDCG@10 far beyond the seed spread,
     # while counters and affinities lower it (`cascade eval rank-seeds --rows context`).
     context_fields: tuple[str, ...] | None = ("mf_position",)
+    # A shallow tower on the shown slot whose per-task logit is added in training only
+    # (services/rank/debias.py): the served score (forward, the ONNX graph) never reads it.
+    position_tower: bool = False
+    position_slots: int = 10  # slots it tells apart; later ones share the last slot's logit
 
 
 class FieldEmbeddings(nn.Module):
@@ -176,6 +181,11 @@ class RankModel(nn.Module):
                 nn.Linear(config.tower_hidden, 1),
             )
             for _ in tasks
+        )
+        # Added to the logits in training only (services.rank.train.training_logits): `forward`,
+        # hence the exported graph and the served score, never reads it.
+        self.position_tower = (
+            PositionTower(config.position_slots, len(tasks)) if config.position_tower else None
         )
 
     def logits(self, *inputs: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 
 from cascade import metrics
-from cascade.artifacts import add_training_arguments
+from cascade.artifacts import BundleWriter, add_training_arguments
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
 from services.rank.context import FoldedMF, MFPositions
+from services.rank.debias import ips_weights, known_examination, position_ids
 from services.rank.examples import RecallExamples
+from services.rank.export import write_component
 from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
@@ -64,6 +66,9 @@ class TrainConfig:
     # task, the first, keeps weight 1); the one with the best primary-task GAUC is served. () =
     # serve `fusion` as given.
     fusion_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    # Inverse propensity weighting of positive labels by the world's known examination
+    # probability of their slot (services/rank/debias.py; the synthetic world only).
+    ips: bool = False
 
     def __post_init__(self) -> None:
         if self.examples not in EXAMPLES:
@@ -150,13 +155,58 @@ def _tensors(rows: Rows, spec: FeatureSpec) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(model: RankModel, rows: Rows, spec: FeatureSpec, batch: int = 8192) -> np.ndarray:
-    """(n, n_tasks) probabilities in eval mode."""
+def predict(
+    model: RankModel,
+    rows: Rows,
+    spec: FeatureSpec,
+    batch: int = 8192,
+    positions: torch.Tensor | None = None,
+) -> np.ndarray:
+    """(n, n_tasks) probabilities in eval mode: the served score, or with `positions` (the
+    position tower's ids) the training objective's."""
     model.eval()
     inputs = _tensors(rows, spec)
     n = len(inputs[0])
-    out = [model(*(x[s : s + batch] for x in inputs)) for s in range(0, n, batch)]
+    out = [
+        model(*(x[s : s + batch] for x in inputs))
+        if positions is None
+        else torch.sigmoid(
+            training_logits(model, [x[s : s + batch] for x in inputs], positions[s : s + batch])
+        )
+        for s in range(0, n, batch)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.tasks)), np.float32)
+
+
+def training_logits(
+    model: torch.nn.Module, inputs: list[torch.Tensor], positions: torch.Tensor | None
+) -> torch.Tensor:
+    """The logits training fits: the served ones plus, with a position tower, the shown slot's
+    logit (PAL: the tower explains the slot so the served logits need not)."""
+    logits = model.logits(*inputs)
+    return logits if positions is None else logits + model.position_tower(positions)
+
+
+def tower_positions(model: torch.nn.Module, impressions: Table) -> torch.Tensor | None:
+    """The position tower's input for `impressions` (None when the model has no tower); a
+    table without a position column has every slot unknown."""
+    tower = getattr(model, "position_tower", None)
+    if tower is None:
+        return None
+    n = len(impressions["ts"])
+    position = impressions.get("position", np.full(n, -1))
+    return torch.from_numpy(position_ids(position, model.config.position_slots))
+
+
+def loss_weights(
+    config: TrainConfig, dataset: Dataset, impressions: Table, targets: np.ndarray
+) -> torch.Tensor | None:
+    """IPS weights of the training rows' labels (None unless config.ips)."""
+    if not config.ips:
+        return None
+    n = len(impressions["ts"])
+    position = impressions.get("position", np.full(n, -1))
+    return torch.from_numpy(ips_weights(targets, position, known_examination(dataset)))
 
 
 def evaluate(probabilities: np.ndarray, impressions: Table, tasks: tuple[str, ...]) -> dict:
@@ -167,11 +217,20 @@ def evaluate(probabilities: np.ndarray, impressions: Table, tasks: tuple[str, ..
         single = y.all() or not y.any()
         result[task] = {
             "AUC": None if single else metrics.auc(y, p),
-            "GAUC": None if single else metrics.gauc(impressions["user_id"], y, p),
+            "GAUC": None if single else _gauc(impressions["user_id"], y, p),
             "logloss": metrics.logloss(y, p),
             "positive_rate": float(y.mean()),
         }
     return result
+
+
+def _gauc(users: np.ndarray, y: np.ndarray, p: np.ndarray) -> float | None:
+    """GAUC, None when no user has both labels (a small slice of served impressions, where
+    every user's shares are 0, leaves it undefined)."""
+    try:
+        return metrics.gauc(users, y, p)
+    except ValueError:
+        return None
 
 
 def fit(
@@ -190,11 +249,13 @@ def fit(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     inputs = _tensors(prepared.train[0], spec)
     targets = torch.from_numpy(labels(prepared.train[1], tasks))
+    positions = tower_positions(model, prepared.train[1])
+    weights = loss_weights(config, prepared.dataset, prepared.train[1], targets.numpy())
     val_rows, val_impressions = prepared.validation
     val_labels = labels(val_impressions, tasks)
+    val_positions = tower_positions(model, val_impressions)
     generator = torch.Generator().manual_seed(config.seed)
     best, best_loss, stale, history = None, np.inf, 0, []
     started = time.perf_counter()
@@ -203,11 +264,16 @@ def fit(
         order = torch.randperm(len(targets), generator=generator)
         for s in range(0, len(order), config.batch_size):
             batch = order[s : s + config.batch_size]
-            loss = loss_fn(model.logits(*(x[batch] for x in inputs)), targets[batch])
+            logits = training_logits(
+                model, [x[batch] for x in inputs], None if positions is None else positions[batch]
+            )
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, targets[batch], weight=None if weights is None else weights[batch]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        val_p = predict(model, val_rows, spec)
+        val_p = predict(model, val_rows, spec, positions=val_positions)  # training objective
         val_loss = float(
             np.mean([metrics.logloss(val_labels[:, i], val_p[:, i]) for i in range(len(tasks))])
         )
@@ -236,7 +302,15 @@ def train(
 ) -> tuple[RankModel, Prepared, dict]:
     """Fits the full model; its info includes test-period metrics per task."""
     prepared = prepare(dataset, config, bundle=bundle)
-    tasks = tuple(config.tasks or dataset.meta["tasks"])
+    model, info = train_prepared(prepared, config, model_config)
+    return model, prepared, info
+
+
+def train_prepared(
+    prepared: Prepared, config: TrainConfig, model_config: ModelConfig
+) -> tuple[RankModel, dict]:
+    """`train` on rows already prepared (several models on one preparation: ablations)."""
+    tasks = tuple(config.tasks or prepared.dataset.meta["tasks"])
     model, info = fit(prepared, tasks, model_config, config)
     test_rows, test_impressions = prepared.test
     info["test"] = evaluate(predict(model, test_rows, prepared.spec), test_impressions, tasks)
@@ -250,7 +324,35 @@ def train(
         )
         info["fusion"], info["fusion_tuning"] = fusion, tried
         log.info("fusion tuned on the validation slice: %s (%s)", fusion, tried)
-    return model, prepared, info
+    return model, info
+
+
+def write_trained(
+    artifacts,
+    version: str | None,
+    model: RankModel,
+    prepared: Prepared,
+    config: TrainConfig,
+    model_config: ModelConfig,
+    info: dict,
+) -> BundleWriter:
+    """The rank component of bundle `version` (created, or added to), with the tuned fusion."""
+    writer = BundleWriter(artifacts, version)
+    sample = {k: v[:64] for k, v in prepared.test[0].items()}
+    served = replace(config, fusion=info.get("fusion", config.fusion))  # tuned, when it was
+    write_component(
+        writer,
+        model,
+        prepared.spec,
+        prepared.dataset.name,
+        served,
+        model_config,
+        info,
+        sample,
+        **info["context"],
+    )
+    writer.commit()
+    return writer
 
 
 def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelConfig) -> dict:
@@ -264,8 +366,7 @@ def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelCon
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cascade.artifacts import BundleWriter, publish
-    from services.rank.export import write_component
+    from cascade.artifacts import publish
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_arguments(parser)
@@ -287,11 +388,25 @@ def main(argv: list[str] | None = None) -> None:
         help="training examples: logged impressions, recall outputs at training-period requests "
         "(needs --version of a bundle with the recall component), or both",
     )
+    parser.add_argument(
+        "--position-tower",
+        action="store_true",
+        help="learn the shown slot's effect in a shallow tower used in training only and "
+        "dropped at serving (PAL); default: the slot is ignored",
+    )
+    parser.add_argument(
+        "--ips",
+        action="store_true",
+        help="weight positive labels by 1 / the world's examination probability of their slot "
+        "(synthetic world only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)
-    config = TrainConfig(seed=args.seed, max_epochs=args.max_epochs, examples=args.examples)
-    model_config = ModelConfig()
+    config = TrainConfig(
+        seed=args.seed, max_epochs=args.max_epochs, examples=args.examples, ips=args.ips
+    )
+    model_config = ModelConfig(position_tower=args.position_tower)
     from cascade.artifacts import ArtifactError, Bundle
 
     try:  # the bundle being built: its recall component (examples, MF model) when it has one
@@ -303,21 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     if bundle is None and config.examples != "impressions":
         raise SystemExit(f"--examples {config.examples} needs a bundle with the recall component")
     model, prepared, info = train(dataset, config, model_config, bundle)
-    writer = BundleWriter(args.artifacts, args.version)
-    sample = {k: v[:64] for k, v in prepared.test[0].items()}
-    served = replace(config, fusion=info.get("fusion", config.fusion))  # tuned, when it was
-    write_component(
-        writer,
-        model,
-        prepared.spec,
-        dataset.name,
-        served,
-        model_config,
-        info,
-        sample,
-        **info["context"],
+    writer = write_trained(
+        args.artifacts, args.version, model, prepared, config, model_config, info
     )
-    writer.commit()
     if args.publish:
         publish(args.artifacts, writer.version)
     for task, values in info["test"].items():

@@ -81,19 +81,41 @@ def build_recall(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from services.recall.two_tower import TwoTowerConfig
+
     parser = argparse.ArgumentParser(description="Build the recall artifacts into a bundle.")
     add_training_arguments(parser)
     parser.add_argument("--version", default=None, help="bundle version (default: UTC time)")
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     parser.add_argument("--no-two-tower", action="store_true", help="channel tables only")
+    parser.add_argument(
+        "--two-tower-mixed-negatives",
+        type=int,
+        default=TwoTowerConfig.mixed_negatives,
+        metavar="N",
+        help="uniform draws from the whole catalogue added to each batch's in-batch negatives "
+        f"(default: {TwoTowerConfig.mixed_negatives}, in-batch only)",
+    )
+    parser.add_argument(
+        "--no-two-tower-logq",
+        action="store_true",
+        help="no logQ correction of the in-batch softmax by each item's sampling frequency",
+    )
     args = parser.parse_args(argv)
+    if args.two_tower_mixed_negatives < 0:
+        parser.error("--two-tower-mixed-negatives must be >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     dataset = load_dataset(args.dataset, args.data_dir)
     train = split_dataset(dataset).train_interactions
     writer = BundleWriter(args.artifacts, args.version)
-    info = build_recall(dataset, train, writer, two_tower=not args.no_two_tower)
+    two_tower = TwoTowerConfig(
+        mixed_negatives=args.two_tower_mixed_negatives, logq_correction=not args.no_two_tower_logq
+    )  # recorded in the manifest (recall.two_tower.training.config)
+    info = build_recall(
+        dataset, train, writer, two_tower=not args.no_two_tower, two_tower_config=two_tower
+    )
     log.info("recall component of %s written to %s", dataset.name, writer.folder)
     if "two_tower" in info:
         log.info("two-tower: %s", {k: info["two_tower"].get(k) for k in ("dim", "index_kind")})

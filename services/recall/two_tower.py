@@ -65,6 +65,13 @@ def sampling_log_q(
     return np.log(np.maximum(expected, 1e-12)).astype(np.float32)
 
 
+def catalogue_negatives(rng: np.random.Generator, n_items: int, count: int) -> np.ndarray:
+    """`count` items drawn uniformly from the whole catalogue (ids 1..n_items-1, with
+    replacement): the entire item space's share of a batch's negatives (mixed negative
+    sampling), so items nobody played in the batch are pushed down too."""
+    return rng.integers(1, n_items, count)
+
+
 class Batcher:
     """Turns example rows into the towers' input tensors."""
 
@@ -142,7 +149,7 @@ def train_two_tower(
         model.train()
         for start in range(0, n - batch_size + 1, batch_size):  # full batches: fixed log q
             rows = order[start : start + batch_size]
-            negatives = rng.integers(1, n_items, config.mixed_negatives)
+            negatives = catalogue_negatives(rng, n_items, config.mixed_negatives)
             loss = batch_loss(
                 model,
                 batcher,

@@ -31,11 +31,12 @@ def test_the_fine_tune_trains_the_tower_on_served_slots_with_ips(tmp_path):
     writer.commit()
     publish(artifacts, "v1")
     events, impressions = read_log(tiny_log(tmp_path / "log", world))
-    config = RetrainConfig(recall_tables=False, prerank_epochs=0)
+    # any gate verdict ships it: this test is about what the fine-tune learns, not the gate
+    config = RetrainConfig(recall_tables=False, prerank_epochs=0, gate_tolerance=float("inf"))
     report = retrain(
         artifacts, Base.of(world), events, impressions, "day2", config, publish_it=False
     )
-    assert report["rank"]["served_rows"] == 8
+    assert report["rank"]["served_rows"] == 4  # the other 4 are the publish gate's
     new, old = Bundle.open(artifacts, "day2"), Bundle.open(artifacts, "v1")
     assert new.component("rank")["debias"] == {"position_tower": True, "ips": True}
     meta = new.load_json("rank", "rank.json")["config"]

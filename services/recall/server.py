@@ -29,9 +29,10 @@ from cascade.data.split import split_dataset
 from cascade.events import check_events
 from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
+from cascade.live_catalog import CatalogUpdatesService, replay_catalog
 from cascade.server import ServerSettings, StageServer, invalid_argument
 from cascade.telemetry import ModelMetrics
-from cascade.v1 import common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
+from cascade.v1 import catalog_pb2_grpc, common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
 from services.recall.channels.item_cf import ItemCFChannel
@@ -123,8 +124,8 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         store = open_store(
             settings.store, dataset, spec, split_dataset(dataset), settings.store_limits
         )
-        if settings.event_log and settings.store == "memory":
-            replay_event_log(store, settings.event_log)
+        if settings.event_log:
+            replay_event_log(store, settings.event_log, events=settings.store == "memory")
     if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
@@ -134,16 +135,25 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
     return RecallState(store, channels, bundle.version, as_of)
 
 
-def replay_event_log(store: FeatureStore, uri: str) -> None:
-    """Rebuilds the embedded store's online state from every event the log acknowledged."""
+def replay_event_log(store: FeatureStore, uri: str, events: bool = True) -> None:
+    """Rebuilds the store's living catalogue (uploads, follow changes: in-process with either
+    store) and, for the embedded store (`events`), its online state from every event the log
+    acknowledged."""
     from cascade.backends import open_event_log  # the durable log of Feedback events
 
-    events = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
+    logged = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
     try:
-        applied = store.rebuild(events.read_events())
+        uploads, follows = replay_catalog(store, logged)  # first: events may name uploads
+        applied = store.rebuild(logged.read_events()) if events else 0
     finally:
-        events.close()
-    log.info("recall: replayed %d events from %s into the online store", applied, uri)
+        logged.close()
+    log.info(
+        "recall: replayed %d uploads, %d follow changes and %d events from %s",
+        uploads,
+        follows,
+        applied,
+        uri,
+    )
 
 
 def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
@@ -188,7 +198,7 @@ def build_channels(
     channels += [
         ItemCFChannel(tables["item_cf"]),
         ProfileChannel(tables["profile"], store),
-        SocialChannel(tables["social"]),
+        SocialChannel(tables["social"], store),
         FreshChannel(tables["fresh"], store, window_s=settings.fresh_window_s),
         PopularChannel(tables["popular"]),
     ]
@@ -213,6 +223,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
                 lambda event=event: self.state.store.counter_totals()[event]
             )
         self._started = time.time()
+        # Uploads and follow changes the gateway forwards (the CatalogUpdates service).
+        self.updates = CatalogUpdatesService(lambda: self.state.store, settings.max_record_events)
         self.swap(state)
 
     def swap(self, state: RecallState) -> str:
@@ -226,6 +238,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             max_workers=self.settings.channel_workers,
             metrics=self.channel_metrics,
         )
+        if hasattr(self, "serving") and state.store is not self.state.store:
+            self.updates.reapply(state.store)  # a new store: what was uploaded since start
         self.serving = (state, merger)  # one reference: a request reads both at once
         self.metrics.set_model_version(state.version)
         return state.version
@@ -337,12 +351,17 @@ def reload_state(settings: RecallSettings, service: RecallService) -> RecallStat
     return open_recall(settings, keep=service.state)
 
 
+def register(service: RecallService, server: grpc.Server) -> None:
+    recall_pb2_grpc.add_RecallServicer_to_server(service, server)
+    catalog_pb2_grpc.add_CatalogUpdatesServicer_to_server(service.updates, server)
+
+
 SERVER = StageServer(
     name=STAGE,
     settings=RecallSettings,
     load=open_recall,
     service=new_service,
-    register=recall_pb2_grpc.add_RecallServicer_to_server,
+    register=register,
     service_name=SERVICE,
     reload=reload_state,
 )

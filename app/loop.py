@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> dict:
         sessions_per_day=args.sessions_per_day,
         arms=arms,
         seed=args.seed,
+        uploads_per_day=args.uploads_per_day,
+        unfollow_per_day=args.unfollow_per_day,
     )
     world = World(dataset)
     policies = {
@@ -68,17 +70,19 @@ def run(args: argparse.Namespace) -> dict:
             daily = None
             if args.retrain == "daily":
                 daily = DailyRetrain(running, artifacts, dataset, args, retraining)
-            rows = _with_gateway(running.address(), args, dataset, policies, config, daily)
+            rows = _with_gateway(running.address(), args, dataset, policies, config, world, daily)
     elif "cascade" in args.arms:
-        rows = _with_gateway(args.gateway, args, dataset, policies, config)
+        rows = _with_gateway(args.gateway, args, dataset, policies, config, world)
     else:
-        rows = simulate(dataset, policies, config)
+        rows = simulate(dataset, policies, config, world=world)
     summary = summarise(rows, dataset.n_items - 1)
     report = {
         "config": {
             "days": args.days,
             "users": args.users,
             "sessions_per_day": args.sessions_per_day,
+            "uploads_per_day": args.uploads_per_day,
+            "unfollow_per_day": args.unfollow_per_day,
             "arms": list(args.arms),
             "seed": args.seed,
             "retrain": args.retrain if "cascade" in args.arms else "never",
@@ -181,10 +185,10 @@ def headline(rows: list[dict]) -> dict:
     return out
 
 
-def _with_gateway(address, args, dataset, policies, config, on_day_end=None):
+def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
     with CascadeClient(address, token=args.token, timeout_s=5.0) as client:
         gateway = GatewayPolicy(client)
-        rows = simulate(dataset, policies | {"cascade": gateway}, config, on_day_end)
+        rows = simulate(dataset, policies | {"cascade": gateway}, config, on_day_end, world)
     if gateway.rejected:
         print(f"warning: the gateway rejected {gateway.rejected} simulated events")
     return rows
@@ -290,6 +294,19 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=1.0,
         help="mean sessions per user and day (default: 1)",
+    )
+    parser.add_argument(
+        "--uploads-per-day",
+        type=int,
+        default=20,
+        help="new tracks creators upload through each simulated day, sent to every arm at "
+        "their time (the cascade through the gateway's AddItems) (default: 20)",
+    )
+    parser.add_argument(
+        "--unfollow-per-day",
+        type=float,
+        default=0.02,
+        help="probability that a simulated user drops one follow on a day (default: 0.02)",
     )
     parser.add_argument(
         "--arms",

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from app import stack
+from app.catalog_fold import read_uploads
 from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     REFERENCE_ARMS,
@@ -132,7 +133,14 @@ class DailyRetrain:
         events, impressions = read_log(self.log_url)
         version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
         report = retrain(
-            self.artifacts, self.base, events, impressions, version, self.config, self.args.data_dir
+            self.artifacts,
+            self.base,
+            events,
+            impressions,
+            version,
+            self.config,
+            self.args.data_dir,
+            uploads=read_uploads(self.log_url),  # the day's new tracks join the next bundle
         )
         started = time.perf_counter()
         wait_for_version(self.running, self.artifacts / version, timeout_s=600.0)

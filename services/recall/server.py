@@ -126,7 +126,8 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         )
         if settings.event_log:
             replay_event_log(store, settings.event_log, events=settings.store == "memory")
-    if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
+    # A retrained bundle also covers the items uploaded since the dataset (app/catalog_fold.py).
+    if tables["item_cf"]["neighbours"].shape[0] < dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
             f" item ids but dataset {dataset.name} has {dataset.n_items}: rebuild the bundle"

@@ -34,6 +34,8 @@ class FreshChannel:
     ):
         self.item_ids = table["item_ids"]  # (n,) sorted by upload time
         self.upload_ts = table["upload_ts"]  # (n,)
+        # Uploads get increasing ids: the ones up to here were folded into the table already.
+        self.covered = int(self.item_ids.max(initial=0))
         self.store = store
         self.window_s = window_s
         self.max_pool = max_pool
@@ -62,7 +64,7 @@ class FreshChannel:
         they join the pool from the request after their upload."""
         live = self.store.live.items
         ts = live["upload_ts"]
-        inside = (ts > now - self.window_s) & (ts <= now)
+        inside = (ts > now - self.window_s) & (ts <= now) & (live["item_id"] > self.covered)
         return live["item_id"][inside][np.argsort(ts[inside], kind="stable")]
 
     def _match(self, pool: np.ndarray, recent: np.ndarray) -> np.ndarray:

@@ -52,6 +52,8 @@ class ProfileChannel:
     ):
         self.table = table
         self.store = store
+        # Uploads get increasing ids: the ones up to here were folded into the index already.
+        self.covered = int(max(table["creator_items"].max(initial=0), 0))
         self.top_creators = top_creators
         self.top_categories = top_categories
         self.max_recent = max_recent
@@ -78,7 +80,7 @@ class ProfileChannel:
         """Items uploaded online by the user's top creators or in their top categories (not in
         the offline index yet), scored as an average item of the group: share x (0.5 + 0.5)."""
         live = self.store.live.items
-        visible = live["upload_ts"] <= context.request_ts
+        visible = (live["upload_ts"] <= context.request_ts) & (live["item_id"] > self.covered)
         if not visible.any():
             return empty()
         creator_share = np.where(creators > 0, creator_share, 0)  # 0 = unknown / padding

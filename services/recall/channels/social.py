@@ -25,6 +25,8 @@ class SocialChannel:
         self.account_ptr = table["account_ptr"]
         self.account_items = table["account_items"]
         self.account_ts = table["account_ts"]
+        # Uploads get increasing ids: the ones up to here were folded into the table already.
+        self.covered = int(self.account_items.max(initial=0))
         self.time_scale_s = time_scale_s
         self.available = len(self.followees) > 0
 
@@ -47,6 +49,7 @@ class SocialChannel:
         if live is not None:  # uploads since the bundle by the accounts followed
             uploads = live.items
             mine = np.isin(live.accounts(uploads["creator_id"]), followees)
+            mine &= uploads["item_id"] > self.covered
             items = np.concatenate([items, uploads["item_id"][mine]])
             ts = np.concatenate([ts, uploads["upload_ts"][mine]])
         visible = ts <= context.request_ts  # never show an upload or like from the future

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.backends import open_store
-from cascade.candidates import to_proto
+from cascade.candidates import CHANNELS, to_proto
 from cascade.data.schema import load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 STAGE = "recall"
 SERVICE = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 DAY = 86_400
+CHANNEL_NAMES = tuple(CHANNELS.values())  # the names channel_quotas may use
 
 
 def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
@@ -259,6 +260,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             invalid_argument(
                 context, "count", f"{count} exceeds the maximum {self.settings.max_count}"
             )
+        quotas = check_quotas(request.channel_quotas, context)
         state, merger = self.serving  # one version for the whole request
         recall_context = self._context(request.user, context)
         remaining = context.time_remaining()
@@ -270,7 +272,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         )
         recall_context = dataclasses.replace(recall_context, consumed=consumed)
         started = time.perf_counter()
-        result = merger.recall(recall_context, count, consumed, deadline)
+        result = merger.recall(recall_context, count, consumed, deadline, quotas)
         self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.candidates_out.inc(len(result.candidates.item_ids))
         response = recall_pb2.RecallResponse(model_version=state.version)
@@ -339,6 +341,22 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         if self.settings.clock == "data":  # a replayed log: "now" continues from its last event
             return self.state.as_of + int(time.time() - self._started)
         return int(time.time())
+
+
+def check_quotas(quotas, context: grpc.ServicerContext) -> dict[str, float]:
+    """A request's channel_quotas: channel short names, each share in [0, 1]."""
+    out = {}
+    for name, share in sorted(quotas.items()):
+        if name not in CHANNEL_NAMES:
+            invalid_argument(
+                context,
+                "channel_quotas",
+                f"unknown channel {name!r}; one of {', '.join(CHANNEL_NAMES)}",
+            )
+        if not 0.0 <= share <= 1.0:  # NaN fails too
+            invalid_argument(context, f"channel_quotas[{name}]", f"a share in [0, 1], got {share}")
+        out[name] = float(share)
+    return out
 
 
 def new_service(

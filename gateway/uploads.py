@@ -21,7 +21,7 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter
 
 from cascade.eventlog import EventLogError
-from cascade.ids import IdSpaceFull
+from cascade.ids import IdSpaceFull, external_key
 from cascade.live_catalog import (
     FOLLOWS,
     UPLOADS,
@@ -31,7 +31,7 @@ from cascade.live_catalog import (
 )
 from cascade.server import invalid_argument, resource_exhausted
 from cascade.v1 import catalog_pb2, catalog_pb2_grpc
-from gateway.ids import GatewayIds, IdProblem, _key
+from gateway.ids import GatewayIds
 from gateway.replicas import ReplicaPool
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,8 @@ class CatalogUpdates:
                 raise CatalogProblem("items", f"{len(request.items)} in one call; at most {limit}")
             # The future bound on the wall clock, as Feedback's (a client bug, whatever the clock).
             check_new_items(request.items, catalog.n_categories, _wall_ms(), need_key=True)
-            keys = [
-                _key(item.item_key, f"items[{i}].item_key") for i, item in enumerate(request.items)
-            ]
-        except (CatalogProblem, IdProblem) as problem:
+            keys = [_item_key(item.item_key, i) for i, item in enumerate(request.items)]
+        except CatalogProblem as problem:
             invalid_argument(context, problem.field, str(problem))
         try:
             ids = service.ids.items.assign(keys)  # a key seen before keeps its id
@@ -190,3 +188,10 @@ def restore(ids: GatewayIds, catalog, uploads: pa.Table) -> int:
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _item_key(value: str, index: int) -> str:
+    try:
+        return external_key(value)
+    except ValueError as error:
+        raise CatalogProblem(f"items[{index}].item_key", str(error)) from None

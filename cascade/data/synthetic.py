@@ -290,9 +290,7 @@ def _items(config: SyntheticConfig, creator_truth: dict) -> tuple[dict, dict]:
     return items, truth
 
 
-def uploaders(
-    config: SyntheticConfig, truth: dict, n: int, rng: np.random.Generator
-) -> np.ndarray:
+def uploaders(config: SyntheticConfig, truth: dict, n: int, rng: np.random.Generator) -> np.ndarray:
     """The creators of n new tracks: prolific creators (~ popularity ** 0.5) upload more."""
     prolific = truth["creator_popularity"][1:] ** 0.5
     return rng.choice(config.creators, n, p=prolific / prolific.sum()) + 1

@@ -45,7 +45,8 @@ def test_an_uploaded_item_is_known_with_its_metadata_and_an_out_of_vocabulary_id
 
 def test_follow_changes_keep_the_latest_per_pair(tiny_dataset):
     store = _store(tiny_dataset)
-    store.change_follows(np.array([5, 5, 5, 6]), np.array([2, 3, 2, 2]), [False, False, True, False])
+    unfollow = [False, False, True, False]
+    store.change_follows(np.array([5, 5, 5, 6]), np.array([2, 3, 2, 2]), unfollow)
     followed, dropped = store.live.follow_changes(5)
     assert followed.tolist() == [3] and dropped.tolist() == [2]
     assert store.live.follow_changes(7)[0].tolist() == []

@@ -6,11 +6,20 @@ pre-rank's metadata vectors for such items (services/prerank/cold.py)."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
+from cascade.backends import replay_catalog_from
 from cascade.data.split import split_dataset
+from cascade.eventlog import FileEventLog
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
-from cascade.live_catalog import CatalogProblem, categories_matrix, check_new_items
+from cascade.live_catalog import (
+    FOLLOWS,
+    UPLOADS,
+    CatalogProblem,
+    categories_matrix,
+    check_new_items,
+)
 from cascade.v1 import catalog_pb2
 from services.prerank.cold import ColdVectors
 
@@ -86,3 +95,28 @@ def test_cold_vectors_fall_back_from_creator_to_categories_to_the_catalogue():
     assert out[1].tolist() == [2, 0]  # unknown creator: category 1's items (1 and 2)
     assert np.allclose(out[2], [1.75, 0.5])  # categories 1 and 2: mean of their means
     assert np.allclose(out[3], [4 / 3, 2 / 3])  # nothing known: the catalogue's mean
+
+
+def test_a_restarted_stage_replays_the_logged_uploads_and_follows(tiny_dataset, tmp_path):
+    log = FileEventLog(tmp_path / "log")
+    n = _store(tiny_dataset).n_items
+    uploads = pa.table(
+        {
+            "item_id": [n, n + 1],
+            "item_key": ["a", "b"],
+            "creator_id": [1, 2],
+            "categories": [[1], [2, 3]],
+            "upload_ms": [5_000, 6_000],
+            "logged_ms": [0, 0],
+        },
+        schema=UPLOADS,
+    )
+    log.append_records("uploads", uploads)
+    follows = {"follower_id": [4], "followee_id": [2], "unfollow": [False], "timestamp_ms": [1]}
+    log.append_records("follows", pa.table(follows | {"logged_ms": [0]}, schema=FOLLOWS))
+    log.close()
+    store = _store(tiny_dataset)  # a fresh process's store
+    assert replay_catalog_from(store, f"file:{tmp_path / 'log'}") == (2, 1)
+    assert store.known_items(np.array([n, n + 1])).all()
+    assert store.item_attributes(np.array([n + 1]))["upload_ts"].tolist() == [6]
+    assert store.live.follow_changes(4)[0].tolist() == [2]

@@ -209,7 +209,9 @@ def to_markdown(report: dict) -> str:
         "",
         f"{config['users']} simulated users of the synthetic world over {config['days']} "
         f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
-        f"of 10, arms by salted hash of the user id; {report['seconds']} s.",
+        f"of 10, arms by salted hash of the user id; {config.get('uploads_per_day', 0)} uploads "
+        f"per simulated day, P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
+        f"{report['seconds']} s.",
         "",
         "Engagement per impression: play + complete + 2 like + 3 share (expected: the truth's "
         "probabilities at the shown position; realised: the events drawn). 95% intervals over "

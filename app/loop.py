@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from app import stack
+from app.catalog_fold import read_uploads
 from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     REFERENCE_ARMS,
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> dict:
         sessions_per_day=args.sessions_per_day,
         arms=arms,
         seed=args.seed,
+        uploads_per_day=args.uploads_per_day,
+        unfollow_per_day=args.unfollow_per_day,
     )
     world = World(dataset)
     policies = {
@@ -68,17 +71,19 @@ def run(args: argparse.Namespace) -> dict:
             daily = None
             if args.retrain == "daily":
                 daily = DailyRetrain(running, artifacts, dataset, args, retraining)
-            rows = _with_gateway(running.address(), args, dataset, policies, config, daily)
+            rows = _with_gateway(running.address(), args, dataset, policies, config, world, daily)
     elif "cascade" in args.arms:
-        rows = _with_gateway(args.gateway, args, dataset, policies, config)
+        rows = _with_gateway(args.gateway, args, dataset, policies, config, world)
     else:
-        rows = simulate(dataset, policies, config)
+        rows = simulate(dataset, policies, config, world=world)
     summary = summarise(rows, dataset.n_items - 1)
     report = {
         "config": {
             "days": args.days,
             "users": args.users,
             "sessions_per_day": args.sessions_per_day,
+            "uploads_per_day": args.uploads_per_day,
+            "unfollow_per_day": args.unfollow_per_day,
             "arms": list(args.arms),
             "seed": args.seed,
             "retrain": args.retrain if "cascade" in args.arms else "never",
@@ -128,7 +133,14 @@ class DailyRetrain:
         events, impressions = read_log(self.log_url)
         version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
         report = retrain(
-            self.artifacts, self.base, events, impressions, version, self.config, self.args.data_dir
+            self.artifacts,
+            self.base,
+            events,
+            impressions,
+            version,
+            self.config,
+            self.args.data_dir,
+            uploads=read_uploads(self.log_url),  # the day's new tracks join the next bundle
         )
         started = time.perf_counter()
         wait_for_version(self.running, self.artifacts / version, timeout_s=600.0)
@@ -181,10 +193,10 @@ def headline(rows: list[dict]) -> dict:
     return out
 
 
-def _with_gateway(address, args, dataset, policies, config, on_day_end=None):
+def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
     with CascadeClient(address, token=args.token, timeout_s=5.0) as client:
         gateway = GatewayPolicy(client)
-        rows = simulate(dataset, policies | {"cascade": gateway}, config, on_day_end)
+        rows = simulate(dataset, policies | {"cascade": gateway}, config, on_day_end, world)
     if gateway.rejected:
         print(f"warning: the gateway rejected {gateway.rejected} simulated events")
     return rows
@@ -197,7 +209,9 @@ def to_markdown(report: dict) -> str:
         "",
         f"{config['users']} simulated users of the synthetic world over {config['days']} "
         f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
-        f"of 10, arms by salted hash of the user id; {report['seconds']} s.",
+        f"of 10, arms by salted hash of the user id; {config.get('uploads_per_day', 0)} uploads "
+        f"per simulated day, P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
+        f"{report['seconds']} s.",
         "",
         "Engagement per impression: play + complete + 2 like + 3 share (expected: the truth's "
         "probabilities at the shown position; realised: the events drawn). 95% intervals over "
@@ -296,6 +310,19 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=1.0,
         help="mean sessions per user and day (default: 1)",
+    )
+    parser.add_argument(
+        "--uploads-per-day",
+        type=int,
+        default=20,
+        help="new tracks creators upload through each simulated day, sent to every arm at "
+        "their time (the cascade through the gateway's AddItems) (default: 20)",
+    )
+    parser.add_argument(
+        "--unfollow-per-day",
+        type=float,
+        default=0.02,
+        help="probability that a simulated user drops one follow on a day (default: 0.02)",
     )
     parser.add_argument(
         "--arms",

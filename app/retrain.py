@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from app.catalog_fold import read_uploads, with_uploads
 from app.fold import heard_interactions, served_impressions
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
 from cascade.backends import open_event_log
@@ -106,17 +107,24 @@ def retrain(
     data_dir: Path = Path("data"),
     publish_it: bool = True,
     source: str = "current",
+    uploads: pa.Table | None = None,
 ) -> dict:
-    """Builds bundle `version` from bundle `source` and the log; returns what each stage did."""
+    """Builds bundle `version` from bundle `source` and the log; returns what each stage did.
+    `uploads`: the log's uploaded items, folded into the catalogue it trains on."""
     config = config or RetrainConfig()
     started = time.perf_counter()
+    base = Base(with_uploads(base.dataset, uploads), base.split)
     served = served_impressions(events, impressions)
     served = take(served, served["user_id"] > 0)  # anonymous pages teach no user anything
+    # Items outside the catalogue it trains on (uploads not given in `uploads`) teach nothing.
+    served = take(served, served["item_id"] < base.dataset.n_items)
     if not len(served["item_id"]):
         raise RetrainError("the event log holds no served impressions: nothing to train on")
     previous = Bundle.open(artifacts, source)
     clone(artifacts, source, version)  # every component, hard-linked; stages below replace theirs
-    plays, _ = _concat(base.split.train_interactions, heard_interactions(events))
+    heard = heard_interactions(events)
+    heard = take(heard, heard["item_id"] < base.dataset.n_items)
+    plays, _ = _concat(base.split.train_interactions, heard)
     report: dict = {"version": version, "served_impressions": len(served["item_id"])}
     report["plays_heard"] = len(plays["item_id"]) - len(base.split.train_interactions["item_id"])
     report["rank"] = fine_tune_rank(artifacts, version, previous, base, served, plays, config)
@@ -349,7 +357,15 @@ def retrain_from_log(
     """`cascade train all --event-log URL`: one job over the whole log."""
     events, impressions = read_log(event_log)
     return retrain(
-        artifacts, Base.of(dataset), events, impressions, version, config, data_dir, publish_it
+        artifacts,
+        Base.of(dataset),
+        events,
+        impressions,
+        version,
+        config,
+        data_dir,
+        publish_it,
+        uploads=read_uploads(event_log),
     )
 
 

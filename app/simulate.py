@@ -3,8 +3,11 @@
 Simulated users arrive over simulated days (sessions per day from a heavy-tailed activity), ask
 their arm's policy for a page, examine it with the world's position bias and answer from its
 truth (`cascade.data.synthetic.true_utility` and `respond`, the functions that generated the
-logged data); a like makes the user follow the creator with some probability. Every policy hears
-the answers. The policy of the `cascade` arm is the running gateway over gRPC (Recommend, then
+logged data); a like makes the user follow the creator with some probability, and users drop a
+follow now and then. Creators upload new tracks through each day (drawn by the world's own
+`uploaders` / `upload_items`), so cold start is exercised: every policy sees an upload at its time
+(the gateway through AddItems, follow changes through ChangeFollows). Every policy hears the
+answers. The policy of the `cascade` arm is the running gateway over gRPC (Recommend, then
 Feedback with the request_id); the reference arms run here: random (floor), oracle (ceiling: ranks
 by true utility), popular and EASE (refitted on what they heard after each day).
 
@@ -31,6 +34,8 @@ from cascade.data.synthetic import (
     outcome_probabilities,
     respond,
     true_utility,
+    upload_items,
+    uploaders,
 )
 from gateway.arms import Arm, assign
 from gateway.client import EVENT_TYPES, Event
@@ -47,6 +52,8 @@ class SimulationConfig:
     sessions_per_day: float = 1.0  # mean per user; per-user activity is lognormal around it
     page_size: int = 10
     follow_after_like: float = 0.3  # P(the user follows the creator of an item they liked)
+    uploads_per_day: int = 0  # new tracks uploaded through each simulated day (cold start)
+    unfollow_per_day: float = 0.0  # P(a simulated user drops one of their follows on a day)
     arms: tuple[Arm, ...] = tuple(Arm(name) for name in ("cascade", *REFERENCE_ARMS))
     salt: str = "simulation"
     seed: int = 0
@@ -56,6 +63,8 @@ class SimulationConfig:
             raise ValueError("SimulationConfig: days >= 1, users >= 1, page_size in 1..100")
         if self.sessions_per_day <= 0 or not 0 <= self.follow_after_like <= 1:
             raise ValueError("SimulationConfig: sessions_per_day > 0, follow_after_like in [0, 1]")
+        if self.uploads_per_day < 0 or not 0 <= self.unfollow_per_day <= 1:
+            raise ValueError("SimulationConfig: uploads_per_day >= 0, unfollow_per_day in [0, 1]")
 
 
 @dataclass
@@ -66,10 +75,22 @@ class Page:
     items: np.ndarray  # (k,) int64
 
 
+@dataclass
+class Uploads:
+    """Tracks uploaded at once: world ids, creators, categories (n, 6), upload times (s)."""
+
+    item_ids: np.ndarray
+    creators: np.ndarray
+    categories: np.ndarray
+    upload_ts: np.ndarray
+
+
 class Policy(Protocol):
     def recommend(self, user: int, now_s: int, count: int) -> Page: ...
     def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int): ...
     def end_of_day(self) -> None: ...
+    def upload(self, uploads: Uploads, now_s: int) -> None: ...
+    def change_follows(self, user: int, accounts: list[int], unfollow: bool, now_s: int): ...
 
 
 class World:
@@ -79,7 +100,7 @@ class World:
         if not dataset.truth:
             raise ValueError(f"dataset {dataset.meta.get('name')!r} has no ground truth")
         self.config = SyntheticConfig(**dataset.meta["config"])
-        self.truth = dataset.truth
+        self.truth = dict(dataset.truth)  # uploads extend the item rows of this copy
         self.n_items = dataset.n_items
         self.creator = np.zeros(self.n_items, dtype=np.int64)
         self.creator[dataset.items["item_id"]] = dataset.items["creator_id"]
@@ -123,9 +144,61 @@ class World:
             + ENGAGEMENT["share"] * complete * p["share"]
         )
 
-    def follow(self, user: int, items: np.ndarray) -> None:
+    def follow(self, user: int, items: np.ndarray) -> list[int]:
+        """The user follows the creators of `items`; returns the accounts newly followed."""
         accounts = self.account[self.creator[items]]
-        self.follows.setdefault(user, set()).update(a for a in accounts.tolist() if a > 0)
+        followed = self.follows.setdefault(user, set())
+        new = sorted({a for a in accounts.tolist() if a > 0 and a != user} - followed)
+        followed.update(new)
+        return new
+
+    def unfollow(self, user: int, rng: np.random.Generator) -> list[int]:
+        """The user drops one account they follow (none when they follow no one)."""
+        followed = sorted(self.follows.get(user, ()))
+        if not followed:
+            return []
+        account = followed[int(rng.integers(len(followed)))]
+        self.follows[user].discard(account)
+        return [account]
+
+    def draw_uploads(self, n: int, start_s: int, rng: np.random.Generator) -> DayUploads:
+        """n tracks uploaded through the day from start_s, in time order, with the world's
+        next ids; each joins the world when released (`DayUploads.due`)."""
+        creators = uploaders(self.config, self.truth, n, rng)
+        categories, rows = upload_items(self.config, self.truth, creators, rng)
+        when = np.sort(start_s + rng.integers(0, DAY, n))
+        ids = np.arange(self.n_items, self.n_items + n, dtype=np.int64)
+        return DayUploads(self, Uploads(ids, creators, categories, when), rows)
+
+    def add(self, uploads: Uploads, rows: dict[str, np.ndarray]) -> None:
+        """Uploaded tracks (the next ids, in order) become part of the world."""
+        if len(uploads.item_ids) and uploads.item_ids[0] != self.n_items:
+            raise ValueError(f"uploads must take the next id {self.n_items}")
+        for name in ("item_latent", "item_quality", "item_popularity"):
+            self.truth[name] = np.concatenate([self.truth[name], rows[name]])
+        self.creator = np.concatenate([self.creator, uploads.creators])
+        self.upload_ts = np.concatenate([self.upload_ts, uploads.upload_ts])
+        self.n_items += len(uploads.item_ids)
+
+
+class DayUploads:
+    """One day's drawn uploads, released in time order into the world and to every policy."""
+
+    def __init__(self, world: World, uploads: Uploads, rows: dict[str, np.ndarray]):
+        self.world, self.uploads, self.rows = world, uploads, rows
+        self.released = 0
+
+    def due(self, now_s: int | None) -> Uploads | None:
+        """The uploads up to now_s (None: all the rest) not released yet, now in the world."""
+        times = self.uploads.upload_ts
+        end = len(times) if now_s is None else int(np.searchsorted(times, now_s, "right"))
+        if end <= self.released:
+            return None
+        part = slice(self.released, end)
+        self.released = end
+        out = Uploads(*(getattr(self.uploads, f)[part] for f in Uploads.__dataclass_fields__))
+        self.world.add(out, {name: rows[part] for name, rows in self.rows.items()})
+        return out
 
 
 # -- reference policies (in process) ---------------------------------------------------------
@@ -161,6 +234,13 @@ class _Reference:
     def end_of_day(self) -> None:
         pass
 
+    def upload(self, uploads: Uploads, now_s: int) -> None:
+        """New tracks join the catalogue this arm ranks (each arm decides what it knows)."""
+        self.n_items += len(uploads.item_ids)
+
+    def change_follows(self, user: int, accounts: list[int], unfollow: bool, now_s: int):
+        pass  # the in-process arms do not read the follow graph (the oracle asks the world)
+
     def scores(self, user: int) -> np.ndarray:
         raise NotImplementedError
 
@@ -176,6 +256,10 @@ class OraclePolicy(_Reference):
         self.world = world
         self.items = np.arange(self.n_items)
 
+    def upload(self, uploads: Uploads, now_s: int) -> None:
+        super().upload(uploads, now_s)
+        self.items = np.arange(self.n_items)  # ranks a new track by its true utility at once
+
     def scores(self, user: int) -> np.ndarray:
         return self.world.utility(user, self.items)
 
@@ -189,6 +273,10 @@ class PopularPolicy(_Reference):
     def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
         super().observe(user, page, outcomes, now_s)
         np.add.at(self.counts, page.items[outcomes["play"]], 1.0)
+
+    def upload(self, uploads: Uploads, now_s: int) -> None:
+        super().upload(uploads, now_s)
+        self.counts = np.concatenate([self.counts, np.zeros(len(uploads.item_ids))])
 
     def scores(self, user: int) -> np.ndarray:
         return self.counts + self.rng.random(self.n_items) * 1e-3  # ties broken at random
@@ -212,7 +300,10 @@ class EASEPolicy(_Reference):
         self.model = EASE().fit(train, self.n_users, self.n_items)
 
     def scores(self, user: int) -> np.ndarray:
-        return self.model.score(np.array([user]))[0] + self.rng.random(self.n_items) * 1e-6
+        fitted = self.model.score(np.array([user]))[0]
+        # Tracks uploaded since the last refit are unknown to it until the next one.
+        scores = np.pad(fitted, (0, self.n_items - len(fitted)), constant_values=-np.inf)
+        return scores + self.rng.random(self.n_items) * 1e-6
 
 
 def reference_policy(name: str, dataset: Dataset, world: World, seed: int) -> Policy:
@@ -262,13 +353,15 @@ def simulate(
     policies: dict[str, Policy],
     config: SimulationConfig,
     on_day_end: Callable[[int], None] | None = None,
+    world: World | None = None,
 ) -> dict[str, np.ndarray]:
-    """Runs the simulation; returns the impression rows (see Impressions)."""
+    """Runs the simulation; returns the impression rows (see Impressions). `world`: the truth
+    the run changes (uploads, follows); pass the oracle's, so it ranks by the same truth."""
     config.check()
     missing = {arm.name for arm in config.arms} - set(policies)
     if missing:
         raise ValueError(f"no policy for arms {sorted(missing)}")
-    world = World(dataset)
+    world = World(dataset) if world is None else world
     rng = np.random.default_rng([config.seed, 1])
     users = np.sort(rng.choice(dataset.users["user_id"], min(config.users, dataset.n_users), False))
     arm_of = {int(u): assign(config.salt, str(int(u)), config.arms).name for u in users}
@@ -277,11 +370,25 @@ def simulate(
     rows = Impressions()
     positions = np.arange(config.page_size)
     session = 0
+    # Uploads and unfollows draw from their own streams: turning them on leaves the sessions'
+    # draws as they were.
+    catalog_rng = np.random.default_rng([config.seed, 2])
     for day in range(config.days):
         sessions = rng.poisson(activity * config.sessions_per_day)
         who = np.repeat(users, sessions)
         when = start + day * DAY + rng.integers(0, DAY, len(who))
+        uploads = world.draw_uploads(config.uploads_per_day, start + day * DAY, catalog_rng)
+        leaving = users[catalog_rng.random(len(users)) < config.unfollow_per_day]
+        for user in leaving.tolist():  # at the day's start
+            dropped = world.unfollow(user, catalog_rng)
+            for policy in policies.values():
+                if dropped:
+                    policy.change_follows(user, dropped, True, start + day * DAY)
         for user, now in zip(who[np.argsort(when)].tolist(), np.sort(when).tolist(), strict=True):
+            released = uploads.due(now)
+            if released is not None:
+                for policy in policies.values():
+                    policy.upload(released, now)
             arm = arm_of[user]
             page = policies[arm].recommend(user, now, config.page_size)
             shown = positions[: len(page.items)]
@@ -289,7 +396,10 @@ def simulate(
             outcomes = respond(world.config, utility, shown, rng)
             policies[arm].observe(user, page, outcomes, now)
             follows = outcomes["like"] & (rng.random(len(shown)) < config.follow_after_like)
-            world.follow(user, page.items[follows])
+            followed = world.follow(user, page.items[follows])
+            if followed:
+                for policy in policies.values():
+                    policy.change_follows(user, followed, False, now)
             realised = sum(ENGAGEMENT[e] * outcomes[e] for e in ENGAGEMENT)
             rows.add(
                 arm=arm,
@@ -304,6 +414,10 @@ def simulate(
                 age_s=now - world.upload_ts[page.items],
             )
             session += 1
+        released = uploads.due(None)  # the day's last uploads, after its last session
+        if released is not None:
+            for policy in policies.values():
+                policy.upload(released, int(released.upload_ts[-1]))
         if day + 1 < config.days:  # a refit after the last day would serve no one
             for policy in policies.values():
                 policy.end_of_day()
@@ -347,6 +461,35 @@ class GatewayPolicy:
 
     def end_of_day(self) -> None:
         pass
+
+    def upload(self, uploads: Uploads, now_s: int) -> None:
+        """AddItems with the world's id as the item key: the gateway's dense ids follow the
+        world's (both number uploads after the dataset's items, in order)."""
+        items = [
+            {
+                "item_key": str(item),
+                "creator_id": int(creator),
+                "categories": [int(c) for c in categories if c > 0],
+                "upload_time_ms": int(ts) * 1000,
+            }
+            for item, creator, categories, ts in zip(
+                uploads.item_ids.tolist(),
+                uploads.creators.tolist(),
+                uploads.categories,
+                uploads.upload_ts.tolist(),
+                strict=True,
+            )
+        ]
+        answer = self.client.add_items(items, request_time_ms=now_s * 1000)
+        if list(answer.item_ids) != uploads.item_ids.tolist():
+            raise RuntimeError(
+                f"the gateway gave uploads ids {list(answer.item_ids)}, the world "
+                f"{uploads.item_ids.tolist()}: its catalogue is not the world's"
+            )
+
+    def change_follows(self, user: int, accounts: list[int], unfollow: bool, now_s: int):
+        changes = [(user, account, unfollow) for account in accounts]
+        self.client.change_follows(changes, request_time_ms=now_s * 1000)
 
 
 def summarise(rows: dict[str, np.ndarray], catalog_size: int) -> list[dict]:

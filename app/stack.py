@@ -174,10 +174,11 @@ def _environment(
     }
     if name == "gateway":
         env |= {f"{prefix}{stage.upper()}_TARGET": target for stage, target in targets.items()}
-    if name in ("gateway", "recall"):
+    if name in ("gateway", "recall", "prerank", "rank"):
         # The event log lives with the stack's run folder: `cascade up` keeps it across
         # up/down in .cascade/eventlog, and a test or benchmark stack gets its own. The gateway
-        # writes it; recall replays it into its embedded store when it (re)starts.
+        # writes it; recall replays it into its embedded store when it (re)starts, pre-rank and
+        # rank the items uploaded while serving.
         env[f"{prefix}EVENT_LOG"] = f"file:{settings['run_dir'] / 'eventlog'}"
     if certs is not None:  # `cascade up --tls`: TLS at the gateway, mutual TLS between stages
         env |= {

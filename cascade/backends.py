@@ -43,3 +43,15 @@ def open_event_log(
 
         return RedisEventLog(uri, settings)
     raise ValueError(f"event log {uri!r}: expected file:/path or redis://host:port/db")
+
+
+def replay_catalog_from(store: FeatureStore, uri: str) -> tuple[int, int]:
+    """Gives a stage's store every upload and follow change the log `uri` holds (at start: the
+    living catalogue survives a restart); returns (uploads, follow changes)."""
+    from cascade.live_catalog import replay_catalog
+
+    log = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
+    try:
+        return replay_catalog(store, log)
+    finally:
+        log.close()

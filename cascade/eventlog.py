@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from cascade.feature_store import EVENTS as EVENT_NAMES
+from cascade.live_catalog import FOLLOWS, UPLOADS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ IMPRESSIONS = pa.schema(
         ("degraded_stages", pa.list_(pa.string())),
     ]
 )
-SCHEMAS = {"events": EVENTS, "impressions": IMPRESSIONS}
+# The living catalogue (cascade/live_catalog.py): uploads and follow changes, in arrival order.
+SCHEMAS = {"events": EVENTS, "impressions": IMPRESSIONS, "uploads": UPLOADS, "follows": FOLLOWS}
+RECORDS = ("uploads", "follows")  # the kinds append_records / read_records take
 FSYNC_POLICIES = ("always", "interval", "never")
 
 
@@ -72,6 +75,8 @@ class EventLog(Protocol):
     def append_impressions(self, table: pa.Table) -> None: ...
     def read_events(self) -> pa.Table: ...
     def read_impressions(self) -> pa.Table: ...
+    def append_records(self, kind: str, table: pa.Table) -> None: ...
+    def read_records(self, kind: str) -> pa.Table: ...
     def close(self) -> None: ...
 
 
@@ -127,6 +132,12 @@ def check_event_names(table: pa.Table) -> None:
     unknown = sorted(set(table["event"].to_pylist()) - set(EVENT_NAMES))
     if unknown:
         raise ValueError(f"unknown event names {unknown}; expected one of {EVENT_NAMES}")
+
+
+def check_record_kind(kind: str) -> str:
+    if kind not in RECORDS:
+        raise ValueError(f"record kind {kind!r}: expected one of {RECORDS}")
+    return kind
 
 
 class DedupWindow:
@@ -346,6 +357,18 @@ class FileEventLog:
         if table.num_rows:
             with segments.lock:
                 segments.append(table)
+
+    def append_records(self, kind: str, table: pa.Table) -> None:
+        """Appends uploads or follow changes (one of RECORDS), durable on return."""
+        self._check_writer()
+        table = conform(table, SCHEMAS[check_record_kind(kind)])
+        segments = self._kinds[kind]
+        if table.num_rows:
+            with segments.lock:
+                segments.append(table)
+
+    def read_records(self, kind: str) -> pa.Table:
+        return self._read(check_record_kind(kind))
 
     def read_events(self) -> pa.Table:
         return self._read("events")

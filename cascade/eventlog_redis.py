@@ -18,9 +18,12 @@ import redis
 from cascade.eventlog import (
     EVENTS,
     IMPRESSIONS,
+    RECORDS,
+    SCHEMAS,
     EventLogError,
     LogSettings,
     check_event_names,
+    check_record_kind,
     conform,
     event_keys,
 )
@@ -52,7 +55,8 @@ class RedisEventLog:
     def __init__(self, uri: str, settings: LogSettings | None = None, prefix: str = "cascade"):
         self.settings = settings or LogSettings()
         self.client = redis.Redis.from_url(uri, socket_timeout=5.0, socket_connect_timeout=2.0)
-        self.streams = {"events": f"{prefix}:events", "impressions": f"{prefix}:impressions"}
+        kinds = ("events", "impressions", *RECORDS)
+        self.streams = {kind: f"{prefix}:{kind}" for kind in kinds}
         self.dedup_prefix = f"{prefix}:seen:"
         self._append = self.client.register_script(APPEND)
 
@@ -90,6 +94,28 @@ class RedisEventLog:
                 pipe.execute()
         except redis.RedisError as error:
             raise EventLogError(f"event log {self.streams['impressions']}: {error}") from error
+
+    def append_records(self, kind: str, table: pa.Table) -> None:
+        """Uploads or follow changes: one entry holding the batch as an Arrow IPC stream."""
+        table = conform(table, SCHEMAS[check_record_kind(kind)])
+        if not table.num_rows:
+            return
+        try:
+            self.client.xadd(
+                self.streams[kind],
+                {"arrow": _ipc(table)},
+                maxlen=self.settings.maxlen,
+                approximate=True,
+            )
+        except redis.RedisError as error:
+            raise EventLogError(f"event log {self.streams[kind]}: {error}") from error
+
+    def read_records(self, kind: str) -> pa.Table:
+        tables = [
+            pa.ipc.open_stream(fields[b"arrow"]).read_all()
+            for _, fields in self._entries(check_record_kind(kind))
+        ]
+        return pa.concat_tables(tables) if tables else SCHEMAS[kind].empty_table()
 
     def read_events(self) -> pa.Table:
         rows: dict[str, list] = {name: [] for name in FIELDS}

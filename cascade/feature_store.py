@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 
 from cascade.data.schema import Dataset, Table
-from cascade.features import FeatureSpec, encode_by_id, history_before, lookup
+from cascade.features import FeatureSpec, encode, encode_by_id, history_before, lookup
+from cascade.live_catalog import LiveCatalog
 from cascade.online_state import CONSUMPTION, OnlineUsers, StoreLimits
 
 EVENTS = ("impression", "click", "play", "complete", "like", "share", "skip")
@@ -42,6 +43,8 @@ class FeatureStore(Protocol):
     ) -> None: ...
     def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None: ...
     def rebuild(self, events) -> int: ...
+    def add_items(self, item_ids, creator_ids, categories, upload_ts) -> int: ...
+    def change_follows(self, followers, followees, unfollow) -> None: ...
 
 
 def check_event_names(events: list[str]) -> None:
@@ -73,7 +76,16 @@ class DatasetFeatures:
             column: _by_id(dataset.items, column, n_items)
             for column in ("creator_id", "categories", "upload_ts")
         }
-        self.n_items = n_items  # item ids are 0..n_items-1 (0 = unknown)
+        self.n_items = n_items  # item ids are 0..n_items-1 (0 = unknown); uploads grow it
+        self._known = np.zeros(n_items, dtype=bool)
+        self._known[dataset.items["item_id"]] = True
+        self.n_categories = len(dataset.meta["categories"])  # category ids 1..n_categories-1
+        creators = dataset.creators
+        account = np.zeros(int(np.max(creators["creator_id"], initial=0)) + 1, dtype=np.int64)
+        account[creators["creator_id"]] = creators["user_id"]
+        # Items uploaded and follows changed online (cascade/live_catalog.py).
+        self.live = LiveCatalog(account)
+        self._grow_lock = threading.Lock()
         # The data clock: the training log's last time (what "now" is for a replayed dataset, as
         # recall's clock = "data"); the ranker's item ages are measured from it.
         self.as_of = int(np.max(interactions["ts"], initial=0))
@@ -112,11 +124,56 @@ class DatasetFeatures:
         return lookup(self._item_attributes, item_ids)
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
-        """True where the item is in the catalog."""
+        """True where the item is in the catalog (the dataset's or uploaded since)."""
         ids = np.asarray(item_ids, dtype=np.int64)
-        n = len(self._items["item_id"])
-        inside = (ids > 0) & (ids < n)
-        return inside & (self._items["item_id"][np.where(inside, ids, 0)] > 0)
+        known = self._known
+        inside = (ids > 0) & (ids < len(known))
+        return inside & known[np.where(inside, ids, 0)]
+
+    # -- the living catalogue ------------------------------------------------------------------
+    def add_items(self, item_ids, creator_ids, categories, upload_ts) -> int:
+        """Adds uploaded items; returns how many were new (an id held already is left as it is).
+
+        Their features are encoded with the training spec: an id beyond the model's vocabulary
+        encodes to the unknown row 0 (the models score the item from its creator and categories),
+        while creator, categories and upload time are the item's own. Every array is replaced
+        whole (grown to the largest id), so a reader never sees a half-written one."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        with self._grow_lock:
+            _, first = np.unique(ids, return_index=True)
+            take = np.sort(first)[~self.known_items(ids[np.sort(first)])]
+            take = take[ids[take] > 0]
+            if not len(take):
+                return 0
+            new = {
+                "item_id": ids[take],
+                "creator_id": np.asarray(creator_ids, np.int64)[take],
+                "categories": np.asarray(categories, np.int16)[take],
+                "upload_ts": np.asarray(upload_ts, np.int64)[take],
+            }
+            n = max(self.n_items, int(new["item_id"].max()) + 1)
+            rows = new["item_id"]
+            encoded = encode(self.spec, "item", new)
+            items = {k: _grown(v, n) for k, v in self._items.items()}
+            attributes = {k: _grown(v, n) for k, v in self._item_attributes.items()}
+            known = _grown(self._known, n)
+            for name, values in encoded.items():
+                items[name][rows] = values
+            for name, values in attributes.items():
+                values[rows] = new[name]
+            known[rows] = True
+            self._grow_counters(n)
+            self._items, self._item_attributes = items, attributes
+            self._known, self.n_items = known, n
+            self.live.add(rows, new["creator_id"], new["categories"], new["upload_ts"])
+        return len(take)
+
+    def _grow_counters(self, n: int) -> None:
+        self._counters = _grown(self._counters, n)
+
+    def change_follows(self, followers, followees, unfollow) -> None:
+        """Follow (unfollow = False) or unfollow changes, the latest per pair winning."""
+        self.live.change_follows(followers, followees, unfollow)
 
     # -- the training period, merged with what each backend holds online ----------------------
     def _history_with(self, ids: np.ndarray, online: list[list[int]]) -> np.ndarray:
@@ -223,6 +280,13 @@ class InMemoryFeatureStore(DatasetFeatures):
                     self._any_online = True
         self._online.record(users, items, events, stamps)
 
+    def _grow_counters(self, n: int) -> None:
+        # The online counters first: a reader sizes its ids by the trained ones, so these are
+        # never the shorter of the two.
+        with self._lock:
+            self._online_counters = _grown(self._online_counters, n)
+        super()._grow_counters(n)
+
     def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None:
         """Remembers the page shown to the user until time_ms + shown_ttl_s."""
         self._online.record_shown(int(user_id), np.asarray(item_ids).tolist(), int(time_ms))
@@ -255,6 +319,13 @@ def replay(store: FeatureStore, events, batch: int = 10_000) -> int:
             part.column("event").to_pylist(),
         )
     return n
+
+
+def _grown(rows: np.ndarray, n: int) -> np.ndarray:
+    """A copy of `rows` with n rows (the new ones zero)."""
+    out = np.zeros((n, *rows.shape[1:]), dtype=rows.dtype)
+    out[: len(rows)] = rows
+    return out
 
 
 def _by_id(table: Table, column: str, n_rows: int) -> np.ndarray:

@@ -254,7 +254,9 @@ class RedisFeatureStore(DatasetFeatures):
         """Training-period counts plus the online snapshot (at most about refresh_s old)."""
         ids = np.asarray(item_ids, dtype=np.int64)
         rows, inside = self._trained_counters(ids)
-        rows = rows + self.state.snapshot[np.where(inside, ids, 0)] * inside[:, None]
+        snapshot = self.state.snapshot  # sized by the dataset: uploaded items count offline 0
+        inside &= ids < len(snapshot)
+        rows = rows + snapshot[np.where(inside, ids, 0)] * inside[:, None]
         return {event: rows[:, i] for i, event in enumerate(EVENTS)}
 
     def counter_totals(self) -> dict[str, int]:

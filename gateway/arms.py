@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cascade.candidates import CHANNELS
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -33,18 +35,20 @@ class Arm:
 
 # What an arm may change: the funnel's cuts, stages skipped (their fallback answers: recall's
 # order truncated for prerank, prerank's order for rank, the local creator cap and seen filter for
-# rerank), and the reranker's diversity method and trade-off (each stage keeps its own settings
-# otherwise).
+# rerank), the reranker's diversity method and trade-off, and recall's channel quotas (each
+# stage keeps its own settings otherwise).
 CUTS = ("recall_count", "prerank_count", "rank_count", "max_per_creator")
 SKIPPABLE = ("prerank", "rank", "rerank")
 RERANK_METHODS = ("none", "mmr", "dpp")
-OVERRIDABLE = (*CUTS, "skip", "rerank_method", "rerank_trade_off")
+OVERRIDABLE = (*CUTS, "skip", "rerank_method", "rerank_trade_off", "channel_quotas")
+CHANNEL_NAMES = tuple(CHANNELS.values())
 
 
 def parse_arms(text: str) -> tuple[Arm, ...]:
     """Arms from the `arms` setting: a JSON list of {"name", "share", "overrides"}, e.g.
     [{"name": "control"}, {"name": "small", "share": 0.5, "overrides": {"rank_count": 20}},
-     {"name": "no-prerank", "overrides": {"skip": ["prerank"], "rerank_trade_off": 0.9}}].
+     {"name": "no-prerank", "overrides": {"skip": ["prerank"], "rerank_trade_off": 0.9}},
+     {"name": "fresh", "overrides": {"channel_quotas": {"fresh": 0.3, "popular": 0.0}}}].
     ValueError names what is wrong; "" means no arms."""
     if not text.strip():
         return ()
@@ -86,6 +90,26 @@ def _checked(arm: object, key: str, value: object) -> object:
                 f"(recall cannot be skipped), got {value!r}"
             )
         return tuple(stage for stage in SKIPPABLE if stage in value)
+    if key == "channel_quotas":  # {channel short name: share of recall's count in [0, 1]}
+        if not isinstance(value, dict) or not value:
+            raise ValueError(f"arms: {arm!r}: channel_quotas must be an object of channel: share")
+        unknown = sorted(set(value) - set(CHANNEL_NAMES))
+        if unknown:
+            raise ValueError(
+                f"arms: {arm!r}: channel_quotas: unknown channels {unknown}; "
+                f"one of {', '.join(CHANNEL_NAMES)}"
+            )
+        for name, share in value.items():
+            if (
+                not isinstance(share, (int, float))
+                or isinstance(share, bool)
+                or not 0 <= share <= 1
+            ):
+                raise ValueError(
+                    f"arms: {arm!r}: channel_quotas[{name}] must be a number in [0, 1], "
+                    f"got {share!r}"
+                )
+        return tuple(sorted((name, float(share)) for name, share in value.items()))
     if key == "rerank_method":
         if value not in RERANK_METHODS:
             raise ValueError(

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 
 from cascade.client import ClientSettings, make_channel
-from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from cascade.v1 import catalog_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.request_time import request_time_metadata
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -108,6 +108,33 @@ class CascadeClient:
         request = gateway_pb2.FeedbackRequest(events=[_event(e) for e in events])
         metadata = self._with_time(request_time_ms)
         return self._stub.Feedback(request, timeout=self.timeout_s, metadata=metadata)
+
+    def add_items(
+        self, items: Iterable[catalog_pb2.NewItem | Mapping[str, object]], request_time_ms: int = 0
+    ) -> catalog_pb2.AddItemsResponse:
+        """Uploads items, each a NewItem or a dict of its fields (item_key, creator_id,
+        categories, upload_time_ms); the answer has each item's dense id. A retry is safe (a key
+        uploaded before keeps its id)."""
+        request = catalog_pb2.AddItemsRequest(
+            items=[
+                i if isinstance(i, catalog_pb2.NewItem) else catalog_pb2.NewItem(**i) for i in items
+            ]
+        )
+        metadata = self._with_time(request_time_ms)
+        return self._stub.AddItems(request, timeout=self.timeout_s, metadata=metadata)
+
+    def change_follows(
+        self, changes: Iterable[tuple[int, int, bool]], request_time_ms: int = 0
+    ) -> catalog_pb2.ChangeFollowsResponse:
+        """Follow / unfollow, each (follower_id, followee_id, unfollow)."""
+        request = catalog_pb2.ChangeFollowsRequest(
+            changes=[
+                catalog_pb2.FollowChange(follower_id=a, followee_id=b, unfollow=u)
+                for a, b, u in changes
+            ]
+        )
+        metadata = self._with_time(request_time_ms)
+        return self._stub.ChangeFollows(request, timeout=self.timeout_s, metadata=metadata)
 
     def _with_time(self, request_time_ms: int):
         if not request_time_ms:

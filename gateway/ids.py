@@ -5,7 +5,8 @@ A client names a user by `user_id` (int64) or `user_key` (string): both are the 
 saved maps (data/NAME/ids/, written by `cascade data import`; without them a dataset's dense ids
 are their own keys) plus the users first seen online. Recommend looks the user up (unknown =
 anonymous); Feedback assigns a dense id to a user seen for the first time, up to the capacity.
-Items: `item_key` maps to the catalog's ids; answers carry each item's key.
+Items: `item_key` maps to the catalog's ids (uploads, gateway/uploads.py, add keys); answers carry
+each item's key.
 """
 
 from __future__ import annotations
@@ -38,14 +39,20 @@ class GatewayIds:
 
     @classmethod
     def for_dataset(
-        cls, data_dir: Path, dataset: str, n_users: int, n_items: int, new_users: int
+        cls,
+        data_dir: Path,
+        dataset: str,
+        n_users: int,
+        n_items: int,
+        new_users: int,
+        new_items: int = 0,
     ) -> GatewayIds:
         """The maps saved under data_dir/dataset/ids/ (or the identity over the dataset's ids),
-        with room for `new_users` users beyond the dataset's."""
+        with room for `new_users` users and `new_items` uploaded items beyond the dataset's."""
         folder = Path(data_dir) / dataset / "ids"
         try:
             users = IdMap.for_dataset(folder / "users.parquet", n_users, n_users + new_users)
-            items = IdMap.for_dataset(folder / "items.parquet", n_items, n_items)
+            items = IdMap.for_dataset(folder / "items.parquet", n_items, n_items + new_items)
         except (OSError, ValueError, pa.ArrowException) as error:
             raise DataError(
                 f"{folder} does not match the dataset ({error}): import it again "

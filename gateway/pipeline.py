@@ -224,6 +224,8 @@ class Funnel:
     skip: tuple[str, ...] = ()
     rerank_method: str = ""
     rerank_trade_off: float | None = None
+    # Recall's channel quotas for the arm, (name, share) pairs sent as RecallRequest.channel_quotas.
+    channel_quotas: tuple[tuple[str, float], ...] = ()
 
 
 class Cascade:
@@ -283,7 +285,9 @@ class Cascade:
 
         # Lists pass from one stage's reply to the next request as messages (a C++ copy): the
         # gateway decodes them into arrays only when a fallback needs them.
-        recall_request = recall_pb2.RecallRequest(user=user, count=funnel.recall_count)
+        recall_request = recall_pb2.RecallRequest(
+            user=user, count=funnel.recall_count, channel_quotas=dict(funnel.channel_quotas)
+        )
         candidates = stage("recall", recall_request, lambda: self._popular(seen()), None)
         request = prerank_pb2.PrerankRequest(
             user=user, count=funnel.prerank_count, candidates=candidates

@@ -53,6 +53,8 @@ from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Se
 from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
 from gateway.request_time import caller_time_ms
 from gateway.shadow import Shadow
+from gateway.uploads import CatalogUpdates
+from gateway.uploads import restore as restore_uploads
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
@@ -118,6 +120,7 @@ class GatewaySettings:
     # appends: `python -m bench.gateway_path`); the records are never on the answer's path.
     impression_linger_s: float = 0.05
     new_user_capacity: int = 1_000_000  # users first seen online, beyond the dataset's own
+    new_item_capacity: int = 1_000_000  # items uploaded online (AddItems), beyond the dataset's
     api_token: Secret = Secret("")  # empty: auth off (local demo); else callers must send it
     # Refuse to start without api_token (compose and Kubernetes set it: auth off must be said).
     require_api_token: bool = False
@@ -159,8 +162,10 @@ class GatewaySettings:
             raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
         if self.clock not in CLOCKS:
             raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
-        if self.new_user_capacity < 0 or self.impression_queue < 1:
-            raise ValueError("new_user_capacity must be >= 0 and impression_queue >= 1")
+        if min(self.new_user_capacity, self.new_item_capacity) < 0 or self.impression_queue < 1:
+            raise ValueError(
+                "new_user_capacity and new_item_capacity must be >= 0, impression_queue >= 1"
+            )
         if not 0 <= self.impression_linger_s <= 1:
             raise ValueError("impression_linger_s must be between 0 and 1 (seconds)")
         if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
@@ -231,6 +236,7 @@ class Catalog:
     ids: GatewayIds | None = None  # external user and item ids <-> dense ids (gateway/ids.py)
     as_of_s: int = 0  # the training log's last time (the "data" clock starts there)
     history: UserItems | None = None  # what each user consumed in the training log
+    n_categories: int = 0  # category ids are 1..n_categories-1 (uploads are checked against it)
 
     def consumed(self, user_id: int) -> np.ndarray:
         """The user's logged items (empty for unknown users or without a history)."""
@@ -240,8 +246,19 @@ class Catalog:
 
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, dtype=np.int64)
-        inside = (ids > 0) & (ids < len(self.known))
-        return inside & self.known[np.where(inside, ids, 0)]
+        known = self.known
+        inside = (ids > 0) & (ids < len(known))
+        return inside & known[np.where(inside, ids, 0)]
+
+    def add(self, item_ids: np.ndarray, creator_ids: np.ndarray) -> None:
+        """Uploaded items (AddItems): both arrays are replaced whole, grown to the largest id."""
+        if not len(item_ids):
+            return
+        n = max(len(self.known), int(np.max(item_ids)) + 1)
+        known, creators = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+        known[: len(self.known)], creators[: len(self.creators)] = self.known, self.creators
+        known[item_ids], creators[item_ids] = True, creator_ids
+        self.creators, self.known = creators, known
 
 
 def load_catalog(settings: GatewaySettings) -> Catalog:
@@ -271,6 +288,7 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         len(dataset.users["user_id"]),
         len(items["item_id"]),
         settings.new_user_capacity,
+        settings.new_item_capacity,
     )
     history = UserItems(train["user_id"], train["item_id"], dataset.n_users)
     spec = build_spec(dataset)
@@ -284,6 +302,7 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         ids,
         as_of,
         history,
+        len(dataset.meta["categories"]),
     )
 
 
@@ -309,6 +328,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         # dense id it had.
         self.ids = catalog.ids
         self.ids.users.restore(logged["user_id"].to_numpy(), logged["user_key"].to_pylist())
+        self.updates = CatalogUpdates(self, registry)  # AddItems, ChangeFollows (uploads.py)
+        restore_uploads(self.ids, catalog, self.log.read_records("uploads"))
         self.online.record(
             logged["user_id"].to_numpy(),
             logged["item_id"].to_numpy(),
@@ -391,6 +412,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
         (hot reload); returns its version."""
         catalog.ids = self.ids = self.ids.with_items(catalog.ids)
+        restore_uploads(self.ids, catalog, self.log.read_records("uploads"))  # not in the bundle
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
         self.cascade.consumed = catalog.consumed
@@ -521,6 +543,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         for index, reason in rejected:
             response.rejected.add(index=index, reason=reason)
         return response
+
+    def AddItems(self, request, context: grpc.ServicerContext):
+        return self.updates.add_items(request, context)
+
+    def ChangeFollows(self, request, context: grpc.ServicerContext):
+        return self.updates.change_follows(request, context)
 
     def _store_shared(self, table: pa.Table, context: grpc.ServicerContext) -> None:
         """Every valid event (repeats included: the shared store skips what it applied, so a

@@ -268,21 +268,11 @@ def _items(config: SyntheticConfig, creator_truth: dict) -> tuple[dict, dict]:
         config.start_ts + rng.integers(0, config.days * DAY, n - n_initial),
     ]
     upload = np.sort(upload).astype(np.int64)
-    prolific = creator_truth["creator_popularity"][1:] ** 0.5
-    creator = rng.choice(config.creators, n, p=prolific / prolific.sum()) + 1
-    latent = creator_truth["creator_style"][creator] + _normal(rng, (n, dim), 0.5 * dim**-0.5)
-    quality = rng.normal(0, 0.4, n).astype(np.float32)
-    # The policy's popularity prior: creator fame, a little quality, a lot of luck.
-    popularity = creator_truth["creator_popularity"][creator] * np.exp(
-        1.25 * quality + rng.normal(0, 0.7, n)
-    )
+    creator = uploaders(config, creator_truth, n, rng)
+    latent, quality, popularity = _traits(config, creator_truth, creator, rng)
     directions = _normal(rng, (config.n_categories, dim), 1.0)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    scores = latent @ directions.T + _normal(rng, (n, config.n_categories), 0.05)
-    top = np.argsort(-scores, axis=1)[:, :3] + 1  # primary category = best match to the latent
-    n_categories = rng.choice(3, n, p=[0.5, 0.35, 0.15]) + 1
-    categories = np.zeros((n, MAX_CATEGORIES), dtype=np.int16)
-    categories[:, :3] = np.where(np.arange(3) < n_categories[:, None], top, 0)
+    categories = _categories(config, latent, directions, rng)
     ids = np.arange(1, n + 1, dtype=np.int64)
     items = {
         "item_id": ids,
@@ -298,6 +288,50 @@ def _items(config: SyntheticConfig, creator_truth: dict) -> tuple[dict, dict]:
         "category_directions": np.vstack([np.zeros((1, dim), np.float32), directions]),
     }
     return items, truth
+
+
+def uploaders(config: SyntheticConfig, truth: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The creators of n new tracks: prolific creators (~ popularity ** 0.5) upload more."""
+    prolific = truth["creator_popularity"][1:] ** 0.5
+    return rng.choice(config.creators, n, p=prolific / prolific.sum()) + 1
+
+
+def upload_items(
+    config: SyntheticConfig, truth: dict, creator: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """New tracks by `creator`, drawn as the world drew its own (the simulator's uploads):
+    (categories (n, MAX_CATEGORIES), their truth rows item_latent, item_quality and
+    item_popularity). The caller gives them ids and upload times."""
+    latent, quality, popularity = _traits(config, truth, creator, rng)
+    categories = _categories(config, latent, truth["category_directions"][1:], rng)
+    return categories, {
+        "item_latent": latent.astype(np.float32),
+        "item_quality": quality,
+        "item_popularity": popularity,
+    }
+
+
+def _traits(config: SyntheticConfig, truth: dict, creator: np.ndarray, rng) -> tuple:
+    """(latent, quality, popularity prior) of tracks by `creator`: latent = style + noise."""
+    n, dim = len(creator), config.dim
+    latent = truth["creator_style"][creator] + _normal(rng, (n, dim), 0.5 * dim**-0.5)
+    quality = rng.normal(0, 0.4, n).astype(np.float32)
+    # The policy's popularity prior: creator fame, a little quality, a lot of luck.
+    popularity = truth["creator_popularity"][creator] * np.exp(
+        1.25 * quality + rng.normal(0, 0.7, n)
+    )
+    return latent, quality, popularity
+
+
+def _categories(config: SyntheticConfig, latent: np.ndarray, directions: np.ndarray, rng):
+    """1 to 3 genres per track, the primary one the best match to its latent."""
+    n = len(latent)
+    scores = latent @ directions.T + _normal(rng, (n, config.n_categories), 0.05)
+    top = np.argsort(-scores, axis=1)[:, :3] + 1  # primary category = best match to the latent
+    n_categories = rng.choice(3, n, p=[0.5, 0.35, 0.15]) + 1
+    categories = np.zeros((n, MAX_CATEGORIES), dtype=np.int16)
+    categories[:, :3] = np.where(np.arange(3) < n_categories[:, None], top, 0)
+    return categories
 
 
 def _follows(config: SyntheticConfig, clock: _Clock, truth: dict, account: np.ndarray) -> dict:

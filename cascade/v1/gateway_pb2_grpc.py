@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cascade.v1 import catalog_pb2 as cascade_dot_v1_dot_catalog__pb2
 from cascade.v1 import gateway_pb2 as cascade_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,16 @@ class GatewayStub:
                 request_serializer=cascade_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=cascade_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/cascade.v1.Gateway/AddItems',
+                request_serializer=cascade_dot_v1_dot_catalog__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=cascade_dot_v1_dot_catalog__pb2.AddItemsResponse.FromString,
+                _registered_method=True)
+        self.ChangeFollows = channel.unary_unary(
+                '/cascade.v1.Gateway/ChangeFollows',
+                request_serializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsRequest.SerializeToString,
+                response_deserializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -63,6 +74,21 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddItems(self, request, context):
+        """Add uploaded items to the catalogue: logged, then recallable (fresh, creator, category and
+        follow channels) and scored by pre-rank and rank from their metadata from the next request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeFollows(self, request, context):
+        """Follow / unfollow: logged, then seen by recall's follow channel from the next request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +101,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=cascade_dot_v1_dot_gateway__pb2.FeedbackRequest.FromString,
                     response_serializer=cascade_dot_v1_dot_gateway__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=cascade_dot_v1_dot_catalog__pb2.AddItemsRequest.FromString,
+                    response_serializer=cascade_dot_v1_dot_catalog__pb2.AddItemsResponse.SerializeToString,
+            ),
+            'ChangeFollows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeFollows,
+                    request_deserializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsRequest.FromString,
+                    response_serializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +167,60 @@ class Gateway:
             '/cascade.v1.Gateway/Feedback',
             cascade_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
             cascade_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Gateway/AddItems',
+            cascade_dot_v1_dot_catalog__pb2.AddItemsRequest.SerializeToString,
+            cascade_dot_v1_dot_catalog__pb2.AddItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeFollows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Gateway/ChangeFollows',
+            cascade_dot_v1_dot_catalog__pb2.ChangeFollowsRequest.SerializeToString,
+            cascade_dot_v1_dot_catalog__pb2.ChangeFollowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,19 +26,23 @@ from cascade.v1 import common_pb2 as cascade_dot_v1_dot_common__pb2
 from cascade.v1 import gateway_pb2 as cascade_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61scade/v1/recall.proto\x12\ncascade.v1\x1a\x17\x63\x61scade/v1/common.proto\x1a\x18\x63\x61scade/v1/gateway.proto\"E\n\rRecallRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.cascade.v1.UserContext\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"y\n\rChannelReport\x12$\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x13.cascade.v1.Channel\x12\x10\n\x08returned\x18\x02 \x01(\r\x12\x0c\n\x04kept\x18\x03 \x01(\r\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x0e\n\x06status\x18\x05 \x01(\t\"\x83\x01\n\x0eRecallResponse\x12-\n\ncandidates\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12+\n\x08\x63hannels\x18\x02 \x03(\x0b\x32\x19.cascade.v1.ChannelReport\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x8e\x01\n\x06Recall\x12?\n\x06Recall\x12\x19.cascade.v1.RecallRequest\x1a\x1a.cascade.v1.RecallResponse\x12\x43\n\x06Record\x12\x1b.cascade.v1.FeedbackRequest\x1a\x1c.cascade.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61scade/v1/recall.proto\x12\ncascade.v1\x1a\x17\x63\x61scade/v1/common.proto\x1a\x18\x63\x61scade/v1/gateway.proto\"\xc1\x01\n\rRecallRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.cascade.v1.UserContext\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x44\n\x0e\x63hannel_quotas\x18\x03 \x03(\x0b\x32,.cascade.v1.RecallRequest.ChannelQuotasEntry\x1a\x34\n\x12\x43hannelQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"y\n\rChannelReport\x12$\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x13.cascade.v1.Channel\x12\x10\n\x08returned\x18\x02 \x01(\r\x12\x0c\n\x04kept\x18\x03 \x01(\r\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x0e\n\x06status\x18\x05 \x01(\t\"\x83\x01\n\x0eRecallResponse\x12-\n\ncandidates\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12+\n\x08\x63hannels\x18\x02 \x03(\x0b\x32\x19.cascade.v1.ChannelReport\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x8e\x01\n\x06Recall\x12?\n\x06Recall\x12\x19.cascade.v1.RecallRequest\x1a\x1a.cascade.v1.RecallResponse\x12\x43\n\x06Record\x12\x1b.cascade.v1.FeedbackRequest\x1a\x1c.cascade.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cascade.v1.recall_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECALLREQUEST']._serialized_start=90
-  _globals['_RECALLREQUEST']._serialized_end=159
-  _globals['_CHANNELREPORT']._serialized_start=161
-  _globals['_CHANNELREPORT']._serialized_end=282
-  _globals['_RECALLRESPONSE']._serialized_start=285
-  _globals['_RECALLRESPONSE']._serialized_end=416
-  _globals['_RECALL']._serialized_start=419
-  _globals['_RECALL']._serialized_end=561
+  _globals['_RECALLREQUEST_CHANNELQUOTASENTRY']._loaded_options = None
+  _globals['_RECALLREQUEST_CHANNELQUOTASENTRY']._serialized_options = b'8\001'
+  _globals['_RECALLREQUEST']._serialized_start=91
+  _globals['_RECALLREQUEST']._serialized_end=284
+  _globals['_RECALLREQUEST_CHANNELQUOTASENTRY']._serialized_start=232
+  _globals['_RECALLREQUEST_CHANNELQUOTASENTRY']._serialized_end=284
+  _globals['_CHANNELREPORT']._serialized_start=286
+  _globals['_CHANNELREPORT']._serialized_end=407
+  _globals['_RECALLRESPONSE']._serialized_start=410
+  _globals['_RECALLRESPONSE']._serialized_end=541
+  _globals['_RECALL']._serialized_start=544
+  _globals['_RECALL']._serialized_end=686
 # @@protoc_insertion_point(module_scope)

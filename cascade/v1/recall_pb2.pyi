@@ -23,23 +23,53 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RecallRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ChannelQuotasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     USER_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    CHANNEL_QUOTAS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """How many candidates to return at most; 0 means the service's configured default."""
     @_builtins.property
     def user(self) -> _common_pb2.UserContext:
         """Who is asking."""
 
+    @_builtins.property
+    def channel_quotas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Per-channel quotas for this request, by channel short name ("mf", "two_tower", "item_cf",
+        "profile", "social", "fresh", "popular"): the share of `count` each may fill in the merge's
+        first pass, in [0, 1]; a channel left out keeps its configured quota. An experiment arm's
+        `channel_quotas` (gateway setting `arms`) travels here.
+        """
+
     def __init__(
         self,
         *,
         user: _common_pb2.UserContext | None = ...,
         count: _builtins.int = ...,
+        channel_quotas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_quotas", b"channel_quotas", "count", b"count", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

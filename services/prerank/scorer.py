@@ -3,7 +3,8 @@
 Item vectors for the whole catalog are loaded from the bundle and held in memory; per request the
 user tower runs once and `vectors[ids] @ user_vector.T` scores every candidate (the 2-D form: a
 1-D `v @ u` took a slow path, several times slower; `python -m bench.prerank_scoring` measures
-it). Candidates the vector table does not know are scored last and counted. No torch here.
+it). An item uploaded after the bundle (known to the store, not to the table) gets a vector from
+its metadata (cold.py); candidates neither knows are scored last and counted. No torch here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cascade import providers
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec
+from services.prerank.cold import ColdVectors
 from services.rank.rows import online_rows
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class PrerankScorer:
         self.teacher_version = teacher_version
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (n_items, dim)
         self.known = np.asarray(known, dtype=bool) & (np.arange(len(known)) > 0)  # (n_items,)
+        # Items uploaded after the bundle: a vector from their creator / categories (cold.py).
+        attributes = store.item_attributes(np.arange(len(self.known)))
+        self.cold = ColdVectors(self.vectors, self.known, attributes)
         self.input_names = [i.name for i in session.get_inputs()]
         (self.history_name,) = (f.name for f in store.spec.of("history"))
         self.output = session.get_outputs()[0].name
@@ -124,7 +129,15 @@ class PrerankScorer:
         known = np.take(self.known, rows) & inside
         user = self.user_vector(user_id, recent)  # (1, dim)
         # np.take is ~2.5x faster than fancy indexing for this gather; then the 2-D matmul.
-        scores = (np.take(self.vectors, rows, axis=0) @ user.T)[:, 0]  # (n, dim) @ (dim, 1)
+        vectors = np.take(self.vectors, rows, axis=0)  # (n, dim)
+        cold = ~known
+        if cold.any():  # uploaded since the bundle: a vector from the item's metadata
+            uploaded = self.store.known_items(ids[cold])
+            vectors[np.flatnonzero(cold)[uploaded]] = self.cold.vectors(
+                self.store.item_attributes(ids[cold][uploaded])
+            )
+            known[np.flatnonzero(cold)[uploaded]] = True
+        scores = (vectors @ user.T)[:, 0]  # (n, dim) @ (dim, 1)
         scores[~known] = UNKNOWN_SCORE
         return scores, known
 

@@ -23,15 +23,16 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import Bundle
-from cascade.backends import open_store
+from cascade.backends import open_store, replay_catalog_from
 from cascade.candidates import to_proto
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
+from cascade.live_catalog import CatalogUpdatesService
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
-from cascade.v1 import prerank_pb2, prerank_pb2_grpc
+from cascade.v1 import catalog_pb2_grpc, prerank_pb2, prerank_pb2_grpc
 from services.prerank.scorer import COMPONENT, PrerankScorer, ScorerSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class PrerankSettings:
     # "redis://host:port/db" (shared by every replica of every stage).
     store: str = "memory"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # The event log whose uploads (the living catalogue) the store replays at start; "" = none.
+    event_log: str = ""
     default_count: int = 500  # when the request's count is 0
     max_count: int = 2000  # a larger count is INVALID_ARGUMENT
     max_candidates: int = 5000  # a longer list is INVALID_ARGUMENT
@@ -76,12 +79,15 @@ class PrerankMetrics(ModelMetrics):
 class PrerankService(prerank_pb2_grpc.PrerankServicer):
     def __init__(self, scorer: PrerankScorer, settings: PrerankSettings, metrics: PrerankMetrics):
         self.scorer, self.settings, self.metrics = scorer, settings, metrics
+        # Uploads the gateway forwards: a new item is scored from its creator and categories.
+        self.updates = CatalogUpdatesService(lambda: self.scorer.store)
         metrics.set_model_version(scorer.version)
 
     def swap(self, loaded: tuple[Bundle, PrerankScorer]) -> str:
         """Serves a newly loaded (bundle, scorer) from the next request on (hot reload)."""
         bundle, scorer = loaded
         check_teacher(bundle, scorer, self.metrics)
+        self.updates.reapply(scorer.store)  # its new store learns what was uploaded since start
         self.scorer = scorer
         self.metrics.set_model_version(scorer.version)
         return scorer.version
@@ -148,6 +154,8 @@ def load_scorer(settings: PrerankSettings) -> tuple[Bundle, PrerankScorer]:
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
     store = open_store(settings.store, dataset, spec, data, settings.store_limits)
+    if settings.event_log:  # the items uploaded while serving come back after a restart
+        replay_catalog_from(store, settings.event_log)
     return bundle, PrerankScorer.from_bundle(bundle, store, settings.scorer)
 
 
@@ -169,12 +177,17 @@ def describe(settings: PrerankSettings, service: PrerankService) -> str:
     )
 
 
+def register(service: PrerankService, server: grpc.Server) -> None:
+    prerank_pb2_grpc.add_PrerankServicer_to_server(service, server)
+    catalog_pb2_grpc.add_CatalogUpdatesServicer_to_server(service.updates, server)
+
+
 SERVER = StageServer(
     name=STAGE,
     settings=PrerankSettings,
     load=load_scorer,
     service=new_service,
-    register=prerank_pb2_grpc.add_PrerankServicer_to_server,
+    register=register,
     service_name=SERVICE,
     describe=describe,
 )

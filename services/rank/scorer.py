@@ -133,6 +133,8 @@ class RankScorer:
         `channel_masks`: the recall channels that found each candidate."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         masks = channel_masks if self.channel_feature else None
+        if len(self.items.creator) != self.store.n_items:  # items uploaded since: their context
+            self.items = store_items(self.store)  # (age, affinities) from their own metadata
         rows = online_rows(
             self.store, user_id, item_ids, history, self.one_user_row, masks, self.mf, self.items
         )

@@ -19,15 +19,16 @@ import grpc
 import numpy as np
 
 from cascade.artifacts import Bundle
-from cascade.backends import open_store
+from cascade.backends import open_store, replay_catalog_from
 from cascade.candidates import to_proto
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
+from cascade.live_catalog import CatalogUpdatesService
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
-from cascade.v1 import rank_pb2, rank_pb2_grpc
+from cascade.v1 import catalog_pb2_grpc, rank_pb2, rank_pb2_grpc
 from services.rank.scorer import COMPONENT, RankScorer, ScorerSettings
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class RankSettings:
     # "redis://host:port/db" (shared by every replica of every stage).
     store: str = "memory"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # The event log whose uploads (the living catalogue) the store replays at start; "" = none.
+    event_log: str = ""
     max_candidates: int = 2000  # longer lists are INVALID_ARGUMENT
 
     def __post_init__(self) -> None:
@@ -58,10 +61,13 @@ class RankSettings:
 class RankService(rank_pb2_grpc.RankServicer):
     def __init__(self, scorer: RankScorer, max_candidates: int, metrics: ModelMetrics):
         self.scorer, self.max_candidates, self.metrics = scorer, max_candidates, metrics
+        # Uploads the gateway forwards: a new item is scored from its creator and categories.
+        self.updates = CatalogUpdatesService(lambda: self.scorer.store)
         metrics.set_model_version(scorer.version)
 
     def swap(self, scorer: RankScorer) -> str:
         """Serves `scorer` from the next request on (hot reload); returns its version."""
+        self.updates.reapply(scorer.store)  # its new store learns what was uploaded since start
         self.scorer = scorer
         self.metrics.set_model_version(scorer.version)
         return scorer.version
@@ -113,6 +119,8 @@ def load_scorer(settings: RankSettings) -> RankScorer:
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
     store = open_store(settings.store, dataset, spec, data, settings.store_limits)
+    if settings.event_log:  # the items uploaded while serving come back after a restart
+        replay_catalog_from(store, settings.event_log)
     return RankScorer.from_bundle(bundle, store, settings.scorer)
 
 
@@ -124,12 +132,17 @@ def describe(settings: RankSettings, service: RankService) -> str:
     return f"model {service.scorer.version}, tasks {', '.join(service.scorer.tasks)}"
 
 
+def register(service: RankService, server: grpc.Server) -> None:
+    rank_pb2_grpc.add_RankServicer_to_server(service, server)
+    catalog_pb2_grpc.add_CatalogUpdatesServicer_to_server(service.updates, server)
+
+
 SERVER = StageServer(
     name=STAGE,
     settings=RankSettings,
     load=load_scorer,
     service=new_service,
-    register=rank_pb2_grpc.add_RankServicer_to_server,
+    register=register,
     service_name=SERVICE,
     describe=describe,
 )

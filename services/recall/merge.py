@@ -145,28 +145,43 @@ class Merger:
         count: int,
         consumed: np.ndarray,
         deadline: float | None = None,
+        quotas: Mapping[str, float] | None = None,
     ) -> MergeResult:
-        """Up to `count` merged candidates; `deadline` is a time.perf_counter() value."""
-        answers, reports = self._run(context, count, len(consumed), deadline)
-        candidates, kept = self._merge(answers, count, consumed)
+        """Up to `count` merged candidates; `deadline` is a time.perf_counter() value; `quotas`
+        replace the configured quotas of the channels they name, for this request only (an
+        experiment arm's channel mix)."""
+        quotas = {c.name: self.budgets[c.name].quota for c in self.channels} | {
+            name: share for name, share in (quotas or {}).items() if name in self.budgets
+        }
+        answers, reports = self._run(context, count, len(consumed), deadline, quotas)
+        candidates, kept = self._merge(answers, count, consumed, quotas)
         for report, n in zip(reports, kept, strict=True):
             report.kept = int(n)
             if self.metrics is not None:
                 self.metrics.observe(report)
         return MergeResult(candidates, reports)
 
-    def _fetch_size(self, name: str, count: int, n_consumed: int) -> int:
+    def _fetch_size(self, name: str, count: int, n_consumed: int, quotas: Mapping) -> int:
         # Ask for more than the quota: consumed items and other channels' picks are removed later.
         if name == self.fallback:
             return count + n_consumed
-        return math.ceil(self.budgets[name].quota * count * self.overfetch) + n_consumed
+        return math.ceil(quotas[name] * count * self.overfetch) + n_consumed
 
-    def _run(self, context: RecallContext, count: int, n_consumed: int, deadline: float | None):
+    def _run(
+        self,
+        context: RecallContext,
+        count: int,
+        n_consumed: int,
+        deadline: float | None,
+        quotas: Mapping,
+    ):
         if self._pool is None:
-            return self._run_inline(context, count, n_consumed, deadline)
+            return self._run_inline(context, count, n_consumed, deadline, quotas)
         started = time.perf_counter()
         pending = [
-            self._pool.submit(_timed, c, context, self._fetch_size(c.name, count, n_consumed))
+            self._pool.submit(
+                _timed, c, context, self._fetch_size(c.name, count, n_consumed, quotas)
+            )
             for c in self.channels
         ]
         answers, reports = [], []
@@ -197,7 +212,12 @@ class Merger:
         return answers, reports
 
     def _run_inline(
-        self, context: RecallContext, count: int, n_consumed: int, deadline: float | None
+        self,
+        context: RecallContext,
+        count: int,
+        n_consumed: int,
+        deadline: float | None,
+        quotas: Mapping,
     ):
         """Channels in priority order in this thread; one whose budget (or the request's
         deadline) has passed by its turn is skipped and reported as a timeout."""
@@ -214,7 +234,7 @@ class Merger:
             else:
                 try:
                     (found, _), seconds = _timed(
-                        channel, context, self._fetch_size(channel.name, count, n_consumed)
+                        channel, context, self._fetch_size(channel.name, count, n_consumed, quotas)
                     )
                     ids = np.asarray(found, dtype=np.int64)
                     report.returned, report.latency_ms = len(ids), seconds * 1000
@@ -227,7 +247,7 @@ class Merger:
         return answers, reports
 
     def _merge(
-        self, answers: list[np.ndarray], count: int, consumed: np.ndarray
+        self, answers: list[np.ndarray], count: int, consumed: np.ndarray, quotas: Mapping
     ) -> tuple[Candidates, np.ndarray]:
         n_channels = len(answers)
         # Work on positions in `tagged` (every item any channel found, sorted once) so that the set
@@ -248,7 +268,7 @@ class Merger:
             masks[found] |= bit  # every channel that found an item tags it, quota or not
             usable.append(found)
 
-        quotas = [math.floor(self.budgets[c.name].quota * count) for c in self.channels]
+        quotas = [math.floor(quotas[c.name] * count) for c in self.channels]
         taken = np.zeros(len(tagged), dtype=bool)
         n_taken = 0
         chosen, keys, owners = [], [], []

@@ -23,15 +23,16 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.backends import open_store
-from cascade.candidates import to_proto
+from cascade.candidates import CHANNELS, to_proto
 from cascade.data.schema import load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
 from cascade.feature_store import EVENTS, FeatureStore, StoreLimits, check_store_setting
 from cascade.features import DEFAULT_WIDTHS, FeatureSpec, build_spec
+from cascade.live_catalog import CatalogUpdatesService, replay_catalog
 from cascade.server import ServerSettings, StageServer, invalid_argument
 from cascade.telemetry import ModelMetrics
-from cascade.v1 import common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
+from cascade.v1 import catalog_pb2_grpc, common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
 from services.recall.channels.item_cf import ItemCFChannel
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 STAGE = "recall"
 SERVICE = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 DAY = 86_400
+CHANNEL_NAMES = tuple(CHANNELS.values())  # the names channel_quotas may use
 
 
 def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
@@ -123,9 +125,10 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         store = open_store(
             settings.store, dataset, spec, split_dataset(dataset), settings.store_limits
         )
-        if settings.event_log and settings.store == "memory":
-            replay_event_log(store, settings.event_log)
-    if tables["item_cf"]["neighbours"].shape[0] != dataset.n_items:
+        if settings.event_log:
+            replay_event_log(store, settings.event_log, events=settings.store == "memory")
+    # A retrained bundle also covers the items uploaded since the dataset (app/catalog_fold.py).
+    if tables["item_cf"]["neighbours"].shape[0] < dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
             f" item ids but dataset {dataset.name} has {dataset.n_items}: rebuild the bundle"
@@ -134,16 +137,25 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
     return RecallState(store, channels, bundle.version, as_of)
 
 
-def replay_event_log(store: FeatureStore, uri: str) -> None:
-    """Rebuilds the embedded store's online state from every event the log acknowledged."""
+def replay_event_log(store: FeatureStore, uri: str, events: bool = True) -> None:
+    """Rebuilds the store's living catalogue (uploads, follow changes: in-process with either
+    store) and, for the embedded store (`events`), its online state from every event the log
+    acknowledged."""
     from cascade.backends import open_event_log  # the durable log of Feedback events
 
-    events = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
+    logged = open_event_log(uri, read_only=True)  # the gateway is the log's one writer
     try:
-        applied = store.rebuild(events.read_events())
+        uploads, follows = replay_catalog(store, logged)  # first: events may name uploads
+        applied = store.rebuild(logged.read_events()) if events else 0
     finally:
-        events.close()
-    log.info("recall: replayed %d events from %s into the online store", applied, uri)
+        logged.close()
+    log.info(
+        "recall: replayed %d uploads, %d follow changes and %d events from %s",
+        uploads,
+        follows,
+        applied,
+        uri,
+    )
 
 
 def check_spec(info: dict, dataset, bundle: Bundle) -> FeatureSpec:
@@ -188,7 +200,7 @@ def build_channels(
     channels += [
         ItemCFChannel(tables["item_cf"]),
         ProfileChannel(tables["profile"], store),
-        SocialChannel(tables["social"]),
+        SocialChannel(tables["social"], store),
         FreshChannel(tables["fresh"], store, window_s=settings.fresh_window_s),
         PopularChannel(tables["popular"]),
     ]
@@ -213,6 +225,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
                 lambda event=event: self.state.store.counter_totals()[event]
             )
         self._started = time.time()
+        # Uploads and follow changes the gateway forwards (the CatalogUpdates service).
+        self.updates = CatalogUpdatesService(lambda: self.state.store, settings.max_record_events)
         self.swap(state)
 
     def swap(self, state: RecallState) -> str:
@@ -226,6 +240,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             max_workers=self.settings.channel_workers,
             metrics=self.channel_metrics,
         )
+        if hasattr(self, "serving") and state.store is not self.state.store:
+            self.updates.reapply(state.store)  # a new store: what was uploaded since start
         self.serving = (state, merger)  # one reference: a request reads both at once
         self.metrics.set_model_version(state.version)
         return state.version
@@ -244,6 +260,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             invalid_argument(
                 context, "count", f"{count} exceeds the maximum {self.settings.max_count}"
             )
+        quotas = check_quotas(request.channel_quotas, context)
         state, merger = self.serving  # one version for the whole request
         recall_context = self._context(request.user, context)
         remaining = context.time_remaining()
@@ -255,7 +272,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         )
         recall_context = dataclasses.replace(recall_context, consumed=consumed)
         started = time.perf_counter()
-        result = merger.recall(recall_context, count, consumed, deadline)
+        result = merger.recall(recall_context, count, consumed, deadline, quotas)
         self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.candidates_out.inc(len(result.candidates.item_ids))
         response = recall_pb2.RecallResponse(model_version=state.version)
@@ -326,6 +343,22 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         return int(time.time())
 
 
+def check_quotas(quotas, context: grpc.ServicerContext) -> dict[str, float]:
+    """A request's channel_quotas: channel short names, each share in [0, 1]."""
+    out = {}
+    for name, share in sorted(quotas.items()):
+        if name not in CHANNEL_NAMES:
+            invalid_argument(
+                context,
+                "channel_quotas",
+                f"unknown channel {name!r}; one of {', '.join(CHANNEL_NAMES)}",
+            )
+        if not 0.0 <= share <= 1.0:  # NaN fails too
+            invalid_argument(context, f"channel_quotas[{name}]", f"a share in [0, 1], got {share}")
+        out[name] = float(share)
+    return out
+
+
 def new_service(
     settings: RecallSettings, state: RecallState, registry: CollectorRegistry
 ) -> RecallService:
@@ -337,12 +370,17 @@ def reload_state(settings: RecallSettings, service: RecallService) -> RecallStat
     return open_recall(settings, keep=service.state)
 
 
+def register(service: RecallService, server: grpc.Server) -> None:
+    recall_pb2_grpc.add_RecallServicer_to_server(service, server)
+    catalog_pb2_grpc.add_CatalogUpdatesServicer_to_server(service.updates, server)
+
+
 SERVER = StageServer(
     name=STAGE,
     settings=RecallSettings,
     load=open_recall,
     service=new_service,
-    register=recall_pb2_grpc.add_RecallServicer_to_server,
+    register=register,
     service_name=SERVICE,
     reload=reload_state,
 )

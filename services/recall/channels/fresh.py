@@ -2,8 +2,9 @@
 
 Each upload of the last `window_s` gets a draw from Beta(prior + engaged, prior + ignored), the
 early-engagement counters of the feature store (updated by Feedback), so new items with little
-evidence still get exposure. The draw is multiplied by how well the item's categories match the
-user's; an unknown user gets pure exploration. Draws are seeded by (user, request time).
+evidence still get exposure. Items uploaded while serving (the store's living catalogue) join the
+pool as soon as the store has them. The draw is multiplied by how well the item's categories match
+the user's; an unknown user gets pure exploration. Draws are seeded by (user, request time).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class FreshChannel:
     ):
         self.item_ids = table["item_ids"]  # (n,) sorted by upload time
         self.upload_ts = table["upload_ts"]  # (n,)
+        # Uploads get increasing ids: the ones up to here were folded into the table already.
+        self.covered = int(self.item_ids.max(initial=0))
         self.store = store
         self.window_s = window_s
         self.max_pool = max_pool
@@ -45,6 +48,7 @@ class FreshChannel:
         lo = np.searchsorted(self.upload_ts, now - self.window_s, side="right")
         hi = np.searchsorted(self.upload_ts, now, side="right")
         pool = self.item_ids[max(lo, hi - self.max_pool) : hi]  # the newest max_pool uploads
+        pool = np.concatenate([pool, self._uploaded(now)])[-self.max_pool :]
         if len(pool) == 0:
             return empty()
         counters = self.store.item_counters(pool)
@@ -54,6 +58,14 @@ class FreshChannel:
         draw = rng.beta(self.prior + engaged, self.prior + ignored)
         match = self._match(pool, context.recent_items[: self.max_recent])
         return best_first(pool, (draw * (self.taste_floor + match)).astype(np.float32), k)
+
+    def _uploaded(self, now: int) -> np.ndarray:
+        """Items uploaded online (the store's living catalogue) within the window, oldest first:
+        they join the pool from the request after their upload."""
+        live = self.store.live.items
+        ts = live["upload_ts"]
+        inside = (ts > now - self.window_s) & (ts <= now) & (live["item_id"] > self.covered)
+        return live["item_id"][inside][np.argsort(ts[inside], kind="stable")]
 
     def _match(self, pool: np.ndarray, recent: np.ndarray) -> np.ndarray:
         """(n,) share of the user's category taste that each pooled item covers (0..1)."""

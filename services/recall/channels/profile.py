@@ -1,7 +1,8 @@
 """Profile ("index") channel: popular and recent items of the user's top creators and categories.
 
 Tastes come from the user's recent items (store history plus the request's own), weighted by
-recency; the per-creator and per-category item lists are precomputed offline.
+recency; the per-creator and per-category item lists are precomputed offline, and items uploaded
+while serving (the store's living catalogue) join them at once.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ProfileChannel:
     ):
         self.table = table
         self.store = store
+        # Uploads get increasing ids: the ones up to here were folded into the index already.
+        self.covered = int(max(table["creator_items"].max(initial=0), 0))
         self.top_creators = top_creators
         self.top_categories = top_categories
         self.max_recent = max_recent
@@ -66,11 +69,34 @@ class ProfileChannel:
         parts = [
             self._index("creator", creators, creator_share, self.top_creators),
             self._index("category", categories, category_share, self.top_categories),
+            self._uploaded(creators, creator_share, categories, category_share, context),
         ]
         items = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         items, scores = sum_by_item(items, scores)
         return best_first(items, scores, k)
+
+    def _uploaded(self, creators, creator_share, categories, category_share, context):
+        """Items uploaded online by the user's top creators or in their top categories (not in
+        the offline index yet), scored as an average item of the group: share x (0.5 + 0.5)."""
+        live = self.store.live.items
+        visible = (live["upload_ts"] <= context.request_ts) & (live["item_id"] > self.covered)
+        if not visible.any():
+            return empty()
+        creator_share = np.where(creators > 0, creator_share, 0)  # 0 = unknown / padding
+        category_share = np.where(categories > 0, category_share, 0)
+        top_creators = np.lexsort((creators, -creator_share))[: self.top_creators]
+        top_categories = np.lexsort((categories, -category_share))[: self.top_categories]
+        share = np.zeros(len(visible), np.float32)
+        for group, value in zip(creators[top_creators], creator_share[top_creators], strict=True):
+            share += np.where(live["creator_id"] == group, value, 0.0).astype(np.float32)
+        cats = live["categories"]
+        for group, value in zip(
+            categories[top_categories], category_share[top_categories], strict=True
+        ):
+            share += np.where((cats == group).any(axis=1), value, 0.0).astype(np.float32)
+        found = visible & (share > 0)
+        return live["item_id"][found], share[found]
 
     def _index(
         self, kind: str, groups: np.ndarray, shares: np.ndarray, top: int

@@ -1,0 +1,59 @@
+"""Folds the living catalogue (items uploaded while serving, on the event log) into training data.
+
+The retrain job (app/retrain.py) builds the next bundle on the dataset plus these items, so its
+recall tables (fresh, creator and category indexes, follows, co-occurrence, trending, MF) hold the
+uploads and their plays, and the ranker's examples on them carry their creator, categories and
+age. The feature spec stays the published one: an uploaded id is out of the models' vocabulary
+(encoded as the unknown row), exactly as the serving stores encode it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+
+from cascade.backends import open_event_log
+from cascade.data.schema import Dataset
+from cascade.live_catalog import UPLOADS, categories_matrix
+
+
+def read_uploads(url: str) -> pa.Table:
+    """The uploads an event log holds (read beside the running gateway)."""
+    log = open_event_log(url, read_only=True)
+    try:
+        return log.read_records("uploads")
+    finally:
+        log.close()
+
+
+def with_uploads(dataset: Dataset, uploads: pa.Table | None) -> Dataset:
+    """`dataset` with every logged upload it lacks appended to its items table (ids as the
+    gateway assigned them; columns the upload has no value for are zero / empty)."""
+    if uploads is None or not uploads.num_rows:
+        return dataset
+    uploads = uploads.select(UPLOADS.names)
+    items = dataset.items
+    ids = uploads["item_id"].to_numpy().astype(np.int64)
+    _, first = np.unique(ids, return_index=True)
+    keep = np.sort(first)[~np.isin(ids[np.sort(first)], items["item_id"])]
+    if not len(keep):
+        return dataset
+    given = {
+        "item_id": ids[keep],
+        "creator_id": uploads["creator_id"].to_numpy()[keep],
+        "categories": categories_matrix([uploads["categories"].to_pylist()[i] for i in keep]),
+        "upload_ts": uploads["upload_ms"].to_numpy()[keep] // 1000,
+    }
+    keys = uploads["item_key"].to_pylist()
+    extra = {}
+    for column, values in items.items():
+        if column in given:
+            extra[column] = given[column].astype(values.dtype)
+        elif column == "title":
+            extra[column] = np.array([f"Upload {keys[i]}" for i in keep], dtype=values.dtype)
+        else:
+            extra[column] = np.zeros((len(keep), *values.shape[1:]), dtype=values.dtype)
+    folded = {c: np.concatenate([items[c], extra[c]]) for c in items}
+    return dataclasses.replace(dataset, items=folded)

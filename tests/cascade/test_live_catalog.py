@@ -1,0 +1,122 @@
+"""The feature store's living catalogue (cascade/live_catalog.py): an uploaded item is known, its
+id encodes to the models' unknown row 0 (out of vocabulary) while its creator, categories and
+upload time are its own; counters grow with it; follow changes keep the latest per pair; and
+pre-rank's metadata vectors for such items (services/prerank/cold.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from cascade.backends import replay_catalog_from
+from cascade.data.split import split_dataset
+from cascade.eventlog import FileEventLog
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import build_spec
+from cascade.live_catalog import (
+    FOLLOWS,
+    UPLOADS,
+    CatalogProblem,
+    categories_matrix,
+    check_new_items,
+)
+from cascade.v1 import catalog_pb2
+from services.prerank.cold import ColdVectors
+
+
+def _store(dataset) -> InMemoryFeatureStore:
+    return InMemoryFeatureStore.from_split(dataset, build_spec(dataset), split_dataset(dataset))
+
+
+def test_an_uploaded_item_is_known_with_its_metadata_and_an_out_of_vocabulary_id(tiny_dataset):
+    store = _store(tiny_dataset)
+    n = store.n_items  # the dataset's ids are 1..n-1
+    vocabulary = store.spec.field("item_id").vocab_size
+    assert not store.known_items(np.array([n, n + 1])).any()
+    added = store.add_items(
+        np.array([n + 1, n]), np.array([2, 3]), categories_matrix([[1, 2], [3]]), [500, 600]
+    )
+    assert added == 2 and store.n_items == n + 2
+    assert store.known_items(np.array([n, n + 1, n + 2])).tolist() == [True, True, False]
+    features = store.item_features(np.array([n + 1, 1]))
+    assert features["item_id"].tolist() == [0, 1]  # beyond the vocabulary: the unknown row
+    assert n + 1 >= vocabulary
+    assert features["creator_id"][0] == 2 and features["categories"][0, :2].tolist() == [1, 2]
+    attributes = store.item_attributes(np.array([n, n + 1]))
+    assert attributes["upload_ts"].tolist() == [600, 500]
+    store.record(np.array([1]), np.array([n + 1]), np.array([700]), ["play"])
+    assert store.item_counters(np.array([n + 1]))["play"].tolist() == [1]
+    # A repeated upload changes nothing.
+    assert store.add_items(np.array([n]), np.array([1]), categories_matrix([[2]]), [1]) == 0
+    assert store.item_attributes(np.array([n]))["creator_id"].tolist() == [3]
+    assert store.live.items["item_id"].tolist() == [n + 1, n]
+
+
+def test_follow_changes_keep_the_latest_per_pair(tiny_dataset):
+    store = _store(tiny_dataset)
+    unfollow = [False, False, True, False]
+    store.change_follows(np.array([5, 5, 5, 6]), np.array([2, 3, 2, 2]), unfollow)
+    followed, dropped = store.live.follow_changes(5)
+    assert followed.tolist() == [3] and dropped.tolist() == [2]
+    assert store.live.follow_changes(7)[0].tolist() == []
+
+
+def test_check_new_items_names_the_first_bad_field():
+    good = catalog_pb2.NewItem(item_key="a", creator_id=1, categories=[1], upload_time_ms=5)
+    check_new_items([good], n_categories=4, now_ms=10, need_key=True)
+    good.item_id = 9  # as a stage receives it
+    cases = {
+        "items[1].item_id": catalog_pb2.NewItem(creator_id=1),
+        "items[1].categories": catalog_pb2.NewItem(item_id=3, creator_id=1, categories=[4]),
+    }
+    for field, bad in cases.items():
+        try:
+            check_new_items([good, bad], n_categories=4, now_ms=None, need_key=False)
+        except CatalogProblem as problem:
+            assert problem.field == field
+        else:
+            raise AssertionError(f"{field} passed")
+
+
+def test_cold_vectors_fall_back_from_creator_to_categories_to_the_catalogue():
+    vectors = np.array([[0, 0], [1, 0], [3, 0], [0, 2], [9, 9]], np.float32)
+    known = np.array([False, True, True, True, False])
+    attributes = {
+        "creator_id": np.array([0, 1, 1, 2, 0]),
+        "categories": np.array([[0, 0], [1, 0], [1, 2], [2, 0], [0, 0]]),
+    }
+    cold = ColdVectors(vectors, known, attributes)
+    asked = {
+        "creator_id": np.array([1, 7, 7, 7]),
+        "categories": np.array([[2, 0], [1, 0], [1, 2], [3, 0]]),
+    }
+    out = cold.vectors(asked)
+    assert out[0].tolist() == [2, 0]  # creator 1's items: mean of [1, 0] and [3, 0]
+    assert out[1].tolist() == [2, 0]  # unknown creator: category 1's items (1 and 2)
+    assert np.allclose(out[2], [1.75, 0.5])  # categories 1 and 2: mean of their means
+    assert np.allclose(out[3], [4 / 3, 2 / 3])  # nothing known: the catalogue's mean
+
+
+def test_a_restarted_stage_replays_the_logged_uploads_and_follows(tiny_dataset, tmp_path):
+    log = FileEventLog(tmp_path / "log")
+    n = _store(tiny_dataset).n_items
+    uploads = pa.table(
+        {
+            "item_id": [n, n + 1],
+            "item_key": ["a", "b"],
+            "creator_id": [1, 2],
+            "categories": [[1], [2, 3]],
+            "upload_ms": [5_000, 6_000],
+            "logged_ms": [0, 0],
+        },
+        schema=UPLOADS,
+    )
+    log.append_records("uploads", uploads)
+    follows = {"follower_id": [4], "followee_id": [2], "unfollow": [False], "timestamp_ms": [1]}
+    log.append_records("follows", pa.table(follows | {"logged_ms": [0]}, schema=FOLLOWS))
+    log.close()
+    store = _store(tiny_dataset)  # a fresh process's store
+    assert replay_catalog_from(store, f"file:{tmp_path / 'log'}") == (2, 1)
+    assert store.known_items(np.array([n, n + 1])).all()
+    assert store.item_attributes(np.array([n + 1]))["upload_ts"].tolist() == [6]
+    assert store.live.follow_changes(4)[0].tolist() == [2]

@@ -310,10 +310,15 @@ class FileEventLog:
                 raise EventLogError(
                     f"event log {self.folder}: another process writes it (one writer per folder)"
                 ) from None
-        # Each kind's own fsync policy: events `fsync`, impressions `impressions_fsync`.
-        policies = {"events": self.settings, "impressions": self.settings.for_impressions()}
+        # Each kind's own fsync policy: impressions `impressions_fsync`; every other kind (events,
+        # uploads, follows) is acknowledged to its caller once appended, so `fsync`.
         self._kinds = {
-            kind: _Segments(self.folder / kind, schema, policies[kind], not read_only)
+            kind: _Segments(
+                self.folder / kind,
+                schema,
+                self.settings.for_impressions() if kind == "impressions" else self.settings,
+                not read_only,
+            )
             for kind, schema in SCHEMAS.items()
         }
         self._dedup = DedupWindow(self.settings.dedup_window)

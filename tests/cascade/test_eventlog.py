@@ -21,6 +21,7 @@ from cascade.eventlog import (
     encode_frame,
     read_frames,
 )
+from cascade.live_catalog import FOLLOWS
 
 
 def events(n: int, start: int = 0, request_id: str = "r") -> pa.Table:
@@ -197,6 +198,12 @@ def test_events_fsync_every_append_while_impressions_fsync_on_their_interval(tmp
     before = len(synced)
     log.append_events(events(1, start=1))
     assert len(synced) == before + 1  # one per events frame
+    follow = {"follower_id": [1], "followee_id": [2], "unfollow": [False]}
+    follow |= {"timestamp_ms": [5], "logged_ms": [5]}
+    log.append_records("follows", pa.Table.from_pydict(follow, FOLLOWS))  # acknowledged too
+    before = len(synced)
+    log.append_records("follows", pa.Table.from_pydict(follow, FOLLOWS))
+    assert len(synced) == before + 1
     log.close()  # closing syncs what the interval had not
     reader = FileEventLog(tmp_path / "log", read_only=True)
     assert reader.read_impressions()["request_id"].to_pylist() == ["a", "b", "c", "d"]

@@ -131,6 +131,14 @@ bench-relay: setup
 bench-funnel: setup
 	$(BIN)/python -m bench.funnel_shrink --data-dir $(DATA) --out results/cascade
 
+# Recall's channel quotas and the funnel sizes on the synthetic world's truth, on a validation
+# split of users disjoint from the headline's test users and the loop's (about 10 min on a shared
+# 2-core machine; trains the synthetic bundle when missing): results/cascade/funnel_tuning.{json,md}.
+.PHONY: bench-funnel-tuning
+bench-funnel-tuning: setup
+	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
+	$(BIN)/python -m bench.funnel_tuning --data-dir $(DATA) --users 1000 --out results/cascade
+
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup

@@ -59,9 +59,24 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "mf-0.5": ("MF quota 0.5", mf_quota(0.5)),
     "mf-0.7": ("MF quota 0.7", mf_quota(0.7)),
     "mf-1.0": ("MF quota 1.0 (other channels only fill gaps)", mf_quota(1.0)),
+    "recall-1000": ("recall 1000", cut("recall", 1000)),
+    "prerank-250": ("prerank keeps 250", cut("prerank", 250)),
+    "prerank-1000": ("prerank keeps 1000 (rank scores 1000)", cut("prerank", 1000)),
     "rank-50": ("rank keeps 50", cut("rank", 50)),
     "rank-200": ("rank keeps 200", cut("rank", 200)),
-    "prerank-1000": ("prerank keeps 1000 (rank scores 1000)", cut("prerank", 1000)),
+    "mf-0.7-prerank-1000": (
+        "MF quota 0.7, prerank keeps 1000",
+        mf_quota(0.7) | cut("prerank", 1000),
+    ),
+    # What the offline rank ablation measures: rank re-ordering the MF (EASE) channel's top 100.
+    "mf-1.0-recall-100": (
+        "MF quota 1.0, recall 100 (rank orders MF's top 100)",
+        mf_quota(1.0) | cut("recall", 100) | cut("prerank", 100),
+    ),
+    "mf-1.0-recall-300": (
+        "MF quota 1.0, recall 300, prerank keeps 300",
+        mf_quota(1.0) | cut("recall", 300) | cut("prerank", 300),
+    ),
 }
 
 

@@ -64,6 +64,11 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "prerank-1000": ("prerank keeps 1000 (rank scores 1000)", cut("prerank", 1000)),
     "rank-50": ("rank keeps 50", cut("rank", 50)),
     "rank-200": ("rank keeps 200", cut("rank", 200)),
+    "rank-30": ("rank keeps 30", cut("rank", 30)),
+    "prerank-250-rank-50": (
+        "prerank keeps 250, rank keeps 50",
+        cut("prerank", 250) | cut("rank", 50),
+    ),
     "mf-0.7-prerank-1000": (
         "MF quota 0.7, prerank keeps 1000",
         mf_quota(0.7) | cut("prerank", 1000),
@@ -76,6 +81,10 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "mf-1.0-recall-300": (
         "MF quota 1.0, recall 300, prerank keeps 300",
         mf_quota(1.0) | cut("recall", 300) | cut("prerank", 300),
+    ),
+    "mf-1.0-recall-300-rank-50": (
+        "MF quota 1.0, recall 300, prerank keeps 300, rank keeps 50",
+        mf_quota(1.0) | cut("recall", 300) | cut("prerank", 300) | cut("rank", 50),
     ),
 }
 

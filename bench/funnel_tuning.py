@@ -53,9 +53,13 @@ def cut(name: str, size: int) -> dict[str, str]:
     return {f"CASCADE_GATEWAY_{name.upper()}_COUNT": str(size)}
 
 
-# name -> (what it changes, settings); "default" is the reference every row is paired against.
-CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
-    "default": ("MF quota 0.3; funnel 2000 / 500 / 100", {}),
+# The configuration the grid started from, pinned so the grid does not move with the served
+# defaults (the gateway's rank cut became 50 from this grid); every row is paired against it.
+START = mf_quota(0.3) | cut("recall", 2000) | cut("prerank", 500) | cut("rank", 100)
+
+# name -> (what it changes from START, settings).
+GRID: dict[str, tuple[str, dict[str, str]]] = {
+    "default": ("the starting defaults: MF quota 0.3; funnel 2000 / 500 / 100", {}),
     "mf-0.5": ("MF quota 0.5", mf_quota(0.5)),
     "mf-0.7": ("MF quota 0.7", mf_quota(0.7)),
     "mf-1.0": ("MF quota 1.0 (other channels only fill gaps)", mf_quota(1.0)),
@@ -87,6 +91,7 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
         mf_quota(1.0) | cut("recall", 300) | cut("prerank", 300) | cut("rank", 50),
     ),
 }
+CONFIGS = {name: (what, START | change) for name, (what, change) in GRID.items()}
 
 
 def served(running: stack.Stack, users: np.ndarray) -> tuple[np.ndarray, dict]:

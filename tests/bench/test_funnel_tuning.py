@@ -3,7 +3,7 @@ names a configuration better than the default only when the paired interval clea
 
 import pytest
 
-from bench.funnel_tuning import CONFIGS, clearly_better, mf_quota, to_markdown
+from bench.funnel_tuning import CONFIGS, START, clearly_better, cut, mf_quota, to_markdown
 from cascade import topology
 from cascade.config import load_settings
 from services.recall.server import RecallSettings
@@ -26,7 +26,7 @@ def test_the_default_share_reproduces_the_default_quotas_and_the_grid_has_a_refe
     assert {k: float(v) for k, v in mf_quota(defaults["mf"]).items()} == {
         f"CASCADE_RECALL_{name.upper()}_QUOTA": pytest.approx(q) for name, q in defaults.items()
     }
-    assert CONFIGS["default"][1] == {}
+    assert CONFIGS["default"][1] == START and CONFIGS["rank-50"][1] == START | cut("rank", 50)
 
 
 def test_the_report_calls_a_row_better_only_when_its_paired_interval_clears_zero():

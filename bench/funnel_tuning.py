@@ -159,6 +159,7 @@ def tune(args: argparse.Namespace) -> dict:
         "split": "validation: users with training history and unseen test items, disjoint from "
         "the headline's test samples (500 and 1000 at seed 0) and the loop's 1000 users",
         "users": len(protocol.users),
+        "seed": args.seed,
         "page": PAGE,
         "EASE": {TRUTH: round(float(ease.mean()), 4), "ci95": interval(ease, args.seed)},
         "rows": rows,
@@ -174,9 +175,10 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# Recall quotas and funnel sizes tuned on the truth (validation split)",
         "",
-        f"{report['users']} users of the {report['split']}; one page of {report['page']} each "
-        f"from a stack per configuration (synthetic bundle). Score: {TRUTH}, the world's expected "
-        "play + complete + 2 like + 3 share per impression at the slot's position. EASE on the "
+        f"{report['users']} users (seed {report['seed']}) of the {report['split']}; one page of "
+        f"{report['page']} each from a stack per configuration (synthetic bundle). Score: "
+        f"{TRUTH}, the world's expected play + complete + 2 like + 3 share per impression at "
+        "the slot's position. EASE on the "
         f"same users: {ease[TRUTH]:.4f} [{ease['ci95'][0]:.4f}, {ease['ci95'][1]:.4f}].",
         "",
         f"| config | changes | {TRUTH} | 95% interval | / EASE | paired vs default "

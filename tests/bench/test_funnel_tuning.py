@@ -50,6 +50,7 @@ def test_the_report_calls_a_row_better_only_when_its_paired_interval_clears_zero
 
     report = {
         "users": 4,
+        "seed": 0,
         "split": "validation",
         "page": 10,
         "EASE": {"true engagement@10": 0.45, "ci95": (0.4, 0.5)},

@@ -132,7 +132,7 @@ bench-funnel: setup
 	$(BIN)/python -m bench.funnel_shrink --data-dir $(DATA) --out results/cascade
 
 # Recall's channel quotas and the funnel sizes on the synthetic world's truth, on a validation
-# split of users disjoint from the headline's test users and the loop's (about 10 min on a shared
+# split of users disjoint from the headline's test users and the loop's (about 15 min on a shared
 # 2-core machine; trains the synthetic bundle when missing): results/cascade/funnel_tuning.{json,md}.
 .PHONY: bench-funnel-tuning
 bench-funnel-tuning: setup

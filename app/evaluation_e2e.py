@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,10 @@ import grpc
 import numpy as np
 
 from app import stack
-from app.simulate import World
-from cascade import metrics
+from app.simulate import SimulationConfig, World, simulated_users
+from cascade import metrics, topology
 from cascade.baselines import default_models
+from cascade.config import load_settings
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
@@ -67,7 +69,11 @@ class Protocol:
     categories: np.ndarray  # (n_items, C) category ids by item id
 
     @classmethod
-    def build(cls, dataset, sample: int | None, seed: int) -> Protocol:
+    def build(
+        cls, dataset, sample: int | None, seed: int, exclude: np.ndarray | None = None
+    ) -> Protocol:
+        """The evaluated users: every eligible one (history and unseen test items), less
+        `exclude`, then `sample` of them drawn with `seed`."""
         split = split_dataset(dataset)
         n_users, n_items = dataset.n_users, dataset.n_items
         seen = UserItems.from_table(split.train_interactions, n_users, n_items)
@@ -77,6 +83,8 @@ class Protocol:
         keys = keys[~np.isin(keys, seen_keys)]
         relevant = UserItems.from_pairs(keys // n_items, keys % n_items, n_users, n_items)
         users = np.flatnonzero((seen.lengths() > 0) & (relevant.lengths() > 0))
+        if exclude is not None:
+            users = users[~np.isin(users, exclude)]
         if sample and sample < len(users):
             users = np.sort(np.random.default_rng(seed).choice(users, sample, replace=False))
         categories = np.zeros((n_items, dataset.items["categories"].shape[1]), np.int64)
@@ -117,6 +125,54 @@ class Protocol:
             "ILD@20": float(metrics.ild_jaccard(pages, self.categories).mean()),
             "short_pages": int((pages == 0).any(axis=1).sum()),
         }
+
+
+# The synthetic headline's test users: `--sample 500` (README, results/cascade/e2e.md) and the
+# default 1000 (`make eval`), both drawn with seed 0. A tuning split must not touch them.
+HEADLINE_SAMPLES = (500, 1000)
+HEADLINE_SEED = 0
+LOOP_USERS = 1000  # `make bench-loop` simulates this many users (seed 0)
+
+
+def held_out_users(dataset) -> np.ndarray:
+    """Users the validation split leaves out: every headline test sample and, on a world with a
+    ground truth, the users `make bench-loop` simulates (the loop is judged, never tuned on)."""
+    held = [Protocol.build(dataset, n, HEADLINE_SEED).users for n in HEADLINE_SAMPLES]
+    if dataset.truth:
+        held.append(simulated_users(dataset, SimulationConfig(users=LOOP_USERS, seed=0)))
+    return np.unique(np.concatenate(held))
+
+
+def evaluated_protocol(dataset, split: str, sample: int | None, seed: int) -> Protocol:
+    """ "test": the headline's users; "validation": users disjoint from them and from the loop's
+    (for tuning settings), drawn with seed + 1 so the two draws differ even on the same pool."""
+    if split == "test":
+        return Protocol.build(dataset, sample, seed)
+    protocol = Protocol.build(dataset, sample, seed + 1, exclude=held_out_users(dataset))
+    if not len(protocol.users):  # e.g. ml-100k: its headline evaluates every test user
+        raise ValueError(f"{dataset.name}: the validation split is empty (every user is held out)")
+    return protocol
+
+
+def setting_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """`NAME=VALUE` service settings (the environment variables the services read, e.g.
+    CASCADE_RECALL_MF_QUOTA=0.5 or CASCADE_GATEWAY_RANK_COUNT=200); ValueError names a bad one."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("CASCADE_") or not value:
+            raise ValueError(f"--set {pair!r}: expected CASCADE_<SERVICE>_<SETTING>=VALUE")
+        out[name] = value
+    return out
+
+
+def gateway_funnel(overrides: Mapping[str, str]) -> Funnel:
+    """The funnel the gateway serves with under the environment plus `overrides`."""
+    from gateway.server import GatewaySettings
+
+    prefix = topology.spec("gateway").env_prefix
+    gateway = load_settings(GatewaySettings, env_prefix=prefix, environ=os.environ | overrides)
+    return Funnel(gateway.recall_count, gateway.prerank_count, gateway.rank_count)
 
 
 def baseline_pages(dataset, protocol: Protocol) -> dict[str, np.ndarray]:
@@ -192,20 +248,23 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
     return pages, info, funnel_lists
 
 
+# Each test user is asked twice (the gateway, then the cuts stage by stage): rerank's
+# already-shown filter would hide the first answer's page from the second, so it is off here.
+EVAL_ENV = {"CASCADE_RERANK_RERANK_RULES_FILTER_SHOWN": "false"}
+
+
 def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
     dataset = load_dataset(name, args.data_dir)
     sample = args.sample if name != "ml-100k" else None  # ml-100k: every test user
-    protocol = Protocol.build(dataset, sample, args.seed)
+    protocol = evaluated_protocol(dataset, args.split, sample, args.seed)
     artifacts = args.artifacts if name == "ml-100k" else args.artifacts / name
-    print(f"== {name}: {len(protocol.users)} test users; stack on {artifacts}", flush=True)
-    # Each test user is asked twice (the gateway, then the cuts stage by stage): rerank's
-    # already-shown filter would hide the first answer's page from the second, so it is off here.
+    print(f"== {name}: {len(protocol.users)} {args.split} users; stack on {artifacts}", flush=True)
     with stack.running_stack(
         args.run_dir / name,
         artifacts=artifacts,
         data_dir=args.data_dir,
         dataset=name,
-        extra_env={"CASCADE_RERANK_RERANK_RULES_FILTER_SHOWN": "false"},
+        extra_env=EVAL_ENV | args.settings,
     ) as running:
         pages, info, funnel_lists = cascade_pages(running, protocol.users, args.funnel)
         info["prerank"] = "served" if running.has("prerank") else "absent: recall order, truncated"
@@ -384,14 +443,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/cascade"),
-        help="report folder (default: results/cascade)",
+        help="report folder (default: results/cascade; with --split validation or --set: "
+        "results/cascade/e2e-<split>, so the headline's rows are never overwritten)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="test: the headline's sampled test users; validation: users disjoint from every "
+        "headline sample and from the simulated loop's users, for tuning (default: test)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for this run, as the environment variable the service reads, "
+        "e.g. CASCADE_RECALL_MF_QUOTA=0.5 or CASCADE_GATEWAY_RANK_COUNT=200 (repeatable)",
     )
     args = parser.parse_args(argv)
-    from gateway.server import GatewaySettings  # the funnel the gateway serves with
-
-    gateway = GatewaySettings()
-    args.funnel = Funnel(gateway.recall_count, gateway.prerank_count, gateway.rank_count)
+    try:
+        args.settings = setting_overrides(args.settings)
+    except ValueError as error:
+        parser.error(str(error))
+    args.funnel = gateway_funnel(args.settings)  # the funnel the gateway serves with
+    if args.out is None:
+        tuned = args.settings or args.split != "test"
+        args.out = Path("results/cascade") / (f"e2e-{args.split}" if tuned else "")
     rows, infos = [], {}
     for name in args.dataset:
         started = time.perf_counter()
@@ -407,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = sorted(kept + rows, key=lambda r: r["dataset"])
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"funnel": vars(args.funnel), "page": K, "runs": infos, "rows": rows}
+    if args.settings or args.split != "test":
+        report |= {"split": args.split, "settings": args.settings}
     (args.out / "e2e.json").write_text(json.dumps(report, indent=2))
     (args.out / "e2e.md").write_text(to_markdown(rows, infos))
     plot(rows, args.out / "e2e.png")

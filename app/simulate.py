@@ -348,6 +348,15 @@ class Impressions:
         return {key: np.asarray(values) for key, values in self.rows.items()}
 
 
+def simulated_users(
+    dataset: Dataset, config: SimulationConfig, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The users a run of `config` simulates: its seeded generator draws them first."""
+    rng = np.random.default_rng([config.seed, 1]) if rng is None else rng
+    ids = dataset.users["user_id"]
+    return np.sort(rng.choice(ids, min(config.users, len(ids)), False))
+
+
 def simulate(
     dataset: Dataset,
     policies: dict[str, Policy],
@@ -363,7 +372,7 @@ def simulate(
         raise ValueError(f"no policy for arms {sorted(missing)}")
     world = World(dataset) if world is None else world
     rng = np.random.default_rng([config.seed, 1])
-    users = np.sort(rng.choice(dataset.users["user_id"], min(config.users, dataset.n_users), False))
+    users = simulated_users(dataset, config, rng)
     arm_of = {int(u): assign(config.salt, str(int(u)), config.arms).name for u in users}
     activity = rng.lognormal(0.0, 1.0, len(users)) / np.exp(0.5)  # mean 1, heavy-tailed
     start = (world.end_ts // DAY + 1) * DAY

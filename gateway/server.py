@@ -92,7 +92,9 @@ class GatewaySettings:
     data_dir: Path = Path("data")
     recall_count: int = 2000  # the funnel: recall -> prerank -> rank -> count
     prerank_count: int = 500
-    rank_count: int = 100
+    # Rank keeps 50 for rerank: 100 served less true engagement on the synthetic world's
+    # validation users (`make bench-funnel-tuning`, results/cascade/funnel_tuning.md).
+    rank_count: int = 50
     default_count: int = 10  # when the request's count is 0
     max_count: int = 100
     default_deadline_s: float = 0.25  # the budget when the client sets no deadline

@@ -1,8 +1,21 @@
 """The end-to-end table's scoring: the same rule for the cascade's pages and the baselines'."""
 
 import numpy as np
+import pytest
 
-from app.evaluation_e2e import K, Protocol, paired_difference, paired_lines, verdict
+from app.evaluation_e2e import (
+    K,
+    Protocol,
+    evaluated_protocol,
+    gateway_funnel,
+    held_out_users,
+    paired_difference,
+    paired_lines,
+    setting_overrides,
+    verdict,
+)
+from app.simulate import SimulationConfig, simulated_users
+from cascade.data.synthetic import SyntheticConfig, generate
 from tests.conftest import make_tiny_dataset
 
 
@@ -109,3 +122,42 @@ def test_the_truth_scores_a_page_by_the_worlds_expected_engagement_at_each_slot(
     ]
     text = to_markdown(rows, {"synthetic": {}})
     assert f"| model | users | {TRUTH} | NDCG@10" in text and TRUTH_NOTE in text
+
+
+def test_the_validation_split_never_holds_a_headline_test_user_or_a_loop_user(monkeypatch):
+    from app import evaluation_e2e
+
+    # Scaled down to a world of 120 users: headline samples of 5 and 10, a loop of 20 users.
+    monkeypatch.setattr(evaluation_e2e, "HEADLINE_SAMPLES", (5, 10))
+    monkeypatch.setattr(evaluation_e2e, "LOOP_USERS", 20)
+    world = generate(SyntheticConfig(n_users=120, n_items=150, days=6, seed=4), progress=False)
+    held = held_out_users(world)
+    loop = simulated_users(world, SimulationConfig(users=20, seed=0))
+    headline = [Protocol.build(world, n, 0).users for n in (5, 10)]
+    assert np.isin(loop, held).all() and all(np.isin(h, held).all() for h in headline)
+    validation = evaluated_protocol(world, "validation", None, seed=0).users
+    assert len(validation) > 20 and not np.isin(validation, held).any()
+    eligible = Protocol.build(world, None, 0).users
+    assert sorted({*validation, *eligible[np.isin(eligible, held)]}) == eligible.tolist()
+    sampled = evaluated_protocol(world, "validation", 15, seed=0).users
+    assert np.array_equal(sampled, evaluated_protocol(world, "validation", 15, seed=0).users)
+    assert len(sampled) == 15 and not np.isin(sampled, held).any()
+
+
+def test_a_dataset_whose_headline_takes_every_user_has_no_validation_split():
+    tiny = make_tiny_dataset(n_users=40, n_items=40, n_events=800)  # samples of 500: everyone
+    with pytest.raises(ValueError, match="the validation split is empty"):
+        evaluated_protocol(tiny, "validation", None, seed=0)
+    test = Protocol.build(tiny, 10, seed=0).users
+    rest = Protocol.build(tiny, None, seed=1, exclude=test).users
+    assert len(rest) > 0 and not np.isin(rest, test).any()
+
+
+def test_settings_overrides_reach_the_funnel_and_bad_ones_are_named():
+    overrides = setting_overrides(["CASCADE_GATEWAY_RANK_COUNT=200", "CASCADE_RECALL_MF_QUOTA=0.5"])
+    assert overrides == {"CASCADE_GATEWAY_RANK_COUNT": "200", "CASCADE_RECALL_MF_QUOTA": "0.5"}
+    assert gateway_funnel(overrides).rank == 200
+    assert gateway_funnel({"CASCADE_GATEWAY_PRERANK_COUNT": "1000"}).prerank == 1000
+    for bad in ("RANK_COUNT=3", "CASCADE_GATEWAY_RANK_COUNT", "CASCADE_GATEWAY_RANK_COUNT="):
+        with pytest.raises(ValueError, match="expected CASCADE_<SERVICE>_<SETTING>=VALUE"):
+            setting_overrides([bad])

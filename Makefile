@@ -160,14 +160,13 @@ bench-security: setup
 # artifacts/synthetic when it is missing: results/loop/simulation.{json,md,png}. 1000 users over
 # 4 simulated days, the cascade retrained daily from its log (about 10 min on a shared 2-core
 # machine), then the same run with the cascade frozen (about 8 min) and the two side by side.
-# The catalogue stays fixed here (the retrained-vs-frozen and cascade-vs-EASE comparison); uploads
-# have their own run (README, "The living catalogue").
+# The world as `cascade simulate` plays it by default: creators upload and users follow and drop
+# follows through each simulated day.
 bench-loop: setup
 	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
-	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --uploads-per-day 0 \
-		--out results/loop
-	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --uploads-per-day 0 \
-		--retrain never --run-dir .cascade/simulate-frozen --out results/loop/no-retrain
+	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --out results/loop
+	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --retrain never \
+		--run-dir .cascade/simulate-frozen --out results/loop/no-retrain
 	$(BIN)/python -m app.compare_runs results/loop/simulation.json \
 		results/loop/no-retrain/simulation.json --out results/loop/retrain_vs_frozen
 

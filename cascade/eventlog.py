@@ -310,8 +310,10 @@ class FileEventLog:
                 raise EventLogError(
                     f"event log {self.folder}: another process writes it (one writer per folder)"
                 ) from None
-        # Each kind's own fsync policy: events `fsync`, impressions `impressions_fsync`.
-        policies = {"events": self.settings, "impressions": self.settings.for_impressions()}
+        # Each kind's own fsync policy: impressions `impressions_fsync`; events, uploads and
+        # follows (durable before the answer) `fsync`.
+        policies = {kind: self.settings for kind in SCHEMAS}
+        policies["impressions"] = self.settings.for_impressions()
         self._kinds = {
             kind: _Segments(self.folder / kind, schema, policies[kind], not read_only)
             for kind, schema in SCHEMAS.items()

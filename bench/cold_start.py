@@ -89,18 +89,23 @@ def report(args: argparse.Namespace) -> None:
         "item_id_dropout": json.loads(
             (work / "artifacts" / "dropout" / "rank" / "rank.json").read_text()
         )["config"]["train"]["item_id_dropout"],
+        "fusion_weights": {  # tuned on each ranker's validation slice (TrainConfig)
+            name: json.loads((work / "artifacts" / name / "rank" / "rank.json").read_text())[
+                "fusion_weights"
+            ]
+            for name in ("base", "dropout")
+        },
         "eval": {
             "published": _cuts(work / "eval-base" / "e2e.json"),
             "dropout": _cuts(work / "eval-dropout" / "e2e.json"),
             "paired": _paired(work),
         },
         "funnel": {
-            "published": json.loads((before / "cold_start_funnel.json").read_text()),
-            "dropout": json.loads((work / "simulate" / "cold_start_funnel.json").read_text()),
+            name: json.loads((folder / "cold_start_funnel.json").read_text())
+            for name, folder in _runs(work, before).items()
         },
         "simulation": {
-            "published": _fresh(before / "simulation.json"),
-            "dropout": _fresh(work / "simulate" / "simulation.json"),
+            name: _fresh(folder / "simulation.json") for name, folder in _runs(work, before).items()
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,13 @@ def report(args: argparse.Namespace) -> None:
     text = to_markdown(result)
     (args.out / "cold_start.md").write_text(text)
     print(text)
+
+
+def _runs(work: Path, before: Path) -> dict[str, Path]:
+    """The simulations compared: the committed one, the published bundle again on this code
+    (WORK/simulate-base, when run) and the dropout bundle."""
+    runs = {"committed": before, "published": work / "simulate-base", "dropout": work / "simulate"}
+    return {name: folder for name, folder in runs.items() if (folder / "simulation.json").exists()}
 
 
 def _paired(work: Path) -> dict:
@@ -136,17 +148,34 @@ def to_markdown(result: dict) -> str:
         if cut in base and cut in mine:
             key = "true engagement@10"
             lines.append(f"| {cut} | {base[cut][key]:.4f} | {mine[cut][key]:.4f} |")
+    paired = [
+        result["eval"]["paired"][name]["EASE"]["true engagement@10"] for name in ("base", "dropout")
+    ]
+    lines.append(
+        "| cascade - EASE, paired per user (95%) | "
+        + " | ".join(
+            f"{d['mean_difference']:+.4f} [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]"
+            for d in paired
+        )
+        + " |"
+    )
+    lines += [
+        "",
+        "Served fusion weights, tuned on each ranker's validation slice: "
+        + "; ".join(f"{name} {weights}" for name, weights in result["fusion_weights"].items()),
+    ]
     funnel = result["funnel"]
     lines += [
         "",
         "Uploads kept per request (`python -m bench.cold_start_funnel`, 100 users at the run's "
         "last request time):",
         "",
-        "| stage | published | dropout |",
-        "|---|---|---|",
+        "| stage | " + " | ".join(funnel) + " |",
+        "|---" * (len(funnel) + 1) + "|",
     ]
-    for stage, value in funnel["published"]["uploaded_per_request"].items():
-        lines.append(f"| {stage} | {value} | {funnel['dropout']['uploaded_per_request'][stage]} |")
+    for stage in funnel["dropout"]["uploaded_per_request"]:
+        values = " | ".join(str(run["uploaded_per_request"][stage]) for run in funnel.values())
+        lines.append(f"| {stage} | {values} |")
     sim = result["simulation"]
     lines += [
         "",
@@ -158,7 +187,7 @@ def to_markdown(result: dict) -> str:
         "| run | arm | fresh share per day | engagement per day |",
         "|---|---|---|---|",
     ]
-    for run in ("published", "dropout"):
+    for run in sim:
         for arm, days in sim[run]["arms"].items():
             fresh = " / ".join(f"{d['fresh_share']:.3f}" for d in days)
             value = " / ".join(f"{d['expected_engagement']:.4f} ± {d['ci95']:.4f}" for d in days)

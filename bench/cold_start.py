@@ -182,7 +182,9 @@ def to_markdown(result: dict) -> str:
         "Share of impressions on items younger than a day, per simulated day (`cascade "
         f"simulate`, {sim['dropout']['config']['users']} users x "
         f"{sim['dropout']['config']['days']} days, seed {sim['dropout']['config']['seed']}), "
-        "and expected engagement per impression:",
+        "and expected engagement per impression (95% interval over sessions); committed: "
+        "results/loop/uploads on the published bundle, published: the same bundle re-run on this "
+        "code, dropout: the new ranker; every run on a 2-core machine shared with other jobs:",
         "",
         "| run | arm | fresh share per day | engagement per day |",
         "|---|---|---|---|",

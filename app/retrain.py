@@ -204,6 +204,7 @@ def fine_tune_rank(
         tasks=tasks,
         fusion=dict(meta["fusion_weights"]),
         ips=bool(meta["config"]["train"].get("ips", False)),  # as the published ranker learnt
+        item_id_dropout=float(meta["config"]["train"].get("item_id_dropout", 0.0)),
     )
     before = evaluate(predict(model, validation_rows, spec), validation, tasks)
     model, info = fit(prepared, tasks, model_config, train_config, model=model)

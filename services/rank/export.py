@@ -160,6 +160,8 @@ def write_component(
                 "position_tower": bool(getattr(model_config, "position_tower", False)),
                 "ips": bool(getattr(train_config, "ips", False)),
             },
+            # Share of training rows shown with the item id unknown (services/rank/cold_start.py).
+            "cold_start": {"item_id_dropout": float(getattr(train_config, "item_id_dropout", 0.0))},
         },
     )
     log.info("rank: exported %s (ONNX parity %.1e)", path, gap)

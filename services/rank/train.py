@@ -26,6 +26,7 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from services.rank.cold_start import ItemIdDropout, learn_unknown_rows
 from services.rank.context import FoldedMF, MFPositions
 from services.rank.debias import ips_weights, known_examination, position_ids
 from services.rank.examples import RecallExamples
@@ -69,10 +70,16 @@ class TrainConfig:
     # Inverse propensity weighting of positive labels by the world's known examination
     # probability of their slot (services/rank/debias.py; the synthetic world only).
     ips: bool = False
+    # Cold start (services/rank/cold_start.py): this seeded share of each batch's rows is shown
+    # with its item id and MF position unknown (row 0, as serving sees an upload), so row 0
+    # learns to score an unseen item from its metadata. 0 = off.
+    item_id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.examples not in EXAMPLES:
             raise ValueError(f"examples must be one of {EXAMPLES}, got {self.examples!r}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
 
 
 @dataclass
@@ -253,6 +260,9 @@ def fit(
     targets = torch.from_numpy(labels(prepared.train[1], tasks))
     positions = tower_positions(model, prepared.train[1])
     weights = loss_weights(config, prepared.dataset, prepared.train[1], targets.numpy())
+    dropout = ItemIdDropout(input_names(spec), config.item_id_dropout, config.seed)
+    if config.item_id_dropout:
+        learn_unknown_rows(model)
     val_rows, val_impressions = prepared.validation
     val_labels = labels(val_impressions, tasks)
     val_positions = tower_positions(model, val_impressions)
@@ -265,7 +275,9 @@ def fit(
         for s in range(0, len(order), config.batch_size):
             batch = order[s : s + config.batch_size]
             logits = training_logits(
-                model, [x[batch] for x in inputs], None if positions is None else positions[batch]
+                model,
+                dropout([x[batch] for x in inputs]),
+                None if positions is None else positions[batch],
             )
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, targets[batch], weight=None if weights is None else weights[batch]
@@ -400,11 +412,24 @@ def main(argv: list[str] | None = None) -> None:
         help="weight positive labels by 1 / the world's examination probability of their slot "
         "(synthetic world only)",
     )
+    parser.add_argument(
+        "--item-id-dropout",
+        type=float,
+        default=TrainConfig.item_id_dropout,
+        metavar="P",
+        help="show this share of training rows with the item id and MF position unknown, so "
+        "the ranker learns to score uploads it has never seen (services/rank/cold_start.py; "
+        f"default: {TrainConfig.item_id_dropout})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)
     config = TrainConfig(
-        seed=args.seed, max_epochs=args.max_epochs, examples=args.examples, ips=args.ips
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        examples=args.examples,
+        ips=args.ips,
+        item_id_dropout=args.item_id_dropout,
     )
     model_config = ModelConfig(position_tower=args.position_tower)
     from cascade.artifacts import ArtifactError, Bundle

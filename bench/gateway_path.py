@@ -30,7 +30,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,8 +135,8 @@ def metric_labels(rounds: int, calls: int) -> dict:
 
 
 class OldMetricsInterceptor(MetricsInterceptor):
-    """The metrics interceptor before: a new wrapped handler per call, RpcMetrics.observe's
-    context manager around the behavior."""
+    """The metrics interceptor before: a new wrapped handler per call, a context manager
+    (`old_observe`) around the behavior."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -145,13 +146,33 @@ class OldMetricsInterceptor(MetricsInterceptor):
         return handler._replace(unary_unary=self._old_wrap(handler.unary_unary, rpc))
 
     def _old_wrap(self, behavior, rpc: str):
-        observe = self.metrics.observe
+        metrics = self.metrics
 
         def handle(request, context):
-            with observe(rpc, context):
+            with old_observe(metrics, rpc, context):
                 return behavior(request, context)
 
         return handle
+
+
+@contextmanager
+def old_observe(metrics: RpcMetrics, rpc: str, context) -> Iterator[None]:
+    """RpcMetrics.observe as it was: the call's bookkeeping as a context manager."""
+    latency, in_flight = metrics._rpc_children(rpc)
+    in_flight.inc()
+    start = time.perf_counter()
+    code = grpc.StatusCode.UNKNOWN
+    try:
+        yield
+        code = context.code() or grpc.StatusCode.OK
+    except BaseException:
+        aborted = context.code()
+        code = aborted if aborted not in (None, grpc.StatusCode.OK) else code
+        raise
+    finally:
+        latency.observe(time.perf_counter() - start)
+        in_flight.dec()
+        metrics._code_counter(rpc, code).inc()
 
 
 def server_interceptors(rounds: int, calls: int) -> dict:

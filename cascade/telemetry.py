@@ -11,8 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -133,25 +132,34 @@ class RpcMetrics:
         self._per_rpc: dict[str, tuple] = {}  # labelled children, cached: labels() costs µs
         self._per_code: dict[tuple[str, grpc.StatusCode], Counter] = {}
 
-    @contextmanager
-    def observe(self, rpc: str, context: grpc.ServicerContext) -> Iterator[None]:
-        """Time the block as one call of `rpc`; its code is the context's, UNKNOWN if it raised."""
+    def timed(self, behavior: Callable, rpc: str) -> Callable:
+        """`behavior` (a unary-response handler) counted as calls of `rpc`: latency, calls in
+        flight, and each call's final code (the context's; UNKNOWN if it raised otherwise). The
+        bookkeeping is inline: a context manager per call costs more than it does."""
         latency, in_flight = self._rpc_children(rpc)
-        in_flight.inc()
-        start = time.perf_counter()
-        code = grpc.StatusCode.UNKNOWN
-        try:
-            yield
-            code = context.code() or grpc.StatusCode.OK
-        except BaseException:
-            # context.abort() raises after setting the code; any other exception becomes UNKNOWN.
-            aborted = context.code()
-            code = aborted if aborted not in (None, grpc.StatusCode.OK) else code
-            raise
-        finally:
-            latency.observe(time.perf_counter() - start)
-            in_flight.dec()
-            self._code_counter(rpc, code).inc()
+        code_counter = self._code_counter
+
+        def handle(request, context):
+            in_flight.inc()
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = behavior(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except BaseException:
+                # context.abort() raises after setting the code; any other exception: UNKNOWN.
+                aborted = context.code()
+                code = aborted if aborted not in (None, grpc.StatusCode.OK) else code
+                raise
+            finally:
+                latency.observe(time.perf_counter() - start)
+                in_flight.dec()
+                code_counter(rpc, code).inc()
+
+        # A behavior that runs on its own pool (the gateway's refusals) keeps it.
+        handle.experimental_thread_pool = getattr(behavior, "experimental_thread_pool", None)
+        return handle
 
     def _rpc_children(self, rpc: str) -> tuple:
         children = self._per_rpc.get(rpc)
@@ -172,7 +180,7 @@ class RpcMetrics:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Wraps the handler of every registered unary-response method in RpcMetrics.observe's
+    """Wraps the handler of every registered unary-response method in RpcMetrics.timed's
     bookkeeping. A method's wrapped handler is built once and reused while the handler under it
     stays the same object (every call but a refusal's): no new handler, closure or context
     manager per call (`python -m bench.gateway_path`, server_interceptors_cpu)."""
@@ -204,31 +212,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         return handler
 
     def _wrap(self, behavior: Callable, rpc: str) -> Callable:
-        metrics = self.metrics
-        latency, in_flight = metrics._rpc_children(rpc)
-
-        def handle(request, context):
-            # RpcMetrics.observe, inline: its generator-based context manager costs more than
-            # the bookkeeping itself.
-            in_flight.inc()
-            start = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = behavior(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except BaseException:
-                aborted = context.code()
-                code = aborted if aborted not in (None, grpc.StatusCode.OK) else code
-                raise
-            finally:
-                latency.observe(time.perf_counter() - start)
-                in_flight.dec()
-                metrics._code_counter(rpc, code).inc()
-
-        # A behavior that runs on its own pool (the gateway's refusals) keeps it.
-        handle.experimental_thread_pool = getattr(behavior, "experimental_thread_pool", None)
-        return handle
+        return self.metrics.timed(behavior, rpc)
 
 
 @dataclass

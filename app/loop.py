@@ -290,7 +290,9 @@ def plot(report: dict, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
+    """`cascade simulate`'s options (benches that drive `run` parse theirs with it too, so every
+    option keeps its one default)."""
     parser = argparse.ArgumentParser(prog="cascade simulate", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
@@ -356,7 +358,11 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("results/loop"),
         help="folder for simulation.{json,md,png} (default: results/loop)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "simulation.json").write_text(json.dumps(report, indent=2))

@@ -142,18 +142,12 @@ def serve(args: argparse.Namespace, variant: Variant) -> dict:
     root = args.work / "artifacts"
     bundle = variant.name if (root / variant.name).exists() else "baseline"
     publish(root, bundle)
-    options = argparse.Namespace(
-        data_dir=args.data_dir,
-        artifacts=root,
-        gateway=None,
-        token=None,
-        days=args.days,
-        users=args.users,
-        sessions_per_day=1.0,
-        arms=list(ARMS),
-        retrain=variant.retrain,
-        seed=args.seed,
-        run_dir=args.work / "run",
+    options = loop.arguments().parse_args(
+        [
+            *("--data-dir", str(args.data_dir), "--artifacts", str(root)),
+            *("--days", str(args.days), "--users", str(args.users), "--seed", str(args.seed)),
+            *("--arms", *ARMS, "--retrain", variant.retrain, "--run-dir", str(args.work / "run")),
+        ]
     )
     report = loop.run(options)
     report["bundle"] = bundle

@@ -68,3 +68,23 @@ def test_every_option_row_names_the_command_that_trains_it():
     assert commands["ips"].endswith("--max-epochs 2 --ips")
     assert commands["no-logq"].endswith("--no-two-tower-logq")
     assert commands["mixed-negatives"].endswith("--two-tower-mixed-negatives 1024")
+
+
+def test_each_variant_is_served_with_every_option_of_cascade_simulate(tmp_path, monkeypatch):
+    """serve() parses its options with the simulator's own parser: an option added there (e.g.
+    uploads per day) reaches the loop with its default instead of a missing attribute."""
+    from argparse import Namespace
+
+    from app import loop
+    from bench import debias
+
+    seen = []
+    monkeypatch.setattr(loop, "run", lambda options: seen.append(options) or {})
+    monkeypatch.setattr(debias, "publish", lambda root, version: None)
+    args = Namespace(work=tmp_path, data_dir=tmp_path / "data", days=2, users=30, seed=4)
+    debias.serve(args, VARIANTS[0])
+    expected = loop.arguments().parse_args([])
+    assert set(vars(seen[0])) == set(vars(expected))
+    assert (seen[0].days, seen[0].users, seen[0].seed) == (2, 30, 4)
+    assert seen[0].arms == list(debias.ARMS) and seen[0].retrain == VARIANTS[0].retrain
+    assert seen[0].uploads_per_day == expected.uploads_per_day

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from app import stack
-from app.catalog_fold import read_uploads
 from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     REFERENCE_ARMS,
@@ -31,6 +30,7 @@ from app.simulate import (
     summarise,
 )
 from cascade.artifacts import Bundle, publish
+from cascade.catalog_fold import read_uploads
 from cascade.data import load_dataset
 from gateway.arms import Arm
 from gateway.client import CascadeClient

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from app.catalog_fold import read_uploads, with_uploads
 from app.fold import heard_interactions, served_impressions
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
 from cascade.backends import open_event_log
+from cascade.catalog_fold import read_uploads, save_uploads, with_uploads
 from cascade.data.schema import DataError, Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec
@@ -132,6 +132,8 @@ def retrain(
         report["recall"] = refresh_recall(artifacts, version, previous, base.dataset, plays)
     if config.prerank_epochs and "prerank" in previous.manifest["components"]:
         report["prerank"] = distill_prerank(artifacts, version, previous, base, data_dir, config)
+    if uploads is not None and uploads.num_rows:
+        save_uploads(BundleWriter(artifacts, version), uploads)
     if publish_it:
         publish(artifacts, version)
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -174,13 +174,15 @@ def _empty_items() -> dict[str, np.ndarray]:
 class CatalogUpdatesService(catalog_pb2_grpc.CatalogUpdatesServicer):
     """Applies forwarded uploads and follow changes to the store a stage serves (`store()` is
     read per call, so a hot reload's new store gets what follows; the service keeps what it
-    applied and hands it to a new store with `reapply`)."""
+    applied and hands it to a new store with `reapply`). What it keeps stays bounded: uploads
+    a new bundle already holds (the daily retrain folds them in) are forgotten at its reload,
+    and only each (follower, followee) pair's latest change is kept."""
 
     def __init__(self, store: Callable[[], object], max_batch: int = 1000):
         self.store = store
         self.max_batch = max_batch
         self._items: list[catalog_pb2.NewItem] = []
-        self._changes: list[catalog_pb2.FollowChange] = []
+        self._changes: dict[tuple[int, int], catalog_pb2.FollowChange] = {}
         self._lock = threading.Lock()
 
     def AddItems(self, request: catalog_pb2.AddItemsRequest, context: grpc.ServicerContext):
@@ -207,15 +209,25 @@ class CatalogUpdatesService(catalog_pb2_grpc.CatalogUpdatesServicer):
             invalid_argument(context, problem.field, str(problem))
         apply_follows(self.store(), request.changes)
         with self._lock:
-            self._changes.extend(request.changes)
+            for change in request.changes:  # in order: the latest change of a pair wins
+                self._changes[(change.follower_id, change.followee_id)] = change
         return catalog_pb2.ChangeFollowsResponse(applied=len(request.changes))
 
     def reapply(self, store) -> None:
         """Gives a newly loaded store (hot reload) what this stage was told since start."""
         with self._lock:
-            items, changes = list(self._items), list(self._changes)
+            items, changes = list(self._items), list(self._changes.values())
+        ids = np.array([i.item_id for i in items], np.int64)
+        bundled = set(ids[store.known_items(ids)].tolist()) if len(ids) else set()
         apply_items(store, items)
         apply_follows(store, changes)
+        with self._lock:  # what arrived meanwhile is kept: only the bundle's own items go
+            self._items = [i for i in self._items if i.item_id not in bundled]
+
+    def held(self) -> tuple[int, int]:
+        """(uploads, follow changes) kept for the next reload."""
+        with self._lock:
+            return len(self._items), len(self._changes)
 
     def _check_size(self, n: int, field: str) -> None:
         if n > self.max_batch:

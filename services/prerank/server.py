@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from cascade.artifacts import Bundle
 from cascade.backends import open_store, replay_catalog_from
 from cascade.candidates import to_proto
+from cascade.catalog_fold import load_bundle_uploads
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.feature_store import StoreLimits, check_store_setting
@@ -154,6 +155,7 @@ def load_scorer(settings: PrerankSettings) -> tuple[Bundle, PrerankScorer]:
     spec = build_spec(dataset, {f.name: f.width for f in trained.fields if f.kind != "sequence"})
     data = split_dataset(dataset)
     store = open_store(settings.store, dataset, spec, data, settings.store_limits)
+    load_bundle_uploads(store, bundle)  # what its retrain folded in
     if settings.event_log:  # the items uploaded while serving come back after a restart
         replay_catalog_from(store, settings.event_log)
     return bundle, PrerankScorer.from_bundle(bundle, store, settings.scorer)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.backends import open_store
 from cascade.candidates import CHANNELS, to_proto
+from cascade.catalog_fold import load_bundle_uploads
 from cascade.data.schema import load
 from cascade.data.split import split_dataset
 from cascade.events import check_events
@@ -125,9 +126,10 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         store = open_store(
             settings.store, dataset, spec, split_dataset(dataset), settings.store_limits
         )
+        load_bundle_uploads(store, bundle)
         if settings.event_log:
             replay_event_log(store, settings.event_log, events=settings.store == "memory")
-    # A retrained bundle also covers the items uploaded since the dataset (app/catalog_fold.py).
+    # A retrained bundle also covers the items uploaded since the dataset (cascade/catalog_fold.py).
     if tables["item_cf"]["neighbours"].shape[0] < dataset.n_items:
         raise ArtifactError(
             f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from app.catalog_fold import read_uploads
 from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     GatewayPolicy,
@@ -21,7 +20,11 @@ from app.simulate import (
     summarise,
 )
 from cascade.artifacts import Bundle
+from cascade.catalog_fold import load_bundle_uploads, read_uploads
+from cascade.data.split import split_dataset
 from cascade.data.synthetic import DAY, SyntheticConfig, generate
+from cascade.feature_store import InMemoryFeatureStore
+from cascade.features import build_spec
 from gateway.arms import Arm
 from gateway.client import CascadeClient
 from tests.app.test_simulate import wait_until_served
@@ -114,6 +117,14 @@ def test_a_simulation_with_uploads_against_the_real_stack_folds_them_overnight(w
         assert not set(range(world.n_items + 10, world.n_items + 20)) & set(fresh.tolist())
         store = recall_service.state.store  # the reloaded one
         assert store.known_items(np.arange(world.n_items, world.n_items + 20)).all()
+        # Each stage keeps only what its bundle lacks for the next reload: day 2's uploads. The
+        # bundle itself carries day 1's, so a stage started on it without the log knows them.
+        assert recall_service.updates.held()[0] == 10
+        fresh_store = InMemoryFeatureStore.from_split(
+            world, build_spec(world), split_dataset(world)
+        )
+        assert load_bundle_uploads(fresh_store, bundle) == 10
+        assert fresh_store.known_items(np.arange(world.n_items, world.n_items + 10)).all()
         assert retrained[0]["served_impressions"] > 0
         served = rows["arm"] == "cascade"
         assert served.sum() >= 20

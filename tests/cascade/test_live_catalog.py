@@ -17,6 +17,7 @@ from cascade.live_catalog import (
     FOLLOWS,
     UPLOADS,
     CatalogProblem,
+    CatalogUpdatesService,
     categories_matrix,
     check_new_items,
 )
@@ -120,3 +121,26 @@ def test_a_restarted_stage_replays_the_logged_uploads_and_follows(tiny_dataset, 
     assert store.known_items(np.array([n, n + 1])).all()
     assert store.item_attributes(np.array([n + 1]))["upload_ts"].tolist() == [6]
     assert store.live.follow_changes(4)[0].tolist() == [2]
+
+
+def test_a_reload_forgets_the_uploads_its_bundle_holds_and_keeps_the_rest(tiny_dataset):
+    """What a stage keeps for the next hot reload stays bounded: the uploads the new bundle
+    already holds (the daily retrain folded them in) are dropped; later ones, and only the latest
+    change of each follow pair, are kept and handed to the new store."""
+    store = _store(tiny_dataset)
+    n = store.n_items
+    service = CatalogUpdatesService(lambda: store)
+    items = [catalog_pb2.NewItem(item_id=i, creator_id=1, categories=[1]) for i in (n, n + 1)]
+    service.AddItems(catalog_pb2.AddItemsRequest(items=items), None)
+    changes = [
+        catalog_pb2.FollowChange(follower_id=4, followee_id=2, unfollow=stop)
+        for stop in (False, True)
+    ]
+    service.ChangeFollows(catalog_pb2.ChangeFollowsRequest(changes=changes), None)
+    assert service.held() == (2, 1)
+    reloaded = _store(tiny_dataset)  # the next bundle's store, which folded item n in
+    reloaded.add_items(np.array([n]), np.array([1]), categories_matrix([[1]]), [0])
+    service.reapply(reloaded)
+    assert reloaded.known_items(np.array([n, n + 1])).all()
+    assert reloaded.live.follow_changes(4)[1].tolist() == [2]  # the unfollow won
+    assert service.held() == (1, 1)

@@ -4,7 +4,9 @@ The retrain job (app/retrain.py) builds the next bundle on the dataset plus thes
 recall tables (fresh, creator and category indexes, follows, co-occurrence, trending, MF) hold the
 uploads and their plays, and the ranker's examples on them carry their creator, categories and
 age. The feature spec stays the published one: an uploaded id is out of the models' vocabulary
-(encoded as the unknown row), exactly as the serving stores encode it.
+(encoded as the unknown row), exactly as the serving stores encode it. The bundle carries the
+uploads it folded (its `catalog` component), so every stage that loads it serves the same
+catalogue without the event log (`load_bundle_uploads`) and keeps only later uploads in memory.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 
+from cascade.artifacts import Bundle, BundleWriter
 from cascade.backends import open_event_log
 from cascade.data.schema import Dataset
-from cascade.live_catalog import UPLOADS, categories_matrix
+from cascade.live_catalog import UPLOADS, apply_items, categories_matrix, uploads_to_items
+
+CATALOG, UPLOADS_FILE = "catalog", "uploads.arrow"
 
 
 def read_uploads(url: str) -> pa.Table:
@@ -26,6 +31,26 @@ def read_uploads(url: str) -> pa.Table:
         return log.read_records("uploads")
     finally:
         log.close()
+
+
+def save_uploads(writer: BundleWriter, uploads: pa.Table) -> None:
+    """Records the uploads a bundle was trained with (its `catalog` component)."""
+    with pa.OSFile(str(writer.path(CATALOG, UPLOADS_FILE)), "wb") as sink:
+        with pa.ipc.new_file(sink, UPLOADS) as out:
+            out.write_table(uploads.select(UPLOADS.names).cast(UPLOADS))
+    writer.add(CATALOG, UPLOADS_FILE)
+    writer.set_component(CATALOG, {"uploads": uploads.num_rows})
+    writer.commit()
+
+
+def load_bundle_uploads(store, bundle: Bundle) -> int:
+    """Gives a store opened on the dataset the uploads its bundle folded in (the same path a
+    live upload takes, so their ids stay out of the models' vocabulary); returns how many were
+    new to it. A bundle trained on the dataset alone has none."""
+    if CATALOG not in bundle.manifest["components"]:
+        return 0
+    with pa.memory_map(str(bundle.file(CATALOG, UPLOADS_FILE))) as source:
+        return apply_items(store, uploads_to_items(pa.ipc.open_file(source).read_all()))
 
 
 def with_uploads(dataset: Dataset, uploads: pa.Table | None) -> Dataset:

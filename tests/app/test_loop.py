@@ -24,6 +24,25 @@ def test_the_headline_compares_the_cascade_with_ease_and_with_its_first_day():
     assert headline([row("ease", 0, 0.4, 0.04)]) == {}  # no cascade arm: no headline
 
 
+def test_rising_is_measured_as_the_fraction_of_the_oracle_random_gap():
+    """The oracle falls from 1.0 to 0.8 as users use up their best items: the cascade's raw
+    engagement falls too (0.46 -> 0.41) while it closes more of the gap (0.4 -> 0.45)."""
+    rows = [
+        row("random", 0, 0.10, 0.0),
+        row("oracle", 0, 1.00, 0.0),
+        row("cascade", 0, 0.46, 0.018),
+        row("random", 1, 0.10, 0.0),
+        row("oracle", 1, 0.80, 0.0),
+        row("cascade", 1, 0.415, 0.014),
+    ]
+    got = headline(rows)
+    assert got["cascade_last_vs_first_day"]["ratio"] < 1
+    gap = got["cascade_gap_last_vs_first_day"]
+    assert gap["ratio"] == pytest.approx(0.45 / 0.40, abs=1e-4)
+    # Only the cascade varies here: each gap +-0.02 (its half-width over the oracle-random range).
+    assert gap["ci95"] == pytest.approx(1.125 * ((0.02 / 0.4) ** 2 + (0.02 / 0.45) ** 2) ** 0.5)
+
+
 def test_the_markdown_lists_each_retraining_job():
     entry = {
         **row("cascade", 0, 0.3, 0.03),

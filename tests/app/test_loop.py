@@ -40,7 +40,9 @@ def test_rising_is_measured_as_the_fraction_of_the_oracle_random_gap():
     gap = got["cascade_gap_last_vs_first_day"]
     assert gap["ratio"] == pytest.approx(0.45 / 0.40, abs=1e-4)
     # Only the cascade varies here: each gap +-0.02 (its half-width over the oracle-random range).
-    assert gap["ci95"] == pytest.approx(1.125 * ((0.02 / 0.4) ** 2 + (0.02 / 0.45) ** 2) ** 0.5)
+    assert gap["ci95"] == pytest.approx(
+        1.125 * ((0.02 / 0.4) ** 2 + (0.02 / 0.45) ** 2) ** 0.5, abs=1e-4
+    )
 
 
 def test_the_markdown_lists_each_retraining_job():

@@ -322,7 +322,7 @@ def plot(report: dict, path: Path) -> None:
 # overrides or adds). The world's truth (cascade.data.synthetic.true_utility) has no diversity
 # term, and on validation users (disjoint from the simulated ones) two changes raise its true
 # engagement: rerank by relevance only (DPP theta 1 instead of 0.9) and recall from the item-CF
-# channel's EASE neighbours alone, cut to 100 that rank re-orders. Measured with
+# channel's EASE neighbours alone, cut to 200 that rank re-orders. Measured with
 # `python -m bench.funnel_tuning --reference served` (results/cascade/lift/).
 SIMULATED_STACK = {
     "CASCADE_RERANK_RERANK_DPP_TRADE_OFF": "1.0",
@@ -333,8 +333,8 @@ SIMULATED_STACK = {
     "CASCADE_RECALL_SOCIAL_QUOTA": "0.0",
     "CASCADE_RECALL_FRESH_QUOTA": "0.0",
     "CASCADE_RECALL_POPULAR_QUOTA": "0.0",
-    "CASCADE_GATEWAY_RECALL_COUNT": "100",
-    "CASCADE_GATEWAY_PRERANK_COUNT": "100",
+    "CASCADE_GATEWAY_RECALL_COUNT": "200",
+    "CASCADE_GATEWAY_PRERANK_COUNT": "200",
 }
 SIMULATED_ITEM_CF = "ease"  # the item-CF table the simulated stack serves (see SIMULATED_STACK)
 

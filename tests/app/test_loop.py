@@ -93,7 +93,7 @@ def test_the_simulated_stack_settings_are_valid_service_settings_and_set_overrid
     assert quotas["item_cf"] == 1.0 and sum(quotas.values()) == pytest.approx(1.0)
     assert load(RerankSettings, "rerank", SIMULATED_STACK).rerank.dpp_trade_off == 1.0
     gateway = load(GatewaySettings, "gateway", SIMULATED_STACK)
-    assert gateway.recall_count == gateway.prerank_count == 100
+    assert gateway.recall_count == gateway.prerank_count == 200
 
     args = parse(["--set", "CASCADE_RERANK_RERANK_DPP_TRADE_OFF=0.9", "--set", "CASCADE_X_Y=1"])
     assert args.settings["CASCADE_RERANK_RERANK_DPP_TRADE_OFF"] == "0.9"  # --set wins

@@ -204,14 +204,28 @@ def headline(rows: list[dict]) -> dict:
         ("cascade_last_vs_first_day", ("cascade", days[-1]), ("cascade", days[0])),
     ):
         if a in by and b in by and a != b:
-            x, y = by[a], by[b]
-            ratio = x["expected_engagement"] / y["expected_engagement"]
-            relative = (
-                (x["expected_ci95"] / x["expected_engagement"]) ** 2
-                + (y["expected_ci95"] / y["expected_engagement"]) ** 2
-            ) ** 0.5
-            out[name] = {"ratio": round(ratio, 4), "ci95": round(ratio * relative, 4)}
+            out[name] = _ratio(by[a], by[b])
     return out
+
+
+def per_day_vs_ease(rows: list[dict]) -> list[dict]:
+    """cascade / EASE on each simulated day (expected engagement, delta-method interval)."""
+    by = {(r["arm"], r["day"]): r for r in rows}
+    days = sorted({r["day"] for r in rows})
+    return [
+        {"day": day, **_ratio(by[("cascade", day)], by[("ease", day)])}
+        for day in days
+        if ("cascade", day) in by and ("ease", day) in by
+    ]
+
+
+def _ratio(x: dict, y: dict) -> dict:
+    ratio = x["expected_engagement"] / y["expected_engagement"]
+    relative = (
+        (x["expected_ci95"] / x["expected_engagement"]) ** 2
+        + (y["expected_ci95"] / y["expected_engagement"]) ** 2
+    ) ** 0.5
+    return {"ratio": round(ratio, 4), "ci95": round(ratio * relative, 4)}
 
 
 def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
@@ -266,6 +280,9 @@ def to_markdown(report: dict) -> str:
         lines += ["", "| headline (expected engagement) | ratio | ± (95%) |", "|---|---|---|"]
         for key, value in report["headline"].items():
             lines.append(f"| {names[key]} | {value['ratio']:.3f} | {value['ci95']:.3f} |")
+    if by_day := per_day_vs_ease(report["rows"]):
+        lines += ["", "| day | cascade / EASE | ± (95%) |", "|---|---|---|"]
+        lines += [f"| {r['day']} | {r['ratio']:.3f} | {r['ci95']:.3f} |" for r in by_day]
     if report.get("retraining"):
         lines += [
             "",

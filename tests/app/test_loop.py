@@ -102,3 +102,18 @@ def test_the_simulated_stack_settings_are_valid_service_settings_and_set_overrid
     assert parse([]).settings == SIMULATED_STACK and parse([]).item_cf == "ease"
     with pytest.raises(SystemExit):
         parse(["--set", "RANK_COUNT=5"])
+
+
+def test_the_markdown_gives_cascade_over_ease_for_every_day():
+    from app.loop import per_day_vs_ease
+
+    rows = [row("cascade", 0, 0.30, 0.03), row("ease", 0, 0.25, 0.025)]
+    rows += [
+        row("cascade", 1, 0.44, 0.044),
+        row("ease", 1, 0.40, 0.04),
+        row("random", 1, 0.1, 0.01),
+    ]
+    got = per_day_vs_ease(rows)
+    assert [r["day"] for r in got] == [0, 1]
+    assert got[0]["ratio"] == pytest.approx(1.2) and got[1]["ratio"] == pytest.approx(1.1)
+    assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)

@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from app import stack
+from app.evaluation_e2e import setting_overrides
 from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     REFERENCE_ARMS,
@@ -34,6 +36,7 @@ from cascade.catalog_fold import read_uploads
 from cascade.data import load_dataset
 from gateway.arms import Arm
 from gateway.client import CascadeClient
+from services.recall.tables import CF_MODELS, TableSettings
 
 DATASET = "synthetic"
 
@@ -59,14 +62,14 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     retraining: list[dict] = []
     if "cascade" in args.arms and args.gateway is None:
-        artifacts = serving_copy(args.artifacts, args.data_dir, args.run_dir)
+        artifacts = serving_copy(args.artifacts, args.data_dir, args.run_dir, args.item_cf)
         shutil.rmtree(args.run_dir / "eventlog", ignore_errors=True)  # this run's log only
         with stack.running_stack(
             args.run_dir,
             artifacts=artifacts,
             data_dir=args.data_dir,
             dataset=DATASET,
-            extra_env={"CASCADE_GATEWAY_CLOCK": "caller"},
+            extra_env={"CASCADE_GATEWAY_CLOCK": "caller"} | args.settings,
         ) as running:
             daily = None
             if args.retrain == "daily":
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
             "arms": list(args.arms),
             "seed": args.seed,
             "retrain": args.retrain if "cascade" in args.arms else "never",
+            "settings": args.settings if args.gateway is None else None,
+            "item_cf": args.item_cf if args.gateway is None else None,
             "world": dataset.meta["config"],
         },
         "seconds": round(time.perf_counter() - started, 1),
@@ -97,15 +102,31 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def serving_copy(artifacts: Path, data_dir: Path, run_dir: Path) -> Path:
+def serving_copy(
+    artifacts: Path, data_dir: Path, run_dir: Path, item_cf: str | None = None
+) -> Path:
     """RUN_DIR/artifacts holding the published synthetic bundle (hard links), published there:
-    the run's retrained bundles land beside it, never in ARTIFACTS."""
+    the run's retrained bundles land beside it, never in ARTIFACTS. With `item_cf` naming another
+    item-CF table than the bundle's, a copy with recall's tables rebuilt is published instead
+    (the daily retrain keeps the setting: it is recorded in the bundle)."""
     stack.ensure_bundle(artifacts, data_dir, DATASET, "current")
-    source = Bundle.open(artifacts).folder
+    source = Bundle.open(artifacts)
     target = run_dir / "artifacts"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target / source.name, copy_function=_link)
-    publish(target, source.name)
+    shutil.copytree(source.folder, target / source.folder.name, copy_function=_link)
+    served = source.folder.name
+    tables = source.component("recall").get("tables", {}).get("settings", {})
+    if item_cf is not None and TableSettings.from_dict(tables).cf_model != item_cf:
+        from cascade.data.split import split_dataset
+        from services.recall.train import rebuild_tables
+
+        served = f"{served}-{item_cf.replace('_', '-')}-cf"
+        print(f"== rebuilding recall's tables with item-CF {item_cf} into {served}", flush=True)
+        dataset = load_dataset(DATASET, data_dir)
+        train = split_dataset(dataset).train_interactions
+        settings = replace(TableSettings.from_dict(tables), cf_model=item_cf)
+        rebuild_tables(target, source.folder.name, served, dataset, train, settings)
+    publish(target, served)
     return target
 
 
@@ -185,15 +206,15 @@ def headline(rows: list[dict]) -> dict:
         ("cascade_last_vs_first_day", ("cascade", days[-1]), ("cascade", days[0])),
     ):
         if a in by and b in by and a != b:
-            x, y = by[a], by[b]
-            out[name] = _ratio(
-                (x["expected_engagement"], x["expected_ci95"]),
-                (y["expected_engagement"], y["expected_ci95"]),
-            )
+            out[name] = _ratio(_engagement(by[a]), _engagement(by[b]))
     gaps = [_gap_closed(by, day) for day in (days[-1], days[0])]
     if len(days) > 1 and None not in gaps:
         out["cascade_gap_last_vs_first_day"] = _ratio(*gaps)
     return out
+
+
+def _engagement(row: dict) -> tuple[float, float]:
+    return row["expected_engagement"], row["expected_ci95"]
 
 
 def _ratio(x: tuple[float, float], y: tuple[float, float]) -> dict:
@@ -208,11 +229,21 @@ def _gap_closed(by: dict, day: int) -> tuple[float, float] | None:
     if not all((arm, day) in by for arm in ("cascade", "oracle", "random")):
         return None
     (c, dc), (o, do), (r, dr) = (
-        (by[arm, day]["expected_engagement"], by[arm, day]["expected_ci95"])
-        for arm in ("cascade", "oracle", "random")
+        _engagement(by[arm, day]) for arm in ("cascade", "oracle", "random")
     )
     gap = (c - r) / (o - r)
     return gap, (dc**2 + (gap * do) ** 2 + ((1 - gap) * dr) ** 2) ** 0.5 / (o - r)
+
+
+def per_day_vs_ease(rows: list[dict]) -> list[dict]:
+    """cascade / EASE on each simulated day (expected engagement, delta-method interval)."""
+    by = {(r["arm"], r["day"]): r for r in rows}
+    days = sorted({r["day"] for r in rows})
+    return [
+        {"day": day, **_ratio(_engagement(by["cascade", day]), _engagement(by["ease", day]))}
+        for day in days
+        if ("cascade", day) in by and ("ease", day) in by
+    ]
 
 
 def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
@@ -233,7 +264,14 @@ def to_markdown(report: dict) -> str:
         f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
         f"of 10, arms by salted hash of the user id; {config.get('uploads_per_day', 0)} uploads "
         f"per simulated day, P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
-        f"{report['seconds']} s.",
+        + (
+            f"the cascade's stack: item-CF {config['item_cf']}, "
+            + ", ".join(f"{k}={v}" for k, v in config["settings"].items())
+            + "; "
+            if config.get("settings") is not None
+            else ""
+        )
+        + f"{report['seconds']} s.",
         "",
         "Engagement per impression: play + complete + 2 like + 3 share (expected: the truth's "
         "probabilities at the shown position; realised: the events drawn). 95% intervals over "
@@ -262,6 +300,9 @@ def to_markdown(report: dict) -> str:
         lines += ["", "| headline (expected engagement) | ratio | ± (95%) |", "|---|---|---|"]
         for key, value in report["headline"].items():
             lines.append(f"| {names[key]} | {value['ratio']:.3f} | {value['ci95']:.3f} |")
+    if by_day := per_day_vs_ease(report["rows"]):
+        lines += ["", "| day | cascade / EASE | ± (95%) |", "|---|---|---|"]
+        lines += [f"| {r['day']} | {r['ratio']:.3f} | {r['ci95']:.3f} |" for r in by_day]
     if report.get("retraining"):
         lines += [
             "",
@@ -312,6 +353,27 @@ def plot(report: dict, path: Path) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+# The service settings the simulated stack serves with, on top of the services' defaults (`--set`
+# overrides or adds). The world's truth (cascade.data.synthetic.true_utility) has no diversity
+# term, and on validation users (disjoint from the simulated ones) two changes raise its true
+# engagement: rerank by relevance only (DPP theta 1 instead of 0.9) and recall from the item-CF
+# channel's EASE neighbours alone, cut to 200 that rank re-orders. Measured with
+# `python -m bench.funnel_tuning --reference served` (results/cascade/lift/).
+SIMULATED_STACK = {
+    "CASCADE_RERANK_RERANK_DPP_TRADE_OFF": "1.0",
+    "CASCADE_RECALL_ITEM_CF_QUOTA": "1.0",
+    "CASCADE_RECALL_MF_QUOTA": "0.0",
+    "CASCADE_RECALL_TWO_TOWER_QUOTA": "0.0",
+    "CASCADE_RECALL_PROFILE_QUOTA": "0.0",
+    "CASCADE_RECALL_SOCIAL_QUOTA": "0.0",
+    "CASCADE_RECALL_FRESH_QUOTA": "0.0",
+    "CASCADE_RECALL_POPULAR_QUOTA": "0.0",
+    "CASCADE_GATEWAY_RECALL_COUNT": "200",
+    "CASCADE_GATEWAY_PRERANK_COUNT": "200",
+}
+SIMULATED_ITEM_CF = "ease"  # the item-CF table the simulated stack serves (see SIMULATED_STACK)
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -365,6 +427,24 @@ def arguments() -> argparse.ArgumentParser:
         "hot-reload the new bundle (app/retrain.py); never: serve the starting bundle throughout",
     )
     parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting of the started stack, as the environment variable the service "
+        "reads (repeatable); added to or replacing the simulated stack's own settings (app/loop.py "
+        f"SIMULATED_STACK: {', '.join(f'{k}={v}' for k, v in SIMULATED_STACK.items())})",
+    )
+    parser.add_argument(
+        "--item-cf",
+        choices=CF_MODELS,
+        default=SIMULATED_ITEM_CF,
+        help="the item-CF table the started stack serves; a bundle built with the other is "
+        "copied with its recall tables rebuilt (`cascade train recall --from-bundle`) "
+        f"(default: {SIMULATED_ITEM_CF})",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -385,8 +465,19 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """`cascade simulate`'s options, the service settings merged over SIMULATED_STACK."""
+    parser = arguments()
+    args = parser.parse_args(argv)
+    try:
+        args.settings = SIMULATED_STACK | setting_overrides(args.settings)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = arguments().parse_args(argv)
+    args = parse(argv)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "simulation.json").write_text(json.dumps(report, indent=2))

@@ -308,14 +308,19 @@ def publish_gate(
 def refresh_recall(
     artifacts: Path, version: str, previous: Bundle, dataset: Dataset, plays: Table
 ) -> dict:
-    """Recall's tables and MF channel from `plays`; the two-tower files stay as published."""
+    """Recall's tables and MF channel from `plays`, built with the published tables' settings
+    (e.g. EASE item-CF neighbours); the two-tower files stay as published."""
+    from services.recall.tables import TableSettings
     from services.recall.train import build_recall
 
     started = time.perf_counter()
     spec = FeatureSpec.from_json(previous.component("recall")["feature_spec"])
     writer = BundleWriter(artifacts, version)
     old = previous.component("recall")
-    info = build_recall(dataset, plays, writer, spec, two_tower=False, progress=False)
+    tables = TableSettings.from_dict(old.get("tables", {}).get("settings", {}))
+    info = build_recall(
+        dataset, plays, writer, spec, two_tower=False, progress=False, table_settings=tables
+    )
     if "two_tower" in old:  # carried over: its files came with the clone
         writer.manifest["components"]["recall"]["two_tower"] = old["two_tower"]
         writer.commit()

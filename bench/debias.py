@@ -142,7 +142,7 @@ def serve(args: argparse.Namespace, variant: Variant) -> dict:
     root = args.work / "artifacts"
     bundle = variant.name if (root / variant.name).exists() else "baseline"
     publish(root, bundle)
-    options = loop.arguments().parse_args(
+    options = loop.parse(
         [
             *("--data-dir", str(args.data_dir), "--artifacts", str(root)),
             *("--days", str(args.days), "--users", str(args.users), "--seed", str(args.seed)),

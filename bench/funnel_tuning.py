@@ -8,6 +8,7 @@ impression of its 10 slots; each configuration is paired per user against the de
 95% interval) and compared with EASE on the same users.
 
     python -m bench.funnel_tuning --out results/cascade [--users 500] [--configs default mf-0.5]
+        [--reference default] [--name funnel_tuning]
 """
 
 from __future__ import annotations
@@ -38,19 +39,40 @@ from services.recall.server import RecallSettings
 PAGE = 10  # the loop's page: what a simulated user is served
 
 
-def mf_quota(share: float) -> dict[str, str]:
-    """Recall settings giving the MF (EASE-family) channel `share` of the candidates and the other
-    channels the rest in their default proportions (quotas still sum to 1)."""
+def channel_quota(channel: str, share: float) -> dict[str, str]:
+    """Recall settings giving `channel` `share` of the candidates and the other channels the rest
+    in their default proportions (quotas still sum to 1)."""
     budgets = RecallSettings().budgets()
-    others = sum(b.quota for name, b in budgets.items() if name != "mf")
-    quotas = {n: (1 - share) * b.quota / others for n, b in budgets.items() if n != "mf"}
+    others = sum(b.quota for name, b in budgets.items() if name != channel)
+    quotas = {n: (1 - share) * b.quota / others for n, b in budgets.items() if n != channel}
     return {
-        f"CASCADE_RECALL_{n.upper()}_QUOTA": f"{q:.4f}" for n, q in (quotas | {"mf": share}).items()
+        f"CASCADE_RECALL_{n.upper()}_QUOTA": f"{q:.4f}"
+        for n, q in (quotas | {channel: share}).items()
     }
+
+
+def mf_quota(share: float) -> dict[str, str]:
+    """The MF (EASE-family) channel's share of the candidates (see channel_quota)."""
+    return channel_quota("mf", share)
 
 
 def cut(name: str, size: int) -> dict[str, str]:
     return {f"CASCADE_GATEWAY_{name.upper()}_COUNT": str(size)}
+
+
+def theta(trade_off: float) -> dict[str, str]:
+    """Rerank's DPP trade-off: 1 = relevance only (the ranked order under the page rules)."""
+    return {"CASCADE_RERANK_RERANK_DPP_TRADE_OFF": str(trade_off)}
+
+
+def item_cf(bundle: str, quota: float | None = None) -> dict[str, str]:
+    """Recall served from another bundle of the same root (one whose item-CF table holds EASE
+    neighbours: `python -m bench.item_cf_bundle`), optionally with the item-CF channel's quota
+    raised to `quota` and the other channels scaled to the rest."""
+    settings = {"CASCADE_RECALL_BUNDLE": bundle}
+    if quota is not None:
+        settings |= channel_quota("item_cf", quota)
+    return settings
 
 
 # The configuration the grid started from, pinned so the grid does not move with the served
@@ -89,6 +111,59 @@ GRID: dict[str, tuple[str, dict[str, str]]] = {
     "mf-1.0-recall-300-rank-50": (
         "MF quota 1.0, recall 300, prerank keeps 300, rank keeps 50",
         mf_quota(1.0) | cut("recall", 300) | cut("prerank", 300) | cut("rank", 50),
+    ),
+}
+FIRST_GRID = tuple(GRID)  # what `make bench-funnel-tuning` runs
+
+# The served defaults since the grid above (rank keeps 50), and what rerank and an EASE item-CF
+# table change from them: pair these against "served" (--reference served).
+SERVED = cut("rank", 50)
+EASE_CF = "synthetic-ease-cf"  # the bundle `python -m bench.item_cf_bundle` writes
+GRID |= {
+    "served": ("served defaults: funnel 2000 / 500 / 50, DPP theta 0.9", SERVED),
+    "theta-0.95": ("DPP theta 0.95", SERVED | theta(0.95)),
+    "theta-0.99": ("DPP theta 0.99", SERVED | theta(0.99)),
+    "theta-1": ("DPP theta 1 (relevance only)", SERVED | theta(1.0)),
+    "ease-cf": ("item-CF from EASE's weights", SERVED | item_cf(EASE_CF)),
+    "ease-cf-0.3": ("item-CF from EASE, quota 0.3", SERVED | item_cf(EASE_CF, 0.3)),
+    "ease-cf-1.0-recall-300": (
+        "item-CF from EASE, quota 1.0, recall 300, prerank keeps 300",
+        SERVED | item_cf(EASE_CF, 1.0) | cut("recall", 300) | cut("prerank", 300),
+    ),
+    "ease-cf-1.0-recall-100": (
+        "item-CF from EASE, quota 1.0, recall 100 (rank orders its top 100)",
+        SERVED | item_cf(EASE_CF, 1.0) | cut("recall", 100) | cut("prerank", 100),
+    ),
+}
+RELEVANCE = SERVED | theta(1.0)  # served defaults, rerank relevance only
+GRID |= {
+    "theta-1-ease-cf-1.0-recall-300": (
+        "DPP theta 1; item-CF from EASE, quota 1.0, recall 300, prerank keeps 300",
+        RELEVANCE | item_cf(EASE_CF, 1.0) | cut("recall", 300) | cut("prerank", 300),
+    ),
+    "theta-1-ease-cf-1.0-recall-200": (
+        "DPP theta 1; item-CF from EASE, quota 1.0, recall 200, prerank keeps 200",
+        RELEVANCE | item_cf(EASE_CF, 1.0) | cut("recall", 200) | cut("prerank", 200),
+    ),
+    "theta-1-ease-cf-1.0-recall-100": (
+        "DPP theta 1; item-CF from EASE, quota 1.0, recall 100, prerank keeps 100",
+        RELEVANCE | item_cf(EASE_CF, 1.0) | cut("recall", 100) | cut("prerank", 100),
+    ),
+    "theta-1-ease-cf-1.0-recall-50": (
+        "DPP theta 1; item-CF from EASE, quota 1.0, recall 50, prerank keeps 50",
+        RELEVANCE | item_cf(EASE_CF, 1.0) | cut("recall", 50) | cut("prerank", 50),
+    ),
+    "theta-1-ease-cf-1.0-recall-30": (
+        "DPP theta 1; item-CF from EASE, quota 1.0, recall 30, prerank keeps 30",
+        RELEVANCE | item_cf(EASE_CF, 1.0) | cut("recall", 30) | cut("prerank", 30),
+    ),
+    "theta-1-ease-cf-0.7-recall-100": (
+        "DPP theta 1; item-CF from EASE, quota 0.7, recall 100, prerank keeps 100",
+        RELEVANCE | item_cf(EASE_CF, 0.7) | cut("recall", 100) | cut("prerank", 100),
+    ),
+    "theta-1-mf-1.0-recall-300": (
+        "DPP theta 1; MF quota 1.0, recall 300, prerank keeps 300",
+        RELEVANCE | mf_quota(1.0) | cut("recall", 300) | cut("prerank", 300),
     ),
 }
 CONFIGS = {name: (what, START | change) for name, (what, change) in GRID.items()}
@@ -151,8 +226,10 @@ def tune(args: argparse.Namespace) -> dict:
         row = {"config": name, **runs[name], TRUTH: round(mean, 4)}
         row["ci95"] = interval(truth[name], args.seed)
         row["vs_EASE"] = round(mean / float(ease.mean()), 4)
-        if name != "default" and "default" in truth:
-            paired = paired_difference({TRUTH: truth[name]}, {TRUTH: truth["default"]}, args.seed)
+        if name != args.reference and args.reference in truth:
+            paired = paired_difference(
+                {TRUTH: truth[name]}, {TRUTH: truth[args.reference]}, args.seed
+            )
             row["vs_default"] = paired[TRUTH]
         rows.append(row)
     return {
@@ -161,6 +238,7 @@ def tune(args: argparse.Namespace) -> dict:
         "users": len(protocol.users),
         "seed": args.seed,
         "page": PAGE,
+        "reference": args.reference,
         "EASE": {TRUTH: round(float(ease.mean()), 4), "ci95": interval(ease, args.seed)},
         "rows": rows,
     }
@@ -172,6 +250,8 @@ def clearly_better(row: dict) -> bool:
 
 def to_markdown(report: dict) -> str:
     ease = report["EASE"]
+    reference = report.get("reference", "default")
+    against = "the default" if reference == "default" else reference
     lines = [
         "# Recall quotas and funnel sizes tuned on the truth (validation split)",
         "",
@@ -181,7 +261,7 @@ def to_markdown(report: dict) -> str:
         "the slot's position. EASE on the "
         f"same users: {ease[TRUTH]:.4f} [{ease['ci95'][0]:.4f}, {ease['ci95'][1]:.4f}].",
         "",
-        f"| config | changes | {TRUTH} | 95% interval | / EASE | paired vs default "
+        f"| config | changes | {TRUTH} | 95% interval | / EASE | paired vs {reference} "
         "[95% interval] | better / worse | degraded | p50 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -200,9 +280,9 @@ def to_markdown(report: dict) -> str:
         )
     better = [row["config"] for row in report["rows"] if clearly_better(row)]
     verdict = (
-        f"Clearly better than the default (paired interval above 0): {', '.join(better)}."
+        f"Clearly better than {against} (paired interval above 0): {', '.join(better)}."
         if better
-        else "No configuration is clearly better than the default (every paired interval "
+        else f"No configuration is clearly better than {against} (every paired interval "
         "includes 0 or lies below it)."
     )
     return "\n".join([*lines, "", verdict, ""])
@@ -215,17 +295,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path(".cascade/funnel-tuning"))
     parser.add_argument("--users", type=int, default=500, help="validation users sampled")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(FIRST_GRID))
+    parser.add_argument(
+        "--reference", default="default", help="the config every other is paired against"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
+    parser.add_argument("--name", default="funnel_tuning", help="report file stem under --out")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     report = tune(args) | {"seconds": 0.0}
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "funnel_tuning.json").write_text(json.dumps(report, indent=2))
-    (args.out / "funnel_tuning.md").write_text(to_markdown(report))
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{args.name}.md").write_text(to_markdown(report))
     print(to_markdown(report))
-    print(f"saved {args.out}/funnel_tuning.json, funnel_tuning.md")
+    print(f"saved {args.out}/{args.name}.json, {args.name}.md")
     return 0
 
 

@@ -12,16 +12,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cascade.artifacts import Bundle, BundleWriter
+from cascade.baselines import EASE
 from cascade.data.schema import Dataset, Table
 
 COMPONENT = "recall"
 TABLES = ("item_cf", "profile", "social", "fresh", "popular")
+CF_MODELS = ("co_consumption", "ease")
 DAY = 86_400
 
 
 @dataclass(frozen=True)
 class TableSettings:
     cf_neighbours: int = 200  # neighbours kept per item
+    # "co_consumption": the scores below; "ease": EASE's item-item weights B (Steck, 2019), each
+    # item's neighbours its largest |B| entries (signed): dense n x n, small catalogs only.
+    cf_model: str = "co_consumption"
+    cf_ease_l2: float = 500.0  # EASE's lambda (the baseline's)
     cf_window: int = 30  # co-consumption counts between items at most this many plays apart
     cf_time_scale_s: float = 3 * DAY  # pairs consumed further apart in time count less
     cf_popularity_penalty: float = 0.6  # score / (n_a^(1-p) n_b^p): p > 0.5 damps popular targets
@@ -29,8 +35,19 @@ class TableSettings:
     index_per_group: int = 500  # profile: items kept per creator and per category
     social_per_account: int = 100  # social: newest uploads + likes kept per account
 
+    def __post_init__(self) -> None:
+        if self.cf_model not in CF_MODELS:
+            raise ValueError(f"cf_model must be one of {CF_MODELS}, got {self.cf_model!r}")
+        if self.cf_neighbours < 1:
+            raise ValueError(f"cf_neighbours must be >= 1, got {self.cf_neighbours}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TableSettings:
+        """Settings recorded in a bundle; bundles from before `cf_model` existed get its default."""
+        return cls(**values)
 
 
 def build_tables(
@@ -41,7 +58,11 @@ def build_tables(
     as_of = int(train["ts"].max())
     trending = _trending(train, dataset.n_items, as_of, settings.trending_half_life_s)
     return {
-        "item_cf": _item_cf(train, dataset.n_items, settings),
+        "item_cf": (
+            _ease_neighbours(train, dataset.n_users, dataset.n_items, settings)
+            if settings.cf_model == "ease"
+            else _item_cf(train, dataset.n_items, settings)
+        ),
         "profile": _profile(dataset, trending, settings.index_per_group),
         "social": _social(dataset, train, settings.social_per_account),
         "fresh": _fresh(dataset),
@@ -101,6 +122,30 @@ def _item_cf(train: Table, n_items: int, settings: TableSettings) -> dict[str, n
     score = together / (popularity[source] ** (1 - p) * popularity[target] ** p)
     neighbours, weights_out = _top_per_group(source, target, score, n_items, settings.cf_neighbours)
     return {"neighbours": neighbours, "weights": weights_out}
+
+
+def _ease_neighbours(
+    train: Table, n_users: int, n_items: int, settings: TableSettings, block: int = 512
+) -> dict[str, np.ndarray]:
+    """Item i's neighbours: the items j with the largest |B[i, j]| of EASE's weights, B[i, j]
+    kept signed, so summing a user's seeds' rows restricted to them is EASE's own score
+    (score(u, j) = sum over i in u's history of B[i, j]) truncated to the strongest entries."""
+    weights = EASE(l2=settings.cf_ease_l2).fit(train, n_users, n_items).weights  # raises if large
+    k = min(settings.cf_neighbours, n_items)
+    neighbours = np.zeros((n_items, k), dtype=np.int64)
+    values = np.zeros((n_items, k), dtype=np.float32)
+    for start in range(0, n_items, block):  # blocks of rows: |B| is never a second n x n copy
+        rows = weights[start : start + block]
+        strength = np.abs(rows)
+        top = np.argpartition(-strength, k - 1, axis=1)[:, :k]
+        picked = np.take_along_axis(strength, top, axis=1)
+        order = np.lexsort((top, -picked), axis=1)  # strongest first, ties by the smaller id
+        top = np.take_along_axis(top, order, axis=1)
+        signed = np.take_along_axis(rows, top, axis=1)
+        nonzero = signed != 0  # an item never co-consumed has no neighbour: 0-padded
+        neighbours[start : start + block] = np.where(nonzero, top, 0)
+        values[start : start + block] = np.where(nonzero, signed, 0.0)
+    return {"neighbours": neighbours, "weights": values}
 
 
 def _top_per_group(

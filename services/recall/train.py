@@ -2,7 +2,7 @@
 FAISS index, the MF channel's item vectors + index (services/recall/mf.py), the channel tables.
 
     python -m services.recall.train --dataset ml-100k --data-dir data --artifacts artifacts \
-        [--version V] [--publish] [--no-two-tower]
+        [--version V] [--publish] [--no-two-tower] [--item-cf ease] [--from-bundle current]
 
 Everything is trained on the per-user temporal split's training part (the serving store is built
 from the same part), and the component records the feature spec so serving refuses a mismatch.
@@ -14,13 +14,15 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from cascade.artifacts import BundleWriter, add_training_arguments, publish
+from cascade.artifacts import Bundle, BundleWriter, add_training_arguments, clone, publish
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import split_dataset
 from cascade.features import FeatureSpec, build_spec
 from services.recall.tables import (
+    CF_MODELS,
     COMPONENT,
     TableSettings,
     build_tables,
@@ -80,6 +82,32 @@ def build_recall(
     return info
 
 
+def rebuild_tables(
+    artifacts: Path,
+    source_name: str,
+    version: str,
+    dataset: Dataset,
+    train: Table,
+    table_settings: TableSettings,
+) -> Path:
+    """A copy of bundle `source_name` (every stage) as `version` whose recall tables and MF
+    channel are rebuilt with `table_settings`; the two-tower is kept. Returns the folder."""
+    old = Bundle.open(artifacts, source_name).component(COMPONENT)
+    if old.get("dataset") != dataset.name:
+        raise ValueError(
+            f"bundle {source_name}: its recall was trained on {old.get('dataset')!r}, "
+            f"not {dataset.name!r}"
+        )
+    clone(artifacts, source_name, version)  # hard links; the rebuilt files replace theirs
+    writer = BundleWriter(artifacts, version)
+    spec = FeatureSpec.from_json(old["feature_spec"])
+    build_recall(dataset, train, writer, spec, two_tower=False, table_settings=table_settings)
+    if "two_tower" in old:  # its files came with the copy
+        writer.manifest["components"][COMPONENT]["two_tower"] = old["two_tower"]
+        writer.commit()
+    return writer.folder
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from services.recall.two_tower import TwoTowerConfig
 
@@ -101,20 +129,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="no logQ correction of the in-batch softmax by each item's sampling frequency",
     )
+    parser.add_argument(
+        "--item-cf",
+        choices=CF_MODELS,
+        default=TableSettings.cf_model,
+        help="the item-CF channel's neighbours: time-decayed co-consumption, or EASE's item-item "
+        f"weights (dense, small catalogs; default: {TableSettings.cf_model}); recorded in the "
+        "bundle (recall.tables.settings.cf_model) and kept by the daily retrain",
+    )
+    parser.add_argument(
+        "--from-bundle",
+        default=None,
+        metavar="NAME",
+        help="copy bundle NAME under --artifacts (every stage) into the new version and rebuild "
+        "only recall's tables and MF channel, keeping NAME's two-tower: what a table setting "
+        "changes, without retraining the rest",
+    )
     args = parser.parse_args(argv)
     if args.two_tower_mixed_negatives < 0:
         parser.error("--two-tower-mixed-negatives must be >= 0")
+    if args.from_bundle and not args.version:
+        parser.error("--from-bundle needs --version (the copy's name)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     dataset = load_dataset(args.dataset, args.data_dir)
     train = split_dataset(dataset).train_interactions
+    table_settings = TableSettings(cf_model=args.item_cf)
+    if args.from_bundle:
+        try:
+            folder = rebuild_tables(
+                args.artifacts, args.from_bundle, args.version, dataset, train, table_settings
+            )
+        except ValueError as error:
+            parser.error(f"--from-bundle: {error}")
+        log.info("recall tables (%s) rebuilt into %s", args.item_cf, folder)
+        if args.publish:
+            publish(args.artifacts, args.version)
+            log.info("published %s as current", args.version)
+        return 0
     writer = BundleWriter(args.artifacts, args.version)
     two_tower = TwoTowerConfig(
         mixed_negatives=args.two_tower_mixed_negatives, logq_correction=not args.no_two_tower_logq
     )  # recorded in the manifest (recall.two_tower.training.config)
     info = build_recall(
-        dataset, train, writer, two_tower=not args.no_two_tower, two_tower_config=two_tower
+        dataset,
+        train,
+        writer,
+        two_tower=not args.no_two_tower,
+        two_tower_config=two_tower,
+        table_settings=table_settings,
     )
     log.info("recall component of %s written to %s", dataset.name, writer.folder)
     if "two_tower" in info:

@@ -96,3 +96,45 @@ def test_two_runs_compare_one_arm_day_by_day():
     assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)
     with pytest.raises(ValueError, match="seed or users"):
         compare(run([0.4]), run([0.4], seed=1), "cascade")
+
+
+def test_the_simulated_stack_settings_are_valid_service_settings_and_set_overrides_them():
+    from app.loop import SIMULATED_STACK, parse
+    from cascade import topology
+    from cascade.config import load_settings
+    from gateway.server import GatewaySettings
+    from services.recall.server import RecallSettings
+    from services.rerank.server import RerankSettings
+
+    def load(cls, service, environ):
+        return load_settings(cls, env_prefix=topology.spec(service).env_prefix, environ=environ)
+
+    recall = load(RecallSettings, "recall", SIMULATED_STACK)
+    quotas = {name: budget.quota for name, budget in recall.budgets().items()}
+    assert quotas["item_cf"] == 1.0 and sum(quotas.values()) == pytest.approx(1.0)
+    assert load(RerankSettings, "rerank", SIMULATED_STACK).rerank.dpp_trade_off == 1.0
+    gateway = load(GatewaySettings, "gateway", SIMULATED_STACK)
+    assert gateway.recall_count == gateway.prerank_count == 200
+
+    args = parse(["--set", "CASCADE_RERANK_RERANK_DPP_TRADE_OFF=0.9", "--set", "CASCADE_X_Y=1"])
+    assert args.settings["CASCADE_RERANK_RERANK_DPP_TRADE_OFF"] == "0.9"  # --set wins
+    assert args.settings["CASCADE_X_Y"] == "1"
+    assert args.settings["CASCADE_RECALL_ITEM_CF_QUOTA"] == "1.0"  # the rest kept
+    assert parse([]).settings == SIMULATED_STACK and parse([]).item_cf == "ease"
+    with pytest.raises(SystemExit):
+        parse(["--set", "RANK_COUNT=5"])
+
+
+def test_the_markdown_gives_cascade_over_ease_for_every_day():
+    from app.loop import per_day_vs_ease
+
+    rows = [row("cascade", 0, 0.30, 0.03), row("ease", 0, 0.25, 0.025)]
+    rows += [
+        row("cascade", 1, 0.44, 0.044),
+        row("ease", 1, 0.40, 0.04),
+        row("random", 1, 0.1, 0.01),
+    ]
+    got = per_day_vs_ease(rows)
+    assert [r["day"] for r in got] == [0, 1]
+    assert got[0]["ratio"] == pytest.approx(1.2) and got[1]["ratio"] == pytest.approx(1.1)
+    assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)

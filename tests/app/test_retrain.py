@@ -267,3 +267,23 @@ def test_a_ranker_the_gate_refuses_is_not_shipped_and_the_served_one_is(mf_serve
         artifacts=mf_served.artifacts, data_dir=mf_served.data_dir, bundle="refused"
     )
     assert load_scorer(settings).version == "refused"  # the new bundle still rolls out
+
+
+def test_recall_rebuilt_with_ease_neighbours_keeps_them_through_the_daily_retrain(built):
+    from app.retrain import refresh_recall
+    from cascade.data.split import split_dataset
+    from services.recall.tables import TableSettings
+    from services.recall.train import rebuild_tables
+
+    dataset, root = built.dataset, built.artifacts
+    train = split_dataset(dataset).train_interactions
+    rebuild_tables(root, VERSION, "ease-cf", dataset, train, TableSettings(cf_model="ease"))
+    ease, source = Bundle.open(root, "ease-cf"), Bundle.open(root, VERSION)
+    assert ease.component("recall")["tables"]["settings"]["cf_model"] == "ease"
+    assert ease.component("recall")["two_tower"] == source.component("recall")["two_tower"]  # kept
+    assert (ease.load_npz("recall", "item_cf.npz")["weights"] < 0).any()  # EASE's signed weights
+    assert ease.component("rank") == source.component("rank")  # every other stage copied
+    clone(root, "ease-cf", "ease-cf-day2")
+    refresh_recall(root, "ease-cf-day2", ease, dataset, train)
+    day2 = Bundle.open(root, "ease-cf-day2").component("recall")
+    assert day2["tables"]["settings"]["cf_model"] == "ease"  # the published setting carried

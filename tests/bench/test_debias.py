@@ -83,7 +83,7 @@ def test_each_variant_is_served_with_every_option_of_cascade_simulate(tmp_path, 
     monkeypatch.setattr(debias, "publish", lambda root, version: None)
     args = Namespace(work=tmp_path, data_dir=tmp_path / "data", days=2, users=30, seed=4)
     debias.serve(args, VARIANTS[0])
-    expected = loop.arguments().parse_args([])
+    expected = loop.parse([])
     assert set(vars(seen[0])) == set(vars(expected))
     assert (seen[0].days, seen[0].users, seen[0].seed) == (2, 30, 4)
     assert seen[0].arms == list(debias.ARMS) and seen[0].retrain == VARIANTS[0].retrain

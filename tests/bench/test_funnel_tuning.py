@@ -60,3 +60,18 @@ def test_the_report_calls_a_row_better_only_when_its_paired_interval_clears_zero
     text = to_markdown(report)
     assert "Clearly better than the default (paired interval above 0): wins." in text
     assert "| overlaps | overlaps | 0.5000 | [0.4000, 0.6000] | 1.100 | +0.0050" in text
+
+
+def test_the_item_cf_and_rerank_rows_are_valid_settings():
+    from bench.funnel_tuning import EASE_CF, channel_quota, item_cf, theta
+    from services.rerank.server import RerankSettings
+
+    def load(cls, service, environ):
+        return load_settings(cls, env_prefix=topology.spec(service).env_prefix, environ=environ)
+
+    recall = load(RecallSettings, "recall", item_cf(EASE_CF, 0.7))
+    quotas = {name: budget.quota for name, budget in recall.budgets().items()}
+    assert recall.bundle == EASE_CF and quotas["item_cf"] == 0.7
+    assert sum(quotas.values()) == pytest.approx(1.0, abs=1e-3)
+    assert channel_quota("mf", 0.5) == mf_quota(0.5)
+    assert load(RerankSettings, "rerank", theta(1.0)).rerank.dpp_trade_off == 1.0

@@ -1,8 +1,9 @@
 """Item-CF channel: neighbours of the user's recent items from the offline co-consumption table.
 
 The table (services/recall/tables.py) holds each item's top neighbours by time-decayed,
-popularity-penalised co-consumption. The request's recent items include what Feedback recorded
-seconds ago, so a play shows up in the very next answer.
+popularity-penalised co-consumption, or (recall trained with `--item-cf ease`) by EASE's signed
+item-item weights. The request's recent items include what Feedback recorded seconds ago, so a
+play shows up in the very next answer.
 """
 
 from __future__ import annotations
@@ -29,5 +30,7 @@ class ItemCFChannel:
             return empty()
         weights = self.weights[recent] * recency_weights(len(recent), self.decay)[:, None]
         items, scores = sum_by_item(self.neighbours[recent].ravel(), weights.ravel())
-        fresh = ~np.isin(items, recent)  # the seeds themselves are consumed already
-        return best_first(items[fresh], scores[fresh], k)
+        # The seeds themselves are consumed already; a summed EASE weight <= 0 says the seeds
+        # speak against the item (co-consumption weights are all positive).
+        keep = ~np.isin(items, recent) & (scores > 0)
+        return best_first(items[keep], scores[keep], k)

@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def explore_overrides(args: argparse.Namespace) -> dict:
-    """The `explore` arm's overrides (gateway/arms.py) from the --explore-* options."""
+    """The `explore` arm's overrides (gateway/arms.py) from the --explore-* options; with 0
+    slots the arm is the cascade itself (the same users as a run that explores: its baseline)."""
+    if args.explore_slots == 0:
+        return {"explore_slots": 0}
     overrides = {"explore_slots": args.explore_slots, "explore_max_age_s": args.explore_max_age_s}
     if args.explore_rate < 1:
         overrides["explore_rate"] = args.explore_rate
@@ -419,7 +422,8 @@ def arguments() -> argparse.ArgumentParser:
         "--explore-slots",
         type=int,
         default=1,
-        help="page slots the explore arm gives recent uploads (default: 1)",
+        help="page slots the explore arm gives recent uploads (default: 1; 0: the arm serves as "
+        "cascade does, the baseline of a run that explores, with the same users)",
     )
     parser.add_argument(
         "--explore-max-age-s",

@@ -101,6 +101,10 @@ def test_the_explore_arm_mirrors_the_simulations_arms_on_the_gateway():
         assert (
             assign(salt, str(user), arms).name == assign(config.salt, str(user), config.arms).name
         )
+    off = arguments().parse_args(["--arms", "cascade", "explore", "--explore-slots", "0"])
+    assert parse_arms(gateway_arms(off, config)["CASCADE_GATEWAY_ARMS"])[1].overrides == {
+        "explore_slots": 0
+    }
     plain = arguments().parse_args(["--arms", "cascade", "oracle"])
     assert gateway_arms(plain, config) == {}  # no explore arm: the gateway as configured
     assert json.loads(env["CASCADE_GATEWAY_ARMS"])[0] == {"name": "cascade", "share": 1.0}

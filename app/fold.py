@@ -26,7 +26,9 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
     `events`: request_id, item_id, event. An event whose request_id matches no page is ignored
     here (it still counts as an interaction when it is a play). A shadow ranking (arm
     "shadow:NAME", gateway/shadow.py) was never shown: it is no example. With the record's
-    `channel_masks`, each row also carries its `channel_mask` (the ranker's channels field)."""
+    `channel_masks`, each row also carries its `channel_mask` (the ranker's channels field); with
+    `explored`, its `explored` flag (a slot exploration filled, gateway/explore.py: its position
+    is the slot it was shown at, so position-bias weights stay right)."""
     if "arm" in impressions.column_names:
         arms = impressions["arm"].to_pylist()
         shown = pa.array([not a.startswith("shadow:") for a in arms], type=pa.bool_())
@@ -47,6 +49,16 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
         masks = np.asarray(impressions["channel_masks"].combine_chunks().flatten(), np.uint32)
         if len(masks) == len(item):  # else a record without masks: the channels stay unknown
             rows["channel_mask"] = masks
+    if "explored" in impressions.column_names:  # slots exploration filled (null: none)
+        flags = impressions["explored"].to_pylist()
+        rows["explored"] = np.array(
+            [
+                f
+                for flag, n in zip(flags, lengths.tolist(), strict=True)
+                for f in flag or [False] * n
+            ],
+            dtype=bool,
+        )
     keys = {(r, i): n for n, (r, i) in enumerate(zip(request.tolist(), item.tolist(), strict=True))}
     for label in LABELS:
         rows[label] = np.zeros(len(item), dtype=bool)

@@ -39,6 +39,9 @@ from gateway.client import CascadeClient
 from services.recall.tables import CF_MODELS, TableSettings
 
 DATASET = "synthetic"
+# Arms the running gateway serves: the cascade as configured, and `explore` (the cascade with
+# exploration slots for recent uploads, gateway/explore.py) beside it on the same stack.
+GATEWAY_ARMS = ("cascade", "explore")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     started = time.perf_counter()
     retraining: list[dict] = []
-    if "cascade" in args.arms and args.gateway is None:
+    served = [name for name in args.arms if name in GATEWAY_ARMS]
+    if served and args.gateway is None:
         artifacts = serving_copy(args.artifacts, args.data_dir, args.run_dir, args.item_cf)
         shutil.rmtree(args.run_dir / "eventlog", ignore_errors=True)  # this run's log only
         with stack.running_stack(
@@ -69,17 +73,21 @@ def run(args: argparse.Namespace) -> dict:
             artifacts=artifacts,
             data_dir=args.data_dir,
             dataset=DATASET,
-            extra_env={"CASCADE_GATEWAY_CLOCK": "caller"} | args.settings,
+            extra_env={
+                "CASCADE_GATEWAY_CLOCK": "caller",
+                **args.settings,
+                **gateway_arms(args, config),
+            },
         ) as running:
             daily = None
             if args.retrain == "daily":
                 daily = DailyRetrain(running, artifacts, dataset, args, retraining)
             rows = _with_gateway(running.address(), args, dataset, policies, config, world, daily)
-    elif "cascade" in args.arms:
+    elif served:
         rows = _with_gateway(args.gateway, args, dataset, policies, config, world)
     else:
         rows = simulate(dataset, policies, config, world=world)
-    summary = summarise(rows, dataset.n_items - 1)
+    summary = summarise(rows, dataset.n_items - 1, first_upload=dataset.n_items)
     report = {
         "config": {
             "days": args.days,
@@ -88,8 +96,9 @@ def run(args: argparse.Namespace) -> dict:
             "uploads_per_day": args.uploads_per_day,
             "unfollow_per_day": args.unfollow_per_day,
             "arms": list(args.arms),
+            "explore": explore_overrides(args) if "explore" in args.arms else None,
             "seed": args.seed,
-            "retrain": args.retrain if "cascade" in args.arms else "never",
+            "retrain": args.retrain if served else "never",
             "settings": args.settings if args.gateway is None else None,
             "item_cf": args.item_cf if args.gateway is None else None,
             "world": dataset.meta["config"],
@@ -100,6 +109,33 @@ def run(args: argparse.Namespace) -> dict:
         "retraining": retraining,
     }
     return report
+
+
+def explore_overrides(args: argparse.Namespace) -> dict:
+    """The `explore` arm's overrides (gateway/arms.py) from the --explore-* options; with 0
+    slots the arm is the cascade itself (the same users as a run that explores: its baseline)."""
+    if args.explore_slots == 0:
+        return {"explore_slots": 0}
+    overrides = {"explore_slots": args.explore_slots, "explore_max_age_s": args.explore_max_age_s}
+    if args.explore_rate < 1:
+        overrides["explore_rate"] = args.explore_rate
+    if args.explore_position >= 0:
+        overrides["explore_position"] = args.explore_position
+    return overrides
+
+
+def gateway_arms(args: argparse.Namespace, config: SimulationConfig) -> dict[str, str]:
+    """The gateway's arms setting with the `explore` arm: every simulation arm in its order and
+    share under the simulation's salt, so the gateway assigns each user the arm the simulation
+    did (the reference arms are never asked); none without it (the gateway as configured)."""
+    if "explore" not in args.arms:
+        return {}
+    arms = [
+        {"name": arm.name, "share": arm.share}
+        | ({"overrides": explore_overrides(args)} if arm.name == "explore" else {})
+        for arm in config.arms
+    ]
+    return {"CASCADE_GATEWAY_ARMS": json.dumps(arms), "CASCADE_GATEWAY_ARM_SALT": config.salt}
 
 
 def serving_copy(
@@ -248,10 +284,18 @@ def per_day_vs_ease(rows: list[dict]) -> list[dict]:
 
 def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
     with CascadeClient(address, token=args.token, timeout_s=5.0) as client:
-        gateway = GatewayPolicy(client)
-        rows = simulate(dataset, policies | {"cascade": gateway}, config, on_day_end, world)
-    if gateway.rejected:
-        print(f"warning: the gateway rejected {gateway.rejected} simulated events")
+        # With the explore arm the gateway's arms mirror the simulation's; the first gateway arm
+        # alone sends the uploads and follow changes (one catalogue behind both).
+        named = "explore" in args.arms
+        served = [name for name in args.arms if name in GATEWAY_ARMS]
+        gateways = {
+            name: GatewayPolicy(client, name if named else "", catalogue=name == served[0])
+            for name in served
+        }
+        rows = simulate(dataset, policies | gateways, config, on_day_end, world)
+    rejected = sum(gateway.rejected for gateway in gateways.values())
+    if rejected:
+        print(f"warning: the gateway rejected {rejected} simulated events")
     return rows
 
 
@@ -303,6 +347,7 @@ def to_markdown(report: dict) -> str:
     if by_day := per_day_vs_ease(report["rows"]):
         lines += ["", "| day | cascade / EASE | ± (95%) |", "|---|---|---|"]
         lines += [f"| {r['day']} | {r['ratio']:.3f} | {r['ci95']:.3f} |" for r in by_day]
+    lines += exploration_lines(report)
     if report.get("retraining"):
         lines += [
             "",
@@ -329,6 +374,49 @@ def to_markdown(report: dict) -> str:
                 f"| {shipped} | {job['seconds']} | {job['reload_seconds']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def exploration_lines(report: dict) -> list[str]:
+    """The explore arm against the cascade, per day: explored and fresh shares, the organic
+    slots' fresh and upload shares (do uploads come to win slots of their own once the retrain
+    has their plays?), and expected engagement with the ratio's 95% interval (delta method)."""
+    by = {(row["arm"], row["day"]): row for row in report["rows"]}
+    days = sorted({row["day"] for row in report["rows"] if row["arm"] == "explore"})
+    if not days:
+        return []
+    lines = [
+        "",
+        f"Exploration: arm explore = cascade with {report['config'].get('explore')} (the same "
+        "gateway and bundle; gateway/explore.py). Explored: share of impressions in explored "
+        "slots; organic: the other slots; uploads: any track uploaded during the run.",
+        "",
+        "| day | arm | explored | fresh (<1 day) | organic fresh | organic uploads | expected "
+        "| ± | explored slots' expected | explore / cascade | ± (95%) |",
+        "|---" * 11 + "|",
+    ]
+    for day in days:
+        for arm in ("cascade", "explore"):
+            row = by.get((arm, day))
+            if row is None:
+                continue
+            ratio = "-", "-"
+            base = by.get(("cascade", day))
+            if arm == "explore" and base is not None:
+                value = row["expected_engagement"] / base["expected_engagement"]
+                relative = (
+                    (row["expected_ci95"] / row["expected_engagement"]) ** 2
+                    + (base["expected_ci95"] / base["expected_engagement"]) ** 2
+                ) ** 0.5
+                ratio = f"{value:.3f}", f"{value * relative:.3f}"
+            explored = row.get("explored_expected")
+            lines.append(
+                f"| {day} | {arm} | {row.get('explored_share', 0.0):.3f} "
+                f"| {row['fresh_share']:.3f} | {row['organic_fresh_share']:.3f} "
+                f"| {row.get('organic_upload_share', 0.0):.4f} "
+                f"| {row['expected_engagement']:.4f} | {row['expected_ci95']:.4f} "
+                f"| {'-' if explored is None else f'{explored:.4f}'} | {ratio[0]} | {ratio[1]} |"
+            )
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:
@@ -416,8 +504,34 @@ def arguments() -> argparse.ArgumentParser:
         "--arms",
         nargs="+",
         default=["cascade", *REFERENCE_ARMS],
-        choices=["cascade", *REFERENCE_ARMS],
-        help="arms, equal shares",
+        choices=[*GATEWAY_ARMS, *REFERENCE_ARMS],
+        help="arms, equal shares; explore: the cascade with exploration slots (--explore-*), "
+        "served by the same gateway beside cascade",
+    )
+    parser.add_argument(
+        "--explore-slots",
+        type=int,
+        default=1,
+        help="page slots the explore arm gives recent uploads (default: 1; 0: the arm serves as "
+        "cascade does, the baseline of a run that explores, with the same users)",
+    )
+    parser.add_argument(
+        "--explore-max-age-s",
+        type=int,
+        default=86_400,
+        help="uploads younger than this are explored (default: 86400, a day)",
+    )
+    parser.add_argument(
+        "--explore-rate",
+        type=float,
+        default=1.0,
+        help="share of the explore arm's requests that explore (default: 1)",
+    )
+    parser.add_argument(
+        "--explore-position",
+        type=int,
+        default=-1,
+        help="the first explored slot, 0-based (default: -1, the page's last slots)",
     )
     parser.add_argument(
         "--retrain",

@@ -73,6 +73,7 @@ class Page:
 
     request_id: str
     items: np.ndarray  # (k,) int64
+    explored: np.ndarray | None = None  # (k,) bool: slots exploration filled (None: none)
 
 
 @dataclass
@@ -334,6 +335,7 @@ class Impressions:
                 "realised",
                 "creator",
                 "age_s",
+                "explored",
             )
         }
     )
@@ -421,6 +423,7 @@ def simulate(
                 realised=realised,
                 creator=world.creator[page.items],
                 age_s=now - world.upload_ts[page.items],
+                explored=np.zeros(len(shown), bool) if page.explored is None else page.explored,
             )
             session += 1
         released = uploads.due(None)  # the day's last uploads, after its last session
@@ -440,15 +443,28 @@ class GatewayPolicy:
     (an impression for each shown item, then click, play, complete, like, share, and skip for a
     play that did not complete), stamped with the simulated time and the page's request_id. Both
     calls carry the simulated time as the request time (a gateway with clock "caller" serves and
-    logs at it, so freshness and counters run on the simulated clock)."""
+    logs at it, so freshness and counters run on the simulated clock).
 
-    def __init__(self, client):  # gateway.client.CascadeClient
-        self.client = client
+    `arm`: the gateway arm this policy's users must get (the gateway's `arms` mirror the
+    simulation's, same salt), checked on every answer; "" = a gateway without arms. Several
+    arms share one gateway: only the one with `catalogue` sends it the uploads and follows."""
+
+    def __init__(self, client, arm: str = "", catalogue: bool = True):
+        self.client = client  # gateway.client.CascadeClient
+        self.arm, self.catalogue = arm, catalogue
         self.rejected = 0
 
     def recommend(self, user: int, now_s: int, count: int) -> Page:
         answer = self.client.recommend(user, count=count, request_time_ms=now_s * 1000)
-        return Page(answer.request_id, np.asarray(answer.items.item_ids, dtype=np.int64))
+        if answer.arm != self.arm:
+            raise RuntimeError(
+                f"user {user}: the gateway served arm {answer.arm!r}, the simulation expects "
+                f"{self.arm!r}: its arms or salt differ from the simulation's"
+            )
+        items = np.asarray(answer.items.item_ids, dtype=np.int64)
+        explored = np.zeros(len(items), dtype=bool)
+        explored[list(answer.explored_positions)] = True
+        return Page(answer.request_id, items, explored)
 
     def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
         kinds = {"impression": np.ones(len(page.items), dtype=bool), **outcomes}
@@ -474,6 +490,8 @@ class GatewayPolicy:
     def upload(self, uploads: Uploads, now_s: int) -> None:
         """AddItems with the world's id as the item key: the gateway's dense ids follow the
         world's (both number uploads after the dataset's items, in order)."""
+        if not self.catalogue:
+            return
         items = [
             {
                 "item_key": str(item),
@@ -497,14 +515,21 @@ class GatewayPolicy:
             )
 
     def change_follows(self, user: int, accounts: list[int], unfollow: bool, now_s: int):
+        if not self.catalogue:
+            return
         changes = [(user, account, unfollow) for account in accounts]
         self.client.change_follows(changes, request_time_ms=now_s * 1000)
 
 
-def summarise(rows: dict[str, np.ndarray], catalog_size: int) -> list[dict]:
+def summarise(
+    rows: dict[str, np.ndarray], catalog_size: int, first_upload: int | None = None
+) -> list[dict]:
     """Per arm and day: impressions, expected and realised engagement per impression with 95%
     intervals (over sessions), catalogue coverage, creator Gini, share of impressions on items
-    younger than a day, and the fraction of the oracle-random gap closed."""
+    younger than a day, and the fraction of the oracle-random gap closed. Exploration: the share
+    of impressions in explored slots and their expected engagement, and the fresh share of the
+    other (organic) slots; with `first_upload` (the world's first uploaded id), the share of
+    organic impressions on any track uploaded during the run."""
     report = []
     for day in np.unique(rows["day"]).tolist():
         for arm in np.unique(rows["arm"]).tolist():
@@ -520,6 +545,15 @@ def summarise(rows: dict[str, np.ndarray], catalog_size: int) -> list[dict]:
             entry["coverage"] = len(np.unique(rows["item"][m])) / catalog_size
             entry["creator_gini"] = _gini(np.bincount(rows["creator"][m]))
             entry["fresh_share"] = float(np.mean(rows["age_s"][m] < DAY))
+            explored = rows["explored"][m].astype(bool) if "explored" in rows else np.zeros(0)
+            if explored.any():
+                entry["explored_share"] = float(explored.mean())
+                entry["explored_expected"] = float(rows["expected"][m][explored].mean())
+            organic = ~explored if len(explored) else np.ones(int(m.sum()), bool)
+            entry["organic_fresh_share"] = float(np.mean(rows["age_s"][m][organic] < DAY))
+            if first_upload is not None:
+                uploads = rows["item"][m][organic] >= first_upload
+                entry["organic_upload_share"] = float(np.mean(uploads))
             report.append(entry)
         by_arm = {e["arm"]: e for e in report if e["day"] == day}
         if {"random", "oracle"} <= set(by_arm):

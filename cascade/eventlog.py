@@ -57,8 +57,13 @@ IMPRESSIONS = pa.schema(
         ("channel_masks", pa.list_(pa.uint32())),
         ("model_versions", pa.string()),  # JSON object, stage -> version
         ("degraded_stages", pa.list_(pa.string())),
+        # Parallel to item_ids: True where exploration put a recent upload (gateway/explore.py),
+        # not the ranking; null in records written before the column existed (none explored).
+        ("explored", pa.list_(pa.bool_())),
     ]
 )
+# Columns a writer may leave out (conform fills them with nulls): added after logs existed.
+OPTIONAL = frozenset({"explored"})
 # The living catalogue (cascade/live_catalog.py): uploads and follow changes, in arrival order.
 SCHEMAS = {"events": EVENTS, "impressions": IMPRESSIONS, "uploads": UPLOADS, "follows": FOLLOWS}
 RECORDS = ("uploads", "follows")  # the kinds append_records / read_records take
@@ -113,6 +118,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if table.schema.equals(schema):  # built to the schema already: no select, no cast
         return table
     missing = [name for name in schema.names if name not in table.column_names]
+    for name in [name for name in missing if name in OPTIONAL]:
+        table = table.append_column(
+            schema.field(name), pa.nulls(table.num_rows, schema.field(name).type)
+        )
+        missing.remove(name)
     if missing:
         raise ValueError(f"missing columns {missing}; the schema is {schema.names}")
     table = table.select(schema.names)
@@ -120,6 +130,18 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         return table.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         raise ValueError(f"columns do not fit the schema: {error}") from None
+
+
+def concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Frames read back as one table of `schema` (frames from before an OPTIONAL column was
+    added hold nulls in it)."""
+    if not tables:
+        return schema.empty_table()
+    if all(t.schema.equals(schema) for t in tables):
+        return pa.concat_tables(tables)
+    return pa.Table.from_batches(
+        [b for t in tables for b in conform(t, schema).to_batches()], schema=schema
+    )
 
 
 def event_keys(table: pa.Table) -> list[tuple]:
@@ -387,7 +409,7 @@ class FileEventLog:
             if segments._file is not None:
                 segments._file.flush()
             tables = list(segments.read())
-        return pa.concat_tables(tables) if tables else segments.schema.empty_table()
+        return concat(tables, segments.schema)
 
     def _check_writer(self) -> None:
         if self.read_only:

@@ -24,6 +24,7 @@ from cascade.eventlog import (
     LogSettings,
     check_event_names,
     check_record_kind,
+    concat,
     conform,
     event_keys,
 )
@@ -129,7 +130,7 @@ class RedisEventLog:
             pa.ipc.open_stream(fields[b"arrow"]).read_all()
             for _, fields in self._entries("impressions")
         ]
-        return pa.concat_tables(tables) if tables else IMPRESSIONS.empty_table()
+        return concat(tables, IMPRESSIONS)
 
     def _entries(self, kind: str):
         """Every entry of the stream in append order, read in chunks."""

@@ -88,6 +88,7 @@ class RedisState:
         self._write = redis_client(url, write_timeout_s)
         self._record = self._write.register_script(_RECORD)
         self.read_failures = 0
+        self.n_items = n_items  # grows with uploads (grow): the snapshot's rows
         self.snapshot = np.zeros((n_items, len(EVENTS)), dtype=np.int64)
         self.snapshot_ms = 0
         try:
@@ -174,16 +175,29 @@ class RedisState:
         pipe = self._write.pipeline(transaction=False)
         for event in EVENTS:
             pipe.hgetall(f"{self.prefix}counters:{event}")
-        snapshot = np.zeros_like(self.snapshot)
+        snapshot = np.zeros((self.n_items, len(EVENTS)), dtype=np.int64)
         for column, fields in enumerate(pipe.execute()):
             if not fields:
                 continue
             items = np.fromiter((int(k) for k in fields), dtype=np.int64, count=len(fields))
             counts = np.fromiter((int(v) for v in fields.values()), np.int64, count=len(fields))
-            inside = (items > 0) & (items < len(snapshot))
-            snapshot[items[inside], column] = counts[inside]
+            inside = (items > 0) & (items < len(snapshot))  # an id beyond: this replica lacks
+            snapshot[items[inside], column] = counts[inside]  # the upload yet (next refresh)
         self.snapshot = snapshot  # one reference swap: readers see the old or the new one
         self.snapshot_ms = now_ms()
+
+    def grow(self, n_items: int) -> None:
+        """Room for items uploaded online (AddItems): the snapshot was sized by the dataset, and
+        an id beyond it was dropped at every refresh, so an upload's online counters (what the
+        fresh channel's bandit and the ranker's counters read) stayed zero with Redis."""
+        if n_items <= self.n_items:
+            return
+        self.n_items = n_items  # a refresh under way may swap in the old size: the next fixes it
+        snapshot = self.snapshot
+        if n_items > len(snapshot):
+            grown = np.zeros((n_items, snapshot.shape[1]), dtype=snapshot.dtype)
+            grown[: len(snapshot)] = snapshot
+            self.snapshot = grown  # one reference swap, as refresh's
 
     def _user_key(self, user_id: int, kind: str) -> str:
         return f"{self.prefix}u:{int(user_id)}:{kind}"
@@ -254,7 +268,7 @@ class RedisFeatureStore(DatasetFeatures):
         """Training-period counts plus the online snapshot (at most about refresh_s old)."""
         ids = np.asarray(item_ids, dtype=np.int64)
         rows, inside = self._trained_counters(ids)
-        snapshot = self.state.snapshot  # sized by the dataset: uploaded items count offline 0
+        snapshot = self.state.snapshot  # grown with the uploads (_grow_counters)
         inside &= ids < len(snapshot)
         rows = rows + snapshot[np.where(inside, ids, 0)] * inside[:, None]
         return {event: rows[:, i] for i, event in enumerate(EVENTS)}
@@ -275,6 +289,12 @@ class RedisFeatureStore(DatasetFeatures):
 
     def refresh(self) -> None:
         self.state.refresh()
+
+    def _grow_counters(self, n: int) -> None:
+        # The snapshot first: a reader sizes its ids by the trained counters, so the snapshot is
+        # never the shorter of the two once both have grown.
+        self.state.grow(n)
+        super()._grow_counters(n)
 
     def rebuild(self, events) -> int:
         """Replays an event-log table (events already applied are skipped); returns its rows."""

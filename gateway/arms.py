@@ -40,7 +40,18 @@ class Arm:
 CUTS = ("recall_count", "prerank_count", "rank_count", "max_per_creator")
 SKIPPABLE = ("prerank", "rank", "rerank")
 RERANK_METHODS = ("none", "mmr", "dpp")
-OVERRIDABLE = (*CUTS, "skip", "rerank_method", "rerank_trade_off", "channel_quotas")
+# Exploration (gateway/explore.py): explore_slots page slots for recent uploads set aside after
+# recall, those younger than explore_max_age_s seconds, on a share explore_rate of requests
+# (decided by the request id), from explore_position (0-based; default the page's last slots).
+EXPLORE = ("explore_slots", "explore_max_age_s", "explore_rate", "explore_position")
+OVERRIDABLE = (
+    *CUTS,
+    "skip",
+    "rerank_method",
+    "rerank_trade_off",
+    "channel_quotas",
+    *EXPLORE,
+)
 CHANNEL_NAMES = tuple(CHANNELS.values())
 
 
@@ -70,14 +81,27 @@ def parse_arms(text: str) -> tuple[Arm, ...]:
             )
         name = entry.get("name")
         overrides = {key: _checked(name, key, value) for key, value in overrides.items()}
+        _check_exploration(name, overrides)
         arms.append(Arm(str(entry.get("name", "")), float(entry.get("share", 1.0)), overrides))
     if len({arm.name for arm in arms}) != len(arms):
         raise ValueError(f"arms: names must be unique, got {[arm.name for arm in arms]}")
     return tuple(arms)
 
 
+def _check_exploration(arm: object, overrides: dict[str, object]) -> None:
+    """The other explore_* keys only tune explore_slots: without slots they would do nothing,
+    which is a configuration mistake worth an error rather than a silent no-op."""
+    tuning = sorted(set(overrides) & set(EXPLORE[1:]))
+    if tuning and not overrides.get("explore_slots"):
+        raise ValueError(
+            f"arms: {arm!r}: {', '.join(tuning)} without explore_slots >= 1 explores nothing"
+        )
+
+
 def _checked(arm: object, key: str, value: object) -> object:
     """One override's value as the funnel takes it; ValueError naming the arm and the key."""
+    if key in EXPLORE:
+        return _explore_value(arm, key, value)
     if key in CUTS:
         least = 0 if key == "max_per_creator" else 1  # a cut of 0 would empty the funnel
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -120,6 +144,19 @@ def _checked(arm: object, key: str, value: object) -> object:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ValueError(f"arms: {arm!r}: rerank_trade_off must be a number in [0, 1]")
     return float(value)
+
+
+def _explore_value(arm: object, key: str, value: object) -> object:
+    if key == "explore_rate":  # a probability per request; 0 would be explore_slots 0
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+            raise ValueError(
+                f"arms: {arm!r}: explore_rate must be a number in (0, 1], got {value!r}"
+            )
+        return float(value)
+    least = {"explore_slots": 0, "explore_max_age_s": 1, "explore_position": 0}[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"arms: {arm!r}: {key} must be an integer >= {least}, got {value!r}")
+    return value
 
 
 def bucket(salt: str, user_key: str) -> float:

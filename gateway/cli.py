@@ -97,19 +97,21 @@ def plural(count: int, noun: str) -> str:
 
 def page_table(response, titles: Mapping[int, str]) -> list[str]:
     """A recommended page as table lines under a header: rank, item (its key when the answer
-    carries keys), score, title ("?" when unknown) and the channels that found it."""
+    carries keys), score, title ("?" when unknown) and the channels that found it; a slot
+    exploration filled (gateway/explore.py) says so after them."""
     ids = [int(item) for item in response.items.item_ids]
     scores = list(response.items.scores) or [None] * len(ids)
     masks = list(response.items.channel_masks) or [0] * len(ids)
     keys = list(response.item_keys) or [str(item) for item in ids]
     width = max([len("item"), *map(len, keys)])
     lines = [f"{'#':>3}  {'item':>{width}} {'score':>9}  {'title':<50} found by"]
+    explored = set(getattr(response, "explored_positions", ()))
     for position, (item, key, score, mask) in enumerate(
         zip(ids, keys, scores, masks, strict=True), 1
     ):
         shown = f"{score:9.4f}" if score is not None else " " * 9
         title = titles.get(item, "?")
-        found_by = ",".join(channels_of(mask))
+        found_by = ",".join(channels_of(mask)) + (" [explored]" if position - 1 in explored else "")
         lines.append(f"{position:>3}. {key:>{width}} {shown}  {title:<50.50} {found_by}")
     return lines
 

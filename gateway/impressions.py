@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -42,11 +42,13 @@ class Shown:
     served: Served
     arm: str = ""  # the experiment arm that served it (gateway/arms.py)
     shown_ms: int = 0  # the request's time (its clock): a shown page's TTL runs on it
+    explored: list[int] = field(default_factory=list)  # positions exploration filled
 
 
 def impression_row(shown: Shown) -> dict:
     """The IMPRESSIONS row of one answer. A stage that degraded (its fallback answered) has no
-    scores: []; an item missing from a stage's list (it cannot be) would score NaN."""
+    scores: []; an item missing from a stage's list scores NaN (an explored upload was set aside
+    after recall: it has no rank or rerank score; its `explored` flag is True)."""
     row = {
         "request_id": shown.request_id,
         "user_id": shown.user_id,
@@ -58,6 +60,7 @@ def impression_row(shown: Shown) -> dict:
         "channel_masks": shown.channel_masks or [0] * len(shown.item_ids),
         "model_versions": json.dumps(shown.served.versions, sort_keys=True),
         "degraded_stages": shown.degraded_stages,
+        "explored": [p in shown.explored for p in range(len(shown.item_ids))],
     }
     for stage in STAGES:
         candidates = shown.served.lists.get(stage)

@@ -37,6 +37,7 @@ from cascade.v1 import (
     rerank_pb2,
     rerank_pb2_grpc,
 )
+from gateway.explore import LAST_SLOTS, ExploredMemory, explore_page, explores
 
 if TYPE_CHECKING:
     from gateway.replicas import ReplicaPool
@@ -121,6 +122,18 @@ class GatewayMetrics:
             "Feedback calls failed UNAVAILABLE because the event log could not store them.",
             registry=registry,
         )
+        self.explored = Counter(
+            "cascade_gateway_explored_slots",
+            "Page slots given to a recent upload by exploration (gateway/explore.py), by arm.",
+            ["arm"],
+            registry=registry,
+        )
+        self.explore_empty = Counter(
+            "cascade_gateway_explore_empty",
+            "Requests that would have explored but recall held no eligible recent upload, by arm.",
+            ["arm"],
+            registry=registry,
+        )
         self._children: dict[tuple, object] = {}
 
     def labelled(self, metric, *labels: str):
@@ -139,6 +152,7 @@ class Served:
 
     lists: dict[str, common_pb2.CandidateList] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # stage -> model version
+    explore_eligible: int = -1  # recent uploads exploration could pick; -1 = did not explore
 
 
 class Budget:
@@ -226,6 +240,12 @@ class Funnel:
     rerank_trade_off: float | None = None
     # Recall's channel quotas for the arm, (name, share) pairs sent as RecallRequest.channel_quotas.
     channel_quotas: tuple[tuple[str, float], ...] = ()
+    # Exploration (gateway/explore.py): page slots for uploads younger than explore_max_age_s,
+    # taken from recall's candidates on a share explore_rate of requests; 0 slots = none.
+    explore_slots: int = 0
+    explore_max_age_s: int = 86_400
+    explore_rate: float = 1.0
+    explore_position: int = LAST_SLOTS  # the first explored slot (0-based); -1 = the last ones
 
 
 class Cascade:
@@ -239,11 +259,15 @@ class Cascade:
         creators: np.ndarray,
         metrics: GatewayMetrics,
         consumed: Callable[[int], np.ndarray] | None = None,
+        uploaded: np.ndarray | None = None,
     ):
         self.pools = pools
         self.funnel = funnel
         self.popular = popular  # (n,) item ids, most popular first
         self.creators = creators  # (n_items + 1,) creator id by item id, 0 = unknown
+        # (n_items + 1,) upload time (s) by item id, 0 = unknown: what exploration calls recent.
+        self.uploaded = np.zeros(len(creators), np.int64) if uploaded is None else uploaded
+        self.explored = ExploredMemory()  # filled by the caller with what it showed
         self.metrics = metrics
         # The user's logged items, for the fallbacks' seen filter (the stages read their store).
         self.consumed = consumed or (lambda user_id: np.empty(0, dtype=np.int64))
@@ -257,12 +281,14 @@ class Cascade:
         served: Served | None = None,
         seen_of: Callable[[], np.ndarray] | None = None,
         funnel: Funnel | None = None,
+        request_id: str = "",
     ) -> gateway_pb2.RecommendResponse:
         """One Recommend; `served`, when given, receives each stage's list and model version.
         The local fallbacks drop what the user has seen: the request's recent ids, the user's
         logged items, and `seen_of()` (read only when a fallback runs, e.g. the shared store).
         `funnel` (a smaller one under load, gateway/admission.py) replaces the configured cuts
-        for this call."""
+        for this call. With the funnel's explore_slots, `request_id` decides whether this
+        request explores; the response's explored_positions say which slots did."""
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel if funnel is None else funnel
         served = Served() if served is None else served
@@ -318,7 +344,20 @@ class Cascade:
             lambda c=candidates: self._local_rerank(from_proto(c), seen(), count),
             candidates,
         )
-        to_proto(*from_proto(candidates).take(slice(0, count)), out=response.items)
+        page = from_proto(candidates).take(slice(0, count))
+        if funnel.explore_slots and explores(request_id, funnel.explore_rate):
+            page, served.explore_eligible = explore_page(
+                response,
+                page,
+                served.lists,
+                user,
+                seen(),
+                funnel,
+                count,
+                self.uploaded,
+                self.explored,
+            )
+        to_proto(*page, out=response.items)
         self.metrics.answers.inc()
         if response.degraded:
             self.metrics.degraded_answers.inc()

@@ -239,6 +239,8 @@ class Catalog:
     as_of_s: int = 0  # the training log's last time (the "data" clock starts there)
     history: UserItems | None = None  # what each user consumed in the training log
     n_categories: int = 0  # category ids are 1..n_categories-1 (uploads are checked against it)
+    # (n_items + 1,) upload time (s) by item id, 0 = unknown (exploration's "recent upload").
+    uploaded: np.ndarray | None = None
 
     def consumed(self, user_id: int) -> np.ndarray:
         """The user's logged items (empty for unknown users or without a history)."""
@@ -252,15 +254,22 @@ class Catalog:
         inside = (ids > 0) & (ids < len(known))
         return inside & known[np.where(inside, ids, 0)]
 
-    def add(self, item_ids: np.ndarray, creator_ids: np.ndarray) -> None:
-        """Uploaded items (AddItems): both arrays are replaced whole, grown to the largest id."""
+    def add(
+        self, item_ids: np.ndarray, creator_ids: np.ndarray, upload_s: np.ndarray | None = None
+    ) -> None:
+        """Uploaded items (AddItems): the arrays are replaced whole, grown to the largest id."""
         if not len(item_ids):
             return
         n = max(len(self.known), int(np.max(item_ids)) + 1)
         known, creators = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+        uploaded = np.zeros(n, dtype=np.int64)
         known[: len(self.known)], creators[: len(self.creators)] = self.known, self.creators
+        if self.uploaded is not None:
+            uploaded[: len(self.uploaded)] = self.uploaded
         known[item_ids], creators[item_ids] = True, creator_ids
-        self.creators, self.known = creators, known
+        if upload_s is not None:
+            uploaded[item_ids] = upload_s
+        self.creators, self.known, self.uploaded = creators, known, uploaded
 
 
 def load_catalog(settings: GatewaySettings) -> Catalog:
@@ -273,6 +282,8 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
     known[items["item_id"]] = True
     creators = np.zeros(dataset.n_items + 1, dtype=np.int64)
     creators[items["item_id"]] = items["creator_id"]
+    uploaded = np.zeros(dataset.n_items + 1, dtype=np.int64)
+    uploaded[items["item_id"]] = items["upload_ts"]
     train = split_dataset(dataset).train_interactions
     as_of = int(train["ts"].max()) if len(train["ts"]) else 0
     try:
@@ -305,6 +316,7 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         as_of,
         history,
         len(dataset.meta["categories"]),
+        uploaded,
     )
 
 
@@ -342,6 +354,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         for name in [arm.name for arm in self.arms] or [NO_ARM]:  # every label from the start
             self.metrics.arm_answers.labels(name)
             self.metrics.arm_latency.labels(name)
+            self.metrics.explored.labels(name)
+            self.metrics.explore_empty.labels(name)
         self.shared = None  # the Redis online store (RedisState) when the store is shared
         if settings.store != "memory":
             from cascade.redis_store import RedisState
@@ -396,7 +410,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             settings.breaker_cooldown_s,
         )
         self.cascade = Cascade(
-            self.pools, funnel, catalog.popular, catalog.creators, self.metrics, catalog.consumed
+            self.pools,
+            funnel,
+            catalog.popular,
+            catalog.creators,
+            self.metrics,
+            catalog.consumed,
+            catalog.uploaded,
         )
         self.shadow = None
         if settings.shadow_arm:
@@ -417,7 +437,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         restore_uploads(self.ids, catalog, self.log.read_records("uploads"))  # not in the bundle
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
-        self.cascade.consumed = catalog.consumed
+        self.cascade.consumed, self.cascade.uploaded = catalog.consumed, catalog.uploaded
         set_model_info(self.registry, STAGE, catalog.version)
         return catalog.version
 
@@ -467,11 +487,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             chosen = assign(self.settings.arm_salt, user_key or "anonymous", self.arms)
             funnel, arm = dataclasses.replace(funnel, **chosen.overrides), chosen.name
         funnel = shrink(funnel, q, count)
-        response = self.cascade.run(user, count, budget, request.debug, served, seen_of, funnel)
+        request_id = uuid.uuid4().hex  # before the run: it decides whether the request explores
+        response = self.cascade.run(
+            user, count, budget, request.debug, served, seen_of, funnel, request_id
+        )
         if reason:
             mark_shrunk(response, q, reason, self.admission.metrics)
-        response.request_id, response.arm = uuid.uuid4().hex, arm
+        response.request_id, response.arm = request_id, arm
         metrics = self.metrics
+        explored = [response.items.item_ids[p] for p in response.explored_positions]
+        if explored:
+            self.cascade.explored.record(dense, explored, now_ms, funnel.explore_max_age_s * 1000)
+            metrics.labelled(metrics.explored, arm or NO_ARM).inc(len(explored))
+        elif served.explore_eligible == 0:  # explored, but recall held no recent upload
+            metrics.labelled(metrics.explore_empty, arm or NO_ARM).inc()
         metrics.labelled(metrics.arm_answers, arm or NO_ARM).inc()
         metrics.labelled(metrics.arm_latency, arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
@@ -486,6 +515,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             served,
             arm,
             shown_ms=now_ms,  # a shown page's TTL runs on the request's clock, as rerank reads it
+            explored=list(response.explored_positions),
         )
         self.impressions.submit(shown)
         if self.shadow is not None and arm != settings.shadow_arm:

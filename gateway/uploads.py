@@ -83,8 +83,13 @@ class CatalogUpdates:
             schema=UPLOADS,
         )
         self._append(context, "uploads", table)
-        catalog.add(table["item_id"].to_numpy(), table["creator_id"].to_numpy())
-        service.cascade.creators = catalog.creators  # the local creator cap sees them too
+        catalog.add(
+            table["item_id"].to_numpy(),
+            table["creator_id"].to_numpy(),
+            table["upload_ms"].to_numpy() // 1000,
+        )
+        # The local creator cap sees them too, and exploration knows them as recent uploads.
+        service.cascade.creators, service.cascade.uploaded = catalog.creators, catalog.uploaded
         forward = catalog_pb2.AddItemsRequest()
         for item, item_id, upload_ms in zip(
             items, ids[rows].tolist(), table["upload_ms"].to_pylist(), strict=True
@@ -182,7 +187,8 @@ def restore(ids: GatewayIds, catalog, uploads: pa.Table) -> int:
     if unmapped.any():
         ids.items.restore(item_ids[unmapped], [k for k, u in zip(keys, unmapped, strict=True) if u])
     new = ~catalog.known_items(item_ids)
-    catalog.add(item_ids[new], uploads["creator_id"].to_numpy()[new])
+    upload_s = uploads["upload_ms"].to_numpy() // 1000
+    catalog.add(item_ids[new], uploads["creator_id"].to_numpy()[new], upload_s[new])
     return int(new.sum())
 
 

@@ -116,6 +116,7 @@ class RecommendResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ITEM_KEYS_FIELD_NUMBER: _builtins.int
     ARM_FIELD_NUMBER: _builtins.int
+    EXPLORED_POSITIONS_FIELD_NUMBER: _builtins.int
     degraded: _builtins.bool
     """True when any stage was skipped or replaced by a fallback."""
     request_id: _builtins.str
@@ -140,6 +141,12 @@ class RecommendResponse(_message.Message):
         dataset without saved ids, the decimal item id). Send them back as Event.item_key.
         """
 
+    @_builtins.property
+    def explored_positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Positions in `items` (0-based) held by exploration: a recent upload set aside after recall
+        for a slot the arm reserves (its `explore_slots`), not ranked there by pre-rank and rank.
+        """
+
     def __init__(
         self,
         *,
@@ -150,10 +157,11 @@ class RecommendResponse(_message.Message):
         request_id: _builtins.str = ...,
         item_keys: _abc.Iterable[_builtins.str] | None = ...,
         arm: _builtins.str = ...,
+        explored_positions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "degraded", b"degraded", "degraded_stages", b"degraded_stages", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "degraded", b"degraded", "degraded_stages", b"degraded_stages", "explored_positions", b"explored_positions", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

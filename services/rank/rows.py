@@ -60,7 +60,9 @@ def assemble(
         else:
             rows[f.name] = np.ascontiguousarray(context[f.name], dtype=np.int64)
     (history_field,) = spec.of("history")
-    history = np.asarray(history, dtype=np.int64)
+    # Ids past the vocabulary (uploads played since the spec was built) become the unknown row
+    # 0, as encode_field does for every other id: raw, the embedding lookup would be out of range.
+    history = encode_field(history_field, np.asarray(history, dtype=np.int64))
     rows[history_field.name] = np.broadcast_to(history, (user_rows, spec.history_length)).copy()
     return rows
 

@@ -74,3 +74,10 @@ def test_fold_appends_in_time_order_and_adds_new_users():
     assert folded.users["user_id"].tolist() == [1, 2, 3, 4, 5, 6, 99]
     assert folded.users["age"][-1] == -1
     assert dataset.users["user_id"].tolist() == [1, 2, 3, 4, 5, 6]  # the input is untouched
+
+
+def test_explored_slots_keep_their_flag_and_old_records_have_none():
+    explored = pa.array([[False, False, True], None], pa.list_(pa.bool_()))  # r2: an old record
+    rows = served_impressions(EVENTS, IMPRESSIONS.append_column("explored", explored))
+    assert rows["explored"].tolist() == [False, False, True, False, False]
+    assert "explored" not in served_impressions(EVENTS, IMPRESSIONS)

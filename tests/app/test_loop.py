@@ -138,3 +138,70 @@ def test_the_markdown_gives_cascade_over_ease_for_every_day():
     assert [r["day"] for r in got] == [0, 1]
     assert got[0]["ratio"] == pytest.approx(1.2) and got[1]["ratio"] == pytest.approx(1.1)
     assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)
+
+
+def test_the_explore_arm_mirrors_the_simulations_arms_on_the_gateway():
+    import json
+
+    from app.loop import arguments, gateway_arms
+    from app.simulate import SimulationConfig
+    from gateway.arms import Arm, assign, parse_arms
+
+    args = arguments().parse_args(
+        ["--arms", "cascade", "explore", "oracle", "--explore-rate", "0.5"]
+    )
+    config = SimulationConfig(arms=tuple(Arm(name) for name in args.arms))
+    env = gateway_arms(args, config)
+    arms = parse_arms(env["CASCADE_GATEWAY_ARMS"])
+    assert [a.name for a in arms] == ["cascade", "explore", "oracle"]
+    assert arms[1].overrides == {
+        "explore_slots": 1,
+        "explore_max_age_s": 86_400,
+        "explore_rate": 0.5,
+    }
+    salt = env["CASCADE_GATEWAY_ARM_SALT"]
+    for user in range(200):  # the gateway assigns each user the simulation's arm
+        assert (
+            assign(salt, str(user), arms).name == assign(config.salt, str(user), config.arms).name
+        )
+    off = arguments().parse_args(["--arms", "cascade", "explore", "--explore-slots", "0"])
+    assert parse_arms(gateway_arms(off, config)["CASCADE_GATEWAY_ARMS"])[1].overrides == {
+        "explore_slots": 0
+    }
+    plain = arguments().parse_args(["--arms", "cascade", "oracle"])
+    assert gateway_arms(plain, config) == {}  # no explore arm: the gateway as configured
+    assert json.loads(env["CASCADE_GATEWAY_ARMS"])[0] == {"name": "cascade", "share": 1.0}
+
+
+def test_the_markdown_compares_the_explore_arm_with_the_cascade_per_day():
+    def entry(arm, value, half, **extra):
+        return {
+            **row(arm, 0, value, half),
+            "impressions": 100,
+            "realised_engagement": value,
+            "realised_ci95": half,
+            "coverage": 0.1,
+            "creator_gini": 0.5,
+            "fresh_share": 0.1 if arm == "explore" else 0.0,
+            "organic_fresh_share": 0.0,
+            "organic_upload_share": 0.002,
+            **extra,
+        }
+
+    rows = [
+        entry("cascade", 0.40, 0.04),
+        entry("explore", 0.44, 0.044, explored_share=0.1, explored_expected=0.05),
+    ]
+    report = {
+        "config": {"users": 100, "days": 1, "sessions_per_day": 1.0, "explore": {"a": 1}},
+        "seconds": 1.0,
+        "rows": rows,
+        "headline": {},
+    }
+    text = to_markdown(report)
+    assert "| 0 | cascade | 0.000 | 0.000 | 0.000 | 0.0020 | 0.4000 | 0.0400 | - | - | - |" in text
+    # The ratio 1.1 with both arms +-10%: +-1.1 * sqrt(2) * 10% = 0.156.
+    assert (
+        "| 0 | explore | 0.100 | 0.100 | 0.000 | 0.0020 | 0.4400 | 0.0440 | 0.0500 | 1.100 " in text
+    )
+    assert "| 0.156 |" in text

@@ -55,6 +55,7 @@ def tiny_log(folder, dataset) -> str:
             "channel_masks": [[0] * 4] * 2,
             "model_versions": ["{}", "{}"],
             "degraded_stages": [[], []],
+            "explored": [[False] * 4] * 2,
         },
         schema=IMPRESSIONS,
     )

@@ -174,3 +174,27 @@ def wait_until_served(client: CascadeClient, version: str, timeout_s: float = 60
             return
         time.sleep(0.2)
     raise AssertionError(f"the stack did not serve {version} within {timeout_s} s")
+
+
+def test_explored_and_organic_shares_per_arm_and_day():
+    rows = {
+        "arm": np.array(["explore"] * 4 + ["cascade"] * 2),
+        "day": np.zeros(6, dtype=np.int64),
+        "session": np.array([0, 0, 1, 1, 2, 2]),
+        "user": np.array([1, 1, 2, 2, 3, 3]),
+        "item": np.array([3, 105, 4, 101, 5, 102]),
+        "position": np.array([0, 1, 0, 1, 0, 1]),
+        "expected": np.array([0.5, 0.1, 0.5, 0.3, 0.4, 0.2]),
+        "realised": np.zeros(6),
+        "creator": np.ones(6, dtype=np.int64),
+        "age_s": np.array([9e6, 100, 9e6, 3 * 86_400, 9e6, 9e6]),
+        "explored": np.array([False, True, False, False, False, False]),
+    }
+    by = {r["arm"]: r for r in summarise(rows, 200, first_upload=100)}
+    assert by["explore"]["explored_share"] == 0.25
+    assert by["explore"]["explored_expected"] == pytest.approx(0.1)
+    assert by["explore"]["fresh_share"] == 0.25  # the explored upload is under a day old
+    assert by["explore"]["organic_fresh_share"] == 0.0
+    assert by["explore"]["organic_upload_share"] == pytest.approx(1 / 3)  # 101, three days old
+    assert "explored_share" not in by["cascade"]
+    assert by["cascade"]["organic_upload_share"] == 0.5

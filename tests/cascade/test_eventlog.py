@@ -57,6 +57,7 @@ def impression(request_id: str = "q1") -> pa.Table:
             "channel_masks": [[2, 4, 2]],
             "model_versions": [json.dumps({"rank": "v1"})],
             "degraded_stages": [["prerank"]],
+            "explored": [[False, False, True]],
         },
         schema=IMPRESSIONS,
     )
@@ -85,6 +86,24 @@ def test_append_read_back_in_order_and_reopen(log_uri):
     assert shown["request_id"].to_pylist() == ["a", "b"]
     assert shown["item_ids"].to_pylist() == [[5, 3, 9]] * 2
     assert shown["prerank_scores"].to_pylist() == [[], []]
+    log.close()
+
+
+def test_impressions_without_the_explored_column_read_back_as_null(log_uri):
+    """A writer that leaves out `explored` (added after logs existed) still appends, and frames
+    from before it existed read back beside new ones with a null there (none explored)."""
+    log = open_event_log(log_uri)
+    log.append_impressions(impression("old").drop_columns(["explored"]))
+    log.append_impressions(impression("new"))
+    if log_uri.startswith("file:"):  # a frame written with the schema of before
+        segments = log._kinds["impressions"]
+        with segments.lock:
+            segments.append(impression("older").drop_columns(["explored"]))
+    shown = log.read_impressions()
+    assert shown.schema.equals(IMPRESSIONS)
+    flags = dict(zip(shown["request_id"].to_pylist(), shown["explored"].to_pylist(), strict=True))
+    assert flags["old"] is None and flags["new"] == [False, False, True]
+    assert flags.get("older", None) is None
     log.close()
 
 

@@ -85,6 +85,22 @@ def test_counters_add_the_online_events_to_the_training_period(make_store, backe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_uploaded_items_online_counters_count(make_store, backend):
+    """An upload (AddItems) gets counters like any item: with Redis the snapshot was sized by
+    the dataset and dropped every id beyond it, so uploads' counters stayed zero."""
+    store = make_store(backend)
+    upload = store.n_items + 2  # ids beyond the dataset, one left unused
+    categories = np.zeros((1, 6), dtype=np.int16)
+    categories[0, 0] = 1
+    assert store.add_items([upload], [1], categories, [1000]) == 1
+    store.record(*_events([(2, upload, 1001, "impression"), (2, upload, 1002, "play")]))
+    store.record(*_events([(3, upload, 1003, "play")]))
+    counts = _counters(store, [upload, upload - 1])
+    assert counts["play"].tolist() == [2, 0]
+    assert counts["impression"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_unknown_event_writes_nothing(make_store, backend):
     store = make_store(backend)
     before = _counters(store, [1])["play"].copy()

@@ -107,6 +107,8 @@ def test_the_page_table_has_a_header_and_each_item_its_channels():
     assert first.split() == ["1.", "50", "0.9000", "Star", "Wars", "(1977)", "popular,mf"]
     assert second.split() == ["2.", "7", "0.2500", "?"]
     assert "found by" in LEGEND and "two_tower" in LEGEND and "mf" in LEGEND
+    response.explored_positions.append(1)  # a slot exploration filled says so
+    assert page_table(response, {})[2].split() == ["2.", "7", "0.2500", "?", "[explored]"]
 
 
 def test_plural():

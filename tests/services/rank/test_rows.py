@@ -44,3 +44,20 @@ def test_recent_items_go_before_stored_history_and_unknown_ones_are_dropped(trai
     np.testing.assert_array_equal(rows["history"][0][: len(expected)], expected)
     assert rows["history"].shape == (2, len(stored))
     np.testing.assert_array_equal(rows["item_id"], [2, 3])
+
+
+def test_a_played_upload_past_the_vocabulary_is_the_unknown_history_row(trained):
+    """Once exploration shows uploads, users play items the spec never saw: in the history the
+    retrain folds (and a shared store serves) they must encode to row 0, not index past the
+    embedding table (the daily retrain failed with IndexError on day 2 of a run exploring)."""
+    from services.rank.rows import assemble
+
+    spec = trained.prepared.spec
+    (field,) = spec.of("history")
+    user = trained.store.user_features(np.array([1]))
+    item = trained.store.item_features(np.array([1, 2]))
+    history = np.zeros(spec.history_length, dtype=np.int64)
+    history[:3] = [field.vocab_size + 5, 3, field.vocab_size]  # two uploads around item 3
+    rows = assemble(spec, user, item, history)
+    assert rows[field.name][0, :3].tolist() == [0, 3, 0]
+    assert rows[field.name].max() < field.vocab_size

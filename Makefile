@@ -158,8 +158,8 @@ bench-security: setup
 # The simulated world's users against the cascade and the reference arms (random, oracle,
 # popular, EASE), judged on the world's ground truth; trains the synthetic bundle into
 # artifacts/synthetic when it is missing: results/loop/simulation.{json,md,png}. 1000 users over
-# 4 simulated days, the cascade retrained daily from its log (about 10 min on a shared 2-core
-# machine), then the same run with the cascade frozen (about 8 min) and the two side by side.
+# 4 simulated days, the cascade retrained daily from its log, then the same run with the cascade
+# frozen, and the two side by side (10 min 32 s in all on a 2-core machine).
 # The simulated stack serves app/loop.py's SIMULATED_STACK (EASE item-CF recall, relevance-only
 # rerank; the EASE table is rebuilt into the run folder first, about 2 min).
 # The world as `cascade simulate` plays it by default: creators upload and users follow and drop

@@ -129,7 +129,7 @@ def retrain(
     report["plays_heard"] = len(plays["item_id"]) - len(base.split.train_interactions["item_id"])
     report["rank"] = fine_tune_rank(artifacts, version, previous, base, served, plays, config)
     if config.recall_tables:
-        report["recall"] = refresh_recall(artifacts, version, previous, base.dataset, plays)
+        report["recall"] = refresh_recall(artifacts, version, base.dataset, plays)
     if config.prerank_epochs and "prerank" in previous.manifest["components"]:
         report["prerank"] = distill_prerank(artifacts, version, previous, base, data_dir, config)
     if uploads is not None and uploads.num_rows:
@@ -305,25 +305,13 @@ def publish_gate(
     }
 
 
-def refresh_recall(
-    artifacts: Path, version: str, previous: Bundle, dataset: Dataset, plays: Table
-) -> dict:
+def refresh_recall(artifacts: Path, version: str, dataset: Dataset, plays: Table) -> dict:
     """Recall's tables and MF channel from `plays`, built with the published tables' settings
     (e.g. EASE item-CF neighbours); the two-tower files stay as published."""
-    from services.recall.tables import TableSettings
-    from services.recall.train import build_recall
+    from services.recall.train import refresh_tables
 
     started = time.perf_counter()
-    spec = FeatureSpec.from_json(previous.component("recall")["feature_spec"])
-    writer = BundleWriter(artifacts, version)
-    old = previous.component("recall")
-    tables = TableSettings.from_dict(old.get("tables", {}).get("settings", {}))
-    info = build_recall(
-        dataset, plays, writer, spec, two_tower=False, progress=False, table_settings=tables
-    )
-    if "two_tower" in old:  # carried over: its files came with the clone
-        writer.manifest["components"]["recall"]["two_tower"] = old["two_tower"]
-        writer.commit()
+    info = refresh_tables(artifacts, version, dataset, plays, progress=False)
     return {"as_of": info["as_of"], "seconds": round(time.perf_counter() - started, 1)}
 
 

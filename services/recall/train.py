@@ -99,13 +99,40 @@ def rebuild_tables(
             f"not {dataset.name!r}"
         )
     clone(artifacts, source_name, version)  # hard links; the rebuilt files replace theirs
+    refresh_tables(artifacts, version, dataset, train, table_settings)
+    return Path(artifacts) / version
+
+
+def refresh_tables(
+    artifacts: Path,
+    version: str,
+    dataset: Dataset,
+    train: Table,
+    table_settings: TableSettings | None = None,
+    progress: bool = True,
+) -> dict:
+    """Rebuilds recall's tables and MF channel of bundle `version` in place (a clone: each
+    rebuilt file replaces its hard link) from `train`, with `table_settings` or else the ones
+    the bundle was built with (e.g. EASE item-CF); the two-tower is kept. Returns the build's
+    info (its `as_of`)."""
+    old = Bundle.open(artifacts, version).component(COMPONENT)
+    if table_settings is None:
+        table_settings = TableSettings.from_dict(old.get("tables", {}).get("settings", {}))
     writer = BundleWriter(artifacts, version)
     spec = FeatureSpec.from_json(old["feature_spec"])
-    build_recall(dataset, train, writer, spec, two_tower=False, table_settings=table_settings)
-    if "two_tower" in old:  # its files came with the copy
+    info = build_recall(
+        dataset,
+        train,
+        writer,
+        spec,
+        two_tower=False,
+        progress=progress,
+        table_settings=table_settings,
+    )
+    if "two_tower" in old:  # its files came with the clone
         writer.manifest["components"][COMPONENT]["two_tower"] = old["two_tower"]
         writer.commit()
-    return writer.folder
+    return info
 
 
 def main(argv: Sequence[str] | None = None) -> int:

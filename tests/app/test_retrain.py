@@ -285,6 +285,6 @@ def test_recall_rebuilt_with_ease_neighbours_keeps_them_through_the_daily_retrai
     assert (ease.load_npz("recall", "item_cf.npz")["weights"] < 0).any()  # EASE's signed weights
     assert ease.component("rank") == source.component("rank")  # every other stage copied
     clone(root, "ease-cf", "ease-cf-day2")
-    refresh_recall(root, "ease-cf-day2", ease, dataset, train)
+    refresh_recall(root, "ease-cf-day2", dataset, train)
     day2 = Bundle.open(root, "ease-cf-day2").component("recall")
     assert day2["tables"]["settings"]["cf_model"] == "ease"  # the published setting carried

@@ -186,7 +186,7 @@ class DailyRetrain:
     def __call__(self, day: int) -> None:
         if day + 1 >= self.args.days:
             return  # no later day would be served by it
-        time.sleep(1.0)  # the gateway's impression writer drains its queue in the background
+        stack.wait_impressions_logged(self.running)  # the day's answers are all in the log
         events, impressions = read_log(self.log_url)
         version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
         report = retrain(

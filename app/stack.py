@@ -19,9 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.stages import SERVER_MODULES
 from cascade import healthcheck
@@ -426,6 +429,31 @@ def wait_healthy(stack: Stack, timeout_s: float) -> None:
                 f"{log_tail(service.log)}"
             )
         time.sleep(0.2)
+
+
+def wait_impressions_logged(stack: Stack, timeout_s: float = 60.0) -> None:
+    """Until the gateway has logged (or counted as dropped) every answer it gave so far: its
+    `cascade_gateway_impressions_pending` gauge reads 0 (gateway/impressions.py). A caller that
+    read its answers before calling sees them all in the event log afterwards."""
+    gateway = next(s for s in stack.services if s.name == "gateway")
+    url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(url, timeout=5.0) as response:  # loopback only
+            families = text_string_to_metric_families(response.read().decode())
+        pending = [
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "cascade_gateway_impressions_pending"
+        ]
+        if not pending:
+            raise StackError(f"the gateway's metrics at {url} have no impressions_pending gauge")
+        if pending[0] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"{pending[0]:.0f} impressions still unwritten after {timeout_s} s")
+        time.sleep(0.05)
 
 
 def _serving(address: str, certs: Path | None = None) -> bool:

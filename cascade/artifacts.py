@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class BundleWriter:
         self.folder = Path(root) / self.version
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest_path = self.folder / MANIFEST
-        self.manifest = (
+        self.manifest: dict[str, Any] = (
             json.loads(manifest_path.read_text())
             if manifest_path.exists()
             else {"version": self.version, "components": {}, "files": {}}
@@ -87,7 +88,7 @@ class BundleWriter:
 
     def save_npz(self, component: str, name: str, **arrays: np.ndarray) -> Path:
         with self.path(component, name).open("wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, allow_pickle=True, **arrays)  # numpy's default, named for mypy
         return self.add(component, name)
 
     def save_json(self, component: str, name: str, value: object) -> Path:

@@ -47,8 +47,9 @@ class Candidates(NamedTuple):
     scores: np.ndarray  # (n,) float32
     channel_masks: np.ndarray  # (n,) uint32, bit c set when Channel c found the item
 
-    def take(self, order: np.ndarray) -> Candidates:
-        """The candidates at positions `order` (an index array or boolean mask), in that order."""
+    def take(self, order: np.ndarray | slice) -> Candidates:
+        """The candidates at positions `order` (an index array, boolean mask or slice), in that
+        order."""
         return Candidates(self.item_ids[order], self.scores[order], self.channel_masks[order])
 
 

@@ -96,7 +96,9 @@ def _certificate(subject, issuer, public_key, signer, days: float, extensions) -
 def _load_ca(paths: CertPaths) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
     key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-    return cert, key  # type: ignore[return-value]
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{paths.ca_key} holds no EC private key (cascade certs writes one)")
+    return cert, key
 
 
 def make_certificates(
@@ -132,7 +134,7 @@ def make_certificates(
     names += [f"{s}.{namespace}.svc" for s in STAGE_NAMES]
     names += [f"{s}.{namespace}.svc.cluster.local" for s in STAGE_NAMES]
     names += list(dns_names)
-    alternative = [x509.DNSName(n) for n in dict.fromkeys(names)]
+    alternative: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(names)]
     alternative += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     leaves = (
         ("server", "cascade-server", ExtendedKeyUsageOID.SERVER_AUTH, alternative),

@@ -167,8 +167,10 @@ class DefaultDeadline(grpc.UnaryUnaryClientInterceptor):
 def field_violations(error: grpc.RpcError) -> dict[str, str]:
     """The BadRequest field violations of a failed call, {field: description}; {} if none."""
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    if status is None:
+        return {}
     violations: dict[str, str] = {}
-    for detail in status.details if status is not None else ():
+    for detail in status.details:
         bad_request = error_details_pb2.BadRequest()
         if detail.Unpack(bad_request):
             for violation in bad_request.field_violations:

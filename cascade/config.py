@@ -29,7 +29,7 @@ class Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str = ""):
+    def __init__(self, value: str | Secret = ""):
         self._value = str(value.reveal() if isinstance(value, Secret) else value)
 
     def reveal(self) -> str:

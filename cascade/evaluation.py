@@ -129,10 +129,10 @@ def evaluate_ranking(
     if not len(users):
         return result
     result.update({name: float(np.concatenate(v).mean()) for name, v in per_user.items()})
-    pages = np.concatenate(pages)
+    shown = np.concatenate(pages)  # (users, k_max)
     item_users = np.bincount(seen.items, minlength=n_items)
     n_train_users = int((seen.lengths() > 0).sum())
     for k in ks:
-        result[f"Coverage@{k}"] = metrics.coverage(pages[:, :k], n_items - 1)
-        result[f"Novelty@{k}"] = metrics.novelty(pages[:, :k], item_users, n_train_users)
+        result[f"Coverage@{k}"] = metrics.coverage(shown[:, :k], n_items - 1)
+        result[f"Novelty@{k}"] = metrics.novelty(shown[:, :k], item_users, n_train_users)
     return result

@@ -136,11 +136,12 @@ class RedisEventLog:
         """Every entry of the stream in append order, read in chunks."""
         start = "-"
         while True:
-            chunk = self.client.xrange(self.streams[kind], min=start, count=READ_CHUNK)
+            chunk = self.client.xrange(self.streams[kind], min=start, count=READ_CHUNK) or []
             yield from chunk
             if len(chunk) < READ_CHUNK:
                 return
-            start = "(" + chunk[-1][0].decode()
+            last = chunk[-1][0]  # the entry id: bytes, as the client does not decode
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
     def close(self) -> None:
         self.client.close()

@@ -53,7 +53,7 @@ def refusal_handler(
     def behavior(_requests, context: grpc.ServicerContext) -> None:
         refuse(context)
 
-    behavior.experimental_thread_pool = IN_PLACE  # type: ignore[attr-defined]
+    behavior.experimental_thread_pool = IN_PLACE  # type: ignore[attr-defined]  # gRPC reads this attribute off the behavior function
     return grpc.stream_unary_rpc_method_handler(
         behavior, response_serializer=handler.response_serializer
     )

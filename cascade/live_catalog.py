@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -20,6 +21,9 @@ import pyarrow as pa
 
 from cascade.server import invalid_argument
 from cascade.v1 import catalog_pb2, catalog_pb2_grpc
+
+if TYPE_CHECKING:
+    from cascade.feature_store import FeatureStore
 
 MAX_CATEGORIES = 6  # cascade.data.schema.MAX_CATEGORIES: the items table's categories width
 MAX_FUTURE_S = 86_400  # as cascade.events: a time more than a day ahead is a client bug
@@ -178,7 +182,7 @@ class CatalogUpdatesService(catalog_pb2_grpc.CatalogUpdatesServicer):
     a new bundle already holds (the daily retrain folds them in) are forgotten at its reload,
     and only each (follower, followee) pair's latest change is kept."""
 
-    def __init__(self, store: Callable[[], object], max_batch: int = 1000):
+    def __init__(self, store: Callable[[], FeatureStore], max_batch: int = 1000):
         self.store = store
         self.max_batch = max_batch
         self._items: list[catalog_pb2.NewItem] = []

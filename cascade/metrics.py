@@ -56,7 +56,7 @@ def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
 
 def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
     """(n,) 1.0 when at least one relevant item is in the top k."""
-    return hits[:, :k].any(axis=1).astype(np.float64)
+    return np.asarray(hits[:, :k].any(axis=1), dtype=np.float64)
 
 
 def reciprocal_rank(ranks: np.ndarray, k: int | None = None) -> np.ndarray:

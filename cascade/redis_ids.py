@@ -116,8 +116,8 @@ class RedisIdMap:
         for d in dense:
             if 1 <= d <= self._identity:
                 out.append(str(d))
-            elif found.get(d) is not None:
-                out.append(found[d].decode())
+            elif (key := found.get(d)) is not None:
+                out.append(key.decode() if isinstance(key, bytes) else str(key))
             else:
                 raise ValueError(f"dense id {d} is not in the map (1..{len(self)})")
         return out

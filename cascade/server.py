@@ -324,7 +324,7 @@ class StageServer:
     """
 
     name: str  # the service's name in cascade.topology: env prefix, metrics label, logs
-    settings: type  # its settings dataclass, with a `server: ServerSettings` field
+    settings: type[Any]  # its settings dataclass, with a `server: ServerSettings` field
     load: Callable[[Any], Any]
     service: Callable[[Any, Any, CollectorRegistry], Any]
     register: Callable[[Any, grpc.Server], None]  # the generated add_<Name>Servicer_to_server
@@ -428,7 +428,9 @@ def resource_exhausted(context: grpc.ServicerContext, field: str, description: s
     _abort_naming(context, code_pb2.RESOURCE_EXHAUSTED, field, description)
 
 
-def _abort_naming(context: grpc.ServicerContext, code: int, field: str, description: str):
+def _abort_naming(
+    context: grpc.ServicerContext, code: int, field: str, description: str
+) -> NoReturn:
     violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))

@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import (
@@ -44,7 +45,10 @@ def new_registry(process_metrics: bool = True) -> CollectorRegistry:
     return registry
 
 
-_model_info: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # registry -> (gauge, {})
+# registry -> (its cascade_model_info gauge, {stage: the version it reports})
+_model_info: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Gauge, dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 _model_info_lock = threading.Lock()
 
 
@@ -158,7 +162,9 @@ class RpcMetrics:
                 code_counter(rpc, code).inc()
 
         # A behavior that runs on its own pool (the gateway's refusals) keeps it.
-        handle.experimental_thread_pool = getattr(behavior, "experimental_thread_pool", None)
+        handle.experimental_thread_pool = getattr(  # type: ignore[attr-defined]  # gRPC reads this attribute off the behavior function
+            behavior, "experimental_thread_pool", None
+        )
         return handle
 
     def _rpc_children(self, rpc: str) -> tuple:
@@ -220,7 +226,7 @@ class MetricsServer:
     """The HTTP server that exposes a registry at /metrics."""
 
     port: int
-    _httpd: object
+    _httpd: WSGIServer
 
     def close(self) -> None:
         """Stop serving; returns at once (the server's loop notices within 0.5 s, then the port

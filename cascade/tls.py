@@ -71,7 +71,9 @@ class ServerCertificates:
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
-            self._initial, self.fetch, require_client_authentication=self.mutual
+            self._initial,
+            self.fetch,  # type: ignore[arg-type]  # gRPC takes None as "no change"; its stub does not
+            require_client_authentication=self.mutual,
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -124,4 +126,5 @@ def channel_credentials(
 def peer_common_name(context: grpc.ServicerContext) -> str | None:
     """The common name of the verified client certificate of this call; None without one."""
     names = context.auth_context().get("x509_common_name") or ()
-    return names[0].decode(errors="replace") if names else None
+    first = names[0] if names else None  # gRPC gives a list of bytes values
+    return first.decode(errors="replace") if first else None  # type: ignore[attr-defined]  # grpc's stub types each value as bytes, not a list of them

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cascade.candidates import CHANNELS
 
@@ -24,7 +25,8 @@ class Arm:
     name: str
     share: float = 1.0
     # What the arm changes in the pipeline, e.g. {"rank_count": 50, "stages": "recall,rerank"}.
-    overrides: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+    # Funnel fields -> values of each field's type (checked by parse_arms).
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():

@@ -231,7 +231,7 @@ def _failed(
     """Prints why the call failed, with what to do about it where the cause is the caller's
     setup (no stack running, no or a wrong token, a short deadline); returns the exit code 1."""
     code = error.code() if isinstance(error, grpc.Call) else None
-    hint = {
+    hints = {
         grpc.StatusCode.UNAVAILABLE: f"the gateway at {target} is not reachable; {START_HINT}",
         grpc.StatusCode.UNAUTHENTICATED: (
             f"the gateway at {target} refused the API token given by --token or {TOKEN_ENV}"
@@ -242,7 +242,8 @@ def _failed(
         grpc.StatusCode.DEADLINE_EXCEEDED: (
             f"no answer from the gateway at {target} within {timeout_s:g} s (--timeout)"
         ),
-    }.get(code)
+    }
+    hint = hints.get(code) if code is not None else None
     if hint is not None:
         print(f"cascade {verb}: {hint}", file=sys.stderr)
         return 1

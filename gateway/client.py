@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -29,9 +30,9 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 Event = gateway_pb2.Event
 EVENT_TYPES = {
-    value.name.removeprefix("EVENT_TYPE_").lower(): value.number
-    for value in gateway_pb2.EventType.DESCRIPTOR.values
-    if value.number != gateway_pb2.EVENT_TYPE_UNSPECIFIED
+    name.removeprefix("EVENT_TYPE_").lower(): number
+    for name, number in gateway_pb2.EventType.items()
+    if number != gateway_pb2.EVENT_TYPE_UNSPECIFIED
 }
 
 
@@ -64,7 +65,7 @@ class CascadeClient:
         self,
         user_id: int | str,
         count: int = 10,
-        context: common_pb2.RequestContext | Mapping[str, object] | None = None,
+        context: common_pb2.RequestContext | Mapping[str, Any] | None = None,
         debug: bool = False,
         timeout_s: float | None = None,
         request_time_ms: int = 0,
@@ -110,7 +111,7 @@ class CascadeClient:
         return self._stub.Feedback(request, timeout=self.timeout_s, metadata=metadata)
 
     def add_items(
-        self, items: Iterable[catalog_pb2.NewItem | Mapping[str, object]], request_time_ms: int = 0
+        self, items: Iterable[catalog_pb2.NewItem | Mapping[str, Any]], request_time_ms: int = 0
     ) -> catalog_pb2.AddItemsResponse:
         """Uploads items, each a NewItem or a dict of its fields (item_key, creator_id,
         categories, upload_time_ms); the answer has each item's dense id. A retry is safe (a key

@@ -104,13 +104,13 @@ def explore_page(
     slots given), and how many were eligible. `lists`: each stage's answer (Served.lists); the
     explored items keep recall's scores and channel tags."""
     started = time.perf_counter()
-    recall = lists.get("recall")
-    if recall is None:
+    recall_list = lists.get("recall")
+    if recall_list is None:
         return page, 0
     prerank = lists.get("prerank")  # absent when the arm skips pre-rank
     now_ms = user.request_time_ms
     excluded = np.concatenate([page.item_ids, seen, memory.recent(user.user_id, now_ms)])
-    recall = from_proto(recall)
+    recall = from_proto(recall_list)
     eligible = recent_uploads(
         recall,
         None if prerank is None else np.asarray(prerank.item_ids, dtype=np.int64),

@@ -5,6 +5,8 @@ the writer drains the queue in batches (waiting up to `linger_s` after the first
 a frame's fixed cost is paid once per batch, not once per answer), turns each answer into one
 IMPRESSIONS row (the items in display order with their positions, every stage's score for each
 shown item, channel masks, model versions, degraded stages) and appends the batch to the event log.
+`flush()` returns once what was submitted before it is written; outside the gateway's process the
+gauge `cascade_gateway_impressions_pending` at 0 says the same.
 """
 
 from __future__ import annotations
@@ -99,16 +101,30 @@ class ImpressionWriter:
         self.linger_s = linger_s
         self.metrics = metrics
         self.record_shown = record_shown
-        self._queue: queue.Queue[Shown | None] = queue.Queue(maxsize=capacity)
+        # None stops the writer; an Event asks it to write what is queued and set the event.
+        self._queue: queue.Queue[Shown | threading.Event | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
         self._thread.start()
 
     def submit(self, shown: Shown) -> None:
         """Never blocks: when the writer is behind, the record is dropped and counted."""
+        self.metrics.impressions_pending.inc()  # before the writer can take it
         try:
             self._queue.put_nowait(shown)
         except queue.Full:
+            self.metrics.impressions_pending.dec()
             self.metrics.impressions.labels("queue_full").inc()
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Blocks until every answer submitted before the call is logged (or counted as not
+        logged), without waiting out `linger_s`; False when that took longer than `timeout_s`."""
+        written = threading.Event()
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._queue.put(written, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return written.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Writes what is queued, then stops the thread."""
@@ -119,23 +135,26 @@ class ImpressionWriter:
         while True:
             batch = [self._take(self._queue.get())]
             until = time.monotonic() + self.linger_s
-            while batch[-1] is not None and len(batch) < BATCH:
+            while isinstance(batch[-1], Shown) and len(batch) < BATCH:
                 try:
                     wait = until - time.monotonic()
                     shown = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 batch.append(self._take(shown))
-            rows = [shown for shown in batch if shown is not None]
+            rows = [shown for shown in batch if isinstance(shown, Shown)]
             if rows:
                 self._write(rows)
-            if batch[-1] is None:
+                self.metrics.impressions_pending.dec(len(rows))
+            if isinstance(batch[-1], threading.Event):
+                batch[-1].set()  # a flush: everything before it is written
+            elif batch[-1] is None:
                 return
 
-    def _take(self, shown: Shown | None) -> Shown | None:
+    def _take(self, shown: Shown | threading.Event | None) -> Shown | threading.Event | None:
         """One answer off the queue: recorded as shown at once (the next request may come in
         milliseconds); only its log row waits for the batch."""
-        if shown is not None and self.record_shown is not None:
+        if isinstance(shown, Shown) and self.record_shown is not None:
             self._record_shown([shown])
         return shown
 
@@ -150,12 +169,15 @@ class ImpressionWriter:
         self.metrics.impressions.labels("logged").inc(len(batch))
 
     def _record_shown(self, batch: list[Shown]) -> None:
+        record = self.record_shown
+        if record is None:  # no shared store: rerank's embedded filter sees the pages itself
+            return
         for shown in batch:
             # A shadow ranking (gateway/shadow.py, arm "shadow:NAME") was never shown.
             if shown.user_id <= 0 or not shown.item_ids or shown.arm.startswith("shadow:"):
                 continue
             try:
                 items = np.asarray(shown.item_ids, dtype=np.int64)
-                self.record_shown(shown.user_id, items, shown.shown_ms)
+                record(shown.user_id, items, shown.shown_ms)
             except Exception as error:  # a store outage must not stop the writer
                 log.warning("gateway: recording a shown page failed: %s", error)

@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cascade import topology
 from cascade.candidates import CHANNELS, Candidates, channel_bit, from_proto, to_proto
@@ -58,6 +58,13 @@ RERANK_METHODS = {
 }
 MIN_STAGE_S = 0.001  # less than this for a stage: skip the call, it could not answer in time
 POPULAR_MASK = channel_bit("popular")
+
+
+class StageReply(Protocol):
+    """What every stage's reply message carries (RecallResponse, ..., RerankResponse)."""
+
+    @property
+    def candidates(self) -> common_pb2.CandidateList: ...
 
 
 class GatewayMetrics:
@@ -115,6 +122,13 @@ class GatewayMetrics:
             "Recommend answers by what became of their impression record: logged, or dropped "
             "(queue_full: the writer fell behind; log_error: the event log refused the write).",
             ["outcome"],
+            registry=registry,
+        )
+        # A process outside the gateway (the simulation's daily retrain) waits for 0 before it
+        # reads the log: every answer it received is then logged or counted as dropped.
+        self.impressions_pending = Gauge(
+            "cascade_gateway_impressions_pending",
+            "Recommend answers queued for the impression writer, not yet logged or dropped.",
             registry=registry,
         )
         self.event_log_failures = Counter(
@@ -315,32 +329,36 @@ class Cascade:
             user=user, count=funnel.recall_count, channel_quotas=dict(funnel.channel_quotas)
         )
         candidates = stage("recall", recall_request, lambda: self._popular(seen()), None)
-        request = prerank_pb2.PrerankRequest(
+        prerank_request = prerank_pb2.PrerankRequest(
             user=user, count=funnel.prerank_count, candidates=candidates
         )
         candidates = stage(
             "prerank",
-            request,
+            prerank_request,
             lambda c=candidates: from_proto(c).take(slice(0, funnel.prerank_count)),
             candidates,
         )
-        request = rank_pb2.RankRequest(user=user, count=funnel.rank_count, candidates=candidates)
+        rank_request = rank_pb2.RankRequest(
+            user=user, count=funnel.rank_count, candidates=candidates
+        )
         candidates = stage(
             "rank",
-            request,
+            rank_request,
             lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)),
             candidates,
         )
-        request = rerank_pb2.RerankRequest(
+        rerank_request = rerank_pb2.RerankRequest(
             user=user,
             count=count,
             candidates=candidates,
-            method=RERANK_METHODS.get(funnel.rerank_method, 0),
+            method=RERANK_METHODS.get(
+                funnel.rerank_method, rerank_pb2.DIVERSITY_METHOD_UNSPECIFIED
+            ),
             trade_off=funnel.rerank_trade_off,
         )
         candidates = stage(
             "rerank",
-            request,
+            rerank_request,
             lambda c=candidates: self._local_rerank(from_proto(c), seen(), count),
             candidates,
         )
@@ -382,7 +400,7 @@ class Cascade:
             reply, reason = None, "NO_BUDGET"
         else:
             reply, reason = self._call(name, request, budget, timeout)
-        candidates = to_proto(*fallback()) if reason else reply.candidates
+        candidates = to_proto(*fallback()) if reason or reply is None else reply.candidates
         latency = time.perf_counter() - started
         self.metrics.labelled(self.metrics.stage_latency, name).observe(latency)
         trace = response.trace.add(
@@ -403,7 +421,9 @@ class Cascade:
                     trace.channel_counts[CHANNELS.get(report.channel, "unknown")] = report.kept
         return candidates
 
-    def _call(self, name: str, request, budget: Budget, timeout: float) -> tuple[object, str]:
+    def _call(
+        self, name: str, request, budget: Budget, timeout: float
+    ) -> tuple[StageReply | None, str]:
         """The stage's reply from one of its replicas, or None and the reason it has none
         (CIRCUIT_OPEN: every replica is ejected). A replica that refuses at once (UNAVAILABLE:
         down, draining) leaves the rest of the stage's budget to one other replica."""

@@ -71,7 +71,7 @@ def resolve(target: str) -> list[Endpoint]:
             log.warning("replicas: cannot resolve %s: %s", host, error)
             continue
         for address in dict.fromkeys(info[4][0] for info in infos):
-            endpoints.append(Endpoint(_join(address, port), host))
+            endpoints.append(Endpoint(_join(str(address), port), host))
     return list(dict.fromkeys(endpoints))
 
 
@@ -100,7 +100,7 @@ def _load(replica: Replica) -> tuple[int, int]:
 
 def _stamp(paths: Sequence[Path]) -> tuple:
     """What changes when a file is replaced (a Secret update swaps a symlink: a new inode)."""
-    stamps = []
+    stamps: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             info = path.stat()

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -55,6 +56,9 @@ from gateway.request_time import caller_time_ms
 from gateway.shadow import Shadow
 from gateway.uploads import CatalogUpdates
 from gateway.uploads import restore as restore_uploads
+
+if TYPE_CHECKING:
+    from cascade.redis_store import RedisState
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
@@ -340,7 +344,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         logged = self.log.read_events()  # ids and the online view come back from the log
         # Every id assigned online comes back from the log: a restart maps an external id to the
         # dense id it had.
-        self.ids = catalog.ids
+        if catalog.ids is None:
+            raise ValueError("the gateway needs the catalog's id maps (load_catalog builds them)")
+        self.ids: GatewayIds = catalog.ids
         self.ids.users.restore(logged["user_id"].to_numpy(), logged["user_key"].to_pylist())
         self.updates = CatalogUpdates(self, registry)  # AddItems, ChangeFollows (uploads.py)
         restore_uploads(self.ids, catalog, self.log.read_records("uploads"))
@@ -356,7 +362,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self.metrics.arm_latency.labels(name)
             self.metrics.explored.labels(name)
             self.metrics.explore_empty.labels(name)
-        self.shared = None  # the Redis online store (RedisState) when the store is shared
+        self.shared: RedisState | None = None  # the Redis online store when the store is shared
         if settings.store != "memory":
             from cascade.redis_store import RedisState
 
@@ -433,11 +439,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def swap(self, catalog: Catalog) -> str:
         """Validates Feedback against, and falls back on, a newly published bundle's catalog
         (hot reload); returns its version."""
+        if catalog.ids is None:
+            raise ValueError(f"the catalog of {catalog.version} has no id maps")
         catalog.ids = self.ids = self.ids.with_items(catalog.ids)
         restore_uploads(self.ids, catalog, self.log.read_records("uploads"))  # not in the bundle
         self.catalog = catalog
         self.cascade.popular, self.cascade.creators = catalog.popular, catalog.creators
-        self.cascade.consumed, self.cascade.uploaded = catalog.consumed, catalog.uploaded
+        self.cascade.consumed = catalog.consumed
+        if catalog.uploaded is not None:  # else the upload times known so far stay
+            self.cascade.uploaded = catalog.uploaded
         set_model_info(self.registry, STAGE, catalog.version)
         return catalog.version
 
@@ -491,7 +501,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         response = self.cascade.run(
             user, count, budget, request.debug, served, seen_of, funnel, request_id
         )
-        if reason:
+        if reason and self.admission is not None:  # only admission gives a reason
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = request_id, arm
         metrics = self.metrics
@@ -565,7 +575,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"the event log could not store the events, none was recorded: {error}",
             )
         if self.shared is not None:
-            self._store_shared(table, context)
+            self._store_shared(self.shared, table, context)
         elif new.num_rows:
             self._store_embedded(new)
         self.metrics.feedback.labels("accepted").inc(len(valid))
@@ -582,13 +592,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def ChangeFollows(self, request, context: grpc.ServicerContext):
         return self.updates.change_follows(request, context)
 
-    def _store_shared(self, table: pa.Table, context: grpc.ServicerContext) -> None:
+    def _store_shared(
+        self, shared: RedisState, table: pa.Table, context: grpc.ServicerContext
+    ) -> None:
         """Every valid event (repeats included: the shared store skips what it applied, so a
         retry after a failure completes it) in one atomic write; UNAVAILABLE when it failed."""
         if not table.num_rows:
             return
         try:
-            self.shared.record(
+            shared.record(
                 table["user_id"].to_numpy(),
                 table["item_id"].to_numpy(),
                 table["timestamp_ms"].to_numpy() // 1000,
@@ -712,7 +724,8 @@ def interceptors(
 ) -> list[grpc.ServerInterceptor]:
     # Admission first: it decides before the call waits for a worker thread.
     auth = [TokenAuth(settings.api_token.reveal())] if settings.api_token else []
-    return [service.admission, *auth]
+    admission = [service.admission] if service.admission is not None else []
+    return [*admission, *auth]
 
 
 def describe(settings: GatewaySettings, service: GatewayService) -> str:

@@ -77,7 +77,7 @@ def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
         _text(values.get("occupation"), n_listed) + [""] * len(extra), "unknown"
     )
     region = np.zeros(n, dtype=np.int32)
-    if "region" in values:
+    if "region" in values and mapping.users is not None:  # values come from the users file
         spec = mapping.users
         tokens = [t.strip() for t in _text(values["region"], n_listed)]
         if spec.region_prefix:
@@ -116,7 +116,7 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
     creator_index = {name: i + 1 for i, name in enumerate(names)}
     creator_id = np.array([creator_index.get(creators_of.get(k, ""), 0) for k in keys], np.int64)
     category_names, matrix = ["none"], np.zeros((n, MAX_CATEGORIES), dtype=np.int16)
-    if "categories" in values:
+    if "categories" in values and mapping.items is not None:  # values: from the items file
         delimiter = mapping.items.category_delimiter
         texts = _text(values["categories"], n)
         lists = [[g for g in s.split(delimiter) if g.strip()] for s in texts]

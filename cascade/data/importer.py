@@ -117,8 +117,8 @@ def read_interactions(mapping: Mapping, report: Report, progress: bool = True) -
         event = np.concatenate(parts["ev"])
         mapped = np.zeros(n, dtype=bool)
         for flag, values in spec.events.items():
-            codes = [events.codes[v] for v in values if v in events.codes]
-            hit = np.isin(event, codes)
+            event_codes = [events.codes[v] for v in values if v in events.codes]
+            hit = np.isin(event, event_codes)
             flags[flag] |= hit
             mapped |= hit
         unmapped = Counter(events.keys[c] for c in event[keep & ~mapped][:100_000])
@@ -219,7 +219,7 @@ def read_items(spec: Items) -> tuple[list[str], dict[str, pa.Array]]:
         "upload_time": spec.upload_time,
     }
     keys, values = read_table(spec.source, spec.item, columns, "item id")
-    if "upload_time" in values:
+    if spec.upload_time is not None and "upload_time" in values:
         values["upload_ts"] = parse_times(
             spec.source, spec.upload_time, values.pop("upload_time"), 0, spec.upload_time_format
         )

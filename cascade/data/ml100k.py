@@ -160,7 +160,7 @@ def _items(raw_dir: Path, interactions: dict) -> tuple[dict, list[str], dict]:
     directors = _directors(raw_dir)
     names = sorted(set(directors.values()))
     creator_of_name = {name: i + 1 for i, name in enumerate(names)}
-    creator_id = np.array([creator_of_name.get(directors.get(i), 0) for i in ids.tolist()])
+    creator_id = np.array([creator_of_name.get(directors.get(i, ""), 0) for i in ids.tolist()])
 
     # An item enters the catalog with its first rating; never-rated items exist from the start.
     first_seen = np.full(ids.max() + 1, interactions["ts"].min(), dtype=np.int64)

@@ -164,7 +164,7 @@ def save(dataset: Dataset, folder: Path) -> None:
         arrow = pa.table({c: _to_arrow(table[c]) for c in SCHEMA[name]})
         pq.write_table(arrow, folder / f"{name}.parquet")
     if dataset.truth:
-        np.savez(folder / "truth.npz", **dataset.truth)
+        np.savez(folder / "truth.npz", allow_pickle=True, **dataset.truth)  # default, named
     (folder / "meta.json").write_text(json.dumps(dataset.meta, indent=2))
 
 

@@ -512,7 +512,8 @@ def _exposures(config, policy, follow_index, items, truth, account, progress) ->
     activity = rng.lognormal(0.0, 1.0, n) * mean_pages / np.exp(0.5)  # heavy-tailed, mean kept
     pages = np.clip(np.rint(activity), 1, max(1, 50 * mean_pages)).astype(np.int64)
     total = int(pages.sum()) * config.page_size
-    dtypes = {"user_id": np.int64, "item_id": np.int64, "ts": np.int64, "position": np.int16}
+    dtypes: dict[str, type] = {"user_id": np.int64, "item_id": np.int64, "ts": np.int64}
+    dtypes["position"] = np.int16
     dtypes |= dict.fromkeys(["click", "play", "complete", "like", "share"], bool)
     dtypes |= {"impression_utility": np.float32, "impression_source": np.int8}
     dtypes |= {"impression_followed": bool}

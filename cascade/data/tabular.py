@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -69,7 +70,7 @@ class Source:
             first = handle.readline().rstrip("\r\n")
         if not first.strip():
             raise DataError(f"{self.path} line 1: the file is empty (no header line)")
-        quoting = csv.QUOTE_NONE if self.kind == "atomic" else csv.QUOTE_MINIMAL
+        quoting: Literal[0, 3] = csv.QUOTE_NONE if self.kind == "atomic" else csv.QUOTE_MINIMAL
         names = next(csv.reader([first], delimiter=self.delimiter, quoting=quoting))
         if len(names) == 1:
             others = [d for d in _DELIMITERS if d != self.delimiter and d in first]

@@ -12,9 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, start_http_server
 
 from app import stack
 from cascade.artifacts import clone, publish
+from cascade.eventlog import FileEventLog, LogSettings
+from gateway.impressions import ImpressionWriter
+from gateway.pipeline import GatewayMetrics
+from tests.gateway.test_impressions import shown
 
 STAGE_TRAINERS = (
     ("services.recall.train",),
@@ -104,6 +109,26 @@ def test_health_wait_gives_up_after_its_timeout(tmp_path):
         held.close()
         sleeper.kill()
         sleeper.wait()
+
+
+def test_waiting_for_impressions_returns_once_the_gateway_logged_every_answer(tmp_path):
+    """The wait reads the gateway's pending gauge over its metrics port, as the simulation's
+    daily retrain does from another process; the writer lingers 0.5 s before it writes."""
+    registry = CollectorRegistry()
+    event_log = FileEventLog(tmp_path / "log", LogSettings())
+    writer = ImpressionWriter(event_log, GatewayMetrics(registry), linger_s=0.5)
+    httpd, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    gateway = stack.Service("gateway", 1, httpd.server_port, os.getpid(), str(tmp_path / "g.log"))
+    try:
+        for name in ("a", "b", "c"):
+            writer.submit(shown(name))
+        stack.wait_impressions_logged(stack.Stack(tmp_path, [gateway], "v1", "tiny"), 10.0)
+        rows = event_log.read_impressions().to_pylist()
+        assert [r["request_id"] for r in rows] == ["a", "b", "c"]
+    finally:
+        httpd.shutdown()
+        writer.close()
+        event_log.close()
 
 
 def test_down_leaves_processes_it_did_not_start(tmp_path, capsys):

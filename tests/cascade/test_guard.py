@@ -15,8 +15,11 @@ from cascade.telemetry import new_registry
 
 
 def test_a_call_past_the_queue_bound_is_refused_at_once_with_pushback():
+    started, release = threading.Event(), threading.Event()
+
     def slow(request: bytes, context) -> bytes:
-        time.sleep(0.3)
+        started.set()
+        release.wait(10)  # the worker stays busy until the test has been refused
         return request
 
     def add(server: grpc.Server) -> list[str]:
@@ -37,13 +40,19 @@ def test_a_call_past_the_queue_bound_is_refused_at_once_with_pushback():
             threading.Thread(target=lambda m=m: answers.append(call(m, timeout=5)))
             for m in (b"running", b"queued")
         ]
-        for thread in waiting:
-            thread.start()
-            time.sleep(0.05)
-        started = time.perf_counter()
+        running_call, queued_call = waiting
+        running_call.start()
+        assert started.wait(10)  # the only worker is busy
+        queued_call.start()
+        deadline = time.monotonic() + 10
+        while running._pool._work_queue.qsize() < 1:  # the second call waits for the worker
+            assert time.monotonic() < deadline, "the second call never queued"
+            time.sleep(0.01)
+        sent = time.perf_counter()
         with pytest.raises(grpc.RpcError) as refused:
             call(b"one more", timeout=5)
-        assert time.perf_counter() - started < 0.15  # not after the 0.3 s the worker is busy
+        assert time.perf_counter() - sent < 1.0  # at once: the worker is held until release
+        release.set()
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert dict(refused.value.trailing_metadata())[PUSHBACK_KEY] == "20"
         for thread in waiting:
@@ -52,5 +61,6 @@ def test_a_call_past_the_queue_bound_is_refused_at_once_with_pushback():
         refusals = registry.get_sample_value("cascade_queue_refused_total", {"stage": "slow"})
         assert refusals == 1.0
     finally:
+        release.set()
         channel.close()
         running.stop(0)

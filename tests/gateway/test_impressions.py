@@ -1,5 +1,5 @@
 """The impression writer batches answers into frames: what arrives within `linger_s` of an answer
-shares its frame, and closing writes what is queued at once."""
+shares its frame, and flushing or closing writes what is queued at once."""
 
 from __future__ import annotations
 
@@ -42,6 +42,30 @@ def test_answers_within_the_linger_share_one_frame_and_close_does_not_wait(tmp_p
     assert [r["request_id"] for r in rows] == ["a", "b", "c"]
     assert rows[0]["rank_scores"] == [0.5, 0.8999999761581421]  # display order: items 8, 4
     assert rows[0]["prerank_scores"] == []  # degraded: no scores
+    log.close()
+
+
+def test_flush_writes_what_is_queued_at_once_and_the_writer_goes_on(tmp_path):
+    log = FileEventLog(tmp_path / "log", LogSettings())
+    registry = CollectorRegistry()
+    writer = ImpressionWriter(log, GatewayMetrics(registry), linger_s=30.0)
+    for name in ("a", "b"):
+        writer.submit(shown(name))
+    assert registry.get_sample_value("cascade_gateway_impressions_pending") == 2
+    started = time.monotonic()
+    assert writer.flush()
+    assert time.monotonic() - started < 5.0  # not the 30 s linger
+    assert frames(tmp_path / "log") == [2]
+    assert registry.get_sample_value("cascade_gateway_impressions_pending") == 0
+    writer.submit(shown("c"))
+    assert writer.flush()
+    assert frames(tmp_path / "log") == [2, 1]
+    assert writer.flush()  # nothing queued: returns at once, writes nothing
+    assert frames(tmp_path / "log") == [2, 1]
+    writer.close()
+    assert not writer.flush(timeout_s=0.1)  # a closed writer never writes again
+    rows = log.read_impressions().to_pylist()
+    assert [r["request_id"] for r in rows] == ["a", "b", "c"]
     log.close()
 
 

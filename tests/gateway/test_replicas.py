@@ -69,7 +69,12 @@ def test_a_dead_replica_is_ejected_probed_by_health_checks_and_taken_back(built,
         # Ejected after 2 failures: both calls', or one call's and one health probe's.
         assert reasons[0] == "UNAVAILABLE" and reasons[-2:] == ["CIRCUIT_OPEN"] * 2, reasons
         assert set(reasons) == {"UNAVAILABLE", "CIRCUIT_OPEN"}
-        time.sleep(0.5)  # past the cooldown: the probe is a health check, no request pays it
+        # Past the cooldown the prober health-checks it: no request pays for the probe.
+        (replica,) = pool.replicas
+        since, deadline = time.monotonic(), time.monotonic() + 30
+        while replica.probed_at < since:
+            assert time.monotonic() < deadline, "the ejected replica was never probed"
+            time.sleep(0.01)
         assert rank_reasons(client, 2) == ["CIRCUIT_OPEN", "CIRCUIT_OPEN"]
         assert pool.serving() == []
         back = rank_server(built, port)  # the replica comes back on its address

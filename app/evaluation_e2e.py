@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -189,12 +190,14 @@ def baseline_pages(dataset, protocol: Protocol) -> dict[str, np.ndarray]:
 
 def _page(ids: Sequence[int]) -> np.ndarray:
     page = np.zeros(K, np.int64)
-    ids = np.asarray(ids, np.int64)[:K]
-    page[: len(ids)] = ids
+    top = np.asarray(ids, np.int64)[:K]
+    page[: len(top)] = top
     return page
 
 
-def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> dict:
+def cascade_pages(
+    running: stack.Stack, users: np.ndarray, funnel: Funnel
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, list[np.ndarray]]]:
     """Pages of the gateway and of each cut of the funnel, called stage by stage over gRPC."""
     from gateway.client import CascadeClient
 
@@ -224,10 +227,10 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
         pages["recall only"][row] = _page(candidates.item_ids)
         funnel_lists["recall"].append(np.asarray(candidates.item_ids))
         if prerank is not None:
-            request = prerank_pb2.PrerankRequest(
+            prerank_request = prerank_pb2.PrerankRequest(
                 user=user, candidates=candidates, count=funnel.prerank
             )
-            candidates = prerank.Prerank(request, timeout=5).candidates
+            candidates = prerank.Prerank(prerank_request, timeout=5).candidates
         else:  # what the gateway does without prerank: recall's own order, truncated
             candidates = common_pb2.CandidateList(
                 item_ids=candidates.item_ids[: funnel.prerank],
@@ -236,12 +239,12 @@ def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> di
             )
         pages["+ prerank"][row] = _page(candidates.item_ids)
         funnel_lists["prerank"].append(np.asarray(candidates.item_ids))
-        request = rank_pb2.RankRequest(user=user, candidates=candidates, count=funnel.rank)
-        candidates = rank.Rank(request, timeout=5).candidates
+        rank_request = rank_pb2.RankRequest(user=user, candidates=candidates, count=funnel.rank)
+        candidates = rank.Rank(rank_request, timeout=5).candidates
         pages["+ rank"][row] = _page(candidates.item_ids)
         funnel_lists["rank"].append(np.asarray(candidates.item_ids))
-        request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
-        pages["+ rerank"][row] = _page(rerank.Rerank(request, timeout=5).candidates.item_ids)
+        rerank_request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
+        pages["+ rerank"][row] = _page(rerank.Rerank(rerank_request, timeout=5).candidates.item_ids)
     for channel in channels.values():
         channel.close()
     info = {"degraded_answers": degraded, "gateway_p50_ms": 1e3 * float(np.median(latencies))}
@@ -331,7 +334,7 @@ def to_markdown(rows: list[dict], infos: dict) -> str:
     lines = ["# The cascade end to end (per-user temporal split, full catalog)", ""]
     for name, info in infos.items():
         mine = [r for r in rows if r["dataset"] == name]
-        columns = ("NDCG@10", "Recall@20", "Coverage@20", "ILD@20")
+        columns: tuple[str, ...] = ("NDCG@10", "Recall@20", "Coverage@20", "ILD@20")
         if all(TRUTH in r for r in mine):
             columns = (TRUTH, *columns)
         run = {k: v for k, v in info.items() if k != "paired"}

@@ -243,9 +243,9 @@ def headline(rows: list[dict]) -> dict:
     ):
         if a in by and b in by and a != b:
             out[name] = _ratio(_engagement(by[a]), _engagement(by[b]))
-    gaps = [_gap_closed(by, day) for day in (days[-1], days[0])]
-    if len(days) > 1 and None not in gaps:
-        out["cascade_gap_last_vs_first_day"] = _ratio(*gaps)
+    last_gap, first_gap = (_gap_closed(by, day) for day in (days[-1], days[0]))
+    if len(days) > 1 and last_gap is not None and first_gap is not None:
+        out["cascade_gap_last_vs_first_day"] = _ratio(last_gap, first_gap)
     return out
 
 

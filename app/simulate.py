@@ -111,7 +111,7 @@ class World:
         self.account[dataset.creators["creator_id"]] = dataset.creators["user_id"]
         follows = dataset.follows
         self.follows = {
-            user: set() for user in np.unique(follows["follower_id"]).tolist()
+            user: set[int]() for user in np.unique(follows["follower_id"]).tolist()
         }  # user -> accounts followed (the world's follows all predate the simulation)
         for follower, followee in zip(
             follows["follower_id"].tolist(), follows["followee_id"].tolist(), strict=True
@@ -545,7 +545,7 @@ def summarise(
             entry["coverage"] = len(np.unique(rows["item"][m])) / catalog_size
             entry["creator_gini"] = _gini(np.bincount(rows["creator"][m]))
             entry["fresh_share"] = float(np.mean(rows["age_s"][m] < DAY))
-            explored = rows["explored"][m].astype(bool) if "explored" in rows else np.zeros(0)
+            explored = rows["explored"][m].astype(bool) if "explored" in rows else np.zeros(0, bool)
             if explored.any():
                 entry["explored_share"] = float(explored.mean())
                 entry["explored_expected"] = float(rows["expected"][m][explored].mean())

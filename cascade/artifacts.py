@@ -216,7 +216,7 @@ class Bundle:
         with np.load(self.file(component, name), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
 
-    def load_json(self, component: str, name: str) -> object:
+    def load_json(self, component: str, name: str) -> Any:  # a JSON document
         return json.loads(self.file(component, name).read_text())
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class DistillConfig:
 
 
 # The ablation's rows; "distilled_listwise" is what `distill` ships unless told otherwise.
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {  # DistillConfig fields each variant changes
     "labels_only": {"soft_weight": 0.0},
     "distilled": {},
     "distilled_listwise": {"listwise_weight": 1.0},
@@ -135,7 +136,11 @@ def train_student(
     torch.manual_seed(config.seed)
     torch.set_num_threads(1)
     use_features = config.feature_weight > 0 and teacher is not None
-    widths = (teacher[0].shape[1], teacher[1].shape[1]) if use_features else (0, 0)
+    widths = (
+        (teacher[0].shape[1], teacher[1].shape[1])
+        if teacher is not None and use_features
+        else (0, 0)
+    )
     model = Student(spec, config.student, widths)
     if initial is not None:
         model.load_state_dict(initial, strict=not use_features)  # feature heads: training only
@@ -171,7 +176,7 @@ def train_student(
                 loss = loss + config.listwise_weight * listwise_loss(
                     logits, teacher_logits, valid, config.temperature
                 )
-            if use_features:
+            if use_features and teacher is not None:
                 item_ids = batch["item_ids"][valid]
                 loss = loss + config.feature_weight * (
                     F.mse_loss(model.feature_heads["user"](users), teacher[0][batch["user_ids"]])

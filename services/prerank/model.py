@@ -38,11 +38,10 @@ class Student(nn.Module):
         self.config = config
         self.user_fields = tuple(f.name for f in (*spec.of("user"), *spec.of("history")))
         self.item_fields = tuple(f.name for f in spec.of("item"))
-        self.embeddings = nn.ModuleDict(
-            {f.name: FieldEmbedding(f) for f in (*spec.of("user"), *spec.of("item"))}
-        )
+        towers = {f.name: FieldEmbedding(f) for f in (*spec.of("user"), *spec.of("item"))}
+        self.embeddings = nn.ModuleDict(towers)
         for f in spec.of("history"):  # a played item and a candidate share one id embedding
-            self.embeddings[f.name] = FieldEmbedding(f, self.embeddings["item_id"].table)
+            self.embeddings[f.name] = FieldEmbedding(f, towers["item_id"].table)
         width = {f.name: f.width for f in spec.fields}
         self.user_mlp = _mlp(sum(width[n] for n in self.user_fields), config.hidden, config.dim)
         # The item tower's last unit is the item bias (see the module docstring).

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cascade.artifacts import BundleWriter, add_training_arguments, publish
+from cascade.data.schema import Dataset
 from services.prerank.distill import (
     DEFAULT_VARIANT,
     VARIANTS,
@@ -32,7 +33,7 @@ from services.prerank.world import open_world, training_requests
 
 
 def distill_into_bundle(
-    dataset: str,
+    dataset: Dataset | str,  # a loaded dataset, or its name (loaded from data_dir)
     data_dir: Path,
     artifacts: Path,
     version: str,

@@ -251,8 +251,13 @@ class OfflineContext:
         out = np.empty(len(item_ids), np.int64)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
-        folds = self.mf.split(keys[:, 0]) if isinstance(self.mf, FoldedMF) else None
-        for in_fold, model in folds or [(np.ones(len(keys), bool), self.mf)]:
+        mf = self.mf
+        if mf is None:
+            raise ValueError("MF positions asked of a context built without an MF model")
+        folds = (
+            mf.split(keys[:, 0]) if isinstance(mf, FoldedMF) else [(np.ones(len(keys), bool), mf)]
+        )
+        for in_fold, model in folds:
             requests = np.flatnonzero(in_fold)
             for start in range(0, len(requests), 512):  # a dense (512, n_items) block at a time
                 part = requests[start : start + 512]

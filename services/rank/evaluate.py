@@ -167,9 +167,9 @@ def run(dataset_name: str, data_dir: Path) -> dict:
         rows.append(_row(f"single-task {task}", model, prepared, (task,), candidates, {}, info))
     torch.manual_seed(config.seed)
     baseline = LogisticRegression(prepared.spec, tasks)
-    model, info = fit(prepared, tasks, ModelConfig(), config, model=baseline)
+    _, info = fit(prepared, tasks, ModelConfig(), config, model=baseline)
     rows.append(
-        _row("logistic regression", model, prepared, tasks, candidates, config.fusion, info)
+        _row("logistic regression", baseline, prepared, tasks, candidates, config.fusion, info)
     )
     return {
         "dataset": dataset_name,

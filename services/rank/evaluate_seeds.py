@@ -103,8 +103,8 @@ def run(
                 if kind != examples:
                     continue
                 model, info = fit(prepared, tasks, model_config, config)
-                rows, impressions = prepared.test
-                per_task = evaluate(predict(model, rows, prepared.spec), impressions, tasks)
+                test_rows, impressions = prepared.test
+                per_task = evaluate(predict(model, test_rows, prepared.spec), impressions, tasks)
                 # The fusion serving would use: tuned on the validation slice, as training does.
                 val_rows, val_impressions = prepared.validation
                 tuned, _ = tune_fusion(

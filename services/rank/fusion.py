@@ -7,6 +7,8 @@ primary task best (GAUC) is what rank.json records and serving uses.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cascade import metrics
@@ -29,7 +31,7 @@ def tune_fusion(
     users = impressions["user_id"]
     if not (np.isin(users[labels], users[~labels])).any():
         return {t: float(fusion.get(t, 1.0)) for t in tasks}, []
-    tried = []
+    tried: list[dict[str, Any]] = []
     for scale in scales:
         weights = {t: 1.0 if t == primary else scale * fusion.get(t, 1.0) for t in tasks}
         fused = probabilities @ np.array([weights[t] for t in tasks], dtype=np.float64)

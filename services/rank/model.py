@@ -70,6 +70,7 @@ class FieldEmbeddings(nn.Module):
                 self.first_order[f.name] = nn.Embedding(f.vocab_size, 1, padding_idx=0)
             self.widths.append(width)
         for table in (*self.tables.values(), *self.first_order.values()):
+            assert isinstance(table, nn.Embedding)  # what the loop above put in; narrows Module
             nn.init.normal_(table.weight, std=0.01)
             with torch.no_grad():
                 table.weight[0].zero_()

@@ -16,6 +16,7 @@ from cascade.data.schema import Dataset, Table
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec, encode_by_id, encode_field, history_before, lookup
 from services.rank.context import (
+    FoldedMF,
     ItemTables,
     MFPositions,
     OfflineContext,
@@ -77,7 +78,7 @@ class OfflineRows:
         dataset: Dataset,
         spec: FeatureSpec,
         interactions: Table,
-        mf: MFPositions | None = None,
+        mf: MFPositions | FoldedMF | None = None,  # FoldedMF: out-of-fold positions (training)
         as_of: int | None = None,
     ):
         self.spec = spec

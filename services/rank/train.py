@@ -16,6 +16,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 import numpy as np
 import torch
@@ -34,6 +35,12 @@ from services.rank.export import write_component
 from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig, RankModel
 from services.rank.rows import OfflineRows, Rows, input_names
+
+if TYPE_CHECKING:
+    from services.rank.evaluate import LogisticRegression
+
+# What fit trains and predict scores: the ranker, or the baseline with the same logits.
+Ranker: TypeAlias = "RankModel | LogisticRegression"
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +170,7 @@ def _tensors(rows: Rows, spec: FeatureSpec) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict(
-    model: RankModel,
+    model: Ranker,
     rows: Rows,
     spec: FeatureSpec,
     batch: int = 8192,
@@ -186,19 +193,22 @@ def predict(
 
 
 def training_logits(
-    model: torch.nn.Module, inputs: list[torch.Tensor], positions: torch.Tensor | None
+    model: Ranker, inputs: list[torch.Tensor], positions: torch.Tensor | None
 ) -> torch.Tensor:
     """The logits training fits: the served ones plus, with a position tower, the shown slot's
     logit (PAL: the tower explains the slot so the served logits need not)."""
     logits = model.logits(*inputs)
-    return logits if positions is None else logits + model.position_tower(positions)
+    if positions is None:
+        return logits
+    if not isinstance(model, RankModel) or model.position_tower is None:
+        raise ValueError("slot positions given for a model without a position tower")
+    return logits + model.position_tower(positions)
 
 
-def tower_positions(model: torch.nn.Module, impressions: Table) -> torch.Tensor | None:
+def tower_positions(model: Ranker, impressions: Table) -> torch.Tensor | None:
     """The position tower's input for `impressions` (None when the model has no tower); a
     table without a position column has every slot unknown."""
-    tower = getattr(model, "position_tower", None)
-    if tower is None:
+    if not isinstance(model, RankModel) or model.position_tower is None:
         return None
     n = len(impressions["ts"])
     position = impressions.get("position", np.full(n, -1))
@@ -240,19 +250,36 @@ def _gauc(users: np.ndarray, y: np.ndarray, p: np.ndarray) -> float | None:
         return None
 
 
+@overload
 def fit(
     prepared: Prepared,
     tasks: tuple[str, ...],
     model_config: ModelConfig,
     config: TrainConfig,
-    model: torch.nn.Module | None = None,
-) -> tuple[RankModel, dict]:
+    model: RankModel | None = None,
+) -> tuple[RankModel, dict]: ...
+@overload
+def fit(
+    prepared: Prepared,
+    tasks: tuple[str, ...],
+    model_config: ModelConfig,
+    config: TrainConfig,
+    model: LogisticRegression,
+) -> tuple[LogisticRegression, dict]: ...
+def fit(
+    prepared: Prepared,
+    tasks: tuple[str, ...],
+    model_config: ModelConfig,
+    config: TrainConfig,
+    model: Ranker | None = None,
+) -> tuple[Ranker, dict]:
     """Trains with Adam and early stopping on the validation logloss; returns the best model.
     `model` replaces the RankModel built from model_config (baselines with `logits`)."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(1)
     spec = prepared.spec
-    model = RankModel(spec, tasks, model_config) if model is None else model
+    if model is None:
+        model = RankModel(spec, tasks, model_config)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -297,6 +324,8 @@ def fit(
             stale += 1
             if stale > config.patience:
                 break
+    if best is None:
+        raise ValueError(f"no epoch gave a finite validation logloss ({history})")
     model.load_state_dict(best)
     model.eval()
     info = {
@@ -434,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     model_config = ModelConfig(position_tower=args.position_tower)
     from cascade.artifacts import ArtifactError, Bundle
 
+    bundle: Bundle | None
     try:  # the bundle being built: its recall component (examples, MF model) when it has one
         bundle = Bundle.open(args.artifacts, args.version or "current")
         if "recall" not in bundle.manifest["components"]:

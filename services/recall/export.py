@@ -55,6 +55,8 @@ def export_user_tower(model: TwoTower, spec: FeatureSpec, path) -> None:
             external_data=False,
             verbose=False,
         )
+    if program is None:  # torch returns None only on its legacy (non-dynamo) path
+        raise RuntimeError(f"torch.onnx.export gave no program for {path}")
     program.save(str(path), external_data=False)
 
 

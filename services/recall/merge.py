@@ -268,7 +268,7 @@ class Merger:
             masks[found] |= bit  # every channel that found an item tags it, quota or not
             usable.append(found)
 
-        quotas = [math.floor(quotas[c.name] * count) for c in self.channels]
+        slots = [math.floor(quotas[c.name] * count) for c in self.channels]  # per channel
         taken = np.zeros(len(tagged), dtype=bool)
         n_taken = 0
         chosen, keys, owners = [], [], []
@@ -277,7 +277,7 @@ class Merger:
                 room = count - n_taken
                 if room <= 0:
                     break
-                limit = room if second_pass else min(room, quotas[c])
+                limit = room if second_pass else min(room, slots[c])
                 new = usable[c][~taken[usable[c]]][:limit]
                 if len(new) == 0:
                     continue
@@ -286,7 +286,7 @@ class Merger:
                 key = (
                     1.0 + (n_taken + position) / count
                     if second_pass
-                    else ((position + 0.5) / max(quotas[c], 1))
+                    else ((position + 0.5) / max(slots[c], 1))
                 )
                 chosen.append(new)
                 keys.append(key)

@@ -8,6 +8,7 @@ search is the serving twin of the training logits.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +43,10 @@ def _mlp(width_in: int, hidden: int, dim: int) -> nn.Sequential:
 class TwoTower(nn.Module):
     """user_vector(**user inputs) and item_vector(**item inputs), both (b, dim), unit length."""
 
+    # Set by training (two_tower.py): the run's metrics and the item vectors the index holds.
+    metrics: dict[str, object]
+    item_vectors: np.ndarray  # (n_items, dim), row = item id
+
     def __init__(self, spec: FeatureSpec, dim: int = 64, hidden: int = 256):
         super().__init__()
         self.spec = spec
@@ -49,10 +54,9 @@ class TwoTower(nn.Module):
             f.name for f in spec.of("history")
         )
         self.item_fields = tuple(f.name for f in spec.of("item"))
-        self.embeddings = nn.ModuleDict(
-            {f.name: FieldEmbedding(f) for f in (*spec.of("user"), *spec.of("item"))}
-        )
-        shared = self.embeddings["item_id"].table  # history pools the item tower's id embedding
+        towers = {f.name: FieldEmbedding(f) for f in (*spec.of("user"), *spec.of("item"))}
+        self.embeddings = nn.ModuleDict(towers)
+        shared = towers["item_id"].table  # history pools the item tower's id embedding
         for f in spec.of("history"):
             self.embeddings[f.name] = FieldEmbedding(f, shared)
         widths = {f.name: f.width for f in spec.fields}

@@ -11,6 +11,7 @@ history), run the channels under their budgets (merge.py), answer with per-chann
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -223,13 +224,15 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             registry=registry,
         )
         for event in EVENTS:
-            totals.labels(event).set_function(
-                lambda event=event: self.state.store.counter_totals()[event]
-            )
+            totals.labels(event).set_function(functools.partial(self._counter_total, event))
         self._started = time.time()
         # Uploads and follow changes the gateway forwards (the CatalogUpdates service).
         self.updates = CatalogUpdatesService(lambda: self.state.store, settings.max_record_events)
         self.swap(state)
+
+    def _counter_total(self, event: str) -> float:
+        """The store's counter of `event` summed over the catalog (read at each scrape)."""
+        return self.state.store.counter_totals()[event]
 
     def swap(self, state: RecallState) -> str:
         """Serves `state` from the next request on (at start and on hot reload). With a channel

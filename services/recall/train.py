@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cascade.artifacts import Bundle, BundleWriter, add_training_arguments, clone, publish
 from cascade.data import load_dataset
@@ -49,7 +50,7 @@ def build_recall(
     started = time.perf_counter()
     tables = build_tables(dataset, train, table_settings)
     files = save_tables(writer, tables)
-    info = {
+    info: dict[str, Any] = {  # the component's manifest entry
         "dataset": dataset.name,
         "protocol": "per_user_temporal",
         "feature_spec_fingerprint": spec.fingerprint,

@@ -49,15 +49,15 @@ def evaluate(name: str, data_dir: Path, max_users: int, seed: int = 0) -> dict:
     if len(users) > max_users:  # the page loop is per user: a seeded sample keeps it minutes
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     model = EASE().fit(train, n_users, n_items)
-    candidates, scores = [], []
+    candidate_blocks, score_blocks = [], []
     for start in range(0, len(users), 512):
         block = model.score(users[start : start + 512])
         block[model.history.dense(users[start : start + 512])] = -np.inf  # not consumed
         block[:, 0] = -np.inf
         best = top_k(block, N_CANDIDATES)
-        candidates.append(best)
-        scores.append(np.take_along_axis(block, best, axis=1))
-    candidates, scores = np.concatenate(candidates), np.concatenate(scores)
+        candidate_blocks.append(best)
+        score_blocks.append(np.take_along_axis(block, best, axis=1))
+    candidates, scores = np.concatenate(candidate_blocks), np.concatenate(score_blocks)
     relevant = test_items.dense(users)
     n_relevant = test_items.lengths()[users]
     categories = np.zeros((n_items, dataset.items["categories"].shape[1]), dtype=np.int64)

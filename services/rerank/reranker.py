@@ -20,6 +20,7 @@ from services.rerank.rules import (
     RELAXED,
     PageRules,
     Rules,
+    Step,
     drop_shown,
     fresh_items,
     hard_filter,
@@ -122,6 +123,7 @@ class Reranker:
             attributes["upload_ts"], candidates.channel_masks, request_ts, rules, _FRESH_BIT
         )
         page = PageRules(attributes["creator_id"], attributes["categories"], fresh, rules, k)
+        step: Step
         if method == "none":
             step = RelevanceOrder(relevance)
         else:

@@ -20,7 +20,8 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Writes *_pb2.py, *_pb2_grpc.py and *_pb2.pyi for every .proto under out_root/cascade/v1."""
+    """Writes *_pb2.py, *_pb2_grpc.py and their .pyi stubs for every .proto under
+    out_root/cascade/v1."""
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     well_known = resources.files("grpc_tools") / "_proto"
@@ -33,6 +34,8 @@ def generate(out_root: Path) -> list[Path]:
         f"--grpc_python_out={out_root}",
         f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
         f"--mypy_out={out_root}",
+        f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
+        f"--mypy_grpc_out={out_root}",
         *[str(p.relative_to(PROTO_ROOT)) for p in proto_files()],
     ]
     if protoc.main(args) != 0:

@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/recall"),
-        help="report folder (default: results/recall)",
+        default=Path("data/run/recall"),
+        help="report folder (default: data/run/recall; the committed one is results/recall)",
     )
     parser.add_argument("--epochs", type=int, default=0, help="override the per-dataset epochs")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")

@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/rerank"),
-        help="report folder (default: results/rerank)",
+        default=Path("data/run/rerank"),
+        help="report folder (default: data/run/rerank; the committed one is results/rerank)",
     )
     parser.add_argument(
         "--max-users",

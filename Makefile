@@ -121,6 +121,13 @@ bench-overload: setup
 	$(BIN)/python -m bench.overload --data-dir $(DATA) --out results/cascade --compare-off \
 	  --profile-seconds 20
 
+# Admission beside a CPU-bound neighbour: a lone client on an idle machine, the same beside a
+# training-like CPU load, then real overload at 2x saturation (results/cascade/admission_neighbour.
+# {json,md}; needs a trained bundle: `make demo` first).
+.PHONY: bench-admission-neighbour
+bench-admission-neighbour: setup
+	$(BIN)/python -m bench.admission_neighbour --data-dir $(DATA) --out results/cascade
+
 # A seeded fuzz of every public and stage method of a running stack (3,600 payloads): codes, log
 # lines per 1,000 payloads, the malformed-request count, the servers still answering
 # (results/security/fuzz.{json,md}; needs a trained bundle: `make demo` first).

@@ -134,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline, seconds")
     parser.add_argument("--sender-processes", type=int, default=2)
     parser.add_argument(
-        "--committed", type=Path, default=Path("results/cascade/overload.json"),
+        "--committed",
+        type=Path,
+        default=Path("results/cascade/overload.json"),
         help="the overload run to compare the 2x case with",
     )
     parser.add_argument("--out", type=Path, default=Path("data/run/cascade"))
@@ -179,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         answers, seconds = open_loop(
             target, users, 2.0 * rate_s, args.duration, args.timeout, args.sender_processes
         )
-        row = {"multiple": 2.0, "rate": round(2.0 * rate_s, 1)} | summarize(answers, seconds, rate_s)
+        row = {"multiple": 2.0, "rate": round(2.0 * rate_s, 1)} | summarize(
+            answers, seconds, rate_s
+        )
         if reference["admitted_p99_ms"] and row["admitted_p99_ms"]:
             row["p99_over_reference"] = round(
                 row["admitted_p99_ms"] / reference["admitted_p99_ms"], 2

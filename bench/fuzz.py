@@ -74,7 +74,9 @@ def random_message(kind: descriptor.Descriptor, rng: np.random.Generator, depth:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             continue
         repeated = field.label == FieldDescriptor.LABEL_REPEATED
-        values = [_value(field, rng, depth) for _ in range(int(rng.integers(0, 6)) if repeated else 1)]
+        values = [
+            _value(field, rng, depth) for _ in range(int(rng.integers(0, 6)) if repeated else 1)
+        ]
         values = [v for v in values if v is not None]
         if not values:
             continue
@@ -108,13 +110,18 @@ def _value(field: FieldDescriptor, rng: np.random.Generator, depth: int):
         FieldDescriptor.TYPE_FIXED32,
         FieldDescriptor.TYPE_FIXED64,
     )
-    bits = 32 if kind in (
-        FieldDescriptor.TYPE_INT32,
-        FieldDescriptor.TYPE_SINT32,
-        FieldDescriptor.TYPE_SFIXED32,
-        FieldDescriptor.TYPE_UINT32,
-        FieldDescriptor.TYPE_FIXED32,
-    ) else 64
+    bits = (
+        32
+        if kind
+        in (
+            FieldDescriptor.TYPE_INT32,
+            FieldDescriptor.TYPE_SINT32,
+            FieldDescriptor.TYPE_SFIXED32,
+            FieldDescriptor.TYPE_UINT32,
+            FieldDescriptor.TYPE_FIXED32,
+        )
+        else 64
+    )
     value = int(rng.choice(INT_EDGES)) if rng.random() < 0.5 else int(rng.integers(-50, 2000))
     low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
     return min(high, max(low, value))
@@ -132,9 +139,9 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
             del data[position:]
             data = data or bytearray(b"\xff")
         else:
-            data[position:position] = rng.integers(0, 256, int(rng.integers(1, 8))).astype(
-                np.uint8
-            ).tobytes()
+            data[position:position] = (
+                rng.integers(0, 256, int(rng.integers(1, 8))).astype(np.uint8).tobytes()
+            )
     return bytes(data)
 
 
@@ -196,9 +203,7 @@ def still_answering(running: stack.Stack) -> dict[str, bool]:
 
 def fuzz(running: stack.Stack, payloads: int, seed: int, timeout_s: float) -> dict:
     targets = [
-        (service, method)
-        for service in running.services
-        for method in methods_of(service.address)
+        (service, method) for service in running.services for method in methods_of(service.address)
     ]
     per_method = -(-payloads // len(targets))
     rng = np.random.default_rng(seed)

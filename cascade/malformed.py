@@ -91,7 +91,9 @@ class MalformedLog:
 class MalformedRequests(grpc.ServerInterceptor):
     """Every unary method's parser wrapped once (the wrapped handler is reused per method)."""
 
-    def __init__(self, stage: str, registry: CollectorRegistry, summary: MalformedLog | None = None):
+    def __init__(
+        self, stage: str, registry: CollectorRegistry, summary: MalformedLog | None = None
+    ):
         self.summary = MalformedLog(stage) if summary is None else summary
         self.count = Counter(
             "cascade_malformed_requests",
@@ -113,8 +115,9 @@ class MalformedRequests(grpc.ServerInterceptor):
             return cached[1]
         wrapped = handler._replace(
             request_deserializer=_parser(handler.request_deserializer),
-            unary_unary=self._answer_malformed(handler.unary_unary, method.lstrip("/"),
-                                               _message_name(handler.request_deserializer)),
+            unary_unary=self._answer_malformed(
+                handler.unary_unary, method.lstrip("/"), _message_name(handler.request_deserializer)
+            ),
         )
         self._wrapped[method] = (handler, wrapped)
         return wrapped

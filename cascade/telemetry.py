@@ -115,7 +115,7 @@ SHADOW_METADATA = ((TRAFFIC_KEY, SHADOW),)
 
 
 def traffic_of(context: grpc.ServicerContext) -> str:
-    """"shadow" for a call marked so, else "live" (any other value too: two series at most)."""
+    """ "shadow" for a call marked so, else "live" (any other value too: two series at most)."""
     for key, value in context.invocation_metadata() or ():
         if key == TRAFFIC_KEY and value == SHADOW:
             return SHADOW

@@ -156,7 +156,7 @@ def recommend_main(
         "gateway is the target (default: .cascade)",
     )
     parser.add_argument(
-        "--dataset", help="titles from this dataset instead (under --data-dir); else \"?\""
+        "--dataset", help='titles from this dataset instead (under --data-dir); else "?"'
     )
     parser.add_argument(
         "--data-dir",

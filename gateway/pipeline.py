@@ -307,9 +307,7 @@ class Cascade:
         def stage(name, request, fallback, candidates_in):
             if name in funnel.skip:  # the arm's choice: no scores of this stage to log
                 return _skipped(response, name, fallback, candidates_in)
-            out = self._stage(
-                response, name, request, fallback, candidates_in, budget, metadata
-            )
+            out = self._stage(response, name, request, fallback, candidates_in, budget, metadata)
             served.lists[name] = out
             return out
 

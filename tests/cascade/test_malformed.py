@@ -1,4 +1,4 @@
-"""The malformed-request summary on an injected clock: one line per interval, each with its count."""
+"""The malformed-request summary on an injected clock: one line per interval, with its count."""
 
 from __future__ import annotations
 

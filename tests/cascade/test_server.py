@@ -344,7 +344,8 @@ def test_unparseable_requests_get_invalid_argument_one_summary_line_and_a_count(
                 with pytest.raises(grpc.RpcError) as error:
                     raw(UNPARSEABLE, timeout=5)
                 assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert error.value.details() == "the request is not a valid cascade.v1.RerankRequest"
+                details = error.value.details()
+                assert details == "the request is not a valid cascade.v1.RerankRequest"
             running.malformed.summary.flush()
         answer = rerank_pb2.RerankResponse.FromString(
             raw(rerank_request(count=2).SerializeToString(), timeout=5)
@@ -356,6 +357,9 @@ def test_unparseable_requests_get_invalid_argument_one_summary_line_and_a_count(
         "rerank: 199 malformed requests",
     ]
     assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
-    assert running.registry.get_sample_value(
-        "cascade_malformed_requests_total", {"stage": "rerank", "rpc": f"{RERANK}/Rerank"}
-    ) == 200
+    assert (
+        running.registry.get_sample_value(
+            "cascade_malformed_requests_total", {"stage": "rerank", "rpc": f"{RERANK}/Rerank"}
+        )
+        == 200
+    )

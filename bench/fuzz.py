@@ -36,7 +36,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import stack
-from cascade.malformed import MalformedLog
+from cascade.malformed import SUMMARY_INTERVAL_S
 
 # Imported for their descriptors: every cascade.v1 service in the default pool.
 from cascade.v1 import (  # noqa: F401
@@ -73,7 +73,7 @@ def random_message(kind: descriptor.Descriptor, rng: np.random.Generator, depth:
     for field in kind.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             continue
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         values = [
             _value(field, rng, depth) for _ in range(int(rng.integers(0, 6)) if repeated else 1)
         ]
@@ -227,7 +227,7 @@ def fuzz(running: stack.Stack, payloads: int, seed: int, timeout_s: float) -> di
                     counter[error.code().name] += 1
     seconds = time.perf_counter() - started
     # Held-back summary counts are written once the interval ends: wait for them, then count.
-    time.sleep(MalformedLog().interval_s + 1.0)
+    time.sleep(SUMMARY_INTERVAL_S + 1.0)
     after = log_lines(running)
     sent = per_method * len(targets)
     lines = {name: after[name] - before[name] for name in after}

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+SUMMARY_INTERVAL_S = 10.0  # at most one summary line per server per this many seconds
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class MalformedLog:
     malformed request after a quiet interval is logged at once, the rest of a burst in one line
     when the interval ends (a timer thread, so the count is never held back)."""
 
-    def __init__(self, stage: str, interval_s: float = 10.0, clock: Clock = time.monotonic):
+    def __init__(
+        self, stage: str, interval_s: float = SUMMARY_INTERVAL_S, clock: Clock = time.monotonic
+    ):
         self.stage, self.interval_s, self.clock = stage, interval_s, clock
         self.lines = 0  # lines written so far (the fuzz benchmark reads it)
         self._pending = 0

@@ -49,12 +49,12 @@ def _baselines(args: argparse.Namespace) -> None:
         dataset = load_dataset(name, args.data_dir)
         rows += evaluate_baselines(dataset, protocols=tuple(args.protocol), progress=True)
     print(format_table(rows))
+    from cascade.files import with_other_datasets
+
     out = args.out or args.data_dir / "run" / "baselines.json"
-    ran = {row["dataset"] for row in rows}
-    if out.exists():  # datasets not run this time keep their rows
-        rows = [r for r in json.loads(out.read_text()) if r["dataset"] not in ran] + rows
+    rows = with_other_datasets(out, rows)  # datasets not run this time keep their rows
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(sorted(rows, key=lambda r: r["dataset"]), indent=2))
+    out.write_text(json.dumps(rows, indent=2))
     print(f"saved {out}")
 
 

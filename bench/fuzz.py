@@ -3,8 +3,9 @@ bytes that are not its request, and what the servers log about them.
 
     python -m bench.fuzz --out results/security [--payloads 3600] [--seed 0]
 
-The stack runs on free loopback ports from the published bundle. Every method every server lists
-through reflection (health and reflection excluded) gets an equal share of the payloads, in three
+The stack runs on free loopback ports from the published bundle. Every method every server serves
+(those reflection lists, health and reflection excluded, and the CatalogUpdates service the stages
+serve beside their own) gets an equal share of the payloads, in three
 kinds drawn from one seeded generator: random bytes, a valid request with bytes flipped, cut or
 inserted, and a valid request of random field values (extreme integers, long strings). Reported:
 the status codes per method, the log lines the servers wrote per 1,000 payloads (read from their
@@ -54,11 +55,25 @@ INT_EDGES = (0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63))
 FieldDescriptor = descriptor.FieldDescriptor
 
 
+# Served beside a stage's own service without being listed by reflection (recall, pre-rank, rank).
+UNLISTED = ("cascade.v1.CatalogUpdates",)
+
+
 def methods_of(address: str) -> list[descriptor.MethodDescriptor]:
-    """The methods a server lists through reflection, health and reflection left out."""
-    with grpc.insecure_channel(address) as channel:
-        names = ProtoReflectionDescriptorDatabase(channel).get_services()
+    """The methods a server serves: those reflection lists (health and reflection left out),
+    and the unlisted ones it answers (an empty request not UNIMPLEMENTED)."""
     pool = pools.Default()
+    with grpc.insecure_channel(address) as channel:
+        names = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        for name in UNLISTED:
+            method = pool.FindServiceByName(name).methods[0]
+            call = channel.unary_unary(f"/{name}/{method.name}")
+            try:
+                call(b"", timeout=5)
+                names.add(name)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    names.add(name)
     return [
         method
         for name in sorted(names)

@@ -59,7 +59,7 @@ down: setup
 # End-to-end evaluation through the running services (starts and stops its own stack; trains
 # the synthetic bundle into artifacts/synthetic when missing).
 eval-cascade: setup
-	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic
+	$(BIN)/cascade eval cascade --data-dir $(DATA) --dataset ml-100k synthetic --out results/cascade
 
 test: setup
 	$(BIN)/python -m pytest
@@ -123,6 +123,20 @@ bench-state: setup system-packages
 bench-overload: setup
 	$(BIN)/python -m bench.overload --data-dir $(DATA) --out results/cascade --compare-off \
 	  --profile-seconds 20
+
+# Admission beside a CPU-bound neighbour: a lone client on an idle machine, the same beside a
+# training-like CPU load, then real overload at 2x saturation (results/cascade/admission_neighbour.
+# {json,md}; needs a trained bundle: `make demo` first).
+.PHONY: bench-admission-neighbour
+bench-admission-neighbour: setup
+	$(BIN)/python -m bench.admission_neighbour --data-dir $(DATA) --out results/cascade
+
+# A seeded fuzz of every public and stage method of a running stack (3,600 payloads): codes, log
+# lines per 1,000 payloads, the malformed-request count, the servers still answering
+# (results/security/fuzz.{json,md}; needs a trained bundle: `make demo` first).
+.PHONY: bench-fuzz
+bench-fuzz: setup
+	$(BIN)/python -m bench.fuzz --data-dir $(DATA) --out results/security
 
 # CPU per request of a gateway-shaped relay (four sequential calls) on grpc.aio vs the sync
 # server and stubs, alternating rounds (results/cascade/relay.json).

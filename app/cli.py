@@ -49,10 +49,13 @@ def _baselines(args: argparse.Namespace) -> None:
         dataset = load_dataset(name, args.data_dir)
         rows += evaluate_baselines(dataset, protocols=tuple(args.protocol), progress=True)
     print(format_table(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
-        print(f"saved {args.out}")
+    from cascade.files import with_other_datasets
+
+    out = args.out or args.data_dir / "run" / "baselines.json"
+    rows = with_other_datasets(out, rows)  # datasets not run this time keep their rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"saved {out}")
 
 
 # Each stage's own entry points (`main(argv)`, app/stages.py), reached as `cascade <verb> <stage>
@@ -221,6 +224,16 @@ def _delegate(module_name: str, function: str):
     return run
 
 
+def _recommend(args: argparse.Namespace) -> None:
+    """The gateway's CLI, told how to find the titles of the stack that answers (its stack file)."""
+    from app.stack import served_dataset
+    from gateway.cli import recommend_main
+
+    code = recommend_main(args.options, served_dataset)
+    if code:
+        sys.exit(code)
+
+
 def _add_stack_commands(commands) -> None:
     up = commands.add_parser(
         "up",
@@ -285,12 +298,16 @@ def _add_stack_commands(commands) -> None:
     _stack_options(down)
     down.set_defaults(run=_down)
     # The gateway's client commands own their options (`cascade recommend --help`).
-    for verb, function, text in (
-        ("recommend", "recommend_main", "ask the running gateway for a user's recommendations"),
-        ("feedback", "feedback_main", "send a user event (play, like, ...) to the gateway"),
-    ):
-        parser = commands.add_parser(verb, help=text, description=text, add_help=False)
-        parser.set_defaults(run=_delegate("gateway.cli", function), delegate=True)
+    recommend = commands.add_parser(
+        "recommend",
+        help="ask the running gateway for a user's recommendations",
+        add_help=False,
+    )
+    recommend.set_defaults(run=_recommend, delegate=True)
+    feedback = commands.add_parser(
+        "feedback", help="send a user event (play, like, ...) to the gateway", add_help=False
+    )
+    feedback.set_defaults(run=_delegate("gateway.cli", "feedback_main"), delegate=True)
     demo = commands.add_parser(
         "demo",
         help="end to end: train, start the stack, recommend, send feedback, show the change, stop",
@@ -385,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument(
         "--out",
         type=Path,
-        default=Path("results/baselines.json"),
-        help="JSON file for the table (default: results/baselines.json)",
+        help="JSON file for the table; other datasets' rows in it are kept (default: "
+        "DATA_DIR/run/baselines.json; `make baselines` writes the committed results/)",
     )
     baselines.set_defaults(run=_baselines)
 
@@ -401,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_command(
         commands,
         "eval",
-        "write a stage's offline report (JSON + Markdown) under results/",
+        "write a stage's offline report (JSON + Markdown) under data/run/<stage> or --out",
         _stage_command,
     )
     return parser

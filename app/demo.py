@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from app import stack
-from cascade.data import load_dataset
+from cascade.data import DataError, dataset_folder, load_dataset
 from cascade.topology import DEFAULT_METRICS_PORTS, ports_from
 from cascade.v1 import gateway_pb2
 from gateway.cli import LEGEND, page_table, plural
@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         default="ml-100k",
-        choices=("ml-100k", "synthetic"),
-        help="the dataset to train on and serve (default: ml-100k)",
+        help="the dataset to train on and serve: ml-100k, synthetic or an imported one "
+        "(default: ml-100k)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--users",
         type=int,
         nargs="+",
-        default=[196, 186, 22],
-        help="users to recommend for; the first one plays its top item (default: 196 186 22)",
+        help="users to recommend for; the first one plays its top item (default: 196 186 22 "
+        "on ml-100k, else the dataset's first three users)",
     )
     parser.add_argument(
         "--count", type=int, default=10, help="items per recommendation (default: 10)"
@@ -97,13 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="gateway port, stages the next four (default: 0 = free ports)",
     )
     args = parser.parse_args(argv)
+    try:
+        dataset_folder(args.dataset, args.data_dir)
+    except DataError as error:
+        parser.error(str(error))
     from gateway.client import CascadeClient  # the gateway package is the SDK's home
 
     ports = ports_from(args.base_port)
     metrics = {n: args.base_port and port for n, port in DEFAULT_METRICS_PORTS.items()}
     try:
         stack.ensure_bundle(args.artifacts, args.data_dir, args.dataset)  # data, then every model
-        items = load_dataset(args.dataset, args.data_dir).items
+        dataset = load_dataset(args.dataset, args.data_dir)
+        items = dataset.items
+        if args.users is None:
+            users = dataset.users["user_id"].tolist()
+            args.users = [196, 186, 22] if args.dataset == "ml-100k" else users[:3]
         titles = dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
         with stack.running_stack(
             args.run_dir,

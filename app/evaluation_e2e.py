@@ -32,7 +32,7 @@ from app.simulate import SimulationConfig, World, simulated_users
 from cascade import metrics, topology
 from cascade.baselines import default_models
 from cascade.config import load_settings
-from cascade.data import load_dataset
+from cascade.data import DataError, dataset_folder, load_dataset
 from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.v1 import (
@@ -421,8 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dataset",
         nargs="+",
         default=["ml-100k"],
-        choices=("ml-100k", "synthetic"),
-        help="datasets to evaluate (default: ml-100k)",
+        help="datasets to evaluate: ml-100k, synthetic or imported ones (default: ml-100k)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
@@ -446,8 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        help="report folder (default: results/cascade; with --split validation or --set: "
-        "results/cascade/e2e-<split>, so the headline's rows are never overwritten)",
+        help="report folder (default: data/run/cascade; with --split validation or --set: "
+        "data/run/cascade/e2e-<split>, so the headline's rows are never overwritten; `make "
+        "eval-cascade` writes the committed results/cascade)",
     )
     parser.add_argument(
         "--split",
@@ -468,12 +468,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.settings = setting_overrides(args.settings)
-    except ValueError as error:
+        for name in args.dataset:  # every name checked before the first stack starts
+            dataset_folder(name, args.data_dir)
+    except (ValueError, DataError) as error:
         parser.error(str(error))
     args.funnel = gateway_funnel(args.settings)  # the funnel the gateway serves with
     if args.out is None:
         tuned = args.settings or args.split != "test"
-        args.out = Path("results/cascade") / (f"e2e-{args.split}" if tuned else "")
+        args.out = args.data_dir / "run" / "cascade" / (f"e2e-{args.split}" if tuned else "")
     rows, infos = [], {}
     for name in args.dataset:
         started = time.perf_counter()

@@ -573,8 +573,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/loop"),
-        help="folder for simulation.{json,md,png} (default: results/loop)",
+        default=Path("data/run/loop"),
+        help="folder for simulation.{json,md,png} (default: data/run/loop; `make bench-loop` "
+        "writes the committed results/loop)",
     )
     return parser
 

@@ -486,6 +486,22 @@ def running(run_dir: Path = Path(".cascade")) -> Stack | None:
     return Stack(Path(run_dir), alive, state.get("bundle", "?"), state.get("dataset", "?"))
 
 
+def served_dataset(target: str, run_dir: Path = Path(".cascade")) -> tuple[str, Path] | None:
+    """The dataset name and data folder of the stack recorded in run_dir when its gateway is the
+    one at `target` (so `cascade recommend` shows that stack's titles, never another's); None
+    when run_dir records no running gateway there."""
+    found = running(run_dir)
+    if found is None or not found.has("gateway"):
+        return None
+    gateway_port = found.address("gateway").rpartition(":")[2]
+    host, _, port = target.rpartition(":")
+    if port != gateway_port or host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    state = json.loads((Path(run_dir) / STATE_FILE).read_text())
+    data_dir = state.get("environments", {}).get("gateway", {}).get("CASCADE_GATEWAY_DATA_DIR")
+    return (found.dataset, Path(data_dir)) if data_dir else None
+
+
 def down(run_dir: Path = Path(".cascade"), grace_s: float = 10.0, quiet: bool = False) -> int:
     """Stops the stack recorded in run_dir: SIGTERM to each process group, wait up to grace_s,
     then SIGKILL. Returns how many processes were stopped."""

@@ -98,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = {"artifacts": args.artifacts, "data_dir": args.data_dir, "dataset": args.dataset}
     where |= {"bundle": args.bundle, "train": args.bundle == "current"}
     rows = []
-    # The load controller off (an unreachable p95 target): every level is exactly its q.
-    env = {"CASCADE_GATEWAY_ADMISSION_QUALITY_TARGET_P95_S": "1000"}
-    with stack.running_stack(args.run_dir, extra_env=env, **where) as running:
+    # One request at a time meets no queueing at the gateway, so the load controller leaves q at
+    # 1: every level is exactly its q.
+    with stack.running_stack(args.run_dir, **where) as running:
         for q in args.levels:
             rows.append(measure_level(running, protocol, q))
             print(json.dumps(rows[-1]), flush=True)

@@ -189,7 +189,7 @@ def server_interceptors(rounds: int, calls: int) -> dict:
         pipelines[name] = service_pipeline([kind(RpcMetrics("rank", registry)), guard])
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     details = SimpleNamespace(method="/cascade.v1.Rank/Rank", invocation_metadata=())
-    context = SimpleNamespace(code=lambda: None)
+    context = SimpleNamespace(code=lambda: None, invocation_metadata=tuple)
 
     def call(pipeline) -> None:
         pipeline.execute(lambda _: handler, details).unary_unary(b"", context)

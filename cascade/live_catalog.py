@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 MAX_CATEGORIES = 6  # cascade.data.schema.MAX_CATEGORIES: the items table's categories width
 MAX_FUTURE_S = 86_400  # as cascade.events: a time more than a day ahead is a client bug
+# A stage grows its item tables to the largest id it is sent. The gateway assigns new ids after
+# the catalogue's, at most its new_item_capacity (1,000,000 by default) of them: a stage refuses a
+# larger id instead of allocating for it (a fuzzed 2^63 - 1 raised from numpy).
+MAX_NEW_ITEMS = 1_000_000
 
 UPLOADS = pa.schema(
     [
@@ -62,11 +66,12 @@ def check_new_items(
     n_categories: int,
     now_ms: int | None,
     need_key: bool,
+    max_item_id: int | None = None,
 ) -> None:
     """Raises CatalogProblem for the first invalid item: creator_id > 0, categories in
     1..n_categories-1 without repeats (at most 6), upload_time_ms in [0, now + 1 day] (no upper
     bound when `now_ms` is None: a stage takes the gateway's clock, which may be simulated); at
-    the gateway (`need_key`) an item_key, at a stage an item_id > 0."""
+    the gateway (`need_key`) an item_key, at a stage an item_id in 1..max_item_id."""
     late_ms = 2**62 if now_ms is None else now_ms + MAX_FUTURE_S * 1000
     for i, item in enumerate(items):
         where = f"items[{i}]"
@@ -74,6 +79,12 @@ def check_new_items(
             raise CatalogProblem(f"{where}.item_key", "required, 1 to 256 characters")
         if not need_key and item.item_id <= 0:
             raise CatalogProblem(f"{where}.item_id", f"must be > 0, got {item.item_id}")
+        if max_item_id is not None and item.item_id > max_item_id:
+            raise CatalogProblem(
+                f"{where}.item_id",
+                f"at most {max_item_id} (the catalogue's ids and {MAX_NEW_ITEMS:,} new ones), "
+                f"got {item.item_id}",
+            )
         if item.creator_id <= 0:
             raise CatalogProblem(f"{where}.creator_id", f"must be > 0, got {item.creator_id}")
         categories = list(item.categories)
@@ -193,7 +204,8 @@ class CatalogUpdatesService(catalog_pb2_grpc.CatalogUpdatesServicer):
         store = self.store()
         try:
             self._check_size(len(request.items), "items")
-            check_new_items(request.items, store.n_categories, None, need_key=False)
+            highest = store.n_items + MAX_NEW_ITEMS
+            check_new_items(request.items, store.n_categories, None, False, highest)
         except CatalogProblem as problem:
             invalid_argument(context, problem.field, str(problem))
         added = apply_items(store, request.items)

@@ -40,6 +40,7 @@ from cascade.config import Secret, SettingsError, load_settings
 from cascade.data.schema import DataError
 from cascade.files import write_atomic
 from cascade.guard import QueueGuard
+from cascade.malformed import MalformedRequests
 from cascade.reload import Reloader
 from cascade.telemetry import (
     MetricsInterceptor,
@@ -151,6 +152,7 @@ class RunningServer:
     probe: grpc.Server | None = None  # the plaintext health-only server, when asked
     probe_port: int | None = None
     service: Any = None  # the servicer StageServer.start built
+    malformed: MalformedRequests | None = None  # unparseable requests: counted, summarised
     _stop_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _stopped: bool = False
 
@@ -178,6 +180,8 @@ class RunningServer:
             self._pool.shutdown(wait=False)
             if self._metrics_server is not None:
                 self._metrics_server.close()
+            if self.malformed is not None:
+                self.malformed.close()
             log.info("%s: stopped", self.stage)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -203,6 +207,7 @@ def serve(
     except TlsError as error:
         raise BindError(f"{stage}: TLS: {error}") from error
     callers = _caller_check(stage, settings)
+    malformed = MalformedRequests(stage, registry)
     pool = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix=f"{stage}-rpc")
     server = grpc.server(
         pool,
@@ -213,6 +218,8 @@ def serve(
             *([callers] if callers else []),
             *interceptors,
             QueueGuard(stage, pool, settings.max_queued, registry),
+            # Innermost, so an outer interceptor's parser sees a marker, never a raised error.
+            malformed,
         ],
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs or None,
@@ -269,6 +276,7 @@ def serve(
         certificates,
         probe,
         probe_port,
+        malformed=malformed,
     )
     if reloader is not None:
         reloader.start(registry)

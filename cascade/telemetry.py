@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -109,41 +110,60 @@ class ModelMetrics:
         set_model_info(self.registry, self.stage, model_version)
 
 
+# Call metadata a caller sets on calls that are not served traffic (the gateway's shadow arm): the
+# stage counts them under traffic="shadow", apart from the answers users see (traffic="live").
+TRAFFIC_KEY = "cascade-traffic"
+SHADOW = "shadow"
+LIVE = "live"
+SHADOW_METADATA = ((TRAFFIC_KEY, SHADOW),)
+
+
+def traffic_of(context: grpc.ServicerContext) -> str:
+    """ "shadow" for a call marked so, else "live" (any other value too: two series at most)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TRAFFIC_KEY and value == SHADOW:
+            return SHADOW
+    return LIVE
+
+
 class RpcMetrics:
-    """The per-RPC metrics of one server: latency, answers by status code, calls in flight."""
+    """The per-RPC metrics of one server: latency, answers by status code (both by traffic:
+    live or a shadow arm's), calls in flight."""
 
     def __init__(self, stage: str, registry: CollectorRegistry):
         self.stage = stage
         self.latency = Histogram(
             "cascade_rpc_latency_seconds",
             "Server-side handling time of an RPC, from handler start to its last response.",
-            ["stage", "rpc"],
+            ["stage", "rpc", "traffic"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.requests = Counter(
             "cascade_rpc_requests",
             "RPCs handled, by final status code (calls shed by maximum_concurrent_rpcs excluded).",
-            ["stage", "rpc", "code"],
+            ["stage", "rpc", "code", "traffic"],
             registry=registry,
         )
         self.in_flight = Gauge(
             "cascade_rpc_in_flight",
             "RPCs being handled right now.",
-            ["stage", "rpc"],
+            ["stage", "rpc", "traffic"],
             registry=registry,
         )
-        self._per_rpc: dict[str, tuple] = {}  # labelled children, cached: labels() costs µs
-        self._per_code: dict[tuple[str, grpc.StatusCode], Counter] = {}
+        self._per_rpc: dict[tuple[str, str], tuple] = {}  # children: labels() costs µs
+        self._per_code: dict[tuple[str, grpc.StatusCode, str], Any] = {}
 
     def timed(self, behavior: Callable, rpc: str) -> Callable:
         """`behavior` (a unary-response handler) counted as calls of `rpc`: latency, calls in
         flight, and each call's final code (the context's; UNKNOWN if it raised otherwise). The
         bookkeeping is inline: a context manager per call costs more than it does."""
-        latency, in_flight = self._rpc_children(rpc)
+        live, children = self._rpc_children(rpc, LIVE), self._rpc_children  # shadow's: on use
         code_counter = self._code_counter
 
         def handle(request, context):
+            traffic = traffic_of(context)
+            latency, in_flight = live if traffic is LIVE else children(rpc, traffic)
             in_flight.inc()
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
@@ -159,7 +179,7 @@ class RpcMetrics:
             finally:
                 latency.observe(time.perf_counter() - start)
                 in_flight.dec()
-                code_counter(rpc, code).inc()
+                code_counter(rpc, code, traffic).inc()
 
         # A behavior that runs on its own pool (the gateway's refusals) keeps it.
         handle.experimental_thread_pool = getattr(  # type: ignore[attr-defined]  # gRPC reads this attribute off the behavior function
@@ -167,21 +187,21 @@ class RpcMetrics:
         )
         return handle
 
-    def _rpc_children(self, rpc: str) -> tuple:
-        children = self._per_rpc.get(rpc)
+    def _rpc_children(self, rpc: str, traffic: str = LIVE) -> tuple:
+        children = self._per_rpc.get((rpc, traffic))
         if children is None:
             children = (
-                self.latency.labels(self.stage, rpc),
-                self.in_flight.labels(self.stage, rpc),
+                self.latency.labels(self.stage, rpc, traffic),
+                self.in_flight.labels(self.stage, rpc, traffic),
             )
-            self._per_rpc[rpc] = children
+            self._per_rpc[(rpc, traffic)] = children
         return children
 
-    def _code_counter(self, rpc: str, code: grpc.StatusCode) -> Counter:
-        counter = self._per_code.get((rpc, code))
+    def _code_counter(self, rpc: str, code: grpc.StatusCode, traffic: str = LIVE):
+        counter = self._per_code.get((rpc, code, traffic))
         if counter is None:
-            counter = self.requests.labels(self.stage, rpc, code.name)
-            self._per_code[(rpc, code)] = counter
+            counter = self.requests.labels(self.stage, rpc, code.name, traffic)
+            self._per_code[(rpc, code, traffic)] = counter
         return counter
 
 

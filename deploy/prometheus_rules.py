@@ -19,8 +19,9 @@ WINDOW = "1m"  # rate window: at a 5 s scrape interval, 12 samples
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 # The RPC each service exists for (Gateway/Feedback and Recall/Record ride along in the rules).
 MAIN_RPC = {service.name: service.rpc for service in SERVICE_SPECS}
-# Health checks and reflection are infrastructure, not traffic.
-SERVICE_RPCS = 'rpc!~"grpc\\\\..*"'
+# Health checks and reflection are infrastructure, and a shadow arm's calls (traffic="shadow")
+# are never shown to a user: neither is served traffic.
+SERVICE_RPCS = 'rpc!~"grpc\\\\..*", traffic!="shadow"'
 # The caller's mistakes and cancellations are not the service's errors.
 CALLER_CODES = (
     "OK|INVALID_ARGUMENT|NOT_FOUND|ALREADY_EXISTS|PERMISSION_DENIED|UNAUTHENTICATED|"

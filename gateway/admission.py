@@ -5,8 +5,9 @@ over the concurrency limit (gateway/limits.py) the call is refused at once with 
 and trailing metadata `grpc-retry-pushback-ms` (gRFC A6: milliseconds to wait before one retry; a
 negative value: do not retry). The refusal is answered right there, on arrival, without reading
 the request or handing it to any thread (cascade/guard.py); an admitted call that still waited
-past CoDel's bound is refused too. Admitted calls feed their latency back into the limit and into
-the quality factor that shrinks the funnel.
+past CoDel's bound is refused too. Admitted calls feed their latency back into the limit; every
+arrival tells the quality factor that shrinks the funnel whether it met the gateway's own queueing
+(the limit nearly full, or a standing queue), never latency alone.
 """
 
 from __future__ import annotations
@@ -123,7 +124,11 @@ class Admission(grpc.ServerInterceptor):
             return handler
         now = self.clock()
         self._reclaim(now)
+        pressed = self.queue.overloaded or self.quality.pressed(
+            self.limiter.in_flight, self.limiter.limit
+        )
         admitted = self.limiter.try_acquire()
+        self.quality.observe(pressed or not admitted)
         self._count(now, admitted)
         if not admitted:
             return refusal_handler(handler, lambda context: self._refuse_limit(now, context))
@@ -173,13 +178,10 @@ class Admission(grpc.ServerInterceptor):
                 return response
             finally:
                 latency = self.clock() - admitted_at
-                in_flight = self.limiter.in_flight  # this call included
                 remaining = context.time_remaining()
                 # An answer past the deadline is one the client never sees: a drop.
                 dropped = remaining is not None and remaining <= 0
                 self.limiter.release(latency if ok and not dropped else None, dropped)
-                if ok:
-                    self.quality.observe(latency, in_flight)
 
         return run
 

@@ -5,7 +5,8 @@
     cascade recommend --user-key alice                 # the client's own (external) ids
     cascade feedback --user-key alice --item-key song-9 --type like
 
-Titles come from the dataset the served bundle names (--artifacts, --bundle, --data-dir). The API
+Titles come from the dataset of the stack that answers: the one `cascade up` recorded in --run-dir
+when its gateway is the target, or --dataset NAME (under --data-dir); otherwise "?". The API
 token comes from --token or CASCADE_GATEWAY_API_TOKEN; a TLS gateway's CA from --tls-ca or
 CASCADE_TLS_CA (the local stack started with `cascade up --tls` writes it under .cascade/certs).
 """
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import grpc
 
-from cascade.artifacts import ArtifactError, Bundle
 from cascade.candidates import CHANNELS, channels_of
 from cascade.client import field_violations
 from cascade.data import DataError, load_dataset
@@ -73,12 +73,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_titles(artifacts: Path, bundle: str, data_dir: Path) -> dict[int, str]:
-    """Item titles by id from the bundle's dataset; {} when it cannot be read."""
+# (target, run dir) -> the dataset and data folder of the stack serving at target, if known: the
+# application layer's reader of the stack file (app.stack.served_dataset).
+ServedDataset = Callable[[str, Path], "tuple[str, Path] | None"]
+
+
+def load_titles(name: str, data_dir: Path) -> dict[int, str]:
+    """Item titles by id from dataset `name`; {} when it cannot be read."""
     try:
-        name = Bundle.open(artifacts, bundle).component("recall")["dataset"]
         items = load_dataset(name, data_dir).items
-    except (ArtifactError, DataError, OSError, KeyError):
+    except (DataError, OSError, KeyError):
         return {}
     return dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
 
@@ -120,7 +124,9 @@ RECOMMEND_HELP = "ask the running gateway for a user's recommendations"
 FEEDBACK_HELP = "send a user's events (play, like, ...) on items to the running gateway"
 
 
-def recommend_main(argv: Sequence[str] | None = None) -> int:
+def recommend_main(
+    argv: Sequence[str] | None = None, served_dataset: ServedDataset | None = None
+) -> int:
     parser = argparse.ArgumentParser(
         prog="cascade recommend",
         description=f"{RECOMMEND_HELP}. Each line: rank, item, score, title and the recall "
@@ -143,19 +149,20 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--debug", action="store_true", help="print the per-stage trace")
     parser.add_argument(
-        "--artifacts",
+        "--run-dir",
         type=Path,
-        default=Path("artifacts"),
-        help="where bundles live, to find the titles (default: artifacts)",
+        default=Path(".cascade"),
+        help="the local stack's folder: its titles come from the dataset it records when its "
+        "gateway is the target (default: .cascade)",
     )
     parser.add_argument(
-        "--bundle", default="current", help="the served bundle under ARTIFACTS (default: current)"
+        "--dataset", help='titles from this dataset instead (under --data-dir); else "?"'
     )
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path("data"),
-        help="where the bundle's dataset (its titles) lives (default: data)",
+        help="where --dataset lives (default: data)",
     )
     _common(parser)
     args = parser.parse_args(argv)
@@ -166,7 +173,10 @@ def recommend_main(argv: Sequence[str] | None = None) -> int:
             response = client.recommend(user, args.count, debug=args.debug)
         except grpc.RpcError as error:
             return _failed("recommend", error, args.target, token, args.timeout)
-    titles = load_titles(args.artifacts, args.bundle, args.data_dir)
+    served = served_dataset(args.target, args.run_dir) if served_dataset else None
+    if args.dataset is not None:
+        served = (args.dataset, args.data_dir)
+    titles = load_titles(*served) if served else {}
     degraded = f"  degraded: {', '.join(response.degraded_stages)}" if response.degraded else ""
     arm = f"  arm: {response.arm}" if args.debug and response.arm else ""
     print(f"user {user}: {plural(len(response.items.item_ids), 'item')}{degraded}{arm}")

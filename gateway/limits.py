@@ -146,54 +146,59 @@ class QueueShedder:
 
 @dataclass(frozen=True)
 class QualitySettings:
-    target_p95_s: float = 0.05  # q rises while the p95 of admitted calls is under this
     q_min: float = 0.1
-    step_up: float = 0.05  # additive rise per window under target
-    step_down: float = 0.8  # multiplicative fall per window over target
+    step_up: float = 0.05  # additive rise per window without pressure
+    step_down: float = 0.8  # multiplicative fall per window under pressure
     window_s: float = 0.5
-    min_samples: int = 10
+    min_samples: int = 10  # arrivals a window needs before it moves q
+    # An arrival is pressure when the calls already running fill this share of the concurrency
+    # limit (or it is refused, or a standing queue holds): the gateway's own queueing, which
+    # latency alone is not (a CPU-bound neighbour slows every call without any call waiting).
+    high_water: float = 0.75
+    pressed_share: float = 0.1  # q falls in a window where more of its arrivals were pressure
     full_funnel_s: float = 0.05  # a call with less time left than this gets a smaller funnel
-    # Slow answers are load only when calls overlap: one client asking in sequence (or a slow
-    # moment such as a model reload) never shrinks the funnel.
-    min_concurrency: int = 2
 
     def __post_init__(self) -> None:
         if not 0 < self.q_min <= 1 or not 0 < self.step_down < 1 or self.step_up <= 0:
             raise ValueError("need 0 < q_min <= 1, 0 < step_down < 1 and step_up > 0")
-        if self.min_concurrency < 1 or self.full_funnel_s <= 0:
-            raise ValueError("need min_concurrency >= 1 and full_funnel_s > 0")
+        if not 0 < self.high_water <= 1 or not 0 <= self.pressed_share < 1:
+            raise ValueError("need 0 < high_water <= 1 and 0 <= pressed_share < 1")
+        if self.min_samples < 1 or self.full_funnel_s <= 0:
+            raise ValueError("need min_samples >= 1 and full_funnel_s > 0")
 
 
 class QualityFactor:
     """q in [q_min, 1], the share of the funnel a call gets: recall, pre-rank and rank cuts are
-    scaled by q. Lighter calls come before refused calls: q falls as soon as the p95 passes the
-    target, while the concurrency limit only shrinks once latency has grown by the tolerance."""
+    scaled by q. Lighter calls come before refused calls: q falls once arrivals find the
+    concurrency limit nearly full (high_water), before it is full and calls are refused."""
 
     def __init__(self, settings: QualitySettings | None = None, clock: Clock = time.monotonic):
         self.settings = QualitySettings() if settings is None else settings
         self.clock = clock
         self.q = 1.0
         self._window_start = clock()
-        self._latencies: list[float] = []
-        self._peak = 0  # most calls in flight seen in the window
+        self._arrivals = 0
+        self._pressed = 0
         self._lock = threading.Lock()
 
-    def observe(self, latency_s: float, in_flight: int = 1) -> None:
-        """One admitted call's latency, and how many calls were in flight as it ended."""
+    def pressed(self, in_flight: int, limit: float) -> bool:
+        """Whether an arrival finding `in_flight` calls running under `limit` is pressure."""
+        return in_flight >= self.settings.high_water * limit
+
+    def observe(self, pressed: bool) -> None:
+        """One arrival at the gateway: whether it met queueing (see `pressed`)."""
         with self._lock:
-            self._latencies.append(latency_s)
-            self._peak = max(self._peak, in_flight)
+            self._arrivals += 1
+            self._pressed += pressed
             now = self.clock()
             s = self.settings
-            if now - self._window_start < s.window_s or len(self._latencies) < s.min_samples:
+            if now - self._window_start < s.window_s or self._arrivals < s.min_samples:
                 return
-            latencies = sorted(self._latencies)
-            p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
-            if p95 > s.target_p95_s and self._peak >= s.min_concurrency:
+            if self._pressed > s.pressed_share * self._arrivals:
                 self.q = max(s.q_min, self.q * s.step_down)
             else:
                 self.q = min(1.0, self.q + s.step_up)
-            self._window_start, self._latencies, self._peak = now, [], 0
+            self._window_start, self._arrivals, self._pressed = now, 0, 0
 
     def for_call(self, time_left_s: float) -> tuple[float, str]:
         """This call's q and why it is below 1 ("LOAD", "TIME_LEFT" or "" at full quality)."""

@@ -296,13 +296,15 @@ class Cascade:
         seen_of: Callable[[], np.ndarray] | None = None,
         funnel: Funnel | None = None,
         request_id: str = "",
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> gateway_pb2.RecommendResponse:
         """One Recommend; `served`, when given, receives each stage's list and model version.
         The local fallbacks drop what the user has seen: the request's recent ids, the user's
         logged items, and `seen_of()` (read only when a fallback runs, e.g. the shared store).
         `funnel` (a smaller one under load, gateway/admission.py) replaces the configured cuts
         for this call. With the funnel's explore_slots, `request_id` decides whether this
-        request explores; the response's explored_positions say which slots did."""
+        request explores; the response's explored_positions say which slots did. `metadata` goes
+        with every stage call (the shadow arm's marks its calls as shadow traffic)."""
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel if funnel is None else funnel
         served = Served() if served is None else served
@@ -319,7 +321,7 @@ class Cascade:
         def stage(name, request, fallback, candidates_in):
             if name in funnel.skip:  # the arm's choice: no scores of this stage to log
                 return _skipped(response, name, fallback, candidates_in)
-            out = self._stage(response, name, request, fallback, candidates_in, budget)
+            out = self._stage(response, name, request, fallback, candidates_in, budget, metadata)
             served.lists[name] = out
             return out
 
@@ -392,6 +394,7 @@ class Cascade:
         fallback: Callable[[], Candidates],
         candidates_in: common_pb2.CandidateList | None,
         budget: Budget,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> common_pb2.CandidateList:
         """Calls one stage within its share of the budget; on any failure, its fallback."""
         started = time.perf_counter()
@@ -399,7 +402,7 @@ class Cascade:
         if timeout < MIN_STAGE_S:
             reply, reason = None, "NO_BUDGET"
         else:
-            reply, reason = self._call(name, request, budget, timeout)
+            reply, reason = self._call(name, request, budget, timeout, metadata)
         candidates = to_proto(*fallback()) if reason or reply is None else reply.candidates
         latency = time.perf_counter() - started
         self.metrics.labelled(self.metrics.stage_latency, name).observe(latency)
@@ -422,7 +425,12 @@ class Cascade:
         return candidates
 
     def _call(
-        self, name: str, request, budget: Budget, timeout: float
+        self,
+        name: str,
+        request,
+        budget: Budget,
+        timeout: float,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> tuple[StageReply | None, str]:
         """The stage's reply from one of its replicas, or None and the reason it has none
         (CIRCUIT_OPEN: every replica is ejected). A replica that refuses at once (UNAVAILABLE:
@@ -435,7 +443,8 @@ class Cascade:
             if attempt:  # the retry gets what is left of the stage's share
                 timeout = budget.for_stage(name)
             try:
-                reply = getattr(replica.stub(stub_class), method)(request, timeout=timeout)
+                call = getattr(replica.stub(stub_class), method)
+                reply = call(request, timeout=timeout, metadata=metadata or None)
                 reason = "" if _well_formed(reply.candidates) else "BAD_REPLY"
             except grpc.RpcError as error:
                 reply = None

@@ -7,7 +7,8 @@ thread, and its page is logged as an impression record with the served page's re
 the arm `shadow:NAME`: offline, the two rankings of one request compare row by row. The shadow
 never delays an answer (a bounded number wait; beyond that a request gets no shadow, counted),
 is never recorded as shown to the user, and is not a training example (app/fold.py skips it).
-Its stage calls count in the stage metrics like any other.
+Its stage calls carry the metadata `cascade-traffic: shadow`, so every stage counts them under
+traffic="shadow" in its RPC metrics, apart from the served traffic (traffic="live").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry, Counter
 
+from cascade.telemetry import SHADOW_METADATA
 from cascade.v1 import common_pb2
 from gateway.arms import Arm
 from gateway.impressions import ImpressionWriter, Shown
@@ -62,7 +64,9 @@ class Shadow:
             funnel = dataclasses.replace(self.cascade.funnel, **self.arm.overrides)
             served = Served()
             budget = Budget(self.deadline_s, self.shares)
-            answer = self.cascade.run(user, count, budget, False, served, None, funnel)
+            answer = self.cascade.run(
+                user, count, budget, False, served, None, funnel, metadata=SHADOW_METADATA
+            )
             self.impressions.submit(
                 dataclasses.replace(
                     shown,

@@ -13,19 +13,25 @@ from cascade.data.schema import DataError, Dataset, load, save
 
 SOURCES = ("ml-100k", "synthetic")
 
-__all__ = ["SOURCES", "DataError", "Dataset", "load_dataset", "prepare"]
+__all__ = ["SOURCES", "DataError", "Dataset", "dataset_folder", "load_dataset", "prepare"]
 
 
 def load_dataset(name: str, data_dir: Path) -> Dataset:
     """Loads a prepared or imported dataset (data_dir/<name>/); raises DataError naming the
     missing file and the fixing command."""
+    return load(dataset_folder(name, data_dir))
+
+
+def dataset_folder(name: str, data_dir: Path) -> Path:
+    """data_dir/<name>/ for a built-in source (prepared on demand) or an imported dataset that is
+    there; DataError saying how to get it otherwise (a command checks its names before work)."""
     folder = Path(data_dir) / name
     if name not in SOURCES and (Path(name).name != name or not folder.is_dir()):
         raise DataError(
             f"no dataset {name!r} under {data_dir}: built-in sources are {', '.join(SOURCES)}; "
             f"bring your own with `cascade data import --name {name} ...`"
         )
-    return load(folder)
+    return folder
 
 
 def prepare(name: str, data_dir: Path, **options) -> Dataset:

@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/prerank"),
-        help="report folder (default: results/prerank)",
+        default=Path("data/run/prerank"),
+        help="report folder (default: data/run/prerank; the committed one is results/prerank)",
     )
     parser.add_argument("--max-users", type=int, default=3000, help="seeded sample above this")
     args = parser.parse_args(argv)

@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/rank"),
-        help="report folder (default: results/rank)",
+        default=Path("data/run/rank"),
+        help="report folder (default: data/run/rank; the committed one is results/rank)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -256,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/recall"),
-        help="report folder (default: results/recall)",
+        default=Path("data/run/recall"),
+        help="report folder (default: data/run/recall; the committed one is results/recall)",
     )
     parser.add_argument("--max-users", type=int, default=3000, help="seeded sample above this")
     parser.add_argument("--epochs", type=int, default=0, help="override the two-tower epochs")

@@ -24,6 +24,7 @@ from cascade.data.schema import Dataset, Table
 from cascade.data.split import per_user_temporal, take
 from cascade.evaluation import evaluate_ranking
 from cascade.features import build_spec, history_before
+from cascade.files import with_other_datasets
 from services.recall.two_tower import Batcher, TwoTowerConfig, train_two_tower, user_vectors
 
 KS = (10, 100, 500, 2000)
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/recall"),
-        help="report folder (default: results/recall)",
+        default=Path("data/run/recall"),
+        help="report folder (default: data/run/recall; the committed one is results/recall)",
     )
     parser.add_argument("--epochs", type=int, default=0, help="override the per-dataset epochs")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.epochs:
             config = replace(config, epochs=args.epochs)
         rows += run(name, args.data_dir, config, progress=not args.quiet)
+    rows = with_other_datasets(args.out / "two_tower.json", rows)  # the others' are kept
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "two_tower.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "two_tower.md").write_text(markdown(rows))

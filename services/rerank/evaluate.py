@@ -24,6 +24,7 @@ from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
+from cascade.files import with_other_datasets
 from cascade.metrics import ild_cosine, ild_jaccard, ndcg_at_k, top_k
 from services.rerank.reranker import RerankConfig, Reranker
 from services.rerank.rules import Rules
@@ -194,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("results/rerank"),
-        help="report folder (default: results/rerank)",
+        default=Path("data/run/rerank"),
+        help="report folder (default: data/run/rerank; the committed one is results/rerank)",
     )
     parser.add_argument(
         "--max-users",
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = [evaluate(name, args.data_dir, args.max_users) for name in args.dataset]
+    results = with_other_datasets(args.out / "tradeoff.json", results)  # the others' are kept
     (args.out / "tradeoff.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (args.out / "tradeoff.md").write_text(text)

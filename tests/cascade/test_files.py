@@ -21,3 +21,15 @@ def test_bytes_and_owner_only_mode(tmp_path):
     write_atomic(path, b"\x00secret", mode=0o600)
     assert path.read_bytes() == b"\x00secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_rerun_table_keeps_the_other_datasets_rows(tmp_path):
+    import json
+
+    from cascade.files import with_other_datasets
+
+    table = tmp_path / "table.json"
+    assert with_other_datasets(table, [{"dataset": "own", "v": 1}]) == [{"dataset": "own", "v": 1}]
+    table.write_text(json.dumps([{"dataset": "synthetic", "v": 2}, {"dataset": "own", "v": 0}]))
+    rows = [{"dataset": "own", "v": 1}, {"dataset": "own", "v": 3}]
+    assert with_other_datasets(table, rows) == [*rows, {"dataset": "synthetic", "v": 2}]

@@ -79,6 +79,34 @@ def test_check_new_items_names_the_first_bad_field():
             raise AssertionError(f"{field} passed")
 
 
+def test_a_stage_refuses_an_item_id_beyond_the_new_item_capacity(tiny_dataset):
+    import grpc
+    import pytest
+
+    from cascade.live_catalog import MAX_NEW_ITEMS
+
+    store = _store(tiny_dataset)
+    service = CatalogUpdatesService(lambda: store)
+    highest = store.n_items + MAX_NEW_ITEMS
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def abort_with_status(self, status):
+            self.status = status
+            raise Aborted
+
+    for item_id in (highest + 1, 2**63 - 1):  # 2^63 - 1 raised from numpy, uncaught
+        context = Context()
+        item = catalog_pb2.NewItem(item_id=item_id, creator_id=1, categories=[1])
+        with pytest.raises(Aborted):
+            service.AddItems(catalog_pb2.AddItemsRequest(items=[item]), context)
+        assert context.status.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert context.status.details.startswith(f"items[0].item_id: at most {highest}")
+    assert store.n_items < highest  # nothing was allocated for them
+
+
 def test_cold_vectors_fall_back_from_creator_to_categories_to_the_catalogue():
     vectors = np.array([[0, 0], [1, 0], [3, 0], [0, 2], [9, 9]], np.float32)
     known = np.array([False, True, True, True, False])

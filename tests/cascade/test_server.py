@@ -171,7 +171,8 @@ def test_metrics_count_calls_by_code_and_time_them(fake, stub):
         with pytest.raises(grpc.RpcError):
             stub.Rerank(bad)
     samples = scrape(running)
-    labels = (("rpc", "cascade.v1.Rerank/Rerank"), ("stage", "rerank"))
+    rpc = (("rpc", "cascade.v1.Rerank/Rerank"), ("stage", "rerank"))
+    labels = tuple(sorted((*rpc, ("traffic", "live"))))
     for code in ("OK", "INVALID_ARGUMENT", "UNKNOWN"):
         key = ("cascade_rpc_requests_total", tuple(sorted((*labels, ("code", code)))))
         assert samples[key] == 1, code
@@ -181,6 +182,24 @@ def test_metrics_count_calls_by_code_and_time_them(fake, stub):
         tuple(sorted((*labels, ("le", "0.0005")))),
     ) in samples
     assert samples[("cascade_rpc_in_flight", labels)] == 0
+    assert not [key for key in samples if ("traffic", "shadow") in key[1]]  # made on first use
+
+
+def test_calls_marked_shadow_are_counted_apart_from_live_traffic(fake, stub):
+    from cascade.telemetry import SHADOW_METADATA
+
+    running, _ = fake
+    stub.Rerank(rerank_request(count=1))
+    for _ in range(2):
+        stub.Rerank(rerank_request(count=1), metadata=SHADOW_METADATA)
+    stub.Rerank(rerank_request(count=1), metadata=(("cascade-traffic", "anything else"),))
+    samples = scrape(running)
+    rpc = (("rpc", "cascade.v1.Rerank/Rerank"), ("stage", "rerank"))
+    for traffic, calls in (("live", 2), ("shadow", 2)):
+        labels = tuple(sorted((*rpc, ("code", "OK"), ("traffic", traffic))))
+        assert samples[("cascade_rpc_requests_total", labels)] == calls, traffic
+        labels = tuple(sorted((*rpc, ("traffic", traffic))))
+        assert samples[("cascade_rpc_latency_seconds_count", labels)] == calls, traffic
 
 
 def test_field_violation_names_the_field(stub):
@@ -310,3 +329,37 @@ def test_a_server_on_port_0_reports_the_ports_it_bound(tmp_path):
         assert list(reply.candidates.item_ids) == [100]
     finally:
         running.stop(0)
+
+
+# A truncated varint: no protobuf message parses from these bytes.
+UNPARSEABLE = b"\x08" + b"\xff" * 10
+
+
+def test_unparseable_requests_get_invalid_argument_one_summary_line_and_a_count(fake, caplog):
+    running, servicer = fake
+    with grpc.insecure_channel(running.address) as channel:
+        raw = channel.unary_unary(f"/{RERANK}/Rerank")  # bytes in, bytes out
+        with caplog.at_level("DEBUG"):
+            for _ in range(200):
+                with pytest.raises(grpc.RpcError) as error:
+                    raw(UNPARSEABLE, timeout=5)
+                assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                details = error.value.details()
+                assert details == "the request is not a valid cascade.v1.RerankRequest"
+            running.malformed.summary.flush()
+        answer = rerank_pb2.RerankResponse.FromString(
+            raw(rerank_request(count=2).SerializeToString(), timeout=5)
+        )
+    assert len(answer.candidates.item_ids) == 2 and servicer.calls == 1  # garbage never ran it
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert [r.getMessage().split(" answered")[0] for r in lines] == [
+        "rerank: 1 malformed request",
+        "rerank: 199 malformed requests",
+    ]
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+    assert (
+        running.registry.get_sample_value(
+            "cascade_malformed_requests_total", {"stage": "rerank", "rpc": f"{RERANK}/Rerank"}
+        )
+        == 200
+    )

@@ -60,7 +60,7 @@ def test_the_metrics_wrapper_is_built_once_per_method_and_counts_every_call():
     interceptor = MetricsInterceptor(RpcMetrics("rank", registry))
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     details = SimpleNamespace(method="/cascade.v1.Rank/Rank", invocation_metadata=())
-    ok = SimpleNamespace(code=lambda: None)
+    ok = SimpleNamespace(code=lambda: None, invocation_metadata=tuple)
     first = interceptor.intercept_service(lambda _: handler, details)
     second = interceptor.intercept_service(lambda _: handler, details)
     assert first is second  # reused: no new handler or closure per call
@@ -69,5 +69,5 @@ def test_the_metrics_wrapper_is_built_once_per_method_and_counts_every_call():
     other = grpc.unary_unary_rpc_method_handler(lambda request, context: b"no")
     assert interceptor.intercept_service(lambda _: other, details).unary_unary(b"", ok) == b"no"
     assert interceptor.intercept_service(lambda _: handler, details) is first
-    labels = {"stage": "rank", "rpc": "cascade.v1.Rank/Rank", "code": "OK"}
+    labels = {"stage": "rank", "rpc": "cascade.v1.Rank/Rank", "code": "OK", "traffic": "live"}
     assert registry.get_sample_value("cascade_rpc_requests_total", labels) == 3

@@ -150,6 +150,9 @@ def test_served_calls_counts_a_services_rpcs_but_not_health_checks():
         def code(self):
             return None
 
+        def invocation_metadata(self):
+            return ()
+
     for rpc, calls in (("cascade.v1.Rank/Rank", 3), ("grpc.health.v1.Health/Check", 5)):
         handle = metrics.timed(lambda request, context: None, rpc)
         for _ in range(calls):

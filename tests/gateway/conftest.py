@@ -94,7 +94,11 @@ def build_bundle(root: Path, dataset: Dataset) -> Built:
     return Built(dataset, root / "data", artifacts)
 
 
-QUIET = ServerSettings(port=0, metrics_port=-1, grace_s=0.2)
+# No connection ageing: a module's stack can outlive the 300 s default on a busy machine, and when a
+# server ages out a connection its client (the gateway, here in the test process) may get a final
+# GOAWAY "Cancelling all calls" that gRPC core logs to stderr as "Got goaway [2]" (reproduced with
+# max_connection_age_s=1 on an idle channel: 3 runs in 6). Ageing itself is a production setting.
+QUIET = ServerSettings(port=0, metrics_port=-1, grace_s=0.2, max_connection_age_s=0.0)
 
 
 @dataclass

@@ -245,6 +245,11 @@ def test_a_tiny_client_deadline_gets_an_answer_or_deadline_exceeded(gateway_with
                 assert 0 < len(response.items.item_ids) <= 5
     unknown = gateway.registry.get_sample_value(
         "cascade_rpc_requests_total",
-        {"stage": "gateway", "rpc": "cascade.v1.Gateway/Recommend", "code": "UNKNOWN"},
+        {
+            "stage": "gateway",
+            "rpc": "cascade.v1.Gateway/Recommend",
+            "code": "UNKNOWN",
+            "traffic": "live",
+        },
     )
     assert unknown is None

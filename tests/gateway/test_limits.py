@@ -1,8 +1,10 @@
 """The overload controllers on an injected clock: the limit grows on good latency and shrinks on
-queueing, CoDel sheds only a standing queue, the quality factor falls over target and rises back."""
+queueing, CoDel sheds only a standing queue, the quality factor falls under the gateway's own
+queueing (never for latency alone) and rises back."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from gateway.limits import (
@@ -104,29 +106,30 @@ def test_codel_ignores_an_interval_with_too_few_calls():
     assert shedder.shed(0.050)  # five calls, all waiting: a standing queue
 
 
-def test_quality_factor_falls_over_target_rises_under_it_and_stays_in_bounds():
+def test_quality_factor_falls_under_pressure_rises_without_it_and_stays_in_bounds():
     clock = FakeClock()
-    settings = QualitySettings(target_p95_s=0.05, q_min=0.1, window_s=0.5, min_samples=10)
+    settings = QualitySettings(q_min=0.1, window_s=0.5, min_samples=10, pressed_share=0.1)
     quality = QualityFactor(settings, clock)
+    assert not quality.pressed(5, 8.0) and quality.pressed(6, 8.0)  # high water: 0.75 x limit
 
-    def window(latency_s: float, in_flight: int = 4) -> None:
-        for _ in range(10):
-            quality.observe(latency_s, in_flight)
+    def window(pressed: int) -> None:  # 20 arrivals, `pressed` of them met queueing
+        for i in range(19):
+            quality.observe(i < pressed)
         clock.now += 0.5
-        quality.observe(latency_s, in_flight)
+        quality.observe(False)
 
-    window(0.2, in_flight=1)  # slow, but one call at a time: not load
+    window(pressed=2)  # 2 of 20: not over the share
     assert quality.q == 1.0
-    window(0.2)
+    window(pressed=3)
     assert quality.q == pytest.approx(0.8)
     for _ in range(30):
-        window(0.2)
+        window(pressed=20)
     assert quality.q == pytest.approx(0.1)
-    window(0.01)
+    window(pressed=0)
     assert quality.q == pytest.approx(0.15)
     assert quality.for_call(1.0) == (pytest.approx(0.15), "LOAD")
     for _ in range(30):
-        window(0.01)
+        window(pressed=0)
     assert quality.q == 1.0 and quality.for_call(1.0) == (1.0, "")
     assert quality.for_call(0.025) == (pytest.approx(0.5), "TIME_LEFT")
 
@@ -152,3 +155,70 @@ def test_pushback_hint_is_the_recent_latency_or_no_retry_when_most_calls_were_re
         assert admission.pushback_ms() == 30
     finally:
         admission.close()
+
+
+class FakeCall:
+    """What Admission reads of a call: no deadline, no metadata."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+
+def _admission(clock: FakeClock):
+    from cascade.telemetry import new_registry
+    from gateway.admission import RECOMMEND, Admission, AdmissionSettings
+
+    admission = Admission(AdmissionSettings(), new_registry(process_metrics=False), clock)
+    details = type("Details", (), {"method": RECOMMEND})
+    return admission, details
+
+
+def _call(admission, details, clock: FakeClock, latency_s: float, inside=None) -> bool:
+    """One Recommend through the interceptor taking `latency_s` of fake time; `inside` runs while
+    it is in flight (another call overlapping it)."""
+
+    def behavior(_request, _context):
+        clock.now += latency_s
+        if inside is not None:
+            inside()
+        return "answer"
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    wrapped = admission.intercept_service(lambda _details: handler, details)
+    if wrapped.unary_unary is None:  # refused (its handler answers without reading)
+        return False
+    wrapped.unary_unary(object(), FakeCall())
+    return True
+
+
+def test_slow_calls_alone_never_shrink_the_funnel():
+    """A CPU-bound neighbour: every call 200 ms (4x the old p95 target), and a second client's
+    call overlapping each one, far below the concurrency limit: nothing waits at the gateway."""
+    clock = FakeClock()
+    admission, details = _admission(clock)
+    for _ in range(200):
+        _call(admission, details, clock, 0.2, inside=lambda: _call(admission, details, clock, 0.2))
+    assert admission.quality.q == 1.0
+    assert admission.quality.for_call(1.0) == (1.0, "")
+
+
+def test_calls_filling_the_concurrency_limit_shrink_the_funnel_before_any_is_refused():
+    clock = FakeClock()
+    admission, details = _admission(clock)
+    outcomes: list[bool] = []
+
+    def nested(depth: int):  # `depth` calls in flight at once, each 5 ms: fast, but piled up
+        inner = nested(depth - 1) if depth > 1 else None
+        return lambda: outcomes.append(_call(admission, details, clock, 0.005, inner))
+
+    for _ in range(200):  # about 10 s of fake time: 20 windows
+        nested(int(admission.limiter.limit))()  # the limit full, not exceeded
+    assert all(outcomes)  # nothing refused
+    assert admission.quality.q == pytest.approx(admission.settings.quality.q_min)
+    assert admission.quality.for_call(1.0)[1] == "LOAD"
+    for _ in range(2000):  # then 10 s of one call at a time: q climbs back to 1
+        _call(admission, details, clock, 0.005)
+    assert admission.quality.q == 1.0

@@ -24,7 +24,7 @@ import numpy as np
 
 from app import stack
 from app.evaluation_e2e import (
-    EVAL_ENV,
+    EVALUATION_PROFILE,
     TRUTH,
     baseline_pages,
     evaluated_protocol,
@@ -34,6 +34,7 @@ from app.evaluation_e2e import (
 )
 from app.simulate import World
 from cascade.data import load_dataset
+from cascade.profiles import DEFAULT, evaluation_profile, load_profile
 from services.recall.server import RecallSettings
 
 PAGE = 10  # the loop's page: what a simulated user is served
@@ -211,7 +212,8 @@ def tune(args: argparse.Namespace) -> dict:
             artifacts=args.artifacts,
             data_dir=args.data_dir,
             dataset="synthetic",
-            extra_env=EVAL_ENV | settings,
+            extra_env=settings,
+            profiles=[load_profile(DEFAULT), evaluation_profile(EVALUATION_PROFILE)],
             quiet=True,
         ) as running:
             pages, info = served(running, protocol.users)

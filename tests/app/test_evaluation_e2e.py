@@ -160,3 +160,19 @@ def test_the_funnel_is_the_served_profiles_with_the_environment_above():
     assert gateway_funnel({}, [load_profile("default"), ask_twice]) == Funnel(2000, 500, 50)
     assert gateway_funnel({}, [lift, ask_twice]) == Funnel(200, 200, 50)
     assert gateway_funnel({"CASCADE_GATEWAY_PRERANK_COUNT": "100"}, [lift]).prerank == 100
+
+
+def test_the_report_says_which_profile_was_served_and_what_the_evaluation_changed():
+    from app.evaluation_e2e import served_lines
+    from cascade.profiles import ABOUT, evaluation_profile, load_profile
+
+    served, evaluation = load_profile("default"), evaluation_profile("ask-twice")
+    info = {
+        "profile": served.record(),
+        "evaluation_profile": evaluation.record()
+        | {"changes": {k: v for k, v in evaluation.tables.items() if k != ABOUT}, "why": "w"},
+    }
+    line = served_lines(info)[0]
+    assert line.startswith("Served: profile default (`cascade up --profile default`")
+    assert f"sha256 {served.sha256[:12]}" in line
+    assert "evaluation profile ask-twice" in line and '"filter_shown": false' in line

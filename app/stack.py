@@ -151,10 +151,12 @@ def ensure_bundle(
     found = bundle_dataset(artifacts, bundle)
     if found == dataset and (train is None or train.matches(artifacts, bundle)):
         return
-    if found == dataset:  # the dataset's, with other training settings than the profile's
+    if found == dataset and profile is not None:  # with other training settings than its
         found = f"built with other training settings than profile {profile.name}'s ({train})"
+    elif bundle != "current":
+        found = f"{found or 'missing'}, not {dataset}"
     if bundle != "current":
-        raise StackError(f"bundle {artifacts / bundle} is {found or 'missing'}, not {dataset}")
+        raise StackError(f"bundle {artifacts / bundle} is {found}")
     earlier = latest_bundle(artifacts, dataset, train)
     train_all = f"cascade train all --dataset {dataset}" + (
         f" --profile {profile.name}" if profile is not None else ""

@@ -502,7 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, infos = [], {}
     for name in args.dataset:
         started = time.perf_counter()
-        found, info = evaluate_dataset(name, args)
+        try:
+            found, info = evaluate_dataset(name, args)
+        except stack.StackError as error:  # e.g. a setting its profile does not say: refused
+            print(f"cascade eval cascade: {error}", file=sys.stderr)
+            return 2
         infos[name] = info | {"seconds": round(time.perf_counter() - started, 1)}
         rows += found
     previous = args.out / "e2e.json"

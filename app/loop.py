@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -588,7 +589,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except stack.StackError as error:  # e.g. a setting its profile does not say: refused
+        print(f"cascade simulate: {error}", file=sys.stderr)
+        sys.exit(2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "simulation.json").write_text(json.dumps(report, indent=2))
     (args.out / "simulation.md").write_text(to_markdown(report))

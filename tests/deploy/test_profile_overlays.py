@@ -33,3 +33,22 @@ def test_an_overlay_serves_its_profile_in_every_container():
     assert by_stage["rerank"].rerank.dpp_trade_off == 1.0
     base = {w.stage.name: w for w in k8s_checks.workloads(render(K8S_DIR))[0]}
     assert base["recall"].profile.name == "default" and base["recall"].settings.mf.quota == 0.3
+
+
+def test_compose_serves_the_profile_its_variable_names():
+    """Every service mounts deploy/profiles/${CASCADE_PROFILE:-default}.toml where its
+    CASCADE_PROFILE_FILE points, so `CASCADE_PROFILE=NAME docker-compose up` serves NAME."""
+    import re
+
+    import yaml
+
+    from cascade.topology import SERVICES
+
+    compose = yaml.safe_load((profile_overlays.ROOT / "docker-compose.yml").read_text())
+    for name in SERVICES:
+        service = compose["services"][name]
+        target = service["environment"]["CASCADE_PROFILE_FILE"]
+        mounts = [v for v in service["volumes"] if v.endswith(f":{target}:ro")]
+        assert len(mounts) == 1, (name, service["volumes"])
+        source = mounts[0].removesuffix(f":{target}:ro")
+        assert re.fullmatch(r"\./deploy/profiles/\$\{CASCADE_PROFILE:-default\}\.toml", source)

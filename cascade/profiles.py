@@ -60,10 +60,11 @@ class Profile:
 def load_profile(name: str | Path, directory: Path = PROFILE_DIR) -> Profile:
     """The profile called `name` (DIRECTORY/<name>.toml) or in the file `name` (a path ending in
     .toml); SettingsError names the file and what is wrong with it."""
-    path = Path(name) if str(name).endswith(".toml") else directory / f"{name}.toml"
+    by_path = str(name).endswith(".toml")
+    path = Path(name) if by_path else directory / f"{name}.toml"
     if not path.is_file():
-        known = ", ".join(profile_names(directory)) or "none"
-        raise SettingsError(f"no profile {str(name)!r}: no file {path} (profiles: {known})")
+        known = "" if by_path else f" (profiles: {', '.join(profile_names(directory)) or 'none'})"
+        raise SettingsError(f"no profile {str(name)!r}: no file {path}{known}")
     raw = path.read_bytes()
     try:
         tables = tomllib.loads(raw.decode())

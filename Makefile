@@ -177,15 +177,17 @@ bench-security: setup
 # artifacts/synthetic when it is missing: results/loop/simulation.{json,md,png}. 1000 users over
 # 4 simulated days, the cascade retrained daily from its log, then the same run with the cascade
 # frozen, and the two side by side (10 min 32 s in all on a 2-core machine).
-# The simulated stack serves app/loop.py's SIMULATED_STACK (EASE item-CF recall, relevance-only
-# rerank; the EASE table is rebuilt into the run folder first, about 2 min).
+# The simulated stack serves the profile simulated-lift (deploy/profiles/simulated-lift.toml:
+# EASE item-CF recall alone, funnel 200 / 200 / 50, relevance-only rerank; `cascade up --profile
+# simulated-lift` starts it; the EASE table is rebuilt into the run folder first, about 2 min).
 # The world as `cascade simulate` plays it by default: creators upload and users follow and drop
 # follows through each simulated day.
 bench-loop: setup
 	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
-	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --out results/loop
-	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --retrain never \
-		--run-dir .cascade/simulate-frozen --out results/loop/no-retrain
+	$(BIN)/cascade simulate --data-dir $(DATA) --profile simulated-lift --users 1000 --days 4 \
+		--out results/loop
+	$(BIN)/cascade simulate --data-dir $(DATA) --profile simulated-lift --users 1000 --days 4 \
+		--retrain never --run-dir .cascade/simulate-frozen --out results/loop/no-retrain
 	$(BIN)/python -m app.compare_runs results/loop/simulation.json \
 		results/loop/no-retrain/simulation.json --out results/loop/retrain_vs_frozen
 
@@ -208,6 +210,14 @@ check-prometheus: setup
 # fails when they are stale).
 dashboards: setup
 	$(BIN)/python -m deploy.generate
+
+# The reference of every setting (docs/settings.md) and the Kubernetes profile overlays
+# (deploy/k8s/overlays/profile-<name>/) from the settings classes and deploy/profiles/ (committed;
+# a test fails when they are stale).
+.PHONY: settings-reference
+settings-reference: setup
+	$(BIN)/python -m app.settings --reference docs/settings.md
+	$(BIN)/python -m deploy.profile_overlays
 
 # Render deploy/k8s with kubectl kustomize and validate it offline against the Kubernetes schemas.
 k8s-validate: setup

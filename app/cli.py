@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 from app.stages import EVALUATE_MODULES, SERVER_MODULES, TRAIN_MODULES
+from cascade.config import SettingsError
 from cascade.data import SOURCES, DataError, load_dataset, prepare
+from cascade.profiles import default_profile, load_profile
 from cascade.topology import GATEWAY, STAGES, TRAIN_ORDER, ports_from
 
 
@@ -101,8 +103,14 @@ def _train(args: argparse.Namespace) -> None:
         help="learn from what the stack served: fold this event log (file:DIR or redis://...) "
         "into the training data and fine-tune the published bundle from it (app/retrain.py)",
     )
+    parser.add_argument(
+        "--profile",
+        help="build the bundle with the profile's [train] settings (deploy/profiles/NAME.toml; "
+        "default: the dataset's default profile)",
+    )
     options = parser.parse_args(args.options)
     version = options.version or f"{options.dataset}-{new_version()}"
+    training = _training_settings(options.profile or default_profile(options.dataset))
     if options.event_log:
         from app.retrain import retrain_from_log
 
@@ -121,10 +129,23 @@ def _train(args: argparse.Namespace) -> None:
     common += ["--artifacts", str(options.artifacts), "--version", version]
     for stage in TRAIN_ORDER:
         print(f"== train {stage} -> {options.artifacts / version}", flush=True)
-        _run_entry_point("train", stage, common)
+        _run_entry_point("train", stage, common + training.arguments(stage))
     if not options.no_publish:
         publish(options.artifacts, version)
         print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")
+
+
+def _training_settings(profile: str):
+    """The [train] settings of `profile` (a name or file); exit 2 naming the file and key."""
+    from app.profiles import train_settings
+    from cascade.config import SettingsError
+    from cascade.profiles import load_profile
+
+    try:
+        return train_settings([load_profile(profile)])
+    except SettingsError as error:
+        print(f"cascade train all: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _stack_options(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +176,7 @@ def _up(args: argparse.Namespace) -> None:
         ports["redis"] = 0  # with --store redis: a free port too
     metrics = ports_from(args.metrics_base_port)
     try:
+        profile = load_profile(args.profile or default_profile(args.dataset))
         running = stack.up(
             args.artifacts,
             args.data_dir,
@@ -167,8 +189,9 @@ def _up(args: argparse.Namespace) -> None:
             store=args.store,
             tls=args.tls,
             supervise=not args.no_supervise,
+            profiles=[profile],
         )
-    except stack.StackError as error:
+    except (stack.StackError, SettingsError) as error:
         print(f"cascade up: {error}", file=sys.stderr)
         sys.exit(1)
     tls = f" --tls-ca {running.certs / 'ca.pem'}" if running.certs else ""
@@ -254,6 +277,11 @@ def _add_stack_commands(commands) -> None:
     )
     up.add_argument("--bundle", default="current", help="bundle under ARTIFACTS to serve")
     up.add_argument(
+        "--profile",
+        help="the named configuration every service serves (deploy/profiles/NAME.toml, or a "
+        "file); default: the dataset's default profile (`cascade settings` prints it)",
+    )
+    up.add_argument(
         "--store",
         default="memory",
         help="online store: memory (each process its own, the default), redis (start a "
@@ -325,6 +353,12 @@ def _add_stack_commands(commands) -> None:
         add_help=False,
     )
     simulate.set_defaults(run=_delegate("app.loop", "main"), delegate=True)
+    settings = commands.add_parser(
+        "settings",
+        help="print each resolved setting of the services and the layer it came from",
+        add_help=False,
+    )
+    settings.set_defaults(run=_delegate("app.settings", "show"), delegate=True)
 
 
 def _add_stage_command(commands, verb: str, help_text: str, run, extra: tuple[str, ...] = ()):

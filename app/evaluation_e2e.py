@@ -29,12 +29,13 @@ import numpy as np
 
 from app import stack
 from app.simulate import SimulationConfig, World, simulated_users
-from cascade import metrics, topology
+from cascade import metrics, profiles, topology
 from cascade.baselines import default_models
-from cascade.config import load_settings
+from cascade.config import SettingsError, load_settings
 from cascade.data import DataError, dataset_folder, load_dataset
 from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
+from cascade.profiles import ABOUT, Profile, default_profile, evaluation_profile, load_profile
 from cascade.v1 import (
     common_pb2,
     prerank_pb2,
@@ -155,24 +156,18 @@ def evaluated_protocol(dataset, split: str, sample: int | None, seed: int) -> Pr
     return protocol
 
 
-def setting_overrides(pairs: Sequence[str]) -> dict[str, str]:
-    """`NAME=VALUE` service settings (the environment variables the services read, e.g.
-    CASCADE_RECALL_MF_QUOTA=0.5 or CASCADE_GATEWAY_RANK_COUNT=200); ValueError names a bad one."""
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.startswith("CASCADE_") or not value:
-            raise ValueError(f"--set {pair!r}: expected CASCADE_<SERVICE>_<SETTING>=VALUE")
-        out[name] = value
-    return out
-
-
-def gateway_funnel(overrides: Mapping[str, str]) -> Funnel:
-    """The funnel the gateway serves with under the environment plus `overrides`."""
+def gateway_funnel(overrides: Mapping[str, str], served: Sequence[Profile] = ()) -> Funnel:
+    """The funnel the gateway serves with under `served` profiles, the environment and
+    `overrides` (environment variables)."""
     from gateway.server import GatewaySettings
 
     prefix = topology.spec("gateway").env_prefix
-    gateway = load_settings(GatewaySettings, env_prefix=prefix, environ=os.environ | overrides)
+    gateway = load_settings(
+        GatewaySettings,
+        env_prefix=prefix,
+        environ=os.environ | overrides,
+        profiles=profiles.layers(served, "gateway"),
+    )
     return Funnel(gateway.recall_count, gateway.prerank_count, gateway.rank_count)
 
 
@@ -252,8 +247,9 @@ def cascade_pages(
 
 
 # Each test user is asked twice (the gateway, then the cuts stage by stage): rerank's
-# already-shown filter would hide the first answer's page from the second, so it is off here.
-EVAL_ENV = {"CASCADE_RERANK_RERANK_RULES_FILTER_SHOWN": "false"}
+# already-shown filter would hide the first answer's page from the second, so this evaluation
+# profile (deploy/profiles/evaluation/ask-twice.toml) turns it off on top of the served profile.
+EVALUATION_PROFILE = "ask-twice"
 
 
 def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -261,15 +257,29 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
     sample = args.sample if name != "ml-100k" else None  # ml-100k: every test user
     protocol = evaluated_protocol(dataset, args.split, sample, args.seed)
     artifacts = args.artifacts if name == "ml-100k" else args.artifacts / name
-    print(f"== {name}: {len(protocol.users)} {args.split} users; stack on {artifacts}", flush=True)
+    served = load_profile(args.profile or default_profile(name))
+    evaluation = evaluation_profile(EVALUATION_PROFILE)
+    funnel = gateway_funnel({}, [served, evaluation])  # the funnel the gateway serves with
+    print(
+        f"== {name}: {len(protocol.users)} {args.split} users; stack on {artifacts}, profile "
+        f"{served.name} with evaluation profile {evaluation.name}",
+        flush=True,
+    )
     with stack.running_stack(
         args.run_dir / name,
         artifacts=artifacts,
         data_dir=args.data_dir,
         dataset=name,
-        extra_env=EVAL_ENV | args.settings,
+        profiles=[served, evaluation],
+        exact=True,  # a setting the profiles do not say is refused, not served
     ) as running:
-        pages, info, funnel_lists = cascade_pages(running, protocol.users, args.funnel)
+        pages, info, funnel_lists = cascade_pages(running, protocol.users, funnel)
+        info["profile"] = served.record()
+        info["evaluation_profile"] = evaluation.record() | {
+            "changes": {k: v for k, v in evaluation.tables.items() if k != ABOUT},
+            "why": evaluation.description,
+        }
+        info["funnel"] = vars(funnel)
         info["prerank"] = "served" if running.has("prerank") else "absent: recall order, truncated"
         if not running.has("prerank"):  # renamed in place, keeping the funnel's order
             pages = {
@@ -338,7 +348,7 @@ def to_markdown(rows: list[dict], infos: dict) -> str:
         if all(TRUTH in r for r in mine):
             columns = (TRUTH, *columns)
         run = {k: v for k, v in info.items() if k != "paired"}
-        lines += [f"## {name}", "", f"Run: {json.dumps(run)}", ""]
+        lines += [f"## {name}", "", *served_lines(info), f"Run: {json.dumps(run)}", ""]
         lines += [
             "| model | users | " + " | ".join(columns) + " |",
             "|---" * (len(columns) + 2) + "|",
@@ -351,6 +361,25 @@ def to_markdown(rows: list[dict], infos: dict) -> str:
         lines += ["", verdict(mine), ""]
         lines += paired_lines(info.get("paired", {}))
     return "\n".join(lines)
+
+
+def served_lines(info: dict) -> list[str]:
+    """What the stack served: the profile and the evaluation profile on top, with what it
+    changes and why."""
+    served, evaluation = info.get("profile"), info.get("evaluation_profile")
+    if not served:
+        return []
+    line = (
+        f"Served: profile {served['name']} (`cascade up --profile {served['name']}`, "
+        f"{served['file']}, sha256 {served['sha256'][:12]})"
+    )
+    if evaluation:
+        line += (
+            f", with evaluation profile {evaluation['name']} ({evaluation['file']}, sha256 "
+            f"{evaluation['sha256'][:12]}) on top: {json.dumps(evaluation['changes'])}, "
+            f"{evaluation['why']}"
+        )
+    return [line + ".", ""]
 
 
 def paired_lines(paired: dict) -> list[str]:
@@ -457,29 +486,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "headline sample and from the simulated loop's users, for tuning (default: test)",
     )
     parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a service setting for this run, as the environment variable the service reads, "
-        "e.g. CASCADE_RECALL_MF_QUOTA=0.5 or CASCADE_GATEWAY_RANK_COUNT=200 (repeatable)",
+        "--profile",
+        help="the profile the stack serves, exactly (deploy/profiles/NAME.toml), with the "
+        f"evaluation profile {EVALUATION_PROFILE} on top (deploy/profiles/evaluation/); "
+        "default: each dataset's default profile",
     )
     args = parser.parse_args(argv)
     try:
-        args.settings = setting_overrides(args.settings)
         for name in args.dataset:  # every name checked before the first stack starts
             dataset_folder(name, args.data_dir)
-    except (ValueError, DataError) as error:
+            load_profile(args.profile or default_profile(name))
+    except (SettingsError, DataError) as error:
         parser.error(str(error))
-    args.funnel = gateway_funnel(args.settings)  # the funnel the gateway serves with
     if args.out is None:
-        tuned = args.settings or args.split != "test"
-        args.out = args.data_dir / "run" / "cascade" / (f"e2e-{args.split}" if tuned else "")
+        suffix = "-".join(
+            [*([args.split] if args.split != "test" else []), *filter(None, [args.profile])]
+        )
+        args.out = args.data_dir / "run" / "cascade" / (f"e2e-{suffix}" if suffix else "")
     rows, infos = [], {}
     for name in args.dataset:
         started = time.perf_counter()
-        found, info = evaluate_dataset(name, args)
+        try:
+            found, info = evaluate_dataset(name, args)
+        except stack.StackError as error:  # e.g. a setting its profile does not say: refused
+            print(f"cascade eval cascade: {error}", file=sys.stderr)
+            return 2
         infos[name] = info | {"seconds": round(time.perf_counter() - started, 1)}
         rows += found
     previous = args.out / "e2e.json"
@@ -490,9 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         infos = dict(sorted(infos.items()))
         rows = sorted(kept + rows, key=lambda r: r["dataset"])
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"funnel": vars(args.funnel), "page": K, "runs": infos, "rows": rows}
-    if args.settings or args.split != "test":
-        report |= {"split": args.split, "settings": args.settings}
+    report = {"page": K, "runs": infos, "rows": rows}
+    if args.split != "test":
+        report |= {"split": args.split}
     (args.out / "e2e.json").write_text(json.dumps(report, indent=2))
     (args.out / "e2e.md").write_text(to_markdown(rows, infos))
     plot(rows, args.out / "e2e.png")

@@ -3,6 +3,9 @@ arms, judged on the world's truth; writes results/loop/simulation.{json,md,png}.
 
 Starts its own local stack on a copy of the synthetic bundle (trained into ARTIFACTS when
 missing), on the simulated clock (gateway clock "caller"), unless `--gateway` names a running one.
+The stack serves exactly the profile `--profile` names (deploy/profiles/NAME.toml; a setting from
+the caller's environment is refused); the report records its name and sha256, and the arms that
+deviate from it (`explore`) and how.
 With `--retrain daily` (the default) a job folds each simulated day's event log into the training
 data after the day (app/retrain.py), publishes a new bundle into RUN_DIR/artifacts and waits until
 every service hot-reloaded it before the next day starts. `make bench-loop` runs it at the size
@@ -15,12 +18,13 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from app import stack
-from app.evaluation_e2e import setting_overrides
+from app.profiles import train_settings
 from app.retrain import Base, RetrainConfig, read_log, retrain
 from app.simulate import (
     REFERENCE_ARMS,
@@ -33,10 +37,12 @@ from app.simulate import (
 )
 from cascade.artifacts import Bundle, publish
 from cascade.catalog_fold import read_uploads
+from cascade.config import SettingsError
 from cascade.data import load_dataset
+from cascade.profiles import default_profile, load_profile
 from gateway.arms import Arm
 from gateway.client import CascadeClient
-from services.recall.tables import CF_MODELS, TableSettings
+from services.recall.tables import TableSettings
 
 DATASET = "synthetic"
 # Arms the running gateway serves: the cascade as configured, and `explore` (the cascade with
@@ -45,7 +51,6 @@ GATEWAY_ARMS = ("cascade", "explore")
 
 
 def run(args: argparse.Namespace) -> dict:
-    dataset = load_dataset(DATASET, args.data_dir)
     arms = tuple(Arm(name) for name in args.arms)
     config = SimulationConfig(
         days=args.days,
@@ -56,6 +61,11 @@ def run(args: argparse.Namespace) -> dict:
         uploads_per_day=args.uploads_per_day,
         unfollow_per_day=args.unfollow_per_day,
     )
+    served = [name for name in args.arms if name in GATEWAY_ARMS]
+    extra_env = HARNESS | gateway_arms(args, config)
+    if served and args.gateway is None:  # first: a refused setting costs no bundle copy
+        stack.check_profiles([args.served_profile], extra_env, exact=True)
+    dataset = load_dataset(DATASET, args.data_dir)
     world = World(dataset)
     policies = {
         name: reference_policy(name, dataset, world, args.seed)
@@ -64,7 +74,6 @@ def run(args: argparse.Namespace) -> dict:
     }
     started = time.perf_counter()
     retraining: list[dict] = []
-    served = [name for name in args.arms if name in GATEWAY_ARMS]
     if served and args.gateway is None:
         artifacts = serving_copy(args.artifacts, args.data_dir, args.run_dir, args.item_cf)
         shutil.rmtree(args.run_dir / "eventlog", ignore_errors=True)  # this run's log only
@@ -73,11 +82,9 @@ def run(args: argparse.Namespace) -> dict:
             artifacts=artifacts,
             data_dir=args.data_dir,
             dataset=DATASET,
-            extra_env={
-                "CASCADE_GATEWAY_CLOCK": "caller",
-                **args.settings,
-                **gateway_arms(args, config),
-            },
+            extra_env=extra_env,
+            profiles=[args.served_profile],
+            exact=True,  # a setting the profile does not say is refused, not served
         ) as running:
             daily = None
             if args.retrain == "daily":
@@ -99,16 +106,28 @@ def run(args: argparse.Namespace) -> dict:
             "explore": explore_overrides(args) if "explore" in args.arms else None,
             "seed": args.seed,
             "retrain": args.retrain if served else "never",
-            "settings": args.settings if args.gateway is None else None,
-            "item_cf": args.item_cf if args.gateway is None else None,
             "world": dataset.meta["config"],
         },
+        "profile": served_profile(args),
         "seconds": round(time.perf_counter() - started, 1),
         "rows": summary,
         "headline": headline(summary),
         "retraining": retraining,
     }
     return report
+
+
+# What the simulator itself sets in the served stack beyond the profile: the simulated clock.
+HARNESS = {"CASCADE_GATEWAY_CLOCK": "caller"}
+
+
+def served_profile(args: argparse.Namespace) -> dict:
+    """The report's record of what the cascade arms served: the profile (name, content hash),
+    the simulator's own settings, and each arm that deviates from the profile and how."""
+    if args.gateway is not None:
+        return {"name": None, "note": f"a running gateway at {args.gateway}: not started here"}
+    arms = {"explore": explore_overrides(args)} if "explore" in args.arms else {}
+    return args.served_profile.record() | {"harness": HARNESS, "arms": arms}
 
 
 def explore_overrides(args: argparse.Namespace) -> dict:
@@ -308,13 +327,7 @@ def to_markdown(report: dict) -> str:
         f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
         f"of 10, arms by salted hash of the user id; {config.get('uploads_per_day', 0)} uploads "
         f"per simulated day, P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
-        + (
-            f"the cascade's stack: item-CF {config['item_cf']}, "
-            + ", ".join(f"{k}={v}" for k, v in config["settings"].items())
-            + "; "
-            if config.get("settings") is not None
-            else ""
-        )
+        + profile_words(report.get("profile"))
         + f"{report['seconds']} s.",
         "",
         "Engagement per impression: play + complete + 2 like + 3 share (expected: the truth's "
@@ -374,6 +387,20 @@ def to_markdown(report: dict) -> str:
                 f"| {shipped} | {job['seconds']} | {job['reload_seconds']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def profile_words(profile: dict | None) -> str:
+    """What the cascade arms served, in words: the profile, its hash and each deviating arm."""
+    if not profile or not profile.get("name"):
+        return ""
+    arms = "".join(
+        f"; arm {name} deviates from it by {json.dumps(overrides)}"
+        for name, overrides in profile.get("arms", {}).items()
+    )
+    return (
+        f"the cascade serves profile {profile['name']} (`cascade up --profile {profile['name']}`, "
+        f"{profile['file']}, sha256 {profile['sha256'][:12]}){arms}; "
+    )
 
 
 def exploration_lines(report: dict) -> list[str]:
@@ -441,27 +468,6 @@ def plot(report: dict, path: Path) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-
-
-# The service settings the simulated stack serves with, on top of the services' defaults (`--set`
-# overrides or adds). The world's truth (cascade.data.synthetic.true_utility) has no diversity
-# term, and on validation users (disjoint from the simulated ones) two changes raise its true
-# engagement: rerank by relevance only (DPP theta 1 instead of 0.9) and recall from the item-CF
-# channel's EASE neighbours alone, cut to 200 that rank re-orders. Measured with
-# `python -m bench.funnel_tuning --reference served` (results/cascade/lift/).
-SIMULATED_STACK = {
-    "CASCADE_RERANK_RERANK_DPP_TRADE_OFF": "1.0",
-    "CASCADE_RECALL_ITEM_CF_QUOTA": "1.0",
-    "CASCADE_RECALL_MF_QUOTA": "0.0",
-    "CASCADE_RECALL_TWO_TOWER_QUOTA": "0.0",
-    "CASCADE_RECALL_PROFILE_QUOTA": "0.0",
-    "CASCADE_RECALL_SOCIAL_QUOTA": "0.0",
-    "CASCADE_RECALL_FRESH_QUOTA": "0.0",
-    "CASCADE_RECALL_POPULAR_QUOTA": "0.0",
-    "CASCADE_GATEWAY_RECALL_COUNT": "200",
-    "CASCADE_GATEWAY_PRERANK_COUNT": "200",
-}
-SIMULATED_ITEM_CF = "ease"  # the item-CF table the simulated stack serves (see SIMULATED_STACK)
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -541,22 +547,12 @@ def arguments() -> argparse.ArgumentParser:
         "hot-reload the new bundle (app/retrain.py); never: serve the starting bundle throughout",
     )
     parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a service setting of the started stack, as the environment variable the service "
-        "reads (repeatable); added to or replacing the simulated stack's own settings (app/loop.py "
-        f"SIMULATED_STACK: {', '.join(f'{k}={v}' for k, v in SIMULATED_STACK.items())})",
-    )
-    parser.add_argument(
-        "--item-cf",
-        choices=CF_MODELS,
-        default=SIMULATED_ITEM_CF,
-        help="the item-CF table the started stack serves; a bundle built with the other is "
-        "copied with its recall tables rebuilt (`cascade train recall --from-bundle`) "
-        f"(default: {SIMULATED_ITEM_CF})",
+        "--profile",
+        default=default_profile(DATASET),
+        help="the profile the started stack serves, exactly (deploy/profiles/NAME.toml; a "
+        "setting differing from it is refused unless an arm makes it); a bundle built with "
+        "another item-CF table than its [train] one is copied with recall's tables rebuilt "
+        f"(default: {default_profile(DATASET)}, the synthetic world's default profile)",
     )
     parser.add_argument(
         "--seed",
@@ -581,19 +577,24 @@ def arguments() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """`cascade simulate`'s options, the service settings merged over SIMULATED_STACK."""
+    """`cascade simulate`'s options, with the profile loaded and checked (file, key, reason)."""
     parser = arguments()
     args = parser.parse_args(argv)
     try:
-        args.settings = SIMULATED_STACK | setting_overrides(args.settings)
-    except ValueError as error:
+        args.served_profile = load_profile(args.profile)
+        args.item_cf = train_settings([args.served_profile]).item_cf
+    except SettingsError as error:
         parser.error(str(error))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except stack.StackError as error:  # e.g. a setting its profile does not say: refused
+        print(f"cascade simulate: {error}", file=sys.stderr)
+        sys.exit(2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "simulation.json").write_text(json.dumps(report, indent=2))
     (args.out / "simulation.md").write_text(to_markdown(report))

@@ -20,16 +20,20 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.profiles import TrainSettings, foreign_settings, resolve_services, train_settings
 from app.stages import SERVER_MODULES
 from cascade import healthcheck
 from cascade.artifacts import CURRENT, MANIFEST, ArtifactError, Bundle, publish
+from cascade.config import SettingsError
 from cascade.files import write_atomic
+from cascade.profiles import PROFILE_VARIABLE, Profile, default_profile, load_profile
+from cascade.profiles import variable as profile_variable
 from cascade.redis_server import RedisProcess
 from cascade.server import read_port_file
 from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, STAGES
@@ -70,6 +74,7 @@ class Stack:
     dataset: str
     environments: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> env it got
     certs: Path | None = None  # with TLS: the folder `cascade certs` wrote (ca.pem, tools.pem, ...)
+    profiles: list[dict[str, str]] = field(default_factory=list)  # served: name, sha256, file
 
     def address(self, name: str = "gateway") -> str:
         return next(s.address for s in self.services if s.name == name)
@@ -82,7 +87,9 @@ class Stack:
             f"  {s.name:<8} {s.address:<16} metrics :{s.metrics_port}  pid {s.pid}  log {s.log}"
             for s in self.services
         ]
-        return f"cascade stack ({self.dataset}, bundle {self.bundle}):\n" + "\n".join(rows)
+        served = " + ".join(p["name"] for p in self.profiles) or "?"
+        head = f"cascade stack ({self.dataset}, profile {served}, bundle {self.bundle}):\n"
+        return head + "\n".join(rows)
 
 
 def bundle_dataset(artifacts: Path, bundle: str = "current") -> str | None:
@@ -105,9 +112,9 @@ def prerank_available(artifacts: Path, bundle: str = "current") -> bool:
     return True
 
 
-def latest_bundle(artifacts: Path, dataset: str) -> str | None:
-    """The newest complete bundle (recall, rank and rerank) trained on `dataset` under
-    artifacts, by manifest time; None when there is none."""
+def latest_bundle(artifacts: Path, dataset: str, train: TrainSettings | None = None) -> str | None:
+    """The newest complete bundle (recall, rank and rerank) trained on `dataset` (with `train`'s
+    settings, when given) under artifacts, by manifest time; None when there is none."""
     found = []
     for manifest in Path(artifacts).glob(f"*/{MANIFEST}"):
         folder = manifest.parent
@@ -116,16 +123,24 @@ def latest_bundle(artifacts: Path, dataset: str) -> str | None:
         try:
             bundle = Bundle(folder)
             complete = {"recall", "rank", "rerank"} <= set(bundle.manifest["components"])
-            if complete and bundle.component("recall")["dataset"] == dataset:
+            fits = train is None or train.matches(artifacts, folder.name)
+            if complete and bundle.component("recall")["dataset"] == dataset and fits:
                 found.append((manifest.stat().st_mtime, folder.name))
         except (ArtifactError, OSError, KeyError, ValueError):
             continue
     return max(found)[1] if found else None
 
 
-def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "current") -> None:
-    """Prepares the data; when `current` is missing or another dataset's, publishes the newest
-    complete bundle of `dataset` already under artifacts, else trains every model."""
+def ensure_bundle(
+    artifacts: Path,
+    data_dir: Path,
+    dataset: str,
+    bundle: str = "current",
+    profile: Profile | None = None,
+) -> None:
+    """Prepares the data; when `current` is missing, another dataset's or (with `profile`) built
+    with other training settings than the profile's, publishes the newest complete bundle of
+    `dataset` already under artifacts that fits, else trains every model with the profile."""
     cli = [sys.executable, "-m", "app.cli"]
     if not (data_dir / dataset).exists():
         if dataset not in ("ml-100k", "synthetic"):
@@ -135,23 +150,33 @@ def ensure_bundle(artifacts: Path, data_dir: Path, dataset: str, bundle: str = "
             )
         print(f"== preparing {dataset} into {data_dir}", flush=True)
         subprocess.run([*cli, "data", "--source", dataset, "--data-dir", str(data_dir)], check=True)
+    train = train_settings([profile]) if profile is not None else None
     found = bundle_dataset(artifacts, bundle)
-    if found == dataset:
+    if found == dataset and (train is None or train.matches(artifacts, bundle)):
         return
+    if found == dataset and profile is not None:  # with other training settings than its
+        found = f"built with other training settings than profile {profile.name}'s ({train})"
+    elif bundle != "current":
+        found = f"{found or 'missing'}, not {dataset}"
     if bundle != "current":
-        raise StackError(f"bundle {artifacts / bundle} is {found or 'missing'}, not {dataset}")
-    earlier = latest_bundle(artifacts, dataset)
+        raise StackError(f"bundle {artifacts / bundle} is {found}")
+    earlier = latest_bundle(artifacts, dataset, train)
+    train_all = f"cascade train all --dataset {dataset}" + (
+        f" --profile {profile.name}" if profile is not None else ""
+    )
     if earlier is not None:  # e.g. `up` after another dataset's walk-through: minutes saved
         print(
             f"== {artifacts / bundle} is {found or 'missing'}: publishing {artifacts / earlier}, "
-            f"the newest {dataset} bundle (`cascade train all --dataset {dataset}` trains anew)",
+            f"the newest {dataset} bundle that fits (`{train_all}` trains anew)",
             flush=True,
         )
         publish(artifacts, earlier)
         return
-    print(f"== {artifacts / bundle} is {found or 'missing'}: training every stage on {dataset}")
+    print(f"== {artifacts / bundle} is {found or 'missing'}: {train_all}")
     command = [*cli, "train", "all", "--dataset", dataset]
     command += ["--data-dir", str(data_dir), "--artifacts", str(artifacts)]
+    if profile is not None:
+        command += ["--profile", str(profile.path)]
     subprocess.run(command, check=True)
 
 
@@ -215,6 +240,8 @@ def up(
     store: str = "memory",
     tls: bool = False,
     supervise: bool = False,
+    profiles: Sequence[Profile] = (),
+    exact: bool = False,
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
@@ -222,10 +249,15 @@ def up(
     ports["redis"], default 6380, and share it) or a redis:// URL of a server already running.
     `tls`: certificates from `cascade certs` under run_dir/certs (its CA is kept across runs),
     TLS on the gateway's port and mutual TLS on every stage port. `supervise`: a background
-    supervisor restarts services that die (app/supervisor.py)."""
+    supervisor restarts services that die (app/supervisor.py). `profiles`: the profile files
+    every service reads (cascade.profiles; default: the dataset's default profile), checked for
+    every service before any starts; `exact`: refuse when the caller's environment sets a service
+    setting the stack does not set itself (the run serves exactly the profiles)."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
+    served = list(profiles) or [load_profile(default_profile(dataset))]
+    check_profiles(served, extra_env, exact, tls)  # before anything starts or trains
     if train:
-        ensure_bundle(artifacts, data_dir, dataset, bundle)
+        ensure_bundle(artifacts, data_dir, dataset, bundle, served[0])
     elif bundle_dataset(artifacts, bundle) is None:
         raise StackError(f"no bundle {artifacts / bundle}: run `cascade train all`")
     if (run_dir / STATE_FILE).exists():
@@ -249,6 +281,7 @@ def up(
 
         certs = make_certificates(run_dir / "certs", reuse_ca=True).folder.resolve()
     stack = Stack(run_dir, [], bundle, dataset, certs=certs)
+    stack.profiles = [profile.record() for profile in served]
     try:
         if store == "redis":
             server = RedisProcess.start(run_dir / REDIS, redis_port)  # 0: a free port
@@ -258,7 +291,10 @@ def up(
             _save(stack)
             store = server.url
         extra = {
-            name: {f"CASCADE_{name.upper()}_STORE": store} | (extra_env or {}) for name in names
+            name: {f"CASCADE_{name.upper()}_STORE": store}
+            | (extra_env or {})
+            | profile_variable(served)
+            for name in names
         }
         # Stages first (a port of 0: each binds an ephemeral one and reports it in its port
         # file), then the gateway, pointed at the ports they actually hold.
@@ -289,6 +325,43 @@ def up(
     if not quiet:
         print(stack.describe(), flush=True)
     return stack
+
+
+def _stack_variables(extra_env: dict[str, str] | None, tls: bool) -> dict[str, set[str]]:
+    """Per service, the environment variables the stack sets itself (its wiring: ports, paths,
+    certificates, the store, the caller's extra_env and the profile file)."""
+    placeholders = {"artifacts": Path(), "bundle": "", "data_dir": Path(), "run_dir": Path()}
+    targets = dict.fromkeys(STAGES, "")
+    certs = Path() if tls else None
+    return {
+        name: set(_environment(name, 0, 0, placeholders, targets, Path(), certs))
+        | {f"CASCADE_{name.upper()}_STORE", PROFILE_VARIABLE, *(extra_env or {})}
+        for name in MODULES
+    }
+
+
+def check_profiles(
+    served: Sequence[Profile],
+    extra_env: dict[str, str] | None = None,
+    exact: bool = False,
+    tls: bool = False,
+) -> None:
+    """What `up` checks before it starts anything: every service's settings resolve from the
+    profiles and its environment (StackError naming the service, file, key and reason); with
+    `exact`, no setting comes from an environment variable the stack does not set itself."""
+    environments = {name: os.environ | (extra_env or {}) for name in MODULES}
+    try:
+        rows = resolve_services(served, environments)
+    except SettingsError as error:
+        raise StackError(f"refusing to start any service: {error}") from error
+    foreign = foreign_settings(rows, _stack_variables(extra_env, tls)) if exact else []
+    if foreign:
+        names = " + ".join(profile.name for profile in served)
+        raise StackError(
+            f"this run serves exactly profile {names}, but the environment sets "
+            f"{'; '.join(foreign)}: unset them, or put them in a profile file "
+            "(deploy/profiles/NAME.toml) and name it with --profile"
+        )
 
 
 def _port_file(stack: Stack, name: str) -> Path:
@@ -483,7 +556,9 @@ def running(run_dir: Path = Path(".cascade")) -> Stack | None:
     alive = [s for s in services if _is_ours(s) and _alive(s.pid)]
     if not alive:
         return None
-    return Stack(Path(run_dir), alive, state.get("bundle", "?"), state.get("dataset", "?"))
+    found = Stack(Path(run_dir), alive, state.get("bundle", "?"), state.get("dataset", "?"))
+    found.profiles = state.get("profiles", [])
+    return found
 
 
 def served_dataset(target: str, run_dir: Path = Path(".cascade")) -> tuple[str, Path] | None:
@@ -569,6 +644,7 @@ def _save(stack: Stack) -> None:
     state = {
         "bundle": stack.bundle,
         "dataset": stack.dataset,
+        "profiles": stack.profiles,
         "services": [asdict(s) for s in stack.services],
         "environments": stack.environments,
     }

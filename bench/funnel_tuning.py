@@ -24,7 +24,7 @@ import numpy as np
 
 from app import stack
 from app.evaluation_e2e import (
-    EVAL_ENV,
+    EVALUATION_PROFILE,
     TRUTH,
     baseline_pages,
     evaluated_protocol,
@@ -34,9 +34,13 @@ from app.evaluation_e2e import (
 )
 from app.simulate import World
 from cascade.data import load_dataset
+from cascade.profiles import DEFAULT, evaluation_profile, load_profile
 from services.recall.server import RecallSettings
 
 PAGE = 10  # the loop's page: what a simulated user is served
+# Each configuration is the services' defaults (the profile `default`) with the evaluation's own
+# profile on top (rerank's already-shown filter off) and the configuration's settings above both.
+PROFILES = [load_profile(DEFAULT), evaluation_profile(EVALUATION_PROFILE)]
 
 
 def channel_quota(channel: str, share: float) -> dict[str, str]:
@@ -211,7 +215,8 @@ def tune(args: argparse.Namespace) -> dict:
             artifacts=args.artifacts,
             data_dir=args.data_dir,
             dataset="synthetic",
-            extra_env=EVAL_ENV | settings,
+            extra_env=settings,
+            profiles=PROFILES,
             quiet=True,
         ) as running:
             pages, info = served(running, protocol.users)
@@ -239,6 +244,8 @@ def tune(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "page": PAGE,
         "reference": args.reference,
+        # What every configuration's settings sit on: each row names its own deviations.
+        "profiles": [profile.record() for profile in PROFILES],
         "EASE": {TRUTH: round(float(ease.mean()), 4), "ci95": interval(ease, args.seed)},
         "rows": rows,
     }

@@ -1,8 +1,9 @@
 """Typed settings: a frozen dataclass per service, read once at start-up.
 
-Layers, later wins: the dataclass defaults, a JSON or TOML file, environment variables
-(`<PREFIX><FIELD>`, e.g. CASCADE_RANK_PORT; a nested dataclass adds its field name:
-CASCADE_RANK_SERVER_PORT), then explicit overrides (e.g. from the command line).
+Layers, later wins: the dataclass defaults, the profile (cascade.profiles: the service's table of
+a named profile file), a JSON or TOML settings file, environment variables (`<PREFIX><FIELD>`,
+e.g. CASCADE_RANK_PORT; a nested dataclass adds its field name: CASCADE_RANK_SERVER_PORT), then
+the command line (`--set KEY=VALUE`). `explain_settings` says which layer gave each value.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,22 +56,128 @@ class SettingsError(ValueError):
     """A setting that cannot be used; the message names the field and where its value came from."""
 
 
+COMMAND_LINE = "command line"
+Layer = tuple[str, Mapping[str, Any]]  # (where the values come from, the values)
+
+
 def load_settings(
     cls: type[T],
     path: Path | str | None = None,
     env_prefix: str = "CASCADE_",
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    profiles: Sequence[Layer] = (),
 ) -> T:
-    """Build `cls` from its defaults, then `path`, then the environment, then `overrides`."""
-    layers: list[tuple[str, Mapping[str, Any]]] = []
+    """Build `cls` from its defaults, then `profiles` (each a labelled table, in order), then
+    `path`, then the environment, then `overrides` (the command line)."""
+    return _build(cls, _layers(cls, path, env_prefix, overrides, environ, profiles), name="")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One resolved setting: its dotted name, its value and the layer that gave it."""
+
+    name: str  # e.g. "item_cf.quota"
+    value: Any
+    source: str  # "default", "profile <name> (<file>)", "file <path>",
+    # "environment <VARIABLE>" or "command line"
+
+
+def explain_settings(
+    cls: type[T],
+    path: Path | str | None = None,
+    env_prefix: str = "CASCADE_",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    profiles: Sequence[Layer] = (),
+) -> tuple[T, list[Setting]]:
+    """The settings `load_settings` builds from the same layers, and each leaf setting with the
+    layer its value came from (the last layer that names it, else "default")."""
+    layers = _layers(cls, path, env_prefix, overrides, environ, profiles)
+    settings = _build(cls, layers, name="")
+    rows = []
+    for name, _tp, value in leaves(settings):
+        source = "default"
+        for label, layer in layers:
+            found = _lookup(layer, name.split("."))
+            if found is not _MISSING:
+                source = _where(found, label)
+        rows.append(Setting(name, value, source))
+    return settings, rows
+
+
+def leaves(settings: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted name, type, value) of every leaf field of a settings object, in field order."""
+    for field, tp in _fields(type(settings)):
+        value = getattr(settings, field.name)
+        if _is_settings(tp):
+            yield from leaves(value, f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name, tp, value
+
+
+def assignments(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs from a command line as the nested table a settings file would hold
+    (`server.port=50051` -> {"server": {"port": "50051"}}); SettingsError names a bad pair."""
+    table: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set {pair!r}: expected KEY=VALUE, e.g. server.port=50051")
+        *parents, leaf = key.strip().split(".")
+        node = table
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"--set {pair!r}: {part} is set both as a value and a table")
+        node[leaf] = value
+    return table
+
+
+def format_settings(rows: Sequence[Setting]) -> str:
+    """One line per setting: name, value, source (secrets print as ***)."""
+    width = max((len(row.name) for row in rows), default=0)
+    shown = [(row, _shown(row.value)) for row in rows]
+    value_width = min(max((len(text) for _, text in shown), default=0), 40)
+    return "\n".join(
+        f"{row.name:<{width}}  {text:<{value_width}}  {row.source}" for row, text in shown
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return '""' if value == "" else str(value)
+
+
+_MISSING = object()
+
+
+def _lookup(layer: Mapping[str, Any], path: list[str]) -> Any:
+    node: Any = layer
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _layers(
+    cls: type,
+    path: Path | str | None,
+    env_prefix: str,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+    profiles: Sequence[Layer],
+) -> list[Layer]:
+    layers: list[Layer] = list(profiles)
     if path is not None:
-        layers.append((str(path), _read_file(Path(path))))
+        layers.append((f"file {path}", _read_file(Path(path))))
     env = os.environ if environ is None else environ
     layers.append(("environment", _from_env(cls, env_prefix.upper(), env)))
     if overrides:
-        layers.append(("overrides", overrides))
-    return _build(cls, layers, name="")
+        layers.append((COMMAND_LINE, overrides))
+    return layers
 
 
 def _read_file(path: Path) -> Mapping[str, Any]:

@@ -13,12 +13,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,12 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
-from cascade import topology
+from cascade import profiles, topology
 from cascade.artifacts import ArtifactError
 from cascade.callers import GATEWAY_IDENTITY, CallerCheck
 from cascade.candidates import Candidates, InvalidField, from_proto
-from cascade.config import Secret, SettingsError, load_settings
+from cascade.config import Secret, Setting, SettingsError, explain_settings, format_settings
+from cascade.config import assignments as config_assignments
 from cascade.data.schema import DataError
 from cascade.files import write_atomic
 from cascade.guard import QueueGuard
@@ -76,7 +78,7 @@ class ServerSettings:
     port_file: str = ""
     # Transport security (PEM files, e.g. a mounted Kubernetes Secret; re-read when they change).
     tls_cert: Path | None = None  # with tls_key: TLS on the gRPC port
-    tls_key: Path | None = None
+    tls_key: Path | None = None  # the private key of tls_cert
     tls_client_ca: Path | None = None  # mutual TLS: only clients with a certificate it signed
     # Under mutual TLS, the client certificate common names whose stage calls are accepted.
     allowed_callers: tuple[str, ...] = (GATEWAY_IDENTITY,)
@@ -377,17 +379,52 @@ class StageServer:
         running.service = service
         return running
 
+    def resolve(
+        self,
+        config: Path | None = None,
+        assignments: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> tuple[Any, list[Setting]]:
+        """The service's settings from every layer: defaults, the profile files
+        CASCADE_PROFILE_FILE lists, `config`, the environment, `assignments` (KEY=VALUE, the
+        command line); with the layer each value came from. SettingsError names what is bad."""
+        environ = os.environ if environ is None else environ
+        return explain_settings(
+            self.settings,
+            config,
+            topology.spec(self.name).env_prefix,
+            overrides=config_assignments(assignments),
+            environ=environ,
+            profiles=profiles.layers(profiles.from_environment(environ), self.name),
+        )
+
     def main(self, argv: Sequence[str] | None = None) -> int:
-        """`python -m <server module> [--config FILE]`: serve until SIGTERM or SIGINT."""
+        """`python -m <server module> [--config FILE] [--set KEY=VALUE ...]`: serve until
+        SIGTERM or SIGINT (`--print-settings`: print every resolved setting and its source)."""
         parser = argparse.ArgumentParser(description=f"the {self.name} gRPC service")
         parser.add_argument("--config", type=Path, help="JSON or TOML settings file")
+        parser.add_argument(
+            "--set",
+            dest="assignments",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a setting on the command line, the top layer (e.g. server.port=50051)",
+        )
+        parser.add_argument(
+            "--print-settings",
+            action="store_true",
+            help="print each resolved setting, its value and the layer it came from, and exit",
+        )
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        prefix = topology.spec(self.name).env_prefix
         try:
-            settings = load_settings(self.settings, args.config, env_prefix=prefix)
+            settings, rows = self.resolve(args.config, args.assignments)
+            if args.print_settings:
+                print(format_settings(rows))
+                return 0
             loaded = self.load(settings)
         except (SettingsError, ArtifactError, DataError) as error:
             print(f"{self.name}: refusing to start: {error}", file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.stages import SERVER_MODULES
-from cascade import config
+from cascade import config, profiles
 from cascade.topology import SERVICES
 
 Obj = dict[str, Any]
@@ -50,6 +50,7 @@ class Workload:
     container: Obj
     env: dict[str, str] = field(default_factory=dict)
     settings: Any = None  # the settings dataclass the server would build; None if it cannot
+    profile: Any = None  # the profile (cascade.profiles.Profile) it reads, if any
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -113,6 +114,7 @@ def _resolve(workload: Workload, objects: list[Obj]) -> None:
     prefix = workload.stage.env_prefix
     # cascade.config reads only the names it knows, so an unknown one would be silently ignored.
     read = _env_names(config._from_env(settings_type, prefix, workload.env))
+    read.add(profiles.PROFILE_VARIABLE)  # not a field: the profile file every service reads
     for var in sorted(v for v in workload.env if v.startswith("CASCADE_") and v not in read):
         workload.errors.append(
             f"{workload.name}: env {var} is no field of {settings_type.__name__} "
@@ -121,8 +123,19 @@ def _resolve(workload: Workload, objects: list[Obj]) -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             path = _settings_file(workload, objects, Path(folder))
+            served = []
+            if workload.env.get(profiles.PROFILE_VARIABLE):
+                wanted = PurePosixPath(workload.env[profiles.PROFILE_VARIABLE])
+                where = Path(folder) / "profile"
+                copy = _mounted_file(workload, objects, where, wanted, profiles.PROFILE_VARIABLE)
+                served = [profiles.load_profile(copy)]
+            workload.profile = served[0] if served else None
             workload.settings = config.load_settings(
-                settings_type, path, prefix, environ=workload.env
+                settings_type,
+                path,
+                prefix,
+                environ=workload.env,
+                profiles=profiles.layers(served, workload.stage.name),
             )
     except (config.SettingsError, LookupError) as error:
         workload.errors.append(f"{workload.name}: settings do not load: {error}")
@@ -141,6 +154,15 @@ def _settings_file(workload: Workload, objects: list[Obj], folder: Path) -> Path
     if "--config" not in command:
         return None
     wanted = PurePosixPath(command[command.index("--config") + 1])
+    return _mounted_file(workload, objects, folder, wanted, "--config")
+
+
+def _mounted_file(
+    workload: Workload, objects: list[Obj], folder: Path, wanted: PurePosixPath, label: str
+) -> Path:
+    """The file at `wanted` in the container (named by `label`), copied out of the ConfigMap
+    volume holding it."""
+    folder.mkdir(parents=True, exist_ok=True)
     for mount in workload.container.get("volumeMounts", []):
         if wanted.is_relative_to(mount["mountPath"]):
             volumes = [v for v in workload.pod.get("volumes", []) if v["name"] == mount["name"]]
@@ -148,11 +170,11 @@ def _settings_file(workload: Workload, objects: list[Obj], folder: Path) -> Path
             config_map = find(objects, "ConfigMap", map_name)
             key = str(wanted.relative_to(mount["mountPath"]))
             if config_map is None or key not in config_map.get("data", {}):
-                raise LookupError(f"--config {wanted}: no key {key!r} in ConfigMap {map_name!r}")
+                raise LookupError(f"{label} {wanted}: no key {key!r} in ConfigMap {map_name!r}")
             path = folder / wanted.name
             path.write_text(config_map["data"][key])
             return path
-    raise LookupError(f"--config {wanted} is on no mounted volume")
+    raise LookupError(f"{label} {wanted} is on no mounted volume")
 
 
 def _selects(selector: dict[str, str], workload: Workload) -> bool:

@@ -2,7 +2,8 @@
 
 Renders the kustomization with `kubectl kustomize`, validates every object against the Kubernetes
 OpenAPI schemas shipped by kubernetes-validate (strict: an unknown field is an error) for the
-oldest and the newest Kubernetes we support, then runs deploy.k8s_checks.
+oldest and the newest Kubernetes we support, then runs deploy.k8s_checks; then the same for each
+overlay under deploy/k8s/overlays/ (the profile overlays, deploy/profile_overlays.py).
 
     python -m deploy.k8s_validate [--dir deploy/k8s] [--out results/ops/k8s_validate.txt]
 """
@@ -122,6 +123,7 @@ def _stage_table(objects: list[Obj]) -> list[str]:
             "cpu req/lim",
             "memory",
             "CASCADE_* env",
+            "profile",
             "stop: delay+grace < termination grace",
         )
     ]
@@ -139,6 +141,7 @@ def _stage_table(objects: list[Obj]) -> list[str]:
                 cpu,
                 str(resources.get("limits", {}).get("memory")),
                 str(env),
+                w.profile.name if w.profile is not None else "-",
                 _drain(w),
             )
         )
@@ -157,16 +160,23 @@ def _drain(w: Workload) -> str:
     return f"{server.shutdown_delay_s:g}+{server.grace_s:g} s < {termination} s"
 
 
+def overlays(directory: Path) -> list[Path]:
+    """The overlays under directory/overlays (profile-<name>/, ...), each validated as a whole."""
+    return sorted(path.parent for path in directory.glob("overlays/*/kustomization.yaml"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=K8S_DIR, help="the kustomization folder")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     try:
-        text, n_errors = report(args.dir)
+        reports = [report(directory) for directory in (args.dir, *overlays(args.dir))]
     except RenderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    text = "\n".join(text for text, _ in reports)
+    n_errors = sum(errors for _, errors in reports)
     print(text, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -91,16 +91,16 @@ class GatewaySettings:
     stage_tls_cert: Path | None = None
     stage_tls_key: Path | None = None
     stage_token: Secret = Secret("")  # without mutual TLS: the stages' caller token
-    artifacts: Path = Path("artifacts")
-    bundle: str = "current"
-    data_dir: Path = Path("data")
+    artifacts: Path = Path("artifacts")  # where bundles live
+    bundle: str = "current"  # the bundle under artifacts/ it serves (its fallbacks, catalog)
+    data_dir: Path = Path("data")  # where datasets live: the bundle's own is read
     recall_count: int = 2000  # the funnel: recall -> prerank -> rank -> count
-    prerank_count: int = 500
+    prerank_count: int = 500  # candidates pre-rank keeps for rank
     # Rank keeps 50 for rerank: 100 served less true engagement on the synthetic world's
     # validation users (`make bench-funnel-tuning`, results/cascade/funnel_tuning.md).
     rank_count: int = 50
     default_count: int = 10  # when the request's count is 0
-    max_count: int = 100
+    max_count: int = 100  # a larger request count is INVALID_ARGUMENT
     default_deadline_s: float = 0.25  # the budget when the client sets no deadline
     max_deadline_s: float = 2.0  # a longer client deadline is cut to this
     safety_margin_s: float = 0.01  # kept back for answering; at most a fifth of the budget

@@ -46,8 +46,8 @@ class PrerankSettings:
     server: ServerSettings = field(default_factory=lambda: ServerSettings.of("prerank"))
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     data_dir: Path = Path("data")  # the dataset is the one the bundle was trained on
-    artifacts: Path = Path("artifacts")
-    bundle: str = "current"
+    artifacts: Path = Path("artifacts")  # where bundles live
+    bundle: str = "current"  # the bundle under artifacts/ it serves
     # The online store: "memory" (this process, rebuilt from the event log at start) or
     # "redis://host:port/db" (shared by every replica of every stage).
     store: str = "memory"
@@ -57,7 +57,7 @@ class PrerankSettings:
     default_count: int = 500  # when the request's count is 0
     max_count: int = 2000  # a larger count is INVALID_ARGUMENT
     max_candidates: int = 5000  # a longer list is INVALID_ARGUMENT
-    max_recent_items: int = 500
+    max_recent_items: int = 500  # longest request.user.recent_item_ids accepted
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)

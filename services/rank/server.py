@@ -43,7 +43,7 @@ class RankSettings:
     server: ServerSettings = field(default_factory=lambda: ServerSettings.of("rank"))
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     data_dir: Path = Path("data")  # the dataset itself is the one the bundle was trained on
-    artifacts: Path = Path("artifacts")
+    artifacts: Path = Path("artifacts")  # where bundles live
     bundle: str = "current"  # a version folder under artifacts, or the published "current"
     # The online store: "memory" (this process, rebuilt from the event log at start) or
     # "redis://host:port/db" (shared by every replica of every stage).

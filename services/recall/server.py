@@ -61,8 +61,8 @@ def _budget(quota: float, budget_ms: float = 30.0) -> ChannelBudget:
 @dataclass(frozen=True)
 class RecallSettings:
     server: ServerSettings = field(default_factory=lambda: ServerSettings.of("recall"))
-    artifacts: Path = Path("artifacts")
-    bundle: str = "current"
+    artifacts: Path = Path("artifacts")  # where bundles live
+    bundle: str = "current"  # the bundle under artifacts/ it serves
     # The online store: "memory" (this process, rebuilt from the event log at start) or
     # "redis://host:port/db" (shared by every replica of every stage).
     store: str = "memory"
@@ -70,15 +70,15 @@ class RecallSettings:
     # The event log the embedded store replays at start (cascade.eventlog: "file:/dir" or
     # "redis://..."), so a restart forgets no acknowledged event; "" = none.
     event_log: str = ""
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")  # where datasets live: the bundle's own is read
     default_count: int = 2000  # when the request's count is 0
-    max_count: int = 5000
+    max_count: int = 5000  # a larger request count is INVALID_ARGUMENT
     max_recent_items: int = 500  # longest request.user.recent_item_ids accepted
     max_record_events: int = 1000  # largest Record batch accepted
     clock: str = "data"  # request time 0 = "data": the log's last time + uptime; "wall": now
-    overfetch: float = 1.5
+    overfetch: float = 1.5  # each channel is asked for quota x count x this (merge drops some)
     channel_workers: int = 0  # 0: channels run in the request's thread (see Merger)
-    fresh_window_s: int = 7 * DAY
+    fresh_window_s: int = 7 * DAY  # fresh channel: uploads younger than this (seconds)
     # Priority order of the merge is the order below; quotas sum to 1 (popular also fills gaps).
     mf: ChannelBudget = _budget(0.3)
     two_tower: ChannelBudget = _budget(0.25, 40.0)

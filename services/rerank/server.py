@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RerankSettings:
-    data_dir: Path = Path("data")
-    artifacts: Path = Path("artifacts")
+    data_dir: Path = Path("data")  # where datasets live: the bundle's own is read
+    artifacts: Path = Path("artifacts")  # where bundles live
     bundle: str = "current"  # bundle name under artifacts/
     # The online store: "memory" (this process, rebuilt from the event log at start) or
     # "redis://host:port/db" (shared by every replica of every stage).

@@ -154,3 +154,19 @@ def test_up_says_how_to_put_cascade_on_the_path_only_when_it_is_not(tmp_path, mo
     )
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # the venv activated
     assert _activate_hint() == ""
+
+
+def test_a_bad_profile_stops_train_all_and_up_naming_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nitem_cf = "svd"\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "all", "--profile", str(bad), "--artifacts", str(tmp_path / "a")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "cascade train all:" in error and "item_cf=svd from profile bad (" in error
+    bad.write_text("[gateway]\nmax_count = 0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["up", "--profile", str(bad), "--run-dir", str(tmp_path / "run"), "--base-port", "0"])
+    assert exit_info.value.code == 1
+    assert "refusing to start any service: gateway: invalid settings" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

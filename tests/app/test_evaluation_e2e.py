@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from app.evaluation_e2e import (
+    Funnel,
     K,
     Protocol,
     evaluated_protocol,
@@ -11,7 +12,6 @@ from app.evaluation_e2e import (
     held_out_users,
     paired_difference,
     paired_lines,
-    setting_overrides,
     verdict,
 )
 from app.simulate import SimulationConfig, simulated_users
@@ -153,11 +153,26 @@ def test_a_dataset_whose_headline_takes_every_user_has_no_validation_split():
     assert len(rest) > 0 and not np.isin(rest, test).any()
 
 
-def test_settings_overrides_reach_the_funnel_and_bad_ones_are_named():
-    overrides = setting_overrides(["CASCADE_GATEWAY_RANK_COUNT=200", "CASCADE_RECALL_MF_QUOTA=0.5"])
-    assert overrides == {"CASCADE_GATEWAY_RANK_COUNT": "200", "CASCADE_RECALL_MF_QUOTA": "0.5"}
-    assert gateway_funnel(overrides).rank == 200
-    assert gateway_funnel({"CASCADE_GATEWAY_PRERANK_COUNT": "1000"}).prerank == 1000
-    for bad in ("RANK_COUNT=3", "CASCADE_GATEWAY_RANK_COUNT", "CASCADE_GATEWAY_RANK_COUNT="):
-        with pytest.raises(ValueError, match="expected CASCADE_<SERVICE>_<SETTING>=VALUE"):
-            setting_overrides([bad])
+def test_the_funnel_is_the_served_profiles_with_the_environment_above():
+    from cascade.profiles import evaluation_profile, load_profile
+
+    lift, ask_twice = load_profile("simulated-lift"), evaluation_profile("ask-twice")
+    assert gateway_funnel({}, [load_profile("default"), ask_twice]) == Funnel(2000, 500, 50)
+    assert gateway_funnel({}, [lift, ask_twice]) == Funnel(200, 200, 50)
+    assert gateway_funnel({"CASCADE_GATEWAY_PRERANK_COUNT": "100"}, [lift]).prerank == 100
+
+
+def test_the_report_says_which_profile_was_served_and_what_the_evaluation_changed():
+    from app.evaluation_e2e import served_lines
+    from cascade.profiles import ABOUT, evaluation_profile, load_profile
+
+    served, evaluation = load_profile("default"), evaluation_profile("ask-twice")
+    info = {
+        "profile": served.record(),
+        "evaluation_profile": evaluation.record()
+        | {"changes": {k: v for k, v in evaluation.tables.items() if k != ABOUT}, "why": "w"},
+    }
+    line = served_lines(info)[0]
+    assert line.startswith("Served: profile default (`cascade up --profile default`")
+    assert f"sha256 {served.sha256[:12]}" in line
+    assert "evaluation profile ask-twice" in line and '"filter_shown": false' in line

@@ -98,31 +98,62 @@ def test_two_runs_compare_one_arm_day_by_day():
         compare(run([0.4]), run([0.4], seed=1), "cascade")
 
 
-def test_the_simulated_stack_settings_are_valid_service_settings_and_set_overrides_them():
-    from app.loop import SIMULATED_STACK, parse
-    from cascade import topology
-    from cascade.config import load_settings
-    from gateway.server import GatewaySettings
-    from services.recall.server import RecallSettings
-    from services.rerank.server import RerankSettings
+def test_the_simulated_lift_profile_is_the_stack_bench_loop_names():
+    """deploy/profiles/simulated-lift.toml holds the tuned stack `make bench-loop` serves; the
+    simulator's default is the synthetic world's default profile (the services' defaults)."""
+    from app.loop import parse
+    from app.profiles import server
+    from cascade.profiles import variable
 
-    def load(cls, service, environ):
-        return load_settings(cls, env_prefix=topology.spec(service).env_prefix, environ=environ)
+    args = parse(["--profile", "simulated-lift"])
+    environ = variable([args.served_profile])
 
-    recall = load(RecallSettings, "recall", SIMULATED_STACK)
-    quotas = {name: budget.quota for name, budget in recall.budgets().items()}
+    def settings(service):
+        return server(service).resolve(environ=environ)[0]
+
+    quotas = {name: budget.quota for name, budget in settings("recall").budgets().items()}
     assert quotas["item_cf"] == 1.0 and sum(quotas.values()) == pytest.approx(1.0)
-    assert load(RerankSettings, "rerank", SIMULATED_STACK).rerank.dpp_trade_off == 1.0
-    gateway = load(GatewaySettings, "gateway", SIMULATED_STACK)
-    assert gateway.recall_count == gateway.prerank_count == 200
+    assert settings("rerank").rerank.dpp_trade_off == 1.0
+    gateway = settings("gateway")
+    assert (gateway.recall_count, gateway.prerank_count, gateway.rank_count) == (200, 200, 50)
+    assert args.item_cf == "ease"  # its [train] table: recall's item-CF table from EASE
+    default = parse([])
+    assert default.served_profile.name == "default" and default.item_cf == "co_consumption"
+    for argv in (["--set", "CASCADE_RERANK_RERANK_DPP_TRADE_OFF=0.9"], ["--profile", "nope"]):
+        with pytest.raises(SystemExit):
+            parse(argv)
 
-    args = parse(["--set", "CASCADE_RERANK_RERANK_DPP_TRADE_OFF=0.9", "--set", "CASCADE_X_Y=1"])
-    assert args.settings["CASCADE_RERANK_RERANK_DPP_TRADE_OFF"] == "0.9"  # --set wins
-    assert args.settings["CASCADE_X_Y"] == "1"
-    assert args.settings["CASCADE_RECALL_ITEM_CF_QUOTA"] == "1.0"  # the rest kept
-    assert parse([]).settings == SIMULATED_STACK and parse([]).item_cf == "ease"
-    with pytest.raises(SystemExit):
-        parse(["--set", "RANK_COUNT=5"])
+
+def test_the_simulator_refuses_a_served_setting_its_profile_does_not_say(tmp_path, monkeypatch):
+    from app import loop, stack
+
+    monkeypatch.setenv("CASCADE_RECALL_MF_QUOTA", "0.5")
+    run_dir = tmp_path / "run"
+    args = loop.parse(["--data-dir", str(tmp_path), "--run-dir", str(run_dir)])
+    with pytest.raises(stack.StackError) as refused:
+        loop.run(args)
+    message = str(refused.value)
+    assert "serves exactly profile default" in message
+    assert "CASCADE_RECALL_MF_QUOTA=0.5 (recall.mf.quota)" in message
+    assert not run_dir.exists()  # refused before any bundle copy or process
+
+
+def test_an_arm_deviating_from_the_profile_is_served_and_named_in_the_report():
+    from app import loop, stack
+    from app.simulate import SimulationConfig
+    from gateway.arms import Arm
+
+    args = loop.parse(["--arms", "cascade", "explore", "random"])
+    config = SimulationConfig(arms=tuple(Arm(name) for name in args.arms))
+    extra = loop.HARNESS | loop.gateway_arms(args, config)
+    stack.check_profiles([args.served_profile], extra, exact=True)  # the arm is the harness's
+    record = loop.served_profile(args)
+    assert record["name"] == "default" and len(record["sha256"]) == 64
+    assert record["arms"] == {"explore": {"explore_slots": 1, "explore_max_age_s": 86_400}}
+    assert record["harness"] == {"CASCADE_GATEWAY_CLOCK": "caller"}
+    words = loop.profile_words(record)
+    assert "the cascade serves profile default" in words
+    assert 'arm explore deviates from it by {"explore_slots": 1' in words
 
 
 def test_the_markdown_gives_cascade_over_ease_for_every_day():

@@ -53,6 +53,9 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
     config_map = checks.of_kind(objects, "ConfigMap")[0]
     settings_file = tmp_path / Path(config).name
     settings_file.write_text(config_map["data"][Path(config).name])
+    profile_file = tmp_path / "profile.toml"  # the profile every container reads, as mounted
+    profile_file.write_text(config_map["data"]["profile.toml"])
+    assert workload.env["CASCADE_PROFILE_FILE"] == "/etc/cascade/profile.toml"
     command[command.index("--config") + 1] = str(settings_file)
     assert command[0] == "python"
     command[0] = sys.executable
@@ -82,6 +85,7 @@ def test_pod_command_serves_health_and_drains_on_sigterm(rerank_bundle, tmp_path
             f"{prefix}DATA_DIR": str(data),
             f"{prefix}BUNDLE": "v1",
             f"{prefix}STORE": redis_url,
+            "CASCADE_PROFILE_FILE": str(profile_file),
         }
     )
     log = tmp_path / "server.log"

@@ -490,9 +490,10 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--uploads-per-day",
         type=int,
-        default=20,
-        help="new tracks creators upload through each simulated day, sent to every arm at "
-        "their time (the cascade through the gateway's AddItems) (default: 20)",
+        default=None,
+        help="new tracks uploaded through each simulated day, sent to every arm at their time "
+        "(the cascade through the gateway's AddItems) (default: as the world's creators decide, "
+        "cascade/data/two_sided.py, at the world's rate SyntheticConfig.uploads_per_day)",
     )
     parser.add_argument(
         "--unfollow-per-day",

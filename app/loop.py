@@ -34,6 +34,7 @@ from app.simulate import (
 from cascade.artifacts import Bundle, publish
 from cascade.catalog_fold import read_uploads
 from cascade.data import load_dataset
+from cascade.data.synthetic import SyntheticConfig
 from gateway.arms import Arm
 from gateway.client import CascadeClient
 from services.recall.tables import CF_MODELS, TableSettings
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> dict:
             "settings": args.settings if args.gateway is None else None,
             "item_cf": args.item_cf if args.gateway is None else None,
             "world": dataset.meta["config"],
+            "world_hash": SyntheticConfig(**dataset.meta["config"]).world_hash(),
         },
         "seconds": round(time.perf_counter() - started, 1),
         "rows": summary,
@@ -306,8 +308,9 @@ def to_markdown(report: dict) -> str:
         "",
         f"{config['users']} simulated users of the synthetic world over {config['days']} "
         f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
-        f"of 10, arms by salted hash of the user id; {config.get('uploads_per_day', 0)} uploads "
-        f"per simulated day, P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
+        f"of 10, arms by salted hash of the user id; world {config.get('world_hash', '-')}; "
+        f"uploads per simulated day: {config.get('uploads_per_day') or 'as the world decides'}, "
+        f"P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
         + (
             f"the cascade's stack: item-CF {config['item_cf']}, "
             + ", ".join(f"{k}={v}" for k, v in config["settings"].items())

@@ -17,6 +17,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def run_arm(
     clock = [time.perf_counter()]
     retraining: list[dict] = []
 
-    def timed(day: int, then=None) -> None:
+    def timed(day: int, then: Callable[[int], None] | None = None) -> None:
         if then is not None:
             then(day)
         seconds.append(round(time.perf_counter() - clock[0], 1))
@@ -145,7 +146,17 @@ def run_arm(
     }
 
 
-def _served(args, dataset, world_name, arm, config, world, ckpt, timed, retraining):
+def _served(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    world_name: str,
+    arm: str,
+    config: SimulationConfig,
+    world: World,
+    ckpt: Path,
+    timed: Callable[..., None],
+    retraining: list[dict],
+) -> dict[str, np.ndarray]:
     """The arm served by a stack of its own (RUN_DIR/<world>-<arm>), retrained daily; on resume
     it serves the last bundle the run published and keeps its event log."""
     ns = argparse.Namespace(**vars(args))

@@ -52,7 +52,7 @@ def day_metrics(
             float(np.median(waits[np.isfinite(waits)]) / 3600) if np.isfinite(waits).any() else None
         )
         entry["never_played"] = int((~np.isfinite(waits)).sum())
-        entry |= {k: world.days[day][k] for k in ("active_creators", "joined", "stopped")}
+        entry |= {k: world.days[day].get(k) for k in ("active_creators", "joined", "stopped")}
         out.append(entry)
     return out
 

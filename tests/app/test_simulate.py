@@ -134,7 +134,8 @@ def test_a_two_day_simulation_against_the_real_stack_retrains_it_overnight(world
                     wait_until_served(client, "day2")
 
             arms = (Arm("cascade"), Arm("random"))
-            config = SimulationConfig(days=2, users=40, arms=arms, seed=2)
+            # A fixed catalogue (no uploads): this is about the overnight retrain alone.
+            config = SimulationConfig(days=2, users=40, arms=arms, seed=2, uploads_per_day=0)
             policies = {
                 "cascade": cascade,
                 "random": reference_policy("random", world, World(world), 2),

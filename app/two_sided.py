@@ -207,13 +207,23 @@ def headline(runs: list[dict]) -> dict:
     return out
 
 
-def users_for_interval(report: dict, half_width: float = 0.08) -> int | None:
+def users_for_interval(report: dict, half_width: float = 0.08) -> dict | None:
     """Simulated users per arm for a cascade / EASE interval of +-half_width on one day, from
-    the measured one (half-widths shrink as 1 / sqrt(users))."""
+    the measured one (half-widths shrink as 1 / sqrt(users)); without a cascade run, from
+    EASE's own relative interval taken twice (a ratio near 1 of two arms as noisy as EASE)."""
     measured = report["headline"].get("cascade_vs_ease_last_day")
+    basis = "cascade / EASE, last day"
     if not measured:
-        return None
-    return int(np.ceil(report["config"]["users"] * (measured["ci95"] / half_width) ** 2))
+        ease = [r for r in report["runs"] if (r["world"], r["arm"]) == ("two-sided", "ease")]
+        if not ease:
+            return None
+        last = ease[0]["days"][-1]
+        relative = last["expected_ci95"] / last["expected_engagement"]
+        measured = {"ci95": relative * 2**0.5}
+        basis = "EASE's relative interval, last day, times sqrt(2)"
+    users = report["config"]["users"]
+    needed = int(np.ceil(users * (measured["ci95"] / half_width) ** 2))
+    return {"users": needed, "measured_ci95": round(measured["ci95"], 4), "basis": basis}
 
 
 def options() -> argparse.ArgumentParser:

@@ -67,11 +67,12 @@ def to_markdown(report: dict) -> str:
     for arm, share in head["uploads_reaching_target_24h"].items():
         active = head["active_creators_last_day"][arm]
         lines.append(f"| {arm} | {'-' if share is None else f'{share:.3f}'} | {active} |")
-    if report.get("users_for_ci_0.08"):
+    if needed := report.get("users_for_ci_0.08"):
         lines += [
             "",
-            f"Users per arm for a ±0.08 interval on cascade / EASE on one day (from this run's "
-            f"interval, shrinking as 1/sqrt(users)): {report['users_for_ci_0.08']}.",
+            f"Users per arm for a ±0.08 interval on cascade / EASE on one day: {needed['users']} "
+            f"(from ±{needed['measured_ci95']} with {config['users']} users, basis: "
+            f"{needed['basis']}; intervals shrink as 1/sqrt(users)).",
         ]
     for name in ("two-sided", "neutral"):
         runs = [r for r in report["runs"] if r["world"] == name]
@@ -101,6 +102,7 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     columns = 5
     rows = -(-len(METRICS) // columns)
@@ -124,6 +126,7 @@ def plot(report: dict, path: Path) -> None:
             )
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("simulated day")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axis in axes.ravel()[len(METRICS) :]:
         axis.axis("off")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()

@@ -508,7 +508,15 @@ def simulate(
     return rows.columns()
 
 
-def _save(path: Path, day: int, session: int, rows, world, policies, streams) -> None:
+def _save(
+    path: Path,
+    day: int,
+    session: int,
+    rows: Impressions,
+    world: World,
+    policies: dict[str, Policy],
+    streams: dict[str, np.random.Generator],
+) -> None:
     """The run after `day` days, written whole or not at all (rename)."""
     held = {name: p for name, p in policies.items() if isinstance(p, _Reference)}
     state = {"day": day, "session": session, "rows": rows, "world": world, "policies": held}
@@ -520,7 +528,9 @@ def _save(path: Path, day: int, session: int, rows, world, policies, streams) ->
     partial.replace(path)
 
 
-def _restore(path: Path, world: World, policies: dict, streams: dict) -> dict:
+def _restore(
+    path: Path, world: World, policies: dict[str, Policy], streams: dict[str, np.random.Generator]
+) -> dict:
     """A checkpoint's state poured into the caller's world, policies and streams (the objects
     the caller holds stay the ones the run uses)."""
     with path.open("rb") as file:

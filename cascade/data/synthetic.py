@@ -173,7 +173,9 @@ def novelty(
     return (config.novelty_bonus * fresh * (seeker | followed)).astype(np.float32)
 
 
-def content_vectors(config: SyntheticConfig, latent: np.ndarray, rng) -> np.ndarray:
+def content_vectors(
+    config: SyntheticConfig, latent: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """What an encoder sees of tracks with these latents: latent + noise (`content_noise`)."""
     return latent + _normal(rng, latent.shape, config.content_noise / config.dim**0.5)
 

@@ -50,7 +50,9 @@ class Supply:
     x; all start at 1). `audience_share`: simulated users / the world's users, so plays scale up
     to what the whole audience would have given."""
 
-    def __init__(self, config: SyntheticConfig, truth: dict, reference: float, audience_share):
+    def __init__(
+        self, config: SyntheticConfig, truth: dict, reference: float, audience_share: float
+    ):
         self.config, self.reference, self.scale = config, reference, 1.0 / audience_share
         prolific = truth["creator_popularity"][1:] ** 0.5
         self.rate_per_prolific = config.uploads_per_day / prolific.sum()

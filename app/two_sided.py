@@ -14,6 +14,7 @@ result file: rerunning the same command resumes where an interruption stopped it
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -57,13 +58,13 @@ def run(args: argparse.Namespace) -> dict:
     world = SyntheticConfig(**dataset.meta["config"])
     users = min(args.users, dataset.n_users)
     target = exposure_target(world, users)
-    state = args.state_dir
+    state = args.state_dir / run_key(args, world)  # another setting: another run, not a resume
     state.mkdir(parents=True, exist_ok=True)
     runs = []
     for name, neutral in WORLDS.items():
         for arm in args.arms if not neutral else args.neutral_arms:
             done = state / f"{name}-{arm}.json"
-            if not done.exists():
+            if not done.exists() or len(json.loads(done.read_text())["days"]) != args.days:
                 result = run_arm(args, dataset, name, arm, target, state / f"{name}-{arm}.pkl")
                 done.write_text(json.dumps(result))
             runs.append(json.loads(done.read_text()))
@@ -101,6 +102,15 @@ def run(args: argparse.Namespace) -> dict:
         "runs": runs,
         "headline": headline(runs),
     }
+
+
+def run_key(args: argparse.Namespace, world: SyntheticConfig) -> str:
+    """What a run's checkpoints belong to: every option but the number of days (a longer run
+    resumes from a shorter one's last day) and the world's hash."""
+    options = [args.users, args.seed, args.sessions_per_day, args.unfollow_per_day]
+    options += [args.uploads_per_day, args.retrain, args.settings, args.item_cf]
+    text = json.dumps([options, world.world_hash()], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def run_arm(

@@ -54,7 +54,8 @@ def test_the_tiny_benchmark_reports_both_sides_per_arm_and_day(data_dir, tmp_pat
     assert set(head["active_creators_last_day"]) == {"random", "popular", "oracle"}
     assert "World hash" in (tmp_path / "out" / "simulation.md").read_text()
     # An interrupted run resumes: a run's result gone, its checkpoint left, the same report.
-    (tmp_path / "run" / "state" / "two-sided-oracle.json").unlink()
+    (state,) = (tmp_path / "run" / "state").iterdir()  # one folder per run's options
+    (state / "two-sided-oracle.json").unlink()
     two_sided.main(argv)
     again = json.loads((tmp_path / "out" / "simulation.json").read_text())
     assert again["runs"][2]["days"] == report["runs"][2]["days"]

@@ -7,7 +7,7 @@ DATA ?= data
 
 .PHONY: setup system-packages demo baselines up down eval-cascade test test-network \
 	test-stress test-random lint format protos bench bench-load bench-overload bench-funnel \
-	bench-faults bench-state bench-durability bench-security bench-loop \
+	bench-faults bench-state bench-durability bench-security bench-loop bench-two-sided \
 	check-prometheus dashboards k8s-validate compose-smoke clean
 
 setup: $(STAMP) system-packages
@@ -190,6 +190,18 @@ bench-loop: setup
 		--retrain never --run-dir .cascade/simulate-frozen --out results/loop/no-retrain
 	$(BIN)/python -m app.compare_runs results/loop/simulation.json \
 		results/loop/no-retrain/simulation.json --out results/loop/retrain_vs_frozen
+
+# The two-sided world (creators react to plays, join and stop; part of the audience values
+# novelty): every arm in a world of its own from one seed (app/two_sided.py), the cascade, EASE,
+# random and the oracle again in the neutral world; results/loop/two_sided/simulation.{json,md,png}
+# with the wall time. Checkpoints after every simulated day under .cascade/two-sided/state: run the
+# same command again after an interruption and it resumes (delete that folder to start afresh).
+TWO_SIDED_DAYS ?= 7
+TWO_SIDED_USERS ?= 2000
+bench-two-sided: setup
+	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
+	$(BIN)/python -m app.two_sided --data-dir $(DATA) --days $(TWO_SIDED_DAYS) \
+		--users $(TWO_SIDED_USERS) --out results/loop/two_sided
 
 # Debiasing ablated on the world's truth: one bundle per training option (the ranker's position
 # tower or IPS, the two-tower's logQ or catalogue negatives; bench/debias.py), each served by

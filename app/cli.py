@@ -14,6 +14,7 @@ from pathlib import Path
 from app.stages import EVALUATE_MODULES, SERVER_MODULES, TRAIN_MODULES
 from cascade.config import SettingsError
 from cascade.data import SOURCES, DataError, load_dataset, prepare
+from cascade.data.synthetic import SyntheticConfig
 from cascade.profiles import default_profile, load_profile
 from cascade.topology import GATEWAY, STAGES, TRAIN_ORDER, ports_from
 
@@ -400,12 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="where datasets live (default: data)"
     )
-    data.add_argument("--users", type=int, default=20_000, help="synthetic: number of users")
-    data.add_argument("--items", type=int, default=10_000, help="synthetic: number of items")
+    world = SyntheticConfig  # the one set of the world's defaults
+    data.add_argument("--users", type=int, default=world.n_users, help="synthetic: number of users")
+    data.add_argument("--items", type=int, default=world.n_items, help="synthetic: number of items")
     data.add_argument(
         "--impressions-per-user",
         type=float,
-        default=200.0,
+        default=world.impressions_per_user,
         help="synthetic: mean logged impressions per user (about 8%% are played)",
     )
     data.add_argument("--seed", type=int, default=0, help="synthetic: random seed")

@@ -39,6 +39,7 @@ from cascade.artifacts import Bundle, publish
 from cascade.catalog_fold import read_uploads
 from cascade.config import SettingsError
 from cascade.data import load_dataset
+from cascade.data.synthetic import SyntheticConfig
 from cascade.profiles import default_profile, load_profile
 from gateway.arms import Arm
 from gateway.client import CascadeClient
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
             "seed": args.seed,
             "retrain": args.retrain if served else "never",
             "world": dataset.meta["config"],
+            "world_hash": SyntheticConfig(**dataset.meta["config"]).world_hash(),
         },
         "profile": served_profile(args),
         "seconds": round(time.perf_counter() - started, 1),
@@ -325,8 +327,9 @@ def to_markdown(report: dict) -> str:
         "",
         f"{config['users']} simulated users of the synthetic world over {config['days']} "
         f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
-        f"of 10, arms by salted hash of the user id; {config.get('uploads_per_day', 0)} uploads "
-        f"per simulated day, P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
+        f"of 10, arms by salted hash of the user id; world {config.get('world_hash', '-')}; "
+        f"uploads per simulated day: {config.get('uploads_per_day') or 'as the world decides'}, "
+        f"P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
         + profile_words(report.get("profile"))
         + f"{report['seconds']} s.",
         "",
@@ -496,9 +499,10 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--uploads-per-day",
         type=int,
-        default=20,
-        help="new tracks creators upload through each simulated day, sent to every arm at "
-        "their time (the cascade through the gateway's AddItems) (default: 20)",
+        default=None,
+        help="new tracks uploaded through each simulated day, sent to every arm at their time "
+        "(the cascade through the gateway's AddItems) (default: as the world's creators decide, "
+        "cascade/data/two_sided.py, at the world's rate SyntheticConfig.uploads_per_day)",
     )
     parser.add_argument(
         "--unfollow-per-day",

@@ -19,9 +19,11 @@ on far fewer sessions; logged plays cannot fake either one.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,13 +32,16 @@ from cascade.data.schema import Dataset
 from cascade.data.synthetic import (
     DAY,
     SyntheticConfig,
+    content_vectors,
     examination,
+    novelty,
     outcome_probabilities,
     respond,
     true_utility,
     upload_items,
     uploaders,
 )
+from cascade.data.two_sided import Supply, reference_plays
 from gateway.arms import Arm, assign
 from gateway.client import EVENT_TYPES, Event
 
@@ -52,7 +57,9 @@ class SimulationConfig:
     sessions_per_day: float = 1.0  # mean per user; per-user activity is lognormal around it
     page_size: int = 10
     follow_after_like: float = 0.3  # P(the user follows the creator of an item they liked)
-    uploads_per_day: int = 0  # new tracks uploaded through each simulated day (cold start)
+    # None: creators upload as the world says (cascade/data/two_sided.py: the world's rate, each
+    # creator's reacting to the plays they get); a number: that many a day by fixed creators.
+    uploads_per_day: int | None = None
     unfollow_per_day: float = 0.0  # P(a simulated user drops one of their follows on a day)
     arms: tuple[Arm, ...] = tuple(Arm(name) for name in ("cascade", *REFERENCE_ARMS))
     salt: str = "simulation"
@@ -63,7 +70,7 @@ class SimulationConfig:
             raise ValueError("SimulationConfig: days >= 1, users >= 1, page_size in 1..100")
         if self.sessions_per_day <= 0 or not 0 <= self.follow_after_like <= 1:
             raise ValueError("SimulationConfig: sessions_per_day > 0, follow_after_like in [0, 1]")
-        if self.uploads_per_day < 0 or not 0 <= self.unfollow_per_day <= 1:
+        if (self.uploads_per_day or 0) < 0 or not 0 <= self.unfollow_per_day <= 1:
             raise ValueError("SimulationConfig: uploads_per_day >= 0, unfollow_per_day in [0, 1]")
 
 
@@ -95,13 +102,19 @@ class Policy(Protocol):
 
 
 class World:
-    """The truth side: utilities with follows as of now, responses, and follows that grow."""
+    """The truth side: utilities with follows and item ages as of now, responses, follows that
+    grow, and the creators' supply (`cascade.data.two_sided.Supply`). `neutral`: the world
+    without novelty and with creators who do not react (`SyntheticConfig.neutral`);
+    `audience_share`: simulated users / the world's users (scales plays for the creators)."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, neutral: bool = False, audience_share: float = 1.0):
         if not dataset.truth:
             raise ValueError(f"dataset {dataset.meta.get('name')!r} has no ground truth")
         self.config = SyntheticConfig(**dataset.meta["config"])
+        if neutral:
+            self.config = self.config.neutral()
         self.truth = dict(dataset.truth)  # uploads extend the item rows of this copy
+        _complete_truth(self.config, self.truth)
         self.n_items = dataset.n_items
         self.creator = np.zeros(self.n_items, dtype=np.int64)
         self.creator[dataset.items["item_id"]] = dataset.items["creator_id"]
@@ -118,12 +131,18 @@ class World:
         ):
             self.follows[follower].add(followee)
         self.end_ts = int(max(dataset.interactions["ts"].max(), dataset.items["upload_ts"].max()))
+        self.now = self.end_ts  # the simulated clock: item ages are taken at it
         self._examination = examination(self.config)
+        reference = reference_plays(dataset.items, dataset.interactions, self.end_ts)
+        self.supply = Supply(self.config, self.truth, reference, audience_share)
+        self.days: list[dict] = []  # per simulated day: uploads, active creators, joins, stops
 
     def utility(self, user: int, items: np.ndarray) -> np.ndarray:
         followed = self.follows.get(user, set())
         accounts = self.account[self.creator[items]]
         follows = np.array([a in followed for a in accounts.tolist()], dtype=bool)
+        seeker = bool(self.truth["user_novelty"][user])
+        newness = novelty(self.config, self.now - self.upload_ts[items], seeker, follows)
         return true_utility(
             self.truth,
             np.full(len(items), user),
@@ -131,6 +150,7 @@ class World:
             self.creator[items],
             follows,
             self.config.follow_bonus,
+            newness,
         )
 
     def expected_engagement(self, utility: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -162,10 +182,20 @@ class World:
         self.follows[user].discard(account)
         return [account]
 
-    def draw_uploads(self, n: int, start_s: int, rng: np.random.Generator) -> DayUploads:
-        """n tracks uploaded through the day from start_s, in time order, with the world's
-        next ids; each joins the world when released (`DayUploads.due`)."""
-        creators = uploaders(self.config, self.truth, n, rng)
+    def draw_uploads(self, n: int | None, start_s: int, rng: np.random.Generator) -> DayUploads:
+        """The tracks uploaded through the day from start_s, in time order, with the world's
+        next ids; each joins the world when released (`DayUploads.due`). n None: the supply's
+        creators decide (and join or stop first); a number: n tracks by the log's uploaders."""
+        if n is None:
+            day = self.supply.start_day(self.truth, start_s, rng)
+            creators = rng.permutation(day.pop("creators"))
+            joined = self.supply.n_creators + 1 - len(self.account)  # no accounts: no followers
+            self.account = np.r_[self.account, np.zeros(joined, dtype=np.int64)]
+            self.days.append(day | {"uploads": len(creators)})
+        else:
+            creators = uploaders(self.config, self.truth, n, rng)
+            self.days.append({"uploads": n})
+        n = len(creators)
         categories, rows = upload_items(self.config, self.truth, creators, rng)
         when = np.sort(start_s + rng.integers(0, DAY, n))
         ids = np.arange(self.n_items, self.n_items + n, dtype=np.int64)
@@ -175,11 +205,26 @@ class World:
         """Uploaded tracks (the next ids, in order) become part of the world."""
         if len(uploads.item_ids) and uploads.item_ids[0] != self.n_items:
             raise ValueError(f"uploads must take the next id {self.n_items}")
-        for name in ("item_latent", "item_quality", "item_popularity"):
+        for name in ("item_latent", "item_quality", "item_popularity", "item_content"):
             self.truth[name] = np.concatenate([self.truth[name], rows[name]])
         self.creator = np.concatenate([self.creator, uploads.creators])
         self.upload_ts = np.concatenate([self.upload_ts, uploads.upload_ts])
         self.n_items += len(uploads.item_ids)
+        self.supply.uploaded(uploads.item_ids, uploads.creators, uploads.upload_ts)
+
+
+def _complete_truth(config: SyntheticConfig, truth: dict[str, np.ndarray]) -> None:
+    """A dataset generated before the world had novelty seekers and content vectors gets them,
+    drawn from the same streams as the generator's."""
+    rng = np.random.default_rng
+    if "user_novelty" not in truth:
+        n = len(truth["user_taste"]) - 1
+        seeker = rng([config.seed, 7]).random(n) < config.novelty_share
+        truth["user_novelty"] = np.r_[False, seeker]
+    if "item_content" not in truth:
+        latent = truth["item_latent"][1:]
+        content = content_vectors(config, latent, rng([config.seed, 8]))
+        truth["item_content"] = np.vstack([np.zeros((1, config.dim), np.float32), content])
 
 
 class DayUploads:
@@ -300,6 +345,13 @@ class EASEPolicy(_Reference):
         }
         self.model = EASE().fit(train, self.n_users, self.n_items)
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "model"}  # refitted on load
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.end_of_day()
+
     def scores(self, user: int) -> np.ndarray:
         fitted = self.model.score(np.array([user]))[0]
         # Tracks uploaded since the last refit are unknown to it until the next one.
@@ -333,6 +385,7 @@ class Impressions:
                 "position",
                 "expected",
                 "realised",
+                "played",
                 "creator",
                 "age_s",
                 "explored",
@@ -365,9 +418,12 @@ def simulate(
     config: SimulationConfig,
     on_day_end: Callable[[int], None] | None = None,
     world: World | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Runs the simulation; returns the impression rows (see Impressions). `world`: the truth
-    the run changes (uploads, follows); pass the oracle's, so it ranks by the same truth."""
+    the run changes (uploads, follows); pass the oracle's, so it ranks by the same truth.
+    `checkpoint`: a file written after each day (world, in-process policies, rows, random
+    streams); a run given one that exists resumes after its day."""
     config.check()
     missing = {arm.name for arm in config.arms} - set(policies)
     if missing:
@@ -378,16 +434,25 @@ def simulate(
     arm_of = {int(u): assign(config.salt, str(int(u)), config.arms).name for u in users}
     activity = rng.lognormal(0.0, 1.0, len(users)) / np.exp(0.5)  # mean 1, heavy-tailed
     start = (world.end_ts // DAY + 1) * DAY
-    rows = Impressions()
+    # Who comes when, the world's uploads and unfollows, and the users' answers draw from their
+    # own streams: runs of different policies from one seed share the same schedule of sessions.
+    streams = {
+        "schedule": np.random.default_rng([config.seed, 3]),
+        "catalog": np.random.default_rng([config.seed, 2]),
+        "answers": rng,
+    }
+    state: dict[str, Any] = {"day": 0, "session": 0, "rows": Impressions()}
+    if checkpoint is not None and checkpoint.exists():
+        state = _restore(checkpoint, world, policies, streams)
+    rows: Impressions = state["rows"]
     positions = np.arange(config.page_size)
-    session = 0
-    # Uploads and unfollows draw from their own streams: turning them on leaves the sessions'
-    # draws as they were.
-    catalog_rng = np.random.default_rng([config.seed, 2])
-    for day in range(config.days):
-        sessions = rng.poisson(activity * config.sessions_per_day)
+    session: int = state["session"]
+    for day in range(state["day"], config.days):
+        schedule, catalog_rng, rng = streams["schedule"], streams["catalog"], streams["answers"]
+        sessions = schedule.poisson(activity * config.sessions_per_day)
         who = np.repeat(users, sessions)
-        when = start + day * DAY + rng.integers(0, DAY, len(who))
+        when = start + day * DAY + schedule.integers(0, DAY, len(who))
+        world.now = start + day * DAY
         uploads = world.draw_uploads(config.uploads_per_day, start + day * DAY, catalog_rng)
         leaving = users[catalog_rng.random(len(users)) < config.unfollow_per_day]
         for user in leaving.tolist():  # at the day's start
@@ -396,6 +461,7 @@ def simulate(
                 if dropped:
                     policy.change_follows(user, dropped, True, start + day * DAY)
         for user, now in zip(who[np.argsort(when)].tolist(), np.sort(when).tolist(), strict=True):
+            world.now = now
             released = uploads.due(now)
             if released is not None:
                 for policy in policies.values():
@@ -406,6 +472,7 @@ def simulate(
             utility = world.utility(user, page.items)
             outcomes = respond(world.config, utility, shown, rng)
             policies[arm].observe(user, page, outcomes, now)
+            world.supply.played(page.items[outcomes["play"]], now)
             follows = outcomes["like"] & (rng.random(len(shown)) < config.follow_after_like)
             followed = world.follow(user, page.items[follows])
             if followed:
@@ -421,6 +488,7 @@ def simulate(
                 position=shown,
                 expected=world.expected_engagement(utility, shown),
                 realised=realised,
+                played=outcomes["play"],
                 creator=world.creator[page.items],
                 age_s=now - world.upload_ts[page.items],
                 explored=np.zeros(len(shown), bool) if page.explored is None else page.explored,
@@ -435,7 +503,46 @@ def simulate(
                 policy.end_of_day()
         if on_day_end is not None:
             on_day_end(day)
+        if checkpoint is not None:
+            _save(checkpoint, day + 1, session, rows, world, policies, streams)
     return rows.columns()
+
+
+def _save(
+    path: Path,
+    day: int,
+    session: int,
+    rows: Impressions,
+    world: World,
+    policies: dict[str, Policy],
+    streams: dict[str, np.random.Generator],
+) -> None:
+    """The run after `day` days, written whole or not at all (rename)."""
+    held = {name: p for name, p in policies.items() if isinstance(p, _Reference)}
+    state = {"day": day, "session": session, "rows": rows, "world": world, "policies": held}
+    state["streams"] = streams
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as file:
+        pickle.dump(state, file, protocol=pickle.HIGHEST_PROTOCOL)
+    partial.replace(path)
+
+
+def _restore(
+    path: Path, world: World, policies: dict[str, Policy], streams: dict[str, np.random.Generator]
+) -> dict:
+    """A checkpoint's state poured into the caller's world, policies and streams (the objects
+    the caller holds stay the ones the run uses)."""
+    with path.open("rb") as file:
+        state = pickle.load(file)  # noqa: S301 (the run's own file)
+    world.__dict__.update(state["world"].__dict__)
+    for name, saved in state["policies"].items():
+        policy = policies[name]
+        policy.__dict__.update(saved.__dict__)
+        if isinstance(policy, OraclePolicy):
+            policy.world = world
+    streams.update(state["streams"])
+    return state
 
 
 class GatewayPolicy:

@@ -5,11 +5,15 @@ accounts (homophily + preferential attachment); a biased logging policy (popular
 match, followed creators, fresh uploads) shows pages of tracks, and click -> play -> complete ->
 like / share are drawn from a known utility under position bias. All numpy, users in chunks, so
 1M users x 1M items fits in a few GiB. The same config (seed included) gives identical tables.
+`SyntheticConfig` is the one definition of the world and its defaults: the generator, `cascade
+data` and the simulator (its two-sided dynamics in cascade/data/two_sided.py) all read it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -39,19 +43,28 @@ _SOCIAL_RECENCY = 7 * DAY  # the "social" source favours a followed creator's re
 
 @dataclass
 class SyntheticConfig:
-    """Sizes and time span of the world, and the knobs of its biased logging policy."""
+    """The world: sizes and time span, its biased logging policy, and its two-sided dynamics.
 
-    n_users: int = 10_000
-    n_items: int = 10_000
+    Each field says its meaning and where its value comes from: a published magnitude (named) or
+    a stated assumption. `world_hash` fingerprints all of them; every simulation report carries it.
+    """
+
+    n_users: int = 20_000  # the platform's audience (simulated users are a sample of it)
+    n_items: int = 10_000  # catalogue at the log's end
     n_creators: int | None = None  # None: n_items // 20 (at least 1)
     n_categories: int = 20  # genres; the first 20 have real names
     n_clusters: int = 24  # taste clusters
     n_regions: int = 50
     dim: int = 16  # latent taste dimension
-    days: int = 60  # length of the impression log
+    # Length of the impression log. With 70% of the catalogue uploaded during it, the platform
+    # uploads (1 - initial_item_fraction) * n_items / days = 333 tracks a day (`uploads_per_day`),
+    # 3.3% of the catalogue a day and 0.017 per user-day; published magnitudes: WeSing about 5 M
+    # works a day over more than 150 M monthly users (0.033 per user), and a creator-platform
+    # example of 0.1 posts per daily user. The simulator keeps this rate after the log.
+    days: int = 21
     start_ts: int = 1_767_225_600  # 2026-01-01T00:00:00Z, first second of the log
     history_days: int = 180  # catalog and follows that predate the log
-    impressions_per_user: float = 60.0  # mean; per-user activity is lognormal
+    impressions_per_user: float = 200.0  # mean over the log; per-user activity is lognormal
     page_size: int = 10
     initial_item_fraction: float = 0.3  # items uploaded before the log starts; the rest flow in
     follows_per_user: float = 10.0
@@ -66,6 +79,38 @@ class SyntheticConfig:
     policy_noise: float = 1.0  # noise in the policy's view of taste and utility
     position_decay: float = 0.8  # examination probability = (1 + position) ** -position_decay
     follow_bonus: float = 0.5  # utility added when the user follows the item's creator
+    # -- the audience's side of new content (assumptions; utility units as follow_bonus) --------
+    novelty_share: float = 0.3  # share of users who value novelty (assumption)
+    # Utility a just-uploaded item adds for a novelty seeker, and for every follower of its
+    # creator on the creator's own uploads; it decays as exp(-age / novelty_decay_s). Assumption:
+    # the size of the follow bonus, gone within a few days (a feed's "new" shelf).
+    novelty_bonus: float = 0.5
+    novelty_decay_s: int = DAY
+    # Content vector = item latent + N(0, (content_noise / sqrt(dim))^2) per dimension: what an
+    # audio encoder would give at upload. The latents spread about 1.3 / sqrt(dim) per dimension,
+    # so 1.0 keeps the signal-to-noise ratio near 1.7 (assumption; `python -m bench.content_signal`
+    # measures how far a content-only model falls short of the oracle).
+    content_noise: float = 1.0
+    # -- the creators' side (cascade/data/two_sided.py applies these) ---------------------------
+    # Creators react to exposure x = full-audience plays per recent upload / the plays an upload
+    # got in the log (x = 1: as the logging policy served them). Upload rate multiplier
+    # m(x) = upload_floor + (1 - upload_floor) * (1 + response_half) * x / (response_half + x):
+    # m(0) = upload_floor, m(1) = 1, rising to upload_floor + (1 - upload_floor) * (1 +
+    # response_half). Daily chance of stopping q(x) = stop_starved / (1 + x / stop_half).
+    # Assumptions, shaped by what platforms report: earlier first exposure raises the will to
+    # publish, and traffic concentrated on a few creators drives creator churn.
+    creator_response: bool = True  # False: creators upload and stop regardless of plays
+    response_window_days: int = 7  # "recent uploads": those of the last week
+    upload_floor: float = 0.2  # a creator nobody plays still uploads at 20% of their rate
+    response_half: float = 1.0  # x at which the multiplier's rise is half done
+    stop_starved: float = 0.05  # P(stop) per day of a creator whose recent uploads got no plays
+    stop_half: float = 0.25  # q(1) = 0.01 / day: a creator career of about 100 days as served
+    # New creators join at this share of the world's creators a day (assumption: it balances
+    # q(1), so the status quo keeps its creator count); they draw styles and fame as the first did.
+    creator_join_rate: float = 0.01
+    # Publishing target: a platform promises a new post about 100 impressions in its first 24 h
+    # (Xiaohongshu's cold start); the simulator scales it to its audience (`exposure_target`).
+    platform_target_impressions: int = 100
     seed: int = 0
 
     @property
@@ -86,6 +131,53 @@ class SyntheticConfig:
         shares = (self.popularity_share, self.taste_share, self.social_share, self.fresh_share)
         if min(shares) < 0 or sum(shares) <= 0:
             raise ValueError("SyntheticConfig source shares must be >= 0 with a positive sum")
+        for name in ("novelty_share", "upload_floor", "stop_starved", "creator_join_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"SyntheticConfig.{name} must be in [0, 1]")
+        for name in ("novelty_decay_s", "response_window_days", "response_half", "stop_half"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SyntheticConfig.{name} must be > 0")
+        if self.content_noise < 0 or self.novelty_bonus < 0:
+            raise ValueError("SyntheticConfig.content_noise and novelty_bonus must be >= 0")
+
+    @property
+    def uploads_per_day(self) -> float:
+        """The platform's uploads a day: the log's rate, kept by the simulator after it."""
+        return (1.0 - self.initial_item_fraction) * self.n_items / self.days
+
+    def neutral(self) -> SyntheticConfig:
+        """The same world without its two-sided mechanics: no novelty, creators who upload and
+        stop whatever plays they get (a method that only wins by them shows here)."""
+        return replace(self, novelty_bonus=0.0, creator_response=False)
+
+    def world_hash(self) -> str:
+        """Fingerprint of every parameter: two reports with the same hash played one world."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def exposure_target(config: SyntheticConfig, simulated_users: int) -> int:
+    """K: impressions a new upload should get in its first 24 h among `simulated_users` of the
+    world's audience, K = max(1, round(platform_target_impressions * simulated_users /
+    n_users)): the platform's promise scaled to the share of the audience simulated."""
+    share = simulated_users / config.n_users
+    return max(1, round(config.platform_target_impressions * share))
+
+
+def novelty(
+    config: SyntheticConfig, age_s: np.ndarray, seeker: np.ndarray | bool, followed: np.ndarray
+) -> np.ndarray:
+    """Utility an item's newness adds: novelty_bonus * exp(-age / novelty_decay_s) for a user
+    who values novelty or follows the item's creator, 0 for the rest."""
+    fresh = np.exp(-np.maximum(age_s, 0) / config.novelty_decay_s)
+    return (config.novelty_bonus * fresh * (seeker | followed)).astype(np.float32)
+
+
+def content_vectors(
+    config: SyntheticConfig, latent: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """What an encoder sees of tracks with these latents: latent + noise (`content_noise`)."""
+    return latent + _normal(rng, latent.shape, config.content_noise / config.dim**0.5)
 
 
 def examination(config: SyntheticConfig) -> np.ndarray:
@@ -105,10 +197,12 @@ def true_utility(
     creators: np.ndarray,
     followed: np.ndarray | bool = False,
     follow_bonus: float = 0.0,
+    newness: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """What a user gets from an item: taste . latent + quality + creator effect (+ the follow
-    bonus when the user follows the item's creator). The one definition of the world's truth:
-    the generator, the simulator and the ground-truth evaluations all call it. Arrays broadcast
+    bonus when the user follows the item's creator, + `newness`, see `novelty`). The one
+    definition of the world's truth: the generator, the simulator and the ground-truth
+    evaluations all call it. Arrays broadcast
     (users (n,) with items (n,), or users (u, 1) with items (u, c))."""
     taste = truth["user_taste"][users]
     latent = truth["item_latent"][items]
@@ -117,6 +211,7 @@ def true_utility(
         + truth["item_quality"][items]
         + truth["creator_effect"][creators]
         + np.float32(follow_bonus) * followed
+        + newness
     ).astype(np.float32)
 
 
@@ -224,6 +319,8 @@ def _users(config: SyntheticConfig) -> tuple[dict, dict]:
         "user_taste": np.vstack([np.zeros((1, dim), np.float32), taste]),
         "user_cluster": np.r_[-1, cluster].astype(np.int32),
         "cluster_centers": centers,
+        # Drawn from their own stream: the other user draws stay as they were.
+        "user_novelty": np.r_[False, _rng(config, 7).random(n) < config.novelty_share],
     }
     return users, truth
 
@@ -286,6 +383,9 @@ def _items(config: SyntheticConfig, creator_truth: dict) -> tuple[dict, dict]:
         "item_quality": np.r_[0.0, quality].astype(np.float32),
         "item_popularity": np.r_[0.0, popularity],
         "category_directions": np.vstack([np.zeros((1, dim), np.float32), directions]),
+        "item_content": np.vstack(
+            [np.zeros((1, dim), np.float32), content_vectors(config, latent, _rng(config, 8))]
+        ),
     }
     return items, truth
 
@@ -301,13 +401,14 @@ def upload_items(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """New tracks by `creator`, drawn as the world drew its own (the simulator's uploads):
     (categories (n, MAX_CATEGORIES), their truth rows item_latent, item_quality and
-    item_popularity). The caller gives them ids and upload times."""
+    item_popularity and item_content). The caller gives them ids and upload times."""
     latent, quality, popularity = _traits(config, truth, creator, rng)
     categories = _categories(config, latent, truth["category_directions"][1:], rng)
     return categories, {
         "item_latent": latent.astype(np.float32),
         "item_quality": quality,
         "item_popularity": popularity,
+        "item_content": content_vectors(config, latent.astype(np.float32), rng),
     }
 
 
@@ -484,7 +585,9 @@ def _chunk(config, policy, follow_index, items, truth, account, users, pages, rn
     item, source = policy.fill(config, user, ts, cdf, users[0], rng)
     creator = items["creator_id"][item - 1]
     followed = follow_index.followed(user, account[creator], ts)
-    utility = true_utility(truth, user, item, creator, followed, config.follow_bonus)
+    age = ts - items["upload_ts"][item - 1]
+    newness = novelty(config, age, truth["user_novelty"][user], followed)
+    utility = true_utility(truth, user, item, creator, followed, config.follow_bonus, newness)
     # The policy orders each page by its noisy view of utility: position and relevance confound.
     score = utility + _normal(rng, len(utility), config.policy_noise)
     order = (

@@ -72,7 +72,7 @@ def test_reference_arms_rank_oracle_above_ease_and_popular_above_random(world):
     config = SimulationConfig(days=2, users=120, sessions_per_day=2.0, arms=arms, seed=1)
     truth = World(world)
     policies = {a.name: reference_policy(a.name, world, truth, seed=1) for a in arms}
-    rows = simulate(world, policies, config)
+    rows = simulate(world, policies, config, world=truth)
     report = summarise(rows, world.n_items - 1)
     total = {
         arm.name: rows["expected"][rows["arm"] == arm.name].mean() for arm in arms
@@ -94,7 +94,7 @@ def test_the_same_seed_gives_the_same_simulation(world):
     def run():
         truth = World(world)
         policies = {a.name: reference_policy(a.name, world, truth, seed=7) for a in arms}
-        return simulate(world, policies, config)
+        return simulate(world, policies, config, world=truth)
 
     first, second = run(), run()
     for key in first:
@@ -134,7 +134,8 @@ def test_a_two_day_simulation_against_the_real_stack_retrains_it_overnight(world
                     wait_until_served(client, "day2")
 
             arms = (Arm("cascade"), Arm("random"))
-            config = SimulationConfig(days=2, users=40, arms=arms, seed=2)
+            # A fixed catalogue (no uploads): this is about the overnight retrain alone.
+            config = SimulationConfig(days=2, users=40, arms=arms, seed=2, uploads_per_day=0)
             policies = {
                 "cascade": cascade,
                 "random": reference_policy("random", world, World(world), 2),

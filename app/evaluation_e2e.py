@@ -2,8 +2,9 @@
 
 Starts a stack on free loopback ports, replays the test period of the per-user temporal split:
 for each test user one Recommend through the gateway (history = training period, which is what
-the services' feature store holds), plus the same funnel called stage by stage over gRPC to
-measure each cut (recall only, + prerank, + rank, + rerank). Every row, baselines included, is
+the services' feature store holds), plus the gateway's own funnel (gateway/pipeline.py, under
+the gateway's settings, budget and fallbacks) run in this process over gRPC to the same stages,
+each cut being the funnel stopped after a stage (recall only, + prerank, + rank, + rerank). Every row, baselines included, is
 scored by the same code: top-20 page vs the user's test items not seen in training. On a world
 with a ground truth (synthetic) the primary metric is the truth's expected engagement per
 impression of each page's first 10 items (`true_engagement`, the simulator's measure): logged
@@ -19,11 +20,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from app import stack
@@ -34,21 +34,14 @@ from cascade.config import load_settings
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
-from cascade.v1 import (
-    common_pb2,
-    prerank_pb2,
-    prerank_pb2_grpc,
-    rank_pb2,
-    rank_pb2_grpc,
-    recall_pb2,
-    recall_pb2_grpc,
-    rerank_pb2,
-    rerank_pb2_grpc,
-)
+from cascade.telemetry import new_registry
+from cascade.v1 import common_pb2
+from gateway.pipeline import Budget, Cascade
 
 K = 20  # page length: NDCG@10 on its first half, Recall@20 on all of it
 TRUTH = "true engagement@10"  # on a world with a ground truth: the primary metric
-CUTS = ("recall only", "+ prerank", "+ rank", "+ rerank")
+CUTS = ("recall only", "+ prerank", "+ rank", "+ rerank")  # the funnel stopped after each stage
+TIMEOUT_S = 5.0  # each Recommend's deadline (the gateway cuts it to its max_deadline_s)
 
 
 @dataclass(frozen=True)
@@ -194,57 +187,64 @@ def _page(ids: Sequence[int]) -> np.ndarray:
     return page
 
 
-def cascade_pages(running: stack.Stack, users: np.ndarray, funnel: Funnel) -> dict:
-    """Pages of the gateway and of each cut of the funnel, called stage by stage over gRPC."""
-    from gateway.client import CascadeClient
+def stack_cascade(running: stack.Stack) -> tuple[Cascade, dict, Callable[[], Budget]]:
+    """The gateway's own funnel (gateway/pipeline.py) under the running gateway's settings,
+    calling the stack's stages over gRPC (a stage the stack does not run answers by its
+    fallback, as in the gateway), and the budget the gateway gives each call of TIMEOUT_S."""
+    from gateway.catalog import load_catalog
+    from gateway.pipeline import GatewayMetrics
+    from gateway.settings import GatewaySettings
+    from gateway.transport import LocalPool, new_cascade, stage_pools
 
-    client = CascadeClient(running.address("gateway"), timeout_s=5.0)
-    channels = {
-        name: grpc.insecure_channel(running.address(name))
-        for name in ("recall", "rank", "rerank", *(("prerank",) if running.has("prerank") else ()))
-    }
-    recall = recall_pb2_grpc.RecallStub(channels["recall"])
-    rank = rank_pb2_grpc.RankStub(channels["rank"])
-    rerank = rerank_pb2_grpc.RerankStub(channels["rerank"])
-    prerank = prerank_pb2_grpc.PrerankStub(channels["prerank"]) if "prerank" in channels else None
+    prefix = topology.spec("gateway").env_prefix
+    environ = os.environ | running.environments["gateway"]
+    settings = load_settings(GatewaySettings, env_prefix=prefix, environ=environ)
+    registry = new_registry()
+    served = [stage for stage in topology.STAGES if running.has(stage)]
+    pools: dict = stage_pools(settings, None, {s: running.address(s) for s in served})
+    pools |= {s: LocalPool(s, None) for s in topology.STAGES if s not in served}
+    cascade = new_cascade(settings, load_catalog(settings), pools, GatewayMetrics(registry))
+    total = min(TIMEOUT_S, settings.max_deadline_s)  # as gateway/server.py's _budget_s
+    total -= min(settings.safety_margin_s, total / 5)
+    return cascade, pools, lambda: Budget(total, settings.shares())
+
+
+def cascade_pages(running: stack.Stack, users: np.ndarray) -> tuple[dict, dict, dict]:
+    """Pages of the gateway (one Recommend each) and of each cut of the funnel: the gateway's
+    funnel run again in this process over gRPC to the same stages, stopped after each stage."""
+    from gateway.client import CascadeClient
+    from gateway.pipeline import Served
+
+    client = CascadeClient(running.address("gateway"), timeout_s=TIMEOUT_S)
+    cascade, pools, budget = stack_cascade(running)
     pages = {name: np.zeros((len(users), K), np.int64) for name in ("cascade", *CUTS)}
     funnel_lists: dict[str, list[np.ndarray]] = {"recall": [], "prerank": [], "rank": []}
-    degraded = 0
+    degraded = {"cascade": 0, "cuts": 0}
     latencies = []
     for row, user_id in enumerate(users.tolist()):
         started = time.perf_counter()
         answer = client.recommend(user_id, count=K)
         latencies.append(time.perf_counter() - started)
-        degraded += bool(answer.degraded)
+        degraded["cascade"] += bool(answer.degraded)
         pages["cascade"][row] = _page(answer.items.item_ids)
         user = common_pb2.UserContext(user_id=user_id)
-        candidates = recall.Recall(
-            recall_pb2.RecallRequest(user=user, count=funnel.recall), timeout=5
-        ).candidates
-        pages["recall only"][row] = _page(candidates.item_ids)
-        funnel_lists["recall"].append(np.asarray(candidates.item_ids))
-        if prerank is not None:
-            request = prerank_pb2.PrerankRequest(
-                user=user, candidates=candidates, count=funnel.prerank
-            )
-            candidates = prerank.Prerank(request, timeout=5).candidates
-        else:  # what the gateway does without prerank: recall's own order, truncated
-            candidates = common_pb2.CandidateList(
-                item_ids=candidates.item_ids[: funnel.prerank],
-                scores=candidates.scores[: funnel.prerank],
-                channel_masks=candidates.channel_masks[: funnel.prerank],
-            )
-        pages["+ prerank"][row] = _page(candidates.item_ids)
-        funnel_lists["prerank"].append(np.asarray(candidates.item_ids))
-        request = rank_pb2.RankRequest(user=user, candidates=candidates, count=funnel.rank)
-        candidates = rank.Rank(request, timeout=5).candidates
-        pages["+ rank"][row] = _page(candidates.item_ids)
-        funnel_lists["rank"].append(np.asarray(candidates.item_ids))
-        request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
-        pages["+ rerank"][row] = _page(rerank.Rerank(request, timeout=5).candidates.item_ids)
-    for channel in channels.values():
-        channel.close()
-    info = {"degraded_answers": degraded, "gateway_p50_ms": 1e3 * float(np.median(latencies))}
+        # Each cut is the funnel stopped after its stage: one run to the end holds them all
+        # (a stage never sees what comes after it), so every stage is called once per user.
+        served = Served()
+        page = cascade.run(user, K, budget(), debug=False, served=served)
+        degraded["cuts"] += bool(page.degraded)
+        for cut, stage in zip(CUTS, topology.STAGES, strict=True):
+            ids = served.lists[stage].item_ids
+            pages[cut][row] = _page(ids)
+            if stage in funnel_lists:
+                funnel_lists[stage].append(np.asarray(ids))
+    for pool in pools.values():
+        pool.close()
+    info = {
+        "degraded_answers": degraded["cascade"],
+        "degraded_cut_runs": degraded["cuts"],
+        "gateway_p50_ms": 1e3 * float(np.median(latencies)),
+    }
     return pages, info, funnel_lists
 
 
@@ -266,7 +266,7 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
         dataset=name,
         extra_env=EVAL_ENV | args.settings,
     ) as running:
-        pages, info, funnel_lists = cascade_pages(running, protocol.users, args.funnel)
+        pages, info, funnel_lists = cascade_pages(running, protocol.users)
         info["prerank"] = "served" if running.has("prerank") else "absent: recall order, truncated"
         if not running.has("prerank"):  # renamed in place, keeping the funnel's order
             pages = {

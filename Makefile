@@ -169,7 +169,7 @@ bench-loop: setup
 	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --out results/loop
 	$(BIN)/cascade simulate --data-dir $(DATA) --users 1000 --days 4 --retrain never \
 		--run-dir .cascade/simulate-frozen --out results/loop/no-retrain
-	$(BIN)/python -m app.compare_runs results/loop/simulation.json \
+	$(BIN)/python -m research.compare_runs results/loop/simulation.json \
 		results/loop/no-retrain/simulation.json --out results/loop/retrain_vs_frozen
 
 # Debiasing ablated on the world's truth: one bundle per training option (the ranker's position

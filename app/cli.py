@@ -96,12 +96,12 @@ def _train(args: argparse.Namespace) -> None:
     parser.add_argument(
         "--event-log",
         help="learn from what the stack served: fold this event log (file:DIR or redis://...) "
-        "into the training data and fine-tune the published bundle from it (app/retrain.py)",
+        "into the training data and fine-tune the published bundle from it (training/retrain.py)",
     )
     options = parser.parse_args(args.options)
     version = options.version or f"{options.dataset}-{new_version()}"
     if options.event_log:
-        from app.retrain import retrain_from_log
+        from training.retrain import retrain_from_log
 
         dataset = load_dataset(options.dataset, options.data_dir)
         report = retrain_from_log(

@@ -4,9 +4,9 @@ arms, judged on the world's truth; writes results/loop/simulation.{json,md,png}.
 Starts its own local stack on a copy of the synthetic bundle (trained into ARTIFACTS when
 missing), on the simulated clock (gateway clock "caller"), unless `--gateway` names a running one.
 With `--retrain daily` (the default) a job folds each simulated day's event log into the training
-data after the day (app/retrain.py), publishes a new bundle into RUN_DIR/artifacts and waits until
-every service hot-reloaded it before the next day starts. `make bench-loop` runs it at the size
-stated in the Makefile.
+data after the day (training/retrain.py), publishes a new bundle into RUN_DIR/artifacts and
+waits until every service hot-reloaded it before the next day starts. `make bench-loop` runs it
+at the size stated in the Makefile.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from app import stack
-from app.evaluation_e2e import setting_overrides
-from app.retrain import Base, RetrainConfig, read_log, retrain
-from app.simulate import (
+from cascade.artifacts import Bundle, publish
+from cascade.catalog_fold import read_uploads
+from cascade.data import load_dataset
+from gateway.arms import Arm
+from gateway.client import CascadeClient
+from research.evaluation_e2e import setting_overrides
+from research.simulate import (
     REFERENCE_ARMS,
     GatewayPolicy,
     SimulationConfig,
@@ -31,12 +35,8 @@ from app.simulate import (
     simulate,
     summarise,
 )
-from cascade.artifacts import Bundle, publish
-from cascade.catalog_fold import read_uploads
-from cascade.data import load_dataset
-from gateway.arms import Arm
-from gateway.client import CascadeClient
 from services.recall.tables import CF_MODELS, TableSettings
+from training.retrain import Base, RetrainConfig, read_log, retrain
 
 DATASET = "synthetic"
 # Arms the running gateway serves: the cascade as configured, and `explore` (the cascade with
@@ -352,7 +352,7 @@ def to_markdown(report: dict) -> str:
         lines += [
             "",
             f"Retraining ({config.get('retrain')}): after each day but the last, the event log "
-            "folded into a new bundle (app/retrain.py) that every service hot-reloaded before "
+            "folded into a new bundle (training/retrain.py) that every service hot-reloaded before "
             "the next day.",
             "",
             "Publish gate: the served ranker and the fine-tuned one, mean logloss on the latest "
@@ -538,7 +538,8 @@ def arguments() -> argparse.ArgumentParser:
         choices=("daily", "never"),
         default="daily",
         help="daily: after each simulated day, retrain the cascade from its event log and "
-        "hot-reload the new bundle (app/retrain.py); never: serve the starting bundle throughout",
+        "hot-reload the new bundle (training/retrain.py); never: serve the starting bundle "
+        "throughout",
     )
     parser.add_argument(
         "--set",

@@ -4,13 +4,14 @@ Starts a stack on free loopback ports, replays the test period of the per-user t
 for each test user one Recommend through the gateway (history = training period, which is what
 the services' feature store holds), plus the gateway's own funnel (gateway/pipeline.py, under
 the gateway's settings, budget and fallbacks) run in this process over gRPC to the same stages,
-each cut being the funnel stopped after a stage (recall only, + prerank, + rank, + rerank). Every row, baselines included, is
-scored by the same code: top-20 page vs the user's test items not seen in training. On a world
-with a ground truth (synthetic) the primary metric is the truth's expected engagement per
-impression of each page's first 10 items (`true_engagement`, the simulator's measure): logged
-test plays only reward putting first what the logging policy happened to show.
+each cut being the funnel stopped after a stage (recall only, + prerank, + rank, + rerank).
+Every row, baselines included, is scored by the same code: top-20 page vs the user's test items
+not seen in training. On a world with a ground truth (synthetic) the primary metric is the
+truth's expected engagement per impression of each page's first 10 items (`true_engagement`,
+the simulator's measure): logged test plays only reward putting first what the logging policy
+happened to show.
 
-    python -m app.evaluation_e2e --dataset ml-100k synthetic --out results/cascade
+    cascade eval cascade --dataset ml-100k synthetic --out results/cascade  # app/eval_cascade.py
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from app import stack
-from app.simulate import SimulationConfig, World, simulated_users
 from cascade import metrics, topology
 from cascade.baselines import default_models
 from cascade.config import load_settings
@@ -37,6 +37,21 @@ from cascade.evaluation import UserItems
 from cascade.telemetry import new_registry
 from cascade.v1 import common_pb2
 from gateway.pipeline import Budget, Cascade
+from research.simulate import SimulationConfig, World, simulated_users
+
+
+class RunningStack(Protocol):
+    """What the evaluation reads of a running stack (app/stack.py's Stack)."""
+
+    environments: dict[str, dict[str, str]]  # service -> the environment it was started with
+
+    def address(self, name: str = "gateway") -> str: ...
+
+    def has(self, name: str) -> bool: ...
+
+
+# Starts a stack on free ports in a run folder and stops it on exit (app/stack.py's running_stack).
+StartStack = Callable[..., AbstractContextManager[RunningStack]]
 
 K = 20  # page length: NDCG@10 on its first half, Recall@20 on all of it
 TRUTH = "true engagement@10"  # on a world with a ground truth: the primary metric
@@ -187,7 +202,7 @@ def _page(ids: Sequence[int]) -> np.ndarray:
     return page
 
 
-def stack_cascade(running: stack.Stack) -> tuple[Cascade, dict, Callable[[], Budget]]:
+def stack_cascade(running: RunningStack) -> tuple[Cascade, dict, Callable[[], Budget]]:
     """The gateway's own funnel (gateway/pipeline.py) under the running gateway's settings,
     calling the stack's stages over gRPC (a stage the stack does not run answers by its
     fallback, as in the gateway), and the budget the gateway gives each call of TIMEOUT_S."""
@@ -209,7 +224,7 @@ def stack_cascade(running: stack.Stack) -> tuple[Cascade, dict, Callable[[], Bud
     return cascade, pools, lambda: Budget(total, settings.shares())
 
 
-def cascade_pages(running: stack.Stack, users: np.ndarray) -> tuple[dict, dict, dict]:
+def cascade_pages(running: RunningStack, users: np.ndarray) -> tuple[dict, dict, dict]:
     """Pages of the gateway (one Recommend each) and of each cut of the funnel: the gateway's
     funnel run again in this process over gRPC to the same stages, stopped after each stage."""
     from gateway.client import CascadeClient
@@ -259,7 +274,7 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
     protocol = evaluated_protocol(dataset, args.split, sample, args.seed)
     artifacts = args.artifacts if name == "ml-100k" else args.artifacts / name
     print(f"== {name}: {len(protocol.users)} {args.split} users; stack on {artifacts}", flush=True)
-    with stack.running_stack(
+    with args.start_stack(
         args.run_dir / name,
         artifacts=artifacts,
         data_dir=args.data_dir,
@@ -410,7 +425,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, start_stack: StartStack) -> int:
     parser = argparse.ArgumentParser(
         prog="cascade eval cascade", description=__doc__.split("\n")[0]
     )
@@ -463,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "e.g. CASCADE_RECALL_MF_QUOTA=0.5 or CASCADE_GATEWAY_RANK_COUNT=200 (repeatable)",
     )
     args = parser.parse_args(argv)
+    args.start_stack = start_stack
     try:
         args.settings = setting_overrides(args.settings)
     except ValueError as error:
@@ -494,7 +510,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(to_markdown(rows, infos))
     print(f"saved {args.out}/e2e.json, e2e.md, e2e.png")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

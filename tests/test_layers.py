@@ -16,16 +16,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # layer -> the project layers it may import (itself always). The shared library is the bottom:
 # it serves every other layer and knows none of them. The gateway and the stages meet only on the
-# wire (the protos in cascade/v1), so neither imports the other. The application layer (CLI, local
-# stack, demo, evaluations) composes them; the deploy tooling and the benchmarks sit on top (a
-# benchmark may reuse a deploy check, never the other way round).
+# wire (the protos in cascade/v1), so neither imports the other. Above them, the training package
+# (the daily retrain, folding the log, one stage's examples from another's output) and the
+# research package (simulation, the loop's reports, the end-to-end evaluation, which runs the
+# gateway's funnel); research may train (the simulated loop retrains daily), training never
+# needs research. The application layer (CLI, local stack, demo) composes them all and hands the
+# research a running stack; the deploy tooling and the benchmarks sit on top (a benchmark may
+# reuse a deploy check, never the other way round).
 ALLOWED: dict[str, set[str]] = {
     "cascade": set(),
     "gateway": {"cascade"},
     "services": {"cascade"},
-    "app": {"cascade", "gateway", "services"},
-    "deploy": {"cascade", "gateway", "services", "app"},
-    "bench": {"cascade", "gateway", "services", "app", "deploy"},
+    "training": {"cascade", "services"},
+    "research": {"cascade", "gateway", "services", "training"},
+    "app": {"cascade", "gateway", "services", "training", "research"},
+    "deploy": {"cascade", "gateway", "services", "training", "research", "app"},
+    "bench": {"cascade", "gateway", "services", "training", "research", "app", "deploy"},
 }
 # Calls whose string argument names a module to load.
 LOADERS = {"import_module", "run_module", "find_spec", "run_path", "__import__"}

@@ -3,7 +3,7 @@ the running stack hot-reloads.
 
 One job (`retrain`, run by `cascade simulate` after each simulated day and by
 `cascade train all --event-log URL`) reads the log, folds it into the training data
-(app/fold.py) and publishes a new version on top of the published one:
+(training/fold.py) and publishes a new version on top of the published one:
 
 - rank: fine-tuned from the published weights (warm start) on the served impressions with their
   outcomes, plus a seeded replay sample of the logged training impressions against forgetting;
@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from app.fold import heard_interactions, served_impressions
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
 from cascade.backends import open_event_log
 from cascade.catalog_fold import read_uploads, save_uploads, with_uploads
@@ -44,6 +43,7 @@ from services.rank.export import write_component as write_rank
 from services.rank.model import ModelConfig
 from services.rank.rows import OfflineRows
 from services.rank.train import Prepared, TrainConfig, evaluate, fit, predict
+from training.fold import heard_interactions, served_impressions
 
 log = logging.getLogger(__name__)
 

@@ -220,7 +220,7 @@ class OfflineContext:
         item, ts = interactions["item_id"][played], interactions["ts"][played]
         self._play_keys = np.sort(item.astype(np.int64) * 2**33 + ts)  # ts < 2**33 s
         # Serving's data clock: the end of the log its store was built from. `interactions` may
-        # run past it (plays heard online, folded in by app/retrain.py), so it can be given.
+        # run past it (plays heard online, folded in by training/retrain.py), so it can be given.
         self.as_of = int(np.max(interactions["ts"], initial=0)) if as_of is None else int(as_of)
 
     def values(

@@ -83,7 +83,7 @@ def test_the_markdown_lists_each_retraining_job():
 
 
 def test_two_runs_compare_one_arm_day_by_day():
-    from app.compare_runs import compare
+    from research.compare_runs import compare
 
     def run(values, seed=0):
         rows = [
@@ -144,8 +144,8 @@ def test_the_explore_arm_mirrors_the_simulations_arms_on_the_gateway():
     import json
 
     from app.loop import arguments, gateway_arms
-    from app.simulate import SimulationConfig
     from gateway.arms import Arm, assign, parse_arms
+    from research.simulate import SimulationConfig
 
     args = arguments().parse_args(
         ["--arms", "cascade", "explore", "oracle", "--explore-rate", "0.5"]

@@ -9,15 +9,6 @@ import pyarrow as pa
 import pytest
 
 from app import cli
-from app.retrain import (
-    Base,
-    RetrainConfig,
-    RetrainError,
-    publish_gate,
-    read_log,
-    retrain,
-    served_rows,
-)
 from cascade.artifacts import Bundle, BundleWriter, clone
 from cascade.backends import open_event_log
 from cascade.eventlog import EVENTS, IMPRESSIONS
@@ -27,6 +18,15 @@ from services.rank.export import write_component as write_rank
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig
 from tests.gateway.conftest import VERSION, build_bundle, tiny_world
+from training.retrain import (
+    Base,
+    RetrainConfig,
+    RetrainError,
+    publish_gate,
+    read_log,
+    retrain,
+    served_rows,
+)
 
 CONFIG = RetrainConfig(prerank_users=10, prerank_epochs=1)
 MF_SERVED = "mf-served"
@@ -271,10 +271,10 @@ def test_a_ranker_the_gate_refuses_is_not_shipped_and_the_served_one_is(mf_serve
 
 
 def test_recall_rebuilt_with_ease_neighbours_keeps_them_through_the_daily_retrain(built):
-    from app.retrain import refresh_recall
     from cascade.data.split import split_dataset
     from services.recall.tables import TableSettings
     from services.recall.train import rebuild_tables
+    from training.retrain import refresh_recall
 
     dataset, root = built.dataset, built.artifacts
     train = split_dataset(dataset).train_interactions

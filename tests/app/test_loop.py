@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.loop import headline, to_markdown
+from research.loop_report import headline, to_markdown
 
 
 def row(arm, day, value, half):
@@ -126,7 +126,7 @@ def test_the_simulated_stack_settings_are_valid_service_settings_and_set_overrid
 
 
 def test_the_markdown_gives_cascade_over_ease_for_every_day():
-    from app.loop import per_day_vs_ease
+    from research.loop_report import per_day_vs_ease
 
     rows = [row("cascade", 0, 0.30, 0.03), row("ease", 0, 0.25, 0.025)]
     rows += [

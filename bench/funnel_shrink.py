@@ -26,7 +26,7 @@ from cascade.data import load_dataset
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.admission import QUALITY_KEY, shrink
 from gateway.pipeline import Funnel
-from gateway.server import GatewaySettings
+from gateway.settings import GatewaySettings
 from research.evaluation_e2e import K, Protocol, _page
 
 

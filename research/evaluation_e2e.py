@@ -176,7 +176,7 @@ def setting_overrides(pairs: Sequence[str]) -> dict[str, str]:
 
 def gateway_funnel(overrides: Mapping[str, str]) -> Funnel:
     """The funnel the gateway serves with under the environment plus `overrides`."""
-    from gateway.server import GatewaySettings
+    from gateway.settings import GatewaySettings
 
     prefix = topology.spec("gateway").env_prefix
     gateway = load_settings(GatewaySettings, env_prefix=prefix, environ=os.environ | overrides)

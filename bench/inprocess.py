@@ -30,10 +30,11 @@ from gateway.transport import local_pools, new_cascade
 
 
 class _Timed:
-    """A stage servicer whose calls add their CPU seconds to `cpu[stage]`."""
+    """A stage servicer whose calls add their CPU seconds to `owner.cpu[stage]` (read through
+    the owner: a caller may reset `cpu` by replacing the dict)."""
 
-    def __init__(self, stage: str, servicer: object, cpu: dict[str, float]):
-        self.stage, self.servicer, self.cpu = stage, servicer, cpu
+    def __init__(self, stage: str, servicer: object, owner: InProcessCascade):
+        self.stage, self.servicer, self.owner = stage, servicer, owner
 
     def __getattr__(self, method: str) -> Any:
         handler = getattr(self.servicer, method)
@@ -43,7 +44,7 @@ class _Timed:
             try:
                 return handler(request, context)
             finally:
-                self.cpu[self.stage] += time.process_time() - started
+                self.owner.cpu[self.stage] += time.process_time() - started
 
         return call
 
@@ -62,7 +63,7 @@ class InProcessCascade:
             server = importlib.import_module(SERVER_MODULES[stage]).SERVER
             settings = load_settings(server.settings, overrides=where, environ={})
             servicer = server.service(settings, server.load(settings), new_registry())
-            servicers[stage] = _Timed(stage, servicer, self.cpu)
+            servicers[stage] = _Timed(stage, servicer, self)
         self.settings = load_settings(GatewaySettings, overrides=where, environ={})
         self.cascade = new_cascade(
             self.settings,

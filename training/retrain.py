@@ -11,7 +11,8 @@ One job (`retrain`, run by `cascade simulate` after each simulated day and by
   mf_position, the page's recall channel tags). A publish gate then scores the served ranker and
   the fine-tuned one on the latest served impressions, which the fine-tune never saw (their
   observed outcomes, never the world's truth): the new ranker ships only when its logloss is not
-  worse, else the served one is carried over, and the report says why;
+  worse, else the served one is carried over, and the report says why (rank's own public
+  `fine_tune`, services/rank/fine_tune.py);
 - pre-rank: distilled again from that ranker (warm-started from the published student, on a
   smaller request sample than a full `cascade train prerank`);
 - recall: channel tables (co-occurrence, trending, fresh, profile, social) and the MF channel
@@ -28,21 +29,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
 from cascade.backends import open_event_log
 from cascade.catalog_fold import read_uploads, save_uploads, with_uploads
 from cascade.data.schema import DataError, Dataset, Table
-from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
-from cascade.features import FeatureSpec
-from services.rank.context import MFPositions
-from services.rank.export import load_torch
-from services.rank.export import write_component as write_rank
-from services.rank.model import ModelConfig
-from services.rank.rows import OfflineRows
-from services.rank.train import Prepared, TrainConfig, evaluate, fit, predict
+from cascade.data.split import TemporalSplit, concat_by_time, split_dataset, take
+from services.rank.fine_tune import FineTuneConfig, fine_tune
 from training.fold import heard_interactions, served_impressions
 
 log = logging.getLogger(__name__)
@@ -70,6 +64,18 @@ class RetrainConfig:
             raise ValueError("replay_per_served >= 0 and validation_fraction in (0, 1)")
         if not 0 < self.gate_fraction < 1 or self.gate_tolerance < 0:
             raise ValueError("gate_fraction in (0, 1) and gate_tolerance >= 0")
+
+    def rank(self) -> FineTuneConfig:
+        """The ranker's part (services/rank/fine_tune.py)."""
+        return FineTuneConfig(
+            seed=self.seed,
+            epochs=self.rank_epochs,
+            learning_rate=self.rank_learning_rate,
+            replay_per_served=self.replay_per_served,
+            validation_fraction=self.validation_fraction,
+            gate_fraction=self.gate_fraction,
+            gate_tolerance=self.gate_tolerance,
+        )
 
 
 class RetrainError(DataError):
@@ -124,10 +130,12 @@ def retrain(
     clone(artifacts, source, version)  # every component, hard-linked; stages below replace theirs
     heard = heard_interactions(events)
     heard = take(heard, heard["item_id"] < base.dataset.n_items)
-    plays, _ = _concat(base.split.train_interactions, heard)
+    plays, _ = concat_by_time(base.split.train_interactions, heard)
     report: dict = {"version": version, "served_impressions": len(served["item_id"])}
     report["plays_heard"] = len(plays["item_id"]) - len(base.split.train_interactions["item_id"])
-    report["rank"] = fine_tune_rank(artifacts, version, previous, base, served, plays, config)
+    report["rank"] = fine_tune(
+        artifacts, version, previous, base.dataset, base.split, served, plays, config.rank()
+    )
     if config.recall_tables:
         report["recall"] = refresh_recall(artifacts, version, base.dataset, plays)
     if config.prerank_epochs and "prerank" in previous.manifest["components"]:
@@ -138,171 +146,6 @@ def retrain(
         publish(artifacts, version)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
-
-
-def fine_tune_rank(
-    artifacts: Path,
-    version: str,
-    previous: Bundle,
-    base: Base,
-    served: Table,
-    plays: Table,
-    config: RetrainConfig,
-) -> dict:
-    """The published ranker, trained further on served impressions (+ replayed logged ones) and
-    published only through the gate (`publish_gate`); history for every row from the plays
-    strictly before it, online plays included, and the context fields the served ranker read."""
-    model = load_torch(previous)
-    meta = previous.load_json("rank", "rank.json")
-    spec = FeatureSpec.from_json(previous.file("rank", "feature_spec.json").read_text())
-    model_config = ModelConfig(**meta["config"]["model"])
-    tasks = tuple(meta["tasks"])
-    mf_feature, channel_feature = bool(meta.get("mf_feature")), bool(meta.get("channel_feature"))
-    in_gate = latest(served["ts"], config.gate_fraction)
-    gate, served = take(served, in_gate), take(served, ~in_gate)
-    if not len(served["ts"]):
-        raise RetrainError(
-            "every served impression is at the log's latest time: nothing is left to fine-tune "
-            "on beside the publish gate's slice"
-        )
-    logged = base.split.train_impressions
-    n_replay = min(int(config.replay_per_served * len(served["item_id"])), len(logged["ts"]))
-    pick = np.random.default_rng([config.seed, len(served["item_id"])]).choice(
-        len(logged["ts"]), n_replay, replace=False
-    )
-    columns = ("user_id", "item_id", "ts", "position", *tasks)  # slot: the ranker's debias
-    replay = {k: logged[k][pick] for k in columns}
-    if channel_feature:  # the served pages' recall tags; logged impressions have none (as in
-        columns += ("channel_mask",)  # `cascade train rank --examples both`)
-        replay["channel_mask"] = np.zeros(n_replay, np.uint32)
-        served.setdefault("channel_mask", np.zeros(len(served["ts"]), np.uint32))
-        gate.setdefault("channel_mask", np.zeros(len(gate["ts"]), np.uint32))
-    examples, order = _concat({k: served[k] for k in columns}, replay)
-    # Early stopping on the latest served impressions only: the distribution being served.
-    is_served = np.r_[np.ones(len(served["ts"]), bool), np.zeros(n_replay, bool)][order]
-    held = per_user_temporal(examples, config.validation_fraction) & is_served
-    # mf_position from the served bundle's MF model, as the ranker read it when it served these
-    # pages. Without it (this job's first version) every row had it unknown and the new bundle
-    # was written without the MF flag: the fine-tuned ranker lost its strongest input.
-    offline = served_rows(previous, base, spec, plays, mf_feature)
-    train, validation = take(examples, ~held), take(examples, held)
-    if not len(validation["ts"]):
-        validation = train
-    validation_rows = offline.impressions(validation)
-    prepared = Prepared(
-        base.dataset,
-        spec,
-        base.split,
-        offline,
-        (offline.impressions(train), train),
-        (validation_rows, validation),
-        (validation_rows, validation),
-    )
-    train_config = TrainConfig(
-        seed=config.seed,
-        learning_rate=config.rank_learning_rate,
-        max_epochs=config.rank_epochs,
-        patience=0,
-        tasks=tasks,
-        fusion=dict(meta["fusion_weights"]),
-        ips=bool(meta["config"]["train"].get("ips", False)),  # as the published ranker learnt
-        item_id_dropout=float(meta["config"]["train"].get("item_id_dropout", 0.0)),
-    )
-    before = evaluate(predict(model, validation_rows, spec), validation, tasks)
-    model, info = fit(prepared, tasks, model_config, train_config, model=model)
-    info["test"] = evaluate(predict(model, validation_rows, spec), validation, tasks)
-    info["warm_start"] = previous.component("rank")["version"]
-    gate_rows = offline.impressions(gate)
-    verdict = publish_gate(
-        predict(load_torch(previous), gate_rows, spec),
-        predict(model, gate_rows, spec),
-        gate,
-        tasks,
-        config.gate_tolerance,
-    )
-    info["gate"] = verdict
-    log.info("rank %s: %s", version, verdict["reason"])
-    if verdict["publish"]:
-        writer = BundleWriter(artifacts, version)
-        sample = {k: v[:64] for k, v in prepared.train[0].items()}
-        write_rank(
-            writer,
-            model,
-            spec,
-            base.dataset.name,
-            train_config,
-            model_config,
-            info,
-            sample,
-            mf_feature=mf_feature,
-            channel_feature=channel_feature,
-        )
-        writer.commit()
-    return {
-        "train_rows": info["train_rows"],
-        "served_rows": int(is_served.sum()),
-        "epochs": len(info["epochs"]),
-        "validation_logloss_before": _mean_logloss(before),
-        "validation_logloss_after": _mean_logloss(info["test"]),
-        "gate": verdict,
-        "seconds": info["seconds"],
-    }
-
-
-def served_rows(
-    previous: Bundle, base: Base, spec: FeatureSpec, plays: Table, mf_feature: bool
-) -> OfflineRows:
-    """Rank rows for logged requests as the served bundle computed them: history, counters and
-    consumed sets from `plays` strictly before each request, item ages on serving's data clock
-    (the end of the training log its store holds) and mf_position from its MF model."""
-    mf = MFPositions.from_bundle(previous) if mf_feature else None
-    as_of = int(np.max(base.split.train_interactions["ts"], initial=0))
-    return OfflineRows(base.dataset, spec, plays, mf, as_of)
-
-
-def latest(ts: np.ndarray, fraction: float) -> np.ndarray:
-    """Mask of the latest `fraction` of rows by time (at least one row; rows at the cut's time
-    all go in, so one page never straddles it)."""
-    ts = np.asarray(ts)
-    if not len(ts):
-        return np.zeros(0, bool)
-    n = max(1, int(round(fraction * len(ts))))
-    return ts >= np.sort(ts)[-n]
-
-
-def publish_gate(
-    served_p: np.ndarray,
-    new_p: np.ndarray,
-    outcomes: Table,
-    tasks: tuple[str, ...],
-    tolerance: float = 0.0,
-) -> dict:
-    """Whether a fine-tuned ranker may replace the served one: both rankers' probabilities for
-    the same held-out served impressions, judged on their observed outcomes (what production
-    has; never the world's truth). It publishes when the mean logloss over the tasks is at most
-    the served ranker's times (1 + tolerance); the AUC of each is reported beside it."""
-    rows = len(outcomes["ts"])
-    if not rows:
-        reason = "publish gate: no held-out served impressions to judge on: refused"
-        return {"publish": False, "rows": 0, "reason": reason}
-    served_m = evaluate(served_p, outcomes, tasks)
-    new_m = evaluate(new_p, outcomes, tasks)
-    old, new = _mean_logloss(served_m), _mean_logloss(new_m)
-    publish = new <= old * (1 + tolerance)
-    reason = (
-        f"publish gate on the latest {rows} served impressions: mean logloss {new:.5f} (new) vs "
-        f"{old:.5f} (served): "
-        + ("published" if publish else "refused, the served ranker is carried over")
-    )
-    return {
-        "publish": publish,
-        "rows": rows,
-        "served_logloss": old,
-        "new_logloss": new,
-        "served_auc": _mean_auc(served_m),
-        "new_auc": _mean_auc(new_m),
-        "reason": reason,
-    }
 
 
 def refresh_recall(artifacts: Path, version: str, dataset: Dataset, plays: Table) -> dict:
@@ -363,21 +206,3 @@ def retrain_from_log(
         publish_it,
         uploads=read_uploads(event_log),
     )
-
-
-def _mean_logloss(metrics: dict) -> float:
-    return round(float(np.mean([m["logloss"] for m in metrics.values()])), 5)
-
-
-def _mean_auc(metrics: dict) -> float | None:
-    """Mean AUC over the tasks that have both classes (None when none has)."""
-    values = [m["AUC"] for m in metrics.values() if m["AUC"] is not None]
-    return round(float(np.mean(values)), 5) if values else None
-
-
-def _concat(first: Table, second: Table) -> tuple[Table, np.ndarray]:
-    """The two tables (same columns) as one, time-ordered, and the order applied (row i of the
-    result is row order[i] of first-then-second)."""
-    joined = {c: np.concatenate([first[c], second[c].astype(first[c].dtype)]) for c in first}
-    order = np.argsort(joined["ts"], kind="stable")
-    return {c: v[order] for c, v in joined.items()}, order

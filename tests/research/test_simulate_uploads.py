@@ -26,7 +26,7 @@ from research.simulate import (
     simulate,
     summarise,
 )
-from tests.app.test_simulate import wait_until_served
+from tests.research.test_simulate import wait_until_served
 from tests.gateway.conftest import build_bundle, gateway_settings, start_stages
 from training.retrain import Base, RetrainConfig, read_log, retrain
 

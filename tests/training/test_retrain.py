@@ -15,18 +15,11 @@ from cascade.eventlog import EVENTS, IMPRESSIONS
 from cascade.features import FeatureSpec
 from services.rank.export import load_torch
 from services.rank.export import write_component as write_rank
+from services.rank.fine_tune import publish_gate, served_rows
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig
 from tests.gateway.conftest import VERSION, build_bundle, tiny_world
-from training.retrain import (
-    Base,
-    RetrainConfig,
-    RetrainError,
-    publish_gate,
-    read_log,
-    retrain,
-    served_rows,
-)
+from training.retrain import Base, RetrainConfig, RetrainError, read_log, retrain
 
 CONFIG = RetrainConfig(prerank_users=10, prerank_epochs=1)
 MF_SERVED = "mf-served"
@@ -197,7 +190,7 @@ def mf_served(built):
     meta = bundle.load_json("rank", "rank.json")
     spec = FeatureSpec.from_json(bundle.file("rank", "feature_spec.json").read_text())
     base = Base.of(built.dataset)
-    rows = served_rows(bundle, base, spec, base.split.train_interactions, True)
+    rows = served_rows(bundle, base.dataset, base.split, spec, base.split.train_interactions, True)
     example = rows.impressions({k: v[:16] for k, v in base.split.test_impressions.items()})
     assert (example["mf_position"] > 0).any()  # the tiny bundle has an MF model
     writer = BundleWriter(built.artifacts, MF_SERVED)

@@ -26,8 +26,8 @@ from research.simulate import (
     simulate,
     summarise,
 )
-from tests.research.test_simulate import wait_until_served
 from tests.gateway.conftest import build_bundle, gateway_settings, start_stages
+from tests.research.test_simulate import wait_until_served
 from training.retrain import Base, RetrainConfig, read_log, retrain
 
 pytestmark = pytest.mark.timeout(300)

@@ -188,7 +188,7 @@ bench-loop: setup
 		--out results/loop
 	$(BIN)/cascade simulate --data-dir $(DATA) --profile simulated-lift --users 1000 --days 4 \
 		--retrain never --run-dir .cascade/simulate-frozen --out results/loop/no-retrain
-	$(BIN)/python -m app.compare_runs results/loop/simulation.json \
+	$(BIN)/python -m research.compare_runs results/loop/simulation.json \
 		results/loop/no-retrain/simulation.json --out results/loop/retrain_vs_frozen
 
 # The two-sided world (creators react to plays, join and stop; part of the audience values

@@ -102,7 +102,7 @@ def _train(args: argparse.Namespace) -> None:
     parser.add_argument(
         "--event-log",
         help="learn from what the stack served: fold this event log (file:DIR or redis://...) "
-        "into the training data and fine-tune the published bundle from it (app/retrain.py)",
+        "into the training data and fine-tune the published bundle from it (training/retrain.py)",
     )
     parser.add_argument(
         "--profile",
@@ -113,7 +113,7 @@ def _train(args: argparse.Namespace) -> None:
     version = options.version or f"{options.dataset}-{new_version()}"
     training = _training_settings(options.profile or default_profile(options.dataset))
     if options.event_log:
-        from app.retrain import retrain_from_log
+        from training.retrain import retrain_from_log
 
         dataset = load_dataset(options.dataset, options.data_dir)
         report = retrain_from_log(

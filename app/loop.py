@@ -7,9 +7,9 @@ The stack serves exactly the profile `--profile` names (deploy/profiles/NAME.tom
 the caller's environment is refused); the report records its name and sha256, and the arms that
 deviate from it (`explore`) and how.
 With `--retrain daily` (the default) a job folds each simulated day's event log into the training
-data after the day (app/retrain.py), publishes a new bundle into RUN_DIR/artifacts and waits until
-every service hot-reloaded it before the next day starts. `make bench-loop` runs it at the size
-stated in the Makefile.
+data after the day (training/retrain.py), publishes a new bundle into RUN_DIR/artifacts and
+waits until every service hot-reloaded it before the next day starts. `make bench-loop` runs it
+at the size stated in the Makefile.
 """
 
 from __future__ import annotations
@@ -25,8 +25,16 @@ from pathlib import Path
 
 from app import stack
 from app.profiles import train_settings
-from app.retrain import Base, RetrainConfig, read_log, retrain
-from app.simulate import (
+from cascade.artifacts import Bundle, publish
+from cascade.config import SettingsError
+from cascade.data import load_dataset
+from cascade.data.synthetic import SyntheticConfig
+from cascade.profiles import default_profile, load_profile
+from cascade.topology import STAGES
+from gateway.arms import Arm
+from gateway.client import CascadeClient
+from research.loop_report import headline, plot, to_markdown
+from research.simulate import (
     REFERENCE_ARMS,
     GatewayPolicy,
     SimulationConfig,
@@ -35,15 +43,8 @@ from app.simulate import (
     simulate,
     summarise,
 )
-from cascade.artifacts import Bundle, publish
-from cascade.catalog_fold import read_uploads
-from cascade.config import SettingsError
-from cascade.data import load_dataset
-from cascade.data.synthetic import SyntheticConfig
-from cascade.profiles import default_profile, load_profile
-from gateway.arms import Arm
-from gateway.client import CascadeClient
 from services.recall.tables import TableSettings
+from training.daily import DailyRetrain
 
 DATASET = "synthetic"
 # Arms the running gateway serves: the cascade as configured, and `explore` (the cascade with
@@ -89,7 +90,15 @@ def run(args: argparse.Namespace) -> dict:
         ) as running:
             daily = None
             if args.retrain == "daily":
-                daily = DailyRetrain(running, artifacts, dataset, args, retraining)
+                stages = {s: running.address(s) for s in STAGES if running.has(s)}
+                daily = DailyRetrain(
+                    stages,
+                    artifacts,
+                    dataset,
+                    args,
+                    retraining,
+                    wait_logged=lambda: stack.wait_impressions_logged(running),
+                )
             rows = _with_gateway(running.address(), args, dataset, policies, config, world, daily)
     elif served:
         rows = _with_gateway(args.gateway, args, dataset, policies, config, world)
@@ -194,115 +203,6 @@ def _link(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
-class DailyRetrain:
-    """After each simulated day but the last: fold the stack's event log into the training data,
-    publish a new bundle and wait until every service of the stack serves it."""
-
-    def __init__(self, running, artifacts: Path, dataset, args, reports: list[dict]):
-        self.running, self.artifacts, self.args, self.reports = running, artifacts, args, reports
-        self.base = Base.of(dataset)
-        self.log_url = f"file:{args.run_dir / 'eventlog'}"
-        self.config = RetrainConfig(seed=args.seed)
-
-    def __call__(self, day: int) -> None:
-        if day + 1 >= self.args.days:
-            return  # no later day would be served by it
-        stack.wait_impressions_logged(self.running)  # the day's answers are all in the log
-        events, impressions = read_log(self.log_url)
-        version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
-        report = retrain(
-            self.artifacts,
-            self.base,
-            events,
-            impressions,
-            version,
-            self.config,
-            self.args.data_dir,
-            uploads=read_uploads(self.log_url),  # the day's new tracks join the next bundle
-        )
-        started = time.perf_counter()
-        wait_for_version(self.running, self.artifacts / version, timeout_s=600.0)
-        report["reload_seconds"] = round(time.perf_counter() - started, 1)
-        report["after_day"] = day
-        print(f"day {day + 1}: retrained {json.dumps(report)}", flush=True)
-        self.reports.append(report)
-
-
-def wait_for_version(running, folder: Path, timeout_s: float) -> None:
-    """Until every service's log says it serves the bundle in `folder` (cascade/reload.py logs
-    each swap); RuntimeError when one could not load it or the time is up."""
-    version, folder = folder.name, folder.resolve()
-    deadline = time.monotonic() + timeout_s
-    pending = [s for s in running.services if s.name != stack.REDIS]
-    while pending:
-        service = pending[0]
-        text = Path(service.log).read_text(errors="replace")
-        if f"now serving {version} " in text:
-            pending.pop(0)
-            continue
-        if f"could not load the bundle at {folder}" in text:
-            raise RuntimeError(
-                f"{service.name} could not load {folder}:\n{stack.log_tail(service.log)}"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{service.name} still not serving {version} after {timeout_s} s")
-        time.sleep(0.5)
-
-
-def headline(rows: list[dict]) -> dict:
-    """The full cascade vs EASE after the last day and vs its own first day, on expected
-    engagement per impression, and its fraction of the oracle-random gap last day / first day
-    (the world's users use up what suits them best, so even the oracle's raw engagement falls
-    day by day: "rising" is only measurable against that ceiling). Ratio intervals by the delta
-    method from the arms' 95% half-widths (independent sessions)."""
-    by = {(r["arm"], r["day"]): r for r in rows}
-    days = sorted({r["day"] for r in rows})
-    out = {}
-    for name, a, b in (
-        ("cascade_vs_ease_last_day", ("cascade", days[-1]), ("ease", days[-1])),
-        ("cascade_last_vs_first_day", ("cascade", days[-1]), ("cascade", days[0])),
-    ):
-        if a in by and b in by and a != b:
-            out[name] = _ratio(_engagement(by[a]), _engagement(by[b]))
-    last_gap, first_gap = (_gap_closed(by, day) for day in (days[-1], days[0]))
-    if len(days) > 1 and last_gap is not None and first_gap is not None:
-        out["cascade_gap_last_vs_first_day"] = _ratio(last_gap, first_gap)
-    return out
-
-
-def _engagement(row: dict) -> tuple[float, float]:
-    return row["expected_engagement"], row["expected_ci95"]
-
-
-def _ratio(x: tuple[float, float], y: tuple[float, float]) -> dict:
-    """x / y for (value, 95% half-width) pairs."""
-    ratio = x[0] / y[0]
-    relative = ((x[1] / x[0]) ** 2 + (y[1] / y[0]) ** 2) ** 0.5
-    return {"ratio": round(ratio, 4), "ci95": round(ratio * relative, 4)}
-
-
-def _gap_closed(by: dict, day: int) -> tuple[float, float] | None:
-    """(the cascade's fraction of the oracle-random gap, its 95% half-width) on one day."""
-    if not all((arm, day) in by for arm in ("cascade", "oracle", "random")):
-        return None
-    (c, dc), (o, do), (r, dr) = (
-        _engagement(by[arm, day]) for arm in ("cascade", "oracle", "random")
-    )
-    gap = (c - r) / (o - r)
-    return gap, (dc**2 + (gap * do) ** 2 + ((1 - gap) * dr) ** 2) ** 0.5 / (o - r)
-
-
-def per_day_vs_ease(rows: list[dict]) -> list[dict]:
-    """cascade / EASE on each simulated day (expected engagement, delta-method interval)."""
-    by = {(r["arm"], r["day"]): r for r in rows}
-    days = sorted({r["day"] for r in rows})
-    return [
-        {"day": day, **_ratio(_engagement(by["cascade", day]), _engagement(by["ease", day]))}
-        for day in days
-        if ("cascade", day) in by and ("ease", day) in by
-    ]
-
-
 def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
     with CascadeClient(address, token=args.token, timeout_s=5.0) as client:
         # With the explore arm the gateway's arms mirror the simulation's; the first gateway arm
@@ -318,159 +218,6 @@ def _with_gateway(address, args, dataset, policies, config, world, on_day_end=No
     if rejected:
         print(f"warning: the gateway rejected {rejected} simulated events")
     return rows
-
-
-def to_markdown(report: dict) -> str:
-    config = report["config"]
-    lines = [
-        "# The simulated world against the arms (ground-truth engagement)",
-        "",
-        f"{config['users']} simulated users of the synthetic world over {config['days']} "
-        f"simulated days ({config['sessions_per_day']} sessions per user-day on average), pages "
-        f"of 10, arms by salted hash of the user id; world {config.get('world_hash', '-')}; "
-        f"uploads per simulated day: {config.get('uploads_per_day') or 'as the world decides'}, "
-        f"P(unfollow) {config.get('unfollow_per_day', 0)} per user-day; "
-        + profile_words(report.get("profile"))
-        + f"{report['seconds']} s.",
-        "",
-        "Engagement per impression: play + complete + 2 like + 3 share (expected: the truth's "
-        "probabilities at the shown position; realised: the events drawn). 95% intervals over "
-        "sessions. Gap closed: (arm - random) / (oracle - random) on expected engagement.",
-        "",
-        "| day | arm | impressions | expected | ± | realised | ± | gap closed | coverage "
-        "| creator Gini | fresh (<1 day) |",
-        "|---" * 11 + "|",
-    ]
-    for row in report["rows"]:
-        gap = row.get("oracle_gap_closed")
-        lines.append(
-            f"| {row['day']} | {row['arm']} | {row['impressions']} "
-            f"| {row['expected_engagement']:.4f} | {row['expected_ci95']:.4f} "
-            f"| {row['realised_engagement']:.4f} | {row['realised_ci95']:.4f} "
-            f"| {'-' if gap is None else f'{gap:.3f}'} | {row['coverage']:.4f} "
-            f"| {row['creator_gini']:.3f} | {row['fresh_share']:.3f} |"
-        )
-    names = {
-        "cascade_vs_ease_last_day": "cascade / EASE, last day",
-        "cascade_last_vs_first_day": "cascade, last day / first day",
-        "cascade_gap_last_vs_first_day": "cascade's fraction of the oracle-random gap, "
-        "last day / first day",
-    }
-    if report.get("headline"):
-        lines += ["", "| headline (expected engagement) | ratio | ± (95%) |", "|---|---|---|"]
-        for key, value in report["headline"].items():
-            lines.append(f"| {names[key]} | {value['ratio']:.3f} | {value['ci95']:.3f} |")
-    if by_day := per_day_vs_ease(report["rows"]):
-        lines += ["", "| day | cascade / EASE | ± (95%) |", "|---|---|---|"]
-        lines += [f"| {r['day']} | {r['ratio']:.3f} | {r['ci95']:.3f} |" for r in by_day]
-    lines += exploration_lines(report)
-    if report.get("retraining"):
-        lines += [
-            "",
-            f"Retraining ({config.get('retrain')}): after each day but the last, the event log "
-            "folded into a new bundle (app/retrain.py) that every service hot-reloaded before "
-            "the next day.",
-            "",
-            "Publish gate: the served ranker and the fine-tuned one, mean logloss on the latest "
-            "served impressions (held out of the fine-tune; observed outcomes only).",
-            "",
-            "| after day | bundle | served impressions | plays heard | rank logloss before "
-            "| after | gate: served | gate: new | ranker | job s | reload s |",
-            "|---" * 11 + "|",
-        ]
-        for job in report["retraining"]:
-            rank = job["rank"]
-            gate = rank.get("gate", {})
-            shipped = "-" if not gate else "fine-tuned" if gate["publish"] else "kept"
-            lines.append(
-                f"| {job['after_day']} | {job['version']} | {job['served_impressions']} "
-                f"| {job['plays_heard']} | {rank['validation_logloss_before']:.4f} "
-                f"| {rank['validation_logloss_after']:.4f} "
-                f"| {gate.get('served_logloss', '-')} | {gate.get('new_logloss', '-')} "
-                f"| {shipped} | {job['seconds']} | {job['reload_seconds']} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def profile_words(profile: dict | None) -> str:
-    """What the cascade arms served, in words: the profile, its hash and each deviating arm."""
-    if not profile or not profile.get("name"):
-        return ""
-    arms = "".join(
-        f"; arm {name} deviates from it by {json.dumps(overrides)}"
-        for name, overrides in profile.get("arms", {}).items()
-    )
-    return (
-        f"the cascade serves profile {profile['name']} (`cascade up --profile {profile['name']}`, "
-        f"{profile['file']}, sha256 {profile['sha256'][:12]}){arms}; "
-    )
-
-
-def exploration_lines(report: dict) -> list[str]:
-    """The explore arm against the cascade, per day: explored and fresh shares, the organic
-    slots' fresh and upload shares (do uploads come to win slots of their own once the retrain
-    has their plays?), and expected engagement with the ratio's 95% interval (delta method)."""
-    by = {(row["arm"], row["day"]): row for row in report["rows"]}
-    days = sorted({row["day"] for row in report["rows"] if row["arm"] == "explore"})
-    if not days:
-        return []
-    lines = [
-        "",
-        f"Exploration: arm explore = cascade with {report['config'].get('explore')} (the same "
-        "gateway and bundle; gateway/explore.py). Explored: share of impressions in explored "
-        "slots; organic: the other slots; uploads: any track uploaded during the run.",
-        "",
-        "| day | arm | explored | fresh (<1 day) | organic fresh | organic uploads | expected "
-        "| ± | explored slots' expected | explore / cascade | ± (95%) |",
-        "|---" * 11 + "|",
-    ]
-    for day in days:
-        for arm in ("cascade", "explore"):
-            row = by.get((arm, day))
-            if row is None:
-                continue
-            ratio = "-", "-"
-            base = by.get(("cascade", day))
-            if arm == "explore" and base is not None:
-                value = row["expected_engagement"] / base["expected_engagement"]
-                relative = (
-                    (row["expected_ci95"] / row["expected_engagement"]) ** 2
-                    + (base["expected_ci95"] / base["expected_engagement"]) ** 2
-                ) ** 0.5
-                ratio = f"{value:.3f}", f"{value * relative:.3f}"
-            explored = row.get("explored_expected")
-            lines.append(
-                f"| {day} | {arm} | {row.get('explored_share', 0.0):.3f} "
-                f"| {row['fresh_share']:.3f} | {row['organic_fresh_share']:.3f} "
-                f"| {row.get('organic_upload_share', 0.0):.4f} "
-                f"| {row['expected_engagement']:.4f} | {row['expected_ci95']:.4f} "
-                f"| {'-' if explored is None else f'{explored:.4f}'} | {ratio[0]} | {ratio[1]} |"
-            )
-    return lines
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for arm in dict.fromkeys(row["arm"] for row in report["rows"]):
-        rows = [row for row in report["rows"] if row["arm"] == arm]
-        axis.errorbar(
-            [r["day"] + 1 for r in rows],
-            [r["expected_engagement"] for r in rows],
-            yerr=[r["expected_ci95"] for r in rows],
-            label=arm,
-            marker="o",
-            capsize=3,
-        )
-    axis.set_xlabel("simulated day")
-    axis.set_ylabel("expected engagement per impression")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -548,7 +295,8 @@ def arguments() -> argparse.ArgumentParser:
         choices=("daily", "never"),
         default="daily",
         help="daily: after each simulated day, retrain the cascade from its event log and "
-        "hot-reload the new bundle (app/retrain.py); never: serve the starting bundle throughout",
+        "hot-reload the new bundle (training/retrain.py); never: serve the starting bundle "
+        "throughout",
     )
     parser.add_argument(
         "--profile",

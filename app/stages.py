@@ -28,5 +28,5 @@ EVALUATE_MODULES = {
     "rank": "services.rank.evaluate",
     "rank-seeds": "services.rank.evaluate_seeds",
     "rerank": "services.rerank.evaluate",
-    "cascade": "app.evaluation_e2e",
+    "cascade": "app.eval_cascade",
 }

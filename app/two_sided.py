@@ -28,14 +28,21 @@ from app.loop import (
     DATASET,
     GATEWAY_ARMS,
     HARNESS,
-    DailyRetrain,
-    _ratio,
     arguments,
     gateway_arms,
     serving_copy,
 )
 from app.profiles import train_settings
-from app.simulate import (
+from cascade.config import SettingsError
+from cascade.data import load_dataset
+from cascade.data.schema import Dataset
+from cascade.data.synthetic import DAY, SyntheticConfig, exposure_target
+from cascade.profiles import load_profile
+from cascade.topology import STAGES
+from gateway.arms import Arm
+from gateway.client import CascadeClient
+from research.loop_report import _ratio
+from research.simulate import (
     REFERENCE_ARMS,
     GatewayPolicy,
     SimulationConfig,
@@ -43,14 +50,8 @@ from app.simulate import (
     reference_policy,
     simulate,
 )
-from app.two_sided_metrics import day_metrics, gap_closed
-from cascade.config import SettingsError
-from cascade.data import load_dataset
-from cascade.data.schema import Dataset
-from cascade.data.synthetic import DAY, SyntheticConfig, exposure_target
-from cascade.profiles import load_profile
-from gateway.arms import Arm
-from gateway.client import CascadeClient
+from research.two_sided_metrics import day_metrics, gap_closed
+from training.daily import DailyRetrain
 
 WORLDS = {"two-sided": False, "neutral": True}  # name: neutral?
 
@@ -188,7 +189,15 @@ def _served(
     ) as running:
         daily = None
         if args.retrain == "daily":
-            daily = DailyRetrain(running, artifacts, dataset, ns, retraining)
+            stages = {s: running.address(s) for s in STAGES if running.has(s)}
+            daily = DailyRetrain(
+                stages,
+                artifacts,
+                dataset,
+                ns,
+                retraining,
+                wait_logged=lambda: stack.wait_impressions_logged(running),
+            )
         with CascadeClient(running.address(), timeout_s=5.0) as client:
             gateway = GatewayPolicy(client, arm if arm == "explore" else "")
             return simulate(dataset, {arm: gateway}, config, lambda d: timed(d, daily), world, ckpt)
@@ -283,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     report["label"] = args.label
     report["wall_seconds_this_process"] = round(time.perf_counter() - started, 1)
     report["users_for_ci_0.08"] = users_for_interval(report)
-    from app.two_sided_report import plot, to_markdown
+    from research.two_sided_report import plot, to_markdown
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "simulation.json").write_text(json.dumps(report, indent=2))

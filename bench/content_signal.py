@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.simulate import World
 from cascade.data import load_dataset
+from research.simulate import World
 
 
 def page_engagement(world: World, user: int, scores: np.ndarray, played: set[int]) -> float:

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app import loop
-from app.compare_runs import compare
 from cascade.artifacts import Bundle, clone, publish
+from research.compare_runs import compare
 
 ARMS = ("cascade", "random", "oracle")
 

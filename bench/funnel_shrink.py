@@ -1,6 +1,6 @@
 """The quality cost of each funnel size the gateway shrinks to under load, measured offline.
 
-Every test user of the per-user temporal split (app/evaluation_e2e.py's protocol) asks the
+Every test user of the per-user temporal split (research/evaluation_e2e.py's protocol) asks the
 real gateway for a page once per quality level q, through the header that lowers q for one call
 (gateway/admission.py: the same `shrink` the load controller uses). Each level's pages are scored
 like the e2e evaluation (NDCG@10, Recall@20) next to its funnel sizes, latency and CPU per request.
@@ -21,13 +21,13 @@ import grpc
 import numpy as np
 
 from app import stack
-from app.evaluation_e2e import K, Protocol, _page
 from bench.load import cpu_seconds
 from cascade.data import load_dataset
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.admission import QUALITY_KEY, shrink
 from gateway.pipeline import Funnel
-from gateway.server import GatewaySettings
+from gateway.settings import GatewaySettings
+from research.evaluation_e2e import K, Protocol, _page
 
 
 def measure_level(running: stack.Stack, protocol: Protocol, q: float) -> dict:

@@ -1,7 +1,7 @@
 """Recall's channel quotas and the gateway's funnel sizes, tuned on the world's truth offline.
 
 Each configuration (service settings as the environment variables the services read) gets its own
-stack on the synthetic bundle; every user of the validation split (app/evaluation_e2e.py: users
+stack on the synthetic bundle; every user of the validation split (research/evaluation_e2e.py: users
 disjoint from the headline's test samples and from the simulated loop's users) asks the gateway
 once for a page of 10, as the loop does. A page is scored by the truth's expected engagement per
 impression of its 10 slots; each configuration is paired per user against the default (bootstrap
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from app import stack
-from app.evaluation_e2e import (
+from cascade.data import load_dataset
+from cascade.profiles import DEFAULT, evaluation_profile, load_profile
+from research.evaluation_e2e import (
     EVALUATION_PROFILE,
     TRUTH,
     baseline_pages,
@@ -32,9 +34,7 @@ from app.evaluation_e2e import (
     paired_difference,
     true_engagement,
 )
-from app.simulate import World
-from cascade.data import load_dataset
-from cascade.profiles import DEFAULT, evaluation_profile, load_profile
+from research.simulate import World
 from services.recall.server import RecallSettings
 
 PAGE = 10  # the loop's page: what a simulated user is served

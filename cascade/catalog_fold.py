@@ -1,6 +1,6 @@
 """Folds the living catalogue (items uploaded while serving, on the event log) into training data.
 
-The retrain job (app/retrain.py) builds the next bundle on the dataset plus these items, so its
+The retrain job (training/retrain.py) builds the next bundle on the dataset plus these items, so its
 recall tables (fresh, creator and category indexes, follows, co-occurrence, trending, MF) hold the
 uploads and their plays, and the ranker's examples on them carry their creator, categories and
 age. The feature spec stays the published one: an uploaded id is out of the models' vocabulary

@@ -25,7 +25,7 @@ from cascade.candidates import CHANNELS, channels_of
 from cascade.client import field_violations
 from cascade.data import DataError, load_dataset
 from gateway.client import EVENT_TYPES, CascadeClient
-from gateway.server import GatewaySettings
+from gateway.settings import GatewaySettings
 
 INT64_MAX = 2**63 - 1  # ids are int64 on the wire
 TOKEN_ENV = "CASCADE_GATEWAY_API_TOKEN"

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -39,8 +39,16 @@ from cascade.v1 import (
 )
 from gateway.explore import LAST_SLOTS, ExploredMemory, explore_page, explores
 
-if TYPE_CHECKING:
-    from gateway.replicas import ReplicaPool
+
+class StagePool(Protocol):
+    """A stage's replicas as the funnel uses them (gateway/transport.py: gRPC or in process):
+    `pick` one (None: none may be called), call `replica.stub(stub_class).Method(request,
+    timeout=...)`, then `record` the outcome."""
+
+    def pick(self, exclude: Any = None) -> Any: ...
+
+    def record(self, replica: Any, ok: bool | None) -> None: ...
+
 
 STAGES = topology.STAGES  # the order a request crosses them
 # Each stage's stub and its one RPC, called on the replica a ReplicaPool picks.
@@ -267,7 +275,7 @@ class Cascade:
 
     def __init__(
         self,
-        pools: dict[str, ReplicaPool],
+        pools: dict[str, StagePool],
         funnel: Funnel,
         popular: np.ndarray,
         creators: np.ndarray,
@@ -297,6 +305,7 @@ class Cascade:
         funnel: Funnel | None = None,
         request_id: str = "",
         metadata: tuple[tuple[str, str], ...] = (),
+        stop_after: str = STAGES[-1],
     ) -> gateway_pb2.RecommendResponse:
         """One Recommend; `served`, when given, receives each stage's list and model version.
         The local fallbacks drop what the user has seen: the request's recent ids, the user's
@@ -304,7 +313,11 @@ class Cascade:
         `funnel` (a smaller one under load, gateway/admission.py) replaces the configured cuts
         for this call. With the funnel's explore_slots, `request_id` decides whether this
         request explores; the response's explored_positions say which slots did. `metadata` goes
-        with every stage call (the shadow arm's marks its calls as shadow traffic)."""
+        with every stage call (the shadow arm's marks its calls as shadow traffic). `stop_after`
+        names the last stage called: the page is that stage's list (the evaluation's per-stage
+        cuts; exploration runs only on a whole funnel)."""
+        if stop_after not in STAGES:
+            raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
         response = gateway_pb2.RecommendResponse()
         funnel = self.funnel if funnel is None else funnel
         served = Served() if served is None else served
@@ -327,45 +340,14 @@ class Cascade:
 
         # Lists pass from one stage's reply to the next request as messages (a C++ copy): the
         # gateway decodes them into arrays only when a fallback needs them.
-        recall_request = recall_pb2.RecallRequest(
-            user=user, count=funnel.recall_count, channel_quotas=dict(funnel.channel_quotas)
-        )
-        candidates = stage("recall", recall_request, lambda: self._popular(seen()), None)
-        prerank_request = prerank_pb2.PrerankRequest(
-            user=user, count=funnel.prerank_count, candidates=candidates
-        )
-        candidates = stage(
-            "prerank",
-            prerank_request,
-            lambda c=candidates: from_proto(c).take(slice(0, funnel.prerank_count)),
-            candidates,
-        )
-        rank_request = rank_pb2.RankRequest(
-            user=user, count=funnel.rank_count, candidates=candidates
-        )
-        candidates = stage(
-            "rank",
-            rank_request,
-            lambda c=candidates: from_proto(c).take(slice(0, funnel.rank_count)),
-            candidates,
-        )
-        rerank_request = rerank_pb2.RerankRequest(
-            user=user,
-            count=count,
-            candidates=candidates,
-            method=RERANK_METHODS.get(
-                funnel.rerank_method, rerank_pb2.DIVERSITY_METHOD_UNSPECIFIED
-            ),
-            trade_off=funnel.rerank_trade_off,
-        )
-        candidates = stage(
-            "rerank",
-            rerank_request,
-            lambda c=candidates: self._local_rerank(from_proto(c), seen(), count),
-            candidates,
-        )
+        candidates: common_pb2.CandidateList | None = None
+        for name in STAGES[: STAGES.index(stop_after) + 1]:
+            request, fallback = self._request(name, user, count, funnel, candidates, seen)
+            candidates = stage(name, request, fallback, candidates)
+        assert candidates is not None  # STAGES is never empty
         page = from_proto(candidates).take(slice(0, count))
-        if funnel.explore_slots and explores(request_id, funnel.explore_rate):
+        explore = stop_after == STAGES[-1] and funnel.explore_slots
+        if explore and explores(request_id, funnel.explore_rate):
             page, served.explore_eligible = explore_page(
                 response,
                 page,
@@ -385,6 +367,46 @@ class Cascade:
         if not debug:
             del response.trace[:]
         return response
+
+    def _request(
+        self,
+        name: str,
+        user: common_pb2.UserContext,
+        count: int,
+        funnel: Funnel,
+        candidates: common_pb2.CandidateList | None,
+        seen: Callable[[], np.ndarray],
+    ) -> tuple[object, Callable[[], Candidates]]:
+        """Stage `name`'s request for the list `candidates` the previous stage answered, and
+        the fallback that answers in its place."""
+        if name == "recall":
+            recall_request = recall_pb2.RecallRequest(
+                user=user, count=funnel.recall_count, channel_quotas=dict(funnel.channel_quotas)
+            )
+            return recall_request, lambda: self._popular(seen())
+        assert candidates is not None
+        if name == "prerank":
+            prerank_request = prerank_pb2.PrerankRequest(
+                user=user, count=funnel.prerank_count, candidates=candidates
+            )
+            return prerank_request, lambda: from_proto(candidates).take(
+                slice(0, funnel.prerank_count)
+            )
+        if name == "rank":
+            rank_request = rank_pb2.RankRequest(
+                user=user, count=funnel.rank_count, candidates=candidates
+            )
+            return rank_request, lambda: from_proto(candidates).take(slice(0, funnel.rank_count))
+        rerank_request = rerank_pb2.RerankRequest(
+            user=user,
+            count=count,
+            candidates=candidates,
+            method=RERANK_METHODS.get(
+                funnel.rerank_method, rerank_pb2.DIVERSITY_METHOD_UNSPECIFIED
+            ),
+            trade_off=funnel.rerank_trade_off,
+        )
+        return rerank_request, lambda: self._local_rerank(from_proto(candidates), seen(), count)
 
     def _stage(
         self,

@@ -20,8 +20,6 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -29,31 +27,26 @@ import numpy as np
 import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
-from cascade.artifacts import ArtifactError, Bundle
 from cascade.backends import open_event_log
-from cascade.client import ClientSettings
-from cascade.config import Secret
-from cascade.data import load_dataset
-from cascade.data.split import split_dataset
-from cascade.eventlog import EVENTS, EventLogError, LogSettings
+from cascade.eventlog import EVENTS, EventLogError
 from cascade.events import EVENT_NAMES, check_events
-from cascade.feature_store import StoreLimits, check_store_setting
-from cascade.features import build_spec
 from cascade.ids import IdSpaceFull
-from cascade.server import ServerSettings, StageServer, invalid_argument, resource_exhausted
+from cascade.server import StageServer, invalid_argument, resource_exhausted
 from cascade.telemetry import set_model_info
-from cascade.topology import spec
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
-from gateway.admission import Admission, AdmissionSettings, mark_shrunk, shrink
+from gateway.admission import Admission, mark_shrunk, shrink
 from gateway.arms import assign, parse_arms
 from gateway.auth import TokenAuth
+from gateway.catalog import Catalog, load_catalog
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
 from gateway.online import OnlineEvents
-from gateway.pipeline import STAGES, Budget, Cascade, Funnel, GatewayMetrics, Served
-from gateway.replicas import PICKS, ReplicaMetrics, ReplicaPool, channel_factory
+from gateway.pipeline import Budget, GatewayMetrics, Served
+from gateway.replicas import ReplicaMetrics
 from gateway.request_time import caller_time_ms
+from gateway.settings import GatewaySettings
 from gateway.shadow import Shadow
+from gateway.transport import new_cascade, stage_pools
 from gateway.uploads import CatalogUpdates
 from gateway.uploads import restore as restore_uploads
 
@@ -62,266 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STAGE = "gateway"
-CLOCKS = ("data", "wall", "caller")  # the `clock` setting
 NO_ARM = "none"  # the arm label of answers when no arms are configured
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    server: ServerSettings = field(
-        # The gateway mostly waits on its stages: 16 threads keep a paused stage (each call
-        # waiting out its budget) from starving requests that could be answered.
-        default_factory=lambda: ServerSettings.of(
-            "gateway", max_message_bytes=1024 * 1024, max_workers=16
-        )
-    )
-    # A stage's replicas: host:port, a comma list of them, or a DNS name resolved to all its
-    # addresses (dns:///rank.cascade.svc.cluster.local:50053, a headless Service).
-    recall_target: str = spec("recall").target
-    prerank_target: str = spec("prerank").target
-    rank_target: str = spec("rank").target
-    rerank_target: str = spec("rerank").target
-    resolve_interval_s: float = 10.0  # resolve the targets again (new pods, gone ones)
-    probe_timeout_s: float = 0.25  # health check of an ejected replica before taking it back
-    replica_pick: str = "least_in_flight"  # or "round_robin" (blind to a hung replica's queue)
-    # Mutual TLS to the stages: their CA, and the gateway's client certificate (CN
-    # cascade-gateway, the one caller the stages accept). Without: plaintext.
-    stage_tls_ca: Path | None = None
-    stage_tls_cert: Path | None = None
-    stage_tls_key: Path | None = None
-    stage_token: Secret = Secret("")  # without mutual TLS: the stages' caller token
-    artifacts: Path = Path("artifacts")  # where bundles live
-    bundle: str = "current"  # the bundle under artifacts/ it serves (its fallbacks, catalog)
-    data_dir: Path = Path("data")  # where datasets live: the bundle's own is read
-    recall_count: int = 2000  # the funnel: recall -> prerank -> rank -> count
-    prerank_count: int = 500  # candidates pre-rank keeps for rank
-    # Rank keeps 50 for rerank: 100 served less true engagement on the synthetic world's
-    # validation users (`make bench-funnel-tuning`, results/cascade/funnel_tuning.md).
-    rank_count: int = 50
-    default_count: int = 10  # when the request's count is 0
-    max_count: int = 100  # a larger request count is INVALID_ARGUMENT
-    default_deadline_s: float = 0.25  # the budget when the client sets no deadline
-    max_deadline_s: float = 2.0  # a longer client deadline is cut to this
-    safety_margin_s: float = 0.01  # kept back for answering; at most a fifth of the budget
-    # Shares of the budget per stage (what is left is re-split among the stages still to run).
-    recall_share: float = 0.3
-    prerank_share: float = 0.15
-    rank_share: float = 0.4
-    rerank_share: float = 0.15
-    max_per_creator: int = 2  # creator cap of the local rerank fallback (rerank's own default)
-    breaker_failures: int = 3  # a replica failing this often in a row is ejected; 0 = never
-    breaker_cooldown_s: float = 0.5  # ... for this long, then a health check probes it
-    max_context_chars: int = 64  # platform, locale, surface
-    max_extras: int = 16  # context.extras entries
-    max_extra_chars: int = 256  # per extras key and value
-    max_feedback_events: int = 1000  # larger Feedback batches are INVALID_ARGUMENT
-    record_timeout_s: float = 0.2  # forwarding Feedback to recall
-    max_online_users: int = 100_000  # users whose online events the gateway remembers
-    # The event log: file:DIR (embedded, segmented files) or redis://HOST:PORT/DB (shared).
-    event_log: str = "file:state/eventlog"
-    log: LogSettings = field(default_factory=LogSettings)  # fsync policy, segments, dedup window
-    impression_queue: int = 10_000  # answers waiting for the impression writer; beyond: dropped
-    # The writer waits this long after an answer for more to share its frame (fewer, larger
-    # appends: `python -m bench.gateway_path`); the records are never on the answer's path.
-    impression_linger_s: float = 0.05
-    new_user_capacity: int = 1_000_000  # users first seen online, beyond the dataset's own
-    new_item_capacity: int = 1_000_000  # items uploaded online (AddItems), beyond the dataset's
-    api_token: Secret = Secret("")  # empty: auth off (local demo); else callers must send it
-    # Refuse to start without api_token (compose and Kubernetes set it: auth off must be said).
-    require_api_token: bool = False
-    # The request time the gateway stamps once per request (and on events sent with time 0):
-    # "wall" = now; "data" = the bundle's training log end + the gateway's uptime, for the
-    # replayed datasets (ml-100k, synthetic), as recall's own "data" clock; "caller" = the time
-    # the caller sends (gateway/request_time.py: simulations, replays), else "data".
-    clock: str = "data"
-    # The online store: "memory" (each stage its own; Feedback goes to recall's Record) or
-    # "redis://host:port/db" (shared by every replica; the gateway writes each event once).
-    store: str = "memory"
-    store_limits: StoreLimits = field(default_factory=StoreLimits)
-    # Experiment arms (gateway/arms.py): a JSON list of {"name", "share", "overrides"}; a user's
-    # arm is sha256(arm_salt:user key) against the shares. "" = no arms.
-    arms: str = ""
-    arm_salt: str = "cascade"
-    # One of the arms' names: its ranking of every other arm's requests is logged, never shown
-    # (gateway/shadow.py). "" = no shadow.
-    shadow_arm: str = ""
-    # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
-    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
-
-    def __post_init__(self) -> None:
-        check_store_setting(self.store)
-        arm_names = [arm.name for arm in parse_arms(self.arms)]  # ValueError names the problem
-        if self.shadow_arm and self.shadow_arm not in arm_names:
-            raise ValueError(f"shadow_arm {self.shadow_arm!r} is not one of the arms {arm_names}")
-        for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
-            object.__setattr__(self, name, Secret(getattr(self, name)))
-        if not 0 < self.default_count <= self.max_count:
-            raise ValueError("need 0 < default_count <= max_count")
-        if min(self.recall_count, self.prerank_count, self.rank_count) < 1:
-            raise ValueError("recall_count, prerank_count and rank_count must be >= 1")
-        if not 0 < self.default_deadline_s <= self.max_deadline_s:
-            raise ValueError("need 0 < default_deadline_s <= max_deadline_s")
-        if min(self.shares().values()) <= 0:
-            raise ValueError("every stage share must be > 0")
-        if self.safety_margin_s < 0 or self.record_timeout_s <= 0:
-            raise ValueError("safety_margin_s must be >= 0 and record_timeout_s > 0")
-        if self.clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
-        if min(self.new_user_capacity, self.new_item_capacity) < 0 or self.impression_queue < 1:
-            raise ValueError(
-                "new_user_capacity and new_item_capacity must be >= 0, impression_queue >= 1"
-            )
-        if not 0 <= self.impression_linger_s <= 1:
-            raise ValueError("impression_linger_s must be between 0 and 1 (seconds)")
-        if self.breaker_failures < 0 or self.breaker_cooldown_s <= 0:
-            raise ValueError("breaker_failures must be >= 0 and breaker_cooldown_s > 0")
-        if self.require_api_token and not self.api_token:
-            raise ValueError(
-                "no API token: set CASCADE_GATEWAY_API_TOKEN, or set "
-                "CASCADE_GATEWAY_REQUIRE_API_TOKEN=false to run without authentication"
-            )
-        if self.replica_pick not in PICKS:
-            raise ValueError(f"replica_pick must be one of {PICKS}, got {self.replica_pick!r}")
-        if self.resolve_interval_s <= 0 or self.probe_timeout_s <= 0:
-            raise ValueError("resolve_interval_s and probe_timeout_s must be > 0")
-        if (self.stage_tls_cert is None) != (self.stage_tls_key is None):
-            raise ValueError("stage_tls_cert and stage_tls_key go together")
-        if self.stage_tls_cert is not None and self.stage_tls_ca is None:
-            raise ValueError("stage_tls_cert (mutual TLS to the stages) needs stage_tls_ca")
-
-    def stage_client(self) -> ClientSettings:
-        """How the gateway dials a stage replica (its deadline is always the call's own)."""
-        return ClientSettings(
-            timeout_s=self.max_deadline_s,
-            tls_ca=self.stage_tls_ca,
-            tls_cert=self.stage_tls_cert,
-            tls_key=self.stage_tls_key,
-            caller_token=self.stage_token,
-        )
-
-    def stage_security(self) -> str:
-        if self.stage_tls_cert is not None:
-            return "mutual TLS"
-        if self.stage_tls_ca is not None:
-            return "TLS"
-        return "plaintext" + (" with caller token" if self.stage_token else "")
-
-    def shares(self) -> dict[str, float]:
-        return {stage: getattr(self, f"{stage}_share") for stage in STAGES}
-
-    def targets(self) -> dict[str, str]:
-        return {stage: getattr(self, f"{stage}_target") for stage in STAGES}
-
-
-class UserItems:
-    """Each user's items from an interaction log as CSR (sorted per user): the fallbacks filter
-    them, so a degraded answer never serves what the user already consumed."""
-
-    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, n_users: int):
-        order = np.lexsort((item_ids, user_ids))
-        self.items = np.asarray(item_ids, dtype=np.int64)[order]
-        self.ptr = np.searchsorted(np.asarray(user_ids)[order], np.arange(n_users + 2))
-
-    def of(self, user_id: int) -> np.ndarray:
-        if not 0 < user_id < len(self.ptr) - 1:
-            return np.empty(0, dtype=np.int64)
-        return self.items[self.ptr[user_id] : self.ptr[user_id + 1]]
-
-
-@dataclass
-class Catalog:
-    """What the gateway knows of the items: which exist, their creators, the popular ones."""
-
-    known: np.ndarray  # (n_items + 1,) bool by item id
-    creators: np.ndarray  # (n_items + 1,) int64 creator id by item id
-    popular: np.ndarray  # item ids, most popular first
-    history_length: int
-    version: str = ""  # the bundle's (cascade_model_info)
-    dataset: str = ""
-    ids: GatewayIds | None = None  # external user and item ids <-> dense ids (gateway/ids.py)
-    as_of_s: int = 0  # the training log's last time (the "data" clock starts there)
-    history: UserItems | None = None  # what each user consumed in the training log
-    n_categories: int = 0  # category ids are 1..n_categories-1 (uploads are checked against it)
-    # (n_items + 1,) upload time (s) by item id, 0 = unknown (exploration's "recent upload").
-    uploaded: np.ndarray | None = None
-
-    def consumed(self, user_id: int) -> np.ndarray:
-        """The user's logged items (empty for unknown users or without a history)."""
-        if self.history is None:
-            return np.empty(0, dtype=np.int64)
-        return self.history.of(user_id)
-
-    def known_items(self, item_ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(item_ids, dtype=np.int64)
-        known = self.known
-        inside = (ids > 0) & (ids < len(known))
-        return inside & known[np.where(inside, ids, 0)]
-
-    def add(
-        self, item_ids: np.ndarray, creator_ids: np.ndarray, upload_s: np.ndarray | None = None
-    ) -> None:
-        """Uploaded items (AddItems): the arrays are replaced whole, grown to the largest id."""
-        if not len(item_ids):
-            return
-        n = max(len(self.known), int(np.max(item_ids)) + 1)
-        known, creators = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
-        uploaded = np.zeros(n, dtype=np.int64)
-        known[: len(self.known)], creators[: len(self.creators)] = self.known, self.creators
-        if self.uploaded is not None:
-            uploaded[: len(self.uploaded)] = self.uploaded
-        known[item_ids], creators[item_ids] = True, creator_ids
-        if upload_s is not None:
-            uploaded[item_ids] = upload_s
-        self.creators, self.known, self.uploaded = creators, known, uploaded
-
-
-def load_catalog(settings: GatewaySettings) -> Catalog:
-    """The bundle's dataset and the popular cache (recall's trending table, or play counts of the
-    training period when the bundle has none)."""
-    bundle = Bundle.open(settings.artifacts, settings.bundle)
-    dataset = load_dataset(bundle.component("recall")["dataset"], settings.data_dir)
-    items = dataset.items
-    known = np.zeros(dataset.n_items + 1, dtype=bool)
-    known[items["item_id"]] = True
-    creators = np.zeros(dataset.n_items + 1, dtype=np.int64)
-    creators[items["item_id"]] = items["creator_id"]
-    uploaded = np.zeros(dataset.n_items + 1, dtype=np.int64)
-    uploaded[items["item_id"]] = items["upload_ts"]
-    train = split_dataset(dataset).train_interactions
-    as_of = int(train["ts"].max()) if len(train["ts"]) else 0
-    try:
-        cache = bundle.load_npz("recall", "popular.npz")
-        popular = cache["item_ids"]
-        as_of = int(cache["as_of"]) if "as_of" in cache else as_of
-    except (ArtifactError, KeyError):
-        plays = train["item_id"]
-        counts = np.bincount(plays, minlength=len(known))
-        popular = np.flatnonzero(counts)[np.argsort(-counts[counts > 0], kind="stable")]
-    popular = np.asarray(popular, dtype=np.int64)[: settings.recall_count]
-    ids = GatewayIds.for_dataset(
-        settings.data_dir,
-        dataset.name,
-        len(dataset.users["user_id"]),
-        len(items["item_id"]),
-        settings.new_user_capacity,
-        settings.new_item_capacity,
-    )
-    history = UserItems(train["user_id"], train["item_id"], dataset.n_users)
-    spec = build_spec(dataset)
-    return Catalog(
-        known,
-        creators,
-        popular,
-        spec.history_length,
-        bundle.version,
-        dataset.name,
-        ids,
-        as_of,
-        history,
-        len(dataset.meta["categories"]),
-        uploaded,
-    )
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -377,53 +112,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             record_shown,
             settings.impression_linger_s,
         )
-        # One channel per stage replica (gateway/replicas.py). Stage calls retry UNAVAILABLE
-        # inside their deadline (all are idempotent); Record is not retried (a duplicate would
-        # count an event twice), so it gets its own channel per recall replica.
-        client = settings.stage_client()
+        # One channel per stage replica (gateway/replicas.py); Record is not retried (a
+        # duplicate would count an event twice), so it gets its own channel per recall replica.
         replica_metrics = ReplicaMetrics(registry)
-
-        def pool(stage: str, target: str, retry_methods=None) -> ReplicaPool:
-            return ReplicaPool(
-                stage,
-                target,
-                channel_factory(client, retry_methods),
-                settings.breaker_failures,
-                settings.breaker_cooldown_s,
-                replica_metrics,
-                settings.resolve_interval_s,
-                settings.probe_timeout_s,
-                settings.replica_pick,
-                [
-                    f
-                    for f in (
-                        settings.stage_tls_ca,
-                        settings.stage_tls_cert,
-                        settings.stage_tls_key,
-                    )
-                    if f is not None
-                ],
-            )
-
-        self.pools = {s: pool(s, t) for s, t in settings.targets().items()}
-        self.record_pool = pool("recall", settings.recall_target, retry_methods=())
-        funnel = Funnel(
-            settings.recall_count,
-            settings.prerank_count,
-            settings.rank_count,
-            settings.max_per_creator,
-            settings.breaker_failures,
-            settings.breaker_cooldown_s,
-        )
-        self.cascade = Cascade(
-            self.pools,
-            funnel,
-            catalog.popular,
-            catalog.creators,
-            self.metrics,
-            catalog.consumed,
-            catalog.uploaded,
-        )
+        self.pools = stage_pools(settings, replica_metrics)
+        self.record_pool = stage_pools(
+            settings, replica_metrics, {"recall": settings.recall_target}, retry_methods=()
+        )["recall"]
+        self.cascade = new_cascade(settings, catalog, self.pools, self.metrics)
         self.shadow = None
         if settings.shadow_arm:
             arm = next(a for a in self.arms if a.name == settings.shadow_arm)

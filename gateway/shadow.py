@@ -6,7 +6,7 @@ another arm is run again through the cascade with the shadow arm's funnel, on on
 thread, and its page is logged as an impression record with the served page's request_id and
 the arm `shadow:NAME`: offline, the two rankings of one request compare row by row. The shadow
 never delays an answer (a bounded number wait; beyond that a request gets no shadow, counted),
-is never recorded as shown to the user, and is not a training example (app/fold.py skips it).
+is never recorded as shown to the user, and is not a training example (training/fold.py skips it).
 Its stage calls carry the metadata `cascade-traffic: shadow`, so every stage counts them under
 traffic="shadow" in its RPC metrics, apart from the served traffic (traffic="live").
 """

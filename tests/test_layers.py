@@ -16,16 +16,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # layer -> the project layers it may import (itself always). The shared library is the bottom:
 # it serves every other layer and knows none of them. The gateway and the stages meet only on the
-# wire (the protos in cascade/v1), so neither imports the other. The application layer (CLI, local
-# stack, demo, evaluations) composes them; the deploy tooling and the benchmarks sit on top (a
-# benchmark may reuse a deploy check, never the other way round).
+# wire (the protos in cascade/v1), so neither imports the other. Above them, the training package
+# (the daily retrain, folding the log, one stage's examples from another's output) and the
+# research package (simulation, the loop's reports, the end-to-end evaluation, which runs the
+# gateway's funnel); research may train (the simulated loop retrains daily), training never
+# needs research. The application layer (CLI, local stack, demo) composes them all and hands the
+# research a running stack; the deploy tooling and the benchmarks sit on top (a benchmark may
+# reuse a deploy check, never the other way round).
+# Each stage under services/ is a layer of its own: a stage imports only the shared library.
+STAGE_LAYERS = ("recall", "prerank", "rank", "rerank")
+ALL_STAGES = {"services", *STAGE_LAYERS}  # `services` alone: the package's __init__
 ALLOWED: dict[str, set[str]] = {
     "cascade": set(),
     "gateway": {"cascade"},
     "services": {"cascade"},
-    "app": {"cascade", "gateway", "services"},
-    "deploy": {"cascade", "gateway", "services", "app"},
-    "bench": {"cascade", "gateway", "services", "app", "deploy"},
+    **{stage: {"cascade"} for stage in STAGE_LAYERS},
+    "training": {"cascade", *ALL_STAGES},
+    "research": {"cascade", "gateway", *ALL_STAGES, "training"},
+    "app": {"cascade", "gateway", *ALL_STAGES, "training", "research"},
+    "deploy": {"cascade", "gateway", *ALL_STAGES, "training", "research", "app"},
+    "bench": {"cascade", "gateway", *ALL_STAGES, "training", "research", "app", "deploy"},
+}
+# The folders whose .py files are parsed (a stage layer lives under services/).
+FOLDERS = ("cascade", "gateway", "services", "training", "research", "app", "deploy", "bench")
+# Stage crossings not yet resolved, (file, stage it uses) -> where the code goes. The list may
+# only shrink: a crossing not listed fails, and so does a listed one that no longer exists.
+OPEN_CROSSINGS: dict[tuple[str, str], str] = {
+    ("services/prerank/examples.py", "rank"): "the student's examples (recall's output scored by "
+    "the teacher) need both stages: training/, with prerank's train and evaluate entry points",
+    ("services/prerank/examples.py", "recall"): "as above",
+    ("services/prerank/world.py", "rank"): "the distillation world: training/, as above",
+    ("services/prerank/world.py", "recall"): "as above",
+    ("services/rank/examples.py", "prerank"): "rank's examples from recall's candidates: training/",
+    ("services/rank/examples.py", "recall"): "as above",
+    ("services/prerank/scorer.py", "rank"): "online row assembly (services/rank/rows.py) moves "
+    "to cascade/ together with rank's context fields (services/rank/context.py) it computes",
 }
 # Calls whose string argument names a module to load.
 LOADERS = {"import_module", "run_module", "find_spec", "run_path", "__import__"}
@@ -40,8 +65,8 @@ def _module_name(path: Path) -> str:
 
 def _project_modules() -> dict[str, Path]:
     modules = {}
-    for layer in ALLOWED:
-        for path in sorted((ROOT / layer).rglob("*.py")):
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
             modules[_module_name(path)] = path
     return modules
 
@@ -164,16 +189,33 @@ def _imports() -> dict[str, list[tuple[str, int, bool, str]]]:
 IMPORTS = _imports()
 
 
-def layer_violations() -> list[str]:
-    problems = []
+def layer_of(module: str) -> str:
+    """The layer a module belongs to: its top folder, or its stage for services.<stage>.*"""
+    parts = module.split(".")
+    if parts[0] == "services" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
+def crossings() -> list[tuple[str, int, str, str, str, str]]:
+    """Every import of a layer it may not use: (path, line, layer, other, target, how)."""
+    found_all = []
     for module, found in IMPORTS.items():
-        layer = module.split(".")[0]
+        layer = layer_of(module)
         for target, line, _, how in found:
-            other = target.split(".")[0]
+            other = layer_of(target)
             if other != layer and other not in ALLOWED[layer]:
-                path = MODULES[module].relative_to(ROOT)
-                problems.append(f"{path}:{line}: {layer} may not use {other} ({target}, {how})")
-    return problems
+                path = str(MODULES[module].relative_to(ROOT))
+                found_all.append((path, line, layer, other, target, how))
+    return found_all
+
+
+def layer_violations() -> list[str]:
+    return [
+        f"{path}:{line}: {layer} may not use {other} ({target}, {how})"
+        for path, line, layer, other, target, how in crossings()
+        if (path, other) not in OPEN_CROSSINGS
+    ]
 
 
 def import_cycles() -> list[list[str]]:
@@ -204,6 +246,18 @@ def import_cycles() -> list[list[str]]:
 
 def test_every_layer_imports_only_the_layers_below_it():
     assert layer_violations() == []
+
+
+def test_each_open_stage_crossing_still_exists():
+    """A resolved crossing leaves OPEN_CROSSINGS too, so the list says what is left to do."""
+    found = {(path, other) for path, _, _, other, _, _ in crossings()}
+    assert sorted(set(OPEN_CROSSINGS) - found) == []
+
+
+def test_a_stage_is_a_layer_of_its_own():
+    assert layer_of("services.rank.scorer") == "rank"
+    assert layer_of("services") == "services"
+    assert "recall" not in ALLOWED["prerank"] and ALLOWED["rank"] == {"cascade"}
 
 
 def test_no_import_cycles_among_project_modules():

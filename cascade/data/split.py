@@ -77,3 +77,11 @@ def split_dataset(dataset: Dataset, test_fraction: float = 0.2) -> TemporalSplit
         test_interactions,
         take(impressions, impression_test),
     )
+
+
+def concat_by_time(first: Table, second: Table) -> tuple[Table, np.ndarray]:
+    """The two tables (same columns) as one, time-ordered, and the order applied (row i of the
+    result is row order[i] of first-then-second)."""
+    joined = {c: np.concatenate([first[c], second[c].astype(first[c].dtype)]) for c in first}
+    order = np.argsort(joined["ts"], kind="stable")
+    return {c: v[order] for c, v in joined.items()}, order

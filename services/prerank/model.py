@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cascade.embeddings import FieldEmbedding
 from cascade.features import FeatureSpec
-from services.recall.model import FieldEmbedding
 
 
 @dataclass(frozen=True)

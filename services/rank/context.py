@@ -66,7 +66,7 @@ class MFPositions:
     @classmethod
     def from_bundle(cls, bundle) -> MFPositions | None:
         """The bundle's MF model (recall component), or None when it has none."""
-        from services.recall.channels.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_VECTORS
+        from cascade.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_VECTORS
 
         if INFO_KEY not in bundle.manifest["components"].get(COMPONENT, {}):
             return None
@@ -116,8 +116,8 @@ class FoldedMF:
     def fit(
         cls, interactions: Table, n_users: int, n_items: int, info: dict, folds: int = 5
     ) -> FoldedMF:
-        """`info`: the bundle's MF entry (model kind and settings, services/recall/mf.py)."""
-        from services.recall.mf import MFSettings, fit_ease, fit_pure_svd
+        """`info`: the bundle's MF entry (model kind and settings, cascade/mf.py)."""
+        from cascade.mf import MFSettings, fit_ease, fit_pure_svd
 
         settings = MFSettings(**info["settings"])
         fold_of_user = np.random.default_rng(settings.seed).integers(0, folds, n_users + 1)
@@ -220,7 +220,7 @@ class OfflineContext:
         item, ts = interactions["item_id"][played], interactions["ts"][played]
         self._play_keys = np.sort(item.astype(np.int64) * 2**33 + ts)  # ts < 2**33 s
         # Serving's data clock: the end of the log its store was built from. `interactions` may
-        # run past it (plays heard online, folded in by app/retrain.py), so it can be given.
+        # run past it (plays heard online, folded in by training/retrain.py), so it can be given.
         self.as_of = int(np.max(interactions["ts"], initial=0)) if as_of is None else int(as_of)
 
     def values(

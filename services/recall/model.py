@@ -12,28 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cascade.features import FeatureSpec, Field
-
-
-class FieldEmbedding(nn.Module):
-    """One embedding table; "multi" and "sequence" fields are mean-pooled over non-zero ids."""
-
-    def __init__(self, field: Field, table: nn.Embedding | None = None):
-        super().__init__()
-        self.kind = field.kind
-        self.table = (
-            table
-            if table is not None
-            else nn.Embedding(field.vocab_size, field.width, padding_idx=0)
-        )
-
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        vectors = self.table(rows)
-        if self.kind in ("multi", "sequence"):
-            present = (rows > 0).unsqueeze(-1).to(vectors.dtype)  # (b, n, 1)
-            count = present.sum(dim=1).clamp(min=1.0)
-            return (vectors * present).sum(dim=1) / count
-        return vectors
+from cascade.embeddings import FieldEmbedding
+from cascade.features import FeatureSpec
 
 
 def _mlp(width_in: int, hidden: int, dim: int) -> nn.Sequential:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from app.loop import headline, to_markdown
+from research import loop_report
+from research.loop_report import headline, to_markdown
 
 
 def row(arm, day, value, half):
@@ -83,7 +84,7 @@ def test_the_markdown_lists_each_retraining_job():
 
 
 def test_two_runs_compare_one_arm_day_by_day():
-    from app.compare_runs import compare
+    from research.compare_runs import compare
 
     def run(values, seed=0):
         rows = [
@@ -140,8 +141,8 @@ def test_the_simulator_refuses_a_served_setting_its_profile_does_not_say(tmp_pat
 
 def test_an_arm_deviating_from_the_profile_is_served_and_named_in_the_report():
     from app import loop, stack
-    from app.simulate import SimulationConfig
     from gateway.arms import Arm
+    from research.simulate import SimulationConfig
 
     args = loop.parse(["--arms", "cascade", "explore", "random"])
     config = SimulationConfig(arms=tuple(Arm(name) for name in args.arms))
@@ -151,13 +152,13 @@ def test_an_arm_deviating_from_the_profile_is_served_and_named_in_the_report():
     assert record["name"] == "default" and len(record["sha256"]) == 64
     assert record["arms"] == {"explore": {"explore_slots": 1, "explore_max_age_s": 86_400}}
     assert record["harness"] == {"CASCADE_GATEWAY_CLOCK": "caller"}
-    words = loop.profile_words(record)
+    words = loop_report.profile_words(record)
     assert "the cascade serves profile default" in words
     assert 'arm explore deviates from it by {"explore_slots": 1' in words
 
 
 def test_the_markdown_gives_cascade_over_ease_for_every_day():
-    from app.loop import per_day_vs_ease
+    from research.loop_report import per_day_vs_ease
 
     rows = [row("cascade", 0, 0.30, 0.03), row("ease", 0, 0.25, 0.025)]
     rows += [
@@ -175,8 +176,8 @@ def test_the_explore_arm_mirrors_the_simulations_arms_on_the_gateway():
     import json
 
     from app.loop import arguments, gateway_arms
-    from app.simulate import SimulationConfig
     from gateway.arms import Arm, assign, parse_arms
+    from research.simulate import SimulationConfig
 
     args = arguments().parse_args(
         ["--arms", "cascade", "explore", "oracle", "--explore-rate", "0.5"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from app import two_sided
-from app.simulate import SimulationConfig, World, reference_policy, simulate
 from cascade.data import load_dataset, prepare
 from cascade.data.synthetic import SyntheticConfig
 from gateway.arms import Arm
+from research.simulate import SimulationConfig, World, reference_policy, simulate
 
 pytestmark = pytest.mark.timeout(300)
 WORLD = {"n_users": 150, "n_items": 200, "n_creators": 20, "days": 5, "impressions_per_user": 40}

@@ -159,7 +159,7 @@ def test_without_arms_answers_count_under_the_none_label(stack_factory):
 
 
 def test_a_shadow_arm_ranks_other_arms_requests_logged_beside_them_never_shown(stack_factory):
-    from app.fold import served_impressions
+    from training.fold import served_impressions
 
     arms = '[{"name": "full"}, {"name": "lean", "overrides": {"skip": ["prerank", "rank"]}}]'
     stack = stack_factory(arms=arms, arm_salt="exp-8", shadow_arm="lean")

@@ -14,15 +14,9 @@ import numpy as np
 
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
+from cascade.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_INDEX, ITEM_VECTORS  # noqa: F401
 from services.recall.channels import RecallContext, empty
 from services.recall.index import IndexSettings, load_index, prepare_search, search
-
-# Artifact names (shared with the offline build in services/recall/mf.py).
-COMPONENT = "recall"
-INFO_KEY = "mf"
-ITEM_VECTORS = "mf_item_vectors.npz"
-FOLD_IN = "mf_fold_in.npz"
-ITEM_INDEX = "mf_index.faiss"
 
 
 class MFChannel:

@@ -186,7 +186,7 @@ def test_fusion_tuning_keeps_the_scale_whose_fused_score_orders_the_primary_task
 
 
 def test_rows_of_a_folded_log_match_the_store_that_heard_it(world):
-    """Continuous training (app/retrain.py) builds rows from the training log plus the plays
+    """Continuous training (training/retrain.py) builds rows from the training log plus the plays
     heard online, on serving's data clock: they equal what the store that heard those plays
     serves, every field (item ages included, though the folded log runs days past the store's
     clock) and the MF position from the consumed set with the online plays."""

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from app.evaluation_e2e import (
+from cascade.data.synthetic import SyntheticConfig, generate
+from research.evaluation_e2e import (
     Funnel,
     K,
     Protocol,
@@ -14,8 +15,7 @@ from app.evaluation_e2e import (
     paired_lines,
     verdict,
 )
-from app.simulate import SimulationConfig, simulated_users
-from cascade.data.synthetic import SyntheticConfig, generate
+from research.simulate import SimulationConfig, simulated_users
 from tests.conftest import make_tiny_dataset
 
 
@@ -91,9 +91,9 @@ def test_per_user_metrics_average_to_the_table():
 
 
 def test_the_truth_scores_a_page_by_the_worlds_expected_engagement_at_each_slot():
-    from app.evaluation_e2e import TRUTH, TRUTH_NOTE, to_markdown, true_engagement
-    from app.simulate import World
     from cascade.data.synthetic import SyntheticConfig, generate
+    from research.evaluation_e2e import TRUTH, TRUTH_NOTE, to_markdown, true_engagement
+    from research.simulate import World
 
     world = World(generate(SyntheticConfig(n_users=40, n_items=60, days=4, seed=2), False))
     users = np.array([3, 7])
@@ -125,7 +125,7 @@ def test_the_truth_scores_a_page_by_the_worlds_expected_engagement_at_each_slot(
 
 
 def test_the_validation_split_never_holds_a_headline_test_user_or_a_loop_user(monkeypatch):
-    from app import evaluation_e2e
+    from research import evaluation_e2e
 
     # Scaled down to a world of 120 users: headline samples of 5 and 10, a loop of 20 users.
     monkeypatch.setattr(evaluation_e2e, "HEADLINE_SAMPLES", (5, 10))
@@ -163,8 +163,8 @@ def test_the_funnel_is_the_served_profiles_with_the_environment_above():
 
 
 def test_the_report_says_which_profile_was_served_and_what_the_evaluation_changed():
-    from app.evaluation_e2e import served_lines
     from cascade.profiles import ABOUT, evaluation_profile, load_profile
+    from research.evaluation_e2e import served_lines
 
     served, evaluation = load_profile("default"), evaluation_profile("ask-twice")
     info = {

@@ -1,25 +1,27 @@
-"""The daily fine-tune keeps the ranker's item-id dropout: a ranker trained with it is fine-tuned
-with the same share, recorded in the new bundle, and its unknown-id row keeps learning."""
+"""The daily fine-tune keeps the ranker's debiasing: a ranker trained with the position tower and
+IPS is fine-tuned on the served impressions' slots with the same weighting."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from app.retrain import Base, RetrainConfig, read_log, retrain
 from cascade.artifacts import Bundle, BundleWriter, publish
 from cascade.data.synthetic import SyntheticConfig, generate
 from services.rank.export import write_component
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig, train
-from tests.app.test_retrain import tiny_log
+from tests.training.test_retrain import tiny_log
+from training.retrain import Base, RetrainConfig, read_log, retrain
 
 WORLD = SyntheticConfig(n_users=60, n_items=80, days=4, impressions_per_user=30, seed=2)
-MODEL = ModelConfig(common_width=8, expert_hidden=16, expert_width=8, tower_hidden=8)
-TRAIN = TrainConfig(seed=0, batch_size=64, max_epochs=1, fusion_scales=(), item_id_dropout=0.5)
+MODEL = ModelConfig(
+    common_width=8, expert_hidden=16, expert_width=8, tower_hidden=8, position_tower=True
+)
+TRAIN = TrainConfig(seed=0, batch_size=64, max_epochs=1, fusion_scales=(), ips=True)
 
 
-def test_the_fine_tune_keeps_the_item_id_dropout(tmp_path):
+def test_the_fine_tune_trains_the_tower_on_served_slots_with_ips(tmp_path):
     torch.set_num_threads(1)
     world = generate(WORLD, progress=False)
     model, prepared, info = train(world, TRAIN, MODEL)
@@ -31,11 +33,15 @@ def test_the_fine_tune_keeps_the_item_id_dropout(tmp_path):
     events, impressions = read_log(tiny_log(tmp_path / "log", world))
     # any gate verdict ships it: this test is about what the fine-tune learns, not the gate
     config = RetrainConfig(recall_tables=False, prerank_epochs=0, gate_tolerance=float("inf"))
-    retrain(artifacts, Base.of(world), events, impressions, "day2", config, publish_it=False)
+    report = retrain(
+        artifacts, Base.of(world), events, impressions, "day2", config, publish_it=False
+    )
+    assert report["rank"]["served_rows"] == 4  # the other 4 are the publish gate's
     new, old = Bundle.open(artifacts, "day2"), Bundle.open(artifacts, "v1")
-    assert new.component("rank")["cold_start"] == {"item_id_dropout": 0.5}
-    assert new.load_json("rank", "rank.json")["config"]["train"]["item_id_dropout"] == 0.5
-    key = "embeddings.tables.item_id.weight"
+    assert new.component("rank")["debias"] == {"position_tower": True, "ips": True}
+    meta = new.load_json("rank", "rank.json")["config"]
+    assert meta["train"]["ips"] is True and meta["model"]["position_tower"] is True
+    key = "position_tower.table.weight"
     before, after = old.load_npz("rank", "weights.npz")[key], new.load_npz("rank", "weights.npz")
-    assert np.count_nonzero(before[0]) > 0  # learnt in training
-    assert not np.array_equal(after[key][0], before[0])  # and further in the fine-tune
+    assert not np.array_equal(after[key][1:5], before[1:5])  # the served slots 0..3 moved it
+    assert np.count_nonzero(after[key][0]) == 0

@@ -8,15 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.retrain import Base, RetrainConfig, read_log, retrain
-from app.simulate import (
-    GatewayPolicy,
-    SimulationConfig,
-    World,
-    reference_policy,
-    simulate,
-    summarise,
-)
 from cascade.artifacts import Bundle
 from cascade.catalog_fold import load_bundle_uploads, read_uploads
 from cascade.data.split import split_dataset
@@ -25,8 +16,17 @@ from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
 from gateway.arms import Arm
 from gateway.client import CascadeClient
-from tests.app.test_simulate import wait_until_served
+from research.simulate import (
+    GatewayPolicy,
+    SimulationConfig,
+    World,
+    reference_policy,
+    simulate,
+    summarise,
+)
 from tests.gateway.conftest import build_bundle, gateway_settings, start_stages
+from tests.research.test_simulate import wait_until_served
+from training.retrain import Base, RetrainConfig, read_log, retrain
 
 pytestmark = pytest.mark.timeout(300)
 WORLD = SyntheticConfig(n_users=120, n_items=150, days=6, impressions_per_user=40, seed=4)

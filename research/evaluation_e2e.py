@@ -2,14 +2,16 @@
 
 Starts a stack on free loopback ports, replays the test period of the per-user temporal split:
 for each test user one Recommend through the gateway (history = training period, which is what
-the services' feature store holds), plus the same funnel called stage by stage over gRPC to
-measure each cut (recall only, + prerank, + rank, + rerank). Every row, baselines included, is
-scored by the same code: top-20 page vs the user's test items not seen in training. On a world
-with a ground truth (synthetic) the primary metric is the truth's expected engagement per
-impression of each page's first 10 items (`true_engagement`, the simulator's measure): logged
-test plays only reward putting first what the logging policy happened to show.
+the services' feature store holds), plus the gateway's own funnel (gateway/pipeline.py, under
+the gateway's settings, budget and fallbacks) run in this process over gRPC to the same stages,
+each cut being the funnel stopped after a stage (recall only, + prerank, + rank, + rerank).
+Every row, baselines included, is scored by the same code: top-20 page vs the user's test items
+not seen in training. On a world with a ground truth (synthetic) the primary metric is the
+truth's expected engagement per impression of each page's first 10 items (`true_engagement`,
+the simulator's measure): logged test plays only reward putting first what the logging policy
+happened to show.
 
-    python -m app.evaluation_e2e --dataset ml-100k synthetic --out results/cascade
+    cascade eval cascade --dataset ml-100k synthetic --out results/cascade  # app/eval_cascade.py
 """
 
 from __future__ import annotations
@@ -17,18 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import grpc
 import numpy as np
 
-from app import stack
-from app.simulate import SimulationConfig, World, simulated_users
 from cascade import metrics, profiles, topology
 from cascade.baselines import default_models
 from cascade.config import SettingsError, load_settings
@@ -36,21 +35,29 @@ from cascade.data import DataError, dataset_folder, load_dataset
 from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.profiles import ABOUT, Profile, default_profile, evaluation_profile, load_profile
-from cascade.v1 import (
-    common_pb2,
-    prerank_pb2,
-    prerank_pb2_grpc,
-    rank_pb2,
-    rank_pb2_grpc,
-    recall_pb2,
-    recall_pb2_grpc,
-    rerank_pb2,
-    rerank_pb2_grpc,
-)
+from cascade.telemetry import new_registry
+from cascade.v1 import common_pb2
+from gateway.pipeline import Budget, Cascade
+from research.simulate import SimulationConfig, World, simulated_users
+
+
+class RunningStack(typing.Protocol):
+    """What the evaluation reads of a running stack (app/stack.py's Stack)."""
+
+    environments: dict[str, dict[str, str]]  # service -> the environment it was started with
+
+    def address(self, name: str = "gateway") -> str: ...
+
+    def has(self, name: str) -> bool: ...
+
+
+# Starts a stack on free ports in a run folder and stops it on exit (app/stack.py's running_stack).
+StartStack = Callable[..., AbstractContextManager[RunningStack]]
 
 K = 20  # page length: NDCG@10 on its first half, Recall@20 on all of it
 TRUTH = "true engagement@10"  # on a world with a ground truth: the primary metric
-CUTS = ("recall only", "+ prerank", "+ rank", "+ rerank")
+CUTS = ("recall only", "+ prerank", "+ rank", "+ rerank")  # the funnel stopped after each stage
+TIMEOUT_S = 5.0  # each Recommend's deadline (the gateway cuts it to its max_deadline_s)
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,7 @@ def evaluated_protocol(dataset, split: str, sample: int | None, seed: int) -> Pr
 def gateway_funnel(overrides: Mapping[str, str], served: Sequence[Profile] = ()) -> Funnel:
     """The funnel the gateway serves with under `served` profiles, the environment and
     `overrides` (environment variables)."""
-    from gateway.server import GatewaySettings
+    from gateway.settings import GatewaySettings
 
     prefix = topology.spec("gateway").env_prefix
     gateway = load_settings(
@@ -190,59 +197,73 @@ def _page(ids: Sequence[int]) -> np.ndarray:
     return page
 
 
-def cascade_pages(
-    running: stack.Stack, users: np.ndarray, funnel: Funnel
-) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, list[np.ndarray]]]:
-    """Pages of the gateway and of each cut of the funnel, called stage by stage over gRPC."""
-    from gateway.client import CascadeClient
+def stack_cascade(
+    running: RunningStack, served_profiles: Sequence[Profile]
+) -> tuple[Cascade, dict, Callable[[], Budget]]:
+    """The gateway's own funnel (gateway/pipeline.py) under the running gateway's settings,
+    calling the stack's stages over gRPC (a stage the stack does not run answers by its
+    fallback, as in the gateway), and the budget the gateway gives each call of TIMEOUT_S."""
+    from gateway.catalog import load_catalog
+    from gateway.pipeline import GatewayMetrics
+    from gateway.settings import GatewaySettings
+    from gateway.transport import LocalPool, new_cascade, stage_pools
 
-    client = CascadeClient(running.address("gateway"), timeout_s=5.0)
-    channels = {
-        name: grpc.insecure_channel(running.address(name))
-        for name in ("recall", "rank", "rerank", *(("prerank",) if running.has("prerank") else ()))
-    }
-    recall = recall_pb2_grpc.RecallStub(channels["recall"])
-    rank = rank_pb2_grpc.RankStub(channels["rank"])
-    rerank = rerank_pb2_grpc.RerankStub(channels["rerank"])
-    prerank = prerank_pb2_grpc.PrerankStub(channels["prerank"]) if "prerank" in channels else None
+    prefix = topology.spec("gateway").env_prefix
+    environ = os.environ | running.environments["gateway"]
+    settings = load_settings(
+        GatewaySettings,
+        env_prefix=prefix,
+        environ=environ,
+        profiles=profiles.layers(served_profiles, "gateway"),
+    )
+    registry = new_registry()
+    served = [stage for stage in topology.STAGES if running.has(stage)]
+    pools: dict = stage_pools(settings, None, {s: running.address(s) for s in served})
+    pools |= {s: LocalPool(s, None) for s in topology.STAGES if s not in served}
+    cascade = new_cascade(settings, load_catalog(settings), pools, GatewayMetrics(registry))
+    total = min(TIMEOUT_S, settings.max_deadline_s)  # as gateway/server.py's _budget_s
+    total -= min(settings.safety_margin_s, total / 5)
+    return cascade, pools, lambda: Budget(total, settings.shares())
+
+
+def cascade_pages(
+    running: RunningStack, users: np.ndarray, served_profiles: Sequence[Profile]
+) -> tuple[dict, dict, dict]:
+    """Pages of the gateway (one Recommend each) and of each cut of the funnel: the gateway's
+    funnel run again in this process over gRPC to the same stages, stopped after each stage."""
+    from gateway.client import CascadeClient
+    from gateway.pipeline import Served
+
+    client = CascadeClient(running.address("gateway"), timeout_s=TIMEOUT_S)
+    cascade, pools, budget = stack_cascade(running, served_profiles)
     pages = {name: np.zeros((len(users), K), np.int64) for name in ("cascade", *CUTS)}
     funnel_lists: dict[str, list[np.ndarray]] = {"recall": [], "prerank": [], "rank": []}
-    degraded = 0
+    degraded = {"cascade": 0, "cuts": 0}
     latencies = []
     for row, user_id in enumerate(users.tolist()):
         started = time.perf_counter()
         answer = client.recommend(user_id, count=K)
         latencies.append(time.perf_counter() - started)
-        degraded += bool(answer.degraded)
+        degraded["cascade"] += bool(answer.degraded)
         pages["cascade"][row] = _page(answer.items.item_ids)
         user = common_pb2.UserContext(user_id=user_id)
-        candidates = recall.Recall(
-            recall_pb2.RecallRequest(user=user, count=funnel.recall), timeout=5
-        ).candidates
-        pages["recall only"][row] = _page(candidates.item_ids)
-        funnel_lists["recall"].append(np.asarray(candidates.item_ids))
-        if prerank is not None:
-            prerank_request = prerank_pb2.PrerankRequest(
-                user=user, candidates=candidates, count=funnel.prerank
-            )
-            candidates = prerank.Prerank(prerank_request, timeout=5).candidates
-        else:  # what the gateway does without prerank: recall's own order, truncated
-            candidates = common_pb2.CandidateList(
-                item_ids=candidates.item_ids[: funnel.prerank],
-                scores=candidates.scores[: funnel.prerank],
-                channel_masks=candidates.channel_masks[: funnel.prerank],
-            )
-        pages["+ prerank"][row] = _page(candidates.item_ids)
-        funnel_lists["prerank"].append(np.asarray(candidates.item_ids))
-        rank_request = rank_pb2.RankRequest(user=user, candidates=candidates, count=funnel.rank)
-        candidates = rank.Rank(rank_request, timeout=5).candidates
-        pages["+ rank"][row] = _page(candidates.item_ids)
-        funnel_lists["rank"].append(np.asarray(candidates.item_ids))
-        rerank_request = rerank_pb2.RerankRequest(user=user, candidates=candidates, count=K)
-        pages["+ rerank"][row] = _page(rerank.Rerank(rerank_request, timeout=5).candidates.item_ids)
-    for channel in channels.values():
-        channel.close()
-    info = {"degraded_answers": degraded, "gateway_p50_ms": 1e3 * float(np.median(latencies))}
+        # Each cut is the funnel stopped after its stage: one run to the end holds them all
+        # (a stage never sees what comes after it), so every stage is called once per user.
+        served = Served()
+        page = cascade.run(user, K, budget(), debug=False, served=served)
+        degraded["cuts"] += bool(page.degraded)
+        for cut, stage in zip(CUTS, topology.STAGES, strict=True):
+            ids = served.lists[stage].item_ids
+            pages[cut][row] = _page(ids)
+            if stage in funnel_lists:
+                funnel_lists[stage].append(np.asarray(ids))
+    for pool in pools.values():
+        pool.close()
+    info = {
+        "degraded_answers": degraded["cascade"],
+        "degraded_cut_runs": degraded["cuts"],
+        "gateway_p50_ms": 1e3 * float(np.median(latencies)),
+    }
     return pages, info, funnel_lists
 
 
@@ -265,7 +286,7 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
         f"{served.name} with evaluation profile {evaluation.name}",
         flush=True,
     )
-    with stack.running_stack(
+    with args.start_stack(
         args.run_dir / name,
         artifacts=artifacts,
         data_dir=args.data_dir,
@@ -273,7 +294,7 @@ def evaluate_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict], d
         profiles=[served, evaluation],
         exact=True,  # a setting the profiles do not say is refused, not served
     ) as running:
-        pages, info, funnel_lists = cascade_pages(running, protocol.users, funnel)
+        pages, info, funnel_lists = cascade_pages(running, protocol.users, [served, evaluation])
         info["profile"] = served.record()
         info["evaluation_profile"] = evaluation.record() | {
             "changes": {k: v for k, v in evaluation.tables.items() if k != ABOUT},
@@ -442,7 +463,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, start_stack: StartStack) -> int:
     parser = argparse.ArgumentParser(
         prog="cascade eval cascade", description=__doc__.split("\n")[0]
     )
@@ -492,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default: each dataset's default profile",
     )
     args = parser.parse_args(argv)
+    args.start_stack = start_stack
     try:
         for name in args.dataset:  # every name checked before the first stack starts
             dataset_folder(name, args.data_dir)
@@ -506,11 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, infos = [], {}
     for name in args.dataset:
         started = time.perf_counter()
-        try:
-            found, info = evaluate_dataset(name, args)
-        except stack.StackError as error:  # e.g. a setting its profile does not say: refused
-            print(f"cascade eval cascade: {error}", file=sys.stderr)
-            return 2
+        found, info = evaluate_dataset(name, args)
         infos[name] = info | {"seconds": round(time.perf_counter() - started, 1)}
         rows += found
     previous = args.out / "e2e.json"
@@ -530,7 +548,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(to_markdown(rows, infos))
     print(f"saved {args.out}/e2e.json, e2e.md, e2e.png")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.simulate import World, _gini, _mean_interval
 from cascade.data.synthetic import DAY
+from research.simulate import World, _gini, _mean_interval
 
 
 def day_metrics(
     rows: dict[str, np.ndarray], world: World, start_s: int, days: int, target: int
 ) -> list[dict]:
-    """One entry per simulated day of one arm's world: `rows` its impressions (app.simulate),
+    """One entry per simulated day of one arm's world: `rows` its impressions (research.simulate),
     `world` after the run, `start_s` the first simulated second, `target` K."""
     supply, out = world.supply, []
     end_s = start_s + days * DAY

@@ -10,8 +10,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from app.retrain import Base, RetrainConfig, read_log, retrain
-from app.simulate import (
+from cascade.data.synthetic import DAY, SyntheticConfig, generate, respond
+from gateway.arms import Arm
+from gateway.client import CascadeClient
+from research.simulate import (
     ENGAGEMENT,
     GatewayPolicy,
     SimulationConfig,
@@ -20,10 +22,8 @@ from app.simulate import (
     simulate,
     summarise,
 )
-from cascade.data.synthetic import DAY, SyntheticConfig, generate, respond
-from gateway.arms import Arm
-from gateway.client import CascadeClient
 from tests.gateway.conftest import VERSION, build_bundle, gateway_settings, start_stages
+from training.retrain import Base, RetrainConfig, read_log, retrain
 
 WORLD = SyntheticConfig(n_users=120, n_items=150, days=6, impressions_per_user=40, seed=4)
 

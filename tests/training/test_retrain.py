@@ -9,24 +9,17 @@ import pyarrow as pa
 import pytest
 
 from app import cli
-from app.retrain import (
-    Base,
-    RetrainConfig,
-    RetrainError,
-    publish_gate,
-    read_log,
-    retrain,
-    served_rows,
-)
 from cascade.artifacts import Bundle, BundleWriter, clone
 from cascade.backends import open_event_log
 from cascade.eventlog import EVENTS, IMPRESSIONS
 from cascade.features import FeatureSpec
 from services.rank.export import load_torch
 from services.rank.export import write_component as write_rank
+from services.rank.fine_tune import publish_gate, served_rows
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig
 from tests.gateway.conftest import VERSION, build_bundle, tiny_world
+from training.retrain import Base, RetrainConfig, RetrainError, read_log, retrain
 
 CONFIG = RetrainConfig(prerank_users=10, prerank_epochs=1)
 MF_SERVED = "mf-served"
@@ -197,7 +190,7 @@ def mf_served(built):
     meta = bundle.load_json("rank", "rank.json")
     spec = FeatureSpec.from_json(bundle.file("rank", "feature_spec.json").read_text())
     base = Base.of(built.dataset)
-    rows = served_rows(bundle, base, spec, base.split.train_interactions, True)
+    rows = served_rows(bundle, base.dataset, base.split, spec, base.split.train_interactions, True)
     example = rows.impressions({k: v[:16] for k, v in base.split.test_impressions.items()})
     assert (example["mf_position"] > 0).any()  # the tiny bundle has an MF model
     writer = BundleWriter(built.artifacts, MF_SERVED)
@@ -271,10 +264,10 @@ def test_a_ranker_the_gate_refuses_is_not_shipped_and_the_served_one_is(mf_serve
 
 
 def test_recall_rebuilt_with_ease_neighbours_keeps_them_through_the_daily_retrain(built):
-    from app.retrain import refresh_recall
     from cascade.data.split import split_dataset
     from services.recall.tables import TableSettings
     from services.recall.train import rebuild_tables
+    from training.retrain import refresh_recall
 
     dataset, root = built.dataset, built.artifacts
     train = split_dataset(dataset).train_interactions

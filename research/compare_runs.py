@@ -1,7 +1,7 @@
 """Two simulation runs of the same world, users and seed side by side: one arm's expected
 engagement per day in run A over run B (e.g. the cascade retrained daily vs never).
 
-    python -m app.compare_runs results/loop/simulation.json \
+    python -m research.compare_runs results/loop/simulation.json \
         results/loop/no-retrain/simulation.json --arm cascade --out results/loop/retrain_vs_frozen
 
 Runs with the same seed and arms give the same users the same arm and the reference arms the

@@ -4,8 +4,8 @@ interactions, and users first seen online get a profile row."""
 import numpy as np
 import pyarrow as pa
 
-from app.fold import fold, heard_interactions, served_impressions
 from tests.conftest import make_tiny_dataset
+from training.fold import fold, heard_interactions, served_impressions
 
 IMPRESSIONS = pa.table(
     {

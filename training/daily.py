@@ -1,0 +1,136 @@
+"""The daily retrain driver: after a day of serving, fold the stack's event log into the training
+data, publish the next bundle, and wait until every stage answers from it (each stage's own RPC
+reports the model version it served)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cascade.catalog_fold import read_uploads
+from cascade.topology import STAGES
+from cascade.v1 import (
+    common_pb2,
+    prerank_pb2,
+    prerank_pb2_grpc,
+    rank_pb2,
+    rank_pb2_grpc,
+    recall_pb2,
+    recall_pb2_grpc,
+    rerank_pb2,
+    rerank_pb2_grpc,
+)
+from training.retrain import Base, RetrainConfig, read_log, retrain
+
+POLL_S = 0.5  # how often the stages are asked again while a reload is under way
+
+
+class DailyRetrain:
+    """After each simulated day but the last: fold the stack's event log into the training data,
+    publish a new bundle and wait until every stage of the stack serves it. `stages` maps each
+    running stage to its address."""
+
+    def __init__(
+        self,
+        stages: Mapping[str, str],
+        artifacts: Path,
+        dataset: Any,
+        args: Any,
+        reports: list[dict],
+        wait_logged: Callable[[], object],
+    ):
+        self.stages, self.artifacts, self.args, self.reports = stages, artifacts, args, reports
+        self.wait_logged = wait_logged  # returns once the gateway logged every answer so far
+        self.base = Base.of(dataset)
+        self.log_url = f"file:{args.run_dir / 'eventlog'}"
+        self.config = RetrainConfig(seed=args.seed)
+
+    def __call__(self, day: int) -> None:
+        if day + 1 >= self.args.days:
+            return  # no later day would be served by it
+        self.wait_logged()  # the day's answers are all in the log before it is read
+        events, impressions = read_log(self.log_url)
+        version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
+        report = retrain(
+            self.artifacts,
+            self.base,
+            events,
+            impressions,
+            version,
+            self.config,
+            self.args.data_dir,
+            uploads=read_uploads(self.log_url),  # the day's new tracks join the next bundle
+        )
+        started = time.perf_counter()
+        wait_for_version(self.stages, version, timeout_s=600.0)
+        report["reload_seconds"] = round(time.perf_counter() - started, 1)
+        report["after_day"] = day
+        print(f"day {day + 1}: retrained {json.dumps(report)}", flush=True)
+        self.reports.append(report)
+
+
+def serving_versions(stages: Mapping[str, str], timeout_s: float = 5.0) -> dict[str, str]:
+    """The bundle version each stage answers from, as its own RPC reports it: one anonymous
+    request for one item through recall -> prerank -> rank -> rerank (user 0 has no history or
+    store entry to change). A stage that does not answer maps to its gRPC code's name."""
+    versions: dict[str, str] = {}
+    user = common_pb2.UserContext(user_id=0)
+    channels = {stage: grpc.insecure_channel(address) for stage, address in stages.items()}
+    try:
+        candidates = common_pb2.CandidateList()
+        for stage in (s for s in STAGES if s in channels):
+            call, request = _probe(stage, channels[stage], user, candidates)
+            try:
+                reply = call(request, timeout=timeout_s)
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                versions[stage] = code.name if code is not None else "UNAVAILABLE"
+                continue
+            versions[stage] = reply.model_version
+            if len(reply.candidates.item_ids):
+                candidates = reply.candidates
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return versions
+
+
+def _probe(
+    stage: str,
+    channel: grpc.Channel,
+    user: common_pb2.UserContext,
+    candidates: common_pb2.CandidateList,
+) -> tuple[Any, Any]:
+    if stage == "recall":
+        return recall_pb2_grpc.RecallStub(channel).Recall, recall_pb2.RecallRequest(
+            user=user, count=1
+        )
+    if stage == "prerank":
+        return prerank_pb2_grpc.PrerankStub(channel).Prerank, prerank_pb2.PrerankRequest(
+            user=user, candidates=candidates, count=1
+        )
+    if stage == "rank":
+        return rank_pb2_grpc.RankStub(channel).Rank, rank_pb2.RankRequest(
+            user=user, candidates=candidates, count=1
+        )
+    return rerank_pb2_grpc.RerankStub(channel).Rerank, rerank_pb2.RerankRequest(
+        user=user, candidates=candidates, count=1
+    )
+
+
+def wait_for_version(stages: Mapping[str, str], version: str, timeout_s: float) -> None:
+    """Until every stage reports answering from `version` (a hot reload swaps the model between
+    two requests, cascade/reload.py); RuntimeError naming what each serves when time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        versions = serving_versions(stages)
+        if all(served == version for served in versions.values()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"still not serving {version} after {timeout_s} s: {versions}")
+        time.sleep(POLL_S)

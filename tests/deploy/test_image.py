@@ -62,5 +62,5 @@ def test_the_build_context_carries_what_pip_install_needs():
 
 def test_the_image_runs_as_the_non_root_user_kubernetes_expects():
     assert "USER 10001:10001" in DOCKERFILE
-    k8s = (ROOT / "deploy/k8s/rank.yaml").read_text()
+    k8s = (ROOT / "deploy/k8s/base/rank.yaml").read_text()
     assert "runAsUser: 10001" in k8s and "image: cascade:latest" in k8s

@@ -13,14 +13,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import stack
-from cascade.v1 import common_pb2, prerank_pb2, prerank_pb2_grpc, rank_pb2, rank_pb2_grpc
-from deploy import compose_check
+from deploy import compose_check, compose_upload
 from deploy.compose_local import COMPOSE_FILE, compose_environments
 from gateway.client import CascadeClient
 
@@ -28,7 +26,6 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("redis_binary")]
 
 TOKEN = "compose-local-t0ken"
 WARMUPS = "cascade_warmup_requests_total"
-NEW = {"item_key": "after-the-bundle", "creator_id": 2, "categories": [1, 3]}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +38,9 @@ def compose_stack(built, tmp_path_factory) -> Iterator[stack.Stack]:
     }
     shell = {compose_check.TOKEN_ENV: TOKEN}
     environments = compose_environments(yaml.safe_load(COMPOSE_FILE.read_text()), sources, shell)
+    options = {"artifacts": built.artifacts, "data_dir": built.data_dir, "train": False}
     with stack.running_stack(
-        root / "run", train=False, store="redis", environments=environments, timeout_s=180
+        root / "run", store="redis", environments=environments, timeout_s=180, **options
     ) as running:
         yield running
 
@@ -98,30 +96,16 @@ def test_the_compose_check_passes_with_the_token_and_sees_a_call_without_it_refu
     assert "without the token: UNAUTHENTICATED" in capsys.readouterr().out
 
 
-def unknown(running: stack.Stack, item_id: int) -> dict[str, int]:
-    """How many of [item_id, 1, 2] pre-rank and rank score as out of their catalogue."""
-    candidates = common_pb2.CandidateList(item_ids=[item_id, 1, 2], scores=[0, 0, 0])
-    user = common_pb2.UserContext(user_id=5)
-    with grpc.insecure_channel(running.address("prerank")) as channel:
-        prerank = prerank_pb2_grpc.PrerankStub(channel).Prerank(
-            prerank_pb2.PrerankRequest(user=user, candidates=candidates, count=3), timeout=5
-        )
-    with grpc.insecure_channel(running.address("rank")) as channel:
-        rank = rank_pb2_grpc.RankStub(channel).Rank(
-            rank_pb2.RankRequest(user=user, candidates=candidates), timeout=5
-        )
-    return {"prerank": prerank.unknown_items, "rank": rank.unknown_items}
-
-
 def test_an_upload_stays_recommendable_after_a_kill_9_of_prerank_and_rank(compose_stack):
-    with CascadeClient(compose_stack.address("gateway"), timeout_s=5.0, token=TOKEN) as client:
-        (item_id,) = client.add_items([NEW]).item_ids
-    assert unknown(compose_stack, item_id) == {"prerank": 0, "rank": 0}
+    """On the compose file before its stages read the event log: {prerank: 1, rank: 1}."""
+    item_id = compose_upload.add(compose_stack.address("gateway"), TOKEN)
+    stages = [compose_stack.address("prerank"), compose_stack.address("rank")]
+    assert compose_upload.unknown(*stages, item_id) == {"prerank": 0, "rank": 0}
     for name in ("prerank", "rank"):
         pid = next(s.pid for s in compose_stack.services if s.name == name)
         os.kill(pid, signal.SIGKILL)
         stack.restart(compose_stack, name, timeout_s=120)
-    assert unknown(compose_stack, item_id) == {"prerank": 0, "rank": 0}
+    assert compose_upload.unknown(*stages, item_id) == {"prerank": 0, "rank": 0}
     with CascadeClient(compose_stack.address("gateway"), timeout_s=5.0, token=TOKEN) as client:
         page = client.recommend(5, count=5)
     assert len(page.items.item_ids) == 5 and not page.degraded

@@ -1,7 +1,8 @@
 """Checks a running compose stack from the host (deploy/compose_smoke.sh runs it): a call
 without the API token is refused (UNAUTHENTICATED), Recommend with the token answers through the
-gateway, no answer degraded, every replica of a replicated stage served calls, and Prometheus
-scrapes every target in its config with `up` == 1.
+gateway, no answer degraded, every stage replica answered its warm-up before SERVING, every
+replica of a replicated stage served calls, and Prometheus scrapes every target in its config
+with `up` == 1.
 
     CASCADE_GATEWAY_API_TOKEN=... python -m deploy.compose_check \
         --config .cascade/compose/prometheus/prometheus-compose.yml
@@ -51,6 +52,16 @@ def served_calls(metrics_text: str) -> float:
     )
 
 
+def warm_ups(metrics_text: str) -> float:
+    """Synthetic requests a stage answered before it reported SERVING (cascade/warmup.py)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "cascade_warmup_requests_total" and sample.labels["outcome"] == "ok"
+    )
+
+
 def _get(url: str, timeout_s: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:  # loopback only
         return response.read().decode()
@@ -65,6 +76,7 @@ def query(prometheus: str, promql: str) -> list[dict]:
 
 
 TOKEN_ENV = "CASCADE_GATEWAY_API_TOKEN"  # what docker-compose.yml hands the gateway
+WARMED = ("recall", "prerank", "rank", "rerank")  # the stages with models and indexes to warm
 
 
 def spread_users(count: int, n_users: int) -> list[int]:
@@ -160,6 +172,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if answered != len(users) or degraded:
         problems.append("some Recommend calls failed or degraded")
+
+    warmed = {
+        target: warm_ups(_get(f"http://{target}/metrics"))
+        for stage in WARMED
+        for target in targets.get(stage, [])
+    }
+    print("warm-up requests answered before SERVING: " + ", ".join(
+        f"{target} {count:.0f}" for target, count in warmed.items()
+    ))  # fmt: skip
+    if not warmed or min(warmed.values()) == 0:
+        problems.append("a stage served without a warm-up")
 
     for stage, endpoints in targets.items():
         if len(endpoints) < 2:

@@ -27,6 +27,8 @@ PYTHON=.venv/bin/python
 HEALTH_TIMEOUT_S=${HEALTH_TIMEOUT_S:-300}
 # The engine's own, Debian-packaged client (BuildKit built in); compose v1 talks to the API.
 export DOCKER=/usr/bin/docker
+# Removing a container's vfs layers on a busy machine can outlast compose's 60 s API timeout.
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-300}
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 fail() { echo "error: $*" >&2; exit 1; }
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -87,13 +87,26 @@ def test_every_stage_counts_its_warm_up_before_serving_and_apart_from_traffic(co
 
 
 def test_the_compose_check_passes_with_the_token_and_sees_a_call_without_it_refused(
-    compose_stack, monkeypatch, capsys
+    compose_stack, monkeypatch, capsys, tmp_path
 ):
+    """The scrape config names the local stack's metrics ports, which the check reads for the
+    stages' warm-ups."""
     monkeypatch.setenv(compose_check.TOKEN_ENV, TOKEN)
-    argv = ["--config", str(Path("deploy/prometheus/prometheus-compose.yml").resolve())]
-    argv += ["--gateway", compose_stack.address("gateway"), "--users", "30", "--requests", "20"]
+    groups = [
+        {"targets": [f"127.0.0.1:{s.metrics_port}"], "labels": {"stage": s.name}}
+        for s in compose_stack.services
+        if s.name != stack.REDIS
+    ]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump({"scrape_configs": [{"job_name": "cascade", "static_configs": groups}]})
+    )
+    argv = ["--config", str(config), "--gateway", compose_stack.address("gateway")]
+    argv += ["--users", "30", "--requests", "20"]
     assert compose_check.main([*argv, "--no-prometheus"]) == 0, capsys.readouterr().out
-    assert "without the token: UNAUTHENTICATED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "without the token: UNAUTHENTICATED" in out
+    assert "warm-up requests answered before SERVING" in out
 
 
 def test_an_upload_stays_recommendable_after_a_kill_9_of_prerank_and_rank(compose_stack):
@@ -106,6 +119,9 @@ def test_an_upload_stays_recommendable_after_a_kill_9_of_prerank_and_rank(compos
         os.kill(pid, signal.SIGKILL)
         stack.restart(compose_stack, name, timeout_s=120)
     assert compose_upload.unknown(*stages, item_id) == {"prerank": 0, "rank": 0}
+    # The gateway finds the restarted stages again (it ejected them while they were down).
+    deadline = time.monotonic() + 30
     with CascadeClient(compose_stack.address("gateway"), timeout_s=5.0, token=TOKEN) as client:
-        page = client.recommend(5, count=5)
-    assert len(page.items.item_ids) == 5 and not page.degraded
+        while (page := client.recommend(5, count=5)).degraded and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert len(page.items.item_ids) == 5 and not page.degraded, list(page.degraded_stages)

@@ -25,7 +25,7 @@ from cascade.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 WARM_UP_USER = 1  # dataset user ids start at 1
-WARM_UP_ITEMS = tuple(range(1, 33))  # a candidate list of a realistic shape, ids every set has
+WARM_UP_ITEMS = tuple(range(1, 33))  # a short candidate list of ids every dataset has
 
 
 @dataclass(frozen=True)

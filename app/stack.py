@@ -242,6 +242,7 @@ def up(
     supervise: bool = False,
     profiles: Sequence[Profile] = (),
     exact: bool = False,
+    environments: dict[str, dict[str, str]] | None = None,
 ) -> Stack:
     """Starts the stack and waits for health. A port of 0 means a free one. Raises StackError
     (with the failing service's log tail) after stopping whatever had started. `only` starts a
@@ -252,7 +253,9 @@ def up(
     supervisor restarts services that die (app/supervisor.py). `profiles`: the profile files
     every service reads (cascade.profiles; default: the dataset's default profile), checked for
     every service before any starts; `exact`: refuse when the caller's environment sets a service
-    setting the stack does not set itself (the run serves exactly the profiles)."""
+    setting the stack does not set itself (the run serves exactly the profiles). `environments`:
+    each service's settings in place of the local stack's own (deploy/compose_local.py:
+    docker-compose.yml's); the stack still sets the ports, port files, stage targets and `store`."""
     artifacts, data_dir, run_dir = Path(artifacts), Path(data_dir), Path(run_dir)
     served = list(profiles) or [load_profile(default_profile(dataset))]
     check_profiles(served, extra_env, exact, tls)  # before anything starts or trains
@@ -299,7 +302,8 @@ def up(
         # Stages first (a port of 0: each binds an ephemeral one and reports it in its port
         # file), then the gateway, pointed at the ports they actually hold.
         for name in [n for n in names if n != "gateway"]:
-            _start(stack, name, ports[name], metrics_ports[name], settings, {}, extra[name])
+            own = (environments or {}).get(name)
+            _start(stack, name, ports[name], metrics_ports[name], settings, {}, extra[name], own)
         _learn_ports(stack, timeout_s)
         if "gateway" in names:
             # Prerank's address even when it does not run: calls fail fast, the gateway degrades
@@ -314,6 +318,7 @@ def up(
                 settings,
                 targets,
                 extra["gateway"],
+                (environments or {}).get("gateway"),
             )
             _learn_ports(stack, timeout_s)
         wait_healthy(stack, timeout_s)
@@ -368,6 +373,10 @@ def _port_file(stack: Stack, name: str) -> Path:
     return stack.run_dir / f"{name}.ports.json"
 
 
+# What `up` sets itself even where a service's own environment is given.
+ADDRESS_SETTINGS = ("_SERVER_PORT", "_SERVER_METRICS_PORT", "_SERVER_PORT_FILE", "_TARGET")
+
+
 def _start(
     stack: Stack,
     name: str,
@@ -376,9 +385,12 @@ def _start(
     settings: dict,
     targets: dict,
     extra_env: dict[str, str] | None,
+    own: dict[str, str] | None = None,
 ) -> None:
     port_file = _port_file(stack, name)
     env = _environment(name, port, metrics_port, settings, targets, port_file, stack.certs)
+    if own is not None:  # the service's own settings; the addresses stay the stack's
+        env = {k: v for k, v in env.items() if k.endswith(ADDRESS_SETTINGS)} | own
     stack.environments[name] = env | (extra_env or {})
     (stack.run_dir / f"{name}.log").write_text("")  # this run's log only; restarts append
     stack.services.append(_launch(stack, name, port, metrics_port))

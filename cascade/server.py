@@ -53,6 +53,7 @@ from cascade.telemetry import (
 )
 from cascade.tls import ServerCertificates, TlsError, is_loopback
 from cascade.v1 import common_pb2
+from cascade.warmup import WarmUp, warm_up, warmup_counter
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class ServerSettings:
     tls_cert: Path | None = None  # with tls_key: TLS on the gRPC port
     tls_key: Path | None = None  # the private key of tls_cert
     tls_client_ca: Path | None = None  # mutual TLS: only clients with a certificate it signed
+    # HTTPS on the metrics port (PEM files, e.g. the gRPC port's own pair; read at start).
+    metrics_tls_cert: Path | None = None
+    metrics_tls_key: Path | None = None
     # Under mutual TLS, the client certificate common names whose stage calls are accepted.
     allowed_callers: tuple[str, ...] = (GATEWAY_IDENTITY,)
     caller_token: Secret = Secret("")  # without mutual TLS: stage calls must carry this token
@@ -106,6 +110,8 @@ class ServerSettings:
             raise ValueError(f"reload_interval_s must be >= 0, got {self.reload_interval_s}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if (self.metrics_tls_cert is None) != (self.metrics_tls_key is None):
+            raise ValueError("metrics_tls_cert and metrics_tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if not -1 <= self.probe_port <= 65535:
@@ -252,7 +258,9 @@ def serve(
     metrics_server = None
     if settings.metrics_port >= 0:
         try:
-            metrics_server = start_metrics_server(registry, settings.metrics_port, settings.host)
+            metrics_server = start_metrics_server(
+                registry, settings.metrics_port, settings.host, _metrics_tls(settings)
+            )
         except OSError as error:
             server.stop(None)
             pool.shutdown(wait=False)
@@ -343,6 +351,8 @@ class StageServer:
     reload: Callable[[Any, Any], Any] | None = None
     describe: Callable[[Any, Any], str] | None = None  # one start-up log line about the model
     close: Callable[[Any], None] | None = None  # after the server has stopped
+    # Synthetic requests through the loaded models before the port opens (cascade/warmup.py).
+    warm_up: WarmUp | None = None
 
     def add_servicers(self, service: Any) -> AddServicers:
         def add(server: grpc.Server) -> list[str]:
@@ -351,12 +361,30 @@ class StageServer:
 
         return add
 
-    def reloader(self, settings: Any, service: Any) -> Reloader:
-        """Swaps a newly published bundle into `service` (polls when reload_interval_s > 0)."""
+    def reloader(
+        self, settings: Any, service: Any, warmed: Callable[[Any], Any] | None = None
+    ) -> Reloader:
+        """Swaps a newly published bundle into `service` (polls when reload_interval_s > 0),
+        passed through `warmed` (the start's warmer) before it serves."""
         reload = self.reload or (lambda settings, _service: self.load(settings))
+        warm = warmed or (lambda loaded: loaded)
         return Reloader.for_service(
-            self.name, settings, lambda: reload(settings, service), service.swap
+            self.name, settings, lambda: warm(reload(settings, service)), service.swap
         )
+
+    def warmer(self, settings: Any, registry: CollectorRegistry) -> Callable[[Any], Any]:
+        """Warms what `load` returned through a scratch service (its metrics in a registry of
+        its own, so real traffic's metrics never see the synthetic requests); returns it."""
+        if self.warm_up is None:
+            return lambda loaded: loaded
+        plan, counter = self.warm_up, warmup_counter(registry)
+
+        def warmed(loaded: Any) -> Any:
+            scratch = self.service(settings, loaded, new_registry(process_metrics=False))
+            warm_up(self.name, scratch, plan, counter)
+            return loaded
+
+        return warmed
 
     def start(
         self, settings: Any, loaded: Any = None, registry: CollectorRegistry | None = None
@@ -365,8 +393,9 @@ class StageServer:
         `running.service`."""
         registry = new_registry() if registry is None else registry
         loaded = self.load(settings) if loaded is None else loaded
-        service = self.service(settings, loaded, registry)
-        reloader = self.reloader(settings, service)
+        warmed = self.warmer(settings, registry)
+        service = self.service(settings, warmed(loaded), registry)
+        reloader = self.reloader(settings, service, warmed)
         interceptors = self.interceptors(settings, service)
         running = serve(
             self.name,
@@ -504,6 +533,12 @@ def _certificates(settings: ServerSettings) -> ServerCertificates | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     return ServerCertificates(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
+def _metrics_tls(settings: ServerSettings) -> tuple[Path, Path] | None:
+    if settings.metrics_tls_cert is None or settings.metrics_tls_key is None:
+        return None
+    return settings.metrics_tls_cert, settings.metrics_tls_key
 
 
 def _caller_check(stage: str, settings: ServerSettings) -> CallerCheck | None:

@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -260,12 +261,20 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    registry: CollectorRegistry, port: int, host: str = "127.0.0.1"
+    registry: CollectorRegistry,
+    port: int,
+    host: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
 ) -> MetricsServer:
-    """Serve `registry` on host:port (0 = an ephemeral port; MetricsServer.port is the real one).
-    Raises OSError naming the address when it cannot bind."""
+    """Serve `registry` on host:port (0 = an ephemeral port; MetricsServer.port is the real one),
+    over HTTPS when `tls` gives (certificate, key) PEM files: read once, at start, so a rotated
+    certificate takes a restart (the gRPC port re-reads its own). Raises OSError naming the
+    address when it cannot bind or the files cannot be loaded."""
+    certfile, keyfile = (None, None) if tls is None else (str(tls[0]), str(tls[1]))
     try:
-        httpd, _thread = _start_http_server(port, addr=host, registry=registry)
+        httpd, _thread = _start_http_server(
+            port, addr=host, registry=registry, certfile=certfile, keyfile=keyfile
+        )
     except OSError as error:
         raise OSError(
             error.errno, f"cannot serve metrics on {host}:{port}: {error.strerror}"

@@ -1,14 +1,21 @@
-"""Checks a running compose stack from the host (deploy/compose_smoke.sh runs it): Recommend
-answers through the gateway, no answer degraded, every replica of a replicated stage served
-calls, and Prometheus scrapes every target in its config with `up` == 1.
+"""Checks a running compose stack from the host (deploy/compose_smoke.sh runs it): a call
+without the API token is refused (UNAUTHENTICATED), Recommend with the token answers through the
+gateway, no answer degraded, every stage replica answered its warm-up before SERVING, every
+replica of a replicated stage served calls, and Prometheus scrapes every target in its config
+with `up` == 1.
 
-    python -m deploy.compose_check --config .cascade/compose/prometheus/prometheus-compose.yml
+    CASCADE_GATEWAY_API_TOKEN=... python -m deploy.compose_check \
+        --config .cascade/compose/prometheus/prometheus-compose.yml
+
+`--no-prometheus` checks the gateway and the replicas alone (tests/deploy/test_compose_local.py
+runs that against the local stack started with docker-compose.yml's settings).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -45,6 +52,16 @@ def served_calls(metrics_text: str) -> float:
     )
 
 
+def warm_ups(metrics_text: str) -> float:
+    """Synthetic requests a stage answered before it reported SERVING (cascade/warmup.py)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "cascade_warmup_requests_total" and sample.labels["outcome"] == "ok"
+    )
+
+
 def _get(url: str, timeout_s: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:  # loopback only
         return response.read().decode()
@@ -58,10 +75,34 @@ def query(prometheus: str, promql: str) -> list[dict]:
     return reply["data"]["result"]
 
 
-def drive(gateway: str, users: Sequence[int], count: int) -> tuple[int, int, int]:
-    """Recommend for each user; returns (answered, degraded, failed) and prints user 196's page."""
-    answered = degraded = failed = 0
+TOKEN_ENV = "CASCADE_GATEWAY_API_TOKEN"  # what docker-compose.yml hands the gateway
+WARMED = ("recall", "prerank", "rank", "rerank")  # the stages with models and indexes to warm
+
+
+def spread_users(count: int, n_users: int) -> list[int]:
+    """`count` user ids spread over 1..n_users (196, 203, ... on ml-100k's 943 users)."""
+    return [1 + (195 + 7 * i) % n_users for i in range(count)]
+
+
+def refused_without_token(gateway: str) -> str | None:
+    """A problem when a Recommend without the API token is not refused as UNAUTHENTICATED."""
     with CascadeClient(gateway, timeout_s=2.0) as client:
+        try:
+            client.recommend(1, count=1)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                print(f"without the token: UNAUTHENTICATED ({error.details()})")
+                return None
+            return f"a call without the token got {error.code().name}, not UNAUTHENTICATED"
+    return "a call without the token was answered"
+
+
+def drive(
+    gateway: str, users: Sequence[int], count: int, token: str | None = None
+) -> tuple[int, int, int]:
+    """Recommend for each user; returns (answered, degraded, failed), printing each failure."""
+    answered = degraded = failed = 0
+    with CascadeClient(gateway, timeout_s=2.0, token=token) as client:
         for user in users:
             try:
                 page = client.recommend(user, count=count)
@@ -109,18 +150,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gateway", default="127.0.0.1:50050")
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
     parser.add_argument("--requests", type=int, default=60, help="Recommend calls to send")
+    parser.add_argument("--users", type=int, default=943, help="the dataset's user count")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for scrapes")
+    parser.add_argument(
+        "--no-prometheus", action="store_true", help="skip the checks that ask Prometheus"
+    )
     args = parser.parse_args(argv)
     targets = scrape_targets(yaml.safe_load(args.config.read_text()))
     problems: list[str] = []
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        print(f"FAILED: no {TOKEN_ENV} in the environment (the gateway's API token)")
+        return 1
 
-    users = [196 + 7 * i for i in range(args.requests)]  # spread over ml-100k's 943 users
-    answered, degraded, failed = drive(args.gateway, users, count=10)
+    if problem := refused_without_token(args.gateway):
+        problems.append(problem)
+    users = spread_users(args.requests, args.users)
+    answered, degraded, failed = drive(args.gateway, users, count=10, token=token)
     print(
         f"recommend: {len(users)} sent, {answered} answered, {degraded} degraded, {failed} failed"
     )
     if answered != len(users) or degraded:
         problems.append("some Recommend calls failed or degraded")
+
+    warmed = {
+        target: warm_ups(_get(f"http://{target}/metrics"))
+        for stage in WARMED
+        for target in targets.get(stage, [])
+    }
+    print("warm-up requests answered before SERVING: " + ", ".join(
+        f"{target} {count:.0f}" for target, count in warmed.items()
+    ))  # fmt: skip
+    if not warmed or min(warmed.values()) == 0:
+        problems.append("a stage served without a warm-up")
 
     for stage, endpoints in targets.items():
         if len(endpoints) < 2:
@@ -133,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if min(calls.values()) == 0:
             problems.append(f"a {stage} replica served no calls")
 
+    if args.no_prometheus:
+        return report(problems)
     expected = [t for endpoints in targets.values() for t in endpoints]
     up = wait_up(args.prometheus, expected, args.timeout)
     print(f"prometheus up (query `up` on {args.prometheus}):")
@@ -149,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(per_stage.get(s, 0) < answered for s in stages):
         problems.append(f"a stage shows fewer than the {answered} answered calls in Prometheus")
 
+    return report(problems)
+
+
+def report(problems: Sequence[str]) -> int:
     for problem in problems:
         print(f"FAILED: {problem}")
     print("compose check: " + ("FAILED" if problems else "OK"))

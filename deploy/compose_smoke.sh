@@ -3,7 +3,9 @@
 # debootstrap, docker-compose), starts a Docker engine when none runs (vfs storage, no bridge, no
 # iptables), builds the base and the images (deploy/build_image.sh), brings docker-compose.yml up
 # with REPLICAS (default rank=2) on the host network, waits for every health check, asks the
-# gateway for recommendations, checks the replicas and Prometheus' scrapes (deploy/compose_check.py)
+# gateway for recommendations with the API token (and checks a call without it is refused), checks
+# the replicas and Prometheus' scrapes (deploy/compose_check.py), uploads an item, kills pre-rank
+# and rank with kill -9 and checks both know the upload once restarted (deploy/compose_upload.py),
 # and always tears everything down, the engine too when this script started it.
 # Output: results/ops/compose_smoke.txt. Needs root, .venv (make setup), artifacts/current and
 # data/ (make demo): the containers mount the host's artifacts/ and data/ read-only.
@@ -25,6 +27,8 @@ PYTHON=.venv/bin/python
 HEALTH_TIMEOUT_S=${HEALTH_TIMEOUT_S:-300}
 # The engine's own, Debian-packaged client (BuildKit built in); compose v1 talks to the API.
 export DOCKER=/usr/bin/docker
+# Removing a container's vfs layers on a busy machine can outlast compose's 60 s API timeout.
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-300}
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 fail() { echo "error: $*" >&2; exit 1; }
 
@@ -163,6 +167,28 @@ step "cascade recommend --user 196 --debug (host venv -> gateway 127.0.0.1:50050
 
 step "traffic, replicas and Prometheus scrapes"
 "$PYTHON" -m deploy.compose_check --config "$RUN_DIR/prometheus/prometheus-compose.yml"
+
+step "an upload survives kill -9 of prerank and rank (they replay the gateway's event log)"
+item=$("$PYTHON" -m deploy.compose_upload add)
+echo "uploaded item $item through the gateway"
+"$PYTHON" -m deploy.compose_upload check --item "$item"
+killed=()
+for service in prerank rank; do
+    container=$("${compose[@]}" ps -q "$service")
+    pid=$("$DOCKER" inspect -f '{{.State.Pid}}' "$container")
+    kill -9 "$pid"  # the server process itself: a crash, which restart: unless-stopped restarts
+    echo "kill -9 $service (host pid $pid)"
+    killed+=("$container")
+done
+restarted=$SECONDS
+while true; do
+    states=$("$DOCKER" inspect -f '{{.RestartCount}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "${killed[@]}")
+    grep -qv '^[1-9][0-9]* running healthy$' <<<"$states" || break
+    ((SECONDS - restarted > HEALTH_TIMEOUT_S)) && { echo "$states"; fail "not healthy again after kill -9"; }
+    sleep 2
+done
+echo "restarted and healthy again $((SECONDS - restarted)) s after kill -9"
+"$PYTHON" -m deploy.compose_upload check --item "$item"
 
 step "container resources"
 "$DOCKER" stats --no-stream --format '{{.Name}}  cpu {{.CPUPerc}}  mem {{.MemUsage}}' "${containers[@]}"

@@ -232,14 +232,60 @@ def stages() -> dict:
     return dashboard(
         "cascade-stages",
         "Cascade / Stages",
-        "Per-stage latency side by side, the funnel sizes and recall's channel mix.",
+        "Per-stage latency side by side, the funnel sizes, recall's channel mix and the health "
+        "of every replica.",
         [
             ("Latency as the gateway sees it (network and queueing included)", seen),
             ("Latency inside each stage (its own RPC)", served),
             ("Funnel", funnel),
             ("Recall channels", channels),
+            ("Replicas (one series per scraped instance)", replicas()),
         ],
     )
+
+
+PER_REPLICA = f'rpc=~"{STAGE_RPCS}|{MAIN_RPC["gateway"].replace(".", "[.]")}"'
+
+
+def replicas() -> list[Panel]:
+    """Per-replica health: a replica that is down, idle while its peers work, slower than
+    them or refusing calls stands out beside the others of its stage."""
+    legend = "{{stage}} {{instance}}"
+    return [
+        panel(
+            "Replica up (1) or missing a scrape (0)",
+            [target(f'up{{job="{JOB}"}}', legend)],
+            description="Prometheus' own `up`: 0 when a replica did not answer its last scrape.",
+        ),
+        panel(
+            "Calls per second per replica",
+            [
+                target(
+                    f"sum by (stage, instance) "
+                    f"(rate(cascade_rpc_requests_total{{{PER_REPLICA}}}[{WINDOW}]))",
+                    legend,
+                )
+            ],
+            "reqps",
+            description="A replica the balancer skips serves far fewer calls than its peers.",
+        ),
+        panel(
+            "p99 per replica (own RPC)",
+            [
+                target(
+                    "histogram_quantile(0.99, sum by (stage, instance, le) "
+                    f"(rate(cascade_rpc_latency_seconds_bucket{{{PER_REPLICA}}}[{WINDOW}])))",
+                    legend,
+                )
+            ],
+            "s",
+        ),
+        panel(
+            "Calls in flight per replica",
+            [target(f'sum by (stage, instance) (cascade_rpc_in_flight{{job="{JOB}"}})', legend)],
+            description="A replica whose in-flight calls climb while its peers' do not is stuck.",
+        ),
+    ]
 
 
 def models() -> dict:

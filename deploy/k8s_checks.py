@@ -375,6 +375,29 @@ def check_store(objects: list[Obj]) -> list[str]:
     return errors
 
 
+# The stages that replay the gateway's event log at start (uploads and follow changes since the
+# bundle; recall's embedded store also its events).
+LOG_READERS = ("recall", "prerank", "rank")
+
+
+def check_event_log(objects: list[Obj]) -> list[str]:
+    """The gateway's event log is the Redis one (a pod's file log is seen by no other pod, and
+    lost with the pod), and recall, pre-rank and rank read that same log when they start."""
+    found = {w.stage.name: w for w in workloads(objects)[0] if w.settings is not None}
+    gateway = found.get("gateway")
+    if gateway is None:
+        return ["no gateway settings to check the event log of"]
+    url = gateway.settings.event_log
+    if not url.startswith("redis://"):
+        return [f"{gateway.name}: event_log is {url!r}: a pod's own log; use the shared redis://"]
+    return [
+        f"{found[stage].name}: event_log is {found[stage].settings.event_log!r}, not the "
+        f"gateway's {url!r}: the uploads since the bundle are lost when it restarts"
+        for stage in LOG_READERS
+        if stage in found and found[stage].settings.event_log != url
+    ]
+
+
 CHECKS: list[tuple[str, Callable[[list[Obj]], list[str]]]] = [
     ("every stage has a Deployment, a Service, an HPA and a PDB", check_inventory),
     ("settings load from ConfigMap + env; every CASCADE_* var is a field; ports, host, "
@@ -388,4 +411,6 @@ CHECKS: list[tuple[str, Callable[[list[Obj]], list[str]]]] = [
      check_gateway_targets),
     ("every stage shares one Redis store: a StatefulSet pod through its headless Service",
      check_store),
+    ("the gateway's event log is on Redis, and recall, pre-rank and rank read it at start",
+     check_event_log),
 ]  # fmt: skip

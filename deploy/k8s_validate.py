@@ -1,11 +1,12 @@
-"""Offline validation of the Kubernetes base in deploy/k8s: render, schemas, fit to the services.
+"""Offline validation of the Kubernetes base in deploy/k8s/base and of every overlay in
+deploy/k8s/overlays/<name>: render, schemas, fit to the services.
 
-Renders the kustomization with `kubectl kustomize`, validates every object against the Kubernetes
+Renders each kustomization with `kubectl kustomize`, validates every object against the Kubernetes
 OpenAPI schemas shipped by kubernetes-validate (strict: an unknown field is an error) for the
 oldest and the newest Kubernetes we support, then runs deploy.k8s_checks; then the same for each
 overlay under deploy/k8s/overlays/ (the profile overlays, deploy/profile_overlays.py).
 
-    python -m deploy.k8s_validate [--dir deploy/k8s] [--out results/ops/k8s_validate.txt]
+    python -m deploy.k8s_validate [--dir deploy/k8s/base] [--out results/ops/k8s_validate.txt]
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from kubernetes_validate.version import __version__ as VALIDATOR_VERSION
 from deploy.k8s_checks import STAGES, Obj, Workload, workloads
 from deploy.k8s_security import ALL_CHECKS
 
-K8S_DIR = Path(__file__).parent / "k8s"
+K8S_DIR = Path(__file__).parent / "k8s" / "base"
+OVERLAYS_DIR = K8S_DIR.parent / "overlays"  # each folder one kustomization over the base
 # 1.27: native gRPC probes are GA; 1.37: the newest schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.27", "1.37")
 
@@ -160,22 +162,26 @@ def _drain(w: Workload) -> str:
     return f"{server.shutdown_delay_s:g}+{server.grace_s:g} s < {termination} s"
 
 
-def overlays(directory: Path) -> list[Path]:
-    """The overlays under directory/overlays (profile-<name>/, ...), each validated as a whole."""
-    return sorted(path.parent for path in directory.glob("overlays/*/kustomization.yaml"))
+def kustomizations() -> list[Path]:
+    """The base, then every overlay (deploy/k8s/overlays/<name>), by name."""
+    overlays = sorted(p.parent for p in OVERLAYS_DIR.glob("*/kustomization.yaml"))
+    return [K8S_DIR, *overlays]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=K8S_DIR, help="the kustomization folder")
+    parser.add_argument(
+        "--dir", type=Path, action="append", help="a kustomization folder (default: all)"
+    )
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    directories = args.dir or kustomizations()
     try:
-        reports = [report(directory) for directory in (args.dir, *overlays(args.dir))]
+        reports = [report(directory) for directory in directories]
     except RenderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    text = "\n".join(text for text, _ in reports)
+    text = "\n".join(section for section, _ in reports)
     n_errors = sum(errors for _, errors in reports)
     print(text, end="")
     if args.out is not None:

@@ -120,5 +120,14 @@ def ml100k_raw(tmp_path_factory) -> Callable[[Path], Path]:
     return into
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One tiny bundle per session, every stage trained (tests/gateway/conftest.py): the gateway
+    tests' stack and the deploy tests' (compose settings, Prometheus) share it."""
+    from tests.gateway.conftest import build_bundle, tiny_world
+
+    return build_bundle(tmp_path_factory.mktemp("gateway"), tiny_world())
+
+
 # A real redis-server per test that asks for it (tests/redis_server.py).
 from tests.redis_server import redis_binary, redis_process, redis_url  # noqa: E402, F401

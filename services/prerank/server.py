@@ -34,6 +34,7 @@ from cascade.live_catalog import CatalogUpdatesService
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
 from cascade.v1 import catalog_pb2_grpc, prerank_pb2, prerank_pb2_grpc
+from cascade.warmup import WarmUp, candidates_request
 from services.prerank.scorer import COMPONENT, PrerankScorer, ScorerSettings
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ SERVER = StageServer(
     register=register,
     service_name=SERVICE,
     describe=describe,
+    warm_up=WarmUp("Prerank", lambda: candidates_request(prerank_pb2.PrerankRequest)),
 )
 start, main = SERVER.start, SERVER.main
 

@@ -30,6 +30,7 @@ from cascade.live_catalog import CatalogUpdatesService
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
 from cascade.v1 import catalog_pb2_grpc, rank_pb2, rank_pb2_grpc
+from cascade.warmup import WarmUp, candidates_request
 from services.rank.scorer import COMPONENT, RankScorer, ScorerSettings
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ SERVER = StageServer(
     register=register,
     service_name=SERVICE,
     describe=describe,
+    warm_up=WarmUp("Rank", lambda: candidates_request(rank_pb2.RankRequest)),
 )
 start, main = SERVER.start, SERVER.main
 

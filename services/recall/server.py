@@ -35,6 +35,7 @@ from cascade.live_catalog import CatalogUpdatesService, replay_catalog
 from cascade.server import ServerSettings, StageServer, invalid_argument
 from cascade.telemetry import ModelMetrics
 from cascade.v1 import catalog_pb2_grpc, common_pb2, gateway_pb2, recall_pb2, recall_pb2_grpc
+from cascade.warmup import WARM_UP_USER, WarmUp
 from services.recall.channels import Channel, RecallContext
 from services.recall.channels.fresh import FreshChannel
 from services.recall.channels.item_cf import ItemCFChannel
@@ -380,6 +381,8 @@ def register(service: RecallService, server: grpc.Server) -> None:
     catalog_pb2_grpc.add_CatalogUpdatesServicer_to_server(service.updates, server)
 
 
+WARM_UP = common_pb2.UserContext(user_id=WARM_UP_USER)
+
 SERVER = StageServer(
     name=STAGE,
     settings=RecallSettings,
@@ -388,6 +391,7 @@ SERVER = StageServer(
     register=register,
     service_name=SERVICE,
     reload=reload_state,
+    warm_up=WarmUp("Recall", lambda: recall_pb2.RecallRequest(user=WARM_UP)),  # default count
 )
 start, main = SERVER.start, SERVER.main
 

@@ -29,6 +29,7 @@ from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
 from cascade.telemetry import ModelMetrics
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
+from cascade.warmup import WarmUp, candidates_request
 from services.rerank.reranker import RerankConfig, Reranker
 from services.rerank.train import COMPONENT, VECTORS
 
@@ -182,6 +183,7 @@ SERVER = StageServer(
     register=rerank_pb2_grpc.add_RerankServicer_to_server,
     service_name=SERVICE,
     describe=describe,
+    warm_up=WarmUp("Rerank", lambda: candidates_request(rerank_pb2.RerankRequest)),
 )
 start, main = SERVER.start, SERVER.main
 

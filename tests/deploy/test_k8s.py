@@ -11,7 +11,7 @@ import pytest
 from deploy import k8s_checks as checks
 from deploy import k8s_security as security
 from deploy.k8s_security import ALL_CHECKS
-from deploy.k8s_validate import KUBERNETES_VERSIONS, main, render, schema_errors
+from deploy.k8s_validate import KUBERNETES_VERSIONS, OVERLAYS_DIR, main, render, schema_errors
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,12 @@ MISTAKES = [
      lambda o: checks.find(o, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0][
          "ports"][0].update(containerPort=6380),
      checks.check_store, "StatefulSet/redis listens on [6380], not 6379"),
+    ("the gateway's event log in its pod",
+     lambda o: set_env(o, "gateway", "CASCADE_GATEWAY_EVENT_LOG", "file:/tmp/eventlog"),
+     checks.check_event_log, "a pod's own log"),
+    ("pre-rank forgets the uploads on a restart",
+     lambda o: set_env(o, "prerank", "CASCADE_PRERANK_EVENT_LOG", ""),
+     checks.check_event_log, "Deployment/prerank: event_log is ''"),
     ("a probe on the TLS port",
      lambda o: container(o, "rank")["livenessProbe"]["grpc"].update(port=50053),
      checks.check_probes, "Deployment/rank: livenessProbe must be a gRPC probe on port 50153"),
@@ -218,3 +224,58 @@ def test_cli_writes_the_report_and_exits_zero(tmp_path, capsys):
     assert "FAIL" not in text and text.endswith("result: 0 errors\n")
     for version in KUBERNETES_VERSIONS:
         assert f"ok   Kubernetes {version}: 32/32" in text
+
+
+def test_the_cli_validates_the_base_and_every_overlay(tmp_path):
+    out = tmp_path / "k8s_validate.txt"
+    assert main(["--out", str(out)]) == 0
+    rendered = [line for line in out.read_text().splitlines() if line.startswith("render:")]
+    assert [line.split()[3] for line in rendered] == [
+        "deploy/k8s/base",
+        *(
+            f"deploy/k8s/overlays/{name}"
+            for name in ("ingress-only", "metrics-tls", "profile-default", "profile-simulated-lift")
+        ),
+    ]
+
+
+def test_the_ingress_only_overlay_admits_the_gateways_grpc_from_the_ingress_pods_alone(objects):
+    overlay = render(OVERLAYS_DIR / "ingress-only")
+    policy = checks.find(overlay, "NetworkPolicy", "gateway")["spec"]["ingress"]
+    grpc_rules = [rule for rule in policy if rule["ports"][0]["port"] == "grpc"]
+    assert [rule["from"] for rule in grpc_rules] == [
+        [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                },
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+            }
+        ]
+    ]
+    base = checks.find(objects, "NetworkPolicy", "gateway")["spec"]["ingress"]
+    assert "from" not in next(rule for rule in base if rule["ports"][0]["port"] == "grpc")
+    # Everything else is the base's: the metrics and probe rules, and every other object.
+    assert [r for r in policy if r not in grpc_rules] == [
+        r for r in base if r["ports"][0]["port"] != "grpc"
+    ]
+
+    def rest(objs: list[dict]) -> list[dict]:
+        return [
+            o for o in objs if (o["kind"], o["metadata"]["name"]) != ("NetworkPolicy", "gateway")
+        ]
+
+    assert rest(overlay) == rest(objects)
+
+
+def test_the_metrics_tls_overlay_serves_every_metrics_port_over_https(objects):
+    overlay = render(OVERLAYS_DIR / "metrics-tls")
+    for stage in checks.STAGES:
+        pod = deployment(overlay, stage)["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+        env = {e["name"]: e.get("value") for e in container(overlay, stage)["env"]}
+        prefix = f"CASCADE_{stage.upper()}_SERVER_"
+        assert env[prefix + "METRICS_TLS_CERT"] == env[prefix + "TLS_CERT"]
+        assert env[prefix + "METRICS_TLS_KEY"] == env[prefix + "TLS_KEY"]
+    # The settings classes take the new variables (the check that loads each container's).
+    assert all(check(overlay) == [] for _, check in ALL_CHECKS)

@@ -9,12 +9,12 @@ import pytest
 
 from cascade.profiles import load_profile, profile_names
 from deploy import k8s_checks, profile_overlays
-from deploy.k8s_validate import K8S_DIR, overlays, render
+from deploy.k8s_validate import K8S_DIR, OVERLAYS_DIR, kustomizations, render
 
 
 def test_the_overlays_and_the_base_profile_are_fresh():
     assert profile_overlays.stale() == [], "stale: run `make settings-reference`"
-    assert [p.name for p in overlays(K8S_DIR) if p.name.startswith("profile-")] == [
+    assert [p.name for p in kustomizations() if p.name.startswith("profile-")] == [
         f"profile-{name}" for name in profile_names()
     ]
 
@@ -22,7 +22,7 @@ def test_the_overlays_and_the_base_profile_are_fresh():
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomization")
 def test_an_overlay_serves_its_profile_in_every_container():
     lift = load_profile("simulated-lift")
-    found, errors = k8s_checks.workloads(render(K8S_DIR / "overlays" / "profile-simulated-lift"))
+    found, errors = k8s_checks.workloads(render(OVERLAYS_DIR / "profile-simulated-lift"))
     assert not errors and len(found) == 5
     for workload in found:
         assert not workload.errors, workload.errors

@@ -1,6 +1,7 @@
 """The real thing: Prometheus scrapes a local stack with faults injected, and every recording rule
-and Grafana panel query returns data (about 20 s). Runs where Debian's prometheus is installed and
-a trained bundle is published in artifacts/; `python -m deploy.check_prometheus` is the same."""
+and Grafana panel query returns data (about 20 s). Runs where Debian's prometheus is installed, on
+the suite's tiny bundle (every stage trained: tests/conftest.py `built`), so never on what a
+developer left in artifacts/; `python -m deploy.check_prometheus` is the same on the real one."""
 
 from __future__ import annotations
 
@@ -9,30 +10,25 @@ import shutil
 
 import pytest
 
-from app.stack import bundle_dataset
-from deploy.check_prometheus import ROOT, main
+from deploy.check_prometheus import main
 
-ARTIFACTS = ROOT / "artifacts"
 pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.skipif(
         not (shutil.which("prometheus") and shutil.which("promtool")),
         reason="Debian's prometheus package is not installed (make system-packages)",
     ),
-    pytest.mark.skipif(
-        bundle_dataset(ARTIFACTS) is None, reason="no bundle in artifacts/: cascade train all"
-    ),
 ]
 
 
-def test_every_rule_and_panel_query_has_data_against_a_real_prometheus(tmp_path):
+def test_every_rule_and_panel_query_has_data_against_a_real_prometheus(built, tmp_path):
     argv = [
         "--out",
         str(tmp_path),
         "--artifacts",
-        str(ARTIFACTS),
+        str(built.artifacts),
         "--data-dir",
-        str(ROOT / "data"),
+        str(built.data_dir),
         "--traffic-s",
         "8",
     ]

@@ -56,11 +56,6 @@ class Built:
     artifacts: Path
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Built:
-    return build_bundle(tmp_path_factory.mktemp("gateway"), tiny_world())
-
-
 def build_bundle(root: Path, dataset: Dataset) -> Built:
     """Trains every stage on `dataset` (saved as "ml-100k") into a bundle published as current."""
     torch.set_num_threads(1)

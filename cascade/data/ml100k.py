@@ -188,7 +188,8 @@ def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.G
     by_upload = np.argsort(items["upload_ts"], kind="stable")
     upload_sorted = items["upload_ts"][by_upload]
     n_items = int(items["item_id"].max()) + 1
-    consumed = np.unique(users * n_items + interactions["item_id"])
+    pairs = np.sort(users * n_items + interactions["item_id"])
+    consumed = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs  # unique
 
     neg_users, neg_ts = np.repeat(users, k), np.repeat(ts, k)
     eligible = np.searchsorted(upload_sorted, neg_ts, side="right")  # items in catalog by then

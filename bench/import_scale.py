@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -69,8 +71,12 @@ def write_files(folder: Path, rows: int, seed: int) -> dict[str, Path]:
             ts = 1_767_225_600 + rng.integers(0, 90 * 86_400, n)
             batch = pa.table(
                 {
-                    "user": pa.array(np.char.add("user-", users.astype(str))),
-                    "item": pa.array(np.char.add("item-", items.astype(str))),
+                    "user": pc.binary_join_element_wise(
+                        "user", pa.array(users).cast(pa.string()), "-"
+                    ),
+                    "item": pc.binary_join_element_wise(
+                        "item", pa.array(items).cast(pa.string()), "-"
+                    ),
                     "event": pa.array(events),
                     "ts": pa.array(ts),
                 },
@@ -215,9 +221,7 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/data"))
-    parser.add_argument(
-        "--rows", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000]
-    )
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--negatives", type=int, default=1, help="impressions per interaction")
     parser.add_argument("--scratch", type=Path, default=None, help="where the files go (tmp)")
@@ -225,6 +229,7 @@ def main() -> None:
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # child: the floor
     args = parser.parse_args()
     if args.single is not None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
         print(json.dumps(import_file(args.single, args.negatives)))
         return
     if args.bare is not None:

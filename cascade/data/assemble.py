@@ -8,9 +8,11 @@ The dataset is written to a temporary folder beside data/NAME and renamed at the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, ParquetTable
 from cascade.data.staging import Staging, sql_text
 from cascade.ids import IdMap
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GENDERS = {"m": 1, "male": 1, "f": 2, "female": 2, "o": 3, "other": 3, "x": 3}
 
@@ -204,22 +207,32 @@ def build(
     report = Report(strict=mapping.strict)
     spec = mapping.interactions
     staging = Staging(folder / ".staging")
+    started = time.perf_counter()
+
+    def done(step: str) -> None:  # where a long import is, for `--verbose` and the benchmark
+        log.info("import %s: %s after %.1f s", name, step, time.perf_counter() - started)
+
     try:
         if staging.load(importer.interaction_batches(mapping, progress)) == 0:
             raise DataError(f"{spec.source.path} line 2: no data rows after the header")
+        done("read and checked")
         user_keys, item_keys = staging.keys("user"), staging.keys("item")
         _check_interactions(mapping, staging, report)
+        done("duplicates removed")
         items, categories, creators, item_ids, item_of = _items_table(
             mapping, item_keys, staging, report
         )
         staging.drop_unknown_items(item_of, report, spec.source, spec.item)
         users, occupations, user_ids, user_of = _users_table(mapping, user_keys, report)
         staging.map_ids(user_of, _flags(mapping), report, spec.source)
+        done("ids mapped")
         staging.write_interactions(folder / "interactions.parquet")
+        done("interactions written")
         rng = np.random.default_rng(mapping.seed)
         staging.write_impressions(
             folder / "impressions.parquet", items, mapping.negatives_per_positive, rng
         )
+        done("impressions written")
         tasks = staging.tasks()
     finally:
         staging.close()

@@ -200,7 +200,10 @@ def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.G
         # Membership by binary search in the sorted pairs: np.isin would re-hash all of
         # `consumed` every round (minutes at 10M interactions).
         keys = neg_users[todo] * n_items + draw
-        found = np.minimum(np.searchsorted(consumed, keys), max(len(consumed) - 1, 0))
+        order = np.argsort(keys)  # sorted needles: each search starts where the last ended
+        found = np.empty(len(keys), dtype=np.int64)
+        found[order] = np.searchsorted(consumed, keys[order])
+        found = np.minimum(found, max(len(consumed) - 1, 0))
         rejected = consumed[found] == keys if len(consumed) else np.zeros(len(keys), bool)
         neg_items[todo[~rejected]] = draw[~rejected]
         todo = todo[rejected]

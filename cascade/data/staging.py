@@ -24,8 +24,8 @@ from cascade.data.ml100k import sample_impressions
 from cascade.data.schema import SCHEMA, DataError, arrow_table
 from cascade.data.tabular import Source
 
-MEMORY_LIMIT = "1GB"  # DuckDB's working memory; past it joins, aggregations and sorts spill
-SLICE_ROWS = 4_000_000  # interactions per impression-sampling slice (whole users per slice)
+MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it joins, aggregations and sorts spill
+SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole users per slice)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
 
 

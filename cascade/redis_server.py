@@ -134,9 +134,7 @@ class RedisProcess:
 
     def restart(self, timeout_s: float = 20.0) -> None:
         """Starts the server again on the same port and directory (after kill or stop)."""
-        again = RedisProcess.start(
-            self.directory, self.port, self.binary, timeout_s, self._extra
-        )
+        again = RedisProcess.start(self.directory, self.port, self.binary, timeout_s, self._extra)
         self.pid, self._process = again.pid, again._process
 
     def _signal(self, sig: int) -> None:

@@ -15,6 +15,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -103,9 +104,7 @@ def _users_table(mapping: Mapping, user_keys: list[str], report: Report):
     return users, occupations, id_map, translate
 
 
-def _items_table(
-    mapping: Mapping, item_keys: list[str], staging: Staging, report: Report
-):
+def _items_table(mapping: Mapping, item_keys: list[str], staging: Staging, report: Report):
     """(items table, category names, creators table, item IdMap, provisional code -> dense);
     `item_keys` are the interactions' items in order of first sight (their provisional codes)."""
     if mapping.items:
@@ -209,7 +208,7 @@ def build(
     staging = Staging(folder / ".staging")
     started = time.perf_counter()
 
-    def done(step: str) -> None:  # where a long import is, for `--verbose` and the benchmark
+    def done(step: str) -> None:  # where a long import is (logged: the benchmark shows it)
         log.info("import %s: %s after %.1f s", name, step, time.perf_counter() - started)
 
     try:
@@ -249,9 +248,10 @@ def build(
         "negatives_per_positive": mapping.negatives_per_positive,
         "source": "import",
     }
-    interactions = ParquetTable(folder / "interactions.parquet", "interactions")
-    impressions = ParquetTable(folder / "impressions.parquet", "impressions")
-    dataset = Dataset(users, items, creators, follows, interactions, impressions, meta)  # type: ignore[arg-type]
+    # The two large tables are read back a column at a time, on use.
+    interactions: Any = ParquetTable(folder / "interactions.parquet", "interactions")
+    impressions: Any = ParquetTable(folder / "impressions.parquet", "impressions")
+    dataset = Dataset(users, items, creators, follows, interactions, impressions, meta)
     return dataset, user_ids, item_ids, report
 
 

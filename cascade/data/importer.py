@@ -66,7 +66,9 @@ def interaction_batches(mapping: Mapping, progress: bool = True) -> Iterator[pa.
     offset = 0
     for batch in source.batches(list(roles), progress):
         n = batch.num_rows
-        ts = parse_times(source, spec.time, batch[spec.time].combine_chunks(), offset, spec.time_format)
+        ts = parse_times(
+            source, spec.time, batch[spec.time].combine_chunks(), offset, spec.time_format
+        )
         if spec.rating:
             values = batch[spec.rating].combine_chunks()
             rating = parse_numbers(source, spec.rating, values, offset, "float", "rating")

@@ -113,9 +113,7 @@ class Staging:
         (total,) = self.one("SELECT count(*) FROM raw")
         (kept,) = self.one("SELECT count(*) FROM kept")
         if total > kept:
-            (first,) = self.one(
-                "SELECT min(row) FROM raw WHERE row NOT IN (SELECT row FROM kept)"
-            )
+            (first,) = self.one("SELECT min(row) FROM raw WHERE row NOT IN (SELECT row FROM kept)")
             report.drop(
                 "duplicate row (same user, item, time, event and rating as an earlier row)",
                 int(total - kept),
@@ -127,7 +125,9 @@ class Staging:
         where an item has none), and that earliest time."""
         (ts_min,) = self.one("SELECT min(ts) FROM kept")
         first = np.full(n_items, ts_min, dtype=np.int64)
-        table = self.con.execute("SELECT item, min(ts) AS ts FROM kept GROUP BY item").fetch_arrow_table()
+        table = self.con.execute(
+            "SELECT item, min(ts) AS ts FROM kept GROUP BY item"
+        ).fetch_arrow_table()
         first[table.column("item").to_numpy()] = table.column("ts").to_numpy()
         return first, int(ts_min)
 

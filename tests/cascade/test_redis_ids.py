@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import redis
 
 from cascade.ids import IdMap, IdSpaceFull
 from cascade.redis_client import connect

@@ -1,16 +1,20 @@
-"""How `cascade data import` scales: rows/s and peak memory on generated CSV files.
+"""How `cascade data import` scales: rows/s and peak memory against the bare reader (the floor).
 
-    python -m bench.import_scale --out results/data --rows 1000000 10000000
+    python -m bench.import_scale --out results/data --rows 1000000 10000000 100000000
 
-Each size writes a CSV of string user / item ids, an event column and Unix times (users = rows /
-100, items = rows / 200, Zipf-like item popularity, seeded), then imports it in a fresh process
-so the peak RSS is the import's own: read (streamed), map ids, check, sample impressions, write.
+Each size writes the same generated log as CSV and as Parquet (string user / item ids, an event
+column, Unix times; users = rows / 100, items = rows / 200, Zipf-like item popularity, seeded).
+For each file, in fresh processes so each peak RSS is its own: the bare reader alone (pyarrow's
+streamed reader with the import's own options, doing nothing with the batches: the floor), then
+the import end to end (read, check, map ids, remove duplicates, sample impressions, write
+Parquet). Then one malformed line is appended to the CSV, and the import must name its line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -23,38 +27,42 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from cascade.data.assemble import import_dataset
 from cascade.data.mapping import load_mapping
+from cascade.data.schema import DataError
 
 MAPPING = """\
 [interactions]
-file = "events.csv"
+file = "{file}"
 user = "user"
 item = "item"
 time = "ts"
 event = "event"
-events = { play = "play", complete = "complete", like = "like" }
+events = {{ play = "play", complete = "complete", like = "like" }}
 
 [options]
 negatives_per_positive = {negatives}
 """
 CHUNK = 1_000_000
+FORMATS = ("csv", "parquet")
 
 
-def write_csv(folder: Path, rows: int, seed: int) -> Path:
-    """events.csv with `rows` rows, written a chunk at a time (bounded memory here too)."""
+def write_files(folder: Path, rows: int, seed: int) -> dict[str, Path]:
+    """events.csv and events.parquet with the same `rows` rows, a chunk at a time."""
     rng = np.random.default_rng(seed)
     n_users, n_items = max(rows // 100, 10), max(rows // 200, 10)
-    path = folder / "events.csv"
-    with pacsv.CSVWriter(
-        path,
-        pa.schema(
-            [(c, pa.string()) for c in ("user", "item")]
-            + [("event", pa.string()), ("ts", pa.int64())]
-        ),
-    ) as writer:
+    schema = pa.schema(
+        [("user", pa.string()), ("item", pa.string()), ("event", pa.string()), ("ts", pa.int64())]
+    )
+    paths = {kind: folder / f"events.{kind}" for kind in FORMATS}
+    with (
+        pacsv.CSVWriter(paths["csv"], schema) as csv_writer,
+        pq.ParquetWriter(paths["parquet"], schema) as parquet_writer,
+    ):
         for start in range(0, rows, CHUNK):
             n = min(CHUNK, rows - start)
             users = rng.integers(1, n_users + 1, n)
@@ -63,103 +71,185 @@ def write_csv(folder: Path, rows: int, seed: int) -> Path:
             ts = 1_767_225_600 + rng.integers(0, 90 * 86_400, n)
             batch = pa.table(
                 {
-                    "user": pa.array(np.char.add("user-", users.astype(str))),
-                    "item": pa.array(np.char.add("item-", items.astype(str))),
+                    "user": pc.binary_join_element_wise(
+                        "user", pa.array(users).cast(pa.string()), "-"
+                    ),
+                    "item": pc.binary_join_element_wise(
+                        "item", pa.array(items).cast(pa.string()), "-"
+                    ),
                     "event": pa.array(events),
                     "ts": pa.array(ts),
-                }
+                },
+                schema=schema,
             )
-            writer.write_table(batch)
-    return path
+            csv_writer.write_table(batch)
+            parquet_writer.write_table(batch)
+    return paths
 
 
-def measure(folder: Path, negatives: int) -> dict:
-    """Imports folder/events.csv in this process and reports what it cost."""
-    (folder / "mapping.toml").write_text(MAPPING.replace("{negatives}", str(negatives)))
+def peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+
+
+def bare_read(path: Path) -> dict:
+    """The floor: the import's reader over the file, batches dropped as they come."""
     start = time.perf_counter()
-    dataset, report = import_dataset(
-        "bench", load_mapping(folder / "mapping.toml"), folder / "data", progress=False
-    )
+    rows = 0
+    if path.suffix == ".parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
+            rows += batch.num_rows
+    else:
+        from cascade.data.tabular import Source
+
+        source = Source.of(path)
+        for batch in source.batches(["user", "item", "event", "ts"], progress=False):
+            rows += batch.num_rows
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "wall_s": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+
+
+def import_file(path: Path, negatives: int) -> dict:
+    """Imports `path` end to end in this process: what it cost, or the error it raised."""
+    folder = path.parent
+    mapping = folder / f"mapping-{path.suffix[1:]}.toml"
+    mapping.write_text(MAPPING.format(file=path.name, negatives=negatives))
+    out = folder / "data"
+    start = time.perf_counter()
+    try:
+        dataset, report = import_dataset(
+            "bench", load_mapping(mapping), out, force=True, progress=False
+        )
+    except DataError as error:
+        return {"error": str(error), "wall_s": round(time.perf_counter() - start, 1)}
     wall_s = time.perf_counter() - start
-    rows = int(sum(report.dropped.values())) + len(dataset.interactions["user_id"])
-    return {
+    rows = int(sum(report.dropped.values())) + report.interactions
+    result = {
         "rows": rows,
-        "interactions": len(dataset.interactions["user_id"]),
+        "interactions": report.interactions,
         "dropped": dict(report.dropped),
         "users": len(dataset.users["user_id"]),
         "items": len(dataset.items["item_id"]),
-        "impressions": len(dataset.impressions["user_id"]),
+        "impressions": pq.ParquetFile(out / "bench" / "impressions.parquet").metadata.num_rows,
         "wall_s": round(wall_s, 1),
         "rows_per_s": round(rows / wall_s),
-        # ru_maxrss is KiB on Linux.
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": peak_rss_gib(),
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def child(mode: str, path: Path, negatives: int) -> dict:
+    """Runs one measurement in a fresh process (its own peak RSS), with the load around it."""
+    command = [sys.executable, "-m", "bench.import_scale", f"--{mode}", str(path)]
+    command += ["--negatives", str(negatives)]
+    load_before = os.getloadavg()[0]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["load_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    return result
+
+
+def run_size(rows: int, seed: int, negatives: int, scratch: Path | None) -> list[dict]:
+    folder = Path(tempfile.mkdtemp(prefix=f"import-{rows}-", dir=scratch))
+    results = []
+    try:
+        start = time.perf_counter()
+        paths = write_files(folder, rows, seed)
+        generated_s = round(time.perf_counter() - start, 1)
+        for kind in FORMATS:
+            floor = child("bare", paths[kind], negatives)
+            result = {"format": kind, **child("single", paths[kind], negatives)}
+            result["floor_rows_per_s"] = floor["rows_per_s"]
+            result["floor_load_1m"] = floor["load_1m"]
+            result["ratio_to_floor"] = round(result["rows_per_s"] / floor["rows_per_s"], 3)
+            result["file_mib"] = round(paths[kind].stat().st_size / 2**20)
+            result["generate_s"] = generated_s
+            if kind == "csv":
+                result["malformed"] = malformed_check(paths[kind], rows, negatives)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def malformed_check(path: Path, rows: int, negatives: int) -> dict:
+    """Appends a line with one field too many; the import must fail naming that line."""
+    line = rows + 2  # the header is line 1
+    with path.open("a") as handle:
+        handle.write("user-1,item-1,play,1767225600,extra\n")
+    answer = child("single", path, negatives)
+    expected = f"{path} line {line}: expected 4 fields"
+    return {
+        "line": line,
+        "error": answer.get("error", ""),
+        "named": answer.get("error", "").startswith(expected),
+        "wall_s": answer["wall_s"],
     }
 
 
-def run_size(rows: int, seed: int, negatives: int, scratch: Path) -> dict:
-    folder = Path(tempfile.mkdtemp(prefix=f"import-{rows}-", dir=scratch))
-    try:
-        start = time.perf_counter()
-        path = write_csv(folder, rows, seed)
-        written_s = time.perf_counter() - start
-        command = [sys.executable, "-m", "bench.import_scale", "--single", str(folder)]
-        command += ["--negatives", str(negatives)]
-        completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-        result = json.loads(completed.stdout.strip().splitlines()[-1])
-        result["csv_mib"] = round(path.stat().st_size / 2**20)
-        result["generate_csv_s"] = round(written_s, 1)
-        return result
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def markdown(results: list[dict], negatives: int) -> str:
+def markdown(results: list[dict], negatives: int, command: str) -> str:
     lines = [
         "# `cascade data import` at scale",
         "",
-        "Generated CSV (string user / item ids, event column, Unix times), imported end to end "
-        f"(streamed read, id mapping, checks, {negatives} sampled impression(s) per interaction, "
-        "parquet write), one fresh process per size. Command: "
-        "`python -m bench.import_scale --out results/data --rows 1000000 10000000`. "
-        "The machine (2 cores) was shared with other jobs, so times are indicative.",
+        "Generated log (string user / item ids, event column, Unix times) as CSV and as Parquet, "
+        f"imported end to end (streamed checked read, ids, duplicates removed out of core by "
+        f"DuckDB, {negatives} sampled impression(s) per interaction, Parquet write), each in a "
+        "fresh process. The floor is the bare reader (pyarrow, the import's own options) over "
+        "the same file in the same run; `load` is the 1-minute load average before / after "
+        f"(2 cores, shared with other jobs). Command: `{command}`.",
         "",
-        "| rows | CSV MiB | users | items | wall s | rows/s | peak RSS GiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows | format | file MiB | users | items | wall s | rows/s | floor rows/s | "
+        "ratio to floor | peak RSS GiB | load | malformed line named |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
+        malformed = r.get("malformed")
+        named = "—"
+        if malformed:
+            named = f"{'yes' if malformed['named'] else 'NO'} (line {malformed['line']:,}, "
+            named += f"{malformed['wall_s']} s)"
         lines.append(
-            f"| {r['rows']:,} | {r['csv_mib']:,} | {r['users']:,} | {r['items']:,} | "
-            f"{r['wall_s']} | {r['rows_per_s']:,} | {r['peak_rss_gib']} |"
+            f"| {r['rows']:,} | {r['format']} | {r['file_mib']:,} | {r['users']:,} | "
+            f"{r['items']:,} | {r['wall_s']} | {r['rows_per_s']:,} | {r['floor_rows_per_s']:,} | "
+            f"{r['ratio_to_floor']} | {r['peak_rss_gib']} | {r['load_1m'][0]} / "
+            f"{r['load_1m'][1]} | {named} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/data"))
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--negatives", type=int, default=1, help="impressions per interaction")
-    parser.add_argument("--scratch", type=Path, default=None, help="where the CSVs go (tmp)")
-    parser.add_argument("--single", type=Path, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--scratch", type=Path, default=None, help="where the files go (tmp)")
+    parser.add_argument("--single", type=Path, help=argparse.SUPPRESS)  # child: import a file
+    parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # child: the floor
     args = parser.parse_args()
     if args.single is not None:
-        print(json.dumps(measure(args.single, args.negatives)))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+        print(json.dumps(import_file(args.single, args.negatives)))
         return
+    if args.bare is not None:
+        print(json.dumps(bare_read(args.bare)))
+        return
+    command = "python -m bench.import_scale --rows " + " ".join(map(str, args.rows))
     results = []
-    for rows in args.rows:
-        results.append(run_size(rows, args.seed, args.negatives, args.scratch))
-        print(json.dumps(results[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "import_scale",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "shared": True},
-        "negatives_per_positive": args.negatives,
-        "results": results,
-    }
-    (args.out / "import_scale.json").write_text(json.dumps(report, indent=2))
-    (args.out / "import_scale.md").write_text(markdown(results, args.negatives))
-    print(markdown(results, args.negatives))
+    for rows in args.rows:
+        results += run_size(rows, args.seed, args.negatives, args.scratch)
+        report = {
+            "benchmark": "import_scale",
+            "command": command,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "shared": True},
+            "negatives_per_positive": args.negatives,
+            "results": results,
+        }  # written after every size: a long run that is stopped keeps what it measured
+        (args.out / "import_scale.json").write_text(json.dumps(report, indent=2))
+        (args.out / "import_scale.md").write_text(markdown(results, args.negatives, command))
+    print(markdown(results, args.negatives, command))
     print(f"wrote {args.out / 'import_scale.json'}")
 
 

@@ -1,12 +1,14 @@
 """What the shared Redis store costs over the embedded one: per stage and end to end, one at a
 time and at saturation, both stacks measured in one run.
 
-Two local stacks run side by side on free loopback ports: one with `store = "memory"`, one with
-a redis-server (AOF, appendfsync always) shared by all its services. Rounds alternate between them
-(memory, redis, memory, redis, ...) so machine noise hits both alike; each round runs bench/load's
+Three local stacks run side by side on free loopback ports: one with `store = "memory"`, one with
+a redis-server (AOF, appendfsync always) shared by all its services, one with a 3-master Redis
+Cluster of such servers (`redis+cluster://`). Rounds alternate between them (memory, redis,
+cluster, memory, ...) so machine noise hits all alike; each round runs bench/load's
 closed loop with 1 worker (one at a time) and with `--saturation-workers` workers, and times
 Feedback calls one at a time. Per-stage latencies are the gateway's own trace measurements.
-Reported: medians over the rounds of each p50/p99, and redis / memory ratios.
+Reported: medians over the rounds of each p50/p99, the redis / memory ratios and the cluster's
+per-request cost beside the single server's (cluster / redis).
 
     python -m bench.state_latency --out results/state   (needs a trained bundle: make demo)
 """
@@ -26,9 +28,11 @@ import numpy as np
 
 from app import stack
 from bench.load import closed_loop, summarize
+from cascade.redis_server import RedisClusterProcesses
+from cascade.topology import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from gateway.client import CascadeClient
 
-BACKENDS = ("memory", "redis")
+BACKENDS = ("memory", "redis", "redis-cluster")
 
 
 def feedback_latency(target: str, users: np.ndarray, n: int, rng) -> dict:
@@ -66,7 +70,7 @@ def median_of(rounds: list[dict], path: tuple[str, ...]) -> float:
 
 
 def combine(rounds: dict[str, list[dict]]) -> dict:
-    """Medians over rounds per backend, and the redis / memory ratio of each figure."""
+    """Medians over rounds per backend, the redis / memory and cluster / redis ratios."""
     paths = []
     for mode in ("one_at_a_time", "saturation"):
         paths += [(mode, "p50_ms"), (mode, "p99_ms"), (mode, "throughput_rps")]
@@ -75,12 +79,13 @@ def combine(rounds: dict[str, list[dict]]) -> dict:
     paths += [("feedback_one_at_a_time", "p50_ms"), ("feedback_one_at_a_time", "p99_ms")]
     table = {}
     for path in paths:
-        memory, redis = (median_of(rounds[b], path) for b in BACKENDS)
-        ratio = round(redis / memory, 2) if memory else None
+        memory, redis, cluster = (median_of(rounds[b], path) for b in BACKENDS)
         table[" ".join(p for p in path if p != "stages")] = {
             "memory": memory,
             "redis": redis,
-            "ratio": ratio,
+            "ratio": round(redis / memory, 2) if memory else None,
+            "redis_cluster": cluster,
+            "cluster_vs_redis": round(cluster / redis, 2) if redis else None,
         }
     return table
 
@@ -104,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     users = rng.permutation(load_dataset(args.dataset, args.data_dir).users["user_id"])
     rounds: dict[str, list[dict]] = {b: [] for b in BACKENDS}
     with ExitStack() as stacks:
+        cluster = RedisClusterProcesses.start(args.run_dir / "cluster")
+        stacks.callback(cluster.stop)  # stopped after the stacks that use it
+        stores = {"memory": "memory", "redis": "redis", "redis-cluster": cluster.url}
         targets = {
             backend: stacks.enter_context(
                 stack.running_stack(
@@ -111,8 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     artifacts=args.artifacts,
                     data_dir=args.data_dir,
                     dataset=args.dataset,
-                    store=backend,
+                    store=stores[backend],
                     timeout_s=300.0,
+                    ports=dict.fromkeys([*DEFAULT_PORTS, stack.REDIS], 0),  # free ports only
+                    metrics_ports=dict.fromkeys(DEFAULT_METRICS_PORTS, 0),
                 )
             ).address("gateway")
             for backend in BACKENDS
@@ -126,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 brief = {m: row[m]["p50_ms"] for m in ("one_at_a_time", "saturation")}
                 print(f"round {number + 1} {backend}: p50 {brief}", flush=True)
     report = {
-        "machine": "shared 2-core VM, both stacks on it at once (measured in turn)",
+        "machine": "shared 2-core VM, the three stacks on it at once (measured in turn)",
+        "cluster": "3 masters, no replicas, slots split evenly, AOF appendfsync always",
         "rounds": args.rounds,
         "duration_s": args.duration,
         "saturation_workers": args.saturation_workers,
@@ -136,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
     for name, row in report["medians"].items():
-        print(f"{name:<40} memory {row['memory']:>8}  redis {row['redis']:>8}  x{row['ratio']}")
+        print(
+            f"{name:<40} memory {row['memory']:>8}  redis {row['redis']:>8}  x{row['ratio']}  "
+            f"cluster {row['redis_cluster']:>8}  x{row['cluster_vs_redis']} of redis"
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ from cascade.feature_store import (
     check_store_setting,
 )
 from cascade.features import FeatureSpec
+from cascade.redis_client import is_redis_url
 
 
 def open_store(
@@ -38,7 +39,7 @@ def open_event_log(
     settings = settings or LogSettings()
     if uri.startswith("file:"):
         return FileEventLog(Path(uri.removeprefix("file:")), settings, read_only)
-    if uri.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis_url(uri):
         from cascade.eventlog_redis import RedisEventLog
 
         return RedisEventLog(uri, settings)

@@ -1,10 +1,12 @@
 """The shared event log on Redis Streams: several gateways append to one place.
 
-One stream per record kind (`PREFIX:events`, `PREFIX:impressions`), trimmed to about `maxlen`
+One stream per record kind (`PREFIX:{events}`, `PREFIX:{impressions}`), trimmed to about `maxlen`
 entries (XADD MAXLEN ~). An event is one stream entry whose fields are the EVENTS columns; an
 impression is one entry holding its row as a one-row Arrow IPC stream (field `arrow`), since its
 columns are lists. Dedup and append run in one Lua script, so a repeat is recorded once even when
 two gateways receive it: each event's key is SET NX with a TTL (the dedup window) before XADD.
+The dedup keys carry the events stream's hash tag, so on a Redis Cluster (`redis+cluster://`)
+the script touches one slot; each stream is one key, so it lives on one master.
 Durable on return as far as Redis's own persistence goes (AOF with `appendfsync always`: on disk).
 """
 
@@ -28,6 +30,7 @@ from cascade.eventlog import (
     conform,
     event_keys,
 )
+from cascade.redis_client import connect
 
 FIELDS = EVENTS.names
 # ARGV: maxlen, ttl, then per event its dedup key and the 7 EVENTS fields in order.
@@ -55,10 +58,10 @@ READ_CHUNK = 10_000
 class RedisEventLog:
     def __init__(self, uri: str, settings: LogSettings | None = None, prefix: str = "cascade"):
         self.settings = settings or LogSettings()
-        self.client = redis.Redis.from_url(uri, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.client = connect(uri, 5.0, connect_timeout_s=2.0)
         kinds = ("events", "impressions", *RECORDS)
-        self.streams = {kind: f"{prefix}:{kind}" for kind in kinds}
-        self.dedup_prefix = f"{prefix}:seen:"
+        self.streams = {kind: f"{prefix}:{{{kind}}}" for kind in kinds}  # tagged: see above
+        self.dedup_prefix = f"{prefix}:{{events}}:seen:"
         self._append = self.client.register_script(APPEND)
 
     def append_events(self, table: pa.Table) -> int:

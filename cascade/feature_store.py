@@ -21,6 +21,7 @@ from cascade.data.schema import Dataset, Table
 from cascade.features import FeatureSpec, encode, encode_by_id, history_before, lookup
 from cascade.live_catalog import LiveCatalog
 from cascade.online_state import CONSUMPTION, OnlineUsers, StoreLimits
+from cascade.redis_client import is_redis_url
 
 EVENTS = ("impression", "click", "play", "complete", "like", "share", "skip")
 _COUNTER = {name: i for i, name in enumerate(EVENTS)}
@@ -342,5 +343,8 @@ def _by_id(table: Table, column: str, n_rows: int) -> np.ndarray:
 
 def check_store_setting(store: str) -> None:
     """The `store` setting: "memory" (embedded) or a redis://host:port/db URL."""
-    if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"store must be 'memory' or a redis://host:port/db URL, got {store!r}")
+    if store != "memory" and not is_redis_url(store):
+        raise ValueError(
+            "store must be 'memory', a redis://host:port/db URL or a redis+cluster://host:port "
+            f"URL, got {store!r}"
+        )

@@ -1,8 +1,9 @@
 """The id map on Redis: every gateway replica maps a new external id to the same dense id.
 
 Same methods and rules as cascade.ids.IdMap (lookup / assign / external / len, `identity` ids
-that cost nothing, a capacity bound, IdSpaceFull). Keys under `cascade:<namespace>:ids:<kind>:`:
-`by_key` (hash external key -> dense id) and `by_id` (hash dense id -> external key). `assign`
+that cost nothing, a capacity bound, IdSpaceFull). Keys `cascade:{<namespace>:ids}:by_key`
+(hash external key -> dense id) and `...:by_id` (hash dense id -> external key), one hash tag
+so that both sit in one slot of a Redis Cluster. `assign`
 runs one Lua script: it finds the new keys of the batch, refuses all of them when they would
 overflow the capacity, else gives each the next dense id; Redis runs scripts one at a time, so two
 gateways assigning the same new id at once get the same answer.
@@ -16,6 +17,7 @@ import numpy as np
 import redis
 
 from cascade.ids import ExternalId, IdSpaceFull, external_key
+from cascade.redis_client import Client, connect
 
 _ASSIGN = """
 local by_key, by_id = KEYS[1], KEYS[2]
@@ -51,7 +53,7 @@ class RedisIdMap:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         namespace: str,
         capacity: int,
         identity: int = 0,
@@ -64,7 +66,8 @@ class RedisIdMap:
         self.capacity = capacity
         self._identity = identity
         self._client = client
-        self._keys = (f"cascade:{namespace}:ids:by_key", f"cascade:{namespace}:ids:by_id")
+        tag = f"{{{namespace}:ids}}"  # one slot for both hashes: the script touches both
+        self._keys = (f"cascade:{tag}:by_key", f"cascade:{tag}:by_id")
         self._assign = client.register_script(_ASSIGN)
         if known:  # an imported dataset's ids take dense ids identity+1.. in their order
             got = self.assign(known)
@@ -75,7 +78,7 @@ class RedisIdMap:
 
     @classmethod
     def from_url(cls, url: str, namespace: str, capacity: int, identity: int = 0) -> RedisIdMap:
-        return cls(redis.Redis.from_url(url, socket_timeout=2.0), namespace, capacity, identity)
+        return cls(connect(url, 2.0), namespace, capacity, identity)
 
     def __len__(self) -> int:
         return self._identity + int(self._client.hlen(self._keys[0]))

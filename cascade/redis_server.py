@@ -44,6 +44,7 @@ class RedisProcess:
     pid: int
     binary: str
     _process: subprocess.Popen | None = None
+    _extra: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -51,9 +52,15 @@ class RedisProcess:
 
     @classmethod
     def start(
-        cls, directory: Path, port: int = 0, binary: str | None = None, timeout_s: float = 20.0
+        cls,
+        directory: Path,
+        port: int = 0,
+        binary: str | None = None,
+        timeout_s: float = 20.0,
+        extra: tuple[str, ...] = (),
     ) -> RedisProcess:
-        """Starts the server (port 0: a free one) and waits until it answers PING."""
+        """Starts the server (port 0: a free one; `extra`: more redis-server options) and waits
+        until it answers PING."""
         binary = binary or redis_binary()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -80,6 +87,7 @@ class RedisProcess:
             "warning",
             "--logfile",
             str((directory / "redis.log").resolve()),
+            *extra,
         ]
         process = subprocess.Popen(
             args,
@@ -88,7 +96,7 @@ class RedisProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        server = cls(directory, port, process.pid, binary, process)
+        server = cls(directory, port, process.pid, binary, process, extra)
         server.wait_ready(timeout_s)
         return server
 
@@ -126,7 +134,7 @@ class RedisProcess:
 
     def restart(self, timeout_s: float = 20.0) -> None:
         """Starts the server again on the same port and directory (after kill or stop)."""
-        again = RedisProcess.start(self.directory, self.port, self.binary, timeout_s)
+        again = RedisProcess.start(self.directory, self.port, self.binary, timeout_s, self._extra)
         self.pid, self._process = again.pid, again._process
 
     def _signal(self, sig: int) -> None:
@@ -146,3 +154,68 @@ class RedisProcess:
                 return True
             time.sleep(0.05)
         return False
+
+
+@dataclass
+class RedisClusterProcesses:
+    """A Redis Cluster of `masters` redis-server processes on loopback (no replicas), the 16384
+    slots split evenly; `url` is the redis+cluster:// URL the `store` setting takes."""
+
+    masters: list[RedisProcess]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{m.port}" for m in self.masters)
+
+    @classmethod
+    def start(
+        cls, directory: Path, masters: int = 3, binary: str | None = None, timeout_s: float = 20.0
+    ) -> RedisClusterProcesses:
+        """Starts the servers in cluster mode, gives each its slot range, joins them (CLUSTER
+        ADDSLOTSRANGE, CLUSTER MEET: no redis-cli needed) and waits until every node says ok."""
+        directory = Path(directory)
+        started: list[RedisProcess] = []
+        bus_ports = []
+        try:
+            for i in range(masters):
+                # The bus port is port + 10000 unless set: an ephemeral port may be too high.
+                bus_ports.append(free_port())
+                options: tuple[str, ...] = ("--cluster-enabled", "yes")
+                options += ("--cluster-config-file", "nodes.conf")
+                options += ("--cluster-port", str(bus_ports[-1]), "--cluster-node-timeout", "2000")
+                started.append(
+                    RedisProcess.start(directory / f"node{i}", 0, binary, timeout_s, options)
+                )
+            cluster = cls(started)
+            cluster._join(bus_ports, timeout_s)
+            return cluster
+        except BaseException:
+            for server in started:
+                server.stop()
+            raise
+
+    def _join(self, bus_ports: list[int], timeout_s: float) -> None:
+        clients = [redis.Redis(host="127.0.0.1", port=m.port) for m in self.masters]
+        try:
+            bounds = [round(i * 16384 / len(clients)) for i in range(len(clients) + 1)]
+            for client, start, end in zip(clients, bounds, bounds[1:], strict=False):
+                client.execute_command("CLUSTER ADDSLOTSRANGE", start, end - 1)
+            for master, bus_port in zip(self.masters[1:], bus_ports[1:], strict=True):
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", master.port, bus_port)
+            deadline = time.monotonic() + timeout_s
+            while not all(_cluster_ok(c, len(clients)) for c in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Redis Cluster did not form in {timeout_s} s")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for master in self.masters:
+            master.stop()
+
+
+def _cluster_ok(client: redis.Redis, masters: int) -> bool:
+    info = client.execute_command("CLUSTER INFO")  # parsed by redis-py: field -> value
+    return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == masters

@@ -1,13 +1,17 @@
 """The shared online store on Redis: every replica of every stage reads the same online state.
 
-Keys (under `cascade:<dataset>:`): per user `u:<id>:plays` (sorted set scored by event time,
-capped: a late event never becomes the newest), `u:<id>:consumed` (sorted set item -> time,
-capped), `u:<id>:shown` (sorted set item -> expiry in ms: the TTL of the already-shown filter);
-`counters:<event>` (hash item -> count, what arrived online; the training period's counts stay in
-memory). User keys expire `user_ttl_s` after the user's last event.
+Keys (under `cascade:<dataset>:`), hash-tagged so that each script touches one slot of a Redis
+Cluster (cascade/redis_client.py): per user `u:{<id>}:plays` (sorted set scored by event time,
+capped: a late event never becomes the newest), `u:{<id>}:consumed` (sorted set item -> time,
+capped), `u:{<id>}:shown` (sorted set item -> expiry in ms: the TTL of the already-shown filter);
+`counters:{c<shard>}:<event>` (hash item -> count of what arrived online, items spread over
+COUNTER_SHARDS shards; the training period's counts stay in memory). User keys expire
+`user_ttl_s` after the user's last event.
 
-Writes are idempotent: one Lua script applies a Feedback batch atomically in one round trip and
-skips an event it has already applied (same user, item, event, time) within `dedupe_ttl_s`.
+Writes are idempotent: a Lua script applies a Feedback batch, one call per slot the batch touches
+(one call, atomic, on a single server), and skips each user or counter update it has already
+applied (same user, item, event, time) within `dedupe_ttl_s`: a batch that failed part-way is
+completed by its retry without counting anything twice, and reported as failed until then.
 Reads cost one pipelined round trip (history of many users at once, consumed, shown); the item
 counters the fresh-content channel scores thousands of candidates with come from a local
 snapshot refreshed every `refresh_s` in the background, not from per-request HMGETs. A read
@@ -29,44 +33,58 @@ from cascade.data.schema import Dataset, Table
 from cascade.feature_store import EVENTS, DatasetFeatures, check_event_names, now_ms, replay
 from cascade.features import FeatureSpec
 from cascade.online_state import StoreLimits
+from cascade.redis_client import connect, slot_groups
 
 log = logging.getLogger(__name__)
 
+# One part of a Feedback batch, all in one slot (on a single server: the whole batch). KEYS[1]
+# only routes the script to its slot. Entries of 6 ARGVs: kind, tag, user, item, event, ts.
+# Kind 'u' applies a consumption or play to the user's keys (tag = user); kind 'c' counts the
+# event in its item's counter shard (tag = shard). Each entry first sets its own marker (SET NX
+# with the dedupe TTL) and is skipped when the marker exists, so a part applied before a failure
+# elsewhere is not applied twice by the retry. Returns the new 'c' entries: new events.
 _RECORD = """
 local prefix = ARGV[1]
 local plays_cap, consumed_cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local user_ttl, dedupe_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local consumption = {play = true, complete = true, like = true, share = true}
 local applied = 0
-for i = 6, #ARGV, 4 do
-  local user, item, event, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local once = prefix .. 'applied:' .. user .. ':' .. item .. ':' .. event .. ':' .. ts
-  if redis.call('SET', once, '1', 'NX', 'EX', dedupe_ttl) then
-    applied = applied + 1
-    redis.call('HINCRBY', prefix .. 'counters:' .. event, item, 1)
-    if consumption[event] then
-      local key = prefix .. 'u:' .. user .. ':consumed'
-      redis.call('ZADD', key, 'GT', ts, item)
-      redis.call('ZREMRANGEBYRANK', key, 0, -consumed_cap - 1)
-      redis.call('EXPIRE', key, user_ttl)
+for i = 6, #ARGV, 6 do
+  local kind, tag, user, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local event, ts = ARGV[i + 4], ARGV[i + 5]
+  local once = ':applied:' .. user .. ':' .. item .. ':' .. event .. ':' .. ts
+  if kind == 'c' then
+    local shard = prefix .. 'counters:{c' .. tag .. '}'
+    if redis.call('SET', shard .. once, '1', 'NX', 'EX', dedupe_ttl) then
+      applied = applied + 1
+      redis.call('HINCRBY', shard .. ':' .. event, item, 1)
     end
-    if event == 'play' then
-      local key = prefix .. 'u:' .. user .. ':plays'
-      local seq = redis.call('INCR', prefix .. 'play_seq')
-      redis.call('ZADD', key, ts, string.format('%016d:%s', seq, item))
-      redis.call('ZREMRANGEBYRANK', key, 0, -plays_cap - 1)
-      redis.call('EXPIRE', key, user_ttl)
+  else
+    local base = prefix .. 'u:{' .. user .. '}:'
+    if redis.call('SET', base .. once, '1', 'NX', 'EX', dedupe_ttl) then
+      if consumption[event] then
+        local key = base .. 'consumed'
+        redis.call('ZADD', key, 'GT', ts, item)
+        redis.call('ZREMRANGEBYRANK', key, 0, -consumed_cap - 1)
+        redis.call('EXPIRE', key, user_ttl)
+      end
+      if event == 'play' then
+        local key = base .. 'plays'
+        local seq = redis.call('INCR', base .. 'play_seq')
+        redis.call('EXPIRE', base .. 'play_seq', user_ttl)
+        redis.call('ZADD', key, ts, string.format('%016d:%s', seq, item))
+        redis.call('ZREMRANGEBYRANK', key, 0, -plays_cap - 1)
+        redis.call('EXPIRE', key, user_ttl)
+      end
     end
   end
 end
 return applied
 """
-
-
-def redis_client(url: str, timeout_s: float) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
-    )
+# Item counters live in this many hashes per event, tagged {c0}..: spread over a cluster's
+# masters, each updated by the script of its own slot.
+COUNTER_SHARDS = 16
+_CONSUMPTION = frozenset(("play", "complete", "like", "share"))
 
 
 class RedisState:
@@ -84,8 +102,8 @@ class RedisState:
     ):
         self.limits = limits
         self.prefix = f"cascade:{namespace}:"
-        self._read = redis_client(url, read_timeout_s)  # the request path: short timeouts
-        self._write = redis_client(url, write_timeout_s)
+        self._read = connect(url, read_timeout_s)  # the request path: short timeouts
+        self._write = connect(url, write_timeout_s)
         self._record = self._write.register_script(_RECORD)
         self.read_failures = 0
         self.n_items = n_items  # grows with uploads (grow): the snapshot's rows
@@ -135,25 +153,28 @@ class RedisState:
     def record(
         self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, events: list[str]
     ) -> int:
-        """Applies a batch atomically in one round trip; returns how many events were new
-        (a repeat within dedupe_ttl_s is skipped)."""
+        """Applies a batch (one round trip per slot it touches: one on a single server, where it
+        is atomic); returns how many events were new (a repeat within dedupe_ttl_s is skipped).
+        Raises when a part failed; the parts applied are skipped by the retry, which completes
+        the batch without counting anything twice."""
         check_event_names(events)
         limits = self.limits
-        args: list = [
-            self.prefix,
-            limits.recent_plays,
-            limits.consumed,
-            limits.user_ttl_s,
-            limits.dedupe_ttl_s,
-        ]
+        head: list[str | int] = [self.prefix, limits.recent_plays, limits.consumed]
+        head += [limits.user_ttl_s, limits.dedupe_ttl_s]
         users = np.asarray(user_ids, dtype=np.int64).tolist()
         items = np.asarray(item_ids, dtype=np.int64).tolist()
         stamps = np.asarray(ts, dtype=np.int64).tolist()
+        parts: list[tuple[str, tuple[str | int, ...]]] = []
         for user, item, event, stamp in zip(users, items, events, stamps, strict=True):
-            args += [user, item, event, stamp]
-        if len(args) == 5:
-            return 0
-        return int(self._record(args=args))
+            shard = item % COUNTER_SHARDS
+            parts.append((self._counter_key(shard, event), ("c", shard, user, item, event, stamp)))
+            if event in _CONSUMPTION:
+                parts.append((self._user_key(user, "plays"), ("u", user, user, item, event, stamp)))
+        applied = 0
+        for key, entries in slot_groups(self._write, parts).values():
+            args = head + [value for entry in entries for value in entry]
+            applied += int(self._record(keys=[key], args=args))
+        return applied
 
     def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None:
         """Remembers the page until time_ms + shown_ttl_s (one round trip; idempotent)."""
@@ -174,9 +195,12 @@ class RedisState:
         """Reloads the online item counters (one pipelined round trip)."""
         pipe = self._write.pipeline(transaction=False)
         for event in EVENTS:
-            pipe.hgetall(f"{self.prefix}counters:{event}")
+            for shard in range(COUNTER_SHARDS):
+                pipe.hgetall(self._counter_key(shard, event))
         snapshot = np.zeros((self.n_items, len(EVENTS)), dtype=np.int64)
-        for column, fields in enumerate(pipe.execute()):
+        replies = pipe.execute()
+        for index, fields in enumerate(replies):
+            column = index // COUNTER_SHARDS
             if not fields:
                 continue
             items = np.fromiter((int(k) for k in fields), dtype=np.int64, count=len(fields))
@@ -200,7 +224,10 @@ class RedisState:
             self.snapshot = grown  # one reference swap, as refresh's
 
     def _user_key(self, user_id: int, kind: str) -> str:
-        return f"{self.prefix}u:{int(user_id)}:{kind}"
+        return f"{self.prefix}u:{{{int(user_id)}}}:{kind}"  # tagged: one slot per user
+
+    def _counter_key(self, shard: int, event: str) -> str:
+        return f"{self.prefix}counters:{{c{shard}}}:{event}"
 
     def _run(self, pipe, fallback: list) -> list:
         """A read pipeline's replies, or `fallback` (nothing online) on failure."""

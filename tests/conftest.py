@@ -130,4 +130,10 @@ def built(tmp_path_factory):
 
 
 # A real redis-server per test that asks for it (tests/redis_server.py).
-from tests.redis_server import redis_binary, redis_process, redis_url  # noqa: E402, F401
+from tests.redis_server import (  # noqa: E402, F401
+    redis_binary,
+    redis_cluster,
+    redis_cluster_url,
+    redis_process,
+    redis_url,
+)

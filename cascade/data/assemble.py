@@ -8,23 +8,27 @@ The dataset is written to a temporary folder beside data/NAME and renamed at the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cascade.data import importer
-from cascade.data.importer import RawInteractions, Report
-from cascade.data.mapping import Mapping
-from cascade.data.ml100k import sample_impressions
-from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, save
+from cascade.data.importer import Report
+from cascade.data.mapping import FLAGS, Mapping
+from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, ParquetTable, save
+from cascade.data.staging import Staging, sql_text
 from cascade.ids import IdMap
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GENDERS = {"m": 1, "male": 1, "f": 2, "female": 2, "o": 3, "other": 3, "x": 3}
 
@@ -53,11 +57,12 @@ def _text(values: pa.Array | None, n: int) -> list[str]:
     return pc.fill_null(pc.cast(values, pa.string()), "").to_pylist()
 
 
-def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
-    """(users table, occupations, user IdMap, provisional code -> dense id)."""
+def _users_table(mapping: Mapping, user_keys: list[str], report: Report):
+    """(users table, occupations, user IdMap, provisional code -> dense id); `user_keys` are the
+    interactions' users in order of first sight (their provisional codes)."""
     keys, values = importer.read_users(mapping.users) if mapping.users else ([], {})
     listed = set(keys)
-    extra = [k for k in raw.users.keys if k not in listed and k != ""]
+    extra = [k for k in user_keys if k not in listed]
     if keys and extra:
         report.notes.append(
             f"{len(extra):,} users in the interactions are not in the users file "
@@ -95,16 +100,17 @@ def _users_table(mapping: Mapping, raw: RawInteractions, report: Report):
         "region": region[order],
     }
     dense_of_key = dict(zip(all_keys, ids.tolist(), strict=True))
-    translate = np.array([dense_of_key.get(k, 0) for k in raw.users.keys], dtype=np.int64)
+    translate = np.array([dense_of_key.get(k, 0) for k in user_keys], dtype=np.int64)
     return users, occupations, id_map, translate
 
 
-def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
-    """(items table, category names, creators table, item IdMap, provisional code -> dense)."""
+def _items_table(mapping: Mapping, item_keys: list[str], staging: Staging, report: Report):
+    """(items table, category names, creators table, item IdMap, provisional code -> dense);
+    `item_keys` are the interactions' items in order of first sight (their provisional codes)."""
     if mapping.items:
         keys, values = importer.read_items(mapping.items)
     else:
-        keys, values = [k for k in raw.items.keys if k != ""], {}
+        keys, values = item_keys, {}
     id_map, ids = dense_ids(keys)
     n = len(keys)
     titles = _text(values.get("title"), n)
@@ -132,15 +138,14 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
             codes = [index[g] for g in gs][:MAX_CATEGORIES]
             matrix[row, : len(codes)] = codes
     dense_of_key = dict(zip(keys, ids.tolist(), strict=True))
-    translate = np.array([dense_of_key.get(k, 0) for k in raw.items.keys], dtype=np.int64)
+    translate = np.array([dense_of_key.get(k, 0) for k in item_keys], dtype=np.int64)
     if "upload_ts" in values:
         upload = np.asarray(values["upload_ts"], dtype=np.int64)
     else:  # as on ml-100k: an item enters the catalog with its first interaction
-        first = np.full(n + 1, raw.ts.min() if len(raw.ts) else 0, dtype=np.int64)
-        dense = translate[raw.item]
-        order = np.argsort(raw.ts, kind="stable")[::-1]  # latest first, earliest wins
-        first[dense[order]] = raw.ts[order]
-        first[0] = raw.ts.min() if len(raw.ts) else 0
+        first_of_code, ts_min = staging.first_times(len(item_keys))
+        first = np.full(n + 1, ts_min, dtype=np.int64)
+        first[translate] = first_of_code
+        first[0] = ts_min
         upload = first[ids]
     order = np.argsort(ids)
     items = {
@@ -158,53 +163,94 @@ def _items_table(mapping: Mapping, raw: RawInteractions, report: Report):
     return items, category_names, creators, id_map, translate
 
 
+def _flags(mapping: Mapping) -> dict[str, str]:
+    """SQL over a staged row's `event` and `rating` for each flag it can set."""
+    spec = mapping.interactions
+    flags = {}
+    for flag, values in spec.events.items():
+        if flag != "play":
+            flags[flag] = f"(event IN ({', '.join(map(sql_text, values))}))"
+    if spec.rating:
+        rated = f"(rating >= {float(spec.like_threshold)!r})"
+        flags["like"] = f"({flags['like']} OR {rated})" if "like" in flags else rated
+    return flags
+
+
+def _check_interactions(mapping: Mapping, staging: Staging, report: Report) -> None:
+    """Drops rows with an empty id or an unmapped event value, then repeated rows, in that
+    order, each counted with its first line (or the first one an error when strict)."""
+    spec = mapping.interactions
+    source = spec.source
+    for column, name in (("user", spec.user), ("item", spec.item)):
+        staging.drop(report, f"{column} = ''", f"empty id in column {name!r}", source)
+    if spec.event:
+        values = sorted({v for vs in spec.events.values() for v in vs})
+        unmapped = f"event NOT IN ({', '.join(map(sql_text, values))})" if values else "TRUE"
+        top = staging.top_values("event", unmapped, 100_000, 5)
+        if top:
+            report.notes.append(
+                f"event values not mapped to {'/'.join(FLAGS)}: "
+                + ", ".join(f"{v!r} x{c}" for v, c in top)
+            )
+        reason = f"event value not mapped (column {spec.event!r})"
+        staging.drop(report, unmapped, reason, source)
+    staging.remove_duplicates(report, source)
+
+
 def build(
-    name: str, mapping: Mapping, progress: bool = True
+    name: str, mapping: Mapping, folder: Path, progress: bool = True
 ) -> tuple[Dataset, IdMap, IdMap, Report]:
-    """The dataset, its user and item id maps, and what was dropped."""
+    """Writes the dataset's tables into `folder` (interactions and impressions streamed out of
+    core) and returns it (those two read back lazily), its user and item id maps and what was
+    dropped."""
     report = Report(strict=mapping.strict)
-    raw = importer.read_interactions(mapping, report, progress)
-    items, categories, creators, item_ids, item_of = _items_table(mapping, raw, report)
-    item = item_of[raw.item]
-    unknown = item == 0
-    if unknown.any():
-        first = int(raw.rows[np.flatnonzero(unknown)[0]])
-        column = mapping.interactions.item
-        report.drop(
-            f"item not in the items file (column {column!r})",
-            int(unknown.sum()),
-            raw.source.where(first),
+    spec = mapping.interactions
+    staging = Staging(folder / ".staging")
+    started = time.perf_counter()
+
+    def done(step: str) -> None:  # where a long import is (logged: the benchmark shows it)
+        log.info("import %s: %s after %.1f s", name, step, time.perf_counter() - started)
+
+    try:
+        if staging.load(importer.interaction_batches(mapping, progress)) == 0:
+            raise DataError(f"{spec.source.path} line 2: no data rows after the header")
+        done("read and checked")
+        user_keys, item_keys = staging.keys("user"), staging.keys("item")
+        _check_interactions(mapping, staging, report)
+        done("duplicates removed")
+        items, categories, creators, item_ids, item_of = _items_table(
+            mapping, item_keys, staging, report
         )
-    keep = ~unknown
-    users, occupations, user_ids, user_of = _users_table(mapping, raw, report)
-    if not keep.any():
-        raise DataError(f"{raw.source.path}: no interaction is left after dropping bad rows")
+        staging.drop_unknown_items(item_of, report, spec.source, spec.item)
+        users, occupations, user_ids, user_of = _users_table(mapping, user_keys, report)
+        staging.map_ids(user_of, _flags(mapping), report, spec.source)
+        done("ids mapped")
+        staging.write_interactions(folder / "interactions.parquet")
+        done("interactions written")
+        rng = np.random.default_rng(mapping.seed)
+        staging.write_impressions(
+            folder / "impressions.parquet", items, mapping.negatives_per_positive, rng
+        )
+        done("impressions written")
+        tasks = staging.tasks()
+    finally:
+        staging.close()
+        shutil.rmtree(folder / ".staging", ignore_errors=True)
     if mapping.creator_is_user:
         creators["user_id"] = user_ids.lookup(creators["name"].tolist())
-    interactions = {
-        "user_id": user_of[raw.user[keep]],
-        "item_id": item[keep],
-        "ts": raw.ts[keep],
-        **{flag: values[keep] for flag, values in raw.flags.items()},
-        "rating": raw.rating[keep],
-    }
-    interactions = {
-        k: interactions[k]
-        for k in ("user_id", "item_id", "ts", "play", "complete", "like", "share", "rating")
-    }
     follows = _follows(mapping, user_ids, report)
-    rng = np.random.default_rng(mapping.seed)
-    impressions = sample_impressions(interactions, items, mapping.negatives_per_positive, rng)
-    tasks = ["play"] + [f for f in ("complete", "like", "share") if interactions[f].any()]
     meta = {
         "name": name,
         "categories": categories,
         "occupations": occupations,
         "tasks": tasks,
-        "description": mapping.description or f"imported from {mapping.interactions.source.path}",
+        "description": mapping.description or f"imported from {spec.source.path}",
         "negatives_per_positive": mapping.negatives_per_positive,
         "source": "import",
     }
+    # The two large tables are read back a column at a time, on use.
+    interactions: Any = ParquetTable(folder / "interactions.parquet", "interactions")
+    impressions: Any = ParquetTable(folder / "impressions.parquet", "impressions")
     dataset = Dataset(users, items, creators, follows, interactions, impressions, meta)
     return dataset, user_ids, item_ids, report
 
@@ -238,25 +284,23 @@ def _follows(mapping: Mapping, user_ids: IdMap, report: Report) -> dict:
     return {"follower_id": a[~bad], "followee_id": b[~bad], "ts": ts[~bad]}
 
 
-def write(dataset: Dataset, users: IdMap, items: IdMap, folder: Path, force: bool = False) -> None:
-    """Writes into a temporary sibling folder and renames it to `folder` only when complete."""
-    folder = Path(folder)
-    if folder.exists() and not force:
-        raise DataError(f"{folder} exists: choose another --name or pass --force to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.importing-{os.getpid()}"
+def staging_folder(folder: Path) -> Path:
+    """The temporary sibling of data/NAME an import writes into before renaming it."""
+    return folder.parent / f".{folder.name}.importing-{os.getpid()}"
+
+
+def publish(staging: Path, users: IdMap, items: IdMap, folder: Path) -> None:
+    """Adds the id maps to a complete staging folder and renames it to `folder`, replacing an
+    old dataset only once the new one is whole."""
+    (staging / "ids").mkdir()
+    users.save(staging / "ids" / "users.parquet")
+    items.save(staging / "ids" / "items.parquet")
     old = folder.parent / f".{folder.name}.replaced-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
     try:
-        save(dataset, staging)
-        (staging / "ids").mkdir()
-        users.save(staging / "ids" / "users.parquet")
-        items.save(staging / "ids" / "items.parquet")
-        if folder.exists():
-            folder.rename(old)
         staging.rename(folder)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if old.exists() and not folder.exists():
             old.rename(folder)
         raise
@@ -265,15 +309,14 @@ def write(dataset: Dataset, users: IdMap, items: IdMap, folder: Path, force: boo
 
 def summary(dataset: Dataset, report: Report) -> str:
     """The table printed at the end of an import."""
-    inter = dataset.interactions
     n_users, n_items = len(dataset.users["user_id"]), len(dataset.items["item_id"])
-    n = len(inter["user_id"])
+    n = report.interactions
     day = lambda s: datetime.fromtimestamp(int(s), UTC).strftime("%Y-%m-%d")  # noqa: E731
     rows = [
         ("users", f"{n_users:,}"),
         ("items", f"{n_items:,}"),
         ("interactions", f"{n:,}"),
-        ("time span", f"{day(inter['ts'].min())} .. {day(inter['ts'].max())}"),
+        ("time span", f"{day(report.time_span[0])} .. {day(report.time_span[1])}"),
         ("density", f"{n / max(n_users * n_items, 1):.4%}"),
         ("creators", f"{len(dataset.creators['creator_id']):,}"),
         ("categories", f"{len(dataset.meta['categories']) - 1:,}"),
@@ -298,7 +341,18 @@ def import_dataset(
     folder = Path(data_dir) / name
     if folder.exists() and not force:
         raise DataError(f"{folder} exists: choose another --name or pass --force to replace it")
-    dataset, users, items, report = build(name, mapping, progress)
-    dataset.meta["import"] = {"dropped": dict(report.dropped), "notes": report.notes}
-    write(dataset, users, items, folder, force)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        dataset, users, items, report = build(name, mapping, staging, progress)
+        dataset.meta["import"] = {"dropped": dict(report.dropped), "notes": report.notes}
+        save(dataset, staging, written=("interactions", "impressions"))
+        publish(staging, users, items, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for table in ("interactions", "impressions"):  # read back from where they now are
+        setattr(dataset, table, ParquetTable(folder / f"{table}.parquet", table))
     return dataset, report

@@ -1,54 +1,36 @@
 """`cascade data import`: a user's files -> columns keyed by external ids, with what was dropped.
 
-Reading is streamed batch by batch (cascade.data.tabular); external ids become provisional codes
-per batch (pyarrow unique + index_in, one dict lookup per distinct id, not per row), so a 10M-row
-file costs its kept numeric columns. cascade.data.assemble turns the result into a Dataset.
+Reading is streamed batch by batch (cascade.data.tabular) and checked with vectorised kernels;
+the interactions go to cascade.data.staging (out of core), the per-entity files (items, users,
+follows) are read whole: they hold one row per entity. cascade.data.assemble writes the dataset.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cascade.data.mapping import FLAGS, Follows, Items, KnowledgeGraph, Mapping, Users
+from cascade.data.mapping import Follows, Items, KnowledgeGraph, Mapping, Users
 from cascade.data.schema import DataError
 from cascade.data.tabular import Source, as_keys, parse_numbers, parse_times
 
 
-class KeyIndex:
-    """External keys in order of first sight -> provisional codes 0..n-1."""
-
-    def __init__(self) -> None:
-        self.codes: dict[str, int] = {}
-        self.keys: list[str] = []
-
-    def encode(self, keys: pa.Array) -> np.ndarray:
-        distinct = pc.unique(keys)
-        lookup = np.fromiter(
-            (self._code(k) for k in distinct.to_pylist()), dtype=np.int64, count=len(distinct)
-        )
-        return lookup[pc.index_in(keys, value_set=distinct).to_numpy(zero_copy_only=False)]
-
-    def _code(self, key: str) -> int:
-        code = self.codes.get(key)
-        if code is None:
-            code = self.codes[key] = len(self.keys)
-            self.keys.append(key)
-        return code
-
-
 @dataclass
 class Report:
-    """Rows dropped (reason -> count, with the first place each happened) and notes."""
+    """Rows dropped (reason -> count, with the first place each happened), notes, and what was
+    kept (interactions and their time span, for the summary without reading them back)."""
 
     strict: bool = False
     dropped: Counter = field(default_factory=Counter)
     first: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    interactions: int = 0
+    time_span: tuple[int, int] = (0, 0)
 
     def drop(self, reason: str, count: int, where: str) -> None:
         """Counts dropped rows; in strict mode the first one is an error instead."""
@@ -60,127 +42,51 @@ class Report:
         self.first.setdefault(reason, where)
 
 
-@dataclass
-class RawInteractions:
-    users: KeyIndex
-    items: KeyIndex
-    user: np.ndarray  # provisional user codes
-    item: np.ndarray
-    ts: np.ndarray
-    rating: np.ndarray  # float32, NaN = none
-    flags: dict[str, np.ndarray]  # play, complete, like, share
-    rows: np.ndarray  # the row of each kept interaction in its file, for messages
-    source: Source
+# One staged interaction row: its place in the file, keys as text, time, rating, event value.
+STAGED = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("user", pa.string()),
+        ("item", pa.string()),
+        ("ts", pa.int64()),
+        ("rating", pa.float32()),
+        ("event", pa.string()),
+    ]
+)
 
 
-def read_interactions(mapping: Mapping, report: Report, progress: bool = True) -> RawInteractions:
+def interaction_batches(mapping: Mapping, progress: bool = True) -> Iterator[pa.RecordBatch]:
+    """The interactions file as STAGED batches, checked batch by batch (vectorised): a bad value
+    raises DataError naming its file, line or row, and column."""
     spec = mapping.interactions
     source = spec.source
     roles = {spec.user: "user", spec.item: "item", spec.time: "time"}
     roles |= {c: r for r, c in (("event", spec.event), ("rating", spec.rating)) if c}
     source.require(list(roles), roles)
-    users, items, events = KeyIndex(), KeyIndex(), KeyIndex()
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "ts", "rating", "ev")}
     offset = 0
     for batch in source.batches(list(roles), progress):
-        parts["user"].append(users.encode(as_keys(batch[spec.user])))
-        parts["item"].append(items.encode(as_keys(batch[spec.item])))
-        ts_values = batch[spec.time].combine_chunks()
-        parts["ts"].append(parse_times(source, spec.time, ts_values, offset, spec.time_format))
+        n = batch.num_rows
+        ts = parse_times(
+            source, spec.time, batch[spec.time].combine_chunks(), offset, spec.time_format
+        )
         if spec.rating:
             values = batch[spec.rating].combine_chunks()
-            parts["rating"].append(
-                parse_numbers(source, spec.rating, values, offset, "float", "rating")
-            )
-        if spec.event:
-            parts["ev"].append(events.encode(as_keys(batch[spec.event])))
-        offset += batch.num_rows
-    if offset == 0:
-        raise DataError(f"{source.path} line 2: no data rows after the header")
-    user, item = np.concatenate(parts["user"]), np.concatenate(parts["item"])
-    ts = np.concatenate(parts["ts"])
-    n = len(user)
-    rating = (
-        np.concatenate(parts["rating"]).astype(np.float32)
-        if spec.rating
-        else np.full(n, np.nan, np.float32)
-    )
-    keep = np.ones(n, dtype=bool)
-    for index, column in ((users, spec.user), (items, spec.item)):
-        empty = index.codes.get("")
-        codes = user if index is users else item
-        bad = keep & (codes == empty) if empty is not None else np.zeros(n, bool)
-        _drop(report, keep, bad, f"empty id in column {column!r}", source)
-    flags = {flag: np.zeros(n, dtype=bool) for flag in FLAGS}
-    flags["play"][:] = True  # every kept interaction is a consumption
-    if spec.event:
-        event = np.concatenate(parts["ev"])
-        mapped = np.zeros(n, dtype=bool)
-        for flag, values in spec.events.items():
-            event_codes = [events.codes[v] for v in values if v in events.codes]
-            hit = np.isin(event, event_codes)
-            flags[flag] |= hit
-            mapped |= hit
-        unmapped = Counter(events.keys[c] for c in event[keep & ~mapped][:100_000])
-        if unmapped:
-            report.notes.append(
-                f"event values not mapped to {'/'.join(FLAGS)}: "
-                + ", ".join(f"{v!r} x{c}" for v, c in unmapped.most_common(5))
-            )
-        _drop(
-            report, keep, keep & ~mapped, f"event value not mapped (column {spec.event!r})", source
+            rating = parse_numbers(source, spec.rating, values, offset, "float", "rating")
+        else:
+            rating = np.full(n, np.nan)
+        event = as_keys(batch[spec.event]) if spec.event else pa.nulls(n, pa.string())
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.arange(offset, offset + n, dtype=np.int64)),
+                as_keys(batch[spec.user]),
+                as_keys(batch[spec.item]),
+                pa.array(ts, pa.int64()),
+                pa.array(rating.astype(np.float32)),
+                event,
+            ],
+            schema=STAGED,
         )
-    else:
-        event = np.zeros(n, dtype=np.int64)
-    if spec.rating:
-        flags["like"] |= rating >= spec.like_threshold
-    _drop_duplicates(report, keep, user, item, ts, event, rating, source)
-    rows = np.flatnonzero(keep)
-    return RawInteractions(
-        users,
-        items,
-        user[keep],
-        item[keep],
-        ts[keep],
-        rating[keep],
-        {k: v[keep] for k, v in flags.items()},
-        rows,
-        source,
-    )
-
-
-def _drop(report: Report, keep: np.ndarray, bad: np.ndarray, reason: str, source: Source) -> None:
-    rows = np.flatnonzero(bad)
-    if len(rows):
-        report.drop(reason, len(rows), source.where(int(rows[0])))
-        keep &= ~bad
-
-
-def _drop_duplicates(report, keep, user, item, ts, event, rating, source: Source) -> None:
-    """Rows repeating an earlier row's user, item, time, event and rating exactly."""
-    rating_bits = np.where(np.isnan(rating), np.float32(-1e30), rating).view(np.int32)
-    order = np.lexsort((np.arange(len(user)), rating_bits, event, ts, item, user))
-    same = np.zeros(len(order), dtype=bool)
-    if len(order) > 1:
-        a, b = order[1:], order[:-1]
-        same[1:] = (
-            (user[a] == user[b])
-            & (item[a] == item[b])
-            & (ts[a] == ts[b])
-            & (event[a] == event[b])
-            & (rating_bits[a] == rating_bits[b])
-        )
-    duplicate = np.zeros(len(user), dtype=bool)
-    duplicate[order[same]] = True
-    duplicate &= keep
-    rows = np.flatnonzero(duplicate)
-    if len(rows):
-        report.drop(
-            "duplicate row (same user, item, time, event and rating as an earlier row)",
-            len(rows),
-            source.where(int(rows[0])),
-        )
-        keep &= ~duplicate
+        offset += n
 
 
 def read_table(source: Source, key: str, columns: dict[str, str | None], what: str):

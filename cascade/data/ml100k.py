@@ -188,7 +188,8 @@ def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.G
     by_upload = np.argsort(items["upload_ts"], kind="stable")
     upload_sorted = items["upload_ts"][by_upload]
     n_items = int(items["item_id"].max()) + 1
-    consumed = np.unique(users * n_items + interactions["item_id"])
+    pairs = np.sort(users * n_items + interactions["item_id"])
+    consumed = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs  # unique
 
     neg_users, neg_ts = np.repeat(users, k), np.repeat(ts, k)
     eligible = np.searchsorted(upload_sorted, neg_ts, side="right")  # items in catalog by then
@@ -199,7 +200,10 @@ def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.G
         # Membership by binary search in the sorted pairs: np.isin would re-hash all of
         # `consumed` every round (minutes at 10M interactions).
         keys = neg_users[todo] * n_items + draw
-        found = np.minimum(np.searchsorted(consumed, keys), max(len(consumed) - 1, 0))
+        order = np.argsort(keys)  # sorted needles: each search starts where the last ended
+        found = np.empty(len(keys), dtype=np.int64)
+        found[order] = np.searchsorted(consumed, keys[order])
+        found = np.minimum(found, max(len(consumed) - 1, 0))
         rejected = consumed[found] == keys if len(consumed) else np.zeros(len(keys), bool)
         neg_items[todo[~rejected]] = draw[~rejected]
         todo = todo[rejected]

@@ -7,6 +7,7 @@ occupations, regions), so embedding tables can be indexed by id directly. Times 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,34 @@ def _to_arrow(column: np.ndarray) -> pa.Array:
     return pa.array(column)
 
 
+def arrow_table(table: Table, name: str) -> pa.Table:
+    """One table of the schema as Arrow, columns in SCHEMA's order."""
+    return pa.table({c: _to_arrow(table[c]) for c in SCHEMA[name]})
+
+
+class ParquetTable(Mapping[str, np.ndarray]):
+    """A table written to Parquet, read one column at a time on first use: an imported log too
+    large to hold whole still answers `table["user_id"]`."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.name = path, name
+        self._columns: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        if column not in self._columns:
+            if column not in SCHEMA[self.name]:
+                raise KeyError(column)
+            arrow = pq.read_table(self.path, columns=[column]).column(column)
+            self._columns[column] = _from_arrow(arrow, SCHEMA[self.name][column][0])
+        return self._columns[column]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SCHEMA[self.name])
+
+    def __len__(self) -> int:
+        return len(SCHEMA[self.name])
+
+
 def _from_arrow(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
     if pa.types.is_fixed_size_list(column.type):
         width = column.type.list_size
@@ -155,14 +184,15 @@ def fix_command(name: str) -> str:
     return f"cascade data import --name {name} --force ..."
 
 
-def save(dataset: Dataset, folder: Path) -> None:
-    """Writes one parquet file per table, meta.json and (if any) truth.npz into folder."""
-    dataset.validate()
+def save(dataset: Dataset, folder: Path, written: tuple[str, ...] = ()) -> None:
+    """Writes one parquet file per table, meta.json and (if any) truth.npz into folder; the
+    `written` tables are already there (streamed by the caller) and are not validated again."""
+    if not written:
+        dataset.validate()
     folder.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
-        table = dataset.table(name)
-        arrow = pa.table({c: _to_arrow(table[c]) for c in SCHEMA[name]})
-        pq.write_table(arrow, folder / f"{name}.parquet")
+        if name not in written:
+            pq.write_table(arrow_table(dataset.table(name), name), folder / f"{name}.parquet")
     if dataset.truth:
         np.savez(folder / "truth.npz", allow_pickle=True, **dataset.truth)  # default, named
     (folder / "meta.json").write_text(json.dumps(dataset.meta, indent=2))

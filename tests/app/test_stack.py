@@ -209,7 +209,7 @@ def test_the_redis_store_starts_with_the_stack_is_shared_and_stops_with_it(
             played = client.recommend(5, count=5).items.item_ids[0]
             assert client.feedback([(5, played, "play")]).accepted == 1
             assert played not in client.recommend(5, count=5).items.item_ids
-        plays = redis.Redis.from_url(url).zrange("cascade:synthetic:u:5:plays", 0, -1)
+        plays = redis.Redis.from_url(url).zrange("cascade:synthetic:u:{5}:plays", 0, -1)
         assert [int(m.rsplit(b":", 1)[1]) for m in plays] == [played]
         services = running.services
     assert _processes_alive(services) == []

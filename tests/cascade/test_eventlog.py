@@ -63,11 +63,11 @@ def impression(request_id: str = "q1") -> pa.Table:
     )
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "redis-cluster"])
 def log_uri(request, tmp_path) -> str:
     if request.param == "file":
         return f"file:{tmp_path / 'log'}"
-    return request.getfixturevalue("redis_url")
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
 
 
 def test_append_read_back_in_order_and_reopen(log_uri):

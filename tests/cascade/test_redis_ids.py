@@ -5,30 +5,36 @@ from __future__ import annotations
 import threading
 
 import pytest
-import redis
 
 from cascade.ids import IdMap, IdSpaceFull
+from cascade.redis_client import connect
 from cascade.redis_ids import RedisIdMap
 
 
-@pytest.fixture
-def client(redis_url):
-    connection = redis.Redis.from_url(redis_url)
+@pytest.fixture(params=["redis", "redis-cluster"])
+def client(request):
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    connection = connect(url, 2.0)
     yield connection
     connection.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def make_map(request):
-    """make_map(capacity, identity, known) for IdMap and for RedisIdMap (same contract)."""
+    """make_map(capacity, identity, known) for IdMap and for RedisIdMap on a server and on a
+    cluster (same contract)."""
+    clients = []
 
     def make(capacity, identity=0, known=()):
         if request.param == "memory":
             return IdMap(capacity, identity, known)
-        client = request.getfixturevalue("client")
-        return RedisIdMap(client, "test", capacity, identity, known)
+        fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+        clients.append(connect(request.getfixturevalue(fixture), 2.0))
+        return RedisIdMap(clients[-1], "test", capacity, identity, known)
 
-    return make
+    yield make
+    for client in clients:
+        client.close()
 
 
 def test_identity_ids_and_unknown_ids(make_map):

@@ -1,4 +1,5 @@
-"""One contract for both online-store backends: the embedded store and Redis (a real server).
+"""One contract for the online-store backends: the embedded store, Redis (a real server) and a
+Redis Cluster (three real masters).
 
 Every test here runs against each backend: what a stage reads after Feedback must not depend on
 where the state lives. Backend-specific behaviour (LRU eviction, idempotent replays, replicas
@@ -15,7 +16,8 @@ from cascade.data.split import per_user_temporal, take
 from cascade.feature_store import InMemoryFeatureStore, StoreLimits, now_ms
 from cascade.features import build_spec
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "redis-cluster"]
+URL_FIXTURES = {"redis": "redis_url", "redis-cluster": "redis_cluster_url"}
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def make_store(request, tiny_dataset):
             return InMemoryFeatureStore(tiny_dataset, spec, train, limits=bounds)
         from cascade.redis_store import RedisFeatureStore
 
-        url = request.getfixturevalue("redis_url")
+        url = request.getfixturevalue(URL_FIXTURES[backend])
         store = RedisFeatureStore(tiny_dataset, spec, train, url=url, limits=bounds)
         made.append(store)
         return store
@@ -187,8 +189,9 @@ def test_memory_forgets_the_least_recently_active_users_beyond_max_users(make_st
     assert store.history(np.array([101, 102, 103]))[:, 0].tolist() == [3, 0, 4]
 
 
-def test_redis_applies_a_repeated_event_once(make_store):
-    store = make_store("redis")
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
+def test_redis_applies_a_repeated_event_once(make_store, backend):
+    store = make_store(backend)
     batch = _events([(1, 4, 900, "play"), (1, 4, 901, "play")])
     before = _counters(store, [4])["play"][0]
     assert store.record(*batch) == 2
@@ -197,8 +200,9 @@ def test_redis_applies_a_repeated_event_once(make_store):
     assert store.history(np.array([1]))[0, :2].tolist() == [4, 4]
 
 
-def test_redis_replicas_read_the_same_state(make_store):
-    one, two = make_store("redis"), make_store("redis")
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
+def test_redis_replicas_read_the_same_state(make_store, backend):
+    one, two = make_store(backend), make_store(backend)
     one.record(*_events([(5, 6, 900, "play"), (5, 7, 901, "like")]))
     two.record_shown(5, np.array([8]), now_ms())
     assert two.history(np.array([5]))[0, 0] == 6
@@ -225,3 +229,48 @@ def test_redis_down_reads_degrade_and_writes_raise(make_store, redis_process):
     assert store.read_failures >= 1
     with pytest.raises(redis.RedisError):
         store.record(*_events([(2, 3, 900, "play")]))
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------
+def test_cluster_spreads_the_online_state_over_every_master(make_store, redis_cluster):
+    import redis
+
+    from cascade.backends import open_event_log
+    from cascade.redis_ids import RedisIdMap
+
+    store = make_store("redis-cluster")
+    rows = [(user, 1 + user % 12, 900 + user, "play") for user in range(1, 41)]
+    assert store.record(*_events(rows)) == len(rows)
+    RedisIdMap.from_url(redis_cluster.url, "users", 100).assign(["new-user"])
+    open_event_log(redis_cluster.url).append_events(_log(rows))
+    sizes = [redis.Redis(port=m.port).dbsize() for m in redis_cluster.masters]
+    assert all(size > 0 for size in sizes), sizes
+    assert store.history(np.arange(1, 41))[:, 0].tolist() == [r[1] for r in rows]
+
+
+def test_cluster_batch_failing_part_way_is_completed_by_its_retry_once(make_store):
+    """A batch spanning users runs one script per slot; when one fails after others applied,
+    record raises (Feedback answers UNAVAILABLE) and the retry applies only what was missing."""
+    import redis
+
+    store = make_store("redis-cluster")
+    rows = [(user, 3, 900 + user, "play") for user in (1, 2, 3, 4, 5, 6)]
+    before = _counters(store, [3])["play"][0]
+    state = store.state
+    script, calls = state._record, []
+
+    def fail_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise redis.ConnectionError("a master went away")
+        return script(*args, **kwargs)
+
+    state._record = fail_third
+    with pytest.raises(redis.ConnectionError):
+        store.record(*_events(rows))
+    assert len(calls) == 3  # the parts after the failed one were not attempted
+    state._record = script
+    assert 0 <= store.record(*_events(rows)) <= len(rows)  # the retry: what was missing
+    assert store.record(*_events(rows)) == 0  # complete: a third try changes nothing
+    assert _counters(store, [3])["play"][0] == before + len(rows)
+    assert state.recent_plays([user for user, *_ in rows], 5) == [[3]] * len(rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from app import stack
 from app.evaluation_e2e import setting_overrides
-from app.retrain import Base, RetrainConfig, read_log, retrain
+from app.retrain import Base, RetrainConfig, retrain
 from app.simulate import (
     REFERENCE_ARMS,
     GatewayPolicy,
@@ -32,8 +32,8 @@ from app.simulate import (
     summarise,
 )
 from cascade.artifacts import Bundle, publish
-from cascade.catalog_fold import read_uploads
 from cascade.data import load_dataset
+from cascade.eventlog_increment import read_log_since
 from gateway.arms import Arm
 from gateway.client import CascadeClient
 from services.recall.tables import CF_MODELS, TableSettings
@@ -187,18 +187,21 @@ class DailyRetrain:
         if day + 1 >= self.args.days:
             return  # no later day would be served by it
         stack.wait_impressions_logged(self.running)  # the day's answers are all in the log
-        events, impressions = read_log(self.log_url)
+        # What the day added after the served bundle's position, on top of what it holds.
+        read = read_log_since(self.log_url, Bundle.open(self.artifacts))
         version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
         report = retrain(
             self.artifacts,
             self.base,
-            events,
-            impressions,
+            read.events,
+            read.impressions,
             version,
             self.config,
             self.args.data_dir,
-            uploads=read_uploads(self.log_url),  # the day's new tracks join the next bundle
+            uploads=read.uploads,  # the day's new tracks join the next bundle
+            log_position=read.position,
         )
+        report["log_rows_read"] = read.rows_read
         started = time.perf_counter()
         wait_for_version(self.running, self.artifacts / version, timeout_s=600.0)
         report["reload_seconds"] = round(time.perf_counter() - started, 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import redis
@@ -144,7 +145,7 @@ class RedisEventLog:
         except redis.RedisError as error:
             raise EventLogError(f"event log {self.id_key}: {error}") from error
 
-    def _entries(self, kind: str, after: str = "0-0") -> Iterator[tuple[bytes, dict]]:
+    def _entries(self, kind: str, after: str = "0-0") -> Iterator[tuple[Any, Any]]:
         """The stream's entries after id `after`, in append order, read in chunks."""
         while True:
             start = "(" + after
@@ -170,8 +171,11 @@ def _decode(kind: str, entries: list[dict]) -> pa.Table:
     return pa.table(rows).cast(EVENTS)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: bytes | str | None) -> str:
+    """A Redis reply as text (bytes, as the client does not decode)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ipc(table: pa.Table) -> bytes:

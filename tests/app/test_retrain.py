@@ -302,9 +302,11 @@ def test_the_next_retrain_reads_only_the_log_after_the_published_position(built,
     artifacts = tmp_path / "artifacts"
     shutil.copytree(built.artifacts, artifacts, symlinks=True)
     url = tiny_log(tmp_path / "log", built.dataset)
-    first = retrain_from_log(artifacts, built.dataset, url, "day2", built.data_dir, config=CONFIG)
+    first = retrain_from_log(
+        artifacts, built.dataset, url, "inc-day2", built.data_dir, config=CONFIG
+    )
     assert first["log_rows_read"] == {"events": 6, "impressions": 2, "uploads": 0}
-    assert Bundle.open(artifacts).version == "day2"
+    assert Bundle.open(artifacts).version == "inc-day2"
     day1_events, day1_impressions = read_log(url)
     log = open_event_log(url)
     page = day1_impressions.slice(0, 1)
@@ -329,10 +331,12 @@ def test_the_next_retrain_reads_only_the_log_after_the_published_position(built,
         )
     )
     log.close()
-    second = retrain_from_log(artifacts, built.dataset, url, "day3", built.data_dir, config=CONFIG)
+    second = retrain_from_log(
+        artifacts, built.dataset, url, "inc-day3", built.data_dir, config=CONFIG
+    )
     assert second["log_rows_read"] == {"events": 2, "impressions": 1, "uploads": 0}
     assert second["served_impressions"] == 12 and second["plays_heard"] == 3
-    # Parity: what day3 holds (and would train on) is the whole log's training tables.
+    # Parity: what inc-day3 holds (and would train on) is the whole log's training tables.
     held = read_log_since(url, Bundle.open(artifacts))
     assert held.rows_read == {"events": 0, "impressions": 0, "uploads": 0}
     events, impressions = read_log(url)

@@ -140,8 +140,7 @@ def retrain(
         report["prerank"] = distill_prerank(artifacts, version, previous, base, data_dir, config)
     if uploads is not None and uploads.num_rows:
         save_uploads(BundleWriter(artifacts, version), uploads)
-    if log_position is not None:
-        save_log(BundleWriter(artifacts, version), events, impressions, log_position)
+    save_log(BundleWriter(artifacts, version), events, impressions, log_position)
     if publish_it:
         publish(artifacts, version)
     report["seconds"] = round(time.perf_counter() - started, 1)

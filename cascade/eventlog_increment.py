@@ -20,6 +20,7 @@ its start, once, and says so in the log.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,10 +130,20 @@ def project(kind: str, table: pa.Table) -> pa.Table:
 
 
 def save_log(
-    writer: BundleWriter, events: pa.Table, impressions: pa.Table, position: dict[str, Any]
+    writer: BundleWriter, events: pa.Table, impressions: pa.Table, position: dict[str, Any] | None
 ) -> None:
     """Records in the bundle being written the log records it trained on and where they end (its
-    uploads go in its `catalog` component, cascade/catalog_fold.save_uploads)."""
+    uploads go in its `catalog` component, cascade/catalog_fold.save_uploads). Without a position
+    (records not read up to one) it records none, also none cloned from its source bundle: the
+    next retrain reads the log from its start."""
+    if position is None:
+        writer.manifest.pop(POSITION, None)
+        writer.manifest["components"].pop(COMPONENT, None)
+        for name in [name for name in writer.manifest["files"] if name.startswith(f"{COMPONENT}/")]:
+            del writer.manifest["files"][name]
+        shutil.rmtree(writer.folder / COMPONENT, ignore_errors=True)  # hard links: source kept
+        writer.commit()
+        return
     for kind, table in (("events", events), ("impressions", impressions)):
         schema = held_schema(kind)
         with pa.OSFile(str(writer.path(COMPONENT, f"{kind}.arrow")), "wb") as sink:

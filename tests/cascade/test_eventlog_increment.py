@@ -110,6 +110,14 @@ def test_an_unpublished_read_leaves_the_position_and_another_logs_position_reads
     clone(root, "v1", "v2")
     save_log(BundleWriter(root, "v2"), interrupted.events, interrupted.impressions, {})
     assert read_log_since(url, Bundle.open(root)).rows_read["events"] == 2
+    # A bundle trained on records read some other way (no position) claims none, not even its
+    # source's: the next read starts from the log's start.
+    save_log(BundleWriter(root, "v2"), interrupted.events, interrupted.impressions, None)
+    publish(root, "v2")
+    assert POSITION not in Bundle.open(root).manifest
+    assert "eventlog" not in Bundle.open(root).manifest["components"]
+    assert read_log_since(url, Bundle.open(root)).rows_read["events"] == 4
+    publish(root, "v1")
     # The same bundle beside another log (a new run's): its position means nothing there.
     other = f"file:{tmp_path / 'other'}"
     writer = open_event_log(other)

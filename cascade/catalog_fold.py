@@ -49,8 +49,15 @@ def load_bundle_uploads(store, bundle: Bundle) -> int:
     new to it. A bundle trained on the dataset alone has none."""
     if CATALOG not in bundle.manifest["components"]:
         return 0
+    return apply_items(store, uploads_to_items(bundle_uploads(bundle)))
+
+
+def bundle_uploads(bundle: Bundle) -> pa.Table:
+    """The uploads `bundle` folded in (none for a bundle trained on the dataset alone)."""
+    if CATALOG not in bundle.manifest["components"]:
+        return UPLOADS.empty_table()
     with pa.memory_map(str(bundle.file(CATALOG, UPLOADS_FILE))) as source:
-        return apply_items(store, uploads_to_items(pa.ipc.open_file(source).read_all()))
+        return pa.ipc.open_file(source).read_all()
 
 
 def with_uploads(dataset: Dataset, uploads: pa.Table | None) -> Dataset:

@@ -6,6 +6,11 @@ append (length + CRC32 + an Arrow IPC stream), fsync per append by default, a to
 on reopen. `redis://HOST:PORT/DB` logs to Redis Streams (cascade/eventlog_redis.py), so several
 gateways log to one place; cascade.backends.open_event_log picks one from the URL. A repeated
 event (same user, request_id, item, event and timestamp_ms) is recorded once.
+
+A reader can continue where it stopped: `read_since(kind, position)` returns what follows a
+position and the position after it, plain JSON (a trainer records it in the bundle it publishes).
+On files a position is the segment and the byte offset of the next frame; on Redis the last
+stream entry id read. `log_id()` names the log, so a position is never applied to another log.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import os
 import struct
 import threading
 import time
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +76,11 @@ RECORDS = ("uploads", "follows")  # the kinds append_records / read_records take
 FSYNC_POLICIES = ("always", "interval", "never")
 
 
+# Where a reader of one record kind stopped (JSON): {"segment": N, "offset": BYTES} on files,
+# {"id": "MS-SEQ"} on Redis; None reads from the start.
+Position = dict[str, Any]
+
+
 class EventLogError(RuntimeError):
     """The log could not take a write (disk full, Redis down, ...): nothing was acknowledged."""
 
@@ -82,6 +93,8 @@ class EventLog(Protocol):
     def read_impressions(self) -> pa.Table: ...
     def append_records(self, kind: str, table: pa.Table) -> None: ...
     def read_records(self, kind: str) -> pa.Table: ...
+    def read_since(self, kind: str, position: Position | None) -> tuple[pa.Table, Position]: ...
+    def log_id(self) -> str: ...
     def close(self) -> None: ...
 
 
@@ -156,6 +169,12 @@ def check_event_names(table: pa.Table) -> None:
         raise ValueError(f"unknown event names {unknown}; expected one of {EVENT_NAMES}")
 
 
+def check_kind(kind: str) -> str:
+    if kind not in SCHEMAS:
+        raise ValueError(f"record kind {kind!r}: expected one of {tuple(SCHEMAS)}")
+    return kind
+
+
 def check_record_kind(kind: str) -> str:
     if kind not in RECORDS:
         raise ValueError(f"record kind {kind!r}: expected one of {RECORDS}")
@@ -194,6 +213,7 @@ class DedupWindow:
 MAGIC = b"CEL1"
 HEADER = struct.Struct("<4sII")  # magic, payload length, CRC32 of the payload
 SUFFIX = ".seg"
+LOG_ID = "LOG_ID"
 
 
 def encode_frame(table: pa.Table) -> bytes:
@@ -204,10 +224,12 @@ def encode_frame(table: pa.Table) -> bytes:
     return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_frames(path: Path) -> tuple[list[pa.Table], int]:
-    """The whole frames of a segment and the byte offset where the valid part ends (a torn or
-    damaged frame and everything after it are skipped)."""
-    data = path.read_bytes()
+def read_frames(path: Path, first: int = 0) -> tuple[list[pa.Table], int]:
+    """The whole frames of a segment from byte `first` (a frame's first byte) and the byte offset
+    where the valid part ends (a torn or damaged frame and everything after it are skipped)."""
+    with open(path, "rb") as f:
+        f.seek(first)
+        data = f.read()
     tables, offset = [], 0
     while offset + HEADER.size <= len(data):
         magic, length, crc = HEADER.unpack_from(data, offset)
@@ -219,7 +241,7 @@ def read_frames(path: Path) -> tuple[list[pa.Table], int]:
         except pa.ArrowInvalid:
             break
         offset = end
-    return tables, offset
+    return tables, first + offset
 
 
 class _Segments:
@@ -255,6 +277,24 @@ class _Segments:
             if valid < path.stat().st_size and path != paths[-1]:  # half-written: skipped
                 log.warning("event log: %s: damaged frame at byte %d; rest skipped", path, valid)
             yield from tables
+
+    def read_since(self, position: Position | None) -> tuple[list[pa.Table], Position]:
+        """The whole frames after `position` and the position after the last of them. Sealed
+        segments never change; the last one may grow, and a torn frame at its end is not read
+        past (the next read starts at it, where the writer's next frame goes once it is cut)."""
+        segment, offset = (position["segment"], position["offset"]) if position else (0, 0)
+        paths = [path for path in self.paths() if int(path.stem) >= segment]
+        if segment and (not paths or int(paths[0].stem) != segment):  # 0: before the first
+            raise EventLogError(f"event log {self.folder}: segment {segment} of {position} is gone")
+        tables: list[pa.Table] = []
+        for path in paths:
+            start = offset if int(path.stem) == segment else 0
+            if start > path.stat().st_size:
+                raise EventLogError(f"event log {path}: shorter than the position {position}")
+            frames, valid = read_frames(path, start)
+            tables += frames
+            segment, offset = int(path.stem), valid
+        return tables, {"segment": segment, "offset": offset}
 
     def append(self, table: pa.Table) -> None:
         """One frame; durable per the fsync policy when this returns (lock held by the caller)."""
@@ -303,6 +343,17 @@ class _Segments:
             self._file = None
 
 
+def _write_synced(path: Path, text: str) -> None:
+    """`text` in a new file `path`, on disk when this returns (written whole, then renamed)."""
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -346,6 +397,8 @@ class FileEventLog:
         self._dedup = DedupWindow(self.settings.dedup_window)
         if not read_only:
             self._load_dedup_window()
+            if not (self.folder / LOG_ID).exists():
+                _write_synced(self.folder / LOG_ID, uuid.uuid4().hex)
 
     def _load_dedup_window(self) -> None:
         events = self._kinds["events"]
@@ -410,6 +463,20 @@ class FileEventLog:
                 segments._file.flush()
             tables = list(segments.read())
         return concat(tables, segments.schema)
+
+    def read_since(self, kind: str, position: Position | None) -> tuple[pa.Table, Position]:
+        """`kind`'s records after `position` (None: all) and the position after them."""
+        segments = self._kinds[check_kind(kind)]
+        with segments.lock:
+            if segments._file is not None:
+                segments._file.flush()
+            tables, after = segments.read_since(position)
+        return concat(tables, segments.schema), after
+
+    def log_id(self) -> str:
+        """This log's name, made by its first writer ("" for a log written before it had one)."""
+        path = self.folder / LOG_ID
+        return path.read_text().strip() if path.exists() else ""
 
     def _check_writer(self) -> None:
         if self.read_only:

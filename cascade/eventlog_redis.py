@@ -8,11 +8,16 @@ two gateways receive it: each event's key is SET NX with a TTL (the dedup window
 The dedup keys carry the events stream's hash tag, so on a Redis Cluster (`redis+cluster://`)
 the script touches one slot; each stream is one key, so it lives on one master.
 Durable on return as far as Redis's own persistence goes (AOF with `appendfsync always`: on disk).
+A reader's position in a stream is the id of the last entry it read (XRANGE from the exclusive
+next one); `PREFIX:log_id`, set once, names the log the ids belong to.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import redis
@@ -24,7 +29,9 @@ from cascade.eventlog import (
     SCHEMAS,
     EventLogError,
     LogSettings,
+    Position,
     check_event_names,
+    check_kind,
     check_record_kind,
     concat,
     conform,
@@ -62,6 +69,7 @@ class RedisEventLog:
         kinds = ("events", "impressions", *RECORDS)
         self.streams = {kind: f"{prefix}:{{{kind}}}" for kind in kinds}  # tagged: see above
         self.dedup_prefix = f"{prefix}:{{events}}:seen:"
+        self.id_key = f"{prefix}:log_id"
         self._append = self.client.register_script(APPEND)
 
     def append_events(self, table: pa.Table) -> int:
@@ -115,39 +123,62 @@ class RedisEventLog:
             raise EventLogError(f"event log {self.streams[kind]}: {error}") from error
 
     def read_records(self, kind: str) -> pa.Table:
-        tables = [
-            pa.ipc.open_stream(fields[b"arrow"]).read_all()
-            for _, fields in self._entries(check_record_kind(kind))
-        ]
-        return pa.concat_tables(tables) if tables else SCHEMAS[kind].empty_table()
+        return self.read_since(check_record_kind(kind), None)[0]
 
     def read_events(self) -> pa.Table:
-        rows: dict[str, list] = {name: [] for name in FIELDS}
-        for _, fields in self._entries("events"):
-            for name in FIELDS:
-                rows[name].append(fields[name.encode()].decode())
-        return pa.table(rows).cast(EVENTS)
+        return self.read_since("events", None)[0]
 
     def read_impressions(self) -> pa.Table:
-        tables = [
-            pa.ipc.open_stream(fields[b"arrow"]).read_all()
-            for _, fields in self._entries("impressions")
-        ]
-        return concat(tables, IMPRESSIONS)
+        return self.read_since("impressions", None)[0]
 
-    def _entries(self, kind: str):
-        """Every entry of the stream in append order, read in chunks."""
-        start = "-"
+    def read_since(self, kind: str, position: Position | None) -> tuple[pa.Table, Position]:
+        """`kind`'s entries after `position` (None: all) and the position after them. Entries
+        trimmed away (MAXLEN) before they were read are lost to the reader."""
+        last = position["id"] if position else "0-0"
+        entries = list(self._entries(check_kind(kind), last))
+        if entries:
+            last = _text(entries[-1][0])
+        return _decode(kind, [fields for _, fields in entries]), {"id": last}
+
+    def log_id(self) -> str:
+        """This log's name, set by the first reader or writer to ask."""
+        try:
+            self.client.set(self.id_key, uuid.uuid4().hex, nx=True)
+            return _text(self.client.get(self.id_key))
+        except redis.RedisError as error:
+            raise EventLogError(f"event log {self.id_key}: {error}") from error
+
+    def _entries(self, kind: str, after: str = "0-0") -> Iterator[tuple[Any, Any]]:
+        """The stream's entries after id `after`, in append order, read in chunks."""
         while True:
+            start = "(" + after
             chunk = self.client.xrange(self.streams[kind], min=start, count=READ_CHUNK) or []
             yield from chunk
             if len(chunk) < READ_CHUNK:
                 return
-            last = chunk[-1][0]  # the entry id: bytes, as the client does not decode
-            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            after = _text(chunk[-1][0])  # the entry id: bytes, as the client does not decode
 
     def close(self) -> None:
         self.client.close()
+
+
+def _decode(kind: str, entries: list[dict]) -> pa.Table:
+    """Stream entries' fields as a table of `kind`'s schema."""
+    if kind != "events":  # one Arrow IPC stream per entry
+        tables = [pa.ipc.open_stream(fields[b"arrow"]).read_all() for fields in entries]
+        return concat(tables, SCHEMAS[kind])
+    rows: dict[str, list] = {name: [] for name in FIELDS}
+    for fields in entries:
+        for name in FIELDS:
+            rows[name].append(fields[name.encode()].decode())
+    return pa.table(rows).cast(EVENTS)
+
+
+def _text(value: bytes | str | None) -> str:
+    """A Redis reply as text (bytes, as the client does not decode)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ipc(table: pa.Table) -> bytes:

@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 
-from cascade.catalog_fold import read_uploads
+from cascade.artifacts import Bundle
+from cascade.eventlog_increment import read_log_since
 from cascade.topology import STAGES
 from cascade.v1 import (
     common_pb2,
@@ -25,7 +26,7 @@ from cascade.v1 import (
     rerank_pb2,
     rerank_pb2_grpc,
 )
-from training.retrain import Base, RetrainConfig, read_log, retrain
+from training.retrain import Base, RetrainConfig, retrain
 
 POLL_S = 0.5  # how often the stages are asked again while a reload is under way
 
@@ -54,18 +55,21 @@ class DailyRetrain:
         if day + 1 >= self.args.days:
             return  # no later day would be served by it
         self.wait_logged()  # the day's answers are all in the log before it is read
-        events, impressions = read_log(self.log_url)
+        # What the day added after the served bundle's position, on top of what it holds.
+        read = read_log_since(self.log_url, Bundle.open(self.artifacts))
         version = f"loop-day{day + 2}"  # serves day day+2 (1-based)
         report = retrain(
             self.artifacts,
             self.base,
-            events,
-            impressions,
+            read.events,
+            read.impressions,
             version,
             self.config,
             self.args.data_dir,
-            uploads=read_uploads(self.log_url),  # the day's new tracks join the next bundle
+            uploads=read.uploads,  # the day's new tracks join the next bundle
+            log_position=read.position,
         )
+        report["log_rows_read"] = read.rows_read
         started = time.perf_counter()
         wait_for_version(self.stages, version, timeout_s=600.0)
         report["reload_seconds"] = round(time.perf_counter() - started, 1)

@@ -3,7 +3,9 @@ the running stack hot-reloads.
 
 One job (`retrain`, run by `cascade simulate` after each simulated day and by
 `cascade train all --event-log URL`) reads the log, folds it into the training data
-(training/fold.py) and publishes a new version on top of the published one:
+(training/fold.py) and publishes a new version on top of the published one. It reads only the
+log's records after the published bundle's recorded position and the records that bundle holds
+(cascade/eventlog_increment.py); the new bundle records its own:
 
 - rank: fine-tuned from the published weights (warm start) on the served impressions with their
   outcomes, plus a seeded replay sample of the logged training impressions against forgetting;
@@ -33,9 +35,10 @@ import pyarrow as pa
 
 from cascade.artifacts import Bundle, BundleWriter, clone, publish
 from cascade.backends import open_event_log
-from cascade.catalog_fold import read_uploads, save_uploads, with_uploads
+from cascade.catalog_fold import save_uploads, with_uploads
 from cascade.data.schema import DataError, Dataset, Table
 from cascade.data.split import TemporalSplit, concat_by_time, split_dataset, take
+from cascade.eventlog_increment import read_log_since, save_log
 from services.rank.fine_tune import FineTuneConfig, fine_tune
 from training.fold import heard_interactions, served_impressions
 
@@ -114,9 +117,12 @@ def retrain(
     publish_it: bool = True,
     source: str = "current",
     uploads: pa.Table | None = None,
+    log_position: dict | None = None,
 ) -> dict:
     """Builds bundle `version` from bundle `source` and the log; returns what each stage did.
-    `uploads`: the log's uploaded items, folded into the catalogue it trains on."""
+    `uploads`: the log's uploaded items, folded into the catalogue it trains on.
+    `log_position`: where `events`, `impressions` and `uploads` end in the log (the whole log up
+    to there); the new bundle holds them and records it, for the next retrain to read on from."""
     config = config or RetrainConfig()
     started = time.perf_counter()
     base = Base(with_uploads(base.dataset, uploads), base.split)
@@ -142,6 +148,7 @@ def retrain(
         report["prerank"] = distill_prerank(artifacts, version, previous, base, data_dir, config)
     if uploads is not None and uploads.num_rows:
         save_uploads(BundleWriter(artifacts, version), uploads)
+    save_log(BundleWriter(artifacts, version), events, impressions, log_position)
     if publish_it:
         publish(artifacts, version)
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -193,16 +200,19 @@ def retrain_from_log(
     publish_it: bool = True,
     config: RetrainConfig | None = None,
 ) -> dict:
-    """`cascade train all --event-log URL`: one job over the whole log."""
-    events, impressions = read_log(event_log)
-    return retrain(
+    """`cascade train all --event-log URL`: one job over the log up to now, reading only what
+    follows the published bundle's position."""
+    read = read_log_since(event_log, Bundle.open(artifacts))
+    report = retrain(
         artifacts,
         Base.of(dataset),
-        events,
-        impressions,
+        read.events,
+        read.impressions,
         version,
         config,
         data_dir,
         publish_it,
-        uploads=read_uploads(event_log),
+        uploads=read.uploads,
+        log_position=read.position,
     )
+    return {**report, "log_rows_read": read.rows_read}

@@ -275,3 +275,89 @@ def test_every_fsync_policy_hands_each_append_to_the_os_before_returning(tmp_pat
     reader = FileEventLog(tmp_path / "log", read_only=True)
     assert len(reader.read_events()) == 2 and len(reader.read_impressions()) == 1
     writer.close()
+
+
+def test_read_since_returns_only_what_follows_a_position(log_uri):
+    """A position is plain JSON; what was appended before it never comes back, what was
+    appended after the read comes with the next one, and an unchanged log reads nothing."""
+    log = open_event_log(log_uri)
+    log.append_events(events(3))
+    log.append_impressions(impression("a"))
+    first, position = log.read_since("events", None)
+    assert first["item_id"].to_pylist() == [10, 11, 12]
+    position = json.loads(json.dumps(position))  # as a bundle's manifest carries it
+    log.append_events(events(2, start=3))
+    reader = open_event_log(log_uri, read_only=True)  # beside the writer, as the retrain reads
+    later, after = reader.read_since("events", position)
+    assert later.schema == EVENTS and later["item_id"].to_pylist() == [13, 14]
+    nothing, same = reader.read_since("events", after)
+    assert nothing.num_rows == 0 and same == after
+    shown, _ = reader.read_since("impressions", None)
+    assert shown["request_id"].to_pylist() == ["a"]
+    uploads, empty = reader.read_since("uploads", None)
+    assert uploads.num_rows == 0 and reader.read_since("uploads", empty)[0].num_rows == 0
+    with pytest.raises(ValueError, match="record kind"):
+        reader.read_since("clicks", None)
+    name = reader.log_id()
+    assert name == log.log_id() != ""
+    reader.close()
+    log.close()
+    log = open_event_log(log_uri)  # a restart keeps the log's name and its positions
+    log.append_events(events(1, start=5))
+    assert log.read_since("events", after)[0]["item_id"].to_pylist() == [15]
+    assert log.log_id() == name
+    log.close()
+
+
+def test_file_positions_survive_sealed_segments_and_a_torn_last_frame(tmp_path):
+    folder = tmp_path / "log"
+    log = FileEventLog(folder, LogSettings(segment_bytes=1))  # every append seals a segment
+    log.append_events(events(2))
+    _, position = log.read_since("events", None)
+    assert position == {"segment": 1, "offset": (folder / "events/00000001.seg").stat().st_size}
+    log.append_events(events(2, start=2))
+    log.append_events(events(2, start=4))
+    log.close()
+    # The writer died inside its next frame: a reader stops before it, and reads it once whole.
+    last = folder / "events" / "00000003.seg"
+    whole = last.read_bytes()
+    frame = encode_frame(events(1, start=6))
+    last.write_bytes(whole + frame[: len(frame) // 2])
+    reader = FileEventLog(folder, read_only=True)
+    read, after = reader.read_since("events", position)
+    assert read["item_id"].to_pylist() == [12, 13, 14, 15]  # the segments sealed since
+    assert after == {"segment": 3, "offset": len(whole)}  # the torn frame's first byte
+    assert reader.read_since("events", after)[0].num_rows == 0
+    last.write_bytes(whole + frame)  # the frame completed
+    assert reader.read_since("events", after)[0]["item_id"].to_pylist() == [16]
+    last.write_bytes(whole + frame[:7])  # torn again: the writer cuts it on reopen ...
+    log = FileEventLog(folder)
+    log.append_events(events(1, start=7))  # ... and its next frame starts at the position
+    assert reader.read_since("events", after)[0]["item_id"].to_pylist() == [17]
+    log.close()
+    gone = {"segment": 9, "offset": 0}
+    with pytest.raises(EventLogError, match="segment 9"):
+        reader.read_since("events", gone)
+    with pytest.raises(EventLogError, match="shorter than the position"):
+        reader.read_since("events", {"segment": 3, "offset": 10**9})
+    reader.close()
+
+
+def test_redis_positions_are_stream_ids_past_the_entries_read(redis_url):
+    from cascade.eventlog_redis import READ_CHUNK, RedisEventLog
+
+    log = RedisEventLog(redis_url)
+    log.append_events(events(4))
+    _, position = log.read_since("events", None)
+    ids = [entry_id.decode() for entry_id, _ in log.client.xrange(log.streams["events"])]
+    assert position == {"id": ids[-1]}
+    log.append_events(events(3, start=4))
+    read, after = log.read_since("events", position)
+    assert read["item_id"].to_pylist() == [14, 15, 16]
+    assert after != position and log.read_since("events", after)[0].num_rows == 0
+    # Past one XRANGE chunk: every later entry once, none before the position.
+    many = READ_CHUNK + 5
+    log.append_events(events(many, start=100, request_id="bulk"))
+    bulk, _ = log.read_since("events", after)
+    assert bulk["item_id"].to_pylist() == list(range(110, 110 + many))
+    log.close()

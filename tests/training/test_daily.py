@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gateway.conftest import VERSION, built, stack_factory  # noqa: F401  (fixtures)
+from tests.gateway.conftest import VERSION, stack_factory  # noqa: F401  (a fixture)
 from training.daily import serving_versions, wait_for_version
 
 

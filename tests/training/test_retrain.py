@@ -4,6 +4,8 @@ its ranker fine-tuned on the served impressions and shipped only through the pub
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,6 +14,7 @@ from app import cli
 from cascade.artifacts import Bundle, BundleWriter, clone
 from cascade.backends import open_event_log
 from cascade.eventlog import EVENTS, IMPRESSIONS
+from cascade.eventlog_increment import read_log_since
 from cascade.features import FeatureSpec
 from services.rank.export import load_torch
 from services.rank.export import write_component as write_rank
@@ -19,7 +22,15 @@ from services.rank.fine_tune import publish_gate, served_rows
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig
 from tests.gateway.conftest import VERSION, build_bundle, tiny_world
-from training.retrain import Base, RetrainConfig, RetrainError, read_log, retrain
+from training.fold import heard_interactions, served_impressions
+from training.retrain import (
+    Base,
+    RetrainConfig,
+    RetrainError,
+    read_log,
+    retrain,
+    retrain_from_log,
+)
 
 CONFIG = RetrainConfig(prerank_users=10, prerank_epochs=1)
 MF_SERVED = "mf-served"
@@ -281,3 +292,62 @@ def test_recall_rebuilt_with_ease_neighbours_keeps_them_through_the_daily_retrai
     refresh_recall(root, "ease-cf-day2", dataset, train)
     day2 = Bundle.open(root, "ease-cf-day2").component("recall")
     assert day2["tables"]["settings"]["cf_model"] == "ease"  # the published setting carried
+
+
+def test_the_next_retrain_reads_only_the_log_after_the_published_position(built, tmp_path):
+    """Day 1's retrain reads the whole log (the served bundle records no position) and publishes
+    its own; day 2's reads only what followed it, yet trains on the tables a read of the whole
+    log gives: a late like on day 1's page labels it, day 1's plays stay in the histories."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(built.artifacts, artifacts, symlinks=True)
+    url = tiny_log(tmp_path / "log", built.dataset)
+    first = retrain_from_log(
+        artifacts, built.dataset, url, "inc-day2", built.data_dir, config=CONFIG
+    )
+    assert first["log_rows_read"] == {"events": 6, "impressions": 2, "uploads": 0}
+    assert Bundle.open(artifacts).version == "inc-day2"
+    day1_events, day1_impressions = read_log(url)
+    log = open_event_log(url)
+    page = day1_impressions.slice(0, 1)
+    later_ms = int(page["request_time_ms"][0].as_py()) + 86_400_000
+    request = page.set_column(0, "request_id", pa.array(["r9"]))
+    request = request.set_column(3, "request_time_ms", pa.array([later_ms], pa.int64()))
+    log.append_impressions(request)
+    user, item = page["user_id"][0].as_py(), page["item_ids"][0].as_py()[0]
+    rows = [("r0", 11, "like", later_ms), ("r9", item, "play", later_ms + 1)]
+    log.append_events(
+        pa.table(
+            {
+                "user_id": [user] * 2,
+                "user_key": [str(user)] * 2,
+                "item_id": [i for _, i, _, _ in rows],
+                "event": [e for _, _, e, _ in rows],
+                "timestamp_ms": [t for _, _, _, t in rows],
+                "request_id": [r for r, _, _, _ in rows],
+                "logged_ms": [0, 0],
+            },
+            schema=EVENTS,
+        )
+    )
+    log.close()
+    second = retrain_from_log(
+        artifacts, built.dataset, url, "inc-day3", built.data_dir, config=CONFIG
+    )
+    assert second["log_rows_read"] == {"events": 2, "impressions": 1, "uploads": 0}
+    assert second["served_impressions"] == 12 and second["plays_heard"] == 3
+    # Parity: what inc-day3 holds (and would train on) is the whole log's training tables.
+    held = read_log_since(url, Bundle.open(artifacts))
+    assert held.rows_read == {"events": 0, "impressions": 0, "uploads": 0}
+    events, impressions = read_log(url)
+    for mine, whole in (
+        (
+            served_impressions(held.events, held.impressions),
+            served_impressions(events, impressions),
+        ),
+        (heard_interactions(held.events), heard_interactions(events)),
+    ):
+        assert mine.keys() == whole.keys()
+        for column in whole:
+            np.testing.assert_array_equal(mine[column], whole[column], err_msg=column)
+    likes = served_impressions(events, impressions)["like"].sum()
+    assert likes == served_impressions(day1_events, day1_impressions)["like"].sum() + 1

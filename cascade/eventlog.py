@@ -1,6 +1,6 @@
 """The event log, the source of truth: every acknowledged Feedback event and every served answer.
 
-Two record kinds with fixed Arrow schemas (EVENTS, IMPRESSIONS; README "State and durability").
+Two record kinds with fixed Arrow schemas (EVENTS, IMPRESSIONS; docs/state.md).
 `file:DIR` (FileEventLog) is the embedded default: segmented append-only files, one frame per
 append (length + CRC32 + an Arrow IPC stream), fsync per append by default, a torn tail skipped
 on reopen. `redis://HOST:PORT/DB` logs to Redis Streams (cascade/eventlog_redis.py), so several
@@ -100,7 +100,7 @@ class EventLog(Protocol):
 
 @dataclass(frozen=True)
 class LogSettings:
-    fsync: str = "always"  # always | interval | never (README: what each can lose)
+    fsync: str = "always"  # always | interval | never (docs/state.md: what each can lose)
     # Impression records are acknowledged to no one (the answer went out before they were
     # queued, and a killed gateway loses its queue anyway): an fsync per frame buys nothing a
     # caller relies on and costs the gateway a disk flush, and its CPU, per frame.

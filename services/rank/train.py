@@ -68,7 +68,7 @@ class TrainConfig:
     recall_examples: RecallExamples = field(default_factory=RecallExamples)
     # Training rows' mf_position from MF models fitted without the row's user, in this many user
     # folds (services/rank/context.FoldedMF); 0 = the bundle's own model, which has seen the
-    # training period's future but ordered EASE's top 100 better on ml-100k (README, Rank).
+    # training period's future but ordered EASE's top 100 better on ml-100k (docs/stages.md, Rank).
     mf_folds: int = 0
     # Scales of the non-primary tasks' fusion weights tried on the validation slice (the primary
     # task, the first, keeps weight 1); the one with the best primary-task GAUC is served. () =

@@ -172,7 +172,7 @@ def test_segments_roll_by_size_and_read_with_pyarrow_alone(tmp_path):
     log.close()
     paths = sorted((folder / "events").glob("*.seg"))
     assert [p.name for p in paths] == ["00000001.seg", "00000002.seg", "00000003.seg"]
-    # What the README shows: frames are 12-byte headers + an Arrow IPC stream each.
+    # What docs/state.md shows: frames are 12-byte headers + an Arrow IPC stream each.
     tables = []
     for path in paths:
         data, offset = path.read_bytes(), 0

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,26 +80,8 @@ def run(args: argparse.Namespace) -> dict:
     if served and args.gateway is None:
         artifacts = serving_copy(args.artifacts, args.data_dir, args.run_dir, args.item_cf)
         shutil.rmtree(args.run_dir / "eventlog", ignore_errors=True)  # this run's log only
-        with stack.running_stack(
-            args.run_dir,
-            artifacts=artifacts,
-            data_dir=args.data_dir,
-            dataset=DATASET,
-            extra_env=extra_env,
-            profiles=[args.served_profile],
-            exact=True,  # a setting the profile does not say is refused, not served
-        ) as running:
-            daily = None
-            if args.retrain == "daily":
-                stages = {s: running.address(s) for s in STAGES if running.has(s)}
-                daily = DailyRetrain(
-                    stages,
-                    artifacts,
-                    dataset,
-                    args,
-                    retraining,
-                    wait_logged=lambda: stack.wait_impressions_logged(running),
-                )
+        with served_stack(args, args.run_dir, artifacts, extra_env) as running:
+            daily = daily_retrain(running, artifacts, dataset, args, retraining)
             rows = _with_gateway(running.address(), args, dataset, policies, config, world, daily)
     elif served:
         rows = _with_gateway(args.gateway, args, dataset, policies, config, world)
@@ -139,6 +122,38 @@ def served_profile(args: argparse.Namespace) -> dict:
         return {"name": None, "note": f"a running gateway at {args.gateway}: not started here"}
     arms = {"explore": explore_overrides(args)} if "explore" in args.arms else {}
     return args.served_profile.record() | {"harness": HARNESS, "arms": arms}
+
+
+def served_stack(
+    args: argparse.Namespace, run_dir: Path, artifacts: Path, extra_env: dict[str, str]
+) -> AbstractContextManager[stack.Stack]:
+    """The simulated stack: the synthetic bundle in `artifacts`, serving exactly the profile
+    `args` names (a setting it does not say is refused, not served) plus `extra_env`."""
+    return stack.running_stack(
+        run_dir,
+        artifacts=artifacts,
+        data_dir=args.data_dir,
+        dataset=DATASET,
+        extra_env=extra_env,
+        profiles=[args.served_profile],
+        exact=True,
+    )
+
+
+def daily_retrain(
+    running: stack.Stack, artifacts: Path, dataset, args: argparse.Namespace, reports: list[dict]
+) -> DailyRetrain | None:
+    """With `--retrain daily`, the job run after each simulated day on `running`'s log."""
+    if args.retrain != "daily":
+        return None
+    return DailyRetrain(
+        {s: running.address(s) for s in STAGES if running.has(s)},
+        artifacts,
+        dataset,
+        args,
+        reports,
+        wait_logged=lambda: stack.wait_impressions_logged(running),
+    )
 
 
 def explore_overrides(args: argparse.Namespace) -> dict:

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from app import stack
 from app.loop import (
     DATASET,
     GATEWAY_ARMS,
     HARNESS,
     arguments,
+    daily_retrain,
     gateway_arms,
+    served_stack,
     serving_copy,
 )
 from app.profiles import train_settings
@@ -38,7 +39,6 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset
 from cascade.data.synthetic import DAY, SyntheticConfig, exposure_target
 from cascade.profiles import load_profile
-from cascade.topology import STAGES
 from gateway.arms import Arm
 from gateway.client import CascadeClient
 from research.loop_report import _ratio
@@ -51,7 +51,6 @@ from research.simulate import (
     simulate,
 )
 from research.two_sided_metrics import day_metrics, gap_closed
-from training.daily import DailyRetrain
 
 WORLDS = {"two-sided": False, "neutral": True}  # name: neutral?
 
@@ -178,26 +177,8 @@ def _served(
     else:
         artifacts = serving_copy(args.artifacts, args.data_dir, ns.run_dir, args.item_cf)
         shutil.rmtree(ns.run_dir / "eventlog", ignore_errors=True)
-    with stack.running_stack(
-        ns.run_dir,
-        artifacts=artifacts,
-        data_dir=args.data_dir,
-        dataset=DATASET,
-        extra_env=HARNESS | gateway_arms(ns, config),
-        profiles=[args.served_profile],
-        exact=True,  # a setting the profile does not say is refused, not served
-    ) as running:
-        daily = None
-        if args.retrain == "daily":
-            stages = {s: running.address(s) for s in STAGES if running.has(s)}
-            daily = DailyRetrain(
-                stages,
-                artifacts,
-                dataset,
-                ns,
-                retraining,
-                wait_logged=lambda: stack.wait_impressions_logged(running),
-            )
+    with served_stack(args, ns.run_dir, artifacts, HARNESS | gateway_arms(ns, config)) as running:
+        daily = daily_retrain(running, artifacts, dataset, ns, retraining)
         with CascadeClient(running.address(), timeout_s=5.0) as client:
             gateway = GatewayPolicy(client, arm if arm == "explore" else "")
             return simulate(dataset, {arm: gateway}, config, lambda d: timed(d, daily), world, ckpt)

@@ -13,12 +13,12 @@ a base folder that contains the overlay) plus what they change.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cascade.profiles import DEFAULT, PROFILE_DIR, profile_names
+from deploy.generate import differing, write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = Path("deploy/k8s")
@@ -56,33 +56,19 @@ def generated(profiles: Path = PROFILE_DIR) -> dict[Path, bytes]:
 
 
 def stale(root: Path = ROOT) -> list[str]:
-    out = []
-    for path, content in generated().items():
-        file = root / path
-        if not file.exists() or file.read_bytes() != content:
-            out.append(str(path))
+    """Generated files that differ or are missing, and overlays of profiles that no longer exist."""
+    files = generated()
+    out = differing(files, root)
     overlays = root / K8S / "overlays"
     for folder in sorted(overlays.glob("profile-*")) if overlays.exists() else []:
-        if folder.relative_to(root) / "kustomization.yaml" not in generated():
+        if folder.relative_to(root) / "kustomization.yaml" not in files:
             out.append(f"{folder.relative_to(root)} (no profile of that name)")
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare, write nothing")
-    args = parser.parse_args(argv)
-    if args.check:
-        differ = stale()
-        for path in differ:
-            print(f"stale: {path} (run python -m deploy.profile_overlays)")
-        return 1 if differ else 0
-    for path, content in generated().items():
-        file = ROOT / path
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(content)
-        print(f"wrote {path}")
-    return 0
+    command, description = "python -m deploy.profile_overlays", __doc__.splitlines()[0]
+    return write_or_check(generated(), stale, command, description, argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,37 +48,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RetrainConfig:
     seed: int = 0
-    rank_epochs: int = 3  # at most; early stopping on the held-out last served impressions
-    rank_learning_rate: float = 1e-3  # below a fresh run's (2e-3): a warm start moves gently
-    replay_per_served: float = 2.0  # logged training impressions replayed per served one
-    validation_fraction: float = 0.1  # each user's latest served impressions, for early stopping
-    # The publish gate's slice: this share of the served impressions, the latest by request time
-    # (the last hours of the log), held out of fine-tuning and early stopping.
-    gate_fraction: float = 0.2
-    gate_tolerance: float = 0.0  # relative logloss rise the gate still accepts (0: not worse)
+    # The ranker's fine-tune and publish gate (services/rank/fine_tune.py); its seed is this one.
+    rank: FineTuneConfig = field(default_factory=FineTuneConfig)
     prerank_users: int = 300  # distillation requests (a full `cascade train prerank`: 3,000)
     prerank_epochs: int = 5
     recall_tables: bool = True  # rebuild recall's tables and MF channel from the plays
 
     def __post_init__(self) -> None:
-        if self.rank_epochs < 1 or self.prerank_epochs < 0 or self.prerank_users < 0:
-            raise ValueError("rank_epochs >= 1, prerank_epochs >= 0 and prerank_users >= 0")
-        if self.replay_per_served < 0 or not 0 < self.validation_fraction < 1:
-            raise ValueError("replay_per_served >= 0 and validation_fraction in (0, 1)")
-        if not 0 < self.gate_fraction < 1 or self.gate_tolerance < 0:
-            raise ValueError("gate_fraction in (0, 1) and gate_tolerance >= 0")
-
-    def rank(self) -> FineTuneConfig:
-        """The ranker's part (services/rank/fine_tune.py)."""
-        return FineTuneConfig(
-            seed=self.seed,
-            epochs=self.rank_epochs,
-            learning_rate=self.rank_learning_rate,
-            replay_per_served=self.replay_per_served,
-            validation_fraction=self.validation_fraction,
-            gate_fraction=self.gate_fraction,
-            gate_tolerance=self.gate_tolerance,
-        )
+        if self.prerank_epochs < 0 or self.prerank_users < 0:
+            raise ValueError("prerank_epochs >= 0 and prerank_users >= 0")
+        object.__setattr__(self, "rank", replace(self.rank, seed=self.seed))
 
 
 class RetrainError(DataError):
@@ -140,7 +119,7 @@ def retrain(
     report: dict = {"version": version, "served_impressions": len(served["item_id"])}
     report["plays_heard"] = len(plays["item_id"]) - len(base.split.train_interactions["item_id"])
     report["rank"] = fine_tune(
-        artifacts, version, previous, base.dataset, base.split, served, plays, config.rank()
+        artifacts, version, previous, base.dataset, base.split, served, plays, config.rank
     )
     if config.recall_tables:
         report["recall"] = refresh_recall(artifacts, version, base.dataset, plays)

@@ -34,8 +34,18 @@ class FineTuneConfig:
     learning_rate: float = 1e-3  # below a fresh run's (2e-3): a warm start moves gently
     replay_per_served: float = 2.0  # logged training impressions replayed per served one
     validation_fraction: float = 0.1  # each user's latest served impressions, for early stopping
-    gate_fraction: float = 0.2  # the publish gate's slice: the latest served impressions
+    # The publish gate's slice: this share of the served impressions, the latest by request time
+    # (the last hours of the log), held out of fine-tuning and early stopping.
+    gate_fraction: float = 0.2
     gate_tolerance: float = 0.0  # relative logloss rise the gate still accepts (0: not worse)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.replay_per_served < 0:
+            raise ValueError("epochs >= 1 and replay_per_served >= 0")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError("validation_fraction in (0, 1)")
+        if not 0 < self.gate_fraction < 1 or self.gate_tolerance < 0:
+            raise ValueError("gate_fraction in (0, 1) and gate_tolerance >= 0")
 
 
 class FineTuneError(DataError):

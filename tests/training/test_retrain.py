@@ -18,7 +18,7 @@ from cascade.eventlog_increment import read_log_since
 from cascade.features import FeatureSpec
 from services.rank.export import load_torch
 from services.rank.export import write_component as write_rank
-from services.rank.fine_tune import publish_gate, served_rows
+from services.rank.fine_tune import FineTuneConfig, publish_gate, served_rows
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig
 from tests.gateway.conftest import VERSION, build_bundle, tiny_world
@@ -223,7 +223,9 @@ def mf_served(built):
 def test_a_fine_tuned_ranker_keeps_reading_what_it_was_served_with(mf_served, tmp_path):
     """The MF flag survives the job (serving keeps filling mf_position for the new ranker)."""
     events, impressions = read_log(tiny_log(tmp_path / "log", mf_served.dataset))
-    config = RetrainConfig(prerank_epochs=0, recall_tables=False, gate_tolerance=1e9)
+    config = RetrainConfig(
+        prerank_epochs=0, recall_tables=False, rank=FineTuneConfig(gate_tolerance=1e9)
+    )
     report = retrain(
         mf_served.artifacts,
         Base.of(mf_served.dataset),
@@ -246,7 +248,9 @@ def test_a_ranker_the_gate_refuses_is_not_shipped_and_the_served_one_is(mf_serve
 
     events, impressions = read_log(tiny_log(tmp_path / "log", mf_served.dataset))
     # A learning rate that wrecks the warm start: its logloss on the gate's slice is worse.
-    config = RetrainConfig(prerank_epochs=0, recall_tables=False, rank_learning_rate=50.0)
+    config = RetrainConfig(
+        prerank_epochs=0, recall_tables=False, rank=FineTuneConfig(learning_rate=50.0)
+    )
     report = retrain(
         mf_served.artifacts,
         Base.of(mf_served.dataset),

@@ -9,6 +9,7 @@ import torch
 from cascade.artifacts import Bundle, BundleWriter, publish
 from cascade.data.synthetic import SyntheticConfig, generate
 from services.rank.export import write_component
+from services.rank.fine_tune import FineTuneConfig
 from services.rank.model import ModelConfig
 from services.rank.train import TrainConfig, train
 from tests.training.test_retrain import tiny_log
@@ -30,7 +31,9 @@ def test_the_fine_tune_keeps_the_item_id_dropout(tmp_path):
     publish(artifacts, "v1")
     events, impressions = read_log(tiny_log(tmp_path / "log", world))
     # any gate verdict ships it: this test is about what the fine-tune learns, not the gate
-    config = RetrainConfig(recall_tables=False, prerank_epochs=0, gate_tolerance=float("inf"))
+    config = RetrainConfig(
+        recall_tables=False, prerank_epochs=0, rank=FineTuneConfig(gate_tolerance=float("inf"))
+    )
     retrain(artifacts, Base.of(world), events, impressions, "day2", config, publish_it=False)
     new, old = Bundle.open(artifacts, "day2"), Bundle.open(artifacts, "v1")
     assert new.component("rank")["cold_start"] == {"item_id_dropout": 0.5}

@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from bench import sender
+from gateway.admission import AdmissionSettings
 
 
 def test_the_senders_split_one_schedule_and_time_it_from_the_due_times(stack_factory):
-    stack = stack_factory()
+    # The senders are under test, not admission: on a busy machine its adaptive limit may
+    # refuse a burst of 20, which says nothing about how the senders split and time it.
+    stack = stack_factory(admission=AdmissionSettings(enabled=False))
     users = np.array([2, 3, 0, 5])
     records, seconds = sender.fixed_rate(
         stack.gateway.address, users, rate=40.0, seconds=0.5, timeout_s=5.0, processes=2

@@ -156,6 +156,15 @@ bench-funnel-tuning: setup
 	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
 	$(BIN)/python -m bench.funnel_tuning --data-dir $(DATA) --users 1000 --out results/cascade
 
+# Content cold start: uploads held out of training, ranked by each stage with and without the
+# items' content vectors (synthetic truth), and the two-tower on ml-100k without content:
+# results/recall/content_cold_start.{json,md}.
+.PHONY: bench-content-cold-start
+bench-content-cold-start: setup
+	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
+	test -e $(DATA)/ml-100k/meta.json || $(BIN)/cascade data --source ml-100k --data-dir $(DATA)
+	nice -n 10 $(BIN)/python -m bench.content_cold_start --data-dir $(DATA) --out results/recall
+
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup

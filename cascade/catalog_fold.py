@@ -19,7 +19,13 @@ import pyarrow as pa
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.backends import open_event_log
 from cascade.data.schema import Dataset
-from cascade.live_catalog import UPLOADS, apply_items, categories_matrix, uploads_to_items
+from cascade.live_catalog import (
+    UPLOADS,
+    apply_items,
+    categories_matrix,
+    content_matrix,
+    uploads_to_items,
+)
 
 CATALOG, UPLOADS_FILE = "catalog", "uploads.arrow"
 
@@ -65,7 +71,7 @@ def with_uploads(dataset: Dataset, uploads: pa.Table | None) -> Dataset:
     gateway assigned them; columns the upload has no value for are zero / empty)."""
     if uploads is None or not uploads.num_rows:
         return dataset
-    uploads = uploads.select(UPLOADS.names)
+    uploads = uploads.select([n for n in UPLOADS.names if n in uploads.column_names])
     items = dataset.items
     ids = uploads["item_id"].to_numpy().astype(np.int64)
     _, first = np.unique(ids, return_index=True)
@@ -78,6 +84,11 @@ def with_uploads(dataset: Dataset, uploads: pa.Table | None) -> Dataset:
         "categories": categories_matrix([uploads["categories"].to_pylist()[i] for i in keep]),
         "upload_ts": uploads["upload_ms"].to_numpy()[keep] // 1000,
     }
+    if "content" in items and "content" in uploads.column_names:
+        contents = uploads["content"].to_pylist()
+        given["content"] = content_matrix(
+            [contents[i] or [] for i in keep], items["content"].shape[1]
+        )
     keys = uploads["item_key"].to_pylist()
     extra = {}
     for column, values in items.items():

@@ -15,11 +15,15 @@ class FieldEmbedding(nn.Module):
     def __init__(self, field: Field, table: nn.Embedding | None = None):
         super().__init__()
         self.kind = field.kind
-        self.table = (
-            table
-            if table is not None
-            else nn.Embedding(field.vocab_size, field.width, padding_idx=0)
-        )
+        self.table: nn.Module
+        if field.kind == "dense":  # a content vector: a linear projection, zeros stay zeros
+            self.table = nn.Linear(field.vocab_size, field.width, bias=False)
+        else:
+            self.table = (
+                table
+                if table is not None
+                else nn.Embedding(field.vocab_size, field.width, padding_idx=0)
+            )
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         vectors = self.table(rows)

@@ -18,7 +18,14 @@ from typing import Protocol
 import numpy as np
 
 from cascade.data.schema import Dataset, Table
-from cascade.features import FeatureSpec, encode, encode_by_id, history_before, lookup
+from cascade.features import (
+    FeatureSpec,
+    content_width,
+    encode,
+    encode_by_id,
+    history_before,
+    lookup,
+)
 from cascade.live_catalog import LiveCatalog
 from cascade.online_state import CONSUMPTION, OnlineUsers, StoreLimits
 from cascade.redis_client import is_redis_url
@@ -47,7 +54,7 @@ class FeatureStore(Protocol):
     ) -> int | None: ...  # Redis: how many events were new
     def record_shown(self, user_id: int, item_ids: np.ndarray, time_ms: int) -> None: ...
     def rebuild(self, events) -> int: ...
-    def add_items(self, item_ids, creator_ids, categories, upload_ts) -> int: ...
+    def add_items(self, item_ids, creator_ids, categories, upload_ts, content=None) -> int: ...
     def change_follows(self, followers, followees, unfollow) -> None: ...
     def counter_totals(self) -> dict[str, int]: ...
 
@@ -136,13 +143,15 @@ class DatasetFeatures:
         return inside & known[np.where(inside, ids, 0)]
 
     # -- the living catalogue ------------------------------------------------------------------
-    def add_items(self, item_ids, creator_ids, categories, upload_ts) -> int:
+    def add_items(self, item_ids, creator_ids, categories, upload_ts, content=None) -> int:
         """Adds uploaded items; returns how many were new (an id held already is left as it is).
 
         Their features are encoded with the training spec: an id beyond the model's vocabulary
-        encodes to the unknown row 0 (the models score the item from its creator and categories),
-        while creator, categories and upload time are the item's own. Every array is replaced
-        whole (grown to the largest id), so a reader never sees a half-written one."""
+        encodes to the unknown row 0 (the models score the item from its creator, categories and
+        content vector), while creator, categories, upload time and content are the item's own
+        (`content` (n, d) float32, d the spec's content width; None = zeros, unknown). Every
+        array is replaced whole (grown to the largest id), so a reader never sees a half-written
+        one."""
         ids = np.asarray(item_ids, dtype=np.int64)
         with self._grow_lock:
             _, first = np.unique(ids, return_index=True)
@@ -156,6 +165,10 @@ class DatasetFeatures:
                 "categories": np.asarray(categories, np.int16)[take],
                 "upload_ts": np.asarray(upload_ts, np.int64)[take],
             }
+            width = content_width(self.spec)
+            if width:
+                given = np.zeros((len(ids), width), np.float32) if content is None else content
+                new["content"] = np.asarray(given, np.float32).reshape(len(ids), width)[take]
             n = max(self.n_items, int(new["item_id"].max()) + 1)
             rows = new["item_id"]
             encoded = encode(self.spec, "item", new)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cascade.data.schema import Dataset, Table
+from cascade.data.schema import Dataset, Table, item_content
 
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens' own age groups
 HISTORY_LENGTH = 50
@@ -32,6 +32,7 @@ DEFAULT_WIDTHS = {
     "item_id": 32,
     "creator_id": 16,
     "categories": 8,
+    "content": 16,  # the content vector's projection (datasets with an items.content column)
     "context": 4,  # every context field (ranker only)
 }
 # Context fields: raw value -> bucket. Counts and positions grow roughly geometrically, so do the
@@ -53,7 +54,9 @@ class Field:
 
     kind: "id" (value is the embedding row, OOV -> 0), "bucket" (numeric, bucketized by
     `boundaries`; unknown < 0 -> 0), "multi" (a 0-padded (n, k) set of ids), "sequence" (the user's
-    recent item ids, newest first, 0-padded; shares the item_id embedding).
+    recent item ids, newest first, 0-padded; shares the item_id embedding), "dense" (a (n,
+    vocab_size) float32 vector, e.g. the item's content vector; unknown = zeros; models project it
+    to `width`).
     """
 
     name: str
@@ -139,10 +142,26 @@ def build_spec(dataset: Dataset, widths: dict[str, int] | None = None) -> Featur
             len(dataset.meta["categories"]),
             width["categories"],
         ),
+        *content_field(dataset, width),
         *context_fields(width),
         Field("history", "history", "sequence", "item_id", dataset.n_items, width["item_id"]),
     )
     return FeatureSpec(fields)
+
+
+def content_field(dataset: Dataset, width: dict[str, int]) -> tuple[Field, ...]:
+    """The item's content vector as a dense field, when the dataset's items carry one; a dataset
+    without content represents an item by its id, creator and categories alone."""
+    content = item_content(dataset.items)
+    if content is None:
+        return ()
+    return (Field("content", "item", "dense", "content", content.shape[1], width["content"]),)
+
+
+def content_width(spec: FeatureSpec) -> int:
+    """The content vector's width in a spec (0 when its dataset has none)."""
+    dense = [f.vocab_size for f in spec.of("item") if f.name == "content"]
+    return dense[0] if dense else 0
 
 
 def context_fields(width: dict[str, int]) -> tuple[Field, ...]:
@@ -160,6 +179,9 @@ def context_fields(width: dict[str, int]) -> tuple[Field, ...]:
 def encode_field(field: Field, values: np.ndarray) -> np.ndarray:
     """Raw column values -> embedding rows (int64), unknown and out-of-vocabulary -> 0."""
     values = np.asarray(values)
+    if field.kind == "dense":
+        dense = values.astype(np.float32).reshape(len(values), field.vocab_size)
+        return np.where(np.isfinite(dense), dense, 0.0).astype(np.float32)
     if field.kind == "bucket":
         rows = np.searchsorted(np.asarray(field.boundaries), values, side="right") + 1
         return np.where(values < 0, 0, rows).astype(np.int64)
@@ -180,7 +202,7 @@ def encode_by_id(
     ids = table[id_column]
     by_id = {}
     for name, values in encoded.items():
-        rows = np.zeros((n_rows, *values.shape[1:]), dtype=np.int64)
+        rows = np.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)  # dense: float32
         rows[ids] = values
         by_id[name] = rows
     return by_id

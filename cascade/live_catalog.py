@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pyarrow as pa
 
+from cascade.features import content_width
 from cascade.server import invalid_argument
 from cascade.v1 import catalog_pb2, catalog_pb2_grpc
 
@@ -40,6 +41,7 @@ UPLOADS = pa.schema(
         ("categories", pa.list_(pa.int32())),
         ("upload_ms", pa.int64()),  # when it was uploaded (the gateway's time if sent as 0)
         ("logged_ms", pa.int64()),
+        ("content", pa.list_(pa.float32())),  # its content vector; empty when none was sent
     ]
 )
 FOLLOWS = pa.schema(
@@ -67,10 +69,12 @@ def check_new_items(
     now_ms: int | None,
     need_key: bool,
     max_item_id: int | None = None,
+    content_dim: int = 0,
 ) -> None:
     """Raises CatalogProblem for the first invalid item: creator_id > 0, categories in
     1..n_categories-1 without repeats (at most 6), upload_time_ms in [0, now + 1 day] (no upper
-    bound when `now_ms` is None: a stage takes the gateway's clock, which may be simulated); at
+    bound when `now_ms` is None: a stage takes the gateway's clock, which may be simulated),
+    content empty or `content_dim` finite floats (the dataset's content width, 0 = none); at
     the gateway (`need_key`) an item_key, at a stage an item_id in 1..max_item_id."""
     late_ms = 2**62 if now_ms is None else now_ms + MAX_FUTURE_S * 1000
     for i, item in enumerate(items):
@@ -102,6 +106,14 @@ def check_new_items(
                 f"{where}.upload_time_ms",
                 f"must be >= 0 (0 = now) and at most a day ahead, got {item.upload_time_ms}",
             )
+        if len(item.content) not in (0, content_dim):
+            expected = f"{content_dim} values or none" if content_dim else "none"
+            raise CatalogProblem(
+                f"{where}.content",
+                f"{len(item.content)} values; this catalogue's items take {expected}",
+            )
+        if len(item.content) and not np.isfinite(np.asarray(item.content, np.float32)).all():
+            raise CatalogProblem(f"{where}.content", "must be finite numbers")
 
 
 def check_follow_changes(changes: Sequence[catalog_pb2.FollowChange], now_ms: int | None) -> None:
@@ -205,7 +217,9 @@ class CatalogUpdatesService(catalog_pb2_grpc.CatalogUpdatesServicer):
         try:
             self._check_size(len(request.items), "items")
             highest = store.n_items + MAX_NEW_ITEMS
-            check_new_items(request.items, store.n_categories, None, False, highest)
+            check_new_items(
+                request.items, store.n_categories, None, False, highest, content_width(store.spec)
+            )
         except CatalogProblem as problem:
             invalid_argument(context, problem.field, str(problem))
         added = apply_items(store, request.items)
@@ -250,6 +264,16 @@ class CatalogUpdatesService(catalog_pb2_grpc.CatalogUpdatesServicer):
             raise CatalogProblem(field, f"{n} in one call; at most {self.max_batch}")
 
 
+def content_matrix(contents: Sequence[Sequence[float]], width: int) -> np.ndarray:
+    """(n, width) float32; an item sent without content (or of another width) is zeros, the
+    unknown content vector."""
+    out = np.zeros((len(contents), width), dtype=np.float32)
+    for row, values in enumerate(contents):
+        if width and len(values) == width:
+            out[row] = values
+    return out
+
+
 def apply_items(store, items: Sequence[catalog_pb2.NewItem]) -> int:
     """Adds the items (dense ids set) to a feature store; returns how many were new to it."""
     if not items:
@@ -260,6 +284,7 @@ def apply_items(store, items: Sequence[catalog_pb2.NewItem]) -> int:
         np.array([i.creator_id for i in items], np.int64),
         categories_matrix([i.categories for i in items]),
         np.array([i.upload_time_ms // 1000 if i.upload_time_ms else now_s for i in items]),
+        content_matrix([i.content for i in items], content_width(store.spec)),
     )
 
 
@@ -274,16 +299,27 @@ def apply_follows(store, changes: Sequence[catalog_pb2.FollowChange]) -> None:
 
 def uploads_to_items(table: pa.Table) -> list[catalog_pb2.NewItem]:
     """Logged uploads (UPLOADS rows) as forwarded items."""
+    contents = (
+        table["content"].to_pylist()
+        if "content" in table.column_names
+        else [None] * table.num_rows  # a log written before uploads carried content
+    )
     return [
         catalog_pb2.NewItem(
-            item_key=key, item_id=item, creator_id=creator, categories=cats, upload_time_ms=ms
+            item_key=key,
+            item_id=item,
+            creator_id=creator,
+            categories=cats,
+            upload_time_ms=ms,
+            content=content or [],
         )
-        for item, key, creator, cats, ms in zip(
+        for item, key, creator, cats, ms, content in zip(
             table["item_id"].to_pylist(),
             table["item_key"].to_pylist(),
             table["creator_id"].to_pylist(),
             table["categories"].to_pylist(),
             table["upload_ms"].to_pylist(),
+            contents,
             strict=True,
         )
     ]

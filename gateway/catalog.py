@@ -10,7 +10,7 @@ import numpy as np
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
-from cascade.features import build_spec
+from cascade.features import build_spec, content_width
 from gateway.ids import GatewayIds
 from gateway.settings import GatewaySettings
 
@@ -46,6 +46,7 @@ class Catalog:
     n_categories: int = 0  # category ids are 1..n_categories-1 (uploads are checked against it)
     # (n_items + 1,) upload time (s) by item id, 0 = unknown (exploration's "recent upload").
     uploaded: np.ndarray | None = None
+    content_dim: int = 0  # an upload's content vector has this many floats (0: the data has none)
 
     def consumed(self, user_id: int) -> np.ndarray:
         """The user's logged items (empty for unknown users or without a history)."""
@@ -122,4 +123,5 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         history,
         len(dataset.meta["categories"]),
         uploaded,
+        content_width(spec),
     )

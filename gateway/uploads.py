@@ -58,7 +58,13 @@ class CatalogUpdates:
             if len(request.items) > limit:
                 raise CatalogProblem("items", f"{len(request.items)} in one call; at most {limit}")
             # The future bound on the wall clock, as Feedback's (a client bug, whatever the clock).
-            check_new_items(request.items, catalog.n_categories, _wall_ms(), need_key=True)
+            check_new_items(
+                request.items,
+                catalog.n_categories,
+                _wall_ms(),
+                need_key=True,
+                content_dim=catalog.content_dim,
+            )
             keys = [_item_key(item.item_key, i) for i, item in enumerate(request.items)]
         except CatalogProblem as problem:
             invalid_argument(context, problem.field, str(problem))
@@ -79,6 +85,7 @@ class CatalogUpdates:
                 "categories": [list(item.categories) for item in items],
                 "upload_ms": [item.upload_time_ms or now_ms for item in items],
                 "logged_ms": np.full(len(rows), _wall_ms(), np.int64),
+                "content": [list(item.content) for item in items],
             },
             schema=UPLOADS,
         )

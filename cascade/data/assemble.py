@@ -155,6 +155,9 @@ def _items_table(mapping: Mapping, item_keys: list[str], staging: Staging, repor
         "upload_ts": upload[order],
         "title": np.array(titles, dtype=object)[order],
     }
+    content = values.get("content")
+    if content is not None and content.shape[1] > 0:  # else: creator and categories alone
+        items["content"] = content[order]
     creators = {
         "creator_id": np.arange(1, len(names) + 1, dtype=np.int64),
         "user_id": np.zeros(len(names), dtype=np.int64),

@@ -123,13 +123,64 @@ def read_items(spec: Items) -> tuple[list[str], dict[str, pa.Array]]:
         "creator": spec.creator,
         "categories": spec.categories,
         "upload_time": spec.upload_time,
+        "content": spec.content,
     }
     keys, values = read_table(spec.source, spec.item, columns, "item id")
     if spec.upload_time is not None and "upload_time" in values:
         values["upload_ts"] = parse_times(
             spec.source, spec.upload_time, values.pop("upload_time"), 0, spec.upload_time_format
         )
+    if spec.content is not None and "content" in values:
+        values["content"] = parse_content(spec, values["content"])
     return keys, values
+
+
+def parse_content(spec: Items, column: pa.Array) -> np.ndarray:
+    """(n, d) float32 content vectors, one a row of the items file (text of floats joined by
+    the delimiter, or a list column); an empty cell is the unknown vector (zeros). A row of
+    another width than the first, or with a value that is not a finite number, is an error
+    naming its file, line or row, and column."""
+    rows: list[list[float] | None] = []
+    width = None
+    for row, cell in enumerate(column.to_pylist()):
+        if cell is None or (isinstance(cell, str) and not cell.strip()):
+            rows.append(None)
+            continue
+        parts = cell.split(spec.content_delimiter) if isinstance(cell, str) else list(cell)
+        parts = [p for p in parts if not isinstance(p, str) or p.strip()]
+        try:
+            vector = [float(p) for p in parts]
+        except (TypeError, ValueError):
+            bad = next(p for p in parts if not _is_number(p))
+            raise DataError(
+                f"{spec.source.where(row)}, column {spec.content!r}: content value {bad!r} "
+                "is not a number"
+            ) from None
+        if not np.isfinite(vector).all():
+            raise DataError(
+                f"{spec.source.where(row)}, column {spec.content!r}: content values must be "
+                "finite numbers"
+            )
+        width = len(vector) if width is None else width
+        if len(vector) != width or width == 0:
+            raise DataError(
+                f"{spec.source.where(row)}, column {spec.content!r}: {len(vector)} content "
+                f"values, the rows before have {width}"
+            )
+        rows.append(vector)
+    out = np.zeros((len(rows), width or 0), dtype=np.float32)
+    for row, vector in enumerate(rows):
+        if vector is not None:
+            out[row] = vector
+    return out
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_users(spec: Users) -> tuple[list[str], dict[str, pa.Array]]:

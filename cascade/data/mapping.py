@@ -41,6 +41,8 @@ class Items:
     category_delimiter: str = "|"
     upload_time: str | None = None
     upload_time_format: str = "unix"
+    content: str | None = None  # a column of content vectors: floats joined by the delimiter
+    content_delimiter: str = " "
 
 
 @dataclass

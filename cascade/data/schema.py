@@ -67,7 +67,28 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
+# Columns a source may go without; a loaded table holds them only when its source had them.
+OPTIONAL: dict[str, dict[str, tuple[str, str]]] = {
+    "items": {
+        # What an audio or video encoder makes of the upload, known the moment it is uploaded:
+        # the models score an item nobody has played from it (docs/cold-start.md).
+        "content": ("float32", "(n, d) content vector, finite; absent when the source has none"),
+    },
+}
+
 TABLES = tuple(SCHEMA)
+
+
+def columns_of(name: str, table: Mapping[str, np.ndarray]) -> list[str]:
+    """The columns of table `name` that are written and read: SCHEMA's, then the optional
+    ones it holds."""
+    return [*SCHEMA[name], *(c for c in OPTIONAL.get(name, {}) if c in table)]
+
+
+def item_content(items: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """(n, d) float32 content vectors of an items table, or None when its source has none."""
+    return items["content"] if "content" in items else None
+
 
 Table = dict[str, np.ndarray]
 
@@ -129,6 +150,13 @@ class Dataset:
         categories = self.items["categories"]
         if categories.ndim != 2 or categories.shape[1] != MAX_CATEGORIES:
             raise DataError(f"{self.name}: items.categories must be (n, {MAX_CATEGORIES})")
+        content = item_content(self.items)
+        if content is not None:
+            n = len(self.items["item_id"])
+            if content.dtype != np.float32 or content.ndim != 2 or len(content) != n:
+                raise DataError(f"{self.name}: items.content must be ({n}, d) float32")
+            if content.shape[1] < 1 or not np.isfinite(content).all():
+                raise DataError(f"{self.name}: items.content must be finite, of width >= 1")
 
 
 def _to_arrow(column: np.ndarray) -> pa.Array:
@@ -142,7 +170,7 @@ def _to_arrow(column: np.ndarray) -> pa.Array:
 
 def arrow_table(table: Table, name: str) -> pa.Table:
     """One table of the schema as Arrow, columns in SCHEMA's order."""
-    return pa.table({c: _to_arrow(table[c]) for c in SCHEMA[name]})
+    return pa.table({c: _to_arrow(table[c]) for c in columns_of(name, table)})
 
 
 class ParquetTable(Mapping[str, np.ndarray]):
@@ -155,10 +183,14 @@ class ParquetTable(Mapping[str, np.ndarray]):
 
     def __getitem__(self, column: str) -> np.ndarray:
         if column not in self._columns:
-            if column not in SCHEMA[self.name]:
+            known = {**SCHEMA[self.name], **OPTIONAL.get(self.name, {})}
+            if column not in known:
                 raise KeyError(column)
+            if column not in SCHEMA[self.name]:  # optional: only when the file has it
+                if column not in pq.ParquetFile(self.path).schema_arrow.names:
+                    raise KeyError(column)
             arrow = pq.read_table(self.path, columns=[column]).column(column)
-            self._columns[column] = _from_arrow(arrow, SCHEMA[self.name][column][0])
+            self._columns[column] = _from_arrow(arrow, known[column][0])
         return self._columns[column]
 
     def __iter__(self) -> Iterator[str]:
@@ -217,6 +249,9 @@ def load(folder: Path) -> Dataset:
                 column: _from_arrow(arrow.column(column), dtype)
                 for column, (dtype, _) in SCHEMA[table_name].items()
             }
+            for column, (dtype, _) in OPTIONAL.get(table_name, {}).items():
+                if column in arrow.column_names:
+                    tables[table_name][column] = _from_arrow(arrow.column(column), dtype)
         except FileNotFoundError:
             raise DataError(f"{path} is missing: run `{fix_command(name)}`") from None
         except (pa.ArrowException, KeyError, ValueError, OSError) as error:

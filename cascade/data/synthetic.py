@@ -378,14 +378,14 @@ def _items(config: SyntheticConfig, creator_truth: dict) -> tuple[dict, dict]:
         "upload_ts": upload,
         "title": _strings("Track ", ids, " by Artist ", creator),
     }
+    content = content_vectors(config, latent, _rng(config, 8)).astype(np.float32)
+    items["content"] = content  # a feature: known at upload, as an encoder's output would be
     truth = {
         "item_latent": np.vstack([np.zeros((1, dim), np.float32), latent]),
         "item_quality": np.r_[0.0, quality].astype(np.float32),
         "item_popularity": np.r_[0.0, popularity],
         "category_directions": np.vstack([np.zeros((1, dim), np.float32), directions]),
-        "item_content": np.vstack(
-            [np.zeros((1, dim), np.float32), content_vectors(config, latent, _rng(config, 8))]
-        ),
+        "item_content": np.vstack([np.zeros((1, dim), np.float32), content]),
     }
     return items, truth
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/catalog.proto\x12\ncascade.v1\"l\n\x07NewItem\x12\x10\n\x08item_key\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12\x12\n\ncreator_id\x18\x03 \x01(\x03\x12\x12\n\ncategories\x18\x04 \x03(\x05\x12\x16\n\x0eupload_time_ms\x18\x05 \x01(\x03\"5\n\x0f\x41\x64\x64ItemsRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.cascade.v1.NewItem\"3\n\x10\x41\x64\x64ItemsResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\r\"`\n\x0c\x46ollowChange\x12\x13\n\x0b\x66ollower_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\x03\x12\x10\n\x08unfollow\x18\x03 \x01(\x08\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"A\n\x14\x43hangeFollowsRequest\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.cascade.v1.FollowChange\"(\n\x15\x43hangeFollowsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r2\xad\x01\n\x0e\x43\x61talogUpdates\x12\x45\n\x08\x41\x64\x64Items\x12\x1b.cascade.v1.AddItemsRequest\x1a\x1c.cascade.v1.AddItemsResponse\x12T\n\rChangeFollows\x12 .cascade.v1.ChangeFollowsRequest\x1a!.cascade.v1.ChangeFollowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/catalog.proto\x12\ncascade.v1\"}\n\x07NewItem\x12\x10\n\x08item_key\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12\x12\n\ncreator_id\x18\x03 \x01(\x03\x12\x12\n\ncategories\x18\x04 \x03(\x05\x12\x16\n\x0eupload_time_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x06 \x03(\x02\"5\n\x0f\x41\x64\x64ItemsRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.cascade.v1.NewItem\"3\n\x10\x41\x64\x64ItemsResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\r\"`\n\x0c\x46ollowChange\x12\x13\n\x0b\x66ollower_id\x18\x01 \x01(\x03\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\x03\x12\x10\n\x08unfollow\x18\x03 \x01(\x08\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"A\n\x14\x43hangeFollowsRequest\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.cascade.v1.FollowChange\"(\n\x15\x43hangeFollowsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r2\xad\x01\n\x0e\x43\x61talogUpdates\x12\x45\n\x08\x41\x64\x64Items\x12\x1b.cascade.v1.AddItemsRequest\x1a\x1c.cascade.v1.AddItemsResponse\x12T\n\rChangeFollows\x12 .cascade.v1.ChangeFollowsRequest\x1a!.cascade.v1.ChangeFollowsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cascade.v1.catalog_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NEWITEM']._serialized_start=40
-  _globals['_NEWITEM']._serialized_end=148
-  _globals['_ADDITEMSREQUEST']._serialized_start=150
-  _globals['_ADDITEMSREQUEST']._serialized_end=203
-  _globals['_ADDITEMSRESPONSE']._serialized_start=205
-  _globals['_ADDITEMSRESPONSE']._serialized_end=256
-  _globals['_FOLLOWCHANGE']._serialized_start=258
-  _globals['_FOLLOWCHANGE']._serialized_end=354
-  _globals['_CHANGEFOLLOWSREQUEST']._serialized_start=356
-  _globals['_CHANGEFOLLOWSREQUEST']._serialized_end=421
-  _globals['_CHANGEFOLLOWSRESPONSE']._serialized_start=423
-  _globals['_CHANGEFOLLOWSRESPONSE']._serialized_end=463
-  _globals['_CATALOGUPDATES']._serialized_start=466
-  _globals['_CATALOGUPDATES']._serialized_end=639
+  _globals['_NEWITEM']._serialized_end=165
+  _globals['_ADDITEMSREQUEST']._serialized_start=167
+  _globals['_ADDITEMSREQUEST']._serialized_end=220
+  _globals['_ADDITEMSRESPONSE']._serialized_start=222
+  _globals['_ADDITEMSRESPONSE']._serialized_end=273
+  _globals['_FOLLOWCHANGE']._serialized_start=275
+  _globals['_FOLLOWCHANGE']._serialized_end=371
+  _globals['_CHANGEFOLLOWSREQUEST']._serialized_start=373
+  _globals['_CHANGEFOLLOWSREQUEST']._serialized_end=438
+  _globals['_CHANGEFOLLOWSRESPONSE']._serialized_start=440
+  _globals['_CHANGEFOLLOWSRESPONSE']._serialized_end=480
+  _globals['_CATALOGUPDATES']._serialized_start=483
+  _globals['_CATALOGUPDATES']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

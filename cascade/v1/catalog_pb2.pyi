@@ -34,6 +34,7 @@ class NewItem(_message.Message):
     CREATOR_ID_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
     UPLOAD_TIME_MS_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     item_key: _builtins.str
     """The client's own id of the item (e.g. "song-9"), 1 to 256 characters; required at the
     gateway. Recommend answers carry it in item_keys; Feedback accepts it as Event.item_key.
@@ -48,6 +49,13 @@ class NewItem(_message.Message):
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Its categories (each in 1..n-1 of the dataset's categories, no repeats, at most 6)."""
 
+    @_builtins.property
+    def content(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Optional: what a content encoder makes of it (finite floats, as many as the dataset's items
+        carry; empty when unknown or when the dataset has none). The models score it from this until
+        it has plays.
+        """
+
     def __init__(
         self,
         *,
@@ -56,10 +64,11 @@ class NewItem(_message.Message):
         creator_id: _builtins.int = ...,
         categories: _abc.Iterable[_builtins.int] | None = ...,
         upload_time_ms: _builtins.int = ...,
+        content: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "creator_id", b"creator_id", "item_id", b"item_id", "item_key", b"item_key", "upload_time_ms", b"upload_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "content", b"content", "creator_id", b"creator_id", "item_id", b"item_id", "item_key", b"item_key", "upload_time_ms", b"upload_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,9 +1,12 @@
 """Pre-rank vectors for items uploaded after the bundle was built (cold start), from metadata.
 
-The student's item vectors are precomputed per item id, so an upload has none. Its vector is the
-mean vector of the same creator's items the bundle knows; for a creator with none, the mean of its
-categories' means; with neither, the catalogue's mean. The user tower is unchanged, so a new item
-scores like its creator's (or its genres') typical item for this user.
+The student's item vectors are precomputed per item id, so an upload has none. With a content
+vector (datasets whose items carry one), its vector is the mean vector of the `neighbours` known
+items nearest in content (cosine): content places an upload among the tracks it sounds like, where
+a creator's mean places it among everything that creator made. Without content (or with the
+unknown, all-zero vector), it is the mean vector of the same creator's items the bundle knows; for
+a creator with none, the mean of its categories' means; with neither, the catalogue's mean. The
+user tower is unchanged, so a new item scores like the items it resembles for this user.
 """
 
 from __future__ import annotations
@@ -12,11 +15,30 @@ import numpy as np
 
 
 class ColdVectors:
-    def __init__(self, vectors: np.ndarray, known: np.ndarray, attributes: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        known: np.ndarray,
+        attributes: dict[str, np.ndarray],
+        content: np.ndarray | None = None,
+        neighbours: int = 20,
+    ):
         """`vectors` (n, dim) and `known` (n,) by item id; `attributes`: the store's
-        item_attributes over the same ids (creator_id, categories)."""
+        item_attributes over the same ids (creator_id, categories); `content` (n, d): their
+        content vectors (None when the dataset has none)."""
         ids = np.flatnonzero(known)
         dim = vectors.shape[1]
+        self.neighbours = neighbours
+        self.content_ids = np.empty(0, np.int64)
+        self.content_units = np.zeros((0, 0), np.float32)
+        if content is not None:
+            norms = np.linalg.norm(content[ids], axis=1)
+            with_content = norms > 0
+            self.content_ids = ids[with_content]
+            self.content_units = (content[ids][with_content] / norms[with_content, None]).astype(
+                np.float32
+            )
+        self.known_vectors = vectors
         creators = np.asarray(attributes["creator_id"], np.int64)[ids]
         categories = np.asarray(attributes["categories"], np.int64)[ids]
         self.overall = vectors[ids].mean(axis=0) if len(ids) else np.zeros(dim, np.float32)
@@ -24,8 +46,26 @@ class ColdVectors:
         rows = np.broadcast_to(ids[:, None], categories.shape)[categories > 0]
         self.by_category, self.has_category = _means(categories[categories > 0], vectors[rows], dim)
 
-    def vectors(self, attributes: dict[str, np.ndarray]) -> np.ndarray:
-        """(m, dim) vectors for items with these attributes (creator_id (m,), categories (m, k))."""
+    def vectors(
+        self, attributes: dict[str, np.ndarray], content: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(m, dim) vectors for items with these attributes (creator_id (m,), categories (m, k))
+        and content vectors ((m, d), rows of zeros where unknown)."""
+        out = self.metadata_vectors(attributes)
+        if content is None or not len(self.content_ids):
+            return out
+        norms = np.linalg.norm(content, axis=1)
+        rows = np.flatnonzero(norms > 0)
+        if not len(rows):
+            return out
+        similarity = (content[rows] / norms[rows, None]) @ self.content_units.T  # (r, n_known)
+        k = min(self.neighbours, similarity.shape[1])
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (r, k)
+        out[rows] = self.known_vectors[self.content_ids[nearest]].mean(axis=1)
+        return out
+
+    def metadata_vectors(self, attributes: dict[str, np.ndarray]) -> np.ndarray:
+        """(m, dim) vectors from creator and categories alone."""
         creators = np.asarray(attributes["creator_id"], np.int64)
         categories = np.asarray(attributes["categories"], np.int64)
         out = np.tile(self.overall, (len(creators), 1)).astype(np.float32)

@@ -62,9 +62,12 @@ class PrerankScorer:
         self.teacher_version = teacher_version
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (n_items, dim)
         self.known = np.asarray(known, dtype=bool) & (np.arange(len(known)) > 0)  # (n_items,)
-        # Items uploaded after the bundle: a vector from their creator / categories (cold.py).
-        attributes = store.item_attributes(np.arange(len(self.known)))
-        self.cold = ColdVectors(self.vectors, self.known, attributes)
+        # Items uploaded after the bundle: a vector from their content, else their creator /
+        # categories (cold.py).
+        everything = np.arange(len(self.known))
+        attributes = store.item_attributes(everything)
+        content = store.item_features(everything).get("content")
+        self.cold = ColdVectors(self.vectors, self.known, attributes, content)
         self.input_names = [i.name for i in session.get_inputs()]
         (self.history_name,) = (f.name for f in store.spec.of("history"))
         self.output = session.get_outputs()[0].name
@@ -133,8 +136,10 @@ class PrerankScorer:
         cold = ~known
         if cold.any():  # uploaded since the bundle: a vector from the item's metadata
             uploaded = self.store.known_items(ids[cold])
+            new_ids = ids[cold][uploaded]
             vectors[np.flatnonzero(cold)[uploaded]] = self.cold.vectors(
-                self.store.item_attributes(ids[cold][uploaded])
+                self.store.item_attributes(new_ids),
+                self.store.item_features(new_ids).get("content"),
             )
             known[np.flatnonzero(cold)[uploaded]] = True
         scores = (vectors @ user.T)[:, 0]  # (n, dim) @ (dim, 1)

@@ -65,15 +65,19 @@ class FieldEmbeddings(nn.Module):
             if f.name in self.ignored:
                 continue
             width = f.width if config.per_field_widths else config.common_width
-            if f.kind != "sequence":
+            if f.kind == "dense":  # the content vector: a projection (zeros, unknown, stay zeros)
+                self.tables[f.name] = nn.Linear(f.vocab_size, width, bias=False)
+                self.first_order[f.name] = nn.Linear(f.vocab_size, 1, bias=False)
+            elif f.kind != "sequence":
                 self.tables[f.name] = nn.Embedding(f.vocab_size, width, padding_idx=0)
                 self.first_order[f.name] = nn.Embedding(f.vocab_size, 1, padding_idx=0)
             self.widths.append(width)
         for table in (*self.tables.values(), *self.first_order.values()):
-            assert isinstance(table, nn.Embedding)  # what the loop above put in; narrows Module
+            assert isinstance(table, nn.Embedding | nn.Linear)  # what the loop above put in
             nn.init.normal_(table.weight, std=0.01)
-            with torch.no_grad():
-                table.weight[0].zero_()
+            if isinstance(table, nn.Embedding):
+                with torch.no_grad():
+                    table.weight[0].zero_()
 
     def forward(self, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         vectors, first = [], []

@@ -24,7 +24,7 @@ from services.rank.context import (
     online_context,
 )
 
-Rows = dict[str, np.ndarray]  # input name -> (n, ...) int64, the ONNX model's inputs
+Rows = dict[str, np.ndarray]  # input name -> (n, ...) int64 (float32: dense fields), ONNX inputs
 
 
 def input_names(spec: FeatureSpec) -> tuple[str, ...]:
@@ -53,7 +53,8 @@ def assemble(
         values = user[f.name]
         rows[f.name] = np.broadcast_to(values, (user_rows, *values.shape[1:])).copy()  # writable
     for f in spec.of("item"):
-        rows[f.name] = np.ascontiguousarray(item[f.name], dtype=np.int64)
+        dtype = np.float32 if f.kind == "dense" else np.int64  # the content vector is float
+        rows[f.name] = np.ascontiguousarray(item[f.name], dtype=dtype)
     for f in spec.of("context"):
         if context is None:
             shape = (n, f.vocab_size - 1) if f.kind == "multi" else (n,)

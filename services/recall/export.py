@@ -1,6 +1,8 @@
 """Writes the two-tower's serving artifacts into a bundle's "recall" component.
 
     recall/user_tower.onnx       the user tower, one file, dynamic batch (inputs named after fields)
+    recall/item_tower.onnx       the item tower (inputs named after the item fields): an upload's
+                                 vector from its creator, categories and content, id unknown
     recall/item_vectors.npz      vectors (n_items, dim) float32, row = item id, row 0 zeros
     recall/item_index.faiss      FAISS inner-product index over rows 1.. (see index.py)
     recall/two_tower.json        dims, index kind, the feature spec and its fingerprint, metrics
@@ -15,17 +17,18 @@ import warnings
 import torch
 
 from cascade.artifacts import BundleWriter
-from cascade.data.schema import Dataset
+from cascade.data.schema import MAX_CATEGORIES, Dataset
 from cascade.features import FeatureSpec
 from services.recall.channels.two_tower import (  # the names live torch-free, beside serving
     COMPONENT,
     INFO,
     ITEM_INDEX,
+    ITEM_TOWER,
     ITEM_VECTORS,
     USER_TOWER,
 )
 from services.recall.index import IndexSettings, build_index, index_kind, save_index
-from services.recall.model import TwoTower, UserTower
+from services.recall.model import ItemTower, TwoTower, UserTower
 from services.recall.two_tower import Batcher, all_item_vectors
 
 
@@ -38,18 +41,38 @@ def example_user_inputs(spec: FeatureSpec, batch: int = 2) -> tuple[torch.Tensor
     return tuple(inputs)
 
 
+def example_item_inputs(spec: FeatureSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Zero inputs in the item tower's field order (what the exporter traces)."""
+    shapes = {"multi": (batch, MAX_CATEGORIES), "dense": None}
+    inputs = []
+    for f in spec.of("item"):
+        if f.kind == "dense":
+            inputs.append(torch.zeros(batch, f.vocab_size, dtype=torch.float32))
+        else:
+            inputs.append(torch.zeros(shapes.get(f.kind) or (batch,), dtype=torch.int64))
+    return tuple(inputs)
+
+
 def export_user_tower(model: TwoTower, spec: FeatureSpec, path) -> None:
     """ONNX with a dynamic batch axis, one file (no external data)."""
-    tower = UserTower(model).eval()
+    _export(UserTower(model).eval(), example_user_inputs(spec), "user_vector", path)
+
+
+def export_item_tower(model: TwoTower, spec: FeatureSpec, path) -> None:
+    """The item tower as ONNX, as export_user_tower."""
+    _export(ItemTower(model).eval(), example_item_inputs(spec), "item_vector", path)
+
+
+def _export(tower: UserTower | ItemTower, example: tuple, output: str, path) -> None:
     batch = torch.export.Dim("batch", min=1, max=65_536)
     dynamic = (tuple({0: batch} for _ in tower.fields),)  # one entry: forward(*inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             tower,
-            example_user_inputs(spec),
+            example,
             input_names=list(tower.fields),
-            output_names=["user_vector"],
+            output_names=[output],
             dynamic_shapes=dynamic,
             dynamo=True,
             external_data=False,
@@ -78,6 +101,8 @@ def export_two_tower(
         item_vectors = model.item_vectors
     export_user_tower(model, spec, writer.path(COMPONENT, USER_TOWER))
     writer.add(COMPONENT, USER_TOWER)
+    export_item_tower(model, spec, writer.path(COMPONENT, ITEM_TOWER))
+    writer.add(COMPONENT, ITEM_TOWER)
     writer.save_npz(COMPONENT, ITEM_VECTORS, vectors=item_vectors)
     index = build_index(item_vectors[1:], index_settings)
     save_index(index, writer.path(COMPONENT, ITEM_INDEX))
@@ -92,7 +117,7 @@ def export_two_tower(
         "feature_spec_fingerprint": spec.fingerprint,
         "feature_spec": spec.to_json(),
         "training": getattr(model, "metrics", {}),
-        "files": [USER_TOWER, ITEM_VECTORS, ITEM_INDEX, INFO],
+        "files": [USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEM_INDEX, INFO],
     }
     writer.save_json(COMPONENT, INFO, info)
     return {"two_tower": {k: v for k, v in info.items() if k != "feature_spec"}}

@@ -1,7 +1,8 @@
 """The two-tower retrieval model (YouTubeDNN / DSSM style), built from the FeatureSpec.
 
 User tower: every "user" field of the spec (profile) plus the mean-pooled recent history, which
-shares the item_id embedding with the item tower. Item tower: item id, creator and categories.
+shares the item_id embedding with the item tower. Item tower: item id, creator, categories and,
+when the dataset has one, a linear projection of the item's content vector.
 Both towers end in an L2-normalised vector, so a dot product is a cosine and FAISS inner-product
 search is the serving twin of the training logits.
 """
@@ -26,6 +27,7 @@ class TwoTower(nn.Module):
     # Set by training (two_tower.py): the run's metrics and the item vectors the index holds.
     metrics: dict[str, object]
     item_vectors: np.ndarray  # (n_items, dim), row = item id
+    cold_items: np.ndarray  # (n_items,) bool: no plays in training, served without their id
 
     def __init__(self, spec: FeatureSpec, dim: int = 64, hidden: int = 256):
         super().__init__()
@@ -53,6 +55,19 @@ class TwoTower(nn.Module):
 
     def item_vector(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self._tower(self.item_fields, self.item_mlp, inputs)
+
+
+class ItemTower(nn.Module):
+    """The item tower alone with positional inputs in `fields` order: what ONNX export traces,
+    so a stage gives an upload its vector from creator, categories and content without torch."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+        self.fields = model.item_fields
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.item_vector(**dict(zip(self.fields, inputs, strict=True)))
 
 
 class UserTower(nn.Module):

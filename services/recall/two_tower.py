@@ -32,6 +32,14 @@ class TwoTowerConfig:
     epochs: int = 8
     learning_rate: float = 2e-3
     weight_decay: float = 1e-6
+    # Item-id dropout in proportion to rarity: an item with p plays in training has its id
+    # embedding replaced by the unknown row with probability id_dropout * k / (k + p), k =
+    # id_dropout_plays. The tower learns to score an item from its creator, categories and
+    # content when its id says little, so an item nobody played in training (an upload) is
+    # served with the unknown id row and scored from what is known at upload; as plays
+    # accumulate the id part takes over. 0 turns both off (untrained ids keep their random rows).
+    id_dropout: float = 0.5
+    id_dropout_plays: float = 10.0
     seed: int = 0
     threads: int = 1
 
@@ -86,8 +94,20 @@ class Batcher:
         inputs[self.history_name] = torch.from_numpy(np.ascontiguousarray(histories))
         return inputs
 
-    def item_inputs(self, item_ids: np.ndarray) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(rows[item_ids]) for name, rows in self.items.items()}
+    def item_inputs(
+        self, item_ids: np.ndarray, drop_id: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The item tower's inputs; where `drop_id` is True the item id is the unknown row."""
+        inputs = {name: torch.from_numpy(rows[item_ids]) for name, rows in self.items.items()}
+        if drop_id is not None:
+            inputs["item_id"] = inputs["item_id"].masked_fill(torch.from_numpy(drop_id), 0)
+        return inputs
+
+
+def id_dropout_rates(item_plays: np.ndarray, config: TwoTowerConfig) -> np.ndarray:
+    """(n_items,) probability of training an item without its id: id_dropout * k / (k + plays)."""
+    k = config.id_dropout_plays
+    return (config.id_dropout * k / (k + item_plays)).astype(np.float32)
 
 
 def batch_loss(
@@ -99,11 +119,13 @@ def batch_loss(
     negatives: np.ndarray,
     log_q: torch.Tensor | None,
     temperature: float,
+    drop_id: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Softmax cross-entropy of each positive against the batch's items plus `negatives`."""
+    """Softmax cross-entropy of each positive against the batch's items plus `negatives`;
+    `drop_id` (per column) trains those columns without their item id."""
     columns = np.concatenate([item_ids, negatives])
     user_vectors = model.user_vector(**batcher.user_inputs(user_ids, histories))
-    item_vectors = model.item_vector(**batcher.item_inputs(columns))
+    item_vectors = model.item_vector(**batcher.item_inputs(columns, drop_id))
     column_log_q = None if log_q is None else log_q[torch.from_numpy(columns)]
     logits = corrected_logits(user_vectors, item_vectors, column_log_q, temperature)
     # An item that is another row's positive too is not a negative for this row (accidental hit).
@@ -142,6 +164,8 @@ def train_two_tower(
         log_q = torch.from_numpy(
             sampling_log_q(examples.item_ids, n_items, batch_size, config.mixed_negatives)
         )
+    item_plays = np.bincount(examples.item_ids, minlength=n_items)
+    drop_rates = id_dropout_rates(item_plays, config)
     epoch_losses = []
     for _ in tqdm(range(config.epochs), desc="two-tower", disable=not progress):
         order = rng.permutation(n)
@@ -150,6 +174,8 @@ def train_two_tower(
         for start in range(0, n - batch_size + 1, batch_size):  # full batches: fixed log q
             rows = order[start : start + batch_size]
             negatives = catalogue_negatives(rng, n_items, config.mixed_negatives)
+            columns = np.concatenate([examples.item_ids[rows], negatives])
+            drop_id = rng.random(len(columns)) < drop_rates[columns]
             loss = batch_loss(
                 model,
                 batcher,
@@ -159,6 +185,7 @@ def train_two_tower(
                 negatives,
                 log_q,
                 config.temperature,
+                drop_id if config.id_dropout > 0 else None,
             )
             optimizer.zero_grad()
             loss.backward()
@@ -166,6 +193,8 @@ def train_two_tower(
             losses.append(loss.item())
         epoch_losses.append(round(float(np.mean(losses)), 4))
     model.eval()
+    # Items nobody played in training are served as an upload is: without their (untrained) id.
+    model.cold_items = (item_plays == 0) if config.id_dropout > 0 else np.zeros(n_items, bool)
     # The item vectors the index will hold, computed once from the same item features.
     model.item_vectors = all_item_vectors(model, batcher, n_items)
     model.metrics = {
@@ -179,9 +208,12 @@ def train_two_tower(
 
 @torch.no_grad()
 def all_item_vectors(model: TwoTower, batcher: Batcher, n_items: int) -> np.ndarray:
-    """(n_items, dim) float32, row = item id, row 0 (unknown) zeros."""
+    """(n_items, dim) float32, row = item id, row 0 (unknown) zeros; the model's `cold_items`
+    (no plays in training) are scored without their id, as a new upload is."""
     ids = np.arange(n_items, dtype=np.int64)
-    vectors = model.item_vector(**batcher.item_inputs(ids)).numpy().astype(np.float32)
+    cold = getattr(model, "cold_items", np.zeros(n_items, bool))
+    cold = np.pad(cold[:n_items], (0, max(0, n_items - len(cold))), constant_values=True)
+    vectors = model.item_vector(**batcher.item_inputs(ids, cold)).numpy().astype(np.float32)
     vectors[0] = 0.0
     return vectors
 

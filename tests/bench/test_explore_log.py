@@ -41,6 +41,7 @@ def test_explored_uploads_and_their_plays_are_counted_per_arm(tmp_path):
                 "categories": [[1], [2]],
                 "upload_ms": [500, 600],
                 "logged_ms": [500, 600],
+                "content": [[], []],
             },
             schema=UPLOADS,
         ),

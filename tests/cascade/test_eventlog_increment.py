@@ -33,6 +33,7 @@ def uploads(*ids: int) -> pa.Table:
             "categories": [[2]] * len(ids),
             "upload_ms": [5_000 + i for i in ids],
             "logged_ms": [6_000 + i for i in ids],
+            "content": [[]] * len(ids),
         },
         schema=UPLOADS,
     )

@@ -79,6 +79,36 @@ def test_check_new_items_names_the_first_bad_field():
             raise AssertionError(f"{field} passed")
 
 
+def test_a_content_vector_of_the_wrong_length_or_not_finite_names_the_field():
+    good = catalog_pb2.NewItem(item_key="a", creator_id=1, categories=[1], content=[1, 2, 3])
+    check_new_items([good], n_categories=4, now_ms=10, need_key=True, content_dim=3)
+    without = catalog_pb2.NewItem(item_key="b", creator_id=1)  # content is optional
+    check_new_items([without], n_categories=4, now_ms=10, need_key=True, content_dim=3)
+    for content, message in (
+        ([1, 2], "2 values; this catalogue's items take 3 values or none"),
+        ([1, float("nan"), 3], "must be finite numbers"),
+    ):
+        bad = catalog_pb2.NewItem(item_key="c", creator_id=1, content=content)
+        try:
+            check_new_items([good, bad], n_categories=4, now_ms=10, need_key=True, content_dim=3)
+        except CatalogProblem as problem:
+            assert (problem.field, str(problem)) == ("items[1].content", message)
+        else:
+            raise AssertionError(f"{content} passed")
+
+
+def test_cold_vectors_take_the_content_neighbours_mean_when_there_is_content():
+    vectors = np.array([[0, 0], [1, 0], [3, 0], [0, 2]], np.float32)
+    known = np.array([False, True, True, True])
+    attributes = {"creator_id": np.array([0, 1, 1, 2]), "categories": np.zeros((4, 2), int)}
+    content = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1]], np.float32)
+    cold = ColdVectors(vectors, known, attributes, content, neighbours=2)
+    asked = {"creator_id": np.array([2, 2]), "categories": np.zeros((2, 2), int)}
+    out = cold.vectors(asked, np.array([[1, 0.05], [0, 0]], np.float32))
+    assert out[0].tolist() == [2, 0]  # sounds like items 1 and 2, whoever made it
+    assert out[1].tolist() == [0, 2]  # no content: creator 2's mean, as without content
+
+
 def test_a_stage_refuses_an_item_id_beyond_the_new_item_capacity(tiny_dataset):
     import grpc
     import pytest
@@ -137,6 +167,7 @@ def test_a_restarted_stage_replays_the_logged_uploads_and_follows(tiny_dataset, 
             "categories": [[1], [2, 3]],
             "upload_ms": [5_000, 6_000],
             "logged_ms": [0, 0],
+            "content": [[], []],
         },
         schema=UPLOADS,
     )

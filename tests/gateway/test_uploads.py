@@ -143,6 +143,8 @@ BAD_ITEMS = [
     ({**NEW, "categories": [2, 2]}, "items[0].categories"),
     ({**NEW, "upload_time_ms": -5}, "items[0].upload_time_ms"),
     ({**NEW, "upload_time_ms": 2**62}, "items[0].upload_time_ms"),
+    # The tiny world's items carry no content vector: any is the wrong length.
+    ({**NEW, "content": [0.5, 1.0]}, "items[0].content"),
 ]
 
 

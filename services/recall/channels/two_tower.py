@@ -3,10 +3,15 @@
 Per request: the user's profile rows from the feature store plus the context's recent items (the
 request's own and the store's history, newest first) padded to the spec's history length give
 one user vector; the index returns the k nearest items. No torch here.
+
+Items uploaded after the bundle was built are added without retraining: the item tower (ONNX)
+gives each its vector from its creator, categories and content vector (its id is unknown to the
+model), and a small exact index of those vectors is searched beside the bundle's.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import faiss
@@ -23,6 +28,7 @@ from services.recall.index import IndexSettings, load_index, prepare_search, sea
 # serving must not (the serving image has no torch).
 COMPONENT = "recall"
 USER_TOWER = "user_tower.onnx"
+ITEM_TOWER = "item_tower.onnx"
 ITEM_VECTORS = "item_vectors.npz"
 ITEM_INDEX = "item_index.faiss"
 INFO = "two_tower.json"
@@ -48,9 +54,15 @@ class TwoTowerChannel:
         spec: FeatureSpec,
         store: FeatureStore,
         settings: TwoTowerSettings,
+        item_session: ort.InferenceSession | None = None,
     ):
         self.session, self.index, self.spec, self.store = session, index, spec, store
         self.settings = settings
+        self.item_session = item_session
+        # Uploads since the bundle: (ids (m,), vectors (m, dim)), replaced whole on growth.
+        self.covered = index.ntotal + 1  # item ids below this are in the bundle's index
+        self.uploads = (np.zeros(0, np.int64), np.zeros((0, index.d), np.float32))
+        self._grow_lock = threading.Lock()
         self.user_fields = tuple(f.name for f in spec.of("user"))
         self.history_field = spec.of("history")[0].name
         faiss.omp_set_num_threads(settings.faiss_threads)
@@ -72,24 +84,52 @@ class TwoTowerChannel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.onnx_threads
         options.inter_op_num_threads = 1
-        tower_path = bundle.file(COMPONENT, USER_TOWER)
-        try:
-            session = ort.InferenceSession(
-                str(tower_path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own types for a bad model
-            raise ArtifactError(f"{tower_path} is not a loadable ONNX model: {error}") from None
+        session = _session(bundle, USER_TOWER, options)
         expected = [*(f.name for f in spec.of("user")), *(f.name for f in spec.of("history"))]
         names = [node.name for node in session.get_inputs()]
         if names != expected:
-            raise ArtifactError(f"{tower_path}: inputs {names} do not match the spec's {expected}")
+            where = bundle.folder / COMPONENT / USER_TOWER
+            raise ArtifactError(f"{where}: inputs {names} do not match the spec's {expected}")
+        item_session = None
+        if ITEM_TOWER in info.get("files", []):  # a bundle without it serves its own items only
+            item_session = _session(bundle, ITEM_TOWER, options)
+            expected = [f.name for f in spec.of("item")]
+            names = [node.name for node in item_session.get_inputs()]
+            if names != expected:
+                where = bundle.folder / COMPONENT / ITEM_TOWER
+                raise ArtifactError(f"{where}: inputs {names} do not match the spec's {expected}")
         index = load_index(bundle.file(COMPONENT, ITEM_INDEX))
         if index.d != info["dim"] or index.ntotal != info["n_items"] - 1:
             raise ArtifactError(
                 f"{bundle.folder / COMPONENT / ITEM_INDEX}: {index.ntotal} vectors of dim "
                 f"{index.d}, expected {info['n_items'] - 1} of dim {info['dim']}"
             )
-        return cls(session, index, spec, store, settings)
+        return cls(session, index, spec, store, settings, item_session)
+
+    def item_vectors(self, item_ids: np.ndarray) -> np.ndarray:
+        """(m, dim) vectors of items as the store holds them, from the item tower with the id
+        unknown (how the model was trained to score an item it has no plays of)."""
+        assert self.item_session is not None  # add_uploads checks it
+        features = self.store.item_features(item_ids)
+        feeds = {f.name: features[f.name] for f in self.spec.of("item")}
+        feeds["item_id"] = np.zeros(len(item_ids), np.int64)
+        return self.item_session.run(None, feeds)[0].astype(np.float32)
+
+    def add_uploads(self) -> None:
+        """Gives the items the store holds beyond the bundle's index their vectors (once)."""
+        if self.item_session is None or self.store.n_items <= self.covered:
+            return
+        with self._grow_lock:
+            n = self.store.n_items
+            ids = np.arange(self.covered, n, dtype=np.int64)
+            ids = ids[self.store.known_items(ids)]
+            if len(ids):
+                known_ids, vectors = self.uploads
+                self.uploads = (
+                    np.concatenate([known_ids, ids]),
+                    np.vstack([vectors, self.item_vectors(ids)]),
+                )
+            self.covered = n
 
     def user_vector(self, user_id: int, recent_items: np.ndarray) -> np.ndarray:
         """(1, dim) float32 user vector from the profile and the newest recent items."""
@@ -116,4 +156,20 @@ class TwoTowerChannel:
         vector = self.user_vector(context.user_id, context.recent_items)
         ids, scores = search(self.index, vector, k)
         found = ids[0] > 0
-        return ids[0][found].astype(np.int64), scores[0][found]
+        ids, scores = ids[0][found].astype(np.int64), scores[0][found]
+        self.add_uploads()
+        upload_ids, upload_vectors = self.uploads
+        if not len(upload_ids):
+            return ids, scores
+        ids = np.concatenate([ids, upload_ids])
+        scores = np.concatenate([scores, (upload_vectors @ vector[0]).astype(np.float32)])
+        best = np.argsort(-scores, kind="stable")[:k]
+        return ids[best], scores[best]
+
+
+def _session(bundle: Bundle, name: str, options: ort.SessionOptions) -> ort.InferenceSession:
+    path = bundle.file(COMPONENT, name)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for a bad model
+        raise ArtifactError(f"{path} is not a loadable ONNX model: {error}") from None

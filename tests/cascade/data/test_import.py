@@ -310,3 +310,44 @@ def test_train_and_up_take_an_imported_name_and_say_how_to_import_a_missing_one(
         main(["train", "all", "--dataset", "mine", "--data-dir", str(tmp_path / "data")])
     assert exit_.value.code == 2
     assert "bring your own with `cascade data import --name mine ...`" in capsys.readouterr().err
+
+
+CONTENT_SONGS = """\
+song,title,artist,genres,embedding
+song-9,Nine,dj-nova,rock|pop,0.5 -1.0 2.0
+song-2,Two,the-owls,jazz,1.0 0.0 0.25
+song-3,Three,dj-nova,rock,
+"""
+CONTENT_MAPPING = MAPPING + 'content = "embedding"\n'
+
+
+def test_a_content_column_becomes_the_items_content_vectors(tmp_path):
+    run_import(tmp_path, songs=CONTENT_SONGS, mapping=CONTENT_MAPPING)
+    loaded = load_dataset("mine", tmp_path / "data")
+    titles = list(loaded.items["title"])
+    content = loaded.items["content"]
+    assert content.dtype == np.float32 and content.shape == (3, 3)
+    np.testing.assert_array_equal(content[titles.index("Nine")], [0.5, -1.0, 2.0])
+    np.testing.assert_array_equal(content[titles.index("Three")], [0, 0, 0])  # empty: unknown
+
+
+def test_a_dataset_without_content_has_no_content_column(tmp_path):
+    run_import(tmp_path)
+    assert "content" not in load_dataset("mine", tmp_path / "data").items
+
+
+@pytest.mark.parametrize(
+    ("cell", "reason"),
+    [
+        ("1.0 2.0", "2 content values, the rows before have 3"),
+        ("1.0 loud 2.0", "content value 'loud' is not a number"),
+        ("1.0 nan 2.0", "content values must be finite numbers"),
+    ],
+)
+def test_a_bad_content_row_names_its_file_and_line(tmp_path, cell, reason):
+    songs = CONTENT_SONGS.replace("rock,\n", f"rock,{cell}\n")
+    with pytest.raises(DataError) as error:
+        run_import(tmp_path, songs=songs, mapping=CONTENT_MAPPING)
+    path = tmp_path / "in" / "songs.csv"
+    assert str(error.value) == f"{path} line 4, column 'embedding': {reason}"
+    assert nothing_written(tmp_path)

@@ -61,3 +61,40 @@ def test_a_played_upload_past_the_vocabulary_is_the_unknown_history_row(trained)
     rows = assemble(spec, user, item, history)
     assert rows[field.name][0, :3].tolist() == [0, 3, 0]
     assert rows[field.name].max() < field.vocab_size
+
+
+def test_an_uploads_content_reaches_the_rankers_rows_and_its_score(tmp_path):
+    """A ranker on a world whose items carry content: an upload's online row holds its content
+    vector, and two uploads alike but for their content score differently (not as the unknown
+    item does)."""
+    import torch
+
+    from cascade.artifacts import Bundle, BundleWriter
+    from cascade.feature_store import InMemoryFeatureStore
+    from services.rank.export import write_component
+    from services.rank.scorer import RankScorer
+    from services.rank.train import train
+    from tests.services.rank.conftest import MODEL, TRAIN, tiny
+
+    torch.set_num_threads(1)
+    dataset = tiny()
+    rng = np.random.default_rng(0)
+    dataset.items["content"] = rng.normal(0, 1, (len(dataset.items["item_id"]), 3)).astype(
+        np.float32
+    )
+    model, prepared, info = train(dataset, TRAIN, MODEL)
+    writer = BundleWriter(tmp_path, "v1")
+    write_component(writer, model, prepared.spec, "ml-100k", TRAIN, MODEL, info, prepared.test[0])
+    writer.commit()
+    split = prepared.split
+    store = InMemoryFeatureStore(
+        dataset, prepared.spec, split.train_interactions, split.train_impressions
+    )
+    content = np.array([[3, 0, 0], [-3, 0, 0], [0, 0, 0]], np.float32)
+    ids = np.array([31, 32, 33])
+    store.add_items(ids, np.ones(3, np.int64), np.zeros((3, 6), np.int16), np.zeros(3), content)
+    rows = online_rows(store, 1, ids)
+    np.testing.assert_array_equal(rows["content"], content)
+    assert rows["content"].dtype == np.float32 and (rows["item_id"] == 0).all()
+    scores, _ = RankScorer.from_bundle(Bundle.open(tmp_path, "v1"), store).score(1, ids)
+    assert len(set(np.round(scores, 6).tolist())) == 3  # content moves the score

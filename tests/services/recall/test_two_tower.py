@@ -178,3 +178,57 @@ def test_channel_serves_from_an_hnsw_index_above_the_threshold(trained, tmp_path
     vector = channel.user_vector(1, recent)
     exact = np.argsort(-(vector @ model.item_vectors[1:].T)[0])[:10] + 1
     assert len(np.intersect1d(ids, exact)) >= 9  # tiny graph, efSearch >= k: near exact
+
+
+def with_group_content(dataset):
+    """Items 1..15 sound alike, items 16..30 alike: content says the group, creators do not."""
+    rng = np.random.default_rng(2)
+    group = (dataset.items["item_id"] > N_ITEMS // 2).astype(int)
+    content = np.eye(2, 4, dtype=np.float32)[group] + rng.normal(0, 0.1, (N_ITEMS, 4))
+    dataset.items["content"] = content.astype(np.float32)
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def content_bundle(tmp_path_factory):
+    torch.set_num_threads(1)
+    dataset = with_group_content(two_group_dataset())
+    spec = build_spec(dataset)
+    assert spec.field("content").kind == "dense"
+    model = train_two_tower(dataset, dataset.interactions, spec, CONFIG, progress=False)
+    writer = BundleWriter(tmp_path_factory.mktemp("content-artifacts"), "v1")
+    writer.set_component(COMPONENT, export_two_tower(model, spec, writer, IndexSettings()))
+    writer.commit()
+    return dataset, spec, model, Bundle(writer.folder)
+
+
+def test_an_upload_is_recalled_by_its_content_without_retraining(content_bundle):
+    dataset, spec, model, bundle = content_bundle
+    store = InMemoryFeatureStore(dataset, spec, dataset.interactions)
+    channel = TwoTowerChannel.from_bundle(bundle, store)
+    # Two uploads by the same creator in the same category, one sounding like each group.
+    content = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    store.add_items(
+        np.array([31, 32]),
+        np.array([1, 1]),
+        np.zeros((2, 6), np.int16),
+        np.array([99, 99]),
+        content,
+    )
+    recent = store.history(np.array([3]))[0]  # user 3 plays items 1..15
+    recent = recent[recent > 0]
+    ids, scores = channel.retrieve(RecallContext(3, recent, 10_000, True), N_ITEMS + 2)
+    assert {31, 32} <= set(ids.tolist())  # the index add path gave both a vector
+    score = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+    assert score[31] > score[32] + 0.1  # the upload that sounds like what user 3 plays ranks first
+    # Its vector is the item tower's on its content, not the unknown (padding) item's.
+    upload_ids, vectors = channel.uploads
+    unknown = channel.item_vectors(np.array([0]))[0]
+    assert not np.allclose(vectors[list(upload_ids).index(31)], unknown, atol=1e-3)
+
+
+def test_items_without_plays_are_scored_without_their_untrained_id(content_bundle):
+    dataset, spec, model, _ = content_bundle
+    played = np.unique(dataset.interactions["item_id"])
+    assert model.cold_items[played].sum() == 0 and model.cold_items[0]
+    assert CONFIG.id_dropout > 0  # the default trains items without their id

@@ -85,12 +85,14 @@ class Page:
 
 @dataclass
 class Uploads:
-    """Tracks uploaded at once: world ids, creators, categories (n, 6), upload times (s)."""
+    """Tracks uploaded at once: world ids, creators, categories (n, 6), upload times (s), content
+    vectors (n, d); d = 0 when the dataset's items carry none (its catalogue takes none)."""
 
     item_ids: np.ndarray
     creators: np.ndarray
     categories: np.ndarray
     upload_ts: np.ndarray
+    content: np.ndarray
 
 
 class Policy(Protocol):
@@ -114,6 +116,7 @@ class World:
         if neutral:
             self.config = self.config.neutral()
         self.truth = dict(dataset.truth)  # uploads extend the item rows of this copy
+        self.has_content = "content" in dataset.items  # uploads are sent with their content
         _complete_truth(self.config, self.truth)
         self.n_items = dataset.n_items
         self.creator = np.zeros(self.n_items, dtype=np.int64)
@@ -199,7 +202,8 @@ class World:
         categories, rows = upload_items(self.config, self.truth, creators, rng)
         when = np.sort(start_s + rng.integers(0, DAY, n))
         ids = np.arange(self.n_items, self.n_items + n, dtype=np.int64)
-        return DayUploads(self, Uploads(ids, creators, categories, when), rows)
+        content = rows["item_content"] if self.has_content else np.zeros((n, 0), np.float32)
+        return DayUploads(self, Uploads(ids, creators, categories, when, content), rows)
 
     def add(self, uploads: Uploads, rows: dict[str, np.ndarray]) -> None:
         """Uploaded tracks (the next ids, in order) become part of the world."""
@@ -605,12 +609,14 @@ class GatewayPolicy:
                 "creator_id": int(creator),
                 "categories": [int(c) for c in categories if c > 0],
                 "upload_time_ms": int(ts) * 1000,
+                "content": content,
             }
-            for item, creator, categories, ts in zip(
+            for item, creator, categories, ts, content in zip(
                 uploads.item_ids.tolist(),
                 uploads.creators.tolist(),
                 uploads.categories,
                 uploads.upload_ts.tolist(),
+                uploads.content.tolist(),
                 strict=True,
             )
         ]

@@ -7,7 +7,8 @@ two-tower channel's item tower and index add, pre-rank's cold vectors, the ranke
 For a sample of users, each stage orders the uploads alone; the page is its top 10, scored on the
 world's truth (expected engagement per impression, as `bench/content_signal.py`). Variants:
 `today` (no content column, two-tower without id dropout), `creator_categories` (no content
-column: what an imported dataset without content gets), `content` (the world's content vectors).
+column: what an imported dataset without content gets; pre-rank and rank are today's models, as
+they do not change without content), `content` (the world's content vectors).
 Ratios to `today` are means over users with a 95% paired bootstrap interval.
 
 MovieLens-100K has no content and no truth: items first played at or after the cut are held out
@@ -37,19 +38,21 @@ from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
 from services.prerank.distill import DistillConfig
 from services.prerank.scorer import PrerankScorer
-from services.prerank.train import distill_into_bundle
 from services.rank.export import write_component
 from services.rank.model import ModelConfig
 from services.rank.scorer import RankScorer
-from services.rank.train import TrainConfig, train
+from services.rank.train import TrainConfig
 from services.recall.channels.two_tower import TwoTowerChannel
+from services.recall.evaluate_two_tower import REPORTED, evaluate_model
 from services.recall.train import build_recall
 from services.recall.two_tower import Batcher, TwoTowerConfig, train_two_tower, user_vectors
+from training.prerank_train import distill_into_bundle
+from training.rank_train import train
 
 VARIANTS = {  # name -> (items keep their content column, two-tower id dropout)
     "today": (False, 0.0),
-    "creator_categories": (False, TwoTowerConfig.id_dropout),
     "content": (True, TwoTowerConfig.id_dropout),
+    "creator_categories": (False, TwoTowerConfig.id_dropout),
 }
 STAGES = ("recall", "prerank", "rank")
 PAGE = 10
@@ -61,8 +64,12 @@ class Sizes:
 
     two_tower_epochs: int = 4
     rank_epochs: int = 1
+    rank_rows: int = 50_000  # training impressions (seeded subsample)
     rank_item_id_dropout: float = 0.1  # every variant: the ranker learns the unknown id row
-    distill_epochs: int = 2
+    distill_epochs: int = 3
+    distill_users: int = 500
+    distill_candidates: int = 300  # recall's list per training request
+    movielens_two_tower_epochs: int = 5
 
 
 def holdout(dataset: Dataset, train_fraction: float = 0.8) -> tuple[Dataset, np.ndarray, int]:
@@ -93,8 +100,11 @@ def without_content(dataset: Dataset) -> Dataset:
     )
 
 
-def build_bundle(dataset: Dataset, root: Path, id_dropout: float, sizes: Sizes) -> Bundle:
-    """Recall (tables, MF, two-tower), rank and pre-rank trained on `dataset` into one bundle."""
+def build_bundle(
+    dataset: Dataset, root: Path, id_dropout: float, sizes: Sizes, recall_only: bool = False
+) -> Bundle:
+    """Recall (tables, MF, two-tower), rank and pre-rank trained on `dataset` into one bundle
+    (`recall_only`: recall's component alone)."""
     torch.set_num_threads(1)
     data_dir, artifacts = root / "data", root / "artifacts"
     save(dataset, data_dir / dataset.name)
@@ -103,10 +113,16 @@ def build_bundle(dataset: Dataset, root: Path, id_dropout: float, sizes: Sizes) 
     config = TwoTowerConfig(epochs=sizes.two_tower_epochs, id_dropout=id_dropout)
     build_recall(dataset, train_log, writer, two_tower_config=config, progress=False)
     writer.commit()
+    if recall_only:
+        return Bundle(writer.folder)
     train_config = TrainConfig(
-        seed=0, max_epochs=sizes.rank_epochs, item_id_dropout=sizes.rank_item_id_dropout
+        seed=0,
+        max_epochs=sizes.rank_epochs,
+        max_train_rows=sizes.rank_rows,
+        max_test_rows=sizes.rank_rows // 2,
+        item_id_dropout=sizes.rank_item_id_dropout,
     )
-    model, prepared, info = train(dataset, train_config, ModelConfig(), progress=False)
+    model, prepared, info = train(dataset, train_config, ModelConfig())
     writer = BundleWriter(artifacts, "v1")
     write_component(
         writer,
@@ -119,9 +135,13 @@ def build_bundle(dataset: Dataset, root: Path, id_dropout: float, sizes: Sizes) 
         prepared.test[0],
     )
     writer.commit()
-    distill_into_bundle(
-        dataset.name, data_dir, artifacts, "v1", DistillConfig(epochs=sizes.distill_epochs)
+    distill = DistillConfig(
+        epochs=sizes.distill_epochs,
+        max_users=sizes.distill_users,
+        candidates_per_request=sizes.distill_candidates,
+        sampled_per_request=sizes.distill_candidates // 3,
     )
+    distill_into_bundle(dataset.name, data_dir, artifacts, "v1", distill)
     return Bundle.open(artifacts, "v1")
 
 
@@ -140,7 +160,12 @@ def upload(store: InMemoryFeatureStore, world: Dataset, cold: np.ndarray) -> Non
 
 
 def stage_scores(
-    bundle: Bundle, earlier: Dataset, world: Dataset, cold: np.ndarray, users: np.ndarray
+    bundle: Bundle,
+    earlier: Dataset,
+    world: Dataset,
+    cold: np.ndarray,
+    users: np.ndarray,
+    stages: tuple[str, ...] = STAGES,
 ) -> dict[str, np.ndarray]:
     """stage -> (n_users, n_cold) scores of the uploads, each through its serving code."""
     spec = build_spec(earlier)
@@ -150,15 +175,17 @@ def stage_scores(
     recall.add_uploads()
     upload_ids, upload_vectors = recall.uploads
     order = np.searchsorted(upload_ids, cold)
-    prerank = PrerankScorer.from_bundle(bundle, store)
-    rank = RankScorer.from_bundle(bundle, store)
-    out = {stage: np.zeros((len(users), len(cold)), np.float32) for stage in STAGES}
+    full = "rank" in stages
+    prerank = PrerankScorer.from_bundle(bundle, store) if full else None
+    rank = RankScorer.from_bundle(bundle, store) if full else None
+    out = {stage: np.zeros((len(users), len(cold)), np.float32) for stage in stages}
     for row, user in enumerate(users.tolist()):
         history = store.history(np.array([user]))[0]
         recent = history[history > 0]
         out["recall"][row] = upload_vectors[order] @ recall.user_vector(user, recent)[0]
-        out["prerank"][row] = prerank.score(user, cold)[0]
-        out["rank"][row] = rank.score(user, cold)[0]
+        if prerank is not None and rank is not None:
+            out["prerank"][row] = prerank.score(user, cold)[0]
+            out["rank"][row] = rank.score(user, cold)[0]
     return out
 
 
@@ -205,10 +232,14 @@ def synthetic(data_dir: Path, users: int, sizes: Sizes, seed: int) -> dict:
     for name, (content, id_dropout) in VARIANTS.items():
         started = time.perf_counter()
         data = earlier if content else without_content(earlier)
+        # Without content, pre-rank and rank are today's models: only recall is trained again.
+        stages = ("recall",) if name == "creator_categories" else STAGES
         with tempfile.TemporaryDirectory(prefix="content-cold-") as root:
-            bundle = build_bundle(data, Path(root), id_dropout, sizes)
-            scores = stage_scores(bundle, data, world_data, cold, chosen)
+            bundle = build_bundle(data, Path(root), id_dropout, sizes, stages == ("recall",))
+            scores = stage_scores(bundle, data, world_data, cold, chosen, stages)
         per_user[name] = {s: page_engagement(truth, chosen, cold, v) for s, v in scores.items()}
+        for stage in STAGES:
+            per_user[name].setdefault(stage, per_user["today"][stage])
         seconds[name] = round(time.perf_counter() - started, 1)
         print(f"{name}: {seconds[name]} s", flush=True)
     random_scores = rng.random((len(chosen), len(cold)))
@@ -238,7 +269,7 @@ def synthetic(data_dir: Path, users: int, sizes: Sizes, seed: int) -> dict:
     }
 
 
-def movielens(data_dir: Path, seed: int) -> dict:
+def movielens(data_dir: Path, sizes: Sizes, seed: int) -> dict:
     """Two-tower recall@10 of held-out items over each user's plays of them (no content)."""
     dataset = load_dataset("ml-100k", data_dir)
     earlier, cold, cut = holdout(dataset)
@@ -259,9 +290,15 @@ def movielens(data_dir: Path, seed: int) -> dict:
         id_dropout = VARIANTS[name][1]
         torch.set_num_threads(1)
         spec = build_spec(earlier)
-        train_log = split_dataset(earlier).train_interactions
-        config = TwoTowerConfig(epochs=10, id_dropout=id_dropout, seed=seed)
+        split = split_dataset(earlier)
+        train_log = split.train_interactions
+        config = TwoTowerConfig(
+            epochs=sizes.movielens_two_tower_epochs, id_dropout=id_dropout, seed=seed
+        )
         model = train_two_tower(earlier, train_log, spec, config, progress=False)
+        # What id dropout costs on the items it was trained on (full ranking, test period).
+        known = evaluate_model(model, earlier, train_log, split.test_interactions)
+        out[f"known_items/{name}"] = {k: round(known[k], 4) for k in REPORTED}
         # The held-out items scored from creator and categories with the id unknown (as uploads).
         batcher = Batcher(dataset, spec)  # ids and creators past the vocabulary: unknown
         with torch.no_grad():
@@ -313,7 +350,9 @@ def markdown(report: dict) -> str:
             f"or after the cut, {ml['users']} users who played them; two-tower recall@10 among "
             f"them: today {ml['recall@10/today']}, creator + categories "
             f"{ml['recall@10/creator_categories']} (ratio {ratio['ratio']} "
-            f"[{ratio['low']}, {ratio['high']}]).",
+            f"[{ratio['low']}, {ratio['high']}]). On the items it was trained on (full ranking "
+            f"of the test period): today {ml['known_items/today']}, creator + categories "
+            f"{ml['known_items/creator_categories']}.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -323,18 +362,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-movielens", action="store_true")
+    parser.add_argument(
+        "--part",
+        choices=("synthetic", "ml-100k", "both"),
+        default="both",
+        help="run one part; its figures replace that part's in an existing report",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/recall"))
     args = parser.parse_args(argv)
     sizes = Sizes()
-    report: dict = {"synthetic": synthetic(args.data_dir, args.users, sizes, args.seed)}
-    if not args.skip_movielens:
-        report["ml-100k"] = movielens(args.data_dir, args.seed)
+    path = args.out / "content_cold_start.json"
+    report: dict = json.loads(path.read_text()) if path.exists() else {}
+    if args.part in ("synthetic", "both"):
+        report["synthetic"] = synthetic(args.data_dir, args.users, sizes, args.seed)
+    if args.part in ("ml-100k", "both"):
+        report["ml-100k"] = movielens(args.data_dir, sizes, args.seed)
     report["sizes"] = dataclasses.asdict(sizes)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "content_cold_start.json").write_text(json.dumps(report, indent=2))
-    (args.out / "content_cold_start.md").write_text(markdown(report))
-    print(markdown(report))
+    path.write_text(json.dumps(report, indent=2))
+    if "synthetic" in report:
+        (args.out / "content_cold_start.md").write_text(markdown(report))
+        print(markdown(report))
+    else:
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

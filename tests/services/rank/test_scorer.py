@@ -86,3 +86,41 @@ def test_auto_execution_provider_runs_on_the_cpu_without_cuda_and_scores_the_sam
         assert auto.session.get_providers() == ["CPUExecutionProvider"]
     items = np.arange(1, 11)
     np.testing.assert_allclose(auto.score(3, items)[0], scorer.score(3, items)[0], atol=1e-5)
+
+
+def test_an_uploads_content_reaches_the_rankers_rows_and_its_score(tmp_path):
+    """A ranker on a world whose items carry content: an upload's online row holds its content
+    vector, and two uploads alike but for their content score differently (not as the unknown
+    item does)."""
+    import torch
+
+    from cascade.artifacts import Bundle, BundleWriter
+    from cascade.feature_store import InMemoryFeatureStore
+    from cascade.rows import online_rows
+    from services.rank.export import write_component
+    from services.rank.scorer import RankScorer
+    from tests.services.rank.conftest import MODEL, TRAIN, tiny
+    from training.rank_train import train
+
+    torch.set_num_threads(1)
+    dataset = tiny()
+    rng = np.random.default_rng(0)
+    dataset.items["content"] = rng.normal(0, 1, (len(dataset.items["item_id"]), 3)).astype(
+        np.float32
+    )
+    model, prepared, info = train(dataset, TRAIN, MODEL)
+    writer = BundleWriter(tmp_path, "v1")
+    write_component(writer, model, prepared.spec, "ml-100k", TRAIN, MODEL, info, prepared.test[0])
+    writer.commit()
+    split = prepared.split
+    store = InMemoryFeatureStore(
+        dataset, prepared.spec, split.train_interactions, split.train_impressions
+    )
+    content = np.array([[3, 0, 0], [-3, 0, 0], [0, 0, 0]], np.float32)
+    ids = np.array([31, 32, 33])
+    store.add_items(ids, np.ones(3, np.int64), np.zeros((3, 6), np.int16), np.zeros(3), content)
+    rows = online_rows(store, 1, ids)
+    np.testing.assert_array_equal(rows["content"], content)
+    assert rows["content"].dtype == np.float32 and (rows["item_id"] == 0).all()
+    scores, _ = RankScorer.from_bundle(Bundle.open(tmp_path, "v1"), store).score(1, ids)
+    assert len(set(np.round(scores, 6).tolist())) == 3  # content moves the score

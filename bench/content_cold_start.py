@@ -52,7 +52,7 @@ from training.rank_train import train
 VARIANTS = {  # name -> (items keep their content column, two-tower id dropout)
     "today": (False, 0.0),
     "content": (True, TwoTowerConfig.id_dropout),
-    "creator_categories": (False, TwoTowerConfig.id_dropout),
+    "creator_categories": (False, TwoTowerConfig.id_dropout),  # forced on without content
 }
 STAGES = ("recall", "prerank", "rank")
 PAGE = 10
@@ -110,7 +110,9 @@ def build_bundle(
     save(dataset, data_dir / dataset.name)
     train_log = split_dataset(dataset).train_interactions
     writer = BundleWriter(artifacts, "v1")
-    config = TwoTowerConfig(epochs=sizes.two_tower_epochs, id_dropout=id_dropout)
+    config = TwoTowerConfig(
+        epochs=sizes.two_tower_epochs, id_dropout=id_dropout, id_dropout_without_content=id_dropout
+    )
     build_recall(dataset, train_log, writer, two_tower_config=config, progress=False)
     writer.commit()
     if recall_only:
@@ -293,7 +295,9 @@ def movielens(data_dir: Path, sizes: Sizes, seed: int) -> dict:
         split = split_dataset(earlier)
         train_log = split.train_interactions
         config = TwoTowerConfig(
-            epochs=sizes.movielens_two_tower_epochs, id_dropout=id_dropout, seed=seed
+            epochs=sizes.movielens_two_tower_epochs,
+            id_dropout_without_content=id_dropout,
+            seed=seed,
         )
         model = train_two_tower(earlier, train_log, spec, config, progress=False)
         # What id dropout costs on the items it was trained on (full ranking, test period).

@@ -184,8 +184,10 @@ def train_two_tower(
         for start in range(0, n - batch_size + 1, batch_size):  # full batches: fixed log q
             rows = order[start : start + batch_size]
             negatives = catalogue_negatives(rng, n_items, config.mixed_negatives)
-            columns = np.concatenate([examples.item_ids[rows], negatives])
-            drop_id = rng.random(len(columns)) < drop_rates[columns]
+            drop_id = None
+            if dropout > 0:  # drawn only then: without it the seeded stream stays as it was
+                columns = np.concatenate([examples.item_ids[rows], negatives])
+                drop_id = rng.random(len(columns)) < drop_rates[columns]
             loss = batch_loss(
                 model,
                 batcher,
@@ -195,7 +197,7 @@ def train_two_tower(
                 negatives,
                 log_q,
                 config.temperature,
-                drop_id if dropout > 0 else None,
+                drop_id,
             )
             optimizer.zero_grad()
             loss.backward()

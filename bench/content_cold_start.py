@@ -55,6 +55,7 @@ VARIANTS = {  # name -> (items keep their content column, two-tower id dropout)
     "creator_categories": (False, TwoTowerConfig.id_dropout),  # forced on without content
 }
 STAGES = ("recall", "prerank", "rank")
+CONTENT_WEIGHTS = (0.0, 1.0)  # pre-rank's cold vectors: metadata alone, content alone
 PAGE = 10
 
 
@@ -188,6 +189,15 @@ def stage_scores(
         if prerank is not None and rank is not None:
             out["prerank"][row] = prerank.score(user, cold)[0]
             out["rank"][row] = rank.score(user, cold)[0]
+            if "content" in earlier.items:  # pre-rank's cold vectors by content weight
+                default = prerank.cold.content_weight
+                for weight in CONTENT_WEIGHTS:
+                    prerank.cold.content_weight = weight
+                    key = f"prerank@content_weight={weight}"
+                    out.setdefault(key, np.zeros_like(out["prerank"]))[row] = prerank.score(
+                        user, cold
+                    )[0]
+                prerank.cold.content_weight = default
     return out
 
 
@@ -250,13 +260,13 @@ def synthetic(data_dir: Path, users: int, sizes: Sizes, seed: int) -> dict:
     ceiling = page_engagement(truth, chosen, cold, oracle_scores)
     table = {}
     for name in VARIANTS:
-        for stage in STAGES:
+        for stage in per_user[name]:
             values = per_user[name][stage]
             gap = (values.mean() - floor.mean()) / (ceiling.mean() - floor.mean())
             table[f"{stage}/{name}"] = {
                 "engagement": round(float(values.mean()), 4),
                 "oracle_gap_closed": round(float(gap), 3),
-                "vs_today": ratio_interval(values, per_user["today"][stage], seed),
+                "vs_today": ratio_interval(values, per_user["today"][stage.split("@")[0]], seed),
             }
     return {
         "dataset": "synthetic",

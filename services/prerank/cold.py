@@ -1,11 +1,11 @@
 """Pre-rank vectors for items uploaded after the bundle was built (cold start), from metadata.
 
-The student's item vectors are precomputed per item id, so an upload has none. With a content
-vector (datasets whose items carry one), its vector is the mean vector of the `neighbours` known
-items nearest in content (cosine): content places an upload among the tracks it sounds like, where
-a creator's mean places it among everything that creator made. Without content (or with the
-unknown, all-zero vector), it is the mean vector of the same creator's items the bundle knows; for
-a creator with none, the mean of its categories' means; with neither, the catalogue's mean. The
+The student's item vectors are precomputed per item id, so an upload has none. Its metadata
+vector is the mean vector of the same creator's items the bundle knows; for a creator with none,
+the mean of its categories' means; with neither, the catalogue's mean. With a content vector
+(datasets whose items carry one), the mean vector of the `neighbours` known items nearest in
+content (cosine) is blended in (`content_weight`): content places an upload among the tracks it
+sounds like, the creator's mean among everything that creator made. The
 user tower is unchanged, so a new item scores like the items it resembles for this user.
 """
 
@@ -22,6 +22,7 @@ class ColdVectors:
         attributes: dict[str, np.ndarray],
         content: np.ndarray | None = None,
         neighbours: int = 20,
+        content_weight: float = 0.5,
     ):
         """`vectors` (n, dim) and `known` (n,) by item id; `attributes`: the store's
         item_attributes over the same ids (creator_id, categories); `content` (n, d): their
@@ -29,6 +30,9 @@ class ColdVectors:
         ids = np.flatnonzero(known)
         dim = vectors.shape[1]
         self.neighbours = neighbours
+        # An upload with content: content_weight x its content neighbours' mean + the rest x its
+        # creator / category mean (1 = content alone, 0 = metadata alone).
+        self.content_weight = content_weight
         self.content_ids = np.empty(0, np.int64)
         self.content_units = np.zeros((0, 0), np.float32)
         if content is not None:
@@ -61,7 +65,8 @@ class ColdVectors:
         similarity = (content[rows] / norms[rows, None]) @ self.content_units.T  # (r, n_known)
         k = min(self.neighbours, similarity.shape[1])
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (r, k)
-        out[rows] = self.known_vectors[self.content_ids[nearest]].mean(axis=1)
+        like = self.known_vectors[self.content_ids[nearest]].mean(axis=1)
+        out[rows] = self.content_weight * like + (1 - self.content_weight) * out[rows]
         return out
 
     def metadata_vectors(self, attributes: dict[str, np.ndarray]) -> np.ndarray:

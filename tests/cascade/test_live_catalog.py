@@ -102,11 +102,13 @@ def test_cold_vectors_take_the_content_neighbours_mean_when_there_is_content():
     known = np.array([False, True, True, True])
     attributes = {"creator_id": np.array([0, 1, 1, 2]), "categories": np.zeros((4, 2), int)}
     content = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1]], np.float32)
-    cold = ColdVectors(vectors, known, attributes, content, neighbours=2)
+    cold = ColdVectors(vectors, known, attributes, content, neighbours=2, content_weight=1.0)
     asked = {"creator_id": np.array([2, 2]), "categories": np.zeros((2, 2), int)}
     out = cold.vectors(asked, np.array([[1, 0.05], [0, 0]], np.float32))
     assert out[0].tolist() == [2, 0]  # sounds like items 1 and 2, whoever made it
     assert out[1].tolist() == [0, 2]  # no content: creator 2's mean, as without content
+    cold.content_weight = 0.5  # half content neighbours, half the creator's mean
+    assert cold.vectors(asked, np.array([[1, 0.05]], np.float32))[0].tolist() == [1, 1]
 
 
 def test_a_stage_refuses_an_item_id_beyond_the_new_item_capacity(tiny_dataset):

@@ -12,7 +12,7 @@ from cascade.features import Field
 class FieldEmbedding(nn.Module):
     """One embedding table; "multi" and "sequence" fields are mean-pooled over non-zero ids."""
 
-    def __init__(self, field: Field, table: nn.Embedding | None = None):
+    def __init__(self, field: Field, table: nn.Module | None = None):
         super().__init__()
         self.kind = field.kind
         self.table: nn.Module

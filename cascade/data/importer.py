@@ -141,7 +141,7 @@ def parse_content(spec: Items, column: pa.Array) -> np.ndarray:
     another width than the first, or with a value that is not a finite number, is an error
     naming its file, line or row, and column."""
     rows: list[list[float] | None] = []
-    width = None
+    width: int | None = None
     for row, cell in enumerate(column.to_pylist()):
         if cell is None or (isinstance(cell, str) and not cell.strip()):
             rows.append(None)
@@ -169,15 +169,15 @@ def parse_content(spec: Items, column: pa.Array) -> np.ndarray:
             )
         rows.append(vector)
     out = np.zeros((len(rows), width or 0), dtype=np.float32)
-    for row, vector in enumerate(rows):
-        if vector is not None:
-            out[row] = vector
+    for row, values in enumerate(rows):
+        if values is not None:
+            out[row] = values
     return out
 
 
 def _is_number(value: object) -> bool:
     try:
-        float(value)  # type: ignore[arg-type]
+        float(str(value))
     except (TypeError, ValueError):
         return False
     return True

@@ -88,16 +88,16 @@ class TwoTowerChannel:
         expected = [*(f.name for f in spec.of("user")), *(f.name for f in spec.of("history"))]
         names = [node.name for node in session.get_inputs()]
         if names != expected:
-            where = bundle.folder / COMPONENT / USER_TOWER
-            raise ArtifactError(f"{where}: inputs {names} do not match the spec's {expected}")
+            tower = bundle.folder / COMPONENT / USER_TOWER
+            raise ArtifactError(f"{tower}: inputs {names} do not match the spec's {expected}")
         item_session = None
         if ITEM_TOWER in info.get("files", []):  # a bundle without it serves its own items only
             item_session = _session(bundle, ITEM_TOWER, options)
             expected = [f.name for f in spec.of("item")]
             names = [node.name for node in item_session.get_inputs()]
             if names != expected:
-                where = bundle.folder / COMPONENT / ITEM_TOWER
-                raise ArtifactError(f"{where}: inputs {names} do not match the spec's {expected}")
+                tower = bundle.folder / COMPONENT / ITEM_TOWER
+                raise ArtifactError(f"{tower}: inputs {names} do not match the spec's {expected}")
         index = load_index(bundle.file(COMPONENT, ITEM_INDEX))
         if index.d != info["dim"] or index.ntotal != info["n_items"] - 1:
             raise ArtifactError(

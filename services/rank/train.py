@@ -27,6 +27,7 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from cascade.progress import Progress
 from services.rank.cold_start import ItemIdDropout, learn_unknown_rows
 from services.rank.context import FoldedMF, MFPositions
 from services.rank.debias import ips_weights, known_examination, position_ids
@@ -296,6 +297,8 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     best, best_loss, stale, history = None, np.inf, 0, []
     started = time.perf_counter()
+    batches = -(-len(targets) // config.batch_size)  # per epoch; early stopping may end sooner
+    bar = Progress("train rank", config.max_epochs * batches, "batches")
     for epoch in range(config.max_epochs):
         model.train()
         order = torch.randperm(len(targets), generator=generator)
@@ -312,18 +315,21 @@ def fit(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            bar.update()
         val_p = predict(model, val_rows, spec, positions=val_positions)  # training objective
         val_loss = float(
             np.mean([metrics.logloss(val_labels[:, i], val_p[:, i]) for i in range(len(tasks))])
         )
         history.append({"epoch": epoch + 1, "validation_logloss": val_loss})
         log.info("epoch %d: validation logloss %.5f", epoch + 1, val_loss)
+        bar.note(epoch=epoch + 1, validation_logloss=round(val_loss, 5))
         if val_loss < best_loss - 1e-5:
             best, best_loss, stale = copy.deepcopy(model.state_dict()), val_loss, 0
         else:
             stale += 1
             if stale > config.patience:
                 break
+    bar.close()
     if best is None:
         raise ValueError(f"no epoch gave a finite validation logloss ({history})")
     model.load_state_dict(best)

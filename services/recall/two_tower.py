@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cascade.data.schema import Dataset, Table
 from cascade.features import FeatureSpec, encode_by_id, history_before
+from cascade.progress import Progress
 from services.recall.model import TwoTower, corrected_logits
 
 
@@ -143,7 +143,9 @@ def train_two_tower(
             sampling_log_q(examples.item_ids, n_items, batch_size, config.mixed_negatives)
         )
     epoch_losses = []
-    for _ in tqdm(range(config.epochs), desc="two-tower", disable=not progress):
+    batches = n // batch_size  # full batches per epoch
+    bar = Progress("train recall two-tower", config.epochs * batches, "batches", enabled=progress)
+    for epoch in range(config.epochs):
         order = rng.permutation(n)
         losses = []
         model.train()
@@ -164,7 +166,10 @@ def train_two_tower(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            bar.update()
         epoch_losses.append(round(float(np.mean(losses)), 4))
+        bar.note(epoch=epoch + 1, loss=epoch_losses[-1])
+    bar.close()
     model.eval()
     # The item vectors the index will hold, computed once from the same item features.
     model.item_vectors = all_item_vectors(model, batcher, n_items)

@@ -192,7 +192,9 @@ def logged_malformed(running: stack.Stack, before: dict[str, int]) -> dict[str, 
         except OSError:
             lines = []
         counts[service.name] = sum(
-            int(match[1]) for line in lines[before[service.name] :] if (match := SUMMARY.search(line))
+            int(match[1])
+            for line in lines[before[service.name] :]
+            if (match := SUMMARY.search(line))
         )
     return counts
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import stack

@@ -204,7 +204,11 @@ def evaluate_baselines(
     rows = []
     for protocol, model in track(jobs, f"baselines {dataset.name}", "models", enabled=progress):
         train, test = _split(dataset, protocol)
-        row = {"dataset": dataset.name, "protocol": protocol, "model": model.name}
+        row: dict[str, object] = {
+            "dataset": dataset.name,
+            "protocol": protocol,
+            "model": model.name,
+        }
         started = time.perf_counter()
         try:
             model.fit(train, dataset.n_users, n_items)

@@ -74,9 +74,7 @@ class Progress:
         self.every_update = lines  # a line per update, not per tenth
         self._bar: tqdm | None = None
         if self.enabled and self.terminal and not lines:
-            self._bar = tqdm(
-                total=total, unit=f" {unit}", desc=what, file=self.stream, leave=False
-            )
+            self._bar = tqdm(total=total, unit=f" {unit}", desc=what, file=self.stream, leave=False)
 
     def update(self, n: float = 1, **notes: object) -> None:
         """`n` more units done; `notes` (epoch=3, loss=0.41) are shown beside the count."""

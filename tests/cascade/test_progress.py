@@ -15,7 +15,9 @@ from cascade import progress as progress_module
 from cascade.data import tabular
 from cascade.progress import Progress, progress, track
 
-SUMMARY = re.compile(r"^(?P<what>.+): (?P<n>[\d,.]+) (?P<unit>\w+) in .+ \((?P<rate>[\d,.]+) \3/s\)")
+SUMMARY = re.compile(
+    r"^(?P<what>.+): (?P<n>[\d,.]+) (?P<unit>\w+) in .+ \((?P<rate>[\d,.]+) \3/s\)"
+)
 
 
 class Terminal(io.StringIO):

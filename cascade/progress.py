@@ -24,7 +24,7 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 LINE_EVERY_FRACTION = 0.1  # off a terminal: a line each tenth of the total ...
-LINE_EVERY_S = 10.0  # ... or after this long without one (also when the total is unknown)
+LINE_EVERY_S = 30.0  # ... or after this long without one (also when the total is unknown)
 
 
 def _is_lead_process() -> bool:

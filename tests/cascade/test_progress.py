@@ -60,16 +60,16 @@ def test_off_a_terminal_it_writes_plain_lines_each_tenth_and_a_summary(clock):
     assert SUMMARY.match(lines[-1])
 
 
-def test_an_unknown_total_gets_a_line_every_ten_seconds(clock):
+def test_an_unknown_total_gets_a_line_every_thirty_seconds(clock):
     stream = io.StringIO()
     with progress("import plays.csv", total=None, unit="rows", stream=stream) as bar:
         for _ in range(5):
-            clock.now += 4.0
+            clock.now += 12.0
             bar.update(1000)
     lines = stream.getvalue().splitlines()
     assert lines == [
-        "import plays.csv: 3,000 rows, 250 rows/s",  # 12 s: the first line after 10 s
-        "import plays.csv: 5,000 rows in 20.0 s (250 rows/s)",
+        "import plays.csv: 3,000 rows, 83.3 rows/s",  # 36 s: the first line after 30 s
+        "import plays.csv: 5,000 rows in 1:00 (83.3 rows/s)",
     ]
 
 

@@ -113,13 +113,6 @@ class Progress:
         finally:
             self._bar.refresh()
 
-    def write(self, message: str) -> None:
-        """A message of the work's own, printed above the bar instead of through it."""
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
-
     def close(self, summary: bool = True) -> None:
         """Ends the bar and prints the summary line (once); `summary=False`: work that failed."""
         if self._closed:

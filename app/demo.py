@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app import stack
 from cascade.data import DataError, dataset_folder, load_dataset
+from cascade.progress import Progress
 from cascade.topology import DEFAULT_METRICS_PORTS, ports_from
 from cascade.v1 import gateway_pb2
 from gateway.cli import LEGEND, page_table, plural
@@ -105,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ports = ports_from(args.base_port)
     metrics = {n: args.base_port and port for n, port in DEFAULT_METRICS_PORTS.items()}
+    # Each step prints output of its own, so the bar is drawn as one line per step.
+    steps = Progress("demo", 4, "steps", lines=True)
     try:
         stack.ensure_bundle(args.artifacts, args.data_dir, args.dataset)  # data, then every model
+        steps.update(step="data and bundle ready")
         dataset = load_dataset(args.dataset, args.data_dir)
         items = dataset.items
         if args.users is None:
@@ -122,12 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_ports=metrics,
             quiet=False,
         ) as running:
+            steps.update(step="stack started")
             client = CascadeClient(running.address("gateway"), timeout_s=5.0)
             changed = run_demo(client, titles, args.users, args.count)
+            steps.update(step="recommended, played, asked again")
     except stack.StackError as error:
         print(f"cascade demo: {error}", file=sys.stderr)
         return 1
     print("stack stopped")
+    steps.update(step="stack stopped")
+    steps.close()
     return 0 if changed else 1
 
 

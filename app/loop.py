@@ -31,7 +31,7 @@ from cascade.config import SettingsError
 from cascade.data import load_dataset
 from cascade.data.synthetic import SyntheticConfig
 from cascade.profiles import default_profile, load_profile
-from cascade.topology import STAGES
+from cascade.topology import GATEWAY, STAGES
 from gateway.arms import Arm
 from gateway.client import CascadeClient
 from research.loop_report import headline, plot, to_markdown
@@ -147,7 +147,7 @@ def daily_retrain(
     if args.retrain != "daily":
         return None
     return DailyRetrain(
-        {s: running.address(s) for s in STAGES if running.has(s)},
+        {s: running.address(s) for s in (GATEWAY.name, *STAGES) if running.has(s)},
         artifacts,
         dataset,
         args,

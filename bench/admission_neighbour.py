@@ -40,6 +40,7 @@ from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 NEIGHBOUR = """
 import numpy as np
 a = np.random.default_rng(0).random((256, 256))
+print("running", flush=True)  # the bench starts its requests once every neighbour says so
 while True:
     a = np.tanh(a @ a.T / 256.0)
 """
@@ -89,10 +90,15 @@ def with_neighbours(count: int, run):
     """`run()` while `count` CPU-bound processes (one thread each) run beside it."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     neighbours = [
-        subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env) for _ in range(count)
+        subprocess.Popen(
+            [sys.executable, "-c", NEIGHBOUR], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(count)
     ]
     try:
-        time.sleep(1.0)  # running flat out before the first request
+        for process in neighbours:  # each in its loop before the first request
+            if process.stdout is None or process.stdout.readline() != "running\n":
+                raise RuntimeError(f"a neighbour exited with {process.wait()} before running")
         return run()
     finally:
         for process in neighbours:
@@ -171,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["neighbour"] = with_neighbours(args.neighbours, lambda: one_at_a_time(*lone))
         report["load_average"]["neighbour_end"] = round(os.getloadavg()[0], 2)
         print("neighbour:", json.dumps(report["neighbour"]), flush=True)
-        time.sleep(2.0)  # the neighbours' CPU is given back before the next case
+        # with_neighbours returns once it reaped them: their CPU is back for the next case.
         answers, seconds = open_loop(
             target, users, 0.5 * rate_s, args.duration / 2, args.timeout, args.sender_processes
         )

@@ -75,6 +75,7 @@ def faults(running: stack.Stack, start: float, redis, log: list) -> None:
     def note(event: str, **facts) -> None:
         log.append({"at_s": round(time.perf_counter() - start, 2), "event": event, **facts})
 
+    # The sleeps keep the timeline (each kill at its second): they wait for a time, not a state.
     time.sleep(max(0.0, start + KILL_AT_S - time.perf_counter()))
     for name in ("gateway", "recall"):
         os.kill(next(s.pid for s in running.services if s.name == name), signal.SIGKILL)

@@ -57,6 +57,8 @@ def inject(running: stack.Stack, start: float, new_version: str, root: Path, log
     def note(event: str, **facts) -> None:
         log.append({"at_s": round(time.perf_counter() - start, 3), "event": event, **facts})
 
+    # The sleeps keep the timeline (each fault at its second, for its duration): they wait for a
+    # time, not for a state; the restarts wait for SERVING.
     for name, stage, at_s, lasts_s in FAULTS:
         time.sleep(max(0.0, start + at_s - time.perf_counter()))
         if name == "kill":

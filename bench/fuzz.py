@@ -9,7 +9,8 @@ serve beside their own) gets an equal share of the payloads, in three
 kinds drawn from one seeded generator: random bytes, a valid request with bytes flipped, cut or
 inserted, and a valid request of random field values (extreme integers, long strings). Reported:
 the status codes per method, the log lines the servers wrote per 1,000 payloads (read from their
-log files once the summary interval has passed, so held-back counts are written), the servers'
+log files once their summary lines account for every malformed request their metrics counted,
+so held-back counts are written), the servers'
 `cascade_malformed_requests_total`, and whether every server still answers (health SERVING, a
 Recommend with items). Writes fuzz.json and fuzz.md.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -167,6 +169,10 @@ def payload(kind: str, method: descriptor.MethodDescriptor, rng: np.random.Gener
     return mutate(valid, rng) if kind == "mutated valid" else valid
 
 
+# A summary line of cascade/malformed.py: "<stage>: 12 malformed requests answered ...".
+SUMMARY = re.compile(r"(\d+) malformed requests? answered INVALID_ARGUMENT")
+
+
 def log_lines(running: stack.Stack) -> dict[str, int]:
     counts = {}
     for service in running.services:
@@ -175,6 +181,38 @@ def log_lines(running: stack.Stack) -> dict[str, int]:
         except OSError:
             counts[service.name] = 0
     return counts
+
+
+def logged_malformed(running: stack.Stack, before: dict[str, int]) -> dict[str, int]:
+    """Per server, the malformed requests its summary lines after line `before[name]` count."""
+    counts = {}
+    for service in running.services:
+        try:
+            lines = Path(service.log).read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        counts[service.name] = sum(
+            int(match[1])
+            for line in lines[before[service.name] :]
+            if (match := SUMMARY.search(line))
+        )
+    return counts
+
+
+def wait_summaries_logged(running: stack.Stack, before: dict[str, int], timeout_s: float) -> None:
+    """Until each server's summary lines account for every malformed request its metrics count:
+    the rest of a burst is logged when the summary interval ends (cascade/malformed.py), so the
+    lines are counted after that, not before. RuntimeError naming both counts when time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counted, logged = malformed_counts(running), logged_malformed(running, before)
+        if all(logged.get(name, 0) >= count for name, count in counted.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"malformed requests counted {counted} but logged {logged} after {timeout_s} s"
+            )
+        time.sleep(0.2)
 
 
 def malformed_counts(running: stack.Stack) -> dict[str, float]:
@@ -241,8 +279,7 @@ def fuzz(running: stack.Stack, payloads: int, seed: int, timeout_s: float) -> di
                 except grpc.RpcError as error:
                     counter[error.code().name] += 1
     seconds = time.perf_counter() - started
-    # Held-back summary counts are written once the interval ends: wait for them, then count.
-    time.sleep(SUMMARY_INTERVAL_S + 1.0)
+    wait_summaries_logged(running, before, timeout_s=3 * SUMMARY_INTERVAL_S)
     after = log_lines(running)
     sent = per_method * len(targets)
     lines = {name: after[name] - before[name] for name in after}

@@ -26,10 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import stack
 from bench.answers import Answer, ask_traced, percentiles
 from bench.load import fixed_rate
+from bench.replicas import scrape
 from cascade.server import free_port
 
 WARM_S, PAUSE_AT_S, PAUSE_S, AFTER_S = 5.0, 10.0, 10.0, 10.0
@@ -52,6 +54,33 @@ def window(answers: list[Answer], start_s: float, end_s: float) -> dict:
         "failed": len(inside) - len(ok),
         **percentiles([a.latency_ms for a in ok]),
     }
+
+
+def serving_replicas(gateway: stack.Service, stage: str) -> int:
+    """The replicas of `stage` the gateway counts as serving, from its own /metrics."""
+    for family in text_string_to_metric_families(scrape(gateway)):
+        for sample in family.samples:
+            if sample.name == "cascade_gateway_replicas" and sample.labels == {
+                "stage": stage,
+                "state": "serving",
+            }:
+                return int(sample.value)
+    return 0
+
+
+def wait_serving_replicas(
+    gateway: stack.Service, stage: str, count: int, timeout_s: float, poll_s: float = 0.1
+) -> None:
+    """Until the gateway serves `count` replicas of `stage`: a replica started after it is
+    taken in by its health prober (gateway/replicas.py). RuntimeError when time is up."""
+    deadline = time.monotonic() + timeout_s
+    while (serving := serving_replicas(gateway, stage)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the gateway serves {serving} {stage} replicas after {timeout_s} s, not {count} "
+                f"(its log: {gateway.log})"
+            )
+        time.sleep(poll_s)
 
 
 def run_variant(
@@ -80,10 +109,13 @@ def run_variant(
     ) as running:
         paused = stack.add_replica(running, "rank", second_port)
         target = running.address("gateway")
-        time.sleep(2.0)  # the gateway's prober takes the late second replica in
+        gateway = next(s for s in running.services if s.name == "gateway")
+        wait_serving_replicas(gateway, "rank", 2, timeout_s=30.0)
         events: list = []
         start = time.perf_counter() + 0.5
 
+        # The sleeps below keep the fault's schedule (pause at 10 s, resume at 20 s from the
+        # start of the load): they wait for a time, not for a state.
         def pause() -> None:
             time.sleep(max(0.0, start + PAUSE_AT_S - time.perf_counter()))
             os.kill(paused.pid, signal.SIGSTOP)

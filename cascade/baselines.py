@@ -13,11 +13,11 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import global_time_cut, per_user_temporal, take
 from cascade.evaluation import UserItems, evaluate_ranking
+from cascade.progress import track
 
 # Below this many evaluated users the averages rest on too few users to separate models reliably
 # (ml-100k's global time cut leaves about a hundred).
@@ -202,9 +202,13 @@ def evaluate_baselines(
     models = list(models) if models is not None else default_models()
     jobs = [(protocol, model) for protocol in protocols for model in models]
     rows = []
-    for protocol, model in tqdm(jobs, desc=f"baselines {dataset.name}", disable=not progress):
+    for protocol, model in track(jobs, f"baselines {dataset.name}", "models", enabled=progress):
         train, test = _split(dataset, protocol)
-        row = {"dataset": dataset.name, "protocol": protocol, "model": model.name}
+        row: dict[str, object] = {
+            "dataset": dataset.name,
+            "protocol": protocol,
+            "model": model.name,
+        }
         started = time.perf_counter()
         try:
             model.fit(train, dataset.n_users, n_items)

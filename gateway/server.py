@@ -288,6 +288,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def ChangeFollows(self, request, context: grpc.ServicerContext):
         return self.updates.change_follows(request, context)
 
+    def Version(self, request, context: grpc.ServicerContext) -> gateway_pb2.VersionResponse:
+        return gateway_pb2.VersionResponse(catalog_version=self.catalog.version)
+
     def _store_shared(
         self, shared: RedisState, table: pa.Table, context: grpc.ServicerContext
     ) -> None:

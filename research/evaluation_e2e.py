@@ -35,6 +35,7 @@ from cascade.data import DataError, dataset_folder, load_dataset
 from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.profiles import ABOUT, Profile, default_profile, evaluation_profile, load_profile
+from cascade.progress import track
 from cascade.telemetry import new_registry
 from cascade.v1 import common_pb2
 from gateway.pipeline import Budget, Cascade
@@ -240,7 +241,7 @@ def cascade_pages(
     funnel_lists: dict[str, list[np.ndarray]] = {"recall": [], "prerank": [], "rank": []}
     degraded = {"cascade": 0, "cuts": 0}
     latencies = []
-    for row, user_id in enumerate(users.tolist()):
+    for row, user_id in enumerate(track(users.tolist(), "evaluate cascade", "users")):
         started = time.perf_counter()
         answer = client.recommend(user_id, count=K)
         latencies.append(time.perf_counter() - started)

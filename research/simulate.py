@@ -42,6 +42,7 @@ from cascade.data.synthetic import (
     uploaders,
 )
 from cascade.data.two_sided import Supply, reference_plays
+from cascade.progress import Progress
 from gateway.arms import Arm, assign
 from gateway.client import EVENT_TYPES, Event
 
@@ -451,10 +452,14 @@ def simulate(
     rows: Impressions = state["rows"]
     positions = np.arange(config.page_size)
     session: int = state["session"]
+    per_day = float(activity.sum()) * config.sessions_per_day  # sessions a day, on average
+    bar = Progress("simulate", round(per_day * (config.days - state["day"])), "sessions")
     for day in range(state["day"], config.days):
         schedule, catalog_rng, rng = streams["schedule"], streams["catalog"], streams["answers"]
         sessions = schedule.poisson(activity * config.sessions_per_day)
         who = np.repeat(users, sessions)
+        bar.set_total(bar.n + len(who) + round(per_day * (config.days - day - 1)))
+        bar.note(day=f"{day + 1}/{config.days}")
         when = start + day * DAY + schedule.integers(0, DAY, len(who))
         world.now = start + day * DAY
         uploads = world.draw_uploads(config.uploads_per_day, start + day * DAY, catalog_rng)
@@ -498,6 +503,7 @@ def simulate(
                 explored=np.zeros(len(shown), bool) if page.explored is None else page.explored,
             )
             session += 1
+            bar.update()
         released = uploads.due(None)  # the day's last uploads, after its last session
         if released is not None:
             for policy in policies.values():
@@ -506,9 +512,11 @@ def simulate(
             for policy in policies.values():
                 policy.end_of_day()
         if on_day_end is not None:
-            on_day_end(day)
+            with bar.paused():  # a daily retrain prints and trains with bars of its own
+                on_day_end(day)
         if checkpoint is not None:
             _save(checkpoint, day + 1, session, rows, world, policies, streams)
+    bar.close()
     return rows.columns()
 
 

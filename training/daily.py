@@ -1,6 +1,7 @@
 """The daily retrain driver: after a day of serving, fold the stack's event log into the training
 data, publish the next bundle, and wait until every stage answers from it (each stage's own RPC
-reports the model version it served)."""
+reports the model version it served) and the gateway's catalogue is loaded from it (its Version
+RPC)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import grpc
 
 from cascade.artifacts import Bundle
 from cascade.eventlog_increment import read_log_since
-from cascade.topology import STAGES
+from cascade.topology import GATEWAY, STAGES
 from cascade.v1 import (
     common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
     prerank_pb2,
     prerank_pb2_grpc,
     rank_pb2,
@@ -34,7 +37,8 @@ POLL_S = 0.5  # how often the stages are asked again while a reload is under way
 class DailyRetrain:
     """After each simulated day but the last: fold the stack's event log into the training data,
     publish a new bundle and wait until every stage of the stack serves it. `stages` maps each
-    running stage to its address."""
+    running service (the gateway, whose catalogue reloads from the bundle too, and the stages) to
+    its address."""
 
     def __init__(
         self,
@@ -79,13 +83,16 @@ class DailyRetrain:
 
 
 def serving_versions(stages: Mapping[str, str], timeout_s: float = 5.0) -> dict[str, str]:
-    """The bundle version each stage answers from, as its own RPC reports it: one anonymous
-    request for one item through recall -> prerank -> rank -> rerank (user 0 has no history or
-    store entry to change). A stage that does not answer maps to its gRPC code's name."""
+    """The bundle version each service answers from, as its own RPC reports it: the gateway's
+    Version (its catalogue), and one anonymous request for one item through recall -> prerank ->
+    rank -> rerank (user 0 has no history or store entry to change). A service that does not
+    answer maps to its gRPC code's name."""
     versions: dict[str, str] = {}
     user = common_pb2.UserContext(user_id=0)
     channels = {stage: grpc.insecure_channel(address) for stage, address in stages.items()}
     try:
+        if GATEWAY.name in channels:
+            versions[GATEWAY.name] = _gateway_version(channels[GATEWAY.name], timeout_s)
         candidates = common_pb2.CandidateList()
         for stage in (s for s in STAGES if s in channels):
             call, request = _probe(stage, channels[stage], user, candidates)
@@ -102,6 +109,17 @@ def serving_versions(stages: Mapping[str, str], timeout_s: float = 5.0) -> dict[
         for channel in channels.values():
             channel.close()
     return versions
+
+
+def _gateway_version(channel: grpc.Channel, timeout_s: float) -> str:
+    try:
+        reply = gateway_pb2_grpc.GatewayStub(channel).Version(
+            gateway_pb2.VersionRequest(), timeout=timeout_s
+        )
+    except grpc.RpcError as error:
+        code = error.code() if isinstance(error, grpc.Call) else None
+        return code.name if code is not None else "UNAVAILABLE"
+    return reply.catalog_version
 
 
 def _probe(
@@ -128,8 +146,9 @@ def _probe(
 
 
 def wait_for_version(stages: Mapping[str, str], version: str, timeout_s: float) -> None:
-    """Until every stage reports answering from `version` (a hot reload swaps the model between
-    two requests, cascade/reload.py); RuntimeError naming what each serves when time is up."""
+    """Until every service reports answering from `version` (a hot reload swaps the model, or the
+    gateway's catalogue, between two requests: cascade/reload.py); RuntimeError naming what each
+    serves when time is up."""
     deadline = time.monotonic() + timeout_s
     while True:
         versions = serving_versions(stages)

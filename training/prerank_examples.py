@@ -17,6 +17,7 @@ from cascade.artifacts import Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import consumed_before, history_before
+from cascade.progress import track
 from services.prerank.requests import Requests
 from services.rank.scorer import RankScorer
 from services.recall.channels import RecallContext
@@ -48,7 +49,10 @@ def recall_candidates(
     """(R, count) merged candidates per request (0-padded) and their validity mask;
     `channel_masks`, an (R, count) uint32 array when given, receives their channel tags."""
     item_ids = np.zeros((len(user_ids), count), dtype=np.int64)
-    for row, (user, t) in enumerate(zip(user_ids.tolist(), ts.tolist(), strict=True)):
+    requests = track(
+        zip(user_ids.tolist(), ts.tolist(), strict=True), "recall candidates", "requests", len(ts)
+    )
+    for row, (user, t) in enumerate(requests):
         recent = history[row][history[row] > 0]
         context = RecallContext(int(user), recent, int(t), True, consumed[row])
         found = merger.recall(context, count, consumed[row]).candidates

@@ -16,9 +16,9 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-from tqdm import tqdm
 
 from cascade.data.schema import MAX_CATEGORIES, Dataset
+from cascade.progress import progress as progress_bar
 
 DAY = 86_400
 GENRES = (
@@ -623,7 +623,7 @@ def _exposures(config, policy, follow_index, items, truth, account, progress) ->
     columns = {name: np.empty(total, dtype=dtype) for name, dtype in dtypes.items()}
     chunk = max(1, int(1_000_000 // max(1.0, config.impressions_per_user)))
     offset = 0
-    with tqdm(total=n, unit="user", desc="impressions", disable=not progress) as bar:
+    with progress_bar("synthetic impressions", n, "users", enabled=progress) as bar:
         for index, first in enumerate(range(0, n, chunk)):
             users = np.arange(first + 1, min(first + chunk, n) + 1, dtype=np.int64)
             rows = _chunk(

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from cascade.data.schema import DataError
+from cascade.progress import Progress
 
 BATCH_BYTES = 16 << 20  # CSV block size: one batch holds about this much text
 PROGRESS_BYTES = 32 << 20  # files at least this large get a progress bar
@@ -103,30 +103,22 @@ class Source:
         any bad value) and as stored for Parquet. Short or long CSV rows raise with their line."""
         columns = list(dict.fromkeys(columns))
         self.require(columns)
-        size = self.path.stat().st_size
-        bar = tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=self.path.name,
-            disable=not progress or size < PROGRESS_BYTES,
-            leave=False,
+        enabled = progress and self.path.stat().st_size >= PROGRESS_BYTES
+        bar = Progress(f"import {self.path.name}", None, "rows", enabled=enabled)
+        yield from (
+            self._parquet(columns, bar) if self.kind == "parquet" else self._text(columns, bar)
         )
-        try:
-            yield from (
-                self._parquet(columns, bar) if self.kind == "parquet" else self._text(columns, bar)
-            )
-        finally:
-            bar.close()
+        bar.set_total(bar.n)
+        bar.close()  # the summary only when the whole file was read
 
-    def _parquet(self, columns: list[str], bar: tqdm) -> Iterator[pa.Table]:
+    def _parquet(self, columns: list[str], bar: Progress) -> Iterator[pa.Table]:
         parquet = pq.ParquetFile(self.path)
-        per_row = self.path.stat().st_size / max(parquet.metadata.num_rows, 1)
+        bar.set_total(parquet.metadata.num_rows)
         for batch in parquet.iter_batches(batch_size=1 << 20, columns=columns):
-            bar.update(int(batch.num_rows * per_row))
+            bar.update(batch.num_rows)
             yield pa.Table.from_batches([batch])
 
-    def _text(self, columns: list[str], bar: tqdm) -> Iterator[pa.Table]:
+    def _text(self, columns: list[str], bar: Progress) -> Iterator[pa.Table]:
         names = self.header()
         bad_rows: list[int] = []
 
@@ -155,7 +147,7 @@ class Source:
                 if "Empty CSV file" in str(error):
                     return  # header only: the caller reports "no data rows"
                 raise DataError(f"{self.path}: cannot be read as CSV ({error})") from None
-            last = 0
+            size = self.path.stat().st_size
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -169,9 +161,9 @@ class Source:
                         f"{self.path} line {line}: expected {len(names)} fields separated by "
                         f"{self.delimiter!r} like the header; check the delimiter and quoting"
                     )
-                position = handle.tell()
-                bar.update(position - last)
-                last = position
+                # The row count is known only at the end: estimated from the bytes read so far.
+                bar.set_total(round((bar.n + batch.num_rows) * size / max(handle.tell(), 1)))
+                bar.update(batch.num_rows)
                 yield pa.Table.from_batches([batch])
 
 

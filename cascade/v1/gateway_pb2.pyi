@@ -65,6 +65,45 @@ EVENT_TYPE_SKIP: EventType.ValueType  # 7
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
+class VersionRequest(_message.Message):
+    """Asks for nothing: Version reports the gateway's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionRequest: _TypeAlias = VersionRequest  # noqa: Y015
+
+@_typing.final
+class VersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    catalog_version: _builtins.str
+    """Bundle version the gateway's catalogue (validation, fallbacks, id maps) is loaded from; it
+    changes on a hot reload, like each stage's model_version.
+    """
+    def __init__(
+        self,
+        *,
+        catalog_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionResponse: _TypeAlias = VersionResponse  # noqa: Y015
+
+@_typing.final
 class RecommendRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

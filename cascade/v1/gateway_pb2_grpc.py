@@ -55,6 +55,11 @@ class GatewayStub:
                 request_serializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsRequest.SerializeToString,
                 response_deserializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsResponse.FromString,
                 _registered_method=True)
+        self.Version = channel.unary_unary(
+                '/cascade.v1.Gateway/Version',
+                request_serializer=cascade_dot_v1_dot_gateway__pb2.VersionRequest.SerializeToString,
+                response_deserializer=cascade_dot_v1_dot_gateway__pb2.VersionResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -89,6 +94,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Version(self, request, context):
+        """What the gateway serves from, without side effects (nothing logged, nothing counted): a
+        retrain driver asks it until a newly published bundle's catalogue is loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ChangeFollows,
                     request_deserializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsRequest.FromString,
                     response_serializer=cascade_dot_v1_dot_catalog__pb2.ChangeFollowsResponse.SerializeToString,
+            ),
+            'Version': grpc.unary_unary_rpc_method_handler(
+                    servicer.Version,
+                    request_deserializer=cascade_dot_v1_dot_gateway__pb2.VersionRequest.FromString,
+                    response_serializer=cascade_dot_v1_dot_gateway__pb2.VersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +239,33 @@ class Gateway:
             '/cascade.v1.Gateway/ChangeFollows',
             cascade_dot_v1_dot_catalog__pb2.ChangeFollowsRequest.SerializeToString,
             cascade_dot_v1_dot_catalog__pb2.ChangeFollowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Version(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Gateway/Version',
+            cascade_dot_v1_dot_gateway__pb2.VersionRequest.SerializeToString,
+            cascade_dot_v1_dot_gateway__pb2.VersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class GatewayStub:
     """
     ChangeFollows: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ChangeFollowsRequest, _catalog_pb2.ChangeFollowsResponse]
     """Follow / unfollow: logged, then seen by recall's follow channel from the next request."""
+    Version: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VersionRequest, _gateway_pb2.VersionResponse]
+    """What the gateway serves from, without side effects (nothing logged, nothing counted): a
+    retrain driver asks it until a newly published bundle's catalogue is loaded.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -56,6 +60,10 @@ class GatewayAsyncStub(GatewayStub):
     """
     ChangeFollows: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ChangeFollowsRequest, _catalog_pb2.ChangeFollowsResponse]  # type: ignore[assignment]
     """Follow / unfollow: logged, then seen by recall's follow channel from the next request."""
+    Version: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VersionRequest, _gateway_pb2.VersionResponse]  # type: ignore[assignment]
+    """What the gateway serves from, without side effects (nothing logged, nothing counted): a
+    retrain driver asks it until a newly published bundle's catalogue is loaded.
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -91,5 +99,15 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.ChangeFollowsResponse, _abc.Awaitable[_catalog_pb2.ChangeFollowsResponse]]:
         """Follow / unfollow: logged, then seen by recall's follow channel from the next request."""
+
+    @_abc_1.abstractmethod
+    def Version(
+        self,
+        request: _gateway_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.VersionResponse, _abc.Awaitable[_gateway_pb2.VersionResponse]]:
+        """What the gateway serves from, without side effects (nothing logged, nothing counted): a
+        retrain driver asks it until a newly published bundle's catalogue is loaded.
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

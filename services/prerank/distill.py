@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cascade.data.schema import Dataset
 from cascade.features import FeatureSpec, encode_by_id
+from cascade.progress import Progress
 from services.prerank.model import Student, StudentConfig
 from services.prerank.requests import Requests
 
@@ -152,6 +153,8 @@ def train_student(
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(requests).items()}
     generator = torch.Generator().manual_seed(config.seed)
     started, history = time.perf_counter(), []
+    batches = -(-len(requests.user_ids) // config.requests_per_batch)  # per epoch
+    bar = Progress("train prerank", config.epochs * batches, "batches")
     for epoch in range(config.epochs):
         model.train()
         total, steps = 0.0, 0
@@ -187,8 +190,11 @@ def train_student(
             loss.backward()
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
+            bar.update()
         history.append({"epoch": epoch + 1, "loss": round(total / max(steps, 1), 5)})
         log.info("epoch %d: loss %.5f", epoch + 1, total / max(steps, 1))
+        bar.note(epoch=epoch + 1, loss=history[-1]["loss"])
+    bar.close()
     model.eval()
     info = {
         "epochs": history,

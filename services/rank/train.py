@@ -21,6 +21,7 @@ from cascade.artifacts import BundleWriter
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit
 from cascade.features import FeatureSpec
+from cascade.progress import Progress
 from cascade.rows import OfflineRows, Rows, input_names
 from services.rank.cold_start import ItemIdDropout, learn_unknown_rows
 from services.rank.debias import ips_weights, known_examination, position_ids
@@ -242,6 +243,8 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     best, best_loss, stale, history = None, np.inf, 0, []
     started = time.perf_counter()
+    batches = -(-len(targets) // config.batch_size)  # per epoch; early stopping may end sooner
+    bar = Progress("train rank", config.max_epochs * batches, "batches")
     for epoch in range(config.max_epochs):
         model.train()
         order = torch.randperm(len(targets), generator=generator)
@@ -258,18 +261,21 @@ def fit(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            bar.update()
         val_p = predict(model, val_rows, spec, positions=val_positions)  # training objective
         val_loss = float(
             np.mean([metrics.logloss(val_labels[:, i], val_p[:, i]) for i in range(len(tasks))])
         )
         history.append({"epoch": epoch + 1, "validation_logloss": val_loss})
         log.info("epoch %d: validation logloss %.5f", epoch + 1, val_loss)
+        bar.note(epoch=epoch + 1, validation_logloss=round(val_loss, 5))
         if val_loss < best_loss - 1e-5:
             best, best_loss, stale = copy.deepcopy(model.state_dict()), val_loss, 0
         else:
             stale += 1
             if stale > config.patience:
                 break
+    bar.close()
     if best is None:
         raise ValueError(f"no epoch gave a finite validation logloss ({history})")
     model.load_state_dict(best)

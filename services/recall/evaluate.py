@@ -30,6 +30,7 @@ from cascade.data.split import split_dataset
 from cascade.evaluation import UserItems
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
+from cascade.progress import track
 from services.recall.channels import RecallContext
 from services.recall.merge import Merger
 from services.recall.server import RecallSettings, build_channels
@@ -96,7 +97,7 @@ def evaluate_dataset(
     bits = np.array([channel_bit(n) for n in names], dtype=np.uint32)
     upload_ts = np.zeros(n_items, dtype=np.int64)
     upload_ts[dataset.items["item_id"]] = dataset.items["upload_ts"]
-    for row, user in enumerate(users):
+    for row, user in enumerate(track(users, "evaluate recall", "users")):
         history = store.history(np.array([user]))[0]
         context = RecallContext(int(user), history[history > 0], int(first_test[user]), True)
         consumed = store.consumed(int(user))

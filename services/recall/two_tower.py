@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cascade.data.schema import Dataset, Table
 from cascade.features import FeatureSpec, content_width, encode_by_id, history_before
+from cascade.progress import Progress
 from services.recall.model import TwoTower, corrected_logits
 
 
@@ -177,7 +177,9 @@ def train_two_tower(
     dropout = id_dropout(spec, config)
     drop_rates = id_dropout_rates(item_plays, dropout, config.id_dropout_plays)
     epoch_losses = []
-    for _ in tqdm(range(config.epochs), desc="two-tower", disable=not progress):
+    batches = n // batch_size  # full batches per epoch
+    bar = Progress("train recall two-tower", config.epochs * batches, "batches", enabled=progress)
+    for epoch in range(config.epochs):
         order = rng.permutation(n)
         losses = []
         model.train()
@@ -203,7 +205,10 @@ def train_two_tower(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            bar.update()
         epoch_losses.append(round(float(np.mean(losses)), 4))
+        bar.note(epoch=epoch + 1, loss=epoch_losses[-1])
+    bar.close()
     model.eval()
     # Items nobody played in training are served as an upload is: without their (untrained) id.
     model.cold_items = (item_plays == 0) if dropout > 0 else np.zeros(n_items, bool)

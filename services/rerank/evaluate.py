@@ -26,6 +26,7 @@ from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
 from cascade.files import with_other_datasets
 from cascade.metrics import ild_cosine, ild_jaccard, ndcg_at_k, top_k
+from cascade.progress import track
 from services.rerank.reranker import RerankConfig, Reranker
 from services.rerank.rules import Rules
 from services.rerank.train import item_embeddings
@@ -71,7 +72,7 @@ def evaluate(name: str, data_dir: Path, max_users: int, seed: int = 0) -> dict:
     zero_masks = np.zeros(N_CANDIDATES, dtype=np.uint32)
     for method, trade_off in settings:
         pages = np.zeros((len(users), PAGE), dtype=np.int64)
-        for row in range(len(users)):
+        for row in track(range(len(users)), f"evaluate rerank {method}", "users"):
             listed = Candidates(candidates[row], scores[row].astype(np.float32), zero_masks)
             page = engine.rerank(listed, PAGE, method=method, trade_off=trade_off)
             pages[row] = page.candidates.item_ids

@@ -125,7 +125,8 @@ def build_bundle(
         max_test_rows=sizes.rank_rows // 2,
         item_id_dropout=sizes.rank_item_id_dropout,
     )
-    model, prepared, info = train(dataset, train_config, ModelConfig())
+    model_config = ModelConfig(content=True)  # the variant measured: the ranker reads content
+    model, prepared, info = train(dataset, train_config, model_config)
     writer = BundleWriter(artifacts, "v1")
     write_component(
         writer,
@@ -133,7 +134,7 @@ def build_bundle(
         prepared.spec,
         dataset.name,
         train_config,
-        ModelConfig(),
+        model_config,
         info,
         prepared.test[0],
     )

@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         "the ranker learns to score uploads it has never seen (services/rank/cold_start.py; "
         f"default: {TrainConfig.item_id_dropout})",
     )
+    parser.add_argument(
+        "--content",
+        action="store_true",
+        help="read the item's content vector (datasets whose items carry one); default: ignored",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         ips=args.ips,
         item_id_dropout=args.item_id_dropout,
     )
-    model_config = ModelConfig(position_tower=args.position_tower)
+    model_config = ModelConfig(position_tower=args.position_tower, content=args.content)
     from cascade.artifacts import ArtifactError, Bundle
 
     bundle: Bundle | None

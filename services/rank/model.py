@@ -43,6 +43,10 @@ class ModelConfig:
     # (services/rank/debias.py): the served score (forward, the ONNX graph) never reads it.
     position_tower: bool = False
     position_slots: int = 10  # slots it tells apart; later ones share the last slot's logit
+    # Read the item's content vector (the dense "content" field, when the items carry one). Off
+    # by default: trained briefly it ranked held-out uploads at 0.757x the ranker without it
+    # (`make bench-content-cold-start`); the two-tower's content part is where it helps.
+    content: bool = False
 
 
 class FieldEmbeddings(nn.Module):
@@ -57,7 +61,7 @@ class FieldEmbeddings(nn.Module):
         chosen = config.context_fields
         self.ignored = {
             f.name for f in spec.of("context") if chosen is not None and f.name not in chosen
-        }
+        } | {f.name for f in spec.fields if f.kind == "dense" and not config.content}
         self.tables = nn.ModuleDict()
         self.first_order = nn.ModuleDict()
         self.widths = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -108,9 +110,12 @@ def test_an_uploads_content_reaches_the_rankers_rows_and_its_score(tmp_path):
     dataset.items["content"] = rng.normal(0, 1, (len(dataset.items["item_id"]), 3)).astype(
         np.float32
     )
-    model, prepared, info = train(dataset, TRAIN, MODEL)
+    model_config = dataclasses.replace(MODEL, content=True)
+    model, prepared, info = train(dataset, TRAIN, model_config)
     writer = BundleWriter(tmp_path, "v1")
-    write_component(writer, model, prepared.spec, "ml-100k", TRAIN, MODEL, info, prepared.test[0])
+    write_component(
+        writer, model, prepared.spec, "ml-100k", TRAIN, model_config, info, prepared.test[0]
+    )
     writer.commit()
     split = prepared.split
     store = InMemoryFeatureStore(

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from app import stack
 from app.profiles import train_settings
-from cascade.artifacts import Bundle, publish
 from cascade import profiles
+from cascade.artifacts import Bundle, publish
 from cascade.config import SettingsError, load_settings
 from cascade.data import load_dataset
 from cascade.data.synthetic import SyntheticConfig, exposure_target

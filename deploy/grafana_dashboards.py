@@ -338,11 +338,7 @@ def models() -> dict:
         ),
         panel(
             "Traffic pool: slots per second by arm",
-            [
-                target(
-                    f"sum by (arm) (rate(cascade_gateway_pool_slots_total[{WINDOW}]))", "{{arm}}"
-                )
-            ],
+            [target(f"sum by (arm) (rate(cascade_gateway_pool_slots_total[{WINDOW}]))", "{{arm}}")],
             "ops",
         ),
     ]

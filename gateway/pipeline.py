@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cascade import topology
 from cascade.candidates import CHANNELS, Candidates, channel_bit, from_proto, to_proto
 from cascade.telemetry import LATENCY_BUCKETS
+from cascade.traffic_pool import PoolSettings
 from cascade.v1 import (
     common_pb2,
     gateway_pb2,
@@ -37,7 +38,6 @@ from cascade.v1 import (
     rerank_pb2,
     rerank_pb2_grpc,
 )
-from cascade.traffic_pool import PoolSettings
 from gateway.pool import Pool, PoolCounters, PoolMetrics
 
 

@@ -447,9 +447,10 @@ class PooledEASEPolicy(EASEPolicy):
         super().upload(uploads, now_s)
         n = len(uploads.item_ids)
         self.upload_ts = np.r_[self.upload_ts, uploads.upload_ts.astype(np.int64)]
-        self.delivered, self.plays = np.r_[self.delivered, np.zeros(n, np.int64)], np.r_[
-            self.plays, np.zeros(n, np.int64)
-        ]
+        self.delivered, self.plays = (
+            np.r_[self.delivered, np.zeros(n, np.int64)],
+            np.r_[self.plays, np.zeros(n, np.int64)],
+        )
         self.item_creator = np.r_[self.item_creator, uploads.creators.astype(np.int64)]
         self.item_categories = np.vstack([self.item_categories, uploads.categories])
 

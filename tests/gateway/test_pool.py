@@ -87,10 +87,12 @@ def test_a_bad_pool_override_is_refused_naming_the_arm_and_key(overrides, messag
 
 
 def test_a_bad_pool_setting_stops_the_gateway_at_start_naming_it():
-    with pytest.raises(SettingsError, match="pool.target must be an integer >= 1.*"
-                       "CASCADE_GATEWAY_POOL_TARGET"):
+    with pytest.raises(
+        SettingsError, match="pool.target must be an integer >= 1.*CASCADE_GATEWAY_POOL_TARGET"
+    ):
         load_settings(
-            GatewaySettings, env_prefix="CASCADE_GATEWAY_",
+            GatewaySettings,
+            env_prefix="CASCADE_GATEWAY_",
             environ={"CASCADE_GATEWAY_POOL_TARGET": "0"},
         )
     assert GatewaySettings().pool.on  # the services' defaults (the default profile) pool
@@ -147,9 +149,11 @@ def test_a_tiny_day_delivers_the_target_and_stops_a_dull_upload(stack_factory):
     assert sample("cascade_gateway_pool_uploads", {"state": "stopped_early"}) == 1
     assert sample("cascade_gateway_pool_impressions", {"kind": "target"}) >= 2 * POOL.target
     # Delivered counts up to each upload's target (the good one's is extended to 3 K: its plays).
-    assert sample("cascade_gateway_pool_uploads", {"state": "extended"}) + sample(
-        "cascade_gateway_pool_uploads", {"state": "done"}
-    ) == 1
+    assert (
+        sample("cascade_gateway_pool_uploads", {"state": "extended"})
+        + sample("cascade_gateway_pool_uploads", {"state": "done"})
+        == 1
+    )
     assert sample("cascade_gateway_pool_impressions", {"kind": "delivered"}) == min(
         delivered[0], 3 * POOL.target
     ) + min(delivered[1], POOL.target)

@@ -69,11 +69,11 @@ def run(args: argparse.Namespace) -> dict:
         unfollow_per_day=args.unfollow_per_day,
     )
     served = [name for name in args.arms if name in GATEWAY_ARMS]
+    if served and args.gateway is None:  # first: a refused setting costs no data or bundle copy
+        stack.check_profiles([args.served_profile], HARNESS | gateway_arms(args, config), True)
     dataset = load_dataset(DATASET, args.data_dir)
     target = exposure_target(SyntheticConfig(**dataset.meta["config"]), config.users)
     extra_env = harness(target) | gateway_arms(args, config)
-    if served and args.gateway is None:  # first: a refused setting costs no bundle copy
-        stack.check_profiles([args.served_profile], extra_env, exact=True)
     world = World(dataset)
     pool = pool_settings(args.served_profile, target)
     policies = {

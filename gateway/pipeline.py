@@ -346,6 +346,8 @@ class Cascade:
                 count,
                 self.uploaded,
                 request_id,
+                self.creators,
+                funnel.max_per_creator,
             )
         to_proto(*page, out=response.items)
         self.metrics.answers.inc()

@@ -147,13 +147,17 @@ class Pool:
         count: int,
         uploaded_s: np.ndarray,
         request_id: str,
+        creators: np.ndarray,
+        max_per_creator: int,
     ) -> tuple[Candidates, int]:
         """`page` with pool slots given to recall's young uploads that win their draw, the slots
-        in `response.explored_positions`, traced as stage "pool" (candidates_in: the young
-        uploads, candidates_out: the slots given); and how many young uploads there were."""
+        in `response.explored_positions`, traced as stage "pool" when there were young uploads
+        (candidates_in: how many, candidates_out: the slots given); and how many there were. A
+        creator at the page's cap (`max_per_creator`, 0 = none) gets no slot. Without recall's
+        own answer (its fallback, the popular cache, answered) the pool has nothing to offer."""
         started = time.perf_counter()
         recall_list = lists.get("recall")
-        if recall_list is None:
+        if recall_list is None or "recall" in response.degraded_stages:
             return page, 0
         now_ms = user.request_time_ms
         self.now_s = max(self.now_s, now_ms // 1000)
@@ -162,21 +166,23 @@ class Pool:
         young = young_uploads(
             recall, uploaded_s, now_ms // 1000, settings.window_s, excluded.astype(np.int64)
         )
+        if max_per_creator and len(young):
+            young = young[~at_cap(recall.item_ids[young], page.item_ids, creators, max_per_creator)]
+        if not len(young):
+            return page.take(slice(0, count)), 0
         ids = recall.item_ids[young]
-        picks = np.zeros(0, np.int64)
-        if len(young):
-            delivered, plays = self.counts(ids)
-            rate = self.baseline(settings, uploaded_s, now_ms // 1000)
-            age = now_ms // 1000 - uploaded_s[ids]
-            _, _, boost = traffic_pool.status(settings, age, delivered, plays, rate)
-            prerank = lists.get("prerank")  # absent when the arm skips pre-rank
-            prerank_ids = None if prerank is None else np.asarray(prerank.item_ids, np.int64)
-            follower = (recall.channel_masks[young] & SOCIAL) > 0
-            match = taste_match(recall, young, prerank_ids)
-            chosen = traffic_pool.choose(
-                boost, follower, match, draws(request_id, len(young)), settings.slots
-            )
-            picks = young[chosen]
+        delivered, plays = self.counts(ids)
+        rate = self.baseline(settings, uploaded_s, now_ms // 1000)
+        age = now_ms // 1000 - uploaded_s[ids]
+        _, _, boost = traffic_pool.status(settings, age, delivered, plays, rate)
+        prerank = lists.get("prerank")  # absent when the arm skips pre-rank
+        prerank_ids = None if prerank is None else np.asarray(prerank.item_ids, np.int64)
+        follower = (recall.channel_masks[young] & SOCIAL) > 0
+        match = taste_match(recall, young, prerank_ids)
+        chosen = traffic_pool.choose(
+            boost, follower, match, draws(request_id, len(young)), settings.slots
+        )
+        picks = young[chosen]
         page, given = place(page, recall.take(picks), settings.position, count)
         response.explored_positions.extend(given)
         response.trace.add(
@@ -195,6 +201,19 @@ class Pool:
     def baseline(self, settings: PoolSettings, uploaded_s: np.ndarray, now_s: int) -> float:
         delivered, plays = self.counts(self.in_window(uploaded_s, now_s, settings.window_s))
         return traffic_pool.baseline(settings, delivered, plays)
+
+
+def at_cap(ids: np.ndarray, page: np.ndarray, creators: np.ndarray, cap: int) -> np.ndarray:
+    """Which of `ids` have a creator (known, not 0) with `cap` items on `page` already."""
+
+    def creator_of(items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, np.int64)
+        inside = (items > 0) & (items < len(creators))
+        return np.where(inside, creators[np.where(inside, items, 0)], 0)
+
+    on_page = creator_of(page)
+    counts = dict(zip(*np.unique(on_page[on_page > 0], return_counts=True), strict=True))
+    return np.array([counts.get(c, 0) >= cap for c in creator_of(ids).tolist()], dtype=bool)
 
 
 def place(

@@ -196,7 +196,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
             def seen_of() -> np.ndarray:
                 recent = shared.consumed(dense, self.catalog.history_length)
-                return np.union1d(recent, shared.shown(dense))
+                # Shown pages expire on the request's clock (the writer records them at it).
+                return np.union1d(recent, shared.shown(dense, now_ms))
 
         served = Served()
         q, reason = 1.0, ""

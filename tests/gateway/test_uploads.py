@@ -23,6 +23,7 @@ from cascade.v1 import (
     recall_pb2,
     recall_pb2_grpc,
 )
+from cascade.traffic_pool import PoolSettings
 from gateway.client import CascadeClient
 from gateway.server import start
 
@@ -142,7 +143,7 @@ def test_a_followers_recall_and_page_hold_the_followed_creators_upload_right_aft
     """Social recall within a second of the upload: the bundle's follow graph (user 3 follows
     creator 1's account) meets the upload AddItems forwarded to recall, and the traffic pool
     gives the follower's page a slot for it, followers first."""
-    stack = stack_factory(clock="caller")
+    stack = stack_factory(clock="caller", pool=PoolSettings())  # the services' default pool
     dataset = stack_factory.built.dataset
     follows, creators = dataset.follows, dataset.creators
     follower, creator = 3, 1

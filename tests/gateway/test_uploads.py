@@ -11,6 +11,7 @@ import pytest
 
 from cascade.candidates import channel_bit
 from cascade.client import field_violations
+from cascade.traffic_pool import PoolSettings
 from cascade.v1 import (
     catalog_pb2,
     common_pb2,
@@ -23,7 +24,6 @@ from cascade.v1 import (
     recall_pb2,
     recall_pb2_grpc,
 )
-from cascade.traffic_pool import PoolSettings
 from gateway.client import CascadeClient
 from gateway.server import start
 

@@ -8,7 +8,8 @@ an upload has had `judge_share` x K impressions, a Beta posterior on its play ra
 on the pool's pooled rate, `prior_strength` impressions strong) ends the boost when the rate is
 below `poor_ratio` x that baseline with probability `confidence`, and raises its target to
 `extend` x K when above `good_ratio` x baseline with that probability. On one request the slot
-goes to followers of the creator first, then by the caller's taste match in [0, 1].
+goes to followers of the creator first (at once, while the upload is in the pool), then to
+others by the boost and the caller's taste match in [0, 1].
 
 Pure functions over arrays: the gateway (gateway/pool.py) and the simulator's ease+pool arm
 (research/simulate.py) call the same code with their own counters and taste signals.
@@ -145,16 +146,25 @@ def status(
 
 
 def choose(
-    boost: np.ndarray, follower: np.ndarray, match: np.ndarray, draws: np.ndarray, slots: int
+    state: np.ndarray,
+    boost: np.ndarray,
+    follower: np.ndarray,
+    match: np.ndarray,
+    draws: np.ndarray,
+    slots: int,
 ) -> np.ndarray:
-    """Indices of the uploads that get this request's slots, best first: each eligible upload is
-    offered with probability min(1, boost x affinity), affinity 1 for a follower of its creator
-    and the caller's taste match in [0, 1] otherwise (`draws`: uniform [0, 1) per upload, seeded
-    by the caller); followers first, then the higher offer."""
-    affinity = np.where(np.asarray(follower, bool), 1.0, np.clip(match, 0.0, 1.0))
-    offer = np.minimum(np.asarray(boost, np.float64) * affinity, 1.0)
+    """Indices of the uploads that get this request's slots, best first (`state`, `boost`: from
+    `status`). A follower of the creator is offered every upload still in the pool (boosting or
+    extended) at once, whatever its schedule: a follower is the likeliest to engage, and waiting
+    for the schedule would show the upload to followers hours late. Anyone else is offered it
+    with probability min(1, boost x match), match the caller's taste match in [0, 1] (`draws`:
+    uniform [0, 1) per upload, seeded by the caller). Followers first, then the higher offer."""
+    follower = np.asarray(follower, bool)
+    open_ = (np.asarray(state) == BOOSTING) | (np.asarray(state) == EXTENDED)
+    offer = np.minimum(np.asarray(boost, np.float64) * np.clip(match, 0.0, 1.0), 1.0)
+    offer = np.where(follower, open_.astype(np.float64), offer)
     taken = np.flatnonzero(np.asarray(draws) < offer)
-    order = np.lexsort((-offer[taken], ~np.asarray(follower, bool)[taken]))
+    order = np.lexsort((-offer[taken], ~follower[taken]))
     return taken[order][: max(slots, 0)]
 
 

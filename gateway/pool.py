@@ -4,10 +4,11 @@ A new upload has no plays, so pre-rank and rank score it from metadata and it ra
 their cuts (`python -m bench.cold_start_funnel`). After the funnel, the pool (the arm's `pool`
 settings, cascade/traffic_pool.py) looks at recall's candidates younger than the pool's window,
 reads what each was delivered so far (impressions and plays from Feedback: the shared store's
-counters with Redis, `PoolCounters` here otherwise), and offers each a slot with the controller's
-boost times the user's affinity: 1 for a follower of its creator (the social channel proposed
-it), else its taste match from the funnel's own order (pre-rank, a two-tower student, kept it:
-0.5 to 1 by its place there; not kept: below 0.5 by its place in recall). The draws are seeded by
+counters with Redis, `PoolCounters` here otherwise), and offers each a slot: to a follower of
+its creator (the social channel proposed it) at once while it is in the pool, to anyone else with
+the controller's boost times the user's taste match from the funnel's own order (pre-rank, a
+two-tower student, kept it: 0.5 to 1 by its place there; not kept: below 0.5 by its place in
+recall). The draws are seeded by
 the request id, so a replay decides the same. Seen, consumed, on-page and already-pooled items
 are never taken, so a page holds no duplicate and a user gets an upload once.
 """
@@ -174,13 +175,13 @@ class Pool:
         delivered, plays = self.counts(ids)
         rate = self.baseline(settings, uploaded_s, now_ms // 1000)
         age = now_ms // 1000 - uploaded_s[ids]
-        _, _, boost = traffic_pool.status(settings, age, delivered, plays, rate)
+        state, _, boost = traffic_pool.status(settings, age, delivered, plays, rate)
         prerank = lists.get("prerank")  # absent when the arm skips pre-rank
         prerank_ids = None if prerank is None else np.asarray(prerank.item_ids, np.int64)
         follower = (recall.channel_masks[young] & SOCIAL) > 0
         match = taste_match(recall, young, prerank_ids)
         chosen = traffic_pool.choose(
-            boost, follower, match, draws(request_id, len(young)), settings.slots
+            state, boost, follower, match, draws(request_id, len(young)), settings.slots
         )
         picks = young[chosen]
         page, given = place(page, recall.take(picks), settings.position, count)

@@ -417,14 +417,14 @@ class PooledEASEPolicy(EASEPolicy):
         if not self.pool.on or not len(young):
             return page
         rate = baseline(self.pool, self.delivered[young], self.plays[young])
-        _, _, boost = status(
+        state, _, boost = status(
             self.pool, now_s - self.upload_ts[young], self.delivered[young], self.plays[young], rate
         )
         followed = self.follows.get(user, set())
         accounts = self.account[np.minimum(self.item_creator[young], len(self.account) - 1)]
         follower = np.array([a in followed for a in accounts.tolist()], bool)
-        chosen = choose(boost, follower, self._match(user, young), self.rng.random(len(young)), 1)
-        picks = young[chosen][: self.pool.slots]
+        match, draws = self._match(user, young), self.rng.random(len(young))
+        picks = young[choose(state, boost, follower, match, draws, self.pool.slots)]
         start, n = place_slots(len(page.items), len(picks), self.pool.position, count)
         if not n:
             return page

@@ -36,12 +36,12 @@ def simulated_day(settings: PoolSettings, play_rate: np.ndarray, requests: int, 
         if not len(eligible):
             continue
         rate = traffic_pool.baseline(settings, delivered, plays)
-        _, _, boost = status(
+        state, _, boost = status(
             settings, np.full(len(eligible), t), delivered[eligible], plays[eligible], rate
         )
         follower = rng.random(len(eligible)) < 0.1
         match = rng.random(len(eligible))
-        picked = eligible[choose(boost, follower, match, rng.random(len(eligible)), 1)]
+        picked = eligible[choose(state, boost, follower, match, rng.random(len(eligible)), 1)]
         delivered[picked] += 1
         plays[picked] += rng.random(len(picked)) < play_rate[picked]
     rate = traffic_pool.baseline(settings, delivered, plays)
@@ -83,15 +83,17 @@ def test_the_schedule_paces_and_the_window_ends_the_boost():
     assert target.tolist() == [100] * 5
 
 
-def test_followers_come_first_then_the_higher_offer():
-    boost = np.array([0.5, 2.0, 2.0, 0.0])
-    follower = np.array([True, False, False, True])
-    match = np.array([0.0, 0.9, 0.6, 1.0])
-    always = np.zeros(4)  # every draw below any positive offer
-    assert choose(boost, follower, match, always, 3).tolist() == [0, 1, 2]  # 3: no boost
-    assert choose(boost, follower, match, always, 1).tolist() == [0]
-    assert choose(boost, follower, match, np.full(4, 0.99), 3).tolist() == [1, 2]  # offer 1.0
-    assert choose(boost, follower, match, always, 0).tolist() == []
+def test_followers_come_first_at_once_then_the_higher_offer():
+    state = np.array([BOOSTING, BOOSTING, BOOSTING, BOOSTING, DONE, STOPPED])
+    boost = np.array([0.0, 2.0, 2.0, 0.0, 0.0, 0.0])  # 0: 3 ahead of schedule, 4 and 5 out
+    follower = np.array([True, False, False, False, True, True])
+    match = np.array([0.0, 0.9, 0.4, 1.0, 1.0, 1.0])  # offers: -, 1, 0.8, 0, -, -
+    always = np.zeros(6)  # every draw below any positive offer
+    # The follower's upload at once though ahead of schedule; never a done or stopped one.
+    assert choose(state, boost, follower, match, always, 4).tolist() == [0, 1, 2]
+    assert choose(state, boost, follower, match, always, 1).tolist() == [0]
+    assert choose(state, boost, follower, match, np.full(6, 0.99), 3).tolist() == [0, 1]
+    assert choose(state, boost, follower, match, always, 0).tolist() == []
 
 
 def test_slot_placement():

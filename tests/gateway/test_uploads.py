@@ -143,7 +143,8 @@ def test_a_followers_recall_and_page_hold_the_followed_creators_upload_right_aft
     """Social recall within a second of the upload: the bundle's follow graph (user 3 follows
     creator 1's account) meets the upload AddItems forwarded to recall, and the traffic pool
     gives the follower's page a slot for it, followers first."""
-    stack = stack_factory(clock="caller", pool=PoolSettings())  # the services' default pool
+    # The services' default pool; no creator cap (the tiny world's three creators fill pages).
+    stack = stack_factory(clock="caller", pool=PoolSettings(), max_per_creator=0)
     dataset = stack_factory.built.dataset
     follows, creators = dataset.follows, dataset.creators
     follower, creator = 3, 1

@@ -5,7 +5,8 @@ Starts its own local stack on a copy of the synthetic bundle (trained into ARTIF
 missing), on the simulated clock (gateway clock "caller"), unless `--gateway` names a running one.
 The stack serves exactly the profile `--profile` names (deploy/profiles/NAME.toml; a setting from
 the caller's environment is refused); the report records its name and sha256, and the arms that
-deviate from it (`explore`) and how.
+deviate from it (`no-pool`) and how. The simulator scales the traffic pool's target K to its
+audience (`cascade.data.synthetic.exposure_target`), for the served stack and the ease+pool arm.
 With `--retrain daily` (the default) a job folds each simulated day's event log into the training
 data after the day (training/retrain.py), publishes a new bundle into RUN_DIR/artifacts and
 waits until every service hot-reloaded it before the next day starts. `make bench-loop` runs it
@@ -26,12 +27,14 @@ from pathlib import Path
 
 from app import stack
 from app.profiles import train_settings
+from cascade import profiles
 from cascade.artifacts import Bundle, publish
-from cascade.config import SettingsError
+from cascade.config import SettingsError, load_settings
 from cascade.data import load_dataset
-from cascade.data.synthetic import SyntheticConfig
-from cascade.profiles import default_profile, load_profile
-from cascade.topology import GATEWAY, STAGES
+from cascade.data.synthetic import SyntheticConfig, exposure_target
+from cascade.profiles import Profile, default_profile, load_profile
+from cascade.topology import GATEWAY, STAGES, spec
+from cascade.traffic_pool import PoolSettings
 from gateway.arms import Arm
 from gateway.client import CascadeClient
 from research.loop_report import headline, plot, to_markdown
@@ -48,9 +51,10 @@ from services.recall.tables import TableSettings
 from training.daily import DailyRetrain
 
 DATASET = "synthetic"
-# Arms the running gateway serves: the cascade as configured, and `explore` (the cascade with
-# exploration slots for recent uploads, gateway/explore.py) beside it on the same stack.
-GATEWAY_ARMS = ("cascade", "explore")
+# Arms the running gateway serves: the cascade as configured, and `no-pool` (the cascade with the
+# traffic pool for uploads off, gateway/pool.py) beside it on the same stack.
+GATEWAY_ARMS = ("cascade", "no-pool")
+NO_POOL = {"pool": {"slots": 0}}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -65,13 +69,15 @@ def run(args: argparse.Namespace) -> dict:
         unfollow_per_day=args.unfollow_per_day,
     )
     served = [name for name in args.arms if name in GATEWAY_ARMS]
-    extra_env = HARNESS | gateway_arms(args, config)
-    if served and args.gateway is None:  # first: a refused setting costs no bundle copy
-        stack.check_profiles([args.served_profile], extra_env, exact=True)
+    if served and args.gateway is None:  # first: a refused setting costs no data or bundle copy
+        stack.check_profiles([args.served_profile], HARNESS | gateway_arms(args, config), True)
     dataset = load_dataset(DATASET, args.data_dir)
+    target = exposure_target(SyntheticConfig(**dataset.meta["config"]), config.users)
+    extra_env = harness(target) | gateway_arms(args, config)
     world = World(dataset)
+    pool = pool_settings(args.served_profile, target)
     policies = {
-        name: reference_policy(name, dataset, world, args.seed)
+        name: reference_policy(name, dataset, world, args.seed, pool)
         for name in args.arms
         if name in REFERENCE_ARMS
     }
@@ -96,13 +102,13 @@ def run(args: argparse.Namespace) -> dict:
             "uploads_per_day": args.uploads_per_day,
             "unfollow_per_day": args.unfollow_per_day,
             "arms": list(args.arms),
-            "explore": explore_overrides(args) if "explore" in args.arms else None,
+            "pool_target": target,
             "seed": args.seed,
             "retrain": args.retrain if served else "never",
             "world": dataset.meta["config"],
             "world_hash": SyntheticConfig(**dataset.meta["config"]).world_hash(),
         },
-        "profile": served_profile(args),
+        "profile": served_profile(args, target),
         "seconds": round(time.perf_counter() - started, 1),
         "rows": summary,
         "headline": headline(summary),
@@ -111,17 +117,35 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-# What the simulator itself sets in the served stack beyond the profile: the simulated clock.
+# What the simulator itself sets in the served stack beyond the profile: the simulated clock,
+# and (`harness`) the traffic pool's K scaled to the simulated audience.
 HARNESS = {"CASCADE_GATEWAY_CLOCK": "caller"}
 
 
-def served_profile(args: argparse.Namespace) -> dict:
+def harness(target: int) -> dict[str, str]:
+    return HARNESS | {"CASCADE_GATEWAY_POOL_TARGET": str(target)}
+
+
+def pool_settings(profile: Profile, target: int) -> PoolSettings:
+    """The traffic pool the profile serves, with the simulation's K (the ease+pool arm's)."""
+    from gateway.settings import GatewaySettings
+
+    gateway = load_settings(
+        GatewaySettings,
+        env_prefix=spec("gateway").env_prefix,
+        environ={},
+        profiles=profiles.layers([profile], "gateway"),
+    )
+    return replace(gateway.pool, target=target)
+
+
+def served_profile(args: argparse.Namespace, target: int) -> dict:
     """The report's record of what the cascade arms served: the profile (name, content hash),
     the simulator's own settings, and each arm that deviates from the profile and how."""
     if args.gateway is not None:
         return {"name": None, "note": f"a running gateway at {args.gateway}: not started here"}
-    arms = {"explore": explore_overrides(args)} if "explore" in args.arms else {}
-    return args.served_profile.record() | {"harness": HARNESS, "arms": arms}
+    arms = {"no-pool": NO_POOL} if "no-pool" in args.arms else {}
+    return args.served_profile.record() | {"harness": harness(target), "arms": arms}
 
 
 def served_stack(
@@ -156,28 +180,15 @@ def daily_retrain(
     )
 
 
-def explore_overrides(args: argparse.Namespace) -> dict:
-    """The `explore` arm's overrides (gateway/arms.py) from the --explore-* options; with 0
-    slots the arm is the cascade itself (the same users as a run that explores: its baseline)."""
-    if args.explore_slots == 0:
-        return {"explore_slots": 0}
-    overrides = {"explore_slots": args.explore_slots, "explore_max_age_s": args.explore_max_age_s}
-    if args.explore_rate < 1:
-        overrides["explore_rate"] = args.explore_rate
-    if args.explore_position >= 0:
-        overrides["explore_position"] = args.explore_position
-    return overrides
-
-
 def gateway_arms(args: argparse.Namespace, config: SimulationConfig) -> dict[str, str]:
-    """The gateway's arms setting with the `explore` arm: every simulation arm in its order and
+    """The gateway's arms setting with the `no-pool` arm: every simulation arm in its order and
     share under the simulation's salt, so the gateway assigns each user the arm the simulation
     did (the reference arms are never asked); none without it (the gateway as configured)."""
-    if "explore" not in args.arms:
+    if "no-pool" not in args.arms:
         return {}
     arms = [
         {"name": arm.name, "share": arm.share}
-        | ({"overrides": explore_overrides(args)} if arm.name == "explore" else {})
+        | ({"overrides": NO_POOL} if arm.name == "no-pool" else {})
         for arm in config.arms
     ]
     return {"CASCADE_GATEWAY_ARMS": json.dumps(arms), "CASCADE_GATEWAY_ARM_SALT": config.salt}
@@ -220,9 +231,9 @@ def _link(source: str, destination: str) -> None:
 
 def _with_gateway(address, args, dataset, policies, config, world, on_day_end=None):
     with CascadeClient(address, token=args.token, timeout_s=5.0) as client:
-        # With the explore arm the gateway's arms mirror the simulation's; the first gateway arm
+        # With the no-pool arm the gateway's arms mirror the simulation's; the first gateway arm
         # alone sends the uploads and follow changes (one catalogue behind both).
-        named = "explore" in args.arms
+        named = "no-pool" in args.arms
         served = [name for name in args.arms if name in GATEWAY_ARMS]
         gateways = {
             name: GatewayPolicy(client, name if named else "", catalogue=name == served[0])
@@ -277,33 +288,8 @@ def arguments() -> argparse.ArgumentParser:
         nargs="+",
         default=["cascade", *REFERENCE_ARMS],
         choices=[*GATEWAY_ARMS, *REFERENCE_ARMS],
-        help="arms, equal shares; explore: the cascade with exploration slots (--explore-*), "
-        "served by the same gateway beside cascade",
-    )
-    parser.add_argument(
-        "--explore-slots",
-        type=int,
-        default=1,
-        help="page slots the explore arm gives recent uploads (default: 1; 0: the arm serves as "
-        "cascade does, the baseline of a run that explores, with the same users)",
-    )
-    parser.add_argument(
-        "--explore-max-age-s",
-        type=int,
-        default=86_400,
-        help="uploads younger than this are explored (default: 86400, a day)",
-    )
-    parser.add_argument(
-        "--explore-rate",
-        type=float,
-        default=1.0,
-        help="share of the explore arm's requests that explore (default: 1)",
-    )
-    parser.add_argument(
-        "--explore-position",
-        type=int,
-        default=-1,
-        help="the first explored slot, 0-based (default: -1, the page's last slots)",
+        help="arms, equal shares; no-pool: the cascade with the traffic pool off, served by "
+        "the same gateway beside cascade; ease+pool: EASE with the same traffic pool",
     )
     parser.add_argument(
         "--retrain",

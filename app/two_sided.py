@@ -14,6 +14,7 @@ result file: rerunning the same command resumes where an interruption stopped it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,10 +27,11 @@ import numpy as np
 from app.loop import (
     DATASET,
     GATEWAY_ARMS,
-    HARNESS,
     arguments,
     daily_retrain,
     gateway_arms,
+    harness,
+    pool_settings,
     served_stack,
     serving_copy,
 )
@@ -50,7 +52,7 @@ from research.simulate import (
     reference_policy,
     simulate,
 )
-from research.two_sided_metrics import day_metrics, gap_closed
+from research.two_sided_metrics import cold_start, day_metrics, gap_closed
 
 WORLDS = {"two-sided": False, "neutral": True}  # name: neutral?
 
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> dict:
             "seed": args.seed,
             "retrain": args.retrain,
             "profile": args.served_profile.record(),
+            "pool": dataclasses.asdict(pool_settings(args.served_profile, target)),
             "design": "one world per policy from the same seed",
         },
         "world": {
@@ -141,16 +144,20 @@ def run_arm(
 
     print(f"== {world_name} world, arm {arm}", flush=True)
     if arm in REFERENCE_ARMS:
-        policies = {arm: reference_policy(arm, dataset, world, args.seed)}
+        pool = pool_settings(args.served_profile, target)  # ease+pool: the profile's, K scaled
+        policies = {arm: reference_policy(arm, dataset, world, args.seed, pool)}
         rows = simulate(dataset, policies, config, timed, world, ckpt)
     else:
-        rows = _served(args, dataset, world_name, arm, config, world, ckpt, timed, retraining)
+        rows = _served(
+            args, dataset, world_name, arm, config, world, ckpt, timed, retraining, target
+        )
     start = (world.end_ts // DAY + 1) * DAY
     days = day_metrics(rows, world, start, args.days, target)
     return {
         "world": world_name,
         "arm": arm,
         "days": days,
+        "cold_start": cold_start(rows, world, start, args.days, target),
         "seconds": round(sum(seconds), 1),
         "seconds_per_day": seconds,  # of this process (a resumed run: its days after resuming)
         "retraining": retraining,
@@ -167,6 +174,7 @@ def _served(
     ckpt: Path,
     timed: Callable[..., None],
     retraining: list[dict],
+    target: int,
 ) -> dict[str, np.ndarray]:
     """The arm served by a stack of its own (RUN_DIR/<world>-<arm>), retrained daily; on resume
     it serves the last bundle the run published and keeps its event log."""
@@ -177,10 +185,11 @@ def _served(
     else:
         artifacts = serving_copy(args.artifacts, args.data_dir, ns.run_dir, args.item_cf)
         shutil.rmtree(ns.run_dir / "eventlog", ignore_errors=True)
-    with served_stack(args, ns.run_dir, artifacts, HARNESS | gateway_arms(ns, config)) as running:
+    env = harness(target) | gateway_arms(ns, config)
+    with served_stack(args, ns.run_dir, artifacts, env) as running:
         daily = daily_retrain(running, artifacts, dataset, ns, retraining)
         with CascadeClient(running.address(), timeout_s=5.0) as client:
-            gateway = GatewayPolicy(client, arm if arm == "explore" else "")
+            gateway = GatewayPolicy(client, arm if arm == "no-pool" else "")
             return simulate(dataset, {arm: gateway}, config, lambda d: timed(d, daily), world, ckpt)
 
 
@@ -198,7 +207,7 @@ def headline(runs: list[dict]) -> dict:
                 (b["expected_engagement"], b["expected_ci95"]),
             )
             out["neutral_cascade_vs_ease_last_day" if key == "neutral" else key] = ratio
-    reached, active = {}, {}
+    reached, active, followers = {}, {}, {}
     for (world, arm), r in by.items():
         if world != "two-sided":
             continue
@@ -208,8 +217,10 @@ def headline(runs: list[dict]) -> dict:
         )
         reached[arm] = round(hits / sum(eligible), 4) if sum(eligible) else None
         active[arm] = r["days"][-1]["active_creators"]
+        followers[arm] = r.get("cold_start", {}).get("followers_shown_1h_share")
     out["uploads_reaching_target_24h"] = reached
     out["active_creators_last_day"] = active
+    out["followers_shown_upload_1h"] = followers
     return out
 
 

@@ -1,5 +1,6 @@
-"""What exploration brought to a simulation run's event log: explored slots, the uploads they
-showed, and the plays those uploads got (what the daily retrain can learn them from).
+"""What the traffic pool's slots (`explored` in the impression log) brought to a simulation run's
+event log: explored slots, the uploads they showed, and the plays those uploads got (what the
+daily retrain can learn them from).
 
     python -m bench.explore_log --run-dir .cascade/simulate-explore --out results/loop/explore
 

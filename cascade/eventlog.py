@@ -63,7 +63,7 @@ IMPRESSIONS = pa.schema(
         ("channel_masks", pa.list_(pa.uint32())),
         ("model_versions", pa.string()),  # JSON object, stage -> version
         ("degraded_stages", pa.list_(pa.string())),
-        # Parallel to item_ids: True where exploration put a recent upload (gateway/explore.py),
+        # Parallel to item_ids: True where the traffic pool put a young upload (gateway/pool.py),
         # not the ranking; null in records written before the column existed (none explored).
         ("explored", pa.list_(pa.bool_())),
     ]

@@ -322,11 +322,37 @@ def models() -> dict:
             "ops",
         ),
     ]
+    uploads = [
+        panel(
+            "Traffic pool: impressions delivered vs target",
+            [target("sum by (kind) (cascade_gateway_pool_impressions)", "{{kind}}")],
+            description="Uploads inside the pool's window (gateway/pool.py): impressions "
+            "delivered so far (each capped at its target) against the sum of their targets.",
+        ),
+        panel(
+            "Traffic pool: uploads by state",
+            [target("sum by (state) (cascade_gateway_pool_uploads)", "{{state}}")],
+            description="boosting, extended (engaging well), stopped_early (engaging poorly), "
+            "done (target reached).",
+            stacked=True,
+        ),
+        panel(
+            "Traffic pool: slots per second by arm",
+            [target(f"sum by (arm) (rate(cascade_gateway_pool_slots_total[{WINDOW}]))", "{{arm}}")],
+            "ops",
+        ),
+    ]
     return dashboard(
         "cascade-models",
         "Cascade / Models",
-        "Model time per stage (recall: channels and merge; rerank: page selection), versions.",
-        [("Model time", inference), ("Versions", versions), ("Inputs", quality)],
+        "Model time per stage (recall: channels and merge; rerank: page selection), versions, "
+        "and the traffic pool for new uploads.",
+        [
+            ("Model time", inference),
+            ("Versions", versions),
+            ("Inputs", quality),
+            ("New uploads", uploads),
+        ],
     )
 
 

@@ -9,6 +9,7 @@ metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cascade.candidates import CHANNELS
+from cascade.traffic_pool import PoolSettings
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
-        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"arm name {self.name!r}: letters, digits, '-' and '_' only")
+        plain = self.name.replace("-", "").replace("_", "").replace("+", "")
+        if not self.name or not plain.isalnum():
+            raise ValueError(f"arm name {self.name!r}: letters, digits, '-', '_' and '+' only")
         if not self.share > 0:
             raise ValueError(f"arm {self.name!r}: share must be > 0, got {self.share}")
 
@@ -42,18 +45,10 @@ class Arm:
 CUTS = ("recall_count", "prerank_count", "rank_count", "max_per_creator")
 SKIPPABLE = ("prerank", "rank", "rerank")
 RERANK_METHODS = ("none", "mmr", "dpp")
-# Exploration (gateway/explore.py): explore_slots page slots for recent uploads set aside after
-# recall, those younger than explore_max_age_s seconds, on a share explore_rate of requests
-# (decided by the request id), from explore_position (0-based; default the page's last slots).
-EXPLORE = ("explore_slots", "explore_max_age_s", "explore_rate", "explore_position")
-OVERRIDABLE = (
-    *CUTS,
-    "skip",
-    "rerank_method",
-    "rerank_trade_off",
-    "channel_quotas",
-    *EXPLORE,
-)
+# The traffic pool (gateway/pool.py): "pool" is an object of PoolSettings fields that replace the
+# gateway's own `pool` settings for the arm, e.g. {"pool": {"slots": 0}} (no pool) or
+# {"pool": {"target": 50, "position": 2}}.
+OVERRIDABLE = (*CUTS, "skip", "rerank_method", "rerank_trade_off", "channel_quotas", "pool")
 CHANNEL_NAMES = tuple(CHANNELS.values())
 
 
@@ -83,27 +78,26 @@ def parse_arms(text: str) -> tuple[Arm, ...]:
             )
         name = entry.get("name")
         overrides = {key: _checked(name, key, value) for key, value in overrides.items()}
-        _check_exploration(name, overrides)
         arms.append(Arm(str(entry.get("name", "")), float(entry.get("share", 1.0)), overrides))
     if len({arm.name for arm in arms}) != len(arms):
         raise ValueError(f"arms: names must be unique, got {[arm.name for arm in arms]}")
     return tuple(arms)
 
 
-def _check_exploration(arm: object, overrides: dict[str, object]) -> None:
-    """The other explore_* keys only tune explore_slots: without slots they would do nothing,
-    which is a configuration mistake worth an error rather than a silent no-op."""
-    tuning = sorted(set(overrides) & set(EXPLORE[1:]))
-    if tuning and not overrides.get("explore_slots"):
-        raise ValueError(
-            f"arms: {arm!r}: {', '.join(tuning)} without explore_slots >= 1 explores nothing"
-        )
+def funnel_of(funnel: Any, overrides: dict[str, Any]) -> Any:
+    """`funnel` (gateway/pipeline.py Funnel) with an arm's overrides; its "pool" fields replace
+    those of the funnel's own pool settings."""
+    pool = overrides.get("pool")
+    rest = {key: value for key, value in overrides.items() if key != "pool"}
+    if pool is not None:
+        rest["pool"] = dataclasses.replace(funnel.pool, **pool)
+    return dataclasses.replace(funnel, **rest)
 
 
 def _checked(arm: object, key: str, value: object) -> object:
     """One override's value as the funnel takes it; ValueError naming the arm and the key."""
-    if key in EXPLORE:
-        return _explore_value(arm, key, value)
+    if key == "pool":
+        return _pool_value(arm, value)
     if key in CUTS:
         least = 0 if key == "max_per_creator" else 1  # a cut of 0 would empty the funnel
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -148,17 +142,20 @@ def _checked(arm: object, key: str, value: object) -> object:
     return float(value)
 
 
-def _explore_value(arm: object, key: str, value: object) -> object:
-    if key == "explore_rate":  # a probability per request; 0 would be explore_slots 0
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-            raise ValueError(
-                f"arms: {arm!r}: explore_rate must be a number in (0, 1], got {value!r}"
-            )
-        return float(value)
-    least = {"explore_slots": 0, "explore_max_age_s": 1, "explore_position": 0}[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ValueError(f"arms: {arm!r}: {key} must be an integer >= {least}, got {value!r}")
-    return value
+def _pool_value(arm: object, value: object) -> dict[str, Any]:
+    """A pool override: known PoolSettings fields with values it accepts (checked against the
+    defaults; each field's rule stands alone)."""
+    names = [f.name for f in dataclasses.fields(PoolSettings)]
+    if not isinstance(value, dict) or not set(value) <= set(names):
+        unknown = sorted(set(value) - set(names)) if isinstance(value, dict) else value
+        raise ValueError(
+            f"arms: {arm!r}: pool must be an object of {', '.join(names)}; got {unknown!r}"
+        )
+    try:
+        PoolSettings(**value)
+    except ValueError as error:
+        raise ValueError(f"arms: {arm!r}: {error}") from None
+    return dict(value)
 
 
 def bucket(salt: str, user_key: str) -> float:

@@ -44,7 +44,7 @@ class Catalog:
     as_of_s: int = 0  # the training log's last time (the "data" clock starts there)
     history: UserItems | None = None  # what each user consumed in the training log
     n_categories: int = 0  # category ids are 1..n_categories-1 (uploads are checked against it)
-    # (n_items + 1,) upload time (s) by item id, 0 = unknown (exploration's "recent upload").
+    # (n_items + 1,) upload time (s) by item id, 0 = unknown (the traffic pool's young uploads).
     uploaded: np.ndarray | None = None
     content_dim: int = 0  # an upload's content vector has this many floats (0: the data has none)
 

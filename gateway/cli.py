@@ -102,7 +102,7 @@ def plural(count: int, noun: str) -> str:
 def page_table(response, titles: Mapping[int, str]) -> list[str]:
     """A recommended page as table lines under a header: rank, item (its key when the answer
     carries keys), score, title ("?" when unknown) and the channels that found it; a slot
-    exploration filled (gateway/explore.py) says so after them."""
+    the traffic pool filled (gateway/pool.py) says so after them."""
     ids = [int(item) for item in response.items.item_ids]
     scores = list(response.items.scores) or [None] * len(ids)
     masks = list(response.items.channel_masks) or [0] * len(ids)

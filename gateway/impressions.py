@@ -44,7 +44,7 @@ class Shown:
     served: Served
     arm: str = ""  # the experiment arm that served it (gateway/arms.py)
     shown_ms: int = 0  # the request's time (its clock): a shown page's TTL runs on it
-    explored: list[int] = field(default_factory=list)  # positions exploration filled
+    explored: list[int] = field(default_factory=list)  # positions the traffic pool filled
 
 
 def impression_row(shown: Shown) -> dict:

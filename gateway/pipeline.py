@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cascade import topology
 from cascade.candidates import CHANNELS, Candidates, channel_bit, from_proto, to_proto
 from cascade.telemetry import LATENCY_BUCKETS
+from cascade.traffic_pool import PoolSettings
 from cascade.v1 import (
     common_pb2,
     gateway_pb2,
@@ -37,7 +38,7 @@ from cascade.v1 import (
     rerank_pb2,
     rerank_pb2_grpc,
 )
-from gateway.explore import LAST_SLOTS, ExploredMemory, explore_page, explores
+from gateway.pool import Pool, PoolCounters, PoolMetrics
 
 
 class StagePool(Protocol):
@@ -144,18 +145,7 @@ class GatewayMetrics:
             "Feedback calls failed UNAVAILABLE because the event log could not store them.",
             registry=registry,
         )
-        self.explored = Counter(
-            "cascade_gateway_explored_slots",
-            "Page slots given to a recent upload by exploration (gateway/explore.py), by arm.",
-            ["arm"],
-            registry=registry,
-        )
-        self.explore_empty = Counter(
-            "cascade_gateway_explore_empty",
-            "Requests that would have explored but recall held no eligible recent upload, by arm.",
-            ["arm"],
-            registry=registry,
-        )
+        self.pool = PoolMetrics(registry)
         self._children: dict[tuple, object] = {}
 
     def labelled(self, metric, *labels: str):
@@ -174,7 +164,7 @@ class Served:
 
     lists: dict[str, common_pb2.CandidateList] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # stage -> model version
-    explore_eligible: int = -1  # recent uploads exploration could pick; -1 = did not explore
+    pool_young: int = -1  # young uploads the traffic pool could offer; -1 = pool off
 
 
 class Budget:
@@ -262,12 +252,9 @@ class Funnel:
     rerank_trade_off: float | None = None
     # Recall's channel quotas for the arm, (name, share) pairs sent as RecallRequest.channel_quotas.
     channel_quotas: tuple[tuple[str, float], ...] = ()
-    # Exploration (gateway/explore.py): page slots for uploads younger than explore_max_age_s,
-    # taken from recall's candidates on a share explore_rate of requests; 0 slots = none.
-    explore_slots: int = 0
-    explore_max_age_s: int = 86_400
-    explore_rate: float = 1.0
-    explore_position: int = LAST_SLOTS  # the first explored slot (0-based); -1 = the last ones
+    # The traffic pool for young uploads (gateway/pool.py, cascade/traffic_pool.py); 0 slots:
+    # off (the gateway's settings turn it on).
+    pool: PoolSettings = field(default_factory=lambda: PoolSettings(slots=0))
 
 
 class Cascade:
@@ -282,14 +269,16 @@ class Cascade:
         metrics: GatewayMetrics,
         consumed: Callable[[int], np.ndarray] | None = None,
         uploaded: np.ndarray | None = None,
+        pool: Pool | None = None,
     ):
         self.pools = pools
         self.funnel = funnel
         self.popular = popular  # (n,) item ids, most popular first
         self.creators = creators  # (n_items + 1,) creator id by item id, 0 = unknown
-        # (n_items + 1,) upload time (s) by item id, 0 = unknown: what exploration calls recent.
+        # (n_items + 1,) upload time (s) by item id, 0 = unknown: the pool's young uploads.
         self.uploaded = np.zeros(len(creators), np.int64) if uploaded is None else uploaded
-        self.explored = ExploredMemory()  # filled by the caller with what it showed
+        # Its counters: the embedded ones, unless the caller passes the shared store's.
+        self.pool = Pool(PoolCounters().counts) if pool is None else pool
         self.metrics = metrics
         # The user's logged items, for the fallbacks' seen filter (the stages read their store).
         self.consumed = consumed or (lambda user_id: np.empty(0, dtype=np.int64))
@@ -311,11 +300,11 @@ class Cascade:
         The local fallbacks drop what the user has seen: the request's recent ids, the user's
         logged items, and `seen_of()` (read only when a fallback runs, e.g. the shared store).
         `funnel` (a smaller one under load, gateway/admission.py) replaces the configured cuts
-        for this call. With the funnel's explore_slots, `request_id` decides whether this
-        request explores; the response's explored_positions say which slots did. `metadata` goes
-        with every stage call (the shadow arm's marks its calls as shadow traffic). `stop_after`
+        for this call. With the funnel's pool on, `request_id` seeds the pool's draws; the
+        response's explored_positions say which slots the pool filled. `metadata` goes with
+        every stage call (the shadow arm's marks its calls as shadow traffic). `stop_after`
         names the last stage called: the page is that stage's list (the evaluation's per-stage
-        cuts; exploration runs only on a whole funnel)."""
+        cuts; the pool runs only on a whole funnel)."""
         if stop_after not in STAGES:
             raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
         response = gateway_pb2.RecommendResponse()
@@ -346,18 +335,19 @@ class Cascade:
             candidates = stage(name, request, fallback, candidates)
         assert candidates is not None  # STAGES is never empty
         page = from_proto(candidates).take(slice(0, count))
-        explore = stop_after == STAGES[-1] and funnel.explore_slots
-        if explore and explores(request_id, funnel.explore_rate):
-            page, served.explore_eligible = explore_page(
+        if stop_after == STAGES[-1] and funnel.pool.on:
+            page, served.pool_young = self.pool.fill(
                 response,
                 page,
                 served.lists,
                 user,
                 seen(),
-                funnel,
+                funnel.pool,
                 count,
                 self.uploaded,
-                self.explored,
+                request_id,
+                self.creators,
+                funnel.max_per_creator,
             )
         to_proto(*page, out=response.items)
         self.metrics.answers.inc()

@@ -15,7 +15,6 @@ store, which every stage replica reads (a write that fails is UNAVAILABLE; the r
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -35,13 +34,14 @@ from cascade.server import StageServer, invalid_argument, resource_exhausted
 from cascade.telemetry import set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
 from gateway.admission import Admission, mark_shrunk, shrink
-from gateway.arms import assign, parse_arms
+from gateway.arms import assign, funnel_of, parse_arms
 from gateway.auth import TokenAuth
 from gateway.catalog import Catalog, load_catalog
 from gateway.ids import GatewayIds, IdProblem, merge_rejections
 from gateway.impressions import ImpressionWriter, Shown
 from gateway.online import OnlineEvents
 from gateway.pipeline import Budget, GatewayMetrics, Served
+from gateway.pool import PoolCollector, PoolCounters, shared_counts
 from gateway.replicas import ReplicaMetrics
 from gateway.request_time import caller_time_ms
 from gateway.settings import GatewaySettings
@@ -95,8 +95,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         for name in [arm.name for arm in self.arms] or [NO_ARM]:  # every label from the start
             self.metrics.arm_answers.labels(name)
             self.metrics.arm_latency.labels(name)
-            self.metrics.explored.labels(name)
-            self.metrics.explore_empty.labels(name)
+            self.metrics.pool.slots.labels(name)
+            self.metrics.pool.empty.labels(name)
         self.shared: RedisState | None = None  # the Redis online store when the store is shared
         if settings.store != "memory":
             from cascade.redis_store import RedisState
@@ -120,6 +120,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             settings, replica_metrics, {"recall": settings.recall_target}, retry_methods=()
         )["recall"]
         self.cascade = new_cascade(settings, catalog, self.pools, self.metrics)
+        # The pool's delivered impressions and plays: with Redis the counters every replica
+        # writes, else this gateway's own, rebuilt from the log like the rest of its view.
+        self.pool_counters = PoolCounters()
+        self.pool_counters.record(logged["item_id"].to_numpy(), logged["event"].to_pylist())
+        self.cascade.pool.counts = (
+            self.pool_counters.counts if self.shared is None else shared_counts(self.shared)
+        )
+        registry.register(
+            PoolCollector(
+                self.cascade.pool, lambda: self.cascade.funnel.pool, lambda: self.cascade.uploaded
+            )
+        )
         self.shadow = None
         if settings.shadow_arm:
             arm = next(a for a in self.arms if a.name == settings.shadow_arm)
@@ -144,6 +156,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.cascade.consumed = catalog.consumed
         if catalog.uploaded is not None:  # else the upload times known so far stay
             self.cascade.uploaded = catalog.uploaded
+            if self.shared is not None:
+                self.shared.grow(len(catalog.uploaded))
         set_model_info(self.registry, STAGE, catalog.version)
         return catalog.version
 
@@ -182,7 +196,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
             def seen_of() -> np.ndarray:
                 recent = shared.consumed(dense, self.catalog.history_length)
-                return np.union1d(recent, shared.shown(dense))
+                # Shown pages expire on the request's clock (the writer records them at it).
+                return np.union1d(recent, shared.shown(dense, now_ms))
 
         served = Served()
         q, reason = 1.0, ""
@@ -191,9 +206,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         funnel, arm = self.cascade.funnel, ""
         if self.arms:  # anonymous users share one key, so one arm
             chosen = assign(self.settings.arm_salt, user_key or "anonymous", self.arms)
-            funnel, arm = dataclasses.replace(funnel, **chosen.overrides), chosen.name
+            funnel, arm = funnel_of(funnel, chosen.overrides), chosen.name
         funnel = shrink(funnel, q, count)
-        request_id = uuid.uuid4().hex  # before the run: it decides whether the request explores
+        request_id = uuid.uuid4().hex  # before the run: it seeds the pool's draws
         response = self.cascade.run(
             user, count, budget, request.debug, served, seen_of, funnel, request_id
         )
@@ -201,12 +216,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = request_id, arm
         metrics = self.metrics
-        explored = [response.items.item_ids[p] for p in response.explored_positions]
-        if explored:
-            self.cascade.explored.record(dense, explored, now_ms, funnel.explore_max_age_s * 1000)
-            metrics.labelled(metrics.explored, arm or NO_ARM).inc(len(explored))
-        elif served.explore_eligible == 0:  # explored, but recall held no recent upload
-            metrics.labelled(metrics.explore_empty, arm or NO_ARM).inc()
+        pooled = [response.items.item_ids[p] for p in response.explored_positions]
+        if pooled:
+            self.cascade.pool.given.record(dense, pooled, now_ms, funnel.pool.window_s * 1000)
+            metrics.labelled(metrics.pool.slots, arm or NO_ARM).inc(len(pooled))
+        elif served.pool_young == 0:  # the pool was on, but recall held no young upload
+            metrics.labelled(metrics.pool.empty, arm or NO_ARM).inc()
         metrics.labelled(metrics.arm_answers, arm or NO_ARM).inc()
         metrics.labelled(metrics.arm_latency, arm or NO_ARM).observe(time.perf_counter() - started)
         response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
@@ -318,6 +333,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         users, items = new["user_id"].to_numpy(), new["item_id"].to_numpy()
         names, stamps = new["event"].to_pylist(), new["timestamp_ms"].to_numpy()
         self.online.record(users, items, names, stamps)
+        self.pool_counters.record(items, names)
         types = {name: number for number, name in EVENT_NAMES.items()}
         forward = gateway_pb2.FeedbackRequest()
         for user, item, name, stamp, request_id in zip(

@@ -12,6 +12,7 @@ from cascade.eventlog import LogSettings
 from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.server import ServerSettings
 from cascade.topology import STAGES, spec
+from cascade.traffic_pool import PoolSettings
 from gateway.admission import AdmissionSettings
 from gateway.arms import parse_arms
 from gateway.replicas import PICKS
@@ -100,6 +101,9 @@ class GatewaySettings:
     shadow_arm: str = ""
     # Concurrency limit, queue-time shedding and the funnel's quality factor (gateway/admission.py).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    # The traffic pool for new uploads (gateway/pool.py, cascade/traffic_pool.py): K impressions
+    # promised in an upload's first day, its page slots and controller; an arm may override it.
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
     def __post_init__(self) -> None:
         check_store_setting(self.store)

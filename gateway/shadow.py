@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from cascade.telemetry import SHADOW_METADATA
 from cascade.v1 import common_pb2
-from gateway.arms import Arm
+from gateway.arms import Arm, funnel_of
 from gateway.impressions import ImpressionWriter, Shown
 from gateway.pipeline import Budget, Cascade, Served
 
@@ -61,7 +61,7 @@ class Shadow:
 
     def _run(self, shown: Shown, user: common_pb2.UserContext, count: int) -> None:
         try:
-            funnel = dataclasses.replace(self.cascade.funnel, **self.arm.overrides)
+            funnel = funnel_of(self.cascade.funnel, self.arm.overrides)
             served = Served()
             budget = Budget(self.deadline_s, self.shares)
             answer = self.cascade.run(

@@ -37,6 +37,7 @@ def new_cascade(
         settings.max_per_creator,
         settings.breaker_failures,
         settings.breaker_cooldown_s,
+        pool=settings.pool,
     )
     return Cascade(
         dict(pools),

@@ -95,8 +95,11 @@ class CatalogUpdates:
             table["creator_id"].to_numpy(),
             table["upload_ms"].to_numpy() // 1000,
         )
-        # The local creator cap sees them too, and exploration knows them as recent uploads.
+        # The local creator cap sees them too, and the traffic pool knows them as young uploads
+        # (with Redis, the shared counters' snapshot makes room for their ids).
         service.cascade.creators, service.cascade.uploaded = catalog.creators, catalog.uploaded
+        if service.shared is not None:
+            service.shared.grow(len(catalog.uploaded))
         forward = catalog_pb2.AddItemsRequest()
         for item, item_id, upload_ms in zip(
             items, ids[rows].tolist(), table["upload_ms"].to_pylist(), strict=True

@@ -1,5 +1,5 @@
 """The simulated loop's report: per-arm true engagement per day, the cascade against EASE day by
-day, exploration of new uploads, as JSON rows turned into Markdown and a plot
+day, the traffic pool for new uploads, as JSON rows turned into Markdown and a plot
 (results/loop/simulation.{md,png}, written by `cascade simulate`, app/loop.py)."""
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def to_markdown(report: dict) -> str:
     if by_day := per_day_vs_ease(report["rows"]):
         lines += ["", "| day | cascade / EASE | ± (95%) |", "|---|---|---|"]
         lines += [f"| {r['day']} | {r['ratio']:.3f} | {r['ci95']:.3f} |" for r in by_day]
-    lines += exploration_lines(report)
+    lines += pool_lines(report)
     if report.get("retraining"):
         lines += [
             "",
@@ -148,45 +148,46 @@ def profile_words(profile: dict | None) -> str:
     )
 
 
-def exploration_lines(report: dict) -> list[str]:
-    """The explore arm against the cascade, per day: explored and fresh shares, the organic
-    slots' fresh and upload shares (do uploads come to win slots of their own once the retrain
-    has their plays?), and expected engagement with the ratio's 95% interval (delta method)."""
+def pool_lines(report: dict) -> list[str]:
+    """The cascade (with the traffic pool) against the no-pool arm, per day: the share of
+    impressions in pool slots, fresh shares, the organic slots' fresh and upload shares, and
+    expected engagement with the ratio's 95% interval (delta method)."""
     by = {(row["arm"], row["day"]): row for row in report["rows"]}
-    days = sorted({row["day"] for row in report["rows"] if row["arm"] == "explore"})
+    days = sorted({row["day"] for row in report["rows"] if row["arm"] == "no-pool"})
     if not days:
         return []
     lines = [
         "",
-        f"Exploration: arm explore = cascade with {report['config'].get('explore')} (the same "
-        "gateway and bundle; gateway/explore.py). Explored: share of impressions in explored "
-        "slots; organic: the other slots; uploads: any track uploaded during the run.",
+        "Traffic pool: arm cascade serves the profile's pool (gateway/pool.py, K = "
+        f"{report['config'].get('pool_target')}), arm no-pool the same gateway and bundle with "
+        "it off. Pool: share of impressions in pool slots; organic: the other slots; uploads: "
+        "any track uploaded during the run.",
         "",
-        "| day | arm | explored | fresh (<1 day) | organic fresh | organic uploads | expected "
-        "| ± | explored slots' expected | explore / cascade | ± (95%) |",
+        "| day | arm | pool | fresh (<1 day) | organic fresh | organic uploads | expected "
+        "| ± | pool slots' expected | cascade / no-pool | ± (95%) |",
         "|---" * 11 + "|",
     ]
     for day in days:
-        for arm in ("cascade", "explore"):
+        for arm in ("no-pool", "cascade"):
             row = by.get((arm, day))
             if row is None:
                 continue
             ratio = "-", "-"
-            base = by.get(("cascade", day))
-            if arm == "explore" and base is not None:
+            base = by.get(("no-pool", day))
+            if arm == "cascade" and base is not None:
                 value = row["expected_engagement"] / base["expected_engagement"]
                 relative = (
                     (row["expected_ci95"] / row["expected_engagement"]) ** 2
                     + (base["expected_ci95"] / base["expected_engagement"]) ** 2
                 ) ** 0.5
                 ratio = f"{value:.3f}", f"{value * relative:.3f}"
-            explored = row.get("explored_expected")
+            pooled = row.get("explored_expected")
             lines.append(
                 f"| {day} | {arm} | {row.get('explored_share', 0.0):.3f} "
                 f"| {row['fresh_share']:.3f} | {row['organic_fresh_share']:.3f} "
                 f"| {row.get('organic_upload_share', 0.0):.4f} "
                 f"| {row['expected_engagement']:.4f} | {row['expected_ci95']:.4f} "
-                f"| {'-' if explored is None else f'{explored:.4f}'} | {ratio[0]} | {ratio[1]} |"
+                f"| {'-' if pooled is None else f'{pooled:.4f}'} | {ratio[0]} | {ratio[1]} |"
             )
     return lines
 

@@ -9,7 +9,8 @@ follow now and then. Creators upload new tracks through each day (drawn by the w
 (the gateway through AddItems, follow changes through ChangeFollows). Every policy hears the
 answers. The policy of the `cascade` arm is the running gateway over gRPC (Recommend, then
 Feedback with the request_id); the reference arms run here: random (floor), oracle (ceiling: ranks
-by true utility), popular and EASE (refitted on what they heard after each day).
+by true utility), popular, EASE (refitted on what they heard after each day) and ease+pool (EASE's
+ranking with the traffic pool for uploads, cascade/traffic_pool.py: the gateway's own code).
 
 Engagement per impression is reported two ways: expected (the truth's probabilities of play,
 complete, like and share at the item's position, weighted like the ranker's fusion) and realised
@@ -43,12 +44,13 @@ from cascade.data.synthetic import (
 )
 from cascade.data.two_sided import Supply, reference_plays
 from cascade.progress import Progress
+from cascade.traffic_pool import PoolSettings, baseline, choose, place_slots, status
 from gateway.arms import Arm, assign
 from gateway.client import EVENT_TYPES, Event
 
 # Weights of the engaged outcomes (as the ranker's default fusion weighs its tasks).
 ENGAGEMENT = {"play": 1.0, "complete": 1.0, "like": 2.0, "share": 3.0}
-REFERENCE_ARMS = ("random", "oracle", "popular", "ease")
+REFERENCE_ARMS = ("random", "oracle", "popular", "ease", "ease+pool")
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Page:
 
     request_id: str
     items: np.ndarray  # (k,) int64
-    explored: np.ndarray | None = None  # (k,) bool: slots exploration filled (None: none)
+    explored: np.ndarray | None = None  # (k,) bool: slots the traffic pool filled (None: none)
 
 
 @dataclass
@@ -130,10 +132,14 @@ class World:
         self.follows = {
             user: set[int]() for user in np.unique(follows["follower_id"]).tolist()
         }  # user -> accounts followed (the world's follows all predate the simulation)
+        self.followers: dict[int, set[int]] = {}  # account -> users following it
         for follower, followee in zip(
             follows["follower_id"].tolist(), follows["followee_id"].tolist(), strict=True
         ):
             self.follows[follower].add(followee)
+            self.followers.setdefault(followee, set()).add(follower)
+        # Per upload of the run, the users following its creator when it was uploaded.
+        self.upload_followers: dict[int, np.ndarray] = {}
         self.end_ts = int(max(dataset.interactions["ts"].max(), dataset.items["upload_ts"].max()))
         self.now = self.end_ts  # the simulated clock: item ages are taken at it
         self._examination = examination(self.config)
@@ -175,6 +181,8 @@ class World:
         followed = self.follows.setdefault(user, set())
         new = sorted({a for a in accounts.tolist() if a > 0 and a != user} - followed)
         followed.update(new)
+        for account in new:
+            self.followers.setdefault(account, set()).add(user)
         return new
 
     def unfollow(self, user: int, rng: np.random.Generator) -> list[int]:
@@ -184,6 +192,7 @@ class World:
             return []
         account = followed[int(rng.integers(len(followed)))]
         self.follows[user].discard(account)
+        self.followers.get(account, set()).discard(user)
         return [account]
 
     def draw_uploads(self, n: int | None, start_s: int, rng: np.random.Generator) -> DayUploads:
@@ -214,6 +223,10 @@ class World:
             self.truth[name] = np.concatenate([self.truth[name], rows[name]])
         self.creator = np.concatenate([self.creator, uploads.creators])
         self.upload_ts = np.concatenate([self.upload_ts, uploads.upload_ts])
+        for item, creator in zip(uploads.item_ids.tolist(), uploads.creators.tolist(), strict=True):
+            account = int(self.account[creator]) if creator < len(self.account) else 0
+            followers = self.followers.get(account, set()) if account else set()
+            self.upload_followers[item] = np.array(sorted(followers), dtype=np.int64)
         self.n_items += len(uploads.item_ids)
         self.supply.uploaded(uploads.item_ids, uploads.creators, uploads.upload_ts)
 
@@ -364,10 +377,119 @@ class EASEPolicy(_Reference):
         return scores + self.rng.random(self.n_items) * 1e-6
 
 
-def reference_policy(name: str, dataset: Dataset, world: World, seed: int) -> Policy:
+class PooledEASEPolicy(EASEPolicy):
+    """EASE's ranking with the traffic pool (the gateway's controller, cascade/traffic_pool.py):
+    each upload's delivered impressions and plays are what this arm showed; affinity is
+    following the creator, else the user's category match (share of their plays in the
+    upload's best category over their top category's share; 0.5 for a user with no plays)."""
+
+    def __init__(self, dataset: Dataset, rng: np.random.Generator, pool: PoolSettings):
+        self.pool = pool
+        categories = dataset.items["categories"]
+        self.item_categories = np.zeros((dataset.n_items, categories.shape[1]), np.int64)
+        self.item_categories[dataset.items["item_id"]] = categories
+        self.n_categories = len(dataset.meta["categories"])
+        self.item_creator = np.zeros(dataset.n_items, np.int64)
+        self.item_creator[dataset.items["item_id"]] = dataset.items["creator_id"]
+        self.account = np.zeros(dataset.creators["creator_id"].max() + 1, np.int64)
+        self.account[dataset.creators["creator_id"]] = dataset.creators["user_id"]
+        self.follows: dict[int, set[int]] = {}
+        for follower, followee in zip(
+            dataset.follows["follower_id"].tolist(),
+            dataset.follows["followee_id"].tolist(),
+            strict=True,
+        ):
+            self.follows.setdefault(follower, set()).add(followee)
+        self.upload_ts = np.zeros(dataset.n_items, np.int64)  # 0: not an upload of the run
+        self.delivered = np.zeros(dataset.n_items, np.int64)
+        self.plays = np.zeros(dataset.n_items, np.int64)
+        self.tastes: dict[int, np.ndarray] = {}  # user -> plays per category
+        self.given: dict[int, set[int]] = {}
+        super().__init__(dataset, rng)
+        for user, item in zip(
+            dataset.interactions["user_id"].tolist(),
+            dataset.interactions["item_id"].tolist(),
+            strict=True,
+        ):
+            self._taste(user, item)
+
+    def recommend(self, user: int, now_s: int, count: int) -> Page:
+        page = super().recommend(user, now_s, count)
+        young = np.flatnonzero((self.upload_ts > 0) & (now_s - self.upload_ts < self.pool.window_s))
+        young = young[self.upload_ts[young] <= now_s]
+        excluded = self.consumed.get(user, set()) | self.given.get(user, set())
+        young = young[~np.isin(young, [*excluded, *page.items.tolist()])]
+        if not self.pool.on or not len(young):
+            return page
+        rate = baseline(self.pool, self.delivered[young], self.plays[young])
+        state, _, boost = status(
+            self.pool, now_s - self.upload_ts[young], self.delivered[young], self.plays[young], rate
+        )
+        followed = self.follows.get(user, set())
+        accounts = self.account[np.minimum(self.item_creator[young], len(self.account) - 1)]
+        follower = np.array([a in followed for a in accounts.tolist()], bool)
+        match, draws = self._match(user, young), self.rng.random(len(young))
+        picks = young[choose(state, boost, follower, match, draws, self.pool.slots)]
+        start, n = place_slots(len(page.items), len(picks), self.pool.position, count)
+        if not n:
+            return page
+        organic = page.items[: count - n]
+        items = np.concatenate([organic[:start], picks[:n], organic[start:]])
+        explored = np.zeros(len(items), bool)
+        explored[start : start + n] = True
+        self.given.setdefault(user, set()).update(picks[:n].tolist())
+        return Page(page.request_id, items, explored)
+
+    def observe(self, user: int, page: Page, outcomes: dict[str, np.ndarray], now_s: int):
+        super().observe(user, page, outcomes, now_s)
+        np.add.at(self.delivered, page.items, 1)
+        played = page.items[outcomes["play"]]
+        np.add.at(self.plays, played, 1)
+        for item in played.tolist():
+            self._taste(user, item)
+
+    def upload(self, uploads: Uploads, now_s: int) -> None:
+        super().upload(uploads, now_s)
+        n = len(uploads.item_ids)
+        self.upload_ts = np.r_[self.upload_ts, uploads.upload_ts.astype(np.int64)]
+        self.delivered, self.plays = (
+            np.r_[self.delivered, np.zeros(n, np.int64)],
+            np.r_[self.plays, np.zeros(n, np.int64)],
+        )
+        self.item_creator = np.r_[self.item_creator, uploads.creators.astype(np.int64)]
+        self.item_categories = np.vstack([self.item_categories, uploads.categories])
+
+    def change_follows(self, user: int, accounts: list[int], unfollow: bool, now_s: int):
+        followed = self.follows.setdefault(user, set())
+        if unfollow:
+            followed.difference_update(accounts)
+        else:
+            followed.update(accounts)
+
+    def _taste(self, user: int, item: int) -> None:
+        counts = self.tastes.setdefault(user, np.zeros(self.n_categories, np.float64))
+        categories = self.item_categories[item]
+        counts[categories[categories > 0]] += 1
+
+    def _match(self, user: int, items: np.ndarray) -> np.ndarray:
+        counts = self.tastes.get(user)
+        if counts is None or not counts.max():
+            return np.full(len(items), 0.5)
+        share = np.r_[counts / counts.max()]
+        share[0] = 0.0  # padding
+        return share[self.item_categories[items]].max(axis=1)
+
+
+def reference_policy(
+    name: str, dataset: Dataset, world: World, seed: int, pool: PoolSettings | None = None
+) -> Policy:
+    """An in-process arm; `pool`: the ease+pool arm's pool settings (the served profile's, with
+    the simulation's K)."""
     rng = np.random.default_rng([seed, REFERENCE_ARMS.index(name)])
     if name == "oracle":
         return OraclePolicy(dataset, rng, world)
+    if name == "ease+pool":
+        return PooledEASEPolicy(dataset, rng, PoolSettings() if pool is None else pool)
     return {"random": RandomPolicy, "popular": PopularPolicy, "ease": EASEPolicy}[name](
         dataset, rng
     )

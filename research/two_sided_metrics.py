@@ -87,3 +87,65 @@ def gap_closed(by_arm: dict[str, dict]) -> None:
         entry["oracle_gap_ci95"] = (dc**2 + (gap * do) ** 2 + ((1 - gap) * dr) ** 2) ** 0.5 / abs(
             o - r
         )
+
+
+AGE_BUCKETS_H = (1, 6, 12, 24)  # upload-age buckets' upper ends, hours
+HOUR = 3600
+
+
+def cold_start(
+    rows: dict[str, np.ndarray], world: World, start_s: int, days: int, target: int
+) -> dict:
+    """What new uploads got in their first day, over the uploads with a full 24 h left in the
+    run: per upload-age bucket, the mean impressions delivered by that age against the target K
+    and the share that reached K by then; and how soon followers saw them: of the simulated
+    users following an upload's creator when it was uploaded and with a session in its first
+    hour, the share shown it in that hour."""
+    supply = world.supply
+    end_s = start_s + days * DAY
+    uploads = supply.item_ids[supply.upload_ts + DAY <= end_s] if len(supply.item_ids) else []
+    uploads = np.asarray(uploads, np.int64)
+    on = np.isin(rows["item"], uploads)
+    index = {item: i for i, item in enumerate(uploads.tolist())}
+    row_upload = np.array([index[i] for i in rows["item"][on].tolist()], dtype=np.int64)
+    ages = rows["age_s"][on]
+    buckets = []
+    for hours in AGE_BUCKETS_H:
+        by_age = np.bincount(row_upload[ages < hours * HOUR], minlength=len(uploads))
+        buckets.append(
+            {
+                "age_h": hours,
+                "mean_impressions": float(by_age.mean()) if len(uploads) else None,
+                "target": target,
+                "reaching_target": _share(by_age >= target),
+            }
+        )
+    return {"uploads": len(uploads), "by_age": buckets} | _followers_first_hour(rows, world)
+
+
+def _followers_first_hour(rows: dict[str, np.ndarray], world: World) -> dict:
+    """(follower, upload) pairs among the simulated users: with a session in the upload's first
+    hour, and of those the share shown the upload in it."""
+    simulated = np.unique(rows["user"])
+    times = world.upload_ts[rows["item"]] + rows["age_s"]  # each impression's time
+    order = np.argsort(times, kind="stable")
+    users, times_sorted = rows["user"][order], times[order]
+    early = (rows["age_s"] >= 0) & (rows["age_s"] < HOUR)
+    shown = set(zip(rows["user"][early].tolist(), rows["item"][early].tolist(), strict=True))
+    pairs = active = seen = 0
+    for item, followers in world.upload_followers.items():
+        followers = followers[np.isin(followers, simulated)]
+        if not len(followers):
+            continue
+        pairs += len(followers)
+        upload = world.upload_ts[item]
+        lo, hi = np.searchsorted(times_sorted, [upload, upload + HOUR], side="left")
+        present = np.intersect1d(followers, users[lo:hi])
+        active += len(present)
+        seen += sum((user, item) in shown for user in present.tolist())
+    return {
+        "follower_pairs": pairs,
+        "followers_with_session_1h": active,
+        "followers_shown_1h": seen,
+        "followers_shown_1h_share": seen / active if active else None,
+    }

@@ -62,11 +62,21 @@ def to_markdown(report: dict) -> str:
     for key, title in names.items():
         if key in head:
             lines.append(f"| {title} | {head[key]['ratio']:.3f} | {head[key]['ci95']:.3f} |")
-    lines += ["", "| arm | uploads reaching K in 24 h | active creators, last day |"]
-    lines += ["|---|---|---|"]
+    lines += [
+        "",
+        "| arm | uploads reaching K in 24 h | followers shown an upload in its first hour "
+        "| active creators, last day |",
+        "|---|---|---|---|",
+    ]
+    followers = head.get("followers_shown_upload_1h", {})
     for arm, share in head["uploads_reaching_target_24h"].items():
         active = head["active_creators_last_day"][arm]
-        lines.append(f"| {arm} | {'-' if share is None else f'{share:.3f}'} | {active} |")
+        seen = followers.get(arm)
+        lines.append(
+            f"| {arm} | {'-' if share is None else f'{share:.3f}'} "
+            f"| {'-' if seen is None else f'{seen:.3f}'} | {active} |"
+        )
+    lines += cold_start_lines(report)
     if needed := report.get("users_for_ci_0.08"):
         lines += [
             "",
@@ -93,6 +103,43 @@ def to_markdown(report: dict) -> str:
     lines += ["", "Seconds per simulated day, per run (world/arm):", ""]
     lines += [f"- {key}: {value}" for key, value in report["seconds_per_day"].items()]
     return "\n".join(lines) + "\n"
+
+
+def cold_start_lines(report: dict) -> list[str]:
+    """Per arm (two-sided world): impressions delivered to uploads by upload age against K, and
+    followers shown a followed creator's upload within its first hour."""
+    runs = [r for r in report["runs"] if r["world"] == "two-sided" and r.get("cold_start")]
+    if not runs:
+        return []
+    ages = [b["age_h"] for b in runs[0]["cold_start"]["by_age"]]
+    lines = [
+        "",
+        "## New uploads in their first day (two-sided world)",
+        "",
+        f"Over the uploads with a full 24 h left in the run; K = {report['exposure_target']['K']}. "
+        "Each cell: mean impressions delivered by that upload age / share of uploads at K by "
+        "then. Followers: simulated users following the creator at upload with a session in "
+        "the upload's first hour, and the share of them shown it in that hour.",
+        "",
+        "| arm | uploads | "
+        + " | ".join(f"by {h} h" for h in ages)
+        + " | followers active in hour 1 | shown it in hour 1 |",
+        "|---" * (len(ages) + 4) + "|",
+    ]
+    for run in runs:
+        cold = run["cold_start"]
+        cells = " | ".join(
+            "-"
+            if b["mean_impressions"] is None
+            else f"{b['mean_impressions']:.2f} / {_cell(b, 'reaching_target', None, '.2f')}"
+            for b in cold["by_age"]
+        )
+        share = cold["followers_shown_1h_share"]
+        lines.append(
+            f"| {run['arm']} | {cold['uploads']} | {cells} | {cold['followers_with_session_1h']} "
+            f"| {'-' if share is None else f'{share:.3f}'} |"
+        )
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:

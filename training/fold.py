@@ -27,7 +27,7 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
     here (it still counts as an interaction when it is a play). A shadow ranking (arm
     "shadow:NAME", gateway/shadow.py) was never shown: it is no example. With the record's
     `channel_masks`, each row also carries its `channel_mask` (the ranker's channels field); with
-    `explored`, its `explored` flag (a slot exploration filled, gateway/explore.py: its position
+    `explored`, its `explored` flag (a slot the traffic pool filled, gateway/pool.py: its position
     is the slot it was shown at, so position-bias weights stay right)."""
     if "arm" in impressions.column_names:
         arms = impressions["arm"].to_pylist()
@@ -49,7 +49,7 @@ def served_impressions(events: pa.Table, impressions: pa.Table) -> Table:
         masks = np.asarray(impressions["channel_masks"].combine_chunks().flatten(), np.uint32)
         if len(masks) == len(item):  # else a record without masks: the channels stay unknown
             rows["channel_mask"] = masks
-    if "explored" in impressions.column_names:  # slots exploration filled (null: none)
+    if "explored" in impressions.column_names:  # slots the traffic pool filled (null: none)
         flags = impressions["explored"].to_pylist()
         rows["explored"] = np.array(
             [

@@ -144,17 +144,23 @@ def test_an_arm_deviating_from_the_profile_is_served_and_named_in_the_report():
     from gateway.arms import Arm
     from research.simulate import SimulationConfig
 
-    args = loop.parse(["--arms", "cascade", "explore", "random"])
+    args = loop.parse(["--arms", "cascade", "no-pool", "random"])
     config = SimulationConfig(arms=tuple(Arm(name) for name in args.arms))
-    extra = loop.HARNESS | loop.gateway_arms(args, config)
+    extra = loop.harness(5) | loop.gateway_arms(args, config)
     stack.check_profiles([args.served_profile], extra, exact=True)  # the arm is the harness's
-    record = loop.served_profile(args)
+    record = loop.served_profile(args, 5)
     assert record["name"] == "default" and len(record["sha256"]) == 64
-    assert record["arms"] == {"explore": {"explore_slots": 1, "explore_max_age_s": 86_400}}
-    assert record["harness"] == {"CASCADE_GATEWAY_CLOCK": "caller"}
+    assert record["arms"] == {"no-pool": {"pool": {"slots": 0}}}
+    assert record["harness"] == {
+        "CASCADE_GATEWAY_CLOCK": "caller",
+        "CASCADE_GATEWAY_POOL_TARGET": "5",  # K scaled to the simulated audience
+    }
     words = loop_report.profile_words(record)
     assert "the cascade serves profile default" in words
-    assert 'arm explore deviates from it by {"explore_slots": 1' in words
+    assert 'arm no-pool deviates from it by {"pool": {"slots": 0}}' in words
+    # The ease+pool arm runs the profile's pool with the same K.
+    assert loop.pool_settings(args.served_profile, 5).target == 5
+    assert loop.pool_settings(args.served_profile, 5).slots == 1
 
 
 def test_the_markdown_gives_cascade_over_ease_for_every_day():
@@ -172,40 +178,30 @@ def test_the_markdown_gives_cascade_over_ease_for_every_day():
     assert got[1]["ci95"] == pytest.approx(1.1 * 0.1 * 2**0.5, abs=1e-4)
 
 
-def test_the_explore_arm_mirrors_the_simulations_arms_on_the_gateway():
+def test_the_no_pool_arm_mirrors_the_simulations_arms_on_the_gateway():
     import json
 
     from app.loop import arguments, gateway_arms
     from gateway.arms import Arm, assign, parse_arms
     from research.simulate import SimulationConfig
 
-    args = arguments().parse_args(
-        ["--arms", "cascade", "explore", "oracle", "--explore-rate", "0.5"]
-    )
+    args = arguments().parse_args(["--arms", "cascade", "no-pool", "oracle", "ease+pool"])
     config = SimulationConfig(arms=tuple(Arm(name) for name in args.arms))
     env = gateway_arms(args, config)
     arms = parse_arms(env["CASCADE_GATEWAY_ARMS"])
-    assert [a.name for a in arms] == ["cascade", "explore", "oracle"]
-    assert arms[1].overrides == {
-        "explore_slots": 1,
-        "explore_max_age_s": 86_400,
-        "explore_rate": 0.5,
-    }
+    assert [a.name for a in arms] == ["cascade", "no-pool", "oracle", "ease+pool"]
+    assert arms[1].overrides == {"pool": {"slots": 0}}
     salt = env["CASCADE_GATEWAY_ARM_SALT"]
     for user in range(200):  # the gateway assigns each user the simulation's arm
         assert (
             assign(salt, str(user), arms).name == assign(config.salt, str(user), config.arms).name
         )
-    off = arguments().parse_args(["--arms", "cascade", "explore", "--explore-slots", "0"])
-    assert parse_arms(gateway_arms(off, config)["CASCADE_GATEWAY_ARMS"])[1].overrides == {
-        "explore_slots": 0
-    }
     plain = arguments().parse_args(["--arms", "cascade", "oracle"])
-    assert gateway_arms(plain, config) == {}  # no explore arm: the gateway as configured
+    assert gateway_arms(plain, config) == {}  # no no-pool arm: the gateway as configured
     assert json.loads(env["CASCADE_GATEWAY_ARMS"])[0] == {"name": "cascade", "share": 1.0}
 
 
-def test_the_markdown_compares_the_explore_arm_with_the_cascade_per_day():
+def test_the_markdown_compares_the_cascade_with_the_no_pool_arm_per_day():
     def entry(arm, value, half, **extra):
         return {
             **row(arm, 0, value, half),
@@ -214,26 +210,27 @@ def test_the_markdown_compares_the_explore_arm_with_the_cascade_per_day():
             "realised_ci95": half,
             "coverage": 0.1,
             "creator_gini": 0.5,
-            "fresh_share": 0.1 if arm == "explore" else 0.0,
+            "fresh_share": 0.1 if arm == "cascade" else 0.0,
             "organic_fresh_share": 0.0,
             "organic_upload_share": 0.002,
             **extra,
         }
 
     rows = [
-        entry("cascade", 0.40, 0.04),
-        entry("explore", 0.44, 0.044, explored_share=0.1, explored_expected=0.05),
+        entry("no-pool", 0.40, 0.04),
+        entry("cascade", 0.44, 0.044, explored_share=0.1, explored_expected=0.05),
     ]
     report = {
-        "config": {"users": 100, "days": 1, "sessions_per_day": 1.0, "explore": {"a": 1}},
+        "config": {"users": 100, "days": 1, "sessions_per_day": 1.0, "pool_target": 5},
         "seconds": 1.0,
         "rows": rows,
         "headline": {},
     }
     text = to_markdown(report)
-    assert "| 0 | cascade | 0.000 | 0.000 | 0.000 | 0.0020 | 0.4000 | 0.0400 | - | - | - |" in text
+    assert "| 0 | no-pool | 0.000 | 0.000 | 0.000 | 0.0020 | 0.4000 | 0.0400 | - | - | - |" in text
     # The ratio 1.1 with both arms +-10%: +-1.1 * sqrt(2) * 10% = 0.156.
     assert (
-        "| 0 | explore | 0.100 | 0.100 | 0.000 | 0.0020 | 0.4400 | 0.0440 | 0.0500 | 1.100 " in text
+        "| 0 | cascade | 0.100 | 0.100 | 0.000 | 0.0020 | 0.4400 | 0.0440 | 0.0500 | 1.100 " in text
     )
+    assert "K = 5" in text
     assert "| 0.156 |" in text

@@ -28,7 +28,8 @@ def data_dir(tmp_path_factory):
 
 def test_the_tiny_benchmark_reports_both_sides_per_arm_and_day(data_dir, tmp_path):
     argv = ["--data-dir", str(data_dir), "--days", "2", "--users", "60", "--retrain", "never"]
-    argv += ["--arms", "random", "popular", "oracle", "--neutral-arms", "random", "oracle"]
+    argv += ["--arms", "random", "popular", "oracle", "ease+pool"]
+    argv += ["--neutral-arms", "random", "oracle"]
     argv += ["--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
     two_sided.main(argv)
     report = json.loads((tmp_path / "out" / "simulation.json").read_text())
@@ -37,7 +38,7 @@ def test_the_tiny_benchmark_reports_both_sides_per_arm_and_day(data_dir, tmp_pat
     assert report["world"]["hash"] == world.world_hash()
     assert report["exposure_target"]["K"] == round(100 * 60 / 150)
     runs = {(r["world"], r["arm"]): r for r in report["runs"]}
-    two = {("two-sided", arm) for arm in ("random", "popular", "oracle")}
+    two = {("two-sided", arm) for arm in ("random", "popular", "oracle", "ease+pool")}
     assert set(runs) == two | {("neutral", "random"), ("neutral", "oracle")}
     for run in runs.values():
         assert [d["day"] for d in run["days"]] == [0, 1]
@@ -50,9 +51,16 @@ def test_the_tiny_benchmark_reports_both_sides_per_arm_and_day(data_dir, tmp_pat
     assert oracle["expected_engagement"] > random["expected_engagement"]
     assert oracle["oracle_gap_closed"] == pytest.approx(1.0)
     head = report["headline"]
-    assert set(head["uploads_reaching_target_24h"]) == {"random", "popular", "oracle"}
-    assert set(head["active_creators_last_day"]) == {"random", "popular", "oracle"}
-    assert "World hash" in (tmp_path / "out" / "simulation.md").read_text()
+    arms = {"random", "popular", "oracle", "ease+pool"}
+    assert set(head["uploads_reaching_target_24h"]) == arms
+    assert set(head["active_creators_last_day"]) == arms
+    assert set(head["followers_shown_upload_1h"]) == arms
+    # The ease+pool arm runs the default profile's pool with the simulation's K.
+    assert report["config"]["pool"]["target"] == report["exposure_target"]["K"]
+    pooled = runs["two-sided", "ease+pool"]["cold_start"]
+    assert [b["age_h"] for b in pooled["by_age"]] == [1, 6, 12, 24]
+    text = (tmp_path / "out" / "simulation.md").read_text()
+    assert "World hash" in text and "## New uploads in their first day" in text
     # An interrupted run resumes: a run's result gone, its checkpoint left, the same report.
     (state,) = (tmp_path / "run" / "state").iterdir()  # one folder per run's options
     (state / "two-sided-oracle.json").unlink()

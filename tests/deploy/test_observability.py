@@ -9,14 +9,17 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from cascade.telemetry import RpcMetrics, new_registry, set_model_info
 from cascade.topology import DEFAULT_METRICS_PORTS
+from cascade.traffic_pool import PoolSettings
 from deploy import generate, grafana_dashboards, prometheus_rules
 from gateway.pipeline import GatewayMetrics
+from gateway.pool import Pool, PoolCollector
 from gateway.server import GatewaySettings
 from services.prerank.server import PrerankMetrics
 from services.recall.merge import ChannelMetrics
@@ -37,6 +40,9 @@ def exported() -> dict[str, set[str]]:
     RpcMetrics("gateway", registries[0])
     GatewayMetrics(registries[0])
     set_model_info(registries[0], "gateway", "v1")
+    empty = np.zeros(0, np.int64)
+    pool = Pool(lambda ids: (empty, empty))  # the gateway's traffic pool gauges, as it registers
+    registries[0].register(PoolCollector(pool, PoolSettings, lambda: np.zeros(1, np.int64)))
     ChannelMetrics(registries[0])
     PrerankMetrics(registries[1])  # ModelMetrics and the prerank gauge
     RerankMetrics(registries[2])

@@ -11,6 +11,7 @@ import pytest
 
 from cascade.candidates import channel_bit
 from cascade.client import field_violations
+from cascade.traffic_pool import PoolSettings
 from cascade.v1 import (
     catalog_pb2,
     common_pb2,
@@ -134,6 +135,32 @@ def test_follows_and_unfollows_reach_the_follow_channel(stack_factory):
         (follower, account, False),
         (follower, account, True),
     ]
+
+
+def test_a_followers_recall_and_page_hold_the_followed_creators_upload_right_after_it(
+    stack_factory,
+):
+    """Social recall within a second of the upload: the bundle's follow graph (user 3 follows
+    creator 1's account) meets the upload AddItems forwarded to recall, and the traffic pool
+    gives the follower's page a slot for it, followers first."""
+    # The services' default pool; no creator cap (the tiny world's three creators fill pages).
+    stack = stack_factory(clock="caller", pool=PoolSettings(), max_per_creator=0)
+    dataset = stack_factory.built.dataset
+    follows, creators = dataset.follows, dataset.creators
+    follower, creator = 3, 1
+    followed = follows["followee_id"][follows["follower_id"] == follower]
+    account = creators["user_id"][creators["creator_id"] == creator]
+    assert followed.tolist() == account.tolist()  # from the bundle, not an online follow
+    at = UPLOAD_MS + 1000  # a second after the upload
+    with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
+        (new_id,) = client.add_items([{**NEW, "creator_id": creator}]).item_ids
+        assert found_by(recall(stack, follower, at), new_id, "social")
+        page = client.recommend(follower, count=5, request_time_ms=at)
+    ids = list(page.items.item_ids)
+    assert new_id in ids
+    assert page.items.channel_masks[ids.index(new_id)] & channel_bit("social")
+    # Someone who does not follow the creator gets it by the fresh channel, not the social one.
+    assert not found_by(recall(stack, 5, at), new_id, "social")
 
 
 BAD_ITEMS = [

@@ -179,7 +179,7 @@ def wait_until_served(client: CascadeClient, version: str, timeout_s: float = 60
 
 def test_explored_and_organic_shares_per_arm_and_day():
     rows = {
-        "arm": np.array(["explore"] * 4 + ["cascade"] * 2),
+        "arm": np.array(["pooled"] * 4 + ["cascade"] * 2),
         "day": np.zeros(6, dtype=np.int64),
         "session": np.array([0, 0, 1, 1, 2, 2]),
         "user": np.array([1, 1, 2, 2, 3, 3]),
@@ -192,10 +192,10 @@ def test_explored_and_organic_shares_per_arm_and_day():
         "explored": np.array([False, True, False, False, False, False]),
     }
     by = {r["arm"]: r for r in summarise(rows, 200, first_upload=100)}
-    assert by["explore"]["explored_share"] == 0.25
-    assert by["explore"]["explored_expected"] == pytest.approx(0.1)
-    assert by["explore"]["fresh_share"] == 0.25  # the explored upload is under a day old
-    assert by["explore"]["organic_fresh_share"] == 0.0
-    assert by["explore"]["organic_upload_share"] == pytest.approx(1 / 3)  # 101, three days old
+    assert by["pooled"]["explored_share"] == 0.25
+    assert by["pooled"]["explored_expected"] == pytest.approx(0.1)
+    assert by["pooled"]["fresh_share"] == 0.25  # the explored upload is under a day old
+    assert by["pooled"]["organic_fresh_share"] == 0.0
+    assert by["pooled"]["organic_upload_share"] == pytest.approx(1 / 3)  # 101, three days old
     assert "explored_share" not in by["cascade"]
     assert by["cascade"]["organic_upload_share"] == 0.5

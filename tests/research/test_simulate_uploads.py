@@ -135,3 +135,38 @@ def test_a_simulation_with_uploads_against_the_real_stack_folds_them_overnight(w
         gateway.service.close()
         for server in stages.values():
             server.stop(0)
+
+
+def test_ease_with_the_traffic_pool_shows_uploads_ease_alone_cannot(world):
+    """The ease+pool arm runs the gateway's controller (cascade/traffic_pool.py) on EASE's pages:
+    on day 0, before any refit, its pool slots deliver uploads toward K, EASE's pages none; and
+    the cold-start report counts delivered impressions by upload age and followers' first hour."""
+    from cascade.traffic_pool import PoolSettings
+    from research.two_sided_metrics import cold_start
+
+    arms = (Arm("ease"), Arm("ease+pool"))
+    config = SimulationConfig(days=2, users=80, arms=arms, seed=5, uploads_per_day=6)
+    truth = World(world)
+    pool = PoolSettings(target=3)
+    policies = {arm.name: reference_policy(arm.name, world, truth, 5, pool) for arm in arms}
+    rows = simulate(world, policies, config, world=truth)
+    uploaded = rows["item"] >= world.n_items
+    day0 = rows["day"] == 0
+    pooled, ease = rows["arm"] == "ease+pool", rows["arm"] == "ease"
+    assert not (uploaded & ease & day0).any()
+    slots = rows["explored"].astype(bool)
+    assert (slots & pooled & uploaded & day0).sum() >= 6  # the pool showed day 0's uploads
+    assert not (slots & ease).any() and (uploaded[slots]).all()  # slots hold uploads only
+    # A user is given an upload once; the page keeps its size and no duplicate.
+    for session in np.unique(rows["session"][pooled]).tolist():
+        items = rows["item"][rows["session"] == session]
+        assert len(items) == config.page_size and len(set(items.tolist())) == len(items)
+    given = rows["user"][slots], rows["item"][slots]
+    assert len(set(zip(given[0].tolist(), given[1].tolist(), strict=True))) == slots.sum()
+    start = (truth.end_ts // DAY + 1) * DAY
+    report = cold_start(rows, truth, start, config.days, pool.target)
+    by_age = [b["age_h"] for b in report["by_age"]]
+    assert by_age == [1, 6, 12, 24] and report["uploads"] >= 1
+    means = [b["mean_impressions"] for b in report["by_age"]]
+    assert means == sorted(means)  # impressions by an age only grow with it
+    assert report["followers_with_session_1h"] >= report["followers_shown_1h"] >= 0

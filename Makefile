@@ -156,6 +156,13 @@ bench-funnel-tuning: setup
 	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
 	$(BIN)/python -m bench.funnel_tuning --data-dir $(DATA) --users 1000 --out results/cascade
 
+# Data-parallel training: each DDP stage on one process (one thread, default threads) and on two
+# (`cascade train STAGE --nproc 2`), against a bare forward + backward of the same model
+# (needs an ml-100k bundle: `make demo` first): results/train/distributed.{json,md}.
+.PHONY: bench-distributed
+bench-distributed: setup
+	$(BIN)/python -m bench.distributed --data-dir $(DATA) --out results/train
+
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup

@@ -163,11 +163,17 @@ def launch(module_name: str, options: Sequence[str], nproc: int, label: str = ""
     command += ["--standalone", "-m", "training.distributed", module_name, *options]
     with tempfile.TemporaryDirectory(prefix="cascade-train-") as status:
         env = {**os.environ, STATUS_ENV: status, RUN_ENV: run, "OMP_NUM_THREADS": "1"}
-        code = subprocess.run(command, env=env).returncode
-        if code == 0:
-            return
-        shutil.rmtree(Path(bundle.artifacts) / STAGING / run, ignore_errors=True)
-        raise LaunchError(failure_report(label, nproc, Path(status), code))
+        torchrun = subprocess.Popen(command, env=env)
+        try:
+            code = torchrun.wait()
+        finally:
+            if torchrun.poll() is None:  # interrupted: torchrun stops its workers on SIGTERM
+                torchrun.terminate()
+                torchrun.wait()
+            if torchrun.returncode != 0:
+                shutil.rmtree(Path(bundle.artifacts) / STAGING / run, ignore_errors=True)
+        if code != 0:
+            raise LaunchError(failure_report(label, nproc, Path(status), code))
 
 
 def failure_report(label: str, nproc: int, status: Path, code: int) -> str:

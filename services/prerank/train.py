@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     parser.add_argument(
+        "--epochs",
+        type=int,
+        default=DistillConfig.epochs,
+        help=f"passes over the requests (default: {DistillConfig.epochs})",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=DistillConfig.threads,
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = variant_config(args.variant, DistillConfig(seed=args.seed, threads=args.threads))
+    config = variant_config(args.variant, DistillConfig(seed=args.seed, epochs=args.epochs, threads=args.threads))
     folder, _ = distill_into_bundle(
         args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
     )

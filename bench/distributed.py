@@ -306,7 +306,8 @@ def markdown(report: dict) -> str:
         f"torch {report['torch']})",
         "",
         "`make bench-distributed` (bench/distributed.py): each stage trained three ways on the "
-        f"same data and seed, with {report['stage_options']}. examples/s: the training loop's, as the stage recorded it; wall: "
+        f"same data and seed, with {report['stage_options']}. examples/s: the training loop's, "
+        "as the stage recorded it; wall: "
         "the whole `cascade train STAGE` command. Floor: a bare forward + backward + Adam step "
         "of the same model on random batches of the same size, measured in the same run, "
         "at the run's threads, times its workers. The machine is shared: compare ratios.",

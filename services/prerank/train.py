@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = variant_config(args.variant, DistillConfig(seed=args.seed, epochs=args.epochs, threads=args.threads))
+    config = variant_config(
+        args.variant, DistillConfig(seed=args.seed, epochs=args.epochs, threads=args.threads)
+    )
     folder, _ = distill_into_bundle(
         args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
     )

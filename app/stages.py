@@ -16,8 +16,8 @@ SERVER_MODULES = {
 }
 TRAIN_MODULES = {
     "recall": "services.recall.train",
-    "rank": "services.rank.train",
-    "prerank": "services.prerank.train",
+    "rank": "training.rank_train",
+    "prerank": "training.prerank_train",
     "rerank": "services.rerank.train",
 }
 # The stages whose training runs data-parallel on several workers (`cascade train STAGE --nproc N`,
@@ -27,9 +27,9 @@ DATA_PARALLEL = ("recall", "rank", "prerank")
 EVALUATE_MODULES = {
     "recall": "services.recall.evaluate",
     "two-tower": "services.recall.evaluate_two_tower",
-    "prerank": "services.prerank.evaluate",
-    "rank": "services.rank.evaluate",
-    "rank-seeds": "services.rank.evaluate_seeds",
+    "prerank": "training.prerank_evaluate",
+    "rank": "training.rank_evaluate",
+    "rank-seeds": "training.rank_evaluate_seeds",
     "rerank": "services.rerank.evaluate",
     "cascade": "app.eval_cascade",
 }

@@ -126,7 +126,8 @@ def floor_recall(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
 def floor_rank(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
     """Examples/s of a bare ranker step (forward, BCE, backward, Adam) on random rows."""
     from services.rank.model import ModelConfig, RankModel
-    from services.rank.train import TrainConfig, TrainingLogits, _tensors, labels, prepare
+    from services.rank.train import TrainConfig, TrainingLogits, _tensors, labels
+    from training.rank_train import prepare
 
     config = TrainConfig()
     prepared = prepare(dataset, config, spec)
@@ -215,7 +216,7 @@ class StudentMetric:
 
     def __init__(self, args):
         from services.prerank.distill import DistillConfig
-        from services.prerank.world import open_world, test_requests
+        from training.distill_world import open_world, test_requests
 
         self.world = open_world(args.dataset, args.data_dir, args.work, "base")
         config = DistillConfig()
@@ -224,8 +225,8 @@ class StudentMetric:
 
     def __call__(self, bundle: Bundle) -> float:
         from services.prerank.distill import student_scores
-        from services.prerank.evaluate import true_label_quality
         from services.prerank.model import Student, StudentConfig
+        from training.prerank_evaluate import true_label_quality
 
         weights = bundle.load_npz("prerank", "weights.npz")
         model = Student(self.world.spec, StudentConfig())

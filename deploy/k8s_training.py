@@ -9,7 +9,7 @@ from collections.abc import Callable
 from deploy.k8s_checks import Obj, of_kind
 
 # The training modules that run data-parallel (app/stages.py DATA_PARALLEL's modules).
-TRAINERS = ("services.recall.train", "services.rank.train", "services.prerank.train")
+TRAINERS = ("services.recall.train", "training.rank_train", "training.prerank_train")
 WORKER = "training.distributed"
 BUNDLE_CLAIM = "cascade-bundle"  # the volume the serving pods read (deploy/k8s/base/storage.yaml)
 

@@ -5,7 +5,7 @@
         -m training.distributed MODULE [stage options]    # what launch() runs
     # many machines: the same worker under torchrun's c10d rendezvous (deploy/k8s/training/)
 
-Every worker runs the stage's own `main(argv)` (MODULE: services.rank.train, ...) inside a
+Every worker runs the stage's own `main(argv)` (MODULE: training.rank_train, ...) inside a
 process group; the training loops shard the examples and average gradients (cascade/distributed.py).
 Only worker 0 writes, and into a staging root (artifacts/.staging/<run>/, holding a hard-link copy
 of the version it adds to); once every worker has returned (a barrier), worker 0 moves the version

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from cascade import distributed
 from cascade.features import build_spec
 from services.rank.model import ModelConfig, RankModel
-from services.rank.train import TrainConfig, TrainingLogits, _tensors, labels, prepare, train_step
+from services.rank.train import TrainConfig, TrainingLogits, _tensors, labels, train_step
 from services.recall.model import TwoTower
 from services.recall.two_tower import (
     Batcher,
@@ -29,6 +29,7 @@ from services.recall.two_tower import (
 )
 from tests.conftest import make_tiny_dataset
 from training.distributed import LaunchError, launch
+from training.rank_train import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2

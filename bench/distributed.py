@@ -347,11 +347,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-steps", type=int, default=20)
     parser.add_argument("--work", type=Path, default=Path("data/run/bench_distributed"))
     parser.add_argument("--out", type=Path, default=Path("results/train"))
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="distributed.json files of other runs whose stages join this report",
+    )
     args = parser.parse_args(argv)
 
     def write(report: dict) -> None:
+        """The report, with the stages it did not run kept from the file already there (and
+        from --merge: stages measured by another run of this bench)."""
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "distributed.json").write_text(json.dumps(report, indent=2) + "\n")
+        path = args.out / "distributed.json"
+        ran = {s["stage"] for s in report["stages"]}
+        for other in [path, *args.merge]:
+            if other.exists():
+                kept = json.loads(other.read_text())
+                report["stage_options"] = {**kept["stage_options"], **report["stage_options"]}
+                report["stages"] += [s for s in kept["stages"] if s["stage"] not in ran]
+                ran |= {s["stage"] for s in kept["stages"]}
+        report["stages"].sort(key=lambda s: STAGES.index(s["stage"]))
+        path.write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "distributed.md").write_text(markdown(report))
 
     print(markdown(run(args, write)))

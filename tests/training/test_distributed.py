@@ -46,14 +46,14 @@ def _free_port() -> int:
 
 def _spawn(target, *args) -> None:
     """Runs target(rank, port, *args) in WORKERS spawned processes joined in one Gloo group;
-    fails if one fails or they take over 120 s."""
+    fails if one fails or they take over 300 s (a loaded machine)."""
     context = mp.get_context("spawn")
     port = _free_port()
     workers = [context.Process(target=target, args=(r, port, *args)) for r in range(WORKERS)]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=120)
+        worker.join(timeout=300)
     for worker in workers:
         if worker.is_alive():
             worker.kill()

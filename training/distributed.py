@@ -90,11 +90,17 @@ def _record(state: str, **details: object) -> None:
 
 
 def _move_into_place(staged: Path, target: Path) -> None:
-    """staged -> target; an older target is renamed aside first, then removed."""
+    """staged -> target; an older target is renamed aside first (and back if the move
+    fails), then removed."""
     old = staged.parent / f"{staged.name}.replaced"
     if target.exists():
         os.rename(target, old)
-    os.rename(staged, target)
+    try:
+        os.rename(staged, target)
+    except OSError:
+        if old.exists():
+            os.rename(old, target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -113,7 +119,10 @@ def run_worker(module_name: str, options: list[str]) -> int:
         raise
     finally:
         distributed.cleanup()
-    _record("done")
+    if code:
+        _record("failed", error=f"{module_name} exited with status {code}")
+    else:
+        _record("done")
     return code
 
 
@@ -128,7 +137,8 @@ def _staged_main(module_name: str, options: list[str]) -> int:
     run = os.environ.get(RUN_ENV) or os.environ.get("TORCHELASTIC_RUN_ID") or uuid.uuid4().hex
     staging = artifacts / STAGING / run
     if distributed.is_writer():
-        staging.mkdir(parents=True, exist_ok=False)
+        shutil.rmtree(staging, ignore_errors=True)  # a failed run's of the same id: never served
+        staging.mkdir(parents=True)
         if (artifacts / version).is_dir():
             _link_tree(artifacts / version, staging / version)
     distributed.barrier()  # the staged copy exists before any worker reads it

@@ -236,3 +236,17 @@ def test_a_failing_worker_fails_the_launch_and_publishes_nothing(tmp_path, at_ro
     artifacts = tmp_path / "artifacts"
     assert not (artifacts / "v1").exists() and not (artifacts / "current").exists()
     assert list((artifacts / ".staging").iterdir()) == []  # the half-written staging removed
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_nproc_is_refused_where_it_cannot_apply(tmp_path, capsys):
+    from app.cli import main
+
+    with pytest.raises(SystemExit, match="--nproc applies to recall, rank, prerank only"):
+        main(["train", "rerank", "--nproc", "2", "--artifacts", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--nproc must be >= 1"):
+        main(["train", "rank", "--nproc", "0"])
+    with pytest.raises(SystemExit, match="needs --version"):
+        main(["train", "rank", "--nproc", "2", "--artifacts", str(tmp_path)])

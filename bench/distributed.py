@@ -257,10 +257,12 @@ def run(args, write: Callable[[dict], None]) -> dict:
     for stage in args.stages:
         torch.set_num_threads(1)
         floor = FLOORS[stage](dataset, spec, args.floor_steps)
-        torch.set_num_threads(CORES)
-        floor_cores = FLOORS[stage](dataset, spec, args.floor_steps)
+        floor_cores = float("nan")
+        if 2 in args.runs:
+            torch.set_num_threads(CORES)
+            floor_cores = FLOORS[stage](dataset, spec, args.floor_steps)
         rows = []
-        for label, workers, threads in RUNS:
+        for label, workers, threads in (RUNS[i - 1] for i in args.runs):
             version = f"{stage}-{workers}x{threads}"
             wall = train_run(stage, workers, threads, args, version)
             bundle = Bundle(args.work / version)
@@ -328,6 +330,9 @@ def markdown(report: dict) -> str:
                 f"{row['share_of_floor']:.2f} |"
             )
         one, two = stage["rows"][0], stage["rows"][-1]
+        if one is two:
+            lines.append("")
+            continue
         lines += [
             "",
             f"Two processes against one (one thread each): examples/s x"
@@ -345,6 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="its current")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--floor-steps", type=int, default=20)
+    parser.add_argument(
+        "--runs",
+        type=int,
+        nargs="+",
+        choices=range(1, len(RUNS) + 1),
+        default=list(range(1, len(RUNS) + 1)),
+        help="which runs (1: one process, one thread; 2: default threads; 3: two processes)",
+    )
     parser.add_argument("--work", type=Path, default=Path("data/run/bench_distributed"))
     parser.add_argument("--out", type=Path, default=Path("results/train"))
     parser.add_argument(

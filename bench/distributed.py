@@ -257,7 +257,7 @@ def run(args, write: Callable[[dict], None]) -> dict:
     for stage in args.stages:
         torch.set_num_threads(1)
         floor = FLOORS[stage](dataset, spec, args.floor_steps)
-        floor_cores = float("nan")
+        floor_cores = None  # measured for the default-threads run only
         if 2 in args.runs:
             torch.set_num_threads(CORES)
             floor_cores = FLOORS[stage](dataset, spec, args.floor_steps)
@@ -275,7 +275,7 @@ def run(args, write: Callable[[dict], None]) -> dict:
                 assert student_metric is not None
                 metric = student_metric(bundle)
             speed = float(training["examples_per_second"])
-            ideal = (floor if threads == 1 else floor_cores) * workers
+            ideal = (floor if threads == 1 else floor_cores or floor) * workers
             rows.append(
                 {
                     "run": label,
@@ -295,7 +295,7 @@ def run(args, write: Callable[[dict], None]) -> dict:
                 "examples": UNITS[stage],
                 "metric": METRICS[stage],
                 "floor_1_thread": round(floor, 1),
-                f"floor_{CORES}_threads": round(floor_cores, 1),
+                f"floor_{CORES}_threads": floor_cores and round(floor_cores, 1),
                 "rows": rows,
             }
         )

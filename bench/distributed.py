@@ -257,7 +257,7 @@ def run(args, write: Callable[[dict], None]) -> dict:
     for stage in args.stages:
         torch.set_num_threads(1)
         floor = FLOORS[stage](dataset, spec, args.floor_steps)
-        floor_cores = None  # measured for the default-threads run only
+        floor_cores: float | None = None  # measured for the default-threads run only
         if 2 in args.runs:
             torch.set_num_threads(CORES)
             floor_cores = FLOORS[stage](dataset, spec, args.floor_steps)

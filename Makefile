@@ -165,6 +165,13 @@ bench-content-cold-start: setup
 	test -e $(DATA)/ml-100k/meta.json || $(BIN)/cascade data --source ml-100k --data-dir $(DATA)
 	nice -n 10 $(BIN)/python -m bench.content_cold_start --data-dir $(DATA) --out results/recall
 
+# Data-parallel training: each DDP stage on one process (one thread, default threads) and on two
+# (`cascade train STAGE --nproc 2`), against a bare forward + backward of the same model
+# (needs an ml-100k bundle: `make demo` first): results/train/distributed.{json,md}.
+.PHONY: bench-distributed
+bench-distributed: setup
+	$(BIN)/python -m bench.distributed --data-dir $(DATA) --out results/train
+
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).
 bench-faults: setup

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.stages import EVALUATE_MODULES, SERVER_MODULES, TRAIN_MODULES
+from app.stages import DATA_PARALLEL, EVALUATE_MODULES, SERVER_MODULES, TRAIN_MODULES
 from cascade.config import SettingsError
 from cascade.data import SOURCES, DataError, load_dataset, prepare
 from cascade.data.synthetic import SyntheticConfig
@@ -90,9 +90,34 @@ def _stage_command(args: argparse.Namespace) -> None:
     _run_entry_point(args.command, args.stage, args.options)
 
 
+def _train_stage(stage: str, options: list[str], nproc: int) -> None:
+    """One stage's training: in this process, or on `nproc` torchrun workers."""
+    if nproc == 1:
+        return _run_entry_point("train", stage, options)
+    if stage not in DATA_PARALLEL:
+        sys.exit(f"cascade train {stage}: --nproc applies to {', '.join(DATA_PARALLEL)} only")
+    from training.distributed import LaunchError, launch
+
+    try:
+        launch(TRAIN_MODULES[stage], options, nproc, label=f"cascade train {stage}")
+    except LaunchError as error:
+        sys.exit(str(error))
+
+
+def _nproc(options: list[str]) -> tuple[int, list[str]]:
+    """`--nproc N` (workers, default 1) out of a stage's options."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--nproc", type=int, default=1)
+    known, rest = parser.parse_known_args(options)
+    if known.nproc < 1:
+        sys.exit("cascade train: --nproc must be >= 1")
+    return known.nproc, rest
+
+
 def _train(args: argparse.Namespace) -> None:
     if args.stage != "all":
-        return _run_entry_point("train", args.stage, args.options)
+        nproc, options = _nproc(args.options)
+        return _train_stage(args.stage, options, nproc)
     from cascade.artifacts import add_training_arguments, new_version, publish
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
@@ -108,6 +133,12 @@ def _train(args: argparse.Namespace) -> None:
         "--profile",
         help="build the bundle with the profile's [train] settings (deploy/profiles/NAME.toml; "
         "default: the dataset's default profile)",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="workers per data-parallel stage (torchrun on this machine; default: 1, in process)",
     )
     options = parser.parse_args(args.options)
     version = options.version or f"{options.dataset}-{new_version()}"
@@ -130,7 +161,8 @@ def _train(args: argparse.Namespace) -> None:
     common += ["--artifacts", str(options.artifacts), "--version", version]
     for stage in TRAIN_ORDER:
         print(f"== train {stage} -> {options.artifacts / version}", flush=True)
-        _run_entry_point("train", stage, common + training.arguments(stage))
+        nproc = options.nproc if stage in DATA_PARALLEL else 1
+        _train_stage(stage, common + training.arguments(stage), nproc)
     if not options.no_publish:
         publish(options.artifacts, version)
         print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")

@@ -20,6 +20,9 @@ TRAIN_MODULES = {
     "prerank": "training.prerank_train",
     "rerank": "services.rerank.train",
 }
+# The stages whose training runs data-parallel on several workers (`cascade train STAGE --nproc N`,
+# training/distributed.py); rerank fits an SVD in numpy, with no network to train.
+DATA_PARALLEL = ("recall", "rank", "prerank")
 # Offline reports: each stage's own, plus the extra studies and the end-to-end evaluation.
 EVALUATE_MODULES = {
     "recall": "services.recall.evaluate",

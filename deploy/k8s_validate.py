@@ -4,7 +4,8 @@ deploy/k8s/overlays/<name>: render, schemas, fit to the services.
 Renders each kustomization with `kubectl kustomize`, validates every object against the Kubernetes
 OpenAPI schemas shipped by kubernetes-validate (strict: an unknown field is an error) for the
 oldest and the newest Kubernetes we support, then runs deploy.k8s_checks; then the same for each
-overlay under deploy/k8s/overlays/ (the profile overlays, deploy/profile_overlays.py).
+overlay under deploy/k8s/overlays/ (the profile overlays, deploy/profile_overlays.py), and the
+multi-node training Job in deploy/k8s/training/ with its own checks (deploy.k8s_training).
 
     python -m deploy.k8s_validate [--dir deploy/k8s/base] [--out results/ops/k8s_validate.txt]
 """
@@ -27,9 +28,11 @@ from kubernetes_validate.version import __version__ as VALIDATOR_VERSION
 
 from deploy.k8s_checks import STAGES, Obj, Workload, workloads
 from deploy.k8s_security import ALL_CHECKS
+from deploy.k8s_training import CHECKS as TRAINING_CHECKS
 
 K8S_DIR = Path(__file__).parent / "k8s" / "base"
 OVERLAYS_DIR = K8S_DIR.parent / "overlays"  # each folder one kustomization over the base
+TRAINING_DIR = K8S_DIR.parent / "training"  # the multi-node training Job, applied on its own
 # 1.27: native gRPC probes are GA; 1.37: the newest schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.27", "1.37")
 
@@ -98,12 +101,15 @@ def report(directory: Path = K8S_DIR) -> tuple[str, int]:
         )
         lines += [f"       {e}" for e in errors]
     lines.append("checks:")
-    for title, check in ALL_CHECKS:
+    training = directory.resolve() == TRAINING_DIR.resolve()
+    for title, check in TRAINING_CHECKS if training else ALL_CHECKS:
         errors = check(objects)
         n_errors += len(errors)
         lines.append(f"  {'ok  ' if not errors else 'FAIL'} {title}")
         lines += [f"       {e}" for e in errors]
-    lines += ["stages:", *_stage_table(objects), f"result: {n_errors} errors"]
+    if not training:
+        lines += ["stages:", *_stage_table(objects)]
+    lines.append(f"result: {n_errors} errors")
     return "\n".join(lines) + "\n", n_errors
 
 
@@ -163,9 +169,9 @@ def _drain(w: Workload) -> str:
 
 
 def kustomizations() -> list[Path]:
-    """The base, then every overlay (deploy/k8s/overlays/<name>), by name."""
+    """The base, then every overlay (deploy/k8s/overlays/<name>), by name, then training."""
     overlays = sorted(p.parent for p in OVERLAYS_DIR.glob("*/kustomization.yaml"))
-    return [K8S_DIR, *overlays]
+    return [K8S_DIR, *overlays, TRAINING_DIR]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

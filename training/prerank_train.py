@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cascade import distributed
 from cascade.artifacts import BundleWriter, add_training_arguments, publish
 from cascade.data.schema import Dataset
 from services.prerank.distill import (
@@ -53,6 +54,8 @@ def distill_into_bundle(
         teacher, initial = None, {k: torch.from_numpy(v) for k, v in warm_start.items()}
     model, info = train_student(requests, world.dataset, world.spec, config, teacher, initial)
     world.merger.close()
+    if not distributed.is_writer():  # worker 0 exports and writes
+        return world.bundle.folder, info
     writer = BundleWriter(artifacts, world.bundle.version)
     vectors = item_vectors(model, world.dataset, world.spec)
     known = world.store.known_items(np.arange(world.dataset.n_items))
@@ -86,11 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=DistillConfig.epochs,
+        help=f"passes over the requests (default: {DistillConfig.epochs})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DistillConfig.threads,
+        help=f"torch threads per worker (default: {DistillConfig.threads})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = variant_config(args.variant, DistillConfig(seed=args.seed))
+    config = variant_config(
+        args.variant, DistillConfig(seed=args.seed, epochs=args.epochs, threads=args.threads)
+    )
     folder, _ = distill_into_bundle(
         args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
     )

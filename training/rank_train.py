@@ -17,6 +17,7 @@ import logging
 
 import numpy as np
 
+from cascade import distributed
 from cascade.artifacts import add_training_arguments
 from cascade.context_fields import FoldedMF, MFPositions
 from cascade.data import load_dataset
@@ -146,6 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="read the item's content vector (datasets whose items carry one); default: ignored",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=TrainConfig.threads,
+        help=f"torch threads per worker (default: {TrainConfig.threads})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dataset = load_dataset(args.dataset, args.data_dir)
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         examples=args.examples,
         ips=args.ips,
         item_id_dropout=args.item_id_dropout,
+        threads=args.threads,
     )
     model_config = ModelConfig(position_tower=args.position_tower, content=args.content)
     from cascade.artifacts import ArtifactError, Bundle
@@ -169,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     if bundle is None and config.examples != "impressions":
         raise SystemExit(f"--examples {config.examples} needs a bundle with the recall component")
     model, prepared, info = train(dataset, config, model_config, bundle)
+    if not distributed.is_writer():  # worker 0 evaluates, tunes and writes
+        return
     writer = write_trained(
         args.artifacts, args.version, model, prepared, config, model_config, info
     )

@@ -8,9 +8,10 @@ in all (bounds labelling and training cost). Labels: the teacher's fused score a
 and "played later in the training period" (true); never test data. Loss = BCE(true) + T² ·
 BCE(student / T, sigmoid(teacher / T)) [+ ListNet on the teacher's order within a request] [+
 feature distillation onto the teacher's id embeddings]. Deterministic for a seed with one torch
-thread. Known approximation: recall's tables and two-tower are built from the whole training
-period, so a training request's candidates come from channels that saw the rest of that period
-(test data is never used).
+thread. Under torchrun each worker trains on its shard of the requests, in batches of
+requests_per_batch / workers, with gradients averaged across workers. Known approximation:
+recall's tables and two-tower are built from the whole training period, so a training request's
+candidates come from channels that saw the rest of that period (test data is never used).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cascade import distributed
 from cascade.data.schema import Dataset
 from cascade.features import FeatureSpec, encode_by_id
 from cascade.progress import Progress
@@ -50,6 +52,7 @@ class DistillConfig:
     temperature: float = 2.0
     listwise_weight: float = 0.0
     feature_weight: float = 0.0
+    threads: int = 1  # torch threads per worker
     student: StudentConfig = field(default_factory=StudentConfig)
 
 
@@ -125,6 +128,51 @@ def request_scores(model: Student, inputs: Inputs, user_ids, history, item_ids) 
     return (items @ users.unsqueeze(2)).squeeze(2), users, items
 
 
+class DistillLoss(torch.nn.Module):
+    """One batch of requests' training loss as a module's forward, so DistributedDataParallel
+    (which syncs the gradients of what its forward computed) can wrap the student."""
+
+    def __init__(
+        self,
+        model: Student,
+        inputs: Inputs,
+        config: DistillConfig,
+        teacher: tuple[torch.Tensor, torch.Tensor] | None,
+    ):
+        super().__init__()
+        self.model, self.inputs, self.config = model, inputs, config
+        self.teacher = teacher if config.feature_weight > 0 else None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        config, model, teacher = self.config, self.model, self.teacher
+        valid, teacher_logits = batch["valid"], batch["teacher_logits"]
+        logits, users, items = request_scores(
+            model, self.inputs, batch["user_ids"], batch["history"], batch["item_ids"]
+        )
+        weight = valid.float() / valid.float().sum().clamp(min=1.0)
+        loss = (
+            config.label_weight
+            * (
+                F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")
+                * weight
+            ).sum()
+        )
+        if config.soft_weight:
+            soft = soft_label_loss(logits, teacher_logits, config.temperature)
+            loss = loss + config.soft_weight * (soft * weight).sum()
+        if config.listwise_weight:
+            loss = loss + config.listwise_weight * listwise_loss(
+                logits, teacher_logits, valid, config.temperature
+            )
+        if teacher is not None:
+            item_ids = batch["item_ids"][valid]
+            loss = loss + config.feature_weight * (
+                F.mse_loss(model.feature_heads["user"](users), teacher[0][batch["user_ids"]])
+                + F.mse_loss(model.feature_heads["item"](items[valid]), teacher[1][item_ids])
+            )
+        return loss
+
+
 def train_student(
     requests: Requests,
     dataset: Dataset,
@@ -136,7 +184,7 @@ def train_student(
     """Adam over batches of whole requests for `config.epochs`; returns the model in eval mode.
     `initial`: a published student's state dict to start from (continuous training)."""
     torch.manual_seed(config.seed)
-    torch.set_num_threads(1)
+    torch.set_num_threads(config.threads)
     use_features = config.feature_weight > 0 and teacher is not None
     widths = (
         (teacher[0].shape[1], teacher[1].shape[1])
@@ -151,46 +199,30 @@ def train_student(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(requests).items()}
+    if distributed.world_size() > 1:  # this worker's shard of the requests
+        mine = torch.from_numpy(distributed.shard(len(requests.user_ids), config.seed))
+        tensors = {k: v[mine] for k, v in tensors.items()}
+    per_batch = distributed.local_batch(config.requests_per_batch)
+    objective = distributed.wrap(DistillLoss(model, inputs, config, teacher))
     generator = torch.Generator().manual_seed(config.seed)
-    started, history = time.perf_counter(), []
-    batches = -(-len(requests.user_ids) // config.requests_per_batch)  # per epoch
+    started, history, train_seconds, seen = time.perf_counter(), [], 0.0, 0
+    batches = -(-len(tensors["user_ids"]) // per_batch)  # per epoch, this worker's
     bar = Progress("train prerank", config.epochs * batches, "batches")
     for epoch in range(config.epochs):
         model.train()
-        total, steps = 0.0, 0
-        order = torch.randperm(len(requests.user_ids), generator=generator)
-        for s in range(0, len(order), config.requests_per_batch):
-            batch = {k: v[order[s : s + config.requests_per_batch]] for k, v in tensors.items()}
-            valid, teacher_logits = batch["valid"], batch["teacher_logits"]
-            logits, users, items = request_scores(
-                model, inputs, batch["user_ids"], batch["history"], batch["item_ids"]
-            )
-            weight = valid.float() / valid.float().sum().clamp(min=1.0)
-            loss = (
-                config.label_weight
-                * (
-                    F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")
-                    * weight
-                ).sum()
-            )
-            if config.soft_weight:
-                soft = soft_label_loss(logits, teacher_logits, config.temperature)
-                loss = loss + config.soft_weight * (soft * weight).sum()
-            if config.listwise_weight:
-                loss = loss + config.listwise_weight * listwise_loss(
-                    logits, teacher_logits, valid, config.temperature
-                )
-            if use_features and teacher is not None:
-                item_ids = batch["item_ids"][valid]
-                loss = loss + config.feature_weight * (
-                    F.mse_loss(model.feature_heads["user"](users), teacher[0][batch["user_ids"]])
-                    + F.mse_loss(model.feature_heads["item"](items[valid]), teacher[1][item_ids])
-                )
+        total, steps, epoch_started = 0.0, 0, time.perf_counter()
+        order = torch.randperm(len(tensors["user_ids"]), generator=generator)
+        for s in range(0, len(order), per_batch):
+            batch = {k: v[order[s : s + per_batch]] for k, v in tensors.items()}
+            loss = objective(batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
             bar.update()
+        train_seconds += time.perf_counter() - epoch_started
+        seen += len(order)  # requests
+        total = float(distributed.sum_values(np.array([total]))[0]) / distributed.world_size()
         history.append({"epoch": epoch + 1, "loss": round(total / max(steps, 1), 5)})
         log.info("epoch %d: loss %.5f", epoch + 1, total / max(steps, 1))
         bar.note(epoch=epoch + 1, loss=history[-1]["loss"])
@@ -202,6 +234,10 @@ def train_student(
         "rows": int(requests.valid.sum()),
         "positive_rate": float(requests.labels[requests.valid].mean()),
         "seconds": round(time.perf_counter() - started, 1),
+        "workers": distributed.world_size(),
+        "examples_per_second": round(  # examples: requests
+            float(distributed.sum_values(np.array([seen]))[0]) / max(train_seconds, 1e-9), 1
+        ),
         "config": asdict(config),
     }
     return model, info

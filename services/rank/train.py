@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeAlias, overload
 import numpy as np
 import torch
 
-from cascade import metrics
+from cascade import distributed, metrics
 from cascade.artifacts import BundleWriter
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit
@@ -86,6 +86,7 @@ class TrainConfig:
     # with its item id and MF position unknown (row 0, as serving sees an upload), so row 0
     # learns to score an unseen item from its metadata. 0 = off.
     item_id_dropout: float = 0.0
+    threads: int = 1  # torch threads per worker (one: deterministic for a seed)
 
     def __post_init__(self) -> None:
         if self.examples not in EXAMPLES:
@@ -197,6 +198,60 @@ def _gauc(users: np.ndarray, y: np.ndarray, p: np.ndarray) -> float | None:
         return None
 
 
+class TrainingLogits(torch.nn.Module):
+    """`training_logits` as a module's forward, so DistributedDataParallel (which syncs the
+    gradients of what its forward computed) can wrap it."""
+
+    def __init__(self, model: Ranker):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: list[torch.Tensor], positions: torch.Tensor | None) -> torch.Tensor:
+        return training_logits(self.model, inputs, positions)
+
+
+def validation_logloss(
+    model: Ranker,
+    rows: Rows,
+    spec: FeatureSpec,
+    targets: np.ndarray,
+    positions: torch.Tensor | None,
+) -> float:
+    """Mean over tasks of the training objective's logloss on the validation slice; with
+    several workers each scores its part and the sums are added."""
+    n_tasks = targets.shape[1]
+    if distributed.world_size() == 1:
+        p = predict(model, rows, spec, positions=positions)
+        return float(np.mean([metrics.logloss(targets[:, i], p[:, i]) for i in range(n_tasks)]))
+    mine = np.array_split(np.arange(len(targets)), distributed.world_size())[distributed.rank()]
+    part = {k: v[mine] for k, v in rows.items()}
+    p = predict(model, part, spec, positions=None if positions is None else positions[mine])
+    sums = [
+        metrics.logloss(targets[mine, i], p[:, i]) * len(mine) if len(mine) else 0.0
+        for i in range(n_tasks)
+    ]
+    total = distributed.sum_values(np.array([*sums, len(mine)]))
+    return float(np.mean(total[:n_tasks] / total[n_tasks]))
+
+
+def train_step(
+    objective: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: list[torch.Tensor],
+    targets: torch.Tensor,
+    positions: torch.Tensor | None,
+    weights: torch.Tensor | None,
+) -> float:
+    """One optimizer step on a batch (this worker's part of it); returns the batch's loss.
+    `objective`: TrainingLogits, or DistributedDataParallel over it (gradients averaged)."""
+    logits = objective(inputs, positions)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 @overload
 def fit(
     prepared: Prepared,
@@ -221,9 +276,11 @@ def fit(
     model: Ranker | None = None,
 ) -> tuple[Ranker, dict]:
     """Trains with Adam and early stopping on the validation logloss; returns the best model.
-    `model` replaces the RankModel built from model_config (baselines with `logits`)."""
+    `model` replaces the RankModel built from model_config (baselines with `logits`).
+    Under torchrun each worker fits on its shard of the rows, in batches of batch_size / workers,
+    with gradients averaged across workers (DistributedDataParallel)."""
     torch.manual_seed(config.seed)
-    torch.set_num_threads(1)
+    torch.set_num_threads(config.threads)
     spec = prepared.spec
     if model is None:
         model = RankModel(spec, tasks, model_config)
@@ -234,38 +291,44 @@ def fit(
     targets = torch.from_numpy(labels(prepared.train[1], tasks))
     positions = tower_positions(model, prepared.train[1])
     weights = loss_weights(config, prepared.dataset, prepared.train[1], targets.numpy())
+    if distributed.world_size() > 1:  # this worker's shard of the rows
+        mine = torch.from_numpy(distributed.shard(len(targets), config.seed))
+        inputs, targets = [x[mine] for x in inputs], targets[mine]
+        positions = None if positions is None else positions[mine]
+        weights = None if weights is None else weights[mine]
+    batch_size = distributed.local_batch(config.batch_size)
     dropout = ItemIdDropout(input_names(spec), config.item_id_dropout, config.seed)
     if config.item_id_dropout:
         learn_unknown_rows(model)
     val_rows, val_impressions = prepared.validation
     val_labels = labels(val_impressions, tasks)
     val_positions = tower_positions(model, val_impressions)
+    objective = distributed.wrap(TrainingLogits(model))
     generator = torch.Generator().manual_seed(config.seed)
     best, best_loss, stale, history = None, np.inf, 0, []
-    started = time.perf_counter()
-    batches = -(-len(targets) // config.batch_size)  # per epoch; early stopping may end sooner
+    started, train_seconds, seen = time.perf_counter(), 0.0, 0
+    batches = -(
+        -len(targets) // batch_size
+    )  # per epoch, this worker's; early stopping may end sooner
     bar = Progress("train rank", config.max_epochs * batches, "batches")
     for epoch in range(config.max_epochs):
         model.train()
+        epoch_started = time.perf_counter()
         order = torch.randperm(len(targets), generator=generator)
-        for s in range(0, len(order), config.batch_size):
-            batch = order[s : s + config.batch_size]
-            logits = training_logits(
-                model,
+        for s in range(0, len(order), batch_size):
+            batch = order[s : s + batch_size]
+            train_step(
+                objective,
+                optimizer,
                 dropout([x[batch] for x in inputs]),
+                targets[batch],
                 None if positions is None else positions[batch],
+                None if weights is None else weights[batch],
             )
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, targets[batch], weight=None if weights is None else weights[batch]
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
             bar.update()
-        val_p = predict(model, val_rows, spec, positions=val_positions)  # training objective
-        val_loss = float(
-            np.mean([metrics.logloss(val_labels[:, i], val_p[:, i]) for i in range(len(tasks))])
-        )
+        train_seconds += time.perf_counter() - epoch_started
+        seen += len(order) * distributed.world_size()
+        val_loss = validation_logloss(model, val_rows, spec, val_labels, val_positions)
         history.append({"epoch": epoch + 1, "validation_logloss": val_loss})
         log.info("epoch %d: validation logloss %.5f", epoch + 1, val_loss)
         bar.note(epoch=epoch + 1, validation_logloss=round(val_loss, 5))
@@ -283,9 +346,11 @@ def fit(
     info = {
         "epochs": history,
         "best_validation_logloss": best_loss,
-        "train_rows": len(targets),
+        "train_rows": len(targets) * distributed.world_size(),
         "validation_rows": len(val_labels),
         "seconds": round(time.perf_counter() - started, 1),
+        "workers": distributed.world_size(),
+        "examples_per_second": round(seen / max(train_seconds, 1e-9), 1),
     }
     return model, info
 
@@ -297,6 +362,8 @@ def train_prepared(
     info includes test-period metrics per task and the fusion tuned on the validation slice."""
     tasks = tuple(config.tasks or prepared.dataset.meta["tasks"])
     model, info = fit(prepared, tasks, model_config, config)
+    if not distributed.is_writer():  # worker 0 evaluates, tunes and writes
+        return model, info
     test_rows, test_impressions = prepared.test
     info["test"] = evaluate(predict(model, test_rows, prepared.spec), test_impressions, tasks)
     info["test_rows"] = len(test_impressions["ts"])

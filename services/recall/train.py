@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cascade import distributed
 from cascade.artifacts import Bundle, BundleWriter, add_training_arguments, clone, publish
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
@@ -44,8 +45,15 @@ def build_recall(
     progress: bool = True,
     mf: bool = True,
 ) -> dict:
-    """Writes the component's files and manifest entry; returns the component info."""
+    """Writes the component's files and manifest entry; returns the component info. Under
+    torchrun the workers other than 0 train their part of the two-tower and write nothing."""
     spec = spec or build_spec(dataset)
+    if not distributed.is_writer():
+        from services.recall.two_tower import TwoTowerConfig, train_two_tower
+
+        if two_tower:
+            train_two_tower(dataset, train, spec, two_tower_config or TwoTowerConfig(), False)
+        return {}
     table_settings = table_settings or TableSettings()
     started = time.perf_counter()
     tables = build_tables(dataset, train, table_settings)
@@ -153,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(default: {TwoTowerConfig.mixed_negatives}, in-batch only)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=TwoTowerConfig.threads,
+        help=f"torch threads per worker for the two-tower (default: {TwoTowerConfig.threads})",
+    )
+    parser.add_argument(
         "--no-two-tower-logq",
         action="store_true",
         help="no logQ correction of the in-batch softmax by each item's sampling frequency",
@@ -198,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     writer = BundleWriter(args.artifacts, args.version)
     two_tower = TwoTowerConfig(
-        mixed_negatives=args.two_tower_mixed_negatives, logq_correction=not args.no_two_tower_logq
+        mixed_negatives=args.two_tower_mixed_negatives,
+        logq_correction=not args.no_two_tower_logq,
+        threads=args.threads,
     )  # recorded in the manifest (recall.two_tower.training.config)
     info = build_recall(
         dataset,

@@ -4,7 +4,9 @@ Each training interaction is one example: the user's profile and the history str
 (`history_before`, the offline twin of the store) against the consumed item. The other items of
 the batch are the negatives, optionally mixed with uniformly drawn catalog items (Yang et al.
 2020); logits are corrected by the log of each item's expected count among the negatives (Yi et
-al. 2019), so popular items are not pushed down merely for being sampled often.
+al. 2019), so popular items are not pushed down merely for being sampled often. Under torchrun
+each worker trains on its shard with batches of batch_size / workers, and the negatives are the
+global batch's: every worker's positive item vectors are gathered, with their gradient.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from cascade import distributed
 from cascade.data.schema import Dataset, Table
 from cascade.features import FeatureSpec, content_width, encode_by_id, history_before
 from cascade.progress import Progress
@@ -119,8 +122,22 @@ def id_dropout_rates(item_plays: np.ndarray, dropout: float, k: float) -> np.nda
     return (dropout * k / (k + item_plays)).astype(np.float32)
 
 
+class Towers(torch.nn.Module):
+    """Both towers in one forward, so DistributedDataParallel (which syncs the gradients of
+    what its forward computed) can wrap the model."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, user_inputs: dict[str, torch.Tensor], item_inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.user_vector(**user_inputs), self.model.item_vector(**item_inputs)
+
+
 def batch_loss(
-    model: TwoTower,
+    towers: torch.nn.Module,
     batcher: Batcher,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
@@ -130,19 +147,27 @@ def batch_loss(
     temperature: float,
     drop_id: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Softmax cross-entropy of each positive against the batch's items plus `negatives`;
-    `drop_id` (per column) trains those columns without their item id."""
-    columns = np.concatenate([item_ids, negatives])
-    user_vectors = model.user_vector(**batcher.user_inputs(user_ids, histories))
-    item_vectors = model.item_vector(**batcher.item_inputs(columns, drop_id))
+    """Softmax cross-entropy of each positive against the global batch's items plus
+    `negatives` (the same draw on every worker). `towers`: Towers, or DDP over it. With several
+    workers the other workers' positives are gathered (vectors with their gradient), so the
+    columns, and each row's loss, are those of one process holding the whole global batch.
+    `drop_id` (per local column) trains those columns without their item id."""
+    b = len(item_ids)
+    user_vectors, item_vectors = towers(
+        batcher.user_inputs(user_ids, histories),
+        batcher.item_inputs(np.concatenate([item_ids, negatives]), drop_id),
+    )
+    item_vectors = torch.cat([distributed.gather(item_vectors[:b]), item_vectors[b:]])
+    columns = np.concatenate([distributed.gather_values(item_ids), negatives])
     column_log_q = None if log_q is None else log_q[torch.from_numpy(columns)]
     logits = corrected_logits(user_vectors, item_vectors, column_log_q, temperature)
     # An item that is another row's positive too is not a negative for this row (accidental hit).
     same = torch.from_numpy(item_ids[:, None] == columns[None, :])
+    first = distributed.rank() * b  # this worker's rows among the gathered columns
     own = torch.zeros_like(same)
-    own[:, : len(item_ids)] = torch.eye(len(item_ids), dtype=torch.bool)
+    own[:, first : first + b] = torch.eye(b, dtype=torch.bool)
     logits = logits.masked_fill(same & ~own, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(item_ids)))
+    return torch.nn.functional.cross_entropy(logits, torch.arange(first, first + b))
 
 
 def train_two_tower(
@@ -169,29 +194,36 @@ def train_two_tower(
     n, n_items = len(examples.item_ids), dataset.n_items
     batch_size = min(config.batch_size, n)
     log_q = None
-    if config.logq_correction:
+    if config.logq_correction:  # the global batch's expected counts, over every example
         log_q = torch.from_numpy(
             sampling_log_q(examples.item_ids, n_items, batch_size, config.mixed_negatives)
         )
     item_plays = np.bincount(examples.item_ids, minlength=n_items)
     dropout = id_dropout(spec, config)
     drop_rates = id_dropout_rates(item_plays, dropout, config.id_dropout_plays)
+    # This worker's rows and its share of each batch; the order and negatives come from one rng
+    # seeded alike on every worker, so the workers' batches and negatives stay in step.
+    mine = distributed.shard(n, config.seed)
+    local_size = distributed.local_batch(batch_size)
+    towers = distributed.wrap(Towers(model))
     epoch_losses = []
-    batches = n // batch_size  # full batches per epoch
+    train_seconds, seen = 0.0, 0
+    batches = len(mine) // local_size  # full batches per epoch, this worker's
     bar = Progress("train recall two-tower", config.epochs * batches, "batches", enabled=progress)
     for epoch in range(config.epochs):
-        order = rng.permutation(n)
+        epoch_started = time.perf_counter()
+        order = mine[rng.permutation(len(mine))]
         losses = []
         model.train()
-        for start in range(0, n - batch_size + 1, batch_size):  # full batches: fixed log q
-            rows = order[start : start + batch_size]
+        for start in range(0, len(order) - local_size + 1, local_size):  # full batches: log q
+            rows = order[start : start + local_size]
             negatives = catalogue_negatives(rng, n_items, config.mixed_negatives)
             drop_id = None
             if dropout > 0:  # drawn only then: without it the seeded stream stays as it was
                 columns = np.concatenate([examples.item_ids[rows], negatives])
                 drop_id = rng.random(len(columns)) < drop_rates[columns]
             loss = batch_loss(
-                model,
+                towers,
                 batcher,
                 examples.user_ids[rows],
                 examples.item_ids[rows],
@@ -206,7 +238,10 @@ def train_two_tower(
             optimizer.step()
             losses.append(loss.item())
             bar.update()
-        epoch_losses.append(round(float(np.mean(losses)), 4))
+            seen += local_size * distributed.world_size()
+        train_seconds += time.perf_counter() - epoch_started
+        mean_loss = np.mean(distributed.sum_values(np.array(losses))) / distributed.world_size()
+        epoch_losses.append(round(float(mean_loss), 4))
         bar.note(epoch=epoch + 1, loss=epoch_losses[-1])
     bar.close()
     model.eval()
@@ -218,6 +253,8 @@ def train_two_tower(
         "train_loss_per_epoch": epoch_losses,
         "n_examples": int(n),
         "train_seconds": round(time.perf_counter() - started, 1),
+        "workers": distributed.world_size(),
+        "examples_per_second": round(seen / max(train_seconds, 1e-9), 1),
         "config": asdict(config),
     }
     return model

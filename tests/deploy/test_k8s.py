@@ -236,6 +236,7 @@ def test_the_cli_validates_the_base_and_every_overlay(tmp_path):
             f"deploy/k8s/overlays/{name}"
             for name in ("ingress-only", "metrics-tls", "profile-default", "profile-simulated-lift")
         ),
+        "deploy/k8s/training",
     ]
 
 

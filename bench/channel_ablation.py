@@ -1,0 +1,216 @@
+"""Leave-one-channel-out on the synthetic world's truth: what each recall channel adds.
+
+The frozen stack (artifacts/synthetic/current) under a served profile, in this process
+(bench/truth_pages.py); the headline's test users (research/evaluation_e2e.py, `--split test`,
+seed 0). Row "all" serves every channel; row "without X" switches channel X off (it neither fills
+slots nor tags candidates for the ranker) and gives its quota to the others in proportion to
+theirs, so recall still asks for the same count. A channel's contribution is the per-user paired
+difference all - without in true engagement@10, with its bootstrap 95% interval; it keeps its
+place unless the interval's upper bound is below 0. Per-user values are kept under --run-dir, so
+a stopped run resumes where it stopped.
+
+    python -m bench.channel_ablation --out results/recall [--users 5000] [--profile default]
+        [--configs all mf ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bench.truth_pages import PAGE, Served, channel_names, open_cascade, pages, slot_engagement
+from cascade.candidates import channel_bit
+from cascade.data import load_dataset
+from cascade.profiles import DEFAULT, load_profile
+from research.evaluation_e2e import TRUTH, evaluated_protocol, paired_difference
+from research.simulate import World
+from services.recall.server import RecallSettings
+
+ALL = "all"
+
+
+def served_quotas(profile: str) -> dict[str, float]:
+    """Recall's channel quotas under `profile` (the services' defaults below it)."""
+    from cascade.config import load_settings
+    from cascade.profiles import layers
+
+    settings = load_settings(
+        RecallSettings, environ={}, profiles=layers([load_profile(profile)], "recall")
+    )
+    return {name: b.quota for name, b in settings.budgets().items() if b.enabled}
+
+
+def without(quotas: dict[str, float], channel: str) -> dict[str, float]:
+    """`quotas` less `channel`, the others scaled to the same total."""
+    rest = {name: q for name, q in quotas.items() if name != channel}
+    total, left = sum(quotas.values()), sum(rest.values())
+    return {name: q * total / left for name, q in rest.items()} if left > 0 else rest
+
+
+def page_channels(found: Served, slots: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per channel: the share of filled page slots whose item it found (tags overlap, so shares
+    sum past 1) and those slots' mean expected engagement, beside the other slots' mean: where
+    a channel's candidates land on the page and how well they do there."""
+    filled = found.pages > 0
+    out = {}
+    for name in channel_names():
+        tagged = filled & ((found.masks & np.uint32(channel_bit(name))) > 0)
+        others = filled & ~tagged
+        out[name] = {
+            "slot_share": round(float(tagged.sum() / max(filled.sum(), 1)), 4),
+            "engagement_tagged": round(float(slots[tagged].mean()), 4) if tagged.any() else 0.0,
+            "engagement_others": round(float(slots[others].mean()), 4) if others.any() else 0.0,
+        }
+    return out
+
+
+def ablate(args: argparse.Namespace) -> dict:
+    dataset = load_dataset("synthetic", args.data_dir)
+    users = evaluated_protocol(dataset, "test", args.users, args.seed).users
+    world = World(dataset)
+    quotas = served_quotas(args.profile)
+    key = hashlib.sha256(
+        json.dumps([users.tolist(), args.profile, str(args.artifacts)]).encode()
+    ).hexdigest()[:12]
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    values, runs = {}, {}
+    for name in [ALL, *[c for c in channel_names() if c in quotas]]:
+        kept = args.run_dir / f"{key}-{name}.json"
+        if kept.exists():  # resumed: this configuration was measured on the same users
+            saved = json.loads(kept.read_text())
+            values[name], runs[name] = np.asarray(saved["values"]), saved["run"]
+            continue
+        if name not in args.configs:  # another process measures it (--configs)
+            continue
+        mix = quotas if name == ALL else without(quotas, name)
+        recall = {} if name == ALL else {name: {"enabled": False}}
+        started = time.perf_counter()
+        cascade = open_cascade(args.artifacts, args.data_dir, args.profile, recall)
+        found = pages(cascade, users, mix)
+        del cascade
+        slots = slot_engagement(world, users, found.pages)
+        values[name] = slots.sum(axis=1) / PAGE
+        runs[name] = {
+            "degraded_answers": found.degraded,
+            "quotas": {k: round(v, 4) for k, v in mix.items()},
+            "page_channels": page_channels(found, slots),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        kept.write_text(json.dumps({"values": values[name].tolist(), "run": runs[name]}))
+        print(f"{name}: {values[name].mean():.4f} {runs[name]}", flush=True)
+    missing = [n for n in [ALL, *quotas] if n not in values]
+    if missing:
+        return {"missing": missing}
+    rows = []
+    for name, per_user in values.items():
+        label = name if name == ALL else f"without {name}"
+        row = {"config": label, TRUTH: round(float(per_user.mean()), 4), **runs[name]}
+        if name != ALL:
+            paired = paired_difference({TRUTH: values[ALL]}, {TRUTH: per_user}, args.seed)
+            row["contribution"] = paired[TRUTH]  # all - without
+            row["keeps_place"] = paired[TRUTH]["ci95_high"] >= 0
+        rows.append(row)
+    return {
+        "users": len(users),
+        "split": "test: the headline's users (evaluated_protocol 'test', the same draw as "
+        f"`cascade eval cascade --sample {args.users} --seed {args.seed}`)",
+        "seed": args.seed,
+        "profile": load_profile(args.profile).record(),
+        "bundle": str(args.artifacts),
+        "served_quotas": quotas,
+        "rows": rows,
+    }
+
+
+def to_markdown(report: dict) -> str:
+    rows = report["rows"]
+    lines = [
+        "# Leave-one-channel-out on the synthetic world's truth",
+        "",
+        f"{report['users']} headline test users (seed {report['seed']}), one page of 10 each "
+        f"from the frozen stack ({report['bundle']}) under profile {report['profile']['name']} "
+        "(`python -m bench.channel_ablation`, `make bench-channel-ablation`). "
+        f'"without X": channel X off (no slots, no tags), its quota shared by the others in '
+        f"proportion. Score: {TRUTH} (the world's expected play + complete + 2 like + 3 share "
+        "per impression). Contribution = all - without, per-user paired, bootstrap 95% interval.",
+        "",
+        f"| config | {TRUTH} | contribution (all - without) | 95% interval | better / worse "
+        "without | keeps its place | degraded |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        paired = row.get("contribution")
+        cells = (
+            f"{paired['mean_difference']:+.4f} | [{paired['ci95_low']:+.4f}, "
+            f"{paired['ci95_high']:+.4f}] | {paired['users_worse']} / {paired['users_better']} | "
+            f"{'yes' if row['keeps_place'] else 'no'}"
+            if paired
+            else "- | - | - | -"
+        )
+        degraded = row["degraded_answers"]
+        lines.append(f"| {row['config']} | {row[TRUTH]:.4f} | {cells} | {degraded} |")
+    negative = [
+        r["config"] for r in rows if r.get("contribution", {}).get("mean_difference", 0) < 0
+    ]
+    lines += [
+        "",
+        "Channels whose point estimate is negative: "
+        + (", ".join(negative) if negative else "none")
+        + ".",
+        "",
+        "Where each channel's candidates land with every channel on (row all): the share of page "
+        "slots whose item the channel found (an item found by several channels counts for each) "
+        "and the mean expected engagement of those slots beside the page's other slots.",
+        "",
+        "| channel | page slots it found | engagement of its slots | of the other slots |",
+        "|---|---|---|---|",
+    ]
+    for name, mix in rows[0]["page_channels"].items():
+        lines.append(
+            f"| {name} | {mix['slot_share']:.3f} | {mix['engagement_tagged']:.4f} | "
+            f"{mix['engagement_others']:.4f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/synthetic"))
+    parser.add_argument("--profile", default=DEFAULT, help="the served profile (deploy/profiles)")
+    parser.add_argument("--users", type=int, default=5000, help="headline test users sampled")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=[ALL, *channel_names()],
+        default=[ALL, *channel_names()],
+        help="measure only these (all, or a channel left out); the report is written once every "
+        "configuration is measured (several processes may share --run-dir)",
+    )
+    parser.add_argument("--run-dir", type=Path, default=Path(".cascade/channel-ablation"))
+    parser.add_argument("--out", type=Path, default=Path("results/recall"))
+    args = parser.parse_args(argv)
+    report = ablate(args)
+    if "missing" in report:
+        print(f"measured {args.configs}; not yet measured: {report['missing']}")
+        return 0
+    # Wall time of the measurements (each configuration's own, summed over processes).
+    report["seconds"] = round(sum(row["seconds"] for row in report["rows"]), 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "channels_ablation.json").write_text(json.dumps(report, indent=2))
+    (args.out / "channels_ablation.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    print(f"saved {args.out}/channels_ablation.json, channels_ablation.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

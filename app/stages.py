@@ -16,17 +16,17 @@ SERVER_MODULES = {
 }
 TRAIN_MODULES = {
     "recall": "services.recall.train",
-    "rank": "services.rank.train",
-    "prerank": "services.prerank.train",
+    "rank": "training.rank_train",
+    "prerank": "training.prerank_train",
     "rerank": "services.rerank.train",
 }
 # Offline reports: each stage's own, plus the extra studies and the end-to-end evaluation.
 EVALUATE_MODULES = {
     "recall": "services.recall.evaluate",
     "two-tower": "services.recall.evaluate_two_tower",
-    "prerank": "services.prerank.evaluate",
-    "rank": "services.rank.evaluate",
-    "rank-seeds": "services.rank.evaluate_seeds",
+    "prerank": "training.prerank_evaluate",
+    "rank": "training.rank_evaluate",
+    "rank-seeds": "training.rank_evaluate_seeds",
     "rerank": "services.rerank.evaluate",
     "cascade": "app.eval_cascade",
 }

@@ -36,7 +36,8 @@ def build(args: argparse.Namespace) -> None:
     from cascade.artifacts import Bundle, clone, publish
     from cascade.data import load_dataset
     from services.rank.model import ModelConfig
-    from services.rank.train import TrainConfig, prepare, train_prepared, write_trained
+    from services.rank.train import TrainConfig, train_prepared, write_trained
+    from training.rank_train import prepare
 
     root = loop.serving_copy(args.artifacts, args.data_dir, args.work)  # WORK/artifacts
     clone(root, Bundle.open(root).folder.name, "base")

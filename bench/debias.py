@@ -90,8 +90,9 @@ def build_bundles(args: argparse.Namespace, variants: tuple[Variant, ...]) -> di
     variant's flags on the same data and seed, without preparing the rows once per variant."""
     from cascade.data import load_dataset
     from services.rank.model import ModelConfig
-    from services.rank.train import TrainConfig, prepare, train_prepared, write_trained
+    from services.rank.train import TrainConfig, train_prepared, write_trained
     from services.recall.train import main as train_recall
+    from training.rank_train import prepare
 
     root = args.work / "artifacts"
     if not (args.reuse_bundles and (root / "base").exists()):

@@ -20,8 +20,8 @@ import torch
 from cascade.artifacts import Bundle
 from cascade.data import load_dataset
 from cascade.data.split import split_dataset
+from cascade.rows import input_names, online_rows
 from services.rank.export import load_torch
-from services.rank.rows import input_names, online_rows
 from services.rank.scorer import RankScorer, ScorerSettings
 from services.rank.server import RankSettings, load_scorer
 

@@ -7,7 +7,7 @@ inputs with `encode`, offline from dataset tables and online from the feature st
 the two paths run the same code. Index 0 is always "unknown / padding". The "context" fields
 describe one candidate for one user at one time (counters, item age, affinities to the user's
 history, the recall channels that found it, its MF rank); only the ranker reads them, and
-services/rank/context.py computes them, offline and online alike.
+cascade/context_fields.py computes them, offline and online alike.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def build_spec(dataset: Dataset, widths: dict[str, int] | None = None) -> Featur
 
 
 def context_fields(width: dict[str, int]) -> tuple[Field, ...]:
-    """The ranker's per-candidate fields (values from services/rank/context.py); each field's
+    """The ranker's per-candidate fields (values from cascade/context_fields.py); each field's
     width is its own entry in `width`, else the "context" entry."""
     own = lambda name: width.get(name, width["context"])  # noqa: E731
     buckets = tuple(

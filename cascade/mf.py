@@ -1,6 +1,6 @@
 """The MF channel's model fits and artifact names, shared by recall (which builds and serves the
 channel, services/recall/mf.py) and rank (whose MF position feature refits them out of fold,
-services/rank/context.py): EASE item vectors for small catalogs, PureSVD for large ones."""
+cascade/context_fields.py): EASE item vectors for small catalogs, PureSVD for large ones."""
 
 from __future__ import annotations
 

@@ -39,19 +39,6 @@ ALLOWED: dict[str, set[str]] = {
 }
 # The folders whose .py files are parsed (a stage layer lives under services/).
 FOLDERS = ("cascade", "gateway", "services", "training", "research", "app", "deploy", "bench")
-# Stage crossings not yet resolved, (file, stage it uses) -> where the code goes. The list may
-# only shrink: a crossing not listed fails, and so does a listed one that no longer exists.
-OPEN_CROSSINGS: dict[tuple[str, str], str] = {
-    ("services/prerank/examples.py", "rank"): "the student's examples (recall's output scored by "
-    "the teacher) need both stages: training/, with prerank's train and evaluate entry points",
-    ("services/prerank/examples.py", "recall"): "as above",
-    ("services/prerank/world.py", "rank"): "the distillation world: training/, as above",
-    ("services/prerank/world.py", "recall"): "as above",
-    ("services/rank/examples.py", "prerank"): "rank's examples from recall's candidates: training/",
-    ("services/rank/examples.py", "recall"): "as above",
-    ("services/prerank/scorer.py", "rank"): "online row assembly (services/rank/rows.py) moves "
-    "to cascade/ together with rank's context fields (services/rank/context.py) it computes",
-}
 # Calls whose string argument names a module to load.
 LOADERS = {"import_module", "run_module", "find_spec", "run_path", "__import__"}
 
@@ -214,7 +201,6 @@ def layer_violations() -> list[str]:
     return [
         f"{path}:{line}: {layer} may not use {other} ({target}, {how})"
         for path, line, layer, other, target, how in crossings()
-        if (path, other) not in OPEN_CROSSINGS
     ]
 
 
@@ -246,12 +232,6 @@ def import_cycles() -> list[list[str]]:
 
 def test_every_layer_imports_only_the_layers_below_it():
     assert layer_violations() == []
-
-
-def test_each_open_stage_crossing_still_exists():
-    """A resolved crossing leaves OPEN_CROSSINGS too, so the list says what is left to do."""
-    found = {(path, other) for path, _, _, other, _, _ in crossings()}
-    assert sorted(set(OPEN_CROSSINGS) - found) == []
 
 
 def test_a_stage_is_a_layer_of_its_own():

@@ -154,7 +154,7 @@ def distill_prerank(
 ) -> dict:
     """A student distilled from the new ranker, warm-started from the published one."""
     from services.prerank.distill import DEFAULT_VARIANT, DistillConfig, variant_config
-    from services.prerank.train import distill_into_bundle
+    from training.prerank_train import distill_into_bundle
 
     started = time.perf_counter()
     distill = variant_config(

@@ -1,15 +1,16 @@
 """Distillation of the pre-rank student from the rank teacher, over real recall outputs.
 
-The command is services/prerank/train.py (`cascade train prerank`). Requests: one per training user,
-at the time of their interaction at `request_fraction` of their training sequence, history strictly
-before it; candidates: the recall merge (2,000); each request keeps every positive plus a seeded
-random sample, `sampled_per_request` in all (bounds labelling and training cost). Labels: the
-teacher's fused score as a logit (soft) and "played later in the training period" (true); never test
-data. Loss = BCE(true) + T² · BCE(student / T, sigmoid(teacher / T)) [+ ListNet on the teacher's
-order within a request] [+ feature distillation onto the teacher's id embeddings]. Deterministic for
-a seed with one torch thread. Known approximation: recall's tables and two-tower are built from the
-whole training period, so a training request's candidates come from channels that saw the rest of
-that period (test data is never used).
+The command is training/prerank_train.py (`cascade train prerank`). Requests
+(training/prerank_examples.py): one per training user, at the time of their interaction at
+`request_fraction` of their training sequence, history strictly before it; candidates: the recall
+merge (2,000); each request keeps every positive plus a seeded random sample, `sampled_per_request`
+in all (bounds labelling and training cost). Labels: the teacher's fused score as a logit (soft)
+and "played later in the training period" (true); never test data. Loss = BCE(true) + T² ·
+BCE(student / T, sigmoid(teacher / T)) [+ ListNet on the teacher's order within a request] [+
+feature distillation onto the teacher's id embeddings]. Deterministic for a seed with one torch
+thread. Known approximation: recall's tables and two-tower are built from the whole training
+period, so a training request's candidates come from channels that saw the rest of that period
+(test data is never used).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 
 from cascade.data.schema import Dataset
 from cascade.features import FeatureSpec, encode_by_id
-from services.prerank.examples import Requests
 from services.prerank.model import Student, StudentConfig
+from services.prerank.requests import Requests
 
 log = logging.getLogger(__name__)
 

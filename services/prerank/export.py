@@ -21,8 +21,8 @@ import torch
 
 from cascade.artifacts import BundleWriter
 from cascade.features import FeatureSpec
-from services.prerank.examples import Requests
 from services.prerank.model import Student, UserTower
+from services.prerank.requests import Requests
 
 log = logging.getLogger(__name__)
 

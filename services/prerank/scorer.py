@@ -19,8 +19,8 @@ from cascade import providers
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec
+from cascade.rows import online_rows
 from services.prerank.cold import ColdVectors
-from services.rank.rows import online_rows
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class PrerankScorer:
 
     def user_vector(self, user_id: int, recent: np.ndarray | None = None) -> np.ndarray:
         """(1, dim) from the store's profile and history. With request ids (`recent`, newest
-        first) the inputs come from services.rank.rows.online_rows, so both stages apply the same
+        first) the inputs come from cascade.rows.online_rows, so both stages apply the same
         history rules; without, straight from the store (the same arrays, a third of the cost)."""
         if recent is not None and len(recent):
             rows = online_rows(self.store, user_id, np.zeros(1, dtype=np.int64), recent)

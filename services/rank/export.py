@@ -20,8 +20,8 @@ import torch
 
 from cascade.artifacts import BundleWriter
 from cascade.features import FeatureSpec
+from cascade.rows import Rows, input_names
 from services.rank.model import ModelConfig, RankModel
-from services.rank.rows import Rows, input_names
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from cascade.artifacts import Bundle, BundleWriter
+from cascade.context_fields import MFPositions
 from cascade.data.schema import DataError, Dataset, Table
 from cascade.data.split import TemporalSplit, concat_by_time, per_user_temporal, take
 from cascade.features import FeatureSpec
-from services.rank.context import MFPositions
+from cascade.rows import OfflineRows
 from services.rank.export import load_torch
 from services.rank.export import write_component as write_rank
 from services.rank.model import ModelConfig
-from services.rank.rows import OfflineRows
 from services.rank.train import Prepared, TrainConfig, evaluate, fit, predict
 
 log = logging.getLogger(__name__)

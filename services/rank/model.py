@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from cascade.features import FeatureSpec
+from cascade.rows import input_names
 from services.rank.debias import PositionTower
-from services.rank.rows import input_names
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ModelConfig:
     expert_hidden: int = 128
     expert_width: int = 64
     tower_hidden: int = 32
-    # The spec's "context" fields it reads (services/rank/context.py): None = all, () = none.
+    # The spec's "context" fields it reads (cascade/context_fields.py): None = all, () = none.
     # By default only the MF position: on ml-100k it lifts NDCG@10 far beyond the seed spread,
     # while counters and affinities lower it (`cascade eval rank-seeds --rows context`).
     context_fields: tuple[str, ...] | None = ("mf_position",)

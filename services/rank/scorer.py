@@ -2,7 +2,7 @@
 
 `RankScorer.score` scores one request's candidates; `RankScorer.label` scores many (user, item,
 time) rows in large batches for offline teacher labelling (the pre-ranker distils from it). Both
-build rows with services.rank.rows, the code training used, and run the same ONNX graph.
+build rows with cascade.rows, the code training used, and run the same ONNX graph.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import onnxruntime as ort
 
 from cascade import providers
 from cascade.artifacts import ArtifactError, Bundle
+from cascade.context_fields import MFPositions, OfflineContext, encode_context
 from cascade.data.schema import Table
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec, history_before
-from services.rank.context import MFPositions, OfflineContext, encode_context
-from services.rank.rows import Rows, assemble, input_names, online_rows, store_items
+from cascade.rows import Rows, assemble, input_names, online_rows, store_items
 
 COMPONENT = "rank"
 
@@ -81,7 +81,7 @@ class RankScorer:
             raise SpecMismatch(
                 f"refusing to serve: the rank artifact {bundle.version} was trained on feature "
                 f"spec {trained.fingerprint}, the data's spec is {store.spec.fingerprint} "
-                f"({error}); retrain with `python -m services.rank.train` on this data"
+                f"({error}); retrain with `python -m training.rank_train` on this data"
             ) from None
         meta = bundle.load_json(COMPONENT, "rank.json")
         tasks = tuple(meta["tasks"])

@@ -1,17 +1,12 @@
-"""Offline training of the ranker on the training period's impressions, on real recall outputs
-at training-period requests (services/rank/examples.py), or on both (`TrainConfig.examples`).
+"""Fitting the ranker on prepared rows: the configuration, early-stopped training, prediction,
+per-task metrics, fusion tuning and the written component.
 
-    python -m services.rank.train --dataset ml-100k --data-dir data --artifacts artifacts --publish
-
-Rows are impressions from each user's first 80% by time (per-user temporal split); the last
-`validation_fraction` of each user's training impressions is the validation slice for early
-stopping. History comes from training interactions strictly before each impression. Deterministic
-for a seed (one torch thread). Large sources are subsampled with the seed (`max_train_rows`).
+The rows come from the training layer (training/rank_train.py: split, examples, encoding), which
+is also the command (`cascade train rank`). Deterministic for a seed (one torch thread).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
@@ -22,22 +17,19 @@ import numpy as np
 import torch
 
 from cascade import metrics
-from cascade.artifacts import BundleWriter, add_training_arguments
-from cascade.data import load_dataset
+from cascade.artifacts import BundleWriter
 from cascade.data.schema import Dataset, Table
-from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
-from cascade.features import FeatureSpec, build_spec
+from cascade.data.split import TemporalSplit
+from cascade.features import FeatureSpec
+from cascade.rows import OfflineRows, Rows, input_names
 from services.rank.cold_start import ItemIdDropout, learn_unknown_rows
-from services.rank.context import FoldedMF, MFPositions
 from services.rank.debias import ips_weights, known_examination, position_ids
-from services.rank.examples import RecallExamples
 from services.rank.export import write_component
 from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig, RankModel
-from services.rank.rows import OfflineRows, Rows, input_names
 
 if TYPE_CHECKING:
-    from services.rank.evaluate import LogisticRegression
+    from services.rank.baseline import LogisticRegression
 
 # What fit trains and predict scores: the ranker, or the baseline with the same logits.
 Ranker: TypeAlias = "RankModel | LogisticRegression"
@@ -46,6 +38,18 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = ("impressions", "recall", "both")
 DEFAULT_FUSION = {"click": 1.0, "play": 1.0, "complete": 1.0, "like": 2.0, "share": 3.0}
+
+
+@dataclass(frozen=True)
+class RecallExamples:
+    """Recall's candidates at training-period requests as examples (training/rank_examples.py)."""
+
+    requests_per_user: int = 4  # at 1/(n+1) .. n/(n+1) of each user's training history
+    candidates: int = 300  # recall's top candidates per request (the served funnel's head)
+    keep: int = 40  # per request: every positive plus seeded random others, this many in all
+    min_history: int = 5  # users with fewer training interactions make no request
+    max_requests: int = 20_000  # seeded sample above this
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class TrainConfig:
     examples: str = "impressions"
     recall_examples: RecallExamples = field(default_factory=RecallExamples)
     # Training rows' mf_position from MF models fitted without the row's user, in this many user
-    # folds (services/rank/context.FoldedMF); 0 = the bundle's own model, which has seen the
+    # folds (cascade/context_fields.FoldedMF); 0 = the bundle's own model, which has seen the
     # training period's future but ordered EASE's top 100 better on ml-100k (docs/stages.md, Rank).
     mf_folds: int = 0
     # Scales of the non-primary tasks' fusion weights tried on the validation slice (the primary
@@ -100,64 +104,6 @@ class Prepared:
     train: tuple[Rows, Table]  # rows, impressions (labels and users)
     validation: tuple[Rows, Table]
     test: tuple[Rows, Table]
-
-
-def _subsample(table: Table, limit: int, seed: int) -> Table:
-    n = len(table["ts"])
-    if n <= limit:
-        return table
-    keep = np.zeros(n, dtype=bool)
-    keep[np.random.default_rng(seed).choice(n, limit, replace=False)] = True
-    return take(table, keep)
-
-
-def training_examples(
-    dataset: Dataset, data: TemporalSplit, spec: FeatureSpec, config: TrainConfig, bundle=None
-) -> Table:
-    """The training period's examples of the configured kind (see TrainConfig.examples)."""
-    if config.examples == "impressions":
-        return data.train_impressions
-    if bundle is None:
-        raise ValueError(f"examples={config.examples!r} needs a bundle with the recall component")
-    from cascade.feature_store import InMemoryFeatureStore
-    from services.rank.examples import recall_examples
-
-    tasks = tuple(config.tasks or dataset.meta["tasks"])
-    store = InMemoryFeatureStore.from_split(dataset, spec, data)
-    found = recall_examples(
-        bundle, store, spec, data.train_interactions, tasks, config.recall_examples
-    )
-    if config.examples == "recall":
-        return found
-    logged = {k: data.train_impressions[k] for k in found if k != "channel_mask"}
-    logged["channel_mask"] = np.zeros(len(logged["ts"]), dtype=np.uint32)  # no recall tags
-    return {k: np.concatenate([logged[k], found[k]]) for k in found}
-
-
-def prepare(
-    dataset: Dataset, config: TrainConfig, spec: FeatureSpec | None = None, bundle=None
-) -> Prepared:
-    """Split, examples and encoded rows. `bundle`: the cascade.artifacts.Bundle whose recall
-    component finds the candidates when config.examples is "recall" or "both", and whose MF
-    model (when it has one) fills the mf_position field."""
-    spec = build_spec(dataset) if spec is None else spec
-    data = split_dataset(dataset)
-    mf = MFPositions.from_bundle(bundle) if bundle is not None else None
-    offline = OfflineRows(dataset, spec, data.train_interactions, mf)
-    fitting = offline  # rows the model is fitted and early-stopped on
-    if mf is not None and config.mf_folds:
-        info = bundle.component("recall")["mf"]
-        log = data.train_interactions
-        folded = FoldedMF.fit(log, dataset.n_users, dataset.n_items, info, config.mf_folds)
-        fitting = OfflineRows(dataset, spec, log, folded)
-    examples = training_examples(dataset, data, spec, config, bundle)
-    in_validation = per_user_temporal(examples, config.validation_fraction)
-    train = _subsample(take(examples, ~in_validation), config.max_train_rows, 1)
-    validation = _subsample(take(examples, in_validation), config.max_train_rows // 8, 2)
-    test = _subsample(data.test_impressions, config.max_test_rows, 3)
-    parts = [(fitting.impressions(t), t) for t in (train, validation)]
-    parts.append((offline.impressions(test), test))
-    return Prepared(dataset, spec, data, offline, *parts)
 
 
 def labels(impressions: Table, tasks: tuple[str, ...]) -> np.ndarray:
@@ -338,19 +284,11 @@ def fit(
     return model, info
 
 
-def train(
-    dataset: Dataset, config: TrainConfig, model_config: ModelConfig, bundle=None
-) -> tuple[RankModel, Prepared, dict]:
-    """Fits the full model; its info includes test-period metrics per task."""
-    prepared = prepare(dataset, config, bundle=bundle)
-    model, info = train_prepared(prepared, config, model_config)
-    return model, prepared, info
-
-
 def train_prepared(
     prepared: Prepared, config: TrainConfig, model_config: ModelConfig
 ) -> tuple[RankModel, dict]:
-    """`train` on rows already prepared (several models on one preparation: ablations)."""
+    """Fits the full model on prepared rows (several models on one preparation: ablations); its
+    info includes test-period metrics per task and the fusion tuned on the validation slice."""
     tasks = tuple(config.tasks or prepared.dataset.meta["tasks"])
     model, info = fit(prepared, tasks, model_config, config)
     test_rows, test_impressions = prepared.test
@@ -404,87 +342,3 @@ def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelCon
         "mf_feature": reads("mf_position") and prepared.offline.context.mf is not None,
         "channel_feature": reads("channels") and config.examples != "impressions",
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    from cascade.artifacts import publish
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_training_arguments(parser)
-    parser.add_argument(
-        "--version", default=None, help="bundle version to write into (default: UTC time)"
-    )
-    parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    parser.add_argument(
-        "--max-epochs",
-        type=int,
-        default=TrainConfig.max_epochs,
-        help=f"most epochs (early stopping; default: {TrainConfig.max_epochs})",
-    )
-    parser.add_argument(
-        "--examples",
-        choices=EXAMPLES,
-        default=TrainConfig.examples,
-        help="training examples: logged impressions, recall outputs at training-period requests "
-        "(needs --version of a bundle with the recall component), or both",
-    )
-    parser.add_argument(
-        "--position-tower",
-        action="store_true",
-        help="learn the shown slot's effect in a shallow tower used in training only and "
-        "dropped at serving (PAL); default: the slot is ignored",
-    )
-    parser.add_argument(
-        "--ips",
-        action="store_true",
-        help="weight positive labels by 1 / the world's examination probability of their slot "
-        "(synthetic world only)",
-    )
-    parser.add_argument(
-        "--item-id-dropout",
-        type=float,
-        default=TrainConfig.item_id_dropout,
-        metavar="P",
-        help="show this share of training rows with the item id and MF position unknown, so "
-        "the ranker learns to score uploads it has never seen (services/rank/cold_start.py; "
-        f"default: {TrainConfig.item_id_dropout})",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    dataset = load_dataset(args.dataset, args.data_dir)
-    config = TrainConfig(
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-        examples=args.examples,
-        ips=args.ips,
-        item_id_dropout=args.item_id_dropout,
-    )
-    model_config = ModelConfig(position_tower=args.position_tower)
-    from cascade.artifacts import ArtifactError, Bundle
-
-    bundle: Bundle | None
-    try:  # the bundle being built: its recall component (examples, MF model) when it has one
-        bundle = Bundle.open(args.artifacts, args.version or "current")
-        if "recall" not in bundle.manifest["components"]:
-            bundle = None
-    except ArtifactError:
-        bundle = None
-    if bundle is None and config.examples != "impressions":
-        raise SystemExit(f"--examples {config.examples} needs a bundle with the recall component")
-    model, prepared, info = train(dataset, config, model_config, bundle)
-    writer = write_trained(
-        args.artifacts, args.version, model, prepared, config, model_config, info
-    )
-    if args.publish:
-        publish(args.artifacts, writer.version)
-    for task, values in info["test"].items():
-        print(
-            f"{dataset.name} {task}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if v is not None)
-        )
-    print(f"rank component written to {writer.folder}" + (" (published)" if args.publish else ""))
-
-
-if __name__ == "__main__":
-    main()

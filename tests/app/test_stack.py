@@ -23,7 +23,7 @@ from tests.gateway.test_impressions import shown
 
 STAGE_TRAINERS = (
     ("services.recall.train",),
-    ("services.rank.train", "--max-epochs", "1"),
+    ("training.rank_train", "--max-epochs", "1"),
     ("services.rerank.train",),
 )
 

@@ -26,7 +26,7 @@ from services.rank.model import ModelConfig
 from services.rank.server import SERVER as RANK_SERVER
 from services.rank.server import STAGE as RANK
 from services.rank.server import RankService, RankSettings, load_scorer
-from services.rank.train import TrainConfig, train
+from services.rank.train import TrainConfig
 from services.recall.server import RecallSettings
 from services.recall.server import start as start_recall
 from services.recall.train import build_recall
@@ -35,6 +35,7 @@ from services.rerank.server import RerankSettings
 from services.rerank.server import start as start_rerank
 from services.rerank.train import build as build_rerank
 from tests.conftest import make_tiny_dataset
+from training.rank_train import train
 
 VERSION = "v1"
 # Pre-rank (services/prerank) comes from another issue: when its server module exists, its
@@ -164,7 +165,7 @@ def start_rank(built: Built, server: ServerSettings, delay_s: float = 0.0) -> Ru
 def _build_prerank(data_dir: Path, artifacts: Path) -> None:
     """A student distilled for a couple of epochs from the tiny teacher, into the same bundle."""
     from services.prerank.distill import DistillConfig
-    from services.prerank.train import distill_into_bundle
+    from training.prerank_train import distill_into_bundle
 
     config = DistillConfig(epochs=2, candidates_per_request=60, sampled_per_request=30)
     distill_into_bundle("ml-100k", data_dir, artifacts, VERSION, config)

@@ -11,10 +11,11 @@ import pytest
 
 from cascade.data.schema import Dataset
 from cascade.data.split import per_user_temporal, split_dataset
-from services.rank.train import TrainConfig, prepare
+from services.rank.train import TrainConfig
 from services.recall.tables import build_tables
 from services.rerank.train import item_embeddings
 from tests.conftest import make_tiny_dataset
+from training.rank_train import prepare
 
 
 def scramble_test_period(dataset: Dataset, seed: int = 7) -> Dataset:

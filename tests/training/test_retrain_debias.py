@@ -11,8 +11,9 @@ from cascade.data.synthetic import SyntheticConfig, generate
 from services.rank.export import write_component
 from services.rank.fine_tune import FineTuneConfig
 from services.rank.model import ModelConfig
-from services.rank.train import TrainConfig, train
+from services.rank.train import TrainConfig
 from tests.training.test_retrain import tiny_log
+from training.rank_train import train
 from training.retrain import Base, RetrainConfig, read_log, retrain
 
 WORLD = SyntheticConfig(n_users=60, n_items=80, days=4, impressions_per_user=30, seed=2)

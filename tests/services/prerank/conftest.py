@@ -12,17 +12,18 @@ import torch
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.feature_store import InMemoryFeatureStore
 from services.prerank.distill import DistillConfig, item_vectors, train_student
-from services.prerank.examples import Requests, recall_merger
 from services.prerank.export import write_component
 from services.prerank.model import Student, StudentConfig
-from services.prerank.world import World, training_requests
+from services.prerank.requests import Requests
 from services.rank.export import write_component as write_rank
 from services.rank.scorer import RankScorer
-from services.rank.train import train
 from services.recall.merge import ChannelBudget
 from services.recall.server import RecallSettings
 from services.recall.train import build_recall
 from tests.services.rank.conftest import MODEL, TRAIN, tiny
+from training.distill_world import World, training_requests
+from training.prerank_examples import recall_merger
+from training.rank_train import train
 
 # The tiny teacher's logits spread ~0.1 within a request, so the soft term gets a larger weight
 # than the shipped default to be heard over the true labels.

@@ -63,7 +63,7 @@ def test_execution_provider_falls_back_to_cpu_with_a_log_line(caplog):
 
 
 def test_the_store_fast_path_builds_the_same_user_inputs_as_rank_rows(scorer):
-    from services.rank.rows import online_rows
+    from cascade.rows import online_rows
 
     for user in (1, 3, 7, 0):
         rows = online_rows(scorer.store, user, np.zeros(1, dtype=np.int64))

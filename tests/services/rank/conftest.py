@@ -13,8 +13,9 @@ from cascade.data.schema import Dataset
 from cascade.feature_store import InMemoryFeatureStore
 from services.rank.export import write_component
 from services.rank.model import ModelConfig, RankModel
-from services.rank.train import Prepared, TrainConfig, train
+from services.rank.train import Prepared, TrainConfig
 from tests.conftest import make_tiny_dataset
+from training.rank_train import train
 
 TRAIN = TrainConfig(seed=0, batch_size=32, max_epochs=3)
 MODEL = ModelConfig(common_width=8, expert_hidden=16, expert_width=8, tower_hidden=8)

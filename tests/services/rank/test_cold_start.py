@@ -11,10 +11,11 @@ import torch
 
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.data.synthetic import SyntheticConfig, generate
+from cascade.rows import input_names
 from services.rank.cold_start import ItemIdDropout
 from services.rank.export import write_component
-from services.rank.rows import input_names
-from services.rank.train import TrainConfig, fit, predict, prepare
+from services.rank.train import TrainConfig, fit, predict
+from training.rank_train import prepare
 
 from .conftest import MODEL
 

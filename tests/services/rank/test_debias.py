@@ -12,11 +12,12 @@ import torch
 
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.data.synthetic import SyntheticConfig, examination, generate
+from cascade.rows import input_names
 from services.rank.debias import ips_weights, known_examination, position_ids
 from services.rank.export import load_torch, onnx_probabilities, write_component
 from services.rank.model import ModelConfig
-from services.rank.rows import input_names
-from services.rank.train import TrainConfig, fit, labels, loss_weights, predict, prepare, train
+from services.rank.train import TrainConfig, fit, labels, loss_weights, predict
+from training.rank_train import prepare, train
 
 from .conftest import MODEL, tiny
 

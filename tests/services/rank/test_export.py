@@ -7,8 +7,8 @@ import onnx
 import pytest
 import torch
 
+from cascade.rows import input_names
 from services.rank.export import PARITY_TOLERANCE, export_onnx, load_torch, onnx_probabilities
-from services.rank.rows import input_names
 
 
 def _torch(model, spec, rows):

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from cascade.rows import input_names
 from services.rank.model import ModelConfig, RankModel
-from services.rank.rows import input_names
 from services.rank.train import TrainConfig, fit, labels, predict
 
 from .conftest import MODEL, TRAIN

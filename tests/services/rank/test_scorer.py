@@ -8,7 +8,7 @@ import torch
 
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
-from services.rank.rows import OfflineRows, input_names, online_rows
+from cascade.rows import OfflineRows, input_names, online_rows
 from services.rank.scorer import RankScorer, ScorerSettings, SpecMismatch
 from tests.conftest import make_tiny_dataset
 

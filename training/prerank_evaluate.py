@@ -1,9 +1,9 @@
 """The pre-rank report: students (labels only / distilled / + listwise / + feature distillation)
 over real recall candidates in the test period, against the teacher and recall's own order.
 
-    python -m services.prerank.evaluate --dataset ml-100k [synthetic] --out results/prerank
+    python -m training.prerank_evaluate --dataset ml-100k [synthetic] --out results/prerank
 
-Each dataset's bundle `<dataset>-v1` must hold recall + rank (see services/prerank/train.py).
+Each dataset's bundle `<dataset>-v1` must hold recall + rank (see training/prerank_train.py).
 Every variant is distilled here from the same training requests and seed (the shipped prerank
 component is the distilled_listwise row, trained by `distill` with the same config). Test
 requests: each test user at their cut (first test interaction) with their training history; the
@@ -32,8 +32,8 @@ from services.prerank.distill import (
     train_student,
     variant_config,
 )
-from services.prerank.examples import Requests
-from services.prerank.world import open_world, test_requests, training_requests
+from services.prerank.requests import Requests
+from training.distill_world import open_world, test_requests, training_requests
 
 log = logging.getLogger(__name__)
 KEEP = 500  # what the pre-ranker passes to the ranker

@@ -2,8 +2,8 @@
 
 `open_world` loads a dataset, its temporal split, the feature store of the training period, the
 bundle's teacher (RankScorer, the serving code) and its recall merge. `training_requests` and
-`test_requests` place the request points (training: services/prerank/train.py; the report:
-services/prerank/evaluate.py).
+`test_requests` place the request points (training: training/prerank_train.py; the report:
+training/prerank_evaluate.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from cascade.data.split import TemporalSplit, split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec
 from services.prerank.distill import DistillConfig
-from services.prerank.examples import Requests, build_requests, recall_merger
+from services.prerank.requests import Requests
 from services.rank.scorer import RankScorer
 from services.recall.merge import Merger
+from training.prerank_examples import build_requests, recall_merger
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,14 @@
-"""Offline training rows and online serving rows are the same arrays."""
+"""Offline training rows and online serving rows are the same arrays (on the tiny ranker's data
+and feature store, tests/services/rank/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from services.rank.rows import OfflineRows, online_rows
+from cascade.rows import OfflineRows, online_rows
+from tests.services.rank.conftest import trained
+
+__all__ = ["trained"]  # the fixture
 
 
 def test_online_rows_equal_offline_rows_for_test_impressions(trained):
@@ -50,7 +54,7 @@ def test_a_played_upload_past_the_vocabulary_is_the_unknown_history_row(trained)
     """Once exploration shows uploads, users play items the spec never saw: in the history the
     retrain folds (and a shared store serves) they must encode to row 0, not index past the
     embedding table (the daily retrain failed with IndexError on day 2 of a run exploring)."""
-    from services.rank.rows import assemble
+    from cascade.rows import assemble
 
     spec = trained.prepared.spec
     (field,) = spec.of("history")

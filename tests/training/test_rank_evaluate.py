@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.rank.evaluate import Candidates, LogisticRegression, markdown
+from services.rank.baseline import LogisticRegression
 from services.rank.model import ModelConfig
 from services.rank.train import fit, predict
+from training.rank_evaluate import Candidates, markdown
 
 from .conftest import TRAIN
 

@@ -7,7 +7,7 @@ model's ranking of the catalogue (recall's MF channel scored again from the bund
 over the user's consumed set). `context_values` computes the raw values from plain arrays; the
 offline path (`OfflineContext`: the training log at each example's time) and the online path
 (`online_context`: the feature store at the data clock) only gather those arrays, so both encode
-identical rows (tests/services/rank/test_context.py checks them against plain loops).
+identical rows (tests/cascade/test_context_fields.py checks them against plain loops).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Requests over real recall outputs, labelled by the teacher and by what the user went on to play.
 
 A request is (user, time, history before that time); its candidates are the recall merge's answer
-run in-process through the serving code (services.recall.server.build_channels + Merger). Arrays
-are request-major, (n_requests, n_candidates) with a validity mask, so a listwise loss can see each
-request's candidates together. Distillation (training period) and the report (test period) both
+run in-process through the serving code (services.recall.server.build_channels + Merger), scored
+by the rank teacher (RankScorer, the serving code). The arrays are prerank's `Requests`
+(services/prerank/requests.py). Distillation (training period) and the report (test period) both
 build their examples here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -17,23 +17,12 @@ from cascade.artifacts import Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import consumed_before, history_before
+from services.prerank.requests import Requests
 from services.rank.scorer import RankScorer
 from services.recall.channels import RecallContext
 from services.recall.merge import Merger
 from services.recall.server import RecallSettings, build_channels
 from services.recall.tables import load_tables
-
-
-@dataclass
-class Requests:
-    user_ids: np.ndarray  # (R,) int64
-    ts: np.ndarray  # (R,) int64, request time (Unix s); history is strictly before it
-    history: np.ndarray  # (R, history_length) int64 item ids, newest first, 0-padded
-    item_ids: np.ndarray  # (R, K) int64 candidates in recall order, 0-padded
-    valid: np.ndarray  # (R, K) bool
-    labels: np.ndarray  # (R, K) float32: 1 = the user played it after ts (in the labelled period)
-    teacher_logits: np.ndarray  # (R, K) float32, the teacher's fused score as a logit
-    teacher_scores: np.ndarray  # (R, K) float32, the teacher's fused score (ranking order)
 
 
 def recall_merger(

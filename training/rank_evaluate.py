@@ -1,6 +1,6 @@
 """Ablation report of the ranker: every variant on the same split, rows and seed.
 
-    python -m services.rank.evaluate --dataset ml-100k synthetic --out results/rank
+    python -m training.rank_evaluate --dataset ml-100k synthetic --out results/rank
 
 Per dataset and row: AUC, GAUC and logloss per task on the test period's impressions, and the
 cascade measure: NDCG@10 of re-ranking EASE's top-100 candidates per test user by the model
@@ -20,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from cascade import metrics
 from cascade.baselines import EASE
 from cascade.data import load_dataset
 from cascade.data.synthetic import true_utility
 from cascade.evaluation import UserItems
-from cascade.features import FeatureSpec
-from services.rank.model import FieldEmbeddings, ModelConfig
-from services.rank.rows import Rows
-from services.rank.train import Prepared, TrainConfig, evaluate, fit, predict, prepare
+from cascade.rows import Rows
+from services.rank.baseline import LogisticRegression
+from services.rank.model import ModelConfig
+from services.rank.train import Prepared, TrainConfig, evaluate, fit, predict
+from training.rank_train import prepare
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +50,6 @@ REPORT = {
     ),
 }
 NDCG_USERS = 3000  # test users sampled (seeded) for the candidate re-ranking measure
-
-
-class LogisticRegression(nn.Module):
-    """One weight per feature value (history and categories mean-pooled), one bias per task."""
-
-    def __init__(self, spec: FeatureSpec, tasks: tuple[str, ...]):
-        super().__init__()
-        self.tasks = tuple(tasks)
-        self.weights = nn.ModuleList(
-            FieldEmbeddings(spec, ModelConfig(per_field_widths=False, common_width=1))
-            for _ in tasks
-        )
-        self.bias = nn.Parameter(torch.zeros(len(tasks)))
-
-    def logits(self, *inputs: torch.Tensor) -> torch.Tensor:
-        # first-order terms plus the pooled history's weight (a 1-wide embedding per item)
-        per_task = []
-        for weights in self.weights:
-            vectors, first = weights(list(inputs))
-            per_task.append(first + vectors[-1][:, 0])
-        return torch.stack(per_task, dim=1) + self.bias
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(*inputs))
 
 
 class Candidates:

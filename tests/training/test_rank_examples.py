@@ -10,10 +10,11 @@ import pytest
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.data.split import split_dataset
 from cascade.features import build_spec
-from services.rank.examples import RecallExamples, acted_after, request_points
-from services.rank.train import TrainConfig, prepare
+from services.rank.train import RecallExamples, TrainConfig
 from services.recall.train import build_recall
 from tests.services.rank.conftest import tiny
+from training.rank_examples import acted_after, request_points
+from training.rank_train import prepare
 
 
 def test_requests_are_spread_inside_each_users_history():

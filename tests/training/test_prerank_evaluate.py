@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.prerank.evaluate import agreement, cascade_order, ndcg10
-from services.prerank.examples import Requests
+from services.prerank.requests import Requests
+from training.prerank_evaluate import agreement, cascade_order, ndcg10
 
 
 def _requests(k: int = 600) -> Requests:

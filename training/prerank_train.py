@@ -1,7 +1,8 @@
-"""Trains the pre-ranker: distils a student from the bundle's rank teacher (services/prerank/
-distill.py) over real recall outputs (services/prerank/world.py) and exports it (export.py).
+"""Trains the pre-ranker: distils a student from the bundle's rank teacher
+(services/prerank/distill.py) over real recall outputs (training/distill_world.py) and exports it
+(services/prerank/export.py).
 
-    python -m services.prerank.train --dataset ml-100k --data-dir data --artifacts artifacts \
+    python -m training.prerank_train --dataset ml-100k --data-dir data --artifacts artifacts \
         --version V [--publish] [--variant distilled_listwise]
 
 The bundle V must already hold "recall" and "rank" (`cascade train recall`, `cascade train rank`
@@ -29,7 +30,7 @@ from services.prerank.distill import (
     variant_config,
 )
 from services.prerank.export import write_component
-from services.prerank.world import open_world, training_requests
+from training.distill_world import open_world, training_requests
 
 
 def distill_into_bundle(

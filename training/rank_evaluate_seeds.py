@@ -1,11 +1,11 @@
 """Which ranker blocks and which training examples earn their place, over several seeds.
 
-    python -m services.rank.evaluate_seeds --dataset ml-100k --bundle eval-ml-100k \
+    python -m training.rank_evaluate_seeds --dataset ml-100k --bundle eval-ml-100k \
         --seeds 0 1 2 --out results/rank
 
 Row sets (`--rows`): "blocks": plain DeepFM and each added block (per-field widths, attention,
 PLE), trained on the logged impressions, then DeepFM and the full model trained on recall outputs
-at training-period requests (entire-space negatives, services/rank/examples.py) and on both; all
+at training-period requests (entire-space negatives, training/rank_examples.py) and on both; all
 without context fields. "context": the feature ablation, DeepFM without context fields, with each
 group of them (counters: item plays and age; affinities: user-category and user-creator; MF
 position) and with all, and the full model with the MF position and with all. EASE's candidates
@@ -14,7 +14,7 @@ cascade` measures it. Each row is fitted once per seed (the seed drives initiali
 order; the examples are built once, with seed 0) and reported as mean +- standard deviation over
 seeds: a block is worth keeping only when its mean beats plain DeepFM's by more than the spread.
 The measure is the cascade's: NDCG@10 of re-ranking EASE's top-100 candidates per test user
-(services.rank.evaluate.Candidates), plus play AUC on the test period's logged impressions. The
+(training.rank_evaluate.Candidates), plus play AUC on the test period's logged impressions. The
 recall bundle (`--bundle`, e.g. the one `cascade eval recall` builds) supplies the recall
 component.
 """
@@ -32,10 +32,11 @@ import numpy as np
 
 from cascade.artifacts import Bundle
 from cascade.data import load_dataset
-from services.rank.evaluate import ABLATIONS, REPORT, Candidates
 from services.rank.fusion import tune_fusion
 from services.rank.model import ModelConfig
-from services.rank.train import evaluate, fit, predict, prepare
+from services.rank.train import evaluate, fit, predict
+from training.rank_evaluate import ABLATIONS, REPORT, Candidates
+from training.rank_train import prepare
 
 log = logging.getLogger(__name__)
 

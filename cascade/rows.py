@@ -1,7 +1,7 @@
 """The ranker's input rows, built the same way offline (training) and online (serving).
 
 A row is one (user, item, history) triple encoded by the FeatureSpec: the user's fields, the
-item's fields, the candidate's context fields (services/rank/context.py) and the user's recent
+item's fields, the candidate's context fields (cascade/context_fields.py) and the user's recent
 items (newest first). Offline, history is what the user played
 strictly before the impression (`history_before` over the training interactions); online it is the
 feature store's ring buffer, which holds exactly that at serving time. Both paths end in
@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cascade.data.schema import Dataset, Table
-from cascade.feature_store import FeatureStore
-from cascade.features import FeatureSpec, encode_by_id, encode_field, history_before, lookup
-from services.rank.context import (
+from cascade.context_fields import (
     FoldedMF,
     ItemTables,
     MFPositions,
@@ -23,6 +20,9 @@ from services.rank.context import (
     encode_context,
     online_context,
 )
+from cascade.data.schema import Dataset, Table
+from cascade.feature_store import FeatureStore
+from cascade.features import FeatureSpec, encode_by_id, encode_field, history_before, lookup
 
 Rows = dict[str, np.ndarray]  # input name -> (n, ...) int64, the ONNX model's inputs
 

@@ -13,7 +13,7 @@ unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,23 +21,14 @@ from cascade.artifacts import Bundle
 from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, consumed_before, history_before
-from services.prerank.examples import recall_candidates, recall_merger
+from services.rank.train import RecallExamples
 from services.recall.server import RecallSettings
+from training.prerank_examples import recall_candidates, recall_merger
 
 # The interaction flag that labels each ranking task (a played item was clicked first).
 TASK_FLAG = {
     "click": "play", "play": "play", "complete": "complete", "like": "like", "share": "share",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RecallExamples:
-    requests_per_user: int = 4  # at 1/(n+1) .. n/(n+1) of each user's training history
-    candidates: int = 300  # recall's top candidates per request (the served funnel's head)
-    keep: int = 40  # per request: every positive plus seeded random others, this many in all
-    min_history: int = 5  # users with fewer training interactions make no request
-    max_requests: int = 20_000  # seeded sample above this
-    seed: int = 0
 
 
 def request_points(train: Table, settings: RecallExamples) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """The ranker's context fields, offline and online, against a plain-loop reference.
 
 The reference reads the raw tables row by row (the log, the items table, the MF vectors) with no
-code shared with services/rank/context.py; offline rows (training) and online rows (the feature
+code shared with cascade/context_fields.py; offline rows (training) and online rows (the feature
 store at serving time) must both equal it.
 """
 
@@ -12,11 +12,11 @@ import bisect
 import numpy as np
 import pytest
 
+from cascade.context_fields import MFPositions
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import CONTEXT_BUCKETS, build_spec
-from services.rank.context import MFPositions
-from services.rank.rows import OfflineRows, online_rows
+from cascade.rows import OfflineRows, online_rows
 from tests.conftest import make_tiny_dataset
 
 SCALE = 20_000  # seconds per tick of the tiny dataset: its events then span days (item ages)

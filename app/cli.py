@@ -111,7 +111,8 @@ def _train(args: argparse.Namespace) -> None:
     )
     options = parser.parse_args(args.options)
     version = options.version or f"{options.dataset}-{new_version()}"
-    training = _training_settings(options.profile or default_profile(options.dataset))
+    profile = options.profile or default_profile(options.dataset)
+    training = _training_settings(profile)
     if options.event_log:
         from training.retrain import retrain_from_log
 
@@ -130,7 +131,9 @@ def _train(args: argparse.Namespace) -> None:
     common += ["--artifacts", str(options.artifacts), "--version", version]
     for stage in TRAIN_ORDER:
         print(f"== train {stage} -> {options.artifacts / version}", flush=True)
-        _run_entry_point("train", stage, common + training.arguments(stage))
+        # Pre-rank and rank learn from recall's output as the profile serves it.
+        served = ["--profile", profile] if stage in ("prerank", "rank") else []
+        _run_entry_point("train", stage, common + training.arguments(stage) + served)
     if not options.no_publish:
         publish(options.artifacts, version)
         print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")

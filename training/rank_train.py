@@ -23,9 +23,17 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from cascade.profiles import DEFAULT
 from cascade.rows import OfflineRows
 from services.rank.model import ModelConfig, RankModel
-from services.rank.train import EXAMPLES, Prepared, TrainConfig, train_prepared, write_trained
+from services.rank.train import (
+    EXAMPLES,
+    Prepared,
+    RecallExamples,
+    TrainConfig,
+    train_prepared,
+    write_trained,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument(
+        "--profile",
+        default=DEFAULT,
+        help="the profile whose recall the examples ask (its channel quotas and the gateway's "
+        "recall count; training/served_recall.py; default: default)",
+    )
+    parser.add_argument(
         "--max-epochs",
         type=int,
         default=TrainConfig.max_epochs,
@@ -150,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         examples=args.examples,
         ips=args.ips,
         item_id_dropout=args.item_id_dropout,
+        recall_examples=RecallExamples(profile=args.profile),
     )
     model_config = ModelConfig(position_tower=args.position_tower)
     from cascade.artifacts import ArtifactError, Bundle

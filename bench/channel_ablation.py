@@ -6,11 +6,12 @@ seed 0). Row "all" serves every channel; row "without X" switches channel X off 
 slots nor tags candidates for the ranker) and gives its quota to the others in proportion to
 theirs, so recall still asks for the same count. A channel's contribution is the per-user paired
 difference all - without in true engagement@10, with its bootstrap 95% interval; it keeps its
-place unless the interval's upper bound is below 0. Per-user values are kept under --run-dir, so
-a stopped run resumes where it stopped.
+place unless the interval's upper bound is below 0. Each configuration's pages are kept under
+--run-dir per part of the users, so a stopped run resumes where it stopped and several processes
+can share the work (--configs, --shards, --shard).
 
     python -m bench.channel_ablation --out results/recall [--users 5000] [--profile default]
-        [--configs all mf ...]
+        [--configs all mf ...] [--shards 4 --shard 0 1]
 """
 
 from __future__ import annotations
@@ -82,29 +83,40 @@ def ablate(args: argparse.Namespace) -> dict:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     values, runs = {}, {}
     for name in [ALL, *[c for c in channel_names() if c in quotas]]:
-        kept = args.run_dir / f"{key}-{name}.json"
-        if kept.exists():  # resumed: this configuration was measured on the same users
-            saved = json.loads(kept.read_text())
-            values[name], runs[name] = np.asarray(saved["values"]), saved["run"]
-            continue
-        if name not in args.configs:  # another process measures it (--configs)
-            continue
         mix = quotas if name == ALL else without(quotas, name)
-        recall = {} if name == ALL else {name: {"enabled": False}}
-        started = time.perf_counter()
-        cascade = open_cascade(args.artifacts, args.data_dir, args.profile, recall)
-        found = pages(cascade, users, mix)
-        del cascade
-        slots = slot_engagement(world, users, found.pages)
+        parts = [args.run_dir / f"{key}-{name}-{k}of{args.shards}.npz" for k in range(args.shards)]
+        for shard, part in enumerate(parts):
+            if part.exists() or name not in args.configs or shard not in args.shard:
+                continue  # measured already, or by another process (--configs, --shard)
+            started = time.perf_counter()
+            recall = {} if name == ALL else {name: {"enabled": False}}
+            cascade = open_cascade(args.artifacts, args.data_dir, args.profile, recall)
+            mine = users[shard :: args.shards]
+            found = pages(cascade, mine, mix)
+            del cascade
+            slots = slot_engagement(world, mine, found.pages)
+            seconds = time.perf_counter() - started
+            arrays = {"pages": found.pages, "masks": found.masks, "slots": slots}
+            np.savez(part, **arrays, degraded=found.degraded, seconds=seconds)
+            print(f"{name} shard {shard}: {slots.sum(axis=1).mean() / PAGE:.4f}", flush=True)
+        if not all(part.exists() for part in parts):
+            continue
+        shards = [np.load(part) for part in parts]
+        drawn = [np.arange(k, len(users), args.shards) for k in range(args.shards)]
+        order = np.argsort(np.concatenate(drawn))  # shard-major back to the users' order
+        found = Served(
+            np.concatenate([s["pages"] for s in shards])[order],
+            np.concatenate([s["masks"] for s in shards])[order],
+            int(sum(int(s["degraded"]) for s in shards)),
+        )
+        slots = np.concatenate([s["slots"] for s in shards])[order]
         values[name] = slots.sum(axis=1) / PAGE
         runs[name] = {
             "degraded_answers": found.degraded,
             "quotas": {k: round(v, 4) for k, v in mix.items()},
             "page_channels": page_channels(found, slots),
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": round(sum(float(s["seconds"]) for s in shards), 1),
         }
-        kept.write_text(json.dumps({"values": values[name].tolist(), "run": runs[name]}))
-        print(f"{name}: {values[name].mean():.4f} {runs[name]}", flush=True)
     missing = [n for n in [ALL, *quotas] if n not in values]
     if missing:
         return {"missing": missing}
@@ -195,9 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="measure only these (all, or a channel left out); the report is written once every "
         "configuration is measured (several processes may share --run-dir)",
     )
+    parser.add_argument("--shards", type=int, default=1, help="users split into this many parts")
+    parser.add_argument(
+        "--shard",
+        type=int,
+        nargs="+",
+        help="measure only these parts (0-based; default: all), so processes can share the users",
+    )
     parser.add_argument("--run-dir", type=Path, default=Path(".cascade/channel-ablation"))
     parser.add_argument("--out", type=Path, default=Path("results/recall"))
     args = parser.parse_args(argv)
+    args.shard = range(args.shards) if args.shard is None else args.shard
     report = ablate(args)
     if "missing" in report:
         print(f"measured {args.configs}; not yet measured: {report['missing']}")

@@ -169,7 +169,9 @@ def to_markdown(report: dict) -> str:
         degraded = row["degraded_answers"]
         lines.append(f"| {row['config']} | {row[TRUTH]:.4f} | {cells} | {degraded} |")
     negative = [
-        r["config"] for r in rows if r.get("contribution", {}).get("mean_difference", 0) < 0
+        r["config"].removeprefix("without ")
+        for r in rows
+        if r.get("contribution", {}).get("mean_difference", 0) < 0
     ]
     lines += [
         "",
@@ -220,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.shard = range(args.shards) if args.shard is None else args.shard
     report = ablate(args)
     if "missing" in report:
-        print(f"measured {args.configs}; not yet measured: {report['missing']}")
+        print(f"this process's part is measured; still to measure: {report['missing']}")
         return 0
     # Wall time of the measurements (each configuration's own, summed over processes).
     report["seconds"] = round(sum(row["seconds"] for row in report["rows"]), 1)

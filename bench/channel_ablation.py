@@ -118,7 +118,7 @@ def ablate(args: argparse.Namespace) -> dict:
             "seconds": round(sum(float(s["seconds"]) for s in shards), 1),
         }
     missing = [n for n in [ALL, *quotas] if n not in values]
-    if missing:
+    if ALL in missing or len(missing) == len(quotas):  # nothing to pair yet
         return {"missing": missing}
     rows = []
     for name, per_user in values.items():
@@ -138,6 +138,7 @@ def ablate(args: argparse.Namespace) -> dict:
         "bundle": str(args.artifacts),
         "served_quotas": quotas,
         "rows": rows,
+        "not_measured": missing,  # channels this run left out (--configs)
     }
 
 
@@ -175,6 +176,11 @@ def to_markdown(report: dict) -> str:
     ]
     lines += [
         "",
+        *(
+            [f"Not measured in this run: {', '.join(report['not_measured'])}.", ""]
+            if report.get("not_measured")
+            else []
+        ),
         "Channels whose point estimate is negative: "
         + (", ".join(negative) if negative else "none")
         + ".",

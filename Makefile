@@ -165,10 +165,11 @@ bench-channel-ablation: setup
 
 # Recall's channel quotas by a seeded cross-entropy search on tuning users (disjoint from every
 # headline sample and the loop's users), confirmed on other tuning users against the served
-# quotas: results/recall/quota_search.{json,md}.
+# quotas (about 7 min on a loaded shared 2-core machine): results/recall/quota_search.{json,md}.
 .PHONY: bench-quota-search
 bench-quota-search: setup
-	$(BIN)/python -m bench.quota_search --data-dir $(DATA) --out results/recall
+	$(BIN)/python -m bench.quota_search --data-dir $(DATA) --search-users 150 --confirm-users 300 \
+	  --rounds 2 --population 4 --out results/recall
 
 # Fault drill: a fixed rate for 90 s while rank is killed and restarted, recall is paused past its
 # budget and a new bundle version is rolled out (needs a trained bundle: `make demo` first).

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.inprocess import InProcessCascade
 from bench.truth_pages import PAGE, Served, channel_names, open_cascade, pages, slot_engagement
 from cascade.candidates import channel_bit
 from cascade.data import load_dataset
@@ -81,29 +82,38 @@ def ablate(args: argparse.Namespace) -> dict:
         json.dumps([users.tolist(), args.profile, str(args.artifacts)]).encode()
     ).hexdigest()[:12]
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    values, runs = {}, {}
-    for name in [ALL, *[c for c in channel_names() if c in quotas]]:
-        mix = quotas if name == ALL else without(quotas, name)
-        parts = [args.run_dir / f"{key}-{name}-{k}of{args.shards}.npz" for k in range(args.shards)]
-        for shard, part in enumerate(parts):
-            if part.exists() or name not in args.configs or shard not in args.shard:
-                continue  # measured already, or by another process (--configs, --shard)
+    names = [ALL, *[c for c in channel_names() if c in quotas]]
+    mixes = {n: quotas if n == ALL else without(quotas, n) for n in names}
+
+    def part(name: str, shard: int) -> Path:
+        return args.run_dir / f"{key}-{name}-{shard}of{args.shards}.npz"
+
+    # Shard by shard, every configuration of this process on the same users, so whatever is
+    # measured when a run stops is already paired.
+    opened: dict[str, InProcessCascade] = {}
+    for shard in args.shard:
+        mine = users[shard :: args.shards]
+        for name in [n for n in names if n in args.configs and not part(n, shard).exists()]:
+            if name not in opened:
+                recall = {} if name == ALL else {name: {"enabled": False}}
+                opened[name] = open_cascade(args.artifacts, args.data_dir, args.profile, recall)
             started = time.perf_counter()
-            recall = {} if name == ALL else {name: {"enabled": False}}
-            cascade = open_cascade(args.artifacts, args.data_dir, args.profile, recall)
-            mine = users[shard :: args.shards]
-            found = pages(cascade, mine, mix)
-            del cascade
+            found = pages(opened[name], mine, mixes[name])
             slots = slot_engagement(world, mine, found.pages)
             seconds = time.perf_counter() - started
             arrays = {"pages": found.pages, "masks": found.masks, "slots": slots}
-            np.savez(part, **arrays, degraded=found.degraded, seconds=seconds)
+            np.savez(part(name, shard), **arrays, degraded=found.degraded, seconds=seconds)
             print(f"{name} shard {shard}: {slots.sum(axis=1).mean() / PAGE:.4f}", flush=True)
-        if not all(part.exists() for part in parts):
-            continue
-        shards = [np.load(part) for part in parts]
-        drawn = [np.arange(k, len(users), args.shards) for k in range(args.shards)]
-        order = np.argsort(np.concatenate(drawn))  # shard-major back to the users' order
+    opened.clear()
+    # The report pairs the configurations measured on the users of every shard they all share.
+    measured = [n for n in names if any(part(n, k).exists() for k in range(args.shards))]
+    common = [k for k in range(args.shards) if all(part(n, k).exists() for n in measured)]
+    users = np.concatenate([users[k :: args.shards] for k in common]) if common else users[:0]
+    order = np.argsort(users)
+    users = users[order]
+    values, runs = {}, {}
+    for name in measured if common else []:
+        shards = [np.load(part(name, k)) for k in common]
         found = Served(
             np.concatenate([s["pages"] for s in shards])[order],
             np.concatenate([s["masks"] for s in shards])[order],
@@ -113,7 +123,7 @@ def ablate(args: argparse.Namespace) -> dict:
         values[name] = slots.sum(axis=1) / PAGE
         runs[name] = {
             "degraded_answers": found.degraded,
-            "quotas": {k: round(v, 4) for k, v in mix.items()},
+            "quotas": {k: round(v, 4) for k, v in mixes[name].items()},
             "page_channels": page_channels(found, slots),
             "seconds": round(sum(float(s["seconds"]) for s in shards), 1),
         }
@@ -131,6 +141,8 @@ def ablate(args: argparse.Namespace) -> dict:
         rows.append(row)
     return {
         "users": len(users),
+        "sample": args.users,  # users drawn; `users` of them measured (the shards all share)
+        "shards_measured": f"{len(common)} of {args.shards}",
         "split": "test: the headline's users (evaluated_protocol 'test', the same draw as "
         f"`cascade eval cascade --sample {args.users} --seed {args.seed}`)",
         "seed": args.seed,

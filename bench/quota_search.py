@@ -122,7 +122,10 @@ def to_markdown(report: dict) -> str:
         "# Recall's channel quotas searched on the synthetic world's truth",
         "",
         f"Tuning users: the {users['split']}; {users['drawn']} (`python -m bench.quota_search "
-        f"--seed {users['seed']}`, `make bench-quota-search`). Method: {method['name']}, "
+        f"--search-users {users['search']} --confirm-users {users['confirm']} --rounds "
+        f"{method['rounds']} --population {method['population']} --elite {method['elite']} "
+        f"--sigma {method['sigma']} --seed {users['seed']}`, `make bench-quota-search`). "
+        f"Method: {method['name']}, "
         f"{method['rounds']} rounds of {method['population']}, elite {method['elite']}, start "
         f"sigma {method['sigma']}, from {method['start']}; frozen stack {report['bundle']} "
         f"under profile {report['profile']['name']}. Score: {TRUTH} on the search users.",

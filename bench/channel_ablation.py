@@ -101,8 +101,14 @@ def ablate(args: argparse.Namespace) -> dict:
             found = pages(opened[name], mine, mixes[name])
             slots = slot_engagement(world, mine, found.pages)
             seconds = time.perf_counter() - started
-            arrays = {"pages": found.pages, "masks": found.masks, "slots": slots}
-            np.savez(part(name, shard), **arrays, degraded=found.degraded, seconds=seconds)
+            np.savez(
+                part(name, shard),
+                pages=found.pages,
+                masks=found.masks,
+                slots=slots,
+                degraded=found.degraded,
+                seconds=seconds,
+            )
             print(f"{name} shard {shard}: {slots.sum(axis=1).mean() / PAGE:.4f}", flush=True)
     opened.clear()
     # The report pairs the configurations measured on the users of every shard they all share.

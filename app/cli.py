@@ -142,7 +142,8 @@ def _train(args: argparse.Namespace) -> None:
     )
     options = parser.parse_args(args.options)
     version = options.version or f"{options.dataset}-{new_version()}"
-    training = _training_settings(options.profile or default_profile(options.dataset))
+    profile = options.profile or default_profile(options.dataset)
+    training = _training_settings(profile)
     if options.event_log:
         from training.retrain import retrain_from_log
 
@@ -162,7 +163,9 @@ def _train(args: argparse.Namespace) -> None:
     for stage in TRAIN_ORDER:
         print(f"== train {stage} -> {options.artifacts / version}", flush=True)
         nproc = options.nproc if stage in DATA_PARALLEL else 1
-        _train_stage(stage, common + training.arguments(stage), nproc)
+        # Pre-rank and rank learn from recall's output as the profile serves it.
+        served = ["--profile", profile] if stage in ("prerank", "rank") else []
+        _train_stage(stage, common + training.arguments(stage) + served, nproc)
     if not options.no_publish:
         publish(options.artifacts, version)
         print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")

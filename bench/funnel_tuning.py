@@ -9,6 +9,8 @@ impression of its 10 slots; each configuration is paired per user against the de
 
     python -m bench.funnel_tuning --out results/cascade [--users 500] [--configs default mf-0.5]
         [--reference default] [--name funnel_tuning]
+
+The channel quotas themselves are searched, not listed, by bench/quota_search.py on the same split.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cascade.data import load_dataset
 from cascade.profiles import DEFAULT, evaluation_profile, load_profile
 from research.evaluation_e2e import (
     EVALUATION_PROFILE,
+    HEADLINE_SAMPLES,
     TRUTH,
     baseline_pages,
     evaluated_protocol,
@@ -239,7 +242,8 @@ def tune(args: argparse.Namespace) -> dict:
         rows.append(row)
     return {
         "split": "validation: users with training history and unseen test items, disjoint from "
-        "the headline's test samples (500 and 1000 at seed 0) and the loop's 1000 users",
+        f"the headline's test samples ({', '.join(map(str, HEADLINE_SAMPLES))} at seed 0) and the "
+        "loop's 1000 users",
         "users": len(protocol.users),
         "seed": args.seed,
         "page": PAGE,

@@ -137,9 +137,10 @@ class Protocol:
         }
 
 
-# The synthetic headline's test users: `--sample 500` (README, results/cascade/e2e.md) and the
-# default 1000 (`make eval`), both drawn with seed 0. A tuning split must not touch them.
-HEADLINE_SAMPLES = (500, 1000)
+# The synthetic headline's test users: `--sample 500` and 5000 (results/cascade/e2e.md, the
+# channel ablation) and the default 1000 (`make eval`), all drawn with seed 0. A tuning split
+# must not touch them.
+HEADLINE_SAMPLES = (500, 1000, 5000)
 HEADLINE_SEED = 0
 LOOP_USERS = 1000  # `make bench-loop` simulates this many users (seed 0)
 

@@ -20,11 +20,13 @@ from cascade.data.schema import Dataset
 from cascade.data.split import TemporalSplit, split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec
+from cascade.profiles import DEFAULT
 from services.prerank.distill import DistillConfig
 from services.prerank.requests import Requests
 from services.rank.scorer import RankScorer
 from services.recall.merge import Merger
 from training.prerank_examples import build_requests, recall_merger
+from training.served_recall import served_recall
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,12 @@ class World:
     merger: Merger
 
 
-def open_world(dataset: Dataset | str, data_dir: Path, artifacts: Path, version: str) -> World:
+def open_world(
+    dataset: Dataset | str, data_dir: Path, artifacts: Path, version: str, profile: str = DEFAULT
+) -> World:
     """The bundle's teacher and recall over the dataset's training period (spec: the teacher's,
-    checked against the data by RankScorer.from_bundle)."""
+    checked against the data by RankScorer.from_bundle); recall's channel mix is the one
+    `profile` serves (training/served_recall.py)."""
     bundle = Bundle.open(artifacts, version)
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, data_dir)
@@ -50,7 +55,8 @@ def open_world(dataset: Dataset | str, data_dir: Path, artifacts: Path, version:
     split = split_dataset(dataset)
     store = InMemoryFeatureStore.from_split(dataset, spec, split)
     teacher = RankScorer.from_bundle(bundle, store)
-    return World(dataset, spec, split, store, bundle, teacher, recall_merger(bundle, store))
+    merger = recall_merger(bundle, store, served_recall(profile).settings)
+    return World(dataset, spec, split, store, bundle, teacher, merger)
 
 
 def _sample(users: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 from cascade import distributed
 from cascade.artifacts import BundleWriter, add_training_arguments, publish
 from cascade.data.schema import Dataset
+from cascade.profiles import DEFAULT
 from services.prerank.distill import (
     DEFAULT_VARIANT,
     VARIANTS,
@@ -42,11 +43,13 @@ def distill_into_bundle(
     config: DistillConfig,
     publish_it: bool = False,
     warm_start: dict[str, np.ndarray] | None = None,
+    profile: str = DEFAULT,
 ) -> tuple[Path, dict]:
     """Distils a student from the bundle's teacher and writes the "prerank" component into it;
     returns the bundle folder and the training info. `warm_start`: a published student's weights
-    to continue from (continuous training) instead of the teacher's embeddings."""
-    world = open_world(dataset, data_dir, artifacts, version)
+    to continue from (continuous training) instead of the teacher's embeddings. `profile`: whose
+    recall gives the requests' candidates."""
+    world = open_world(dataset, data_dir, artifacts, version, profile)
     requests = training_requests(world, config)
     if warm_start is None:
         teacher, initial = teacher_embeddings(world.bundle.load_npz("rank", "weights.npz")), None
@@ -101,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DistillConfig.threads,
         help=f"torch threads per worker (default: {DistillConfig.threads})",
     )
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT,
+        help="the profile whose recall the examples ask (its channel quotas and the gateway's "
+        "recall count; training/served_recall.py; default: default)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "faiss.loader"):  # chatty at INFO
@@ -109,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         args.variant, DistillConfig(seed=args.seed, epochs=args.epochs, threads=args.threads)
     )
     folder, _ = distill_into_bundle(
-        args.dataset, args.data_dir, args.artifacts, args.version, config, args.publish
+        args.dataset,
+        args.data_dir,
+        args.artifacts,
+        args.version,
+        config,
+        args.publish,
+        profile=args.profile,
     )
     print(f"prerank component ({args.variant}) written to {folder}")
     return 0

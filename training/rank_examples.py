@@ -22,8 +22,8 @@ from cascade.data.schema import Table
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import FeatureSpec, consumed_before, history_before
 from services.rank.train import RecallExamples
-from services.recall.server import RecallSettings
 from training.prerank_examples import recall_candidates, recall_merger
+from training.served_recall import served_recall
 
 # The interaction flag that labels each ranking task (a played item was clicked first).
 TASK_FLAG = {
@@ -88,20 +88,21 @@ def recall_examples(
     user_ids, ts = request_points(train, settings)
     history = history_before(train, user_ids, ts, spec.history_length)
     consumed = consumed_before(train, user_ids, ts)
-    # The bundle's own channels (a model-free bundle serves without two-tower and MF).
+    served = served_recall(settings.profile)
+    count = settings.candidates or served.count
+    # The profile's channels that the bundle has (a model-free bundle has no two-tower or MF).
     component = bundle.component("recall")
-    settings_ = RecallSettings()
-    settings_ = replace(
-        settings_,
-        two_tower=replace(settings_.two_tower, enabled="two_tower" in component),
-        mf=replace(settings_.mf, enabled="mf" in component),
+    recall = served.settings
+    has = {n: getattr(recall, n).enabled and n in component for n in ("two_tower", "mf")}
+    recall = replace(
+        recall,
+        two_tower=replace(recall.two_tower, enabled=has["two_tower"]),
+        mf=replace(recall.mf, enabled=has["mf"]),
     )
-    merger = recall_merger(bundle, store, settings_)
-    masks = np.zeros((len(user_ids), settings.candidates), dtype=np.uint32)
+    merger = recall_merger(bundle, store, recall)
+    masks = np.zeros((len(user_ids), count), dtype=np.uint32)
     try:
-        item_ids, valid = recall_candidates(
-            merger, user_ids, ts, history, consumed, settings.candidates, masks
-        )
+        item_ids, valid = recall_candidates(merger, user_ids, ts, history, consumed, count, masks)
     finally:
         merger.close()
     labels = {t: acted_after(train, user_ids, ts, item_ids, TASK_FLAG[t]) & valid for t in tasks}

@@ -24,9 +24,17 @@ from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
 from cascade.features import FeatureSpec, build_spec
+from cascade.profiles import DEFAULT
 from cascade.rows import OfflineRows
 from services.rank.model import ModelConfig, RankModel
-from services.rank.train import EXAMPLES, Prepared, TrainConfig, train_prepared, write_trained
+from services.rank.train import (
+    EXAMPLES,
+    Prepared,
+    RecallExamples,
+    TrainConfig,
+    train_prepared,
+    write_trained,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publish", action="store_true", help="point artifacts/current at it")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument(
+        "--profile",
+        default=DEFAULT,
+        help="the profile whose recall the examples ask (its channel quotas and the gateway's "
+        "recall count; training/served_recall.py; default: default)",
+    )
+    parser.add_argument(
         "--max-epochs",
         type=int,
         default=TrainConfig.max_epochs,
@@ -163,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         ips=args.ips,
         item_id_dropout=args.item_id_dropout,
         threads=args.threads,
+        recall_examples=RecallExamples(profile=args.profile),
     )
     model_config = ModelConfig(position_tower=args.position_tower, content=args.content)
     from cascade.artifacts import ArtifactError, Bundle

@@ -46,7 +46,10 @@ class RecallExamples:
     """Recall's candidates at training-period requests as examples (training/rank_examples.py)."""
 
     requests_per_user: int = 4  # at 1/(n+1) .. n/(n+1) of each user's training history
-    candidates: int = 300  # recall's top candidates per request (the served funnel's head)
+    # The recall asked: the profile's channel quotas and switches at its gateway's recall count
+    # (training/served_recall.py), so the ranker learns from what the funnel retrieves.
+    profile: str = "default"  # a profile name or file (deploy/profiles)
+    candidates: int = 0  # recall's candidates per request; 0 = the profile's recall count
     keep: int = 40  # per request: every positive plus seeded random others, this many in all
     min_history: int = 5  # users with fewer training interactions make no request
     max_requests: int = 20_000  # seeded sample above this

@@ -9,6 +9,7 @@ import pytest
 
 from cascade.artifacts import Bundle, BundleWriter
 from cascade.data.split import split_dataset
+from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import build_spec
 from services.rank.train import RecallExamples, TrainConfig
 from services.recall.train import build_recall
@@ -83,3 +84,28 @@ def test_recall_examples_need_a_bundle():
         prepare(tiny(), TrainConfig(examples="recall"))
     with pytest.raises(ValueError, match="examples must be one of"):
         TrainConfig(examples="clicks")
+
+
+def test_recall_examples_ask_the_recall_the_profile_serves(recall_bundle, tmp_path):
+    from cascade.candidates import channel_bit
+    from training.rank_examples import recall_examples
+
+    dataset, bundle = recall_bundle
+    profile = tmp_path / "popular-only.toml"
+    off = "\n".join(
+        f"{name} = {{ enabled = false }}"
+        for name in ("mf", "two_tower", "item_cf", "profile", "social", "fresh")
+    )
+    profile.write_text(
+        '[profile]\nname = "popular-only"\n\n[gateway]\nrecall_count = 15\n\n'
+        f"[recall]\npopular = {{ quota = 1.0 }}\n{off}\n"
+    )
+    split = split_dataset(dataset)
+    spec = build_spec(dataset)
+    store = InMemoryFeatureStore.from_split(dataset, spec, split)
+    settings = RecallExamples(requests_per_user=2, keep=100, min_history=4, profile=str(profile))
+    found = recall_examples(bundle, store, spec, split.train_interactions, ("play",), settings)
+    # The profile's count (candidates=0) and its one channel: every example is popular's alone.
+    per_request = np.unique(found["user_id"] * 10**10 + found["ts"], return_counts=True)[1]
+    assert per_request.max() == 15
+    assert (found["channel_mask"] == channel_bit("popular")).all()

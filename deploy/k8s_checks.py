@@ -38,6 +38,8 @@ class Stage:
 
 
 STAGES = {name: Stage(name, SERVER_MODULES[name]) for name in SERVICES}
+# Optional application Deployments an overlay may add beside the stages (the web console).
+APPLICATIONS = {"app.console.server"}
 CLUSTER_DOMAIN = "cluster.local"  # the kubelet's default; the gateway's targets spell it out
 
 
@@ -83,6 +85,8 @@ def workloads(objects: list[Obj]) -> tuple[list[Workload], list[str]]:
         command = containers[0].get("command", []) if len(containers) == 1 else []
         module = command[2] if command[:2] == ["python", "-m"] and len(command) > 2 else None
         stage = next((s for s in STAGES.values() if s.module == module), None)
+        if module in APPLICATIONS:  # not a stage: none of the stage checks apply
+            continue
         if stage is None:
             errors.append(f"Deployment/{name}: want one container running `python -m <stage>`")
             continue

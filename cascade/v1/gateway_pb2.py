@@ -26,27 +26,31 @@ from cascade.v1 import catalog_pb2 as cascade_dot_v1_dot_catalog__pb2
 from cascade.v1 import common_pb2 as cascade_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/gateway.proto\x12\ncascade.v1\x1a\x18\x63\x61scade/v1/catalog.proto\x1a\x17\x63\x61scade/v1/common.proto\"\x80\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.cascade.v1.RequestContext\x12\r\n\x05\x64\x65\x62ug\x18\x04 \x01(\x08\x12\x10\n\x08user_key\x18\x05 \x01(\t\"\xdf\x01\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\x12%\n\x05trace\x18\x04 \x03(\x0b\x32\x16.cascade.v1.StageTrace\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\titem_keys\x18\x06 \x03(\t\x12\x0b\n\x03\x61rm\x18\x07 \x01(\t\x12\x1a\n\x12\x65xplored_positions\x18\x08 \x03(\r\"\x9c\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08user_key\x18\x06 \x01(\t\x12\x10\n\x08item_key\x18\x07 \x01(\t\"4\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.cascade.v1.Event\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.cascade.v1.RejectedEvent*\xc6\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_PLAY\x10\x03\x12\x17\n\x13\x45VENT_TYPE_COMPLETE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x05\x12\x14\n\x10\x45VENT_TYPE_SHARE\x10\x06\x12\x13\n\x0f\x45VENT_TYPE_SKIP\x10\x07\x32\xb7\x02\n\x07Gateway\x12H\n\tRecommend\x12\x1c.cascade.v1.RecommendRequest\x1a\x1d.cascade.v1.RecommendResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.cascade.v1.FeedbackRequest\x1a\x1c.cascade.v1.FeedbackResponse\x12\x45\n\x08\x41\x64\x64Items\x12\x1b.cascade.v1.AddItemsRequest\x1a\x1c.cascade.v1.AddItemsResponse\x12T\n\rChangeFollows\x12 .cascade.v1.ChangeFollowsRequest\x1a!.cascade.v1.ChangeFollowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/gateway.proto\x12\ncascade.v1\x1a\x18\x63\x61scade/v1/catalog.proto\x1a\x17\x63\x61scade/v1/common.proto\"\x91\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.cascade.v1.RequestContext\x12\r\n\x05\x64\x65\x62ug\x18\x04 \x01(\x08\x12\x10\n\x08user_key\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"\x8d\x02\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\x12%\n\x05trace\x18\x04 \x03(\x0b\x32\x16.cascade.v1.StageTrace\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\titem_keys\x18\x06 \x03(\t\x12\x0b\n\x03\x61rm\x18\x07 \x01(\t\x12\x1a\n\x12\x65xplored_positions\x18\x08 \x03(\r\x12,\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x17.cascade.v1.Explanation\"\x90\x01\n\x0b\x45xplanation\x12%\n\x06stages\x18\x01 \x03(\x0b\x32\x15.cascade.v1.StageList\x12\x16\n\x0ererank_reasons\x18\x02 \x03(\t\x12\x19\n\x11\x63onsumed_item_ids\x18\x03 \x03(\x03\x12\x16\n\x0eshown_item_ids\x18\x04 \x03(\x03\x12\x0f\n\x07user_id\x18\x05 \x01(\x03\"I\n\tStageList\x12\r\n\x05stage\x18\x01 \x01(\t\x12-\n\ncandidates\x18\x02 \x01(\x0b\x32\x19.cascade.v1.CandidateList\"\x9c\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08user_key\x18\x06 \x01(\t\x12\x10\n\x08item_key\x18\x07 \x01(\t\"4\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.cascade.v1.Event\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.cascade.v1.RejectedEvent*\xc6\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_PLAY\x10\x03\x12\x17\n\x13\x45VENT_TYPE_COMPLETE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x05\x12\x14\n\x10\x45VENT_TYPE_SHARE\x10\x06\x12\x13\n\x0f\x45VENT_TYPE_SKIP\x10\x07\x32\xb7\x02\n\x07Gateway\x12H\n\tRecommend\x12\x1c.cascade.v1.RecommendRequest\x1a\x1d.cascade.v1.RecommendResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.cascade.v1.FeedbackRequest\x1a\x1c.cascade.v1.FeedbackResponse\x12\x45\n\x08\x41\x64\x64Items\x12\x1b.cascade.v1.AddItemsRequest\x1a\x1c.cascade.v1.AddItemsResponse\x12T\n\rChangeFollows\x12 .cascade.v1.ChangeFollowsRequest\x1a!.cascade.v1.ChangeFollowsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cascade.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=793
-  _globals['_EVENTTYPE']._serialized_end=991
+  _globals['_EVENTTYPE']._serialized_start=1078
+  _globals['_EVENTTYPE']._serialized_end=1276
   _globals['_RECOMMENDREQUEST']._serialized_start=92
-  _globals['_RECOMMENDREQUEST']._serialized_end=220
-  _globals['_RECOMMENDRESPONSE']._serialized_start=223
-  _globals['_RECOMMENDRESPONSE']._serialized_end=446
-  _globals['_EVENT']._serialized_start=449
-  _globals['_EVENT']._serialized_end=605
-  _globals['_FEEDBACKREQUEST']._serialized_start=607
-  _globals['_FEEDBACKREQUEST']._serialized_end=659
-  _globals['_REJECTEDEVENT']._serialized_start=661
-  _globals['_REJECTEDEVENT']._serialized_end=707
-  _globals['_FEEDBACKRESPONSE']._serialized_start=709
-  _globals['_FEEDBACKRESPONSE']._serialized_end=790
-  _globals['_GATEWAY']._serialized_start=994
-  _globals['_GATEWAY']._serialized_end=1305
+  _globals['_RECOMMENDREQUEST']._serialized_end=237
+  _globals['_RECOMMENDRESPONSE']._serialized_start=240
+  _globals['_RECOMMENDRESPONSE']._serialized_end=509
+  _globals['_EXPLANATION']._serialized_start=512
+  _globals['_EXPLANATION']._serialized_end=656
+  _globals['_STAGELIST']._serialized_start=658
+  _globals['_STAGELIST']._serialized_end=731
+  _globals['_EVENT']._serialized_start=734
+  _globals['_EVENT']._serialized_end=890
+  _globals['_FEEDBACKREQUEST']._serialized_start=892
+  _globals['_FEEDBACKREQUEST']._serialized_end=944
+  _globals['_REJECTEDEVENT']._serialized_start=946
+  _globals['_REJECTEDEVENT']._serialized_end=992
+  _globals['_FEEDBACKRESPONSE']._serialized_start=994
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1075
+  _globals['_GATEWAY']._serialized_start=1279
+  _globals['_GATEWAY']._serialized_end=1590
 # @@protoc_insertion_point(module_scope)

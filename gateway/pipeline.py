@@ -448,7 +448,7 @@ class Cascade:
             trace.degraded, trace.degraded_reason = True, reason
         else:
             trace.model_version = getattr(reply, "model_version", "")
-            if getattr(reply, "reasons", None):  # rerank, asked by an explained Recommend
+            if isinstance(reply, rerank_pb2.RerankResponse) and reply.reasons:  # explained
                 response.explanation.rerank_reasons[:] = reply.reasons
             for report in getattr(reply, "channels", ()):
                 if report.kept:

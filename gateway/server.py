@@ -268,11 +268,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if dense <= 0:
             return
         if self.shared is not None:
-            consumed = self.shared.consumed(dense, self.catalog.history_length)
+            consumed = list(self.shared.consumed(dense, self.catalog.history_length))
             explanation.shown_item_ids.extend(int(i) for i in self.shared.shown(dense))
         else:
             logged = self.catalog.consumed(dense)
-            consumed = np.concatenate([recent, logged[~np.isin(logged, recent)]])
+            consumed = recent + logged[~np.isin(logged, recent)].tolist()
         explanation.consumed_item_ids.extend(int(i) for i in consumed)
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):

@@ -109,7 +109,8 @@ class GatewaySettings:
         arm_names = [arm.name for arm in parse_arms(self.arms)]  # ValueError names the problem
         if self.shadow_arm and self.shadow_arm not in arm_names:
             raise ValueError(f"shadow_arm {self.shadow_arm!r} is not one of the arms {arm_names}")
-        for name in ("api_token", "stage_token", "explain_token"):  # a plain str given in code becomes a Secret
+        # A plain str given in code becomes a Secret.
+        for name in ("api_token", "stage_token", "explain_token"):
             object.__setattr__(self, name, Secret(getattr(self, name)))
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")

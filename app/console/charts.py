@@ -63,7 +63,8 @@ def line_chart(
         f'y2="{pad_top + inner_h}" stroke="#888"/>',
         f'<line x1="{pad_left}" y1="{pad_top}" x2="{pad_left}" y2="{pad_top + inner_h}" '
         'stroke="#888"/>',
-        f'<text x="{pad_left - 4}" y="{pad_top + 4}" text-anchor="end" class="tick">{y1:.3g}</text>',
+        f'<text x="{pad_left - 4}" y="{pad_top + 4}" text-anchor="end" class="tick">'
+        f"{y1:.3g}</text>",
         f'<text x="{pad_left - 4}" y="{pad_top + inner_h}" text-anchor="end" class="tick">'
         f"{y0:.3g}</text>",
         f'<text x="{pad_left}" y="{height - 20}" class="tick">{x0:g}</text>',

@@ -114,8 +114,10 @@ def explain(
             reason = f"below {after}'s cut"
             if after == "rerank":
                 creator = creator_of(item_id)
-                capped = max_per_creator and creator and (
-                    on_page_creators.count(creator) >= max_per_creator
+                capped = (
+                    max_per_creator
+                    and creator
+                    and (on_page_creators.count(creator) >= max_per_creator)
                 )
                 reason = (
                     f"business rule: creator cap ({max_per_creator} per page)"

@@ -94,7 +94,9 @@ def quantile(q: float, cumulative: dict[float, float]) -> float | None:
                 return lower_bound
             if count == lower_count:
                 return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
         lower_bound, lower_count = bound, count
     return bounds[-1]
 
@@ -111,9 +113,7 @@ class Latency:
     requests: float  # requests in the window
 
 
-def latency(
-    new: Scrape, old: Scrape | None, service: str, name: str = "", **match: str
-) -> Latency:
+def latency(new: Scrape, old: Scrape | None, service: str, name: str = "", **match: str) -> Latency:
     """p50/p99 and rate of the service's main RPC (or of histogram `name` where `match`) between
     two scrapes (since the process started without `old`)."""
     args = (name,) if name else ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from app.console import charts, metrics, sources
 from app.console.explain import Explained, explain
@@ -125,12 +126,21 @@ def stack_page(settings: ConsoleSettings, history: History) -> dict:
         figures = metrics.latency(new, old, row.name)
         row.p50_ms, row.p99_ms, row.rate = figures.p50_ms, figures.p99_ms, figures.rate
         row.version = ", ".join(
-            sorted({labels.get("model_version", "") for labels, v in new.select(
-                "cascade_model_info") if v})
+            sorted(
+                {
+                    labels.get("model_version", "")
+                    for labels, v in new.select("cascade_model_info")
+                    if v
+                }
+            )
         )
         for labels, value in new.select("cascade_rpc_requests_total", rpc=metrics.RPCS[row.name]):
-            before = 0.0 if old is None else old.samples.get(
-                ("cascade_rpc_requests_total", tuple(sorted(labels.items()))), 0.0
+            before = (
+                0.0
+                if old is None
+                else old.samples.get(
+                    ("cascade_rpc_requests_total", tuple(sorted(labels.items()))), 0.0
+                )
             )
             if labels.get("code") != "OK" and value - before > 0:
                 row.errors[labels["code"]] = row.errors.get(labels["code"], 0) + value - before
@@ -190,33 +200,45 @@ def experiments_page(settings: ConsoleSettings, history: History) -> dict:
         if history.error("gateway") or not kept:
             raise SourceError(history.error("gateway") or "the gateway's metrics are not scraped")
         new, old = kept[-1], kept[0] if len(kept) > 1 else None
-        for labels, answers in sorted(new.select("cascade_gateway_arm_answers_total"),
-                                      key=lambda pair: pair[0]["arm"]):
+        for labels, answers in sorted(
+            new.select("cascade_gateway_arm_answers_total"), key=lambda pair: pair[0]["arm"]
+        ):
             arm = labels["arm"]
             figures = metrics.latency(
                 new, old, "gateway", "cascade_gateway_arm_latency_seconds", arm=arm
             )
-            arms.append({"arm": arm, "answers": answers, "p50_ms": figures.p50_ms,
-                         "p99_ms": figures.p99_ms})
+            arms.append(
+                {"arm": arm, "answers": answers, "p50_ms": figures.p50_ms, "p99_ms": figures.p99_ms}
+            )
     except SourceError as error:
         arms_error = str(error)
     report, report_error, chart_list = {}, "", []
     try:
-        report = sources.simulation_report(settings.simulation_dir)
+        report = sources.simulation_report(Path(settings.simulation_dir))
         rows = report.get("rows", [])
         names = sorted({row["arm"] for row in rows})
         for key, title in SIM_METRICS:
             series = [
-                charts.Series(arm, [(row["day"], row[key]) for row in rows
-                                    if row["arm"] == arm and row.get(key) is not None])
+                charts.Series(
+                    arm,
+                    [
+                        (row["day"], row[key])
+                        for row in rows
+                        if row["arm"] == arm and row.get(key) is not None
+                    ],
+                )
                 for arm in names
             ]
             if any(s.points for s in series):
                 chart_list.append(charts.line_chart(title, series, "simulated day"))
     except (SourceError, KeyError, TypeError) as error:
-        report_error = str(error) if isinstance(error, SourceError) else (
-            f"{settings.simulation_dir}/simulation.json has no rows of arm, day and metrics: "
-            f"{error!r}"
+        report_error = (
+            str(error)
+            if isinstance(error, SourceError)
+            else (
+                f"{settings.simulation_dir}/simulation.json has no rows of arm, day and metrics: "
+                f"{error!r}"
+            )
         )
     return {
         "arms": arms,

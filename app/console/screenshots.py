@@ -2,7 +2,8 @@
 local stack on free ports with the console beside it, sends a little traffic, and saves each
 page as seen by headless Chromium under results/console/.
 
-    python -m app.console.screenshots [--data-dir data] [--artifacts artifacts] [--out results/console]
+    python -m app.console.screenshots [--data-dir data] [--artifacts artifacts] \
+        [--out results/console]
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ def headless_chromium(width: int = 1400, height: int = 1000) -> Any:
         raise RuntimeError("chromium and chromium-driver are not installed: make system-packages")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--window-size={width},{height}", "--hide-scrollbars"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)

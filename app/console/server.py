@@ -64,8 +64,9 @@ class TokenCheck(BaseHTTPMiddleware):
             )
         response = await call_next(request)
         if request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, request.query_params["token"], httponly=True,
-                                samesite="strict")
+            response.set_cookie(
+                TOKEN_COOKIE, request.query_params["token"], httponly=True, samesite="strict"
+            )
         return response
 
 
@@ -75,7 +76,9 @@ def build_app(settings: ConsoleSettings, history: History | None = None) -> Star
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
         return TEMPLATES.TemplateResponse(
-            request, template, {"page": template.removesuffix(".html"), **context},
+            request,
+            template,
+            {"page": template.removesuffix(".html"), **context},
             status_code=status,
         )
 

@@ -14,7 +14,8 @@ class ConsoleSettings:
     host: str = "127.0.0.1"  # loopback by default; any other address needs `token`
     port: int = 8090  # 0 = a free one (written to port_file)
     port_file: str = ""  # where the bound port is written ("" = nowhere)
-    token: Secret = Secret("")  # browsers send it as ?token= once (then a cookie) or a Bearer header
+    # Every page wants it when set: ?token= once (then a cookie) or `authorization: Bearer`.
+    token: Secret = Secret("")
     run_dir: str = ".cascade"  # the local stack's state (`cascade up`): services, event log
     # The stack's services as "name=host:port=http://host:port/metrics", comma separated; "" =
     # the local stack recorded in run_dir.
@@ -24,10 +25,10 @@ class ConsoleSettings:
     # The token an explained Recommend sends: the gateway's API token, or its explain token.
     explain_token: Secret = Secret("")
     event_log: str = ""  # file:DIR or redis://...; "" = file:<run_dir>/eventlog
-    prometheus_url: str = ""  # when set, latency and rates come from its queries
-    data_dir: str = "data"
-    artifacts: str = "artifacts"
-    bundle: str = "current"
+    prometheus_url: str = ""  # when set, the stack page also shows its latency and rates
+    data_dir: str = "data"  # the served bundle's dataset: titles, creators, logged plays
+    artifacts: str = "artifacts"  # where bundles live
+    bundle: str = "current"  # its item-CF and two-tower tables give an item's neighbours
     simulation_dir: str = "results/loop"  # the run folder holding simulation.json
     window_s: float = 300.0  # the stack page's figures cover this much of the recent past
     scrape_every_s: float = 5.0  # a metrics scrape of every service this often

@@ -52,8 +52,9 @@ class Catalog:
         try:
             return Bundle.open(Path(self.settings.artifacts), self.settings.bundle)
         except (ArtifactError, OSError, ValueError) as error:
-            raise SourceError(f"no bundle {self.settings.bundle!r} under "
-                              f"{self.settings.artifacts}: {error}") from error
+            raise SourceError(
+                f"no bundle {self.settings.bundle!r} under {self.settings.artifacts}: {error}"
+            ) from error
 
     @cached_property
     def folder(self) -> Path:
@@ -79,7 +80,9 @@ class Catalog:
     @cached_property
     def plays(self) -> pa.Table:
         """The dataset's logged interactions: user_id, item_id, ts (s)."""
-        return pq.read_table(self.folder / "interactions.parquet", columns=["user_id", "item_id", "ts"])
+        return pq.read_table(
+            self.folder / "interactions.parquet", columns=["user_id", "item_id", "ts"]
+        )
 
     def known(self, item_id: int) -> bool:
         known = self.items["known"]

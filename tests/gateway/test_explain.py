@@ -23,9 +23,12 @@ def recommend(stack, explain: bool, token: str = "", user_id: int = 2, count: in
 
 def impressions(stack) -> float:
     stack.gateway.service.impressions.flush()
-    return stack.gateway.registry.get_sample_value(
-        "cascade_gateway_impressions_total", {"outcome": "logged"}
-    ) or 0.0
+    return (
+        stack.gateway.registry.get_sample_value(
+            "cascade_gateway_impressions_total", {"outcome": "logged"}
+        )
+        or 0.0
+    )
 
 
 def test_explain_is_refused_without_the_token_and_without_a_token_set(stack_factory):
@@ -64,9 +67,12 @@ def test_explain_serves_recommends_page_with_every_stage_and_leaves_no_trace(sta
     for response in explained:
         assert list(response.items.item_ids) == list(served.items.item_ids)
     assert impressions(stack) == logged + 1  # `served`'s only: explaining logs none
-    assert stack.gateway.registry.get_sample_value(
-        "cascade_gateway_arm_answers_total", {"arm": "none"}
-    ) == answers + 1
+    assert (
+        stack.gateway.registry.get_sample_value(
+            "cascade_gateway_arm_answers_total", {"arm": "none"}
+        )
+        == answers + 1
+    )
     again = recommend(stack, explain=True, token=TOKEN)  # a page shown: the next one differs
     assert list(again.items.item_ids) != list(served.items.item_ids)
     explanation = explained[0].explanation

@@ -28,12 +28,15 @@ MAIN_RPC = {
 
 
 def page_items(browser) -> list[int]:
-    return [int(row.get_attribute("data-item"))
-            for row in browser.find_elements(By.CSS_SELECTOR, "tr.page-item")]
+    return [
+        int(row.get_attribute("data-item"))
+        for row in browser.find_elements(By.CSS_SELECTOR, "tr.page-item")
+    ]
 
 
 def no_trace(browser) -> None:
-    assert "Traceback" not in browser.page_source and "Internal Server Error" not in browser.page_source
+    page = browser.page_source
+    assert "Traceback" not in page and "Internal Server Error" not in page
 
 
 def test_the_explained_page_is_what_recommend_serves_and_explaining_changes_nothing(
@@ -52,8 +55,10 @@ def test_the_explained_page_is_what_recommend_serves_and_explaining_changes_noth
             assert explained == served, (explained, served, degraded and degraded[0].text)
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.page-item")
     for row in rows:
-        cells = {c.get_attribute("data-stage"): c.text
-                 for c in row.find_elements(By.CSS_SELECTOR, "td.score")}
+        cells = {
+            c.get_attribute("data-stage"): c.text
+            for c in row.find_elements(By.CSS_SELECTOR, "td.score")
+        }
         assert set(cells) == set(STAGES)
         for stage in STAGES:
             score = cells[stage].split(" ")[0]
@@ -83,8 +88,11 @@ def endpoint_quantiles(metrics_port: int, rpc: str) -> tuple[float, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if (sample.name == "cascade_rpc_latency_seconds_bucket" and labels["rpc"] == rpc
-                    and labels["traffic"] == "live"):
+            if (
+                sample.name == "cascade_rpc_latency_seconds_bucket"
+                and labels["rpc"] == rpc
+                and labels["traffic"] == "live"
+            ):
                 le = float(labels["le"])
                 cumulative[le] = cumulative.get(le, 0.0) + sample.value
     bounds = sorted(cumulative)
@@ -107,8 +115,10 @@ def test_the_stack_page_shows_five_services_with_their_endpoints_latencies(conso
         for user in (3, 4, 5):
             client.recommend(user, count=10)
     browser.get(f"{console_stack.url}stack")
-    rows = {r.get_attribute("data-service"): r
-            for r in browser.find_elements(By.CSS_SELECTOR, "tr.service")}
+    rows = {
+        r.get_attribute("data-service"): r
+        for r in browser.find_elements(By.CSS_SELECTOR, "tr.service")
+    }
     assert sorted(rows) == sorted(MAIN_RPC)
     for service in console_stack.stack.services:
         if service.name not in MAIN_RPC:
@@ -116,8 +126,10 @@ def test_the_stack_page_shows_five_services_with_their_endpoints_latencies(conso
         row = rows[service.name]
         assert "SERVING" in row.text
         p50, p99 = endpoint_quantiles(service.metrics_port, MAIN_RPC[service.name])
-        shown = [float(row.find_element(By.CSS_SELECTOR, f"td.{q}").get_attribute("data-value"))
-                 for q in ("p50", "p99")]
+        shown = [
+            float(row.find_element(By.CSS_SELECTOR, f"td.{q}").get_attribute("data-value"))
+            for q in ("p50", "p99")
+        ]
         assert shown == pytest.approx([p50, p99], rel=1e-9), service.name
     no_trace(browser)
 
@@ -153,14 +165,17 @@ def test_bad_input_gives_a_message_and_the_console_keeps_serving(console_stack, 
     assert browser.find_elements(By.CSS_SELECTOR, "#two-tower tr")[1:]
 
 
-def test_a_stack_that_is_down_and_a_silent_prometheus_give_messages(console_stack, browser,
-                                                                    tmp_path):
+def test_a_stack_that_is_down_and_a_silent_prometheus_give_messages(
+    console_stack, browser, tmp_path
+):
     """A second console: its run folder holds no stack, its Prometheus URL answers nothing, and
     it has no explain token (the gateway refuses it)."""
     gateway = console_stack.stack.address()
     dead = "gateway=127.0.0.1:1=http://127.0.0.1:1/metrics"
-    env = {"CASCADE_CONSOLE_PROMETHEUS_URL": "http://127.0.0.1:1",
-           "CASCADE_CONSOLE_SIMULATION_DIR": str(tmp_path / "none")}
+    env = {
+        "CASCADE_CONSOLE_PROMETHEUS_URL": "http://127.0.0.1:1",
+        "CASCADE_CONSOLE_SIMULATION_DIR": str(tmp_path / "none"),
+    }
     empty = launch.start(tmp_path / "empty", port=0, env=env)
     try:
         browser.get(f"{empty.url}stack")

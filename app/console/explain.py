@@ -4,14 +4,13 @@ dropped (best scores first); what the funnel filters for the user, with the reas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cascade.candidates import CHANNELS
 from cascade.topology import STAGES
 from cascade.v1 import gateway_pb2
 
-RULE_WORDS = ("creator cap", "category spread", "fresh slot", "rules relaxed")
 DROPPED_SHOWN = 10  # dropped candidates listed per cut (the best-scored ones)
 
 
@@ -71,11 +70,15 @@ def explain(
     response: gateway_pb2.RecommendResponse,
     creator_of: Callable[[int], int],
     max_per_creator: int,
+    shown: Sequence[int] = (),
     filtered_shown: int = 20,
 ) -> Explained:
     """The page model of an explained response. `creator_of` names an item's creator (the cap
-    on creators is the rule that explains a candidate rank kept and rerank left off)."""
+    on creators is the rule that explains a candidate rank kept and rerank left off); `shown`:
+    items on pages the user was served recently (with the shared store the explanation has
+    them itself)."""
     explanation = response.explanation
+    shown = list(explanation.shown_item_ids) or list(shown)
     lists = {s.stage: s.candidates for s in explanation.stages}
     ranks = {
         stage: {item: i for i, item in enumerate(lst.item_ids)} for stage, lst in lists.items()
@@ -94,9 +97,11 @@ def explain(
         reason = reasons[position] if position < len(reasons) else ""
         ranked_at = ranks.get("rank", {}).get(item_id)
         moved = 0 if ranked_at is None else ranked_at - position
+        # Moved by the diversity selection, or else by a rule: a page rule, or a filter that took
+        # better-ranked items out (consumed, already shown).
         moved_by = ""
         if moved:
-            moved_by = "rule" if any(w in reason for w in RULE_WORDS) else "diversity"
+            moved_by = "diversity" if reason.startswith("diversity") else "rule"
         items.append(
             PageItem(position + 1, item_id, channel_names(mask), per_stage, reason, moved, moved_by)
         )
@@ -112,7 +117,9 @@ def explain(
                 continue
             score = scores[before][i] if i < len(scores[before]) else float("nan")
             reason = f"below {after}'s cut"
-            if after == "rerank":
+            if after == "rerank" and item_id in shown:
+                reason = "filter: already shown on a recent page"
+            elif after == "rerank":
                 creator = creator_of(item_id)
                 capped = (
                     max_per_creator
@@ -134,9 +141,9 @@ def explain(
         if i not in in_lists
     ]
     filtered += [
-        Filtered(int(i), "already shown: on a page the user was served recently")
-        for i in explanation.shown_item_ids[:filtered_shown]
-        if i not in in_lists
+        Filtered(int(i), "already shown: on a page the user was served recently (rerank)")
+        for i in shown[:filtered_shown]
+        if i not in page
     ]
     return Explained(
         explanation.user_id,

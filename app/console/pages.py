@@ -15,6 +15,11 @@ from app.console.sources import Catalog, SourceError
 
 MAX_USER_CHARS = 128  # an external user key longer than this is refused before any call
 HISTORY_SHOWN = 20
+# Rerank's defaults, which the explain page reads its filters and rules against: the creator cap
+# per page (services/rerank/rules.py) and how long a shown page stays filtered
+# (cascade/online_state.py StoreLimits.shown_ttl_s).
+MAX_PER_CREATOR = 2
+SHOWN_TTL_S = 3600.0
 NEIGHBOURS_SHOWN = 10
 SIM_METRICS = (
     ("expected_engagement", "true engagement (expected)"),
@@ -41,8 +46,13 @@ def parse_item(text: str) -> int:
     return int(text)
 
 
-def explain_page(settings: ConsoleSettings, catalog: Catalog, user_text: str, count: int) -> dict:
+def explain_page(
+    settings: ConsoleSettings, catalog: Catalog, user_text: str, count: int, at_text: str = ""
+) -> dict:
     user = parse_user(user_text)
+    at_text = at_text.strip()
+    if at_text and (not at_text.isdigit() or len(at_text) > 13):
+        raise SourceError(f"at: {at_text[:20]!r} is not a Unix time in milliseconds")
     response = sources.explain(
         sources.gateway_address(settings),
         settings.explain_token.reveal(),
@@ -50,12 +60,15 @@ def explain_page(settings: ConsoleSettings, catalog: Catalog, user_text: str, co
         count,
         settings.timeout_s,
         settings.gateway_tls_ca,
+        int(at_text or 0),
     )
-    explained: Explained = explain(response, catalog.creator, max_per_creator=2)
-    if explained.user_id == 0:
+    dense = response.explanation.user_id
+    if dense == 0:
         raise SourceError(
             f"user {user!r} is unknown to the gateway: it would be served as anonymous"
         )
+    shown = sources.recently_shown(settings.event_log_uri, dense, SHOWN_TTL_S)
+    explained: Explained = explain(response, catalog.creator, MAX_PER_CREATOR, shown)
     online = sources.online_plays(settings.event_log_uri, explained.user_id, HISTORY_SHOWN)
     logged = catalog.history(explained.user_id, HISTORY_SHOWN)
     history = [(i, t // 1000, f"{e} (online)") for i, t, e in online]
@@ -80,7 +93,7 @@ def item_page(settings: ConsoleSettings, catalog: Catalog, item_text: str) -> di
         "title": catalog.title(item_id),
         "creator": catalog.creator(item_id),
         "uploaded": uploaded,
-        "age": sources.age(uploaded),
+        "age": sources.age(uploaded, catalog.clock_s),
         "counters": counts,
         "impressions": impressions,
         "item_cf": catalog.item_cf(item_id, NEIGHBOURS_SHOWN),

@@ -70,9 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stack.running_stack(Path(run_dir), extra_env=gateway_env, **options) as running:
             env = {
                 "CASCADE_CONSOLE_EXPLAIN_TOKEN": token,
-                "CASCADE_CONSOLE_DATA_DIR": str(args.data_dir.resolve()),
-                "CASCADE_CONSOLE_ARTIFACTS": str(args.artifacts.resolve()),
-                "CASCADE_CONSOLE_SIMULATION_DIR": str(args.simulation_dir.resolve()),
+                "CASCADE_CONSOLE_DATA_DIR": str(args.data_dir),
+                "CASCADE_CONSOLE_ARTIFACTS": str(args.artifacts),
+                "CASCADE_CONSOLE_SIMULATION_DIR": str(args.simulation_dir),
                 "CASCADE_CONSOLE_SCRAPE_EVERY_S": "1",
             }
             console = launch.start(Path(run_dir), port=0, env=env)
@@ -85,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     for name, path in PAGES:
                         driver.get(console.url + path)
-                        height = driver.execute_script("return document.body.scrollHeight")
-                        driver.set_window_size(1400, min(max(int(height) + 40, 600), 2400))
+                        height = driver.execute_script(
+                            "return document.documentElement.scrollHeight"
+                        )
+                        driver.set_window_size(1400, min(max(int(height) + 120, 600), 2400))
                         driver.save_screenshot(str(args.out / f"{name}.png"))
                         print(f"{args.out / name}.png", flush=True)
                 finally:

@@ -91,13 +91,14 @@ def build_app(settings: ConsoleSettings, history: History | None = None) -> Star
     def explain(request: Request) -> Response:
         user = request.query_params.get("user", "")
         count_text = request.query_params.get("count", "10")
-        context: dict[str, Any] = {"user": user, "count": count_text, "catalog": catalog}
+        at = request.query_params.get("at", "")
+        context: dict[str, Any] = {"user": user, "count": count_text, "at": at, "catalog": catalog}
         if not user:
             return render(request, "explain.html", **context)
         try:
             if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_COUNT:
                 raise SourceError(f"count: a whole number from 1 to {MAX_COUNT}")
-            context |= pages.explain_page(settings, catalog, user, int(count_text))
+            context |= pages.explain_page(settings, catalog, user, int(count_text), at)
         except SourceError as error:
             return failed(request, "explain.html", error, **context)
         return render(request, "explain.html", **context)

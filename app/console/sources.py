@@ -6,7 +6,6 @@ a Prometheus server, the simulation report."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from cascade.backends import open_event_log
 from cascade.eventlog import EventLogError
 from cascade.topology import DEFAULT_PORTS
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.request_time import request_time_metadata
 
 
 class SourceError(RuntimeError):
@@ -83,6 +83,13 @@ class Catalog:
         return pq.read_table(
             self.folder / "interactions.parquet", columns=["user_id", "item_id", "ts"]
         )
+
+    @cached_property
+    def clock_s(self) -> int:
+        """The dataset's last logged time (s): ages are told against it, as the gateway's "data"
+        clock starts there for the replayed datasets."""
+        stamps = self.plays["ts"].to_numpy()
+        return int(stamps.max()) if len(stamps) else 0
 
     def known(self, item_id: int) -> bool:
         known = self.items["known"]
@@ -171,17 +178,50 @@ def online_plays(uri: str, user_id: int, limit: int) -> list[tuple[int, int, str
     return [(int(i), int(t), str(e)) for i, t, e in rows]
 
 
+def recently_shown(uri: str, user_id: int, ttl_s: float) -> list[int]:
+    """Items on the pages served to the user (impression records) within `ttl_s` of the newest
+    one, newest first: rerank's already-shown filter with the embedded store, which keeps its
+    shown set in the rerank process."""
+    try:
+        log = open_event_log(uri, read_only=True)
+    except (EventLogError, OSError, ValueError) as error:
+        raise SourceError(f"the event log {uri} cannot be read: {error}") from error
+    try:
+        shown = log.read_impressions()
+    finally:
+        log.close()
+    mine = shown.filter(pc.equal(shown["user_id"], user_id))
+    if not mine.num_rows:
+        return []
+    stamps = mine["request_time_ms"].to_numpy()
+    recent = np.flatnonzero(stamps >= stamps.max() - ttl_s * 1000)
+    pages = mine["item_ids"].to_pylist()
+    items: list[int] = []
+    for row in recent[np.argsort(-stamps[recent], kind="stable")]:
+        items += [int(i) for i in pages[row] if int(i) not in items]
+    return items
+
+
 def explain(
-    address: str, token: str, user: str, count: int, timeout_s: float, tls_ca: str = ""
+    address: str,
+    token: str,
+    user: str,
+    count: int,
+    timeout_s: float,
+    tls_ca: str = "",
+    at_ms: int = 0,
 ) -> gateway_pb2.RecommendResponse:
     """An explained Recommend for `user` (a dense id in digits, else an external key); `tls_ca`:
-    the gateway serves TLS signed by that CA."""
+    the gateway serves TLS signed by that CA; `at_ms`: the request time to explain at (a gateway
+    with clock "caller" honours it; 0 = its own clock)."""
     request = gateway_pb2.RecommendRequest(count=count, explain=True, debug=True)
     if user.isdigit():
         request.user_id = int(user)
     else:
         request.user_key = user
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    if at_ms:
+        metadata += request_time_metadata(at_ms)
     if tls_ca:
         from cascade.tls import channel_credentials
 
@@ -191,7 +231,7 @@ def explain(
     with channel:
         try:
             return gateway_pb2_grpc.GatewayStub(channel).Recommend(
-                request, timeout=timeout_s, metadata=metadata
+                request, timeout=timeout_s, metadata=metadata or None
             )
         except grpc.RpcError as error:
             code = error.code().name if isinstance(error, grpc.Call) else "UNAVAILABLE"
@@ -259,9 +299,9 @@ def simulation_report(folder: Path) -> dict:
         raise SourceError(f"{path} is not JSON: {error}") from error
 
 
-def age(seconds_then: int, now_s: float | None = None) -> str:
-    """How long ago, in words ("3 d 4 h")."""
-    delta = int((time.time() if now_s is None else now_s) - seconds_then)
+def age(seconds_then: int, now_s: float) -> str:
+    """How long before `now_s`, in words ("3 d 4 h")."""
+    delta = int(now_s - seconds_then)
     days, rest = divmod(max(delta, 0), 86_400)
     hours, rest = divmod(rest, 3600)
     return f"{days} d {hours} h" if days else f"{hours} h {rest // 60} min"

@@ -70,6 +70,9 @@ def console_stack(tmp_path_factory) -> Iterator[ConsoleStack]:
     gateway_env = {
         "CASCADE_GATEWAY_EXPLAIN_TOKEN": EXPLAIN_TOKEN,
         "CASCADE_GATEWAY_MAX_DEADLINE_S": "10",
+        # The page depends on the request's time (recall's fresh channel draws are seeded by it,
+        # to the second): the tests compare pages at one time they send.
+        "CASCADE_GATEWAY_CLOCK": "caller",
     }
     with stack.running_stack(run_dir, train=False, extra_env=gateway_env, **options) as running:
         env = {

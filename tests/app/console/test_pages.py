@@ -59,6 +59,15 @@ def test_the_explain_model_scores_ranks_moves_cuts_and_filters():
     ]
 
 
+def test_items_shown_recently_are_the_rerank_cuts_filter_and_listed_as_filtered():
+    creators = {1: 10, 2: 10, 3: 11, 4: 12}
+    model = explain(explained_response(), lambda i: creators.get(i, 0), 1, shown=[3, 1])
+    reasons = {d.item_id: d.reason for d in model.cuts[-1].best}
+    assert reasons[3] == "filter: already shown on a recent page"
+    shown = [f.item_id for f in model.filtered if f.reason.startswith("already shown")]
+    assert shown == [3]  # item 1 is on the page again (too few unseen candidates)
+
+
 def test_quantile_follows_prometheus_histogram_quantile():
     cumulative = {0.001: 0.0, 0.01: 50.0, 0.1: 100.0, math.inf: 100.0}
     assert metrics.quantile(0.5, cumulative) == pytest.approx(0.01)

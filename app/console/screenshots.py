@@ -84,11 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 driver = headless_chromium()
                 try:
                     for name, path in PAGES:
+                        driver.set_window_size(1400, 600)  # the page's own height, measured
                         driver.get(console.url + path)
                         height = driver.execute_script(
                             "return document.documentElement.scrollHeight"
                         )
-                        driver.set_window_size(1400, min(max(int(height) + 120, 600), 2400))
+                        driver.set_window_size(1400, min(max(int(height) + 200, 600), 2600))
                         driver.save_screenshot(str(args.out / f"{name}.png"))
                         print(f"{args.out / name}.png", flush=True)
                 finally:

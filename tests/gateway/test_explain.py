@@ -3,21 +3,28 @@ when allowed, the same page as Recommend, and no side effect (no impression, no 
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.request_time import request_time_metadata
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "explain-secret"
 
 
-def recommend(stack, explain: bool, token: str = "", user_id: int = 2, count: int = 5):
+def recommend(
+    stack, explain: bool, token: str = "", user_id: int = 2, count: int = 5, at_ms: int = 0
+):
     request = gateway_pb2.RecommendRequest(user_id=user_id, count=count, explain=explain)
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    if at_ms:  # a gateway with clock "caller" serves at this time
+        metadata += request_time_metadata(at_ms)
     with grpc.insecure_channel(stack.gateway.address) as channel:
         return gateway_pb2_grpc.GatewayStub(channel).Recommend(
-            request, timeout=5, metadata=metadata
+            request, timeout=5, metadata=metadata or None
         )
 
 
@@ -56,14 +63,16 @@ def test_with_an_api_token_explain_wants_that_token(stack_factory):
 
 def test_explain_serves_recommends_page_with_every_stage_and_leaves_no_trace(stack_factory):
     """Rerank remembers the pages it answered (the embedded store's already-shown filter): had
-    an explained call been remembered, the Recommend after it would serve another page."""
-    stack = stack_factory(explain_token=TOKEN)
+    an explained call been remembered, the Recommend after it would serve another page. All at
+    one request time: the page depends on it (recall's fresh channel draws by it)."""
+    stack = stack_factory(explain_token=TOKEN, clock="caller")
+    at = int(time.time() * 1000)
     logged = impressions(stack)
     answers = stack.gateway.registry.get_sample_value(
         "cascade_gateway_arm_answers_total", {"arm": "none"}
     )
-    explained = [recommend(stack, explain=True, token=TOKEN) for _ in range(3)]
-    served = recommend(stack, explain=False)
+    explained = [recommend(stack, explain=True, token=TOKEN, at_ms=at) for _ in range(3)]
+    served = recommend(stack, explain=False, at_ms=at)
     for response in explained:
         assert list(response.items.item_ids) == list(served.items.item_ids)
     assert impressions(stack) == logged + 1  # `served`'s only: explaining logs none
@@ -73,7 +82,7 @@ def test_explain_serves_recommends_page_with_every_stage_and_leaves_no_trace(sta
         )
         == answers + 1
     )
-    again = recommend(stack, explain=True, token=TOKEN)  # a page shown: the next one differs
+    again = recommend(stack, explain=True, token=TOKEN, at_ms=at)  # shown: the page moves on
     assert list(again.items.item_ids) != list(served.items.item_ids)
     explanation = explained[0].explanation
     lists = {s.stage: s.candidates for s in explanation.stages}

@@ -170,6 +170,8 @@ def _up(args: argparse.Namespace) -> None:
             "`cascade up --restart` restarts it, `cascade down` stops it"
         )
         print(_activate_hint(), end="")
+        if args.console:  # its explain token is given to the gateway at start
+            print("the console starts with the stack: `cascade up --restart --console`")
         return
     # A base of 0 means free ports for every service.
     ports: dict[str, int] = ports_from(args.base_port)

@@ -219,7 +219,7 @@ def explain(
         request.user_id = int(user)
     else:
         request.user_key = user
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
     if at_ms:
         metadata += request_time_metadata(at_ms)
     if tls_ca:

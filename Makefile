@@ -17,7 +17,9 @@ setup: $(STAMP) system-packages
 # tests that load the alert rules into promtool and run the dashboards' queries against a real
 # Prometheus). Installed only when a binary is missing (apt-get as root, else through `sudo -n`);
 # without them those tests skip and say why.
-SYSTEM_PACKAGES = redis-server:redis-server prometheus:promtool
+# chromium and chromium-driver: the console's browser tests and `make console-screenshots`.
+SYSTEM_PACKAGES = redis-server:redis-server prometheus:promtool chromium:chromium \
+	chromium-driver:chromedriver
 system-packages:
 	@for pair in $(SYSTEM_PACKAGES); do package=$${pair%%:*}; binary=$${pair#*:}; \
 	  command -v $$binary >/dev/null 2>&1 && continue; \
@@ -271,6 +273,12 @@ k8s-validate: setup
 # down (as root; needs `make demo` first: the containers mount artifacts/ and data/ read-only).
 compose-smoke: setup
 	bash deploy/compose_smoke.sh
+
+# A screenshot of every console page under results/console/ (committed; needs `make demo` first):
+# the stack on free ports with the console beside it, a little traffic, headless Chromium.
+.PHONY: console-screenshots
+console-screenshots: setup
+	$(BIN)/python -m app.console.screenshots --data-dir $(DATA) --out results/console
 
 clean:
 	rm -rf $(VENV) $(DATA) results/bench

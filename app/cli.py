@@ -205,12 +205,15 @@ def _up(args: argparse.Namespace) -> None:
             "`cascade up --restart` restarts it, `cascade down` stops it"
         )
         print(_activate_hint(), end="")
+        if args.console:  # its explain token is given to the gateway at start
+            print("the console starts with the stack: `cascade up --restart --console`")
         return
     # A base of 0 means free ports for every service.
     ports: dict[str, int] = ports_from(args.base_port)
     if not args.base_port:
         ports["redis"] = 0  # with --store redis: a free port too
     metrics = ports_from(args.metrics_base_port)
+    console_env = _console_tokens() if args.console else {}
     try:
         profile = load_profile(args.profile or default_profile(args.dataset))
         running = stack.up(
@@ -226,10 +229,13 @@ def _up(args: argparse.Namespace) -> None:
             tls=args.tls,
             supervise=not args.no_supervise,
             profiles=[profile],
+            extra_env={k: v for k, v in console_env.items() if k.startswith("CASCADE_GATEWAY_")},
         )
     except (stack.StackError, SettingsError) as error:
         print(f"cascade up: {error}", file=sys.stderr)
         sys.exit(1)
+    if args.console:
+        _start_console(args, console_env)
     tls = f" --tls-ca {running.certs / 'ca.pem'}" if running.certs else ""
     target = "" if running.address() == "127.0.0.1:50050" else f" --target {running.address()}"
     default_run_dir = args.run_dir == Path(".cascade")
@@ -268,9 +274,43 @@ def _example_user(args: argparse.Namespace) -> str:
     return "--user 1" if keys == ["1"] else f"--user-key {keys[0]}"
 
 
+def _console_tokens() -> dict[str, str]:
+    """The token the console's explained Recommend sends: the gateway's API token when the
+    environment sets one, else a fresh explain token given to both."""
+    import os
+    import secrets
+
+    token = os.environ.get("CASCADE_GATEWAY_API_TOKEN", "")
+    if token:
+        return {"CASCADE_CONSOLE_EXPLAIN_TOKEN": token}
+    token = secrets.token_urlsafe(24)
+    return {"CASCADE_GATEWAY_EXPLAIN_TOKEN": token, "CASCADE_CONSOLE_EXPLAIN_TOKEN": token}
+
+
+def _start_console(args: argparse.Namespace, console_env: dict[str, str]) -> None:
+    from app import stack
+    from app.console import launch
+
+    env = {k: v for k, v in console_env.items() if k.startswith("CASCADE_CONSOLE_")}
+    env |= {
+        "CASCADE_CONSOLE_DATA_DIR": str(args.data_dir),
+        "CASCADE_CONSOLE_ARTIFACTS": str(args.artifacts),
+        "CASCADE_CONSOLE_BUNDLE": args.bundle,
+    }
+    try:
+        console = launch.start(args.run_dir, args.console_host, args.console_port, env)
+    except launch.ConsoleError as error:
+        print(f"cascade up: {error}", file=sys.stderr)
+        stack.down(args.run_dir, quiet=True)
+        sys.exit(1)
+    print(f"  console  {console.url}  pid {console.pid}  log {console.log}", flush=True)
+
+
 def _down(args: argparse.Namespace) -> None:
     from app import stack
+    from app.console import launch
 
+    launch.stop(args.run_dir)
     stack.down(args.run_dir, grace_s=args.grace)
 
 
@@ -355,6 +395,18 @@ def _add_stack_commands(commands) -> None:
         help="no background supervisor (by default a service that dies is restarted, with "
         "backoff; see .cascade/supervisor.log)",
     )
+    up.add_argument(
+        "--console",
+        action="store_true",
+        help="also start the read-only web console (explain a user, items, the stack, "
+        "experiments); its URL is printed with the services",
+    )
+    up.add_argument(
+        "--console-host",
+        default="127.0.0.1",
+        help="the console's address (loopback by default; any other needs CASCADE_CONSOLE_TOKEN)",
+    )
+    up.add_argument("--console-port", type=int, default=8090, help="0 = a free port")
     _stack_options(up)
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the local stack started by `cascade up`")

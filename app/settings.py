@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.console.settings import ConsoleSettings
 from app.profiles import TrainSettings, server, settings_class, train_settings
 from cascade import profiles as profile_files
 from cascade.config import Setting, SettingsError, explain_settings, format_settings, leaves
@@ -122,6 +123,7 @@ def reference() -> str:
     for name in SERVICES:
         cls = settings_class(name)
         lines += _table(name, cls, spec(name).env_prefix)
+    lines += _table("console", ConsoleSettings, "CASCADE_CONSOLE_")  # app/console: not a stage
     lines += _table(TRAIN, TrainSettings, None)
     return "\n".join(lines)
 

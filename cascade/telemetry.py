@@ -111,19 +111,23 @@ class ModelMetrics:
         set_model_info(self.registry, self.stage, model_version)
 
 
-# Call metadata a caller sets on calls that are not served traffic (the gateway's shadow arm): the
-# stage counts them under traffic="shadow", apart from the answers users see (traffic="live").
+# Call metadata a caller sets on calls that are not served traffic (the gateway's shadow arm, an
+# explained Recommend): the stage counts them under traffic="shadow" or "explain", apart from the
+# answers users see (traffic="live"); an explained call changes no state (rerank records no page).
 TRAFFIC_KEY = "cascade-traffic"
 SHADOW = "shadow"
+EXPLAIN = "explain"
 LIVE = "live"
 SHADOW_METADATA = ((TRAFFIC_KEY, SHADOW),)
+EXPLAIN_METADATA = ((TRAFFIC_KEY, EXPLAIN),)
 
 
 def traffic_of(context: grpc.ServicerContext) -> str:
-    """ "shadow" for a call marked so, else "live" (any other value too: two series at most)."""
+    """ "shadow" or "explain" for a call marked so, else "live" (any other value too: three
+    series at most)."""
     for key, value in context.invocation_metadata() or ():
-        if key == TRAFFIC_KEY and value == SHADOW:
-            return SHADOW
+        if key == TRAFFIC_KEY and value in (SHADOW, EXPLAIN):
+            return str(value)
     return LIVE
 
 

@@ -38,6 +38,8 @@ class Stage:
 
 
 STAGES = {name: Stage(name, SERVER_MODULES[name]) for name in SERVICES}
+# Optional application Deployments an overlay may add beside the stages (the web console).
+APPLICATIONS = {"app.console.server"}
 CLUSTER_DOMAIN = "cluster.local"  # the kubelet's default; the gateway's targets spell it out
 
 
@@ -83,6 +85,8 @@ def workloads(objects: list[Obj]) -> tuple[list[Workload], list[str]]:
         command = containers[0].get("command", []) if len(containers) == 1 else []
         module = command[2] if command[:2] == ["python", "-m"] and len(command) > 2 else None
         stage = next((s for s in STAGES.values() if s.module == module), None)
+        if module in APPLICATIONS:  # not a stage: none of the stage checks apply
+            continue
         if stage is None:
             errors.append(f"Deployment/{name}: want one container running `python -m <stage>`")
             continue
@@ -268,10 +272,24 @@ def check_hardening(objects: list[Obj]) -> list[str]:
     return errors
 
 
+def _application(objects: list[Obj], selector: dict[str, str]) -> bool:
+    """Does `selector` pick the pods of an application Deployment (APPLICATIONS)?"""
+    for deployment in of_kind(objects, "Deployment"):
+        template = deployment["spec"]["template"]
+        command = template["spec"]["containers"][0].get("command", [])
+        labels = template["metadata"].get("labels", {})
+        if command[2:3] and command[2] in APPLICATIONS and selector:
+            if all(labels.get(k) == v for k, v in selector.items()):
+                return True
+    return False
+
+
 def check_services(objects: list[Obj]) -> list[str]:
     errors, found = [], workloads(objects)[0]
     for service in of_kind(objects, "Service"):
         name, spec = f"Service/{service['metadata']['name']}", service["spec"]
+        if _application(objects, spec.get("selector", {})):
+            continue  # an application's HTTP Service (the console), not a stage's gRPC one
         if spec.get("clusterIP") != "None":
             errors.append(f"{name}: not headless (clusterIP: None): gRPC would pin one pod")
         targets = [w for w in found if _selects(spec.get("selector", {}), w)]

@@ -295,6 +295,7 @@ class Cascade:
         request_id: str = "",
         metadata: tuple[tuple[str, str], ...] = (),
         stop_after: str = STAGES[-1],
+        explain: bool = False,
     ) -> gateway_pb2.RecommendResponse:
         """One Recommend; `served`, when given, receives each stage's list and model version.
         The local fallbacks drop what the user has seen: the request's recent ids, the user's
@@ -304,7 +305,8 @@ class Cascade:
         response's explored_positions say which slots the pool filled. `metadata` goes with
         every stage call (the shadow arm's marks its calls as shadow traffic). `stop_after`
         names the last stage called: the page is that stage's list (the evaluation's per-stage
-        cuts; the pool runs only on a whole funnel)."""
+        cuts; the pool runs only on a whole funnel). `explain` asks rerank why it placed each
+        item and puts every stage's list in the response's explanation."""
         if stop_after not in STAGES:
             raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
         response = gateway_pb2.RecommendResponse()
@@ -332,6 +334,8 @@ class Cascade:
         candidates: common_pb2.CandidateList | None = None
         for name in STAGES[: STAGES.index(stop_after) + 1]:
             request, fallback = self._request(name, user, count, funnel, candidates, seen)
+            if explain and isinstance(request, rerank_pb2.RerankRequest):
+                request.debug = True
             candidates = stage(name, request, fallback, candidates)
         assert candidates is not None  # STAGES is never empty
         page = from_proto(candidates).take(slice(0, count))
@@ -354,6 +358,9 @@ class Cascade:
         if response.degraded:
             self.metrics.degraded_answers.inc()
         served.versions = {t.stage: t.model_version for t in response.trace if t.model_version}
+        if explain:
+            for name, answered in served.lists.items():
+                response.explanation.stages.add(stage=name, candidates=answered)
         if not debug:
             del response.trace[:]
         return response
@@ -431,6 +438,8 @@ class Cascade:
             trace.degraded, trace.degraded_reason = True, reason
         else:
             trace.model_version = getattr(reply, "model_version", "")
+            if isinstance(reply, rerank_pb2.RerankResponse) and reply.reasons:  # explained
+                response.explanation.rerank_reasons[:] = reply.reasons
             for report in getattr(reply, "channels", ()):
                 if report.kept:
                     trace.channel_counts[CHANNELS.get(report.channel, "unknown")] = report.kept

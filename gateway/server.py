@@ -31,7 +31,7 @@ from cascade.eventlog import EVENTS, EventLogError
 from cascade.events import EVENT_NAMES, check_events
 from cascade.ids import IdSpaceFull
 from cascade.server import StageServer, invalid_argument, resource_exhausted
-from cascade.telemetry import set_model_info
+from cascade.telemetry import EXPLAIN_METADATA, set_model_info
 from cascade.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, recall_pb2_grpc
 from gateway.admission import Admission, mark_shrunk, shrink
 from gateway.arms import assign, funnel_of, parse_arms
@@ -92,6 +92,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             logged["timestamp_ms"].to_numpy(),
         )
         self.arms = parse_arms(settings.arms)
+        # Explain (the console) is never for anonymous traffic: the API token, when the gateway
+        # has one, already guards every call; else the explain token must come with the call.
+        token = settings.explain_token.reveal()
+        self.explain_auth = TokenAuth(token) if token and not settings.api_token else None
         for name in [arm.name for arm in self.arms] or [NO_ARM]:  # every label from the start
             self.metrics.arm_answers.labels(name)
             self.metrics.arm_latency.labels(name)
@@ -175,6 +179,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"{settings.max_count} (0 = the default {settings.default_count})",
             )
         self._check_context(request.context, context)
+        if request.explain:
+            self._authorize_explain(context)
         count = request.count or settings.default_count
         started = time.perf_counter()
         budget = Budget(self._budget_s(context), settings.shares())
@@ -210,11 +216,24 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         funnel = shrink(funnel, q, count)
         request_id = uuid.uuid4().hex  # before the run: it seeds the pool's draws
         response = self.cascade.run(
-            user, count, budget, request.debug, served, seen_of, funnel, request_id
+            user,
+            count,
+            budget,
+            request.debug,
+            served,
+            seen_of,
+            funnel,
+            request_id,
+            EXPLAIN_METADATA if request.explain else (),
+            explain=request.explain,
         )
         if reason and self.admission is not None:  # only admission gives a reason
             mark_shrunk(response, q, reason, self.admission.metrics)
         response.request_id, response.arm = request_id, arm
+        if request.explain:  # no side effect: no impression, nothing shown, no arm count
+            response.item_keys.extend(self.ids.item_keys(response.items.item_ids))
+            self._explain(response.explanation, dense, list(user.recent_item_ids))
+            return response
         metrics = self.metrics
         pooled = [response.items.item_ids[p] for p in response.explored_positions]
         if pooled:
@@ -242,6 +261,34 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if self.shadow is not None and arm != settings.shadow_arm:
             self.shadow.submit(shown, user, count)
         return response
+
+    def _authorize_explain(self, context: grpc.ServicerContext) -> None:
+        if self.settings.api_token:  # TokenAuth let the call in: it presented the API token
+            return
+        if self.explain_auth is None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "explain: the gateway has no API token and no explain token; set "
+                "CASCADE_GATEWAY_EXPLAIN_TOKEN (or CASCADE_GATEWAY_API_TOKEN)",
+            )
+        elif not self.explain_auth.allowed(context.invocation_metadata() or ()):
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "explain needs the gateway's explain token: send `authorization: Bearer <token>`",
+            )
+
+    def _explain(self, explanation: gateway_pb2.Explanation, dense: int, recent: list[int]) -> None:
+        """What the gateway knows of the user, beside the stages' lists the cascade put there."""
+        explanation.user_id = dense
+        if dense <= 0:
+            return
+        if self.shared is not None:
+            consumed = list(self.shared.consumed(dense, self.catalog.history_length))
+            explanation.shown_item_ids.extend(int(i) for i in self.shared.shown(dense))
+        else:
+            logged = self.catalog.consumed(dense)
+            consumed = recent + logged[~np.isin(logged, recent)].tolist()
+        explanation.consumed_item_ids.extend(int(i) for i in consumed)
 
     def Feedback(self, request: gateway_pb2.FeedbackRequest, context: grpc.ServicerContext):
         """Accepted means on the log: the events are appended (durable) before the answer, and

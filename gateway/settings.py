@@ -81,6 +81,9 @@ class GatewaySettings:
     new_user_capacity: int = 1_000_000  # users first seen online, beyond the dataset's own
     new_item_capacity: int = 1_000_000  # items uploaded online (AddItems), beyond the dataset's
     api_token: Secret = Secret("")  # empty: auth off (local demo); else callers must send it
+    # The token an explained Recommend (the console) must send when api_token is empty; with an
+    # api_token, that one. Both empty: explain is refused.
+    explain_token: Secret = Secret("")
     # Refuse to start without api_token (compose and Kubernetes set it: auth off must be said).
     require_api_token: bool = False
     # The request time the gateway stamps once per request (and on events sent with time 0):
@@ -110,7 +113,8 @@ class GatewaySettings:
         arm_names = [arm.name for arm in parse_arms(self.arms)]  # ValueError names the problem
         if self.shadow_arm and self.shadow_arm not in arm_names:
             raise ValueError(f"shadow_arm {self.shadow_arm!r} is not one of the arms {arm_names}")
-        for name in ("api_token", "stage_token"):  # a plain str given in code becomes a Secret
+        # A plain str given in code becomes a Secret.
+        for name in ("api_token", "stage_token", "explain_token"):
             object.__setattr__(self, name, Secret(getattr(self, name)))
         if not 0 < self.default_count <= self.max_count:
             raise ValueError("need 0 < default_count <= max_count")

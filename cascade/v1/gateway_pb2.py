@@ -26,31 +26,35 @@ from cascade.v1 import catalog_pb2 as cascade_dot_v1_dot_catalog__pb2
 from cascade.v1 import common_pb2 as cascade_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/gateway.proto\x12\ncascade.v1\x1a\x18\x63\x61scade/v1/catalog.proto\x1a\x17\x63\x61scade/v1/common.proto\"\x10\n\x0eVersionRequest\"*\n\x0fVersionResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\"\x80\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.cascade.v1.RequestContext\x12\r\n\x05\x64\x65\x62ug\x18\x04 \x01(\x08\x12\x10\n\x08user_key\x18\x05 \x01(\t\"\xdf\x01\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\x12%\n\x05trace\x18\x04 \x03(\x0b\x32\x16.cascade.v1.StageTrace\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\titem_keys\x18\x06 \x03(\t\x12\x0b\n\x03\x61rm\x18\x07 \x01(\t\x12\x1a\n\x12\x65xplored_positions\x18\x08 \x03(\r\"\x9c\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08user_key\x18\x06 \x01(\t\x12\x10\n\x08item_key\x18\x07 \x01(\t\"4\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.cascade.v1.Event\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.cascade.v1.RejectedEvent*\xc6\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_PLAY\x10\x03\x12\x17\n\x13\x45VENT_TYPE_COMPLETE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x05\x12\x14\n\x10\x45VENT_TYPE_SHARE\x10\x06\x12\x13\n\x0f\x45VENT_TYPE_SKIP\x10\x07\x32\xfb\x02\n\x07Gateway\x12H\n\tRecommend\x12\x1c.cascade.v1.RecommendRequest\x1a\x1d.cascade.v1.RecommendResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.cascade.v1.FeedbackRequest\x1a\x1c.cascade.v1.FeedbackResponse\x12\x45\n\x08\x41\x64\x64Items\x12\x1b.cascade.v1.AddItemsRequest\x1a\x1c.cascade.v1.AddItemsResponse\x12T\n\rChangeFollows\x12 .cascade.v1.ChangeFollowsRequest\x1a!.cascade.v1.ChangeFollowsResponse\x12\x42\n\x07Version\x12\x1a.cascade.v1.VersionRequest\x1a\x1b.cascade.v1.VersionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/gateway.proto\x12\ncascade.v1\x1a\x18\x63\x61scade/v1/catalog.proto\x1a\x17\x63\x61scade/v1/common.proto\"\x10\n\x0eVersionRequest\"*\n\x0fVersionResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\"\x91\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.cascade.v1.RequestContext\x12\r\n\x05\x64\x65\x62ug\x18\x04 \x01(\x08\x12\x10\n\x08user_key\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"\x8d\x02\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x01(\x0b\x32\x19.cascade.v1.CandidateList\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\x12%\n\x05trace\x18\x04 \x03(\x0b\x32\x16.cascade.v1.StageTrace\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\titem_keys\x18\x06 \x03(\t\x12\x0b\n\x03\x61rm\x18\x07 \x01(\t\x12\x1a\n\x12\x65xplored_positions\x18\x08 \x03(\r\x12,\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x17.cascade.v1.Explanation\"\x90\x01\n\x0b\x45xplanation\x12%\n\x06stages\x18\x01 \x03(\x0b\x32\x15.cascade.v1.StageList\x12\x16\n\x0ererank_reasons\x18\x02 \x03(\t\x12\x19\n\x11\x63onsumed_item_ids\x18\x03 \x03(\x03\x12\x16\n\x0eshown_item_ids\x18\x04 \x03(\x03\x12\x0f\n\x07user_id\x18\x05 \x01(\x03\"I\n\tStageList\x12\r\n\x05stage\x18\x01 \x01(\t\x12-\n\ncandidates\x18\x02 \x01(\x0b\x32\x19.cascade.v1.CandidateList\"\x9c\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08user_key\x18\x06 \x01(\t\x12\x10\n\x08item_key\x18\x07 \x01(\t\"4\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.cascade.v1.Event\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.cascade.v1.RejectedEvent*\xc6\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_PLAY\x10\x03\x12\x17\n\x13\x45VENT_TYPE_COMPLETE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x05\x12\x14\n\x10\x45VENT_TYPE_SHARE\x10\x06\x12\x13\n\x0f\x45VENT_TYPE_SKIP\x10\x07\x32\xfb\x02\n\x07Gateway\x12H\n\tRecommend\x12\x1c.cascade.v1.RecommendRequest\x1a\x1d.cascade.v1.RecommendResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.cascade.v1.FeedbackRequest\x1a\x1c.cascade.v1.FeedbackResponse\x12\x45\n\x08\x41\x64\x64Items\x12\x1b.cascade.v1.AddItemsRequest\x1a\x1c.cascade.v1.AddItemsResponse\x12T\n\rChangeFollows\x12 .cascade.v1.ChangeFollowsRequest\x1a!.cascade.v1.ChangeFollowsResponse\x12\x42\n\x07Version\x12\x1a.cascade.v1.VersionRequest\x1a\x1b.cascade.v1.VersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cascade.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=855
-  _globals['_EVENTTYPE']._serialized_end=1053
+  _globals['_EVENTTYPE']._serialized_start=1140
+  _globals['_EVENTTYPE']._serialized_end=1338
   _globals['_VERSIONREQUEST']._serialized_start=91
   _globals['_VERSIONREQUEST']._serialized_end=107
   _globals['_VERSIONRESPONSE']._serialized_start=109
   _globals['_VERSIONRESPONSE']._serialized_end=151
   _globals['_RECOMMENDREQUEST']._serialized_start=154
-  _globals['_RECOMMENDREQUEST']._serialized_end=282
-  _globals['_RECOMMENDRESPONSE']._serialized_start=285
-  _globals['_RECOMMENDRESPONSE']._serialized_end=508
-  _globals['_EVENT']._serialized_start=511
-  _globals['_EVENT']._serialized_end=667
-  _globals['_FEEDBACKREQUEST']._serialized_start=669
-  _globals['_FEEDBACKREQUEST']._serialized_end=721
-  _globals['_REJECTEDEVENT']._serialized_start=723
-  _globals['_REJECTEDEVENT']._serialized_end=769
-  _globals['_FEEDBACKRESPONSE']._serialized_start=771
-  _globals['_FEEDBACKRESPONSE']._serialized_end=852
-  _globals['_GATEWAY']._serialized_start=1056
-  _globals['_GATEWAY']._serialized_end=1435
+  _globals['_RECOMMENDREQUEST']._serialized_end=299
+  _globals['_RECOMMENDRESPONSE']._serialized_start=302
+  _globals['_RECOMMENDRESPONSE']._serialized_end=571
+  _globals['_EXPLANATION']._serialized_start=574
+  _globals['_EXPLANATION']._serialized_end=718
+  _globals['_STAGELIST']._serialized_start=720
+  _globals['_STAGELIST']._serialized_end=793
+  _globals['_EVENT']._serialized_start=796
+  _globals['_EVENT']._serialized_end=952
+  _globals['_FEEDBACKREQUEST']._serialized_start=954
+  _globals['_FEEDBACKREQUEST']._serialized_end=1006
+  _globals['_REJECTEDEVENT']._serialized_start=1008
+  _globals['_REJECTEDEVENT']._serialized_end=1054
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1056
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1137
+  _globals['_GATEWAY']._serialized_start=1341
+  _globals['_GATEWAY']._serialized_end=1720
 # @@protoc_insertion_point(module_scope)

@@ -112,6 +112,7 @@ class RecommendRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     DEBUG_FIELD_NUMBER: _builtins.int
     USER_KEY_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """The user's id; 0 means anonymous (popular items)."""
     count: _builtins.int
@@ -122,6 +123,12 @@ class RecommendRequest(_message.Message):
     """The user's external id as text (e.g. "alice"), the id the client's own backend uses; the
     gateway maps it to the platform's dense id (data/NAME/ids/users.parquet). Set user_key or
     user_id, not both; an unknown key is answered like an anonymous user.
+    """
+    explain: _builtins.bool
+    """Explain this answer (the web console): the response carries `explanation`, and the call has
+    no side effect: no impression is logged, nothing is marked shown, nothing feeds training.
+    Refused (UNAUTHENTICATED) unless the caller sends the gateway's API token, or its explain
+    token when it runs without one (PERMISSION_DENIED when neither is set).
     """
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext:
@@ -135,10 +142,11 @@ class RecommendRequest(_message.Message):
         context: _common_pb2.RequestContext | None = ...,
         debug: _builtins.bool = ...,
         user_key: _builtins.str = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "count", b"count", "debug", b"debug", "user_id", b"user_id", "user_key", b"user_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "count", b"count", "debug", b"debug", "explain", b"explain", "user_id", b"user_id", "user_key", b"user_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,6 +164,7 @@ class RecommendResponse(_message.Message):
     ITEM_KEYS_FIELD_NUMBER: _builtins.int
     ARM_FIELD_NUMBER: _builtins.int
     EXPLORED_POSITIONS_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     degraded: _builtins.bool
     """True when any stage was skipped or replaced by a fallback."""
     request_id: _builtins.str
@@ -186,6 +195,10 @@ class RecommendResponse(_message.Message):
         for a slot the arm reserves (its `explore_slots`), not ranked there by pre-rank and rank.
         """
 
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """With explain: every stage's whole answer and what the gateway knows of the user."""
+
     def __init__(
         self,
         *,
@@ -197,14 +210,95 @@ class RecommendResponse(_message.Message):
         item_keys: _abc.Iterable[_builtins.str] | None = ...,
         arm: _builtins.str = ...,
         explored_positions: _abc.Iterable[_builtins.int] | None = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "items", b"items"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "degraded", b"degraded", "degraded_stages", b"degraded_stages", "explored_positions", b"explored_positions", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "degraded", b"degraded", "degraded_stages", b"degraded_stages", "explanation", b"explanation", "explored_positions", b"explored_positions", "item_keys", b"item_keys", "items", b"items", "request_id", b"request_id", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecommendResponse: _TypeAlias = RecommendResponse  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """What each stage answered for one explained Recommend (RecommendRequest.explain)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGES_FIELD_NUMBER: _builtins.int
+    RERANK_REASONS_FIELD_NUMBER: _builtins.int
+    CONSUMED_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    SHOWN_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    """The user's dense id as the gateway resolved it (0: served as anonymous)."""
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageList]:
+        """One entry per stage called, in call order; a degraded stage's list is its fallback's."""
+
+    @_builtins.property
+    def rerank_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why rerank put each page item where it is ("relevance", "diversity", "fresh slot", ...,
+        with the rule that kept a better-scored item off), parallel to the rerank stage's list.
+        """
+
+    @_builtins.property
+    def consumed_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Items the funnel filters for this user as consumed: online events first, newest first,
+        then the logged history.
+        """
+
+    @_builtins.property
+    def shown_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Items the shared store marks as shown to the user (already-shown filter); empty with the
+        embedded store, whose shown set lives in each stage process.
+        """
+
+    def __init__(
+        self,
+        *,
+        stages: _abc.Iterable[Global___StageList] | None = ...,
+        rerank_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        consumed_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        shown_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        user_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumed_item_ids", b"consumed_item_ids", "rerank_reasons", b"rerank_reasons", "shown_item_ids", b"shown_item_ids", "stages", b"stages", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+
+@_typing.final
+class StageList(_message.Message):
+    """One stage's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """"recall", "prerank", "rank" or "rerank"."""
+    @_builtins.property
+    def candidates(self) -> _common_pb2.CandidateList:
+        """The candidates it returned, in its order, with its scores and the channel masks."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        candidates: _common_pb2.CandidateList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageList: _TypeAlias = StageList  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):

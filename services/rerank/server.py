@@ -27,7 +27,7 @@ from cascade.data.split import split_dataset
 from cascade.feature_store import StoreLimits, check_store_setting
 from cascade.features import FeatureSpec, build_spec
 from cascade.server import ServerSettings, StageServer, invalid_argument, read_candidates
-from cascade.telemetry import ModelMetrics
+from cascade.telemetry import EXPLAIN, ModelMetrics, traffic_of
 from cascade.v1 import rerank_pb2, rerank_pb2_grpc
 from cascade.warmup import WarmUp, candidates_request
 from services.rerank.reranker import RerankConfig, Reranker
@@ -129,7 +129,13 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         )
         self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.candidates_out.inc(len(page.candidates.item_ids))
-        if self.record_pages and request.user.user_id > 0 and reranker.config.rules.filter_shown:
+        explained = traffic_of(context) == EXPLAIN  # the console's: shown to nobody
+        if (
+            self.record_pages
+            and not explained
+            and request.user.user_id > 0
+            and reranker.config.rules.filter_shown
+        ):
             # On the request's clock, as the filter reads it: a simulated day later (gateway
             # clock "caller") the page may be shown again, as a real day later it may.
             shown_at = request_ts * 1000

@@ -234,7 +234,13 @@ def test_the_cli_validates_the_base_and_every_overlay(tmp_path):
         "deploy/k8s/base",
         *(
             f"deploy/k8s/overlays/{name}"
-            for name in ("ingress-only", "metrics-tls", "profile-default", "profile-simulated-lift")
+            for name in (
+                "console",
+                "ingress-only",
+                "metrics-tls",
+                "profile-default",
+                "profile-simulated-lift",
+            )
         ),
         "deploy/k8s/training",
     ]

@@ -32,10 +32,10 @@ def test_cascade_settings_shows_the_layer_of_each_value(tmp_path, monkeypatch, c
 
 def test_without_a_profile_it_shows_what_cascade_up_would_serve(monkeypatch, capsys):
     monkeypatch.delenv(PROFILE_VARIABLE, raising=False)
-    assert show(["gateway", "--dataset", "synthetic"]) == 0
+    assert show(["gateway", "--dataset", "synthetic"]) == 0  # the dataset's own profile
     out = capsys.readouterr().out
-    assert out.startswith("profile default: deploy/profiles/default.toml sha256 ")
-    assert load_profile("default").sha256[:12] in out.splitlines()[0]
+    assert out.startswith("profile synthetic: deploy/profiles/synthetic.toml sha256 ")
+    assert load_profile("synthetic").sha256[:12] in out.splitlines()[0]
     assert rows(out)["recall_count"] == ["2000", "default"]
 
 

@@ -240,6 +240,7 @@ def test_the_cli_validates_the_base_and_every_overlay(tmp_path):
                 "metrics-tls",
                 "profile-default",
                 "profile-simulated-lift",
+                "profile-synthetic",
             )
         ),
         "deploy/k8s/training",

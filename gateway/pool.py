@@ -285,8 +285,9 @@ class PoolCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         settings, uploaded = self.settings(), self.uploaded()
         now_s = self.pool.now_s
-        ids = self.pool.in_window(uploaded, now_s, settings.window_s) if now_s else []
-        ids = np.asarray(ids, np.int64)
+        ids = np.asarray(
+            self.pool.in_window(uploaded, now_s, settings.window_s) if now_s else [], np.int64
+        )
         delivered, plays = self.pool.counts(ids)
         rate = traffic_pool.baseline(settings, delivered, plays)
         state, target, _ = traffic_pool.status(

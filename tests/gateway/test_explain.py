@@ -24,7 +24,7 @@ def recommend(
     stack, explain: bool, token: str = "", user_id: int = 2, count: int = 5, at_ms: int = 0
 ):
     request = gateway_pb2.RecommendRequest(user_id=user_id, count=count, explain=explain)
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
     if at_ms:  # a gateway with clock "caller" serves at this time
         metadata += request_time_metadata(at_ms)
     with grpc.insecure_channel(stack.gateway.address) as channel:

@@ -174,8 +174,11 @@ def to_markdown(result: dict) -> str:
         "| stage | " + " | ".join(funnel) + " |",
         "|---" * (len(funnel) + 1) + "|",
     ]
+    # A run measured at other cuts (an older committed one) has other row names: "-" there.
     for stage in funnel["dropout"]["uploaded_per_request"]:
-        values = " | ".join(str(run["uploaded_per_request"][stage]) for run in funnel.values())
+        values = " | ".join(
+            str(run["uploaded_per_request"].get(stage, "-")) for run in funnel.values()
+        )
         lines.append(f"| {stage} | {values} |")
     sim = result["simulation"]
     lines += [

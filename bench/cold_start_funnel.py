@@ -3,9 +3,12 @@
     python -m bench.cold_start_funnel --run-dir .cascade/simulate-uploads --out results/loop/uploads
 
 Copies the run's event log (its uploads, follows and events are replayed by the new stack's
-stages), then for the users of the run's last pages asks recall (2,000), pre-rank (500) and rank
-(100) directly at the run's last request time, and counts the uploaded items each stage keeps
-per request (and in rank's first 10). Writes cold_start_funnel.json.
+stages), then for the users of the run's last pages runs the gateway's own funnel
+(gateway/pipeline.py, over gRPC to the stack's stages, as the end-to-end evaluation does) at the
+run's last request time, stopped after rank: recall, pre-rank and rank cut at the counts the
+served profile gives the gateway. Counts the uploaded items each stage keeps per request (and in
+rank's first 10), and the candidates pre-rank and rank could not score (their
+cascade_unknown_items counters). Writes cold_start_funnel.json.
 """
 
 from __future__ import annotations
@@ -15,20 +18,28 @@ import json
 import shutil
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from app import stack
+from app.console.metrics import scrape
 from cascade.backends import open_event_log
-from cascade.v1 import (
-    common_pb2,
-    prerank_pb2,
-    prerank_pb2_grpc,
-    rank_pb2,
-    rank_pb2_grpc,
-    recall_pb2,
-    recall_pb2_grpc,
-)
+from cascade.profiles import default_profile, load_profile
+from cascade.v1 import common_pb2
+from gateway.pipeline import Served
+from research.evaluation_e2e import stack_cascade
+
+DATASET = "synthetic"
+STAGES = ("recall", "prerank", "rank")
+FIRST = 10  # rank's first items: about a page
+
+
+def unknown_items(running: stack.Stack) -> dict[str, float]:
+    """Each scoring stage's cascade_unknown_items so far, from its metrics endpoint."""
+    ports = {s.name: s.metrics_port for s in running.services}
+    return {
+        name: scrape(f"http://127.0.0.1:{ports[name]}/metrics").total("cascade_unknown_items_total")
+        for name in ("prerank", "rank")
+    }
 
 
 def measure(run_dir: Path, data_dir: Path, users: int) -> dict:
@@ -44,51 +55,53 @@ def measure(run_dir: Path, data_dir: Path, users: int) -> dict:
     first_upload = int(uploads["item_id"].to_numpy().min())
     now_ms = int(pages["request_time_ms"].to_numpy().max())
     who = list(dict.fromkeys(u for u in pages["user_id"].to_pylist()[::-1] if u > 0))[:users]
-    counts = []
+    served_profiles = [load_profile(default_profile(DATASET))]
+    counts, degraded = [], 0
     with stack.running_stack(
         work,
         artifacts=run_dir / "artifacts",
         data_dir=data_dir,
-        dataset="synthetic",
+        dataset=DATASET,
+        profiles=served_profiles,
         extra_env={"CASCADE_GATEWAY_CLOCK": "caller"},
-    ):
-        port = lambda s: json.loads((work / f"{s}.ports.json").read_text())["port"]  # noqa: E731
-        channels = {
-            s: grpc.insecure_channel(f"127.0.0.1:{port(s)}") for s in ("recall", "prerank", "rank")
-        }
+    ) as running:
+        cascade, pools, budget = stack_cascade(running, served_profiles)
+        cuts = (
+            cascade.funnel.recall_count,
+            cascade.funnel.prerank_count,
+            cascade.funnel.rank_count,
+        )
+        unknown_before = unknown_items(running)
         for user_id in who:
+            served = Served()
             user = common_pb2.UserContext(user_id=user_id, request_time_ms=now_ms)
-            recalled = recall_pb2_grpc.RecallStub(channels["recall"]).Recall(
-                recall_pb2.RecallRequest(user=user, count=2000), timeout=10
+            answer = cascade.run(
+                user, FIRST, budget(), debug=False, served=served, stop_after="rank"
             )
-            preranked = prerank_pb2_grpc.PrerankStub(channels["prerank"]).Prerank(
-                prerank_pb2.PrerankRequest(user=user, count=500, candidates=recalled.candidates),
-                timeout=10,
-            )
-            ranked = rank_pb2_grpc.RankStub(channels["rank"]).Rank(
-                rank_pb2.RankRequest(user=user, count=100, candidates=preranked.candidates),
-                timeout=10,
-            )
-            lists = (recalled, preranked, ranked)
-            ids = [np.asarray(x.candidates.item_ids) for x in lists]
+            degraded += bool(answer.degraded)
+            ids = [np.asarray(served.lists[s].item_ids) for s in STAGES]
             counts.append([int((i >= first_upload).sum()) for i in ids])
-            counts[-1].append(int((ids[2][:10] >= first_upload).sum()))
-            counts[-1] += [preranked.unknown_items, ranked.unknown_items]
-        for channel in channels.values():
-            channel.close()
+            counts[-1].append(int((ids[2][:FIRST] >= first_upload).sum()))
+        unknown_after = unknown_items(running)
+        for pool in pools.values():
+            pool.close()
     mean = np.asarray(counts, dtype=np.float64).mean(axis=0)
+    names = [f"{stage} (of {cut})" for stage, cut in zip(STAGES, cuts, strict=True)]
     return {
         "uploads_in_log": uploads.num_rows,
         "requests": len(counts),
         "request_time_ms": now_ms,
+        "profile": served_profiles[0].name,
+        "degraded_requests": degraded,  # a stage past its budget share: its fallback answered
         "uploaded_per_request": {
-            "recall (of 2000)": round(float(mean[0]), 3),
-            "prerank (of 500)": round(float(mean[1]), 3),
-            "rank (of 100)": round(float(mean[2]), 3),
-            "rank first 10": round(float(mean[3]), 3),
+            **{name: round(float(m), 3) for name, m in zip(names, mean, strict=False)},
+            f"rank first {FIRST}": round(float(mean[3]), 3),
         },
         # Candidates a stage could not score (neither its bundle nor its store knows them).
-        "unknown_per_request": {"prerank": float(mean[4]), "rank": float(mean[5])},
+        "unknown_per_request": {
+            name: (unknown_after[name] - unknown_before[name]) / max(len(counts), 1)
+            for name in unknown_before
+        },
     }
 
 

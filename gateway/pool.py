@@ -137,6 +137,13 @@ class Pool:
         self.given = GivenMemory()
         self.now_s = 0  # the latest request's time: the metrics' "now" on the simulated clock
 
+    def served(self, user_id: int, pooled: list[int], now_ms: int, ttl_ms: int) -> None:
+        """Remembers a served (not explained) page: its pool items go to `user_id` once within
+        `ttl_ms`, and its time moves the metrics' clock. `fill` itself changes nothing, so an
+        explained Recommend leaves the pool as it was."""
+        self.now_s = max(self.now_s, now_ms // 1000)
+        self.given.record(user_id, pooled, now_ms, ttl_ms)
+
     def fill(
         self,
         response: gateway_pb2.RecommendResponse,
@@ -161,7 +168,6 @@ class Pool:
         if recall_list is None or "recall" in response.degraded_stages:
             return page, 0
         now_ms = user.request_time_ms
-        self.now_s = max(self.now_s, now_ms // 1000)
         excluded = np.concatenate([page.item_ids, seen, self.given.recent(user.user_id, now_ms)])
         recall = from_proto(recall_list)
         young = young_uploads(
@@ -279,8 +285,9 @@ class PoolCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         settings, uploaded = self.settings(), self.uploaded()
         now_s = self.pool.now_s
-        ids = self.pool.in_window(uploaded, now_s, settings.window_s) if now_s else []
-        ids = np.asarray(ids, np.int64)
+        ids = np.asarray(
+            self.pool.in_window(uploaded, now_s, settings.window_s) if now_s else [], np.int64
+        )
         delivered, plays = self.pool.counts(ids)
         rate = traffic_pool.baseline(settings, delivered, plays)
         state, target, _ = traffic_pool.status(
@@ -304,6 +311,19 @@ class PoolCollector(Collector):
         for code, name in traffic_pool.STATES.items():
             uploads.add_metric([name], float(np.sum(state == code)))
         yield uploads
+        served = GaugeMetricFamily(
+            "cascade_gateway_pool_setting",
+            "The traffic pool's served settings: slots per page, the target K, the window (s).",
+            labels=["setting"],
+        )
+        for name in ("slots", "target", "window_s"):
+            served.add_metric([name], float(getattr(settings, name)))
+        yield served
+        yield GaugeMetricFamily(
+            "cascade_gateway_pool_clock_seconds",
+            "The pool's now: the latest served request's time (s; 0 before the first).",
+            value=float(now_s),
+        )
 
 
 class PoolMetrics:

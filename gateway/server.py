@@ -236,8 +236,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return response
         metrics = self.metrics
         pooled = [response.items.item_ids[p] for p in response.explored_positions]
+        self.cascade.pool.served(dense, pooled, now_ms, funnel.pool.window_s * 1000)
         if pooled:
-            self.cascade.pool.given.record(dense, pooled, now_ms, funnel.pool.window_s * 1000)
             metrics.labelled(metrics.pool.slots, arm or NO_ARM).inc(len(pooled))
         elif served.pool_young == 0:  # the pool was on, but recall held no young upload
             metrics.labelled(metrics.pool.empty, arm or NO_ARM).inc()

@@ -84,21 +84,71 @@ def explain_page(
 
 def item_page(settings: ConsoleSettings, catalog: Catalog, item_text: str) -> dict:
     item_id = parse_item(item_text)
-    if not catalog.known(item_id):
-        raise SourceError(f"item: {item_id} is not in the catalogue of the served bundle")
+    uploaded_record = (
+        None if catalog.known(item_id) else sources.upload(settings.event_log_uri, item_id)
+    )
+    if not catalog.known(item_id) and uploaded_record is None:
+        raise SourceError(
+            f"item: {item_id} is not in the catalogue of the served bundle nor uploaded"
+        )
     counts, impressions = sources.event_log_counts(settings.event_log_uri, item_id)
-    uploaded = catalog.uploaded(item_id)
+    if uploaded_record is None:
+        title, creator, uploaded = (
+            catalog.title(item_id),
+            catalog.creator(item_id),
+            catalog.uploaded(item_id),
+        )
+    else:
+        title = f"upload {uploaded_record['item_key']}"
+        creator, uploaded = (
+            int(uploaded_record["creator_id"]),
+            int(uploaded_record["upload_ms"]) // 1000,
+        )
+    pool, pool_note = pool_status(settings, uploaded, counts.get("impression", 0))
     return {
         "item_id": item_id,
-        "title": catalog.title(item_id),
-        "creator": catalog.creator(item_id),
+        "title": title,
+        "creator": creator,
         "uploaded": uploaded,
         "age": sources.age(uploaded, catalog.clock_s),
         "counters": counts,
         "impressions": impressions,
+        "pool": pool,
+        "pool_note": pool_note,
         "item_cf": catalog.item_cf(item_id, NEIGHBOURS_SHOWN),
         "two_tower": catalog.two_tower(item_id, NEIGHBOURS_SHOWN),
     }
+
+
+def pool_status(
+    settings: ConsoleSettings, uploaded_s: int, delivered: int
+) -> tuple[dict | None, str]:
+    """For an upload younger than the traffic pool's window on the gateway's clock: the
+    impressions delivered (the Feedback's impression events, as the pool counts them) against
+    the served target K, their share, the time left in the window and whether the target is
+    reached; else None, with a note saying why there is none."""
+    try:
+        gateways = [e for e in sources.endpoints(settings) if e.name == "gateway"]
+        if not gateways:
+            return None, "the stack has no gateway: the traffic pool cannot be read"
+        served = sources.pool_served(gateways[0].metrics_url, settings.timeout_s)
+    except SourceError as error:
+        return None, str(error)
+    if not served.slots:
+        return None, "the gateway serves without the traffic pool"
+    if not served.clock_s:
+        return None, "the gateway has served no request yet: its pool has no clock"
+    age_s = served.clock_s - uploaded_s
+    if not 0 <= age_s < served.window_s:
+        return None, ""  # an older item: impressions so far, as for any item
+    return {
+        "delivered": delivered,
+        "target": served.target,
+        "share": delivered / served.target,
+        "left": sources.age(0, served.window_s - age_s),
+        "left_s": served.window_s - age_s,
+        "state": "target reached" if delivered >= served.target else "in the pool",
+    }, ""
 
 
 @dataclass

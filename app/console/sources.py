@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from app.console import metrics
 from app.console.settings import ConsoleSettings
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
@@ -155,6 +156,48 @@ def event_log_counts(uri: str, item_id: int) -> tuple[dict[str, int], int]:
     finally:
         log.close()
     return counts, impressions
+
+
+def upload(uri: str, item_id: int) -> dict | None:
+    """The item's upload record in the event log (an item added with AddItems): creator_id,
+    item_key, upload_ms; None when it is not an upload."""
+    try:
+        log = open_event_log(uri, read_only=True)
+    except (EventLogError, OSError, ValueError) as error:
+        raise SourceError(f"the event log {uri} cannot be read: {error}") from error
+    try:
+        uploads = log.read_records("uploads")
+    finally:
+        log.close()
+    mine = uploads.filter(pc.equal(uploads["item_id"], item_id)).to_pylist()
+    return mine[-1] if mine else None
+
+
+@dataclass(frozen=True)
+class PoolServed:
+    """The traffic pool as the gateway serves it (its metrics endpoint says): slots per page,
+    the target K, the window (s) and its clock, the latest served request's time (s; 0 before
+    the first)."""
+
+    slots: int
+    target: int
+    window_s: int
+    clock_s: int
+
+
+def pool_served(metrics_url: str, timeout_s: float) -> PoolServed:
+    try:
+        answer = metrics.scrape(metrics_url, timeout_s)
+    except metrics.ScrapeError as error:
+        raise SourceError(f"the gateway's metrics: {error}") from error
+    setting = {
+        labels["setting"]: int(value)
+        for labels, value in answer.select("cascade_gateway_pool_setting")
+    }
+    if set(setting) != {"slots", "target", "window_s"}:
+        raise SourceError(f"the gateway at {metrics_url} reports no traffic pool settings")
+    clock = [value for _, value in answer.select("cascade_gateway_pool_clock_seconds")]
+    return PoolServed(**setting, clock_s=int(clock[0]) if clock else 0)
 
 
 def online_plays(uri: str, user_id: int, limit: int) -> list[tuple[int, int, str]]:

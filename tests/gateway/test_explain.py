@@ -8,18 +8,23 @@ import time
 import grpc
 import pytest
 
+from cascade.traffic_pool import PoolSettings
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.client import CascadeClient
 from gateway.request_time import request_time_metadata
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "explain-secret"
+# Well after the tiny world's log: only what is uploaded here is young for the pool.
+UPLOAD_MS = 1_200_000_000_000
+NEW = {"item_key": "new-song", "creator_id": 2, "categories": [1, 3], "upload_time_ms": UPLOAD_MS}
 
 
 def recommend(
     stack, explain: bool, token: str = "", user_id: int = 2, count: int = 5, at_ms: int = 0
 ):
     request = gateway_pb2.RecommendRequest(user_id=user_id, count=count, explain=explain)
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
     if at_ms:  # a gateway with clock "caller" serves at this time
         metadata += request_time_metadata(at_ms)
     with grpc.insecure_channel(stack.gateway.address) as channel:
@@ -92,3 +97,31 @@ def test_explain_serves_recommends_page_with_every_stage_and_leaves_no_trace(sta
     assert len(explanation.rerank_reasons) == len(lists["rerank"].item_ids)
     assert explanation.user_id == 2 and list(explanation.consumed_item_ids)
     assert not served.HasField("explanation")  # a plain answer carries none
+
+
+def test_an_explained_pool_fill_counts_in_no_pool_metric_and_changes_no_pool_state(stack_factory):
+    """With the pool on and a young upload in recall, an explained Recommend fills its slot as
+    Recommend would, but the pool's slot and empty counters, its clock (the metrics' now) and
+    the users it gave uploads to stay as they were; the served page after it moves them."""
+    pool = PoolSettings(target=6, gain=1e6)  # a gain this high: a young upload always wins
+    stack = stack_factory(explain_token=TOKEN, clock="caller", pool=pool)
+    at = UPLOAD_MS + 1000
+    with CascadeClient(stack.gateway.address, timeout_s=5.0) as client:
+        (upload,) = client.add_items([NEW]).item_ids
+    sample = stack.gateway.registry.get_sample_value
+    names = ("cascade_gateway_pool_slots_total", "cascade_gateway_pool_empty_total")
+    service = stack.gateway.service
+
+    def pool_state() -> tuple:
+        counts = tuple(sample(name, {"arm": "none"}) for name in names)
+        clock = sample("cascade_gateway_pool_clock_seconds")
+        return counts, clock, service.cascade.pool.given.recent(2, at).tolist()
+
+    before = pool_state()
+    assert before == ((0.0, 0.0), 0.0, [])
+    explained = recommend(stack, explain=True, token=TOKEN, at_ms=at)
+    assert upload in [explained.items.item_ids[p] for p in explained.explored_positions]
+    assert pool_state() == before
+    served = recommend(stack, explain=False, at_ms=at)
+    assert list(served.items.item_ids) == list(explained.items.item_ids)
+    assert pool_state() == ((1.0, 0.0), at // 1000, [upload])

@@ -183,12 +183,11 @@ def _flags(mapping: Mapping) -> dict[str, str]:
     return flags
 
 
-def _check_interactions(mapping: Mapping, staging: Staging, report: Report) -> None:
-    """Drops rows with an empty id or an unmapped event value, then repeated rows, in that
-    order, each counted with its first line (or the first one an error when strict)."""
+def _drop_rows(mapping: Mapping, staging: Staging, report: Report) -> None:
+    """Counts the rows dropped for an empty id, an unmapped event value, a repeat of an earlier
+    row, or an item not in the items file, in that order, each with its first line (or the first
+    one an error when strict)."""
     spec = mapping.interactions
-    source = spec.source
-    staging.encode(_event_values(mapping))
     if staging.unmapped:
         report.notes.append(
             f"event values not mapped to {'/'.join(FLAGS)}: "
@@ -199,10 +198,11 @@ def _check_interactions(mapping: Mapping, staging: Staging, report: Report) -> N
         "item": f"empty id in column {spec.item!r}",
         "event": f"event value not mapped (column {spec.event!r})",
         "duplicate": "duplicate row (same user, item, time, event and rating as an earlier row)",
+        "unknown item": f"item not in the items file (column {spec.item!r})",
     }
     for check, (count, first) in staging.drops().items():
         if count:
-            report.drop(reasons[check], count, source.where(int(first)))
+            report.drop(reasons[check], count, spec.source.where(int(first)))
 
 
 def build(
@@ -226,18 +226,15 @@ def build(
         done("read and checked")
         user_keys, item_keys = staging.keys("user"), staging.keys("item")
         done("id dictionaries built")
-        _check_interactions(mapping, staging, report)
-        done("duplicates found")
         items, categories, creators, item_ids, item_of = _items_table(
             mapping, item_keys, staging, report
         )
-        count, first = staging.unknown_items(item_of)
-        if count:
-            reason = f"item not in the items file (column {spec.item!r})"
-            report.drop(reason, count, spec.source.where(int(first)))
         users, occupations, user_ids, user_of = _users_table(mapping, user_keys, report)
         done("dense ids assigned")
-        staging.write_interactions(interactions_path, user_of, _flags(mapping))
+        staging.encode(user_of, item_of, _event_values(mapping))
+        _drop_rows(mapping, staging, report)
+        done("ids mapped and duplicates found")
+        staging.write_interactions(interactions_path, _flags(mapping))
         n, ts_min, ts_max, tasks = staging.summary(interactions_path)
         if n == 0:
             raise DataError(f"{spec.source.path}: no interaction is left after dropping bad rows")

@@ -22,13 +22,13 @@ import pyarrow.parquet as pq
 
 from cascade.data.mapping import Interactions
 from cascade.data.ml100k import sample_impressions
-from cascade.data.schema import SCHEMA, DataError, arrow_table
+from cascade.data.schema import DataError, arrow_table
 from cascade.data.tabular import Source, quoted, sql_text
 
 MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it tables, joins and sorts spill
 SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole users per slice)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
-KEPT = "user_code >= 0 AND item_code >= 0 AND event_code >= 0 AND NOT duplicate"
+VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
 
 
 class Staging:
@@ -123,15 +123,16 @@ class Staging:
 
     def keys(self, column: str) -> list[str]:
         """The distinct non-empty ids of raw.`column` in order of first sight; their index is the
-        provisional code kept in table `{column}_codes` (raw text -> code, -1 for an empty id)."""
+        provisional code kept in table `{column}_codes` (raw text -> code, -1 for an empty id,
+        with the earliest time of its rows)."""
         self.con.execute(
             f"CREATE TABLE {column}_seen AS SELECT {column} AS text, trim({column}) AS key, "
-            f"min(rowid) AS first FROM raw GROUP BY {column}"
+            f"min(rowid) AS first, min(ts) AS first_ts FROM raw GROUP BY {column}"
         )
         self.con.execute(
             f"CREATE TABLE {column}_keys AS SELECT key, row_number() OVER (ORDER BY first) - 1 "
-            f"AS code FROM (SELECT key, min(first) AS first FROM {column}_seen WHERE key <> '' "
-            "GROUP BY key)"
+            f"AS code, first_ts FROM (SELECT key, min(first) AS first, min(first_ts) AS first_ts "
+            f"FROM {column}_seen WHERE key <> '' GROUP BY key)"
         )
         self.con.execute(
             f"CREATE TABLE {column}_codes AS SELECT s.text, coalesce(k.code, -1) AS code "
@@ -140,11 +141,32 @@ class Staging:
         table = self.con.execute(f"SELECT key FROM {column}_keys ORDER BY code").fetch_arrow_table()
         return table.column("key").to_pylist()
 
-    def encode(self, events: list[str], top: int = 5) -> None:
-        """Table `coded`: raw with codes for user, item and event (-1: empty id, or an event value
-        not among `events`), and `duplicate` marking rows that repeat an earlier row's user, item,
-        time, event and rating. Drops `raw`: from here on every column is a number. The most
-        frequent unmapped event values go to `self.unmapped` (value, rows)."""
+    def first_times(self, n_items: int) -> tuple[np.ndarray, int]:
+        """Each provisional item code's earliest time among its rows, and the earliest time of
+        all rows."""
+        (ts_min,) = self.one("SELECT min(first_ts) FROM item_keys")
+        first = np.full(n_items, ts_min, dtype=np.int64)
+        table = self.con.execute("SELECT code, first_ts FROM item_keys").fetch_arrow_table()
+        first[table.column("code").to_numpy()] = table.column("first_ts").to_numpy()
+        return first, int(ts_min)
+
+    def encode(
+        self, user_of: np.ndarray, item_of: np.ndarray, events: list[str], top: int = 5
+    ) -> None:
+        """Table `coded`: raw with dense user ids (`user_of`: provisional code -> id), item codes
+        and dense ids (`item_of`; 0: not in the items file), event codes (the index in
+        `events`), -1 for an empty id or an unmapped event value, and `duplicate` marking rows
+        that repeat an earlier row's user, item, time, event and rating. Drops `raw`: from here on
+        every column is a number. The most frequent unmapped event values go to `self.unmapped`
+        (value, rows)."""
+        for column, dense in (("user", user_of), ("item", item_of)):
+            codes = np.arange(len(dense), dtype=np.int64)
+            self.con.register(f"{column}_dense", pa.table({"code": codes, "dense": dense}))
+            self.con.execute(
+                f"CREATE TABLE {column}_ids AS SELECT c.text, c.code, coalesce(d.dense, -1) AS id "
+                f"FROM {column}_codes c LEFT JOIN {column}_dense d ON c.code = d.code"
+            )
+            self.con.unregister(f"{column}_dense")
         self.con.register("events", pa.table({"key": events, "code": range(len(events))}))
         self.con.execute(
             "CREATE TABLE event_seen AS SELECT event AS text, count(*) AS n, min(rowid) AS first "
@@ -154,6 +176,7 @@ class Staging:
             "CREATE TABLE event_codes AS SELECT s.text, coalesce(e.code, -1) AS code "
             "FROM event_seen s LEFT JOIN events e ON trim(s.text) = e.key"
         )
+        self.con.unregister("events")
         self.unmapped = [
             (str(text), int(n))
             for text, n in self.con.execute(
@@ -161,77 +184,50 @@ class Staging:
                 f"WHERE c.code < 0 ORDER BY s.n DESC, s.first LIMIT {top}"
             ).fetchall()
         ]
-        self.con.unregister("events")
         event = "coalesce(e.code, -1)" if events else "0"
         self.con.execute(
-            "CREATE TABLE coded AS SELECT r.rowid AS row, coalesce(u.code, -1) AS user_code, "
-            f"coalesce(i.code, -1) AS item_code, r.ts, {event} AS event_code, r.rating, "
-            "FALSE AS duplicate FROM raw r LEFT JOIN user_codes u ON r.user = u.text "
-            "LEFT JOIN item_codes i ON r.item = i.text LEFT JOIN event_codes e ON r.event = e.text"
+            "CREATE TABLE coded AS SELECT r.rowid AS row, coalesce(u.id, -1) AS user_id, "
+            "coalesce(i.code, -1) AS item_code, coalesce(i.id, 0) AS item_id, r.ts, "
+            f"{event} AS event_code, r.rating, FALSE AS duplicate FROM raw r "
+            "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text "
+            "LEFT JOIN event_codes e ON r.event = e.text"
         )
         self.con.execute("DROP TABLE raw")
         # Grouping on one hash is cheap; the rows sharing a hash are few, and only they are
         # compared exactly (rating: NaN equals NaN) to mark all but the first of each group.
-        columns = "user_code, item_code, ts, event_code, coalesce(rating, 'NaN')"
+        columns = "user_id, item_code, ts, event_code, coalesce(rating, 'NaN')"
         self.con.execute(
             "UPDATE coded SET duplicate = TRUE WHERE row IN (SELECT row FROM (SELECT row, "
             f"row_number() OVER (PARTITION BY {columns} ORDER BY row) AS n FROM coded "
-            f"WHERE hash({columns}) IN (SELECT hash({columns}) AS h FROM coded "
-            "WHERE user_code >= 0 AND item_code >= 0 AND event_code >= 0 "
+            f"WHERE hash({columns}) IN (SELECT hash({columns}) AS h FROM coded WHERE {VALID} "
             "GROUP BY h HAVING count(*) > 1)) WHERE n > 1)"
         )
 
     def drops(self) -> dict[str, tuple[int, int | None]]:
         """(count, first row) of the rows each check drops, each counted among the rows the
-        checks before it kept: empty user, empty item, unmapped event, duplicate."""
+        checks before it kept: empty user, empty item, unmapped event, duplicate, item not in
+        the items file."""
         checks = {
-            "user": "user_code < 0",
-            "item": "user_code >= 0 AND item_code < 0",
-            "event": "user_code >= 0 AND item_code >= 0 AND event_code < 0",
-            "duplicate": "user_code >= 0 AND item_code >= 0 AND event_code >= 0 AND duplicate",
+            "user": "user_id < 0",
+            "item": "user_id >= 0 AND item_code < 0",
+            "event": "user_id >= 0 AND item_code >= 0 AND event_code < 0",
+            "duplicate": f"{VALID} AND duplicate",
+            "unknown item": f"{VALID} AND NOT duplicate AND item_id = 0",
         }
         parts = [f"count(*) FILTER ({sql}), min(row) FILTER ({sql})" for sql in checks.values()]
         values = self.one(f"SELECT {', '.join(parts)} FROM coded")
         return {name: (int(values[2 * i]), values[2 * i + 1]) for i, name in enumerate(checks)}
 
-    def first_times(self, n_items: int) -> tuple[np.ndarray, int]:
-        """Each provisional item code's earliest time among the kept rows (the earliest of all
-        where an item has none), and that earliest time."""
-        (ts_min,) = self.one(f"SELECT min(ts) FROM coded WHERE {KEPT}")
-        first = np.full(n_items, ts_min, dtype=np.int64)
-        table = self.con.execute(
-            f"SELECT item_code, min(ts) AS ts FROM coded WHERE {KEPT} GROUP BY item_code"
-        ).fetch_arrow_table()
-        first[table.column("item_code").to_numpy()] = table.column("ts").to_numpy()
-        return first, int(ts_min)
-
-    def unknown_items(self, item_of: np.ndarray) -> tuple[int, int | None]:
-        """(count, first row) of the kept rows whose item has no dense id (`item_of`: code ->
-        id, 0 = not in the items file)."""
-        codes = np.arange(len(item_of), dtype=np.int64)
-        self.con.register("item_dense", pa.table({"code": codes, "dense": item_of}))
-        count, first = self.one(
-            "SELECT count(*), min(c.row) FROM coded c JOIN item_dense d ON c.item_code = d.code "
-            f"WHERE d.dense = 0 AND {KEPT}"
-        )
-        return int(count), first
-
-    def write_interactions(self, path: Path, user_of: np.ndarray, flags: dict[str, str]) -> None:
-        """interactions.parquet: the kept rows of known items in the file's order, with dense ids
-        (`user_of`: code -> id) and their flags (SQL over `event_code` and `rating`)."""
-        codes = np.arange(len(user_of), dtype=np.int64)
-        self.con.register("user_dense", pa.table({"code": codes, "dense": user_of}))
+    def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
+        """interactions.parquet: the kept rows of known items in the file's order, with their
+        flags (SQL over `event_code` and `rating`)."""
         flag_sql = ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
-        columns = ", ".join(quoted(c) for c in SCHEMA["interactions"])
         self.con.execute(
-            f"COPY (SELECT {columns} FROM (SELECT c.row, u.dense AS user_id, i.dense AS item_id, "
-            f"c.ts, TRUE AS play, {flag_sql}, coalesce(c.rating, 'NaN')::FLOAT AS rating "
-            "FROM coded c JOIN user_dense u ON c.user_code = u.code "
-            f"JOIN item_dense i ON c.item_code = i.code WHERE i.dense > 0 AND {KEPT}) "
-            f"ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
+            "COPY (SELECT user_id, item_id, ts, TRUE AS play, "
+            f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM coded "
+            f"WHERE {VALID} AND NOT duplicate AND item_id > 0 ORDER BY row) "
+            f"TO {sql_text(str(path))} (FORMAT parquet)"
         )
-        for name in ("user_dense", "item_dense"):
-            self.con.unregister(name)
         self.con.execute("DROP TABLE coded")
 
     def summary(self, path: Path) -> tuple[int, int, int, list[str]]:

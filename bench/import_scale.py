@@ -4,10 +4,11 @@
 
 Each size writes the same generated log as CSV and as Parquet (string user / item ids, an event
 column, Unix times; users = rows / 100, items = rows / 200, Zipf-like item popularity, seeded).
-For each file, in fresh processes so each peak RSS is its own: the bare reader alone (pyarrow's
-streamed reader with the import's own options, doing nothing with the batches: the floor), then
-the import end to end (read, check, map ids, remove duplicates, sample impressions, write
-Parquet). Then one malformed line is appended to the CSV, and the import must name its line.
+For each file, in fresh processes so each peak RSS is its own: the bare reader alone (DuckDB's
+reader with the import's own options, reading every value and counting it: the floor), then the
+import end to end (read, check, map ids, remove duplicates, write interactions.parquet, then
+sample impressions and write them). Then one malformed line is appended to the CSV, and the
+import must name its line.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +36,7 @@ import pyarrow.parquet as pq
 from cascade.data.assemble import import_dataset
 from cascade.data.mapping import load_mapping
 from cascade.data.schema import DataError
+from cascade.data.tabular import Source
 
 MAPPING = """\
 [interactions]
@@ -51,17 +54,20 @@ CHUNK = 1_000_000
 FORMATS = ("csv", "parquet")
 
 
-def write_files(folder: Path, rows: int, seed: int) -> dict[str, Path]:
-    """events.csv and events.parquet with the same `rows` rows, a chunk at a time."""
+def write_files(
+    folder: Path, rows: int, seed: int, formats: tuple[str, ...] = FORMATS
+) -> dict[str, Path]:
+    """events.csv and events.parquet (those in `formats`) with the same `rows` rows, a chunk at
+    a time."""
     rng = np.random.default_rng(seed)
     n_users, n_items = max(rows // 100, 10), max(rows // 200, 10)
     schema = pa.schema(
         [("user", pa.string()), ("item", pa.string()), ("event", pa.string()), ("ts", pa.int64())]
     )
-    paths = {kind: folder / f"events.{kind}" for kind in FORMATS}
+    paths = {kind: folder / f"events.{kind}" for kind in formats}
     with (
-        pacsv.CSVWriter(paths["csv"], schema) as csv_writer,
-        pq.ParquetWriter(paths["parquet"], schema) as parquet_writer,
+        pacsv.CSVWriter(folder / "events.csv", schema) as csv_writer,
+        pq.ParquetWriter(folder / "events.parquet", schema) as parquet_writer,
     ):
         for start in range(0, rows, CHUNK):
             n = min(CHUNK, rows - start)
@@ -82,8 +88,12 @@ def write_files(folder: Path, rows: int, seed: int) -> dict[str, Path]:
                 },
                 schema=schema,
             )
-            csv_writer.write_table(batch)
-            parquet_writer.write_table(batch)
+            if "csv" in formats:
+                csv_writer.write_table(batch)
+            if "parquet" in formats:
+                parquet_writer.write_table(batch)
+    for kind in set(FORMATS) - set(formats):
+        (folder / f"events.{kind}").unlink()
     return paths
 
 
@@ -92,18 +102,15 @@ def peak_rss_gib() -> float:
 
 
 def bare_read(path: Path) -> dict:
-    """The floor: the import's reader over the file, batches dropped as they come."""
+    """The floor: the import's reader (DuckDB, the same options and types) over the file, every
+    value read and counted."""
+    source = Source.of(path)
+    scan = source.scan({"ts": "DOUBLE"})
+    counts = ", ".join(f'count("{c}")' for c in ("user", "item", "event", "ts"))
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     start = time.perf_counter()
-    rows = 0
-    if path.suffix == ".parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
-            rows += batch.num_rows
-    else:
-        from cascade.data.tabular import Source
-
-        source = Source.of(path)
-        for batch in source.batches(["user", "item", "event", "ts"], progress=False):
-            rows += batch.num_rows
+    rows = con.execute(f"SELECT {counts} FROM {scan}").fetchone()[0]
     seconds = time.perf_counter() - start
     return {"rows": rows, "wall_s": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 
@@ -123,6 +130,7 @@ def import_file(path: Path, negatives: int) -> dict:
         return {"error": str(error), "wall_s": round(time.perf_counter() - start, 1)}
     wall_s = time.perf_counter() - start
     rows = int(sum(report.dropped.values())) + report.interactions
+    interactions_s = report.steps["interactions written"]
     result = {
         "rows": rows,
         "interactions": report.interactions,
@@ -132,6 +140,9 @@ def import_file(path: Path, negatives: int) -> dict:
         "impressions": pq.ParquetFile(out / "bench" / "impressions.parquet").metadata.num_rows,
         "wall_s": round(wall_s, 1),
         "rows_per_s": round(rows / wall_s),
+        "interactions_s": interactions_s,
+        "interactions_rows_per_s": round(rows / interactions_s),
+        "steps": report.steps,
         "peak_rss_gib": peak_rss_gib(),
     }
     shutil.rmtree(out, ignore_errors=True)
@@ -149,19 +160,24 @@ def child(mode: str, path: Path, negatives: int) -> dict:
     return result
 
 
-def run_size(rows: int, seed: int, negatives: int, scratch: Path | None) -> list[dict]:
+def run_size(
+    rows: int, seed: int, negatives: int, scratch: Path | None, formats: tuple[str, ...]
+) -> list[dict]:
     folder = Path(tempfile.mkdtemp(prefix=f"import-{rows}-", dir=scratch))
     results = []
     try:
         start = time.perf_counter()
-        paths = write_files(folder, rows, seed)
+        paths = write_files(folder, rows, seed, formats)
         generated_s = round(time.perf_counter() - start, 1)
-        for kind in FORMATS:
+        for kind in formats:
             floor = child("bare", paths[kind], negatives)
             result = {"format": kind, **child("single", paths[kind], negatives)}
             result["floor_rows_per_s"] = floor["rows_per_s"]
             result["floor_load_1m"] = floor["load_1m"]
             result["ratio_to_floor"] = round(result["rows_per_s"] / floor["rows_per_s"], 3)
+            result["interactions_ratio_to_floor"] = round(
+                result["interactions_rows_per_s"] / floor["rows_per_s"], 3
+            )
             result["file_mib"] = round(paths[kind].stat().st_size / 2**20)
             result["generate_s"] = generated_s
             if kind == "csv":
@@ -193,15 +209,17 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         "# `cascade data import` at scale",
         "",
         "Generated log (string user / item ids, event column, Unix times) as CSV and as Parquet, "
-        f"imported end to end (streamed checked read, ids, duplicates removed out of core by "
-        f"DuckDB, {negatives} sampled impression(s) per interaction, Parquet write), each in a "
-        "fresh process. The floor is the bare reader (pyarrow, the import's own options) over "
-        "the same file in the same run; `load` is the 1-minute load average before / after "
-        f"(2 cores, shared with other jobs). Command: `{command}`.",
+        "imported end to end, each in a fresh process: read, checked, ids mapped, duplicates "
+        "removed and interactions.parquet written inside DuckDB (`interactions`: rows/s up to "
+        f"that point), then {negatives} sampled impression(s) per interaction written (`all`: "
+        "rows/s of the whole import). The floor is the bare reader (DuckDB, the import's own "
+        "options, every value read) over the same file in the same run; `load` is the 1-minute "
+        f"load average before / after (2 cores, shared with other jobs). Commands: `{command}`.",
         "",
-        "| rows | format | file MiB | users | items | wall s | rows/s | floor rows/s | "
-        "ratio to floor | peak RSS GiB | load | malformed line named |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| rows | format | file MiB | users | items | interactions s | interactions rows/s | "
+        "all s | all rows/s | floor rows/s | ratio to floor (interactions / all) | "
+        "peak RSS GiB | load | malformed line named |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in results:
         malformed = r.get("malformed")
@@ -211,9 +229,10 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
             named += f"{malformed['wall_s']} s)"
         lines.append(
             f"| {r['rows']:,} | {r['format']} | {r['file_mib']:,} | {r['users']:,} | "
-            f"{r['items']:,} | {r['wall_s']} | {r['rows_per_s']:,} | {r['floor_rows_per_s']:,} | "
-            f"{r['ratio_to_floor']} | {r['peak_rss_gib']} | {r['load_1m'][0]} / "
-            f"{r['load_1m'][1]} | {named} |"
+            f"{r['items']:,} | {r['interactions_s']} | {r['interactions_rows_per_s']:,} | "
+            f"{r['wall_s']} | {r['rows_per_s']:,} | {r['floor_rows_per_s']:,} | "
+            f"{r['interactions_ratio_to_floor']} / {r['ratio_to_floor']} | {r['peak_rss_gib']} | "
+            f"{r['load_1m'][0]} / {r['load_1m'][1]} | {named} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -225,6 +244,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--negatives", type=int, default=1, help="impressions per interaction")
     parser.add_argument("--scratch", type=Path, default=None, help="where the files go (tmp)")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--single", type=Path, help=argparse.SUPPRESS)  # child: import a file
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # child: the floor
     args = parser.parse_args()
@@ -236,21 +256,30 @@ def main() -> None:
         print(json.dumps(bare_read(args.bare)))
         return
     command = "python -m bench.import_scale --rows " + " ".join(map(str, args.rows))
-    results = []
+    if tuple(args.formats) != FORMATS:
+        command += " --formats " + " ".join(args.formats)
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "import_scale.json"
+    # Sizes measured by another run stay (a 100M-row run takes long): a rerun replaces its own.
+    earlier = json.loads(path.read_text()) if path.exists() else {"results": [], "commands": []}
+    commands = [c for c in earlier.get("commands", []) if c != command] + [command]
+    results = [r for r in earlier["results"] if r["rows"] not in args.rows]
     for rows in args.rows:
-        results += run_size(rows, args.seed, args.negatives, args.scratch)
+        results += run_size(rows, args.seed, args.negatives, args.scratch, tuple(args.formats))
+        results.sort(key=lambda r: (r["rows"], FORMATS.index(r["format"])))
         report = {
             "benchmark": "import_scale",
-            "command": command,
+            "commands": commands,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "shared": True},
             "negatives_per_positive": args.negatives,
             "results": results,
         }  # written after every size: a long run that is stopped keeps what it measured
-        (args.out / "import_scale.json").write_text(json.dumps(report, indent=2))
-        (args.out / "import_scale.md").write_text(markdown(results, args.negatives, command))
+        path.write_text(json.dumps(report, indent=2))
+        (args.out / "import_scale.md").write_text(
+            markdown(results, args.negatives, "`; `".join(commands))
+        )
     print(markdown(results, args.negatives, command))
-    print(f"wrote {args.out / 'import_scale.json'}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     interactions: int = 0
     time_span: tuple[int, int] = (0, 0)
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds since the start
 
     def drop(self, reason: str, count: int, where: str) -> None:
         """Counts dropped rows; in strict mode the first one is an error instead."""

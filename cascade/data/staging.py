@@ -259,7 +259,8 @@ class Staging:
                 ).fetch_arrow_table()  # in the file's order: scans preserve it
                 log = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
                 impressions = arrow_table(sample_impressions(log, items, k, rng), "impressions")
-                writer = writer or pq.ParquetWriter(path, impressions.schema)
+                # Ids are too many for dictionary pages: plain encoding writes twice as fast.
+                writer = writer or pq.ParquetWriter(path, impressions.schema, use_dictionary=False)
                 writer.write_table(impressions)
                 written += impressions.num_rows
         finally:

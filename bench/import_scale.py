@@ -260,12 +260,14 @@ def main() -> None:
         command += " --formats " + " ".join(args.formats)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "import_scale.json"
-    # Sizes measured by another run stay (a 100M-row run takes long): a rerun replaces its own.
-    earlier = json.loads(path.read_text()) if path.exists() else {"results": [], "commands": []}
-    commands = [c for c in earlier.get("commands", []) if c != command] + [command]
-    results = [r for r in earlier["results"] if r["rows"] not in args.rows]
+    ours: list[dict] = []
     for rows in args.rows:
-        results += run_size(rows, args.seed, args.negatives, args.scratch, tuple(args.formats))
+        ours += run_size(rows, args.seed, args.negatives, args.scratch, tuple(args.formats))
+        # Sizes measured by another run stay (a 100M-row run takes long, and may run beside
+        # a shorter one): the file is read again now, and this run's sizes replace theirs.
+        earlier = json.loads(path.read_text()) if path.exists() else {"results": []}
+        commands = [c for c in earlier.get("commands", []) if c != command] + [command]
+        results = [r for r in earlier["results"] if r["rows"] not in args.rows] + ours
         results.sort(key=lambda r: (r["rows"], FORMATS.index(r["format"])))
         report = {
             "benchmark": "import_scale",
@@ -278,7 +280,7 @@ def main() -> None:
         (args.out / "import_scale.md").write_text(
             markdown(results, args.negatives, "`; `".join(commands))
         )
-    print(markdown(results, args.negatives, command))
+    print(markdown(ours, args.negatives, command))
     print(f"wrote {path}")
 
 

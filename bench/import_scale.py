@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -103,10 +104,11 @@ def peak_rss_gib() -> float:
 
 def bare_read(path: Path) -> dict:
     """The floor: the import's reader (DuckDB, the same options and types) over the file, every
-    value read and counted."""
+    value read (summed lengths and times: a count could come from Parquet's statistics)."""
     source = Source.of(path)
     scan = source.scan({"ts": "DOUBLE"})
-    counts = ", ".join(f'count("{c}")' for c in ("user", "item", "event", "ts"))
+    counts = "count(*), " + ", ".join(f'sum(length("{c}"))' for c in ("user", "item", "event"))
+    counts += ', sum("ts")'
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     start = time.perf_counter()
@@ -127,7 +129,8 @@ def import_file(path: Path, negatives: int) -> dict:
             "bench", load_mapping(mapping), out, force=True, progress=False
         )
     except DataError as error:
-        return {"error": str(error), "wall_s": round(time.perf_counter() - start, 1)}
+        wall_s = round(time.perf_counter() - start, 1)
+        return {"error": str(error), "wall_s": wall_s, "peak_rss_gib": peak_rss_gib()}
     wall_s = time.perf_counter() - start
     rows = int(sum(report.dropped.values())) + report.interactions
     interactions_s = report.steps["interactions written"]
@@ -161,28 +164,39 @@ def child(mode: str, path: Path, negatives: int) -> dict:
 
 
 def run_size(
-    rows: int, seed: int, negatives: int, scratch: Path | None, formats: tuple[str, ...]
+    rows: int,
+    seed: int,
+    negatives: int,
+    scratch: Path | None,
+    formats: tuple[str, ...],
+    save: Callable[[list[dict]], None],
 ) -> list[dict]:
+    """Each format's malformed-line check (CSV), floor and import; `save` gets the results after
+    each measurement (at 100M rows one import takes long: what was measured is kept)."""
     folder = Path(tempfile.mkdtemp(prefix=f"import-{rows}-", dir=scratch))
-    results = []
+    results: list[dict] = []
     try:
         start = time.perf_counter()
         paths = write_files(folder, rows, seed, formats)
         generated_s = round(time.perf_counter() - start, 1)
         for kind in formats:
+            size = paths[kind].stat().st_size
+            result = {"format": kind, "rows": rows, "file_mib": round(size / 2**20)}
+            result["generate_s"] = generated_s
+            results.append(result)
+            if kind == "csv":
+                result["malformed"] = malformed_check(paths[kind], rows, negatives)
+                save(results)
             floor = child("bare", paths[kind], negatives)
-            result = {"format": kind, **child("single", paths[kind], negatives)}
             result["floor_rows_per_s"] = floor["rows_per_s"]
             result["floor_load_1m"] = floor["load_1m"]
+            save(results)
+            result.update(child("single", paths[kind], negatives))
             result["ratio_to_floor"] = round(result["rows_per_s"] / floor["rows_per_s"], 3)
             result["interactions_ratio_to_floor"] = round(
                 result["interactions_rows_per_s"] / floor["rows_per_s"], 3
             )
-            result["file_mib"] = round(paths[kind].stat().st_size / 2**20)
-            result["generate_s"] = generated_s
-            if kind == "csv":
-                result["malformed"] = malformed_check(paths[kind], rows, negatives)
-            results.append(result)
+            save(results)
             print(json.dumps(result), flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -190,17 +204,22 @@ def run_size(
 
 
 def malformed_check(path: Path, rows: int, negatives: int) -> dict:
-    """Appends a line with one field too many; the import must fail naming that line."""
+    """Appends a line with one field too many; the import must fail naming that line. The file
+    is then cut back to what it was."""
     line = rows + 2  # the header is line 1
+    size = path.stat().st_size
     with path.open("a") as handle:
         handle.write("user-1,item-1,play,1767225600,extra\n")
     answer = child("single", path, negatives)
+    with path.open("r+b") as handle:
+        handle.truncate(size)
     expected = f"{path} line {line}: expected 4 fields"
     return {
         "line": line,
         "error": answer.get("error", ""),
         "named": answer.get("error", "").startswith(expected),
         "wall_s": answer["wall_s"],
+        "peak_rss_gib": answer["peak_rss_gib"],
     }
 
 
@@ -218,7 +237,7 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         "",
         "| rows | format | file MiB | users | items | interactions s | interactions rows/s | "
         "all s | all rows/s | floor rows/s | ratio to floor (interactions / all) | "
-        "peak RSS GiB | load | malformed line named |",
+        "peak RSS GiB | load | malformed line named (s, peak RSS) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in results:
@@ -226,13 +245,19 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         named = "—"
         if malformed:
             named = f"{'yes' if malformed['named'] else 'NO'} (line {malformed['line']:,}, "
-            named += f"{malformed['wall_s']} s)"
+            named += f"{malformed['wall_s']} s, {malformed['peak_rss_gib']} GiB)"
+        cell = {k: "—" for k in ("users", "items", "interactions_s", "wall_s", "peak_rss_gib")}
+        cell |= {k: "—" for k in ("interactions_rows_per_s", "rows_per_s", "floor_rows_per_s")}
+        cell |= {k: f"{v:,}" if isinstance(v, int) else str(v) for k, v in r.items()}
+        ratios = "—"
+        if "ratio_to_floor" in r:
+            ratios = f"{r['interactions_ratio_to_floor']} / {r['ratio_to_floor']}"
+        load = f"{r['load_1m'][0]} / {r['load_1m'][1]}" if "load_1m" in r else "—"
         lines.append(
-            f"| {r['rows']:,} | {r['format']} | {r['file_mib']:,} | {r['users']:,} | "
-            f"{r['items']:,} | {r['interactions_s']} | {r['interactions_rows_per_s']:,} | "
-            f"{r['wall_s']} | {r['rows_per_s']:,} | {r['floor_rows_per_s']:,} | "
-            f"{r['interactions_ratio_to_floor']} / {r['ratio_to_floor']} | {r['peak_rss_gib']} | "
-            f"{r['load_1m'][0]} / {r['load_1m'][1]} | {named} |"
+            f"| {cell['rows']} | {r['format']} | {cell['file_mib']} | {cell['users']} | "
+            f"{cell['items']} | {cell['interactions_s']} | {cell['interactions_rows_per_s']} | "
+            f"{cell['wall_s']} | {cell['rows_per_s']} | {cell['floor_rows_per_s']} | {ratios} | "
+            f"{cell['peak_rss_gib']} | {load} | {named} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -261,13 +286,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "import_scale.json"
     ours: list[dict] = []
-    for rows in args.rows:
-        ours += run_size(rows, args.seed, args.negatives, args.scratch, tuple(args.formats))
+
+    def save(measured: list[dict]) -> None:
         # Sizes measured by another run stay (a 100M-row run takes long, and may run beside
         # a shorter one): the file is read again now, and this run's sizes replace theirs.
         earlier = json.loads(path.read_text()) if path.exists() else {"results": []}
         commands = [c for c in earlier.get("commands", []) if c != command] + [command]
-        results = [r for r in earlier["results"] if r["rows"] not in args.rows] + ours
+        results = [r for r in earlier["results"] if r["rows"] not in args.rows] + ours + measured
         results.sort(key=lambda r: (r["rows"], FORMATS.index(r["format"])))
         report = {
             "benchmark": "import_scale",
@@ -275,11 +300,14 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "shared": True},
             "negatives_per_positive": args.negatives,
             "results": results,
-        }  # written after every size: a long run that is stopped keeps what it measured
+        }
         path.write_text(json.dumps(report, indent=2))
         (args.out / "import_scale.md").write_text(
             markdown(results, args.negatives, "`; `".join(commands))
         )
+
+    for rows in args.rows:
+        ours += run_size(rows, args.seed, args.negatives, args.scratch, tuple(args.formats), save)
     print(markdown(ours, args.negatives, command))
     print(f"wrote {path}")
 

@@ -245,7 +245,7 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         named = "—"
         if malformed:
             named = f"{'yes' if malformed['named'] else 'NO'} (line {malformed['line']:,}, "
-            named += f"{malformed['wall_s']} s, {malformed['peak_rss_gib']} GiB)"
+            named += f"{malformed['wall_s']} s, {malformed.get('peak_rss_gib', '—')} GiB)"
         cell = {k: "—" for k in ("users", "items", "interactions_s", "wall_s", "peak_rss_gib")}
         cell |= {k: "—" for k in ("interactions_rows_per_s", "rows_per_s", "floor_rows_per_s")}
         cell |= {k: f"{v:,}" if isinstance(v, int) else str(v) for k, v in r.items()}

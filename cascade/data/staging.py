@@ -185,10 +185,13 @@ class Staging:
             ).fetchall()
         ]
         event = "coalesce(e.code, -1)" if events else "0"
+        # Four-byte ids and a two-byte event: the table every later step scans stays small.
         self.con.execute(
-            "CREATE TABLE coded AS SELECT r.rowid AS row, coalesce(u.id, -1) AS user_id, "
-            "coalesce(i.code, -1) AS item_code, coalesce(i.id, 0) AS item_id, r.ts, "
-            f"{event} AS event_code, r.rating, FALSE AS duplicate FROM raw r "
+            "CREATE TABLE coded AS SELECT r.rowid AS row, "
+            "CAST(coalesce(u.id, -1) AS INTEGER) AS user_id, "
+            "CAST(coalesce(i.code, -1) AS INTEGER) AS item_code, "
+            "CAST(coalesce(i.id, 0) AS INTEGER) AS item_id, r.ts, "
+            f"CAST({event} AS SMALLINT) AS event_code, r.rating, FALSE AS duplicate FROM raw r "
             "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text "
             "LEFT JOIN event_codes e ON r.event = e.text"
         )
@@ -223,7 +226,8 @@ class Staging:
         flags (SQL over `event_code` and `rating`)."""
         flag_sql = ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
         self.con.execute(
-            "COPY (SELECT user_id, item_id, ts, TRUE AS play, "
+            "COPY (SELECT CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, "
+            "ts, TRUE AS play, "
             f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM coded "
             f"WHERE {VALID} AND NOT duplicate AND item_id > 0 ORDER BY row) "
             f"TO {sql_text(str(path))} (FORMAT parquet)"

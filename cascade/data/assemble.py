@@ -201,7 +201,7 @@ def _drop_rows(mapping: Mapping, staging: Staging, report: Report) -> None:
         "unknown item": f"item not in the items file (column {spec.item!r})",
     }
     for check, (count, first) in staging.drops().items():
-        if count:
+        if count and first is not None:
             report.drop(reasons[check], count, spec.source.where(int(first)))
 
 

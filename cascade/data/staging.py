@@ -37,6 +37,7 @@ class Staging:
     def __init__(self, scratch: Path, memory_limit: str = MEMORY_LIMIT) -> None:
         scratch.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(":memory:")
+        self.unmapped: list[tuple[str, int]] = []  # set by encode
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(scratch / 'spill'))}")

@@ -112,7 +112,7 @@ def bare_read(path: Path) -> dict:
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     start = time.perf_counter()
-    rows = con.execute(f"SELECT {counts} FROM {scan}").fetchone()[0]
+    (rows, *_) = con.execute(f"SELECT {counts} FROM {scan}").fetchone() or (0,)
     seconds = time.perf_counter() - start
     return {"rows": rows, "wall_s": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 

@@ -27,6 +27,7 @@ from cascade.data.tabular import Source, quoted, sql_text
 
 MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it tables, joins and sorts spill
 SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole users per slice)
+HASH_SLICE_ROWS = 20_000_000  # row hashes sorted at once to find repeats (8 bytes each)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
 VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
 
@@ -192,19 +193,36 @@ class Staging:
             "CAST(coalesce(u.id, -1) AS INTEGER) AS user_id, "
             "CAST(coalesce(i.code, -1) AS INTEGER) AS item_code, "
             "CAST(coalesce(i.id, 0) AS INTEGER) AS item_id, r.ts, "
-            f"CAST({event} AS SMALLINT) AS event_code, r.rating, FALSE AS duplicate FROM raw r "
+            f"CAST({event} AS SMALLINT) AS event_code, r.rating FROM raw r "
             "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text "
             "LEFT JOIN event_codes e ON r.event = e.text"
         )
         self.con.execute("DROP TABLE raw")
-        # Grouping on one hash is cheap; the rows sharing a hash are few, and only they are
-        # compared exactly (rating: NaN equals NaN) to mark all but the first of each group.
+        # Rows that repeat one another share a hash. The hashes are sorted in numpy, a slice of
+        # them at a time (a hash aggregate with a group per row is many times slower); only the
+        # rows of a repeated hash are then compared exactly (rating: NaN equals NaN). The repeats
+        # go to a small table that the later scans join against: the large one is never updated.
         columns = "user_id, item_code, ts, event_code, coalesce(rating, 'NaN')"
+        (n,) = self.one("SELECT count(*) FROM coded")
+        slices = max(1, math.ceil(n / HASH_SLICE_ROWS))
+        repeated = [np.empty(0, dtype=np.uint64)]
+        for part in range(slices):
+            where = f" AND hash({columns}) % {slices} = {part}" if slices > 1 else ""
+            hashes = self.con.execute(
+                f"SELECT hash({columns}) AS h FROM coded WHERE {VALID}{where}"
+            ).fetch_arrow_table()
+            h = np.sort(hashes.column("h").to_numpy())
+            repeated.append(np.unique(h[1:][h[1:] == h[:-1]]))
+        self.con.register("repeated", pa.table({"h": np.concatenate(repeated)}))
         self.con.execute(
-            "UPDATE coded SET duplicate = TRUE WHERE row IN (SELECT row FROM (SELECT row, "
+            "CREATE TABLE duplicates AS SELECT row FROM (SELECT row, "
             f"row_number() OVER (PARTITION BY {columns} ORDER BY row) AS n FROM coded "
-            f"WHERE hash({columns}) IN (SELECT hash({columns}) AS h FROM coded WHERE {VALID} "
-            "GROUP BY h HAVING count(*) > 1)) WHERE n > 1)"
+            f"WHERE {VALID} AND hash({columns}) IN (SELECT h FROM repeated)) WHERE n > 1"
+        )
+        self.con.unregister("repeated")
+        self.con.execute(
+            "CREATE VIEW checked AS SELECT c.*, d.row IS NOT NULL AS duplicate "
+            "FROM coded c LEFT JOIN duplicates d ON c.row = d.row"
         )
 
     def drops(self) -> dict[str, tuple[int, int | None]]:
@@ -219,7 +237,7 @@ class Staging:
             "unknown item": f"{VALID} AND NOT duplicate AND item_id = 0",
         }
         parts = [f"count(*) FILTER ({sql}), min(row) FILTER ({sql})" for sql in checks.values()]
-        values = self.one(f"SELECT {', '.join(parts)} FROM coded")
+        values = self.one(f"SELECT {', '.join(parts)} FROM checked")
         return {name: (int(values[2 * i]), values[2 * i + 1]) for i, name in enumerate(checks)}
 
     def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
@@ -229,10 +247,11 @@ class Staging:
         self.con.execute(
             "COPY (SELECT CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, "
             "ts, TRUE AS play, "
-            f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM coded "
+            f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM checked "
             f"WHERE {VALID} AND NOT duplicate AND item_id > 0 ORDER BY row) "
             f"TO {sql_text(str(path))} (FORMAT parquet)"
         )
+        self.con.execute("DROP VIEW checked")
         self.con.execute("DROP TABLE coded")
 
     def summary(self, path: Path) -> tuple[int, int, int, list[str]]:

@@ -289,10 +289,13 @@ def main() -> None:
 
     def save(measured: list[dict]) -> None:
         # Sizes measured by another run stay (a 100M-row run takes long, and may run beside
-        # a shorter one): the file is read again now, and this run's sizes replace theirs.
+        # a shorter one): the file is read again now, and this run's sizes and formats replace
+        # theirs.
         earlier = json.loads(path.read_text()) if path.exists() else {"results": []}
         commands = [c for c in earlier.get("commands", []) if c != command] + [command]
-        results = [r for r in earlier["results"] if r["rows"] not in args.rows] + ours + measured
+        replaced = {(rows, kind) for rows in args.rows for kind in args.formats}
+        kept = [r for r in earlier["results"] if (r["rows"], r["format"]) not in replaced]
+        results = kept + ours + measured
         results.sort(key=lambda r: (r["rows"], FORMATS.index(r["format"])))
         report = {
             "benchmark": "import_scale",

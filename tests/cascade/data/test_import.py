@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cascade.data import DataError, load_dataset, ml100k
+from cascade.data import DataError, load_dataset, ml100k, staging
 from cascade.data.assemble import import_dataset
 from cascade.data.import_cli import main as import_main
 from cascade.data.mapping import load_mapping
@@ -192,6 +192,18 @@ def test_duplicate_rows_are_dropped_with_a_count_or_an_error_when_strict(tmp_pat
         run_import(tmp_path, name="strict", strict=True, events=events)
     assert str(error.value).startswith(f"{tmp_path / 'in' / 'events.csv'} line 8: {reason}")
     assert not (tmp_path / "data" / "strict").exists()
+
+
+def test_duplicates_are_found_when_the_row_hashes_are_sorted_in_several_slices(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(staging, "HASH_SLICE_ROWS", 2)  # 9 rows: 5 slices of hashes
+    events = EVENTS + "bob,song-9,like,2026-01-05T11:00:00\n" * 2 + EVENTS.splitlines()[1] + "\n"
+    dataset, report = run_import(tmp_path, events=events)
+    reason = "duplicate row (same user, item, time, event and rating as an earlier row)"
+    assert report.dropped == {reason: 3}
+    assert report.first[reason] == f"{tmp_path / 'in' / 'events.csv'} line 8"
+    assert len(dataset.interactions["user_id"]) == 6
 
 
 def test_events_for_unknown_items_are_dropped_or_an_error_when_strict(tmp_path):

@@ -4,10 +4,11 @@
 
 Each size writes the same generated log as CSV and as Parquet (string user / item ids, an event
 column, Unix times; users = rows / 100, items = rows / 200, Zipf-like item popularity, seeded).
-For each file, in fresh processes so each peak RSS is its own: the bare reader alone (pyarrow's
-streamed reader with the import's own options, doing nothing with the batches: the floor), then
-the import end to end (read, check, map ids, remove duplicates, sample impressions, write
-Parquet). Then one malformed line is appended to the CSV, and the import must name its line.
+For each file, in fresh processes so each peak RSS is its own: the bare reader alone (DuckDB's
+reader with the import's own options, reading every value and counting it: the floor), then the
+import end to end (read, check, map ids, remove duplicates, write interactions.parquet, then
+sample impressions and write them). Then one malformed line is appended to the CSV, and the
+import must name its line.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +37,7 @@ import pyarrow.parquet as pq
 from cascade.data.assemble import import_dataset
 from cascade.data.mapping import load_mapping
 from cascade.data.schema import DataError
+from cascade.data.tabular import Source
 
 MAPPING = """\
 [interactions]
@@ -51,17 +55,20 @@ CHUNK = 1_000_000
 FORMATS = ("csv", "parquet")
 
 
-def write_files(folder: Path, rows: int, seed: int) -> dict[str, Path]:
-    """events.csv and events.parquet with the same `rows` rows, a chunk at a time."""
+def write_files(
+    folder: Path, rows: int, seed: int, formats: tuple[str, ...] = FORMATS
+) -> dict[str, Path]:
+    """events.csv and events.parquet (those in `formats`) with the same `rows` rows, a chunk at
+    a time."""
     rng = np.random.default_rng(seed)
     n_users, n_items = max(rows // 100, 10), max(rows // 200, 10)
     schema = pa.schema(
         [("user", pa.string()), ("item", pa.string()), ("event", pa.string()), ("ts", pa.int64())]
     )
-    paths = {kind: folder / f"events.{kind}" for kind in FORMATS}
+    paths = {kind: folder / f"events.{kind}" for kind in formats}
     with (
-        pacsv.CSVWriter(paths["csv"], schema) as csv_writer,
-        pq.ParquetWriter(paths["parquet"], schema) as parquet_writer,
+        pacsv.CSVWriter(folder / "events.csv", schema) as csv_writer,
+        pq.ParquetWriter(folder / "events.parquet", schema) as parquet_writer,
     ):
         for start in range(0, rows, CHUNK):
             n = min(CHUNK, rows - start)
@@ -82,8 +89,12 @@ def write_files(folder: Path, rows: int, seed: int) -> dict[str, Path]:
                 },
                 schema=schema,
             )
-            csv_writer.write_table(batch)
-            parquet_writer.write_table(batch)
+            if "csv" in formats:
+                csv_writer.write_table(batch)
+            if "parquet" in formats:
+                parquet_writer.write_table(batch)
+    for kind in set(FORMATS) - set(formats):
+        (folder / f"events.{kind}").unlink()
     return paths
 
 
@@ -92,18 +103,16 @@ def peak_rss_gib() -> float:
 
 
 def bare_read(path: Path) -> dict:
-    """The floor: the import's reader over the file, batches dropped as they come."""
+    """The floor: the import's reader (DuckDB, the same options and types) over the file, every
+    value read (summed lengths and times: a count could come from Parquet's statistics)."""
+    source = Source.of(path)
+    scan = source.scan({"ts": "DOUBLE"})
+    counts = "count(*), " + ", ".join(f'sum(length("{c}"))' for c in ("user", "item", "event"))
+    counts += ', sum("ts")'
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     start = time.perf_counter()
-    rows = 0
-    if path.suffix == ".parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
-            rows += batch.num_rows
-    else:
-        from cascade.data.tabular import Source
-
-        source = Source.of(path)
-        for batch in source.batches(["user", "item", "event", "ts"], progress=False):
-            rows += batch.num_rows
+    (rows, *_) = con.execute(f"SELECT {counts} FROM {scan}").fetchone() or (0,)
     seconds = time.perf_counter() - start
     return {"rows": rows, "wall_s": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 
@@ -120,9 +129,11 @@ def import_file(path: Path, negatives: int) -> dict:
             "bench", load_mapping(mapping), out, force=True, progress=False
         )
     except DataError as error:
-        return {"error": str(error), "wall_s": round(time.perf_counter() - start, 1)}
+        wall_s = round(time.perf_counter() - start, 1)
+        return {"error": str(error), "wall_s": wall_s, "peak_rss_gib": peak_rss_gib()}
     wall_s = time.perf_counter() - start
     rows = int(sum(report.dropped.values())) + report.interactions
+    interactions_s = report.steps["interactions written"]
     result = {
         "rows": rows,
         "interactions": report.interactions,
@@ -132,6 +143,9 @@ def import_file(path: Path, negatives: int) -> dict:
         "impressions": pq.ParquetFile(out / "bench" / "impressions.parquet").metadata.num_rows,
         "wall_s": round(wall_s, 1),
         "rows_per_s": round(rows / wall_s),
+        "interactions_s": interactions_s,
+        "interactions_rows_per_s": round(rows / interactions_s),
+        "steps": report.steps,
         "peak_rss_gib": peak_rss_gib(),
     }
     shutil.rmtree(out, ignore_errors=True)
@@ -149,24 +163,40 @@ def child(mode: str, path: Path, negatives: int) -> dict:
     return result
 
 
-def run_size(rows: int, seed: int, negatives: int, scratch: Path | None) -> list[dict]:
+def run_size(
+    rows: int,
+    seed: int,
+    negatives: int,
+    scratch: Path | None,
+    formats: tuple[str, ...],
+    save: Callable[[list[dict]], None],
+) -> list[dict]:
+    """Each format's malformed-line check (CSV), floor and import; `save` gets the results after
+    each measurement (at 100M rows one import takes long: what was measured is kept)."""
     folder = Path(tempfile.mkdtemp(prefix=f"import-{rows}-", dir=scratch))
-    results = []
+    results: list[dict] = []
     try:
         start = time.perf_counter()
-        paths = write_files(folder, rows, seed)
+        paths = write_files(folder, rows, seed, formats)
         generated_s = round(time.perf_counter() - start, 1)
-        for kind in FORMATS:
-            floor = child("bare", paths[kind], negatives)
-            result = {"format": kind, **child("single", paths[kind], negatives)}
-            result["floor_rows_per_s"] = floor["rows_per_s"]
-            result["floor_load_1m"] = floor["load_1m"]
-            result["ratio_to_floor"] = round(result["rows_per_s"] / floor["rows_per_s"], 3)
-            result["file_mib"] = round(paths[kind].stat().st_size / 2**20)
+        for kind in formats:
+            size = paths[kind].stat().st_size
+            result = {"format": kind, "rows": rows, "file_mib": round(size / 2**20)}
             result["generate_s"] = generated_s
+            results.append(result)
             if kind == "csv":
                 result["malformed"] = malformed_check(paths[kind], rows, negatives)
-            results.append(result)
+                save(results)
+            floor = child("bare", paths[kind], negatives)
+            result["floor_rows_per_s"] = floor["rows_per_s"]
+            result["floor_load_1m"] = floor["load_1m"]
+            save(results)
+            result.update(child("single", paths[kind], negatives))
+            result["ratio_to_floor"] = round(result["rows_per_s"] / floor["rows_per_s"], 3)
+            result["interactions_ratio_to_floor"] = round(
+                result["interactions_rows_per_s"] / floor["rows_per_s"], 3
+            )
+            save(results)
             print(json.dumps(result), flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -174,17 +204,22 @@ def run_size(rows: int, seed: int, negatives: int, scratch: Path | None) -> list
 
 
 def malformed_check(path: Path, rows: int, negatives: int) -> dict:
-    """Appends a line with one field too many; the import must fail naming that line."""
+    """Appends a line with one field too many; the import must fail naming that line. The file
+    is then cut back to what it was."""
     line = rows + 2  # the header is line 1
+    size = path.stat().st_size
     with path.open("a") as handle:
         handle.write("user-1,item-1,play,1767225600,extra\n")
     answer = child("single", path, negatives)
+    with path.open("r+b") as handle:
+        handle.truncate(size)
     expected = f"{path} line {line}: expected 4 fields"
     return {
         "line": line,
         "error": answer.get("error", ""),
         "named": answer.get("error", "").startswith(expected),
         "wall_s": answer["wall_s"],
+        "peak_rss_gib": answer["peak_rss_gib"],
     }
 
 
@@ -193,27 +228,36 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         "# `cascade data import` at scale",
         "",
         "Generated log (string user / item ids, event column, Unix times) as CSV and as Parquet, "
-        f"imported end to end (streamed checked read, ids, duplicates removed out of core by "
-        f"DuckDB, {negatives} sampled impression(s) per interaction, Parquet write), each in a "
-        "fresh process. The floor is the bare reader (pyarrow, the import's own options) over "
-        "the same file in the same run; `load` is the 1-minute load average before / after "
-        f"(2 cores, shared with other jobs). Command: `{command}`.",
+        "imported end to end, each in a fresh process: read, checked, ids mapped, duplicates "
+        "removed and interactions.parquet written inside DuckDB (`interactions`: rows/s up to "
+        f"that point), then {negatives} sampled impression(s) per interaction written (`all`: "
+        "rows/s of the whole import). The floor is the bare reader (DuckDB, the import's own "
+        "options, every value read) over the same file in the same run; `load` is the 1-minute "
+        f"load average before / after (2 cores, shared with other jobs). Commands: `{command}`.",
         "",
-        "| rows | format | file MiB | users | items | wall s | rows/s | floor rows/s | "
-        "ratio to floor | peak RSS GiB | load | malformed line named |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| rows | format | file MiB | users | items | interactions s | interactions rows/s | "
+        "all s | all rows/s | floor rows/s | ratio to floor (interactions / all) | "
+        "peak RSS GiB | load | malformed line named (s, peak RSS) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in results:
         malformed = r.get("malformed")
         named = "—"
         if malformed:
             named = f"{'yes' if malformed['named'] else 'NO'} (line {malformed['line']:,}, "
-            named += f"{malformed['wall_s']} s)"
+            named += f"{malformed['wall_s']} s, {malformed.get('peak_rss_gib', '—')} GiB)"
+        cell = {k: "—" for k in ("users", "items", "interactions_s", "wall_s", "peak_rss_gib")}
+        cell |= {k: "—" for k in ("interactions_rows_per_s", "rows_per_s", "floor_rows_per_s")}
+        cell |= {k: f"{v:,}" if isinstance(v, int) else str(v) for k, v in r.items()}
+        ratios = "—"
+        if "ratio_to_floor" in r:
+            ratios = f"{r['interactions_ratio_to_floor']} / {r['ratio_to_floor']}"
+        load = f"{r['load_1m'][0]} / {r['load_1m'][1]}" if "load_1m" in r else "—"
         lines.append(
-            f"| {r['rows']:,} | {r['format']} | {r['file_mib']:,} | {r['users']:,} | "
-            f"{r['items']:,} | {r['wall_s']} | {r['rows_per_s']:,} | {r['floor_rows_per_s']:,} | "
-            f"{r['ratio_to_floor']} | {r['peak_rss_gib']} | {r['load_1m'][0]} / "
-            f"{r['load_1m'][1]} | {named} |"
+            f"| {cell['rows']} | {r['format']} | {cell['file_mib']} | {cell['users']} | "
+            f"{cell['items']} | {cell['interactions_s']} | {cell['interactions_rows_per_s']} | "
+            f"{cell['wall_s']} | {cell['rows_per_s']} | {cell['floor_rows_per_s']} | {ratios} | "
+            f"{cell['peak_rss_gib']} | {load} | {named} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -225,6 +269,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--negatives", type=int, default=1, help="impressions per interaction")
     parser.add_argument("--scratch", type=Path, default=None, help="where the files go (tmp)")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--single", type=Path, help=argparse.SUPPRESS)  # child: import a file
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # child: the floor
     args = parser.parse_args()
@@ -236,21 +281,38 @@ def main() -> None:
         print(json.dumps(bare_read(args.bare)))
         return
     command = "python -m bench.import_scale --rows " + " ".join(map(str, args.rows))
-    results = []
+    if tuple(args.formats) != FORMATS:
+        command += " --formats " + " ".join(args.formats)
     args.out.mkdir(parents=True, exist_ok=True)
-    for rows in args.rows:
-        results += run_size(rows, args.seed, args.negatives, args.scratch)
+    path = args.out / "import_scale.json"
+    ours: list[dict] = []
+
+    def save(measured: list[dict]) -> None:
+        # Sizes measured by another run stay (a 100M-row run takes long, and may run beside
+        # a shorter one): the file is read again now, and this run's sizes and formats replace
+        # theirs.
+        earlier = json.loads(path.read_text()) if path.exists() else {"results": []}
+        commands = [c for c in earlier.get("commands", []) if c != command] + [command]
+        replaced = {(rows, kind) for rows in args.rows for kind in args.formats}
+        kept = [r for r in earlier["results"] if (r["rows"], r["format"]) not in replaced]
+        results = kept + ours + measured
+        results.sort(key=lambda r: (r["rows"], FORMATS.index(r["format"])))
         report = {
             "benchmark": "import_scale",
-            "command": command,
+            "commands": commands,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "shared": True},
             "negatives_per_positive": args.negatives,
             "results": results,
-        }  # written after every size: a long run that is stopped keeps what it measured
-        (args.out / "import_scale.json").write_text(json.dumps(report, indent=2))
-        (args.out / "import_scale.md").write_text(markdown(results, args.negatives, command))
-    print(markdown(results, args.negatives, command))
-    print(f"wrote {args.out / 'import_scale.json'}")
+        }
+        path.write_text(json.dumps(report, indent=2))
+        (args.out / "import_scale.md").write_text(
+            markdown(results, args.negatives, "`; `".join(commands))
+        )
+
+    for rows in args.rows:
+        ours += run_size(rows, args.seed, args.negatives, args.scratch, tuple(args.formats), save)
+    print(markdown(ours, args.negatives, command))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

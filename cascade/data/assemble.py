@@ -25,7 +25,7 @@ from cascade.data import importer
 from cascade.data.importer import Report
 from cascade.data.mapping import FLAGS, Mapping
 from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, ParquetTable, save
-from cascade.data.staging import Staging, sql_text
+from cascade.data.staging import Staging
 from cascade.ids import IdMap
 
 log = logging.getLogger(__name__)
@@ -166,38 +166,46 @@ def _items_table(mapping: Mapping, item_keys: list[str], staging: Staging, repor
     return items, category_names, creators, id_map, translate
 
 
-def _flags(mapping: Mapping) -> dict[str, str]:
-    """SQL over a staged row's `event` and `rating` for each flag it can set."""
+def _event_values(mapping: Mapping) -> list[str]:
+    """The event values some flag maps, sorted: a staged row's `event_code` indexes this list."""
     spec = mapping.interactions
+    return sorted({v for vs in spec.events.values() for v in vs}) if spec.event else []
+
+
+def _flags(mapping: Mapping) -> dict[str, str]:
+    """SQL over a staged row's `event_code` and `rating` for each flag it can set."""
+    spec = mapping.interactions
+    code = {value: i for i, value in enumerate(_event_values(mapping))}
     flags = {}
     for flag, values in spec.events.items():
-        if flag != "play":
-            flags[flag] = f"(event IN ({', '.join(map(sql_text, values))}))"
+        if flag != "play" and spec.event:
+            flags[flag] = f"(event_code IN ({', '.join(str(code[v]) for v in values)}))"
     if spec.rating:
         rated = f"(rating >= {float(spec.like_threshold)!r})"
         flags["like"] = f"({flags['like']} OR {rated})" if "like" in flags else rated
     return flags
 
 
-def _check_interactions(mapping: Mapping, staging: Staging, report: Report) -> None:
-    """Drops rows with an empty id or an unmapped event value, then repeated rows, in that
-    order, each counted with its first line (or the first one an error when strict)."""
+def _drop_rows(mapping: Mapping, staging: Staging, report: Report) -> None:
+    """Counts the rows dropped for an empty id, an unmapped event value, a repeat of an earlier
+    row, or an item not in the items file, in that order, each with its first line (or the first
+    one an error when strict)."""
     spec = mapping.interactions
-    source = spec.source
-    for column, name in (("user", spec.user), ("item", spec.item)):
-        staging.drop(report, f"{column} = ''", f"empty id in column {name!r}", source)
-    if spec.event:
-        values = sorted({v for vs in spec.events.values() for v in vs})
-        unmapped = f"event NOT IN ({', '.join(map(sql_text, values))})" if values else "TRUE"
-        top = staging.top_values("event", unmapped, 100_000, 5)
-        if top:
-            report.notes.append(
-                f"event values not mapped to {'/'.join(FLAGS)}: "
-                + ", ".join(f"{v!r} x{c}" for v, c in top)
-            )
-        reason = f"event value not mapped (column {spec.event!r})"
-        staging.drop(report, unmapped, reason, source)
-    staging.remove_duplicates(report, source)
+    if staging.unmapped:
+        report.notes.append(
+            f"event values not mapped to {'/'.join(FLAGS)}: "
+            + ", ".join(f"{v!r} x{c}" for v, c in staging.unmapped)
+        )
+    reasons = {
+        "user": f"empty id in column {spec.user!r}",
+        "item": f"empty id in column {spec.item!r}",
+        "event": f"event value not mapped (column {spec.event!r})",
+        "duplicate": "duplicate row (same user, item, time, event and rating as an earlier row)",
+        "unknown item": f"item not in the items file (column {spec.item!r})",
+    }
+    for check, (count, first) in staging.drops().items():
+        if count and first is not None:
+            report.drop(reasons[check], count, spec.source.where(int(first)))
 
 
 def build(
@@ -211,31 +219,40 @@ def build(
     staging = Staging(folder / ".staging")
     started = time.perf_counter()
 
-    def done(step: str) -> None:  # where a long import is (logged: the benchmark shows it)
-        log.info("import %s: %s after %.1f s", name, step, time.perf_counter() - started)
+    def done(step: str) -> None:  # where a long import is (the benchmark reports the steps)
+        report.steps[step] = round(time.perf_counter() - started, 2)
+        log.info("import %s: %s after %.1f s", name, step, report.steps[step])
 
+    interactions_path = folder / "interactions.parquet"
     try:
-        if staging.load(importer.interaction_batches(mapping, progress)) == 0:
+        if staging.load(spec) == 0:
             raise DataError(f"{spec.source.path} line 2: no data rows after the header")
         done("read and checked")
         user_keys, item_keys = staging.keys("user"), staging.keys("item")
-        _check_interactions(mapping, staging, report)
-        done("duplicates removed")
+        done("id dictionaries built")
         items, categories, creators, item_ids, item_of = _items_table(
             mapping, item_keys, staging, report
         )
-        staging.drop_unknown_items(item_of, report, spec.source, spec.item)
         users, occupations, user_ids, user_of = _users_table(mapping, user_keys, report)
-        staging.map_ids(user_of, _flags(mapping), report, spec.source)
-        done("ids mapped")
-        staging.write_interactions(folder / "interactions.parquet")
+        done("dense ids assigned")
+        staging.encode(user_of, item_of, _event_values(mapping))
+        _drop_rows(mapping, staging, report)
+        done("ids mapped and duplicates found")
+        staging.write_interactions(interactions_path, _flags(mapping))
+        n, ts_min, ts_max, tasks = staging.summary(interactions_path)
+        if n == 0:
+            raise DataError(f"{spec.source.path}: no interaction is left after dropping bad rows")
+        report.interactions, report.time_span = n, (ts_min, ts_max)
         done("interactions written")
         rng = np.random.default_rng(mapping.seed)
         staging.write_impressions(
-            folder / "impressions.parquet", items, mapping.negatives_per_positive, rng
+            folder / "impressions.parquet",
+            interactions_path,
+            items,
+            mapping.negatives_per_positive,
+            rng,
         )
         done("impressions written")
-        tasks = staging.tasks()
     finally:
         staging.close()
         shutil.rmtree(folder / ".staging", ignore_errors=True)
@@ -252,7 +269,7 @@ def build(
         "source": "import",
     }
     # The two large tables are read back a column at a time, on use.
-    interactions: Any = ParquetTable(folder / "interactions.parquet", "interactions")
+    interactions: Any = ParquetTable(interactions_path, "interactions")
     impressions: Any = ParquetTable(folder / "impressions.parquet", "impressions")
     dataset = Dataset(users, items, creators, follows, interactions, impressions, meta)
     return dataset, user_ids, item_ids, report

@@ -1,23 +1,23 @@
-"""`cascade data import`: a user's files -> columns keyed by external ids, with what was dropped.
+"""`cascade data import`: the per-entity files (items, users, follows, knowledge graph) -> columns
+keyed by external ids, and the Report of what was dropped.
 
-Reading is streamed batch by batch (cascade.data.tabular) and checked with vectorised kernels;
-the interactions go to cascade.data.staging (out of core), the per-entity files (items, users,
-follows) are read whole: they hold one row per entity. cascade.data.assemble writes the dataset.
+These files hold one row per entity: they are read whole, batch by batch (cascade.data.tabular),
+and checked with vectorised kernels. The interactions go through DuckDB (cascade.data.staging);
+cascade.data.assemble writes the dataset.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cascade.data.mapping import Follows, Items, KnowledgeGraph, Mapping, Users
+from cascade.data.mapping import Follows, Items, KnowledgeGraph, Users
 from cascade.data.schema import DataError
-from cascade.data.tabular import Source, as_keys, parse_numbers, parse_times
+from cascade.data.tabular import Source, as_keys, parse_times
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     interactions: int = 0
     time_span: tuple[int, int] = (0, 0)
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds since the start
 
     def drop(self, reason: str, count: int, where: str) -> None:
         """Counts dropped rows; in strict mode the first one is an error instead."""
@@ -40,53 +41,6 @@ class Report:
             raise DataError(f"{where}: {reason} (strict import: fix the file or drop --strict)")
         self.dropped[reason] += count
         self.first.setdefault(reason, where)
-
-
-# One staged interaction row: its place in the file, keys as text, time, rating, event value.
-STAGED = pa.schema(
-    [
-        ("row", pa.int64()),
-        ("user", pa.string()),
-        ("item", pa.string()),
-        ("ts", pa.int64()),
-        ("rating", pa.float32()),
-        ("event", pa.string()),
-    ]
-)
-
-
-def interaction_batches(mapping: Mapping, progress: bool = True) -> Iterator[pa.RecordBatch]:
-    """The interactions file as STAGED batches, checked batch by batch (vectorised): a bad value
-    raises DataError naming its file, line or row, and column."""
-    spec = mapping.interactions
-    source = spec.source
-    roles = {spec.user: "user", spec.item: "item", spec.time: "time"}
-    roles |= {c: r for r, c in (("event", spec.event), ("rating", spec.rating)) if c}
-    source.require(list(roles), roles)
-    offset = 0
-    for batch in source.batches(list(roles), progress):
-        n = batch.num_rows
-        ts = parse_times(
-            source, spec.time, batch[spec.time].combine_chunks(), offset, spec.time_format
-        )
-        if spec.rating:
-            values = batch[spec.rating].combine_chunks()
-            rating = parse_numbers(source, spec.rating, values, offset, "float", "rating")
-        else:
-            rating = np.full(n, np.nan)
-        event = as_keys(batch[spec.event]) if spec.event else pa.nulls(n, pa.string())
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array(np.arange(offset, offset + n, dtype=np.int64)),
-                as_keys(batch[spec.user]),
-                as_keys(batch[spec.item]),
-                pa.array(ts, pa.int64()),
-                pa.array(rating.astype(np.float32)),
-                event,
-            ],
-            schema=STAGED,
-        )
-        offset += n
 
 
 def read_table(source: Source, key: str, columns: dict[str, str | None], what: str):

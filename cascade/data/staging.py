@@ -1,17 +1,18 @@
-"""The interactions of `cascade data import`, staged out of core in DuckDB.
+"""The interactions of `cascade data import`, read, checked, mapped and written inside DuckDB.
 
-Checked batches (cascade.data.importer.interaction_batches) stream into a DuckDB database in a
-scratch folder under a memory limit. The id tables, duplicate removal (a hash aggregation) and
-the final sort by file row are DuckDB operators that spill to that folder past the limit, so the
-import's memory stays bounded whatever the file's size; the result goes from DuckDB straight to
-Parquet. Every row keeps its place in the file (`row`), so each drop still names its first line.
+The file goes once through DuckDB's parallel reader into table `raw` (a row's place in the file is
+its rowid). Every later step is a SQL statement over whole columns: the first bad value is found by
+a query and named by its line or row and column, ids become provisional codes through dictionary
+tables (one row per distinct id), duplicates are found by grouping on a hash, and the result goes
+from DuckDB straight to Parquet. Past `memory_limit` DuckDB spills tables, joins, aggregations
+and sorts to the scratch folder, so memory stays bounded whatever the file's size
+(`python -m bench.import_scale` measures it).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -19,32 +20,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cascade.data.importer import STAGED, Report
+from cascade.data.mapping import Interactions
 from cascade.data.ml100k import sample_impressions
-from cascade.data.schema import SCHEMA, DataError, arrow_table
-from cascade.data.tabular import Source
+from cascade.data.schema import DataError, arrow_table
+from cascade.data.tabular import Source, quoted, sql_text
 
-MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it joins, aggregations and sorts spill
+MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it tables, joins and sorts spill
 SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole users per slice)
+HASH_SLICE_ROWS = 20_000_000  # row hashes sorted at once to find repeats (8 bytes each)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
-
-
-def sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
 
 
 class Staging:
-    """One import's interactions in a DuckDB database under `scratch` (removed by the caller)."""
+    """One import's interactions in an in-memory DuckDB database that spills to `scratch`."""
 
     def __init__(self, scratch: Path, memory_limit: str = MEMORY_LIMIT) -> None:
         scratch.mkdir(parents=True, exist_ok=True)
-        # In memory, spilling to `scratch` past the limit: no database file to write and check.
         self.con = duckdb.connect(":memory:")
+        self.unmapped: list[tuple[str, int]] = []  # set by encode
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(scratch / 'spill'))}")
         self.con.execute(f"SET threads = {os.cpu_count() or 1}")
-        self.con.execute("SET preserve_insertion_order = false")  # order comes from `row`
+        # Scans keep the file's order, so a table's rowid is the row's place in the file.
+        self.con.execute("SET preserve_insertion_order = true")
 
     def close(self) -> None:
         self.con.close()
@@ -54,155 +54,237 @@ class Staging:
         assert row is not None
         return row
 
-    def load(self, batches: Iterator[pa.RecordBatch]) -> int:
-        """Stages every batch as table `raw`; a DataError from the reader is raised as it is."""
-        failure: list[BaseException] = []
-
-        def checked() -> Iterator[pa.RecordBatch]:
-            try:
-                yield from batches
-            except BaseException as error:  # DuckDB wraps it: keep it to raise unchanged
-                failure.append(error)
-                raise
-
-        self.con.register("incoming", pa.RecordBatchReader.from_batches(STAGED, checked()))
+    def load(self, spec: Interactions) -> int:
+        """Table `raw` (user, item, event as text; ts as Unix seconds; rating) from the
+        interactions file; the first malformed line or unparsable value is a DataError naming
+        its line or row and column."""
+        source = spec.source
+        roles = {spec.user: "user", spec.item: "item", spec.time: "time"}
+        roles |= {c: r for r, c in (("event", spec.event), ("rating", spec.rating)) if c}
+        source.require(list(roles), roles)
+        time_what = {
+            "unix": "a Unix time in seconds",
+            "unix_ms": "a Unix time in milliseconds",
+        }.get(spec.time_format, f"a time in the format {spec.time_format!r}")
+        numeric = {spec.rating: "a number"} if spec.rating else {}  # column -> what it holds
+        if spec.time_format in ("unix", "unix_ms"):
+            numeric[spec.time] = time_what  # parsed by the reader: a bad value is a reject
+        scan = source.scan({column: "DOUBLE" for column in numeric})
+        columns = {
+            "user": source.key_sql(spec.user),
+            "item": source.key_sql(spec.item),
+            "ts": source.time_sql(spec.time, spec.time_format),
+            "event": source.key_sql(spec.event) if spec.event else "''",
+            "rating": source.number_sql(spec.rating) if spec.rating else "NULL::FLOAT",
+        }
+        select = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
         try:
-            self.con.execute("CREATE TABLE raw AS SELECT * FROM incoming")
-        except Exception:
-            if failure:
-                raise failure[0] from None
-            raise
-        finally:
-            self.con.unregister("incoming")
+            self.con.execute(f"CREATE TABLE raw AS SELECT {select} FROM {scan}")
+        except duckdb.Error as error:
+            raise DataError(f"{source.path}: cannot be read as {source.kind} ({error})") from None
+        self._raise_rejected(source, numeric)
+        (missing,) = self.one("SELECT min(rowid) FROM raw WHERE ts IS NULL")
+        if missing is not None:
+            self._raise_unparsed(source, spec.time, int(missing), time_what, "no time given")
+        if spec.rating and source.needs_parse(spec.rating):  # text ratings in a Parquet file
+            row = source.first_unparsed_number(self.con, spec.rating)
+            if row is not None:
+                self._raise_unparsed(source, spec.rating, row, "a number", "")
         return int(self.one("SELECT count(*) FROM raw")[0])
 
+    def _raise_rejected(self, source: Source, numeric: dict[str, str]) -> None:
+        """The reader's first rejected line (CSV): a wrong number of fields or a bad number
+        (`numeric`: the columns the reader parses -> what they hold)."""
+        if source.kind == "parquet":
+            return
+        first = self.con.execute(
+            "SELECT line, column_idx, column_name, error_type, csv_line, error_message "
+            "FROM reject_errors ORDER BY line LIMIT 1"
+        ).fetchone()
+        if first is None:
+            return
+        line, index, column, kind, text, message = first
+        where = f"{source.path} line {line}"
+        if kind == "CAST" and column in numeric:
+            value = source.split(text)[index - 1] if text else ""
+            raise DataError(
+                f"{where}, column {column!r}: cannot parse {value!r} as {numeric[column]}"
+            )
+        if kind in ("TOO MANY COLUMNS", "MISSING COLUMNS", "UNQUOTED VALUE"):
+            raise DataError(
+                f"{where}: expected {len(source.header())} fields separated by "
+                f"{source.delimiter!r} like the header; check the delimiter and quoting"
+            )
+        raise DataError(f"{where}: cannot be read as CSV ({message})")
+
+    def _raise_unparsed(self, source: Source, column: str, row: int, what: str, empty: str):
+        value = source.value_at(self.con, column, row)
+        if (value is None or not value.strip()) and empty:
+            raise DataError(f"{source.where(row)}, column {column!r}: {empty}")
+        raise DataError(f"{source.where(row)}, column {column!r}: cannot parse {value!r} as {what}")
+
     def keys(self, column: str) -> list[str]:
-        """The distinct non-empty values of raw.`column` in order of first sight; their index is
-        the provisional code kept in table `{column}_keys`."""
+        """The distinct non-empty ids of raw.`column` in order of first sight; their index is the
+        provisional code kept in table `{column}_codes` (raw text -> code, -1 for an empty id,
+        with the earliest time of its rows)."""
+        self.con.execute(
+            f"CREATE TABLE {column}_seen AS SELECT {column} AS text, trim({column}) AS key, "
+            f"min(rowid) AS first, min(ts) AS first_ts FROM raw GROUP BY {column}"
+        )
         self.con.execute(
             f"CREATE TABLE {column}_keys AS SELECT key, row_number() OVER (ORDER BY first) - 1 "
-            f"AS code FROM (SELECT {column} AS key, min(row) AS first FROM raw "
-            f"WHERE {column} <> '' GROUP BY {column})"
+            f"AS code, first_ts FROM (SELECT key, min(first) AS first, min(first_ts) AS first_ts "
+            f"FROM {column}_seen WHERE key <> '' GROUP BY key)"
+        )
+        self.con.execute(
+            f"CREATE TABLE {column}_codes AS SELECT s.text, coalesce(k.code, -1) AS code "
+            f"FROM {column}_seen s LEFT JOIN {column}_keys k ON s.key = k.key"
         )
         table = self.con.execute(f"SELECT key FROM {column}_keys ORDER BY code").fetch_arrow_table()
         return table.column("key").to_pylist()
 
-    def drop(self, report: Report, where: str, reason: str, source: Source) -> None:
-        """Drops the rows of raw matching `where`, counted in `report` with the first one."""
-        count, first = self.one(f"SELECT count(*), min(row) FROM raw WHERE {where}")
-        if count:
-            report.drop(reason, int(count), source.where(int(first)))
-            self.con.execute(f"DELETE FROM raw WHERE {where}")
-
-    def top_values(self, column: str, where: str, first_rows: int, top: int) -> list[tuple]:
-        """(value, count) of the most frequent values among the first rows matching `where`."""
-        return self.con.execute(
-            f"SELECT {column}, count(*) AS n FROM (SELECT {column}, row FROM raw WHERE {where} "
-            f"ORDER BY row LIMIT {first_rows}) GROUP BY {column} ORDER BY n DESC, min(row) "
-            f"LIMIT {top}"
-        ).fetchall()
-
-    def remove_duplicates(self, report: Report, source: Source) -> None:
-        """Table `kept`: raw without rows repeating an earlier row's user, item, time, event and
-        rating exactly (a hash aggregation on the provisional codes, out of core)."""
-        self.con.execute(
-            "CREATE TABLE kept AS SELECT min(r.row) AS row, u.code AS user, i.code AS item, "
-            "r.ts, r.event, r.rating FROM raw r JOIN user_keys u ON r.user = u.key "
-            "JOIN item_keys i ON r.item = i.key GROUP BY u.code, i.code, r.ts, r.event, r.rating"
-        )
-        (total,) = self.one("SELECT count(*) FROM raw")
-        (kept,) = self.one("SELECT count(*) FROM kept")
-        if total > kept:
-            (first,) = self.one("SELECT min(row) FROM raw WHERE row NOT IN (SELECT row FROM kept)")
-            report.drop(
-                "duplicate row (same user, item, time, event and rating as an earlier row)",
-                int(total - kept),
-                source.where(int(first)),
-            )
-
     def first_times(self, n_items: int) -> tuple[np.ndarray, int]:
-        """Each provisional item code's earliest time among the kept rows (the earliest of all
-        where an item has none), and that earliest time."""
-        (ts_min,) = self.one("SELECT min(ts) FROM kept")
+        """Each provisional item code's earliest time among its rows, and the earliest time of
+        all rows."""
+        (ts_min,) = self.one("SELECT min(first_ts) FROM item_keys")
         first = np.full(n_items, ts_min, dtype=np.int64)
-        table = self.con.execute(
-            "SELECT item, min(ts) AS ts FROM kept GROUP BY item"
-        ).fetch_arrow_table()
-        first[table.column("item").to_numpy()] = table.column("ts").to_numpy()
+        table = self.con.execute("SELECT code, first_ts FROM item_keys").fetch_arrow_table()
+        first[table.column("code").to_numpy()] = table.column("first_ts").to_numpy()
         return first, int(ts_min)
 
-    def drop_unknown_items(
-        self, item_of: np.ndarray, report: Report, source: Source, item_column: str
+    def encode(
+        self, user_of: np.ndarray, item_of: np.ndarray, events: list[str], top: int = 5
     ) -> None:
-        """Counts the kept rows whose item has no dense id (`item_of`: code -> id, 0 = not in
-        the items file); map_ids leaves them out."""
-        codes = pa.array(np.arange(len(item_of), dtype=np.int64))
-        self.con.register("item_map", pa.table({"code": codes, "dense": pa.array(item_of)}))
-        count, first = self.one(
-            "SELECT count(*), min(k.row) FROM kept k JOIN item_map m ON k.item = m.code "
-            "WHERE m.dense = 0"
-        )
-        if count:
-            report.drop(
-                f"item not in the items file (column {item_column!r})",
-                int(count),
-                source.where(int(first)),
+        """Table `coded`: raw with dense user ids (`user_of`: provisional code -> id), item codes
+        and dense ids (`item_of`; 0: not in the items file), event codes (the index in
+        `events`), -1 for an empty id or an unmapped event value, and `duplicate` marking rows
+        that repeat an earlier row's user, item, time, event and rating. Drops `raw`: from here on
+        every column is a number. The most frequent unmapped event values go to `self.unmapped`
+        (value, rows)."""
+        for column, dense in (("user", user_of), ("item", item_of)):
+            codes = np.arange(len(dense), dtype=np.int64)
+            self.con.register(f"{column}_dense", pa.table({"code": codes, "dense": dense}))
+            self.con.execute(
+                f"CREATE TABLE {column}_ids AS SELECT c.text, c.code, coalesce(d.dense, -1) AS id "
+                f"FROM {column}_codes c LEFT JOIN {column}_dense d ON c.code = d.code"
             )
-
-    def map_ids(
-        self, user_of: np.ndarray, flags: dict[str, str], report: Report, source: Source
-    ) -> None:
-        """Table `interactions`: the kept rows of known items with dense ids (`user_of`: code ->
-        id) and their flags (SQL over `event` and `rating`)."""
-        codes = pa.array(np.arange(len(user_of), dtype=np.int64))
-        self.con.register("user_map", pa.table({"code": codes, "dense": pa.array(user_of)}))
-        columns = ", ".join(f'{flags.get(f, "FALSE")} AS "{f}"' for f in EVENT_FLAGS)
+            self.con.unregister(f"{column}_dense")
+        self.con.register("events", pa.table({"key": events, "code": range(len(events))}))
         self.con.execute(
-            "CREATE TABLE interactions AS SELECT k.row, um.dense AS user_id, im.dense AS item_id, "
-            f"k.ts, TRUE AS play, {columns}, k.rating FROM kept k "
-            "JOIN user_map um ON k.user = um.code JOIN item_map im ON k.item = im.code "
-            "WHERE im.dense > 0"
+            "CREATE TABLE event_seen AS SELECT event AS text, count(*) AS n, min(rowid) AS first "
+            "FROM raw GROUP BY event"
         )
-        for name in ("user_map", "item_map"):
-            self.con.unregister(name)
-        n, ts_min, ts_max = self.one("SELECT count(*), min(ts), max(ts) FROM interactions")
-        if n == 0:
-            raise DataError(f"{source.path}: no interaction is left after dropping bad rows")
-        report.interactions, report.time_span = int(n), (int(ts_min), int(ts_max))
-
-    def tasks(self) -> list[str]:
-        """`play` and the event flags that some interaction has."""
-        present = self.one(
-            "SELECT " + ", ".join(f'bool_or("{f}")' for f in EVENT_FLAGS) + " FROM interactions"
-        )
-        return ["play"] + [f for f, has in zip(EVENT_FLAGS, present, strict=True) if has]
-
-    def write_interactions(self, path: Path) -> None:
-        """interactions.parquet in the file's order, sorted out of core by DuckDB."""
-        columns = ", ".join(f'"{c}"' for c in SCHEMA["interactions"])
         self.con.execute(
-            f"COPY (SELECT {columns} FROM interactions ORDER BY row) "
+            "CREATE TABLE event_codes AS SELECT s.text, coalesce(e.code, -1) AS code "
+            "FROM event_seen s LEFT JOIN events e ON trim(s.text) = e.key"
+        )
+        self.con.unregister("events")
+        self.unmapped = [
+            (str(text), int(n))
+            for text, n in self.con.execute(
+                "SELECT s.text, s.n FROM event_seen s JOIN event_codes c ON s.text = c.text "
+                f"WHERE c.code < 0 ORDER BY s.n DESC, s.first LIMIT {top}"
+            ).fetchall()
+        ]
+        event = "coalesce(e.code, -1)" if events else "0"
+        # Four-byte ids and a two-byte event: the table every later step scans stays small.
+        self.con.execute(
+            "CREATE TABLE coded AS SELECT r.rowid AS row, "
+            "CAST(coalesce(u.id, -1) AS INTEGER) AS user_id, "
+            "CAST(coalesce(i.code, -1) AS INTEGER) AS item_code, "
+            "CAST(coalesce(i.id, 0) AS INTEGER) AS item_id, r.ts, "
+            f"CAST({event} AS SMALLINT) AS event_code, r.rating FROM raw r "
+            "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text "
+            "LEFT JOIN event_codes e ON r.event = e.text"
+        )
+        self.con.execute("DROP TABLE raw")
+        # Rows that repeat one another share a hash. The hashes are sorted in numpy, a slice of
+        # them at a time (a hash aggregate with a group per row is many times slower); only the
+        # rows of a repeated hash are then compared exactly (rating: NaN equals NaN). The repeats
+        # go to a small table that the later scans join against: the large one is never updated.
+        columns = "user_id, item_code, ts, event_code, coalesce(rating, 'NaN')"
+        (n,) = self.one("SELECT count(*) FROM coded")
+        slices = max(1, math.ceil(n / HASH_SLICE_ROWS))
+        repeated = [np.empty(0, dtype=np.uint64)]
+        for part in range(slices):
+            where = f" AND hash({columns}) % {slices} = {part}" if slices > 1 else ""
+            hashes = self.con.execute(
+                f"SELECT hash({columns}) AS h FROM coded WHERE {VALID}{where}"
+            ).fetch_arrow_table()
+            h = np.sort(hashes.column("h").to_numpy())
+            repeated.append(np.unique(h[1:][h[1:] == h[:-1]]))
+        self.con.register("repeated", pa.table({"h": np.concatenate(repeated)}))
+        self.con.execute(
+            "CREATE TABLE duplicates AS SELECT row FROM (SELECT row, "
+            f"row_number() OVER (PARTITION BY {columns} ORDER BY row) AS n FROM coded "
+            f"WHERE {VALID} AND hash({columns}) IN (SELECT h FROM repeated)) WHERE n > 1"
+        )
+        self.con.unregister("repeated")
+        self.con.execute(
+            "CREATE VIEW checked AS SELECT c.*, d.row IS NOT NULL AS duplicate "
+            "FROM coded c LEFT JOIN duplicates d ON c.row = d.row"
+        )
+
+    def drops(self) -> dict[str, tuple[int, int | None]]:
+        """(count, first row) of the rows each check drops, each counted among the rows the
+        checks before it kept: empty user, empty item, unmapped event, duplicate, item not in
+        the items file."""
+        checks = {
+            "user": "user_id < 0",
+            "item": "user_id >= 0 AND item_code < 0",
+            "event": "user_id >= 0 AND item_code >= 0 AND event_code < 0",
+            "duplicate": f"{VALID} AND duplicate",
+            "unknown item": f"{VALID} AND NOT duplicate AND item_id = 0",
+        }
+        parts = [f"count(*) FILTER ({sql}), min(row) FILTER ({sql})" for sql in checks.values()]
+        values = self.one(f"SELECT {', '.join(parts)} FROM checked")
+        return {name: (int(values[2 * i]), values[2 * i + 1]) for i, name in enumerate(checks)}
+
+    def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
+        """interactions.parquet: the kept rows of known items in the file's order, with their
+        flags (SQL over `event_code` and `rating`)."""
+        flag_sql = ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
+        self.con.execute(
+            "COPY (SELECT CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, "
+            "ts, TRUE AS play, "
+            f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM checked "
+            f"WHERE {VALID} AND NOT duplicate AND item_id > 0 ORDER BY row) "
             f"TO {sql_text(str(path))} (FORMAT parquet)"
         )
+        self.con.execute("DROP VIEW checked")
+        self.con.execute("DROP TABLE coded")
 
-    def write_impressions(self, path: Path, items: dict, k: int, rng: np.random.Generator) -> int:
+    def summary(self, path: Path) -> tuple[int, int, int, list[str]]:
+        """(interactions, first time, last time, tasks) of a written interactions.parquet."""
+        flags = ", ".join(f"bool_or({quoted(f)})" for f in EVENT_FLAGS)
+        n, ts_min, ts_max, *present = self.one(
+            f"SELECT count(*), min(ts), max(ts), {flags} FROM read_parquet({sql_text(str(path))})"
+        )
+        tasks = ["play"] + [f for f, has in zip(EVENT_FLAGS, present, strict=True) if has]
+        return int(n), int(ts_min or 0), int(ts_max or 0), tasks
+
+    def write_impressions(
+        self, path: Path, interactions: Path, items: dict, k: int, rng: np.random.Generator
+    ) -> int:
         """impressions.parquet: each interaction and k sampled negatives, one slice of users at a
         time (one slice, as for any file up to SLICE_ROWS interactions, is the whole log)."""
-        (n,) = self.one("SELECT count(*) FROM interactions")
+        log_path = sql_text(str(interactions))
+        (n,) = self.one(f"SELECT count(*) FROM read_parquet({log_path})")
         slices = max(1, math.ceil(n / SLICE_ROWS))
         columns = ("user_id", "item_id", "ts", "complete", "like", "share")
-        quoted = ", ".join(f'"{c}"' for c in columns)
+        names = ", ".join(quoted(c) for c in columns)
         writer: pq.ParquetWriter | None = None
         written = 0
         try:
             for part in range(slices):
                 where = f"WHERE user_id % {slices} = {part}" if slices > 1 else ""
                 table = self.con.execute(
-                    f"SELECT {quoted} FROM interactions {where} ORDER BY row"
-                ).fetch_arrow_table()
+                    f"SELECT {names} FROM read_parquet({log_path}) {where}"
+                ).fetch_arrow_table()  # in the file's order: scans preserve it
                 log = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
                 impressions = arrow_table(sample_impressions(log, items, k, rng), "impressions")
-                writer = writer or pq.ParquetWriter(path, impressions.schema)
+                # Ids are too many for dictionary pages: plain encoding writes twice as fast.
+                writer = writer or pq.ParquetWriter(path, impressions.schema, use_dictionary=False)
                 writer.write_table(impressions)
                 written += impressions.num_rows
         finally:

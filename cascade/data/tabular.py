@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,6 +99,88 @@ class Source:
                     f"(found {', '.join(repr(n) for n in names[:12])})"
                 )
 
+    def scan(self, numeric: dict[str, str]) -> str:
+        """A DuckDB table function over the whole file. CSV: every column is text but those in
+        `numeric` (name -> SQL type), which the reader parses; a malformed line or a bad number
+        goes to DuckDB's reject_errors table with its line and column."""
+        path = sql_text(str(self.path))
+        if self.kind == "parquet":
+            return f"read_parquet({path})"
+        names = self.header()
+        types = ", ".join(f"{sql_text(n)}: {sql_text(numeric.get(n, 'VARCHAR'))}" for n in names)
+        quote = "''" if self.kind == "atomic" else "'\"'"
+        return (
+            f"read_csv({path}, header = true, auto_detect = false, columns = {{{types}}}, "
+            f"delim = {sql_text(self.delimiter)}, quote = {quote}, escape = {quote}, "
+            "strict_mode = true, null_padding = false, store_rejects = true)"
+        )
+
+    def arrow_type(self, column: str) -> pa.DataType:
+        """A column's type as stored: text for CSV, the schema's for Parquet."""
+        if self.kind != "parquet":
+            return pa.string()
+        return pq.ParquetFile(self.path).schema_arrow.field(column).type
+
+    def key_sql(self, column: str) -> str:
+        """SQL for an id column as external-id text (ints and their decimal strings agree)."""
+        kind = self.arrow_type(column)
+        if pa.types.is_floating(kind):  # a float id column (pandas' int-with-NaN habit)
+            return f"CAST(CAST(trunc({quoted(column)}) AS BIGINT) AS VARCHAR)"
+        return f"CAST({quoted(column)} AS VARCHAR)"
+
+    def needs_parse(self, column: str) -> bool:
+        """Whether a Parquet column holds text where a number is wanted."""
+        kind = self.arrow_type(column)
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        return self.kind == "parquet" and text
+
+    def number_sql(self, column: str) -> str:
+        """SQL for a numeric column as FLOAT (NULL when empty)."""
+        if self.needs_parse(column):
+            return f"TRY_CAST(NULLIF(trim({quoted(column)}), '') AS FLOAT)"
+        return f"CAST({quoted(column)} AS FLOAT)"
+
+    def time_sql(self, column: str, fmt: str) -> str:
+        """SQL for Unix seconds from `unix` (seconds, may be fractional), `unix_ms` or a strptime
+        format (UTC unless it carries %z); Parquet timestamps are converted as they are. NULL
+        where there is no time or it does not parse."""
+        name = quoted(column)
+        if pa.types.is_timestamp(self.arrow_type(column)):
+            return f"CAST(floor(epoch({name})) AS BIGINT)"
+        if fmt in ("unix", "unix_ms"):
+            seconds = f"TRY_CAST(trim({name}) AS DOUBLE)" if self.needs_parse(column) else name
+            if fmt == "unix_ms":
+                return f"TRY_CAST(floor({seconds} / 1000) AS BIGINT)"
+            return f"TRY_CAST(trunc({seconds}) AS BIGINT)"
+        parsed = f"try_strptime(trim(CAST({name} AS VARCHAR)), {sql_text(fmt)})"
+        return f"CAST(floor(epoch({parsed})) AS BIGINT)"
+
+    def value_at(self, con: duckdb.DuckDBPyConnection, column: str, row: int) -> str | None:
+        """The text of `column` at 0-based data row `row` (for an error message)."""
+        if self.kind == "parquet":
+            scan = f"read_parquet({sql_text(str(self.path))})"
+        else:
+            scan = self.scan({}).replace("store_rejects = true", "ignore_errors = true")
+        found = con.execute(
+            f"SELECT CAST({quoted(column)} AS VARCHAR) FROM {scan} LIMIT 1 OFFSET {row}"
+        ).fetchone()
+        return None if found is None else found[0]
+
+    def first_unparsed_number(self, con: duckdb.DuckDBPyConnection, column: str) -> int | None:
+        """The first row of a Parquet text column whose value is not a number (empty is none)."""
+        text = f"NULLIF(trim({quoted(column)}), '')"
+        (row,) = con.execute(
+            f"SELECT min(file_row_number) FROM read_parquet({sql_text(str(self.path))}, "
+            f"file_row_number = true) WHERE {text} IS NOT NULL AND TRY_CAST({text} AS DOUBLE) "
+            "IS NULL"
+        ).fetchone() or (None,)
+        return None if row is None else int(row)
+
+    def split(self, line: str) -> list[str]:
+        """One CSV line's fields, as this file quotes them."""
+        quoting: Literal[0, 3] = csv.QUOTE_NONE if self.kind == "atomic" else csv.QUOTE_MINIMAL
+        return next(csv.reader([line], delimiter=self.delimiter, quoting=quoting), [])
+
     def batches(self, columns: Sequence[str], progress: bool = True) -> Iterator[pa.Table]:
         """The named columns in batches, as strings for text files (typed later, with the row of
         any bad value) and as stored for Parquet. Short or long CSV rows raise with their line."""
@@ -167,6 +250,16 @@ class Source:
                 yield pa.Table.from_batches([batch])
 
 
+def sql_text(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quoted(name: str) -> str:
+    """A SQL identifier (a column name as the file spells it)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def as_keys(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     """An id column as canonical external-id text (ints and their decimal strings agree)."""
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
@@ -180,26 +273,6 @@ def as_keys(values: pa.ChunkedArray | pa.Array) -> pa.Array:
 def first_bad(ok: np.ndarray) -> int:
     """Index of the first value that failed a vectorised parse (ok: per-value success)."""
     return int(np.flatnonzero(~ok)[0])
-
-
-def parse_numbers(
-    source: Source, column: str, values: pa.Array, offset: int, dtype: str, what: str
-) -> np.ndarray:
-    """A numeric column as numpy; an unparsable value is an error with its line and column.
-    Empty text is NaN for floats and an error for integers."""
-    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
-        out = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-    else:
-        text = pc.utf8_trim_whitespace(values)
-        parsed = pc.cast(pc.if_else(pc.equal(text, ""), None, text), pa.float64(), safe=False)
-        out = parsed.to_numpy(zero_copy_only=False)
-        nulls = pc.is_null(parsed).to_numpy(zero_copy_only=False)
-        if nulls.any() and dtype != "float":
-            row = first_bad(~nulls)
-            raise DataError(
-                f"{source.where(offset + row)}, column {column!r}: empty {what}; a number is needed"
-            )
-    return out
 
 
 def cast_or_locate(

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cascade.data import DataError, load_dataset, ml100k
+from cascade.data import DataError, load_dataset, ml100k, staging
 from cascade.data.assemble import import_dataset
 from cascade.data.import_cli import main as import_main
 from cascade.data.mapping import load_mapping
@@ -194,6 +194,18 @@ def test_duplicate_rows_are_dropped_with_a_count_or_an_error_when_strict(tmp_pat
     assert not (tmp_path / "data" / "strict").exists()
 
 
+def test_duplicates_are_found_when_the_row_hashes_are_sorted_in_several_slices(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(staging, "HASH_SLICE_ROWS", 2)  # 9 rows: 5 slices of hashes
+    events = EVENTS + "bob,song-9,like,2026-01-05T11:00:00\n" * 2 + EVENTS.splitlines()[1] + "\n"
+    dataset, report = run_import(tmp_path, events=events)
+    reason = "duplicate row (same user, item, time, event and rating as an earlier row)"
+    assert report.dropped == {reason: 3}
+    assert report.first[reason] == f"{tmp_path / 'in' / 'events.csv'} line 8"
+    assert len(dataset.interactions["user_id"]) == 6
+
+
 def test_events_for_unknown_items_are_dropped_or_an_error_when_strict(tmp_path):
     events = EVENTS + "carol,song-404,play,2026-01-09T10:00:00\n"
     dataset, report = run_import(tmp_path, events=events)
@@ -351,3 +363,100 @@ def test_a_bad_content_row_names_its_file_and_line(tmp_path, cell, reason):
     path = tmp_path / "in" / "songs.csv"
     assert str(error.value) == f"{path} line 4, column 'embedding': {reason}"
     assert nothing_written(tmp_path)
+
+
+UNIX_MAPPING = """\
+[interactions]
+file = "events.csv"
+user = "user"
+item = "song"
+time = "when"
+rating = "stars"
+"""
+UNIX_EVENTS = """\
+user,song,when,stars
+alice,song-9,1767607200,4
+bob,song-9,1767610800,
+carol,song-2,1767690000,3.5
+"""
+
+
+def run_unix_import(tmp_path: Path, events: str):
+    return run_import(tmp_path, events=events, mapping=UNIX_MAPPING)
+
+
+def test_a_unix_time_that_is_not_a_number_names_line_and_column(tmp_path):
+    events = UNIX_EVENTS.replace("1767610800", "soon")
+    with pytest.raises(DataError) as error:
+        run_unix_import(tmp_path, events)
+    assert str(error.value) == (
+        f"{tmp_path / 'in' / 'events.csv'} line 3, column 'when': cannot parse 'soon' as a Unix "
+        "time in seconds"
+    )
+    assert nothing_written(tmp_path)
+
+
+def test_a_missing_time_names_line_and_column(tmp_path):
+    with pytest.raises(DataError) as error:
+        run_unix_import(tmp_path, UNIX_EVENTS.replace("1767690000", ""))
+    assert str(error.value) == (
+        f"{tmp_path / 'in' / 'events.csv'} line 4, column 'when': no time given"
+    )
+    assert nothing_written(tmp_path)
+
+
+def test_a_rating_that_is_not_a_number_names_line_and_column(tmp_path):
+    with pytest.raises(DataError) as error:
+        run_unix_import(tmp_path, UNIX_EVENTS.replace("3.5", "five"))
+    assert str(error.value) == (
+        f"{tmp_path / 'in' / 'events.csv'} line 4, column 'stars': cannot parse 'five' as a number"
+    )
+    assert nothing_written(tmp_path)
+
+
+def test_ratings_are_numbers_and_an_empty_one_is_nan(tmp_path):
+    dataset, report = run_unix_import(tmp_path, UNIX_EVENTS)
+    rating = load(tmp_path / "data" / "mine").interactions["rating"]
+    assert rating[[0, 2]].tolist() == [4.0, 3.5] and np.isnan(rating[1])
+    assert dataset.meta["tasks"] == ["play", "like"]  # rating >= 4 is a like
+
+
+def test_a_row_with_too_few_fields_names_its_line(tmp_path):
+    events = UNIX_EVENTS.replace("bob,song-9,1767610800,\n", "bob,song-9\n")
+    with pytest.raises(DataError) as error:
+        run_unix_import(tmp_path, events)
+    assert str(error.value).startswith(
+        f"{tmp_path / 'in' / 'events.csv'} line 3: expected 4 fields separated by ','"
+    )
+    assert nothing_written(tmp_path)
+
+
+def test_a_text_rating_in_parquet_that_is_not_a_number_names_its_row(tmp_path):
+    table = pa.table(
+        {
+            "u": pa.array(["a", "b", "c"]),
+            "i": pa.array(["x", "y", "x"]),
+            "t": pa.array([1, 2, 3], pa.int64()),
+            "r": pa.array(["4", "", "lots"]),
+        }
+    )
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "log.parquet")
+    (tmp_path / "in" / "m.toml").write_text(
+        '[interactions]\nfile = "log.parquet"\nuser = "u"\nitem = "i"\ntime = "t"\nrating = "r"\n'
+    )
+    with pytest.raises(DataError) as error:
+        import_dataset("p", load_mapping(tmp_path / "in" / "m.toml"), tmp_path / "data")
+    assert str(error.value) == (
+        f"{tmp_path / 'in' / 'log.parquet'} row 3, column 'r': cannot parse 'lots' as a number"
+    )
+    assert nothing_written(tmp_path)
+
+
+def test_ids_padded_with_spaces_are_one_id_and_their_repeats_are_duplicates(tmp_path):
+    events = UNIX_EVENTS + " alice ,song-9,1767607200,4\n"
+    dataset, report = run_unix_import(tmp_path, events)
+    reason = "duplicate row (same user, item, time, event and rating as an earlier row)"
+    assert report.dropped == {reason: 1}
+    assert report.first[reason] == f"{tmp_path / 'in' / 'events.csv'} line 5"
+    assert len(dataset.users["user_id"]) == 3

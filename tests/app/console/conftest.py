@@ -19,14 +19,15 @@ from app import stack
 from app.console import launch
 from app.console.screenshots import headless_chromium
 from app.stack import Stack
+from app.stages import TRAIN_MODULES
 
 REPO = Path(__file__).resolve().parents[3]
 EXPLAIN_TOKEN = "console-test-token"
-TRAINERS = (
-    ("services.recall.train",),
-    ("services.rank.train", "--max-epochs", "1"),
-    ("services.rerank.train",),
-    ("services.prerank.train",),
+TRAINERS = (  # app/stages.py's training modules, in the order a bundle needs them
+    (TRAIN_MODULES["recall"],),
+    (TRAIN_MODULES["rank"], "--max-epochs", "1"),
+    (TRAIN_MODULES["rerank"],),
+    (TRAIN_MODULES["prerank"],),
 )
 
 

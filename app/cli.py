@@ -116,8 +116,8 @@ def _nproc(options: list[str]) -> tuple[int, list[str]]:
 
 def _train(args: argparse.Namespace) -> None:
     if args.stage != "all":
-        nproc, options = _nproc(args.options)
-        return _train_stage(args.stage, options, nproc)
+        nproc, stage_options = _nproc(args.options)
+        return _train_stage(args.stage, stage_options, nproc)
     from cascade.artifacts import add_training_arguments, new_version, publish
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)

@@ -103,8 +103,8 @@ def cold_start(
     hour, the share shown it in that hour."""
     supply = world.supply
     end_s = start_s + days * DAY
-    uploads = supply.item_ids[supply.upload_ts + DAY <= end_s] if len(supply.item_ids) else []
-    uploads = np.asarray(uploads, np.int64)
+    eligible = supply.upload_ts + DAY <= end_s  # a full 24 h left in the run
+    uploads = np.asarray(supply.item_ids[eligible] if len(supply.item_ids) else [], np.int64)
     on = np.isin(rows["item"], uploads)
     index = {item: i for i, item in enumerate(uploads.tolist())}
     row_upload = np.array([index[i] for i in rows["item"][on].tolist()], dtype=np.int64)

@@ -107,7 +107,9 @@ def _train_stage(stage: str, options: list[str], nproc: int) -> None:
 def _nproc(options: list[str]) -> tuple[int, list[str]]:
     """`--nproc N` (workers, default 1) out of a stage's options."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel workers (torchrun; default: 1)"
+    )
     known, rest = parser.parse_known_args(options)
     if known.nproc < 1:
         sys.exit("cascade train: --nproc must be >= 1")

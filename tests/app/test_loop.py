@@ -119,7 +119,8 @@ def test_the_simulated_lift_profile_is_the_stack_bench_loop_names():
     assert (gateway.recall_count, gateway.prerank_count, gateway.rank_count) == (200, 200, 50)
     assert args.item_cf == "ease"  # its [train] table: recall's item-CF table from EASE
     default = parse([])
-    assert default.served_profile.name == "default" and default.item_cf == "co_consumption"
+    # the synthetic world's own profile: the services' defaults less the MF channel
+    assert default.served_profile.name == "synthetic" and default.item_cf == "co_consumption"
     for argv in (["--set", "CASCADE_RERANK_RERANK_DPP_TRADE_OFF=0.9"], ["--profile", "nope"]):
         with pytest.raises(SystemExit):
             parse(argv)
@@ -134,7 +135,7 @@ def test_the_simulator_refuses_a_served_setting_its_profile_does_not_say(tmp_pat
     with pytest.raises(stack.StackError) as refused:
         loop.run(args)
     message = str(refused.value)
-    assert "serves exactly profile default" in message
+    assert "serves exactly profile synthetic" in message
     assert "CASCADE_RECALL_MF_QUOTA=0.5 (recall.mf.quota)" in message
     assert not run_dir.exists()  # refused before any bundle copy or process
 
@@ -149,14 +150,14 @@ def test_an_arm_deviating_from_the_profile_is_served_and_named_in_the_report():
     extra = loop.harness(5) | loop.gateway_arms(args, config)
     stack.check_profiles([args.served_profile], extra, exact=True)  # the arm is the harness's
     record = loop.served_profile(args, 5)
-    assert record["name"] == "default" and len(record["sha256"]) == 64
+    assert record["name"] == "synthetic" and len(record["sha256"]) == 64
     assert record["arms"] == {"no-pool": {"pool": {"slots": 0}}}
     assert record["harness"] == {
         "CASCADE_GATEWAY_CLOCK": "caller",
         "CASCADE_GATEWAY_POOL_TARGET": "5",  # K scaled to the simulated audience
     }
     words = loop_report.profile_words(record)
-    assert "the cascade serves profile default" in words
+    assert "the cascade serves profile synthetic" in words
     assert 'arm no-pool deviates from it by {"pool": {"slots": 0}}' in words
     # The ease+pool arm runs the profile's pool with the same K.
     assert loop.pool_settings(args.served_profile, 5).target == 5

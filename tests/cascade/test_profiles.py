@@ -73,6 +73,7 @@ def test_the_variable_lists_the_profile_files_a_service_reads(tmp_path):
 
 
 def test_each_dataset_has_a_default_profile():
-    assert profiles.default_profile("ml-100k") == profiles.default_profile("synthetic") == "default"
+    assert profiles.default_profile("ml-100k") == "default"  # no profile named after it
+    assert profiles.default_profile("synthetic") == "synthetic"  # deploy/profiles/synthetic.toml
     assert "simulated-lift" in profiles.profile_names()
     assert load_profile("default").record()["file"] == "deploy/profiles/default.toml"

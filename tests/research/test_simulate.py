@@ -171,7 +171,8 @@ def wait_until_served(client: CascadeClient, version: str, timeout_s: float = 60
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         trace = client.recommend(0, debug=True).trace  # anonymous: no user learns from it
-        if {t.stage: t.model_version for t in trace}.get("rank") == version:
+        served = {t.stage: t.model_version for t in trace}
+        if served.get("recall") == served.get("rank") == version:  # each stage reloads alone
             return
         time.sleep(0.2)
     raise AssertionError(f"the stack did not serve {version} within {timeout_s} s")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +25,7 @@ from app.console.settings import ConsoleSettings
 from cascade import healthcheck
 from cascade.artifacts import ArtifactError, Bundle
 from cascade.backends import open_event_log
-from cascade.eventlog import EventLogError
+from cascade.eventlog import EventLog, EventLogError
 from cascade.topology import DEFAULT_PORTS
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.request_time import request_time_metadata
@@ -138,13 +140,22 @@ class Catalog:
         return cache[name]
 
 
-def event_log_counts(uri: str, item_id: int) -> tuple[dict[str, int], int]:
-    """(events by type, impressions) of one item in the event log so far."""
+@contextmanager
+def _event_log(uri: str) -> Iterator[EventLog]:
+    """The event log at `uri`, read-only, closed after use; a SourceError when it cannot open."""
     try:
         log = open_event_log(uri, read_only=True)
     except (EventLogError, OSError, ValueError) as error:
         raise SourceError(f"the event log {uri} cannot be read: {error}") from error
     try:
+        yield log
+    finally:
+        log.close()
+
+
+def event_log_counts(uri: str, item_id: int) -> tuple[dict[str, int], int]:
+    """(events by type, impressions) of one item in the event log so far."""
+    with _event_log(uri) as log:
         events = log.read_events()
         mine = events.filter(pc.equal(events["item_id"], item_id))
         counts: dict[str, int] = {}
@@ -153,22 +164,14 @@ def event_log_counts(uri: str, item_id: int) -> tuple[dict[str, int], int]:
         shown = log.read_impressions()
         flat = pc.list_flatten(shown["item_ids"]) if shown.num_rows else pa.array([], pa.int64())
         impressions = int(pc.sum(pc.equal(flat, item_id)).as_py() or 0)
-    finally:
-        log.close()
     return counts, impressions
 
 
 def upload(uri: str, item_id: int) -> dict | None:
     """The item's upload record in the event log (an item added with AddItems): creator_id,
     item_key, upload_ms; None when it is not an upload."""
-    try:
-        log = open_event_log(uri, read_only=True)
-    except (EventLogError, OSError, ValueError) as error:
-        raise SourceError(f"the event log {uri} cannot be read: {error}") from error
-    try:
+    with _event_log(uri) as log:
         uploads = log.read_records("uploads")
-    finally:
-        log.close()
     mine = uploads.filter(pc.equal(uploads["item_id"], item_id)).to_pylist()
     return mine[-1] if mine else None
 
@@ -202,14 +205,8 @@ def pool_served(metrics_url: str, timeout_s: float) -> PoolServed:
 
 def online_plays(uri: str, user_id: int, limit: int) -> list[tuple[int, int, str]]:
     """The user's events in the event log, newest first: (item_id, timestamp ms, event)."""
-    try:
-        log = open_event_log(uri, read_only=True)
-    except (EventLogError, OSError, ValueError) as error:
-        raise SourceError(f"the event log {uri} cannot be read: {error}") from error
-    try:
+    with _event_log(uri) as log:
         events = log.read_events()
-    finally:
-        log.close()
     mine = events.filter(pc.equal(events["user_id"], user_id))
     order = np.argsort(-mine["timestamp_ms"].to_numpy(), kind="stable")[:limit]
     rows = zip(
@@ -225,14 +222,8 @@ def recently_shown(uri: str, user_id: int, ttl_s: float) -> list[int]:
     """Items on the pages served to the user (impression records) within `ttl_s` of the newest
     one, newest first: rerank's already-shown filter with the embedded store, which keeps its
     shown set in the rerank process."""
-    try:
-        log = open_event_log(uri, read_only=True)
-    except (EventLogError, OSError, ValueError) as error:
-        raise SourceError(f"the event log {uri} cannot be read: {error}") from error
-    try:
+    with _event_log(uri) as log:
         shown = log.read_impressions()
-    finally:
-        log.close()
     mine = shown.filter(pc.equal(shown["user_id"], user_id))
     if not mine.num_rows:
         return []

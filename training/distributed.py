@@ -86,7 +86,9 @@ def _record(state: str, **details: object) -> None:
     folder = os.environ.get(STATUS_ENV)
     if folder:
         entry = {"state": state, "time": time.time(), "pid": os.getpid(), **details}
-        write_atomic(Path(folder) / f"{distributed.rank()}.json", json.dumps(entry))
+        # torchrun's RANK, not the process group's: the group is gone by the final record,
+        # and every worker would then write 0.json
+        write_atomic(Path(folder) / f"{os.environ.get('RANK', '0')}.json", json.dumps(entry))
 
 
 def _move_into_place(staged: Path, target: Path) -> None:

@@ -156,7 +156,7 @@ def _towers_step(rows: slice, towers: torch.nn.Module) -> tuple[float, dict, tor
     loss.backward()
     optimizer.step()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return float(loss), weights, positives
+    return float(loss.detach()), weights, positives
 
 
 def _towers_worker(rank: int, port: int, out: str) -> None:

@@ -210,10 +210,12 @@ def _social(dataset: Dataset, train: Table, per_account: int) -> dict[str, np.nd
     follows = dataset.follows
     order = np.lexsort((follows["followee_id"], follows["follower_id"]))
     follow_counts = np.bincount(follows["follower_id"], minlength=n_users)[:n_users]
-    creators = dataset.creators
-    account_of_creator = np.zeros(int(creators["creator_id"].max(initial=0)) + 1, dtype=np.int64)
+    creators, items = dataset.creators, dataset.items
+    # A creator who joined after the creators table was written (the two-sided world's joins)
+    # has no account: their uploads reach followers of nobody, and their id must not overflow.
+    n_creators = max(creators["creator_id"].max(initial=0), items["creator_id"].max(initial=0))
+    account_of_creator = np.zeros(int(n_creators) + 1, dtype=np.int64)
     account_of_creator[creators["creator_id"]] = creators["user_id"]
-    items = dataset.items
     uploader = account_of_creator[items["creator_id"]]
     uploaded = uploader > 0
     liked = train["like"]

@@ -62,6 +62,15 @@ def test_social_returns_what_followees_liked_and_is_empty_without_follows(world)
     assert not bare.available and len(bare.retrieve(context(6, []), 10)[0]) == 0
 
 
+def test_social_builds_when_an_upload_comes_from_a_creator_without_an_account(world):
+    # The two-sided world's creators join after the creators table was written.
+    late = int(world.creators["creator_id"].max()) + 5
+    world.items["creator_id"] = world.items["creator_id"].copy()
+    world.items["creator_id"][-1] = late
+    channel = SocialChannel(build_tables(world, world.interactions)["social"])
+    assert channel.retrieve(context(6, []), 10)[0].tolist() == [9]  # nobody follows `late`
+
+
 def test_fresh_explores_recent_uploads_only_and_learns_from_feedback(world, world_store):
     channel = FreshChannel(
         build_tables(world, world.interactions)["fresh"], world_store, window_s=30 * DAY

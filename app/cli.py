@@ -124,7 +124,11 @@ def _train(args: argparse.Namespace) -> None:
 
     parser = argparse.ArgumentParser(prog="cascade train all", description=_TRAIN_HELP)
     add_training_arguments(parser)  # the same three options every stage's training takes
-    parser.add_argument("--version", help="bundle version (default: <dataset>-<UTC time>)")
+    parser.add_argument(
+        "--version",
+        help="bundle version (default: <dataset>-<UTC time>); an existing one resumes: its "
+        "stages complete with the same options are skipped",
+    )
     parser.add_argument("--no-publish", action="store_true", help="leave artifacts/current alone")
     parser.add_argument(
         "--event-log",
@@ -160,17 +164,32 @@ def _train(args: argparse.Namespace) -> None:
         )
         print(json.dumps(report, indent=2))
         return None
+    from app.train_all import ResumeError, StageRun, check_complete, train_all
+
     common = ["--dataset", options.dataset, "--data-dir", str(options.data_dir)]
     common += ["--artifacts", str(options.artifacts), "--version", version]
-    for stage in TRAIN_ORDER:
-        print(f"== train {stage} -> {options.artifacts / version}", flush=True)
-        nproc = options.nproc if stage in DATA_PARALLEL else 1
-        # Pre-rank and rank learn from recall's output as the profile serves it.
-        served = ["--profile", profile] if stage in ("prerank", "rank") else []
-        _train_stage(stage, common + training.arguments(stage) + served, nproc)
+    # Pre-rank and rank learn from recall's output as the profile serves it.
+    stages = [
+        StageRun(stage, common + training.arguments(stage) + _served(stage, profile))
+        for stage in TRAIN_ORDER
+    ]
+
+    def run_stage(run: StageRun) -> None:
+        nproc = options.nproc if run.stage in DATA_PARALLEL else 1
+        _train_stage(run.stage, run.arguments, nproc)
+
+    try:  # the same command with the same --version resumes: complete stages are skipped
+        train_all(options.artifacts, version, stages, run_stage, lambda s: print(s, flush=True))
+    except ResumeError as error:
+        sys.exit(f"cascade train all: {error}")
     if not options.no_publish:
+        check_complete(options.artifacts, version, stages)
         publish(options.artifacts, version)
         print(f"published {options.artifacts / version} as {options.artifacts / 'current'}")
+
+
+def _served(stage: str, profile: str) -> list[str]:
+    return ["--profile", profile] if stage in ("prerank", "rank") else []
 
 
 def _training_settings(profile: str):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from cascade import distributed
 from cascade.data.schema import Dataset
+from cascade.embeddings import Adam
 from cascade.features import FeatureSpec, encode_by_id
 from cascade.progress import Progress
 from services.prerank.model import Student, StudentConfig
@@ -195,9 +196,7 @@ def train_student(
     if initial is not None:
         model.load_state_dict(initial, strict=not use_features)  # feature heads: training only
     inputs = Inputs(dataset, spec)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = Adam(model, lr=config.learning_rate, weight_decay=config.weight_decay)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(requests).items()}
     if distributed.world_size() > 1:  # this worker's shard of the requests
         mine = torch.from_numpy(distributed.shard(len(requests.user_ids), config.seed))

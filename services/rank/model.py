@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cascade.embeddings import id_table
 from cascade.features import FeatureSpec
 from cascade.rows import input_names
 from services.rank.debias import PositionTower
@@ -73,8 +74,8 @@ class FieldEmbeddings(nn.Module):
                 self.tables[f.name] = nn.Linear(f.vocab_size, width, bias=False)
                 self.first_order[f.name] = nn.Linear(f.vocab_size, 1, bias=False)
             elif f.kind != "sequence":
-                self.tables[f.name] = nn.Embedding(f.vocab_size, width, padding_idx=0)
-                self.first_order[f.name] = nn.Embedding(f.vocab_size, 1, padding_idx=0)
+                self.tables[f.name] = id_table(f.vocab_size, width)
+                self.first_order[f.name] = id_table(f.vocab_size, 1)
             self.widths.append(width)
         for table in (*self.tables.values(), *self.first_order.values()):
             assert isinstance(table, nn.Embedding | nn.Linear)  # what the loop above put in

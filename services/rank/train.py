@@ -20,6 +20,7 @@ from cascade import distributed, metrics
 from cascade.artifacts import BundleWriter
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit
+from cascade.embeddings import Adam
 from cascade.features import FeatureSpec
 from cascade.progress import Progress
 from cascade.rows import OfflineRows, Rows, input_names
@@ -239,7 +240,7 @@ def validation_logloss(
 
 def train_step(
     objective: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     inputs: list[torch.Tensor],
     targets: torch.Tensor,
     positions: torch.Tensor | None,
@@ -287,9 +288,7 @@ def fit(
     spec = prepared.spec
     if model is None:
         model = RankModel(spec, tasks, model_config)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = Adam(model, lr=config.learning_rate, weight_decay=config.weight_decay)
     inputs = _tensors(prepared.train[0], spec)
     targets = torch.from_numpy(labels(prepared.train[1], tasks))
     positions = tower_positions(model, prepared.train[1])

@@ -19,6 +19,7 @@ import torch
 
 from cascade import distributed
 from cascade.data.schema import Dataset, Table
+from cascade.embeddings import Adam
 from cascade.features import FeatureSpec, content_width, encode_by_id, history_before
 from cascade.progress import Progress
 from services.recall.model import TwoTower, corrected_logits
@@ -188,9 +189,7 @@ def train_two_tower(
     examples = make_examples(train_interactions, spec.history_length)
     batcher = Batcher(dataset, spec)
     model = TwoTower(spec, dim=config.dim, hidden=config.hidden)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = Adam(model, lr=config.learning_rate, weight_decay=config.weight_decay)
     n, n_items = len(examples.item_ids), dataset.n_items
     batch_size = min(config.batch_size, n)
     log_q = None

@@ -1,9 +1,10 @@
 """`cascade train all`: every stage into one bundle, in order, resumable stage by stage.
 
-Each stage that finishes is recorded in the bundle's manifest (`training`: its options, seconds and
-peak memory). Rerunning the same command with the same `--version` skips every stage whose record
-matches its options and whose files still match their checksums, and trains the rest; the bundle
-is published only once every stage is complete, so a run that dies never publishes half a bundle.
+Each stage that finishes is recorded in the bundle's manifest (`training`: its options, wall and
+CPU seconds and peak memory). Rerunning the same command with the same `--version` skips every
+stage whose record matches its options and whose files still match their checksums, and trains
+the rest; the bundle is published only once every stage is complete, so a run that dies never
+publishes half a bundle.
 """
 
 from __future__ import annotations
@@ -95,15 +96,24 @@ def check_complete(artifacts: Path, version: str, stages: Sequence[StageRun]) ->
 def _timed(run: StageRun, run_stage: Callable[[StageRun], None]) -> dict:
     """Runs the stage; its wall seconds and this process's peak resident memory during it."""
     reset = _reset_peak_rss()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     run_stage(run)
     return {
         "arguments": list(run.arguments),
         "seconds": round(time.perf_counter() - started, 1),
+        # CPU time (this process and its torchrun workers): on a shared machine, the steadier.
+        "cpu_seconds": round(_cpu_seconds() - cpu, 1),
         # Linux resets the high-water mark on request; elsewhere it is the process's peak so far.
         "peak_rss_bytes": _peak_rss_bytes(),
         "peak_rss_since": "stage start" if reset else "process start",
     }
+
+
+def _cpu_seconds() -> float:
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
 
 
 def _reset_peak_rss() -> bool:

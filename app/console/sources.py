@@ -29,6 +29,7 @@ from cascade.eventlog import EventLog, EventLogError
 from cascade.topology import DEFAULT_PORTS
 from cascade.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.request_time import request_time_metadata
+from services.recall.tables import item_cf_csr, neighbours_of
 
 
 class SourceError(RuntimeError):
@@ -115,11 +116,8 @@ class Catalog:
         return [(int(i), int(t)) for i, t in zip(items, stamps, strict=True)]
 
     def item_cf(self, item_id: int, k: int) -> list[tuple[int, float]]:
-        table = self._npz("item_cf.npz")
-        if item_id >= len(table["neighbours"]):
-            return []
-        pairs = zip(table["neighbours"][item_id], table["weights"][item_id], strict=True)
-        return [(int(i), float(w)) for i, w in pairs if i > 0][:k]
+        items, weights = neighbours_of(item_cf_csr(self._npz("item_cf.npz")), item_id)
+        return [(int(i), float(w)) for i, w in zip(items[:k], weights[:k], strict=True)]
 
     def two_tower(self, item_id: int, k: int) -> list[tuple[int, float]]:
         vectors = self._npz("item_vectors.npz")["vectors"]  # (n_items + 1, dim), row 0 zeros

@@ -132,9 +132,10 @@ def open_recall(settings: RecallSettings, keep: RecallState | None = None) -> Re
         if settings.event_log:
             replay_event_log(store, settings.event_log, events=settings.store == "memory")
     # A retrained bundle also covers the items uploaded since the dataset (cascade/catalog_fold.py).
-    if tables["item_cf"]["neighbours"].shape[0] < dataset.n_items:
+    covered = len(tables["item_cf"]["ptr"]) - 1
+    if covered < dataset.n_items:
         raise ArtifactError(
-            f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {len(tables['item_cf']['neighbours'])}"
+            f"{bundle.folder}/{COMPONENT}/item_cf.npz covers {covered}"
             f" item ids but dataset {dataset.name} has {dataset.n_items}: rebuild the bundle"
         )
     channels = build_channels(bundle, tables, store, settings)

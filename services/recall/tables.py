@@ -1,6 +1,7 @@
 """Offline tables of the non-neural recall channels, built from training interactions (numpy only).
 
-One npz per channel in the bundle's "recall" component: item-CF neighbours, profile indexes per
+One npz per channel in the bundle's "recall" component: item-CF neighbours (CSR: a million-item
+catalogue keeps only the pairs it has, not 200 slots an item), profile indexes per
 creator and per category, the follow graph with each account's uploads and likes, the catalog by
 upload time (fresh) and the trending list (popular). Serving reads them back with `load_tables`.
 """
@@ -78,7 +79,9 @@ def save_tables(writer: BundleWriter, tables: dict[str, dict[str, np.ndarray]]) 
 
 def load_tables(bundle: Bundle) -> dict[str, dict[str, np.ndarray]]:
     """Checksum-verified tables; ArtifactError names the missing or damaged file."""
-    return {name: bundle.load_npz(COMPONENT, f"{name}.npz") for name in TABLES}
+    tables = {name: bundle.load_npz(COMPONENT, f"{name}.npz") for name in TABLES}
+    tables["item_cf"] = item_cf_csr(tables["item_cf"])
+    return tables
 
 
 def _trending(train: Table, n_items: int, as_of: int, half_life_s: float) -> np.ndarray:
@@ -120,8 +123,8 @@ def _item_cf(train: Table, n_items: int, settings: TableSettings) -> dict[str, n
     ).astype(np.float64)
     p = settings.cf_popularity_penalty
     score = together / (popularity[source] ** (1 - p) * popularity[target] ** p)
-    neighbours, weights_out = _top_per_group(source, target, score, n_items, settings.cf_neighbours)
-    return {"neighbours": neighbours, "weights": weights_out}
+    ptr, neighbours, weights_out = _csr(source, target, score, n_items, settings.cf_neighbours)
+    return {"ptr": ptr, "neighbours": neighbours, "weights": weights_out}
 
 
 def _ease_neighbours(
@@ -145,23 +148,30 @@ def _ease_neighbours(
         nonzero = signed != 0  # an item never co-consumed has no neighbour: 0-padded
         neighbours[start : start + block] = np.where(nonzero, top, 0)
         values[start : start + block] = np.where(nonzero, signed, 0.0)
-    return {"neighbours": neighbours, "weights": values}
+    return _rows_as_csr(neighbours, values)
 
 
-def _top_per_group(
-    group: np.ndarray, item: np.ndarray, score: np.ndarray, n_groups: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n_groups, k) best items per group, best first, 0-padded."""
-    order = np.lexsort((item, -score, group))
-    group, item, score = group[order], item[order], score[order]
-    starts = np.searchsorted(group, np.arange(n_groups))
-    rank = np.arange(len(group)) - starts[group]
-    keep = rank < k
-    items = np.zeros((n_groups, k), dtype=np.int64)
-    scores = np.zeros((n_groups, k), dtype=np.float32)
-    items[group[keep], rank[keep]] = item[keep]
-    scores[group[keep], rank[keep]] = score[keep]
-    return items, scores
+def _rows_as_csr(neighbours: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """(n_items, k) 0-padded neighbour rows as the item-CF table's CSR layout."""
+    kept = neighbours > 0
+    ptr = np.r_[0, np.cumsum(kept.sum(axis=1))].astype(np.int64)
+    return {"ptr": ptr, "neighbours": neighbours[kept], "weights": weights[kept]}
+
+
+def item_cf_csr(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The item-CF table as CSR; a bundle written with dense (n_items, k) rows is converted."""
+    if "ptr" in table:
+        return table
+    return _rows_as_csr(table["neighbours"], table["weights"])
+
+
+def neighbours_of(table: dict[str, np.ndarray], item_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """One item's neighbours and weights in a CSR item-CF table, best first (empty if unknown)."""
+    ptr = table["ptr"]
+    if not 0 <= item_id < len(ptr) - 1:
+        return table["neighbours"][:0], table["weights"][:0]
+    lo, hi = ptr[item_id], ptr[item_id + 1]
+    return table["neighbours"][lo:hi], table["weights"][lo:hi]
 
 
 def _csr(group: np.ndarray, item: np.ndarray, score: np.ndarray, n_groups: int, per_group: int):

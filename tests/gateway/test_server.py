@@ -13,6 +13,7 @@ from cascade.client import field_violations
 from cascade.topology import STAGES
 from cascade.v1 import common_pb2, recall_pb2, recall_pb2_grpc
 from gateway.client import CascadeClient
+from services.recall.tables import neighbours_of
 from tests.gateway.conftest import HAS_PRERANK
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,7 +141,7 @@ def test_feedback_changes_the_next_answer(stack_factory):
 
 def item_cf_neighbours(stack, item: int) -> list[int]:
     (channel,) = [c for c in stack.recall_service.state.channels if c.name == "item_cf"]
-    return [int(i) for i in channel.neighbours[item] if i > 0]
+    return [int(i) for i in neighbours_of(channel.table, item)[0]]
 
 
 def recall_item_cf(stack, user: int, recent: list[int]) -> list[int]:

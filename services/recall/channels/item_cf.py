@@ -18,18 +18,25 @@ class ItemCFChannel:
     name = "item_cf"
 
     def __init__(self, table: dict[str, np.ndarray], max_recent: int = 20, decay: float = 0.9):
-        self.neighbours = table["neighbours"]  # (n_items, n_neighbours) int64, 0-padded
-        self.weights = table["weights"]  # (n_items, n_neighbours) float32
+        # CSR (services/recall/tables.py): item i's neighbours are [ptr[i], ptr[i + 1]), best first.
+        self.table = table
+        self.ptr = table["ptr"]  # (n_items + 1,) int64
+        self.neighbours = table["neighbours"]  # (n_pairs,) int64 item ids
+        self.weights = table["weights"]  # (n_pairs,) float32
         self.max_recent = max_recent
         self.decay = decay
 
     def retrieve(self, context: RecallContext, k: int) -> tuple[np.ndarray, np.ndarray]:
         recent = context.recent_items[: self.max_recent]
-        recent = recent[(recent > 0) & (recent < len(self.neighbours))]
+        recent = recent[(recent > 0) & (recent < len(self.ptr) - 1)]
         if len(recent) == 0:
             return empty()
-        weights = self.weights[recent] * recency_weights(len(recent), self.decay)[:, None]
-        items, scores = sum_by_item(self.neighbours[recent].ravel(), weights.ravel())
+        starts, counts = self.ptr[recent], self.ptr[recent + 1] - self.ptr[recent]
+        seed = np.repeat(np.arange(len(recent)), counts)  # each pair's seed
+        pairs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        pairs += starts[seed]
+        weights = self.weights[pairs] * recency_weights(len(recent), self.decay)[seed]
+        items, scores = sum_by_item(self.neighbours[pairs], weights)
         # The seeds themselves are consumed already; a summed EASE weight <= 0 says the seeds
         # speak against the item (co-consumption weights are all positive).
         keep = ~np.isin(items, recent) & (scores > 0)

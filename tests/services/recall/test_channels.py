@@ -10,7 +10,7 @@ from services.recall.channels.item_cf import ItemCFChannel
 from services.recall.channels.popular import PopularChannel
 from services.recall.channels.profile import ProfileChannel
 from services.recall.channels.social import SocialChannel
-from services.recall.tables import build_tables
+from services.recall.tables import build_tables, item_cf_csr, neighbours_of
 
 DAY = 86_400
 NOW = 60 * DAY
@@ -37,6 +37,26 @@ def test_item_cf_newest_recent_item_weighs_most(world):
     ids, _ = channel.retrieve(context(9, [7, 2]), 10)  # 7 is newest: its neighbours lead
     assert set(ids[:2].tolist()) == {8, 9} and 1 in ids.tolist()
     assert 7 not in ids and 2 not in ids  # the seeds themselves never come back
+
+
+def test_item_cf_keeps_only_the_pairs_it_has_and_reads_dense_rows_alike(world):
+    table = build_tables(world, world.interactions)["item_cf"]
+    assert len(table["ptr"]) == world.n_items + 1 and (table["neighbours"] > 0).all()
+    assert len(table["neighbours"]) == table["ptr"][-1] == len(table["weights"])
+    # A bundle written with (n_items, k) 0-padded rows serves the same answers.
+    k = int(np.diff(table["ptr"]).max()) + 2
+    rows, values = np.zeros((world.n_items, k), np.int64), np.zeros((world.n_items, k), np.float32)
+    for item in range(world.n_items):
+        items, weights = neighbours_of(table, item)
+        rows[item, : len(items)], values[item, : len(items)] = items, weights
+    dense = item_cf_csr({"neighbours": rows, "weights": values})
+    for recent in ([1], [7, 2], [8, 1, 3]):
+        for a, b in zip(
+            ItemCFChannel(table).retrieve(context(9, recent), 10),
+            ItemCFChannel(dense).retrieve(context(9, recent), 10),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_profile_returns_the_top_creators_and_categories_items(world, world_store):

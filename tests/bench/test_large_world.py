@@ -1,0 +1,24 @@
+"""bench/large_world.py's verdict: the large world's latency and CPU over the 10k world's, held
+against the goals (p50 and p99 ratios <= 1.3, CPU per request ratio <= 1.5) in each mode."""
+
+from bench.large_world import ratios
+
+
+def served(p50: float, p99: float, cpu: float) -> dict:
+    row = {"p50_ms": p50, "p99_ms": p99, "cpu_ms_per_request": cpu}
+    return {"one_at_a_time": row, "saturation": row}
+
+
+def test_ratios_meet_the_goals_only_within_every_limit():
+    reference = served(10.0, 20.0, 4.0)
+    within = ratios({"large": served(13.0, 26.0, 6.0), "ref": reference}, "large", "ref")
+    assert within["one_at_a_time"] == {
+        "p50_ratio": 1.3,
+        "p99_ratio": 1.3,
+        "cpu_ratio": 1.5,
+        "met": True,
+    }
+    slow_tail = ratios({"large": served(12.0, 30.0, 4.0), "ref": reference}, "large", "ref")
+    assert slow_tail["saturation"]["p99_ratio"] == 1.5 and not slow_tail["saturation"]["met"]
+    costly = ratios({"large": served(10.0, 20.0, 6.4), "ref": reference}, "large", "ref")
+    assert costly["one_at_a_time"]["cpu_ratio"] == 1.6 and not costly["one_at_a_time"]["met"]

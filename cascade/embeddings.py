@@ -8,11 +8,12 @@ from torch import nn
 
 from cascade.features import Field
 
-# An id table with more rows than this (a million-item catalogue's item ids) trains with sparse
-# gradients and lazy Adam (`Adam` below): dense Adam moves every row of every table at each step,
-# 3.5 s a step for 1M x 32 rows against 23 ms sparse on a loaded 2-core machine
-# (docs/large_world.md). Smaller tables train with plain Adam.
-SPARSE_ROWS = 200_000
+# An id table with more rows than this (a 100k-item or million-item catalogue's item ids) trains
+# with sparse gradients and lazy Adam (`Adam` below): dense Adam moves every row of every table at
+# each step, 30 / 255 / 3,487 ms a step for 10k / 100k / 1M rows x 32 against 11 / 10 / 23 ms
+# sparse on a loaded 2-core machine (docs/large_world.md). The built-in worlds' tables (ml-100k,
+# the 20k-user 10k-item synthetic world) are smaller and train with plain Adam.
+SPARSE_ROWS = 50_000
 
 
 def id_table(rows: int, width: int) -> nn.Embedding:

@@ -274,7 +274,15 @@ def run(args, write: Callable[[dict], None]) -> dict:
     }
     for stage in args.stages:
         bare = FLOORS[stage](dataset, spec, base)
-        rows = []
+        rows: list[dict] = []
+        stages.append(
+            {
+                "stage": stage,
+                "examples": UNITS[stage],
+                "metric": METRICS[stage],
+                "rows": rows,
+            }
+        )
         for label, workers, threads in (RUNS[i - 1] for i in args.runs):
             # Measured just before the run, at its threads: the load on a shared machine drifts
             floor = measure_floor(bare, threads, args.floor_steps)
@@ -313,15 +321,7 @@ def run(args, write: Callable[[dict], None]) -> dict:
                 }
             )
             print(stage, rows[-1], flush=True)
-        stages.append(
-            {
-                "stage": stage,
-                "examples": UNITS[stage],
-                "metric": METRICS[stage],
-                "rows": rows,
-            }
-        )
-        write(report)  # each stage as it completes
+            write(report)  # each run as it completes
     return report
 
 
@@ -363,8 +363,9 @@ def markdown(report: dict) -> str:
                 f"{row['floor_examples_per_cpu_second']:,.0f} | {row['share_of_floor']:.2f} | "
                 f"{row['cpu_share_of_floor']:.2f} | {row['load_average']:.1f} |"
             )
-        one, two = stage["rows"][0], stage["rows"][-1]
-        if one is two:
+        by_shape = {(row["workers"], row["threads"]): row for row in stage["rows"]}
+        one, two = by_shape.get((1, 1)), by_shape.get((2, 1))
+        if one is None or two is None:
             lines.append("")
             continue
         cpu_ratio = two["examples_per_cpu_second"] / one["examples_per_cpu_second"]
@@ -410,16 +411,17 @@ def main(argv: list[str] | None = None) -> int:
         from --merge: stages measured by another run of this bench)."""
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "distributed.json"
+        merged = {**report, "stages": list(report["stages"])}  # this run's stays as it is
         ran = {s["stage"] for s in report["stages"]}
         for other in [path, *args.merge]:
             if other.exists():
                 kept = json.loads(other.read_text())
-                report["stage_options"] = {**kept["stage_options"], **report["stage_options"]}
-                report["stages"] += [s for s in kept["stages"] if s["stage"] not in ran]
+                merged["stage_options"] = {**kept["stage_options"], **merged["stage_options"]}
+                merged["stages"] += [s for s in kept["stages"] if s["stage"] not in ran]
                 ran |= {s["stage"] for s in kept["stages"]}
-        report["stages"].sort(key=lambda s: STAGES.index(s["stage"]))
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "distributed.md").write_text(markdown(report))
+        merged["stages"].sort(key=lambda s: STAGES.index(s["stage"]))
+        path.write_text(json.dumps(merged, indent=2) + "\n")
+        (args.out / "distributed.md").write_text(markdown(merged))
 
     print(markdown(run(args, write)))
     return 0

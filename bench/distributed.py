@@ -65,6 +65,8 @@ def train_run(stage: str, workers: int, threads: int, args, version: str) -> flo
     command += ["--dataset", args.dataset, "--data-dir", str(args.data_dir)]
     command += ["--artifacts", str(args.work), "--version", version, "--threads", str(threads)]
     command += STAGE_OPTIONS[stage]
+    if args.seed:  # recall's command has no --seed: refused in main
+        command += ["--seed", str(args.seed)]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
@@ -268,6 +270,7 @@ def run(args, write: Callable[[dict], None]) -> dict:
         "dataset": args.dataset,
         "bundle": source.version,
         "cores": CORES,
+        "seed": args.seed,
         "torch": torch.__version__,
         "stage_options": {s: STAGE_OPTIONS[s] for s in args.stages},
         "stages": stages,
@@ -331,7 +334,8 @@ def markdown(report: dict) -> str:
         f"torch {report['torch']})",
         "",
         "`make bench-distributed` (bench/distributed.py): each stage trained three ways on the "
-        f"same data and seed, with {report['stage_options']}. examples/s: the training loop's "
+        f"same data and seed ({report.get('seed', 0)}), with {report['stage_options']}. "
+        "examples/s: the training loop's "
         "(every worker's examples over the loop's seconds, no data preparation, validation or "
         "export), as the stage recorded it; per CPU s: the same over the CPU seconds every "
         "worker's process spent in the loop. wall: the whole `cascade train STAGE` command. "
@@ -343,8 +347,8 @@ def markdown(report: dict) -> str:
         "",
         "The machine is shared and these runs are niced: wall-clock rates are the CPU share a "
         "run got while it ran, and drift with the other jobs' load. The CPU-second rates "
-        "do not: the two-process speed-up a free 2-core machine gives is about 2 x (two "
-        "processes' examples per CPU s / one process's).",
+        "drift far less; on a free 2-core machine the two-process speed-up would be about "
+        "2 x (two processes' examples per CPU s / one process's), an estimate, not measured.",
         "",
     ]
     for stage in report["stages"]:
@@ -373,7 +377,8 @@ def markdown(report: dict) -> str:
             "",
             f"Two processes against one (one thread each): examples/s x"
             f"{two['examples_per_second'] / one['examples_per_second']:.2f} (wall clock), per "
-            f"CPU second x{cpu_ratio:.2f} (a free 2-core machine: about x{2 * cpu_ratio:.2f}); "
+            f"CPU second x{cpu_ratio:.2f} (estimated on a free 2-core machine: "
+            f"x{2 * cpu_ratio:.2f}); "
             f"metric {two['metric'] - one['metric']:+.4f}.",
             "",
         ]
@@ -395,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         default=list(range(1, len(RUNS) + 1)),
         help="which runs (1: one process, one thread; 2: default threads; 3: two processes)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the rank and pre-rank training seed (another seed's metric: the noise a "
+        "two-process run's metric is judged against)",
+    )
     parser.add_argument("--work", type=Path, default=Path("data/run/bench_distributed"))
     parser.add_argument("--out", type=Path, default=Path("results/train"))
     parser.add_argument(
@@ -405,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         help="distributed.json files of other runs whose stages join this report",
     )
     args = parser.parse_args(argv)
+    if args.seed and "recall" in args.stages:
+        parser.error("--seed applies to rank and prerank (recall's two-tower keeps seed 0)")
 
     def write(report: dict) -> None:
         """The report, with the stages it did not run kept from the file already there (and

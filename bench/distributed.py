@@ -350,6 +350,7 @@ def markdown(report: dict) -> str:
         "drift far less; on a free 2-core machine the two-process speed-up would be about "
         "2 x (two processes' examples per CPU s / one process's), an estimate, not measured.",
         "",
+        *(f"Note: {note}\n" for note in report.get("notes", [])),
     ]
     for stage in report["stages"]:
         lines += [

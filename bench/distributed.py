@@ -7,13 +7,13 @@ For each data-parallel stage (recall's two-tower, the ranker, the pre-rank disti
 same data and seed, three runs of `cascade train STAGE`: one process with one torch thread, one
 process with torch's default threads (one per core), two processes (`--nproc 2`, one thread
 each). Each run trains into its own copy of the published bundle. Reported per run: examples/s
-of the training loop (from what the stage recorded in the bundle), the command's wall time
-(start-up, data preparation, training, export), and a validation metric: the two-tower's
-Recall@100 on the test period, the ranker's validation logloss, the student's AUC on test-period
-requests. The floor, measured in the same run: a bare forward + backward + optimizer step of the
-same model on random batches of the same size, one process; a run's share of it is its
-examples/s over the floor at the same threads times its workers. Timings on a shared machine
-vary: compare ratios within one run. Writes distributed.json and distributed.md.
+of the training loop, per wall second and per CPU second of every worker (from what the stage
+recorded in the bundle: cascade.distributed.LoopClock), the command's wall time (start-up, data
+preparation, training, export), and a validation metric: the two-tower's Recall@100 on the test
+period, the ranker's validation logloss, the student's AUC on test-period requests. The floor,
+measured just before each run at its threads: a bare forward + backward + optimizer step of the
+same model on random batches of the same size, one process. Timings on a shared machine vary:
+compare ratios within one run, and the CPU-second ones across runs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ RUNS = (  # label, workers, torch threads per worker
 STAGES = ("recall", "prerank", "rank")
 # Shorter than the defaults so the nine runs take minutes on a shared machine; the same for
 # every run of a stage, so the runs compare.
-STAGE_OPTIONS = {"recall": [], "prerank": ["--epochs", "3"], "rank": ["--max-epochs", "1"]}
+STAGE_OPTIONS = {"recall": [], "prerank": ["--epochs", "10"], "rank": ["--max-epochs", "1"]}
 TEST_USERS = 300  # the student's test requests: a seeded sample of users
 METRICS = {
     "recall": "two-tower Recall@100 (test)",
@@ -64,25 +65,42 @@ def train_run(stage: str, workers: int, threads: int, args, version: str) -> flo
     command += ["--dataset", args.dataset, "--data-dir", str(args.data_dir)]
     command += ["--artifacts", str(args.work), "--version", version, "--threads", str(threads)]
     command += STAGE_OPTIONS[stage]
+    if args.seed:  # recall's command has no --seed: refused in main
+        command += ["--seed", str(args.seed)]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
-def _timed_steps(step: Callable[[], None], steps: int) -> float:
-    """Median seconds of one call after two warm-up calls."""
+@dataclass(frozen=True)
+class Floor:
+    """A bare step's examples per wall second and per CPU second (median step)."""
+
+    per_second: float
+    per_cpu_second: float
+
+
+def measure_floor(bare: Step, threads: int, steps: int) -> Floor:
+    """The bare step's examples over its median wall and CPU seconds at `threads` torch threads,
+    after two warm-up steps."""
+    step, examples = bare
+    torch.set_num_threads(threads)
     for _ in range(2):
         step()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+    return Floor(examples / float(np.median(wall)), examples / float(np.median(cpu)))
 
 
-def floor_recall(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
-    """Examples/s of a bare two-tower step (batch_loss, backward, Adam) on random example rows."""
+Step = tuple[Callable[[], None], int]  # a bare training step and the examples it takes
+
+
+def floor_recall(dataset: Dataset, spec: FeatureSpec, base: Bundle) -> Step:
+    """A bare two-tower step (batch_loss, backward, Adam) on random example rows."""
     from services.recall.model import TwoTower
     from services.recall.two_tower import (
         Batcher,
@@ -120,17 +138,18 @@ def floor_recall(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return config.batch_size / _timed_steps(step, steps)
+    return step, config.batch_size
 
 
-def floor_rank(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
-    """Examples/s of a bare ranker step (forward, BCE, backward, Adam) on random rows."""
+def floor_rank(dataset: Dataset, spec: FeatureSpec, base: Bundle) -> Step:
+    """A bare ranker step (forward, BCE, backward, Adam) on random rows, encoded as the run
+    encodes them (with the bundle's MF position field)."""
     from services.rank.model import ModelConfig, RankModel
     from services.rank.train import TrainConfig, TrainingLogits, _tensors, labels
     from training.rank_train import prepare
 
     config = TrainConfig()
-    prepared = prepare(dataset, config, spec)
+    prepared = prepare(dataset, config, spec, bundle=base)
     tasks = tuple(dataset.meta["tasks"])
     model = RankModel(prepared.spec, tasks, ModelConfig())
     inputs = _tensors(prepared.train[0], prepared.spec)
@@ -146,12 +165,12 @@ def floor_rank(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return config.batch_size / _timed_steps(step, steps)
+    return step, config.batch_size
 
 
-def floor_prerank(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
-    """Requests/s of a bare distillation step on random requests (ids, labels, teacher logits)
-    of the distillation's shape: requests_per_batch x sampled_per_request candidates."""
+def floor_prerank(dataset: Dataset, spec: FeatureSpec, base: Bundle) -> Step:
+    """A bare distillation step on random requests (ids, labels, teacher logits) of the
+    distillation's shape: requests_per_batch x sampled_per_request candidates."""
     from services.prerank.distill import DistillConfig, DistillLoss, Inputs
     from services.prerank.model import Student
 
@@ -176,7 +195,7 @@ def floor_prerank(dataset: Dataset, spec: FeatureSpec, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return r / _timed_steps(step, steps)
+    return step, r
 
 
 FLOORS = {"recall": floor_recall, "rank": floor_rank, "prerank": floor_prerank}
@@ -243,26 +262,34 @@ def run(args, write: Callable[[dict], None]) -> dict:
     source = Bundle.open(args.artifacts)
     shutil.copytree(source.folder, args.work / "base")
     dataset = load_dataset(args.dataset, args.data_dir)
-    spec = FeatureSpec.from_json(Bundle(args.work / "base").component("recall")["feature_spec"])
+    base = Bundle(args.work / "base")
+    spec = FeatureSpec.from_json(base.component("recall")["feature_spec"])
     student_metric = StudentMetric(args) if "prerank" in args.stages else None
     stages: list[dict] = []
     report = {
         "dataset": args.dataset,
         "bundle": source.version,
         "cores": CORES,
+        "seed": args.seed,
         "torch": torch.__version__,
         "stage_options": {s: STAGE_OPTIONS[s] for s in args.stages},
         "stages": stages,
     }
     for stage in args.stages:
-        torch.set_num_threads(1)
-        floor = FLOORS[stage](dataset, spec, args.floor_steps)
-        floor_cores: float | None = None  # measured for the default-threads run only
-        if 2 in args.runs:
-            torch.set_num_threads(CORES)
-            floor_cores = FLOORS[stage](dataset, spec, args.floor_steps)
-        rows = []
+        bare = FLOORS[stage](dataset, spec, base)
+        rows: list[dict] = []
+        stages.append(
+            {
+                "stage": stage,
+                "examples": UNITS[stage],
+                "metric": METRICS[stage],
+                "rows": rows,
+            }
+        )
         for label, workers, threads in (RUNS[i - 1] for i in args.runs):
+            # Measured just before the run, at its threads: the load on a shared machine drifts
+            floor = measure_floor(bare, threads, args.floor_steps)
+            load = os.getloadavg()[0]
             version = f"{stage}-{workers}x{threads}"
             wall = train_run(stage, workers, threads, args, version)
             bundle = Bundle(args.work / version)
@@ -275,31 +302,29 @@ def run(args, write: Callable[[dict], None]) -> dict:
                 assert student_metric is not None
                 metric = student_metric(bundle)
             speed = float(training["examples_per_second"])
-            ideal = (floor if threads == 1 else floor_cores or floor) * workers
+            cpu_speed = float(training["examples_per_cpu_second"])
             rows.append(
                 {
                     "run": label,
                     "workers": workers,
                     "threads": threads,
                     "examples_per_second": round(speed, 1),
+                    "examples_per_cpu_second": round(cpu_speed, 1),
+                    "loop_seconds": training["loop_seconds"],
+                    "loop_cpu_seconds": training["loop_cpu_seconds"],
                     "wall_seconds": round(wall, 1),
+                    "load_average": round(load, 2),
                     "metric": round(metric, 4),
-                    "floor_examples_per_second": round(ideal, 1),
-                    "share_of_floor": round(speed / ideal, 3),
+                    "floor_examples_per_second": round(floor.per_second, 1),
+                    "floor_examples_per_cpu_second": round(floor.per_cpu_second, 1),
+                    # the loop's examples/s against `workers` bare steps side by side
+                    "share_of_floor": round(speed / (floor.per_second * workers), 3),
+                    # the same per CPU second: what the loop costs beyond the bare step
+                    "cpu_share_of_floor": round(cpu_speed / floor.per_cpu_second, 3),
                 }
             )
             print(stage, rows[-1], flush=True)
-        stages.append(
-            {
-                "stage": stage,
-                "examples": UNITS[stage],
-                "metric": METRICS[stage],
-                "floor_1_thread": round(floor, 1),
-                f"floor_{CORES}_threads": floor_cores and round(floor_cores, 1),
-                "rows": rows,
-            }
-        )
-        write(report)  # each stage as it completes
+            write(report)  # each run as it completes
     return report
 
 
@@ -309,35 +334,53 @@ def markdown(report: dict) -> str:
         f"torch {report['torch']})",
         "",
         "`make bench-distributed` (bench/distributed.py): each stage trained three ways on the "
-        f"same data and seed, with {report['stage_options']}. examples/s: the training loop's, "
-        "as the stage recorded it; wall: "
-        "the whole `cascade train STAGE` command. Floor: a bare forward + backward + Adam step "
-        "of the same model on random batches of the same size, measured in the same run, "
-        "at the run's threads, times its workers. The machine is shared: compare ratios.",
+        f"same data and seed ({report.get('seed', 0)}), with {report['stage_options']}. "
+        "examples/s: the training loop's "
+        "(every worker's examples over the loop's seconds, no data preparation, validation or "
+        "export), as the stage recorded it; per CPU s: the same over the CPU seconds every "
+        "worker's process spent in the loop. wall: the whole `cascade train STAGE` command. "
+        "Floor: a bare forward + backward + Adam step of the same model on random batches of "
+        "the same size, one process at the run's threads, measured just before the run; share "
+        "of floor: the loop's examples/s over the floor's times the run's workers, and per CPU "
+        "second over the floor's per CPU second. load: the machine's 1-minute load average when "
+        "the run started.",
         "",
+        "The machine is shared and these runs are niced: wall-clock rates are the CPU share a "
+        "run got while it ran, and drift with the other jobs' load. The CPU-second rates "
+        "drift far less; on a free 2-core machine the two-process speed-up would be about "
+        "2 x (two processes' examples per CPU s / one process's), an estimate, not measured.",
+        "",
+        *(f"Note: {note}\n" for note in report.get("notes", [])),
     ]
     for stage in report["stages"]:
         lines += [
             f"## {stage['stage']} ({stage['examples']}/s; metric: {stage['metric']})",
             "",
-            "| run | examples/s | wall s | metric | floor examples/s | share of floor |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| run | examples/s | per CPU s | wall s | metric | floor /s | floor per CPU s "
+            "| share of floor | per CPU s share | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in stage["rows"]:
             lines.append(
-                f"| {row['run']} | {row['examples_per_second']:,.0f} | {row['wall_seconds']} | "
+                f"| {row['run']} | {row['examples_per_second']:,.0f} | "
+                f"{row['examples_per_cpu_second']:,.0f} | {row['wall_seconds']} | "
                 f"{row['metric']:.4f} | {row['floor_examples_per_second']:,.0f} | "
-                f"{row['share_of_floor']:.2f} |"
+                f"{row['floor_examples_per_cpu_second']:,.0f} | {row['share_of_floor']:.2f} | "
+                f"{row['cpu_share_of_floor']:.2f} | {row['load_average']:.1f} |"
             )
-        one, two = stage["rows"][0], stage["rows"][-1]
-        if one is two:
+        by_shape = {(row["workers"], row["threads"]): row for row in stage["rows"]}
+        one, two = by_shape.get((1, 1)), by_shape.get((2, 1))
+        if one is None or two is None:
             lines.append("")
             continue
+        cpu_ratio = two["examples_per_cpu_second"] / one["examples_per_cpu_second"]
         lines += [
             "",
             f"Two processes against one (one thread each): examples/s x"
-            f"{two['examples_per_second'] / one['examples_per_second']:.2f}, metric "
-            f"{two['metric'] - one['metric']:+.4f}.",
+            f"{two['examples_per_second'] / one['examples_per_second']:.2f} (wall clock), per "
+            f"CPU second x{cpu_ratio:.2f} (estimated on a free 2-core machine: "
+            f"x{2 * cpu_ratio:.2f}); "
+            f"metric {two['metric'] - one['metric']:+.4f}.",
             "",
         ]
     return "\n".join(lines)
@@ -358,6 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         default=list(range(1, len(RUNS) + 1)),
         help="which runs (1: one process, one thread; 2: default threads; 3: two processes)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the rank and pre-rank training seed (another seed's metric: the noise a "
+        "two-process run's metric is judged against)",
+    )
     parser.add_argument("--work", type=Path, default=Path("data/run/bench_distributed"))
     parser.add_argument("--out", type=Path, default=Path("results/train"))
     parser.add_argument(
@@ -368,22 +418,25 @@ def main(argv: list[str] | None = None) -> int:
         help="distributed.json files of other runs whose stages join this report",
     )
     args = parser.parse_args(argv)
+    if args.seed and "recall" in args.stages:
+        parser.error("--seed applies to rank and prerank (recall's two-tower keeps seed 0)")
 
     def write(report: dict) -> None:
         """The report, with the stages it did not run kept from the file already there (and
         from --merge: stages measured by another run of this bench)."""
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "distributed.json"
+        merged = {**report, "stages": list(report["stages"])}  # this run's stays as it is
         ran = {s["stage"] for s in report["stages"]}
         for other in [path, *args.merge]:
             if other.exists():
                 kept = json.loads(other.read_text())
-                report["stage_options"] = {**kept["stage_options"], **report["stage_options"]}
-                report["stages"] += [s for s in kept["stages"] if s["stage"] not in ran]
+                merged["stage_options"] = {**kept["stage_options"], **merged["stage_options"]}
+                merged["stages"] += [s for s in kept["stages"] if s["stage"] not in ran]
                 ran |= {s["stage"] for s in kept["stages"]}
-        report["stages"].sort(key=lambda s: STAGES.index(s["stage"]))
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "distributed.md").write_text(markdown(report))
+        merged["stages"].sort(key=lambda s: STAGES.index(s["stage"]))
+        path.write_text(json.dumps(merged, indent=2) + "\n")
+        (args.out / "distributed.md").write_text(markdown(merged))
 
     print(markdown(run(args, write)))
     return 0

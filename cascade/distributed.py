@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -120,3 +123,31 @@ def sum_values(values: np.ndarray) -> np.ndarray:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+class LoopClock:
+    """The training loop's own time, epoch by epoch (no data preparation, validation or export),
+    so every stage reports examples/s the same way: the global batch's examples over worker 0's
+    wall seconds, and over the CPU seconds every worker's process spent in the loop. On a shared
+    machine the wall rate is the CPU share the loop got; the CPU rate is what the loop costs."""
+
+    def __init__(self) -> None:
+        self.wall_seconds = 0.0
+        self.cpu_seconds = 0.0  # this process's, all its threads
+
+    @contextmanager
+    def epoch(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall_seconds += time.perf_counter() - wall
+        self.cpu_seconds += time.process_time() - cpu
+
+    def report(self, examples: int) -> dict[str, float]:
+        """`examples` (global: every worker's) per second; a collective, called by every worker."""
+        cpu = float(sum_values(np.array([self.cpu_seconds]))[0])
+        return {
+            "loop_seconds": round(self.wall_seconds, 2),
+            "loop_cpu_seconds": round(cpu, 2),
+            "examples_per_second": round(examples / max(self.wall_seconds, 1e-9), 1),
+            "examples_per_cpu_second": round(examples / max(cpu, 1e-9), 1),
+        }

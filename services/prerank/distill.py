@@ -204,23 +204,23 @@ def train_student(
     per_batch = distributed.local_batch(config.requests_per_batch)
     objective = distributed.wrap(DistillLoss(model, inputs, config, teacher))
     generator = torch.Generator().manual_seed(config.seed)
-    started, history, train_seconds, seen = time.perf_counter(), [], 0.0, 0
+    started, history, clock, seen = time.perf_counter(), [], distributed.LoopClock(), 0
     batches = -(-len(tensors["user_ids"]) // per_batch)  # per epoch, this worker's
     bar = Progress("train prerank", config.epochs * batches, "batches")
     for epoch in range(config.epochs):
         model.train()
-        total, steps, epoch_started = 0.0, 0, time.perf_counter()
+        total, steps = 0.0, 0
         order = torch.randperm(len(tensors["user_ids"]), generator=generator)
-        for s in range(0, len(order), per_batch):
-            batch = {k: v[order[s : s + per_batch]] for k, v in tensors.items()}
-            loss = objective(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-            bar.update()
-        train_seconds += time.perf_counter() - epoch_started
-        seen += len(order)  # requests
+        with clock.epoch():
+            for s in range(0, len(order), per_batch):
+                batch = {k: v[order[s : s + per_batch]] for k, v in tensors.items()}
+                loss = objective(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+                bar.update()
+        seen += len(order) * distributed.world_size()  # requests, every worker's
         total = float(distributed.sum_values(np.array([total]))[0]) / distributed.world_size()
         history.append({"epoch": epoch + 1, "loss": round(total / max(steps, 1), 5)})
         log.info("epoch %d: loss %.5f", epoch + 1, total / max(steps, 1))
@@ -234,9 +234,7 @@ def train_student(
         "positive_rate": float(requests.labels[requests.valid].mean()),
         "seconds": round(time.perf_counter() - started, 1),
         "workers": distributed.world_size(),
-        "examples_per_second": round(  # examples: requests
-            float(distributed.sum_values(np.array([seen]))[0]) / max(train_seconds, 1e-9), 1
-        ),
+        **clock.report(seen),  # examples: requests
         "config": asdict(config),
     }
     return model, info

@@ -308,27 +308,26 @@ def fit(
     objective = distributed.wrap(TrainingLogits(model))
     generator = torch.Generator().manual_seed(config.seed)
     best, best_loss, stale, history = None, np.inf, 0, []
-    started, train_seconds, seen = time.perf_counter(), 0.0, 0
+    started, clock, seen = time.perf_counter(), distributed.LoopClock(), 0
     batches = -(
         -len(targets) // batch_size
     )  # per epoch, this worker's; early stopping may end sooner
     bar = Progress("train rank", config.max_epochs * batches, "batches")
     for epoch in range(config.max_epochs):
         model.train()
-        epoch_started = time.perf_counter()
         order = torch.randperm(len(targets), generator=generator)
-        for s in range(0, len(order), batch_size):
-            batch = order[s : s + batch_size]
-            train_step(
-                objective,
-                optimizer,
-                dropout([x[batch] for x in inputs]),
-                targets[batch],
-                None if positions is None else positions[batch],
-                None if weights is None else weights[batch],
-            )
-            bar.update()
-        train_seconds += time.perf_counter() - epoch_started
+        with clock.epoch():
+            for s in range(0, len(order), batch_size):
+                batch = order[s : s + batch_size]
+                train_step(
+                    objective,
+                    optimizer,
+                    dropout([x[batch] for x in inputs]),
+                    targets[batch],
+                    None if positions is None else positions[batch],
+                    None if weights is None else weights[batch],
+                )
+                bar.update()
         seen += len(order) * distributed.world_size()
         val_loss = validation_logloss(model, val_rows, spec, val_labels, val_positions)
         history.append({"epoch": epoch + 1, "validation_logloss": val_loss})
@@ -352,7 +351,7 @@ def fit(
         "validation_rows": len(val_labels),
         "seconds": round(time.perf_counter() - started, 1),
         "workers": distributed.world_size(),
-        "examples_per_second": round(seen / max(train_seconds, 1e-9), 1),
+        **clock.report(seen),
     }
     return model, info
 

@@ -167,6 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"torch threads per worker for the two-tower (default: {TwoTowerConfig.threads})",
     )
     parser.add_argument(
+        "--two-tower-epochs",
+        type=int,
+        default=TwoTowerConfig.epochs,
+        metavar="N",
+        help=f"passes over the training interactions (default: {TwoTowerConfig.epochs})",
+    )
+    parser.add_argument(
         "--no-two-tower-logq",
         action="store_true",
         help="no logQ correction of the in-batch softmax by each item's sampling frequency",
@@ -188,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "changes, without retraining the rest",
     )
     args = parser.parse_args(argv)
+    if args.two_tower_epochs < 1:
+        parser.error("--two-tower-epochs must be >= 1")
     if args.two_tower_mixed_negatives < 0:
         parser.error("--two-tower-mixed-negatives must be >= 0")
     if args.from_bundle and not args.version:
@@ -215,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mixed_negatives=args.two_tower_mixed_negatives,
         logq_correction=not args.no_two_tower_logq,
         threads=args.threads,
+        epochs=args.two_tower_epochs,
     )  # recorded in the manifest (recall.two_tower.training.config)
     info = build_recall(
         dataset,

@@ -206,39 +206,38 @@ def train_two_tower(
     local_size = distributed.local_batch(batch_size)
     towers = distributed.wrap(Towers(model))
     epoch_losses = []
-    train_seconds, seen = 0.0, 0
+    clock, seen = distributed.LoopClock(), 0
     batches = len(mine) // local_size  # full batches per epoch, this worker's
     bar = Progress("train recall two-tower", config.epochs * batches, "batches", enabled=progress)
     for epoch in range(config.epochs):
-        epoch_started = time.perf_counter()
         order = mine[rng.permutation(len(mine))]
         losses = []
         model.train()
-        for start in range(0, len(order) - local_size + 1, local_size):  # full batches: log q
-            rows = order[start : start + local_size]
-            negatives = catalogue_negatives(rng, n_items, config.mixed_negatives)
-            drop_id = None
-            if dropout > 0:  # drawn only then: without it the seeded stream stays as it was
-                columns = np.concatenate([examples.item_ids[rows], negatives])
-                drop_id = rng.random(len(columns)) < drop_rates[columns]
-            loss = batch_loss(
-                towers,
-                batcher,
-                examples.user_ids[rows],
-                examples.item_ids[rows],
-                examples.histories[rows],
-                negatives,
-                log_q,
-                config.temperature,
-                drop_id,
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update()
-            seen += local_size * distributed.world_size()
-        train_seconds += time.perf_counter() - epoch_started
+        with clock.epoch():
+            for start in range(0, len(order) - local_size + 1, local_size):  # full: log q
+                rows = order[start : start + local_size]
+                negatives = catalogue_negatives(rng, n_items, config.mixed_negatives)
+                drop_id = None
+                if dropout > 0:  # drawn only then: without it the seeded stream stays as it was
+                    columns = np.concatenate([examples.item_ids[rows], negatives])
+                    drop_id = rng.random(len(columns)) < drop_rates[columns]
+                loss = batch_loss(
+                    towers,
+                    batcher,
+                    examples.user_ids[rows],
+                    examples.item_ids[rows],
+                    examples.histories[rows],
+                    negatives,
+                    log_q,
+                    config.temperature,
+                    drop_id,
+                )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                bar.update()
+        seen += batches * local_size * distributed.world_size()
         mean_loss = np.mean(distributed.sum_values(np.array(losses))) / distributed.world_size()
         epoch_losses.append(round(float(mean_loss), 4))
         bar.note(epoch=epoch + 1, loss=epoch_losses[-1])
@@ -253,7 +252,7 @@ def train_two_tower(
         "n_examples": int(n),
         "train_seconds": round(time.perf_counter() - started, 1),
         "workers": distributed.world_size(),
-        "examples_per_second": round(seen / max(train_seconds, 1e-9), 1),
+        **clock.report(seen),
         "config": asdict(config),
     }
     return model

@@ -250,3 +250,20 @@ def test_nproc_is_refused_where_it_cannot_apply(tmp_path, capsys):
         main(["train", "rank", "--nproc", "0"])
     with pytest.raises(SystemExit, match="needs --version"):
         main(["train", "rank", "--nproc", "2", "--artifacts", str(tmp_path)])
+
+
+def test_loop_clock_rates_count_the_loop_only_and_cpu_apart_from_waiting():
+    """Every stage's examples/s: examples over the epochs' wall seconds, and over their CPU
+    seconds, which a wait (a descheduled process on a shared machine) does not add to."""
+    import time
+
+    clock = distributed.LoopClock()
+    for _ in range(2):
+        with clock.epoch():
+            time.sleep(0.05)
+        time.sleep(0.05)  # between epochs (validation, export): not the loop's
+    report = clock.report(1000)
+    assert 0.1 <= report["loop_seconds"] < 0.5  # a loaded machine oversleeps
+    assert report["loop_cpu_seconds"] < 0.05
+    assert report["examples_per_second"] == pytest.approx(1000 / clock.wall_seconds, rel=1e-3)
+    assert report["examples_per_cpu_second"] > report["examples_per_second"]

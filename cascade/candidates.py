@@ -41,22 +41,26 @@ class InvalidField(ValueError):
 
 
 class Candidates(NamedTuple):
-    """A candidate list as parallel arrays of equal length n (unpacks as ids, scores, masks)."""
+    """A candidate list as parallel arrays of equal length n (unpacks as ids, scores, masks,
+    positions: `to_proto(*candidates)` writes them all)."""
 
     item_ids: np.ndarray  # (n,) int64
     scores: np.ndarray  # (n,) float32
     channel_masks: np.ndarray  # (n,) uint32, bit c set when Channel c found the item
+    # (n,) uint32, the item's best 1-based position in a finding channel's answer, 0 = unknown
+    channel_positions: np.ndarray
 
     def take(self, order: np.ndarray | slice) -> Candidates:
         """The candidates at positions `order` (an index array, boolean mask or slice), in that
         order."""
-        return Candidates(self.item_ids[order], self.scores[order], self.channel_masks[order])
+        return Candidates(*(values[order] for values in self))
 
 
 def to_proto(
     item_ids: np.ndarray,
     scores: np.ndarray | None = None,
     channel_masks: np.ndarray | None = None,
+    channel_positions: np.ndarray | None = None,
     out: common_pb2.CandidateList | None = None,
 ) -> common_pb2.CandidateList:
     """A CandidateList holding the arrays; `out` (e.g. `response.candidates`) is filled in place,
@@ -75,7 +79,9 @@ def to_proto(
             scores = _same_length(scores, n, "scores", np.float32)
         if channel_masks is not None:
             channel_masks = _same_length(channel_masks, n, "channel_masks", np.uint32)
-        msg.MergeFromString(packed_bytes(item_ids, scores, channel_masks))
+        if channel_positions is not None:
+            channel_positions = _same_length(channel_positions, n, "channel_positions", np.uint32)
+        msg.MergeFromString(packed_bytes(item_ids, scores, channel_masks, channel_positions))
         return msg
     msg.item_ids.extend(item_ids.tolist())
     if scores is not None:
@@ -84,19 +90,29 @@ def to_proto(
         msg.channel_masks.extend(
             _same_length(channel_masks, n, "channel_masks", np.uint32).tolist()
         )
+    if channel_positions is not None:
+        positions = _same_length(channel_positions, n, "channel_positions", np.uint32)
+        if positions.any():  # all 0 (unknown): left out, as packed_bytes does
+            msg.channel_positions.extend(positions.tolist())
     return msg
 
 
 def packed_bytes(
-    item_ids: np.ndarray, scores: np.ndarray | None = None, channel_masks: np.ndarray | None = None
+    item_ids: np.ndarray,
+    scores: np.ndarray | None = None,
+    channel_masks: np.ndarray | None = None,
+    channel_positions: np.ndarray | None = None,
 ) -> bytes:
-    """A CandidateList's wire bytes: fields 1 and 3 as packed varints, 2 as packed little-endian
-    float32 (what protobuf itself would write for the same arrays)."""
+    """A CandidateList's wire bytes: fields 1, 3 and 4 as packed varints, 2 as packed
+    little-endian float32 (what protobuf itself would write for the same arrays); positions that
+    are all 0 (unknown) are left out."""
     parts = [_field(1, _varints(item_ids))]
     if scores is not None:
         parts.append(_field(2, scores.astype("<f4", copy=False).tobytes()))
     if channel_masks is not None:
         parts.append(_field(3, _varints(channel_masks)))
+    if channel_positions is not None and np.asarray(channel_positions).any():
+        parts.append(_field(4, _varints(channel_positions)))
     return b"".join(parts)
 
 
@@ -123,15 +139,30 @@ def _varints(values: np.ndarray) -> bytes:
 
 
 def from_proto(msg: common_pb2.CandidateList, field: str = "candidates") -> Candidates:
-    """The list's arrays; empty scores or masks become zeros. Raises InvalidField, naming
-    `field`.scores or `field`.channel_masks, when a non-empty array's length is not item_ids'."""
+    """The list's arrays; empty scores, masks or positions become zeros. Raises InvalidField,
+    naming `field`.scores, `field`.channel_masks or `field`.channel_positions, when a non-empty
+    array's length is not item_ids'."""
     item_ids = np.asarray(msg.item_ids, dtype=np.int64)
     n = len(item_ids)
     return Candidates(
         item_ids,
         _read(msg.scores, n, f"{field}.scores", np.float32),
         _read(msg.channel_masks, n, f"{field}.channel_masks", np.uint32),
+        _read(msg.channel_positions, n, f"{field}.channel_positions", np.uint32),
     )
+
+
+def check_positions(candidates: Candidates, field: str = "candidates") -> None:
+    """Raises InvalidField naming `field`.channel_positions when an item has a position but no
+    channel in its mask (a position is its place in a finding channel's answer)."""
+    stray = np.flatnonzero((candidates.channel_positions > 0) & (candidates.channel_masks == 0))
+    if len(stray):
+        i = int(stray[0])
+        raise InvalidField(
+            f"{field}.channel_positions",
+            f"item {int(candidates.item_ids[i])} (index {i}) has position "
+            f"{int(candidates.channel_positions[i])} but no channel in channel_masks",
+        )
 
 
 def _same_length(values: np.ndarray, n: int, name: str, dtype: type) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Item popularity (plays before the request), item age (request time - upload time), the user's
 affinity to the item's categories and creator (counted over the history the ranker reads), the
-recall channels that found it (the candidate list's channel mask) and its position in the MF
+recall channels that found it (the candidate list's channel mask), its best position in their
+answers (the list's channel positions: recall's own ranks, comparable across channels whose
+scores are not) and its position in the MF
 model's ranking of the catalogue (recall's MF channel scored again from the bundle's item vectors
 over the user's consumed set). `context_values` computes the raw values from plain arrays; the
 offline path (`OfflineContext`: the training log at each example's time) and the online path
@@ -154,9 +156,11 @@ def context_values(
     plays: np.ndarray,
     channel_masks: np.ndarray | None = None,
     mf_positions: np.ndarray | None = None,
+    channel_positions: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Raw context values for n candidates. history: (n, L) or (1, L) item ids (0 = padding),
-    now: (n,) request times (s), plays: (n,) the item's plays before the request."""
+    now: (n,) request times (s), plays: (n,) the item's plays before the request,
+    channel_positions: (n,) best 1-based positions in recall's channels (0 = unknown)."""
     item_ids = np.asarray(item_ids, np.int64)
     n = len(item_ids)
     inside = (item_ids > 0) & (item_ids < len(items.creator))
@@ -185,6 +189,9 @@ def context_values(
     if channel_masks is not None:
         masks = np.asarray(channel_masks, np.uint32)
     channels = np.where((masks[:, None] >> _BITS[None, :]) & 1, _BITS[None, :], 0)
+    best = np.zeros(n, np.int64)
+    if channel_positions is not None:
+        best = np.asarray(channel_positions, np.int64)
     return {
         "item_plays": np.where(inside, np.asarray(plays, np.int64), UNKNOWN),
         "item_age_days": np.where(inside, age, UNKNOWN),
@@ -194,6 +201,7 @@ def context_values(
             np.full(n, UNKNOWN, np.int64) if mf_positions is None else np.asarray(mf_positions)
         ),
         "channels": channels.astype(np.int64),
+        "channel_position": np.where(best > 0, best, UNKNOWN),
     }
 
 
@@ -230,6 +238,7 @@ class OfflineContext:
         ts: np.ndarray,
         history: np.ndarray,
         channel_masks: np.ndarray | None = None,
+        channel_positions: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         item_ids = np.asarray(item_ids, np.int64)
         ts = np.asarray(ts, np.int64)
@@ -242,7 +251,9 @@ class OfflineContext:
         positions = None
         if self.mf is not None:
             positions = self._mf_positions(np.asarray(user_ids, np.int64), item_ids, ts)
-        return context_values(self.items, item_ids, history, now, plays, channel_masks, positions)
+        return context_values(
+            self.items, item_ids, history, now, plays, channel_masks, positions, channel_positions
+        )
 
     def _mf_positions(self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray):
         """Once per distinct (user, time) request, in chunks (a dense (chunk, n_items) block)."""
@@ -291,10 +302,12 @@ def online_context(
     recent_item_ids: np.ndarray | None = None,
     channel_masks: np.ndarray | None = None,
     mf: MFPositions | None = None,
+    channel_positions: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """One request's raw context values from the feature store: its play counters, its data
     clock (the training log's end) and the user's consumed set plus the request's recent items.
-    `history`: the (L,) history row the ranker reads."""
+    `history`: the (L,) history row the ranker reads; `channel_masks`, `channel_positions`: the
+    candidate list's, as recall sent them."""
     item_ids = np.asarray(item_ids, np.int64)
     plays = store.item_counters(item_ids)["play"]
     now = np.full(len(item_ids), store.as_of, np.int64)
@@ -305,4 +318,6 @@ def online_context(
             consumed = np.union1d(consumed, np.asarray(recent_item_ids, np.int64))
         positions = mf.positions([consumed], item_ids[None, :])[0]
     history = np.asarray(history, np.int64).reshape(1, -1)
-    return context_values(items, item_ids, history, now, plays, channel_masks, positions)
+    return context_values(
+        items, item_ids, history, now, plays, channel_masks, positions, channel_positions
+    )

@@ -6,8 +6,9 @@ categories), the vocabulary size and the field's own embedding width. Every mode
 inputs with `encode`, offline from dataset tables and online from the feature store's tables, so
 the two paths run the same code. Index 0 is always "unknown / padding". The "context" fields
 describe one candidate for one user at one time (counters, item age, affinities to the user's
-history, the recall channels that found it, its MF rank); only the ranker reads them, and
-cascade/context_fields.py computes them, offline and online alike.
+history, the recall channels that found it and its best place in their answers, its MF rank);
+only the ranker reads them, and cascade/context_fields.py computes them, offline and online
+alike.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ CONTEXT_BUCKETS = {
     "mf_position": tuple(sorted({int(round(1.2**k)) for k in range(4, 43)})),
 }
 N_CHANNELS = 8  # channel enum values 1..7 (cascade.v1.Channel); 0 = padding
+# The candidate's best 1-based position in a finding recall channel's answer (CandidateList's
+# channel_positions): a rank, not a score, so channels whose scores share no scale compare;
+# about 50% apart (top 1, 2, 3, 5, 8, ... 2,217 of recall's 2,000). An optional field: in a spec
+# only when its width is given (build_spec), so bundles trained before it keep their spec.
+CHANNEL_POSITION = "channel_position"
+CHANNEL_POSITION_BUCKETS = tuple(sorted({int(round(1.5**k)) for k in range(20)}))
+OPTIONAL_FIELDS = (CHANNEL_POSITION,)
 
 
 @dataclass(frozen=True)
@@ -97,19 +105,27 @@ class FeatureSpec:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     def check_matches(self, other: FeatureSpec, where: str) -> None:
-        """Raises ValueError naming the first field that differs between self and other."""
+        """Raises ValueError naming the first field that differs between self and other. An
+        optional field that only one side has does not count: only the ranker reads it, so a
+        store built on a ranker's spec serves models built without it (recall's two-tower)."""
         if self == other:
             return
         mine, theirs = {f.name: f for f in self.fields}, {f.name: f for f in other.fields}
         for name in sorted(set(mine) | set(theirs)):
+            if name in OPTIONAL_FIELDS and (name not in mine or name not in theirs):
+                continue
             if mine.get(name) != theirs.get(name):
                 ours, other_field = mine.get(name), theirs.get(name)
                 raise ValueError(f"{where}: field {name!r} differs: {ours} vs {other_field}")
-        raise ValueError(f"{where}: history_length {self.history_length} vs {other.history_length}")
+        if self.history_length != other.history_length:
+            raise ValueError(
+                f"{where}: history_length {self.history_length} vs {other.history_length}"
+            )
 
 
 def build_spec(dataset: Dataset, widths: dict[str, int] | None = None) -> FeatureSpec:
-    """The spec for a dataset: vocabularies sized from its tables, widths from config."""
+    """The spec for a dataset: vocabularies sized from its tables, widths from config. The
+    optional context field channel_position is in it when `widths` names it."""
     width = {**DEFAULT_WIDTHS, **(widths or {})}
     users, items = dataset.users, dataset.items
     fields = (
@@ -166,14 +182,27 @@ def content_width(spec: FeatureSpec) -> int:
 
 def context_fields(width: dict[str, int]) -> tuple[Field, ...]:
     """The ranker's per-candidate fields (values from cascade/context_fields.py); each field's
-    width is its own entry in `width`, else the "context" entry."""
+    width is its own entry in `width`, else the "context" entry. channel_position is there only
+    when `width` names it (a ranker trained with it: its spec's widths say so)."""
     own = lambda name: width.get(name, width["context"])  # noqa: E731
     buckets = tuple(
         Field(name, "context", "bucket", name, len(bounds) + 2, own(name), bounds)
         for name, bounds in CONTEXT_BUCKETS.items()
     )
     channels = Field("channels", "context", "multi", "channels", N_CHANNELS, own("channels"))
-    return (*buckets, channels)
+    if CHANNEL_POSITION not in width:
+        return (*buckets, channels)
+    bounds = CHANNEL_POSITION_BUCKETS
+    position = Field(
+        CHANNEL_POSITION,
+        "context",
+        "bucket",
+        CHANNEL_POSITION,
+        len(bounds) + 2,
+        own(CHANNEL_POSITION),
+        bounds,
+    )
+    return (*buckets, channels, position)
 
 
 def encode_field(field: Field, values: np.ndarray) -> np.ndarray:

@@ -95,9 +95,12 @@ class OfflineRows:
         item_ids: np.ndarray,
         ts: np.ndarray,
         channel_masks: np.ndarray | None = None,
+        channel_positions: np.ndarray | None = None,
     ) -> Rows:
         history = history_before(self.interactions, user_ids, ts, self.spec.history_length)
-        context = self.context.values(user_ids, item_ids, ts, history, channel_masks)
+        context = self.context.values(
+            user_ids, item_ids, ts, history, channel_masks, channel_positions
+        )
         return assemble(
             self.spec,
             lookup(self._users, user_ids),
@@ -107,13 +110,14 @@ class OfflineRows:
         )
 
     def impressions(self, impressions: Table) -> Rows:
-        """Rows of an impressions-like table; its `channel_mask` column, when present (recall
-        examples), fills the channels field."""
+        """Rows of an impressions-like table; its `channel_mask` and `channel_position` columns,
+        when present (recall examples), fill the channels and channel_position fields."""
         return self.rows(
             impressions["user_id"],
             impressions["item_id"],
             impressions["ts"],
             impressions.get("channel_mask"),
+            impressions.get("channel_position"),
         )
 
 
@@ -126,12 +130,14 @@ def online_rows(
     channel_masks: np.ndarray | None = None,
     mf: MFPositions | None = None,
     items: ItemTables | None = None,
+    channel_positions: np.ndarray | None = None,
 ) -> Rows:
     """One request's rows from the feature store. `recent_item_ids` (newest first) are events the
     store may not have seen yet; they go in front of the stored history. `one_user_row`: the
-    user's fields and history as one row (for a model that broadcasts them). `channel_masks`:
-    the candidates' recall tags; `mf`: the MF model for mf_position; `items`: the catalogue's
-    attributes (read from the store when None)."""
+    user's fields and history as one row (for a model that broadcasts them). `channel_masks`,
+    `channel_positions`: the candidates' recall tags and best positions in the channels'
+    answers; `mf`: the MF model for mf_position; `items`: the catalogue's attributes (read from
+    the store when None)."""
     history = store.history(np.array([user_id], dtype=np.int64))[0]  # (history_length,)
     if recent_item_ids is not None and len(recent_item_ids):
         (field,) = store.spec.of("history")
@@ -143,7 +149,15 @@ def online_rows(
     features = store.item_features(item_ids)
     items = store_items(store) if items is None else items
     context = online_context(
-        store, items, user_id, item_ids, history, recent_item_ids, channel_masks, mf
+        store,
+        items,
+        user_id,
+        item_ids,
+        history,
+        recent_item_ids,
+        channel_masks,
+        mf,
+        channel_positions,
     )
     return assemble(
         store.spec,

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from cascade import profiles, topology
 from cascade.artifacts import ArtifactError
 from cascade.callers import GATEWAY_IDENTITY, CallerCheck
-from cascade.candidates import Candidates, InvalidField, from_proto
+from cascade.candidates import Candidates, InvalidField, check_positions, from_proto
 from cascade.config import Secret, Setting, SettingsError, explain_settings, format_settings
 from cascade.config import assignments as config_assignments
 from cascade.data.schema import DataError
@@ -517,9 +517,11 @@ def read_candidates(
     context: grpc.ServicerContext, message: common_pb2.CandidateList, maximum: int
 ) -> Candidates:
     """A request's candidate list as arrays; INVALID_ARGUMENT naming the field when its arrays
-    disagree or when it holds more than `maximum` candidates."""
+    disagree (in length, or a channel position without a channel) or when it holds more than
+    `maximum` candidates."""
     try:
         candidates = from_proto(message)
+        check_positions(candidates)
     except InvalidField as error:
         invalid_argument(context, error.field, error.description)
     if len(candidates.item_ids) > maximum:

@@ -481,7 +481,9 @@ class Cascade:
         """Recall's fallback: the popular cache minus what the user consumed."""
         ids = self.popular[~np.isin(self.popular, seen)][: self.funnel.recall_count]
         scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)  # the cache's order
-        return Candidates(ids, scores, np.full(len(ids), POPULAR_MASK, dtype=np.uint32))
+        masks = np.full(len(ids), POPULAR_MASK, dtype=np.uint32)
+        positions = np.arange(1, len(ids) + 1, dtype=np.uint32)  # the popular channel's own order
+        return Candidates(ids, scores, masks, positions)
 
     def _local_rerank(self, ranked: Candidates, seen: np.ndarray, count: int) -> Candidates:
         """Rerank's fallback: rank's order minus seen items, at most max_per_creator per creator
@@ -521,4 +523,7 @@ def _skipped(
 def _well_formed(candidates: common_pb2.CandidateList) -> bool:
     """A reply's arrays agree in length (the next stage would refuse the list otherwise)."""
     n = len(candidates.item_ids)
-    return len(candidates.scores) in (0, n) and len(candidates.channel_masks) in (0, n)
+    return all(
+        len(values) in (0, n)
+        for values in (candidates.scores, candidates.channel_masks, candidates.channel_positions)
+    )

@@ -45,9 +45,11 @@ def recall_candidates(
     consumed: list,
     count: int,
     channel_masks: np.ndarray | None = None,
+    channel_positions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(R, count) merged candidates per request (0-padded) and their validity mask;
-    `channel_masks`, an (R, count) uint32 array when given, receives their channel tags."""
+    `channel_masks` and `channel_positions`, (R, count) uint32 arrays when given, receive their
+    channel tags and best positions in the channels' answers (what recall puts on the wire)."""
     item_ids = np.zeros((len(user_ids), count), dtype=np.int64)
     requests = track(
         zip(user_ids.tolist(), ts.tolist(), strict=True), "recall candidates", "requests", len(ts)
@@ -56,9 +58,12 @@ def recall_candidates(
         recent = history[row][history[row] > 0]
         context = RecallContext(int(user), recent, int(t), True, consumed[row])
         found = merger.recall(context, count, consumed[row]).candidates
-        item_ids[row, : len(found.item_ids[:count])] = found.item_ids[:count]
+        n = len(found.item_ids[:count])
+        item_ids[row, :n] = found.item_ids[:count]
         if channel_masks is not None:
-            channel_masks[row, : len(found.item_ids[:count])] = found.channel_masks[:count]
+            channel_masks[row, :n] = found.channel_masks[:count]
+        if channel_positions is not None:
+            channel_positions[row, :n] = found.channel_positions[:count]
     return item_ids, item_ids > 0
 
 

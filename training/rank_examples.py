@@ -81,9 +81,9 @@ def recall_examples(
     tasks: tuple[str, ...],
     settings: RecallExamples | None = None,
 ) -> Table:
-    """An impressions-like table (user_id, item_id, ts, channel_mask and one bool column per
-    task) of recall candidates at training-period requests, labelled by what followed in
-    `train`."""
+    """An impressions-like table (user_id, item_id, ts, channel_mask, channel_position and one
+    bool column per task) of recall candidates at training-period requests, labelled by what
+    followed in `train`."""
     settings = settings or RecallExamples()
     user_ids, ts = request_points(train, settings)
     history = history_before(train, user_ids, ts, spec.history_length)
@@ -101,8 +101,11 @@ def recall_examples(
     )
     merger = recall_merger(bundle, store, recall)
     masks = np.zeros((len(user_ids), count), dtype=np.uint32)
+    positions = np.zeros((len(user_ids), count), dtype=np.uint32)
     try:
-        item_ids, valid = recall_candidates(merger, user_ids, ts, history, consumed, count, masks)
+        item_ids, valid = recall_candidates(
+            merger, user_ids, ts, history, consumed, count, masks, positions
+        )
     finally:
         merger.close()
     labels = {t: acted_after(train, user_ids, ts, item_ids, TASK_FLAG[t]) & valid for t in tasks}
@@ -118,6 +121,7 @@ def recall_examples(
         "item_id": flat(item_ids),
         "ts": np.repeat(ts, n),
         "channel_mask": flat(masks),  # the recall channels that found it (a ranker feature)
+        "channel_position": flat(positions),  # its best place in their answers (another)
         **{t: flat(labels[t]) for t in tasks},
     }
     order = np.lexsort((table["item_id"], table["ts"], table["user_id"]))

@@ -23,7 +23,13 @@ from cascade.context_fields import FoldedMF, MFPositions
 from cascade.data import load_dataset
 from cascade.data.schema import Dataset, Table
 from cascade.data.split import TemporalSplit, per_user_temporal, split_dataset, take
-from cascade.features import FeatureSpec, build_spec
+from cascade.features import (
+    CHANNEL_POSITION,
+    CONTEXT_BUCKETS,
+    DEFAULT_WIDTHS,
+    FeatureSpec,
+    build_spec,
+)
 from cascade.profiles import DEFAULT
 from cascade.rows import OfflineRows
 from services.rank.model import ModelConfig, RankModel
@@ -66,8 +72,10 @@ def training_examples(
     )
     if config.examples == "recall":
         return found
-    logged = {k: data.train_impressions[k] for k in found if k != "channel_mask"}
-    logged["channel_mask"] = np.zeros(len(logged["ts"]), dtype=np.uint32)  # no recall tags
+    recall_only = ("channel_mask", "channel_position")
+    logged = {k: data.train_impressions[k] for k in found if k not in recall_only}
+    for column in recall_only:  # logged impressions carry no recall tags or positions
+        logged[column] = np.zeros(len(logged["ts"]), dtype=np.uint32)
     return {k: np.concatenate([logged[k], found[k]]) for k in found}
 
 
@@ -97,11 +105,19 @@ def prepare(
     return Prepared(dataset, spec, data, offline, *parts)
 
 
+def rank_spec(dataset: Dataset, model_config: ModelConfig) -> FeatureSpec:
+    """The data's spec, with the optional channel_position field when the model names it."""
+    chosen = model_config.context_fields
+    if chosen is None or CHANNEL_POSITION not in chosen:
+        return build_spec(dataset)
+    return build_spec(dataset, {CHANNEL_POSITION: DEFAULT_WIDTHS["context"]})
+
+
 def train(
     dataset: Dataset, config: TrainConfig, model_config: ModelConfig, bundle=None
 ) -> tuple[RankModel, Prepared, dict]:
     """Fits the full model; its info includes test-period metrics per task."""
-    prepared = prepare(dataset, config, bundle=bundle)
+    prepared = prepare(dataset, config, rank_spec(dataset, model_config), bundle)
     model, info = train_prepared(prepared, config, model_config)
     return model, prepared, info
 
@@ -162,6 +178,14 @@ def main(argv: list[str] | None = None) -> None:
         help="read the item's content vector (datasets whose items carry one); default: ignored",
     )
     parser.add_argument(
+        "--context-fields",
+        default=",".join(ModelConfig.context_fields or ()),
+        metavar="NAMES",
+        help="comma-separated context fields the ranker reads (cascade/context_fields.py; "
+        "channels and channel_position need --examples recall or both); default: "
+        f"{','.join(ModelConfig.context_fields or ())}",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=TrainConfig.threads,
@@ -179,7 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         recall_examples=RecallExamples(profile=args.profile),
     )
-    model_config = ModelConfig(position_tower=args.position_tower, content=args.content)
+    context_fields = tuple(name for name in args.context_fields.split(",") if name)
+    known = (*CONTEXT_BUCKETS, "channels", CHANNEL_POSITION)
+    if unknown := sorted(set(context_fields) - set(known)):
+        raise SystemExit(f"--context-fields: unknown {unknown}; known: {', '.join(known)}")
+    model_config = ModelConfig(
+        position_tower=args.position_tower, content=args.content, context_fields=context_fields
+    )
     from cascade.artifacts import ArtifactError, Bundle
 
     bundle: Bundle | None

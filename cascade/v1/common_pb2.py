@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61scade/v1/common.proto\x12\ncascade.v1\"H\n\rCandidateList\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rchannel_masks\x18\x03 \x03(\r\"\xaa\x01\n\x0eRequestContext\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\x12\x0f\n\x07surface\x18\x03 \x01(\t\x12\x36\n\x06\x65xtras\x18\x04 \x03(\x0b\x32&.cascade.v1.RequestContext.ExtrasEntry\x1a-\n\x0b\x45xtrasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x17\n\x0frecent_item_ids\x18\x02 \x03(\x03\x12\x17\n\x0frequest_time_ms\x18\x03 \x01(\x03\x12+\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1a.cascade.v1.RequestContext\"\x99\x02\n\nStageTrace\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12\x15\n\rcandidates_in\x18\x03 \x01(\r\x12\x16\n\x0e\x63\x61ndidates_out\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x07 \x01(\t\x12\x41\n\x0e\x63hannel_counts\x18\x08 \x03(\x0b\x32).cascade.v1.StageTrace.ChannelCountsEntry\x1a\x34\n\x12\x43hannelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01*\xaf\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANNEL_TWO_TOWER\x10\x01\x12\x13\n\x0f\x43HANNEL_ITEM_CF\x10\x02\x12\x13\n\x0f\x43HANNEL_PROFILE\x10\x03\x12\x12\n\x0e\x43HANNEL_SOCIAL\x10\x04\x12\x11\n\rCHANNEL_FRESH\x10\x05\x12\x13\n\x0f\x43HANNEL_POPULAR\x10\x06\x12\x0e\n\nCHANNEL_MF\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61scade/v1/common.proto\x12\ncascade.v1\"c\n\rCandidateList\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rchannel_masks\x18\x03 \x03(\r\x12\x19\n\x11\x63hannel_positions\x18\x04 \x03(\r\"\xaa\x01\n\x0eRequestContext\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\x12\x0f\n\x07surface\x18\x03 \x01(\t\x12\x36\n\x06\x65xtras\x18\x04 \x03(\x0b\x32&.cascade.v1.RequestContext.ExtrasEntry\x1a-\n\x0b\x45xtrasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x17\n\x0frecent_item_ids\x18\x02 \x03(\x03\x12\x17\n\x0frequest_time_ms\x18\x03 \x01(\x03\x12+\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1a.cascade.v1.RequestContext\"\x99\x02\n\nStageTrace\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12\x15\n\rcandidates_in\x18\x03 \x01(\r\x12\x16\n\x0e\x63\x61ndidates_out\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x07 \x01(\t\x12\x41\n\x0e\x63hannel_counts\x18\x08 \x03(\x0b\x32).cascade.v1.StageTrace.ChannelCountsEntry\x1a\x34\n\x12\x43hannelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01*\xaf\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANNEL_TWO_TOWER\x10\x01\x12\x13\n\x0f\x43HANNEL_ITEM_CF\x10\x02\x12\x13\n\x0f\x43HANNEL_PROFILE\x10\x03\x12\x12\n\x0e\x43HANNEL_SOCIAL\x10\x04\x12\x11\n\rCHANNEL_FRESH\x10\x05\x12\x13\n\x0f\x43HANNEL_POPULAR\x10\x06\x12\x0e\n\nCHANNEL_MF\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTCONTEXT_EXTRASENTRY']._serialized_options = b'8\001'
   _globals['_STAGETRACE_CHANNELCOUNTSENTRY']._loaded_options = None
   _globals['_STAGETRACE_CHANNELCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_CHANNEL']._serialized_start=698
-  _globals['_CHANNEL']._serialized_end=873
+  _globals['_CHANNEL']._serialized_start=725
+  _globals['_CHANNEL']._serialized_end=900
   _globals['_CANDIDATELIST']._serialized_start=39
-  _globals['_CANDIDATELIST']._serialized_end=111
-  _globals['_REQUESTCONTEXT']._serialized_start=114
-  _globals['_REQUESTCONTEXT']._serialized_end=284
-  _globals['_REQUESTCONTEXT_EXTRASENTRY']._serialized_start=239
-  _globals['_REQUESTCONTEXT_EXTRASENTRY']._serialized_end=284
-  _globals['_USERCONTEXT']._serialized_start=286
-  _globals['_USERCONTEXT']._serialized_end=411
-  _globals['_STAGETRACE']._serialized_start=414
-  _globals['_STAGETRACE']._serialized_end=695
-  _globals['_STAGETRACE_CHANNELCOUNTSENTRY']._serialized_start=643
-  _globals['_STAGETRACE_CHANNELCOUNTSENTRY']._serialized_end=695
+  _globals['_CANDIDATELIST']._serialized_end=138
+  _globals['_REQUESTCONTEXT']._serialized_start=141
+  _globals['_REQUESTCONTEXT']._serialized_end=311
+  _globals['_REQUESTCONTEXT_EXTRASENTRY']._serialized_start=266
+  _globals['_REQUESTCONTEXT_EXTRASENTRY']._serialized_end=311
+  _globals['_USERCONTEXT']._serialized_start=313
+  _globals['_USERCONTEXT']._serialized_end=438
+  _globals['_STAGETRACE']._serialized_start=441
+  _globals['_STAGETRACE']._serialized_end=722
+  _globals['_STAGETRACE_CHANNELCOUNTSENTRY']._serialized_start=670
+  _globals['_STAGETRACE_CHANNELCOUNTSENTRY']._serialized_end=722
 # @@protoc_insertion_point(module_scope)

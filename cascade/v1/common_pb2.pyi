@@ -85,6 +85,7 @@ class CandidateList(_message.Message):
     ITEM_IDS_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
     CHANNEL_MASKS_FIELD_NUMBER: _builtins.int
+    CHANNEL_POSITIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Item ids, in the list's order (best first once a stage has scored them)."""
@@ -97,16 +98,26 @@ class CandidateList(_message.Message):
     def channel_masks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Bit mask per item: bit c set means Channel c found it (bit 0 is never set)."""
 
+    @_builtins.property
+    def channel_positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per item: its best (smallest) 1-based position in the answer of any channel that found it,
+        consumed items left out (1 = some channel's top item); 0 = not known. Recall sets it and
+        every later stage passes it on: the ranker reads it beside the mask, so channels whose
+        scores share no scale still compare. One varint per item (two bytes below 16,384) rather
+        than a position per channel: an item found by several channels would multiply the list.
+        """
+
     def __init__(
         self,
         *,
         item_ids: _abc.Iterable[_builtins.int] | None = ...,
         scores: _abc.Iterable[_builtins.float] | None = ...,
         channel_masks: _abc.Iterable[_builtins.int] | None = ...,
+        channel_positions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_masks", b"channel_masks", "item_ids", b"item_ids", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_masks", b"channel_masks", "channel_positions", b"channel_positions", "item_ids", b"item_ids", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

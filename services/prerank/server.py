@@ -125,7 +125,13 @@ class PrerankService(prerank_pb2_grpc.PrerankServicer):
         if n_unknown:
             self.metrics.unknown.inc(n_unknown)
         kept = candidates.take(order)
-        to_proto(kept.item_ids, scores[order], kept.channel_masks, out=response.candidates)
+        to_proto(
+            kept.item_ids,
+            scores[order],
+            kept.channel_masks,
+            kept.channel_positions,
+            out=response.candidates,
+        )
         response.unknown_items = n_unknown
         self.metrics.candidates_out.inc(len(order))
         return response

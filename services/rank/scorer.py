@@ -54,8 +54,8 @@ class RankScorer:
         self.session, self.store, self.tasks, self.version = session, store, tasks, version
         self.one_user_row = one_user_row  # the model broadcasts one user row (newer bundles)
         # The context fields the model was trained with: mf_position only with the MF model it
-        # was trained on, channel tags only when its examples carried them (else both stay 0, as
-        # in training: a value it never saw would mean nothing to it).
+        # was trained on, channel tags and positions only when its examples carried them (else
+        # they stay 0, as in training: a value it never saw would mean nothing to it).
         self.mf, self.channel_feature = mf, channel_feature
         self.items = store_items(store)
         self.fusion_weights = fusion_weights.astype(np.float32).reshape(-1, 1)  # (T, 1)
@@ -127,16 +127,27 @@ class RankScorer:
         item_ids: np.ndarray,
         history: np.ndarray | None = None,
         channel_masks: np.ndarray | None = None,
+        channel_positions: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(fused scores (n,), probabilities (n, n_tasks)) for one user's candidates, in the
         given order. `history`: recent items newest first, put before the stored history;
-        `channel_masks`: the recall channels that found each candidate."""
+        `channel_masks`, `channel_positions`: the recall channels that found each candidate and
+        its best position in their answers."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         masks = channel_masks if self.channel_feature else None
+        positions = channel_positions if self.channel_feature else None
         if len(self.items.creator) != self.store.n_items:  # items uploaded since: their context
             self.items = store_items(self.store)  # (age, affinities) from their own metadata
         rows = online_rows(
-            self.store, user_id, item_ids, history, self.one_user_row, masks, self.mf, self.items
+            self.store,
+            user_id,
+            item_ids,
+            history,
+            self.one_user_row,
+            masks,
+            self.mf,
+            self.items,
+            positions,
         )
         probabilities = self.probabilities(rows)
         return self.fuse(probabilities), probabilities

@@ -96,14 +96,24 @@ class RankService(rank_pb2_grpc.RankServicer):
         started = time.perf_counter()
         recent = np.asarray(request.user.recent_item_ids, dtype=np.int64)
         fused, probabilities = scorer.score(
-            request.user.user_id, candidates.item_ids, recent, candidates.channel_masks
+            request.user.user_id,
+            candidates.item_ids,
+            recent,
+            candidates.channel_masks,
+            candidates.channel_positions,
         )
         self.metrics.inference.observe(time.perf_counter() - started)
         order = np.argsort(-fused, kind="stable")
         if request.count:
             order = order[: request.count]
         kept = candidates.take(order)
-        to_proto(kept.item_ids, fused[order], kept.channel_masks, out=response.candidates)
+        to_proto(
+            kept.item_ids,
+            fused[order],
+            kept.channel_masks,
+            kept.channel_positions,
+            out=response.candidates,
+        )
         if request.return_task_scores:
             for i, task in enumerate(scorer.tasks):
                 response.task_scores.add(task=task, probabilities=probabilities[order, i].tolist())

@@ -414,5 +414,6 @@ def context_info(prepared: Prepared, config: TrainConfig, model_config: ModelCon
     reads = lambda name: chosen is None or name in chosen  # noqa: E731
     return {
         "mf_feature": reads("mf_position") and prepared.offline.context.mf is not None,
-        "channel_feature": reads("channels") and config.examples != "impressions",
+        "channel_feature": (reads("channels") or reads("channel_position"))
+        and config.examples != "impressions",
     }

@@ -10,7 +10,8 @@ its thread still runs to the end. A channel that raises is reported as an error 
 in priority order, each channel fills up to its quota of `count` with items no earlier channel took,
 and a second pass fills what is left (the fallback: popular, for a user the personal channels know
 nothing about). Consumed items never pass. Every candidate keeps the tags of all channels that found
-it; the order interleaves the channels in proportion to their quotas and is deterministic.
+it and its best position in their answers; the order interleaves the channels in proportion to their
+quotas and is deterministic.
 """
 
 from __future__ import annotations
@@ -259,6 +260,9 @@ class Merger:
         tagged, inverse = np.unique(np.concatenate(answers), return_inverse=True)
         blocked = np.isin(tagged, consumed)
         masks = np.zeros(len(tagged), dtype=np.uint32)
+        # Each item's best place in any finding channel's answer (consumed items left out): one
+        # number per candidate that the ranker reads beside the mask (common.proto).
+        best = np.zeros(len(tagged), dtype=np.uint32)
         usable = []
         ends = np.cumsum([len(ids) for ids in answers])
         for found, bit in zip(np.split(inverse, ends[:-1]), self.bits, strict=True):
@@ -266,6 +270,8 @@ class Merger:
             _, first = np.unique(found, return_index=True)  # a channel's repeats: keep the first
             found = found[np.sort(first)]
             masks[found] |= bit  # every channel that found an item tags it, quota or not
+            place = np.arange(1, len(found) + 1, dtype=np.uint32)
+            best[found] = np.where(best[found] > 0, np.minimum(best[found], place), place)
             usable.append(found)
 
         slots = [math.floor(quotas[c.name] * count) for c in self.channels]  # per channel
@@ -295,7 +301,10 @@ class Merger:
                 n_taken += len(new)
         if not chosen:
             empty = Candidates(
-                np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.uint32)
+                np.empty(0, np.int64),
+                np.empty(0, np.float32),
+                np.empty(0, np.uint32),
+                np.empty(0, np.uint32),
             )
             return empty, np.zeros(n_channels, np.int64)
         ids, key, owner = (np.concatenate(x) for x in (chosen, keys, owners))
@@ -305,7 +314,7 @@ class Merger:
         scores = (1.0 - np.arange(len(ids)) / len(ids)).astype(np.float32)
         candidate_masks = masks[found]
         kept = np.bincount(owner, minlength=n_channels)
-        return Candidates(ids, scores, candidate_masks), kept
+        return Candidates(ids, scores, candidate_masks, best[found]), kept
 
 
 def _timed(channel: Channel, context: RecallContext, k: int):

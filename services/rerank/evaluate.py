@@ -73,7 +73,9 @@ def evaluate(name: str, data_dir: Path, max_users: int, seed: int = 0) -> dict:
     for method, trade_off in settings:
         pages = np.zeros((len(users), PAGE), dtype=np.int64)
         for row in track(range(len(users)), f"evaluate rerank {method}", "users"):
-            listed = Candidates(candidates[row], scores[row].astype(np.float32), zero_masks)
+            listed = Candidates(
+                candidates[row], scores[row].astype(np.float32), zero_masks, zero_masks
+            )
             page = engine.rerank(listed, PAGE, method=method, trade_off=trade_off)
             pages[row] = page.candidates.item_ids
         hits = np.take_along_axis(relevant, pages, axis=1)

@@ -13,6 +13,7 @@ from cascade.candidates import (
     channel_bit,
     channel_counts,
     channels_of,
+    check_positions,
     from_proto,
     to_proto,
 )
@@ -25,14 +26,15 @@ def candidate_arrays(draw):
     item_ids = draw(hnp.arrays(np.int64, n))
     scores = draw(hnp.arrays(np.float32, n))  # any float32, NaN and infinities included
     masks = draw(hnp.arrays(np.uint32, n))
-    return item_ids, scores, masks
+    positions = draw(hnp.arrays(np.uint32, n))
+    return item_ids, scores, masks, positions
 
 
 @settings(max_examples=60, deadline=None)
 @given(candidate_arrays())
 def test_arrays_survive_the_wire_exactly(arrays):
-    item_ids, scores, masks = arrays
-    wire = to_proto(item_ids, scores, masks).SerializeToString()
+    item_ids, scores, masks, positions = arrays
+    wire = to_proto(item_ids, scores, masks, positions).SerializeToString()
     back = from_proto(common_pb2.CandidateList.FromString(wire))
     assert back.item_ids.dtype == np.int64
     assert back.scores.dtype == np.float32
@@ -43,6 +45,7 @@ def test_arrays_survive_the_wire_exactly(arrays):
     )  # bit-exact, -0.0 too
     assert np.array_equal(np.isnan(back.scores), np.isnan(scores))
     np.testing.assert_array_equal(back.channel_masks, masks)
+    np.testing.assert_array_equal(back.channel_positions, positions)
 
 
 @pytest.mark.parametrize("n", [0, 1, PACKED_MIN - 1, PACKED_MIN, 2000])
@@ -56,17 +59,20 @@ def test_long_lists_are_written_byte_for_byte_as_protobuf_writes_them(n):
     scores = rng.standard_normal(n).astype(np.float32)
     masks = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
     masks[: min(n, 2)] = [0, 2**32 - 1][: min(n, 2)]
+    positions = rng.integers(0, 3000, n, dtype=np.uint32)
     reference = common_pb2.CandidateList()
     reference.item_ids.extend(item_ids.tolist())
     reference.scores.extend(scores.tolist())
     reference.channel_masks.extend(masks.tolist())
-    ours = to_proto(item_ids, scores, masks)
+    if positions.any():  # all unknown (0): left out
+        reference.channel_positions.extend(positions.tolist())
+    ours = to_proto(item_ids, scores, masks, positions)
     assert ours.SerializeToString() == reference.SerializeToString()
     only_ids = to_proto(item_ids[:n])
     assert list(only_ids.item_ids) == item_ids.tolist() and not only_ids.scores
     response = rank_pb2.RankResponse()
     response.candidates.item_ids.append(7)  # replaced, not appended to
-    to_proto(item_ids, scores, masks, out=response.candidates)
+    to_proto(item_ids, scores, masks, positions, out=response.candidates)
     assert response.candidates == reference
 
 
@@ -75,8 +81,25 @@ def test_missing_scores_and_masks_read_as_zeros():
     np.testing.assert_array_equal(back.item_ids, [5, 3, 9])
     assert back.scores.dtype == np.float32 and not back.scores.any() and len(back.scores) == 3
     assert back.channel_masks.dtype == np.uint32 and not back.channel_masks.any()
+    assert back.channel_positions.dtype == np.uint32 and not back.channel_positions.any()
     empty = from_proto(common_pb2.CandidateList())
-    assert [len(a) for a in empty] == [0, 0, 0]
+    assert [len(a) for a in empty] == [0, 0, 0, 0]
+
+
+def test_unknown_positions_stay_off_the_wire():
+    """All-zero positions (a producer that knows none) cost no bytes, long list or short."""
+    for n in (3, PACKED_MIN):
+        ids, masks = np.arange(1, n + 1), np.full(n, 2, np.uint32)
+        without = to_proto(ids, None, masks).SerializeToString()
+        assert to_proto(ids, None, masks, np.zeros(n, np.uint32)).SerializeToString() == without
+
+
+def test_a_position_without_a_channel_names_the_field():
+    msg = common_pb2.CandidateList(item_ids=[4, 7], channel_masks=[2, 0], channel_positions=[1, 3])
+    with pytest.raises(InvalidField, match="item 7 .index 1. has position 3") as caught:
+        check_positions(from_proto(msg))
+    assert caught.value.field == "candidates.channel_positions"
+    check_positions(from_proto(common_pb2.CandidateList(item_ids=[4], channel_masks=[2])))
 
 
 def test_unequal_lengths_name_the_field():
@@ -87,6 +110,9 @@ def test_unequal_lengths_name_the_field():
     msg = common_pb2.CandidateList(item_ids=[1], channel_masks=[2, 4])
     with pytest.raises(ValueError, match="request.candidates.channel_masks"):
         from_proto(msg, field="request.candidates")
+    msg = common_pb2.CandidateList(item_ids=[1, 2], channel_positions=[1])
+    with pytest.raises(ValueError, match="candidates.channel_positions"):
+        from_proto(msg)
     with pytest.raises(ValueError, match="scores"):
         to_proto(np.arange(3), scores=np.zeros(2))
 
@@ -110,10 +136,12 @@ def test_take_reorders_all_arrays_together():
         np.array([10, 20, 30]),
         np.array([0.1, 0.3, 0.2], np.float32),
         np.array([2, 4, 8], np.uint32),
+        np.array([5, 1, 3], np.uint32),
     )
     top = cands.take(np.argsort(-cands.scores)[:2])
     np.testing.assert_array_equal(top.item_ids, [20, 30])
     np.testing.assert_array_equal(top.channel_masks, [4, 8])
+    np.testing.assert_array_equal(top.channel_positions, [1, 3])
 
 
 def test_channel_masks():

@@ -12,10 +12,16 @@ import bisect
 import numpy as np
 import pytest
 
+from cascade.candidates import from_proto, to_proto
 from cascade.context_fields import MFPositions
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
-from cascade.features import CONTEXT_BUCKETS, build_spec
+from cascade.features import (
+    CHANNEL_POSITION,
+    CHANNEL_POSITION_BUCKETS,
+    CONTEXT_BUCKETS,
+    build_spec,
+)
 from cascade.rows import OfflineRows, online_rows
 from tests.conftest import make_tiny_dataset
 
@@ -29,7 +35,7 @@ def world():
     dataset.interactions["ts"] = dataset.interactions["ts"] * SCALE
     dataset.impressions["ts"] = dataset.impressions["ts"] * SCALE
     dataset.items["upload_ts"] = (dataset.items["upload_ts"] + 60) * SCALE
-    spec = build_spec(dataset)
+    spec = build_spec(dataset, {CHANNEL_POSITION: 4})  # the optional field too
     split = split_dataset(dataset)
     rng = np.random.default_rng(0)
     ease = MFPositions(rng.normal(size=(dataset.n_items, dataset.n_items)).astype(np.float32))
@@ -40,7 +46,7 @@ def world():
     return dataset, spec, split, ease, svd
 
 
-def reference(dataset, spec, log, mf, user, item, ts, mask, extra_consumed=()):
+def reference(dataset, spec, log, mf, user, item, ts, mask, extra_consumed=(), best=0):
     """Raw values of one row by plain loops over the tables."""
     items = {int(i): k for k, i in enumerate(dataset.items["item_id"])}
     row = items[item]
@@ -79,13 +85,14 @@ def reference(dataset, spec, log, mf, user, item, ts, mask, extra_consumed=()):
         "creator_affinity": same_creator if creator > 0 else -1,
         "mf_position": position,
         "channels": [c for c in range(1, 8) if mask >> c & 1],
+        "channel_position": best if best > 0 else -1,
     }
 
 
 def encoded(spec, raw):
     """The reference's raw values as embedding rows (bisect over each field's boundaries)."""
     out = {}
-    for name, bounds in CONTEXT_BUCKETS.items():
+    for name, bounds in [*CONTEXT_BUCKETS.items(), (CHANNEL_POSITION, CHANNEL_POSITION_BUCKETS)]:
         value = raw[name]
         out[name] = 0 if value < 0 else bisect.bisect_right(bounds, value) + 1
     out["channels"] = sorted(raw["channels"])
@@ -93,7 +100,7 @@ def encoded(spec, raw):
 
 
 def check(spec, rows, index, expected, where):
-    for name in CONTEXT_BUCKETS:
+    for name in (*CONTEXT_BUCKETS, CHANNEL_POSITION):
         assert rows[name][index] == expected[name], f"{where}: {name}"
     got_channels = sorted(int(c) for c in rows["channels"][index] if c > 0)
     assert got_channels == expected["channels"], f"{where}: channels"
@@ -109,11 +116,11 @@ def test_offline_rows_match_the_reference_at_training_times(world, model):
     picks = rng.choice(len(log["ts"]), 25, replace=False)
     users, items, ts = log["user_id"][picks], log["item_id"][picks], log["ts"][picks]
     masks = rng.integers(0, 2**8, len(picks)).astype(np.uint32)
-    rows = offline.rows(users, items, ts, masks)
+    positions = (rng.integers(0, 3000, len(picks)) * (masks > 0)).astype(np.uint32)
+    rows = offline.rows(users, items, ts, masks, positions)
     for k in range(len(picks)):
-        raw = reference(
-            dataset, spec, log, mf, int(users[k]), int(items[k]), int(ts[k]), int(masks[k])
-        )
+        user, item, t, mask = int(users[k]), int(items[k]), int(ts[k]), int(masks[k])
+        raw = reference(dataset, spec, log, mf, user, item, t, mask, best=int(positions[k]))
         check(spec, rows, k, encoded(spec, raw), f"row {k}")
 
 
@@ -126,12 +133,32 @@ def test_online_rows_match_the_reference_at_serving_time(world, model):
     offline = OfflineRows(dataset, spec, log, mf)
     items = np.arange(1, dataset.n_items)
     masks = (np.arange(len(items)) * 37 % 256).astype(np.uint32)
+    positions = ((np.arange(len(items)) * 263 % 2500) * (masks > 0)).astype(np.uint32)
+    # Online, the list arrives as recall sends it: through the wire and back.
+    wire = from_proto(to_proto(items, None, masks, positions))
     for user in np.unique(log["user_id"]).tolist():
-        got = online_rows(store, user, items, channel_masks=masks, mf=mf)
+        got = online_rows(
+            store,
+            user,
+            wire.item_ids,
+            channel_masks=wire.channel_masks,
+            mf=mf,
+            channel_positions=wire.channel_positions,
+        )
         after = np.full(len(items), AFTER_TRAINING)
-        both = offline.rows(np.full(len(items), user), items, after, masks)
+        both = offline.rows(np.full(len(items), user), items, after, masks, positions)
         for k, item in enumerate(items.tolist()):
-            raw = reference(dataset, spec, log, mf, user, item, AFTER_TRAINING, int(masks[k]))
+            raw = reference(
+                dataset,
+                spec,
+                log,
+                mf,
+                user,
+                item,
+                AFTER_TRAINING,
+                int(masks[k]),
+                best=int(positions[k]),
+            )
             check(spec, got, k, encoded(spec, raw), f"user {user} item {item} online")
             check(spec, both, k, encoded(spec, raw), f"user {user} item {item} offline")
 
@@ -158,6 +185,19 @@ def test_unknown_values_are_row_zero(world):
     assert rows["mf_position"].tolist() == [0, 0]
     assert rows["item_plays"][1] == rows["item_age_days"][1] == 0  # not in the catalogue
     assert not rows["channels"].any()
+    assert not rows[CHANNEL_POSITION].any()
+
+
+def test_channel_position_is_in_a_spec_only_when_its_width_is_given(world):
+    """Bundles trained before the field keep their spec (and so still load)."""
+    dataset, spec, _, _, _ = world
+    assert CHANNEL_POSITION in {f.name for f in spec.of("context")}
+    assert CHANNEL_POSITION not in {f.name for f in build_spec(dataset).of("context")}
+    # Only the ranker reads it: a store on the ranker's spec serves recall's two-tower.
+    build_spec(dataset).check_matches(spec, "two-tower vs the ranker's store")
+    spec.check_matches(build_spec(dataset), "the ranker's spec vs a plain store")
+    with pytest.raises(ValueError, match="field 'channel_position' differs"):
+        spec.check_matches(build_spec(dataset, {CHANNEL_POSITION: 8}), "another width")
 
 
 def test_fusion_tuning_keeps_the_scale_whose_fused_score_orders_the_primary_task_best():

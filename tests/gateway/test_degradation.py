@@ -153,6 +153,10 @@ def test_the_popular_fallback_leaves_out_what_the_user_played(gateway_with, buil
     expected_out = min(recall_count, len([i for i in popular if i not in seen]))
     assert traces["recall"].candidates_out == expected_out
     assert not set(played) & set(response.items.item_ids)
+    # Each item's channel position is its place in the cache's order, passed on by every stage.
+    order = [i for i in popular if i not in seen]
+    expected = [order.index(i) + 1 for i in response.items.item_ids]
+    assert list(response.items.channel_positions) == expected
 
 
 def test_the_local_rerank_leaves_out_what_the_user_played(gateway_with, built, real_stages):

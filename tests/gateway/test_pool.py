@@ -32,7 +32,8 @@ DAY = 86_400
 def candidates(ids, masks=None) -> Candidates:
     ids = np.asarray(ids, dtype=np.int64)
     masks = np.ones(len(ids), np.uint32) if masks is None else np.asarray(masks, np.uint32)
-    return Candidates(ids, np.arange(len(ids), 0, -1, dtype=np.float32), masks)
+    positions = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    return Candidates(ids, np.arange(len(ids), 0, -1, dtype=np.float32), masks, positions)
 
 
 def test_pool_items_take_the_last_slots_and_the_page_keeps_its_count():

@@ -37,23 +37,26 @@ def stub(server):
     channel.close()
 
 
-def _request(items, user=3, masks=None, **kwargs):
+def _request(items, user=3, masks=None, positions=None, **kwargs):
     request = rank_pb2.RankRequest(user=common_pb2.UserContext(user_id=user), **kwargs)
-    to_proto(np.asarray(items, dtype=np.int64), channel_masks=masks, out=request.candidates)
+    items = np.asarray(items, dtype=np.int64)
+    to_proto(items, None, masks, positions, out=request.candidates)
     return request
 
 
 def test_returns_candidates_sorted_by_fused_score_with_task_scores(server, stub):
     _, scorer = server
     items = np.arange(1, 31)
-    masks = np.arange(30, dtype=np.uint32) * 2
-    response = stub.Rank(_request(items, masks=masks, return_task_scores=True))
+    masks = np.arange(1, 31, dtype=np.uint32) * 2
+    positions = np.arange(30, 0, -1, dtype=np.uint32)
+    response = stub.Rank(_request(items, masks=masks, positions=positions, return_task_scores=True))
     ids, scores = np.asarray(response.candidates.item_ids), np.asarray(response.candidates.scores)
     expected, probabilities = scorer.score(3, items)
     assert sorted(ids) == list(items)
     assert np.all(np.diff(scores) <= 0)
     np.testing.assert_allclose(scores, expected[ids - 1], rtol=1e-6)
     np.testing.assert_array_equal(response.candidates.channel_masks, masks[ids - 1])
+    np.testing.assert_array_equal(response.candidates.channel_positions, positions[ids - 1])
     assert [t.task for t in response.task_scores] == ["play", "like"]
     np.testing.assert_allclose(
         response.task_scores[1].probabilities, probabilities[ids - 1, 1], rtol=1e-6
@@ -105,6 +108,7 @@ def test_unknown_items_are_dropped_and_counted(server, stub):
     [
         (_request(range(1, 52)), "candidates"),
         (_request([1, 2], user=-1), "user.user_id"),
+        (_request([1, 2], masks=[2, 0], positions=[1, 4]), "candidates.channel_positions"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_field(stub, request_, field):

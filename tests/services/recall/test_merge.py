@@ -81,6 +81,22 @@ def test_duplicates_removed_keeping_every_channel_tag():
     assert masks[ids.tolist().index(4)] == channel_bit("item_cf")
 
 
+def test_each_candidate_carries_its_best_position_in_the_channels_answers():
+    """1-based, consumed items left out before counting: the rank the ranker reads."""
+    two_tower = Fixed("two_tower", [7, 1, 2, 3])
+    item_cf = Fixed("item_cf", [3, 4, 1])
+    popular = Fixed("popular", [5, 6, 2])
+    result = merger([two_tower, item_cf, popular], [0.5, 0.3, 0.2]).recall(
+        CONTEXT, 10, np.array([7])
+    )
+    ids, positions = result.candidates.item_ids, result.candidates.channel_positions
+    best = dict(zip(ids.tolist(), positions.tolist(), strict=True))
+    # two_tower without consumed 7: 1, 2, 3 at 1, 2, 3; item_cf: 3, 4, 1 at 1, 2, 3; popular
+    # 5, 6, 2 at 1, 2, 3.
+    assert best == {1: 1, 2: 2, 3: 1, 4: 2, 5: 1, 6: 2}
+    assert positions.dtype == np.uint32
+
+
 def test_consumed_items_are_filtered_and_order_is_stable():
     two_tower = Fixed("two_tower", [5, 6, 7, 8])
     popular = Fixed("popular", [6, 1, 2, 3])

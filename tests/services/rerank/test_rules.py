@@ -43,9 +43,8 @@ def reranker(rules: Rules, store: Store, method: str = "none", n_items: int = 10
 
 def ranked(ids) -> Candidates:
     ids = np.asarray(ids, dtype=np.int64)
-    return Candidates(
-        ids, np.linspace(1, 0, len(ids)).astype(np.float32), np.zeros(len(ids), np.uint32)
-    )
+    zeros = np.zeros(len(ids), np.uint32)
+    return Candidates(ids, np.linspace(1, 0, len(ids)).astype(np.float32), zeros, zeros)
 
 
 OFF = Rules(max_per_creator=0, max_category_share=1.0, fresh_slots=0)
@@ -83,7 +82,8 @@ def test_fresh_slot_is_guaranteed_when_a_fresh_item_exists():
     assert page.reasons[-1].startswith("fresh slot")
     mask = np.zeros(5, np.uint32)
     mask[3] = channel_bit("fresh")
-    tagged = Candidates(np.array([1, 2, 3, 4, 5]), np.linspace(1, 0, 5, dtype=np.float32), mask)
+    scores = np.linspace(1, 0, 5, dtype=np.float32)
+    tagged = Candidates(np.array([1, 2, 3, 4, 5]), scores, mask, np.zeros(5, np.uint32))
     page = reranker(rules, Store()).rerank(tagged, 2, request_ts=NOW)
     assert page.candidates.item_ids.tolist() == [1, 4]
 

@@ -7,7 +7,7 @@ import importlib.util
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -143,7 +143,12 @@ def start_stages(
         "server": server,
         "store": store,
     }
-    recall = start_recall(RecallSettings(**common, default_count=50, fresh_window_s=10**9))
+    # Channels get time enough on a busy machine: a channel cut by its 30 ms budget would make
+    # the lists depend on load, and these tests compare lists (recall's own tests cover budgets).
+    budgets = {k: replace(b, budget_ms=60_000.0) for k, b in RecallSettings().budgets().items()}
+    recall = start_recall(
+        RecallSettings(**common, default_count=50, fresh_window_s=10**9, **budgets)
+    )
     recall_service = recall.service
     rank = start_rank(built, server, rank_delay_s)
     rerank = start_rerank(RerankSettings(**common), registry=new_registry(process_metrics=False))

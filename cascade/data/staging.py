@@ -39,6 +39,7 @@ class Staging:
         scratch.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(":memory:")
         self.unmapped: list[tuple[str, int]] = []  # set by encode
+        self.slices = 1  # slices of users the impressions are sampled in, set by write_interactions
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(scratch / 'spill'))}")
@@ -242,45 +243,48 @@ class Staging:
 
     def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
         """interactions.parquet: the kept rows of known items in the file's order, with their
-        flags (SQL over `event_code` and `rating`)."""
+        flags (SQL over `event_code` and `rating`). They also go to table `kept`, sorted by the
+        slice of users the impressions are sampled in (`part`) and then by their place in the
+        file: each slice is then a contiguous run of the table that a scan reads alone (its zone
+        maps skip the rest), so sampling reads the log once whatever the number of slices."""
         flag_sql = ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
+        kept = f"FROM checked WHERE {VALID} AND NOT duplicate AND item_id > 0"
         self.con.execute(
             "COPY (SELECT CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, "
-            "ts, TRUE AS play, "
-            f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM checked "
-            f"WHERE {VALID} AND NOT duplicate AND item_id > 0 ORDER BY row) "
-            f"TO {sql_text(str(path))} (FORMAT parquet)"
+            f"ts, TRUE AS play, {flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating {kept} "
+            f"ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
+        )
+        (n,) = self.one(f"SELECT count(*) {kept}")
+        self.slices = max(1, math.ceil(n / SLICE_ROWS))
+        self.con.execute(
+            f"CREATE TABLE kept AS SELECT CAST(user_id % {self.slices} AS INTEGER) AS part, "
+            f"CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, ts, "
+            f"{flag_sql} {kept} ORDER BY part, row"
         )
         self.con.execute("DROP VIEW checked")
         self.con.execute("DROP TABLE coded")
 
-    def summary(self, path: Path) -> tuple[int, int, int, list[str]]:
-        """(interactions, first time, last time, tasks) of a written interactions.parquet."""
+    def summary(self) -> tuple[int, int, int, list[str]]:
+        """(interactions, first time, last time, tasks) of the kept rows."""
         flags = ", ".join(f"bool_or({quoted(f)})" for f in EVENT_FLAGS)
         n, ts_min, ts_max, *present = self.one(
-            f"SELECT count(*), min(ts), max(ts), {flags} FROM read_parquet({sql_text(str(path))})"
+            f"SELECT count(*), min(ts), max(ts), {flags} FROM kept"
         )
         tasks = ["play"] + [f for f, has in zip(EVENT_FLAGS, present, strict=True) if has]
         return int(n), int(ts_min or 0), int(ts_max or 0), tasks
 
-    def write_impressions(
-        self, path: Path, interactions: Path, items: dict, k: int, rng: np.random.Generator
-    ) -> int:
-        """impressions.parquet: each interaction and k sampled negatives, one slice of users at a
-        time (one slice, as for any file up to SLICE_ROWS interactions, is the whole log)."""
-        log_path = sql_text(str(interactions))
-        (n,) = self.one(f"SELECT count(*) FROM read_parquet({log_path})")
-        slices = max(1, math.ceil(n / SLICE_ROWS))
+    def write_impressions(self, path: Path, items: dict, k: int, rng: np.random.Generator) -> int:
+        """impressions.parquet: each kept interaction and k sampled negatives, one slice of users
+        at a time (one slice, as for any log up to SLICE_ROWS interactions, is the whole log)."""
         columns = ("user_id", "item_id", "ts", "complete", "like", "share")
         names = ", ".join(quoted(c) for c in columns)
         writer: pq.ParquetWriter | None = None
         written = 0
         try:
-            for part in range(slices):
-                where = f"WHERE user_id % {slices} = {part}" if slices > 1 else ""
+            for part in range(self.slices):
                 table = self.con.execute(
-                    f"SELECT {names} FROM read_parquet({log_path}) {where}"
-                ).fetch_arrow_table()  # in the file's order: scans preserve it
+                    f"SELECT {names} FROM kept WHERE part = {part}"
+                ).fetch_arrow_table()  # in the file's order: scans keep the table's
                 log = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
                 impressions = arrow_table(sample_impressions(log, items, k, rng), "impressions")
                 # Ids are too many for dictionary pages: plain encoding writes twice as fast.
@@ -290,4 +294,5 @@ class Staging:
         finally:
             if writer is not None:
                 writer.close()
+        self.con.execute("DROP TABLE kept")
         return written

@@ -30,6 +30,7 @@ SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole user
 HASH_SLICE_ROWS = 20_000_000  # row hashes sorted at once to find repeats (8 bytes each)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
 VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
+KEPT = f"{VALID} AND NOT duplicate AND item_id > 0"  # the rows written: known items, no repeats
 
 
 class Staging:
@@ -39,7 +40,6 @@ class Staging:
         scratch.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(":memory:")
         self.unmapped: list[tuple[str, int]] = []  # set by encode
-        self.slices = 1  # slices of users the impressions are sampled in, set by write_interactions
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(scratch / 'spill'))}")
@@ -243,45 +243,45 @@ class Staging:
 
     def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
         """interactions.parquet: the kept rows of known items in the file's order, with their
-        flags (SQL over `event_code` and `rating`). They also go to table `kept`, sorted by the
-        slice of users the impressions are sampled in (`part`) and then by their place in the
-        file: each slice is then a contiguous run of the table that a scan reads alone (its zone
-        maps skip the rest), so sampling reads the log once whatever the number of slices."""
-        flag_sql = ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
-        kept = f"FROM checked WHERE {VALID} AND NOT duplicate AND item_id > 0"
+        flags (SQL over `event_code` and `rating`)."""
         self.con.execute(
             "COPY (SELECT CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, "
-            f"ts, TRUE AS play, {flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating {kept} "
-            f"ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
+            f"ts, TRUE AS play, {_flag_sql(flags)}, coalesce(rating, 'NaN')::FLOAT AS rating "
+            f"FROM checked WHERE {KEPT} ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
         )
-        (n,) = self.one(f"SELECT count(*) {kept}")
-        self.slices = max(1, math.ceil(n / SLICE_ROWS))
+
+    def summary(self, flags: dict[str, str]) -> tuple[int, int, int, list[str]]:
+        """(interactions, first time, last time, tasks) of the kept rows."""
+        present = ", ".join(f"bool_or({flags.get(f, 'FALSE')})" for f in EVENT_FLAGS)
+        n, ts_min, ts_max, *has = self.one(
+            f"SELECT count(*), min(ts), max(ts), {present} FROM checked WHERE {KEPT}"
+        )
+        tasks = ["play"] + [f for f, yes in zip(EVENT_FLAGS, has, strict=True) if yes]
+        return int(n), int(ts_min or 0), int(ts_max or 0), tasks
+
+    def write_impressions(
+        self, path: Path, flags: dict[str, str], items: dict, k: int, rng: np.random.Generator
+    ) -> int:
+        """impressions.parquet: each kept interaction and k sampled negatives, one slice of users
+        at a time (one slice, as for any log up to SLICE_ROWS interactions, is the whole log).
+        The kept rows first go to table `kept` sorted by slice (`part`) and then by their place
+        in the file: each slice is then a contiguous run of it that a scan reads alone (zone
+        maps skip the rest), so the log is read once whatever the number of slices."""
+        (n,) = self.one(f"SELECT count(*) FROM checked WHERE {KEPT}")
+        slices = max(1, math.ceil(n / SLICE_ROWS))
         self.con.execute(
-            f"CREATE TABLE kept AS SELECT CAST(user_id % {self.slices} AS INTEGER) AS part, "
-            f"CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, ts, "
-            f"{flag_sql} {kept} ORDER BY part, row"
+            f"CREATE TABLE kept AS SELECT CAST(user_id % {slices} AS INTEGER) AS part, "
+            "CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, ts, "
+            f"{_flag_sql(flags)} FROM checked WHERE {KEPT} ORDER BY part, row"
         )
         self.con.execute("DROP VIEW checked")
         self.con.execute("DROP TABLE coded")
-
-    def summary(self) -> tuple[int, int, int, list[str]]:
-        """(interactions, first time, last time, tasks) of the kept rows."""
-        flags = ", ".join(f"bool_or({quoted(f)})" for f in EVENT_FLAGS)
-        n, ts_min, ts_max, *present = self.one(
-            f"SELECT count(*), min(ts), max(ts), {flags} FROM kept"
-        )
-        tasks = ["play"] + [f for f, has in zip(EVENT_FLAGS, present, strict=True) if has]
-        return int(n), int(ts_min or 0), int(ts_max or 0), tasks
-
-    def write_impressions(self, path: Path, items: dict, k: int, rng: np.random.Generator) -> int:
-        """impressions.parquet: each kept interaction and k sampled negatives, one slice of users
-        at a time (one slice, as for any log up to SLICE_ROWS interactions, is the whole log)."""
         columns = ("user_id", "item_id", "ts", "complete", "like", "share")
         names = ", ".join(quoted(c) for c in columns)
         writer: pq.ParquetWriter | None = None
         written = 0
         try:
-            for part in range(self.slices):
+            for part in range(slices):
                 table = self.con.execute(
                     f"SELECT {names} FROM kept WHERE part = {part}"
                 ).fetch_arrow_table()  # in the file's order: scans keep the table's
@@ -296,3 +296,8 @@ class Staging:
                 writer.close()
         self.con.execute("DROP TABLE kept")
         return written
+
+
+def _flag_sql(flags: dict[str, str]) -> str:
+    """The flag columns (`flags`: SQL over `event_code` and `rating`; FALSE where none)."""
+    return ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)

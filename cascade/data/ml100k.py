@@ -222,8 +222,8 @@ class PairSet:
     keys at once. A byte per slot of a table 16x the set's size marks the slots the keys hash to
     (multiplicative hashing): a key whose slot is unmarked is out at the cost of one lookup, and
     only the few whose slot is marked (the members and about 1 in 16 of the rest) are searched
-    exactly in the sorted keys. Sorting every batch of keys to search them all took most of the
-    sampler's time at 10M interactions."""
+    exactly in the sorted keys, which costs a fraction of sorting every batch of keys to search
+    them all."""
 
     MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
 

@@ -111,10 +111,16 @@ def bare_read(path: Path) -> dict:
     counts += ', sum("ts")'
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     (rows, *_) = con.execute(f"SELECT {counts} FROM {scan}").fetchone() or (0,)
     seconds = time.perf_counter() - start
-    return {"rows": rows, "wall_s": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+    cpu_s = round(time.process_time() - cpu, 2)
+    return {
+        "rows": rows,
+        "wall_s": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+        "cpu_s": cpu_s,
+    }
 
 
 def import_file(path: Path, negatives: int) -> dict:
@@ -123,7 +129,7 @@ def import_file(path: Path, negatives: int) -> dict:
     mapping = folder / f"mapping-{path.suffix[1:]}.toml"
     mapping.write_text(MAPPING.format(file=path.name, negatives=negatives))
     out = folder / "data"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         dataset, report = import_dataset(
             "bench", load_mapping(mapping), out, force=True, progress=False
@@ -132,6 +138,7 @@ def import_file(path: Path, negatives: int) -> dict:
         wall_s = round(time.perf_counter() - start, 1)
         return {"error": str(error), "wall_s": wall_s, "peak_rss_gib": peak_rss_gib()}
     wall_s = time.perf_counter() - start
+    cpu_s = round(time.process_time() - cpu, 2)
     rows = int(sum(report.dropped.values())) + report.interactions
     interactions_s = report.steps["interactions written"]
     result = {
@@ -143,6 +150,7 @@ def import_file(path: Path, negatives: int) -> dict:
         "impressions": pq.ParquetFile(out / "bench" / "impressions.parquet").metadata.num_rows,
         "wall_s": round(wall_s, 1),
         "rows_per_s": round(rows / wall_s),
+        "cpu_s": cpu_s,
         "interactions_s": interactions_s,
         "interactions_rows_per_s": round(rows / interactions_s),
         "steps": report.steps,
@@ -190,9 +198,11 @@ def run_size(
             floor = child("bare", paths[kind], negatives)
             result["floor_rows_per_s"] = floor["rows_per_s"]
             result["floor_load_1m"] = floor["load_1m"]
+            result["floor_cpu_s"] = floor["cpu_s"]
             save(results)
             result.update(child("single", paths[kind], negatives))
             result["ratio_to_floor"] = round(result["rows_per_s"] / floor["rows_per_s"], 3)
+            result["cpu_ratio_to_floor"] = round(floor["cpu_s"] / result["cpu_s"], 3)
             result["interactions_ratio_to_floor"] = round(
                 result["interactions_rows_per_s"] / floor["rows_per_s"], 3
             )
@@ -233,12 +243,15 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         f"that point), then {negatives} sampled impression(s) per interaction written (`all`: "
         "rows/s of the whole import). The floor is the bare reader (DuckDB, the import's own "
         "options, every value read) over the same file in the same run; `load` is the 1-minute "
-        f"load average before / after (2 cores, shared with other jobs). Commands: `{command}`.",
+        "load average before / after (2 cores, shared with other jobs). `CPU s` is the process's "
+        "CPU time (every thread, user and system), which the load inflates far less than wall "
+        "time: its ratio (floor / import) is the share of the import's work that is the reader's. "
+        f"Commands: `{command}`.",
         "",
         "| rows | format | file MiB | users | items | interactions s | interactions rows/s | "
         "all s | all rows/s | floor rows/s | ratio to floor (interactions / all) | "
-        "peak RSS GiB | load | malformed line named (s, peak RSS) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
+        "CPU s import / floor (ratio) | peak RSS GiB | load | malformed line named (s, peak RSS) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---|",
     ]
     for r in results:
         malformed = r.get("malformed")
@@ -253,11 +266,14 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         if "ratio_to_floor" in r:
             ratios = f"{r['interactions_ratio_to_floor']} / {r['ratio_to_floor']}"
         load = f"{r['load_1m'][0]} / {r['load_1m'][1]}" if "load_1m" in r else "—"
+        cpu = "—"
+        if "cpu_ratio_to_floor" in r:
+            cpu = f"{r['cpu_s']} / {r['floor_cpu_s']} ({r['cpu_ratio_to_floor']})"
         lines.append(
             f"| {cell['rows']} | {r['format']} | {cell['file_mib']} | {cell['users']} | "
             f"{cell['items']} | {cell['interactions_s']} | {cell['interactions_rows_per_s']} | "
             f"{cell['wall_s']} | {cell['rows_per_s']} | {cell['floor_rows_per_s']} | {ratios} | "
-            f"{cell['peak_rss_gib']} | {load} | {named} |"
+            f"{cpu} | {cell['peak_rss_gib']} | {load} | {named} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -238,8 +238,9 @@ def build(
         staging.encode(user_of, item_of, _event_values(mapping))
         _drop_rows(mapping, staging, report)
         done("ids mapped and duplicates found")
-        staging.write_interactions(interactions_path, _flags(mapping))
-        n, ts_min, ts_max, tasks = staging.summary(interactions_path)
+        flags = _flags(mapping)
+        staging.write_interactions(interactions_path, flags)
+        n, ts_min, ts_max, tasks = staging.summary(flags)
         if n == 0:
             raise DataError(f"{spec.source.path}: no interaction is left after dropping bad rows")
         report.interactions, report.time_span = n, (ts_min, ts_max)
@@ -247,7 +248,7 @@ def build(
         rng = np.random.default_rng(mapping.seed)
         staging.write_impressions(
             folder / "impressions.parquet",
-            interactions_path,
+            flags,
             items,
             mapping.negatives_per_positive,
             rng,

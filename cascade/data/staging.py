@@ -30,6 +30,7 @@ SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole user
 HASH_SLICE_ROWS = 20_000_000  # row hashes sorted at once to find repeats (8 bytes each)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
 VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
+KEPT = f"{VALID} AND NOT duplicate AND item_id > 0"  # the rows written: known items, no repeats
 
 
 class Staging:
@@ -243,44 +244,47 @@ class Staging:
     def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
         """interactions.parquet: the kept rows of known items in the file's order, with their
         flags (SQL over `event_code` and `rating`)."""
-        flag_sql = ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
         self.con.execute(
             "COPY (SELECT CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, "
-            "ts, TRUE AS play, "
-            f"{flag_sql}, coalesce(rating, 'NaN')::FLOAT AS rating FROM checked "
-            f"WHERE {VALID} AND NOT duplicate AND item_id > 0 ORDER BY row) "
-            f"TO {sql_text(str(path))} (FORMAT parquet)"
+            f"ts, TRUE AS play, {_flag_sql(flags)}, coalesce(rating, 'NaN')::FLOAT AS rating "
+            f"FROM checked WHERE {KEPT} ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
         )
-        self.con.execute("DROP VIEW checked")
-        self.con.execute("DROP TABLE coded")
 
-    def summary(self, path: Path) -> tuple[int, int, int, list[str]]:
-        """(interactions, first time, last time, tasks) of a written interactions.parquet."""
-        flags = ", ".join(f"bool_or({quoted(f)})" for f in EVENT_FLAGS)
-        n, ts_min, ts_max, *present = self.one(
-            f"SELECT count(*), min(ts), max(ts), {flags} FROM read_parquet({sql_text(str(path))})"
+    def summary(self, flags: dict[str, str]) -> tuple[int, int, int, list[str]]:
+        """(interactions, first time, last time, tasks) of the kept rows."""
+        present = ", ".join(f"bool_or({flags.get(f, 'FALSE')})" for f in EVENT_FLAGS)
+        n, ts_min, ts_max, *has = self.one(
+            f"SELECT count(*), min(ts), max(ts), {present} FROM checked WHERE {KEPT}"
         )
-        tasks = ["play"] + [f for f, has in zip(EVENT_FLAGS, present, strict=True) if has]
+        tasks = ["play"] + [f for f, yes in zip(EVENT_FLAGS, has, strict=True) if yes]
         return int(n), int(ts_min or 0), int(ts_max or 0), tasks
 
     def write_impressions(
-        self, path: Path, interactions: Path, items: dict, k: int, rng: np.random.Generator
+        self, path: Path, flags: dict[str, str], items: dict, k: int, rng: np.random.Generator
     ) -> int:
-        """impressions.parquet: each interaction and k sampled negatives, one slice of users at a
-        time (one slice, as for any file up to SLICE_ROWS interactions, is the whole log)."""
-        log_path = sql_text(str(interactions))
-        (n,) = self.one(f"SELECT count(*) FROM read_parquet({log_path})")
+        """impressions.parquet: each kept interaction and k sampled negatives, one slice of users
+        at a time (one slice, as for any log up to SLICE_ROWS interactions, is the whole log).
+        The kept rows first go to table `kept` sorted by slice (`part`) and then by their place
+        in the file: each slice is then a contiguous run of it that a scan reads alone (zone
+        maps skip the rest), so the log is read once whatever the number of slices."""
+        (n,) = self.one(f"SELECT count(*) FROM checked WHERE {KEPT}")
         slices = max(1, math.ceil(n / SLICE_ROWS))
+        self.con.execute(
+            f"CREATE TABLE kept AS SELECT CAST(user_id % {slices} AS INTEGER) AS part, "
+            "CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, ts, "
+            f"{_flag_sql(flags)} FROM checked WHERE {KEPT} ORDER BY part, row"
+        )
+        self.con.execute("DROP VIEW checked")
+        self.con.execute("DROP TABLE coded")
         columns = ("user_id", "item_id", "ts", "complete", "like", "share")
         names = ", ".join(quoted(c) for c in columns)
         writer: pq.ParquetWriter | None = None
         written = 0
         try:
             for part in range(slices):
-                where = f"WHERE user_id % {slices} = {part}" if slices > 1 else ""
                 table = self.con.execute(
-                    f"SELECT {names} FROM read_parquet({log_path}) {where}"
-                ).fetch_arrow_table()  # in the file's order: scans preserve it
+                    f"SELECT {names} FROM kept WHERE part = {part}"
+                ).fetch_arrow_table()  # in the file's order: scans keep the table's
                 log = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
                 impressions = arrow_table(sample_impressions(log, items, k, rng), "impressions")
                 # Ids are too many for dictionary pages: plain encoding writes twice as fast.
@@ -290,4 +294,10 @@ class Staging:
         finally:
             if writer is not None:
                 writer.close()
+        self.con.execute("DROP TABLE kept")
         return written
+
+
+def _flag_sql(flags: dict[str, str]) -> str:
+    """The flag columns (`flags`: SQL over `event_code` and `rating`; FALSE where none)."""
+    return ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)

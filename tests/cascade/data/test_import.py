@@ -460,3 +460,21 @@ def test_ids_padded_with_spaces_are_one_id_and_their_repeats_are_duplicates(tmp_
     assert report.dropped == {reason: 1}
     assert report.first[reason] == f"{tmp_path / 'in' / 'events.csv'} line 5"
     assert len(dataset.users["user_id"]) == 3
+
+
+def test_impressions_sampled_in_several_slices_of_users_are_each_slice_in_file_order(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(staging, "SLICE_ROWS", 2)  # 6 interactions: 3 slices of users
+    dataset, _ = run_import(tmp_path)
+    log = {c: np.asarray(dataset.interactions[c]) for c in dataset.interactions}
+    rng = np.random.default_rng(0)  # the mapping's default seed
+    parts = []
+    for part in range(3):
+        rows = log["user_id"] % 3 == part
+        parts.append(
+            ml100k.sample_impressions({c: v[rows] for c, v in log.items()}, dataset.items, 4, rng)
+        )
+    for column in ("user_id", "item_id", "ts", "click", "like"):
+        expected = np.concatenate([p[column] for p in parts])
+        assert dataset.impressions[column].tolist() == expected.tolist(), column

@@ -110,3 +110,40 @@ def test_real_movielens_from_the_wheel(tmp_path, ml100k_raw):
     assert np.isclose(dataset.interactions["like"].mean(), 0.5537, atol=1e-3)
     clicks = dataset.impressions["click"]
     assert 4 * clicks.sum() - 100 <= (~clicks).sum() <= 4 * clicks.sum()
+
+
+def test_sampled_impressions_keep_their_values():
+    # ml-100k's figures depend on the exact negatives a seed draws: these are pinned.
+    log = {
+        "user_id": np.array([1, 2, 1, 3, 2, 1]),
+        "item_id": np.array([1, 1, 2, 3, 4, 4]),
+        "ts": np.array([10, 10, 20, 30, 40, 50]),
+        "complete": np.zeros(6, bool),
+        "like": np.array([1, 0, 0, 1, 0, 0], bool),
+        "share": np.zeros(6, bool),
+    }
+    items = {"item_id": np.array([1, 2, 3, 4, 5]), "upload_ts": np.array([10, 20, 30, 40, 0])}
+    out = ml100k.sample_impressions(log, items, 2, np.random.default_rng(7))
+    assert out["user_id"].tolist() == [1, 2, 1, 3, 2, 1, 1, 1, 2, 2, 1, 1, 3, 3, 2, 2, 1, 1]
+    assert out["item_id"].tolist() == [1, 1, 2, 3, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 3, 2, 3, 3]
+    assert out["ts"].tolist() == [10, 10, 20, 30, 40, 50] + [10] * 4 + [
+        20,
+        20,
+        30,
+        30,
+        40,
+        40,
+        50,
+        50,
+    ]
+    assert out["click"].tolist() == [True] * 6 + [False] * 12
+    assert out["like"].tolist() == log["like"].tolist() + [False] * 12
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_pair_set_answers_membership_like_a_sorted_search(n):
+    rng = np.random.default_rng(n)
+    members = rng.integers(0, 10**12, n)
+    pairs = ml100k.PairSet(np.r_[members, members[: n // 2]])  # repeats are one member
+    asked = np.r_[members, rng.integers(0, 10**12, 5000), members + 1, 0]
+    assert pairs.contains(asked).tolist() == np.isin(asked, members).tolist()

@@ -230,7 +230,7 @@ bench-loop: setup
 # with the wall time. Checkpoints after every simulated day under .cascade/two-sided/state: run the
 # same command again after an interruption and it resumes (delete that folder to start afresh).
 TWO_SIDED_DAYS ?= 7
-TWO_SIDED_USERS ?= 2000
+TWO_SIDED_USERS ?= 725
 bench-two-sided: setup
 	test -e $(DATA)/synthetic/meta.json || $(BIN)/cascade data --source synthetic --data-dir $(DATA)
 	$(BIN)/python -m app.two_sided --data-dir $(DATA) --days $(TWO_SIDED_DAYS) \

@@ -47,6 +47,16 @@ def to_markdown(report: dict) -> str:
         "",
         f"Exposure target K = {target['K']}: {target['formula']}.",
         "",
+    ]
+    profile = config.get("profile")
+    if profile:  # what the cascade arm serves, exactly (`cascade up --profile NAME`)
+        lines += [
+            f"The cascade arm serves profile `{profile['name']}` ({profile['file']}, sha256 "
+            f"{profile['sha256'][:16]}); the pool target K above is the world's, scaled to the "
+            "simulated users.",
+            "",
+        ]
+    lines += [
         "Means carry 95% intervals (engagement and fresh share over sessions, the K share "
         "binomial). Uploads reaching K count only uploads with a full 24 h left in the run (the "
         "others are 'excluded'); time to first play is over uploads played within the run, the "

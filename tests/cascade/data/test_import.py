@@ -385,32 +385,23 @@ def run_unix_import(tmp_path: Path, events: str):
     return run_import(tmp_path, events=events, mapping=UNIX_MAPPING)
 
 
-def test_a_unix_time_that_is_not_a_number_names_line_and_column(tmp_path):
-    events = UNIX_EVENTS.replace("1767610800", "soon")
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "1767610800",
+            "soon",
+            "line 3, column 'when': cannot parse 'soon' as a Unix time in seconds",
+        ),
+        ("1767690000", "", "line 4, column 'when': no time given"),
+        ("3.5", "five", "line 4, column 'stars': cannot parse 'five' as a number"),
+    ],
+    ids=["time-not-a-number", "time-missing", "rating-not-a-number"],
+)
+def test_a_bad_value_names_line_and_column(tmp_path, old, new, message):
     with pytest.raises(DataError) as error:
-        run_unix_import(tmp_path, events)
-    assert str(error.value) == (
-        f"{tmp_path / 'in' / 'events.csv'} line 3, column 'when': cannot parse 'soon' as a Unix "
-        "time in seconds"
-    )
-    assert nothing_written(tmp_path)
-
-
-def test_a_missing_time_names_line_and_column(tmp_path):
-    with pytest.raises(DataError) as error:
-        run_unix_import(tmp_path, UNIX_EVENTS.replace("1767690000", ""))
-    assert str(error.value) == (
-        f"{tmp_path / 'in' / 'events.csv'} line 4, column 'when': no time given"
-    )
-    assert nothing_written(tmp_path)
-
-
-def test_a_rating_that_is_not_a_number_names_line_and_column(tmp_path):
-    with pytest.raises(DataError) as error:
-        run_unix_import(tmp_path, UNIX_EVENTS.replace("3.5", "five"))
-    assert str(error.value) == (
-        f"{tmp_path / 'in' / 'events.csv'} line 4, column 'stars': cannot parse 'five' as a number"
-    )
+        run_unix_import(tmp_path, UNIX_EVENTS.replace(old, new))
+    assert str(error.value) == f"{tmp_path / 'in' / 'events.csv'} {message}"
     assert nothing_written(tmp_path)
 
 

@@ -345,7 +345,7 @@ def markdown(report: dict) -> str:
         "second over the floor's per CPU second. load: the machine's 1-minute load average when "
         "the run started.",
         "",
-        "The machine is shared and these runs are niced: wall-clock rates are the CPU share a "
+        "The machine is shared: wall-clock rates are the CPU share a "
         "run got while it ran, and drift with the other jobs' load. The CPU-second rates "
         "drift far less; on a free 2-core machine the two-process speed-up would be about "
         "2 x (two processes' examples per CPU s / one process's), an estimate, not measured.",

@@ -248,7 +248,7 @@ def build(
         rng = np.random.default_rng(mapping.seed)
         staging.write_impressions(
             folder / "impressions.parquet",
-            flags,
+            interactions_path,
             items,
             mapping.negatives_per_positive,
             rng,

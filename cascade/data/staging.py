@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -22,11 +23,12 @@ import pyarrow.parquet as pq
 
 from cascade.data.mapping import Interactions
 from cascade.data.ml100k import sample_impressions
-from cascade.data.schema import DataError, arrow_table
+from cascade.data.schema import SCHEMA, DataError, arrow_table
 from cascade.data.tabular import Source, quoted, sql_text
 
 MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it tables, joins and sorts spill
 SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole users per slice)
+PARTITION_ROWS = 1_000_000  # interactions read at once to spread over the slices
 HASH_SLICE_ROWS = 20_000_000  # row hashes sorted at once to find repeats (8 bytes each)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
 VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
@@ -39,6 +41,7 @@ class Staging:
     def __init__(self, scratch: Path, memory_limit: str = MEMORY_LIMIT) -> None:
         scratch.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(":memory:")
+        self.scratch = scratch
         self.unmapped: list[tuple[str, int]] = []  # set by encode
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
@@ -260,44 +263,84 @@ class Staging:
         return int(n), int(ts_min or 0), int(ts_max or 0), tasks
 
     def write_impressions(
-        self, path: Path, flags: dict[str, str], items: dict, k: int, rng: np.random.Generator
+        self, path: Path, interactions: Path, items: dict, k: int, rng: np.random.Generator
     ) -> int:
-        """impressions.parquet: each kept interaction and k sampled negatives, one slice of users
-        at a time (one slice, as for any log up to SLICE_ROWS interactions, is the whole log).
-        The kept rows first go to table `kept` sorted by slice (`part`) and then by their place
-        in the file: each slice is then a contiguous run of it that a scan reads alone (zone
-        maps skip the rest), so the log is read once whatever the number of slices."""
-        (n,) = self.one(f"SELECT count(*) FROM checked WHERE {KEPT}")
-        slices = max(1, math.ceil(n / SLICE_ROWS))
-        self.con.execute(
-            f"CREATE TABLE kept AS SELECT CAST(user_id % {slices} AS INTEGER) AS part, "
-            "CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, ts, "
-            f"{_flag_sql(flags)} FROM checked WHERE {KEPT} ORDER BY part, row"
-        )
-        self.con.execute("DROP VIEW checked")
+        """impressions.parquet: each interaction of `interactions` (the written file, in the
+        file's order) and k sampled negatives, one slice of users at a time (one slice, as for
+        any log up to SLICE_ROWS interactions, is the whole log). The log is first read once and
+        each slice's rows appended, in order, to a file of fixed-width records of its own (no
+        sort); each slice is then read alone, sampled, and written while the next is sampled."""
+        self.con.execute("DROP VIEW checked")  # DuckDB's tables are done with: free their memory
         self.con.execute("DROP TABLE coded")
-        columns = ("user_id", "item_id", "ts", "complete", "like", "share")
-        names = ", ".join(quoted(c) for c in columns)
-        writer: pq.ParquetWriter | None = None
+        log = pq.ParquetFile(interactions)
+        slices = max(1, math.ceil(log.metadata.num_rows / SLICE_ROWS))
+        folder = self.scratch / "slices"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [folder / f"{part}.bin" for part in range(slices)]
+        _partition(log, slices, files)
         written = 0
-        try:
-            for part in range(slices):
-                table = self.con.execute(
-                    f"SELECT {names} FROM kept WHERE part = {part}"
-                ).fetch_arrow_table()  # in the file's order: scans keep the table's
-                log = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
-                impressions = arrow_table(sample_impressions(log, items, k, rng), "impressions")
-                # Ids are too many for dictionary pages: plain encoding writes twice as fast.
-                writer = writer or pq.ParquetWriter(path, impressions.schema, use_dictionary=False)
-                writer.write_table(impressions)
-                written += impressions.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        self.con.execute("DROP TABLE kept")
+        with (
+            pq.ParquetWriter(path, IMPRESSIONS_SCHEMA, use_dictionary=False) as writer,
+            ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
+        ):
+            pending: Future | None = None
+            for file in files:
+                slice_log = _read_slice(file)
+                file.unlink()
+                table = arrow_table(sample_impressions(slice_log, items, k, rng), "impressions")
+                if pending is not None:
+                    pending.result()  # one slice in flight: memory stays bounded
+                pending = pool.submit(writer.write_table, table)
+                written += table.num_rows
+            if pending is not None:
+                pending.result()
         return written
 
 
+# One interaction as the impression sampler reads it: four int64 (user, item, time, and the flags
+# as bits), so that a slice's rows go to its file by appending bytes and come back with one read.
+RECORD_COLUMNS = ("user_id", "item_id", "ts", *EVENT_FLAGS)
+IMPRESSIONS_SCHEMA = pa.schema(
+    [(c, pa.from_numpy_dtype(np.dtype(t))) for c, (t, _) in SCHEMA["impressions"].items()]
+)
+
+
+def _partition(log: pq.ParquetFile, slices: int, files: list[Path]) -> None:
+    """Appends each row of `log` to files[user_id % slices] as a record, keeping the file's
+    order within each (a stable sort of each batch by slice: radix for a small slice number)."""
+    handles = [file.open("wb") for file in files]
+    try:
+        for batch in log.iter_batches(batch_size=PARTITION_ROWS, columns=list(RECORD_COLUMNS)):
+            records = np.zeros((batch.num_rows, 4), dtype=np.int64)
+            for i, name in enumerate(RECORD_COLUMNS):
+                values = batch.column(name).to_numpy(zero_copy_only=False)
+                if i < 3:
+                    records[:, i] = values
+                else:
+                    records[:, 3] |= values.astype(np.int64) << (i - 3)
+            part = (records[:, 0] % slices).astype(np.min_scalar_type(slices - 1))
+            records = records[np.argsort(part, kind="stable")]
+            ends = np.cumsum(np.bincount(part, minlength=slices))
+            for handle, start, end in zip(handles, np.r_[0, ends[:-1]], ends, strict=True):
+                if end > start:
+                    records[start:end].tofile(handle)
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _read_slice(file: Path) -> dict[str, np.ndarray]:
+    """The interactions `_partition` wrote to `file`, as the sampler's columns."""
+    records = np.fromfile(file, dtype=np.int64).reshape(-1, 4)
+    log = {name: np.ascontiguousarray(records[:, i]) for i, name in enumerate(RECORD_COLUMNS[:3])}
+    for bit, flag in enumerate(EVENT_FLAGS):
+        log[flag] = (records[:, 3] >> bit) & 1 == 1
+    return log
+
+
 def _flag_sql(flags: dict[str, str]) -> str:
-    """The flag columns (`flags`: SQL over `event_code` and `rating`; FALSE where none)."""
-    return ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
+    """The flag columns (`flags`: SQL over `event_code` and `rating`; FALSE where none, and
+    where a comparison with an empty rating is unknown)."""
+    return ", ".join(
+        f"coalesce({flags.get(f, 'FALSE')}, FALSE) AS {quoted(f)}" for f in EVENT_FLAGS
+    )

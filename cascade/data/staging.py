@@ -43,6 +43,7 @@ class Staging:
         self.con = duckdb.connect(":memory:")
         self.scratch = scratch
         self.unmapped: list[tuple[str, int]] = []  # set by encode
+        self.kept: tuple[int, int, int, list[str]] = (0, 0, 0, [])  # set by drops
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(scratch / 'spill'))}")
@@ -190,7 +191,11 @@ class Staging:
                 f"WHERE c.code < 0 ORDER BY s.n DESC, s.first LIMIT {top}"
             ).fetchall()
         ]
-        event = "coalesce(e.code, -1)" if events else "0"
+        # The few texts that map to an event value, as a CASE: no join over the log for them.
+        mapped = self.con.execute("SELECT text, code FROM event_codes WHERE code >= 0").fetchall()
+        branches = " ".join(f"WHEN {sql_text(text)} THEN {code}" for text, code in mapped)
+        event = f"CASE r.event {branches} ELSE -1 END" if mapped else "-1"
+        event = event if events else "0"
         # Four-byte ids and a two-byte event: the table every later step scans stays small.
         self.con.execute(
             "CREATE TABLE coded AS SELECT r.rowid AS row, "
@@ -198,8 +203,7 @@ class Staging:
             "CAST(coalesce(i.code, -1) AS INTEGER) AS item_code, "
             "CAST(coalesce(i.id, 0) AS INTEGER) AS item_id, r.ts, "
             f"CAST({event} AS SMALLINT) AS event_code, r.rating FROM raw r "
-            "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text "
-            "LEFT JOIN event_codes e ON r.event = e.text"
+            "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text"
         )
         self.con.execute("DROP TABLE raw")
         # Rows that repeat one another share a hash. The hashes are sorted in numpy, a slice of
@@ -229,10 +233,11 @@ class Staging:
             "FROM coded c LEFT JOIN duplicates d ON c.row = d.row"
         )
 
-    def drops(self) -> dict[str, tuple[int, int | None]]:
+    def drops(self, flags: dict[str, str]) -> dict[str, tuple[int, int | None]]:
         """(count, first row) of the rows each check drops, each counted among the rows the
         checks before it kept: empty user, empty item, unmapped event, duplicate, item not in
-        the items file."""
+        the items file. The same scan sets `self.kept`: (interactions, first time, last time,
+        tasks) of the rows kept (`flags`: SQL over `event_code` and `rating`)."""
         checks = {
             "user": "user_id < 0",
             "item": "user_id >= 0 AND item_code < 0",
@@ -241,7 +246,12 @@ class Staging:
             "unknown item": f"{VALID} AND NOT duplicate AND item_id = 0",
         }
         parts = [f"count(*) FILTER ({sql}), min(row) FILTER ({sql})" for sql in checks.values()]
+        parts += [f"{f}(ts) FILTER ({KEPT})" for f in ("count", "min", "max")]
+        parts += [f"bool_or({flags.get(f, 'FALSE')}) FILTER ({KEPT})" for f in EVENT_FLAGS]
         values = self.one(f"SELECT {', '.join(parts)} FROM checked")
+        n, ts_min, ts_max, *has = values[2 * len(checks) :]
+        tasks = ["play"] + [f for f, yes in zip(EVENT_FLAGS, has, strict=True) if yes]
+        self.kept = (int(n), int(ts_min or 0), int(ts_max or 0), tasks)
         return {name: (int(values[2 * i]), values[2 * i + 1]) for i, name in enumerate(checks)}
 
     def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
@@ -252,15 +262,6 @@ class Staging:
             f"ts, TRUE AS play, {_flag_sql(flags)}, coalesce(rating, 'NaN')::FLOAT AS rating "
             f"FROM checked WHERE {KEPT} ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
         )
-
-    def summary(self, flags: dict[str, str]) -> tuple[int, int, int, list[str]]:
-        """(interactions, first time, last time, tasks) of the kept rows."""
-        present = ", ".join(f"bool_or({flags.get(f, 'FALSE')})" for f in EVENT_FLAGS)
-        n, ts_min, ts_max, *has = self.one(
-            f"SELECT count(*), min(ts), max(ts), {present} FROM checked WHERE {KEPT}"
-        )
-        tasks = ["play"] + [f for f, yes in zip(EVENT_FLAGS, has, strict=True) if yes]
-        return int(n), int(ts_min or 0), int(ts_max or 0), tasks
 
     def write_impressions(
         self, path: Path, interactions: Path, items: dict, k: int, rng: np.random.Generator
@@ -276,17 +277,15 @@ class Staging:
         slices = max(1, math.ceil(log.metadata.num_rows / SLICE_ROWS))
         folder = self.scratch / "slices"
         folder.mkdir(parents=True, exist_ok=True)
-        files = [folder / f"{part}.bin" for part in range(slices)]
-        _partition(log, slices, files)
+        files = _partition(log, slices, folder)
         written = 0
         with (
             pq.ParquetWriter(path, IMPRESSIONS_SCHEMA, use_dictionary=False) as writer,
             ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
         ):
             pending: Future | None = None
-            for file in files:
-                slice_log = _read_slice(file)
-                file.unlink()
+            for slice_files in files:
+                slice_log = _read_slice(slice_files)
                 table = arrow_table(sample_impressions(slice_log, items, k, rng), "impressions")
                 if pending is not None:
                     pending.result()  # one slice in flight: memory stays bounded
@@ -297,44 +296,53 @@ class Staging:
         return written
 
 
-# One interaction as the impression sampler reads it: four int64 (user, item, time, and the flags
-# as bits), so that a slice's rows go to its file by appending bytes and come back with one read.
-RECORD_COLUMNS = ("user_id", "item_id", "ts", *EVENT_FLAGS)
+# The columns the impression sampler reads: each slice keeps each in a file of its own (the flags
+# as bits of one byte), so that a slice's rows go there by appending bytes and come back with one
+# read per column.
+LOG_COLUMNS = {"user_id": np.int64, "item_id": np.int64, "ts": np.int64, "flags": np.uint8}
 IMPRESSIONS_SCHEMA = pa.schema(
     [(c, pa.from_numpy_dtype(np.dtype(t))) for c, (t, _) in SCHEMA["impressions"].items()]
 )
 
 
-def _partition(log: pq.ParquetFile, slices: int, files: list[Path]) -> None:
-    """Appends each row of `log` to files[user_id % slices] as a record, keeping the file's
-    order within each (a stable sort of each batch by slice: radix for a small slice number)."""
-    handles = [file.open("wb") for file in files]
+def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[dict[str, Path]]:
+    """Appends each row of `log` to the files of slice user_id % slices, keeping the file's
+    order within each (a stable sort of each batch by slice: radix for a small slice number);
+    each slice's files by column."""
+    files = [{c: folder / f"{part}.{c}" for c in LOG_COLUMNS} for part in range(slices)]
+    handles = [{c: path.open("wb") for c, path in columns.items()} for columns in files]
+    names = ["user_id", "item_id", "ts", *EVENT_FLAGS]
     try:
-        for batch in log.iter_batches(batch_size=PARTITION_ROWS, columns=list(RECORD_COLUMNS)):
-            records = np.zeros((batch.num_rows, 4), dtype=np.int64)
-            for i, name in enumerate(RECORD_COLUMNS):
-                values = batch.column(name).to_numpy(zero_copy_only=False)
-                if i < 3:
-                    records[:, i] = values
-                else:
-                    records[:, 3] |= values.astype(np.int64) << (i - 3)
-            part = (records[:, 0] % slices).astype(np.min_scalar_type(slices - 1))
-            records = records[np.argsort(part, kind="stable")]
+        for batch in log.iter_batches(batch_size=PARTITION_ROWS, columns=names):
+            values = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in names}
+            values["flags"] = np.zeros(batch.num_rows, dtype=np.uint8)
+            for bit, flag in enumerate(EVENT_FLAGS):
+                values["flags"] |= values.pop(flag).astype(np.uint8) << bit
+            part = (values["user_id"] % slices).astype(np.min_scalar_type(slices - 1))
+            order = np.argsort(part, kind="stable")
             ends = np.cumsum(np.bincount(part, minlength=slices))
-            for handle, start, end in zip(handles, np.r_[0, ends[:-1]], ends, strict=True):
-                if end > start:
-                    records[start:end].tofile(handle)
+            for column, column_values in values.items():
+                ordered = column_values[order]
+                for part_handles, start, end in zip(
+                    handles, np.r_[0, ends[:-1]], ends, strict=True
+                ):
+                    if end > start:
+                        ordered[start:end].tofile(part_handles[column])
     finally:
-        for handle in handles:
-            handle.close()
+        for part_handles in handles:
+            for handle in part_handles.values():
+                handle.close()
+    return files
 
 
-def _read_slice(file: Path) -> dict[str, np.ndarray]:
-    """The interactions `_partition` wrote to `file`, as the sampler's columns."""
-    records = np.fromfile(file, dtype=np.int64).reshape(-1, 4)
-    log = {name: np.ascontiguousarray(records[:, i]) for i, name in enumerate(RECORD_COLUMNS[:3])}
+def _read_slice(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """One slice's interactions that `_partition` wrote, as the sampler's columns; the files go."""
+    log = {c: np.fromfile(path, dtype=LOG_COLUMNS[c]) for c, path in files.items()}
+    for path in files.values():
+        path.unlink()
+    flags = log.pop("flags")
     for bit, flag in enumerate(EVENT_FLAGS):
-        log[flag] = (records[:, 3] >> bit) & 1 == 1
+        log[flag] = (flags >> bit) & 1 == 1
     return log
 
 

@@ -269,8 +269,8 @@ class Staging:
         """impressions.parquet: each interaction of `interactions` (the written file, in the
         file's order) and k sampled negatives, one slice of users at a time (one slice, as for
         any log up to SLICE_ROWS interactions, is the whole log). The log is first read once and
-        each slice's rows appended, in order, to a file of fixed-width records of its own (no
-        sort); each slice is then read alone, sampled, and written while the next is sampled."""
+        each slice's rows appended, in order, to files of their own (no sort over the log); each
+        slice is then read alone, sampled, and written while the next one is sampled."""
         self.con.execute("DROP VIEW checked")  # DuckDB's tables are done with: free their memory
         self.con.execute("DROP TABLE coded")
         log = pq.ParquetFile(interactions)

@@ -280,7 +280,11 @@ class Staging:
         files = _partition(log, slices, folder)
         written = 0
         with (
-            pq.ParquetWriter(path, IMPRESSIONS_SCHEMA, use_dictionary=False) as writer,
+            # Ids are too many for dictionary pages, and the table is read whole, column by
+            # column (no statistics to skip pages by): plain pages write fastest.
+            pq.ParquetWriter(
+                path, IMPRESSIONS_SCHEMA, use_dictionary=False, write_statistics=False
+            ) as writer,
             ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
         ):
             pending: Future | None = None

@@ -269,7 +269,7 @@ class Staging:
         """impressions.parquet: each interaction of `interactions` (the written file, in the
         file's order) and k sampled negatives, one slice of users at a time (one slice, as for
         any log up to SLICE_ROWS interactions, is the whole log). The log is first read once and
-        each slice's rows appended, in order, to files of their own (no sort over the log); each
+        each slice's rows appended, in order, to a file of its own (no sort over the log); each
         slice is then read alone, sampled, and written while the next one is sampled."""
         self.con.execute("DROP VIEW checked")  # DuckDB's tables are done with: free their memory
         self.con.execute("DROP TABLE coded")
@@ -288,8 +288,8 @@ class Staging:
             ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
         ):
             pending: Future | None = None
-            for slice_files in files:
-                slice_log = _read_slice(slice_files)
+            for file, blocks in files:
+                slice_log = _read_slice(file, blocks)
                 table = arrow_table(sample_impressions(slice_log, items, k, rng), "impressions")
                 if pending is not None:
                     pending.result()  # one slice in flight: memory stays bounded
@@ -300,22 +300,22 @@ class Staging:
         return written
 
 
-# The columns the impression sampler reads: each slice keeps each in a file of its own (the flags
-# as bits of one byte), so that a slice's rows go there by appending bytes and come back with one
-# read per column.
+# The columns the impression sampler reads, as a slice's file holds them: blocks of rows, each the
+# block's values of one column after another (the flags as bits of one byte), so that a slice's rows
+# go there by appending bytes and come back with one read.
 LOG_COLUMNS = {"user_id": np.int64, "item_id": np.int64, "ts": np.int64, "flags": np.uint8}
 IMPRESSIONS_SCHEMA = pa.schema(
     [(c, pa.from_numpy_dtype(np.dtype(t))) for c, (t, _) in SCHEMA["impressions"].items()]
 )
 
 
-def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[dict[str, Path]]:
-    """Appends each row of `log` to the files of slice user_id % slices, keeping the file's
-    order within each (a stable sort of each batch by slice: radix for a small slice number);
-    each slice's files by column."""
-    files = [{c: folder / f"{part}.{c}" for c in LOG_COLUMNS} for part in range(slices)]
-    handles = [{c: path.open("wb") for c, path in columns.items()} for columns in files]
+def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[tuple[Path, list[int]]]:
+    """Appends each row of `log` to the file of slice user_id % slices, keeping the file's order
+    within each (a stable sort of each batch by slice: radix for a small slice number); each
+    slice's file and the rows of each block in it."""
+    files = [(folder / f"{part}.log", []) for part in range(slices)]
     names = ["user_id", "item_id", "ts", *EVENT_FLAGS]
+    handles = [path.open("wb") for path, _ in files]
     try:
         for batch in log.iter_batches(batch_size=PARTITION_ROWS, columns=names):
             values = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in names}
@@ -324,26 +324,34 @@ def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[dict[str,
                 values["flags"] |= values.pop(flag).astype(np.uint8) << bit
             part = (values["user_id"] % slices).astype(np.min_scalar_type(slices - 1))
             order = np.argsort(part, kind="stable")
-            ends = np.cumsum(np.bincount(part, minlength=slices))
-            for column, column_values in values.items():
-                ordered = column_values[order]
-                for part_handles, start, end in zip(
-                    handles, np.r_[0, ends[:-1]], ends, strict=True
-                ):
-                    if end > start:
-                        ordered[start:end].tofile(part_handles[column])
+            ordered = [column[order] for column in values.values()]
+            ends = np.cumsum(np.bincount(part, minlength=slices)).tolist()
+            for handle, (_, blocks), start, end in zip(
+                handles, files, [0, *ends[:-1]], ends, strict=True
+            ):
+                if end > start:
+                    for column in ordered:
+                        column[start:end].tofile(handle)
+                    blocks.append(end - start)
     finally:
-        for part_handles in handles:
-            for handle in part_handles.values():
-                handle.close()
+        for handle in handles:
+            handle.close()
     return files
 
 
-def _read_slice(files: dict[str, Path]) -> dict[str, np.ndarray]:
-    """One slice's interactions that `_partition` wrote, as the sampler's columns; the files go."""
-    log = {c: np.fromfile(path, dtype=LOG_COLUMNS[c]) for c, path in files.items()}
-    for path in files.values():
-        path.unlink()
+def _read_slice(path: Path, blocks: list[int]) -> dict[str, np.ndarray]:
+    """One slice's interactions that `_partition` wrote (`blocks`: rows per block), as the
+    sampler's columns; the file goes."""
+    data = np.fromfile(path, dtype=np.uint8)
+    path.unlink()
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in LOG_COLUMNS}
+    at = 0
+    for rows in blocks:
+        for column, dtype in LOG_COLUMNS.items():
+            size = rows * np.dtype(dtype).itemsize
+            parts[column].append(data[at : at + size].view(dtype))
+            at += size
+    log = {c: np.concatenate(p) if p else np.zeros(0, LOG_COLUMNS[c]) for c, p in parts.items()}
     flags = log.pop("flags")
     for bit, flag in enumerate(EVENT_FLAGS):
         log[flag] = (flags >> bit) & 1 == 1

@@ -271,8 +271,7 @@ class Staging:
         any log up to SLICE_ROWS interactions, is the whole log). The log is first read once and
         each slice's rows appended, in order, to a file of its own (no sort over the log); each
         slice is then read alone, sampled, and written while the next one is sampled."""
-        self.con.execute("DROP VIEW checked")  # DuckDB's tables are done with: free their memory
-        self.con.execute("DROP TABLE coded")
+        self.close()  # DuckDB is done with: its memory goes back before the slices take theirs
         log = pq.ParquetFile(interactions)
         slices = max(1, math.ceil(log.metadata.num_rows / SLICE_ROWS))
         folder = self.scratch / "slices"

@@ -194,8 +194,7 @@ class Staging:
         # The few texts that map to an event value, as a CASE: no join over the log for them.
         mapped = self.con.execute("SELECT text, code FROM event_codes WHERE code >= 0").fetchall()
         branches = " ".join(f"WHEN {sql_text(text)} THEN {code}" for text, code in mapped)
-        event = f"CASE r.event {branches} ELSE -1 END" if mapped else "-1"
-        event = event if events else "0"
+        event = "0" if not events else f"CASE r.event {branches} ELSE -1 END" if mapped else "-1"
         # Four-byte ids and a two-byte event: the table every later step scans stays small.
         self.con.execute(
             "CREATE TABLE coded AS SELECT r.rowid AS row, "
@@ -286,7 +285,7 @@ class Staging:
             ) as writer,
             ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
         ):
-            pending: Future | None = None
+            pending: Future[None] | None = None
             for file, blocks in files:
                 slice_log = _read_slice(file, blocks)
                 table = arrow_table(sample_impressions(slice_log, items, k, rng), "impressions")
@@ -312,7 +311,7 @@ def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[tuple[Pat
     """Appends each row of `log` to the file of slice user_id % slices, keeping the file's order
     within each (a stable sort of each batch by slice: radix for a small slice number); each
     slice's file and the rows of each block in it."""
-    files = [(folder / f"{part}.log", []) for part in range(slices)]
+    files: list[tuple[Path, list[int]]] = [(folder / f"{p}.log", []) for p in range(slices)]
     names = ["user_id", "item_id", "ts", *EVENT_FLAGS]
     handles = [path.open("wb") for path, _ in files]
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -315,7 +316,7 @@ def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[tuple[Pat
     names = ["user_id", "item_id", "ts", *EVENT_FLAGS]
     handles = [path.open("wb") for path, _ in files]
     try:
-        for batch in log.iter_batches(batch_size=PARTITION_ROWS, columns=names):
+        for batch in _batches(log, names):
             values = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in names}
             values["flags"] = np.zeros(batch.num_rows, dtype=np.uint8)
             for bit, flag in enumerate(EVENT_FLAGS):
@@ -335,6 +336,19 @@ def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[tuple[Pat
         for handle in handles:
             handle.close()
     return files
+
+
+def _batches(log: pq.ParquetFile, names: list[str]) -> Iterator[pa.Table]:
+    """`log`'s rows in batches of PARTITION_ROWS, read a row group at a time (pyarrow's
+    iter_batches holds on to what it read: 1.5 GB over 100M interactions)."""
+    rest = log.schema_arrow.empty_table().select(names)
+    for group in range(log.num_row_groups):
+        rest = pa.concat_tables([rest, log.read_row_group(group, columns=names)])
+        while rest.num_rows >= PARTITION_ROWS:
+            yield rest.slice(0, PARTITION_ROWS)
+            rest = rest.slice(PARTITION_ROWS)
+    if rest.num_rows:
+        yield rest
 
 
 def _read_slice(path: Path, blocks: list[int]) -> dict[str, np.ndarray]:

@@ -186,7 +186,7 @@ def _flags(mapping: Mapping) -> dict[str, str]:
     return flags
 
 
-def _drop_rows(mapping: Mapping, staging: Staging, report: Report) -> None:
+def _drop_rows(mapping: Mapping, staging: Staging, flags: dict[str, str], report: Report) -> None:
     """Counts the rows dropped for an empty id, an unmapped event value, a repeat of an earlier
     row, or an item not in the items file, in that order, each with its first line (or the first
     one an error when strict)."""
@@ -203,7 +203,7 @@ def _drop_rows(mapping: Mapping, staging: Staging, report: Report) -> None:
         "duplicate": "duplicate row (same user, item, time, event and rating as an earlier row)",
         "unknown item": f"item not in the items file (column {spec.item!r})",
     }
-    for check, (count, first) in staging.drops().items():
+    for check, (count, first) in staging.drops(flags).items():
         if count and first is not None:
             report.drop(reasons[check], count, spec.source.where(int(first)))
 
@@ -236,11 +236,11 @@ def build(
         users, occupations, user_ids, user_of = _users_table(mapping, user_keys, report)
         done("dense ids assigned")
         staging.encode(user_of, item_of, _event_values(mapping))
-        _drop_rows(mapping, staging, report)
-        done("ids mapped and duplicates found")
         flags = _flags(mapping)
+        _drop_rows(mapping, staging, flags, report)
+        done("ids mapped and duplicates found")
         staging.write_interactions(interactions_path, flags)
-        n, ts_min, ts_max, tasks = staging.summary(flags)
+        n, ts_min, ts_max, tasks = staging.kept
         if n == 0:
             raise DataError(f"{spec.source.path}: no interaction is left after dropping bad rows")
         report.interactions, report.time_span = n, (ts_min, ts_max)
@@ -248,7 +248,7 @@ def build(
         rng = np.random.default_rng(mapping.seed)
         staging.write_impressions(
             folder / "impressions.parquet",
-            flags,
+            interactions_path,
             items,
             mapping.negatives_per_positive,
             rng,

@@ -191,7 +191,8 @@ def sample_impressions(interactions: dict, items: dict, k: int, rng: np.random.G
     consumed = PairSet(users * n_items + interactions["item_id"])
 
     neg_users, neg_ts = np.repeat(users, k), np.repeat(ts, k)
-    eligible = np.searchsorted(upload_sorted, neg_ts, side="right")  # items in catalog by then
+    # The items in the catalog by then, counted once per positive (its k negatives share it).
+    eligible = np.repeat(np.searchsorted(upload_sorted, ts, side="right"), k)
     neg_items = np.zeros(len(neg_users), dtype=np.int64)
     todo = np.arange(len(neg_users))
     for _ in range(20):  # rejection sampling; a handful of rounds empties `todo` in practice

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -22,11 +24,12 @@ import pyarrow.parquet as pq
 
 from cascade.data.mapping import Interactions
 from cascade.data.ml100k import sample_impressions
-from cascade.data.schema import DataError, arrow_table
+from cascade.data.schema import SCHEMA, DataError, arrow_table
 from cascade.data.tabular import Source, quoted, sql_text
 
 MEMORY_LIMIT = "768MB"  # DuckDB's working memory; past it tables, joins and sorts spill
 SLICE_ROWS = 2_000_000  # interactions per impression-sampling slice (whole users per slice)
+PARTITION_ROWS = 1_000_000  # interactions read at once to spread over the slices
 HASH_SLICE_ROWS = 20_000_000  # row hashes sorted at once to find repeats (8 bytes each)
 EVENT_FLAGS = ("complete", "like", "share")  # `play` is every interaction
 VALID = "user_id >= 0 AND item_code >= 0 AND event_code >= 0"  # no empty id or unmapped event
@@ -39,7 +42,9 @@ class Staging:
     def __init__(self, scratch: Path, memory_limit: str = MEMORY_LIMIT) -> None:
         scratch.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(":memory:")
+        self.scratch = scratch
         self.unmapped: list[tuple[str, int]] = []  # set by encode
+        self.kept: tuple[int, int, int, list[str]] = (0, 0, 0, [])  # set by drops
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute(f"SET memory_limit = {sql_text(memory_limit)}")
         self.con.execute(f"SET temp_directory = {sql_text(str(scratch / 'spill'))}")
@@ -187,7 +192,10 @@ class Staging:
                 f"WHERE c.code < 0 ORDER BY s.n DESC, s.first LIMIT {top}"
             ).fetchall()
         ]
-        event = "coalesce(e.code, -1)" if events else "0"
+        # The few texts that map to an event value, as a CASE: no join over the log for them.
+        mapped = self.con.execute("SELECT text, code FROM event_codes WHERE code >= 0").fetchall()
+        branches = " ".join(f"WHEN {sql_text(text)} THEN {code}" for text, code in mapped)
+        event = "0" if not events else f"CASE r.event {branches} ELSE -1 END" if mapped else "-1"
         # Four-byte ids and a two-byte event: the table every later step scans stays small.
         self.con.execute(
             "CREATE TABLE coded AS SELECT r.rowid AS row, "
@@ -195,8 +203,7 @@ class Staging:
             "CAST(coalesce(i.code, -1) AS INTEGER) AS item_code, "
             "CAST(coalesce(i.id, 0) AS INTEGER) AS item_id, r.ts, "
             f"CAST({event} AS SMALLINT) AS event_code, r.rating FROM raw r "
-            "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text "
-            "LEFT JOIN event_codes e ON r.event = e.text"
+            "LEFT JOIN user_ids u ON r.user = u.text LEFT JOIN item_ids i ON r.item = i.text"
         )
         self.con.execute("DROP TABLE raw")
         # Rows that repeat one another share a hash. The hashes are sorted in numpy, a slice of
@@ -226,10 +233,11 @@ class Staging:
             "FROM coded c LEFT JOIN duplicates d ON c.row = d.row"
         )
 
-    def drops(self) -> dict[str, tuple[int, int | None]]:
+    def drops(self, flags: dict[str, str]) -> dict[str, tuple[int, int | None]]:
         """(count, first row) of the rows each check drops, each counted among the rows the
         checks before it kept: empty user, empty item, unmapped event, duplicate, item not in
-        the items file."""
+        the items file. The same scan sets `self.kept`: (interactions, first time, last time,
+        tasks) of the rows kept (`flags`: SQL over `event_code` and `rating`)."""
         checks = {
             "user": "user_id < 0",
             "item": "user_id >= 0 AND item_code < 0",
@@ -238,7 +246,12 @@ class Staging:
             "unknown item": f"{VALID} AND NOT duplicate AND item_id = 0",
         }
         parts = [f"count(*) FILTER ({sql}), min(row) FILTER ({sql})" for sql in checks.values()]
+        parts += [f"{f}(ts) FILTER ({KEPT})" for f in ("count", "min", "max")]
+        parts += [f"bool_or({flags.get(f, 'FALSE')}) FILTER ({KEPT})" for f in EVENT_FLAGS]
         values = self.one(f"SELECT {', '.join(parts)} FROM checked")
+        n, ts_min, ts_max, *has = values[2 * len(checks) :]
+        tasks = ["play"] + [f for f, yes in zip(EVENT_FLAGS, has, strict=True) if yes]
+        self.kept = (int(n), int(ts_min or 0), int(ts_max or 0), tasks)
         return {name: (int(values[2 * i]), values[2 * i + 1]) for i, name in enumerate(checks)}
 
     def write_interactions(self, path: Path, flags: dict[str, str]) -> None:
@@ -250,54 +263,116 @@ class Staging:
             f"FROM checked WHERE {KEPT} ORDER BY row) TO {sql_text(str(path))} (FORMAT parquet)"
         )
 
-    def summary(self, flags: dict[str, str]) -> tuple[int, int, int, list[str]]:
-        """(interactions, first time, last time, tasks) of the kept rows."""
-        present = ", ".join(f"bool_or({flags.get(f, 'FALSE')})" for f in EVENT_FLAGS)
-        n, ts_min, ts_max, *has = self.one(
-            f"SELECT count(*), min(ts), max(ts), {present} FROM checked WHERE {KEPT}"
-        )
-        tasks = ["play"] + [f for f, yes in zip(EVENT_FLAGS, has, strict=True) if yes]
-        return int(n), int(ts_min or 0), int(ts_max or 0), tasks
-
     def write_impressions(
-        self, path: Path, flags: dict[str, str], items: dict, k: int, rng: np.random.Generator
+        self, path: Path, interactions: Path, items: dict, k: int, rng: np.random.Generator
     ) -> int:
-        """impressions.parquet: each kept interaction and k sampled negatives, one slice of users
-        at a time (one slice, as for any log up to SLICE_ROWS interactions, is the whole log).
-        The kept rows first go to table `kept` sorted by slice (`part`) and then by their place
-        in the file: each slice is then a contiguous run of it that a scan reads alone (zone
-        maps skip the rest), so the log is read once whatever the number of slices."""
-        (n,) = self.one(f"SELECT count(*) FROM checked WHERE {KEPT}")
-        slices = max(1, math.ceil(n / SLICE_ROWS))
-        self.con.execute(
-            f"CREATE TABLE kept AS SELECT CAST(user_id % {slices} AS INTEGER) AS part, "
-            "CAST(user_id AS BIGINT) AS user_id, CAST(item_id AS BIGINT) AS item_id, ts, "
-            f"{_flag_sql(flags)} FROM checked WHERE {KEPT} ORDER BY part, row"
-        )
-        self.con.execute("DROP VIEW checked")
-        self.con.execute("DROP TABLE coded")
-        columns = ("user_id", "item_id", "ts", "complete", "like", "share")
-        names = ", ".join(quoted(c) for c in columns)
-        writer: pq.ParquetWriter | None = None
+        """impressions.parquet: each interaction of `interactions` (the written file, in the
+        file's order) and k sampled negatives, one slice of users at a time (one slice, as for
+        any log up to SLICE_ROWS interactions, is the whole log). The log is first read once and
+        each slice's rows appended, in order, to a file of its own (no sort over the log); each
+        slice is then read alone, sampled, and written while the next one is sampled."""
+        self.close()  # DuckDB is done with: its memory goes back before the slices take theirs
+        log = pq.ParquetFile(interactions)
+        slices = max(1, math.ceil(log.metadata.num_rows / SLICE_ROWS))
+        folder = self.scratch / "slices"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = _partition(log, slices, folder)
         written = 0
-        try:
-            for part in range(slices):
-                table = self.con.execute(
-                    f"SELECT {names} FROM kept WHERE part = {part}"
-                ).fetch_arrow_table()  # in the file's order: scans keep the table's
-                log = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
-                impressions = arrow_table(sample_impressions(log, items, k, rng), "impressions")
-                # Ids are too many for dictionary pages: plain encoding writes twice as fast.
-                writer = writer or pq.ParquetWriter(path, impressions.schema, use_dictionary=False)
-                writer.write_table(impressions)
-                written += impressions.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        self.con.execute("DROP TABLE kept")
+        with (
+            # Ids are too many for dictionary pages, and the table is read whole, column by
+            # column (no statistics to skip pages by): plain pages write fastest.
+            pq.ParquetWriter(
+                path, IMPRESSIONS_SCHEMA, use_dictionary=False, write_statistics=False
+            ) as writer,
+            ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
+        ):
+            pending: Future[None] | None = None
+            for file, blocks in files:
+                slice_log = _read_slice(file, blocks)
+                table = arrow_table(sample_impressions(slice_log, items, k, rng), "impressions")
+                if pending is not None:
+                    pending.result()  # one slice in flight: memory stays bounded
+                pending = pool.submit(writer.write_table, table)
+                written += table.num_rows
+            if pending is not None:
+                pending.result()
         return written
 
 
+# The columns the impression sampler reads, as a slice's file holds them: blocks of rows, each the
+# block's values of one column after another (the flags as bits of one byte), so that a slice's rows
+# go there by appending bytes and come back with one read.
+LOG_COLUMNS = {"user_id": np.int64, "item_id": np.int64, "ts": np.int64, "flags": np.uint8}
+IMPRESSIONS_SCHEMA = pa.schema(
+    [(c, pa.from_numpy_dtype(np.dtype(t))) for c, (t, _) in SCHEMA["impressions"].items()]
+)
+
+
+def _partition(log: pq.ParquetFile, slices: int, folder: Path) -> list[tuple[Path, list[int]]]:
+    """Appends each row of `log` to the file of slice user_id % slices, keeping the file's order
+    within each (a stable sort of each batch by slice: radix for a small slice number); each
+    slice's file and the rows of each block in it."""
+    files: list[tuple[Path, list[int]]] = [(folder / f"{p}.log", []) for p in range(slices)]
+    names = ["user_id", "item_id", "ts", *EVENT_FLAGS]
+    handles = [path.open("wb") for path, _ in files]
+    try:
+        for batch in _batches(log, names):
+            values = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in names}
+            values["flags"] = np.zeros(batch.num_rows, dtype=np.uint8)
+            for bit, flag in enumerate(EVENT_FLAGS):
+                values["flags"] |= values.pop(flag).astype(np.uint8) << bit
+            part = (values["user_id"] % slices).astype(np.min_scalar_type(slices - 1))
+            order = np.argsort(part, kind="stable")
+            ordered = [column[order] for column in values.values()]
+            ends = np.cumsum(np.bincount(part, minlength=slices)).tolist()
+            for handle, (_, blocks), start, end in zip(
+                handles, files, [0, *ends[:-1]], ends, strict=True
+            ):
+                if end > start:
+                    for column in ordered:
+                        column[start:end].tofile(handle)
+                    blocks.append(end - start)
+    finally:
+        for handle in handles:
+            handle.close()
+    return files
+
+
+def _batches(log: pq.ParquetFile, names: list[str]) -> Iterator[pa.Table]:
+    """`log`'s rows in batches of PARTITION_ROWS, read a row group at a time (pyarrow's
+    iter_batches holds on to what it read: 1.5 GB over 100M interactions)."""
+    rest = log.schema_arrow.empty_table().select(names)
+    for group in range(log.num_row_groups):
+        rest = pa.concat_tables([rest, log.read_row_group(group, columns=names)])
+        while rest.num_rows >= PARTITION_ROWS:
+            yield rest.slice(0, PARTITION_ROWS)
+            rest = rest.slice(PARTITION_ROWS)
+    if rest.num_rows:
+        yield rest
+
+
+def _read_slice(path: Path, blocks: list[int]) -> dict[str, np.ndarray]:
+    """One slice's interactions that `_partition` wrote (`blocks`: rows per block), as the
+    sampler's columns; the file goes."""
+    data = np.fromfile(path, dtype=np.uint8)
+    path.unlink()
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in LOG_COLUMNS}
+    at = 0
+    for rows in blocks:
+        for column, dtype in LOG_COLUMNS.items():
+            size = rows * np.dtype(dtype).itemsize
+            parts[column].append(data[at : at + size].view(dtype))
+            at += size
+    log = {c: np.concatenate(p) if p else np.zeros(0, LOG_COLUMNS[c]) for c, p in parts.items()}
+    flags = log.pop("flags")
+    for bit, flag in enumerate(EVENT_FLAGS):
+        log[flag] = (flags >> bit) & 1 == 1
+    return log
+
+
 def _flag_sql(flags: dict[str, str]) -> str:
-    """The flag columns (`flags`: SQL over `event_code` and `rating`; FALSE where none)."""
-    return ", ".join(f"{flags.get(f, 'FALSE')} AS {quoted(f)}" for f in EVENT_FLAGS)
+    """The flag columns (`flags`: SQL over `event_code` and `rating`; FALSE where none, and
+    where a comparison with an empty rating is unknown)."""
+    return ", ".join(
+        f"coalesce({flags.get(f, 'FALSE')}, FALSE) AS {quoted(f)}" for f in EVENT_FLAGS
+    )

@@ -469,3 +469,15 @@ def test_impressions_sampled_in_several_slices_of_users_are_each_slice_in_file_o
     for column in ("user_id", "item_id", "ts", "click", "like"):
         expected = np.concatenate([p[column] for p in parts])
         assert dataset.impressions[column].tolist() == expected.tolist(), column
+
+
+def test_impressions_are_the_same_when_the_log_is_spread_over_slices_in_many_batches(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(staging, "SLICE_ROWS", 2)  # 6 interactions: 3 slices of users
+    whole, _ = run_import(tmp_path / "whole")
+    monkeypatch.setattr(staging, "PARTITION_ROWS", 1)  # every slice's file: blocks of one row
+    batched, _ = run_import(tmp_path / "batched")
+    for column in ("user_id", "item_id", "ts", "click", "complete", "like", "share"):
+        expected = whole.impressions[column].tolist()
+        assert batched.impressions[column].tolist() == expected, column

@@ -54,14 +54,15 @@ class World:
     users: int
     impressions_per_user: float
     root: Path
+    trained: tuple[Path, Path] | None = None  # (data dir, artifacts) of a world trained already
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.trained[0] if self.trained else self.root / "data"
 
     @property
     def artifacts(self) -> Path:
-        return self.root / "artifacts"
+        return self.trained[1] if self.trained else self.root / "artifacts"
 
 
 def run_measured(command: list[str], log: Path) -> dict:
@@ -123,6 +124,26 @@ def train(world: World) -> dict:
         "stages": stages,
         "seconds": round(sum(s["seconds"] for s in stages.values()), 1),
         "this_run": total,  # a rerun that finds every stage complete only checks and publishes
+        "bundle_gib": round(bundle_bytes / GIB, 2),
+    }
+
+
+def reused(world: World) -> dict:
+    """A world trained elsewhere: which bundle serves it, and its training records if it has
+    them (`cascade train all` writes them; a bundle from `cascade train` has none)."""
+    manifest = json.loads((world.artifacts / "current" / MANIFEST).read_text())
+    stages = {
+        stage: {
+            "seconds": record["seconds"],
+            "cpu_seconds": record.get("cpu_seconds"),
+            "peak_rss_gib": round(record["peak_rss_bytes"] / GIB, 2),
+        }
+        for stage, record in manifest.get(TRAINING, {}).items()
+    }
+    bundle_bytes = sum(f["bytes"] for f in manifest["files"].values())
+    return {
+        "reused_bundle": f"{world.artifacts}/current (version {manifest['version']})",
+        "stages": stages,
         "bundle_gib": round(bundle_bytes / GIB, 2),
     }
 
@@ -251,7 +272,7 @@ def markdown(report: dict) -> str:
     lines.append(row("generate", large["generation"], reference["generation"]))
     for stage in TRAIN_ORDER:
         record = large["training"]["stages"][stage]
-        lines.append(row(f"train {stage}", record, reference["training"]["stages"][stage]))
+        lines.append(row(f"train {stage}", record, reference["training"]["stages"].get(stage, {})))
     starts = [w["serving"] for w in (large, reference)]
     lines.append(
         "| start (`cascade up`; peak: largest service) | "
@@ -262,6 +283,9 @@ def markdown(report: dict) -> str:
     )
     lines += ["", f"Bundle: {large['training']['bundle_gib']} GiB (large), "
               f"{reference['training']['bundle_gib']} GiB (10k items).", ""]  # fmt: skip
+    if "reused_bundle" in reference["training"]:
+        lines += [f"The 10k-item world is a bundle trained earlier: "
+                  f"`{reference['training']['reused_bundle']}`, data `{reference['data']}`.", ""]  # fmt: skip
     lines += [
         f"Served in {report['rounds']} alternating rounds of {report['seconds_per_round']} s, "
         f"one at a time and at saturation ({report['workers']} callers, closed loop), same "
@@ -318,8 +342,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Four callers keep two cores busy; many more and the gateway's admission sheds requests.
     parser.add_argument("--workers", type=int, default=4, help="callers at saturation")
     parser.add_argument("--start-timeout", type=float, default=1800.0, help="seconds per stack")
+    parser.add_argument(
+        "--reference-data",
+        type=Path,
+        help="serve a 10k-item world trained already: its data dir (holding synthetic/) ...",
+    )
+    parser.add_argument(
+        "--reference-artifacts", type=Path, help="... and its artifacts (holding current/)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/train"))
     args = parser.parse_args(argv)
+    if (args.reference_data is None) != (args.reference_artifacts is None):
+        parser.error("--reference-data and --reference-artifacts go together")
+    trained = None
+    if args.reference_data is not None:
+        trained = (args.reference_data, args.reference_artifacts)
     worlds = {
         "large": World(
             "large", args.items, args.users, args.impressions_per_user,
@@ -329,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reference", args.reference_items, args.reference_users,
             args.reference_impressions_per_user,
             args.work_dir / f"{args.reference_items}-items-{args.reference_users}-users",
+            trained,
         ),
     }  # fmt: skip
     rehearsal = args.items < MILLION
@@ -349,10 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "items": world.items,
             "users": world.users,
             "impressions_per_user": world.impressions_per_user,
-            "generation": generate(world),
         }
+        if world.trained:
+            entry["data"] = str(world.data_dir)
+            entry["generation"] = {}
+            entry["training"] = reused(world)
+        else:
+            entry["generation"] = generate(world)
+            entry["training"] = train(world)
         entry["rows"] = world_rows(world)
-        entry["training"] = train(world)
         print(json.dumps(entry), flush=True)
         report["worlds"][name] = entry
     report["profile"] = default_profile(DATASET)

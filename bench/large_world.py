@@ -1,14 +1,15 @@
 """A large synthetic world end to end: generated, trained and served beside the 10k-item world.
 
-    python -m bench.large_world --items 1000000 --users 100000 --impressions-per-user 20 \
+    python -m bench.large_world --items 1000000 --users 40000 --impressions-per-user 20 \
         --out results/train
 
 Generates the world (`cascade data`), trains it with the dataset's default profile (`cascade
 train all`, resumable: rerun the same command after a crash and the stages already complete are
 skipped), and starts it with `cascade up`'s own code on free loopback ports beside the 10k-item
-world (the synthetic defaults), both serving that same profile. Then, in alternating rounds so
-machine noise falls on both alike: one request at a time, and at saturation (`--workers` closed
-loop); each world's p50/p99 and CPU per request (its five services), and the large world's over
+world (the synthetic defaults, or one trained already: `--reference-data` and
+`--reference-artifacts`), both serving that same profile. Then, in alternating rounds so machine
+noise falls on both alike: one request at a time, and at saturation (`--workers` closed loop); each
+world's p50/p99 and CPU per request (its five services), and the large world's over
 the 10k world's. A world already generated or trained under `--work-dir` is reused. Below a
 million items the report is written as large_world_small.{json,md}: a rehearsal, never the result.
 """
@@ -284,8 +285,9 @@ def markdown(report: dict) -> str:
     lines += ["", f"Bundle: {large['training']['bundle_gib']} GiB (large), "
               f"{reference['training']['bundle_gib']} GiB (10k items).", ""]  # fmt: skip
     if "reused_bundle" in reference["training"]:
-        lines += [f"The 10k-item world is a bundle trained earlier: "
-                  f"`{reference['training']['reused_bundle']}`, data `{reference['data']}`.", ""]  # fmt: skip
+        bundle = reference["training"]["reused_bundle"]
+        lines += [f"The 10k-item world is a bundle trained earlier: `{bundle}`, data "
+                  f"`{reference['data']}`.", ""]  # fmt: skip
     lines += [
         f"Served in {report['rounds']} alternating rounds of {report['seconds_per_round']} s, "
         f"one at a time and at saturation ({report['workers']} callers, closed loop), same "
@@ -321,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=MILLION, help="the large world's catalogue")
-    # The sizes docs/large_world.md proposes for a 2-hour `cascade train all` on 2 cores.
-    parser.add_argument("--users", type=int, default=100_000, help="the large world's users")
+    # The sizes docs/large_world.md ran: `cascade train all` well inside 2 hours on 2 cores.
+    parser.add_argument("--users", type=int, default=40_000, help="the large world's users")
     parser.add_argument("--impressions-per-user", type=float, default=20.0)
     parser.add_argument(
         "--reference-items", type=int, default=defaults.n_items, help="the 10k-item world's"

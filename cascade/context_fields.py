@@ -122,11 +122,8 @@ class MFPositions:
         """Per request, the positions of its candidates `item_ids[r]` given its consumed set:
         UNKNOWN for an empty set (no history: the model ranks nothing) and for ids outside the
         catalogue, MF_TOP + 1 for a candidate outside the model's top MF_TOP."""
-        out = []
-        for r, ids in enumerate(item_ids):
-            ids = np.asarray(ids, np.int64)
-            out.append(np.full(ids.shape, UNKNOWN, np.int64))
-            item_ids[r] = ids
+        item_ids = [np.asarray(ids, np.int64) for ids in item_ids]
+        out = [np.full(ids.shape, UNKNOWN, np.int64) for ids in item_ids]
         asked = [r for r in range(len(consumed)) if len(consumed[r])]
         for start in range(0, len(asked), BLOCK):
             rows = asked[start : start + BLOCK]

@@ -35,6 +35,9 @@ _BITS = np.arange(1, N_CHANNELS, dtype=np.uint32)  # channel enum values 1..N_CH
 # bucket, so only the model's top MF_TOP items need telling apart.
 MF_TOP = int(CONTEXT_BUCKETS["mf_position"][-1])
 BLOCK = 64  # requests scored at once on the exact path: a (BLOCK, n_items) float32 block
+# Scored items (nonzero MF vectors) up to this many are scored exactly per request; above, the
+# bundle's MF index is searched (recall's exact threshold: IndexSettings.exact_threshold).
+MF_EXACT_ROWS = 200_000
 HNSW_MIN_EF = 512  # recall's IndexSettings.hnsw_ef_search: never search a graph more loosely
 
 
@@ -74,26 +77,39 @@ class MFPositions:
 
     Only the top `MF_TOP` positions are told apart (every position from the field's last bucket
     boundary on encodes to its last bucket), so no request sorts the catalogue: a candidate outside
-    the model's top MF_TOP gets MF_TOP + 1. Exact (no `index`): the catalogue's scores, `BLOCK`
-    requests at a time, and a partial selection of each request's top MF_TOP. With an approximate
-    `index` (the bundle's MF index above its exact threshold: HNSW) one search per request for the
-    top MF_TOP + |consumed|, which may miss a few of the exact top items."""
+    the model's top MF_TOP gets MF_TOP + 1. Exact: the scores of the items with a nonzero vector,
+    `BLOCK` requests at a time, a partial selection of each request's top MF_TOP, and the items
+    with a zero vector counted as one tie at 0. Above `exact_rows` such items, with the bundle's
+    approximate MF index (HNSW), one search per request for the top MF_TOP + |consumed| instead,
+    which may miss some of the exact top items."""
 
     def __init__(
         self,
         vectors: np.ndarray,
         fold_in: np.ndarray | None = None,
         index: faiss.Index | None = None,
+        exact_rows: int = MF_EXACT_ROWS,
     ):
         self.vectors = np.asarray(vectors, dtype=np.float32)  # (n_items, dim)
         self.fold_in = fold_in if fold_in is not None and fold_in.size else None
         self.n_items = len(self.vectors)
+        # Only items with a nonzero vector score other than 0: PureSVD's are the items played in
+        # its training log, a small part of a long-tailed catalogue. The rest form one tie at 0,
+        # counted rather than scored.
+        has_vector = self.vectors.any(axis=1)
+        has_vector[0] = False
+        self.rows = np.flatnonzero(has_vector)  # item ids scored
+        self.slot = np.full(self.n_items, -1, np.int32)  # item id -> its row in `scored`, or -1
+        self.slot[self.rows] = np.arange(len(self.rows), dtype=np.int32)
+        self.scored = self.vectors[self.rows]
+        self.n_zero = self.n_items - 1 - len(self.rows)  # items (not item 0) scoring exactly 0
         if index is not None and (self.fold_in is None or index.ntotal != self.n_items - 1):
             raise ValueError(
                 f"an MF index serves PureSVD vectors of items 1..{self.n_items - 1}, not "
                 f"{index.ntotal} vectors{'' if self.fold_in is not None else ' without a fold-in'}"
             )
-        self.index = index  # position p holds item p + 1 (services/recall/index.py)
+        # Searched only when the scored items are too many to score per request.
+        self.index = index if len(self.rows) > exact_rows else None
 
     @classmethod
     def from_bundle(cls, bundle) -> MFPositions | None:
@@ -109,7 +125,8 @@ class MFPositions:
         if fold_in.shape == vectors.shape and np.array_equal(fold_in, vectors):
             fold_in = vectors  # PureSVD folds in with its own item vectors: hold them once
         index = None
-        if info.get("index_kind", "flat") != "flat":
+        scored = int(np.count_nonzero(vectors[1:].any(axis=1)))
+        if info.get("index_kind", "flat") != "flat" and scored > MF_EXACT_ROWS:
             index = faiss.read_index(str(bundle.file(COMPONENT, ITEM_INDEX)))
         return cls(vectors, fold_in, index)
 
@@ -131,11 +148,12 @@ class MFPositions:
             inside = [(item_ids[r] > 0) & (item_ids[r] < self.n_items) for r in rows]
             ids = [np.where(ok, item_ids[r], 0) for ok, r in zip(inside, rows, strict=True)]
             find = self._top_exact if self.index is None else self._top_searched
-            for r, ok, (top, mine) in zip(rows, inside, find(sets, ids), strict=True):
+            for r, ok, (top, mine, zeros) in zip(rows, inside, find(sets, ids), strict=True):
                 # 1 + how many eligible items score higher (ties share a position, as a sort
-                # places them): all of them are in `top` unless the candidate is outside it.
-                position = len(top) - np.searchsorted(top, mine, side="right") + 1
-                out[r] = np.where(ok, position, UNKNOWN)
+                # places them): all scored ones are in `top` unless the candidate is outside it,
+                # and the eligible items scoring 0 are ahead of a negative score.
+                ahead = len(top) - np.searchsorted(top, mine, side="right") + zeros * (mine < 0)
+                out[r] = np.where(ok, np.minimum(ahead + 1, MF_TOP + 1), UNKNOWN)
         return out
 
     def _inside(self, items: np.ndarray) -> np.ndarray:
@@ -149,20 +167,23 @@ class MFPositions:
         return np.stack([self.fold_in[s].sum(axis=0, dtype=np.float32) for s in sets])
 
     def _top_exact(self, sets: list[np.ndarray], ids: list[np.ndarray]) -> list[TopScores]:
-        """Per request: its top MF_TOP eligible scores (ascending) and its candidates' scores,
-        both read from one (R <= BLOCK, n_items) block of the catalogue's scores."""
+        """Per request: its top MF_TOP eligible nonzero-vector scores (ascending), its candidates'
+        scores, both read from one (R <= BLOCK, len(rows)) block of scores, and how many eligible
+        items score exactly 0."""
         if self.fold_in is None:  # EASE (small catalogues): columns of the item-item weights
-            scores = np.stack([self.vectors[:, s].sum(axis=1, dtype=np.float32) for s in sets])
+            scores = np.stack([self.scored[:, s].sum(axis=1, dtype=np.float32) for s in sets])
         else:
-            scores = self._queries(sets) @ self.vectors.T
-        keep = min(MF_TOP, self.n_items)
+            scores = self._queries(sets) @ self.scored.T
+        keep = min(MF_TOP, len(self.rows))
         found = []
         for row, items, candidates in zip(scores, sets, ids, strict=True):
-            mine = row[candidates]
-            row[0] = -np.inf  # item 0 and the consumed set are never ranked
-            row[items] = -np.inf
+            at = self.slot[candidates]
+            mine = np.where(at >= 0, row[at], np.float32(0.0))
+            consumed = self.slot[items]
+            row[consumed[consumed >= 0]] = -np.inf  # the consumed set is never ranked
             top = np.partition(row, len(row) - keep)[len(row) - keep :]
-            found.append((np.sort(top[top > -np.inf]), mine))
+            zeros = self.n_zero - int(np.count_nonzero(consumed < 0))
+            found.append((np.sort(top[top > -np.inf]), mine, zeros))
         return found
 
     def _top_searched(self, sets: list[np.ndarray], ids: list[np.ndarray]) -> list[TopScores]:
@@ -191,7 +212,7 @@ class MFPositions:
             if len(top) < min(MF_TOP, eligible):  # the graph found fewer: the rest lie below
                 pad = top[0] if len(top) else np.float32(np.inf)
                 top = np.concatenate([np.full(MF_TOP - len(top), pad, np.float32), top])
-            found.append((top, mine))
+            found.append((top, mine, 0))  # the index holds the items scoring 0 too
         return found
 
 
@@ -202,7 +223,8 @@ def _search_params(index: faiss.Index, k: int) -> faiss.SearchParameters | None:
     return None  # an inverted-file index searches with the nprobe it was saved with
 
 
-TopScores = tuple[np.ndarray, np.ndarray]  # top scores (ascending), the candidates' scores
+# Top scores (ascending), the candidates' scores, eligible items outside them scoring exactly 0.
+TopScores = tuple[np.ndarray, np.ndarray, int]
 
 
 class FoldedMF:

@@ -292,6 +292,25 @@ def test_positions_up_to_the_last_bucket_equal_a_full_sort_and_the_rest_share_it
         assert len(set(mine[1:][top].tolist())) == MF_TOP  # distinct scores: 1..MF_TOP each once
 
 
+def test_items_without_a_vector_are_one_tie_at_zero_counted_not_scored(catalogue):
+    """Most of a long-tailed catalogue has no plays in the MF model's log, so a zero vector and a
+    score of exactly 0: counted ahead of every negative score, behind every positive one."""
+    vectors, consumed, candidates = catalogue
+    vectors = vectors.copy()
+    vectors[np.random.default_rng(2).random(len(vectors)) < 0.9] = 0.0
+    model = MFPositions(vectors, vectors)
+    assert len(model.rows) < len(vectors) // 5
+    cut = []
+    got = model.ranked(consumed, candidates)
+    for items, ids, mine in zip(consumed, candidates, got, strict=True):
+        if not len(items):
+            continue
+        expected = full_sort_positions(vectors @ vectors[np.sort(items)].sum(axis=0), items, ids)
+        assert (mine[1:] == np.minimum(expected[1:], MF_TOP + 1)).all()
+        cut.append((expected[1:] > MF_TOP).any())
+    assert any(cut)  # some negative scores fall past the cut behind the tie at 0
+
+
 def test_an_index_search_gives_the_exact_positions_when_the_index_is_exact(catalogue):
     """The served path above the exact threshold asks the bundle's MF index; on an exact index
     it must agree with the scored path (consumed items dropped from its answer, item 0 never in
@@ -299,7 +318,7 @@ def test_an_index_search_gives_the_exact_positions_when_the_index_is_exact(catal
     vectors, consumed, candidates = catalogue
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors[1:])
-    searched = MFPositions(vectors, vectors, index).ranked(consumed, candidates)
+    searched = MFPositions(vectors, vectors, index, exact_rows=0).ranked(consumed, candidates)
     scored = MFPositions(vectors, vectors).ranked(consumed, candidates)
     for a, b in zip(searched, scored, strict=True):
         assert (a == b).all()

@@ -15,6 +15,7 @@ identical rows (tests/cascade/test_context_fields.py checks them against plain l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import faiss
 import numpy as np
@@ -48,6 +49,11 @@ class ItemTables:
     creator: np.ndarray  # (n_items,) int64, 0 = unknown
     categories: np.ndarray  # (n_items, k) int64 category ids, 0-padded
     upload_ts: np.ndarray  # (n_items,) int64, 0 = unknown
+
+    @cached_property
+    def n_categories(self) -> int:
+        """Category ids run below this: read once, not per request (a pass over the catalogue)."""
+        return int(self.categories.max(initial=0)) + 1
 
     @classmethod
     def from_items(cls, items: Table, n_items: int) -> ItemTables:
@@ -295,7 +301,7 @@ def context_values(
     upload = items.upload_ts[ids]
     age = np.where(upload > 0, np.maximum(np.asarray(now, np.int64) - upload, 0) // DAY_S, UNKNOWN)
     # Per history row: how many history items carry each category (padding counts for none).
-    n_categories = int(items.categories.max(initial=0)) + 1
+    n_categories = items.n_categories
     profile = np.zeros((len(history), n_categories), np.int64)
     hist_categories = items.categories[history]  # (h, L, k)
     rows = np.broadcast_to(np.arange(len(history))[:, None, None], hist_categories.shape)

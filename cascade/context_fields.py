@@ -102,7 +102,7 @@ class MFPositions:
         # Only items with a nonzero vector score other than 0: PureSVD's are the items played in
         # its training log, a small part of a long-tailed catalogue. The rest form one tie at 0,
         # counted rather than scored.
-        has_vector = self.vectors.any(axis=1)
+        has_vector = np.count_nonzero(self.vectors, axis=1) > 0
         has_vector[0] = False
         self.rows = np.flatnonzero(has_vector)  # item ids scored
         self.slot = np.full(self.n_items, -1, np.int32)  # item id -> its row in `scored`, or -1
@@ -225,7 +225,8 @@ class MFPositions:
 def _search_params(index: faiss.Index, k: int) -> faiss.SearchParameters | None:
     """A graph searched at least k wide (FAISS does not widen efSearch to k itself)."""
     if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(efSearch=max(k, HNSW_MIN_EF))
+        # faiss's type stubs lack the class (FAISS >= 1.7.3 has it).
+        return faiss.SearchParametersHNSW(efSearch=max(k, HNSW_MIN_EF))  # type: ignore[attr-defined]
     return None  # an inverted-file index searches with the nprobe it was saved with
 
 

@@ -20,9 +20,11 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -173,6 +175,25 @@ def peak_rss_gib(running: stack.Stack) -> dict[str, float]:
     return peaks
 
 
+def recall_channels_ms(running: stack.Stack) -> dict[str, float]:
+    """Each recall channel's mean latency so far (recall's own histogram, Prometheus text)."""
+    (recall,) = [s for s in running.services if s.name == "recall"]
+    url = f"http://127.0.0.1:{recall.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    series = "cascade_recall_channel_latency_seconds"
+    found = {
+        (kind, channel): float(value)
+        for kind, channel, value in re.findall(
+            rf'{series}_(sum|count)\{{channel="(\w+)"\}} (\S+)', text
+        )
+    }
+    return {
+        channel: round(1e3 * total / max(found.get(("count", channel), 0.0), 1.0), 2)
+        for (kind, channel), total in found.items()
+        if kind == "sum"
+    }
+
+
 def measure(running: stack.Stack, users: np.ndarray, workers: int, seconds: float) -> tuple:
     """Closed loop with `workers` callers; the samples, the seconds and the services' CPU."""
     before = cpu_seconds(running)
@@ -214,6 +235,7 @@ def serve(worlds: dict[str, World], args: argparse.Namespace) -> dict:
                     spent[1] += cpu
         for name in worlds:
             report[name]["service_peak_rss_gib"] = peak_rss_gib(running[name])
+            report[name]["recall_channel_mean_ms"] = recall_channels_ms(running[name])
     for (name, mode), got in samples.items():
         took, cpu = totals[(name, mode)]
         row = summarize(got, took)
@@ -330,6 +352,16 @@ def markdown(report: dict) -> str:
             )
             cells.append(f"{a.get('p50_ms', '-')} / {b.get('p50_ms', '-')}")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    channels = report["worlds"]["large"]["serving"].get("recall_channel_mean_ms", {})
+    if channels:
+        reference_channels = report["worlds"]["reference"]["serving"]["recall_channel_mean_ms"]
+        lines += [
+            "",
+            "Recall's channels, mean ms over the whole run (both modes), large / 10k world:",
+        ]
+        lines += ["", "| " + " | ".join(channels) + " |", "|" + "---|" * len(channels)]
+        cells = [f"{channels[c]} / {reference_channels.get(c, '-')}" for c in channels]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| mode | p50 ratio | p99 ratio | CPU ratio | goals met (<= 1.3, 1.3, 1.5) |"]
     lines += ["|---|---|---|---|---|"]
     for mode, r in report["ratios"].items():

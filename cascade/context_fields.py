@@ -225,8 +225,8 @@ class MFPositions:
 def _search_params(index: faiss.Index, k: int) -> faiss.SearchParameters | None:
     """A graph searched at least k wide (FAISS does not widen efSearch to k itself)."""
     if isinstance(index, faiss.IndexHNSW):
-        # faiss's type stubs lack the class (FAISS >= 1.7.3 has it).
-        return faiss.SearchParametersHNSW(efSearch=max(k, HNSW_MIN_EF))  # type: ignore[attr-defined]
+        # Looked up by name: faiss's type stubs lack the class (FAISS since 1.7.3 has it).
+        return vars(faiss)["SearchParametersHNSW"](efSearch=max(k, HNSW_MIN_EF))
     return None  # an inverted-file index searches with the nprobe it was saved with
 
 

@@ -1,14 +1,15 @@
 """A large synthetic world end to end: generated, trained and served beside the 10k-item world.
 
-    python -m bench.large_world --items 1000000 --users 100000 --impressions-per-user 20 \
+    python -m bench.large_world --items 1000000 --users 40000 --impressions-per-user 20 \
         --out results/train
 
 Generates the world (`cascade data`), trains it with the dataset's default profile (`cascade
 train all`, resumable: rerun the same command after a crash and the stages already complete are
 skipped), and starts it with `cascade up`'s own code on free loopback ports beside the 10k-item
-world (the synthetic defaults), both serving that same profile. Then, in alternating rounds so
-machine noise falls on both alike: one request at a time, and at saturation (`--workers` closed
-loop); each world's p50/p99 and CPU per request (its five services), and the large world's over
+world (the synthetic defaults, or one trained already: `--reference-data` and
+`--reference-artifacts`), both serving that same profile. Then, in alternating rounds so machine
+noise falls on both alike: one request at a time, and at saturation (`--workers` closed loop); each
+world's p50/p99 and CPU per request (its five services), and the large world's over
 the 10k world's. A world already generated or trained under `--work-dir` is reused. Below a
 million items the report is written as large_world_small.{json,md}: a rehearsal, never the result.
 """
@@ -19,9 +20,11 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -54,14 +57,15 @@ class World:
     users: int
     impressions_per_user: float
     root: Path
+    trained: tuple[Path, Path] | None = None  # (data dir, artifacts) of a world trained already
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.trained[0] if self.trained else self.root / "data"
 
     @property
     def artifacts(self) -> Path:
-        return self.root / "artifacts"
+        return self.trained[1] if self.trained else self.root / "artifacts"
 
 
 def run_measured(command: list[str], log: Path) -> dict:
@@ -127,6 +131,26 @@ def train(world: World) -> dict:
     }
 
 
+def reused(world: World) -> dict:
+    """A world trained elsewhere: which bundle serves it, and its training records if it has
+    them (`cascade train all` writes them; a bundle from `cascade train` has none)."""
+    manifest = json.loads((world.artifacts / "current" / MANIFEST).read_text())
+    stages = {
+        stage: {
+            "seconds": record["seconds"],
+            "cpu_seconds": record.get("cpu_seconds"),
+            "peak_rss_gib": round(record["peak_rss_bytes"] / GIB, 2),
+        }
+        for stage, record in manifest.get(TRAINING, {}).items()
+    }
+    bundle_bytes = sum(f["bytes"] for f in manifest["files"].values())
+    return {
+        "reused_bundle": f"{world.artifacts}/current (version {manifest['version']})",
+        "stages": stages,
+        "bundle_gib": round(bundle_bytes / GIB, 2),
+    }
+
+
 def world_rows(world: World) -> dict[str, int]:
     """Rows per table, from the Parquet footers (the 1M world's tables need not be loaded)."""
     tables = ("users", "items", "creators", "follows", "impressions", "interactions")
@@ -149,6 +173,25 @@ def peak_rss_gib(running: stack.Stack) -> dict[str, float]:
             if line.startswith("VmHWM:"):
                 peaks[service.name] = round(int(line.split()[1]) * 1024 / GIB, 2)
     return peaks
+
+
+def recall_channels_ms(running: stack.Stack) -> dict[str, float]:
+    """Each recall channel's mean latency so far (recall's own histogram, Prometheus text)."""
+    (recall,) = [s for s in running.services if s.name == "recall"]
+    url = f"http://127.0.0.1:{recall.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    series = "cascade_recall_channel_latency_seconds"
+    found = {
+        (kind, channel): float(value)
+        for kind, channel, value in re.findall(
+            rf'{series}_(sum|count)\{{channel="(\w+)"\}} (\S+)', text
+        )
+    }
+    return {
+        channel: round(1e3 * total / max(found.get(("count", channel), 0.0), 1.0), 2)
+        for (kind, channel), total in found.items()
+        if kind == "sum"
+    }
 
 
 def measure(running: stack.Stack, users: np.ndarray, workers: int, seconds: float) -> tuple:
@@ -192,9 +235,15 @@ def serve(worlds: dict[str, World], args: argparse.Namespace) -> dict:
                     spent[1] += cpu
         for name in worlds:
             report[name]["service_peak_rss_gib"] = peak_rss_gib(running[name])
+            report[name]["recall_channel_mean_ms"] = recall_channels_ms(running[name])
     for (name, mode), got in samples.items():
         took, cpu = totals[(name, mode)]
-        row = {k: v for k, v in summarize(got, took).items() if k != "stages"}
+        row = summarize(got, took)
+        # Each stage's own latency (the answer's trace): which one the catalogue's size slows.
+        row["stages"] = {
+            stage: {k: v for k, v in p.items() if k in ("p50_ms", "p99_ms")}
+            for stage, p in row["stages"].items()
+        }
         # Per answered request: a request the gateway sheds (RESOURCE_EXHAUSTED) costs little.
         answered = sum(s.code == "OK" for s in got)
         row["cpu_ms_per_request"] = round(1e3 * cpu / max(answered, 1), 2)
@@ -251,7 +300,7 @@ def markdown(report: dict) -> str:
     lines.append(row("generate", large["generation"], reference["generation"]))
     for stage in TRAIN_ORDER:
         record = large["training"]["stages"][stage]
-        lines.append(row(f"train {stage}", record, reference["training"]["stages"][stage]))
+        lines.append(row(f"train {stage}", record, reference["training"]["stages"].get(stage, {})))
     starts = [w["serving"] for w in (large, reference)]
     lines.append(
         "| start (`cascade up`; peak: largest service) | "
@@ -262,6 +311,10 @@ def markdown(report: dict) -> str:
     )
     lines += ["", f"Bundle: {large['training']['bundle_gib']} GiB (large), "
               f"{reference['training']['bundle_gib']} GiB (10k items).", ""]  # fmt: skip
+    if "reused_bundle" in reference["training"]:
+        bundle = reference["training"]["reused_bundle"]
+        lines += [f"The 10k-item world is a bundle trained earlier: `{bundle}`, data "
+                  f"`{reference['data']}`.", ""]  # fmt: skip
     lines += [
         f"Served in {report['rounds']} alternating rounds of {report['seconds_per_round']} s, "
         f"one at a time and at saturation ({report['workers']} callers, closed loop), same "
@@ -283,7 +336,32 @@ def markdown(report: dict) -> str:
         "",
         "Latency percentiles are over answered requests; degraded answers (a stage past its "
         "deadline, the gateway's fallback) count among them.",
+        "",
+        "Per stage (each answer's trace), p50 ms, large / 10k world:",
+        "",
     ]
+    stage_names = list(report["worlds"]["large"]["serving"]["one_at_a_time"].get("stages", {}))
+    lines += ["| mode | " + " | ".join(stage_names) + " |"]
+    lines += ["|---|" + "---|" * len(stage_names)]
+    for mode in ("one_at_a_time", "saturation"):
+        cells = []
+        for stage in stage_names:
+            a, b = (
+                report["worlds"][n]["serving"][mode]["stages"].get(stage, {})
+                for n in ("large", "reference")
+            )
+            cells.append(f"{a.get('p50_ms', '-')} / {b.get('p50_ms', '-')}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    channels = report["worlds"]["large"]["serving"].get("recall_channel_mean_ms", {})
+    if channels:
+        reference_channels = report["worlds"]["reference"]["serving"]["recall_channel_mean_ms"]
+        lines += [
+            "",
+            "Recall's channels, mean ms over the whole run (both modes), large / 10k world:",
+        ]
+        lines += ["", "| " + " | ".join(channels) + " |", "|" + "---|" * len(channels)]
+        cells = [f"{channels[c]} / {reference_channels.get(c, '-')}" for c in channels]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| mode | p50 ratio | p99 ratio | CPU ratio | goals met (<= 1.3, 1.3, 1.5) |"]
     lines += ["|---|---|---|---|---|"]
     for mode, r in report["ratios"].items():
@@ -297,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=MILLION, help="the large world's catalogue")
-    # The sizes docs/large_world.md proposes for a 2-hour `cascade train all` on 2 cores.
-    parser.add_argument("--users", type=int, default=100_000, help="the large world's users")
+    # The sizes docs/large_world.md ran: `cascade train all` well inside 2 hours on 2 cores.
+    parser.add_argument("--users", type=int, default=40_000, help="the large world's users")
     parser.add_argument("--impressions-per-user", type=float, default=20.0)
     parser.add_argument(
         "--reference-items", type=int, default=defaults.n_items, help="the 10k-item world's"
@@ -318,8 +396,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Four callers keep two cores busy; many more and the gateway's admission sheds requests.
     parser.add_argument("--workers", type=int, default=4, help="callers at saturation")
     parser.add_argument("--start-timeout", type=float, default=1800.0, help="seconds per stack")
+    parser.add_argument(
+        "--reference-data",
+        type=Path,
+        help="serve a 10k-item world trained already: its data dir (holding synthetic/) ...",
+    )
+    parser.add_argument(
+        "--reference-artifacts", type=Path, help="... and its artifacts (holding current/)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/train"))
     args = parser.parse_args(argv)
+    if (args.reference_data is None) != (args.reference_artifacts is None):
+        parser.error("--reference-data and --reference-artifacts go together")
+    trained = None
+    if args.reference_data is not None:
+        trained = (args.reference_data, args.reference_artifacts)
     worlds = {
         "large": World(
             "large", args.items, args.users, args.impressions_per_user,
@@ -329,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reference", args.reference_items, args.reference_users,
             args.reference_impressions_per_user,
             args.work_dir / f"{args.reference_items}-items-{args.reference_users}-users",
+            trained,
         ),
     }  # fmt: skip
     rehearsal = args.items < MILLION
@@ -349,10 +441,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "items": world.items,
             "users": world.users,
             "impressions_per_user": world.impressions_per_user,
-            "generation": generate(world),
         }
+        if world.trained:
+            entry["data"] = str(world.data_dir)
+            entry["generation"] = {}
+            entry["training"] = reused(world)
+        else:
+            entry["generation"] = generate(world)
+            entry["training"] = train(world)
         entry["rows"] = world_rows(world)
-        entry["training"] = train(world)
         print(json.dumps(entry), flush=True)
         report["worlds"][name] = entry
     report["profile"] = default_profile(DATASET)

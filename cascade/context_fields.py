@@ -15,15 +15,31 @@ identical rows (tests/cascade/test_context_fields.py checks them against plain l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+import faiss
 import numpy as np
 
 from cascade.data.schema import Table
-from cascade.features import N_CHANNELS, FeatureSpec, consumed_before, encode_field
+from cascade.features import (
+    CONTEXT_BUCKETS,
+    N_CHANNELS,
+    FeatureSpec,
+    consumed_before,
+    encode_field,
+)
 
 DAY_S = 86_400
 UNKNOWN = -1  # raw value of a field that cannot be computed (encodes to row 0)
 _BITS = np.arange(1, N_CHANNELS, dtype=np.uint32)  # channel enum values 1..N_CHANNELS-1
+# mf_position: every position from the field's last bucket boundary on encodes to its last
+# bucket, so only the model's top MF_TOP items need telling apart.
+MF_TOP = int(CONTEXT_BUCKETS["mf_position"][-1])
+BLOCK = 64  # requests scored at once on the exact path: a (BLOCK, n_items) float32 block
+# Scored items (nonzero MF vectors) up to this many are scored exactly per request; above, the
+# bundle's MF index is searched (recall's exact threshold: IndexSettings.exact_threshold).
+MF_EXACT_ROWS = 200_000
+HNSW_MIN_EF = 512  # recall's IndexSettings.hnsw_ef_search: never search a graph more loosely
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,11 @@ class ItemTables:
     creator: np.ndarray  # (n_items,) int64, 0 = unknown
     categories: np.ndarray  # (n_items, k) int64 category ids, 0-padded
     upload_ts: np.ndarray  # (n_items,) int64, 0 = unknown
+
+    @cached_property
+    def n_categories(self) -> int:
+        """Category ids run below this: read once, not per request (a pass over the catalogue)."""
+        return int(self.categories.max(initial=0)) + 1
 
     @classmethod
     def from_items(cls, items: Table, n_items: int) -> ItemTables:
@@ -58,48 +79,159 @@ class ItemTables:
 class MFPositions:
     """Positions of candidates in the MF model's ranking of the catalogue (1 = its best item),
     consumed items and item 0 left out, as recall's MF channel would rank them. EASE: item j's
-    score is the sum of vectors[j, consumed]; PureSVD: vectors[j] . sum of fold_in[consumed]."""
+    score is the sum of vectors[j, consumed]; PureSVD: vectors[j] . sum of fold_in[consumed].
 
-    def __init__(self, vectors: np.ndarray, fold_in: np.ndarray | None = None):
+    Only the top `MF_TOP` positions are told apart (every position from the field's last bucket
+    boundary on encodes to its last bucket), so no request sorts the catalogue: a candidate outside
+    the model's top MF_TOP gets MF_TOP + 1. Exact: the scores of the items with a nonzero vector,
+    `BLOCK` requests at a time, a partial selection of each request's top MF_TOP, and the items
+    with a zero vector counted as one tie at 0. Above `exact_rows` such items, with the bundle's
+    approximate MF index (HNSW), one search per request for the top MF_TOP + |consumed| instead,
+    which may miss some of the exact top items."""
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        fold_in: np.ndarray | None = None,
+        index: faiss.Index | None = None,
+        exact_rows: int = MF_EXACT_ROWS,
+    ):
         self.vectors = np.asarray(vectors, dtype=np.float32)  # (n_items, dim)
         self.fold_in = fold_in if fold_in is not None and fold_in.size else None
         self.n_items = len(self.vectors)
+        # Only items with a nonzero vector score other than 0: PureSVD's are the items played in
+        # its training log, a small part of a long-tailed catalogue. The rest form one tie at 0,
+        # counted rather than scored.
+        has_vector = np.count_nonzero(self.vectors, axis=1) > 0
+        has_vector[0] = False
+        self.rows = np.flatnonzero(has_vector)  # item ids scored
+        self.slot = np.full(self.n_items, -1, np.int32)  # item id -> its row in `scored`, or -1
+        self.slot[self.rows] = np.arange(len(self.rows), dtype=np.int32)
+        self.scored = self.vectors[self.rows]
+        self.n_zero = self.n_items - 1 - len(self.rows)  # items (not item 0) scoring exactly 0
+        if index is not None and (self.fold_in is None or index.ntotal != self.n_items - 1):
+            raise ValueError(
+                f"an MF index serves PureSVD vectors of items 1..{self.n_items - 1}, not "
+                f"{index.ntotal} vectors{'' if self.fold_in is not None else ' without a fold-in'}"
+            )
+        # Searched only when the scored items are too many to score per request.
+        self.index = index if len(self.rows) > exact_rows else None
 
     @classmethod
     def from_bundle(cls, bundle) -> MFPositions | None:
-        """The bundle's MF model (recall component), or None when it has none."""
-        from cascade.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_VECTORS
+        """The bundle's MF model (recall component), or None when it has none. Its index is read
+        only when it is approximate: an exact index would find what the exact path finds."""
+        from cascade.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_INDEX, ITEM_VECTORS
 
-        if INFO_KEY not in bundle.manifest["components"].get(COMPONENT, {}):
+        info = bundle.manifest["components"].get(COMPONENT, {}).get(INFO_KEY)
+        if info is None:
             return None
         vectors = bundle.load_npz(COMPONENT, ITEM_VECTORS)["vectors"]
-        return cls(vectors, bundle.load_npz(COMPONENT, FOLD_IN)["fold_in"])
-
-    def scores(self, consumed: list[np.ndarray]) -> np.ndarray:
-        """(R, n_items) float32 MF scores for R consumed sets."""
-        if len(consumed) == 1:  # serving: sum the consumed items' columns, no dense product
-            items = np.asarray(consumed[0], np.int64)
-            items = items[(items > 0) & (items < self.n_items)]
-            if self.fold_in is None:
-                return self.vectors[:, items].sum(axis=1, dtype=np.float32)[None, :]
-            return (self.vectors @ self.fold_in[items].sum(axis=0, dtype=np.float32))[None, :]
-        hot = np.zeros((len(consumed), self.n_items), dtype=np.float32)
-        for row, items in enumerate(consumed):
-            items = np.asarray(items, np.int64)
-            hot[row, items[(items > 0) & (items < self.n_items)]] = 1.0
-        if self.fold_in is None:  # EASE: the multi-hot is the query
-            return hot @ self.vectors.T
-        return (hot @ self.fold_in) @ self.vectors.T
+        fold_in = bundle.load_npz(COMPONENT, FOLD_IN)["fold_in"]
+        if fold_in.shape == vectors.shape and np.array_equal(fold_in, vectors):
+            fold_in = vectors  # PureSVD folds in with its own item vectors: hold them once
+        index = None
+        scored = int(np.count_nonzero(vectors[1:].any(axis=1)))
+        if info.get("index_kind", "flat") != "flat" and scored > MF_EXACT_ROWS:
+            index = faiss.read_index(str(bundle.file(COMPONENT, ITEM_INDEX)))
+        return cls(vectors, fold_in, index)
 
     def positions(self, consumed: list[np.ndarray], item_ids: np.ndarray) -> np.ndarray:
-        """(R, K) positions of item_ids (R, K) for the R consumed sets; UNKNOWN for an empty
-        set (no history: the model ranks nothing) and for ids outside the catalogue."""
+        """(R, K) positions of item_ids (R, K) for the R consumed sets (see `ranked`)."""
         item_ids = np.asarray(item_ids, np.int64)
-        out = np.full(item_ids.shape, UNKNOWN, np.int64)
-        scores = self.scores(consumed)
-        for row, items in enumerate(consumed):
-            out[row] = _positions_in(scores[row], items, item_ids[row], self.n_items)
+        return np.stack(self.ranked(consumed, list(item_ids))).reshape(item_ids.shape)
+
+    def ranked(self, consumed: list[np.ndarray], item_ids: list[np.ndarray]) -> list[np.ndarray]:
+        """Per request, the positions of its candidates `item_ids[r]` given its consumed set:
+        UNKNOWN for an empty set (no history: the model ranks nothing) and for ids outside the
+        catalogue, MF_TOP + 1 for a candidate outside the model's top MF_TOP."""
+        item_ids = [np.asarray(ids, np.int64) for ids in item_ids]
+        out = [np.full(ids.shape, UNKNOWN, np.int64) for ids in item_ids]
+        asked = [r for r in range(len(consumed)) if len(consumed[r])]
+        for start in range(0, len(asked), BLOCK):
+            rows = asked[start : start + BLOCK]
+            sets = [self._inside(consumed[r]) for r in rows]
+            inside = [(item_ids[r] > 0) & (item_ids[r] < self.n_items) for r in rows]
+            ids = [np.where(ok, item_ids[r], 0) for ok, r in zip(inside, rows, strict=True)]
+            find = self._top_exact if self.index is None else self._top_searched
+            for r, ok, (top, mine, zeros) in zip(rows, inside, find(sets, ids), strict=True):
+                # 1 + how many eligible items score higher (ties share a position, as a sort
+                # places them): all scored ones are in `top` unless the candidate is outside it,
+                # and the eligible items scoring 0 are ahead of a negative score.
+                ahead = len(top) - np.searchsorted(top, mine, side="right") + zeros * (mine < 0)
+                out[r] = np.where(ok, np.minimum(ahead + 1, MF_TOP + 1), UNKNOWN)
         return out
+
+    def _inside(self, items: np.ndarray) -> np.ndarray:
+        items = np.unique(np.asarray(items, np.int64))
+        return items[(items > 0) & (items < self.n_items)]
+
+    def _queries(self, sets: list[np.ndarray]) -> np.ndarray:
+        """(R, dim) PureSVD queries: the sum of the consumed items' fold-in rows (no multi-hot)."""
+        if self.fold_in is None:
+            raise ValueError("EASE has no query vectors")
+        return np.stack([self.fold_in[s].sum(axis=0, dtype=np.float32) for s in sets])
+
+    def _top_exact(self, sets: list[np.ndarray], ids: list[np.ndarray]) -> list[TopScores]:
+        """Per request: its top MF_TOP eligible nonzero-vector scores (ascending), its candidates'
+        scores, both read from one (R <= BLOCK, len(rows)) block of scores, and how many eligible
+        items score exactly 0."""
+        if self.fold_in is None:  # EASE (small catalogues): columns of the item-item weights
+            scores = np.stack([self.scored[:, s].sum(axis=1, dtype=np.float32) for s in sets])
+        else:
+            scores = self._queries(sets) @ self.scored.T
+        keep = min(MF_TOP, len(self.rows))
+        found = []
+        for row, items, candidates in zip(scores, sets, ids, strict=True):
+            at = self.slot[candidates]
+            mine = np.where(at >= 0, row[at], np.float32(0.0))
+            consumed = self.slot[items]
+            row[consumed[consumed >= 0]] = -np.inf  # the consumed set is never ranked
+            top = np.partition(row, len(row) - keep)[len(row) - keep :]
+            zeros = self.n_zero - int(np.count_nonzero(consumed < 0))
+            found.append((np.sort(top[top > -np.inf]), mine, zeros))
+        return found
+
+    def _top_searched(self, sets: list[np.ndarray], ids: list[np.ndarray]) -> list[TopScores]:
+        """As _top_exact, from one index search per request for the top MF_TOP + |consumed|; a
+        candidate the search found keeps the index's score for it (so it compares with the
+        others as they were found), any other is scored here."""
+        if self.index is None:
+            raise ValueError("no MF index to search")
+        queries = self._queries(sets)
+        k = min(MF_TOP + max(len(s) for s in sets), self.index.ntotal)
+        scores, positions = self.index.search(queries, k, params=_search_params(self.index, k))
+        found = []
+        for query, items, candidates, got, at in zip(
+            queries, sets, ids, scores, positions, strict=True
+        ):
+            keep = (at >= 0) & ~np.isin(at + 1, items)
+            got, at = got[keep][:MF_TOP], at[keep][:MF_TOP] + 1
+            mine = self.vectors[candidates] @ query
+            by_id = np.argsort(at)
+            hit = np.minimum(np.searchsorted(at, candidates, sorter=by_id), len(at) - 1)
+            if len(at):
+                hit = by_id[hit]
+                mine = np.where(at[hit] == candidates, got[hit], mine)
+            top = np.sort(got)
+            eligible = self.index.ntotal - len(items)
+            if len(top) < min(MF_TOP, eligible):  # the graph found fewer: the rest lie below
+                pad = top[0] if len(top) else np.float32(np.inf)
+                top = np.concatenate([np.full(MF_TOP - len(top), pad, np.float32), top])
+            found.append((top, mine, 0))  # the index holds the items scoring 0 too
+        return found
+
+
+def _search_params(index: faiss.Index, k: int) -> faiss.SearchParameters | None:
+    """A graph searched at least k wide (FAISS does not widen efSearch to k itself)."""
+    if isinstance(index, faiss.IndexHNSW):
+        # Looked up by name: faiss's type stubs lack the class (FAISS since 1.7.3 has it).
+        return vars(faiss)["SearchParametersHNSW"](efSearch=max(k, HNSW_MIN_EF))
+    return None  # an inverted-file index searches with the nprobe it was saved with
+
+
+# Top scores (ascending), the candidates' scores, eligible items outside them scoring exactly 0.
+TopScores = tuple[np.ndarray, np.ndarray, int]
 
 
 class FoldedMF:
@@ -170,7 +302,7 @@ def context_values(
     upload = items.upload_ts[ids]
     age = np.where(upload > 0, np.maximum(np.asarray(now, np.int64) - upload, 0) // DAY_S, UNKNOWN)
     # Per history row: how many history items carry each category (padding counts for none).
-    n_categories = int(items.categories.max(initial=0)) + 1
+    n_categories = items.n_categories
     profile = np.zeros((len(history), n_categories), np.int64)
     hist_categories = items.categories[history]  # (h, L, k)
     rows = np.broadcast_to(np.arange(len(history))[:, None, None], hist_categories.shape)
@@ -256,7 +388,7 @@ class OfflineContext:
         )
 
     def _mf_positions(self, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray):
-        """Once per distinct (user, time) request, in chunks (a dense (chunk, n_items) block)."""
+        """Once per distinct (user, time) request, its consumed sets read 512 requests at a time."""
         keys, inverse = np.unique(np.stack([user_ids, ts], axis=1), axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         out = np.empty(len(item_ids), np.int64)
@@ -270,27 +402,14 @@ class OfflineContext:
         )
         for in_fold, model in folds:
             requests = np.flatnonzero(in_fold)
-            for start in range(0, len(requests), 512):  # a dense (512, n_items) block at a time
+            for start in range(0, len(requests), 512):
                 part = requests[start : start + 512]
                 consumed = consumed_before(self.interactions, keys[part, 0], keys[part, 1])
-                scores = model.scores(consumed)
-                for row, (request, items) in enumerate(zip(part, consumed, strict=True)):
-                    rows = order[bounds[request] : bounds[request + 1]]
-                    out[rows] = _positions_in(scores[row], items, item_ids[rows], model.n_items)
+                rows = [order[bounds[r] : bounds[r + 1]] for r in part]
+                found = model.ranked(consumed, [item_ids[r] for r in rows])
+                for at, positions in zip(rows, found, strict=True):
+                    out[at] = positions
         return out
-
-
-def _positions_in(scores: np.ndarray, consumed: np.ndarray, ids: np.ndarray, n_items: int):
-    if not len(consumed):
-        return np.full(len(ids), UNKNOWN, np.int64)
-    eligible = np.ones(n_items, bool)
-    eligible[0] = False
-    consumed = np.asarray(consumed, np.int64)
-    eligible[consumed[(consumed > 0) & (consumed < n_items)]] = False
-    ranked = np.sort(-scores[eligible])
-    inside = (ids > 0) & (ids < n_items)
-    position = np.searchsorted(ranked, -scores[np.where(inside, ids, 0)], side="left") + 1
-    return np.where(inside, position, UNKNOWN)
 
 
 def online_context(

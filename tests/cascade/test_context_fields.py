@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 
+import faiss
 import numpy as np
 import pytest
 
 from cascade.candidates import from_proto, to_proto
-from cascade.context_fields import MFPositions
+from cascade.context_fields import MF_TOP, MFPositions
 from cascade.data.split import split_dataset
 from cascade.feature_store import InMemoryFeatureStore
 from cascade.features import (
@@ -249,3 +250,85 @@ def test_rows_of_a_folded_log_match_the_store_that_heard_it(world):
         for name, values in online.items():
             expected = np.broadcast_to(values, rows[name].shape)
             assert np.array_equal(rows[name], expected), f"user {user}: {name}"
+
+
+def full_sort_positions(scores, consumed, ids):
+    """The definition: 1 + eligible items (not item 0, not consumed) scoring higher, by a sort
+    of the whole catalogue."""
+    eligible = np.ones(len(scores), bool)
+    eligible[0] = False
+    eligible[list(consumed)] = False
+    ranked = np.sort(-scores[eligible])
+    return np.searchsorted(ranked, -scores[ids], side="left") + 1
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    """A catalogue larger than MF_TOP (so the cut matters) and consumed sets of a few sizes."""
+    rng = np.random.default_rng(7)
+    n_items, dim = MF_TOP * 3, 8
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors[0] = 0.0
+    consumed = [rng.choice(np.arange(1, n_items), size, replace=False) for size in (1, 5, 40)]
+    consumed.append(np.array([], np.int64))  # no history: unknown
+    candidates = [np.arange(n_items) for _ in consumed]  # every item, item 0 and consumed too
+    return vectors, consumed, candidates
+
+
+def test_positions_up_to_the_last_bucket_equal_a_full_sort_and_the_rest_share_it(catalogue):
+    vectors, consumed, candidates = catalogue
+    got = MFPositions(vectors, vectors).ranked(consumed, candidates)
+    for items, ids, mine in zip(consumed, candidates, got, strict=True):
+        if not len(items):
+            assert (mine == -1).all()
+            continue
+        scores = vectors @ vectors[np.sort(items)].sum(axis=0)  # summed in id order, as served
+        expected = full_sort_positions(scores, items, ids)
+        assert mine[0] == -1  # item 0 is outside the catalogue
+        top = expected[1:] <= MF_TOP
+        assert top.sum() >= MF_TOP  # the cut falls inside the catalogue
+        assert (mine[1:][top] == expected[1:][top]).all()
+        assert (mine[1:][~top] == MF_TOP + 1).all()
+        assert len(set(mine[1:][top].tolist())) == MF_TOP  # distinct scores: 1..MF_TOP each once
+
+
+def test_items_without_a_vector_are_one_tie_at_zero_counted_not_scored(catalogue):
+    """Most of a long-tailed catalogue has no plays in the MF model's log, so a zero vector and a
+    score of exactly 0: counted ahead of every negative score, behind every positive one."""
+    vectors, consumed, candidates = catalogue
+    vectors = vectors.copy()
+    vectors[np.random.default_rng(2).random(len(vectors)) < 0.9] = 0.0
+    model = MFPositions(vectors, vectors)
+    assert len(model.rows) < len(vectors) // 5
+    cut = []
+    got = model.ranked(consumed, candidates)
+    for items, ids, mine in zip(consumed, candidates, got, strict=True):
+        if not len(items):
+            continue
+        expected = full_sort_positions(vectors @ vectors[np.sort(items)].sum(axis=0), items, ids)
+        assert (mine[1:] == np.minimum(expected[1:], MF_TOP + 1)).all()
+        cut.append((expected[1:] > MF_TOP).any())
+    assert any(cut)  # some negative scores fall past the cut behind the tie at 0
+
+
+def test_an_index_search_gives_the_exact_positions_when_the_index_is_exact(catalogue):
+    """The served path above the exact threshold asks the bundle's MF index; on an exact index
+    it must agree with the scored path (consumed items dropped from its answer, item 0 never in
+    it)."""
+    vectors, consumed, candidates = catalogue
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors[1:])
+    searched = MFPositions(vectors, vectors, index, exact_rows=0).ranked(consumed, candidates)
+    scored = MFPositions(vectors, vectors).ranked(consumed, candidates)
+    for a, b in zip(searched, scored, strict=True):
+        assert (a == b).all()
+
+
+def test_an_ease_model_cuts_at_the_last_bucket_too():
+    rng = np.random.default_rng(3)
+    n_items = MF_TOP + 500
+    vectors = rng.normal(size=(n_items, n_items)).astype(np.float32)
+    items = np.array([3, 17, 400])
+    got = MFPositions(vectors).ranked([items], [np.arange(1, n_items)])[0]
+    expected = full_sort_positions(vectors[:, items].sum(axis=1), items, np.arange(1, n_items))
+    assert (got == np.minimum(expected, MF_TOP + 1)).all()

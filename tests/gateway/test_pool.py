@@ -12,11 +12,13 @@ import pytest
 from cascade.candidates import Candidates
 from cascade.config import SettingsError, load_settings
 from cascade.traffic_pool import LAST_SLOTS, PoolSettings
+from gateway import pool
 from gateway.arms import assign, parse_arms
 from gateway.client import CascadeClient
 from gateway.pool import (
     SOCIAL,
     GivenMemory,
+    Pool,
     PoolCounters,
     at_cap,
     place,
@@ -76,6 +78,26 @@ def test_counters_and_given_memory():
     assert memory.recent(1, 1200).tolist() == [20] and memory.recent(1, 1600).tolist() == []
     memory.record(2, [30], 0, 10_000)  # a second user: the first is forgotten
     assert memory.recent(1, 1200).tolist() == []
+
+
+def test_the_baseline_rate_is_read_at_most_once_a_ttl(monkeypatch):
+    """Its pass over the catalogue is not repeated per request: within BASELINE_TTL_S, for the
+    same request time, settings and catalogue, the rate computed first serves."""
+    counters = PoolCounters()
+    counters.record(np.array([1, 1, 2]), ["impression", "play", "impression"])
+    uploaded = np.array([0, 10 * DAY - 5, 10 * DAY - 9], np.int64)
+    settings, clock = PoolSettings(), [100.0]
+    monkeypatch.setattr(pool.time, "monotonic", lambda: clock[0])
+    served = Pool(counters.counts)
+    first = served.baseline(settings, uploaded, 10 * DAY)
+    counters.record(np.array([2, 2]), ["play", "impression"])
+    fresh = Pool(counters.counts).baseline(settings, uploaded, 10 * DAY)
+    assert fresh != first  # the counters moved the rate
+    assert served.baseline(settings, uploaded, 10 * DAY) == first  # within the TTL
+    assert served.baseline(settings, uploaded, 10 * DAY + 1) == fresh  # another request time
+    served.baseline(settings, uploaded, 10 * DAY)
+    clock[0] += pool.BASELINE_TTL_S
+    assert served.baseline(settings, uploaded, 10 * DAY) == fresh  # the TTL passed
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from cascade.data.synthetic import SyntheticConfig, _creators, _items, _users
-from services.recall.index import IndexSettings, build_index, prepare_search, search
+from services.recall.index import IndexSettings, build_index, search
 
 BUILD_THREADS = faiss.omp_get_max_threads()  # all cores for builds; searches use one thread
 
@@ -50,12 +50,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def latencies_ms(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
+def latencies_ms(
+    index: faiss.Index, queries: np.ndarray, k: int, settings: IndexSettings
+) -> np.ndarray:
     """One query at a time, as the channel searches."""
     times = np.empty(len(queries))
     for i in range(len(queries)):
         start = time.perf_counter()
-        index.search(queries[i : i + 1], k)
+        search(index, queries[i : i + 1], k, settings)
         times[i] = time.perf_counter() - start
     return times * 1000
 
@@ -77,10 +79,9 @@ def measure(kind, settings, items, queries, exact_ids, k, search_variants) -> li
     memory = {"index_mib": round(faiss.serialize_index(index).nbytes / 2**20, 1)}
     rows = []
     for label, variant in search_variants:
-        prepare_search(index, k, variant)
         faiss.omp_set_num_threads(1)
-        times = latencies_ms(index, queries, k)
-        found, _ = search(index, queries, k)
+        times = latencies_ms(index, queries, k, variant)
+        found, _ = search(index, queries, k, variant)
         rows.append(
             {
                 "index": kind,

@@ -77,19 +77,30 @@ def index_kind(index: faiss.Index) -> str:
     return type(index).__name__
 
 
-def prepare_search(index: faiss.Index, k: int, settings: IndexSettings) -> None:
-    """Search parameters for top-k: HNSW's efSearch at least k, IVF's nprobe from settings."""
+def search_parameters(
+    index: faiss.Index, k: int, settings: IndexSettings
+) -> faiss.SearchParameters | None:
+    """Top-k's parameters for one search: HNSW's efSearch at least k (FAISS does not widen it to
+    k itself), IVF's nprobe from settings. Given per call, they leave the shared index alone, so
+    requests of different k on concurrent server threads each search as wide as they need."""
     index = faiss.downcast_index(index)
+    # Looked up by name: faiss's type stubs lack the classes (FAISS since 1.7.3 has them).
     if isinstance(index, faiss.IndexHNSWFlat):
-        index.hnsw.efSearch = max(settings.hnsw_ef_search, k)
-    elif isinstance(index, faiss.IndexIVFFlat):
-        index.nprobe = min(settings.ivf_nprobe, index.nlist)
+        return vars(faiss)["SearchParametersHNSW"](efSearch=max(settings.hnsw_ef_search, k))
+    if isinstance(index, faiss.IndexIVFFlat):
+        return vars(faiss)["SearchParametersIVF"](nprobe=min(settings.ivf_nprobe, index.nlist))
+    return None
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, settings: IndexSettings = IndexSettings()
+) -> tuple[np.ndarray, np.ndarray]:
     """(item_ids (q, k) int64, scores (q, k) float32); missing results have id 0 and -inf."""
     k = min(k, index.ntotal)
-    scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    params = search_parameters(index, k, settings)
+    scores, positions = index.search(
+        np.ascontiguousarray(queries, dtype=np.float32), k, params=params
+    )
     found = positions >= 0
     return np.where(found, positions + 1, 0), np.where(found, scores, -np.inf).astype(np.float32)
 

@@ -16,7 +16,7 @@ from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
 from cascade.mf import COMPONENT, FOLD_IN, INFO_KEY, ITEM_INDEX, ITEM_VECTORS  # noqa: F401
 from services.recall.channels import RecallContext, empty
-from services.recall.index import IndexSettings, load_index, prepare_search, search
+from services.recall.index import IndexSettings, load_index, search
 
 
 class MFChannel:
@@ -34,7 +34,7 @@ class MFChannel:
         self.index, self.store, self.max_k = index, store, max_k
         self.fold_in = fold_in if fold_in.size else None
         self.n_items = index.ntotal + 1  # index position p is item id p + 1
-        prepare_search(index, max_k, index_settings or IndexSettings())
+        self.index_settings = index_settings or IndexSettings()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, store: FeatureStore, max_k: int = 2_000) -> MFChannel:
@@ -76,6 +76,6 @@ class MFChannel:
         vector = self.query(context.user_id, context.recent_items, context.consumed)
         if not vector.any():
             return empty()  # no history: the model has nothing to fold in
-        ids, scores = search(self.index, vector, min(k, self.max_k))
+        ids, scores = search(self.index, vector, min(k, self.max_k), self.index_settings)
         found = ids[0] > 0
         return ids[0][found].astype(np.int64), scores[0][found]

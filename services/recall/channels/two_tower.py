@@ -22,7 +22,7 @@ from cascade.artifacts import ArtifactError, Bundle
 from cascade.feature_store import FeatureStore
 from cascade.features import FeatureSpec
 from services.recall.channels import RecallContext, empty
-from services.recall.index import IndexSettings, load_index, prepare_search, search
+from services.recall.index import IndexSettings, load_index, search
 
 # The artifact names export.py writes; defined here because export.py imports torch and
 # serving must not (the serving image has no torch).
@@ -40,7 +40,7 @@ class TwoTowerSettings:
     # cost, and the process runs beside others (bench/recall_rpc.py measures the channel).
     onnx_threads: int = 1
     faiss_threads: int = 1  # single queries: OpenMP threads only add overhead
-    max_k: int = 2_000  # most results per request; the index is prepared for it (efSearch >= k)
+    max_k: int = 2_000  # most results per request (each searches as wide as its own k)
     index: IndexSettings = IndexSettings()
 
 
@@ -66,7 +66,6 @@ class TwoTowerChannel:
         self.user_fields = tuple(f.name for f in spec.of("user"))
         self.history_field = spec.of("history")[0].name
         faiss.omp_set_num_threads(settings.faiss_threads)
-        prepare_search(index, settings.max_k, settings.index)
 
     @classmethod
     def from_bundle(
@@ -150,11 +149,9 @@ class TwoTowerChannel:
         has_history = len(context.recent_items) > 0
         if k <= 0 or (context.user_id <= 0 and not has_history):
             return empty()  # anonymous and no history: nothing personal to say
-        # The index was prepared once for max_k (HNSW efSearch >= max_k); changing it per request
-        # would race between server threads, so larger asks are capped.
         k = min(k, self.settings.max_k)
         vector = self.user_vector(context.user_id, context.recent_items)
-        ids, scores = search(self.index, vector, k)
+        ids, scores = search(self.index, vector, k, self.settings.index)
         found = ids[0] > 0
         ids, scores = ids[0][found].astype(np.int64), scores[0][found]
         self.add_uploads()

@@ -11,9 +11,9 @@ from services.recall.index import (
     build_index,
     index_kind,
     load_index,
-    prepare_search,
     save_index,
     search,
+    search_parameters,
 )
 
 
@@ -62,20 +62,24 @@ def test_large_catalog_index_recalls_nearly_what_exact_search_finds(kind):
     index = build_index(vectors, settings)
     assert index_kind(index) == kind
     k = 100
-    prepare_search(index, k, settings)
     queries = clustered_vectors(50, seed=2)
-    exact, _ = search(build_index(vectors, settings, kind="flat"), queries, k)
-    found, _ = search(index, queries, k)
+    exact, _ = search(build_index(vectors, settings, kind="flat"), queries, k, settings)
+    found, _ = search(index, queries, k, settings)
     assert overlap(found, exact) >= 0.9
 
 
-def test_hnsw_search_depth_is_at_least_k(tmp_path):
+def test_hnsw_search_depth_is_at_least_k_per_call(tmp_path):
     settings = IndexSettings(exact_threshold=10, hnsw_ef_search=64)
     index = build_index(clustered_vectors(200), settings)
-    prepare_search(index, 300, settings)
-    assert faiss.downcast_index(index).hnsw.efSearch >= 300
+    assert search_parameters(index, 300, settings).efSearch == 300
+    assert search_parameters(index, 20, settings).efSearch == 64
+    # Per call: the saved index keeps its own depth, whatever the requests asked.
+    assert faiss.downcast_index(index).hnsw.efSearch == 64
     save_index(index, tmp_path / "items.faiss")
     loaded = load_index(tmp_path / "items.faiss")
-    prepare_search(loaded, 300, settings)
     queries = clustered_vectors(3, seed=3)
-    np.testing.assert_array_equal(search(index, queries, 20)[0], search(loaded, queries, 20)[0])
+    np.testing.assert_array_equal(
+        search(index, queries, 150, settings)[0], search(loaded, queries, 150, settings)[0]
+    )
+    # 150 results from a graph searched 150 wide: every one found, none missing (id 0).
+    assert (search(loaded, queries, 150, settings)[0] > 0).all()

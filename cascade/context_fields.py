@@ -28,6 +28,7 @@ from cascade.features import (
     consumed_before,
     encode_field,
 )
+from cascade.index_search import search_parameters
 
 DAY_S = 86_400
 UNKNOWN = -1  # raw value of a field that cannot be computed (encodes to row 0)
@@ -39,7 +40,6 @@ BLOCK = 64  # requests scored at once on the exact path: a (BLOCK, n_items) floa
 # Scored items (nonzero MF vectors) up to this many are scored exactly per request; above, the
 # bundle's MF index is searched (recall's exact threshold: IndexSettings.exact_threshold).
 MF_EXACT_ROWS = 200_000
-HNSW_MIN_EF = 512  # recall's IndexSettings.hnsw_ef_search: never search a graph more loosely
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class MFPositions:
             raise ValueError("no MF index to search")
         queries = self._queries(sets)
         k = min(MF_TOP + max(len(s) for s in sets), self.index.ntotal)
-        scores, positions = self.index.search(queries, k, params=_search_params(self.index, k))
+        scores, positions = self.index.search(queries, k, params=search_parameters(self.index, k))
         found = []
         for query, items, candidates, got, at in zip(
             queries, sets, ids, scores, positions, strict=True
@@ -220,14 +220,6 @@ class MFPositions:
                 top = np.concatenate([np.full(MF_TOP - len(top), pad, np.float32), top])
             found.append((top, mine, 0))  # the index holds the items scoring 0 too
         return found
-
-
-def _search_params(index: faiss.Index, k: int) -> faiss.SearchParameters | None:
-    """A graph searched at least k wide (FAISS does not widen efSearch to k itself)."""
-    if isinstance(index, faiss.IndexHNSW):
-        # Looked up by name: faiss's type stubs lack the class (FAISS since 1.7.3 has it).
-        return vars(faiss)["SearchParametersHNSW"](efSearch=max(k, HNSW_MIN_EF))
-    return None  # an inverted-file index searches with the nprobe it was saved with
 
 
 # Top scores (ascending), the candidates' scores, eligible items outside them scoring exactly 0.

@@ -14,6 +14,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from cascade.index_search import HNSW_EF_SEARCH, search_parameters
+
 KINDS = ("flat", "hnsw", "ivf")
 
 
@@ -23,7 +25,7 @@ class IndexSettings:
     large_kind: str = "hnsw"  # index above the threshold: "hnsw" or "ivf"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40  # FAISS default; 1M items build in ~40-50 s on 2 cores
-    hnsw_ef_search: int = 512  # FAISS does not raise efSearch to k: keep it >= k
+    hnsw_ef_search: int = HNSW_EF_SEARCH  # searched at least this wide, and at least k
     ivf_nlist: int = 0  # 0: about 4 * sqrt(n_items), at most (training vectors) // 39
     ivf_nprobe: int = 64  # 16 gave recall@500 0.70 on 1M synthetic latents, 64 gave 0.98
     ivf_train_size: int = 100_000  # vectors sampled to train the coarse quantizer
@@ -77,27 +79,12 @@ def index_kind(index: faiss.Index) -> str:
     return type(index).__name__
 
 
-def search_parameters(
-    index: faiss.Index, k: int, settings: IndexSettings
-) -> faiss.SearchParameters | None:
-    """Top-k's parameters for one search: HNSW's efSearch at least k (FAISS does not widen it to
-    k itself), IVF's nprobe from settings. Given per call, they leave the shared index alone, so
-    requests of different k on concurrent server threads each search as wide as they need."""
-    index = faiss.downcast_index(index)
-    # Looked up by name: faiss's type stubs lack the classes (FAISS since 1.7.3 has them).
-    if isinstance(index, faiss.IndexHNSWFlat):
-        return vars(faiss)["SearchParametersHNSW"](efSearch=max(settings.hnsw_ef_search, k))
-    if isinstance(index, faiss.IndexIVFFlat):
-        return vars(faiss)["SearchParametersIVF"](nprobe=min(settings.ivf_nprobe, index.nlist))
-    return None
-
-
 def search(
     index: faiss.Index, queries: np.ndarray, k: int, settings: IndexSettings = IndexSettings()
 ) -> tuple[np.ndarray, np.ndarray]:
     """(item_ids (q, k) int64, scores (q, k) float32); missing results have id 0 and -inf."""
     k = min(k, index.ntotal)
-    params = search_parameters(index, k, settings)
+    params = search_parameters(index, k, settings.hnsw_ef_search, settings.ivf_nprobe)
     scores, positions = index.search(
         np.ascontiguousarray(queries, dtype=np.float32), k, params=params
     )

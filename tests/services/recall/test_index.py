@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
+from cascade.index_search import search_parameters
 from services.recall.index import (
     IndexSettings,
     build_index,
@@ -13,7 +14,6 @@ from services.recall.index import (
     load_index,
     save_index,
     search,
-    search_parameters,
 )
 
 
@@ -71,8 +71,8 @@ def test_large_catalog_index_recalls_nearly_what_exact_search_finds(kind):
 def test_hnsw_search_depth_is_at_least_k_per_call(tmp_path):
     settings = IndexSettings(exact_threshold=10, hnsw_ef_search=64)
     index = build_index(clustered_vectors(200), settings)
-    assert search_parameters(index, 300, settings).efSearch == 300
-    assert search_parameters(index, 20, settings).efSearch == 64
+    assert search_parameters(index, 300, settings.hnsw_ef_search).efSearch == 300
+    assert search_parameters(index, 20, settings.hnsw_ef_search).efSearch == 64
     # Per call: the saved index keeps its own depth, whatever the requests asked.
     assert faiss.downcast_index(index).hnsw.efSearch == 64
     save_index(index, tmp_path / "items.faiss")

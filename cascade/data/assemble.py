@@ -25,7 +25,7 @@ from cascade.data import importer
 from cascade.data.importer import Report
 from cascade.data.mapping import FLAGS, Mapping
 from cascade.data.schema import MAX_CATEGORIES, DataError, Dataset, ParquetTable, save
-from cascade.data.staging import Staging
+from cascade.data.staging import Flag, Staging
 from cascade.ids import IdMap
 
 log = logging.getLogger(__name__)
@@ -172,29 +172,28 @@ def _event_values(mapping: Mapping) -> list[str]:
     return sorted({v for vs in spec.events.values() for v in vs}) if spec.event else []
 
 
-def _flags(mapping: Mapping) -> dict[str, str]:
-    """SQL over a staged row's `event_code` and `rating` for each flag it can set."""
+def _flags(mapping: Mapping) -> dict[str, Flag]:
+    """When a staged row sets each flag it can set (by its event code and rating)."""
     spec = mapping.interactions
     code = {value: i for i, value in enumerate(_event_values(mapping))}
     flags = {}
     for flag, values in spec.events.items():
         if flag != "play" and spec.event:
-            flags[flag] = f"(event_code IN ({', '.join(str(code[v]) for v in values)}))"
+            flags[flag] = Flag(events=tuple(code[v] for v in values))
     if spec.rating:
-        rated = f"(rating >= {float(spec.like_threshold)!r})"
-        flags["like"] = f"({flags['like']} OR {rated})" if "like" in flags else rated
+        flags["like"] = Flag(flags.get("like", Flag()).events, float(spec.like_threshold))
     return flags
 
 
-def _drop_rows(mapping: Mapping, staging: Staging, flags: dict[str, str], report: Report) -> None:
-    """Counts the rows dropped for an empty id, an unmapped event value, a repeat of an earlier
+def _note_drops(mapping: Mapping, drops: dict, unmapped: list, report: Report) -> None:
+    """Reports the rows dropped for an empty id, an unmapped event value, a repeat of an earlier
     row, or an item not in the items file, in that order, each with its first line (or the first
     one an error when strict)."""
     spec = mapping.interactions
-    if staging.unmapped:
+    if unmapped:
         report.notes.append(
             f"event values not mapped to {'/'.join(FLAGS)}: "
-            + ", ".join(f"{v!r} x{c}" for v, c in staging.unmapped)
+            + ", ".join(f"{v!r} x{c}" for v, c in unmapped)
         )
     reasons = {
         "user": f"empty id in column {spec.user!r}",
@@ -203,7 +202,7 @@ def _drop_rows(mapping: Mapping, staging: Staging, flags: dict[str, str], report
         "duplicate": "duplicate row (same user, item, time, event and rating as an earlier row)",
         "unknown item": f"item not in the items file (column {spec.item!r})",
     }
-    for check, (count, first) in staging.drops(flags).items():
+    for check, (count, first) in drops.items():
         if count and first is not None:
             report.drop(reasons[check], count, spec.source.where(int(first)))
 
@@ -225,21 +224,18 @@ def build(
 
     interactions_path = folder / "interactions.parquet"
     try:
-        if staging.load(spec) == 0:
+        if staging.load(spec, _event_values(mapping)) == 0:
             raise DataError(f"{spec.source.path} line 2: no data rows after the header")
-        done("read and checked")
-        user_keys, item_keys = staging.keys("user"), staging.keys("item")
-        done("id dictionaries built")
+        done("read, checked and coded")
         items, categories, creators, item_ids, item_of = _items_table(
-            mapping, item_keys, staging, report
+            mapping, staging.items.keys(), staging, report
         )
-        users, occupations, user_ids, user_of = _users_table(mapping, user_keys, report)
+        users, occupations, user_ids, user_of = _users_table(mapping, staging.users.keys(), report)
         done("dense ids assigned")
-        staging.encode(user_of, item_of, _event_values(mapping))
-        flags = _flags(mapping)
-        _drop_rows(mapping, staging, flags, report)
-        done("ids mapped and duplicates found")
-        staging.write_interactions(interactions_path, flags)
+        staging.find_duplicates()
+        done("duplicates found")
+        drops = staging.write_interactions(interactions_path, user_of, item_of, _flags(mapping))
+        _note_drops(mapping, drops, staging.unmapped, report)
         n, ts_min, ts_max, tasks = staging.kept
         if n == 0:
             raise DataError(f"{spec.source.path}: no interaction is left after dropping bad rows")
@@ -247,15 +243,10 @@ def build(
         done("interactions written")
         rng = np.random.default_rng(mapping.seed)
         staging.write_impressions(
-            folder / "impressions.parquet",
-            interactions_path,
-            items,
-            mapping.negatives_per_positive,
-            rng,
+            folder / "impressions.parquet", items, mapping.negatives_per_positive, rng
         )
         done("impressions written")
     finally:
-        staging.close()
         shutil.rmtree(folder / ".staging", ignore_errors=True)
     if mapping.creator_is_user:
         creators["user_id"] = user_ids.lookup(creators["name"].tolist())

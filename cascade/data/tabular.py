@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from queue import Full, Queue
+from typing import Any, Literal, TypeVar
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +27,7 @@ from cascade.progress import Progress
 
 BATCH_BYTES = 16 << 20  # CSV block size: one batch holds about this much text
 PROGRESS_BYTES = 32 << 20  # files at least this large get a progress bar
+T = TypeVar("T")
 _DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -99,88 +101,6 @@ class Source:
                     f"(found {', '.join(repr(n) for n in names[:12])})"
                 )
 
-    def scan(self, numeric: dict[str, str]) -> str:
-        """A DuckDB table function over the whole file. CSV: every column is text but those in
-        `numeric` (name -> SQL type), which the reader parses; a malformed line or a bad number
-        goes to DuckDB's reject_errors table with its line and column."""
-        path = sql_text(str(self.path))
-        if self.kind == "parquet":
-            return f"read_parquet({path})"
-        names = self.header()
-        types = ", ".join(f"{sql_text(n)}: {sql_text(numeric.get(n, 'VARCHAR'))}" for n in names)
-        quote = "''" if self.kind == "atomic" else "'\"'"
-        return (
-            f"read_csv({path}, header = true, auto_detect = false, columns = {{{types}}}, "
-            f"delim = {sql_text(self.delimiter)}, quote = {quote}, escape = {quote}, "
-            "strict_mode = true, null_padding = false, store_rejects = true)"
-        )
-
-    def arrow_type(self, column: str) -> pa.DataType:
-        """A column's type as stored: text for CSV, the schema's for Parquet."""
-        if self.kind != "parquet":
-            return pa.string()
-        return pq.ParquetFile(self.path).schema_arrow.field(column).type
-
-    def key_sql(self, column: str) -> str:
-        """SQL for an id column as external-id text (ints and their decimal strings agree)."""
-        kind = self.arrow_type(column)
-        if pa.types.is_floating(kind):  # a float id column (pandas' int-with-NaN habit)
-            return f"CAST(CAST(trunc({quoted(column)}) AS BIGINT) AS VARCHAR)"
-        return f"CAST({quoted(column)} AS VARCHAR)"
-
-    def needs_parse(self, column: str) -> bool:
-        """Whether a Parquet column holds text where a number is wanted."""
-        kind = self.arrow_type(column)
-        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-        return self.kind == "parquet" and text
-
-    def number_sql(self, column: str) -> str:
-        """SQL for a numeric column as FLOAT (NULL when empty)."""
-        if self.needs_parse(column):
-            return f"TRY_CAST(NULLIF(trim({quoted(column)}), '') AS FLOAT)"
-        return f"CAST({quoted(column)} AS FLOAT)"
-
-    def time_sql(self, column: str, fmt: str) -> str:
-        """SQL for Unix seconds from `unix` (seconds, may be fractional), `unix_ms` or a strptime
-        format (UTC unless it carries %z); Parquet timestamps are converted as they are. NULL
-        where there is no time or it does not parse."""
-        name = quoted(column)
-        if pa.types.is_timestamp(self.arrow_type(column)):
-            return f"CAST(floor(epoch({name})) AS BIGINT)"
-        if fmt in ("unix", "unix_ms"):
-            seconds = f"TRY_CAST(trim({name}) AS DOUBLE)" if self.needs_parse(column) else name
-            if fmt == "unix_ms":
-                return f"TRY_CAST(floor({seconds} / 1000) AS BIGINT)"
-            return f"TRY_CAST(trunc({seconds}) AS BIGINT)"
-        parsed = f"try_strptime(trim(CAST({name} AS VARCHAR)), {sql_text(fmt)})"
-        return f"CAST(floor(epoch({parsed})) AS BIGINT)"
-
-    def value_at(self, con: duckdb.DuckDBPyConnection, column: str, row: int) -> str | None:
-        """The text of `column` at 0-based data row `row` (for an error message)."""
-        if self.kind == "parquet":
-            scan = f"read_parquet({sql_text(str(self.path))})"
-        else:
-            scan = self.scan({}).replace("store_rejects = true", "ignore_errors = true")
-        found = con.execute(
-            f"SELECT CAST({quoted(column)} AS VARCHAR) FROM {scan} LIMIT 1 OFFSET {row}"
-        ).fetchone()
-        return None if found is None else found[0]
-
-    def first_unparsed_number(self, con: duckdb.DuckDBPyConnection, column: str) -> int | None:
-        """The first row of a Parquet text column whose value is not a number (empty is none)."""
-        text = f"NULLIF(trim({quoted(column)}), '')"
-        (row,) = con.execute(
-            f"SELECT min(file_row_number) FROM read_parquet({sql_text(str(self.path))}, "
-            f"file_row_number = true) WHERE {text} IS NOT NULL AND TRY_CAST({text} AS DOUBLE) "
-            "IS NULL"
-        ).fetchone() or (None,)
-        return None if row is None else int(row)
-
-    def split(self, line: str) -> list[str]:
-        """One CSV line's fields, as this file quotes them."""
-        quoting: Literal[0, 3] = csv.QUOTE_NONE if self.kind == "atomic" else csv.QUOTE_MINIMAL
-        return next(csv.reader([line], delimiter=self.delimiter, quoting=quoting), [])
-
     def batches(self, columns: Sequence[str], progress: bool = True) -> Iterator[pa.Table]:
         """The named columns in batches, as strings for text files (typed later, with the row of
         any bad value) and as stored for Parquet. Short or long CSV rows raise with their line."""
@@ -250,14 +170,44 @@ class Source:
                 yield pa.Table.from_batches([batch])
 
 
-def sql_text(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
+def read_ahead(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`batches`, produced by a thread of their own up to `depth` ahead: pyarrow's reader releases
+    the GIL, so reading the next batch overlaps the caller's work on this one. An error while
+    reading is raised to the caller."""
+    queue: Queue[tuple[str, Any]] = Queue(depth)
+    stop = threading.Event()
 
+    def put(kind: str, value: Any) -> None:
+        while not stop.is_set():
+            try:
+                queue.put((kind, value), timeout=0.1)
+                return
+            except Full:
+                continue
 
-def quoted(name: str) -> str:
-    """A SQL identifier (a column name as the file spells it)."""
-    return '"' + name.replace('"', '""') + '"'
+    def produce() -> None:
+        try:
+            for batch in batches:
+                put("batch", batch)
+                if stop.is_set():
+                    return
+            put("end", None)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            put("error", error)
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def as_keys(values: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -301,17 +251,22 @@ def parse_times(source: Source, column: str, values: pa.Array, offset: int, fmt:
             zero_copy_only=False
         )
     if fmt in ("unix", "unix_ms"):
+        if pa.types.is_integer(values.type) and values.null_count == 0:
+            out = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
+            return out // 1000 if fmt == "unix_ms" else out
         if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
             seconds = pc.cast(values, pa.float64())
         else:
-            seconds = cast_or_locate(
-                source,
-                column,
-                pc.utf8_trim_whitespace(values),
-                offset,
-                pa.float64(),
-                "a Unix time" + (" in milliseconds" if fmt == "unix_ms" else " in seconds"),
-            )
+            text = _nonempty(values)
+            try:  # whole numbers, the usual case: parsed as integers, exactly
+                whole = pc.cast(text, pa.int64())
+            except pa.ArrowInvalid:  # fractions, or a value that is no number: found below
+                whole = None
+            if whole is not None and whole.null_count == 0:
+                out = whole.to_numpy(zero_copy_only=False)
+                return out // 1000 if fmt == "unix_ms" else out
+            what = "a Unix time" + (" in milliseconds" if fmt == "unix_ms" else " in seconds")
+            seconds = cast_or_locate(source, column, text, offset, pa.float64(), what)
         out = seconds.to_numpy(zero_copy_only=False)
         if np.isnan(out).any():
             row = first_bad(~np.isnan(out))
@@ -322,11 +277,26 @@ def parse_times(source: Source, column: str, values: pa.Array, offset: int, fmt:
     ok = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
     if not ok.all():
         row = first_bad(ok)
+        if not text[row].as_py():
+            raise DataError(f"{source.where(offset + row)}, column {column!r}: no time given")
         raise DataError(
             f"{source.where(offset + row)}, column {column!r}: cannot parse "
             f"{text[row].as_py()!r} as a time in the format {fmt!r}"
         )
     return pc.cast(pc.cast(parsed, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def parse_numbers(source: Source, column: str, values: pa.Array, offset: int) -> np.ndarray:
+    """float32 values of a numeric column (text in CSV); an empty value is NaN."""
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        values = cast_or_locate(source, column, _nonempty(values), offset, pa.float64(), "a number")
+    return pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
+
+
+def _nonempty(values: pa.Array) -> pa.Array:
+    """Trimmed text, null where empty."""
+    text = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
 def check_pattern(pattern: str) -> re.Pattern:

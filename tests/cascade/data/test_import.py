@@ -459,9 +459,9 @@ def test_impressions_sampled_in_several_slices_of_users_are_each_slice_in_file_o
     monkeypatch.setattr(staging, "SLICE_ROWS", 2)  # 6 interactions: 3 slices of users
     dataset, _ = run_import(tmp_path)
     log = {c: np.asarray(dataset.interactions[c]) for c in dataset.interactions}
-    rng = np.random.default_rng(0)  # the mapping's default seed
+    generators = np.random.default_rng(0).spawn(3)  # the mapping's default seed, per slice
     parts = []
-    for part in range(3):
+    for part, rng in enumerate(generators):
         rows = log["user_id"] % 3 == part
         parts.append(
             ml100k.sample_impressions({c: v[rows] for c, v in log.items()}, dataset.items, 4, rng)
@@ -476,7 +476,7 @@ def test_impressions_are_the_same_when_the_log_is_spread_over_slices_in_many_bat
 ):
     monkeypatch.setattr(staging, "SLICE_ROWS", 2)  # 6 interactions: 3 slices of users
     whole, _ = run_import(tmp_path / "whole")
-    monkeypatch.setattr(staging, "PARTITION_ROWS", 1)  # every slice's file: blocks of one row
+    monkeypatch.setattr(staging, "WRITE_ROWS", 1)  # written a row at a time: blocks of one row
     batched, _ = run_import(tmp_path / "batched")
     for column in ("user_id", "item_id", "ts", "click", "complete", "like", "share"):
         expected = whole.impressions[column].tolist()

@@ -4,8 +4,8 @@
 
 Each size writes the same generated log as CSV and as Parquet (string user / item ids, an event
 column, Unix times; users = rows / 100, items = rows / 200, Zipf-like item popularity, seeded).
-For each file, in fresh processes so each peak RSS is its own: the bare reader alone (DuckDB's
-reader with the import's own options, reading every value and counting it: the floor), then the
+For each file, in fresh processes so each peak RSS is its own: the bare reader alone (the import's
+own reader and options, reading every value and counting it: the floor), then the
 import end to end (read, check, map ids, remove duplicates, write interactions.parquet, then
 sample impressions and write them). Then one malformed line is appended to the CSV, and the
 import must name its line.
@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +36,7 @@ import pyarrow.parquet as pq
 from cascade.data.assemble import import_dataset
 from cascade.data.mapping import load_mapping
 from cascade.data.schema import DataError
-from cascade.data.tabular import Source
+from cascade.data.tabular import Source, read_ahead
 
 MAPPING = """\
 [interactions]
@@ -103,16 +102,17 @@ def peak_rss_gib() -> float:
 
 
 def bare_read(path: Path) -> dict:
-    """The floor: the import's reader (DuckDB, the same options and types) over the file, every
-    value read (summed lengths and times: a count could come from Parquet's statistics)."""
+    """The floor: the import's reader (cascade.data.tabular, the same options and batches) over
+    the file, every value read (summed lengths and times: a count could come from Parquet's
+    statistics)."""
     source = Source.of(path)
-    scan = source.scan({"ts": "DOUBLE"})
-    counts = "count(*), " + ", ".join(f'sum(length("{c}"))' for c in ("user", "item", "event"))
-    counts += ', sum("ts")'
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
     start, cpu = time.perf_counter(), time.process_time()
-    (rows, *_) = con.execute(f"SELECT {counts} FROM {scan}").fetchone() or (0,)
+    rows, total = 0, 0
+    for batch in read_ahead(source.batches(["user", "item", "event", "ts"], progress=False)):
+        rows += batch.num_rows
+        for column in ("user", "item", "event"):
+            total += pc.sum(pc.utf8_length(batch[column])).as_py() or 0
+        total += pc.sum(pc.cast(batch["ts"], pa.int64())).as_py() or 0
     seconds = time.perf_counter() - start
     cpu_s = round(time.process_time() - cpu, 2)
     return {
@@ -239,10 +239,10 @@ def markdown(results: list[dict], negatives: int, command: str) -> str:
         "",
         "Generated log (string user / item ids, event column, Unix times) as CSV and as Parquet, "
         "imported end to end, each in a fresh process: read, checked, ids mapped, duplicates "
-        "removed and interactions.parquet written inside DuckDB (`interactions`: rows/s up to "
+        "removed and interactions.parquet written (`interactions`: rows/s up to "
         f"that point), then {negatives} sampled impression(s) per interaction written (`all`: "
-        "rows/s of the whole import). The floor is the bare reader (DuckDB, the import's own "
-        "options, every value read) over the same file in the same run; `load` is the 1-minute "
+        "rows/s of the whole import). The floor is the bare reader (the import's own reader, "
+        "pyarrow's, every value read) over the same file in the same run; `load` is the 1-minute "
         "load average before / after (2 cores, shared with other jobs). `CPU s` is the process's "
         "CPU time (every thread, user and system), which the load inflates far less than wall "
         "time: its ratio (floor / import) is the share of the import's work that is the reader's. "

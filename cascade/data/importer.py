@@ -2,7 +2,7 @@
 keyed by external ids, and the Report of what was dropped.
 
 These files hold one row per entity: they are read whole, batch by batch (cascade.data.tabular),
-and checked with vectorised kernels. The interactions go through DuckDB (cascade.data.staging);
+and checked with vectorised kernels. The interactions are streamed (cascade.data.staging);
 cascade.data.assemble writes the dataset.
 """
 

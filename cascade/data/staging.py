@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,11 +94,25 @@ class Staging:
         self.kept: tuple[int, int, int, list[str]] = (0, 0, 0, [])  # set by write_interactions
         self.slices: list[tuple[Path, list[int]]] = []  # set by write_interactions
 
-    def column(self, name: str) -> np.ndarray:
-        """A staged column (or `hash`), memory-mapped."""
-        if self.rows == 0:
-            return np.zeros(0, dtype=ROW.get(name, np.uint64))
-        return np.memmap(self.scratch / f"{name}.bin", dtype=ROW.get(name, np.uint64), mode="r")
+    def blocks(self, *names: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(first row, {name: values}) of staged columns (or `hash`), WRITE_ROWS rows at a time.
+        Read into memory a block at a time, not memory-mapped: a mapped file's pages stay in the
+        process's resident set as they are read, which would grow with the file."""
+        handles = {n: (self.scratch / f"{n}.bin").open("rb") for n in names}
+        try:
+            for start in range(0, self.rows, WRITE_ROWS):
+                n = min(WRITE_ROWS, self.rows - start)
+                yield start, {k: np.fromfile(h, _dtype(k), count=n) for k, h in handles.items()}
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    def gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """A staged column's values at `rows` (few: the pages around them are read)."""
+        mapped = np.memmap(self.scratch / f"{name}.bin", dtype=_dtype(name), mode="r")
+        values = np.array(mapped[rows])
+        del mapped  # unmapped: its pages leave the resident set
+        return values
 
     def load(self, spec: Interactions, events: list[str], top: int = 5) -> int:
         """Stages the interactions file (`events`: the mapped event values, a row's event code
@@ -153,13 +168,11 @@ class Staging:
     def first_times(self, n_items: int) -> tuple[np.ndarray, int]:
         """Each provisional item code's earliest time among its rows, and the earliest time of
         all rows."""
-        items, ts = self.column("item"), self.column("ts")
-        ts_min = int(ts.min())
         first = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
-        for start in range(0, self.rows, WRITE_ROWS):
-            codes = np.asarray(items[start : start + WRITE_ROWS])
-            known = codes >= 0
-            np.minimum.at(first, codes[known], np.asarray(ts[start : start + WRITE_ROWS])[known])
+        for _, block in self.blocks("item", "ts"):
+            known = block["item"] >= 0
+            np.minimum.at(first, block["item"][known], block["ts"][known])
+        ts_min = int(first.min(initial=np.iinfo(np.int64).max))
         first[first == np.iinfo(np.int64).max] = ts_min
         return first, ts_min
 
@@ -167,26 +180,23 @@ class Staging:
         """`self.duplicates`: the rows that repeat an earlier row's user, item, time, event and
         rating (rating: NaN equals NaN). The hashes are sorted a slice at a time, and only the
         rows of a repeated hash are compared exactly."""
-        hashes = self.column("hash")
         slices = max(1, math.ceil(self.rows / HASH_SLICE_ROWS))
         repeated = [np.zeros(0, dtype=np.uint64)]
-        for part in range(slices):
-            if slices == 1:
-                h = np.sort(hashes)
-            else:  # this slice's hashes, gathered a block at a time
-                blocks = (hashes[s : s + WRITE_ROWS] for s in range(0, self.rows, WRITE_ROWS))
-                h = np.sort(np.concatenate([b[b % np.uint64(slices) == part] for b in blocks]))
+        for part in range(slices):  # this slice's hashes, gathered a block at a time
+            h = np.sort(
+                np.concatenate([_part(b["hash"], slices, part) for _, b in self.blocks("hash")])
+            )
             repeated.append(np.unique(h[1:][h[1:] == h[:-1]]))
         repeats = np.sort(np.concatenate(repeated))
         if not len(repeats):
             return
         rows = []
-        for start in range(0, self.rows, WRITE_ROWS):
-            h = np.asarray(hashes[start : start + WRITE_ROWS])
+        for start, block in self.blocks("hash"):
+            h = block["hash"]
             at = np.minimum(np.searchsorted(repeats, h), len(repeats) - 1)
             rows.append(start + np.flatnonzero(repeats[at] == h))
         candidates = np.concatenate(rows)
-        keys = [np.asarray(self.column(name)[candidates]) for name in ROW]
+        keys = [self.gather(name, candidates) for name in ROW]
         keys[-1] = _rating_bits(keys[-1])
         order = np.lexsort([candidates, *keys[::-1]])  # by user, item, ..., then row
         ordered = [k[order] for k in keys]
@@ -209,15 +219,13 @@ class Staging:
         first: dict[int, int] = {}
         kept, ts_min, ts_max = 0, np.iinfo(np.int64).max, np.iinfo(np.int64).min
         has = dict.fromkeys(EVENT_FLAGS, False)
-        columns = {name: self.column(name) for name in ROW}
         with (
             pq.ParquetWriter(path, INTERACTIONS_SCHEMA, **WRITE_OPTIONS) as writer,
             ThreadPoolExecutor(max_workers=1) as pool,  # Parquet's writer releases the GIL
             files,
         ):
             pending: Future[None] | None = None
-            for start in range(0, self.rows, WRITE_ROWS):
-                block = {n: np.asarray(c[start : start + WRITE_ROWS]) for n, c in columns.items()}
+            for start, block in self.blocks(*ROW):
                 user, item = block["user"], block["item"]
                 item_id = item_of[np.maximum(item, 0)]
                 why = np.zeros(len(user), dtype=np.int8)
@@ -301,6 +309,14 @@ class Staging:
 def _write(writer: pq.ParquetWriter, table: pa.Table) -> int:
     writer.write_table(table)
     return table.num_rows
+
+
+def _part(hashes: np.ndarray, slices: int, part: int) -> np.ndarray:
+    return hashes if slices == 1 else hashes[hashes % np.uint64(slices) == part]
+
+
+def _dtype(name: str) -> type:
+    return ROW.get(name, np.uint64)  # `hash` is the one staged file that is not a ROW column
 
 
 def _event_codes(column: pa.Array, index: dict[str, int]) -> tuple[np.ndarray, dict]:

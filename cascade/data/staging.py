@@ -234,8 +234,8 @@ class Staging:
                     why[(why == 0) & test] = reason
                 counts = np.bincount(why, minlength=len(dropped))
                 dropped += counts
-                for reason in np.flatnonzero(counts[1:]) + 1:
-                    first.setdefault(int(reason), start + int(np.argmax(why == reason)))
+                for at in (np.flatnonzero(counts[1:]) + 1).tolist():
+                    first.setdefault(at, start + int(np.argmax(why == at)))
                 keep = why == 0
                 values = {
                     "user_id": user_of[user[keep]],

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cascade.data import DataError, load_dataset, ml100k, staging
+from cascade.data import DataError, load_dataset, ml100k, staging, tabular
 from cascade.data.assemble import import_dataset
 from cascade.data.import_cli import main as import_main
 from cascade.data.mapping import load_mapping
@@ -481,3 +481,32 @@ def test_impressions_are_the_same_when_the_log_is_spread_over_slices_in_many_bat
     for column in ("user_id", "item_id", "ts", "click", "complete", "like", "share"):
         expected = whole.impressions[column].tolist()
         assert batched.impressions[column].tolist() == expected, column
+
+
+def test_a_log_read_in_many_batches_imports_as_in_one(tmp_path, monkeypatch):
+    # Ids first seen, repeated and padded in later batches; a duplicate of a row many batches back.
+    events = (
+        EVENTS
+        + "dave,song-3,play,2026-01-09T10:00:00\n"
+        + " bob ,song-2,like,2026-01-09T11:00:00\n"
+        + "alice,song-9,play,2026-01-05T10:00:00\n"
+        + "erin,song-9,skip,2026-01-09T12:00:00\n"
+    )
+    whole, whole_report = run_import(tmp_path / "whole", events=events)
+    monkeypatch.setattr(tabular, "BATCH_BYTES", 64)  # a line or two per batch
+    batched, batched_report = run_import(tmp_path / "batched", events=events)
+    assert batched_report.dropped == whole_report.dropped
+    lines = {reason: where.split("/batched/")[1] for reason, where in batched_report.first.items()}
+    assert lines == {
+        reason: where.split("/whole/")[1] for reason, where in whole_report.first.items()
+    }
+    assert sum(batched_report.dropped.values()) == 2  # the repeat and the unmapped `skip`
+    assert batched.users["user_id"].tolist() == whole.users["user_id"].tolist()
+    for table in ("interactions", "impressions"):
+        for column in SCHEMA[table]:
+            expected = whole.table(table)[column]
+            assert np.array_equal(
+                batched.table(table)[column], expected, equal_nan=column == "rating"
+            )
+    users = IdMap.load(tmp_path / "batched" / "data" / "mine" / "ids" / "users.parquet", 10)
+    assert users.lookup(["alice", "bob", "carol", "dave", "erin"]).tolist() == [1, 2, 3, 4, 5]

@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # the profile the cascade arms serve, exactly (as `cascade simulate`)
         args.served_profile = load_profile(args.profile)
         args.item_cf = train_settings([args.served_profile]).item_cf
+        pool_settings(args.served_profile, 1)  # a bad pool setting: refused before any arm runs
     except SettingsError as error:
         parser.error(str(error))
     args.state_dir = args.state_dir or args.run_dir / "state"

@@ -26,6 +26,8 @@ def profile(tmp_path, text: str):
         ("[rerank.rerank]\ndpp_trade_off = 2.0\n", r"rerank: invalid settings RerankConfig"),
         ("[gateway]\nrecall_count = 0\n", r"recall_count, prerank_count and rank_count must be"),
         ('[train]\nitem_cf = "svd"\n', r"train: invalid settings TrainSettings: item_cf must be"),
+        ("[gateway.pool]\nslots = -1\n", r"gateway: invalid settings .*pool\.slots must be an int"),
+        ("[gateway.pool]\nslots = 1.5\n", r"gateway: bad value 1\.5 for setting 'pool\.slots'"),
     ],
 )
 def test_a_bad_profile_is_refused_with_file_key_and_reason(tmp_path, text, message):
@@ -60,6 +62,20 @@ def test_every_shipped_profile_resolves_for_every_service():
         rows = resolve_services(served, {"rerank": {}})["rerank"]
         shown = next(row for row in rows if row.name == "rerank.rules.filter_shown")
         assert shown.value is False and shown.source.startswith("profile ask-twice (")
+
+
+@pytest.mark.parametrize("slots", [2, 3])
+def test_a_pool_slots_profile_is_the_synthetic_profile_with_more_slots(slots):
+    """synthetic-pool-N repeats the synthetic profile's tables (a profile is one file) and
+    adds only the pool's slots: a change to synthetic.toml must be made there too."""
+    synthetic, more = load_profile("synthetic"), load_profile(f"synthetic-pool-{slots}")
+    assert more.name == f"synthetic-pool-{slots}" and "gateway" not in synthetic.tables
+    assert {k: v for k, v in more.tables.items() if k not in ("profile", "gateway")} == {
+        k: v for k, v in synthetic.tables.items() if k != "profile"
+    }
+    assert more.section("gateway") == {"pool": {"slots": slots}}
+    rows = resolve_services([more], {"gateway": {}})["gateway"]
+    assert next(row.value for row in rows if row.name == "pool.slots") == slots
 
 
 def test_training_settings_come_from_the_train_table():

@@ -86,3 +86,15 @@ def test_a_run_resumed_from_its_checkpoint_equals_one_never_stopped(data_dir, tm
         np.testing.assert_array_equal(resumed[key], whole[key])
     assert again.days == world.days and len(world.days) == 3
     assert world.supply.item_ids.size > 0
+
+
+def test_a_bad_pool_setting_in_the_profile_is_refused_before_any_arm_runs(tmp_path, capsys):
+    bad = tmp_path / "bad-slots.toml"
+    bad.write_text("[gateway.pool]\nslots = -1\n")
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as refused:
+        two_sided.main(["--profile", str(bad), "--run-dir", str(run_dir), "--arms", "ease+pool"])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert "pool.slots must be an integer >= 0, got -1" in error and str(bad) in error
+    assert not run_dir.exists()  # no state, no stack

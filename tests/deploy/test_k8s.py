@@ -241,6 +241,8 @@ def test_the_cli_validates_the_base_and_every_overlay(tmp_path):
                 "profile-default",
                 "profile-simulated-lift",
                 "profile-synthetic",
+                "profile-synthetic-pool-2",
+                "profile-synthetic-pool-3",
             )
         ),
         "deploy/k8s/training",

@@ -217,7 +217,7 @@ class Staging:
         files = SliceFiles(self.scratch / "slices", slices)
         dropped = np.zeros(len(DROPS) + 1, dtype=np.int64)
         first: dict[int, int] = {}
-        kept, ts_min, ts_max = 0, np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        ts_min, ts_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
         has = dict.fromkeys(EVENT_FLAGS, False)
         with (
             pq.ParquetWriter(path, INTERACTIONS_SCHEMA, **WRITE_OPTIONS) as writer,
@@ -237,19 +237,20 @@ class Staging:
                 for at in (np.flatnonzero(counts[1:]) + 1).tolist():
                     first.setdefault(at, start + int(np.argmax(why == at)))
                 keep = why == 0
+                event, rating = block["event"][keep], block["rating"][keep]
                 values = {
                     "user_id": user_of[user[keep]],
                     "item_id": item_id[keep],
                     "ts": block["ts"][keep],
-                    "play": np.ones(int(keep.sum()), dtype=bool),
+                    "play": np.ones(len(event), dtype=bool),
                 }
                 for flag in EVENT_FLAGS:
-                    hit = flags[flag].of(block["event"], block["rating"]) if flag in flags else None
-                    values[flag] = hit[keep] if hit is not None else np.zeros_like(values["play"])
+                    values[flag] = (
+                        flags[flag].of(event, rating) if flag in flags else ~values["play"]
+                    )
                     has[flag] |= bool(values[flag].any())
-                values["rating"] = block["rating"][keep]
-                if len(values["ts"]):
-                    kept += len(values["ts"])
+                values["rating"] = rating
+                if len(event):
                     ts_min = min(ts_min, int(values["ts"].min()))
                     ts_max = max(ts_max, int(values["ts"].max()))
                 files.append(values)
@@ -261,6 +262,7 @@ class Staging:
                 pending.result()
         self.slices = files.files
         tasks = ["play"] + [f for f in EVENT_FLAGS if has[f]]
+        kept = int(dropped[0])  # reason 0: kept
         self.kept = (kept, ts_min if kept else 0, ts_max if kept else 0, tasks)
         return {
             name: (int(dropped[reason]), first.get(reason))

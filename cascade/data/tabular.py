@@ -251,24 +251,9 @@ def parse_times(source: Source, column: str, values: pa.Array, offset: int, fmt:
             zero_copy_only=False
         )
     if fmt in ("unix", "unix_ms"):
-        if pa.types.is_integer(values.type) and values.null_count == 0:
-            out = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
-            return out // 1000 if fmt == "unix_ms" else out
-        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-            seconds = pc.cast(values, pa.float64())
-        else:
-            text = _nonempty(values)
-            try:  # whole numbers, the usual case: parsed as integers, exactly
-                whole = pc.cast(text, pa.int64())
-            except pa.ArrowInvalid:  # fractions, or a value that is no number: found below
-                whole = None
-            if whole is not None and whole.null_count == 0:
-                out = whole.to_numpy(zero_copy_only=False)
-                return out // 1000 if fmt == "unix_ms" else out
-            what = "a Unix time" + (" in milliseconds" if fmt == "unix_ms" else " in seconds")
-            seconds = cast_or_locate(source, column, text, offset, pa.float64(), what)
-        out = seconds.to_numpy(zero_copy_only=False)
-        if np.isnan(out).any():
+        what = "a Unix time" + (" in milliseconds" if fmt == "unix_ms" else " in seconds")
+        out = _numbers(source, column, values, offset, what)
+        if out.dtype.kind == "f" and np.isnan(out).any():
             row = first_bad(~np.isnan(out))
             raise DataError(f"{source.where(offset + row)}, column {column!r}: no time given")
         return (out // 1000 if fmt == "unix_ms" else out).astype(np.int64)
@@ -288,9 +273,27 @@ def parse_times(source: Source, column: str, values: pa.Array, offset: int, fmt:
 
 def parse_numbers(source: Source, column: str, values: pa.Array, offset: int) -> np.ndarray:
     """float32 values of a numeric column (text in CSV); an empty value is NaN."""
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        values = cast_or_locate(source, column, _nonempty(values), offset, pa.float64(), "a number")
-    return pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
+    return _numbers(source, column, values, offset, "a number").astype(np.float32)
+
+
+def _numbers(source: Source, column: str, values: pa.Array, offset: int, what: str) -> np.ndarray:
+    """A numeric column's values: int64 when every value is a whole number (exact, and the usual
+    case), else float64 with NaN where empty. Text is trimmed; the first value that is no number
+    is a DataError naming its row (`what`: what the column holds)."""
+    if pa.types.is_integer(values.type) and values.null_count == 0:
+        return pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    text = _nonempty(values)
+    try:
+        whole = pc.cast(text, pa.int64())
+        if whole.null_count == 0:
+            return whole.to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # fractions, or a value that is no number: found below
+        pass
+    return cast_or_locate(source, column, text, offset, pa.float64(), what).to_numpy(
+        zero_copy_only=False
+    )
 
 
 def _nonempty(values: pa.Array) -> pa.Array:
